@@ -1,0 +1,8 @@
+// Generated contracts (ts-proto, outputServices=grpc-js) re-exported in one place.
+// Regenerate with `npm run generate`; CI fails if the checked-in output differs.
+export * from './gen/tern/v1/common';
+export * from './gen/tern/v1/policy';
+export * from './gen/tern/v1/queue';
+export * from './gen/tern/v1/events';
+export * from './gen/tern/v1/admin';
+export { Timestamp } from './gen/google/protobuf/timestamp';
