@@ -1,0 +1,243 @@
+// JetStream access for the services: connect, create the topology
+// idempotently, publish with Nats-Msg-Id and W3C trace context, and consume
+// with bounded concurrency, surviving NATS restarts.
+import { connect } from '@nats-io/transport-node';
+import { headers as natsHeaders, nanos, type NatsConnection, type MsgHdrs } from '@nats-io/nats-core';
+import {
+  jetstream,
+  jetstreamManager,
+  AckPolicy,
+  DeliverPolicy,
+  RetentionPolicy,
+  StorageType,
+  DiscardPolicy,
+  type JetStreamClient,
+  type JetStreamManager,
+  type JsMsg,
+  type PubAck,
+} from '@nats-io/jetstream';
+import { context, propagation, type Context } from '@opentelemetry/api';
+import type { Logger } from '@tern/telemetry';
+import { CONSUMERS, STREAMS, type ConsumerName, type StreamSpec } from './topology';
+
+export * from './topology';
+
+export interface BusOptions {
+  url: string;
+  /** Connection name shown by `nats server report connections`. */
+  name: string;
+  logger: Logger;
+}
+
+export interface PublishOptions {
+  /** Deduplication id: a republish with the same id inside the window is dropped. */
+  msgId: string;
+  /** Trace context to carry; defaults to the active one. */
+  ctx?: Context;
+}
+
+export interface BusMessage {
+  data: Uint8Array;
+  subject: string;
+  /** Trace context from the message headers. */
+  ctx: Context;
+  /** How many times JetStream has delivered this message (1 = first). */
+  deliveryCount: number;
+  msgId: string | undefined;
+  ack(): void;
+  /** Redeliver after `delayMs`. */
+  nak(delayMs?: number): void;
+  /** Drop for good (poison message). */
+  term(reason: string): void;
+  /** Reset the ack timer (long work in progress). */
+  working(): void;
+}
+
+export interface ConsumeOptions {
+  /** Messages processed at once by this process. */
+  concurrency: number;
+  /** On handler error: redeliver after this delay. */
+  retryDelayMs?: number;
+}
+
+export interface Consumption {
+  /** Stop taking new messages and wait for in-flight handlers. */
+  stop(): Promise<void>;
+}
+
+export class Bus {
+  private constructor(
+    readonly nc: NatsConnection,
+    readonly js: JetStreamClient,
+    readonly jsm: JetStreamManager,
+    private readonly logger: Logger,
+  ) {}
+
+  static async connect(opts: BusOptions): Promise<Bus> {
+    const nc = await connect({
+      servers: opts.url,
+      name: opts.name,
+      maxReconnectAttempts: -1,
+      reconnectTimeWait: 500,
+      waitOnFirstConnect: true,
+    });
+    const jsm = await jetstreamManager(nc, { timeout: 10_000 });
+    const js = jetstream(nc, { timeout: 10_000 });
+    const bus = new Bus(nc, js, jsm, opts.logger);
+    void bus.watchStatus();
+    return bus;
+  }
+
+  private async watchStatus(): Promise<void> {
+    for await (const s of this.nc.status()) {
+      if (s.type === 'disconnect' || s.type === 'reconnect') this.logger.warn({ nats: s.type }, `NATS ${s.type}`);
+    }
+  }
+
+  /** Creates or updates every stream and the named consumers. Safe to run from every pod. */
+  async ensureTopology(consumers: ConsumerName[] = []): Promise<void> {
+    for (const spec of Object.values(STREAMS) as StreamSpec[]) {
+      const config = {
+        name: spec.name,
+        subjects: spec.subjects,
+        retention: RetentionPolicy.Workqueue,
+        storage: StorageType.File,
+        discard: DiscardPolicy.Old,
+        duplicate_window: nanos(spec.duplicateWindowMs),
+        max_msgs: spec.maxMessages,
+        max_bytes: spec.maxBytes,
+        num_replicas: 1,
+      };
+      try {
+        await this.jsm.streams.info(spec.name);
+        const { name: _n, retention: _r, storage: _s, ...mutable } = config;
+        await this.jsm.streams.update(spec.name, mutable);
+      } catch (err) {
+        if (!isNotFound(err)) throw err;
+        try {
+          await this.jsm.streams.add(config);
+        } catch (addErr) {
+          // Another pod created it in the meantime.
+          if (!/already in use|exists/i.test((addErr as Error).message)) throw addErr;
+        }
+      }
+    }
+    for (const name of consumers) {
+      const spec = CONSUMERS[name];
+      const config = {
+        durable_name: spec.durable,
+        ack_policy: AckPolicy.Explicit,
+        deliver_policy: DeliverPolicy.All,
+        ack_wait: nanos(spec.ackWaitMs),
+        max_ack_pending: spec.maxAckPending,
+        max_deliver: -1,
+      };
+      try {
+        await this.jsm.consumers.info(spec.stream, spec.durable);
+        await this.jsm.consumers.update(spec.stream, spec.durable, {
+          ack_wait: config.ack_wait,
+          max_ack_pending: config.max_ack_pending,
+          max_deliver: config.max_deliver,
+        });
+      } catch (err) {
+        if (!isNotFound(err)) throw err;
+        await this.jsm.consumers.add(spec.stream, config);
+      }
+    }
+  }
+
+  async publish(subject: string, data: Uint8Array, opts: PublishOptions): Promise<PubAck> {
+    const hdrs = natsHeaders();
+    propagation.inject(opts.ctx ?? context.active(), hdrs, { set: (h, k, v) => h.set(k, v) });
+    return this.js.publish(subject, data, { msgID: opts.msgId, headers: hdrs, timeout: 10_000 });
+  }
+
+  /**
+   * Runs `handler` for every message of the durable consumer, at most
+   * `concurrency` at a time. A handler that throws gets its message
+   * redelivered after `retryDelayMs`. Re-subscribes after NATS restarts.
+   */
+  consume(name: ConsumerName, handler: (msg: BusMessage) => Promise<void>, opts: ConsumeOptions): Consumption {
+    const spec = CONSUMERS[name];
+    let stopping = false;
+    let current: { stop(): void } | undefined;
+    const inflight = new Set<Promise<void>>();
+    const retryDelayMs = opts.retryDelayMs ?? 5_000;
+
+    const run = async (m: JsMsg) => {
+      const msg = toBusMessage(m);
+      try {
+        await handler(msg);
+      } catch (err) {
+        this.logger.error({ err: (err as Error).message, consumer: spec.durable, subject: m.subject }, 'message handler failed; redelivering later');
+        m.nak(retryDelayMs);
+      }
+    };
+
+    const loop = async () => {
+      while (!stopping) {
+        try {
+          const consumer = await this.js.consumers.get(spec.stream, spec.durable);
+          const messages = await consumer.consume({ max_messages: Math.max(opts.concurrency * 2, 16), idle_heartbeat: 5_000 });
+          current = messages;
+          for await (const m of messages) {
+            const p = run(m).finally(() => inflight.delete(p));
+            inflight.add(p);
+            if (inflight.size >= opts.concurrency) await Promise.race(inflight);
+            if (stopping) break;
+          }
+        } catch (err) {
+          if (stopping) break;
+          this.logger.warn({ err: (err as Error).message, consumer: spec.durable }, 'consumer interrupted; resubscribing');
+        }
+        if (!stopping) await sleep(1_000);
+      }
+    };
+    const done = loop();
+
+    return {
+      async stop() {
+        stopping = true;
+        current?.stop();
+        await Promise.allSettled([...inflight]);
+        await Promise.race([done, sleep(2_000)]);
+      },
+    };
+  }
+
+  /** Flushes what was published, then closes. */
+  async close(): Promise<void> {
+    if (this.nc.isClosed()) return;
+    await this.nc.drain().catch(() => undefined);
+    await this.nc.closed();
+  }
+}
+
+function toBusMessage(m: JsMsg): BusMessage {
+  const hdrs: MsgHdrs | undefined = m.headers;
+  const ctx = hdrs
+    ? propagation.extract(context.active(), hdrs, {
+        get: (h, k) => h.get(k) || undefined,
+        keys: (h) => [...h.keys()],
+      })
+    : context.active();
+  return {
+    data: m.data,
+    subject: m.subject,
+    ctx,
+    deliveryCount: m.info.deliveryCount,
+    msgId: hdrs?.get('Nats-Msg-Id') || undefined,
+    ack: () => m.ack(),
+    nak: (delayMs) => m.nak(delayMs),
+    term: (reason) => m.term(reason),
+    working: () => m.working(),
+  };
+}
+
+function isNotFound(err: unknown): boolean {
+  return /not found/i.test((err as Error)?.message ?? '');
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}

@@ -1,0 +1,221 @@
+// gRPC plumbing shared by every service: a server with the standard health
+// service, reflection and graceful shutdown; clients with default deadlines;
+// and W3C trace context carried in metadata both ways (invariant I6).
+import fs from 'node:fs';
+import path from 'node:path';
+import * as grpc from '@grpc/grpc-js';
+import * as protoLoader from '@grpc/proto-loader';
+import { ReflectionService } from '@grpc/reflection';
+import { HealthImplementation } from 'grpc-health-check';
+import { context, propagation, trace, SpanKind, SpanStatusCode, type Tracer } from '@opentelemetry/api';
+import type { Logger } from '@tern/telemetry';
+
+export { grpc };
+export type ServingStatus = 'SERVING' | 'NOT_SERVING';
+
+export interface TlsFiles {
+  certFile?: string;
+  keyFile?: string;
+  /** With a CA, peers must present a certificate it signed (mTLS). */
+  caFile?: string;
+}
+
+export function serverCredentials(tls?: TlsFiles): grpc.ServerCredentials {
+  if (!tls?.certFile || !tls.keyFile) return grpc.ServerCredentials.createInsecure();
+  const ca = tls.caFile ? fs.readFileSync(tls.caFile) : null;
+  return grpc.ServerCredentials.createSsl(
+    ca,
+    [{ cert_chain: fs.readFileSync(tls.certFile), private_key: fs.readFileSync(tls.keyFile) }],
+    ca !== null,
+  );
+}
+
+export function channelCredentials(tls?: TlsFiles): grpc.ChannelCredentials {
+  if (!tls?.caFile) return grpc.credentials.createInsecure();
+  return grpc.credentials.createSsl(
+    fs.readFileSync(tls.caFile),
+    tls.keyFile ? fs.readFileSync(tls.keyFile) : null,
+    tls.certFile ? fs.readFileSync(tls.certFile) : null,
+  );
+}
+
+const metadataGetter = {
+  get: (md: grpc.Metadata, key: string) => {
+    const v = md.get(key)[0];
+    return v === undefined ? undefined : String(v);
+  },
+  keys: (md: grpc.Metadata) => Object.keys(md.getMap()),
+};
+
+type AnyHandler = (...args: unknown[]) => unknown;
+
+/**
+ * Wraps every handler of a service so it runs inside a server span that
+ * continues the caller's trace (from `traceparent` metadata).
+ */
+export function traced<T extends object>(
+  definition: grpc.ServiceDefinition,
+  impl: T,
+  tracer: Tracer,
+): grpc.UntypedServiceImplementation {
+  const out: grpc.UntypedServiceImplementation = {};
+  for (const [name, method] of Object.entries(definition)) {
+    const handler = (impl as Record<string, AnyHandler>)[name];
+    if (typeof handler !== 'function') throw new Error(`gRPC service is missing handler ${name}`);
+    const spanName = method.path.slice(1);
+    const wrapped = (call: { metadata: grpc.Metadata; on?: (e: string, f: () => void) => void }, callback?: grpc.sendUnaryData<unknown>) => {
+      const parent = propagation.extract(context.active(), call.metadata, metadataGetter);
+      const span = tracer.startSpan(spanName, { kind: SpanKind.SERVER, attributes: { 'rpc.system': 'grpc', 'rpc.method': spanName } }, parent);
+      const ctx = trace.setSpan(parent, span);
+      if (callback) {
+        const done: grpc.sendUnaryData<unknown> = (err, value, trailer, flags) => {
+          if (err) {
+            span.setStatus({ code: SpanStatusCode.ERROR, message: 'message' in err ? err.message : (err.details ?? 'error') });
+            span.setAttribute('rpc.grpc.status_code', (err as grpc.ServiceError).code ?? grpc.status.UNKNOWN);
+          }
+          span.end();
+          callback(err, value, trailer, flags);
+        };
+        return context.with(ctx, () => handler.call(impl, call, done));
+      }
+      let ended = false;
+      const end = () => {
+        if (!ended) {
+          ended = true;
+          span.end();
+        }
+      };
+      call.on?.('finish', end);
+      call.on?.('error', end);
+      call.on?.('close', end);
+      return context.with(ctx, () => handler.call(impl, call));
+    };
+    out[name] = wrapped as grpc.UntypedHandleCall;
+  }
+  return out;
+}
+
+export interface ServerOptions {
+  logger: Logger;
+  tracer: Tracer;
+  tls?: TlsFiles;
+  /** Interceptors run before every handler (e.g. admin authentication). */
+  interceptors?: grpc.ServerInterceptor[];
+}
+
+/** A gRPC server with health (grpc.health.v1) and reflection. */
+export class GrpcServer {
+  readonly server: grpc.Server;
+  readonly health = new HealthImplementation({ '': 'NOT_SERVING' });
+  private readonly serviceNames: string[] = [''];
+  private boundPort = 0;
+
+  constructor(private readonly opts: ServerOptions) {
+    this.server = new grpc.Server({
+      'grpc.max_receive_message_length': 8 * 1024 * 1024,
+      interceptors: opts.interceptors ?? [],
+    });
+    this.health.addToServer(this.server);
+    const descriptor = fs.readFileSync(path.join(path.dirname(require.resolve('@tern/proto/package.json')), 'src/descriptor.binpb'));
+    const pkg = protoLoader.loadFileDescriptorSetFromBuffer(descriptor);
+    new ReflectionService(pkg).addToServer(this.server);
+  }
+
+  add<T extends object>(fullName: string, definition: grpc.ServiceDefinition, impl: T): this {
+    this.server.addService(definition, traced(definition, impl, this.opts.tracer));
+    this.serviceNames.push(fullName);
+    return this;
+  }
+
+  async listen(host: string, port: number): Promise<number> {
+    this.boundPort = await new Promise<number>((resolve, reject) => {
+      this.server.bindAsync(`${host.includes(':') ? `[${host}]` : host}:${port}`, serverCredentials(this.opts.tls), (err, bound) =>
+        err ? reject(err) : resolve(bound),
+      );
+    });
+    return this.boundPort;
+  }
+
+  get port(): number {
+    return this.boundPort;
+  }
+
+  setStatus(status: ServingStatus): void {
+    for (const name of this.serviceNames) this.health.setStatus(name, status);
+  }
+
+  /** NOT_SERVING, then let in-flight calls finish for up to `graceMs`, then cut. */
+  async shutdown(graceMs: number): Promise<void> {
+    this.setStatus('NOT_SERVING');
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(() => {
+        this.opts.logger.warn({ graceMs }, 'gRPC calls still running after the grace period; cancelling them');
+        this.server.forceShutdown();
+        resolve();
+      }, graceMs);
+      this.server.tryShutdown(() => {
+        clearTimeout(timer);
+        resolve();
+      });
+    });
+  }
+}
+
+/** Client interceptor: default deadline and trace context in metadata. */
+export function clientInterceptor(defaultDeadlineMs: number): grpc.Interceptor {
+  return (options, nextCall) => {
+    if (options.deadline === undefined && defaultDeadlineMs > 0) {
+      options.deadline = Date.now() + defaultDeadlineMs;
+    }
+    return new grpc.InterceptingCall(nextCall(options), {
+      start(metadata, listener, next) {
+        propagation.inject(context.active(), metadata, {
+          set: (md, key, value) => md.set(key, value),
+        });
+        next(metadata, listener);
+      },
+    });
+  };
+}
+
+type ClientCtor<C> = new (address: string, credentials: grpc.ChannelCredentials, options?: grpc.ClientOptions) => C;
+
+export interface ClientOptions {
+  /** Applied to calls that set no deadline of their own; 0 = none (streams). */
+  deadlineMs: number;
+  tls?: TlsFiles;
+}
+
+export function createClient<C>(Ctor: ClientCtor<C>, target: string, opts: ClientOptions): C {
+  return new Ctor(target, channelCredentials(opts.tls), {
+    interceptors: [clientInterceptor(opts.deadlineMs)],
+    'grpc.keepalive_time_ms': 30_000,
+    'grpc.keepalive_timeout_ms': 10_000,
+    'grpc.max_receive_message_length': 8 * 1024 * 1024,
+  });
+}
+
+/** Promise form of a unary call on a ts-proto grpc-js client. */
+export function unary<Req, Res>(
+  fn: (req: Req, md: grpc.Metadata, opts: Partial<grpc.CallOptions>, cb: (err: grpc.ServiceError | null, res: Res) => void) => unknown,
+  req: Req,
+  opts: { deadlineMs?: number; metadata?: grpc.Metadata } = {},
+): Promise<Res> {
+  return new Promise((resolve, reject) => {
+    const callOpts: Partial<grpc.CallOptions> = opts.deadlineMs ? { deadline: Date.now() + opts.deadlineMs } : {};
+    fn(req, opts.metadata ?? new grpc.Metadata(), callOpts, (err, res) => (err ? reject(err) : resolve(res)));
+  });
+}
+
+/** An error for a gRPC callback: `status` with a message that names the cause. */
+export function grpcError(code: grpc.status, message: string): grpc.ServiceError {
+  const err = new Error(message) as grpc.ServiceError;
+  err.code = code;
+  err.details = message;
+  err.metadata = new grpc.Metadata();
+  return err;
+}
+
+export function isGrpcError(err: unknown): err is grpc.ServiceError {
+  return typeof err === 'object' && err !== null && 'code' in err && typeof (err as { code: unknown }).code === 'number';
+}

@@ -1,0 +1,157 @@
+// Observability for every service (invariant I6): OpenTelemetry traces
+// exported over OTLP/HTTP, metrics for Prometheus on /metrics, and pino JSON
+// logs that carry the active trace and span ids.
+import http from 'node:http';
+import { context, metrics, propagation, trace, SpanStatusCode, type Span, type Tracer, type Meter, type Context } from '@opentelemetry/api';
+import { AsyncLocalStorageContextManager } from '@opentelemetry/context-async-hooks';
+import { W3CTraceContextPropagator } from '@opentelemetry/core';
+import { resourceFromAttributes } from '@opentelemetry/resources';
+import { BatchSpanProcessor, TracerProvider, type SpanProcessor } from '@opentelemetry/sdk-trace';
+import { MeterProvider } from '@opentelemetry/sdk-metrics';
+import { OTLPTraceExporter } from '@opentelemetry/exporter-trace-otlp-http';
+import { PrometheusExporter } from '@opentelemetry/exporter-prometheus';
+import pino, { type Logger } from 'pino';
+
+export type { Logger, Span, Tracer, Meter, Context };
+export { context, propagation, trace, SpanStatusCode };
+
+export interface TelemetryOptions {
+  /** Service name without prefix, e.g. "queue"; traces use OTEL_SERVICE_NAME or `tern-<service>`. */
+  service: string;
+  logLevel: string;
+  /** OTLP/HTTP base endpoint; traces are not exported when absent. */
+  otlpEndpoint?: string;
+  serviceNameOverride?: string;
+  instanceId?: string;
+}
+
+export interface Telemetry {
+  logger: Logger;
+  tracer: Tracer;
+  meter: Meter;
+  /** Serves /metrics, /healthz (liveness) and /readyz (readiness) until closed. */
+  serveMetrics(host: string, port: number, isReady: () => boolean): Promise<http.Server>;
+  shutdown(): Promise<void>;
+}
+
+let installed = false;
+
+export function createTelemetry(opts: TelemetryOptions): Telemetry {
+  const serviceName = opts.serviceNameOverride ?? `tern-${opts.service}`;
+  const resource = resourceFromAttributes({
+    'service.name': serviceName,
+    'service.namespace': 'tern',
+    'service.instance.id': opts.instanceId ?? `${process.pid}`,
+  });
+
+  const spanProcessors: SpanProcessor[] = [];
+  if (opts.otlpEndpoint) {
+    const url = opts.otlpEndpoint.replace(/\/+$/, '') + '/v1/traces';
+    spanProcessors.push(
+      new BatchSpanProcessor({ exporter: new OTLPTraceExporter({ url }), scheduledDelayMillis: 500, maxQueueSize: 8192 }),
+    );
+  }
+  const tracerProvider = new TracerProvider({ resource, spanProcessors });
+  // The exporter serves nothing itself: /metrics is routed by our own server,
+  // next to the health endpoints.
+  const prometheus = new PrometheusExporter({ preventServerStart: true });
+  const meterProvider = new MeterProvider({ resource, readers: [prometheus] });
+
+  if (!installed) {
+    // Globals: one provider per process. Tests that create several telemetry
+    // objects in one process share the first.
+    context.setGlobalContextManager(new AsyncLocalStorageContextManager().enable());
+    propagation.setGlobalPropagator(new W3CTraceContextPropagator());
+    trace.setGlobalTracerProvider(tracerProvider);
+    metrics.setGlobalMeterProvider(meterProvider);
+    installed = true;
+  }
+
+  const logger = pino({
+    level: opts.logLevel,
+    base: { service: opts.service, pid: process.pid },
+    timestamp: pino.stdTimeFunctions.isoTime,
+    formatters: { level: (label) => ({ level: label }) },
+    // Every line logged inside a span carries its ids, so logs join traces.
+    mixin() {
+      const span = trace.getSpan(context.active());
+      if (!span) return {};
+      const sc = span.spanContext();
+      return { trace_id: sc.traceId, span_id: sc.spanId };
+    },
+  });
+
+  const tracer = tracerProvider.getTracer(serviceName);
+  const meter = meterProvider.getMeter(serviceName);
+
+  return {
+    logger,
+    tracer,
+    meter,
+    serveMetrics(host, port, isReady) {
+      const server = http.createServer((req, res) => {
+        const path = (req.url ?? '/').split('?')[0];
+        if (path === '/metrics') return prometheus.getMetricsRequestHandler(req, res);
+        if (path === '/healthz') {
+          res.writeHead(200, { 'content-type': 'text/plain' }).end('ok\n');
+          return;
+        }
+        if (path === '/readyz') {
+          const ready = isReady();
+          res.writeHead(ready ? 200 : 503, { 'content-type': 'text/plain' }).end(ready ? 'ready\n' : 'not ready\n');
+          return;
+        }
+        res.writeHead(404).end();
+      });
+      return new Promise((resolve, reject) => {
+        server.once('error', reject);
+        server.listen(port, host, () => resolve(server));
+      });
+    },
+    async shutdown() {
+      await Promise.allSettled([tracerProvider.shutdown(), meterProvider.shutdown()]);
+      logger.flush();
+    },
+  };
+}
+
+/**
+ * Runs `fn` inside a new active span; records an exception and sets ERROR on
+ * throw. The span ends when `fn` settles.
+ */
+export async function withSpan<T>(
+  tracer: Tracer,
+  name: string,
+  attributes: Record<string, string | number | boolean | undefined>,
+  fn: (span: Span) => Promise<T>,
+  parent?: Context,
+): Promise<T> {
+  const clean: Record<string, string | number | boolean> = {};
+  for (const [k, v] of Object.entries(attributes)) if (v !== undefined) clean[k] = v;
+  return tracer.startActiveSpan(name, { attributes: clean }, parent ?? context.active(), async (span) => {
+    try {
+      return await fn(span);
+    } catch (err) {
+      span.recordException(err as Error);
+      span.setStatus({ code: SpanStatusCode.ERROR, message: (err as Error).message });
+      throw err;
+    } finally {
+      span.end();
+    }
+  });
+}
+
+/** W3C trace context of the active span as a carrier (for headers and DB rows). */
+export function injectContext(ctx: Context = context.active()): Record<string, string> {
+  const carrier: Record<string, string> = {};
+  propagation.inject(ctx, carrier);
+  return carrier;
+}
+
+/** A context continuing the trace in `carrier` (empty carrier: the root context). */
+export function extractContext(carrier: Record<string, string | undefined>): Context {
+  return propagation.extract(context.active(), carrier, {
+    get: (c, key) => c[key],
+    keys: (c) => Object.keys(c),
+  });
+}
