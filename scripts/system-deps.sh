@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs the Debian tools the test suite and the benchmark drive as real
+# peers (swaks and Python's smtplib as SMTP clients, openssl for test
+# certificates, Postfix's smtp-source/smtp-sink for the benchmark). Idempotent
+# and quick when everything is present. Postgres and NATS are provision.sh's.
+set -euo pipefail
+need=()
+command -v swaks >/dev/null 2>&1 || need+=(swaks)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
+command -v python3 >/dev/null 2>&1 || need+=(python3)
+if [[ "${TERN_WITH_POSTFIX:-1}" == 1 ]] && ! command -v smtp-source >/dev/null 2>&1 && [[ ! -x /usr/sbin/smtp-source ]]; then
+  need+=(postfix)
+fi
+if (( ${#need[@]} )); then
+  if [[ $(id -u) -ne 0 ]]; then
+    echo "system-deps: missing ${need[*]}; install them with: sudo apt-get install -y ${need[*]}" >&2
+    exit 1
+  fi
+  echo "system-deps: installing ${need[*]} with apt-get"
+  export DEBIAN_FRONTEND=noninteractive
+  # Postfix must not start a system MTA on port 25 as a side effect.
+  if [[ " ${need[*]} " == *" postfix "* ]]; then
+    echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+  fi
+  apt-get install -y -q "${need[@]}" >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q "${need[@]}" >/dev/null; }
+  # Debian starts services on install; ours are started by the tests themselves.
+  if [[ " ${need[*]} " == *" postfix "* ]]; then
+    (postfix stop >/dev/null 2>&1 || true)
+  fi
+fi
+echo "system-deps: ok"
