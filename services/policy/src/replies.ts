@@ -1,0 +1,36 @@
+// Decisions and the SMTP replies they carry (Postfix wording where Postfix has one).
+import { PolicyAction, type SmtpReply } from '@tern/proto';
+
+export interface Decision {
+  action: PolicyAction;
+  /** Undefined for a plain accept: ingress gives its standard success reply. */
+  reply?: SmtpReply;
+  /** Machine reason for logs and metrics. */
+  reason: string;
+  localRecipient?: boolean;
+}
+
+export const reply = (code: number, enhanced: string, text: string): SmtpReply => ({ code, enhanced, text });
+
+export const accept = (reason: string, localRecipient = false): Decision => ({
+  action: PolicyAction.POLICY_ACTION_ACCEPT,
+  reason,
+  localRecipient,
+});
+
+/** A refusal whose action follows the reply class: 4xx defers, 5xx rejects. */
+export function refuse(reason: string, code: number, enhanced: string, text: string): Decision {
+  return {
+    action: code >= 500 ? PolicyAction.POLICY_ACTION_REJECT : PolicyAction.POLICY_ACTION_DEFER,
+    reply: reply(code, enhanced, text),
+    reason,
+  };
+}
+
+export const actionName = (a: PolicyAction): string =>
+  ({
+    [PolicyAction.POLICY_ACTION_ACCEPT]: 'accept',
+    [PolicyAction.POLICY_ACTION_REJECT]: 'reject',
+    [PolicyAction.POLICY_ACTION_DEFER]: 'defer',
+    [PolicyAction.POLICY_ACTION_HOLD]: 'hold',
+  })[a as number] ?? 'unspecified';

@@ -1,0 +1,245 @@
+// PolicyService over gRPC: decisions (Check, CheckMessage, Authenticate) and
+// the management RPCs for domains, mailboxes, aliases and users.
+import { grpc, grpcError } from '@tern/grpc';
+import {
+  PolicyAction,
+  type CheckMessageRequest,
+  type CheckMessageResponse,
+  type CheckRequest,
+  type CheckResponse,
+  type PolicyServiceServer,
+} from '@tern/proto';
+import type { Logger, Meter } from '@tern/telemetry';
+
+type Counter = ReturnType<Meter['createCounter']>;
+type Histogram = ReturnType<Meter['createHistogram']>;
+import type { PolicyCache } from './cache';
+import { stageName, type Client, type Engine } from './engine';
+import { PolicyError } from './errors';
+import { hashPassword, verifyPassword } from './passwords';
+import { actionName, reply, type Decision } from './replies';
+import type { PolicyStore } from './store';
+import {
+  domainName,
+  mailboxAddress,
+  toDomain,
+  toUser,
+  validateAlias,
+  validateDomain,
+  validateMailbox,
+  validatePassword,
+  validateUser,
+  validateUsername,
+} from './validate';
+
+/** Extra checks after the built-in rules (rate limits, DNSBL, greylisting, delegation, SPF). */
+export type CheckHook = (req: CheckRequest, client: Client, decision: Decision) => Promise<Decision | undefined>;
+
+export interface MessageChecker {
+  check(first: CheckMessageRequest, chunks: AsyncIterable<Buffer>, client: Client): Promise<CheckMessageResponse>;
+}
+
+export interface ServiceDeps {
+  store: PolicyStore;
+  cache: PolicyCache;
+  engine: Engine;
+  logger: Logger;
+  meter: Meter;
+  hooks?: CheckHook[];
+  messageChecker?: MessageChecker;
+}
+
+export class Metrics {
+  readonly decisions: Counter;
+  readonly duration: Histogram;
+  readonly auth: Counter;
+  readonly changes: Counter;
+
+  constructor(meter: Meter) {
+    this.decisions = meter.createCounter('tern_policy_decisions_total', { description: 'Policy decisions by stage, action and reason' });
+    this.duration = meter.createHistogram('tern_policy_check_duration_seconds', { description: 'Time to decide one Check', unit: 's' });
+    this.auth = meter.createCounter('tern_policy_auth_total', { description: 'Authenticate results' });
+    this.changes = meter.createCounter('tern_policy_changes_total', { description: 'Policy data changes by entity and action' });
+  }
+}
+
+function toStatus(err: unknown, logger: Logger, what: string): grpc.ServiceError {
+  if (err instanceof PolicyError) return grpcError(err.code, err.message);
+  const pgCode = (err as { code?: unknown }).code;
+  if (pgCode === '23503') return grpcError(grpc.status.FAILED_PRECONDITION, `${what}: still referenced by other policy data`);
+  logger.error({ err: (err as Error).stack ?? String(err), rpc: what }, 'policy RPC failed');
+  return grpcError(grpc.status.UNAVAILABLE, `${what} failed: ${(err as Error).message}`);
+}
+
+type Unary<Req, Res> = (call: grpc.ServerUnaryCall<Req, Res>, cb: grpc.sendUnaryData<Res>) => void;
+
+export function createPolicyService(deps: ServiceDeps): PolicyServiceServer {
+  const { store, cache, engine, logger } = deps;
+  const metrics = new Metrics(deps.meter);
+
+  const unary =
+    <Req, Res>(name: string, fn: (req: Req) => Promise<Res>): Unary<Req, Res> =>
+    (call, cb) => {
+      fn(call.request).then(
+        (res) => cb(null, res),
+        (err: unknown) => cb(toStatus(err, logger, name)),
+      );
+    };
+
+  /** A change is committed: log it, and make this pod's copy reflect it before answering. */
+  const changed = async (entity: string, action: string, key: string, operator: string) => {
+    metrics.changes.add(1, { entity, action });
+    logger.info({ event: 'policy_change', entity, action, key, operator }, `${entity} ${action} ${key}`);
+    await cache.reload().catch((err: Error) => logger.warn({ err: err.message }, 'reload after change failed; the listener will catch up'));
+  };
+  const op = (operator: string) => operator.trim() || 'unknown';
+
+  const record = (req: CheckRequest, client: Client, d: Decision, seconds: number) => {
+    const stage = stageName(req.stage);
+    const action = actionName(d.action);
+    metrics.decisions.add(1, { stage, action, reason: d.reason });
+    metrics.duration.record(seconds, { stage });
+    logger.info(
+      {
+        event: 'policy_decision',
+        stage,
+        action,
+        reason: d.reason,
+        reply: d.reply ? `${d.reply.code} ${d.reply.enhanced} ${d.reply.text}`.replace(/ +/g, ' ') : undefined,
+        session_id: req.session?.sessionId,
+        client: client.address,
+        trusted: client.trusted,
+        auth_user: client.user?.username,
+        sender: req.stage >= 3 ? req.sender : undefined,
+        recipient: req.recipient || undefined,
+        local_recipient: d.localRecipient || undefined,
+        ms: Math.round(seconds * 1000 * 10) / 10,
+      },
+      `${stage} ${action} ${d.reason}`,
+    );
+  };
+
+  async function check(req: CheckRequest): Promise<CheckResponse> {
+    const t0 = performance.now();
+    const client = engine.client(req.session);
+    let decision = engine.decide(req, client);
+    for (const hook of deps.hooks ?? []) {
+      const next = await hook(req, client, decision);
+      if (next) decision = next;
+    }
+    record(req, client, decision, (performance.now() - t0) / 1000);
+    return {
+      action: decision.action,
+      reply: decision.reply,
+      reason: decision.reason,
+      localRecipient: decision.localRecipient ?? false,
+    };
+  }
+
+  return {
+    check: unary('Check', check),
+
+    checkMessage(call, cb) {
+      const iterator = call[Symbol.asyncIterator]() as AsyncIterator<CheckMessageRequest>;
+      (async () => {
+        const first = await iterator.next();
+        if (first.done || !first.value.header) throw new PolicyError(grpc.status.INVALID_ARGUMENT, 'header: the first message must carry the header');
+        const head = first.value;
+        const client = engine.client(head.header?.session);
+        async function* chunks(): AsyncIterable<Buffer> {
+          if (head.chunk.length) yield head.chunk;
+          for (;;) {
+            const next = await iterator.next();
+            if (next.done) return;
+            if (next.value.chunk.length) yield next.value.chunk;
+          }
+        }
+        if (!deps.messageChecker) {
+          for await (const _ of chunks());
+          return { action: PolicyAction.POLICY_ACTION_ACCEPT, reply: undefined, reason: 'ok', addHeaders: [] } as CheckMessageResponse;
+        }
+        return deps.messageChecker.check(head, chunks(), client);
+      })().then(
+        (res) => cb(null, res),
+        (err: unknown) => cb(toStatus(err, logger, 'CheckMessage')),
+      );
+    },
+
+    authenticate: unary('Authenticate', async (req) => {
+      const name = req.username.trim().toLowerCase();
+      const user = name ? cache.snapshot.users.get(name) : undefined;
+      const passwordOk = await verifyPassword(req.password, user?.passwordHash);
+      const ok = passwordOk && user !== undefined && user.enabled;
+      const result = ok ? 'ok' : !user ? 'unknown_user' : !user.enabled ? 'disabled' : 'bad_password';
+      metrics.auth.add(1, { result });
+      logger.info(
+        { event: 'policy_auth', result, user: name, client: req.session?.clientAddress, session_id: req.session?.sessionId },
+        `authenticate ${result}`,
+      );
+      return ok
+        ? { ok: true, user: user.username, reply: reply(235, '2.7.0', 'Authentication successful') }
+        : { ok: false, user: '', reply: reply(535, '5.7.8', 'Authentication credentials invalid') };
+    }),
+
+    listDomains: unary('ListDomains', async () => ({ domains: (await store.listDomains()).map(toDomain) })),
+    putDomain: unary('PutDomain', async (req) => {
+      const row = await store.putDomain(validateDomain(req.domain), op(req.operator));
+      await changed('domain', 'put', row.name, op(req.operator));
+      return { domain: toDomain(row) };
+    }),
+    deleteDomain: unary('DeleteDomain', async (req) => {
+      const name = domainName('name', req.name);
+      const deleted = await store.deleteDomain(name, op(req.operator));
+      if (deleted) await changed('domain', 'delete', name, op(req.operator));
+      return { deleted };
+    }),
+
+    listMailboxes: unary('ListMailboxes', async (req) => {
+      const domain = req.domain ? domainName('domain', req.domain) : '';
+      return { mailboxes: (await store.listMailboxes(domain)).map((m) => ({ address: m.address, enabled: m.enabled })) };
+    }),
+    putMailbox: unary('PutMailbox', async (req) => {
+      const row = await store.putMailbox(validateMailbox(req.mailbox), op(req.operator));
+      await changed('mailbox', 'put', row.address, op(req.operator));
+      return { mailbox: { address: row.address, enabled: row.enabled } };
+    }),
+    deleteMailbox: unary('DeleteMailbox', async (req) => {
+      const address = mailboxAddress('address', req.address);
+      const deleted = await store.deleteMailbox(address, op(req.operator));
+      if (deleted) await changed('mailbox', 'delete', address, op(req.operator));
+      return { deleted };
+    }),
+
+    listAliases: unary('ListAliases', async (req) => {
+      const domain = req.domain ? domainName('domain', req.domain) : '';
+      return { aliases: (await store.listAliases(domain)).map((a) => ({ address: a.address, targets: a.targets })) };
+    }),
+    putAlias: unary('PutAlias', async (req) => {
+      const row = await store.putAlias(validateAlias(req.alias), op(req.operator));
+      await changed('alias', 'put', row.address, op(req.operator));
+      return { alias: { address: row.address, targets: row.targets } };
+    }),
+    deleteAlias: unary('DeleteAlias', async (req) => {
+      const address = mailboxAddress('address', req.address);
+      const deleted = await store.deleteAlias(address, op(req.operator));
+      if (deleted) await changed('alias', 'delete', address, op(req.operator));
+      return { deleted };
+    }),
+
+    listUsers: unary('ListUsers', async () => ({ users: (await store.listUsers()).map(toUser) })),
+    putUser: unary('PutUser', async (req) => {
+      const user = validateUser(req.user);
+      validatePassword(req.password);
+      const hash = req.password ? await hashPassword(req.password) : undefined;
+      const row = await store.putUser(user, hash, op(req.operator));
+      await changed('user', 'put', row.username, op(req.operator));
+      return { user: toUser(row) };
+    }),
+    deleteUser: unary('DeleteUser', async (req) => {
+      const username = validateUsername('username', req.username);
+      const deleted = await store.deleteUser(username, op(req.operator));
+      if (deleted) await changed('user', 'delete', username, op(req.operator));
+      return { deleted };
+    }),
+  };
+}
