@@ -8,8 +8,14 @@ import { PolicyServiceService } from '@tern/proto';
 import type { Telemetry } from '@tern/telemetry';
 import { PolicyCache } from './cache';
 import type { Config } from './config';
+import { Delegation } from './delegation';
+import { createDns } from './dns';
+import { Dnsbl } from './dnsbl';
 import { Engine } from './engine';
-import { createPolicyService } from './service';
+import { Greylist } from './greylist';
+import { MessageAuth } from './messageauth';
+import { RateLimiter } from './ratelimit';
+import { createPolicyService, type CheckHook } from './service';
 import { PolicyStore } from './store';
 
 export interface AppDeps {
@@ -49,8 +55,58 @@ export function createApp(config: Config, deps: AppDeps): App {
     },
     () => cache.snapshot,
   );
+
+  // Checks after the built-in rules, in this order; each acts only on an accept.
+  const hooks: CheckHook[] = [];
+  const limiter = new RateLimiter(pool, {
+    connectionsPerIp: config.TERN_LIMIT_CONNECTIONS_PER_IP,
+    messagesPerIp: config.TERN_LIMIT_MESSAGES_PER_IP,
+    messagesPerUser: config.TERN_LIMIT_MESSAGES_PER_USER,
+    recipientsPerUser: config.TERN_LIMIT_RECIPIENTS_PER_USER,
+    messagesPerSenderDomain: config.TERN_LIMIT_MESSAGES_PER_SENDER_DOMAIN,
+    recipientsPerSenderDomain: config.TERN_LIMIT_RECIPIENTS_PER_SENDER_DOMAIN,
+  });
+  if (limiter.enabled) hooks.push(limiter.hook);
+  const dns = createDns(config.TERN_DNS_SERVERS, config.TERN_DNS_TIMEOUT_MS);
+  if (config.TERN_DNSBL_ZONES.length) hooks.push(new Dnsbl(config.TERN_DNSBL_ZONES, dns, logger).hook);
+  const messageAuth = new MessageAuth({
+    resolver: dns.resolve,
+    hostname: config.TERN_HOSTNAME,
+    spfFailAction: config.TERN_SPF_FAIL_ACTION,
+    dmarcEnforce: config.TERN_DMARC_ENFORCE,
+    arcTrustedSealers: config.TERN_ARC_TRUSTED_SEALERS,
+    maxMessageSize: config.TERN_MAX_MESSAGE_SIZE,
+    snapshot: () => cache.snapshot,
+    logger,
+    timeoutMs: config.TERN_DNS_TIMEOUT_MS,
+  });
+  hooks.push(messageAuth.hook);
+  const delegation = config.TERN_POLICY_SERVERS.length
+    ? new Delegation({
+        servers: config.TERN_POLICY_SERVERS,
+        timeoutMs: config.TERN_POLICY_SERVER_TIMEOUT_MS,
+        stages: config.TERN_POLICY_SERVER_STAGES,
+        defaultAction: config.TERN_POLICY_SERVER_DEFAULT_ACTION,
+        logger,
+      })
+    : undefined;
+  if (delegation) hooks.push(delegation.hook);
+  const greylist = config.TERN_GREYLIST
+    ? new Greylist(pool, {
+        delaySec: config.TERN_GREYLIST_DELAY_S,
+        retryWindowSec: config.TERN_GREYLIST_RETRY_WINDOW_S,
+        keepSec: config.TERN_GREYLIST_KEEP_S,
+        autoWhitelistAfter: config.TERN_GREYLIST_AUTO_WHITELIST,
+      })
+    : undefined;
+  if (greylist) hooks.push(greylist.hook);
+
   const grpcServer = new GrpcServer({ logger, tracer });
-  grpcServer.add('tern.v1.PolicyService', PolicyServiceService, createPolicyService({ store, cache, engine, logger, meter }));
+  grpcServer.add(
+    'tern.v1.PolicyService',
+    PolicyServiceService,
+    createPolicyService({ store, cache, engine, logger, meter, hooks, messageChecker: messageAuth }),
+  );
   let metricsServer: http.Server | undefined;
 
   return {
@@ -60,6 +116,8 @@ export function createApp(config: Config, deps: AppDeps): App {
     },
     async start() {
       await cache.start();
+      if (limiter.enabled) limiter.startCleanup();
+      greylist?.startCleanup();
       if (!deps.noMetricsServer) {
         metricsServer = await deps.telemetry.serveMetrics(config.TERN_METRICS_LISTEN.host, config.TERN_METRICS_LISTEN.port, () => cache.ready);
       }
@@ -70,6 +128,9 @@ export function createApp(config: Config, deps: AppDeps): App {
     async stop() {
       await grpcServer.shutdown(config.TERN_SHUTDOWN_GRACE_MS);
       await cache.stop();
+      limiter.stop();
+      greylist?.stop();
+      delegation?.close();
       await new Promise<void>((resolve) => (metricsServer ? metricsServer.close(() => resolve()) : resolve()));
       await pool.end();
     },

@@ -1,7 +1,10 @@
 // Process settings of the policy service, read once from the environment.
 // Keys are the variable names, so a bad value is reported by its name.
-import { commonSchema, csv, parseEnv, positiveInt, postgresUrl, z } from '@tern/config';
+import { CheckStage } from '@tern/proto';
+import { bool, commonSchema, csv, hostPort, nonNegativeInt, parseEnv, positiveInt, postgresUrl, z } from '@tern/config';
+import { parseZones } from './dnsbl';
 import { parseNetworks } from './networks';
+import { parseRate } from './ratelimit';
 
 const cidrList = (fallback: string) =>
   z
@@ -15,6 +18,27 @@ const cidrList = (fallback: string) =>
         return z.NEVER;
       }
     });
+
+/** "N/window" (e.g. 100/1m); unset or "off" = no limit. */
+const rate = () =>
+  z
+    .string()
+    .optional()
+    .transform((value, ctx) => {
+      try {
+        return value === undefined ? undefined : parseRate(value);
+      } catch (err) {
+        ctx.addIssue({ code: 'custom', message: (err as Error).message });
+        return z.NEVER;
+      }
+    });
+
+const STAGES: Record<string, CheckStage> = {
+  connect: CheckStage.CHECK_STAGE_CONNECT,
+  helo: CheckStage.CHECK_STAGE_HELO,
+  mail: CheckStage.CHECK_STAGE_MAIL,
+  rcpt: CheckStage.CHECK_STAGE_RCPT,
+};
 
 const schema = z.object({
   ...commonSchema({ grpcPort: 7002, metricsPort: 9102 }),
@@ -31,6 +55,58 @@ const schema = z.object({
   /** DNS servers for SPF/DKIM/DMARC/DNSBL lookups ("ip" or "ip:port"); empty = system resolver. */
   TERN_DNS_SERVERS: csv(),
   TERN_DNS_TIMEOUT_MS: positiveInt(3_000),
+
+  /** DNS blocklists checked at CONNECT: "zone" or "zone=127.0.0.2;127.0.0.3". */
+  TERN_DNSBL_ZONES: csv().transform((zones, ctx) => {
+    try {
+      return parseZones(zones);
+    } catch (err) {
+      ctx.addIssue({ code: 'custom', message: (err as Error).message });
+      return z.NEVER;
+    }
+  }),
+
+  TERN_LIMIT_CONNECTIONS_PER_IP: rate(),
+  TERN_LIMIT_MESSAGES_PER_IP: rate(),
+  TERN_LIMIT_MESSAGES_PER_USER: rate(),
+  TERN_LIMIT_RECIPIENTS_PER_USER: rate(),
+  TERN_LIMIT_MESSAGES_PER_SENDER_DOMAIN: rate(),
+  TERN_LIMIT_RECIPIENTS_PER_SENDER_DOMAIN: rate(),
+
+  TERN_GREYLIST: bool(false),
+  TERN_GREYLIST_DELAY_S: positiveInt(300),
+  TERN_GREYLIST_RETRY_WINDOW_S: positiveInt(2 * 86400),
+  TERN_GREYLIST_KEEP_S: positiveInt(35 * 86400),
+  TERN_GREYLIST_AUTO_WHITELIST: nonNegativeInt(5),
+
+  /** A hard SPF fail at MAIL: "reject" (550 5.7.23) or "none" (only reported in Authentication-Results). */
+  TERN_SPF_FAIL_ACTION: z.enum(['reject', 'none']).default('reject'),
+  /** Refuse messages failing DMARC whose domain publishes p=reject. */
+  TERN_DMARC_ENFORCE: bool(true),
+  /** ARC sealers (domains) whose valid chain overrides a DMARC reject. */
+  TERN_ARC_TRUSTED_SEALERS: csv().transform((v) => v.map((s) => s.toLowerCase())),
+
+  /** Postfix policy delegation servers, asked in order: host:port list. */
+  TERN_POLICY_SERVERS: csv().transform((list, ctx) =>
+    list.map((entry) => {
+      const r = hostPort().safeParse(entry.replace(/^inet:/, ''));
+      if (!r.success) {
+        ctx.addIssue({ code: 'custom', message: `"${entry}" is not host:port` });
+        return { host: '', port: 0 };
+      }
+      return r.data;
+    }),
+  ),
+  TERN_POLICY_SERVER_TIMEOUT_MS: positiveInt(2_000),
+  TERN_POLICY_SERVER_STAGES: csv(['rcpt']).transform((list, ctx) =>
+    list.map((name) => {
+      const stage = STAGES[name.toLowerCase()];
+      if (stage === undefined) ctx.addIssue({ code: 'custom', message: `"${name}" is not one of connect, helo, mail, rcpt` });
+      return stage ?? CheckStage.CHECK_STAGE_RCPT;
+    }),
+  ),
+  /** What an unreachable or confused policy server amounts to (Postfix default_action). */
+  TERN_POLICY_SERVER_DEFAULT_ACTION: z.string().default('451 4.3.5 Server configuration problem'),
 });
 
 export type Config = z.infer<typeof schema>;
