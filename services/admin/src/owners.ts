@@ -1,0 +1,99 @@
+// Clients of the services admin forwards to, and the mapping of their errors
+// to what an operator should see.
+import { createClient, grpc, grpcError, isGrpcError, type TlsFiles } from '@tern/grpc';
+import { PolicyServiceService, QueueServiceService } from '@tern/proto';
+
+export type OwnerName = 'queue' | 'policy';
+
+/** Trailing-metadata key naming the owner an error came from (the CLI reads it). */
+export const OWNER_KEY = 'tern-owner';
+
+export interface Owner {
+  name: OwnerName;
+  address: string;
+  client: grpc.Client;
+}
+
+const QueueClient = grpc.makeGenericClientConstructor(QueueServiceService, 'tern.v1.QueueService');
+const PolicyClient = grpc.makeGenericClientConstructor(PolicyServiceService, 'tern.v1.PolicyService');
+
+export function connectOwner(name: OwnerName, address: string, deadlineMs: number, tls?: TlsFiles): Owner {
+  const Ctor = name === 'queue' ? QueueClient : PolicyClient;
+  return { name, address, client: createClient(Ctor, address, { deadlineMs, tls }) };
+}
+
+type UnaryFn = (req: unknown, md: grpc.Metadata, opts: Partial<grpc.CallOptions>, cb: (err: grpc.ServiceError | null, res: unknown) => void) => grpc.ClientUnaryCall;
+type StreamFn = (req: unknown, md: grpc.Metadata, opts: Partial<grpc.CallOptions>) => grpc.ClientReadableStream<unknown>;
+
+export function unaryMethod(owner: Owner, method: string): UnaryFn {
+  const fn = (owner.client as unknown as Record<string, UnaryFn>)[method];
+  if (typeof fn !== 'function') throw new Error(`${owner.name} client has no method ${method}`);
+  return fn.bind(owner.client);
+}
+
+export function streamMethod(owner: Owner, method: string): StreamFn {
+  const fn = (owner.client as unknown as Record<string, StreamFn>)[method];
+  if (typeof fn !== 'function') throw new Error(`${owner.name} client has no method ${method}`);
+  return fn.bind(owner.client);
+}
+
+/** Short cause of a transport failure, from grpc-js's details. */
+export function transportCause(details: string): string {
+  if (/ECONNREFUSED/.test(details)) return 'connection refused';
+  if (/ENOTFOUND|EAI_AGAIN|Name resolution failed|DNS resolution failed/i.test(details)) return 'name not resolved';
+  if (/EHOSTUNREACH|ENETUNREACH/.test(details)) return 'host unreachable';
+  if (/ETIMEDOUT/.test(details)) return 'connection timed out';
+  if (/ECONNRESET|Connection dropped|socket hang up/i.test(details)) return 'connection reset';
+  if (/certificate|SSL|TLS|handshake/i.test(details)) return `TLS failure: ${details}`;
+  return details || 'unavailable';
+}
+
+/** Owner codes whose message is for the operator as it stands. */
+const PASS_THROUGH = new Set([
+  grpc.status.INVALID_ARGUMENT,
+  grpc.status.NOT_FOUND,
+  grpc.status.ALREADY_EXISTS,
+  grpc.status.FAILED_PRECONDITION,
+  grpc.status.OUT_OF_RANGE,
+  grpc.status.ABORTED,
+  grpc.status.RESOURCE_EXHAUSTED,
+]);
+
+/**
+ * The error the operator gets for an owner's failure: business errors pass
+ * through with the owner's message; transport failures name the owner and
+ * its address. Every mapped error carries the owner in trailing metadata.
+ */
+export function mapOwnerError(owner: Owner, method: string, err: unknown, deadlineMs: number): grpc.ServiceError {
+  const tag = (e: grpc.ServiceError) => {
+    e.metadata.set(OWNER_KEY, owner.name);
+    return e;
+  };
+  if (!isGrpcError(err)) {
+    return tag(grpcError(grpc.status.INTERNAL, `${owner.name} service at ${owner.address}: ${(err as Error)?.message ?? String(err)}`));
+  }
+  const details = err.details ?? err.message;
+  if (PASS_THROUGH.has(err.code)) return tag(grpcError(err.code, details));
+  const where = `the ${owner.name} service at ${owner.address}`;
+  switch (err.code) {
+    case grpc.status.UNAVAILABLE:
+      return tag(grpcError(grpc.status.UNAVAILABLE, `${where} is unreachable (${transportCause(details)})`));
+    case grpc.status.DEADLINE_EXCEEDED: {
+      const state = owner.client.getChannel().getConnectivityState(false);
+      if (state !== grpc.connectivityState.READY && state !== grpc.connectivityState.IDLE) {
+        return tag(grpcError(grpc.status.UNAVAILABLE, `${where} is unreachable (no connection within ${deadlineMs} ms)`));
+      }
+      return tag(grpcError(grpc.status.DEADLINE_EXCEEDED, `${where} did not answer ${method} within ${deadlineMs} ms`));
+    }
+    case grpc.status.UNIMPLEMENTED:
+      return tag(grpcError(grpc.status.UNIMPLEMENTED, `${where} does not implement ${method} (${details})`));
+    case grpc.status.CANCELLED:
+      return tag(grpcError(grpc.status.CANCELLED, `${where}: call cancelled`));
+    case grpc.status.UNAUTHENTICATED:
+    case grpc.status.PERMISSION_DENIED:
+      // Admin's own credentials towards the owner were refused: not the operator's token.
+      return tag(grpcError(grpc.status.INTERNAL, `${where} refused admin's call (${grpc.status[err.code]}: ${details})`));
+    default:
+      return tag(grpcError(err.code, `${where}: ${details}`));
+  }
+}

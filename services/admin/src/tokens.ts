@@ -1,0 +1,139 @@
+// Operator tokens: `name:token` entries from TERN_ADMIN_TOKENS_FILE (one a
+// line, re-read when the file changes) and TERN_ADMIN_TOKENS (comma-separated).
+// A presented token is compared with every known one in constant time.
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import type { Logger } from '@tern/telemetry';
+
+export interface TokenEntry {
+  name: string;
+  token: string;
+}
+
+const NAME = /^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$/;
+
+/**
+ * Parses `name:token` entries separated by `separator` (newlines for the
+ * file, commas for the variable). Blank entries and `#` comments are skipped.
+ * Throws with the entry number and what is wrong (never the token itself).
+ */
+export function parseTokens(text: string, separator: 'line' | 'comma'): TokenEntry[] {
+  const parts = separator === 'line' ? text.split(/\r?\n/) : text.split(',');
+  const what = separator === 'line' ? 'line' : 'entry';
+  const out: TokenEntry[] = [];
+  const seen = new Map<string, string>();
+  parts.forEach((raw, i) => {
+    const entry = raw.trim();
+    if (entry === '' || entry.startsWith('#')) return;
+    const colon = entry.indexOf(':');
+    if (colon <= 0 || colon === entry.length - 1) {
+      throw new Error(`${what} ${i + 1}: expected name:token`);
+    }
+    const name = entry.slice(0, colon).trim();
+    const token = entry.slice(colon + 1).trim();
+    if (!NAME.test(name)) throw new Error(`${what} ${i + 1}: operator name "${name}" must be letters, digits, . _ @ - (at most 64)`);
+    if (/\s/.test(token)) throw new Error(`${what} ${i + 1}: the token of "${name}" contains whitespace`);
+    const other = seen.get(token);
+    if (other !== undefined) throw new Error(`${what} ${i + 1}: "${name}" has the same token as "${other}"`);
+    seen.set(token, name);
+    out.push({ name, token });
+  });
+  return out;
+}
+
+/** Reads and parses a tokens file; the error names the file. */
+export function readTokensFile(file: string): TokenEntry[] {
+  let text: string;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch (err) {
+    throw new Error(`cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, { cause: err });
+  }
+  try {
+    return parseTokens(text, 'line');
+  } catch (err) {
+    throw new Error(`${file}: ${(err as Error).message}`, { cause: err });
+  }
+}
+
+const digest = (token: string) => crypto.createHash('sha256').update(token, 'utf8').digest();
+
+interface Known {
+  name: string;
+  digest: Buffer;
+  source: 'file' | 'env';
+}
+
+export interface TokenStoreOptions {
+  file?: string;
+  inline: TokenEntry[];
+  /** Poll interval for changes to `file`. */
+  reloadMs: number;
+  logger: Logger;
+}
+
+export class TokenStore {
+  private known: Known[] = [];
+  private fromFile: Known[] = [];
+  private readonly fromEnv: Known[];
+  private watching = false;
+
+  constructor(private readonly opts: TokenStoreOptions) {
+    this.fromEnv = opts.inline.map((e) => ({ name: e.name, digest: digest(e.token), source: 'env' as const }));
+    this.known = this.fromEnv;
+  }
+
+  /** Loads the file (throws when it is unreadable or malformed) and starts watching it. */
+  start(): void {
+    if (this.opts.file) {
+      this.setFile(readTokensFile(this.opts.file));
+      // watchFile polls stat() through symlinks, so it sees Kubernetes secret
+      // updates (an atomic swap of the ..data symlink) where fs.watch may not.
+      fs.watchFile(this.opts.file, { interval: this.opts.reloadMs, persistent: false }, (cur, prev) => {
+        if (cur.mtimeMs === prev.mtimeMs && cur.size === prev.size && cur.ino === prev.ino) return;
+        this.reload();
+      });
+      this.watching = true;
+    }
+    this.opts.logger.info({ operators: this.names() }, 'admin tokens loaded');
+  }
+
+  stop(): void {
+    if (this.watching && this.opts.file) fs.unwatchFile(this.opts.file);
+    this.watching = false;
+  }
+
+  /** Re-reads the file; a broken file keeps the tokens we have. */
+  reload(): void {
+    if (!this.opts.file) return;
+    try {
+      this.setFile(readTokensFile(this.opts.file));
+      this.opts.logger.info({ event: 'admin_tokens_reloaded', operators: this.names() }, 'admin tokens reloaded');
+    } catch (err) {
+      this.opts.logger.error({ event: 'admin_tokens_reload_failed', err: (err as Error).message }, 'admin tokens file is invalid; keeping the previous tokens');
+    }
+  }
+
+  /** The operator name for `token`, or undefined. Every entry is compared, in constant time. */
+  lookup(token: string): string | undefined {
+    const d = digest(token);
+    let found: string | undefined;
+    for (const k of this.known) {
+      if (crypto.timingSafeEqual(d, k.digest) && found === undefined) found = k.name;
+    }
+    return found;
+  }
+
+  names(): string[] {
+    return [...new Set(this.known.map((k) => k.name))].sort();
+  }
+
+  get size(): number {
+    return this.known.length;
+  }
+
+  private setFile(entries: TokenEntry[]): void {
+    this.fromFile = entries.map((e) => ({ name: e.name, digest: digest(e.token), source: 'file' as const }));
+    this.known = [...this.fromFile, ...this.fromEnv];
+  }
+}
