@@ -56,11 +56,11 @@ export class RateLimiter {
     const res = await this.pool.query<{ cur: number; prev: number }>(
       `WITH up AS (
          INSERT INTO policy.rate_counters (key, window_start, count, expires_at)
-         VALUES ($1, $2, $3, to_timestamp($2 + 2 * $4))
+         VALUES ($1, $2::bigint, $3::int, to_timestamp($2::bigint + 2 * $4::int))
          ON CONFLICT (key, window_start) DO UPDATE SET count = policy.rate_counters.count + EXCLUDED.count
          RETURNING count)
        SELECT (SELECT count FROM up) AS cur,
-              COALESCE((SELECT count FROM policy.rate_counters WHERE key = $1 AND window_start = $2 - $4), 0) AS prev`,
+              COALESCE((SELECT count FROM policy.rate_counters WHERE key = $1 AND window_start = $2::bigint - $4::int), 0) AS prev`,
       [`${key}/${rate.windowSec}`, start, n, rate.windowSec],
     );
     const row = res.rows[0] ?? { cur: n, prev: 0 };

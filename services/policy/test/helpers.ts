@@ -82,6 +82,7 @@ export const session = (over: Record<string, unknown> = {}) => ({
   listener: 1,
   authUser: '',
   serverName: 'mx.test',
+  tls: undefined,
   ...over,
 });
 
