@@ -1,0 +1,1198 @@
+// One SMTP session: a state machine over a byte stream. Input is kept in
+// Buffers and scanned with indexOf; commands are handled strictly in order
+// (a hook that is still running holds the commands behind it, so replies to
+// a pipelined batch come back in order); replies are batched into one write
+// per burst of input. Message data goes to the service as a bounded stream.
+import crypto from 'node:crypto';
+import type net from 'node:net';
+import { Readable } from 'node:stream';
+import tls from 'node:tls';
+import { parsePath } from './address';
+import { BodyDecoder, type Violation } from './body';
+import { parseMailParams, parseRcptParams } from './params';
+import { normalizeIp, parseProxyHeader } from './proxy';
+import { closing, formatReply, isPositive, normalizeReply, reply, Replies, type Reply } from './reply';
+import type { AuthRequest, Envelope, MailFrom, RcptTo, SmtpHooks, SmtpLimits, SmtpLogger, SmtpSession, TlsInfo } from './types';
+import type { ConnectionLimiter } from './types';
+
+const LF = 0x0a;
+const CR = 0x0d;
+/** RFC 4954: AUTH command and SASL response lines may be this long. */
+const AUTH_LINE_LIMIT = 12_288;
+/** Input we hold while a hook runs before we stop reading the socket. */
+const MAX_PENDING_INPUT = 64 * 1024;
+/** Data stream buffer handed to the service. */
+const STREAM_HWM = 64 * 1024;
+
+/** Thrown into the data stream when the engine refuses the message data. */
+export class SmtpDataError extends Error {
+  constructor(
+    readonly violation: Violation | 'aborted',
+    readonly reply: Reply,
+  ) {
+    super(`message data refused: ${violation}`);
+    this.name = 'SmtpDataError';
+  }
+}
+
+/** What a session needs from its server. */
+export interface SessionContext {
+  name: string;
+  hostname: string;
+  banner: string;
+  hooks: SmtpHooks;
+  limits: SmtpLimits;
+  implicitTls: boolean;
+  secureContext: (() => tls.SecureContext) | undefined;
+  requireTlsForAuth: boolean;
+  authRequired: boolean;
+  isTrustedProxy: (address: string) => boolean;
+  limiter: ConnectionLimiter;
+  logger: SmtpLogger | undefined;
+  /** The server is shutting down gracefully. */
+  closing: () => boolean;
+  ended: (s: Session) => void;
+}
+
+const enum Mode {
+  Proxy,
+  Handshake,
+  PreGreeting,
+  Command,
+  Auth,
+  Data,
+  Bdat,
+  Closing,
+  Closed,
+}
+
+const idPrefix = crypto.randomBytes(3).toString('hex');
+let idCounter = 0;
+function nextId(): string {
+  idCounter = (idCounter + 1) % 0x7fffffff;
+  return `${idPrefix}${Date.now().toString(36).slice(-5)}${idCounter.toString(36).padStart(4, '0')}`.toUpperCase();
+}
+
+const VIOLATION_REPLIES: Record<Violation, Reply> = {
+  bare_line_ending: Replies.bareLineEnding,
+  nul: Replies.nulInData,
+  line_too_long: Replies.textLineTooLong,
+  size: Replies.messageTooBig,
+};
+
+function cipherBits(name: string): number | undefined {
+  const m = /AES[_-]?(128|256)|CHACHA20|CAMELLIA[_-]?(128|256)/i.exec(name);
+  if (!m) return undefined;
+  if (/CHACHA20/i.test(m[0])) return 256;
+  return Number(m[1] ?? m[2]);
+}
+
+interface DataTransfer {
+  decoder: BodyDecoder | undefined; // undefined: BINARYMIME (no text checks)
+  stream: Readable;
+  /** The hook's promise settled (before or after the end). */
+  settled: boolean;
+  result: Reply | undefined;
+  failed: boolean;
+  promise: Promise<void>;
+  /** push(null) done. */
+  ended: boolean;
+  /** The engine aborted the stream. */
+  aborted: boolean;
+  size: number;
+}
+
+interface BdatChunk {
+  remaining: number;
+  last: boolean;
+  /** Reply to give after the chunk is consumed instead of processing it. */
+  refuse: Reply | undefined;
+  /** Close the session after refusing (unrecoverable). */
+  fatal: boolean;
+}
+
+type AuthState =
+  | { mech: 'PLAIN' }
+  | { mech: 'LOGIN'; step: 'user' }
+  | { mech: 'LOGIN'; step: 'pass'; username: string };
+
+export class Session {
+  readonly info: SmtpSession;
+  private sock: net.Socket;
+  private mode: Mode = Mode.Command;
+  private inBuf: Buffer | null = null;
+  private busy = false;
+  private out = '';
+  private errors = 0;
+  private pipelining = false;
+  private skipLine = false;
+  private auth: AuthState | undefined;
+  private data: DataTransfer | undefined;
+  private bdat: BdatChunk | undefined;
+  private clientSlot: string | undefined;
+  private paused = false;
+  private backpressure = false;
+  private closeTimer: NodeJS.Timeout | undefined;
+  private seq = 0;
+  private endReason = 'closed';
+
+  constructor(
+    private readonly ctx: SessionContext,
+    socket: net.Socket,
+  ) {
+    this.sock = socket;
+    const remoteAddress = normalizeIp(socket.remoteAddress ?? '');
+    this.info = {
+      id: nextId(),
+      listener: ctx.name,
+      startedAt: new Date(),
+      remoteAddress,
+      remotePort: socket.remotePort ?? 0,
+      localAddress: normalizeIp(socket.localAddress ?? ''),
+      localPort: socket.localPort ?? 0,
+      clientAddress: remoteAddress,
+      clientPort: socket.remotePort ?? 0,
+      proxied: false,
+      tls: undefined,
+      heloName: undefined,
+      esmtp: false,
+      user: undefined,
+      envelope: undefined,
+      transactions: 0,
+      state: {},
+    };
+  }
+
+  // ---------------------------------------------------------------- lifecycle
+
+  start(): void {
+    this.attach(this.sock);
+    this.sock.setNoDelay(true);
+    if (this.ctx.isTrustedProxy(this.info.remoteAddress)) {
+      this.mode = Mode.Proxy;
+      this.sock.setTimeout(this.ctx.limits.handshakeTimeoutMs);
+      return;
+    }
+    this.afterProxy();
+  }
+
+  private attach(sock: net.Socket): void {
+    sock.on('data', this.onData);
+    sock.on('error', this.onError);
+    sock.on('close', this.onClose);
+    sock.on('timeout', this.onTimeout);
+  }
+
+  private detach(sock: net.Socket): void {
+    sock.off('data', this.onData);
+    sock.off('error', this.onError);
+    sock.off('close', this.onClose);
+    sock.off('timeout', this.onTimeout);
+  }
+
+  private afterProxy(): void {
+    const ip = this.info.clientAddress;
+    if (!this.ctx.limiter.tryAcquireClient(ip)) {
+      this.endReason = 'too many connections from client';
+      this.closeWith(reply(421, '4.7.0', `${this.ctx.hostname} Error: too many connections from ${ip}`));
+      return;
+    }
+    this.clientSlot = ip;
+    if (this.ctx.implicitTls) {
+      this.upgrade(true);
+      return;
+    }
+    this.beginSession();
+  }
+
+  private beginSession(): void {
+    this.mode = Mode.PreGreeting;
+    this.busy = true;
+    this.sock.setTimeout(this.ctx.limits.commandTimeoutMs);
+    const hook = this.ctx.hooks.onConnect;
+    const delay = this.ctx.limits.greetingDelayMs;
+    const waits: Array<Promise<Reply | undefined>> = [];
+    if (hook) waits.push(this.safe(() => hook.call(this.ctx.hooks, this.info)).catch(() => Replies.hookFailed));
+    if (delay > 0) waits.push(new Promise((r) => setTimeout(() => r(undefined), delay)));
+    const greet = (r: Reply | undefined) => {
+      if (this.mode !== Mode.PreGreeting) return;
+      this.busy = false;
+      if (r && !isPositive(r)) {
+        // Only 220, 421 and 554 are valid greetings (RFC 5321 4.3.2).
+        const code = r.code >= 500 ? 554 : 421;
+        this.endReason = 'refused at connect';
+        this.closeWith({ ...r, code });
+        return;
+      }
+      if (this.inBuf) {
+        this.endReason = 'pregreet';
+        this.closeWith(Replies.pregreet);
+        return;
+      }
+      this.mode = Mode.Command;
+      this.write(formatReply(reply(220, undefined, `${this.ctx.hostname} ${this.ctx.banner}`), false));
+      this.flush();
+    };
+    if (waits.length === 0) return greet(undefined);
+    void Promise.all(waits).then((rs) => greet(rs[0]));
+  }
+
+  /** The server is stopping: idle sessions get 421 at once, others when their transaction ends. */
+  shutdown(force: boolean): void {
+    if (this.mode === Mode.Closing || this.mode === Mode.Closed) return;
+    const idle = this.mode === Mode.Command && !this.busy && !this.info.envelope && this.inBuf === null;
+    if (force || idle || this.mode === Mode.Proxy || this.mode === Mode.Handshake || this.mode === Mode.PreGreeting) {
+      this.endReason = 'server shutdown';
+      if (this.mode === Mode.Proxy || this.mode === Mode.Handshake) {
+        this.destroy();
+        return;
+      }
+      this.closeWith(closing(this.ctx.hostname, '4.3.2', 'Service shutting down, closing transmission channel'));
+    }
+  }
+
+  destroy(): void {
+    this.abortData('aborted');
+    this.sock.destroy();
+  }
+
+  private readonly onError = (err: Error): void => {
+    this.endReason = `socket error: ${err.message}`;
+    this.ctx.logger?.debug({ session: this.info.id, err: err.message }, 'smtp socket error');
+    this.abortData('aborted');
+  };
+
+  private readonly onClose = (): void => {
+    if (this.mode === Mode.Closed) return;
+    this.mode = Mode.Closed;
+    if (this.closeTimer) clearTimeout(this.closeTimer);
+    this.abortData('aborted');
+    this.ctx.limiter.releaseTotal();
+    if (this.clientSlot !== undefined) this.ctx.limiter.releaseClient(this.clientSlot);
+    this.ctx.ended(this);
+    try {
+      this.ctx.hooks.onClose?.(this.info, this.endReason);
+    } catch {
+      // a failing observer must not affect other sessions
+    }
+  };
+
+  private readonly onTimeout = (): void => {
+    if (this.mode === Mode.Proxy || this.mode === Mode.Handshake) {
+      this.endReason = 'handshake timeout';
+      this.destroy();
+      return;
+    }
+    if (this.mode === Mode.Closing || this.mode === Mode.Closed) {
+      this.sock.destroy();
+      return;
+    }
+    this.endReason = 'timeout';
+    this.closeWith(closing(this.ctx.hostname, '4.4.2', 'Error: timeout exceeded'));
+  };
+
+  /** Sends `r` (if any) and closes: no more input is processed. */
+  private closeWith(r: Reply | undefined): void {
+    if (this.mode === Mode.Closing || this.mode === Mode.Closed) return;
+    this.abortData('aborted');
+    if (r) this.write(formatReply(r));
+    this.flush();
+    this.mode = Mode.Closing;
+    this.inBuf = null;
+    this.sock.end();
+    this.closeTimer = setTimeout(() => this.sock.destroy(), 5_000);
+    this.closeTimer.unref();
+  }
+
+  // ---------------------------------------------------------------- output
+
+  private write(s: string): void {
+    this.out += s;
+  }
+
+  private flush(): void {
+    if (this.out.length === 0 || this.sock.destroyed) return;
+    const s = this.out;
+    this.out = '';
+    this.sock.write(s);
+  }
+
+  /** Queues a reply; counts errors and closes after too many. */
+  private send(r: Reply): void {
+    this.write(formatReply(r));
+    if (r.code >= 400 && r.code !== 421) {
+      this.errors++;
+      if (this.errors >= this.ctx.limits.maxErrors) {
+        this.endReason = 'too many errors';
+        this.closeWith(closing(this.ctx.hostname, '4.7.0', 'Error: too many errors'));
+      }
+    }
+  }
+
+  // ---------------------------------------------------------------- input
+
+  private readonly onData = (chunk: Buffer): void => {
+    if (this.mode === Mode.Closing || this.mode === Mode.Closed) return;
+    if (this.mode === Mode.PreGreeting) {
+      // Talking before the greeting: refuse now (Postfix's pregreet test).
+      this.endReason = 'pregreet';
+      this.closeWith(Replies.pregreet);
+      return;
+    }
+    this.inBuf = this.inBuf === null ? chunk : Buffer.concat([this.inBuf, chunk]);
+    if (!this.busy) this.pump();
+    else this.updateFlow();
+  };
+
+  private updateFlow(): void {
+    const shouldPause =
+      this.backpressure || (this.busy && this.inBuf !== null && this.inBuf.length > MAX_PENDING_INPUT);
+    if (shouldPause && !this.paused) {
+      this.paused = true;
+      this.sock.pause();
+    } else if (!shouldPause && this.paused) {
+      this.paused = false;
+      this.sock.resume();
+    }
+  }
+
+  /** Processes buffered input until it runs out or a hook is pending. */
+  private pump(): void {
+    while (this.inBuf !== null && !this.busy) {
+      const mode = this.mode;
+      if (mode === Mode.Command || mode === Mode.Auth) {
+        if (!this.commandStep()) break;
+      } else if (mode === Mode.Data) {
+        this.dataStep();
+      } else if (mode === Mode.Bdat) {
+        this.bdatStep();
+      } else if (mode === Mode.Proxy) {
+        if (!this.proxyStep()) break;
+      } else break;
+    }
+    this.flush();
+    this.updateFlow();
+  }
+
+  private take(n: number): Buffer {
+    const buf = this.inBuf!;
+    if (n >= buf.length) {
+      this.inBuf = null;
+      return buf;
+    }
+    this.inBuf = buf.subarray(n);
+    return buf.subarray(0, n);
+  }
+
+  private proxyStep(): boolean {
+    const r = parseProxyHeader(this.inBuf!);
+    if (r.status === 'incomplete') return false;
+    if (r.status === 'error') {
+      this.ctx.logger?.warn({ session: this.info.id, remote: this.info.remoteAddress, err: r.message }, 'bad PROXY header');
+      this.endReason = 'bad PROXY header';
+      this.destroy();
+      return false;
+    }
+    this.take(r.consumed);
+    if (r.source) {
+      this.info.clientAddress = normalizeIp(r.source.address);
+      this.info.clientPort = r.source.port;
+      this.info.proxied = true;
+    }
+    const rest = this.inBuf;
+    this.inBuf = null;
+    if (this.ctx.implicitTls && rest) {
+      // The client's first TLS octets came with the header: hand them to TLS.
+      this.sock.pause();
+      this.sock.unshift(rest);
+    } else if (rest) {
+      // Plain SMTP client talking before the greeting.
+      this.endReason = 'pregreet';
+      this.afterProxyThenRefuse();
+      return false;
+    }
+    this.afterProxy();
+    return false;
+  }
+
+  private afterProxyThenRefuse(): void {
+    this.mode = Mode.Command;
+    this.closeWith(Replies.pregreet);
+  }
+
+  /** One command (or SASL response) line. Returns false when more input is needed. */
+  private commandStep(): boolean {
+    const buf = this.inBuf!;
+    const lf = buf.indexOf(LF);
+    let limit = this.ctx.limits.maxCommandLine;
+    if ((lf < 0 ? buf.length : lf + 1) > limit) {
+      const authLine = this.mode === Mode.Auth || (buf.length >= 5 && buf.subarray(0, 5).toString('latin1').toUpperCase() === 'AUTH ');
+      if (authLine) limit = AUTH_LINE_LIMIT;
+    }
+    if (lf < 0) {
+      if (buf.length > limit || this.skipLine) {
+        // Too long: drop what we have and the rest of the line, then say so.
+        this.skipLine = true;
+        this.inBuf = null;
+      }
+      return false;
+    }
+    const line = this.take(lf + 1);
+    if (this.skipLine) {
+      this.skipLine = false;
+      this.auth = undefined;
+      if (this.mode === Mode.Auth) this.mode = Mode.Command;
+      this.send(Replies.lineTooLong);
+      return true;
+    }
+    if (lf + 1 > limit) {
+      this.auth = undefined;
+      if (this.mode === Mode.Auth) this.mode = Mode.Command;
+      this.send(Replies.lineTooLong);
+      return true;
+    }
+    if (lf === 0 || line[lf - 1] !== CR) {
+      this.endReason = 'bare LF in command';
+      this.closeWith(reply(521, '5.5.2', `${this.ctx.hostname} Error: bare <LF> received`));
+      return false;
+    }
+    const content = line.subarray(0, lf - 1);
+    if (content.indexOf(CR) >= 0) {
+      this.endReason = 'bare CR in command';
+      this.closeWith(reply(521, '5.5.2', `${this.ctx.hostname} Error: bare <CR> received`));
+      return false;
+    }
+    let text = content.toString('latin1');
+    // eslint-disable-next-line no-control-regex
+    if (/[\x00-\x08\x0a-\x1f\x7f]/.test(text)) {
+      this.send(Replies.badCharacter);
+      return true;
+    }
+    // eslint-disable-next-line no-control-regex
+    if (/[^\x00-\x7f]/.test(text)) {
+      text = content.toString('utf8');
+      if (text.includes('\ufffd')) {
+        this.send(Replies.badUtf8);
+        return true;
+      }
+    }
+    if (this.mode === Mode.Auth) {
+      this.authResponse(text);
+      return true;
+    }
+    this.command(text);
+    return true;
+  }
+
+  // ---------------------------------------------------------------- commands
+
+  private command(line: string): void {
+    const sp = line.indexOf(' ');
+    const verb = (sp < 0 ? line : line.slice(0, sp)).toUpperCase();
+    const arg = sp < 0 ? '' : line.slice(sp + 1);
+
+    // RFC 2920: without PIPELINING (no EHLO yet, or HELO) a client must wait
+    // for each reply, and EHLO/HELO always end a group. Input already queued
+    // behind such a command is a synchronization error (Postfix 3.9 style).
+    if (this.inBuf !== null && (!this.pipelining || verb === 'EHLO' || verb === 'HELO')) {
+      this.endReason = 'improper pipelining';
+      this.closeWith(Replies.pipelining);
+      return;
+    }
+    if (this.ctx.closing() && !this.info.envelope && verb !== 'QUIT') {
+      this.endReason = 'server shutdown';
+      this.closeWith(closing(this.ctx.hostname, '4.3.2', 'Service shutting down, closing transmission channel'));
+      return;
+    }
+    // Between BDAT chunks only BDAT, RSET, NOOP and QUIT make sense.
+    if (this.data && !this.data.ended && verb !== 'BDAT' && verb !== 'RSET' && verb !== 'QUIT' && verb !== 'NOOP') {
+      this.send(reply(503, '5.5.1', 'Error: BDAT transfer in progress; send BDAT, RSET or QUIT'));
+      return;
+    }
+
+    switch (verb) {
+      case 'EHLO':
+      case 'HELO':
+        return this.helo(verb === 'EHLO', arg);
+      case 'MAIL':
+        return this.mail(arg);
+      case 'RCPT':
+        return this.rcpt(arg);
+      case 'DATA':
+        return this.dataCommand(arg);
+      case 'BDAT':
+        return this.bdatCommand(arg);
+      case 'RSET':
+        if (arg) return this.send(Replies.syntaxNoArgs);
+        this.resetTransaction();
+        return this.send(Replies.ok);
+      case 'NOOP':
+        return this.send(Replies.ok);
+      case 'QUIT':
+        this.endReason = 'quit';
+        return this.closeWith(Replies.bye);
+      case 'HELP':
+        return this.send(Replies.help);
+      case 'VRFY':
+        return this.vrfy(arg);
+      case 'EXPN':
+        return this.expn(arg);
+      case 'ETRN':
+        return this.etrn(arg);
+      case 'STARTTLS':
+        return this.startTls(arg);
+      case 'AUTH':
+        return this.authCommand(arg);
+      case 'TURN':
+      case 'ATRN':
+      case 'SEND':
+      case 'SOML':
+      case 'SAML':
+        return this.send(Replies.notImplemented);
+      default:
+        return this.send(Replies.notRecognized);
+    }
+  }
+
+  /** Runs a hook; a throw or rejection becomes `undefined` + failed flag. */
+  private safe<T>(fn: () => Promise<T>): Promise<T | undefined> {
+    try {
+      return fn().catch((err: unknown) => {
+        this.ctx.logger?.warn({ session: this.info.id, err: (err as Error)?.message ?? String(err) }, 'smtp hook failed');
+        throw err;
+      });
+    } catch (err) {
+      return Promise.reject(err);
+    }
+  }
+
+  /**
+   * Awaits a hook with the session busy (input queues up behind it), then
+   * continues with `then`; a failed hook gets 451 4.3.0.
+   */
+  private await<T>(fn: () => Promise<T>, then: (v: T) => void, onFail?: () => void): void {
+    this.busy = true;
+    this.updateFlow();
+    this.safe(fn).then(
+      (v) => {
+        if (this.mode === Mode.Closing || this.mode === Mode.Closed) return;
+        this.busy = false;
+        then(v as T);
+        this.pump();
+      },
+      () => {
+        if (this.mode === Mode.Closing || this.mode === Mode.Closed) return;
+        this.busy = false;
+        if (onFail) onFail();
+        else this.send(Replies.hookFailed);
+        this.pump();
+      },
+    );
+  }
+
+  private resetTransaction(): void {
+    const env = this.info.envelope;
+    this.abortData('aborted');
+    this.data = undefined;
+    if (env) {
+      this.info.envelope = undefined;
+      try {
+        this.ctx.hooks.onReset?.(this.info, env);
+      } catch {
+        // observer only
+      }
+    }
+  }
+
+  private helo(esmtp: boolean, arg: string): void {
+    const name = arg.trim();
+    if (!name) return this.send(esmtp ? Replies.syntaxEhlo : Replies.syntaxHelo);
+    if (!/^[\x21-\x7e\u00a0-\uffff]{1,255}$/.test(name)) return this.send(esmtp ? Replies.syntaxEhlo : Replies.syntaxHelo);
+    const hook = this.ctx.hooks.onHelo;
+    const accept = () => {
+      this.resetTransaction();
+      this.info.heloName = name;
+      this.info.esmtp = esmtp;
+      this.pipelining = esmtp;
+      if (!esmtp) return this.write(formatReply(reply(250, undefined, this.ctx.hostname), false));
+      this.write(formatReply(reply(250, undefined, [this.ctx.hostname, ...this.extensions()]), false));
+    };
+    if (!hook) return accept();
+    this.await(
+      () => hook.call(this.ctx.hooks, this.info, name, esmtp),
+      (r) => {
+        if (r && !isPositive(r)) return this.send(r);
+        accept();
+      },
+    );
+  }
+
+  private get secure(): boolean {
+    return this.info.tls !== undefined;
+  }
+
+  private get authOffered(): boolean {
+    return this.ctx.hooks.onAuth !== undefined && (this.secure || !this.ctx.requireTlsForAuth);
+  }
+
+  private extensions(): string[] {
+    const ext = ['PIPELINING', `SIZE ${this.ctx.limits.maxMessageSize}`];
+    if (this.ctx.hooks.onEtrn) ext.push('ETRN');
+    if (this.ctx.secureContext && !this.secure) ext.push('STARTTLS');
+    if (this.authOffered && !this.info.user) ext.push('AUTH PLAIN LOGIN');
+    ext.push('ENHANCEDSTATUSCODES', '8BITMIME', 'DSN', 'SMTPUTF8', 'CHUNKING', 'BINARYMIME');
+    if (this.secure) ext.push('REQUIRETLS');
+    return ext;
+  }
+
+  private mail(arg: string): void {
+    if (!this.info.heloName) return this.send(Replies.sendHeloFirst);
+    if (this.info.envelope) return this.send(Replies.nestedMail);
+    if (this.ctx.authRequired && !this.info.user) {
+      return this.send(this.secure || !this.ctx.secureContext ? Replies.authRequired : Replies.mustIssueStarttls);
+    }
+    const lim = this.ctx.limits.maxTransactions;
+    if (lim > 0 && this.info.transactions >= lim) {
+      this.endReason = 'too many transactions';
+      return this.closeWith(closing(this.ctx.hostname, '4.7.0', 'Error: too many messages in one session'));
+    }
+    const m = /^FROM: */i.exec(arg);
+    if (!m) return this.send(reply(501, '5.5.4', 'Syntax: MAIL FROM:<address>'));
+    const path = parsePath(arg, m[0].length, { allowNull: true, utf8: true });
+    if (!path.ok) return this.send(path.kind === 'too_long' ? reply(501, '5.1.7', 'Error: sender address too long') : reply(501, '5.1.7', 'Error: bad sender address syntax'));
+    const rest = arg.slice(path.end);
+    if (rest.length > 0 && rest.charCodeAt(0) !== 0x20) return this.send(reply(501, '5.1.7', 'Error: bad sender address syntax'));
+    const params = parseMailParams(rest, {
+      maxMessageSize: this.ctx.limits.maxMessageSize,
+      tls: this.secure,
+      authEnabled: this.authOffered,
+    });
+    if (!params.ok) return this.send(params.reply);
+    if (path.address.utf8 && !params.params.smtputf8) return this.send(Replies.nonAsciiAddress);
+    const from: MailFrom = { address: path.address.address, parsed: path.address, params: params.params };
+    const start = () => {
+      this.seq++;
+      this.info.envelope = { seq: this.seq, mailFrom: from, rcptTo: [], chunking: false, startedAt: new Date(), state: {} };
+    };
+    const hook = this.ctx.hooks.onMailFrom;
+    if (!hook) {
+      start();
+      return this.send(Replies.mailOk);
+    }
+    this.await(
+      () => hook.call(this.ctx.hooks, this.info, from),
+      (r) => {
+        if (r && !isPositive(r)) return this.send(r);
+        start();
+        this.send(r ?? Replies.mailOk);
+      },
+    );
+  }
+
+  private rcpt(arg: string): void {
+    const env = this.info.envelope;
+    if (!env) return this.send(Replies.needMail);
+    const m = /^TO: */i.exec(arg);
+    if (!m) return this.send(reply(501, '5.5.4', 'Syntax: RCPT TO:<address>'));
+    const smtputf8 = env.mailFrom.params.smtputf8;
+    const path = parsePath(arg, m[0].length, { allowPostmaster: true, utf8: smtputf8 });
+    if (!path.ok) {
+      if (path.kind === 'non_ascii') return this.send(Replies.nonAsciiAddress);
+      return this.send(reply(501, '5.1.3', path.kind === 'too_long' ? 'Error: recipient address too long' : 'Error: bad recipient address syntax'));
+    }
+    const rest = arg.slice(path.end);
+    if (rest.length > 0 && rest.charCodeAt(0) !== 0x20) return this.send(reply(501, '5.1.3', 'Error: bad recipient address syntax'));
+    const params = parseRcptParams(rest);
+    if (!params.ok) return this.send(params.reply);
+    if (env.rcptTo.length >= this.ctx.limits.maxRecipients) return this.send(Replies.tooManyRecipients);
+    const address = path.address.address;
+    const key = `${path.address.local}@${path.address.asciiDomain}`;
+    if (env.rcptTo.some((r) => `${r.parsed.local}@${r.parsed.asciiDomain}` === key)) return this.send(Replies.rcptOk);
+    const rcpt: RcptTo = { address, parsed: path.address, params: params.params };
+    const hook = this.ctx.hooks.onRcptTo;
+    if (!hook) {
+      env.rcptTo.push(rcpt);
+      return this.send(Replies.rcptOk);
+    }
+    this.await(
+      () => hook.call(this.ctx.hooks, this.info, rcpt, env),
+      (r) => {
+        if (r && !isPositive(r)) return this.send(r);
+        if (this.info.envelope !== env) return this.send(Replies.needMail);
+        env.rcptTo.push(rcpt);
+        this.send(r ?? Replies.rcptOk);
+      },
+    );
+  }
+
+  private vrfy(arg: string): void {
+    if (!arg.trim()) return this.send(Replies.syntaxVrfy);
+    const hook = this.ctx.hooks.onVrfy;
+    if (!hook) return this.send(Replies.vrfyCannot);
+    this.await(() => hook.call(this.ctx.hooks, this.info, arg.trim()), (r) => this.send(r));
+  }
+
+  private expn(arg: string): void {
+    const hook = this.ctx.hooks.onExpn;
+    if (!hook) return this.send(Replies.expnDisabled);
+    if (!arg.trim()) return this.send(reply(501, '5.5.4', 'Syntax: EXPN list'));
+    this.await(() => hook.call(this.ctx.hooks, this.info, arg.trim()), (r) => this.send(r));
+  }
+
+  private etrn(arg: string): void {
+    const hook = this.ctx.hooks.onEtrn;
+    if (!hook) return this.send(Replies.etrnDisabled);
+    if (!this.info.heloName) return this.send(Replies.sendHeloFirst);
+    if (this.info.envelope) return this.send(Replies.inTransaction);
+    const node = arg.trim();
+    if (!/^[@#]?[A-Za-z0-9.-]+$/.test(node)) return this.send(Replies.syntaxEtrn);
+    this.await(
+      () => hook.call(this.ctx.hooks, this.info, node),
+      (r) => this.send(r ?? reply(250, '2.0.0', 'Queuing started')),
+    );
+  }
+
+  // ---------------------------------------------------------------- STARTTLS / AUTH
+
+  private startTls(arg: string): void {
+    if (this.secure) return this.send(Replies.tlsActive);
+    if (!this.ctx.secureContext) return this.send(Replies.notImplemented);
+    if (arg) return this.send(reply(501, '5.5.4', 'Syntax: STARTTLS'));
+    if (this.info.envelope) return this.send(Replies.inTransaction);
+    if (!this.info.heloName) return this.send(Replies.sendHeloFirst);
+    // Plaintext pipelined after STARTTLS must not be carried into the TLS
+    // session (CVE-2011-0411): it is dropped.
+    this.inBuf = null;
+    this.send(Replies.readyTls);
+    this.flush();
+    this.upgrade(false);
+  }
+
+  private upgrade(implicit: boolean): void {
+    let context: tls.SecureContext;
+    try {
+      context = this.ctx.secureContext!();
+    } catch (err) {
+      this.ctx.logger?.warn({ session: this.info.id, err: (err as Error).message }, 'no TLS context');
+      if (implicit) return this.destroy();
+      return this.send(Replies.startTlsUnavailable);
+    }
+    const raw = this.sock;
+    this.mode = Mode.Handshake;
+    this.busy = true;
+    this.detach(raw);
+    raw.pause();
+    raw.setTimeout(0);
+    const sock = new tls.TLSSocket(raw, { isServer: true, secureContext: context, requestCert: false });
+    this.sock = sock;
+    this.paused = false;
+    this.attach(sock);
+    sock.setTimeout(this.ctx.limits.handshakeTimeoutMs);
+    sock.once('secure', () => {
+      const cipher = sock.getCipher();
+      const info: TlsInfo = { protocol: sock.getProtocol() ?? 'unknown', cipher: cipher?.standardName ?? cipher?.name ?? 'unknown', implicit };
+      const bits = cipherBits(info.cipher);
+      if (bits !== undefined) info.bits = bits;
+      this.info.tls = info;
+      if (implicit) {
+        this.busy = false;
+        this.beginSession();
+        return;
+      }
+      // RFC 3207: forget everything learned before TLS.
+      this.info.heloName = undefined;
+      this.info.esmtp = false;
+      this.pipelining = false;
+      this.mode = Mode.Command;
+      this.busy = false;
+      this.sock.setTimeout(this.ctx.limits.commandTimeoutMs);
+      this.pump();
+    });
+  }
+
+  private authCommand(arg: string): void {
+    if (!this.ctx.hooks.onAuth) return this.send(Replies.authNotAvailable);
+    if (!this.info.heloName || !this.info.esmtp) return this.send(Replies.sendHeloFirst);
+    if (this.info.user) return this.send(Replies.alreadyAuthenticated);
+    if (this.info.envelope) return this.send(Replies.inTransaction);
+    if (!this.authOffered) return this.send(Replies.authNeedsTls);
+    const parts = arg.split(' ');
+    const mech = (parts[0] ?? '').toUpperCase();
+    if (!mech || parts.length > 2) return this.send(Replies.syntaxAuth);
+    const initial = parts[1];
+    if (mech === 'PLAIN') {
+      if (initial === undefined) {
+        this.mode = Mode.Auth;
+        this.auth = { mech: 'PLAIN' };
+        this.write('334 \r\n');
+        return;
+      }
+      return this.authPlain(initial);
+    }
+    if (mech === 'LOGIN') {
+      this.mode = Mode.Auth;
+      if (initial === undefined) {
+        this.auth = { mech: 'LOGIN', step: 'user' };
+        this.write('334 VXNlcm5hbWU6\r\n');
+        return;
+      }
+      const user = decodeBase64(initial);
+      if (user === undefined) {
+        this.mode = Mode.Command;
+        return this.send(Replies.authBadBase64);
+      }
+      this.auth = { mech: 'LOGIN', step: 'pass', username: user };
+      this.write('334 UGFzc3dvcmQ6\r\n');
+      return;
+    }
+    this.send(Replies.authUnknownMech);
+  }
+
+  private authResponse(line: string): void {
+    const state = this.auth;
+    this.mode = Mode.Command;
+    this.auth = undefined;
+    if (!state) return this.send(Replies.authAborted);
+    if (line === '*') return this.send(Replies.authAborted);
+    if (state.mech === 'PLAIN') return this.authPlain(line);
+    const value = decodeBase64(line);
+    if (value === undefined) return this.send(Replies.authBadBase64);
+    if (state.step === 'user') {
+      this.mode = Mode.Auth;
+      this.auth = { mech: 'LOGIN', step: 'pass', username: value };
+      this.write('334 UGFzc3dvcmQ6\r\n');
+      return;
+    }
+    this.authVerify({ mechanism: 'LOGIN', username: state.username, password: value, authzid: '' });
+  }
+
+  private authPlain(b64: string): void {
+    const decoded = b64 === '=' ? '' : decodeBase64(b64);
+    if (decoded === undefined) return this.send(Replies.authBadBase64);
+    const parts = decoded.split('\0');
+    if (parts.length !== 3 || !parts[1]) return this.send(Replies.authFailed);
+    const [authzid, username, password] = parts as [string, string, string];
+    if (authzid && authzid !== username) return this.send(Replies.authFailed);
+    this.authVerify({ mechanism: 'PLAIN', username, password, authzid });
+  }
+
+  private authVerify(req: AuthRequest): void {
+    const hook = this.ctx.hooks.onAuth!;
+    this.await(
+      () => hook.call(this.ctx.hooks, this.info, req),
+      (r) => {
+        if (r.ok) {
+          this.info.user = r.user;
+          return this.send(Replies.authOk);
+        }
+        const refusal = r.reply && !isPositive(r.reply) ? r.reply : Replies.authFailed;
+        this.send(refusal);
+      },
+    );
+  }
+
+  // ---------------------------------------------------------------- DATA / BDAT
+
+  private dataCommand(arg: string): void {
+    const env = this.info.envelope;
+    if (!env) return this.send(Replies.needMail);
+    if (env.rcptTo.length === 0) return this.send(reply(554, '5.5.1', 'Error: no valid recipients'));
+    if (arg) return this.send(Replies.syntaxData);
+    if (env.chunking || env.mailFrom.params.body === 'BINARYMIME') return this.send(Replies.dataAfterBdat);
+    const go = () => {
+      this.write(formatReply(Replies.startData, false));
+      this.startTransfer(env, new BodyDecoder(true, this.bodyLimits()));
+      this.mode = Mode.Data;
+      this.sock.setTimeout(this.ctx.limits.dataTimeoutMs);
+    };
+    const hook = this.ctx.hooks.onDataStart;
+    if (!hook) return go();
+    this.await(
+      () => hook.call(this.ctx.hooks, this.info, env),
+      (r) => {
+        if (r && !isPositive(r)) return this.send(r);
+        go();
+      },
+    );
+  }
+
+  private bodyLimits() {
+    return { maxLineLength: this.ctx.limits.maxTextLine, maxSize: this.ctx.limits.maxMessageSize, rejectNul: true };
+  }
+
+  private startTransfer(env: Envelope, decoder: BodyDecoder | undefined): void {
+    const stream = new Readable({
+      highWaterMark: STREAM_HWM,
+      read: () => {
+        if (this.backpressure) {
+          this.backpressure = false;
+          this.updateFlow();
+        }
+      },
+    });
+    // The engine may destroy the stream with an error nobody listens for.
+    stream.on('error', () => {});
+    const t: DataTransfer = {
+      decoder,
+      stream,
+      settled: false,
+      result: undefined,
+      failed: false,
+      ended: false,
+      aborted: false,
+      size: 0,
+      promise: Promise.resolve(),
+    };
+    const hook = this.ctx.hooks.onData;
+    t.promise = this.safe(() => hook.call(this.ctx.hooks, this.info, env, stream)).then(
+      (r) => {
+        t.settled = true;
+        t.result = r;
+        this.onTransferSettled(t);
+      },
+      () => {
+        t.settled = true;
+        t.failed = true;
+        this.onTransferSettled(t);
+      },
+    );
+    this.data = t;
+  }
+
+  private onTransferSettled(t: DataTransfer): void {
+    // A hook that finished before the end of data reads no more: stop feeding it.
+    if (!t.ended && this.backpressure && this.data === t) {
+      this.backpressure = false;
+      this.updateFlow();
+    }
+  }
+
+  private pushBody(t: DataTransfer, segments: Buffer[]): void {
+    if (t.settled || t.aborted || segments.length === 0) return;
+    const buf = segments.length === 1 ? segments[0]! : Buffer.concat(segments);
+    t.size += buf.length;
+    if (!t.stream.push(buf) && !this.backpressure) {
+      this.backpressure = true;
+    }
+  }
+
+  private failTransfer(t: DataTransfer, violation: Violation | 'aborted', r: Reply): void {
+    if (t.aborted) return;
+    t.aborted = true;
+    if (this.backpressure) this.backpressure = false;
+    t.stream.destroy(new SmtpDataError(violation, r));
+  }
+
+  /** Connection lost, RSET, shutdown: the message must not be stored. */
+  private abortData(reason: 'aborted'): void {
+    const t = this.data;
+    if (!t || t.ended) return;
+    this.failTransfer(t, reason, Replies.hookFailed);
+    t.ended = true;
+  }
+
+  private dataStep(): void {
+    const t = this.data!;
+    const decoder = t.decoder!;
+    const buf = this.inBuf!;
+    const segments: Buffer[] = [];
+    const end = decoder.feed(buf, (s) => segments.push(s));
+    this.pushBody(t, segments);
+    if (decoder.violation !== undefined) this.failTransfer(t, decoder.violation, VIOLATION_REPLIES[decoder.violation]);
+    if (end < 0) {
+      this.inBuf = null;
+      return;
+    }
+    this.inBuf = end < buf.length ? buf.subarray(end) : null;
+    this.mode = Mode.Command;
+    this.sock.setTimeout(this.ctx.limits.commandTimeoutMs);
+    this.finishTransfer(t, decoder.violation);
+  }
+
+  /** End of data (DATA) or of the LAST chunk: wait for the hook, reply, close the transaction. */
+  private finishTransfer(t: DataTransfer, violation: Violation | undefined): void {
+    if (violation === undefined && !t.aborted) {
+      if (t.settled) {
+        // The hook answered before the end of data: whatever it said, it
+        // did not see the whole message, so it cannot be a success.
+        t.aborted = true;
+      } else {
+        t.ended = true;
+        t.stream.push(null);
+      }
+    }
+    const early = t.aborted && violation === undefined;
+    t.ended = true;
+    this.busy = true;
+    this.updateFlow();
+    void t.promise.then(() => {
+      if (this.mode === Mode.Closing || this.mode === Mode.Closed) return;
+      this.busy = false;
+      let r: Reply;
+      if (violation !== undefined) r = VIOLATION_REPLIES[violation];
+      else if (t.failed || !t.result) r = Replies.hookFailed;
+      else if (early && isPositive(t.result)) r = Replies.hookFailed;
+      else r = t.result;
+      const env = this.info.envelope;
+      this.data = undefined;
+      this.info.envelope = undefined;
+      if (isPositive(r)) this.info.transactions++;
+      else if (env) {
+        try {
+          this.ctx.hooks.onReset?.(this.info, env);
+        } catch {
+          // observer only
+        }
+      }
+      this.send(normalizeReply(r));
+      if (this.ctx.closing() && this.mode === Mode.Command) {
+        this.endReason = 'server shutdown';
+        this.closeWith(closing(this.ctx.hostname, '4.3.2', 'Service shutting down, closing transmission channel'));
+        return;
+      }
+      this.pump();
+    });
+  }
+
+  private bdatCommand(arg: string): void {
+    const m = /^(\d{1,15})(?: +(LAST))? *$/i.exec(arg);
+    if (!m) {
+      // Without a valid size the octets that follow cannot be skipped.
+      this.endReason = 'bad BDAT syntax';
+      return this.closeWith(Replies.syntaxBdat);
+    }
+    const size = Number(m[1]);
+    const last = m[2] !== undefined;
+    const env = this.info.envelope;
+    const max = this.ctx.limits.maxMessageSize;
+    let refuse: Reply | undefined;
+    let fatal = false;
+    if (!env) refuse = Replies.needMail;
+    else if (env.rcptTo.length === 0) refuse = reply(554, '5.5.1', 'Error: no valid recipients');
+    else if ((this.data?.size ?? 0) + size > max) {
+      refuse = Replies.messageTooBig;
+      // Skipping gigabytes to stay in sync is not worth it.
+      fatal = size > max * 2 + 1_048_576;
+    }
+    const chunk: BdatChunk = { remaining: size, last, refuse, fatal };
+    if (fatal) {
+      this.failBdatTransaction();
+      this.endReason = 'BDAT too large';
+      return this.closeWith(Replies.messageTooBig);
+    }
+    // The chunk's octets follow the command whatever we decide: from here on
+    // the session is in BDAT mode until they are consumed.
+    this.bdat = chunk;
+    this.mode = Mode.Bdat;
+    this.sock.setTimeout(this.ctx.limits.dataTimeoutMs);
+    const enter = () => {
+      if (!chunk.refuse && env && !this.data) {
+        env.chunking = true;
+        const binary = env.mailFrom.params.body === 'BINARYMIME';
+        this.startTransfer(env, binary ? undefined : new BodyDecoder(false, this.bodyLimits()));
+      }
+      if (size === 0) this.bdatChunkDone();
+    };
+    const hook = this.ctx.hooks.onDataStart;
+    if (refuse || !env || this.data || !hook) return enter();
+    this.await(
+      () => hook.call(this.ctx.hooks, this.info, env),
+      (r) => {
+        if (r && !isPositive(r)) chunk.refuse = r;
+        enter();
+      },
+      () => {
+        chunk.refuse = Replies.hookFailed;
+        enter();
+      },
+    );
+  }
+
+  private bdatStep(): void {
+    const chunk = this.bdat!;
+    const buf = this.take(Math.min(chunk.remaining, this.inBuf!.length));
+    chunk.remaining -= buf.length;
+    const t = this.data;
+    if (!chunk.refuse && t && !t.aborted) {
+      if (t.decoder) {
+        const segments: Buffer[] = [];
+        t.decoder.feed(buf, (s) => segments.push(s));
+        this.pushBody(t, segments);
+        if (t.decoder.violation !== undefined) this.failTransfer(t, t.decoder.violation, VIOLATION_REPLIES[t.decoder.violation]);
+      } else if (t.size + buf.length > this.ctx.limits.maxMessageSize) {
+        this.failTransfer(t, 'size', Replies.messageTooBig);
+        chunk.refuse = Replies.messageTooBig;
+      } else this.pushBody(t, [buf]);
+    }
+    if (chunk.remaining === 0) this.bdatChunkDone();
+  }
+
+  private failBdatTransaction(): void {
+    const t = this.data;
+    if (t && !t.ended) this.failTransfer(t, 'aborted', Replies.hookFailed);
+    if (t) t.ended = true;
+    const env = this.info.envelope;
+    this.data = undefined;
+    this.info.envelope = undefined;
+    if (env) {
+      try {
+        this.ctx.hooks.onReset?.(this.info, env);
+      } catch {
+        // observer only
+      }
+    }
+  }
+
+  private bdatChunkDone(): void {
+    const chunk = this.bdat!;
+    this.bdat = undefined;
+    this.mode = Mode.Command;
+    this.sock.setTimeout(this.ctx.limits.commandTimeoutMs);
+    const t = this.data;
+    if (chunk.refuse) {
+      // RFC 3030: a failed chunk fails the transaction; later chunks get 503.
+      if (this.info.envelope) this.failBdatTransaction();
+      return this.send(chunk.refuse);
+    }
+    if (!t) return this.send(Replies.needMail);
+    const violation = t.decoder?.violation;
+    if (violation !== undefined || t.aborted) {
+      // Wait for the hook to see the abort, then refuse the transaction.
+      const r = violation !== undefined ? VIOLATION_REPLIES[violation] : Replies.messageTooBig;
+      return this.finishRefused(t, r);
+    }
+    if (t.settled) {
+      // The service gave up before the last chunk.
+      const r = t.failed || !t.result || isPositive(t.result) ? Replies.hookFailed : t.result;
+      return this.finishRefused(t, r);
+    }
+    if (!chunk.last) return this.send(reply(250, '2.0.0', `Ok: ${t.size} octets received`));
+    t.decoder?.finish();
+    const v = t.decoder?.violation;
+    if (v !== undefined) {
+      this.failTransfer(t, v, VIOLATION_REPLIES[v]);
+      return this.finishRefused(t, VIOLATION_REPLIES[v]);
+    }
+    this.finishTransfer(t, undefined);
+  }
+
+  private finishRefused(t: DataTransfer, r: Reply): void {
+    if (!t.aborted) this.failTransfer(t, 'aborted', r);
+    t.ended = true;
+    this.busy = true;
+    this.updateFlow();
+    void t.promise.then(() => {
+      if (this.mode === Mode.Closing || this.mode === Mode.Closed) return;
+      this.busy = false;
+      this.failBdatTransaction();
+      this.send(r);
+      this.pump();
+    });
+  }
+}
+
+function decodeBase64(s: string): string | undefined {
+  if (s.length % 4 !== 0 || !/^[A-Za-z0-9+/]*={0,2}$/.test(s)) return undefined;
+  const text = Buffer.from(s, 'base64').toString('utf8');
+  return text.includes('\ufffd') ? undefined : text;
+}
