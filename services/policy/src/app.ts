@@ -65,8 +65,9 @@ export function createApp(config: Config, deps: AppDeps): App {
     recipientsPerUser: config.TERN_LIMIT_RECIPIENTS_PER_USER,
     messagesPerSenderDomain: config.TERN_LIMIT_MESSAGES_PER_SENDER_DOMAIN,
     recipientsPerSenderDomain: config.TERN_LIMIT_RECIPIENTS_PER_SENDER_DOMAIN,
+    authFailuresPerIp: config.TERN_LIMIT_AUTH_FAILURES_PER_IP,
   });
-  if (limiter.enabled) hooks.push(limiter.hook);
+  hooks.push(limiter.hook);
   const dns = createDns(config.TERN_DNS_SERVERS, config.TERN_DNS_TIMEOUT_MS);
   if (config.TERN_DNSBL_ZONES.length) hooks.push(new Dnsbl(config.TERN_DNSBL_ZONES, dns, logger).hook);
   const messageAuth = new MessageAuth({
@@ -105,7 +106,7 @@ export function createApp(config: Config, deps: AppDeps): App {
   grpcServer.add(
     'tern.v1.PolicyService',
     PolicyServiceService,
-    createPolicyService({ store, cache, engine, logger, meter, hooks, messageChecker: messageAuth }),
+    createPolicyService({ store, cache, engine, logger, meter, hooks, messageChecker: messageAuth, authGuard: limiter }),
   );
   let metricsServer: http.Server | undefined;
 
@@ -116,7 +117,7 @@ export function createApp(config: Config, deps: AppDeps): App {
     },
     async start() {
       await cache.start();
-      if (limiter.enabled) limiter.startCleanup();
+      limiter.startCleanup();
       greylist?.startCleanup();
       if (!deps.noMetricsServer) {
         metricsServer = await deps.telemetry.serveMetrics(config.TERN_METRICS_LISTEN.host, config.TERN_METRICS_LISTEN.port, () => cache.ready);

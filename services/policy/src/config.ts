@@ -72,6 +72,17 @@ const schema = z.object({
   TERN_LIMIT_RECIPIENTS_PER_USER: rate(),
   TERN_LIMIT_MESSAGES_PER_SENDER_DOMAIN: rate(),
   TERN_LIMIT_RECIPIENTS_PER_SENDER_DOMAIN: rate(),
+  TERN_LIMIT_AUTH_FAILURES_PER_IP: z
+    .string()
+    .default('10/5m')
+    .transform((value, ctx) => {
+      try {
+        return parseRate(value);
+      } catch (err) {
+        ctx.addIssue({ code: 'custom', message: (err as Error).message });
+        return z.NEVER;
+      }
+    }),
 
   TERN_GREYLIST: bool(false),
   TERN_GREYLIST_DELAY_S: positiveInt(300),

@@ -34,6 +34,8 @@ export interface RateLimits {
   recipientsPerUser?: Rate;
   messagesPerSenderDomain?: Rate;
   recipientsPerSenderDomain?: Rate;
+  /** Failed AUTH attempts per client IP; beyond it logins are refused unverified. */
+  authFailuresPerIp?: Rate;
 }
 
 export class RateLimiter {
@@ -67,6 +69,31 @@ export class RateLimiter {
     const overlap = 1 - (nowSec - start) / rate.windowSec;
     const estimate = row.cur + row.prev * overlap;
     return { exceeded: estimate > rate.limit, estimate };
+  }
+
+  /** The sliding-window estimate for `key` without counting anything. */
+  async peek(key: string, rate: Rate): Promise<number> {
+    const nowSec = this.now() / 1000;
+    const start = Math.floor(nowSec / rate.windowSec) * rate.windowSec;
+    const res = await this.pool.query<{ cur: number; prev: number }>(
+      `SELECT COALESCE(sum(count) FILTER (WHERE window_start = $2::bigint), 0)::int AS cur,
+              COALESCE(sum(count) FILTER (WHERE window_start = $2::bigint - $3::int), 0)::int AS prev
+         FROM policy.rate_counters WHERE key = $1 AND window_start IN ($2::bigint, $2::bigint - $3::int)`,
+      [`${key}/${rate.windowSec}`, start, rate.windowSec],
+    );
+    const row = res.rows[0] ?? { cur: 0, prev: 0 };
+    return row.cur + row.prev * (1 - (nowSec - start) / rate.windowSec);
+  }
+
+  /** AUTH brute-force guard: true when the client already failed too often. */
+  async authBlocked(ip: string): Promise<boolean> {
+    const rate = this.limits.authFailuresPerIp;
+    return rate ? (await this.peek(`authfail:ip:${ip}`, rate)) >= rate.limit : false;
+  }
+
+  async authFailed(ip: string): Promise<void> {
+    const rate = this.limits.authFailuresPerIp;
+    if (rate) await this.hit(`authfail:ip:${ip}`, rate);
   }
 
   startCleanup(intervalMs = 60_000): void {

@@ -47,6 +47,8 @@ export interface ServiceDeps {
   meter: Meter;
   hooks?: CheckHook[];
   messageChecker?: MessageChecker;
+  /** Failed-login accounting per client IP (trusted networks are exempt). */
+  authGuard?: { authBlocked(ip: string): Promise<boolean>; authFailed(ip: string): Promise<void> };
 }
 
 export class Metrics {
@@ -141,10 +143,12 @@ export function createPolicyService(deps: ServiceDeps): PolicyServiceServer {
 
     checkMessage(call, cb) {
       const iterator = call[Symbol.asyncIterator]() as AsyncIterator<CheckMessageRequest>;
+      let sessionId: string | undefined;
       (async () => {
         const first = await iterator.next();
         if (first.done || !first.value.header) throw new PolicyError(grpc.status.INVALID_ARGUMENT, 'header: the first message must carry the header');
         const head = first.value;
+        sessionId = head.header?.session?.sessionId;
         const client = engine.client(head.header?.session);
         async function* chunks(): AsyncIterable<Buffer> {
           if (head.chunk.length) yield head.chunk;
@@ -160,17 +164,40 @@ export function createPolicyService(deps: ServiceDeps): PolicyServiceServer {
         }
         return deps.messageChecker.check(head, chunks(), client);
       })().then(
-        (res) => cb(null, res),
+        (res) => {
+          const action = actionName(res.action);
+          metrics.decisions.add(1, { stage: 'data', action, reason: res.reason });
+          logger.info(
+            {
+              event: 'policy_decision',
+              stage: 'data',
+              action,
+              reason: res.reason,
+              reply: res.reply ? `${res.reply.code} ${res.reply.enhanced} ${res.reply.text}` : undefined,
+              session_id: sessionId,
+            },
+            `data ${action} ${res.reason}`,
+          );
+          cb(null, res);
+        },
         (err: unknown) => cb(toStatus(err, logger, 'CheckMessage')),
       );
     },
 
     authenticate: unary('Authenticate', async (req) => {
       const name = req.username.trim().toLowerCase();
+      const ip = req.session?.clientAddress ?? '';
+      const guarded = deps.authGuard && ip !== '' && !engine.client(req.session).trusted ? deps.authGuard : undefined;
+      if (guarded && (await guarded.authBlocked(ip))) {
+        metrics.auth.add(1, { result: 'too_many_failures' });
+        logger.info({ event: 'policy_auth', result: 'too_many_failures', user: name, client: ip, session_id: req.session?.sessionId }, 'authenticate refused');
+        return { ok: false, user: '', reply: reply(454, '4.7.0', 'Too many authentication failures; try again later') };
+      }
       const user = name ? cache.snapshot.users.get(name) : undefined;
       const passwordOk = await verifyPassword(req.password, user?.passwordHash);
       const ok = passwordOk && user !== undefined && user.enabled;
       const result = ok ? 'ok' : !user ? 'unknown_user' : !user.enabled ? 'disabled' : 'bad_password';
+      if (!ok) await guarded?.authFailed(ip);
       metrics.auth.add(1, { result });
       logger.info(
         { event: 'policy_auth', result, user: name, client: req.session?.clientAddress, session_id: req.session?.sessionId },

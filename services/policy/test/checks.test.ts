@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
 import net from 'node:net';
 import { after, before, describe, it } from 'node:test';
-import { dkimSign } from 'mailauth';
+import { dkimSign, sealMessage } from 'mailauth';
 import { grpc } from '@tern/grpc';
 import { CheckMessageRequest, CheckMessageResponse, CheckStage, DomainKind, Listener, PolicyAction } from '@tern/proto';
 import type { App } from '../src/app';
@@ -70,7 +70,8 @@ describe('policy checks', () => {
       .txt('signed.test', 'v=spf1 ip4:127.0.0.2 -all')
       .txt('s1._domainkey.signed.test', `v=DKIM1; k=rsa; p=${publicB64}`)
       .txt('_dmarc.signed.test', 'v=DMARC1; p=reject')
-      .txt('_dmarc.lax.test', 'v=DMARC1; p=none');
+      .txt('_dmarc.lax.test', 'v=DMARC1; p=none')
+      .txt('arc1._domainkey.list.test', `v=DKIM1; k=rsa; p=${publicB64}`);
     dnsAddr = await dns.start();
     const c = await start({});
     await c.putDomain({ domain: { name: 'local.test', kind: DomainKind.DOMAIN_KIND_LOCAL }, operator: 't' });
@@ -255,6 +256,34 @@ describe('policy checks', () => {
       const ar = annotated.addHeaders.find((h) => h.name === 'Authentication-Results');
       assert.match(ar?.value ?? '', /dmarc=fail/);
       assert.match(ar?.value ?? '', /dkim=none/);
+    });
+
+    it('honours a valid ARC chain from a trusted sealer over a DMARC reject', async () => {
+      // A mailing list got a signed message, rewrote its subject (breaking DKIM) and sealed it.
+      const original = body('ceo@signed.test');
+      const signed = await sign(original);
+      const modified = Buffer.concat([
+        Buffer.from(signed.signatures),
+        Buffer.from(original.toString().replace('Subject: hello', 'Subject: [list] hello')),
+      ]);
+      const seal = await sealMessage(modified, {
+        signingDomain: 'list.test',
+        selector: 'arc1',
+        privateKey: privatePem,
+        authResults: 'list.test; dkim=pass header.i=@signed.test; spf=pass smtp.mailfrom=signed.test; dmarc=pass header.from=signed.test',
+        cv: 'none',
+      });
+      const sealed = Buffer.concat([seal, modified]);
+      const header = { session: session(), sender: 'list-bounce@spf-pass.test', recipients: ['alice@local.test'] };
+      const trusting = await start({ TERN_ARC_TRUSTED_SEALERS: 'list.test' });
+      const r = await checkMessage(trusting, header, sealed);
+      const ar = r.addHeaders.find((h) => h.name === 'Authentication-Results')?.value ?? '';
+      assert.match(ar, /arc=pass/);
+      assert.match(ar, /dmarc=fail/);
+      assert.equal(r.action, ACCEPT, JSON.stringify(r));
+      assert.equal(r.reason, 'dmarc_fail_arc_override');
+      const strict = await checkMessage(c, header, sealed);
+      assert.equal(strict.action, REJECT);
     });
 
     it('detects a tampered signature', async () => {

@@ -237,6 +237,16 @@ describe('policy service', () => {
       assert.equal(unknown.ok, false);
     });
 
+    it('refuses logins unverified after too many failures from one client (454 4.7.0)', async () => {
+      const s = session({ clientAddress: '127.0.0.9' });
+      for (let i = 0; i < 10; i++) assert.equal((await c.authenticate({ username: 'sub@local.test', password: `guess${i}`, session: s })).ok, false);
+      const r = await c.authenticate({ username: 'sub@local.test', password: 'correct horse', session: s });
+      assert.equal(r.ok, false);
+      assert.deepEqual(r.reply, { code: 454, enhanced: '4.7.0', text: 'Too many authentication failures; try again later' });
+      // counted per client, so another client is unaffected
+      assert.equal((await c.authenticate({ username: 'sub@local.test', password: 'correct horse', session: session({ clientAddress: '127.0.0.10' }) })).ok, true);
+    });
+
     it('never returns password hashes', async () => {
       const users = (await c.listUsers({})).users;
       assert.ok(users.length >= 2);
