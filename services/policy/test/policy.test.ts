@@ -57,7 +57,7 @@ describe('policy service', () => {
       ['percent_hack', 'victim%foreign.test@local.test'],
       ['bang_path', 'foreign.test!victim@local.test'],
       ['quoted_at', '"victim@foreign.test"@local.test'],
-      ['double_at', 'victim@foreign.test@local.test'],
+      ['multiple_at', 'victim@foreign.test@local.test'],
       ['source_route', '@local.test:victim@foreign.test'],
       ['source_route', '@a.test,@local.test:victim@foreign.test'],
     ] as const) {
