@@ -124,7 +124,19 @@ class Connection {
   ) {}
 
   ask(attrs: Record<string, string>): Promise<Record<string, string>> {
-    const run = () => this.exchange(attrs);
+    // A kept-alive connection the server has meanwhile closed fails at once;
+    // like Postfix, try once more on a fresh connection.
+    const run = async () => {
+      const reused = this.socket !== undefined && !this.socket.destroyed;
+      try {
+        return await this.exchange(attrs);
+      } catch (err) {
+        if (!reused || /no answer within/.test((err as Error).message)) throw err;
+        this.socket?.destroy();
+        this.socket = undefined;
+        return this.exchange(attrs);
+      }
+    };
     const p = this.chain.then(run, run);
     this.chain = p.catch(() => undefined);
     return p;

@@ -316,11 +316,14 @@ describe('policy checks', () => {
   describe('Postfix policy delegation', () => {
     let server: net.Server;
     const seen: Array<Record<string, string>> = [];
+    const sockets = new Set<net.Socket>();
     let c: PolicyClient;
     let down: PolicyClient;
 
     before(async () => {
       server = net.createServer((socket) => {
+        sockets.add(socket);
+        socket.on('close', () => sockets.delete(socket));
         let buf = '';
         socket.setEncoding('utf8');
         socket.on('data', (d: string) => {
@@ -395,6 +398,17 @@ describe('policy checks', () => {
       assert.equal((await ask(c, 'block@foreign.test')).reply?.code, 554);
       assert.equal((await c.check({ stage: RCPT, session: session({ clientAddress: '127.0.0.1' }), sender: 's@x.test', recipient: 'block@relay.test' })).action, ACCEPT);
       assert.equal(seen.length, before);
+    });
+
+    it('reconnects when the server closed the kept-alive connection', async () => {
+      await ask(c, 'allow@relay.test');
+      await new Promise<void>((resolve) => {
+        server.getConnections(() => resolve());
+        for (const s of sockets) s.destroy();
+      });
+      await new Promise((r) => setTimeout(r, 50));
+      const r = await ask(c, 'block@relay.test');
+      assert.equal(r.reply?.code, 554);
     });
 
     it('answers 451 4.3.5 when the server cannot be reached', async () => {
