@@ -1,0 +1,174 @@
+// Connection to the admin API: where (--server / TERN_ADMIN_ADDR), who
+// (--token / TERN_ADMIN_TOKEN / TERN_ADMIN_TOKEN_FILE / .tern/admin-token of a
+// local `npm start`), and how (TLS, mTLS). Calls carry the bearer token.
+import fs from 'node:fs';
+import path from 'node:path';
+import { channelCredentials, clientInterceptor, grpc, unary } from '@tern/grpc';
+import * as proto from '@tern/proto';
+import { AdminServiceService, ReadBodyRequest, type ReadBodyResponse } from '@tern/proto';
+import { UsageError } from './requests';
+
+export const DEFAULT_ADDR = '127.0.0.1:7000';
+
+export interface ConnectionOptions {
+  server?: string;
+  token?: string;
+  tokenFile?: string;
+  tls?: boolean;
+  caFile?: string;
+  certFile?: string;
+  keyFile?: string;
+  tlsServerName?: string;
+  timeout?: string;
+}
+
+export interface Connection {
+  address: string;
+  token?: string;
+  /** Where the token came from, for error messages. */
+  tokenSource: string;
+  tls: boolean;
+  deadlineMs: number;
+  caFile?: string;
+  certFile?: string;
+  keyFile?: string;
+  tlsServerName?: string;
+}
+
+/** The token in a file: its first line that is not blank or a comment; "name:token" lines give the token. */
+export function tokenFromFile(file: string, label: string): string {
+  let text: string;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch (err) {
+    throw new UsageError(`cannot read the token file ${file} (${label}): ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+  }
+  const line = text
+    .split(/\r?\n/)
+    .map((l) => l.trim())
+    .find((l) => l !== '' && !l.startsWith('#'));
+  if (!line) throw new UsageError(`the token file ${file} (${label}) is empty`);
+  const named = /^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}:(\S+)$/.exec(line);
+  return named ? named[1]! : line;
+}
+
+/** `.tern/admin-token` in the working directory or a parent (written by `npm start`). */
+export function findLocalTokenFile(start: string): string | undefined {
+  let dir = path.resolve(start);
+  for (;;) {
+    const candidate = path.join(dir, '.tern', 'admin-token');
+    if (fs.existsSync(candidate)) return candidate;
+    const parent = path.dirname(dir);
+    if (parent === dir) return undefined;
+    dir = parent;
+  }
+}
+
+const truthy = (v: string | undefined) => v !== undefined && /^(1|true|yes|on)$/i.test(v.trim());
+
+export function resolveConnection(o: ConnectionOptions, env: Record<string, string | undefined>, cwd: string): Connection {
+  const address = (o.server ?? env.TERN_ADMIN_ADDR ?? '').trim() || DEFAULT_ADDR;
+  let token: string | undefined;
+  let tokenSource = 'none';
+  if (o.token) {
+    token = o.token;
+    tokenSource = '--token';
+  } else if (env.TERN_ADMIN_TOKEN) {
+    token = env.TERN_ADMIN_TOKEN.trim();
+    tokenSource = 'TERN_ADMIN_TOKEN';
+  } else if (o.tokenFile) {
+    token = tokenFromFile(o.tokenFile, '--token-file');
+    tokenSource = '--token-file';
+  } else if (env.TERN_ADMIN_TOKEN_FILE) {
+    token = tokenFromFile(env.TERN_ADMIN_TOKEN_FILE, 'TERN_ADMIN_TOKEN_FILE');
+    tokenSource = 'TERN_ADMIN_TOKEN_FILE';
+  } else {
+    const local = findLocalTokenFile(cwd);
+    if (local) {
+      token = tokenFromFile(local, 'written by npm start');
+      tokenSource = local;
+    }
+  }
+  const caFile = o.caFile ?? env.TERN_ADMIN_CA_FILE;
+  const certFile = o.certFile ?? env.TERN_ADMIN_CERT_FILE;
+  const keyFile = o.keyFile ?? env.TERN_ADMIN_KEY_FILE;
+  if (Boolean(certFile) !== Boolean(keyFile)) throw new UsageError('a client certificate needs both --cert-file and --key-file (TERN_ADMIN_CERT_FILE, TERN_ADMIN_KEY_FILE)');
+  const tls = Boolean(o.tls || truthy(env.TERN_ADMIN_TLS) || caFile || certFile);
+  const timeout = o.timeout ?? env.TERN_ADMIN_TIMEOUT ?? '15';
+  const seconds = Number(timeout);
+  if (!Number.isFinite(seconds) || seconds <= 0) throw new UsageError(`--timeout: expected seconds, e.g. 15 (got "${timeout}")`);
+  return {
+    address,
+    token,
+    tokenSource,
+    tls,
+    deadlineMs: Math.round(seconds * 1000),
+    caFile,
+    certFile,
+    keyFile,
+    tlsServerName: o.tlsServerName ?? env.TERN_ADMIN_TLS_SERVER_NAME,
+  };
+}
+
+function readable(file: string, what: string): string {
+  if (!fs.existsSync(file)) throw new UsageError(`${what} ${file} does not exist`);
+  return file;
+}
+
+type Methods = typeof AdminServiceService;
+type DeepPartial<T> = T extends Buffer | string | number | boolean | Date ? T : T extends Array<infer U> ? Array<DeepPartial<U>> : { [K in keyof T]?: DeepPartial<T[K]> };
+type UnaryApi = {
+  [K in Exclude<keyof Methods, 'readBody'>]: Methods[K] extends {
+    requestSerialize: (v: infer Req) => Buffer;
+    responseDeserialize: (b: Buffer) => infer Res;
+  }
+    ? (req: DeepPartial<Req>) => Promise<Res>
+    : never;
+};
+
+export type AdminApi = UnaryApi & {
+  readBody(req: DeepPartial<ReadBodyRequest>, deadlineMs?: number): grpc.ClientReadableStream<ReadBodyResponse>;
+  close(): void;
+};
+
+const AdminClient = grpc.makeGenericClientConstructor(AdminServiceService, 'tern.v1.AdminService');
+
+export function connect(c: Connection): AdminApi {
+  let credentials: grpc.ChannelCredentials;
+  if (c.caFile) {
+    credentials = channelCredentials({ caFile: readable(c.caFile, 'CA file'), certFile: c.certFile && readable(c.certFile, 'certificate file'), keyFile: c.keyFile && readable(c.keyFile, 'key file') });
+  } else if (c.tls) {
+    credentials = grpc.credentials.createSsl(
+      null,
+      c.keyFile ? fs.readFileSync(readable(c.keyFile, 'key file')) : null,
+      c.certFile ? fs.readFileSync(readable(c.certFile, 'certificate file')) : null,
+    );
+  } else {
+    credentials = grpc.credentials.createInsecure();
+  }
+  const options: grpc.ClientOptions = { interceptors: [clientInterceptor(c.deadlineMs)] };
+  if (c.tlsServerName) {
+    options['grpc.ssl_target_name_override'] = c.tlsServerName;
+    options['grpc.default_authority'] = c.tlsServerName;
+  }
+  const raw = new AdminClient(c.address, credentials, options) as unknown as grpc.Client & Record<string, (...args: unknown[]) => unknown>;
+  const metadata = () => {
+    const md = new grpc.Metadata();
+    if (c.token) md.set('authorization', `Bearer ${c.token}`);
+    return md;
+  };
+  const api: Record<string, unknown> = {
+    close: () => raw.close(),
+    readBody: (req: DeepPartial<ReadBodyRequest>, deadlineMs?: number) =>
+      raw.readBody!(ReadBodyRequest.fromPartial(req), metadata(), deadlineMs ? { deadline: Date.now() + deadlineMs } : {}) as grpc.ClientReadableStream<ReadBodyResponse>,
+  };
+  for (const name of Object.keys(AdminServiceService)) {
+    if (name === 'readBody') continue;
+    const fn = raw[name]!.bind(raw);
+    // ts-proto encoders want complete messages: fill the defaults in.
+    const rpc = AdminServiceService[name as keyof Methods].path.split('/').pop()!;
+    const type = (proto as unknown as Record<string, { fromPartial(v: unknown): unknown }>)[`${rpc}Request`]!;
+    api[name] = (req: unknown) => unary(fn as never, type.fromPartial(req) as never, { metadata: metadata() });
+  }
+  return api as AdminApi;
+}

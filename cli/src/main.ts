@@ -1,0 +1,34 @@
+// Entry point of the `tern` command (bin/tern.js loads it through tsx): runs
+// the command line, prints a failure as one line on stderr, sets the exit code.
+import { CommanderError } from '@commander-js/extra-typings';
+import { DEFAULT_ADDR } from './client';
+import { describeError, EXIT } from './errors';
+import { buildProgram, currentConnection, type Io } from './program';
+
+export async function main(argv: string[], io: Io): Promise<number> {
+  const program = buildProgram(io);
+  try {
+    await program.parseAsync(argv);
+    return EXIT.OK;
+  } catch (err) {
+    if (err instanceof CommanderError) {
+      // Commander printed the message (or the help) already.
+      return err.exitCode === 0 ? EXIT.OK : EXIT.USAGE;
+    }
+    const conn = currentConnection() ?? { address: DEFAULT_ADDR, tokenSource: 'none', tls: false, deadlineMs: 15_000 };
+    const failure = describeError(err, conn);
+    io.stderr.write(`tern: ${failure.message}\n`);
+    return failure.exitCode;
+  }
+}
+
+void main(process.argv, {
+  stdout: process.stdout,
+  stderr: process.stderr,
+  stdin: process.stdin,
+  env: process.env,
+  cwd: process.cwd(),
+  now: () => new Date(),
+}).then((code) => {
+  process.exitCode = code;
+});

@@ -1,0 +1,206 @@
+// Command-line arguments to admin API requests. Pure functions: every
+// mistake is a UsageError naming the option and what it expects.
+import {
+  type ApplyActionRequest,
+  DomainKind,
+  type Domain,
+  type ListMessagesRequest,
+  type MessageFilter,
+  QueueAction,
+  RecipientState,
+  type Route,
+  RouteKind,
+  TlsPolicy,
+  type User,
+} from '@tern/proto';
+
+export class UsageError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'UsageError';
+  }
+}
+
+const UNITS: Record<string, number> = { s: 1, m: 60, h: 3600, d: 86400, w: 604800 };
+
+/** "90s", "15m", "2h", "5d", "1w", "1h30m" or plain seconds -> seconds. */
+export function parseDuration(value: string, option: string): number {
+  const v = value.trim().toLowerCase();
+  if (/^\d+$/.test(v)) return Number(v);
+  const re = /(\d+)([smhdw])/gy;
+  let total = 0;
+  let consumed = 0;
+  for (let m = re.exec(v); m; m = re.exec(v)) {
+    total += Number(m[1]) * UNITS[m[2]!]!;
+    consumed = re.lastIndex;
+  }
+  if (consumed === 0 || consumed !== v.length) {
+    throw new UsageError(`${option}: "${value}" is not a duration (e.g. 90s, 15m, 2h, 5d, 1h30m)`);
+  }
+  return total;
+}
+
+/** Names operators type for recipient states: queued, deferred, held ... */
+export const STATE_NAMES = Object.keys(RecipientState)
+  .filter((k) => k.startsWith('RECIPIENT_STATE_') && k !== 'RECIPIENT_STATE_UNSPECIFIED')
+  .map((k) => k.slice('RECIPIENT_STATE_'.length).toLowerCase());
+
+export function parseStates(values: string[]): RecipientState[] {
+  const out: RecipientState[] = [];
+  for (const name of values.flatMap((v) => v.split(',')).map((s) => s.trim().toLowerCase()).filter(Boolean)) {
+    const state = RecipientState[`RECIPIENT_STATE_${name.toUpperCase()}` as keyof typeof RecipientState] as RecipientState | undefined;
+    if (state === undefined || typeof state !== 'number' || state === RecipientState.RECIPIENT_STATE_UNSPECIFIED) {
+      throw new UsageError(`--state: "${name}" is not a state (one of ${STATE_NAMES.join(', ')})`);
+    }
+    if (!out.includes(state)) out.push(state);
+  }
+  return out;
+}
+
+export interface FilterOptions {
+  sender?: string;
+  recipient?: string;
+  domain?: string;
+  state?: string[];
+  olderThan?: string;
+  newerThan?: string;
+}
+
+/** The filter options given, or undefined when none was. */
+export function buildFilter(o: FilterOptions): MessageFilter | undefined {
+  const filter: MessageFilter = {
+    sender: o.sender?.trim() ?? '',
+    recipient: o.recipient?.trim() ?? '',
+    domain: o.domain?.trim().toLowerCase() ?? '',
+    states: parseStates(o.state ?? []),
+    minAgeSeconds: o.olderThan !== undefined ? parseDuration(o.olderThan, '--older-than') : 0,
+    maxAgeSeconds: o.newerThan !== undefined ? parseDuration(o.newerThan, '--newer-than') : 0,
+  };
+  if (filter.minAgeSeconds && filter.maxAgeSeconds && filter.minAgeSeconds >= filter.maxAgeSeconds) {
+    throw new UsageError('--older-than must be shorter than --newer-than, or nothing can match');
+  }
+  const given =
+    filter.sender !== '' || filter.recipient !== '' || filter.domain !== '' || filter.states.length > 0 || filter.minAgeSeconds > 0 || filter.maxAgeSeconds > 0;
+  return given ? filter : undefined;
+}
+
+export interface ListOptions extends FilterOptions {
+  limit?: string;
+  pageToken?: string;
+}
+
+export function listRequest(o: ListOptions): ListMessagesRequest {
+  const limit = o.limit === undefined ? 50 : Number(o.limit);
+  if (!Number.isInteger(limit) || limit < 1 || limit > 1000) throw new UsageError(`--limit: expected a whole number from 1 to 1000 (got "${o.limit}")`);
+  return { filter: buildFilter(o), pageSize: limit, pageToken: o.pageToken ?? '' };
+}
+
+export const ACTIONS = ['hold', 'release', 'retry', 'delete', 'bounce'] as const;
+export type ActionName = (typeof ACTIONS)[number];
+
+const ACTION_CODES: Record<ActionName, QueueAction> = {
+  hold: QueueAction.QUEUE_ACTION_HOLD,
+  release: QueueAction.QUEUE_ACTION_RELEASE,
+  retry: QueueAction.QUEUE_ACTION_RETRY,
+  delete: QueueAction.QUEUE_ACTION_DELETE,
+  bounce: QueueAction.QUEUE_ACTION_BOUNCE,
+};
+
+export interface ActionOptions extends FilterOptions {
+  all?: boolean;
+  dryRun?: boolean;
+  reason?: string;
+}
+
+/** One message by ID, or every message the filter (or --all) selects. */
+export function actionRequest(action: ActionName, id: string | undefined, o: ActionOptions): ApplyActionRequest {
+  const filter = buildFilter(o);
+  if (id !== undefined && (filter || o.all)) throw new UsageError('give either a queue ID or filter options (--sender, --recipient, --domain, --state, --older-than, --newer-than), not both');
+  if (id === undefined && !filter && !o.all) {
+    throw new UsageError(`which messages? give a queue ID, filter options (--sender, --recipient, --domain, --state, --older-than, --newer-than), or --all`);
+  }
+  if (o.all && filter) throw new UsageError('--all selects every message; drop it to use the filter options');
+  return {
+    action: ACTION_CODES[action],
+    queueId: id ?? '',
+    filter: id === undefined ? (filter ?? emptyFilter()) : undefined,
+    dryRun: Boolean(o.dryRun),
+    operator: '',
+    reason: o.reason ?? '',
+  };
+}
+
+const emptyFilter = (): MessageFilter => ({ sender: '', recipient: '', domain: '', states: [], minAgeSeconds: 0, maxAgeSeconds: 0 });
+
+function enumValue<E extends Record<string, string | number>>(e: E, prefix: string, value: string, option: string): E[keyof E] {
+  const key = `${prefix}${value.trim().toUpperCase()}`;
+  const v = e[key as keyof E];
+  const names = Object.keys(e)
+    .filter((k) => k.startsWith(prefix) && !k.endsWith('_UNSPECIFIED'))
+    .map((k) => k.slice(prefix.length).toLowerCase());
+  if (typeof v !== 'number' || key.endsWith('_UNSPECIFIED')) throw new UsageError(`${option}: "${value}" is not one of ${names.join(', ')}`);
+  return v;
+}
+
+export interface RouteOptions {
+  kind: string;
+  target?: string;
+  tls?: string;
+  authUser?: string;
+  authSecret?: string;
+}
+
+export function routeFromArgs(domain: string, o: RouteOptions): Route {
+  const kind = enumValue(RouteKind, 'ROUTE_KIND_', o.kind, '--kind') as RouteKind;
+  if (kind !== RouteKind.ROUTE_KIND_MX && !o.target) throw new UsageError(`--target is required for --kind ${o.kind.toLowerCase()} (host:port${kind === RouteKind.ROUTE_KIND_LMTP ? ' or unix:/path' : ''})`);
+  if (kind === RouteKind.ROUTE_KIND_MX && o.target) throw new UsageError('--kind mx resolves the next hop by MX; drop --target or use --kind smarthost');
+  if (o.authUser && !o.authSecret) throw new UsageError('--auth-user needs --auth-secret (the name of the secret holding the password)');
+  return {
+    domain: domain.trim().toLowerCase(),
+    kind,
+    target: o.target ?? '',
+    tls: o.tls ? (enumValue(TlsPolicy, 'TLS_POLICY_', o.tls, '--tls') as TlsPolicy) : TlsPolicy.TLS_POLICY_UNSPECIFIED,
+    authUser: o.authUser ?? '',
+    authSecret: o.authSecret ?? '',
+  };
+}
+
+export interface DomainOptions {
+  kind?: string;
+  catchAll?: string;
+  maxSize?: string;
+}
+
+export function domainFromArgs(name: string, o: DomainOptions): Domain {
+  const kind = enumValue(DomainKind, 'DOMAIN_KIND_', o.kind ?? 'local', '--kind') as DomainKind;
+  if (o.catchAll && kind !== DomainKind.DOMAIN_KIND_LOCAL) throw new UsageError('--catch-all applies to local domains only');
+  let maxMessageSize = 0;
+  if (o.maxSize !== undefined) maxMessageSize = parseSize(o.maxSize, '--max-size');
+  return { name, kind, catchAll: o.catchAll ?? '', maxMessageSize };
+}
+
+/** "10M", "512k", "1G" or bytes. */
+export function parseSize(value: string, option: string): number {
+  const m = /^(\d+)\s*([kmg]?)b?$/i.exec(value.trim());
+  if (!m) throw new UsageError(`${option}: "${value}" is not a size (e.g. 25M, 512k, 1048576)`);
+  const mult = { '': 1, k: 1024, m: 1024 ** 2, g: 1024 ** 3 }[m[2]!.toLowerCase() as '' | 'k' | 'm' | 'g'];
+  return Number(m[1]) * mult;
+}
+
+export interface UserOptions {
+  allowedSender?: string[];
+  mayRelay?: boolean;
+  disabled?: boolean;
+}
+
+export function userFromArgs(username: string, o: UserOptions): User {
+  return {
+    username,
+    allowedSenders: (o.allowedSender ?? []).flatMap((s) => s.split(',')).map((s) => s.trim()).filter(Boolean),
+    mayRelay: Boolean(o.mayRelay),
+    enabled: !o.disabled,
+  };
+}
+
+/** Commander collector for repeatable options. */
+export const collect = (value: string, previous: string[] = []): string[] => [...previous, value];
