@@ -280,11 +280,11 @@ export function buildProgram(io: Io): Command {
     .argument('<domain>', 'recipient domain, or "*"')
     .addOption(new Option('--kind <kind>', 'how to reach the next hop').choices(['mx', 'smarthost', 'lmtp']).makeOptionMandatory())
     .option('--target <host:port>', 'smart host or LMTP server (host:port, or unix:/path for LMTP)')
-    .addOption(new Option('--tls <policy>', 'TLS towards the next hop (default may)').choices(['none', 'may', 'encrypt', 'verify']))
+    .addOption(new Option('--tls-policy <policy>', 'TLS towards the next hop (default may)').choices(['none', 'may', 'encrypt', 'verify']))
     .option('--auth-user <user>', 'SMTP AUTH user at the smart host')
     .option('--auth-secret <name>', 'name of the secret holding the AUTH password')
     .action(
-      run(async (ctx, domain: string, o: { kind: string; target?: string; tls?: string; authUser?: string; authSecret?: string }) => {
+      run(async (ctx, domain: string, o: { kind: string; target?: string; tlsPolicy?: string; authUser?: string; authSecret?: string }) => {
         const res = await ctx.api.putRoute({ route: routeFromArgs(domain, o) });
         const r = res.route;
         ctx.out(

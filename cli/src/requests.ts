@@ -145,7 +145,7 @@ function enumValue<E extends Record<string, string | number>>(e: E, prefix: stri
 export interface RouteOptions {
   kind: string;
   target?: string;
-  tls?: string;
+  tlsPolicy?: string;
   authUser?: string;
   authSecret?: string;
 }
@@ -159,7 +159,7 @@ export function routeFromArgs(domain: string, o: RouteOptions): Route {
     domain: domain.trim().toLowerCase(),
     kind,
     target: o.target ?? '',
-    tls: o.tls ? (enumValue(TlsPolicy, 'TLS_POLICY_', o.tls, '--tls') as TlsPolicy) : TlsPolicy.TLS_POLICY_UNSPECIFIED,
+    tls: o.tlsPolicy ? (enumValue(TlsPolicy, 'TLS_POLICY_', o.tlsPolicy, '--tls-policy') as TlsPolicy) : TlsPolicy.TLS_POLICY_UNSPECIFIED,
     authUser: o.authUser ?? '',
     authSecret: o.authSecret ?? '',
   };
