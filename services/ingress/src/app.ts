@@ -1,0 +1,177 @@
+// Wires the ingress service: SMTP listeners (MX always; submission and
+// submissions when TLS is configured) on the @tern/smtp engine, clients of
+// policy and queue, gRPC health, /metrics. Ingress owns nothing durable.
+import type http from 'node:http';
+import { GrpcServer } from '@tern/grpc';
+import { ConnectionLimiter, SmtpServer, type SmtpLimits } from '@tern/smtp';
+import type { Telemetry } from '@tern/telemetry';
+import { policyClient, queueClient } from './clients';
+import type { Config } from './config';
+import { createHooks, QueueStatusCache, type IngressMetrics } from './hooks';
+import { TlsContextManager } from './tls';
+
+export interface AppDeps {
+  telemetry: Pick<Telemetry, 'logger' | 'tracer' | 'meter' | 'serveMetrics'>;
+  /** Tests: serve no /metrics endpoint. */
+  noMetricsServer?: boolean;
+}
+
+export interface App {
+  start(): Promise<void>;
+  stop(): Promise<void>;
+  /** Bound ports (useful with port 0 in tests); undefined when a listener is not running. */
+  readonly ports: { smtp?: number; submission?: number; submissions?: number; grpc: number };
+  readonly tls: TlsContextManager | undefined;
+  /** Ready: listening, not stopping, queue reachable. */
+  ready(): boolean;
+}
+
+export function createApp(config: Config, deps: AppDeps): App {
+  const { logger, tracer, meter } = deps.telemetry;
+  const policy = policyClient(config.TERN_POLICY_ADDR, config.TERN_POLICY_DEADLINE_MS);
+  const queue = queueClient(config.TERN_QUEUE_ADDR, config.TERN_QUEUE_STATUS_DEADLINE_MS);
+  const queueStatus = new QueueStatusCache(queue, config.TERN_QUEUE_STATUS_CACHE_MS, config.TERN_QUEUE_STATUS_DEADLINE_MS, logger);
+  const tls =
+    config.TERN_TLS_CERT_FILE && config.TERN_TLS_KEY_FILE
+      ? new TlsContextManager(config.TERN_TLS_CERT_FILE, config.TERN_TLS_KEY_FILE, logger)
+      : undefined;
+  const metrics: IngressMetrics = {
+    sessions: meter.createCounter('tern_ingress_sessions_total', { description: 'SMTP sessions started' }),
+    decisions: meter.createCounter('tern_ingress_policy_decisions_total', { description: 'Policy answers by stage and result' }),
+    messages: meter.createCounter('tern_ingress_messages_total', { description: 'Messages by outcome (queued, refused, enqueue_error)' }),
+    bytes: meter.createCounter('tern_ingress_bytes_total', { description: 'Message octets queued' }),
+    enqueueSeconds: meter.createHistogram('tern_ingress_enqueue_seconds', { description: 'End of 354 to queue commit, seconds', unit: 's' }),
+  };
+  const limits: Partial<SmtpLimits> = {
+    maxMessageSize: config.TERN_MAX_MESSAGE_SIZE,
+    maxRecipients: config.TERN_MAX_RECIPIENTS,
+    maxErrors: config.TERN_MAX_ERRORS,
+    maxSessions: config.TERN_MAX_SESSIONS,
+    maxSessionsPerClient: config.TERN_MAX_SESSIONS_PER_CLIENT,
+    commandTimeoutMs: config.TERN_SMTP_COMMAND_TIMEOUT_MS,
+    dataTimeoutMs: config.TERN_SMTP_DATA_TIMEOUT_MS,
+    greetingDelayMs: config.TERN_GREETING_DELAY_MS,
+  };
+  const limiter = new ConnectionLimiter(config.TERN_MAX_SESSIONS, config.TERN_MAX_SESSIONS_PER_CLIENT);
+  const hookDeps = {
+    hostname: config.TERN_HOSTNAME,
+    logger,
+    tracer,
+    policy,
+    queue,
+    queueStatus,
+    metrics,
+    policyDeadlineMs: config.TERN_POLICY_DEADLINE_MS,
+    commitTimeoutMs: config.TERN_ENQUEUE_COMMIT_TIMEOUT_MS,
+    reverseDns: config.TERN_REVERSE_DNS ? { timeoutMs: config.TERN_REVERSE_DNS_TIMEOUT_MS } : undefined,
+  };
+  const common = {
+    hostname: config.TERN_HOSTNAME,
+    proxyProtocolFrom: config.TERN_PROXY_PROTOCOL_CIDRS,
+    limits,
+    limiter,
+    logger,
+  };
+  const servers: Record<'smtp' | 'submission' | 'submissions', SmtpServer | undefined> = {
+    smtp: undefined,
+    submission: undefined,
+    submissions: undefined,
+  };
+  if (config.TERN_SMTP_LISTEN) {
+    servers.smtp = new SmtpServer(
+      {
+        ...common,
+        name: 'mx',
+        host: config.TERN_SMTP_LISTEN.host,
+        port: config.TERN_SMTP_LISTEN.port,
+        ...(tls ? { tls: { secureContext: tls.current } } : {}),
+      },
+      createHooks(hookDeps, false),
+    );
+  }
+  if (tls) {
+    // AUTH is offered on the submission listeners only.
+    const submissionHooks = createHooks(hookDeps, true);
+    if (config.TERN_SUBMISSION_LISTEN) {
+      servers.submission = new SmtpServer(
+        {
+          ...common,
+          name: 'submission',
+          host: config.TERN_SUBMISSION_LISTEN.host,
+          port: config.TERN_SUBMISSION_LISTEN.port,
+          tls: { secureContext: tls.current },
+          authRequired: true,
+        },
+        submissionHooks,
+      );
+    }
+    if (config.TERN_SUBMISSIONS_LISTEN) {
+      servers.submissions = new SmtpServer(
+        {
+          ...common,
+          name: 'submissions',
+          host: config.TERN_SUBMISSIONS_LISTEN.host,
+          port: config.TERN_SUBMISSIONS_LISTEN.port,
+          tls: { secureContext: tls.current },
+          implicitTls: true,
+          authRequired: true,
+        },
+        submissionHooks,
+      );
+    }
+  }
+
+  const grpcServer = new GrpcServer({ logger, tracer });
+  let metricsServer: http.Server | undefined;
+  let serving = false;
+  let statusTimer: NodeJS.Timeout | undefined;
+  const ports = { grpc: 0 } as App['ports'];
+
+  return {
+    tls,
+    get ports() {
+      return ports;
+    },
+    ready: () => serving && queueStatus.reachable,
+    async start() {
+      if (!deps.noMetricsServer) {
+        metricsServer = await deps.telemetry.serveMetrics(config.TERN_METRICS_LISTEN.host, config.TERN_METRICS_LISTEN.port, () => serving && queueStatus.reachable);
+      }
+      ports.grpc = await grpcServer.listen(config.TERN_GRPC_LISTEN.host, config.TERN_GRPC_LISTEN.port);
+      tls?.start(config.TERN_TLS_RELOAD_MS);
+      await queueStatus.refresh();
+      statusTimer = setInterval(() => void queueStatus.refresh(), config.TERN_QUEUE_STATUS_CACHE_MS);
+      statusTimer.unref();
+      for (const [name, server] of Object.entries(servers)) {
+        if (server) ports[name as 'smtp'] = await server.listen();
+      }
+      grpcServer.setStatus('SERVING');
+      serving = true;
+      logger.info(
+        {
+          smtp: ports.smtp,
+          submission: ports.submission,
+          submissions: ports.submissions,
+          grpc: ports.grpc,
+          tls: Boolean(tls),
+          policy: config.TERN_POLICY_ADDR,
+          queue: config.TERN_QUEUE_ADDR,
+        },
+        tls ? 'ingress serving' : 'ingress serving (no TLS configured: MX without STARTTLS, submission listeners off)',
+      );
+    },
+    async stop() {
+      // Health first, so the load balancer stops sending new sessions.
+      serving = false;
+      grpcServer.setStatus('NOT_SERVING');
+      const grace = Math.max(1_000, config.TERN_SHUTDOWN_GRACE_MS - 3_000);
+      await Promise.all(Object.values(servers).map((s) => s?.close(grace)));
+      if (statusTimer) clearInterval(statusTimer);
+      tls?.stop();
+      await grpcServer.shutdown(1_000);
+      policy.close();
+      queue.close();
+      await new Promise<void>((resolve) => (metricsServer ? metricsServer.close(() => resolve()) : resolve()));
+    },
+  };
+}

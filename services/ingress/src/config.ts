@@ -1,0 +1,100 @@
+// Process settings of the ingress service, read once from the environment.
+// Keys are the variable names, so a bad value is reported by its name.
+import fs from 'node:fs';
+import tls from 'node:tls';
+import { bool, commonSchema, ConfigError, csv, grpcTarget, hostPort, nonNegativeInt, parseEnv, positiveInt, z } from '@tern/config';
+import { CidrSet } from '@tern/smtp';
+
+/** A listener address, or "off" to not start it. */
+const listener = (fallback: string) =>
+  z
+    .string()
+    .default(fallback)
+    .transform((value, ctx) => {
+      if (value.trim().toLowerCase() === 'off') return null;
+      const parsed = hostPort().safeParse(value);
+      if (!parsed.success) {
+        ctx.addIssue({ code: 'custom', message: 'expected host:port (e.g. 0.0.0.0:2525) or "off"' });
+        return z.NEVER;
+      }
+      return parsed.data;
+    });
+
+const schema = z.object({
+  ...commonSchema({ grpcPort: 7001, metricsPort: 9101 }),
+  /** MX listener (plain SMTP with STARTTLS when TLS is configured). */
+  TERN_SMTP_LISTEN: listener('0.0.0.0:2525'),
+  /** Submission with STARTTLS, AUTH required; starts only with TLS configured. */
+  TERN_SUBMISSION_LISTEN: listener('0.0.0.0:2587'),
+  /** Submission over implicit TLS, AUTH required; starts only with TLS configured. */
+  TERN_SUBMISSIONS_LISTEN: listener('0.0.0.0:2465'),
+  TERN_TLS_CERT_FILE: z.string().optional(),
+  TERN_TLS_KEY_FILE: z.string().optional(),
+  /** How often the certificate files are checked for changes. */
+  TERN_TLS_RELOAD_MS: positiveInt(10_000),
+  /** Load balancers allowed (and then required) to send a PROXY v1/v2 header. */
+  TERN_PROXY_PROTOCOL_CIDRS: csv([]).superRefine((list, ctx) => {
+    try {
+      new CidrSet(list);
+    } catch (err) {
+      ctx.addIssue({ code: 'custom', message: `not a CIDR list: ${(err as Error).message}` });
+    }
+  }),
+  TERN_POLICY_ADDR: grpcTarget(),
+  TERN_QUEUE_ADDR: grpcTarget(),
+  /** Deadline of each policy call; a timeout answers 451 4.3.0. */
+  TERN_POLICY_DEADLINE_MS: positiveInt(5_000),
+  /** How long a QueueService.Status answer is reused. */
+  TERN_QUEUE_STATUS_CACHE_MS: positiveInt(1_000),
+  /** Deadline of a Status call. */
+  TERN_QUEUE_STATUS_DEADLINE_MS: positiveInt(2_000),
+  /** After the end of data, how long to wait for the queue's commit. */
+  TERN_ENQUEUE_COMMIT_TIMEOUT_MS: positiveInt(60_000),
+  /** Largest message (octets), advertised with SIZE. */
+  TERN_MAX_MESSAGE_SIZE: positiveInt(52_428_800),
+  TERN_MAX_RECIPIENTS: positiveInt(100),
+  /** 4xx/5xx replies per session before 421 and disconnect. */
+  TERN_MAX_ERRORS: positiveInt(20),
+  /** Concurrent SMTP sessions per pod (all listeners together). */
+  TERN_MAX_SESSIONS: positiveInt(2_000),
+  TERN_MAX_SESSIONS_PER_CLIENT: positiveInt(50),
+  TERN_SMTP_COMMAND_TIMEOUT_MS: positiveInt(300_000),
+  TERN_SMTP_DATA_TIMEOUT_MS: positiveInt(300_000),
+  /** Wait before the greeting; clients talking earlier are refused (0 = no wait). */
+  TERN_GREETING_DELAY_MS: nonNegativeInt(0),
+  /** Look up the client's PTR name (forward-confirmed) for Received and policy. */
+  TERN_REVERSE_DNS: bool(false),
+  TERN_REVERSE_DNS_TIMEOUT_MS: positiveInt(1_500),
+});
+
+export type Config = z.infer<typeof schema>;
+
+export function loadConfig(env: Record<string, string | undefined> = process.env): Config {
+  const config = parseEnv(schema, env);
+  const problems: Array<{ variable: string; message: string }> = [];
+  const cert = config.TERN_TLS_CERT_FILE;
+  const key = config.TERN_TLS_KEY_FILE;
+  if (Boolean(cert) !== Boolean(key)) {
+    problems.push({ variable: cert ? 'TERN_TLS_KEY_FILE' : 'TERN_TLS_CERT_FILE', message: 'TERN_TLS_CERT_FILE and TERN_TLS_KEY_FILE go together' });
+  } else if (cert && key) {
+    for (const [variable, file] of [['TERN_TLS_CERT_FILE', cert], ['TERN_TLS_KEY_FILE', key]] as const) {
+      try {
+        fs.accessSync(file, fs.constants.R_OK);
+      } catch {
+        problems.push({ variable, message: `cannot read ${file}` });
+      }
+    }
+    if (problems.length === 0) {
+      try {
+        tls.createSecureContext({ cert: fs.readFileSync(cert), key: fs.readFileSync(key) });
+      } catch (err) {
+        problems.push({ variable: 'TERN_TLS_CERT_FILE', message: `certificate and key do not load: ${(err as Error).message}` });
+      }
+    }
+  }
+  if (problems.length > 0) {
+    const lines = problems.map((p) => `  ${p.variable}: ${p.message}`).join('\n');
+    throw new ConfigError(`invalid configuration:\n${lines}`, problems);
+  }
+  return config;
+}

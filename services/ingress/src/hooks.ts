@@ -1,0 +1,494 @@
+// The SMTP engine's hooks, implemented against policy and queue. Every
+// stage asks policy (with a deadline); any failure to get an answer is a
+// 4xx, never an accept. The body is streamed to QueueService.Enqueue as it
+// arrives and the 250 is given only with the queue id of the commit (I1).
+import dns from 'node:dns';
+import { once } from 'node:events';
+import type { Readable } from 'node:stream';
+import { grpc, isGrpcError } from '@tern/grpc';
+import {
+  AuthenticateRequest,
+  BodyType,
+  CheckRequest,
+  CheckStage,
+  DsnNotify,
+  DsnRet,
+  EnqueueRequest,
+  Listener,
+  MessageOrigin,
+  PolicyAction,
+  SessionInfo,
+  type CheckResponse,
+  type EnqueueResponse,
+  type Envelope as ProtoEnvelope,
+  type EnvelopeRecipient,
+  type SmtpReply,
+} from '@tern/proto';
+import { isPositive, SmtpDataError, type Envelope, type Reply, type SmtpHooks, type SmtpSession } from '@tern/smtp';
+import { context, trace, SpanStatusCode, type Context, type Logger, type Span, type Tracer } from '@tern/telemetry';
+import { SpanKind, type Counter, type Histogram } from '@opentelemetry/api';
+import { call, type PolicyClient, type QueueClient } from './clients';
+import { HeaderScanner, messageId, protocolName, receivedHeader, rfc5322Date } from './headers';
+
+/** Body chunk size in Enqueue requests. */
+const CHUNK = 64 * 1024;
+
+export const IngressReplies = {
+  policyUnavailable: { code: 451, enhanced: '4.3.0', text: 'Error: temporary policy failure, try again later' },
+  queueUnavailable: { code: 451, enhanced: '4.3.0', text: 'Error: queue unavailable, try again later' },
+  queueFull: { code: 452, enhanced: '4.3.1', text: 'Insufficient system storage' },
+  enqueueFailed: { code: 451, enhanced: '4.3.0', text: 'Error: queue file write error, try again later' },
+  authUnavailable: { code: 454, enhanced: '4.7.0', text: 'Temporary authentication failure' },
+} satisfies Record<string, Reply>;
+
+export interface IngressMetrics {
+  sessions: Counter;
+  decisions: Counter;
+  messages: Counter;
+  bytes: Counter;
+  enqueueSeconds: Histogram;
+}
+
+/** QueueService.Status, shared by all sessions, refreshed at most every `ttlMs`. */
+export class QueueStatusCache {
+  private value: { accepting: boolean; reason: string; reachable: boolean; at: number } | undefined;
+  private inflight: Promise<void> | undefined;
+
+  constructor(
+    private readonly queue: QueueClient,
+    private readonly ttlMs: number,
+    private readonly deadlineMs: number,
+    private readonly logger: Logger,
+  ) {}
+
+  /** Last known reachability (for readiness). */
+  get reachable(): boolean {
+    return this.value?.reachable ?? true;
+  }
+
+  refresh(): Promise<void> {
+    this.inflight ??= call(this.queue.status, this.queue, {}, this.deadlineMs)
+      .then(
+        (res) => {
+          if (this.value && !this.value.accepting && res.accepting) this.logger.info('queue accepting again');
+          if (!res.accepting && (this.value?.accepting ?? true)) this.logger.warn({ reason: res.reason }, 'queue not accepting; answering 452 4.3.1');
+          this.value = { accepting: res.accepting, reason: res.reason, reachable: true, at: Date.now() };
+        },
+        (err: unknown) => {
+          if (this.value?.reachable ?? true) this.logger.warn({ err: (err as Error).message }, 'queue status unreachable; answering 451 4.3.0');
+          this.value = { accepting: false, reason: 'unreachable', reachable: false, at: Date.now() };
+        },
+      )
+      .finally(() => {
+        this.inflight = undefined;
+      });
+    return this.inflight;
+  }
+
+  async get(): Promise<{ accepting: boolean; reachable: boolean; reason: string }> {
+    if (!this.value || Date.now() - this.value.at > this.ttlMs) await this.refresh();
+    return this.value!;
+  }
+}
+
+export interface HooksDeps {
+  hostname: string;
+  logger: Logger;
+  tracer: Tracer;
+  policy: PolicyClient;
+  queue: QueueClient;
+  queueStatus: QueueStatusCache;
+  metrics: IngressMetrics;
+  policyDeadlineMs: number;
+  commitTimeoutMs: number;
+  reverseDns: { timeoutMs: number } | undefined;
+}
+
+const LISTENERS: Record<string, Listener> = {
+  mx: Listener.LISTENER_MX,
+  submission: Listener.LISTENER_SUBMISSION,
+  submissions: Listener.LISTENER_SUBMISSIONS,
+};
+
+const NOTIFY: Record<string, DsnNotify> = {
+  NEVER: DsnNotify.DSN_NOTIFY_NEVER,
+  SUCCESS: DsnNotify.DSN_NOTIFY_SUCCESS,
+  FAILURE: DsnNotify.DSN_NOTIFY_FAILURE,
+  DELAY: DsnNotify.DSN_NOTIFY_DELAY,
+};
+
+interface SessionState {
+  span?: Span;
+  ctx?: Context;
+  clientName?: string;
+  hold?: boolean;
+  tx?: Span;
+  txCtx?: Context;
+}
+
+const st = (s: SmtpSession) => s.state as SessionState;
+
+function toReply(r: SmtpReply | undefined): Reply | undefined {
+  if (!r || !r.code) return undefined;
+  return { code: r.code, enhanced: r.enhanced || undefined, text: r.text || 'Ok' } as Reply;
+}
+
+/** A policy decision as the reply to give (undefined = standard accept). */
+export function decisionReply(res: CheckResponse): { reply: Reply | undefined; hold: boolean } {
+  const given = toReply(res.reply);
+  switch (res.action) {
+    case PolicyAction.POLICY_ACTION_ACCEPT:
+      return { reply: given && isPositive(given) ? given : undefined, hold: false };
+    case PolicyAction.POLICY_ACTION_HOLD:
+      return { reply: given && isPositive(given) ? given : undefined, hold: true };
+    case PolicyAction.POLICY_ACTION_REJECT:
+      return {
+        reply: given && given.code >= 500 && given.code < 600 ? given : { code: 554, enhanced: '5.7.1', text: given?.text ?? 'Rejected by policy' },
+        hold: false,
+      };
+    case PolicyAction.POLICY_ACTION_DEFER:
+      return {
+        reply: given && given.code >= 400 && given.code < 500 ? given : { code: 450, enhanced: '4.7.1', text: given?.text ?? 'Try again later' },
+        hold: false,
+      };
+    default:
+      // An answer we cannot read is not an accept.
+      return { reply: IngressReplies.policyUnavailable, hold: false };
+  }
+}
+
+export function sessionInfo(s: SmtpSession, hostname: string): SessionInfo {
+  return SessionInfo.fromPartial({
+    sessionId: s.id,
+    clientAddress: s.clientAddress,
+    clientPort: s.clientPort,
+    clientName: st(s).clientName ?? '',
+    heloName: s.heloName ?? '',
+    listener: LISTENERS[s.listener] ?? Listener.LISTENER_UNSPECIFIED,
+    tls: s.tls ? { used: true, version: s.tls.protocol, cipher: s.tls.cipher, verified: false } : undefined,
+    authUser: s.user ?? '',
+    serverName: hostname,
+  });
+}
+
+export function toProtoEnvelope(s: SmtpSession, e: Envelope, arrival: Date): ProtoEnvelope {
+  const p = e.mailFrom.params;
+  return {
+    sender: e.mailFrom.address,
+    envid: p.envid ?? '',
+    ret: p.ret === 'FULL' ? DsnRet.DSN_RET_FULL : p.ret === 'HDRS' ? DsnRet.DSN_RET_HDRS : DsnRet.DSN_RET_UNSPECIFIED,
+    smtputf8: p.smtputf8,
+    bodyType: p.body === '8BITMIME' ? BodyType.BODY_TYPE_8BITMIME : p.body === 'BINARYMIME' ? BodyType.BODY_TYPE_BINARYMIME : BodyType.BODY_TYPE_UNSPECIFIED,
+    requiretls: p.requiretls,
+    clientAddress: s.clientAddress,
+    clientName: st(s).clientName ?? '',
+    heloName: s.heloName ?? '',
+    authUser: s.user ?? '',
+    arrivalTime: arrival,
+    protocol: protocolName(s, e),
+    listener: LISTENERS[s.listener] ?? Listener.LISTENER_UNSPECIFIED,
+    declaredSize: p.size ?? 0,
+  };
+}
+
+export function toProtoRecipients(e: Envelope): EnvelopeRecipient[] {
+  return e.rcptTo.map((r) => ({
+    address: r.address,
+    orcpt: r.params.orcpt ? `${r.params.orcpt.type};${r.params.orcpt.address}` : '',
+    notify: (r.params.notify ?? []).map((n) => NOTIFY[n]!),
+  }));
+}
+
+async function reverseName(ip: string, timeoutMs: number): Promise<string | undefined> {
+  const resolver = new dns.promises.Resolver({ timeout: timeoutMs, tries: 1 });
+  try {
+    const names = await resolver.reverse(ip);
+    const name = names[0];
+    if (!name) return undefined;
+    // Forward-confirmed only (Postfix's "unknown" otherwise).
+    const addrs = ip.includes(':') ? await resolver.resolve6(name) : await resolver.resolve4(name);
+    return addrs.includes(ip) ? name.replace(/\.$/, '') : undefined;
+  } catch {
+    return undefined;
+  } finally {
+    resolver.cancel();
+  }
+}
+
+/**
+ * Cancels an Enqueue so that nothing is stored. grpc-js delivers a client
+ * cancel to the server as end-of-stream first and "cancelled" a moment
+ * later, so a cancel alone could look like a complete message. Before
+ * cancelling we therefore send a request the contract forbids (a second
+ * header: "every later one a chunk"), which the queue must refuse, and let
+ * it reach the wire.
+ */
+async function abortEnqueue(writer: grpc.ClientWritableStream<EnqueueRequest>): Promise<void> {
+  try {
+    await new Promise<void>((resolve) => {
+      const ok = writer.write(EnqueueRequest.fromPartial({ header: { idempotencyKey: 'tern-ingress-abort' } }), () => resolve());
+      if (!ok) setTimeout(resolve, 50);
+    });
+  } catch {
+    // the call is already gone
+  }
+  writer.cancel();
+}
+
+export function createHooks(deps: HooksDeps, submission: boolean): SmtpHooks {
+  const { logger, tracer, policy, queue, metrics, hostname } = deps;
+
+  const ctxOf = (s: SmtpSession): Context => st(s).txCtx ?? st(s).ctx ?? context.active();
+
+  async function check(stage: CheckStage, stageName: string, s: SmtpSession, extra: Partial<CheckRequest>): Promise<{ reply: Reply | undefined; hold: boolean; res?: CheckResponse }> {
+    const req = CheckRequest.fromPartial({ stage, session: sessionInfo(s, hostname), ...extra });
+    try {
+      const res = await context.with(ctxOf(s), () => call(policy.check, policy, req, deps.policyDeadlineMs));
+      const d = decisionReply(res);
+      metrics.decisions.add(1, { stage: stageName, result: d.reply && !isPositive(d.reply) ? String(d.reply.code)[0] + 'xx' : 'accept' });
+      if (d.reply && !isPositive(d.reply)) {
+        logger.info(
+          { event: 'smtp_reject', stage: stageName, session_id: s.id, client: s.clientAddress, reason: res.reason, reply: `${d.reply.code} ${d.reply.enhanced ?? ''}`, sender: extra.sender, recipient: extra.recipient },
+          `${stageName} refused by policy`,
+        );
+      }
+      return { ...d, res };
+    } catch (err) {
+      metrics.decisions.add(1, { stage: stageName, result: 'policy_error' });
+      logger.warn({ stage: stageName, session_id: s.id, err: (err as Error).message }, 'policy check failed; answering 451 4.3.0');
+      return { reply: IngressReplies.policyUnavailable, hold: false };
+    }
+  }
+
+  function endTx(s: SmtpSession, error?: string): void {
+    const state = st(s);
+    if (!state.tx) return;
+    if (error) state.tx.setStatus({ code: SpanStatusCode.ERROR, message: error });
+    state.tx.end();
+    state.tx = undefined;
+    state.txCtx = undefined;
+  }
+
+  const hooks: SmtpHooks = {
+    async onConnect(s) {
+      const span = tracer.startSpan('smtp.session', {
+        kind: SpanKind.SERVER,
+        attributes: { 'smtp.session_id': s.id, 'smtp.listener': s.listener, 'net.peer.ip': s.clientAddress, 'net.peer.port': s.clientPort },
+      });
+      st(s).span = span;
+      st(s).ctx = trace.setSpan(context.active(), span);
+      metrics.sessions.add(1, { listener: s.listener });
+      if (deps.reverseDns) st(s).clientName = await reverseName(s.clientAddress, deps.reverseDns.timeoutMs);
+      const d = await check(CheckStage.CHECK_STAGE_CONNECT, 'connect', s, {});
+      if (d.hold) st(s).hold = true;
+      return d.reply;
+    },
+
+    async onHelo(s, name) {
+      const d = await check(CheckStage.CHECK_STAGE_HELO, 'helo', s, {});
+      void name;
+      if (d.hold) st(s).hold = true;
+      return d.reply;
+    },
+
+    async onMailFrom(s, from) {
+      endTx(s);
+      const state = st(s);
+      const tx = tracer.startSpan('smtp.transaction', { attributes: { 'smtp.session_id': s.id, 'smtp.sender': from.address } }, state.ctx);
+      state.tx = tx;
+      state.txCtx = trace.setSpan(state.ctx ?? context.active(), tx);
+      const d = await check(CheckStage.CHECK_STAGE_MAIL, 'mail', s, {
+        sender: from.address,
+        declaredSize: from.params.size ?? 0,
+        smtputf8: from.params.smtputf8,
+      });
+      if (d.reply && !isPositive(d.reply)) {
+        endTx(s, `MAIL refused: ${d.reply.code}`);
+        return d.reply;
+      }
+      state.hold = state.hold || d.hold;
+      return d.reply;
+    },
+
+    async onRcptTo(s, rcpt, envelope) {
+      const d = await check(CheckStage.CHECK_STAGE_RCPT, 'rcpt', s, {
+        sender: envelope.mailFrom.address,
+        recipient: rcpt.address,
+        recipients: envelope.rcptTo.map((r) => r.address),
+        declaredSize: envelope.mailFrom.params.size ?? 0,
+        smtputf8: envelope.mailFrom.params.smtputf8,
+      });
+      if (d.reply && !isPositive(d.reply)) return d.reply;
+      rcpt.state = { local: d.res?.localRecipient ?? false };
+      if (d.hold) envelope.state.hold = true;
+      return d.reply;
+    },
+
+    async onAuth(s, req) {
+      const body = AuthenticateRequest.fromPartial({ username: req.username, password: req.password, session: sessionInfo(s, hostname) });
+      try {
+        const res = await context.with(ctxOf(s), () => call(policy.authenticate, policy, body, deps.policyDeadlineMs));
+        if (res.ok) {
+          logger.info({ event: 'smtp_auth', session_id: s.id, client: s.clientAddress, user: res.user || req.username, mechanism: req.mechanism }, 'authenticated');
+          return { ok: true, user: res.user || req.username };
+        }
+        const reply = toReply(res.reply);
+        logger.info({ event: 'smtp_auth_failed', session_id: s.id, client: s.clientAddress, user: req.username, mechanism: req.mechanism }, 'authentication failed');
+        return reply && !isPositive(reply) ? { ok: false, reply } : { ok: false };
+      } catch (err) {
+        logger.warn({ session_id: s.id, err: (err as Error).message }, 'policy Authenticate failed; answering 454 4.7.0');
+        return { ok: false, reply: IngressReplies.authUnavailable };
+      }
+    },
+
+    async onDataStart(s) {
+      const status = await context.with(ctxOf(s), () => deps.queueStatus.get());
+      if (!status.reachable) return IngressReplies.queueUnavailable;
+      if (!status.accepting) return IngressReplies.queueFull;
+      return undefined;
+    },
+
+    async onData(s, envelope, stream) {
+      return context.with(ctxOf(s), () => enqueue(s, envelope, stream));
+    },
+
+    onReset(s) {
+      endTx(s, 'transaction dropped');
+    },
+
+    onClose(s, reason) {
+      endTx(s, `session closed: ${reason}`);
+      const span = st(s).span;
+      if (span) {
+        span.setAttribute('smtp.close_reason', reason);
+        span.setAttribute('smtp.transactions', s.transactions);
+        span.end();
+      }
+    },
+  };
+
+  async function enqueue(s: SmtpSession, envelope: Envelope, stream: Readable): Promise<Reply> {
+    const started = performance.now();
+    const arrival = new Date();
+    const hold = Boolean(st(s).hold || envelope.state.hold);
+    let settled = false;
+    let failure: Error | undefined;
+    let writer!: grpc.ClientWritableStream<EnqueueRequest>;
+    const result = new Promise<EnqueueResponse>((resolve, reject) => {
+      // No deadline on the stream itself: the client's pace is bounded by the
+      // engine's data timeout, the commit by commitTimeoutMs below.
+      writer = queue.enqueue(new grpc.Metadata(), { deadline: Infinity }, (err, res) => {
+        settled = true;
+        if (err) {
+          failure = err;
+          reject(err);
+        } else resolve(res);
+      });
+    });
+    result.catch(() => undefined);
+    writer.on('error', () => undefined);
+    const write = async (req: EnqueueRequest): Promise<void> => {
+      if (failure) throw failure;
+      if (!writer.write(req)) {
+        await Promise.race([once(writer, 'drain'), result]);
+      }
+    };
+    const writeBody = async (buf: Buffer): Promise<void> => {
+      for (let i = 0; i < buf.length; i += CHUNK) await write(EnqueueRequest.fromPartial({ chunk: buf.subarray(i, i + CHUNK) }));
+    };
+    let size = 0;
+    try {
+      await write(
+        EnqueueRequest.fromPartial({
+          header: {
+            envelope: toProtoEnvelope(s, envelope, arrival),
+            recipients: toProtoRecipients(envelope),
+            origin: MessageOrigin.MESSAGE_ORIGIN_SMTP,
+            hold,
+          },
+        }),
+      );
+      const received = receivedHeader({ session: s, envelope, hostname, clientName: st(s).clientName, date: arrival });
+      let prefix: Buffer | undefined = Buffer.from(received, 'utf8');
+      const scanner = submission ? new HeaderScanner() : undefined;
+      const submissionHeaders = (): Buffer => {
+        let extra = '';
+        if (!scanner!.hasMessageId) extra += `Message-ID: ${messageId(s, envelope, hostname)}\r\n`;
+        if (!scanner!.hasDate) extra += `Date: ${rfc5322Date(arrival)}\r\n`;
+        return Buffer.from(extra, 'latin1');
+      };
+      for await (const piece of stream) {
+        let chunk = piece as Buffer;
+        size += chunk.length;
+        if (scanner && !scanner.done) {
+          if (!scanner.push(chunk)) continue;
+          chunk = Buffer.concat([submissionHeaders(), scanner.take()]);
+        }
+        if (prefix) {
+          chunk = Buffer.concat([prefix, chunk]);
+          prefix = undefined;
+        }
+        await writeBody(chunk);
+      }
+      if (scanner && !scanner.done) {
+        scanner.finish();
+        await writeBody(Buffer.concat([prefix ?? Buffer.alloc(0), submissionHeaders(), scanner.take()]));
+        prefix = undefined;
+      }
+      if (prefix) await writeBody(prefix);
+      if (failure) throw failure;
+      writer.end();
+      let timer: NodeJS.Timeout | undefined;
+      const res = await Promise.race([
+        result,
+        new Promise<never>((_r, reject) => {
+          timer = setTimeout(() => reject(new Error(`queue did not commit within ${deps.commitTimeoutMs} ms`)), deps.commitTimeoutMs);
+        }),
+      ]).finally(() => clearTimeout(timer));
+      const seconds = (performance.now() - started) / 1000;
+      metrics.enqueueSeconds.record(seconds, { listener: s.listener });
+      metrics.messages.add(1, { listener: s.listener, result: 'queued' });
+      metrics.bytes.add(size, { listener: s.listener });
+      const tx = st(s).tx;
+      tx?.setAttribute('tern.queue_id', res.queueId);
+      tx?.setAttribute('smtp.size', size);
+      tx?.setAttribute('smtp.recipients', envelope.rcptTo.length);
+      logger.info(
+        {
+          event: 'smtp_queued',
+          queue_id: res.queueId,
+          session_id: s.id,
+          listener: s.listener,
+          client: s.clientAddress,
+          sender: envelope.mailFrom.address,
+          recipients: envelope.rcptTo.length,
+          size,
+          hold,
+          ms: Math.round(seconds * 1000),
+        },
+        `queued as ${res.queueId}`,
+      );
+      endTx(s);
+      return { code: 250, enhanced: '2.0.0', text: `Ok: queued as ${res.queueId}` };
+    } catch (err) {
+      if (!settled) await abortEnqueue(writer);
+      if (err instanceof SmtpDataError) {
+        metrics.messages.add(1, { listener: s.listener, result: err.violation });
+        endTx(s, `data refused: ${err.violation}`);
+        logger.info({ event: 'smtp_data_refused', session_id: s.id, client: s.clientAddress, violation: err.violation }, 'message data refused');
+        return err.reply;
+      }
+      metrics.messages.add(1, { listener: s.listener, result: 'enqueue_error' });
+      const detail = isGrpcError(err) ? `${grpc.status[err.code]}: ${err.details}` : (err as Error).message;
+      endTx(s, `enqueue failed: ${detail}`);
+      logger.warn({ event: 'smtp_enqueue_failed', session_id: s.id, client: s.clientAddress, err: detail }, 'enqueue failed; answering 451 4.3.0');
+      // Make the next DATA re-check the queue.
+      void deps.queueStatus.refresh();
+      return IngressReplies.enqueueFailed;
+    }
+  }
+
+  // The engine offers AUTH only when onAuth exists: submission listeners only.
+  if (!submission) delete hooks.onAuth;
+  return hooks;
+}

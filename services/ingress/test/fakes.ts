@@ -1,0 +1,235 @@
+// Test kit: in-process fake PolicyService and QueueService on loopback ports
+// (our own contracts) that record what they were asked and what was
+// "stored", and an ingress app in-process in front of them.
+import { grpc } from '@tern/grpc';
+import {
+  AuthenticateResponse,
+  CheckResponse,
+  EnqueueResponse,
+  PolicyAction,
+  PolicyServiceService,
+  QueueServiceService,
+  StatusResponse,
+  type AuthenticateRequest,
+  type CheckRequest,
+  type EnqueueHeader,
+  type EnqueueRequest,
+} from '@tern/proto';
+import { createTelemetry } from '@tern/telemetry';
+import { createApp, type App } from '../src/app';
+import { loadConfig } from '../src/config';
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+function unimplemented(definition: grpc.ServiceDefinition, impl: Record<string, unknown>): grpc.UntypedServiceImplementation {
+  const out: grpc.UntypedServiceImplementation = {};
+  for (const name of Object.keys(definition)) {
+    out[name] = (impl[name] ??
+      ((_call: unknown, cb: grpc.sendUnaryData<unknown>) => cb({ code: grpc.status.UNIMPLEMENTED, details: 'fake', metadata: new grpc.Metadata() } as grpc.ServiceError, null))) as grpc.UntypedHandleCall;
+  }
+  return out;
+}
+
+async function bind(server: grpc.Server, port = 0): Promise<number> {
+  return new Promise((resolve, reject) =>
+    server.bindAsync(`127.0.0.1:${port}`, grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))),
+  );
+}
+
+export interface PolicyCall {
+  request: CheckRequest;
+  traceparent: string | undefined;
+}
+
+export class FakePolicy {
+  readonly checks: PolicyCall[] = [];
+  readonly auths: AuthenticateRequest[] = [];
+  /** Decides a Check; default ACCEPT. Throw a grpc-style error object to fail the call. */
+  decide: (req: CheckRequest) => Partial<CheckResponse> | Promise<Partial<CheckResponse>> = () => ({ action: PolicyAction.POLICY_ACTION_ACCEPT });
+  delayMs = 0;
+  users: Record<string, string> = { alice: 'secret' };
+  private server = new grpc.Server();
+  port = 0;
+
+  constructor() {
+    this.server.addService(
+      PolicyServiceService,
+      unimplemented(PolicyServiceService, {
+        check: (call: grpc.ServerUnaryCall<CheckRequest, CheckResponse>, cb: grpc.sendUnaryData<CheckResponse>) => {
+          this.checks.push({ request: call.request, traceparent: call.metadata.get('traceparent')[0]?.toString() });
+          void (async () => {
+            if (this.delayMs) await sleep(this.delayMs);
+            try {
+              cb(null, CheckResponse.fromPartial(await this.decide(call.request)));
+            } catch (err) {
+              cb(err as grpc.ServiceError, null);
+            }
+          })();
+        },
+        authenticate: (call: grpc.ServerUnaryCall<AuthenticateRequest, AuthenticateResponse>, cb: grpc.sendUnaryData<AuthenticateResponse>) => {
+          this.auths.push(call.request);
+          const ok = this.users[call.request.username] === call.request.password;
+          cb(null, AuthenticateResponse.fromPartial(ok ? { ok: true, user: call.request.username } : { ok: false, reply: { code: 535, enhanced: '5.7.8', text: 'Authentication credentials invalid' } }));
+        },
+      }),
+    );
+  }
+
+  async start(port = 0): Promise<this> {
+    this.port = await bind(this.server, port);
+    return this;
+  }
+
+  get address(): string {
+    return `127.0.0.1:${this.port}`;
+  }
+
+  stages(): number[] {
+    return this.checks.map((c) => c.request.stage);
+  }
+
+  async stop(): Promise<void> {
+    this.server.forceShutdown();
+  }
+}
+
+export interface StoredMessage {
+  queueId: string;
+  header: EnqueueHeader;
+  body: Buffer;
+  chunks: number;
+  traceparent: string | undefined;
+}
+
+export class FakeQueue {
+  readonly stored: StoredMessage[] = [];
+  accepting = true;
+  statusCalls = 0;
+  /** Enqueue behaviour at the end of the stream. */
+  mode: 'ok' | 'error' | 'hang' = 'ok';
+  commitDelayMs = 0;
+  /** Enqueue calls the client cancelled or that ended without commit. */
+  cancelled = 0;
+  /** Enqueue calls refused as malformed (e.g. the ingress abort marker). */
+  rejected = 0;
+  private server = new grpc.Server();
+  port = 0;
+
+  constructor() {
+    this.server.addService(
+      QueueServiceService,
+      unimplemented(QueueServiceService, {
+        status: (_call: unknown, cb: grpc.sendUnaryData<StatusResponse>) => {
+          this.statusCalls++;
+          cb(null, StatusResponse.fromPartial({ accepting: this.accepting, reason: this.accepting ? '' : 'high-water mark' }));
+        },
+        enqueue: (call: grpc.ServerReadableStream<EnqueueRequest, EnqueueResponse>, cb: grpc.sendUnaryData<EnqueueResponse>) => {
+          let header: EnqueueHeader | undefined;
+          const parts: Buffer[] = [];
+          let chunks = 0;
+          let done = false;
+          let invalid = false;
+          call.on('data', (req: EnqueueRequest) => {
+            if (!header) {
+              header = req.header;
+              return;
+            }
+            // The contract: the first request carries the header, every later one a chunk.
+            if (req.header) invalid = true;
+            chunks++;
+            parts.push(Buffer.from(req.chunk));
+          });
+          call.on('cancelled', () => {
+            if (!done) this.cancelled++;
+            done = true;
+          });
+          call.on('error', () => undefined);
+          call.on('end', () => {
+            void (async () => {
+              // grpc-js reports a client cancel as 'end' first, 'cancelled' just after:
+              // like the real queue, look again before committing.
+              await new Promise((r) => setTimeout(r, 10));
+              if (done || call.cancelled) return;
+              if (invalid) {
+                done = true;
+                this.rejected++;
+                cb({ code: grpc.status.INVALID_ARGUMENT, details: 'header: only the first request carries the header', metadata: new grpc.Metadata() } as grpc.ServiceError, null);
+                return;
+              }
+              if (this.mode === 'hang') return;
+              if (this.commitDelayMs) await sleep(this.commitDelayMs);
+              if (done) return;
+              done = true;
+              if (this.mode === 'error' || !header) {
+                cb({ code: grpc.status.UNAVAILABLE, details: 'database down', metadata: new grpc.Metadata() } as grpc.ServiceError, null);
+                return;
+              }
+              const body = Buffer.concat(parts);
+              const queueId = `Q${(this.stored.length + 1).toString(16).toUpperCase().padStart(6, '0')}`;
+              this.stored.push({ queueId, header, body, chunks, traceparent: call.metadata.get('traceparent')[0]?.toString() });
+              cb(null, EnqueueResponse.fromPartial({ queueId, size: body.length }));
+            })();
+          });
+        },
+      }),
+    );
+  }
+
+  async start(port = 0): Promise<this> {
+    this.port = await bind(this.server, port);
+    return this;
+  }
+
+  get address(): string {
+    return `127.0.0.1:${this.port}`;
+  }
+
+  async stop(): Promise<void> {
+    this.server.forceShutdown();
+  }
+}
+
+let telemetry: ReturnType<typeof createTelemetry> | undefined;
+
+export function testTelemetry() {
+  telemetry ??= createTelemetry({ service: 'ingress', logLevel: process.env.TERN_TEST_LOG_LEVEL ?? 'silent' });
+  return telemetry;
+}
+
+export interface Harness {
+  app: App;
+  policy: FakePolicy;
+  queue: FakeQueue;
+  stop(): Promise<void>;
+}
+
+/** Fake policy + queue and an ingress app on free loopback ports. */
+export async function startIngress(env: Record<string, string> = {}): Promise<Harness> {
+  const policy = await new FakePolicy().start();
+  const queue = await new FakeQueue().start();
+  const config = loadConfig({
+    TERN_SMTP_LISTEN: '127.0.0.1:0',
+    TERN_SUBMISSION_LISTEN: '127.0.0.1:0',
+    TERN_SUBMISSIONS_LISTEN: '127.0.0.1:0',
+    TERN_GRPC_LISTEN: '127.0.0.1:0',
+    TERN_METRICS_LISTEN: '127.0.0.1:0',
+    TERN_HOSTNAME: 'mx.tern.test',
+    TERN_POLICY_ADDR: policy.address,
+    TERN_QUEUE_ADDR: queue.address,
+    TERN_POLICY_DEADLINE_MS: '1000',
+    TERN_SHUTDOWN_GRACE_MS: '4000',
+    ...env,
+  });
+  const app = createApp(config, { telemetry: testTelemetry(), noMetricsServer: true });
+  await app.start();
+  return {
+    app,
+    policy,
+    queue,
+    async stop() {
+      await app.stop();
+      await policy.stop();
+      await queue.stop();
+    },
+  };
+}
