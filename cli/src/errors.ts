@@ -27,15 +27,39 @@ export class CliError extends Error {
   }
 }
 
-/** Short cause of a transport failure, from grpc-js's details. */
-export function transportCause(details: string): string {
-  if (/ECONNREFUSED/.test(details)) return 'connection refused';
-  if (/ENOTFOUND|EAI_AGAIN|Name resolution failed|DNS resolution failed/i.test(details)) return 'name not resolved';
-  if (/EHOSTUNREACH|ENETUNREACH/.test(details)) return 'host unreachable';
-  if (/ETIMEDOUT/.test(details)) return 'connection timed out';
-  if (/ECONNRESET|Connection dropped|socket hang up/i.test(details)) return 'connection reset';
-  if (/certificate|SSL|TLS|handshake|wrong version number/i.test(details)) return `TLS failure: ${details.replace(/^.*Last error: /, '')}`;
-  return details.replace(/^No connection established\. Last error: (Error: )?/, '') || 'unavailable';
+/** grpc-js details without timestamps, resolution notes and line breaks. */
+function clean(details: string): string {
+  return details
+    .replace(/\s*\(\d{4}-\d\d-\d\dT[^)]*\)\.?\s*Resolution note:[^)]*\)?/g, '')
+    .replace(/^No connection established\. Last error: (Error: )?/, '')
+    .replace(/\s+/g, ' ')
+    .trim();
+}
+
+/** Cause and next step of a failure to reach the admin API. */
+export function unreachable(details: string, c: Pick<Connection, 'tls' | 'certFile'>): { cause: string; hint: string } {
+  const platform = "Is the platform running? Start it with 'npm start', or set TERN_ADMIN_ADDR.";
+  if (/ECONNREFUSED/.test(details)) return { cause: 'connection refused', hint: platform };
+  if (/ENOTFOUND|EAI_AGAIN|Name resolution failed|DNS resolution failed/i.test(details)) return { cause: 'name not resolved', hint: 'Check --server / TERN_ADMIN_ADDR.' };
+  if (/EHOSTUNREACH|ENETUNREACH/.test(details)) return { cause: 'host unreachable', hint: 'Check --server / TERN_ADMIN_ADDR and the network.' };
+  if (/ETIMEDOUT/.test(details)) return { cause: 'connection timed out', hint: 'Check --server / TERN_ADMIN_ADDR and the network.' };
+  if (/certificate required/i.test(details)) {
+    return { cause: 'the server requires a client certificate', hint: 'Pass --cert-file and --key-file (TERN_ADMIN_CERT_FILE, TERN_ADMIN_KEY_FILE).' };
+  }
+  if (/self[- ]signed|unable to (get|verify)|certificate verify failed|UNABLE_TO_VERIFY|unknown ca/i.test(details)) {
+    return { cause: 'the server certificate is not trusted', hint: 'Pass --ca-file with the CA that signed it (TERN_ADMIN_CA_FILE).' };
+  }
+  if (/altnames|does not match|ERR_TLS_CERT_ALTNAME/i.test(details)) {
+    return { cause: 'the server certificate is for another name', hint: 'Pass --tls-server-name with the name in its certificate.' };
+  }
+  if (/bad certificate|certificate (revoked|expired|unknown)/i.test(details)) {
+    return { cause: 'the server refused the client certificate', hint: 'Check --cert-file / --key-file against the CA the server trusts.' };
+  }
+  if (/wrong version number|SSL|TLS|handshake/i.test(details)) {
+    return { cause: `TLS failure: ${clean(details)}`, hint: c.tls ? 'Does the admin API use TLS? Try without --tls / --ca-file.' : 'If the admin API uses TLS, pass --tls or --ca-file.' };
+  }
+  if (/ECONNRESET|Connection dropped|socket hang up/i.test(details)) return { cause: 'connection reset', hint: c.tls ? platform : `${platform} If it uses TLS, pass --tls or --ca-file.` };
+  return { cause: clean(details) || 'unavailable', hint: c.tls ? platform : `${platform} If it uses TLS, pass --tls or --ca-file.` };
 }
 
 const tokenHint = (c: Connection) =>
@@ -64,11 +88,10 @@ export function describeError(err: unknown, c: Connection): CliError {
     }
   }
   switch (err.code) {
-    case grpc.status.UNAVAILABLE:
-      return new CliError(
-        `cannot reach the admin API at ${c.address} (${transportCause(details)}). Is the platform running? Start it with 'npm start', or set TERN_ADMIN_ADDR.`,
-        EXIT.UNREACHABLE,
-      );
+    case grpc.status.UNAVAILABLE: {
+      const { cause, hint } = unreachable(details, c);
+      return new CliError(`cannot reach the admin API at ${c.address} (${cause}). ${hint}`, EXIT.UNREACHABLE);
+    }
     case grpc.status.DEADLINE_EXCEEDED:
       return new CliError(`the admin API at ${c.address} did not answer within ${c.deadlineMs / 1000}s (DEADLINE_EXCEEDED). Retry, or allow longer with --timeout.`, EXIT.UNREACHABLE);
     case grpc.status.UNAUTHENTICATED:

@@ -17,7 +17,8 @@ export async function main(argv: string[], io: Io): Promise<number> {
     }
     const conn = currentConnection() ?? { address: DEFAULT_ADDR, tokenSource: 'none', tls: false, deadlineMs: 15_000 };
     const failure = describeError(err, conn);
-    io.stderr.write(`tern: ${failure.message}\n`);
+    // One line, whatever the cause looked like.
+    io.stderr.write(`tern: ${failure.message.replace(/\s*\n\s*/g, ' ')}\n`);
     return failure.exitCode;
   }
 }

@@ -9,7 +9,7 @@ import { after, before, describe, it } from 'node:test';
 import { grpc } from '@tern/grpc';
 import { AttemptOutcome, DomainKind, QueueAction, RecipientState, RouteKind } from '@tern/proto';
 import type { App } from '../../services/admin/src/app';
-import { deadPort, fakePolicy, fakeQueue, startAdmin, TOKENS, type FakeOwner } from '../../services/admin/test/fakes';
+import { deadPort, fakePolicy, fakeQueue, makePki, startAdmin, TOKENS, type FakeOwner } from '../../services/admin/test/fakes';
 
 const ROOT = path.resolve(__dirname, '../..');
 const NODE = fs.existsSync(path.join(ROOT, 'node_modules/.bin/node')) ? path.join(ROOT, 'node_modules/.bin/node') : process.execPath;
@@ -346,6 +346,37 @@ describe('tern CLI', () => {
         );
       } finally {
         await lonely.stop();
+      }
+    });
+
+    it('speaks mTLS with --ca-file, --cert-file and --key-file', async () => {
+      const pki = makePki('ops-bot');
+      const secure = await startAdmin(queue.address, policy.address, {
+        TERN_GRPC_TLS_CERT_FILE: pki.serverCert,
+        TERN_GRPC_TLS_KEY_FILE: pki.serverKey,
+        TERN_GRPC_TLS_CA_FILE: pki.ca,
+      });
+      try {
+        const server = `localhost:${secure.grpcPort}`;
+        const ok = await tern(['--server', server, '--ca-file', pki.ca, '--cert-file', pki.clientCert, '--key-file', pki.clientKey, 'queue', 'summary', '--json'], {
+          TERN_ADMIN_TOKEN: TOKENS.alice,
+        });
+        assert.equal(ok.code, 0, ok.stderr);
+        const noCert = await tern(['queue', 'summary'], { TERN_ADMIN_ADDR: server, TERN_ADMIN_CA_FILE: pki.ca, TERN_ADMIN_TOKEN: TOKENS.alice });
+        assert.equal(noCert.code, 3);
+        assert.equal(
+          noCert.stderr,
+          `tern: cannot reach the admin API at ${server} (the server requires a client certificate). Pass --cert-file and --key-file (TERN_ADMIN_CERT_FILE, TERN_ADMIN_KEY_FILE).\n`,
+        );
+        const plain = await tern(['queue', 'summary'], { TERN_ADMIN_ADDR: server, TERN_ADMIN_TOKEN: TOKENS.alice });
+        assert.equal(plain.code, 3);
+        assert.match(plain.stderr, /^tern: cannot reach the admin API at .*If it uses TLS, pass --tls or --ca-file\.\n$/);
+        const untrusted = await tern(['queue', 'summary'], { TERN_ADMIN_ADDR: server, TERN_ADMIN_TLS: '1', TERN_ADMIN_TOKEN: TOKENS.alice });
+        assert.equal(untrusted.code, 3);
+        assert.match(untrusted.stderr, /\(the server certificate is not trusted\)\. Pass --ca-file with the CA that signed it/);
+      } finally {
+        await secure.stop();
+        fs.rmSync(pki.dir, { recursive: true, force: true });
       }
     });
 

@@ -12,7 +12,7 @@ import { AdminServiceService, DomainKind, QueueAction, ReadBodyRequest, Recipien
 import type { App } from '../src/app';
 import { loadConfig } from '../src/config';
 import { parseTokens } from '../src/tokens';
-import { adminClient, deadPort, fakePolicy, fakeQueue, startAdmin, TOKENS, type AdminClient, type FakeOwner } from './fakes';
+import { adminClient, deadPort, fakePolicy, fakeQueue, makePki, startAdmin, TOKENS, type AdminClient, type FakeOwner } from './fakes';
 
 const code = (err: unknown) => (err as grpc.ServiceError).code;
 const details = (err: unknown) => (err as grpc.ServiceError).details;
@@ -273,6 +273,36 @@ describe('admin service', () => {
         next.close();
         await a.stop();
         fs.rmSync(dir, { recursive: true, force: true });
+      }
+    });
+  });
+
+  describe('mTLS', () => {
+    it('requires a client certificate and, with certificate auth, takes the operator from its CN', async () => {
+      const pki = makePki('ops-bot');
+      const a = await startAdmin(queue.address, policy.address, {
+        TERN_GRPC_TLS_CERT_FILE: pki.serverCert,
+        TERN_GRPC_TLS_KEY_FILE: pki.serverKey,
+        TERN_GRPC_TLS_CA_FILE: pki.ca,
+        TERN_ADMIN_CERT_AUTH: 'true',
+      });
+      const ca = fs.readFileSync(pki.ca);
+      const withCert = grpc.credentials.createSsl(ca, fs.readFileSync(pki.clientKey), fs.readFileSync(pki.clientCert));
+      const certOnly = adminClient(a.grpcPort, undefined, withCert, 'localhost');
+      const certAndBadToken = adminClient(a.grpcPort, 'wrong', withCert, 'localhost');
+      const certAndToken = adminClient(a.grpcPort, TOKENS.bob, withCert, 'localhost');
+      const noCert = adminClient(a.grpcPort, TOKENS.alice, grpc.credentials.createSsl(ca), 'localhost');
+      try {
+        await certOnly.resumeDestination({ destination: 'example.test' });
+        assert.equal(queue.last('resumeDestination')!.request.operator, 'cert:ops-bot');
+        await certAndToken.resumeDestination({ destination: 'example.test' });
+        assert.equal(queue.last('resumeDestination')!.request.operator, 'bob', 'a token names the operator when both are given');
+        await rejects(certAndBadToken.listRoutes({}), grpc.status.UNAUTHENTICATED, 'missing or invalid bearer token'); // a wrong token is not rescued by the certificate
+        await assert.rejects(noCert.listRoutes({}), (err: unknown) => code(err) === grpc.status.UNAVAILABLE);
+      } finally {
+        for (const c of [certOnly, certAndBadToken, certAndToken, noCert]) c.close();
+        await a.stop();
+        fs.rmSync(pki.dir, { recursive: true, force: true });
       }
     });
   });

@@ -1,6 +1,10 @@
 // Test kit: in-process fake QueueService and PolicyService on loopback ports
 // (our own contracts) that record every request and answer what a test sets,
 // the admin app in-process in front of them, and a typed admin client.
+import { execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import * as proto from '@tern/proto';
 import { AdminServiceService, PolicyServiceService, QueueServiceService } from '@tern/proto';
 import { grpc, unary } from '@tern/grpc';
@@ -134,8 +138,8 @@ export type AdminClient = {
 const AdminCtor = grpc.makeGenericClientConstructor(AdminServiceService, 'tern.v1.AdminService');
 
 /** An admin client that sends `token` (none when undefined). */
-export function adminClient(port: number, token?: string): AdminClient {
-  const raw = new AdminCtor(`127.0.0.1:${port}`, grpc.credentials.createInsecure()) as unknown as grpc.Client & Record<string, unknown>;
+export function adminClient(port: number, token?: string, credentials = grpc.credentials.createInsecure(), host = '127.0.0.1'): AdminClient {
+  const raw = new AdminCtor(`${host}:${port}`, credentials) as unknown as grpc.Client & Record<string, unknown>;
   const out: Record<string, unknown> = { raw, close: () => raw.close() };
   for (const name of Object.keys(AdminServiceService)) {
     if (name === 'readBody') continue;
@@ -148,4 +152,30 @@ export function adminClient(port: number, token?: string): AdminClient {
     };
   }
   return out as AdminClient;
+}
+
+export interface Pki {
+  dir: string;
+  ca: string;
+  serverCert: string;
+  serverKey: string;
+  clientCert: string;
+  clientKey: string;
+}
+
+/** A test CA (openssl CLI) with a server certificate for localhost/127.0.0.1 and a client certificate CN=`clientName`. */
+export function makePki(clientName = 'ops-bot'): Pki {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tern-admin-pki-'));
+  const f = (name: string) => path.join(dir, name);
+  const ssl = (...args: string[]) => execFileSync('openssl', args, { stdio: 'ignore' });
+  const ec = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes'];
+  ssl('req', '-x509', ...ec, '-keyout', f('ca.key'), '-out', f('ca.pem'), '-days', '2', '-subj', '/CN=tern-test-ca', '-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign,cRLSign');
+  const issue = (name: string, cn: string, ext: string) => {
+    fs.writeFileSync(f(`${name}.ext`), ext);
+    ssl('req', ...ec, '-keyout', f(`${name}.key`), '-out', f(`${name}.csr`), '-subj', `/CN=${cn}`);
+    ssl('x509', '-req', '-in', f(`${name}.csr`), '-CA', f('ca.pem'), '-CAkey', f('ca.key'), '-CAcreateserial', '-out', f(`${name}.pem`), '-days', '2', '-extfile', f(`${name}.ext`));
+  };
+  issue('server', 'localhost', 'subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n');
+  issue('client', clientName, 'extendedKeyUsage=clientAuth\n');
+  return { dir, ca: f('ca.pem'), serverCert: f('server.pem'), serverKey: f('server.key'), clientCert: f('client.pem'), clientKey: f('client.key') };
 }
