@@ -110,10 +110,15 @@ export function parseMailParams(s: string, ctx: ParamContext): ParamResult<MailP
   const list = splitParams(s);
   if ('error' in list) return { ok: false, reply: list.error };
   const params: MailParams = { smtputf8: false, requiretls: false };
-  const seen = new Set<string>();
+  const seen = new Map<string, string | undefined>();
   for (const { key, value } of list) {
-    if (seen.has(key)) return bad(`Error: duplicate parameter ${key}`);
-    seen.add(key);
+    // An identical repeat is tolerated (Python's smtplib sends them; Postfix
+    // accepts them); a conflicting one is refused.
+    if (seen.has(key)) {
+      if (seen.get(key)?.toUpperCase() === value?.toUpperCase()) continue;
+      return bad(`Error: conflicting duplicate parameter ${key}`);
+    }
+    seen.set(key, value);
     switch (key) {
       case 'SIZE': {
         if (value === undefined || !/^\d{1,20}$/.test(value)) return bad('Error: bad SIZE parameter syntax');
@@ -169,10 +174,13 @@ export function parseRcptParams(s: string): ParamResult<RcptParams> {
   const list = splitParams(s);
   if ('error' in list) return { ok: false, reply: list.error };
   const params: RcptParams = {};
-  const seen = new Set<string>();
+  const seen = new Map<string, string | undefined>();
   for (const { key, value } of list) {
-    if (seen.has(key)) return bad(`Error: duplicate parameter ${key}`);
-    seen.add(key);
+    if (seen.has(key)) {
+      if (seen.get(key) === value) continue;
+      return bad(`Error: conflicting duplicate parameter ${key}`);
+    }
+    seen.set(key, value);
     switch (key) {
       case 'NOTIFY': {
         if (value === undefined) return bad('Error: bad NOTIFY parameter syntax');

@@ -118,6 +118,7 @@ test('MAIL and RCPT parameters', () => {
     [' AUTH=<>', 555],
     [' X-FOO=1', 555],
     [' SIZE=1 SIZE=2', 501],
+    [' BODY=8BITMIME BODY=7BIT', 501],
     [' =x', 501],
   ];
   for (const [s, code] of cases) {
@@ -127,6 +128,7 @@ test('MAIL and RCPT parameters', () => {
     assert.equal(r.reply.enhanced?.[0], String(code)[0], `${s} enhanced class`);
   }
   assert.ok(parseMailParams(' REQUIRETLS AUTH=<>', { ...ctx, tls: true, authEnabled: true }).ok);
+  assert.ok(parseMailParams(' SMTPUTF8 BODY=8BITMIME SMTPUTF8 BODY=8bitmime', ctx).ok, 'identical repeats are tolerated');
   const rc = parseRcptParams(' NOTIFY=success,delay ORCPT=rfc822;a+2Bb@example.com');
   assert.ok(rc.ok);
   assert.deepEqual(rc.params, { notify: ['SUCCESS', 'DELAY'], orcpt: { type: 'rfc822', address: 'a+b@example.com' } });
