@@ -2,13 +2,13 @@
 // service, reflection and graceful shutdown; clients with default deadlines;
 // and W3C trace context carried in metadata both ways (invariant I6).
 import fs from 'node:fs';
-import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import { ReflectionService } from '@grpc/reflection';
 import { HealthImplementation } from 'grpc-health-check';
 import { context, propagation, trace, SpanKind, SpanStatusCode, type Tracer } from '@opentelemetry/api';
 import type { Logger } from '@tern/telemetry';
+import { descriptorSet } from '@tern/proto';
 
 export { grpc };
 export type ServingStatus = 'SERVING' | 'NOT_SERVING';
@@ -116,8 +116,7 @@ export class GrpcServer {
       interceptors: opts.interceptors ?? [],
     });
     this.health.addToServer(this.server);
-    const descriptor = fs.readFileSync(path.join(path.dirname(require.resolve('@tern/proto/package.json')), 'src/descriptor.binpb'));
-    const pkg = protoLoader.loadFileDescriptorSetFromBuffer(descriptor);
+    const pkg = protoLoader.loadFileDescriptorSetFromBuffer(descriptorSet);
     new ReflectionService(pkg).addToServer(this.server);
   }
 
