@@ -339,9 +339,17 @@ export interface EnqueueHeader {
   hold: boolean;
 }
 
+/** The end of a submission: the sender vouches for the whole body. */
+export interface EnqueueCommit {
+  /** Total body bytes sent in chunks; the queue refuses to commit on a mismatch. */
+  size: number;
+}
+
 export interface EnqueueRequest {
+  /** Exactly one of the three per request: header first, chunks, commit last. */
   header: EnqueueHeader | undefined;
   chunk: Buffer;
+  commit: EnqueueCommit | undefined;
 }
 
 export interface EnqueueResponse {
@@ -703,8 +711,75 @@ export const EnqueueHeader: MessageFns<EnqueueHeader> = {
   },
 };
 
+function createBaseEnqueueCommit(): EnqueueCommit {
+  return { size: 0 };
+}
+
+export const EnqueueCommit: MessageFns<EnqueueCommit> = {
+  encode(message: EnqueueCommit, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.size !== 0) {
+      writer.uint32(8).uint64(message.size);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): EnqueueCommit {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseEnqueueCommit();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.size = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): EnqueueCommit {
+    return { size: isSet(object.size) ? globalThis.Number(object.size) : 0 };
+  },
+
+  toJSON(message: EnqueueCommit): unknown {
+    const obj: any = {};
+    if (message.size !== 0) {
+      obj.size = Math.round(message.size);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<EnqueueCommit>, I>>(base?: I): EnqueueCommit {
+    return EnqueueCommit.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<EnqueueCommit>, I>>(object: I): EnqueueCommit {
+    const message = createBaseEnqueueCommit();
+    message.size = object.size ?? 0;
+    return message;
+  },
+};
+
 function createBaseEnqueueRequest(): EnqueueRequest {
-  return { header: undefined, chunk: Buffer.alloc(0) };
+  return { header: undefined, chunk: Buffer.alloc(0), commit: undefined };
 }
 
 export const EnqueueRequest: MessageFns<EnqueueRequest> = {
@@ -714,6 +789,9 @@ export const EnqueueRequest: MessageFns<EnqueueRequest> = {
     }
     if (message.chunk.length !== 0) {
       writer.uint32(18).bytes(message.chunk);
+    }
+    if (message.commit !== undefined) {
+      EnqueueCommit.encode(message.commit, writer.uint32(26).fork()).join();
     }
     return writer;
   },
@@ -747,6 +825,14 @@ export const EnqueueRequest: MessageFns<EnqueueRequest> = {
             message.chunk = Buffer.from(reader.bytes());
             continue;
           }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.commit = EnqueueCommit.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -763,6 +849,7 @@ export const EnqueueRequest: MessageFns<EnqueueRequest> = {
     return {
       header: isSet(object.header) ? EnqueueHeader.fromJSON(object.header) : undefined,
       chunk: isSet(object.chunk) ? Buffer.from(bytesFromBase64(object.chunk)) : Buffer.alloc(0),
+      commit: isSet(object.commit) ? EnqueueCommit.fromJSON(object.commit) : undefined,
     };
   },
 
@@ -773,6 +860,9 @@ export const EnqueueRequest: MessageFns<EnqueueRequest> = {
     }
     if (message.chunk.length !== 0) {
       obj.chunk = base64FromBytes(message.chunk);
+    }
+    if (message.commit !== undefined) {
+      obj.commit = EnqueueCommit.toJSON(message.commit);
     }
     return obj;
   },
@@ -786,6 +876,9 @@ export const EnqueueRequest: MessageFns<EnqueueRequest> = {
       ? EnqueueHeader.fromPartial(object.header)
       : undefined;
     message.chunk = object.chunk ?? Buffer.alloc(0);
+    message.commit = (object.commit !== undefined && object.commit !== null)
+      ? EnqueueCommit.fromPartial(object.commit)
+      : undefined;
     return message;
   },
 };
@@ -4399,9 +4492,11 @@ export const StatusResponse: MessageFns<StatusResponse> = {
 export type QueueServiceService = typeof QueueServiceService;
 export const QueueServiceService = {
   /**
-   * Client streaming: the first request carries `header`, every later one a
-   * body chunk. The response comes only after message, body and recipients
-   * are committed in Postgres (invariant I1).
+   * Client streaming: the first request carries `header`, then body `chunk`s,
+   * and the last one `commit`. The response comes only after message, body
+   * and recipients are committed in Postgres (invariant I1). A stream that
+   * ends without `commit` (a cancelled or aborted submission: grpc-js shows a
+   * client cancel to the server as a plain end of stream) stores nothing.
    */
   enqueue: {
     path: "/tern.v1.QueueService/Enqueue" as const,
@@ -4539,9 +4634,11 @@ export const QueueServiceService = {
 
 export interface QueueServiceServer extends UntypedServiceImplementation {
   /**
-   * Client streaming: the first request carries `header`, every later one a
-   * body chunk. The response comes only after message, body and recipients
-   * are committed in Postgres (invariant I1).
+   * Client streaming: the first request carries `header`, then body `chunk`s,
+   * and the last one `commit`. The response comes only after message, body
+   * and recipients are committed in Postgres (invariant I1). A stream that
+   * ends without `commit` (a cancelled or aborted submission: grpc-js shows a
+   * client cancel to the server as a plain end of stream) stores nothing.
    */
   enqueue: handleClientStreamingCall<EnqueueRequest, EnqueueResponse>;
   /** The raw message (as stored: with the headers ingress added), streamed. */
