@@ -216,22 +216,11 @@ async function reverseName(ip: string, timeoutMs: number): Promise<string | unde
 }
 
 /**
- * Cancels an Enqueue so that nothing is stored. grpc-js delivers a client
- * cancel to the server as end-of-stream first and "cancelled" a moment
- * later, so a cancel alone could look like a complete message. Before
- * cancelling we therefore send a request the contract forbids (a second
- * header: "every later one a chunk"), which the queue must refuse, and let
- * it reach the wire.
+ * Abandons an Enqueue. The queue stores a message only after the explicit
+ * `commit` request, which an aborted submission never sends, so a cancel
+ * (which grpc-js may show the server as a plain end of stream) stores nothing.
  */
-async function abortEnqueue(writer: grpc.ClientWritableStream<EnqueueRequest>): Promise<void> {
-  try {
-    await new Promise<void>((resolve) => {
-      const ok = writer.write(EnqueueRequest.fromPartial({ header: { idempotencyKey: 'tern-ingress-abort' } }), () => resolve());
-      if (!ok) setTimeout(resolve, 50);
-    });
-  } catch {
-    // the call is already gone
-  }
+function abortEnqueue(writer: grpc.ClientWritableStream<EnqueueRequest>): void {
   writer.cancel();
 }
 
@@ -393,8 +382,13 @@ export function createHooks(deps: HooksDeps, submission: boolean): SmtpHooks {
         await Promise.race([once(writer, 'drain'), result]);
       }
     };
+    let sent = 0;
     const writeBody = async (buf: Buffer): Promise<void> => {
-      for (let i = 0; i < buf.length; i += CHUNK) await write(EnqueueRequest.fromPartial({ chunk: buf.subarray(i, i + CHUNK) }));
+      for (let i = 0; i < buf.length; i += CHUNK) {
+        const piece = buf.subarray(i, i + CHUNK);
+        sent += piece.length;
+        await write(EnqueueRequest.fromPartial({ chunk: piece }));
+      }
     };
     let size = 0;
     try {
@@ -437,6 +431,8 @@ export function createHooks(deps: HooksDeps, submission: boolean): SmtpHooks {
       }
       if (prefix) await writeBody(prefix);
       if (failure) throw failure;
+      // The commit marker: only now may the queue store the message.
+      await write(EnqueueRequest.fromPartial({ commit: { size: sent } }));
       writer.end();
       let timer: NodeJS.Timeout | undefined;
       const res = await Promise.race([
@@ -471,7 +467,7 @@ export function createHooks(deps: HooksDeps, submission: boolean): SmtpHooks {
       endTx(s);
       return { code: 250, enhanced: '2.0.0', text: `Ok: queued as ${res.queueId}` };
     } catch (err) {
-      if (!settled) await abortEnqueue(writer);
+      if (!settled) abortEnqueue(writer);
       if (err instanceof SmtpDataError) {
         metrics.messages.add(1, { listener: s.listener, result: err.violation });
         endTx(s, `data refused: ${err.violation}`);

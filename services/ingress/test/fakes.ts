@@ -110,7 +110,7 @@ export class FakeQueue {
   commitDelayMs = 0;
   /** Enqueue calls the client cancelled or that ended without commit. */
   cancelled = 0;
-  /** Enqueue calls refused as malformed (e.g. the ingress abort marker). */
+  /** Enqueue calls refused as malformed (commit size mismatch, a second header). */
   rejected = 0;
   private server = new grpc.Server();
   port = 0;
@@ -129,14 +129,21 @@ export class FakeQueue {
           let chunks = 0;
           let done = false;
           let invalid = false;
+          let committed: number | undefined;
+          let received = 0;
           call.on('data', (req: EnqueueRequest) => {
             if (!header) {
               header = req.header;
               return;
             }
-            // The contract: the first request carries the header, every later one a chunk.
-            if (req.header) invalid = true;
+            // The contract: header first, then chunks, then the commit marker last.
+            if (req.header || committed !== undefined) invalid = true;
+            if (req.commit) {
+              committed = req.commit.size;
+              return;
+            }
             chunks++;
+            received += req.chunk.length;
             parts.push(Buffer.from(req.chunk));
           });
           call.on('cancelled', () => {
@@ -146,14 +153,18 @@ export class FakeQueue {
           call.on('error', () => undefined);
           call.on('end', () => {
             void (async () => {
-              // grpc-js reports a client cancel as 'end' first, 'cancelled' just after:
-              // like the real queue, look again before committing.
-              await new Promise((r) => setTimeout(r, 10));
+              if (committed === undefined) {
+                // Like the real queue: no commit marker, nothing stored.
+                if (!done) this.cancelled++;
+                done = true;
+                cb({ code: grpc.status.CANCELLED, details: 'stream ended without commit', metadata: new grpc.Metadata() } as grpc.ServiceError, null);
+                return;
+              }
               if (done || call.cancelled) return;
-              if (invalid) {
+              if (invalid || committed !== received) {
                 done = true;
                 this.rejected++;
-                cb({ code: grpc.status.INVALID_ARGUMENT, details: 'header: only the first request carries the header', metadata: new grpc.Metadata() } as grpc.ServiceError, null);
+                cb({ code: grpc.status.INVALID_ARGUMENT, details: 'malformed Enqueue stream (second header, or commit size mismatch)', metadata: new grpc.Metadata() } as grpc.ServiceError, null);
                 return;
               }
               if (this.mode === 'hang') return;
