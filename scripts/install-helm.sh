@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Makes sure Helm 3 is available as .tern/bin/helm (project-local, ignored by
+# git), for scripts/chart-check.sh and the chart tests (tests/chart).
+#
+# - Fast and idempotent: when .tern/bin/helm already answers with the pinned
+#   version, it does nothing.
+# - A helm v3 already on PATH is reused (linked into .tern/bin), unless
+#   TERN_HELM_BUILD=1 asks for the pinned build.
+# - Otherwise Helm is built from source with the Go toolchain through the Go
+#   module proxy (`go install helm.sh/helm/v3/cmd/helm@$HELM_VERSION`): no
+#   release tarball is downloaded, so this works where only package registries
+#   are reachable.
+#
+# Usage: bash scripts/install-helm.sh      (prints the helm path and version)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+HELM_VERSION="${HELM_VERSION:-v3.22.0}"
+BIN="$PWD/.tern/bin"
+STAMP="$BIN/.helm-version"
+mkdir -p "$BIN"
+
+have_pinned() {
+  [[ -x "$BIN/helm" && -f "$STAMP" && "$(cat "$STAMP")" == "$HELM_VERSION" ]] && "$BIN/helm" version --short >/dev/null 2>&1
+}
+
+if have_pinned; then
+  echo "install-helm: $BIN/helm ($HELM_VERSION, already installed)"
+  exit 0
+fi
+
+# Reuse a Helm 3 from PATH (not our own link) when the pinned build is not required.
+if [[ "${TERN_HELM_BUILD:-0}" != 1 ]]; then
+  existing="$(PATH="${PATH//$BIN:/}" command -v helm || true)"
+  if [[ -n "$existing" && "$existing" != "$BIN/helm" ]] && "$existing" version --short 2>/dev/null | grep -q '^v3\.'; then
+    ln -sf "$existing" "$BIN/helm"
+    "$existing" version --short >"$STAMP.path"
+    echo "install-helm: using $existing ($("$existing" version --short)) via $BIN/helm"
+    # No stamp: a later run checks PATH again (cheap) instead of trusting a stale link.
+    exit 0
+  fi
+fi
+
+GO="$(command -v go || true)"
+[[ -z "$GO" && -x /usr/local/go/bin/go ]] && GO=/usr/local/go/bin/go
+if [[ -z "$GO" ]]; then
+  echo "install-helm: helm is missing and there is no Go toolchain to build it; install Go (https://go.dev/dl) or put a Helm 3 binary on PATH, then run this again" >&2
+  exit 1
+fi
+
+echo "install-helm: building helm $HELM_VERSION with $("$GO" version | awk '{print $3}') (first run only; a few minutes)"
+rm -f "$BIN/helm" "$STAMP"
+# GOFLAGS from the environment (e.g. -mod=vendor) must not leak into a module install.
+GOFLAGS=-buildvcs=false GOBIN="$BIN" CGO_ENABLED=0 "$GO" install \
+  -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" \
+  "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+echo "$HELM_VERSION" >"$STAMP"
+echo "install-helm: $BIN/helm ($("$BIN/helm" version --short))"
