@@ -15,12 +15,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 HELM_VERSION="${HELM_VERSION:-v3.22.0}"
+# Bumped when the way helm is built changes, so an older build is replaced.
+BUILD_ID="$HELM_VERSION/2"
 BIN="$PWD/.tern/bin"
 STAMP="$BIN/.helm-version"
 mkdir -p "$BIN"
 
 have_pinned() {
-  [[ -x "$BIN/helm" && -f "$STAMP" && "$(cat "$STAMP")" == "$HELM_VERSION" ]] && "$BIN/helm" version --short >/dev/null 2>&1
+  [[ -x "$BIN/helm" && -f "$STAMP" && "$(cat "$STAMP")" == "$BUILD_ID" ]] && "$BIN/helm" version --short >/dev/null 2>&1
 }
 
 if have_pinned; then
@@ -33,7 +35,6 @@ if [[ "${TERN_HELM_BUILD:-0}" != 1 ]]; then
   existing="$(PATH="${PATH//$BIN:/}" command -v helm || true)"
   if [[ -n "$existing" && "$existing" != "$BIN/helm" ]] && "$existing" version --short 2>/dev/null | grep -q '^v3\.'; then
     ln -sf "$existing" "$BIN/helm"
-    "$existing" version --short >"$STAMP.path"
     echo "install-helm: using $existing ($("$existing" version --short)) via $BIN/helm"
     # No stamp: a later run checks PATH again (cheap) instead of trusting a stale link.
     exit 0
@@ -47,11 +48,24 @@ if [[ -z "$GO" ]]; then
   exit 1
 fi
 
+# Helm's release build stamps the Kubernetes version it was made against (the
+# default .Capabilities.KubeVersion, also what `kubeVersion:` in Chart.yaml is
+# checked against by `helm template`/`lint`); do the same, from the client-go
+# version in Helm's go.mod, or template would claim Kubernetes v1.20.
+gomod="$(GOFLAGS= "$GO" mod download -json "helm.sh/helm/v3@$HELM_VERSION" | sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",$/\1/p')"
+client_go="$(awk '$1 == "k8s.io/client-go" { print $2 }' "$gomod")"   # e.g. v0.37.0
+k8s_minor="$(echo "$client_go" | cut -d. -f2)"
+if ! [[ "$k8s_minor" =~ ^[0-9]+$ ]]; then
+  echo "install-helm: cannot read the client-go version from $gomod" >&2
+  exit 1
+fi
 echo "install-helm: building helm $HELM_VERSION with $("$GO" version | awk '{print $3}') (first run only; a few minutes)"
 rm -f "$BIN/helm" "$STAMP"
 # GOFLAGS from the environment (e.g. -mod=vendor) must not leak into a module install.
 GOFLAGS=-buildvcs=false GOBIN="$BIN" CGO_ENABLED=0 "$GO" install \
-  -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" \
+  -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION \
+    -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$k8s_minor \
+    -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=$k8s_minor" \
   "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
-echo "$HELM_VERSION" >"$STAMP"
+echo "$BUILD_ID" >"$STAMP"
 echo "install-helm: $BIN/helm ($("$BIN/helm" version --short))"
