@@ -1,3 +1,4 @@
+/* global process, console */
 // Makes the JSON Schemas kubeconform validates against, offline, from
 // specifications that arrive as Go modules (scripts/chart-check.sh fetches
 // them with `go mod download`; no schema is downloaded from the web):

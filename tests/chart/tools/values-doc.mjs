@@ -1,3 +1,4 @@
+/* global process, console */
 // Renders the values table of charts/tern/README.md from the "# --" comments
 // of charts/tern/values.yaml, between the values-table markers. A value
 // without a "# --" comment fails the run: every value is documented in place.

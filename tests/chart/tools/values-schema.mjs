@@ -1,3 +1,4 @@
+/* global process, console */
 // Writes charts/tern/values.schema.json: the strict JSON Schema (draft-07, so
 // every Helm 3 release applies it) that makes a misspelled or misplaced value
 // fail `helm install/upgrade/template/lint`. Objects of our own shape have

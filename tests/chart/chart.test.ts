@@ -1,0 +1,352 @@
+// Issue 8: what charts/tern renders. Each test runs `helm template` with some
+// values and asserts on the parsed objects (see render.ts).
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import {
+  container,
+  deployment,
+  env,
+  find,
+  findAll,
+  PORTS,
+  RELEASE,
+  render,
+  renderError,
+  SERVICES,
+  type K8sObject,
+  type Probe,
+} from './render';
+
+const defaults = render();
+
+test('one Deployment per service, all from the same image, each started by its own entry argument', () => {
+  const deployments = findAll(defaults, 'Deployment');
+  assert.deepEqual(deployments.map((d) => d.metadata.name).sort(), SERVICES.map((s) => `${RELEASE}-${s}`).sort());
+  const images = new Set(deployments.map((d) => container(d).image));
+  assert.equal(images.size, 1, `one image for every service, got ${[...images].join(', ')}`);
+  for (const s of SERVICES) assert.deepEqual(container(deployment(defaults, s)).args, [s]);
+});
+
+test('replicas of ingress and delivery change independently; the other services keep theirs', () => {
+  const before = Object.fromEntries(SERVICES.map((s) => [s, deployment(defaults, s).spec?.replicas]));
+  const objs = render({ ingress: { replicas: 5 }, delivery: { replicas: 9 } });
+  for (const s of SERVICES) {
+    const expected = s === 'ingress' ? 5 : s === 'delivery' ? 9 : before[s];
+    assert.equal(deployment(objs, s).spec?.replicas, expected, `${s} replicas`);
+  }
+  assert.notEqual(before.ingress, 5);
+  assert.notEqual(before.delivery, 9);
+});
+
+test('ingress autoscales on CPU and optionally on open sessions; its Deployment then carries no replicas', () => {
+  const objs = render({
+    ingress: { autoscaling: { enabled: true, minReplicas: 3, maxReplicas: 9, connections: { enabled: true, averageValue: '700' } } },
+  });
+  const hpa = find(objs, 'HorizontalPodAutoscaler', `${RELEASE}-ingress`);
+  assert.equal(hpa.spec?.scaleTargetRef?.name, `${RELEASE}-ingress`);
+  assert.equal(hpa.spec?.minReplicas, 3);
+  assert.equal(hpa.spec?.maxReplicas, 9);
+  const cpu = hpa.spec?.metrics?.find((m) => m.type === 'Resource');
+  assert.equal(cpu?.resource?.name, 'cpu');
+  assert.equal(cpu?.resource?.target.averageUtilization, 70);
+  const sessions = hpa.spec?.metrics?.find((m) => m.type === 'Pods');
+  assert.equal(sessions?.pods?.target.averageValue, '700');
+  assert.equal(deployment(objs, 'ingress').spec?.replicas, undefined, 'no replicas under an HPA');
+  assert.equal(deployment(objs, 'delivery').spec?.replicas, 2, 'delivery is untouched');
+  assert.equal(findAll(objs, 'HorizontalPodAutoscaler').length, 1);
+});
+
+test('delivery autoscales on queue depth through a KEDA NATS JetStream ScaledObject, and no HPA of the chart', () => {
+  const objs = render({ delivery: { autoscaling: { enabled: true, minReplicas: 2, maxReplicas: 25, keda: { enabled: true, lagThreshold: '40' } } } });
+  const so = find(objs, 'ScaledObject', `${RELEASE}-delivery`);
+  assert.equal(so.apiVersion, 'keda.sh/v1alpha1');
+  assert.equal(so.spec?.scaleTargetRef?.name, `${RELEASE}-delivery`);
+  assert.equal(so.spec?.minReplicaCount, 2);
+  assert.equal(so.spec?.maxReplicaCount, 25);
+  const trigger = so.spec?.triggers?.[0];
+  assert.equal(trigger?.type, 'nats-jetstream');
+  assert.equal(trigger?.metadata.stream, 'TERN_JOBS');
+  assert.equal(trigger?.metadata.consumer, 'delivery');
+  assert.equal(trigger?.metadata.lagThreshold, '40');
+  assert.equal(findAll(objs, 'HorizontalPodAutoscaler').length, 0);
+  assert.equal(deployment(objs, 'delivery').spec?.replicas, undefined);
+  assert.equal(deployment(objs, 'ingress').spec?.replicas, 2);
+  assert.equal(findAll(defaults, 'ScaledObject').length, 0, 'KEDA is optional');
+});
+
+test('without KEDA, delivery can scale with an HPA on an external queue-depth metric', () => {
+  const objs = render({ delivery: { autoscaling: { enabled: true, queueDepth: { enabled: true, averageValue: '80' } } } });
+  const hpa = find(objs, 'HorizontalPodAutoscaler', `${RELEASE}-delivery`);
+  const ext = hpa.spec?.metrics?.find((m) => m.type === 'External');
+  assert.equal(ext?.external?.metric.name, 'nats_consumer_num_pending');
+  assert.deepEqual(ext?.external?.metric.selector?.matchLabels, { stream_name: 'TERN_JOBS', consumer_name: 'delivery' });
+  assert.equal(ext?.external?.target.averageValue, '80');
+  assert.match(renderError({ delivery: { autoscaling: { enabled: true } } }), /needs a metric/);
+});
+
+test('every service has a PodDisruptionBudget by default, selecting its own pods', () => {
+  for (const s of SERVICES) {
+    const pdb = find(defaults, 'PodDisruptionBudget', `${RELEASE}-${s}`);
+    assert.equal(pdb.spec?.maxUnavailable, 1);
+    assert.deepEqual(pdb.spec?.selector?.matchLabels, deployment(defaults, s).spec?.selector?.matchLabels);
+  }
+  const objs = render({ bounce: { pdb: { enabled: false } }, ingress: { pdb: { minAvailable: 2 } } });
+  assert.equal(findAll(objs, 'PodDisruptionBudget').length, 5);
+  const ingress = find(objs, 'PodDisruptionBudget', `${RELEASE}-ingress`);
+  assert.equal(ingress.spec?.minAvailable, 2);
+  assert.equal(ingress.spec?.maxUnavailable, undefined);
+});
+
+/** Every pod spec the chart renders (Deployments and the migration Job). */
+function podSpecs(objs: K8sObject[]) {
+  return objs.filter((o) => o.spec?.template).map((o) => ({ name: `${o.kind}/${o.metadata.name}`, spec: o.spec!.template!.spec }));
+}
+
+test('every pod is hardened: non-root, read-only root, no capabilities, no escalation, RuntimeDefault seccomp, no token', () => {
+  const pods = podSpecs(defaults);
+  assert.equal(pods.length, 7, 'six Deployments and the migration Job');
+  for (const { name, spec } of pods) {
+    assert.equal(spec.securityContext?.runAsNonRoot, true, name);
+    assert.equal(spec.securityContext?.seccompProfile?.type, 'RuntimeDefault', name);
+    assert.equal(spec.automountServiceAccountToken, false, name);
+    for (const c of spec.containers) {
+      const sc = c.securityContext;
+      assert.equal(sc?.runAsNonRoot, true, name);
+      assert.equal(sc?.runAsUser, 10001, name);
+      assert.equal(sc?.readOnlyRootFilesystem, true, name);
+      assert.equal(sc?.allowPrivilegeEscalation, false, name);
+      assert.deepEqual(sc?.capabilities?.drop, ['ALL'], name);
+      assert.equal(sc?.capabilities?.add, undefined, name);
+      assert.equal(sc?.seccompProfile?.type, 'RuntimeDefault', name);
+      assert.ok(c.volumeMounts?.some((m) => m.mountPath === '/tmp'), `${name}: a writable /tmp under a read-only root`);
+    }
+  }
+  const sa = find(defaults, 'ServiceAccount', RELEASE);
+  assert.equal(sa.automountServiceAccountToken, false);
+});
+
+test("probes are native gRPC health checks on each service's gRPC port", () => {
+  for (const s of SERVICES) {
+    const c = container(deployment(defaults, s));
+    for (const [kind, probe] of [['startup', c.startupProbe], ['readiness', c.readinessProbe], ['liveness', c.livenessProbe]] as Array<[string, Probe | undefined]>) {
+      assert.deepEqual(probe?.grpc, { port: PORTS[s].grpc }, `${s} ${kind} probe`);
+      assert.equal(probe?.httpGet, undefined);
+    }
+    assert.equal(env(c, 'TERN_GRPC_LISTEN')?.value, `0.0.0.0:${PORTS[s].grpc}`);
+    assert.equal(env(c, 'TERN_METRICS_LISTEN')?.value, `0.0.0.0:${PORTS[s].metrics}`);
+    assert.ok(c.ports?.some((p) => p.name === 'grpc' && p.containerPort === PORTS[s].grpc));
+  }
+});
+
+test('under mTLS the probes move to HTTP /healthz and /readyz (the kubelet gRPC probe has no TLS) and every service gets the TLS files', () => {
+  const objs = render({ grpcTls: { enabled: true } });
+  for (const s of SERVICES) {
+    const c = container(deployment(objs, s));
+    assert.deepEqual(c.readinessProbe?.httpGet, { path: '/readyz', port: 'metrics' });
+    assert.deepEqual(c.livenessProbe?.httpGet, { path: '/healthz', port: 'metrics' });
+    assert.equal(env(c, 'TERN_GRPC_TLS_CERT_FILE')?.value, '/etc/tern/grpc-tls/tls.crt');
+    assert.equal(env(c, 'TERN_GRPC_TLS_KEY_FILE')?.value, '/etc/tern/grpc-tls/tls.key');
+    assert.equal(env(c, 'TERN_GRPC_TLS_CA_FILE')?.value, '/etc/tern/grpc-tls/ca.crt');
+    const pod = deployment(objs, s).spec!.template!.spec;
+    assert.equal(pod.volumes?.find((v) => v.name === 'grpc-tls')?.secret?.secretName, `${RELEASE}-grpc-tls`);
+  }
+});
+
+/** Names of variables whose values are secrets. */
+const SECRET_VARS = ['TERN_DATABASE_URL', 'TERN_NATS_URL', 'TERN_ADMIN_TOKENS'];
+
+test('no secret reaches a pod as a plain env value: URLs come from secretKeyRef, tokens and keys as files', () => {
+  const password = 'S3cretPassw0rd';
+  const objs = render({
+    postgres: { secret: { create: true, url: `postgres://tern:${password}@pg:5432/tern` } },
+    nats: { secret: { create: true, url: `nats://tern:${password}@nats:4222` } },
+    admin: { tokens: { create: true, tokens: `ops:${password}` } },
+  });
+  for (const o of objs) {
+    if (o.kind === 'Secret') continue;
+    assert.ok(!JSON.stringify(o).includes(password), `${o.kind}/${o.metadata.name} contains the password`);
+  }
+  const secrets = findAll(objs, 'Secret');
+  assert.ok(secrets.some((s) => s.stringData?.url?.includes(password)), 'the chart-made Secret holds it');
+  for (const check of [defaults, objs]) {
+    for (const { name, spec } of podSpecs(check)) {
+      for (const c of spec.containers) {
+        for (const e of c.env ?? []) {
+          if (SECRET_VARS.includes(e.name)) {
+            assert.equal(e.value, undefined, `${name}: ${e.name} is a plain value`);
+            assert.ok(e.valueFrom?.secretKeyRef?.name, `${name}: ${e.name} comes from a Secret`);
+          }
+          assert.doesNotMatch(e.value ?? '', /:\/\/[^/\s]*:[^/\s]*@/, `${name}: ${e.name} carries credentials`);
+        }
+      }
+    }
+  }
+  const policy = container(deployment(defaults, 'policy'));
+  assert.deepEqual(env(policy, 'TERN_DATABASE_URL')?.valueFrom?.secretKeyRef, { name: `${RELEASE}-postgres`, key: 'url' });
+  const queue = container(deployment(defaults, 'queue'));
+  assert.deepEqual(env(queue, 'TERN_NATS_URL')?.valueFrom?.secretKeyRef, { name: `${RELEASE}-nats`, key: 'url' });
+  const admin = container(deployment(defaults, 'admin'));
+  assert.equal(env(admin, 'TERN_ADMIN_TOKENS_FILE')?.value, '/etc/tern/admin-tokens/tokens');
+  assert.equal(findAll(defaults, 'Secret').length, 0, 'no Secret is made unless asked');
+});
+
+test('each service gets only the dependencies it uses, at addresses of Services the chart makes', () => {
+  const wants: Record<string, string[]> = {
+    ingress: ['TERN_QUEUE_ADDR', 'TERN_POLICY_ADDR'],
+    policy: ['TERN_DATABASE_URL'],
+    queue: ['TERN_DATABASE_URL', 'TERN_NATS_URL'],
+    delivery: ['TERN_NATS_URL', 'TERN_QUEUE_ADDR'],
+    bounce: ['TERN_NATS_URL', 'TERN_QUEUE_ADDR'],
+    admin: ['TERN_QUEUE_ADDR', 'TERN_POLICY_ADDR'],
+  };
+  const deps = ['TERN_DATABASE_URL', 'TERN_NATS_URL', 'TERN_QUEUE_ADDR', 'TERN_POLICY_ADDR'];
+  for (const s of SERVICES) {
+    const c = container(deployment(defaults, s));
+    assert.deepEqual(deps.filter((d) => env(c, d)), wants[s], s);
+    for (const d of ['TERN_QUEUE_ADDR', 'TERN_POLICY_ADDR']) {
+      const addr = env(c, d)?.value;
+      if (!addr) continue;
+      const m = /^([a-z0-9-]+)\.mail\.svc:(\d+)$/.exec(addr);
+      assert.ok(m, `${s} ${d}=${addr}`);
+      const svc = find(defaults, 'Service', m[1]!);
+      assert.ok(svc.spec?.ports?.some((p) => p.port === Number(m[2]) && p.name === 'grpc'), `${addr} is a gRPC port of ${m[1]}`);
+    }
+  }
+});
+
+test('the migrations run as a pre-install/pre-upgrade hook Job with the migrate command', () => {
+  const job = find(defaults, 'Job', `${RELEASE}-migrate`);
+  const hooks = (job.metadata.annotations?.['helm.sh/hook'] ?? '').split(',');
+  assert.ok(hooks.includes('pre-install'), 'pre-install');
+  assert.ok(hooks.includes('pre-upgrade'), 'pre-upgrade');
+  assert.match(job.metadata.annotations?.['helm.sh/hook-delete-policy'] ?? '', /before-hook-creation/);
+  const pod = job.spec!.template!.spec;
+  assert.equal(pod.restartPolicy, 'Never');
+  const c = pod.containers[0]!;
+  assert.deepEqual(c.args, ['migrate']);
+  assert.equal(c.image, container(deployment(defaults, 'queue')).image);
+  assert.equal(env(c, 'TERN_DATABASE_URL')?.valueFrom?.secretKeyRef?.name, `${RELEASE}-postgres`);
+  // A chart-made Secret must exist before the hook runs: it is a hook too, with a lower weight.
+  const objs = render({ postgres: { secret: { create: true, url: 'postgres://u:p@h/db' } } });
+  const secret = find(objs, 'Secret', `${RELEASE}-postgres`);
+  assert.match(secret.metadata.annotations?.['helm.sh/hook'] ?? '', /pre-install/);
+  assert.ok(Number(secret.metadata.annotations?.['helm.sh/hook-weight']) < Number(job.metadata.annotations?.['helm.sh/hook-weight']));
+  assert.equal(findAll(render({ migrate: { enabled: false } }), 'Job').length, 0);
+});
+
+test('the SMTP LoadBalancer maps 25/587/465 to 2525/2587/2465 and keeps client addresses (externalTrafficPolicy Local)', () => {
+  const svc = find(defaults, 'Service', `${RELEASE}-smtp`);
+  assert.equal(svc.spec?.type, 'LoadBalancer');
+  assert.equal(svc.spec?.externalTrafficPolicy, 'Local');
+  const map = Object.fromEntries((svc.spec?.ports ?? []).map((p) => [p.port, p.targetPort]));
+  assert.deepEqual(map, { 25: 2525, 587: 2587, 465: 2465 });
+  const c = container(deployment(defaults, 'ingress'));
+  for (const port of [2525, 2587, 2465]) assert.ok(c.ports?.some((p) => p.containerPort === port), `container port ${port}`);
+  assert.equal(env(c, 'TERN_SMTP_LISTEN')?.value, '0.0.0.0:2525');
+  assert.equal(env(c, 'TERN_SUBMISSION_LISTEN')?.value, '0.0.0.0:2587');
+  assert.equal(env(c, 'TERN_SUBMISSIONS_LISTEN')?.value, '0.0.0.0:2465');
+  assert.deepEqual(svc.spec?.selector, deployment(defaults, 'ingress').spec?.selector?.matchLabels);
+  // No other Service is exposed outside the cluster.
+  for (const other of findAll(defaults, 'Service').filter((s) => s !== svc)) assert.equal(other.spec?.type, 'ClusterIP', other.metadata.name);
+});
+
+test('without TLS only port 25 is published and the TLS listeners are off', () => {
+  const objs = render({ tls: { enabled: false } });
+  const svc = find(objs, 'Service', `${RELEASE}-smtp`);
+  assert.deepEqual(svc.spec?.ports?.map((p) => [p.port, p.targetPort]), [[25, 2525]]);
+  const c = container(deployment(objs, 'ingress'));
+  assert.equal(env(c, 'TERN_SUBMISSION_LISTEN')?.value, 'off');
+  assert.equal(env(c, 'TERN_TLS_CERT_FILE'), undefined);
+});
+
+test('PROXY protocol sets TERN_PROXY_PROTOCOL_CIDRS and refuses to start without the load balancer ranges', () => {
+  const objs = render({ ingress: { proxyProtocol: { enabled: true, trustedCidrs: ['10.0.0.0/16', '10.1.0.0/16'] }, smtpService: { externalTrafficPolicy: 'Cluster' } } });
+  const c = container(deployment(objs, 'ingress'));
+  assert.equal(env(c, 'TERN_PROXY_PROTOCOL_CIDRS')?.value, '10.0.0.0/16,10.1.0.0/16');
+  assert.equal(find(objs, 'Service', `${RELEASE}-smtp`).spec?.externalTrafficPolicy, 'Cluster');
+  assert.equal(env(container(deployment(defaults, 'ingress')), 'TERN_PROXY_PROTOCOL_CIDRS'), undefined);
+  assert.match(renderError({ ingress: { proxyProtocol: { enabled: true } } }), /trustedCidrs/);
+});
+
+test('the SMTP certificate comes from a Secret mounted as files; cert-manager can make it', () => {
+  const c = container(deployment(defaults, 'ingress'));
+  assert.equal(env(c, 'TERN_TLS_CERT_FILE')?.value, '/etc/tern/tls/tls.crt');
+  assert.equal(env(c, 'TERN_TLS_KEY_FILE')?.value, '/etc/tern/tls/tls.key');
+  const mount = c.volumeMounts?.find((m) => m.mountPath === '/etc/tern/tls');
+  assert.ok(mount?.readOnly);
+  const pod = deployment(defaults, 'ingress').spec!.template!.spec;
+  assert.equal(pod.volumes?.find((v) => v.name === mount.name)?.secret?.secretName, `${RELEASE}-tls`);
+  assert.equal(findAll(defaults, 'Certificate').length, 0);
+  const objs = render({ config: { hostname: 'mx.example.com' }, tls: { certManager: { enabled: true, issuerRef: { name: 'le' } } } });
+  const cert = find(objs, 'Certificate', `${RELEASE}-smtp`);
+  assert.equal(cert.spec?.secretName, `${RELEASE}-tls`);
+  assert.deepEqual(cert.spec?.dnsNames, ['mx.example.com']);
+  assert.match(renderError({ config: { hostname: 'mx.example.com' }, tls: { certManager: { enabled: true } } }), /issuerRef\.name/);
+});
+
+test('rollouts lose nothing: shutdown grace in the env, preStop sleep, and a termination grace period covering both', () => {
+  const ingress = deployment(defaults, 'ingress');
+  const c = container(ingress);
+  assert.equal(env(c, 'TERN_SHUTDOWN_GRACE_MS')?.value, '120000');
+  assert.deepEqual(c.lifecycle?.preStop?.exec?.command, ['sleep', '15']);
+  assert.ok((ingress.spec?.template?.spec.terminationGracePeriodSeconds ?? 0) >= 15 + 120);
+  const delivery = deployment(defaults, 'delivery');
+  assert.equal(env(container(delivery), 'TERN_SHUTDOWN_GRACE_MS')?.value, '120000');
+  assert.ok((delivery.spec?.template?.spec.terminationGracePeriodSeconds ?? 0) >= 120);
+  for (const s of SERVICES) {
+    const d = deployment(defaults, s);
+    const strategy = (d.spec as { strategy?: { rollingUpdate?: { maxUnavailable?: number } } }).strategy;
+    assert.equal(strategy?.rollingUpdate?.maxUnavailable, 0, `${s}: new pods before old ones stop`);
+  }
+  assert.match(renderError({ ingress: { terminationGracePeriodSeconds: 30 } }), /killed mid-shutdown/);
+});
+
+function ports(rule: { ports?: Array<{ port?: number | string }> }): Array<number | string | undefined> {
+  return (rule.ports ?? []).map((p) => p.port);
+}
+
+test('NetworkPolicy: delivery reaches only SMTP ports, DNS, NATS and the queue; SMTP comes in from anywhere', () => {
+  const np = find(defaults, 'NetworkPolicy', `${RELEASE}-delivery`);
+  const egress = np.spec?.egress ?? [];
+  const open = egress.filter((r) => !r.to);
+  const reached = new Set(egress.flatMap(ports));
+  assert.deepEqual([...reached].sort(), [25, 4222, 465, 53, 587, 7003].sort());
+  const queueRule = egress.find((r) => ports(r).includes(7003));
+  assert.ok(queueRule?.to, 'the queue port only towards queue pods');
+  assert.ok(open.some((r) => ports(r).includes(25) && ports(r).includes(465) && ports(r).includes(587)), 'SMTP anywhere');
+  assert.deepEqual(np.spec?.policyTypes, ['Ingress', 'Egress']);
+
+  const ingress = find(defaults, 'NetworkPolicy', `${RELEASE}-ingress`);
+  const smtp = ingress.spec?.ingress?.find((r) => ports(r).includes(2525));
+  assert.ok(smtp, 'an SMTP rule');
+  assert.equal(smtp.from, undefined, 'from anywhere');
+  assert.deepEqual(ports(smtp), [2525, 2587, 2465]);
+
+  const queue = find(defaults, 'NetworkPolicy', `${RELEASE}-queue`);
+  const grpc = queue.spec?.ingress?.find((r) => ports(r).includes(7003));
+  assert.equal(grpc?.from?.length, 4, 'ingress, delivery, bounce, admin');
+  assert.equal(findAll(render({ networkPolicy: { enabled: false } }), 'NetworkPolicy').length, 0);
+  const extra = find(render({ delivery: { networkPolicy: { extraEgressPorts: [24] } } }), 'NetworkPolicy', `${RELEASE}-delivery`);
+  assert.ok(extra.spec?.egress?.flatMap(ports).includes(24));
+});
+
+test('the ServiceMonitor is behind a flag and scrapes /metrics on the metrics port every service exposes', () => {
+  assert.equal(findAll(defaults, 'ServiceMonitor').length, 0);
+  const objs = render({ serviceMonitor: { enabled: true, labels: { release: 'prom' } } });
+  const sm = find(objs, 'ServiceMonitor', RELEASE);
+  assert.equal(sm.metadata.labels?.release, 'prom');
+  assert.deepEqual(sm.spec?.endpoints?.map((e) => [e.port, e.path]), [['metrics', '/metrics']]);
+  const selector = sm.spec?.selector?.matchLabels ?? {};
+  for (const s of SERVICES) {
+    const svc = find(objs, 'Service', `${RELEASE}-${s}`);
+    for (const [k, v] of Object.entries(selector)) assert.equal(svc.metadata.labels?.[k], v, `${s} Service matches the selector`);
+    assert.ok(svc.spec?.ports?.some((p) => p.name === 'metrics' && p.port === PORTS[s].metrics), `${s} metrics port`);
+  }
+});
+
+test('the merge escape hatch deep-merges into a Deployment without disturbing the rest', () => {
+  const objs = render({ queue: { merge: { spec: { template: { metadata: { annotations: { 'example.com/x': 'y' } } } } } } });
+  const d = deployment(objs, 'queue');
+  assert.equal(d.spec?.template?.metadata.annotations?.['example.com/x'], 'y');
+  assert.deepEqual(container(d).args, ['queue']);
+});
