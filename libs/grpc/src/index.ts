@@ -188,6 +188,9 @@ export interface ClientOptions {
 export function createClient<C>(Ctor: ClientCtor<C>, target: string, opts: ClientOptions): C {
   return new Ctor(target, channelCredentials(opts.tls), {
     interceptors: [clientInterceptor(opts.deadlineMs)],
+    // Spread calls over every address the target resolves to (a headless
+    // Service in Kubernetes lists each replica), not just the first.
+    'grpc.service_config': JSON.stringify({ loadBalancingConfig: [{ round_robin: {} }] }),
     'grpc.keepalive_time_ms': 30_000,
     'grpc.keepalive_timeout_ms': 10_000,
     'grpc.max_receive_message_length': 8 * 1024 * 1024,
