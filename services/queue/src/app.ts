@@ -1,0 +1,200 @@
+// Wires the queue service: Postgres pool, NATS bus (topology + the `queue`
+// results consumer), the group-commit enqueuer, outbox relay, scheduler,
+// housekeeping, gRPC server (health SERVING once ready) and /metrics.
+// Shutdown: health NOT_SERVING, stop gRPC (in-flight Enqueues finish),
+// stop loops and the consumer (in-flight results committed and acked),
+// drain NATS, end the pool.
+import type http from 'node:http';
+import { Bus } from '@tern/bus';
+import { createPool } from '@tern/db';
+import { GrpcServer } from '@tern/grpc';
+import { QueueServiceService } from '@tern/proto';
+import type { Telemetry } from '@tern/telemetry';
+import type { Config } from './config';
+import type { DestinationLimits } from './dispatch';
+import { Scheduler } from './dispatch';
+import { Enqueuer } from './enqueue';
+import { countPending, Housekeeping } from './housekeeping';
+import { Operations } from './operations';
+import { Relay } from './outbox';
+import { ResultApplier } from './results';
+import { RouteTable } from './routes';
+import { createQueueService } from './service';
+
+export interface AppDeps {
+  telemetry: Pick<Telemetry, 'logger' | 'tracer' | 'meter' | 'serveMetrics'>;
+  /** Tests: serve no /metrics endpoint. */
+  noMetricsServer?: boolean;
+  /** Tests: do not run these loops (e.g. no relay, to leave rows in the outbox). */
+  disable?: Array<'relay' | 'scheduler' | 'results' | 'housekeeping'>;
+}
+
+export interface App {
+  start(): Promise<void>;
+  stop(): Promise<void>;
+  readonly grpcPort: number;
+  readonly parts: { relay: Relay; scheduler: Scheduler; results: ResultApplier; housekeeping: Housekeeping; enqueuer: Enqueuer; ops: Operations };
+}
+
+export function createApp(config: Config, deps: AppDeps): App {
+  const { logger, tracer, meter } = deps.telemetry;
+  const disabled = new Set(deps.disable ?? []);
+  const pool = createPool({ url: withSearchPath(config.TERN_DATABASE_URL), max: config.TERN_DATABASE_POOL_MAX, applicationName: 'tern-queue', logger });
+  const routes = new RouteTable(pool, logger);
+  const limits: DestinationLimits = {
+    initialConcurrency: Math.min(config.TERN_QUEUE_DEST_CONCURRENCY_INIT, config.TERN_QUEUE_DEST_CONCURRENCY_MAX),
+    maxConcurrency: config.TERN_QUEUE_DEST_CONCURRENCY_MAX,
+    ratePerMin: config.TERN_QUEUE_DEST_RATE_PER_MIN,
+    failuresToSuspend: config.TERN_QUEUE_DEST_FAILURES_TO_SUSPEND,
+    probeS: config.TERN_QUEUE_DEST_PROBE_S,
+  };
+  const backoff = { minS: config.TERN_QUEUE_BACKOFF_MIN_S, maxS: config.TERN_QUEUE_BACKOFF_MAX_S, jitter: config.TERN_QUEUE_BACKOFF_JITTER };
+
+  const metrics = {
+    messages: meter.createCounter('tern_queue_messages_enqueued_total', { description: 'Messages committed by Enqueue' }),
+    batch: meter.createHistogram('tern_queue_commit_batch_size', { description: 'Messages per group commit' }),
+    published: meter.createCounter('tern_queue_outbox_published_total', { description: 'Outbox rows published to JetStream' }),
+    dispatched: meter.createCounter('tern_queue_jobs_dispatched_total', { description: 'Delivery jobs dispatched by the scheduler' }),
+    applied: meter.createCounter('tern_queue_results_applied_total', { description: 'Recipient results applied, by new state' }),
+  };
+
+  let bus: Bus | undefined;
+  const busRef = () => {
+    if (!bus) throw new Error('NATS is not connected yet');
+    return bus;
+  };
+  // Late-bound: the bus exists after start().
+  const lazyBus = new Proxy({} as Bus, { get: (_t, k) => Reflect.get(busRef(), k as keyof Bus, busRef()) });
+
+  const relay = new Relay({ pool, bus: lazyBus, logger, tracer, batch: 500, pollMs: 1_000, published: metrics.published });
+  const scheduler = new Scheduler({
+    pool,
+    logger,
+    routes,
+    limits,
+    jobMaxRecipients: config.TERN_QUEUE_JOB_MAX_RECIPIENTS,
+    batch: config.TERN_QUEUE_DISPATCH_BATCH,
+    leaseS: config.TERN_QUEUE_LEASE_S,
+    intervalMs: config.TERN_QUEUE_SCHEDULE_INTERVAL_MS,
+    dispatched: metrics.dispatched,
+    onOutbox: () => relay.wake(),
+  });
+  const enqueuer = new Enqueuer({
+    pool,
+    logger,
+    routes,
+    limits,
+    memoryBodyMax: config.TERN_QUEUE_MEMORY_BODY_MAX,
+    maxMessageSize: config.TERN_QUEUE_MAX_MESSAGE_SIZE,
+    maxRecipients: config.TERN_QUEUE_MAX_RECIPIENTS,
+    batchMax: config.TERN_QUEUE_COMMIT_BATCH,
+    batchDelayMs: config.TERN_QUEUE_COMMIT_DELAY_MS,
+    lifetimeS: config.TERN_QUEUE_LIFETIME_S,
+    leaseS: config.TERN_QUEUE_LEASE_S,
+    jobMaxRecipients: config.TERN_QUEUE_JOB_MAX_RECIPIENTS,
+    metrics,
+    onOutbox: () => relay.wake(),
+    onQueued: () => scheduler.wake(),
+  });
+  const results = new ResultApplier({
+    pool,
+    bus: lazyBus,
+    logger,
+    limits,
+    backoff,
+    batchMax: config.TERN_QUEUE_RESULT_BATCH,
+    applied: metrics.applied,
+    onOutbox: () => relay.wake(),
+    onSlotsFreed: () => scheduler.wake(),
+  });
+  const housekeeping = new Housekeeping({
+    pool,
+    logger,
+    batch: config.TERN_QUEUE_HOUSEKEEPING_BATCH,
+    delayWarningS: config.TERN_QUEUE_DELAY_WARNING_S,
+    bodyGraceS: config.TERN_QUEUE_BODY_GRACE_S,
+    retentionS: config.TERN_QUEUE_RETENTION_S,
+    intervalMs: 5_000,
+    onOutbox: () => relay.wake(),
+  });
+  const ops = new Operations({ pool, logger, routes, limits, onOutbox: () => relay.wake(), onDue: () => scheduler.wake() });
+
+  // Status: the unfinished-recipient count against the high-water mark,
+  // refreshed in the background (a count on every call would be too slow).
+  let pending = 0;
+  let dbError: string | undefined = 'not checked yet';
+  let statusTimer: NodeJS.Timeout | undefined;
+  const refreshStatus = async () => {
+    try {
+      pending = await countPending(pool);
+      dbError = undefined;
+    } catch (err) {
+      dbError = (err as Error).message;
+    }
+  };
+  const status = {
+    status() {
+      if (dbError) return { accepting: false, reason: `Postgres unreachable: ${dbError}`, queuedRecipients: pending };
+      if (pending >= config.TERN_QUEUE_HIGH_WATER) {
+        return { accepting: false, reason: `over the high-water mark (${pending} >= ${config.TERN_QUEUE_HIGH_WATER} unfinished recipients)`, queuedRecipients: pending };
+      }
+      return { accepting: true, reason: '', queuedRecipients: pending };
+    },
+  };
+
+  const grpcServer = new GrpcServer({ logger, tracer });
+  grpcServer.add('tern.v1.QueueService', QueueServiceService, createQueueService({ pool, logger, enqueuer, ops, status }));
+  let metricsServer: http.Server | undefined;
+  let ready = false;
+
+  return {
+    parts: { relay, scheduler, results, housekeeping, enqueuer, ops },
+    get grpcPort() {
+      return grpcServer.port;
+    },
+    async start() {
+      await routes.load();
+      routes.start();
+      await refreshStatus();
+      const tick = () => {
+        statusTimer = setTimeout(() => void refreshStatus().finally(() => statusTimer && tick()), 2_000);
+      };
+      tick();
+      bus = await Bus.connect({ url: config.TERN_NATS_URL, name: `tern-queue-${config.TERN_HOSTNAME}`, logger });
+      await bus.ensureTopology(['queue']);
+      if (!disabled.has('relay')) relay.start();
+      if (!disabled.has('scheduler')) scheduler.start();
+      if (!disabled.has('results')) results.start();
+      if (!disabled.has('housekeeping')) housekeeping.start();
+      if (!deps.noMetricsServer) {
+        metricsServer = await deps.telemetry.serveMetrics(config.TERN_METRICS_LISTEN.host, config.TERN_METRICS_LISTEN.port, () => ready && !dbError);
+      }
+      const port = await grpcServer.listen(config.TERN_GRPC_LISTEN.host, config.TERN_GRPC_LISTEN.port);
+      ready = true;
+      grpcServer.setStatus('SERVING');
+      logger.info({ grpc: port }, 'queue serving');
+    },
+    async stop() {
+      ready = false;
+      grpcServer.setStatus('NOT_SERVING');
+      await grpcServer.shutdown(config.TERN_SHUTDOWN_GRACE_MS);
+      await enqueuer.batcher.drain();
+      await results.stop();
+      await Promise.all([scheduler.stop(), housekeeping.stop()]);
+      await relay.stop();
+      routes.stop();
+      clearTimeout(statusTimer);
+      statusTimer = undefined;
+      await bus?.close();
+      await new Promise<void>((resolve) => (metricsServer ? metricsServer.close(() => resolve()) : resolve()));
+      await pool.end();
+    },
+  };
+}
+
+/** Every table lives in the queue schema: connections look there first (a startup option, no extra round trip). */
+export function withSearchPath(url: string): string {
+  const u = new URL(url);
+  if (!u.searchParams.has('options')) u.searchParams.set('options', '-c search_path=queue,public');
+  return u.toString();
+}

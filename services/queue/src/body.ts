@@ -1,0 +1,103 @@
+// Reading stored bodies: row by row (each at most SPILL_CHUNK), streamed
+// with backpressure, so memory stays bounded whatever the size (I4).
+import type { Pool } from '@tern/db';
+import { grpc, grpcError } from '@tern/grpc';
+import type { ReadBodyRequest, ReadBodyResponse } from '@tern/proto';
+import type { Logger } from '@tern/telemetry';
+
+const PIECE = 64 * 1024;
+
+/** Iterates a message's body rows in order; undefined when the message is unknown or its body removed. */
+export async function bodyRows(pool: Pool, queueId: string): Promise<AsyncGenerator<Buffer> | undefined> {
+  const { rows } = await pool.query<{ body_removed: boolean }>('SELECT body_removed FROM messages WHERE id = $1', [queueId]);
+  if (!rows.length || rows[0]!.body_removed) return undefined;
+  return (async function* () {
+    let seq = -1;
+    for (;;) {
+      const r = await pool.query<{ seq: number; data: Buffer }>(
+        'SELECT seq, data FROM body_chunks WHERE message_id = $1 AND seq > $2 ORDER BY seq LIMIT 2',
+        [queueId, seq],
+      );
+      if (!r.rows.length) return;
+      for (const row of r.rows) {
+        seq = row.seq;
+        yield row.data;
+      }
+    }
+  })();
+}
+
+/** Finds the end of the header section (after the blank line) across chunk boundaries. */
+export class HeaderEnd {
+  private tail = Buffer.alloc(0);
+  private seen = 0;
+  /** Returns how many bytes of `buf` belong to the headers (blank line included), or -1 if they go on. */
+  push(buf: Buffer): number {
+    if (this.seen === 0 && buf.length >= 2 && buf[0] === 13 && buf[1] === 10) return 2;
+    const joined = this.tail.length ? Buffer.concat([this.tail, buf]) : buf;
+    const at = joined.indexOf('\r\n\r\n');
+    this.seen += buf.length;
+    if (at >= 0) return at + 4 - this.tail.length;
+    this.tail = Buffer.from(joined.subarray(Math.max(0, joined.length - 3)));
+    return -1;
+  }
+}
+
+/** The header section of a message (up to `max` bytes), as text. */
+export async function readHeaders(pool: Pool, queueId: string, max = 256 * 1024): Promise<string | undefined> {
+  const rows = await bodyRows(pool, queueId);
+  if (!rows) return undefined;
+  const scanner = new HeaderEnd();
+  const out: Buffer[] = [];
+  let size = 0;
+  for await (const data of rows) {
+    const end = scanner.push(data);
+    const part = end >= 0 ? data.subarray(0, end) : data;
+    out.push(part);
+    size += part.length;
+    if (end >= 0 || size >= max) {
+      await rows.return(undefined);
+      break;
+    }
+  }
+  return Buffer.concat(out).subarray(0, max).toString('utf8');
+}
+
+export function readBodyHandler(pool: Pool, logger: Logger) {
+  return async (call: grpc.ServerWritableStream<ReadBodyRequest, ReadBodyResponse>): Promise<void> => {
+    const { queueId, headersOnly } = call.request;
+    let cancelled = false;
+    call.on('cancelled', () => (cancelled = true));
+    try {
+      const rows = await bodyRows(pool, queueId);
+      if (!rows) {
+        call.emit('error', grpcError(grpc.status.NOT_FOUND, `no stored body for queue id "${queueId}" (unknown, or removed after delivery)`));
+        return;
+      }
+      const scanner = headersOnly ? new HeaderEnd() : undefined;
+      outer: for await (const data of rows) {
+        let buf = data;
+        let last = false;
+        if (scanner) {
+          const end = scanner.push(data);
+          if (end >= 0) {
+            buf = data.subarray(0, end);
+            last = true;
+          }
+        }
+        for (let i = 0; i < buf.length; i += PIECE) {
+          if (cancelled) break outer;
+          if (!call.write({ chunk: buf.subarray(i, i + PIECE) })) await new Promise((r) => call.once('drain', r));
+        }
+        if (last) {
+          await rows.return(undefined);
+          break;
+        }
+      }
+      call.end();
+    } catch (err) {
+      logger.error({ err: (err as Error).message, queue_id: queueId }, 'ReadBody failed');
+      call.emit('error', grpcError(grpc.status.UNAVAILABLE, `reading the body failed: ${(err as Error).message}`));
+    }
+  };
+}

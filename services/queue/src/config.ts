@@ -1,0 +1,68 @@
+// Process settings of the queue service, read once from the environment.
+// Keys are the variable names, so a bad value is reported by its name.
+import { commonSchema, nonNegativeInt, parseEnv, positiveInt, postgresUrl, natsUrl, z } from '@tern/config';
+
+const schema = z.object({
+  ...commonSchema({ grpcPort: 7003, metricsPort: 9103 }),
+  TERN_DATABASE_URL: postgresUrl(),
+  TERN_DATABASE_POOL_MAX: positiveInt(16),
+  TERN_NATS_URL: natsUrl(),
+
+  // Enqueue
+  /** Bodies up to this size stay in memory until commit; bigger ones are spilled to Postgres as they arrive. */
+  TERN_QUEUE_MEMORY_BODY_MAX: positiveInt(256 * 1024),
+  /** Largest message body accepted (bytes). */
+  TERN_QUEUE_MAX_MESSAGE_SIZE: positiveInt(64 * 1024 * 1024),
+  /** Recipients per message accepted. */
+  TERN_QUEUE_MAX_RECIPIENTS: positiveInt(1000),
+  /** Group commit: flush after this many messages ... */
+  TERN_QUEUE_COMMIT_BATCH: positiveInt(128),
+  /** ... or this many milliseconds after the first one waiting. */
+  TERN_QUEUE_COMMIT_DELAY_MS: nonNegativeInt(2),
+  /** Status says "not accepting" at or above this many unfinished recipients. */
+  TERN_QUEUE_HIGH_WATER: positiveInt(2_000_000),
+
+  // Scheduling
+  /** First retry after a temporary failure (seconds) ... */
+  TERN_QUEUE_BACKOFF_MIN_S: positiveInt(300),
+  /** ... doubling up to this. */
+  TERN_QUEUE_BACKOFF_MAX_S: positiveInt(3600),
+  /** Random spread added to each backoff, as a fraction (0.2 = up to +-20%). */
+  TERN_QUEUE_BACKOFF_JITTER: z.coerce.number().min(0).max(1).default(0.2),
+  /** Give up on a recipient this long after arrival (seconds; Postfix maximal_queue_lifetime). */
+  TERN_QUEUE_LIFETIME_S: positiveInt(5 * 86400),
+  /** Delay warning after this long (seconds), where NOTIFY allows; 0 = never. */
+  TERN_QUEUE_DELAY_WARNING_S: nonNegativeInt(4 * 3600),
+  /** A dispatched job's lease: without a result by then, its recipients are due again. */
+  TERN_QUEUE_LEASE_S: positiveInt(900),
+  /** Recipients of one message to one destination per job. */
+  TERN_QUEUE_JOB_MAX_RECIPIENTS: positiveInt(50),
+  /** Recipients claimed per scheduler pass. */
+  TERN_QUEUE_DISPATCH_BATCH: positiveInt(1000),
+  /** Scheduler poll interval (it is also woken by commits and results). */
+  TERN_QUEUE_SCHEDULE_INTERVAL_MS: positiveInt(1000),
+  /** Results applied per transaction. */
+  TERN_QUEUE_RESULT_BATCH: positiveInt(256),
+  /** Jobs in flight per destination: start ... */
+  TERN_QUEUE_DEST_CONCURRENCY_INIT: positiveInt(5),
+  /** ... grown by one per success up to this (Postfix default_destination_concurrency_limit). */
+  TERN_QUEUE_DEST_CONCURRENCY_MAX: positiveInt(20),
+  /** Jobs started per destination per minute; 0 = no limit. */
+  TERN_QUEUE_DEST_RATE_PER_MIN: nonNegativeInt(0),
+  /** Consecutive destination failures (421, no connection) that suspend a destination. */
+  TERN_QUEUE_DEST_FAILURES_TO_SUSPEND: positiveInt(5),
+  /** A suspended (dead) destination gets one probe job after this many seconds. */
+  TERN_QUEUE_DEST_PROBE_S: positiveInt(60),
+  /** Keep the body this long after every recipient is final (bounce may still read it). */
+  TERN_QUEUE_BODY_GRACE_S: nonNegativeInt(3600),
+  /** Keep records of finished messages this long, then purge them. */
+  TERN_QUEUE_RETENTION_S: positiveInt(7 * 86400),
+  /** Housekeeping batch size (body removal, purge, expiry). */
+  TERN_QUEUE_HOUSEKEEPING_BATCH: positiveInt(1000),
+});
+
+export type Config = z.infer<typeof schema>;
+
+export function loadConfig(env: Record<string, string | undefined> = process.env): Config {
+  return parseEnv(schema, env);
+}

@@ -1,0 +1,28 @@
+// Transactions with a retry on deadlock / serialization failure (two
+// replicas touching the same destination rows in different orders).
+import { withTransaction, type Pool, type PoolClient } from '@tern/db';
+
+const RETRYABLE = new Set(['40P01', '40001']);
+
+export async function tx<T>(pool: Pool, fn: (c: PoolClient) => Promise<T>, attempts = 5): Promise<T> {
+  for (let i = 1; ; i++) {
+    try {
+      return await withTransaction(pool, fn);
+    } catch (err) {
+      const code = (err as { code?: string }).code;
+      if (i >= attempts || !code || !RETRYABLE.has(code)) throw err;
+      await new Promise((r) => setTimeout(r, 5 * i + Math.random() * 20));
+    }
+  }
+}
+
+/** A Postgres array literal of integers, for `$n::smallint[]` inside unnest of text[]. */
+export function intArrayLiteral(values: readonly number[]): string {
+  return `{${values.join(',')}}`;
+}
+
+export function parseIntArray(v: unknown): number[] {
+  if (Array.isArray(v)) return v.map(Number);
+  if (typeof v === 'string') return v.replace(/[{}]/g, '').split(',').filter(Boolean).map(Number);
+  return [];
+}

@@ -1,0 +1,433 @@
+// Dispatch: turning due recipients into DeliveryJobs under per-destination
+// limits held in Postgres (shared by every queue replica, so they bind all
+// delivery pods together). A dispatched recipient is `inflight` under a job
+// id with a lease; without a result before the lease ends it is due again.
+import { jobSubject } from '@tern/bus';
+import type { Pool, PoolClient } from '@tern/db';
+import { DeliveryJob, Envelope, JobRecipient } from '@tern/proto';
+import type { Logger } from '@tern/telemetry';
+import type { Counter } from './metrics';
+import { tx } from './db';
+import { newId, recipientId } from './ids';
+import { S } from './model';
+import { insertOutbox, type OutboxRow } from './outbox';
+import type { RouteTable } from './routes';
+
+export interface DestinationLimits {
+  initialConcurrency: number;
+  maxConcurrency: number;
+  /** Jobs per minute per destination; 0 = unlimited. */
+  ratePerMin: number;
+  failuresToSuspend: number;
+  probeS: number;
+}
+
+/** Token bucket size: ten seconds' worth of the rate, at least one. */
+export const burstOf = (l: DestinationLimits) => Math.max(1, Math.ceil(l.ratePerMin / 6));
+
+/** SQL for the destination's tokens now (refilled since tokens_at). */
+export function tokensNowSql(l: DestinationLimits, alias = 'd'): string {
+  return `LEAST(${burstOf(l)}, ${alias}.tokens + EXTRACT(EPOCH FROM (now() - ${alias}.tokens_at)) * ${l.ratePerMin} / 60.0)`;
+}
+
+export interface JobMessage {
+  id: string;
+  envelope: Envelope;
+  size: number;
+  trace: Record<string, string> | null;
+}
+
+export interface JobRcpt {
+  idx: number;
+  address: string;
+  orcpt: string;
+  notify: number[];
+  attemptCount: number;
+}
+
+export interface BuiltJob {
+  jobId: string;
+  destination: string;
+  messageId: string;
+  idxs: number[];
+  outbox: OutboxRow;
+}
+
+/** Splits one message's recipients for one destination into jobs of at most `max`. */
+export function buildJobs(
+  msg: JobMessage,
+  destination: string,
+  rcpts: JobRcpt[],
+  max: number,
+  leaseExpiresAt: Date,
+  routes: RouteTable,
+): BuiltJob[] {
+  const out: BuiltJob[] = [];
+  const route = routes.match(destination);
+  for (let i = 0; i < rcpts.length; i += max) {
+    const part = rcpts.slice(i, i + max);
+    const jobId = newId();
+    const job = DeliveryJob.fromPartial({
+      jobId,
+      queueId: msg.id,
+      destination,
+      envelope: msg.envelope,
+      recipients: part.map((r) =>
+        JobRecipient.fromPartial({ recipientId: recipientId(msg.id, r.idx), address: r.address, orcpt: r.orcpt, notify: r.notify }),
+      ),
+      size: msg.size,
+      route,
+      leaseExpiresAt,
+      attempt: Math.max(...part.map((r) => r.attemptCount)) + 1,
+    });
+    out.push({
+      jobId,
+      destination,
+      messageId: msg.id,
+      idxs: part.map((r) => r.idx),
+      outbox: {
+        subject: jobSubject(destination),
+        msgId: jobId,
+        payload: DeliveryJob.encode(job).finish(),
+        trace: msg.trace,
+        span: 'queue.dispatch',
+        attrs: { 'tern.queue_id': msg.id, 'tern.job_id': jobId, 'tern.destination': destination, 'tern.recipients': part.length },
+      },
+    });
+  }
+  return out;
+}
+
+/** Makes sure every destination has its row (the scheduler works from them). */
+export async function ensureDestinations(c: PoolClient, names: string[], l: DestinationLimits): Promise<void> {
+  if (!names.length) return;
+  await c.query(
+    `INSERT INTO destinations (name, concurrency_limit, tokens)
+     SELECT n, $2, $3 FROM unnest($1::text[]) AS t(n) ORDER BY n ON CONFLICT (name) DO NOTHING`,
+    [names, l.initialConcurrency, burstOf(l)],
+  );
+}
+
+/**
+ * Takes `jobs` slots for each destination if all fit (concurrency, rate,
+ * not suspended); returns the destinations granted. Used by enqueue to
+ * dispatch new messages in their own transaction.
+ */
+export async function reserveSlots(c: PoolClient, wanted: Map<string, number>, l: DestinationLimits): Promise<Set<string>> {
+  if (!wanted.size) return new Set();
+  const names = [...wanted.keys()].sort();
+  const tokens = tokensNowSql(l);
+  const { rows } = await c.query<{ name: string }>(
+    `UPDATE destinations d SET inflight = d.inflight + t.n,
+        tokens = CASE WHEN ${l.ratePerMin} = 0 THEN d.tokens ELSE ${tokens} - t.n END,
+        tokens_at = now(), updated_at = now()
+     FROM unnest($1::text[], $2::int[]) AS t(name, n)
+     WHERE d.name = t.name AND NOT d.suspended AND d.dead_until IS NULL
+       AND d.inflight + t.n <= d.concurrency_limit
+       AND (${l.ratePerMin} = 0 OR ${tokens} >= t.n)
+     RETURNING d.name`,
+    [names, names.map((n) => wanted.get(n)!)],
+  );
+  return new Set(rows.map((r) => r.name));
+}
+
+export interface JobEnd {
+  jobId: string;
+  destination: string;
+  /** The job reached the destination (any reply): grow concurrency. */
+  ok: boolean;
+  /** The destination failed (421, no connection): shrink, maybe suspend. */
+  failed: boolean;
+  error: string;
+}
+
+/**
+ * Gives back the slots of jobs that have no inflight recipient left, with
+ * concurrency feedback (Postfix style: +1 on success, -1 on failure, dead
+ * after N consecutive failures, then one probe at a time).
+ */
+export async function releaseJobs(c: PoolClient, ends: JobEnd[], l: DestinationLimits): Promise<void> {
+  if (!ends.length) return;
+  const jobIds = [...new Set(ends.map((e) => e.jobId))];
+  const { rows } = await c.query<{ job_id: string }>(
+    `SELECT j AS job_id FROM unnest($1::text[]) AS t(j)
+     WHERE NOT EXISTS (SELECT 1 FROM recipients r WHERE r.job_id = t.j AND r.state = ${S.inflight})`,
+    [jobIds],
+  );
+  const finished = new Set(rows.map((r) => r.job_id));
+  const per = new Map<string, { jobs: number; ok: number; failed: number; err: string }>();
+  const seen = new Set<string>();
+  for (const e of ends) {
+    const p = per.get(e.destination) ?? { jobs: 0, ok: 0, failed: 0, err: '' };
+    per.set(e.destination, p);
+    if (finished.has(e.jobId) && !seen.has(e.jobId)) {
+      seen.add(e.jobId);
+      p.jobs++;
+    }
+    if (e.failed) p.failed++;
+    else if (e.ok) p.ok++;
+    if (e.error) p.err = e.error;
+  }
+  const names = [...per.keys()].sort();
+  const v = names.map((n) => per.get(n)!);
+  await c.query(
+    `UPDATE destinations d SET
+        inflight = GREATEST(0, d.inflight - t.jobs),
+        concurrency_limit = CASE WHEN t.failed > 0 THEN GREATEST(1, d.concurrency_limit - t.failed)
+                                 WHEN t.ok > 0 THEN LEAST($6, d.concurrency_limit + 1)
+                                 ELSE d.concurrency_limit END,
+        failures = CASE WHEN t.failed > 0 THEN d.failures + t.failed WHEN t.ok > 0 THEN 0 ELSE d.failures END,
+        dead_until = CASE WHEN t.failed > 0 AND (d.dead_until IS NOT NULL OR d.failures + t.failed >= $7)
+                            THEN now() + make_interval(secs => $8)
+                          WHEN t.ok > 0 THEN NULL
+                          ELSE d.dead_until END,
+        last_error = CASE WHEN t.err <> '' THEN t.err ELSE d.last_error END,
+        last_error_at = CASE WHEN t.err <> '' THEN now() ELSE d.last_error_at END,
+        updated_at = now()
+     FROM unnest($1::text[], $2::int[], $3::int[], $4::int[], $5::text[]) AS t(name, jobs, ok, failed, err)
+     WHERE d.name = t.name`,
+    [names, v.map((x) => x.jobs), v.map((x) => x.ok), v.map((x) => x.failed), v.map((x) => x.err), l.maxConcurrency, l.failuresToSuspend, l.probeS],
+  );
+}
+
+interface MessageRow {
+  id: string;
+  envelope: Buffer;
+  size: number;
+  trace: Record<string, string> | null;
+}
+
+export async function loadJobMessages(c: PoolClient, ids: string[]): Promise<Map<string, JobMessage>> {
+  const { rows } = await c.query<MessageRow>('SELECT id, envelope, size, trace FROM messages WHERE id = ANY($1::text[])', [ids]);
+  return new Map(rows.map((r) => [r.id, { id: r.id, envelope: Envelope.decode(r.envelope), size: Number(r.size), trace: r.trace }]));
+}
+
+export async function markInflight(c: PoolClient, jobs: BuiltJob[], leaseExpiresAt: Date): Promise<void> {
+  const m: string[] = [];
+  const i: number[] = [];
+  const j: string[] = [];
+  for (const job of jobs) for (const idx of job.idxs) {
+    m.push(job.messageId);
+    i.push(idx);
+    j.push(job.jobId);
+  }
+  if (!m.length) return;
+  await c.query(
+    `UPDATE recipients r SET state = ${S.inflight}, job_id = t.j, lease_expires_at = $4, updated_at = now()
+     FROM unnest($1::text[], $2::int[], $3::text[]) AS t(m, i, j)
+     WHERE r.message_id = t.m AND r.idx = t.i`,
+    [m, i, j, leaseExpiresAt],
+  );
+}
+
+export interface SchedulerOptions {
+  pool: Pool;
+  logger: Logger;
+  routes: RouteTable;
+  limits: DestinationLimits;
+  jobMaxRecipients: number;
+  batch: number;
+  leaseS: number;
+  intervalMs: number;
+  dispatched: Counter;
+  /** Outbox rows were committed. */
+  onOutbox(): void;
+}
+
+interface DestRow {
+  name: string;
+  inflight: number;
+  concurrency_limit: number;
+  dead: boolean;
+  tokens: number;
+}
+
+interface ClaimRow {
+  message_id: string;
+  idx: number;
+  address: string;
+  domain: string;
+  orcpt: string;
+  notify: number[];
+  attempt_count: number;
+}
+
+/**
+ * The scheduler loop: expires leases, then claims due recipients of
+ * destinations with free slots and writes their jobs to the outbox. Woken by
+ * commits that make work due or free slots; polls otherwise.
+ */
+export class Scheduler {
+  private stopped = false;
+  private woken = false;
+  private wakeUp: (() => void) | undefined;
+  private loop: Promise<void> | undefined;
+
+  constructor(private readonly o: SchedulerOptions) {}
+
+  start(): void {
+    this.loop = this.run();
+  }
+
+  wake(): void {
+    this.woken = true;
+    this.wakeUp?.();
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    this.wakeUp?.();
+    await this.loop;
+  }
+
+  private async run(): Promise<void> {
+    let failures = 0;
+    let lastLeaseCheck = 0;
+    while (!this.stopped) {
+      this.woken = false;
+      let n = 0;
+      try {
+        if (Date.now() - lastLeaseCheck >= this.o.intervalMs) {
+          lastLeaseCheck = Date.now();
+          await this.expireLeases();
+        }
+        n = await this.dispatchPass();
+        failures = 0;
+      } catch (err) {
+        failures++;
+        this.o.logger.warn({ err: (err as Error).message }, 'scheduler pass failed; retrying');
+      }
+      if (this.stopped) break;
+      if (failures === 0 && (n > 0 || this.woken)) continue;
+      const wait = failures ? Math.min(10_000, 250 * 2 ** failures) : this.o.intervalMs;
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(done, wait);
+        function done() {
+          clearTimeout(t);
+          resolve();
+        }
+        this.wakeUp = done;
+      });
+      this.wakeUp = undefined;
+    }
+  }
+
+  /** Recipients whose job has no result by the end of its lease are due again. */
+  async expireLeases(): Promise<number> {
+    const n = await tx(this.o.pool, async (c) => {
+      const { rows } = await c.query<{ message_id: string; idx: number; job_id: string; domain: string }>(
+        `SELECT message_id, idx, job_id, domain FROM recipients
+         WHERE state = ${S.inflight} AND lease_expires_at <= now()
+         ORDER BY lease_expires_at LIMIT $1 FOR UPDATE SKIP LOCKED`,
+        [this.o.batch],
+      );
+      if (!rows.length) return 0;
+      await c.query(
+        `UPDATE recipients r SET state = ${S.queued}, next_attempt_at = now(), job_id = NULL, lease_expires_at = NULL, updated_at = now()
+         FROM unnest($1::text[], $2::int[]) AS t(m, i) WHERE r.message_id = t.m AND r.idx = t.i`,
+        [rows.map((r) => r.message_id), rows.map((r) => r.idx)],
+      );
+      await releaseJobs(
+        c,
+        rows.map((r) => ({ jobId: r.job_id, destination: r.domain, ok: false, failed: false, error: '' })),
+        this.o.limits,
+      );
+      return rows.length;
+    });
+    if (n) this.o.logger.warn({ recipients: n }, 'job leases expired without a result; recipients are due again');
+    return n;
+  }
+
+  /** One claim: returns the number of recipients dispatched. */
+  async dispatchPass(): Promise<number> {
+    const l = this.o.limits;
+    const leaseExpiresAt = new Date(Date.now() + this.o.leaseS * 1000);
+    const jobs = await tx(this.o.pool, async (c) => {
+      const tokens = tokensNowSql(l);
+      const { rows: dests } = await c.query<DestRow>(
+        `SELECT d.name, d.inflight, d.concurrency_limit, d.dead_until IS NOT NULL AS dead, ${tokens} AS tokens
+         FROM destinations d
+         WHERE NOT d.suspended
+           AND ((d.dead_until IS NULL AND d.inflight < d.concurrency_limit) OR (d.dead_until <= now() AND d.inflight = 0))
+           AND (${l.ratePerMin} = 0 OR ${tokens} >= 1)
+           AND EXISTS (SELECT 1 FROM recipients r WHERE r.domain = d.name AND r.state IN (${S.queued}, ${S.deferred}) AND r.next_attempt_at <= now())
+         ORDER BY d.updated_at
+         LIMIT 500
+         FOR UPDATE OF d SKIP LOCKED`,
+      );
+      if (!dests.length) return [];
+      let budget = this.o.batch;
+      const caps = new Map<string, number>();
+      const names: string[] = [];
+      const limits: number[] = [];
+      for (const d of dests) {
+        if (budget <= 0) break;
+        let cap = d.dead ? 1 : d.concurrency_limit - d.inflight;
+        if (l.ratePerMin > 0) cap = Math.min(cap, Math.floor(d.tokens));
+        if (cap <= 0) continue;
+        const rows = Math.min(budget, cap * this.o.jobMaxRecipients);
+        budget -= rows;
+        caps.set(d.name, cap);
+        names.push(d.name);
+        limits.push(rows);
+      }
+      if (!names.length) return [];
+      const { rows: claimed } = await c.query<ClaimRow>(
+        `SELECT r.message_id, r.idx, r.address, r.domain, r.orcpt, r.notify, r.attempt_count
+         FROM unnest($1::text[], $2::int[]) AS d(name, lim)
+         CROSS JOIN LATERAL (
+           SELECT message_id, idx, address, domain, orcpt, notify, attempt_count FROM recipients
+           WHERE domain = d.name AND state IN (${S.queued}, ${S.deferred}) AND next_attempt_at <= now() AND expires_at > now()
+           ORDER BY next_attempt_at LIMIT d.lim
+           FOR UPDATE SKIP LOCKED) r`,
+        [names, limits],
+      );
+      if (!claimed.length) return [];
+      // Group by destination then message, keeping the due order.
+      const byDest = new Map<string, Map<string, ClaimRow[]>>();
+      for (const r of claimed) {
+        let msgs = byDest.get(r.domain);
+        if (!msgs) byDest.set(r.domain, (msgs = new Map()));
+        const list = msgs.get(r.message_id);
+        if (list) list.push(r);
+        else msgs.set(r.message_id, [r]);
+      }
+      const messages = await loadJobMessages(c, [...new Set(claimed.map((r) => r.message_id))]);
+      const built: BuiltJob[] = [];
+      const used = new Map<string, number>();
+      for (const [dest, msgs] of byDest) {
+        let cap = caps.get(dest) ?? 0;
+        for (const [mid, rcpts] of msgs) {
+          const msg = messages.get(mid);
+          if (!msg || cap <= 0) continue;
+          const jobRcpts = rcpts.map((r) => ({ idx: r.idx, address: r.address, orcpt: r.orcpt, notify: r.notify, attemptCount: r.attempt_count }));
+          for (const job of buildJobs(msg, dest, jobRcpts, this.o.jobMaxRecipients, leaseExpiresAt, this.o.routes)) {
+            if (cap <= 0) break;
+            built.push(job);
+            cap--;
+            used.set(dest, (used.get(dest) ?? 0) + 1);
+          }
+        }
+      }
+      if (!built.length) return [];
+      await markInflight(c, built, leaseExpiresAt);
+      const uNames = [...used.keys()].sort();
+      await c.query(
+        `UPDATE destinations d SET inflight = d.inflight + t.n,
+            tokens = CASE WHEN ${l.ratePerMin} = 0 THEN d.tokens ELSE ${tokens} - t.n END,
+            tokens_at = now(), updated_at = now()
+         FROM unnest($1::text[], $2::int[]) AS t(name, n) WHERE d.name = t.name`,
+        [uNames, uNames.map((n) => used.get(n)!)],
+      );
+      await insertOutbox(c, built.map((b) => b.outbox));
+      return built;
+    });
+    if (jobs.length) {
+      this.o.onOutbox();
+      const n = jobs.reduce((a, j) => a + j.idxs.length, 0);
+      this.o.dispatched.add(jobs.length);
+      return n;
+    }
+    return 0;
+  }
+}

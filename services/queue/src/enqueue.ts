@@ -1,0 +1,331 @@
+// Enqueue: a client stream (header, chunks, commit). A small body stays in
+// memory; a big one is spilled to body_chunks as it arrives (under a spool
+// row, so an abandoned upload is reaped). At `commit`, the message joins the
+// group-commit batcher: many concurrent messages are stored (message, body,
+// recipients, and the outbox rows of their first jobs) in one transaction,
+// and only after COMMIT does each caller get its queue id (invariant I1).
+import type { Pool, PoolClient } from '@tern/db';
+import { grpc, grpcError } from '@tern/grpc';
+import { EnqueueHeader, Envelope, MessageOrigin, type EnqueueRequest, type EnqueueResponse } from '@tern/proto';
+import { injectContext, type Logger } from '@tern/telemetry';
+import type { Counter, Histogram } from './metrics';
+import { Batcher } from './batcher';
+import { intArrayLiteral, tx } from './db';
+import { buildJobs, ensureDestinations, reserveSlots, type BuiltJob, type DestinationLimits } from './dispatch';
+import { newId } from './ids';
+import { destinationOf, S } from './model';
+import { insertOutbox } from './outbox';
+import type { RouteTable } from './routes';
+
+/** Size of a spilled body row. */
+export const SPILL_CHUNK = 256 * 1024;
+
+export interface EnqueueItem {
+  queueId: string;
+  header: EnqueueHeader;
+  /** The whole body when it stayed in memory; null when spilled. */
+  body: Buffer | null;
+  size: number;
+  trace: Record<string, string>;
+}
+
+export interface EnqueueResult {
+  queueId: string;
+  duplicate: boolean;
+}
+
+export interface EnqueueOptions {
+  pool: Pool;
+  logger: Logger;
+  routes: RouteTable;
+  limits: DestinationLimits;
+  memoryBodyMax: number;
+  maxMessageSize: number;
+  maxRecipients: number;
+  batchMax: number;
+  batchDelayMs: number;
+  lifetimeS: number;
+  leaseS: number;
+  jobMaxRecipients: number;
+  metrics: { messages: Counter; batch: Histogram };
+  onOutbox(): void;
+  onQueued(): void;
+}
+
+export class Enqueuer {
+  readonly batcher: Batcher<EnqueueItem, EnqueueResult>;
+
+  constructor(private readonly o: EnqueueOptions) {
+    this.batcher = new Batcher({ maxItems: o.batchMax, delayMs: o.batchDelayMs, concurrency: 2, flush: (items) => this.flush(items) });
+  }
+
+  /** The gRPC handler. */
+  handler = (call: grpc.ServerReadableStream<EnqueueRequest, EnqueueResponse>, callback: grpc.sendUnaryData<EnqueueResponse>): void => {
+    const trace = injectContext();
+    let header: EnqueueHeader | undefined;
+    let queueId = '';
+    let size = 0;
+    let mem: Buffer[] = [];
+    let spilled = false;
+    let spillSeq = 0;
+    let pending: Buffer[] = [];
+    let pendingBytes = 0;
+    let finished = false;
+    let chain = Promise.resolve();
+
+    const finish = (err: grpc.ServiceError | null, res?: EnqueueResponse) => {
+      if (finished) return;
+      finished = true;
+      mem = [];
+      pending = [];
+      if (err) {
+        if (spilled) void this.dropSpool(queueId);
+        callback(err);
+      } else callback(null, res);
+    };
+
+    const spill = async (c: Pool | PoolClient, final: boolean) => {
+      while (pendingBytes >= SPILL_CHUNK || (final && pendingBytes > 0)) {
+        const all = Buffer.concat(pending);
+        const piece = all.subarray(0, Math.min(SPILL_CHUNK, all.length));
+        const rest = all.subarray(piece.length);
+        await c.query('INSERT INTO body_chunks (message_id, seq, data) VALUES ($1, $2, $3)', [queueId, spillSeq++, piece]);
+        pending = rest.length ? [Buffer.from(rest)] : [];
+        pendingBytes = rest.length;
+      }
+    };
+
+    const handle = async (req: EnqueueRequest) => {
+      if (finished) return;
+      if (req.header) {
+        if (header) return finish(grpcError(grpc.status.INVALID_ARGUMENT, 'a second header in one Enqueue stream'));
+        const problem = this.validateHeader(req.header);
+        if (problem) return finish(grpcError(grpc.status.INVALID_ARGUMENT, problem));
+        header = req.header;
+        queueId = newId();
+        return;
+      }
+      if (!header) return finish(grpcError(grpc.status.INVALID_ARGUMENT, 'the first Enqueue request must carry the header'));
+      if (req.commit) {
+        if (req.commit.size !== size) {
+          return finish(grpcError(grpc.status.INVALID_ARGUMENT, `commit size ${req.commit.size} does not match the ${size} bytes received`));
+        }
+        if (spilled) await spill(this.o.pool, true);
+        const item: EnqueueItem = { queueId, header, body: spilled ? null : Buffer.concat(mem, size), size, trace };
+        mem = [];
+        const res = await this.batcher.add(item);
+        if (!res.duplicate) this.o.metrics.messages.add(1, { origin: MessageOrigin[header.origin] ?? 'unknown' });
+        spilled = false; // stored, or removed by the batch as a duplicate
+        return finish(null, { queueId: res.queueId, size });
+      }
+      if (req.chunk && req.chunk.length) {
+        size += req.chunk.length;
+        if (size > this.o.maxMessageSize) {
+          return finish(grpcError(grpc.status.RESOURCE_EXHAUSTED, `message exceeds the maximum size of ${this.o.maxMessageSize} bytes`));
+        }
+        const buf = Buffer.from(req.chunk);
+        if (!spilled && size <= this.o.memoryBodyMax) {
+          mem.push(buf);
+          return;
+        }
+        if (!spilled) {
+          await this.o.pool.query('INSERT INTO spools (id) VALUES ($1)', [queueId]);
+          spilled = true;
+          pending = mem;
+          pendingBytes = size - buf.length;
+          mem = [];
+        }
+        pending.push(buf);
+        pendingBytes += buf.length;
+        await spill(this.o.pool, false);
+      }
+    };
+
+    call.on('data', (req: EnqueueRequest) => {
+      call.pause();
+      chain = chain
+        .then(() => handle(req))
+        .catch((err: Error) => {
+          this.o.logger.error({ err: err.message, queue_id: queueId }, 'enqueue failed');
+          finish(grpcError(grpc.status.UNAVAILABLE, `queue storage failed: ${err.message}`));
+        })
+        .finally(() => call.resume());
+    });
+    call.on('end', () => {
+      void chain.then(() => finish(grpcError(grpc.status.CANCELLED, 'stream ended without commit; nothing stored')));
+    });
+    call.on('cancelled', () => {
+      void chain.then(() => finish(grpcError(grpc.status.CANCELLED, 'cancelled by the client; nothing stored')));
+    });
+    call.on('error', () => {
+      void chain.then(() => finish(grpcError(grpc.status.CANCELLED, 'stream failed; nothing stored')));
+    });
+  };
+
+  private validateHeader(h: EnqueueHeader): string | undefined {
+    if (!h.envelope) return 'header.envelope: required';
+    if (!h.recipients.length) return 'header.recipients: at least one recipient is required';
+    if (h.recipients.length > this.o.maxRecipients) return `header.recipients: more than ${this.o.maxRecipients}`;
+    for (const [i, r] of h.recipients.entries()) {
+      if (!r.address || r.address.length > 512) return `header.recipients[${i}].address: required, at most 512 characters`;
+    }
+    if (h.idempotencyKey.length > 256) return 'header.idempotency_key: at most 256 characters';
+    return undefined;
+  }
+
+  private async dropSpool(queueId: string): Promise<void> {
+    try {
+      await tx(this.o.pool, async (c) => {
+        await c.query('DELETE FROM body_chunks WHERE message_id = $1', [queueId]);
+        await c.query('DELETE FROM spools WHERE id = $1', [queueId]);
+      });
+    } catch {
+      // The reaper removes it later.
+    }
+  }
+
+  /** One group commit. */
+  async flush(items: EnqueueItem[]): Promise<EnqueueResult[]> {
+    this.o.metrics.batch.record(items.length);
+    const now = new Date();
+    const expires = new Date(now.getTime() + this.o.lifetimeS * 1000);
+    const leaseExpiresAt = new Date(now.getTime() + this.o.leaseS * 1000);
+    let outboxRows = 0;
+    let queued = 0;
+    const results = await tx(this.o.pool, async (c) => {
+      outboxRows = 0;
+      queued = 0;
+      const ins = await c.query<{ id: string }>(
+        `INSERT INTO messages (id, idempotency_key, sender, envelope, origin, size, trace, rcpt_count, created_at)
+         SELECT i, NULLIF(k, ''), s, e, o, z, t::jsonb, n, $9 FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::smallint[], $6::bigint[], $7::text[], $8::int[])
+           AS x(i, k, s, e, o, z, t, n)
+         ON CONFLICT (idempotency_key) DO NOTHING RETURNING id`,
+        [
+          items.map((i) => i.queueId),
+          items.map((i) => i.header.idempotencyKey),
+          items.map((i) => i.header.envelope!.sender),
+          items.map((i) => Buffer.from(Envelope.encode(i.header.envelope!).finish())),
+          items.map((i) => i.header.origin),
+          items.map((i) => i.size),
+          items.map((i) => JSON.stringify(i.trace)),
+          items.map((i) => i.header.recipients.length),
+          now,
+        ],
+      );
+      const stored = new Set(ins.rows.map((r) => r.id));
+      const live = items.filter((i) => stored.has(i.queueId));
+      const dups = items.filter((i) => !stored.has(i.queueId));
+      const existing = new Map<string, string>();
+      if (dups.length) {
+        const { rows } = await c.query<{ id: string; idempotency_key: string }>(
+          'SELECT id, idempotency_key FROM messages WHERE idempotency_key = ANY($1::text[])',
+          [dups.map((d) => d.header.idempotencyKey)],
+        );
+        for (const r of rows) existing.set(r.idempotency_key, r.id);
+        const spilledDups = dups.filter((d) => d.body === null).map((d) => d.queueId);
+        if (spilledDups.length) {
+          await c.query('DELETE FROM body_chunks WHERE message_id = ANY($1::text[])', [spilledDups]);
+          await c.query('DELETE FROM spools WHERE id = ANY($1::text[])', [spilledDups]);
+        }
+      }
+      if (live.length) {
+        const inMem = live.filter((i) => i.body !== null);
+        if (inMem.length) {
+          await c.query('INSERT INTO body_chunks (message_id, seq, data) SELECT m, 0, d FROM unnest($1::text[], $2::bytea[]) AS x(m, d)', [
+            inMem.map((i) => i.queueId),
+            inMem.map((i) => i.body!),
+          ]);
+        }
+        const spilledLive = live.filter((i) => i.body === null).map((i) => i.queueId);
+        if (spilledLive.length) await c.query('DELETE FROM spools WHERE id = ANY($1::text[])', [spilledLive]);
+
+        // First dispatch in the same transaction, where the destination has room.
+        const perMessage = live.map((i) => {
+          const byDest = new Map<string, number[]>();
+          i.header.recipients.forEach((r, idx) => {
+            const d = destinationOf(r.address);
+            const list = byDest.get(d);
+            if (list) list.push(idx);
+            else byDest.set(d, [idx]);
+          });
+          return byDest;
+        });
+        const wanted = new Map<string, number>();
+        live.forEach((i, n) => {
+          if (i.header.hold) return;
+          for (const [d, idxs] of perMessage[n]!) wanted.set(d, (wanted.get(d) ?? 0) + Math.ceil(idxs.length / this.o.jobMaxRecipients));
+        });
+        const allDests = new Set<string>();
+        for (const m of perMessage) for (const d of m.keys()) allDests.add(d);
+        await ensureDestinations(c, [...allDests].sort(), this.o.limits);
+        const granted = await reserveSlots(c, wanted, this.o.limits);
+
+        const jobs: BuiltJob[] = [];
+        const jobOf = new Map<string, string>();
+        live.forEach((i, n) => {
+          if (i.header.hold) return;
+          for (const [d, idxs] of perMessage[n]!) {
+            if (!granted.has(d)) continue;
+            const rcpts = idxs.map((idx) => {
+              const r = i.header.recipients[idx]!;
+              return { idx, address: r.address, orcpt: r.orcpt, notify: r.notify, attemptCount: 0 };
+            });
+            const built = buildJobs({ id: i.queueId, envelope: i.header.envelope!, size: i.size, trace: i.trace }, d, rcpts, this.o.jobMaxRecipients, leaseExpiresAt, this.o.routes);
+            for (const b of built) {
+              jobs.push(b);
+              for (const idx of b.idxs) jobOf.set(`${i.queueId}.${idx}`, b.jobId);
+            }
+          }
+        });
+
+        const cols = {
+          m: [] as string[],
+          i: [] as number[],
+          a: [] as string[],
+          d: [] as string[],
+          o: [] as string[],
+          n: [] as string[],
+          s: [] as number[],
+          na: [] as (Date | null)[],
+          j: [] as (string | null)[],
+          l: [] as (Date | null)[],
+        };
+        for (const item of live) {
+          item.header.recipients.forEach((r, idx) => {
+            const job = jobOf.get(`${item.queueId}.${idx}`) ?? null;
+            const state = item.header.hold ? S.held : job ? S.inflight : S.queued;
+            if (state === S.queued) queued++;
+            cols.m.push(item.queueId);
+            cols.i.push(idx);
+            cols.a.push(r.address);
+            cols.d.push(destinationOf(r.address));
+            cols.o.push(r.orcpt);
+            cols.n.push(intArrayLiteral(r.notify));
+            cols.s.push(state);
+            cols.na.push(state === S.held ? null : now);
+            cols.j.push(job);
+            cols.l.push(job ? leaseExpiresAt : null);
+          });
+        }
+        await c.query(
+          `INSERT INTO recipients (message_id, idx, address, domain, orcpt, notify, state, created_at, expires_at, next_attempt_at, job_id, lease_expires_at)
+           SELECT m, i, a, d, o, n::smallint[], s, $11, $12, na, j, l
+           FROM unnest($1::text[], $2::int[], $3::text[], $4::text[], $5::text[], $6::text[], $7::smallint[], $8::timestamptz[], $9::text[], $10::timestamptz[])
+             AS x(m, i, a, d, o, n, s, na, j, l)`,
+          [cols.m, cols.i, cols.a, cols.d, cols.o, cols.n, cols.s, cols.na, cols.j, cols.l, now, expires],
+        );
+        await insertOutbox(c, jobs.map((b) => b.outbox));
+        outboxRows = jobs.length;
+      }
+      return items.map((i): EnqueueResult => {
+        if (stored.has(i.queueId)) return { queueId: i.queueId, duplicate: false };
+        const first = existing.get(i.header.idempotencyKey);
+        if (!first) throw new Error(`idempotency key "${i.header.idempotencyKey}" conflicted but its message is gone`);
+        return { queueId: first, duplicate: true };
+      });
+    });
+    if (outboxRows) this.o.onOutbox();
+    if (queued) this.o.onQueued();
+    return results;
+  }
+}

@@ -1,0 +1,247 @@
+// Background batches: expiry (with its report), delay warnings, body
+// removal after every recipient is final, reaping abandoned spools,
+// retention purge, and reconciliation of the per-destination inflight
+// counters. Each step works in bounded batches with SKIP LOCKED, so several
+// replicas can run it at once.
+import type { Pool } from '@tern/db';
+import { ReportKind } from '@tern/proto';
+import type { Logger } from '@tern/telemetry';
+import { tx } from './db';
+import { S, PENDING_SQL } from './model';
+import { insertOutbox } from './outbox';
+import { buildReports, type ReportSubject } from './reports';
+import { markDone } from './results';
+
+export interface HousekeepingOptions {
+  pool: Pool;
+  logger: Logger;
+  batch: number;
+  delayWarningS: number;
+  bodyGraceS: number;
+  retentionS: number;
+  intervalMs: number;
+  onOutbox(): void;
+}
+
+interface SubjectRow {
+  message_id: string;
+  idx: number;
+  address: string;
+  orcpt: string;
+  notify: number[];
+  last_code: number | null;
+  last_enhanced: string | null;
+  last_text: string | null;
+  expires_at: Date;
+  updated_at: Date;
+  sender: string;
+  origin: number;
+  envelope: Buffer;
+  size: number;
+  trace: Record<string, string> | null;
+}
+
+function subjectOf(r: SubjectRow, status: string): ReportSubject {
+  const code = r.last_code ?? 0;
+  return {
+    messageId: r.message_id,
+    sender: r.sender,
+    origin: r.origin,
+    envelope: r.envelope,
+    size: Number(r.size),
+    trace: r.trace,
+    idx: r.idx,
+    address: r.address,
+    orcpt: r.orcpt,
+    notify: r.notify,
+    status: r.last_enhanced && /^[45]\.\d+\.\d+$/.test(r.last_enhanced) ? r.last_enhanced : status,
+    remoteMta: '',
+    diagnostic: code ? { code, enhanced: r.last_enhanced ?? '', text: r.last_text ?? '' } : undefined,
+    lastAttemptAt: r.last_code ? r.updated_at : undefined,
+    willRetryUntil: r.expires_at,
+  };
+}
+
+const SUBJECT_COLS = `r.message_id, r.idx, r.address, r.orcpt, r.notify, r.last_code, r.last_enhanced, r.last_text, r.expires_at, r.updated_at,
+  m.sender, m.origin, m.envelope, m.size, m.trace`;
+
+export class Housekeeping {
+  private timer: NodeJS.Timeout | undefined;
+  private running: Promise<void> | undefined;
+  private lastSlow = 0;
+
+  constructor(private readonly o: HousekeepingOptions) {}
+
+  start(): void {
+    const tick = () => {
+      this.running = this.pass()
+        .catch((err: Error) => this.o.logger.warn({ err: err.message }, 'housekeeping pass failed'))
+        .finally(() => {
+          this.running = undefined;
+          if (this.timer !== undefined) this.timer = setTimeout(tick, this.o.intervalMs);
+        });
+    };
+    this.timer = setTimeout(tick, Math.min(1_000, this.o.intervalMs));
+  }
+
+  async stop(): Promise<void> {
+    clearTimeout(this.timer);
+    this.timer = undefined;
+    await this.running;
+  }
+
+  async pass(): Promise<void> {
+    while ((await this.expire()) >= this.o.batch);
+    if (this.o.delayWarningS > 0) while ((await this.delayWarnings()) >= this.o.batch);
+    if (Date.now() - this.lastSlow > 30_000) {
+      this.lastSlow = Date.now();
+      await this.removeBodies();
+      await this.reapSpools();
+      await this.purge();
+      await this.reconcile();
+    }
+  }
+
+  /** Recipients past their lifetime: expired, with a failure report. */
+  async expire(): Promise<number> {
+    let reports = 0;
+    const n = await tx(this.o.pool, async (c) => {
+      const { rows } = await c.query<SubjectRow>(
+        `SELECT ${SUBJECT_COLS} FROM recipients r JOIN messages m ON m.id = r.message_id
+         WHERE r.state IN (${S.queued}, ${S.deferred}) AND r.expires_at <= now()
+         ORDER BY r.expires_at LIMIT $1 FOR UPDATE OF r, m SKIP LOCKED`,
+        [this.o.batch],
+      );
+      if (!rows.length) return 0;
+      await c.query(
+        `UPDATE recipients r SET state = ${S.expired}, next_attempt_at = NULL, updated_at = now()
+         FROM unnest($1::text[], $2::int[]) AS t(m, i) WHERE r.message_id = t.m AND r.idx = t.i`,
+        [rows.map((r) => r.message_id), rows.map((r) => r.idx)],
+      );
+      await markDone(c, [...new Set(rows.map((r) => r.message_id))]);
+      const out = buildReports(ReportKind.REPORT_KIND_FAILED, rows.map((r) => subjectOf(r, '4.4.7')));
+      await insertOutbox(c, out);
+      reports = out.length;
+      return rows.length;
+    });
+    if (n) this.o.logger.info({ recipients: n, reports }, 'recipients expired');
+    if (reports) this.o.onOutbox();
+    return n;
+  }
+
+  /** Deferred recipients older than the warning time: one delay report where NOTIFY allows. */
+  async delayWarnings(): Promise<number> {
+    let reports = 0;
+    const n = await tx(this.o.pool, async (c) => {
+      const { rows } = await c.query<SubjectRow>(
+        `SELECT ${SUBJECT_COLS} FROM recipients r JOIN messages m ON m.id = r.message_id
+         WHERE r.state = ${S.deferred} AND NOT r.delay_warned AND r.created_at <= now() - make_interval(secs => $2)
+         ORDER BY r.created_at LIMIT $1 FOR UPDATE OF r SKIP LOCKED`,
+        [this.o.batch, this.o.delayWarningS],
+      );
+      if (!rows.length) return 0;
+      await c.query(
+        `UPDATE recipients r SET delay_warned = true FROM unnest($1::text[], $2::int[]) AS t(m, i) WHERE r.message_id = t.m AND r.idx = t.i`,
+        [rows.map((r) => r.message_id), rows.map((r) => r.idx)],
+      );
+      const out = buildReports(ReportKind.REPORT_KIND_DELAYED, rows.map((r) => subjectOf(r, '4.0.0')));
+      await insertOutbox(c, out);
+      reports = out.length;
+      return rows.length;
+    });
+    if (reports) this.o.onOutbox();
+    return n;
+  }
+
+  /** Bodies of messages final for longer than the grace period. */
+  async removeBodies(): Promise<number> {
+    let total = 0;
+    for (;;) {
+      const n = await tx(this.o.pool, async (c) => {
+        const { rows } = await c.query<{ id: string }>(
+          `SELECT id FROM messages WHERE done_at IS NOT NULL AND NOT body_removed AND done_at <= now() - make_interval(secs => $2)
+           LIMIT $1 FOR UPDATE SKIP LOCKED`,
+          [this.o.batch, this.o.bodyGraceS],
+        );
+        if (!rows.length) return 0;
+        const ids = rows.map((r) => r.id);
+        await c.query('DELETE FROM body_chunks WHERE message_id = ANY($1::text[])', [ids]);
+        await c.query('UPDATE messages SET body_removed = true WHERE id = ANY($1::text[])', [ids]);
+        return ids.length;
+      });
+      total += n;
+      if (n < this.o.batch) break;
+    }
+    if (total) this.o.logger.debug({ messages: total }, 'bodies removed');
+    return total;
+  }
+
+  /** Spilled bodies of uploads that never committed. */
+  async reapSpools(maxAgeS = 3600): Promise<number> {
+    return tx(this.o.pool, async (c) => {
+      const { rows } = await c.query<{ id: string }>(
+        `SELECT id FROM spools WHERE created_at <= now() - make_interval(secs => $2) LIMIT $1 FOR UPDATE SKIP LOCKED`,
+        [this.o.batch, maxAgeS],
+      );
+      if (!rows.length) return 0;
+      const ids = rows.map((r) => r.id);
+      await c.query('DELETE FROM body_chunks WHERE message_id = ANY($1::text[])', [ids]);
+      await c.query('DELETE FROM spools WHERE id = ANY($1::text[])', [ids]);
+      return ids.length;
+    });
+  }
+
+  /** Records of messages finished longer than the retention, in batches. */
+  async purge(): Promise<number> {
+    let total = 0;
+    for (;;) {
+      const n = await tx(this.o.pool, async (c) => {
+        const { rows } = await c.query<{ id: string }>(
+          `SELECT id FROM messages WHERE done_at IS NOT NULL AND done_at <= now() - make_interval(secs => $2)
+           ORDER BY done_at LIMIT $1 FOR UPDATE SKIP LOCKED`,
+          [this.o.batch, this.o.retentionS],
+        );
+        if (!rows.length) return 0;
+        const ids = rows.map((r) => r.id);
+        await c.query('DELETE FROM attempts WHERE message_id = ANY($1::text[])', [ids]);
+        await c.query('DELETE FROM recipients WHERE message_id = ANY($1::text[])', [ids]);
+        await c.query('DELETE FROM body_chunks WHERE message_id = ANY($1::text[])', [ids]);
+        await c.query('DELETE FROM operator_events WHERE message_id = ANY($1::text[])', [ids]);
+        await c.query('DELETE FROM messages WHERE id = ANY($1::text[])', [ids]);
+        return ids.length;
+      });
+      total += n;
+      if (n < this.o.batch) break;
+    }
+    if (total) this.o.logger.info({ messages: total }, 'purged finished messages past retention');
+    return total;
+  }
+
+  /**
+   * Recounts inflight jobs per destination (a safety net: every transition
+   * keeps the counter, this repairs drift). The destination row is locked
+   * first, as every writer does, so the count is consistent.
+   */
+  async reconcile(): Promise<void> {
+    await tx(this.o.pool, async (c) => {
+      // Lock first, count in a second statement (a snapshot taken after the locks).
+      const { rows } = await c.query<{ name: string }>(
+        `SELECT name FROM destinations
+         WHERE inflight <> 0 OR name IN (SELECT DISTINCT domain FROM recipients WHERE state = ${S.inflight})
+         ORDER BY name FOR UPDATE SKIP LOCKED`,
+      );
+      if (!rows.length) return;
+      await c.query(
+        `UPDATE destinations x SET inflight = (SELECT count(DISTINCT job_id) FROM recipients r WHERE r.domain = x.name AND r.state = ${S.inflight})
+         WHERE x.name = ANY($1::text[])`,
+        [rows.map((r) => r.name)],
+      );
+    });
+  }
+}
+
+/** Unfinished recipients (for the high-water mark). */
+export async function countPending(pool: Pool): Promise<number> {
+  const { rows } = await pool.query<{ n: number }>(`SELECT count(*)::bigint AS n FROM recipients WHERE state IN ${PENDING_SQL}`);
+  return Number(rows[0]?.n ?? 0);
+}

@@ -1,0 +1,250 @@
+// Results: DeliveryResults from the `queue` consumer are applied in batches,
+// idempotently (only recipients still inflight under the result's job
+// change), with an attempt row each, destination feedback, the next attempt
+// by backoff, and report requests in the same transaction. NATS messages are
+// acknowledged only after COMMIT.
+import type { Bus, BusMessage, Consumption } from '@tern/bus';
+import type { Pool, PoolClient } from '@tern/db';
+import { AttemptOutcome, DeliveryResult, DsnNotify, ReportKind, type SmtpReply } from '@tern/proto';
+import type { Logger } from '@tern/telemetry';
+import type { Counter } from './metrics';
+import { Batcher } from './batcher';
+import { tx } from './db';
+import { releaseJobs, type DestinationLimits, type JobEnd } from './dispatch';
+import { parseRecipientId } from './ids';
+import { backoffMs, S, statusOf, PENDING_SQL, type BackoffSettings } from './model';
+import { insertOutbox, type OutboxRow } from './outbox';
+import { buildReports, type ReportSubject } from './reports';
+
+export interface ResultsOptions {
+  pool: Pool;
+  bus: Bus;
+  logger: Logger;
+  limits: DestinationLimits;
+  backoff: BackoffSettings;
+  batchMax: number;
+  applied: Counter;
+  onOutbox(): void;
+  onSlotsFreed(): void;
+}
+
+interface ActiveRow {
+  message_id: string;
+  idx: number;
+  job_id: string;
+  address: string;
+  domain: string;
+  orcpt: string;
+  notify: number[];
+  attempt_count: number;
+  expires_at: Date;
+  sender: string;
+  origin: number;
+  envelope: Buffer;
+  size: number;
+  trace: Record<string, string> | null;
+}
+
+const replyText = (r: SmtpReply | undefined) => (r ? [r.code || '', r.enhanced, r.text].filter(Boolean).join(' ') : '');
+
+export class ResultApplier {
+  readonly batcher: Batcher<DeliveryResult, number>;
+  private consumption: Consumption | undefined;
+
+  constructor(private readonly o: ResultsOptions) {
+    this.batcher = new Batcher({ maxItems: o.batchMax, delayMs: 5, concurrency: 1, flush: (items) => this.flush(items) });
+  }
+
+  start(): void {
+    this.consumption = this.o.bus.consume(
+      'queue',
+      async (msg: BusMessage) => {
+        let result: DeliveryResult;
+        try {
+          result = DeliveryResult.decode(msg.data);
+        } catch (err) {
+          this.o.logger.error({ err: (err as Error).message, subject: msg.subject }, 'undecodable DeliveryResult dropped');
+          msg.term('undecodable DeliveryResult');
+          return;
+        }
+        await this.batcher.add(result);
+        msg.ack();
+      },
+      { concurrency: this.o.batchMax * 2, retryDelayMs: 2_000 },
+    );
+  }
+
+  async stop(): Promise<void> {
+    await this.consumption?.stop();
+    await this.batcher.drain();
+  }
+
+  /** Applies a batch; returns per result how many recipients changed. */
+  async flush(results: DeliveryResult[]): Promise<number[]> {
+    const now = new Date();
+    let reports = 0;
+    let ends = 0;
+    const changed = await tx(this.o.pool, async (c) => {
+      reports = 0;
+      ends = 0;
+      // Unique (message, idx, job) keys, first result wins.
+      const keyed = new Map<string, { result: number; rr: DeliveryResult['recipients'][number]; m: string; i: number; j: string }>();
+      results.forEach((res, n) => {
+        for (const rr of res.recipients) {
+          const id = parseRecipientId(rr.recipientId);
+          if (!id) continue;
+          const k = `${id.queueId}.${id.idx}.${res.jobId}`;
+          if (!keyed.has(k)) keyed.set(k, { result: n, rr, m: id.queueId, i: id.idx, j: res.jobId });
+        }
+      });
+      const counts = results.map(() => 0);
+      if (!keyed.size) return counts;
+      const keys = [...keyed.values()];
+      const { rows } = await c.query<ActiveRow>(
+        `SELECT r.message_id, r.idx, r.job_id, r.address, r.domain, r.orcpt, r.notify, r.attempt_count, r.expires_at,
+                m.sender, m.origin, m.envelope, m.size, m.trace
+         FROM unnest($1::text[], $2::int[], $3::text[]) AS t(m, i, j)
+         JOIN recipients r ON r.message_id = t.m AND r.idx = t.i AND r.job_id = t.j AND r.state = ${S.inflight}
+         JOIN messages m ON m.id = r.message_id
+         ORDER BY r.message_id, r.idx
+         FOR UPDATE OF r, m`,
+        [keys.map((k) => k.m), keys.map((k) => k.i), keys.map((k) => k.j)],
+      );
+      if (!rows.length) return counts;
+
+      const upd = { m: [] as string[], i: [] as number[], s: [] as number[], na: [] as (Date | null)[], c: [] as number[], e: [] as string[], x: [] as string[] };
+      const att = {
+        m: [] as string[], i: [] as number[], j: [] as string[], st: [] as Date[], d: [] as number[], h: [] as string[], ip: [] as string[],
+        c: [] as number[], e: [] as string[], x: [] as string[], o: [] as number[], tu: [] as boolean[], tv: [] as string[], tc: [] as string[], tver: [] as boolean[], w: [] as string[],
+      };
+      const jobEnds: JobEnd[] = [];
+      const seenJobs = new Set<string>();
+      const failedSubjects: ReportSubject[] = [];
+      const relayedSubjects: ReportSubject[] = [];
+      for (const row of rows) {
+        const k = keyed.get(`${row.message_id}.${row.idx}.${row.job_id}`)!;
+        const res = results[k.result]!;
+        counts[k.result]!++;
+        const reply = k.rr.reply;
+        const code = reply?.code ?? 0;
+        let state: number;
+        let next: Date | null = null;
+        const subject: ReportSubject = {
+          messageId: row.message_id,
+          sender: row.sender,
+          origin: row.origin,
+          envelope: row.envelope,
+          size: Number(row.size),
+          trace: row.trace,
+          idx: row.idx,
+          address: row.address,
+          orcpt: row.orcpt,
+          notify: row.notify,
+          status: statusOf(code, reply?.enhanced ?? '', '5.0.0'),
+          remoteMta: res.remoteHost,
+          diagnostic: reply,
+          lastAttemptAt: res.startedAt ?? now,
+          willRetryUntil: undefined,
+        };
+        switch (k.rr.outcome) {
+          case AttemptOutcome.ATTEMPT_OUTCOME_DELIVERED:
+            if (!k.rr.remoteDsn && row.notify.includes(DsnNotify.DSN_NOTIFY_SUCCESS)) {
+              state = S.relayed;
+              relayedSubjects.push({ ...subject, status: statusOf(code, reply?.enhanced ?? '', '2.0.0') });
+            } else state = S.delivered;
+            break;
+          case AttemptOutcome.ATTEMPT_OUTCOME_RELAYED:
+            state = S.relayed;
+            relayedSubjects.push({ ...subject, status: statusOf(code, reply?.enhanced ?? '', '2.0.0') });
+            break;
+          case AttemptOutcome.ATTEMPT_OUTCOME_FAILED:
+            state = S.failed;
+            failedSubjects.push(subject);
+            break;
+          default: {
+            if (now.getTime() >= new Date(row.expires_at).getTime()) {
+              state = S.expired;
+              failedSubjects.push({ ...subject, status: statusOf(code, reply?.enhanced ?? '', '4.4.7') });
+            } else {
+              state = S.deferred;
+              const at = now.getTime() + backoffMs(row.attempt_count + 1, this.o.backoff);
+              next = new Date(Math.min(at, new Date(row.expires_at).getTime()));
+            }
+          }
+        }
+        upd.m.push(row.message_id);
+        upd.i.push(row.idx);
+        upd.s.push(state);
+        upd.na.push(next);
+        upd.c.push(code);
+        upd.e.push(reply?.enhanced ?? '');
+        upd.x.push((reply?.text ?? '').slice(0, 2000));
+        att.m.push(row.message_id);
+        att.i.push(row.idx);
+        att.j.push(row.job_id);
+        att.st.push(res.startedAt ?? now);
+        att.d.push(res.durationMs);
+        att.h.push(res.remoteHost);
+        att.ip.push(res.remoteIp);
+        att.c.push(code);
+        att.e.push(reply?.enhanced ?? '');
+        att.x.push((reply?.text ?? '').slice(0, 2000));
+        att.o.push(k.rr.outcome || AttemptOutcome.ATTEMPT_OUTCOME_DEFERRED);
+        att.tu.push(res.tls?.used ?? false);
+        att.tv.push(res.tls?.version ?? '');
+        att.tc.push(res.tls?.cipher ?? '');
+        att.tver.push(res.tls?.verified ?? false);
+        att.w.push(res.worker);
+        if (!seenJobs.has(row.job_id)) {
+          seenJobs.add(row.job_id);
+          const problem = res.destinationFailure || res.recipients.some((r) => r.outcome !== AttemptOutcome.ATTEMPT_OUTCOME_DELIVERED && r.outcome !== AttemptOutcome.ATTEMPT_OUTCOME_RELAYED);
+          const bad = res.destinationFailure ? reply : res.recipients.find((r) => r.reply && r.reply.code >= 400)?.reply;
+          jobEnds.push({
+            jobId: row.job_id,
+            destination: row.domain,
+            ok: !res.destinationFailure,
+            failed: res.destinationFailure,
+            error: problem ? replyText(bad) || 'delivery failed' : '',
+          });
+        }
+      }
+      await c.query(
+        `UPDATE recipients r SET state = t.s, next_attempt_at = t.na, job_id = NULL, lease_expires_at = NULL,
+            attempt_count = r.attempt_count + 1, last_code = t.c, last_enhanced = t.e, last_text = t.x, updated_at = now()
+         FROM unnest($1::text[], $2::int[], $3::smallint[], $4::timestamptz[], $5::int[], $6::text[], $7::text[]) AS t(m, i, s, na, c, e, x)
+         WHERE r.message_id = t.m AND r.idx = t.i`,
+        [upd.m, upd.i, upd.s, upd.na, upd.c, upd.e, upd.x],
+      );
+      await c.query(
+        `INSERT INTO attempts (message_id, idx, job_id, started_at, duration_ms, remote_host, remote_ip, code, enhanced, text, outcome, tls_used, tls_version, tls_cipher, tls_verified, worker)
+         SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::timestamptz[], $5::int[], $6::text[], $7::text[], $8::int[], $9::text[], $10::text[],
+                              $11::smallint[], $12::bool[], $13::text[], $14::text[], $15::bool[], $16::text[])`,
+        [att.m, att.i, att.j, att.st, att.d, att.h, att.ip, att.c, att.e, att.x, att.o, att.tu, att.tv, att.tc, att.tver, att.w],
+      );
+      await releaseJobs(c, jobEnds, this.o.limits);
+      ends = jobEnds.length;
+      await markDone(c, [...new Set(rows.map((r) => r.message_id))]);
+      const outbox: OutboxRow[] = [
+        ...buildReports(ReportKind.REPORT_KIND_FAILED, failedSubjects),
+        ...buildReports(ReportKind.REPORT_KIND_RELAYED, relayedSubjects),
+      ];
+      await insertOutbox(c, outbox);
+      reports = outbox.length;
+      for (let n = 0; n < upd.s.length; n++) this.o.applied.add(1, { state: String(upd.s[n]) });
+      return counts;
+    });
+    if (reports) this.o.onOutbox();
+    if (ends) this.o.onSlotsFreed();
+    return changed;
+  }
+}
+
+/** Marks messages whose recipients are all final (their bodies can go after the grace period). */
+export async function markDone(c: PoolClient, ids: string[]): Promise<void> {
+  if (!ids.length) return;
+  await c.query(
+    `UPDATE messages m SET done_at = now() WHERE m.id = ANY($1::text[]) AND m.done_at IS NULL
+       AND NOT EXISTS (SELECT 1 FROM recipients r WHERE r.message_id = m.id AND r.state IN ${PENDING_SQL})`,
+    [ids],
+  );
+}

@@ -1,0 +1,60 @@
+// The QueueService gRPC implementation: thin handlers over the modules.
+import { grpc, grpcError, isGrpcError } from '@tern/grpc';
+import type { QueueServiceServer } from '@tern/proto';
+import type { Logger } from '@tern/telemetry';
+import { readBodyHandler } from './body';
+import type { Enqueuer } from './enqueue';
+import { getMessage } from './messages';
+import type { Operations } from './operations';
+import type { Pool } from '@tern/db';
+
+export interface StatusSource {
+  status(): { accepting: boolean; reason: string; queuedRecipients: number };
+}
+
+export interface ServiceDeps {
+  pool: Pool;
+  logger: Logger;
+  enqueuer: Enqueuer;
+  ops: Operations;
+  status: StatusSource;
+}
+
+type Unary<Req, Res> = (call: grpc.ServerUnaryCall<Req, Res>, cb: grpc.sendUnaryData<Res>) => void;
+
+/** Runs an async unary handler; errors become gRPC statuses (INVALID_ARGUMENT etc. pass through). */
+function unary<Req, Res>(logger: Logger, name: string, fn: (req: Req) => Promise<Res>): Unary<Req, Res> {
+  return (call, cb) => {
+    fn(call.request).then(
+      (res) => cb(null, res),
+      (err: unknown) => {
+        if (isGrpcError(err)) return cb(err);
+        logger.error({ err: (err as Error).message, rpc: name }, 'queue RPC failed');
+        cb(grpcError(grpc.status.UNAVAILABLE, `${name} failed: ${(err as Error).message}`));
+      },
+    );
+  };
+}
+
+export function createQueueService(d: ServiceDeps): QueueServiceServer {
+  const { logger, ops } = d;
+  return {
+    enqueue: d.enqueuer.handler,
+    readBody: readBodyHandler(d.pool, logger),
+    getMessage: unary(logger, 'GetMessage', async (req) => {
+      const message = await getMessage(d.pool, req.queueId.trim(), req.includeHeaders);
+      if (!message) throw grpcError(grpc.status.NOT_FOUND, `no message with queue id "${req.queueId}"`);
+      return { message };
+    }),
+    listMessages: unary(logger, 'ListMessages', (req) => ops.listMessages(req)),
+    queueSummary: unary(logger, 'QueueSummary', () => ops.summary()),
+    applyAction: unary(logger, 'ApplyAction', (req) => ops.applyAction(req)),
+    suspendDestination: unary(logger, 'SuspendDestination', (req) => ops.suspend(req)),
+    resumeDestination: unary(logger, 'ResumeDestination', (req) => ops.resume(req)),
+    listDestinations: unary(logger, 'ListDestinations', () => ops.listDestinations()),
+    listRoutes: unary(logger, 'ListRoutes', () => ops.listRoutes()),
+    putRoute: unary(logger, 'PutRoute', (req) => ops.putRoute(req)),
+    deleteRoute: unary(logger, 'DeleteRoute', (req) => ops.deleteRoute(req)),
+    status: unary(logger, 'Status', async () => d.status.status()),
+  };
+}

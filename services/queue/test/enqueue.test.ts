@@ -1,0 +1,111 @@
+// Enqueue, ReadBody, GetMessage and Status against a real Postgres and NATS.
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import { grpc } from '@tern/grpc';
+import { MessageOrigin, RecipientState } from '@tern/proto';
+import type { App } from '../src/app';
+import { body, createDatabase, FakeDelivery, header, queueClient, startNats, startQueue, type QueueClient } from './helpers';
+
+describe('enqueue', () => {
+  let db: Awaited<ReturnType<typeof createDatabase>>;
+  let nats: Awaited<ReturnType<typeof startNats>>;
+  let app: App;
+  let client: QueueClient;
+  let delivery: FakeDelivery;
+
+  before(async () => {
+    db = await createDatabase();
+    nats = await startNats();
+    app = await startQueue(db.url, nats.url);
+    client = queueClient(app.grpcPort);
+    delivery = await FakeDelivery.connect(nats.url);
+  });
+  after(async () => {
+    client?.close();
+    await delivery?.close();
+    await app?.stop();
+    await nats?.stop();
+    await db?.drop();
+  });
+
+  it('commits message, body and recipients before answering, and the id is time-sortable', async () => {
+    const b = body(1000);
+    const res = await client.enqueue(header({}, ['a@dest.example', 'b@dest.example']), b);
+    assert.match(res.queueId, /^[0-9A-Z]{16}$/);
+    assert.equal(Number(res.size), b.length);
+    const m = await db.query('SELECT * FROM queue.messages WHERE id = $1', [res.queueId]);
+    assert.equal(m.rowCount, 1);
+    const r = await db.query('SELECT * FROM queue.recipients WHERE message_id = $1', [res.queueId]);
+    assert.equal(r.rowCount, 2);
+    const res2 = await client.enqueue(header(), body(10));
+    assert.ok(res2.queueId > res.queueId);
+  });
+
+  it('is idempotent by key: the second Enqueue returns the first id and stores nothing', async () => {
+    const h = header({ idempotencyKey: 'report-event-1', origin: MessageOrigin.MESSAGE_ORIGIN_REPORT, envelope: { sender: '' } });
+    const first = await client.enqueue(h, body(300));
+    const second = await client.enqueue(h, body(300));
+    const concurrent = await Promise.all([1, 2, 3].map(() => client.enqueue(h, body(300))));
+    assert.equal(second.queueId, first.queueId);
+    for (const c of concurrent) assert.equal(c.queueId, first.queueId);
+    const n = await db.query(`SELECT count(*)::int AS n FROM queue.messages WHERE idempotency_key = 'report-event-1'`);
+    assert.equal(n.rows[0].n, 1);
+  });
+
+  it('stores nothing for a stream without commit or with a wrong size', async () => {
+    const before = (await db.query('SELECT count(*)::int AS n FROM queue.messages')).rows[0].n;
+    await assert.rejects(client.enqueue(header(), body(100), { commit: false }), (e: grpc.ServiceError) => e.code === grpc.status.CANCELLED);
+    await assert.rejects(client.enqueue(header(), body(100), { size: 5 }), (e: grpc.ServiceError) => e.code === grpc.status.INVALID_ARGUMENT);
+    await assert.rejects(client.enqueue({ ...header(), recipients: [] }, body(100)), (e: grpc.ServiceError) => e.code === grpc.status.INVALID_ARGUMENT);
+    const afterN = (await db.query('SELECT count(*)::int AS n FROM queue.messages')).rows[0].n;
+    assert.equal(afterN, before);
+  });
+
+  it('ReadBody returns the exact bytes, small and spilled, and headers only', async () => {
+    const small = body(5000, 'small');
+    const big = Buffer.concat([body(100, 'big'), Buffer.alloc(1_500_000, 0x41), Buffer.from('\r\nend\r\n')]);
+    const s = await client.enqueue(header(), small);
+    const b = await client.enqueue(header(), big, { chunk: 60_000 });
+    assert.ok((await client.readBody(s.queueId)).equals(small));
+    assert.ok((await client.readBody(b.queueId)).equals(big));
+    const spilled = await db.query('SELECT count(*)::int AS n FROM queue.body_chunks WHERE message_id = $1', [b.queueId]);
+    assert.ok(spilled.rows[0].n > 1, 'a big body is stored in several rows');
+    assert.equal((await db.query('SELECT count(*)::int AS n FROM queue.spools')).rows[0].n, 0);
+    const headers = (await client.readBody(b.queueId, true)).toString();
+    assert.ok(headers.endsWith('\r\n\r\n'));
+    assert.ok(headers.includes('Subject: test big'));
+    assert.ok(!headers.includes('quick brown fox'));
+    await assert.rejects(client.readBody('0000000000000000'), (e: grpc.ServiceError) => e.code === grpc.status.NOT_FOUND);
+  });
+
+  it('an abandoned big upload leaves nothing behind after it is cancelled', async () => {
+    const big = Buffer.alloc(600_000, 0x42);
+    await assert.rejects(client.enqueue(header(), big, { commit: false }));
+    await new Promise((r) => setTimeout(r, 200));
+    assert.equal((await db.query('SELECT count(*)::int AS n FROM queue.spools')).rows[0].n, 0);
+  });
+
+  it('GetMessage shows envelope, recipients, state and headers', async () => {
+    const res = await client.enqueue(header({ hold: true }, ['x@held.example']), body(400, 'held'));
+    const { message } = await client.getMessage({ queueId: res.queueId, includeHeaders: true });
+    assert.equal(message!.queueId, res.queueId);
+    assert.equal(message!.envelope!.sender, 'sender@origin.example');
+    assert.equal(message!.recipients[0]!.state, RecipientState.RECIPIENT_STATE_HELD);
+    assert.equal(message!.recipients[0]!.destination, 'held.example');
+    assert.ok(message!.headers.includes('Subject: test held'));
+    await assert.rejects(client.getMessage({ queueId: 'NOPE' }), (e: grpc.ServiceError) => e.code === grpc.status.NOT_FOUND);
+  });
+
+  it('Status accepts below the high-water mark', async () => {
+    const st = await client.status({});
+    assert.equal(st.accepting, true);
+  });
+
+  it('many concurrent enqueues share group commits', async () => {
+    const N = 200;
+    const results = await Promise.all(Array.from({ length: N }, (_, i) => client.enqueue(header({}, [`r${i}@bulk.example`]), body(2000, `bulk${i}`))));
+    assert.equal(new Set(results.map((r) => r.queueId)).size, N);
+    const jobs = await delivery.jobs(1, 3000);
+    assert.ok(jobs.length >= 1);
+  });
+});
