@@ -192,11 +192,10 @@ export class FakeDelivery {
     const out: DeliveryJob[] = [];
     const deadline = Date.now() + timeoutMs;
     while (out.length < min && Date.now() < deadline) {
-      const iter = await consumer.fetch({ max_messages: 256, expires: Math.max(1_000, Math.min(2_000, deadline - Date.now())) });
-      for await (const m of iter) {
-        out.push(DeliveryJob.decode(m.data));
-        m.ack();
-      }
+      const m = await consumer.next({ expires: Math.max(1_000, Math.min(2_000, deadline - Date.now())) });
+      if (!m) continue;
+      out.push(DeliveryJob.decode(m.data));
+      m.ack();
     }
     return out;
   }
@@ -206,11 +205,10 @@ export class FakeDelivery {
     const out: ReportRequest[] = [];
     const deadline = Date.now() + timeoutMs;
     while (out.length < min && Date.now() < deadline) {
-      const iter = await consumer.fetch({ max_messages: 256, expires: Math.max(1_000, Math.min(2_000, deadline - Date.now())) });
-      for await (const m of iter) {
-        out.push(ReportRequest.decode(m.data));
-        m.ack();
-      }
+      const m = await consumer.next({ expires: Math.max(1_000, Math.min(2_000, deadline - Date.now())) });
+      if (!m) continue;
+      out.push(ReportRequest.decode(m.data));
+      m.ack();
     }
     return out;
   }

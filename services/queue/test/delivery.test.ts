@@ -1,0 +1,215 @@
+// Dispatch, results and reports against a real Postgres and NATS: the queue
+// publishes jobs, a fake delivery answers, the queue settles.
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import { AttemptOutcome, DsnNotify, MessageOrigin, RecipientState, ReportKind, RouteKind } from '@tern/proto';
+import type { App } from '../src/app';
+import { body, createDatabase, eventually, FakeDelivery, header, queueClient, sleep, startNats, startQueue, type QueueClient } from './helpers';
+
+const ENV = { TERN_QUEUE_BACKOFF_MIN_S: '300', TERN_QUEUE_BACKOFF_MAX_S: '3600', TERN_QUEUE_BACKOFF_JITTER: '0.1', TERN_QUEUE_SCHEDULE_INTERVAL_MS: '200' };
+
+describe('dispatch and results', () => {
+  let db: Awaited<ReturnType<typeof createDatabase>>;
+  let nats: Awaited<ReturnType<typeof startNats>>;
+  let app: App;
+  let client: QueueClient;
+  let delivery: FakeDelivery;
+
+  const states = async (queueId: string) =>
+    (await db.query('SELECT idx, state, next_attempt_at, attempt_count, job_id FROM queue.recipients WHERE message_id = $1 ORDER BY idx', [queueId])).rows;
+
+  before(async () => {
+    db = await createDatabase();
+    nats = await startNats();
+    app = await startQueue(db.url, nats.url, ENV);
+    client = queueClient(app.grpcPort);
+    delivery = await FakeDelivery.connect(nats.url);
+  });
+  after(async () => {
+    client?.close();
+    await delivery?.close();
+    await app?.stop();
+    await nats?.stop();
+    await db?.drop();
+  });
+
+  it('publishes one job per message and destination with its recipients and route', async () => {
+    await client.putRoute({ route: { domain: 'routed.example', kind: RouteKind.ROUTE_KIND_SMARTHOST, target: 'relay.internal:2525' }, operator: 'test' });
+    const b = body(500);
+    const res = await client.enqueue(header({}, ['a@routed.example', 'b@routed.example', 'c@other.example']), b);
+    const jobs = await delivery.jobs(2);
+    const mine = jobs.filter((j) => j.queueId === res.queueId);
+    assert.equal(mine.length, 2);
+    const routed = mine.find((j) => j.destination === 'routed.example')!;
+    assert.deepEqual(routed.recipients.map((r) => r.address).sort(), ['a@routed.example', 'b@routed.example']);
+    assert.equal(routed.route?.kind, RouteKind.ROUTE_KIND_SMARTHOST);
+    assert.equal(routed.route?.target, 'relay.internal:2525');
+    assert.equal(routed.envelope?.sender, 'sender@origin.example');
+    assert.equal(Number(routed.size), b.length);
+    assert.ok(routed.leaseExpiresAt && routed.leaseExpiresAt.getTime() > Date.now());
+    const other = mine.find((j) => j.destination === 'other.example')!;
+    assert.equal(other.route, undefined);
+    for (const r of await states(res.queueId)) assert.equal(r.state, RecipientState.RECIPIENT_STATE_INFLIGHT);
+  });
+
+  it('applies a result once: delivered, attempt recorded, a replay changes nothing', async () => {
+    const res = await client.enqueue(header({}, ['ok@once.example']), body(300));
+    const [job] = (await delivery.jobs(1)).filter((j) => j.queueId === res.queueId);
+    assert.ok(job);
+    await delivery.result(job, AttemptOutcome.ATTEMPT_OUTCOME_DELIVERED, { code: 250, enhanced: '2.0.0', text: 'ok' });
+    await eventually(() => states(res.queueId), (r) => r[0]?.state === RecipientState.RECIPIENT_STATE_DELIVERED);
+    // The same result again (another result id, so JetStream delivers it): nothing changes.
+    await delivery.result(job, AttemptOutcome.ATTEMPT_OUTCOME_FAILED, { code: 550, enhanced: '5.1.1', text: 'late' });
+    await sleep(500);
+    const r = await states(res.queueId);
+    assert.equal(r[0].state, RecipientState.RECIPIENT_STATE_DELIVERED);
+    assert.equal(r[0].attempt_count, 1);
+    const attempts = await db.query('SELECT * FROM queue.attempts WHERE message_id = $1', [res.queueId]);
+    assert.equal(attempts.rowCount, 1);
+    const { message } = await client.getMessage({ queueId: res.queueId });
+    assert.equal(message!.recipients[0]!.attempts.length, 1);
+    assert.equal(message!.recipients[0]!.attempts[0]!.remoteHost, 'mx.dest.example');
+    assert.equal(message!.recipients[0]!.attempts[0]!.reply?.code, 250);
+  });
+
+  it('a 550 fails the recipient and writes one ReportRequest per message', async () => {
+    const res = await client.enqueue(header({}, ['u1@fail.example', 'u2@fail.example']), body(300));
+    const [job] = (await delivery.jobs(1)).filter((j) => j.queueId === res.queueId);
+    assert.ok(job);
+    await delivery.result(job, AttemptOutcome.ATTEMPT_OUTCOME_FAILED, { code: 550, enhanced: '5.1.1', text: 'no such user' });
+    await eventually(() => states(res.queueId), (r) => r.every((x) => x.state === RecipientState.RECIPIENT_STATE_FAILED));
+    const reports = (await delivery.reports(1)).filter((r) => r.queueId === res.queueId);
+    assert.equal(reports.length, 1);
+    const rep = reports[0]!;
+    assert.equal(rep.kind, ReportKind.REPORT_KIND_FAILED);
+    assert.equal(rep.recipients.length, 2);
+    assert.equal(rep.recipients[0]!.status, '5.1.1');
+    assert.equal(rep.recipients[0]!.action, 'failed');
+    assert.equal(rep.recipients[0]!.diagnostic?.code, 550);
+    assert.equal(rep.envelope?.sender, 'sender@origin.example');
+    assert.ok(rep.eventId.startsWith(res.queueId));
+  });
+
+  it('no report for the null sender, a report message, or NOTIFY=NEVER', async () => {
+    const a = await client.enqueue(header({ envelope: { sender: '' } }, ['n1@never.example']), body(100));
+    const b = await client.enqueue(header({ origin: MessageOrigin.MESSAGE_ORIGIN_REPORT, envelope: { sender: 'x@y.example' } }, ['n2@never.example']), body(100));
+    const c = await client.enqueue(
+      { ...header({}, []), recipients: [{ address: 'n3@never.example', orcpt: '', notify: [DsnNotify.DSN_NOTIFY_NEVER] }] },
+      body(100),
+    );
+    const ids = new Set([a.queueId, b.queueId, c.queueId]);
+    const jobs = (await delivery.jobs(3)).filter((j) => ids.has(j.queueId));
+    assert.equal(jobs.length, 3);
+    for (const j of jobs) await delivery.result(j, AttemptOutcome.ATTEMPT_OUTCOME_FAILED, { code: 550, text: 'no' });
+    for (const id of ids) await eventually(() => states(id), (r) => r[0]?.state === RecipientState.RECIPIENT_STATE_FAILED);
+    const reports = (await delivery.reports(1, 1500)).filter((r) => ids.has(r.queueId));
+    assert.equal(reports.length, 0);
+  });
+
+  it('a 4xx defers that recipient with backoff; NOTIFY=SUCCESS on a relay without DSN is reported as relayed', async () => {
+    const res = await client.enqueue(
+      {
+        ...header({}, []),
+        recipients: [
+          { address: 'later@defer.example', orcpt: '', notify: [] },
+          { address: 'fine@defer.example', orcpt: '', notify: [DsnNotify.DSN_NOTIFY_SUCCESS, DsnNotify.DSN_NOTIFY_FAILURE] },
+        ],
+      },
+      body(100),
+    );
+    const [job] = (await delivery.jobs(1)).filter((j) => j.queueId === res.queueId);
+    assert.ok(job);
+    const t0 = Date.now();
+    await delivery.result(job, AttemptOutcome.ATTEMPT_OUTCOME_DEFERRED, { code: 0 }, {
+      recipients: [
+        { recipientId: job.recipients[0]!.recipientId, outcome: AttemptOutcome.ATTEMPT_OUTCOME_DEFERRED, reply: { code: 451, enhanced: '4.2.1', text: 'try later' }, remoteDsn: false },
+        { recipientId: job.recipients[1]!.recipientId, outcome: AttemptOutcome.ATTEMPT_OUTCOME_DELIVERED, reply: { code: 250, enhanced: '2.0.0', text: 'ok' }, remoteDsn: false },
+      ],
+    });
+    const r = await eventually(() => states(res.queueId), (x) => x[0]?.state === RecipientState.RECIPIENT_STATE_DEFERRED);
+    assert.equal(r[0].state, RecipientState.RECIPIENT_STATE_DEFERRED);
+    assert.equal(r[1].state, RecipientState.RECIPIENT_STATE_RELAYED);
+    const delay = new Date(r[0].next_attempt_at).getTime() - t0;
+    assert.ok(delay > 260_000 && delay < 340_000, `first retry after ~5 min with jitter, got ${delay} ms`);
+    const reports = (await delivery.reports(1)).filter((x) => x.queueId === res.queueId);
+    assert.equal(reports.length, 1);
+    assert.equal(reports[0]!.kind, ReportKind.REPORT_KIND_RELAYED);
+    assert.deepEqual(reports[0]!.recipients.map((x) => x.address), ['fine@defer.example']);
+    // Retry now (operator): dispatched again as attempt 2; a second 4xx doubles the backoff.
+    await client.applyAction({ action: 3, queueId: res.queueId, operator: 'test', reason: 'retry' });
+    const [again] = (await delivery.jobs(1)).filter((j) => j.queueId === res.queueId);
+    assert.ok(again);
+    assert.equal(again.attempt, 2);
+    const t1 = Date.now();
+    await delivery.result(again, AttemptOutcome.ATTEMPT_OUTCOME_DEFERRED, { code: 451, text: 'still later' });
+    const r2 = await eventually(() => states(res.queueId), (x) => x[0]?.attempt_count === 2);
+    const delay2 = new Date(r2[0].next_attempt_at).getTime() - t1;
+    assert.ok(delay2 > 530_000 && delay2 < 670_000, `second retry after ~10 min, got ${delay2} ms`);
+  });
+});
+
+describe('crash safety', () => {
+  let db: Awaited<ReturnType<typeof createDatabase>>;
+  let nats: Awaited<ReturnType<typeof startNats>>;
+  let delivery: FakeDelivery;
+
+  before(async () => {
+    db = await createDatabase();
+    nats = await startNats();
+    delivery = await FakeDelivery.connect(nats.url);
+  });
+  after(async () => {
+    await delivery?.close();
+    await nats?.stop();
+    await db?.drop();
+  });
+
+  it('a queue stopped between commit and publish publishes after restart (outbox relay)', async () => {
+    const first = await startQueue(db.url, nats.url, ENV, { disable: ['relay'] });
+    const c1 = queueClient(first.grpcPort);
+    const res = await c1.enqueue(header({}, ['x@outbox.example']), body(100));
+    c1.close();
+    await first.stop();
+    assert.equal((await db.query('SELECT count(*)::int AS n FROM queue.outbox')).rows[0].n, 1);
+    assert.equal((await delivery.jobs(1, 1200)).length, 0);
+    const second = await startQueue(db.url, nats.url, ENV);
+    try {
+      const jobs = await delivery.jobs(1);
+      assert.equal(jobs.length, 1);
+      assert.equal(jobs[0]!.queueId, res.queueId);
+      await eventually(async () => (await db.query('SELECT count(*)::int AS n FROM queue.outbox')).rows[0].n, (n) => n === 0);
+    } finally {
+      await second.stop();
+    }
+  });
+
+  it('a lease that expires without a result makes the recipients due again (new job)', async () => {
+    const app = await startQueue(db.url, nats.url, { ...ENV, TERN_QUEUE_LEASE_S: '2' });
+    const c = queueClient(app.grpcPort);
+    try {
+      const res = await c.enqueue(header({}, ['y@lease.example']), body(100));
+      const [job1] = (await delivery.jobs(1)).filter((j) => j.queueId === res.queueId);
+      assert.ok(job1);
+      // No result: after the lease the scheduler dispatches again.
+      const [job2] = (await delivery.jobs(1, 8000)).filter((j) => j.queueId === res.queueId);
+      assert.ok(job2, 'redispatched after the lease expired');
+      assert.notEqual(job2.jobId, job1.jobId);
+      // The second job's result counts; the late result of the first is ignored.
+      await delivery.result(job2, AttemptOutcome.ATTEMPT_OUTCOME_DELIVERED, { code: 250, text: 'ok' });
+      await delivery.result(job1, AttemptOutcome.ATTEMPT_OUTCOME_FAILED, { code: 550, text: 'late' });
+      const r = await eventually(
+        async () => (await db.query('SELECT state FROM queue.recipients WHERE message_id = $1', [res.queueId])).rows,
+        (x) => x[0]?.state === RecipientState.RECIPIENT_STATE_DELIVERED,
+      );
+      assert.equal(r[0].state, RecipientState.RECIPIENT_STATE_DELIVERED);
+      const d = await eventually(
+        async () => (await db.query(`SELECT inflight FROM queue.destinations WHERE name = 'lease.example'`)).rows[0],
+        (x) => x?.inflight === 0,
+      );
+      assert.equal(d.inflight, 0, 'the slot is given back once');
+    } finally {
+      c.close();
+      await app.stop();
+    }
+  });
+});
