@@ -41,8 +41,9 @@ export function backoffMs(attempts: number, b: BackoffSettings, random = Math.ra
 
 /**
  * Whether a recipient is owed a report of `kind` under its NOTIFY (RFC 3461):
- * NEVER: nothing; empty (not given): failures and delays; otherwise only the
- * listed events. Kept in one function so @tern/dsn's decision can replace it.
+ * NEVER: nothing; empty (not given): failures only; otherwise only the
+ * listed events. Same rule as @tern/dsn's reportOwed (kept in one function
+ * so that one can replace it once it is published).
  */
 export function reportOwed(kind: ReportKind, notify: readonly number[]): boolean {
   if (notify.includes(DsnNotify.DSN_NOTIFY_NEVER)) return false;
@@ -51,7 +52,7 @@ export function reportOwed(kind: ReportKind, notify: readonly number[]): boolean
     case ReportKind.REPORT_KIND_FAILED:
       return given.length === 0 || given.includes(DsnNotify.DSN_NOTIFY_FAILURE);
     case ReportKind.REPORT_KIND_DELAYED:
-      return given.length === 0 || given.includes(DsnNotify.DSN_NOTIFY_DELAY);
+      return given.includes(DsnNotify.DSN_NOTIFY_DELAY);
     case ReportKind.REPORT_KIND_DELIVERED:
     case ReportKind.REPORT_KIND_RELAYED:
     case ReportKind.REPORT_KIND_EXPANDED:
