@@ -200,6 +200,14 @@ export class FakeDelivery {
     return out;
   }
 
+  /** Jobs matching `pred` (others taken meanwhile are dropped). */
+  async jobsWhere(pred: (j: DeliveryJob) => boolean, min = 1, timeoutMs = 5_000): Promise<DeliveryJob[]> {
+    const out: DeliveryJob[] = [];
+    const deadline = Date.now() + timeoutMs;
+    while (out.length < min && Date.now() < deadline) out.push(...(await this.jobs(1, Math.max(1, deadline - Date.now()))).filter(pred));
+    return out;
+  }
+
   async reports(min = 1, timeoutMs = 5_000): Promise<ReportRequest[]> {
     const consumer = await this.bus.js.consumers.get('TERN_REPORTS', 'bounce');
     const out: ReportRequest[] = [];
