@@ -1,0 +1,9 @@
+// @tern/devkit: the test and demo kit shared by `npm start` and every
+// cross-service test: an authoritative DNS server, SMTP/LMTP sinks, an OTLP
+// trace receiver, self-signed certificates, and a process harness (test
+// databases, private nats-server, services as child processes).
+export * from './dns';
+export * from './sink';
+export * from './otlp';
+export * from './tls';
+export * from './harness';
