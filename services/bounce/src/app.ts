@@ -71,7 +71,8 @@ export function createApp(config: Config, deps: AppDeps): App {
       // Not a ReportRequest at all: no retry can help; say so loudly.
       metrics.reports.add(1, { result: 'abandoned', reason: 'undecodable' });
       logger.error({ event: 'report_undecodable', msg_id: msg.msgId, err: (err as Error).message, bytes: msg.data.length }, 'undecodable report request dropped');
-      msg.term('undecodable ReportRequest');
+      // No reason text: nats-server before 2.10.4 ignores a "+TERM <reason>" ack.
+      msg.term('');
       return;
     }
     const kind = ReportKind[req.kind] ?? String(req.kind);
@@ -133,7 +134,7 @@ export function createApp(config: Config, deps: AppDeps): App {
           },
           `report for ${req.queueId} refused by the queue ${msg.deliveryCount} times; giving up`,
         );
-        msg.term(`refused: ${detail}`);
+        msg.term('');
         return;
       }
       const delay = retryDelay(msg.deliveryCount, config.TERN_BOUNCE_RETRY_MIN_MS, config.TERN_BOUNCE_RETRY_MAX_MS);

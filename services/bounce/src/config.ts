@@ -1,13 +1,20 @@
 // Process settings of the bounce service, read once from the environment.
 // Keys are the variable names, so a bad value is reported by its name.
-import { commonSchema, ConfigError, csv, grpcTarget, natsUrl, parseEnv, positiveInt, z } from '@tern/config';
+import { commonSchema, ConfigError, csv, grpcTarget, hostPort, natsUrl, parseEnv, positiveInt, z, type HostPort } from '@tern/config';
 import { DSN_ACTIONS, type DsnAction } from '@tern/dsn';
 
 const address = () => z.string().regex(/^[^\s<>@]+@[^\s<>@]+$/, 'expected an address like postmaster@example.com');
 const hostname = () => z.string().regex(/^[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?$/, 'expected a host name like mx.example.com');
 
+// hostPort(fallback) of @tern/config hands out the fallback untransformed
+// (zod 4's default() short-circuits the transform), so the defaults are put
+// in front of the parser here.
+const listen = (fallback: string) => z.string().default(fallback).pipe(hostPort() as z.ZodPipe<z.ZodString, z.ZodTransform<HostPort, string>>);
+
 const schema = z.object({
   ...commonSchema({ grpcPort: 7005, metricsPort: 9105 }),
+  TERN_GRPC_LISTEN: listen('0.0.0.0:7005'),
+  TERN_METRICS_LISTEN: listen('0.0.0.0:9105'),
   TERN_NATS_URL: natsUrl(),
   TERN_QUEUE_ADDR: grpcTarget(),
   /** Reporting-MTA, From domain and Message-ID domain of reports; default TERN_HOSTNAME. */
