@@ -191,7 +191,7 @@ async function runOne(mta: Mta, sc: Scenario, workDir: string, n: number): Promi
     if (warmup > 0) {
       log(`${mta.name} ${sc.name}: warm-up, ${warmup} messages`);
       const w = await runSource({ host: mta.host, port: mta.port, sessions: sc.sessions, messages: warmup, size: sc.size, verbose: false, reuse: args.reuse, timeoutMs: 120_000 });
-      const ok = await waitDrained(mta, sink, 0, warmup - w.refused, Date.now() + 120_000);
+      const ok = mta.acceptOnly ? 0 : await waitDrained(mta, sink, 0, warmup - w.refused, Date.now() + 120_000);
       if (ok === undefined) throw new Error(`warm-up did not drain: sink has ${sink.messages} of ${warmup}, ${await mta.queued()} queued; ${mta.logTail()}`);
       sink.collect(true);
     }
@@ -226,7 +226,7 @@ async function runOne(mta: Mta, sc: Scenario, workDir: string, n: number): Promi
     res.refusals = src.refusals;
     const acceptedForWait = latencyOn ? src.accepted : n - src.refused;
     let lastCollect = Date.now();
-    const doneAt = await waitDrained(mta, sink, base, acceptedForWait, src.startedAt + timeoutMs, () => {
+    const doneAt = mta.acceptOnly ? undefined : await waitDrained(mta, sink, base, acceptedForWait, src.startedAt + timeoutMs, () => {
       if (Date.now() - lastCollect > 5000) {
         lastCollect = Date.now();
         if (soak) sink.collect(false);
@@ -237,9 +237,12 @@ async function runOne(mta: Mta, sc: Scenario, workDir: string, n: number): Promi
     const cpu1 = process.cpuUsage(cpu0);
     res.harnessCpuSeconds = (cpu1.user + cpu1.system) / 1e6;
     res.delivered = sink.messages - base;
-    res.accepted = latencyOn ? src.accepted : res.delivered;
+    res.accepted = latencyOn ? src.accepted : mta.acceptOnly ? n - src.refused : res.delivered;
     res.acceptRate = res.accepted / res.acceptSeconds;
-    if (doneAt === undefined) {
+    if (mta.acceptOnly) {
+      res.ok = res.accepted > 0;
+      res.error = 'delivery not built: acceptance only';
+    } else if (doneAt === undefined) {
       res.error = `not drained within ${timeoutMs / 1000}s: sink has ${res.delivered} of ${res.accepted}, ${await mta.queued()} still queued; ${src.stderrTail} ${mta.logTail()}`.trim();
     } else {
       res.e2eSeconds = (doneAt - src.startedAt) / 1000;
@@ -263,7 +266,7 @@ async function runOne(mta: Mta, sc: Scenario, workDir: string, n: number): Promi
     if (soak) res.rssTimeline = sampler.timeline();
 
     // Latency: client-observed 250 (smtp-source -v) to the sink's receipt (dump file mtime)
-    if (latencyOn) {
+    if (latencyOn && !mta.acceptOnly) {
       const got = sink.collect(true);
       const needResolve: string[] = [];
       const qidOf = new Map<string, string>();

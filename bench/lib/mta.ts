@@ -14,6 +14,8 @@ export interface Mta {
   readonly name: string;
   readonly host: string;
   readonly port: number;
+  /** delivery is not available: only acceptance is measured */
+  readonly acceptOnly?: boolean;
   start(o: MtaStartOptions): Promise<void>;
   /** processes to account (with their descendants) */
   roots(): Root[];

@@ -71,6 +71,7 @@ export function table(results: RunResult[]): string {
     for (const r of [p, t]) {
       if (!r) continue;
       if (!r.ok) out.push(`  ${r.mta}: FAILED: ${r.error}`);
+      else if (r.error) out.push(`  ${r.mta}: note: ${r.error}`);
       if (r.refused) out.push(`  ${r.mta}: ${r.refused} refusals: ${JSON.stringify(r.refusals)}`);
       if (r.accepted !== r.messages) out.push(`  ${r.mta}: accepted ${r.accepted} of ${r.messages}`);
       if (r.delivered !== r.accepted) out.push(`  ${r.mta}: delivered ${r.delivered} of ${r.accepted} accepted`);
