@@ -12,6 +12,8 @@
 //   --no-latency          no per-message latency (smtp-source without -v, sink without dump)
 //   --reuse               smtp-source -d: several messages per connection
 //   --profile SVC[,SVC]   run these Tern services under node --cpu-prof and summarize
+//   --repeat N            run each scenario N times per side (alternating) and report the
+//                         median run by end-to-end rate, with the range (default 1)
 //   --keep                keep the work directory (configs, logs, profiles)
 //   --timeout S           bound on one run's end-to-end wait (default 60 + messages/20)
 //
@@ -27,7 +29,7 @@ import { runSource, SMTP_SOURCE, type SourceResult } from './lib/source';
 import { PostfixMta } from './lib/postfix';
 import { TernMta } from './lib/tern';
 import type { Mta } from './lib/mta';
-import { table, type LatencyStats, type RunResult } from './lib/report';
+import { medianRuns, table, type LatencyStats, type RunResult } from './lib/report';
 import { freePort, log, percentile, sleep } from './lib/util';
 import { summarizeProfiles } from './profile';
 
@@ -61,6 +63,7 @@ const { values: args } = parseArgs({
     reuse: { type: 'boolean', default: false },
     profile: { type: 'string' },
     keep: { type: 'boolean', default: false },
+    repeat: { type: 'string', default: '1' },
     timeout: { type: 'string' },
     help: { type: 'boolean', short: 'h', default: false },
   },
@@ -94,6 +97,8 @@ if (args.scenario) {
 const profile = args.profile ? args.profile.split(',') : [];
 const timeoutMs = (args.timeout ? Number(args.timeout) : 60 + messages / 20) * 1000;
 const intervalMs = Number(args.interval) * 1000;
+const repeat = Number(args.repeat);
+if (!Number.isInteger(repeat) || repeat < 1) fail('--repeat must be a positive integer');
 
 for (const bin of [SMTP_SOURCE, SMTP_SINK, '/usr/sbin/postfix']) {
   if (!fs.existsSync(bin)) fail(`${bin} is missing: install Postfix (scripts/bench.sh does it)`);
@@ -204,9 +209,11 @@ async function runOne(mta: Mta, sc: Scenario, workDir: string, n: number): Promi
       rssTimer = setInterval(() => {
         const snap = sampler.snapshotRss();
         const line = Object.entries(snap)
-          .map(([k, v]) => `${k}=${v}`)
+          .filter(([k]) => !k.startsWith('load/'))
+          .sort((a, b) => a[0].localeCompare(b[0]))
+          .map(([k, v]) => `${k.slice(k.indexOf('/') + 1)}=${v.rss}/${v.peak}`)
           .join(' ');
-        log(`soak ${mta.name}: delivered ${sink.messages - base}/${n}; RSS MB ${line}`);
+        log(`soak ${mta.name}: delivered ${sink.messages - base}/${n}; RSS/peak MB ${line}`);
         sink.collect(false);
       }, intervalMs);
     }
@@ -353,19 +360,23 @@ async function main(): Promise<void> {
   const results: RunResult[] = [];
   const started = new Date();
   for (const sc of scenarios) {
-    for (const make of mtas) {
-      let mta: Mta;
-      try {
-        mta = await make();
-      } catch (err) {
-        log(`cannot set up: ${(err as Error).message}`);
-        continue;
+    for (let i = 0; i < repeat; i++) {
+      for (const make of mtas) {
+        let mta: Mta;
+        try {
+          mta = await make();
+        } catch (err) {
+          log(`cannot set up: ${(err as Error).message}`);
+          continue;
+        }
+        const r = await runOne(mta, sc, workDir, messages);
+        r.run = i + 1;
+        results.push(r);
       }
-      results.push(await runOne(mta, sc, workDir, messages));
     }
   }
 
-  const report = table(results);
+  const report = table(medianRuns(results));
   process.stdout.write(report + '\n');
   let profiles = '';
   if (profile.length) {

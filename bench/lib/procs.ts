@@ -278,7 +278,7 @@ export class Sampler {
   private timer?: NodeJS.Timeout;
   private windowOpen = false;
   private firstSample = true;
-  private rssTimeline: Array<{ t: number; rss: Record<string, number> }> = [];
+  private rssTimeline: Array<{ t: number; rss: Record<string, { rss: number; peak: number }> }> = [];
 
   constructor(private intervalMs = 100) {}
 
@@ -347,19 +347,20 @@ export class Sampler {
     for (const [key, t] of this.tracked) if (!seen.has(key)) t.dead = true;
   }
 
-  /** Current RSS by name (for the soak timeline). */
-  snapshotRss(): Record<string, number> {
-    const out: Record<string, number> = {};
+  /** Current RSS and peak RSS (VmHWM) by process name, MB (for the soak timeline). */
+  snapshotRss(): Record<string, { rss: number; peak: number }> {
+    const out: Record<string, { rss: number; peak: number }> = {};
     for (const t of this.tracked.values()) {
       if (t.dead) continue;
       const k = `${t.group}/${t.name}`;
-      out[k] = Math.max(out[k] ?? 0, Math.round(t.rssKb / 1024));
+      const cur = out[k] ?? { rss: 0, peak: 0 };
+      out[k] = { rss: Math.max(cur.rss, Math.round(t.rssKb / 1024)), peak: Math.max(cur.peak, Math.round(t.hwmKb / 1024)) };
     }
     this.rssTimeline.push({ t: Date.now(), rss: out });
     return out;
   }
 
-  timeline(): Array<{ t: number; rss: Record<string, number> }> {
+  timeline(): Array<{ t: number; rss: Record<string, { rss: number; peak: number }> }> {
     return this.rssTimeline;
   }
 

@@ -13,6 +13,10 @@ export interface LatencyStats {
 export interface RunResult {
   mta: string;
   scenario: string;
+  run?: number;
+  /** with --repeat: how many runs, and the range of the rates over them */
+  runs?: number;
+  range?: { acceptRate: [number, number]; e2eRate: [number, number] };
   size: number;
   sessions: number;
   messages: number;
@@ -35,7 +39,34 @@ export interface RunResult {
   processes: ProcReport[];
   load: ProcReport[]; // smtp-source, smtp-sink
   harnessCpuSeconds: number;
-  rssTimeline?: Array<{ t: number; rss: Record<string, number> }>;
+  rssTimeline?: Array<{ t: number; rss: Record<string, { rss: number; peak: number }> }>;
+}
+
+/** One result per scenario and side: the run with the median end-to-end (else accepted) rate. */
+export function medianRuns(results: RunResult[]): RunResult[] {
+  const groups = new Map<string, RunResult[]>();
+  for (const r of results) {
+    const k = `${r.scenario}\0${r.mta}`;
+    groups.set(k, [...(groups.get(k) ?? []), r]);
+  }
+  const out: RunResult[] = [];
+  for (const list of groups.values()) {
+    if (list.length === 1) {
+      out.push(list[0]!);
+      continue;
+    }
+    const key = (r: RunResult): number => (Number.isNaN(r.e2eRate) ? r.acceptRate : r.e2eRate);
+    const ok = list.filter((r) => r.ok);
+    const pool = ok.length ? ok : list;
+    const sorted = [...pool].sort((a, b) => (key(a) || 0) - (key(b) || 0));
+    const med = sorted[Math.floor((sorted.length - 1) / 2)]!;
+    const span = (f: (r: RunResult) => number): [number, number] => {
+      const v = pool.map(f).filter((x) => !Number.isNaN(x));
+      return [Math.min(...v), Math.max(...v)];
+    };
+    out.push({ ...med, runs: list.length, range: { acceptRate: span((r) => r.acceptRate), e2eRate: span((r) => r.e2eRate) } });
+  }
+  return out;
 }
 
 const fmt = (v: number | undefined, digits = 1): string =>
@@ -70,6 +101,11 @@ export function table(results: RunResult[]): string {
     row('peak RSS MB (sum of per-name max)', sumRss(p), sumRss(t), 'lower is better');
     for (const r of [p, t]) {
       if (!r) continue;
+      if (r.runs && r.range) {
+        out.push(
+          `  ${r.mta}: median of ${r.runs} runs (by end-to-end rate); accepted ${fmt(r.range.acceptRate[0])}-${fmt(r.range.acceptRate[1])}/s, end-to-end ${fmt(r.range.e2eRate[0])}-${fmt(r.range.e2eRate[1])}/s`,
+        );
+      }
       if (!r.ok) out.push(`  ${r.mta}: FAILED: ${r.error}`);
       else if (r.error) out.push(`  ${r.mta}: note: ${r.error}`);
       if (r.refused) out.push(`  ${r.mta}: ${r.refused} refusals: ${JSON.stringify(r.refusals)}`);
