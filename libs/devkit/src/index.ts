@@ -7,3 +7,4 @@ export * from './sink';
 export * from './otlp';
 export * from './tls';
 export * from './harness';
+export * from './platform';

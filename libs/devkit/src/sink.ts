@@ -459,7 +459,7 @@ export class SmtpSink {
         case 'EHLO':
         case 'HELO':
         case 'LHLO': {
-          if (o.lmtp !== (verb === 'LHLO')) {
+          if (!!o.lmtp !== (verb === 'LHLO')) {
             say(500, o.lmtp ? 'this is LMTP: use LHLO' : 'command not recognized');
             break;
           }

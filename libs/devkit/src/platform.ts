@@ -1,0 +1,106 @@
+// The whole platform on loopback, each service its own process, wired the way
+// the Helm chart wires pods: `npm start`, the end-to-end tests, the crash tests
+// and the benchmark all start Tern through this one function.
+import crypto from 'node:crypto';
+import type { Harness, ServiceHandle } from './harness';
+
+export const SERVICE_NAMES = ['policy', 'queue', 'delivery', 'bounce', 'admin', 'ingress'] as const;
+export type ServiceName = (typeof SERVICE_NAMES)[number];
+
+export interface PlatformOptions {
+  databaseUrl: string;
+  natsUrl: string;
+  /** The resolver delivery and policy use ("127.0.0.1:5353"). */
+  dnsServer: string;
+  /** Port delivery connects to on MX hosts (sinks listen there on 127.0.0.x). */
+  remoteSmtpPort: number;
+  /** MX listener; 0 = a free port. */
+  smtpPort?: number;
+  /** Our name in greetings, EHLO and Reporting-MTA. */
+  hostname?: string;
+  trustedNetworks?: string;
+  otlpEndpoint?: string;
+  logLevel?: string;
+  /** Operator token for the admin API (generated when absent). */
+  adminToken?: string;
+  /** Per-service environment added last (knobs for a test). */
+  env?: Partial<Record<ServiceName, Record<string, string>>>;
+  /** Start only these (default all), in dependency order. */
+  only?: ServiceName[];
+}
+
+export interface Platform {
+  services: Record<ServiceName, ServiceHandle>;
+  smtpHost: string;
+  smtpPort: number;
+  adminAddr: string;
+  adminToken: string;
+  queueAddr: string;
+  policyAddr: string;
+}
+
+/** Starts the services through `harness` (which stops them on close). */
+export async function startPlatform(harness: Harness, opts: PlatformOptions): Promise<Platform> {
+  const addr = async () => `127.0.0.1:${await harness.freePort()}`;
+  const grpc: Record<ServiceName, string> = {
+    policy: await addr(),
+    queue: await addr(),
+    delivery: await addr(),
+    bounce: await addr(),
+    admin: await addr(),
+    ingress: await addr(),
+  };
+  const smtpPort = opts.smtpPort || (await harness.freePort());
+  const adminToken = opts.adminToken ?? crypto.randomBytes(18).toString('base64url');
+  const common: Record<string, string> = {
+    TERN_LOG_LEVEL: opts.logLevel ?? 'info',
+    TERN_HOSTNAME: opts.hostname ?? 'mx.tern.test',
+    TERN_SHUTDOWN_GRACE_MS: '5000',
+    ...(opts.otlpEndpoint ? { OTEL_EXPORTER_OTLP_ENDPOINT: opts.otlpEndpoint } : {}),
+  };
+  const env: Record<ServiceName, Record<string, string>> = {
+    policy: {
+      TERN_DATABASE_URL: opts.databaseUrl,
+      TERN_TRUSTED_NETWORKS: opts.trustedNetworks ?? '127.0.0.1/32',
+      TERN_DNS_SERVERS: opts.dnsServer,
+    },
+    queue: { TERN_DATABASE_URL: opts.databaseUrl, TERN_NATS_URL: opts.natsUrl },
+    delivery: {
+      TERN_NATS_URL: opts.natsUrl,
+      TERN_QUEUE_ADDR: grpc.queue,
+      TERN_DNS_SERVERS: opts.dnsServer,
+      TERN_SMTP_PORT: String(opts.remoteSmtpPort),
+    },
+    bounce: { TERN_NATS_URL: opts.natsUrl, TERN_QUEUE_ADDR: grpc.queue },
+    admin: { TERN_QUEUE_ADDR: grpc.queue, TERN_POLICY_ADDR: grpc.policy, TERN_ADMIN_TOKENS: `operator:${adminToken}` },
+    ingress: {
+      TERN_POLICY_ADDR: grpc.policy,
+      TERN_QUEUE_ADDR: grpc.queue,
+      TERN_SMTP_LISTEN: `127.0.0.1:${smtpPort}`,
+      TERN_SUBMISSION_LISTEN: 'off',
+      TERN_SUBMISSIONS_LISTEN: 'off',
+    },
+  };
+  const services = {} as Record<ServiceName, ServiceHandle>;
+  const wanted = new Set(opts.only ?? SERVICE_NAMES);
+  // Owners first, so dependants find them ready (they would retry anyway).
+  for (const name of SERVICE_NAMES) {
+    if (!wanted.has(name)) continue;
+    services[name] = await harness.startService(name, {
+      ...common,
+      TERN_GRPC_LISTEN: grpc[name],
+      TERN_METRICS_LISTEN: await addr(),
+      ...env[name],
+      ...opts.env?.[name],
+    });
+  }
+  return {
+    services,
+    smtpHost: '127.0.0.1',
+    smtpPort,
+    adminAddr: grpc.admin,
+    adminToken,
+    queueAddr: grpc.queue,
+    policyAddr: grpc.policy,
+  };
+}
