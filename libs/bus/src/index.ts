@@ -47,7 +47,7 @@ export interface BusMessage {
   ack(): void;
   /** Redeliver after `delayMs`. */
   nak(delayMs?: number): void;
-  /** Drop for good (poison message). */
+  /** Drop for good (poison message); the caller logs the reason. */
   term(reason: string): void;
   /** Reset the ack timer (long work in progress). */
   working(): void;
@@ -229,7 +229,9 @@ function toBusMessage(m: JsMsg): BusMessage {
     msgId: hdrs?.get('Nats-Msg-Id') || undefined,
     ack: () => m.ack(),
     nak: (delayMs) => m.nak(delayMs),
-    term: (reason) => m.term(reason),
+    // nats-server before 2.10.4 ignores a TERM that carries a reason and
+    // redelivers; log the reason instead and send a plain TERM.
+    term: () => m.term(),
     working: () => m.working(),
   };
 }

@@ -70,7 +70,9 @@ export const hostPort = (fallback?: string) => {
     }
     return { host: match[1] ?? (match[2] || '0.0.0.0'), port };
   });
-  return fallback === undefined ? parser : parser.default(fallback as never);
+  // prefault, not default: zod 4's default() would skip the transform and
+  // hand back the raw string.
+  return fallback === undefined ? parser : parser.prefault(fallback);
 };
 
 /** A gRPC target as given ("host:port", "dns:///name:port", "unix:/path"). */

@@ -18,6 +18,11 @@ test('defaults apply and values are parsed', () => {
   assert.equal(c.TERN_FLAG, true);
 });
 
+test('an unset host:port variable gets its default parsed, not the raw string', () => {
+  const c = parseEnv(schema, { TERN_DATABASE_URL: 'postgres://x' });
+  assert.deepEqual(c.TERN_GRPC_LISTEN, { host: '0.0.0.0', port: 7003 });
+});
+
 test('a bad variable is reported by name with the value given', () => {
   assert.throws(
     () => parseEnv(schema, { TERN_DATABASE_URL: 'mysql://x', TERN_MAX: '-3', TERN_GRPC_LISTEN: 'nope' }),
