@@ -5,6 +5,7 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import nodemailer from 'nodemailer';
+import type SMTPTransport from 'nodemailer/lib/smtp-transport';
 import { SmtpSink, selfSignedCert } from '../src/index';
 
 const sinks: SmtpSink[] = [];
@@ -27,7 +28,7 @@ function transport(s: SmtpSink, extra: Record<string, unknown> = {}) {
     greetingTimeout: 2000,
     socketTimeout: 2000,
     ...extra,
-  } as nodemailer.TransportOptions);
+  } as SMTPTransport.Options);
 }
 
 const mail = (to: string | string[]) => ({ from: 'sender@example.org', to, subject: 'hi', text: 'hello\r\n.dot line\r\n' });
