@@ -646,9 +646,9 @@ export class Harness {
     return svc;
   }
 
-  /** Runs the migrations (services/queue/dist/migrate.js unless `entry` says otherwise) against `dbUrl`. */
+  /** Runs the migrations (libs/db/dist/migrate.js unless `entry` says otherwise) against `dbUrl`. */
   async runMigrate(dbUrl: string, opts: { entry?: string; env?: Record<string, string>; timeoutMs?: number } = {}): Promise<void> {
-    await runNodeScript(opts.entry ?? 'services/queue/dist/migrate.js', { ...opts.env, TERN_DATABASE_URL: dbUrl }, {
+    await runNodeScript(opts.entry ?? 'libs/db/dist/migrate.js', { ...opts.env, TERN_DATABASE_URL: dbUrl }, {
       logFile: path.join(this.logDir, 'migrate.log'),
       timeoutMs: opts.timeoutMs,
     });
@@ -696,5 +696,5 @@ export class Harness {
 /** runMigrate outside a Harness. */
 export function runMigrate(dbUrl: string, opts: { entry?: string; logFile?: string; timeoutMs?: number } = {}): Promise<void> {
   const logFile = opts.logFile ?? path.join(repoRoot(), '.tern', 'test-logs', defaultTestName(), 'migrate.log');
-  return runNodeScript(opts.entry ?? 'services/queue/dist/migrate.js', { TERN_DATABASE_URL: dbUrl }, { logFile, timeoutMs: opts.timeoutMs });
+  return runNodeScript(opts.entry ?? 'libs/db/dist/migrate.js', { TERN_DATABASE_URL: dbUrl }, { logFile, timeoutMs: opts.timeoutMs });
 }

@@ -5,7 +5,20 @@
 // source: tern/v1/admin.proto
 
 /* eslint-disable */
-import type { handleServerStreamingCall, handleUnaryCall, UntypedServiceImplementation } from "@grpc/grpc-js";
+import {
+  type CallOptions,
+  type ChannelCredentials,
+  Client,
+  type ClientOptions,
+  type ClientReadableStream,
+  type ClientUnaryCall,
+  type handleServerStreamingCall,
+  type handleUnaryCall,
+  makeGenericClientConstructor,
+  type Metadata,
+  type ServiceError,
+  type UntypedServiceImplementation,
+} from "@grpc/grpc-js";
 import {
   DeleteAliasRequest,
   DeleteAliasResponse,
@@ -310,3 +323,351 @@ export interface AdminServiceServer extends UntypedServiceImplementation {
   putUser: handleUnaryCall<PutUserRequest, PutUserResponse>;
   deleteUser: handleUnaryCall<DeleteUserRequest, DeleteUserResponse>;
 }
+
+export interface AdminServiceClient extends Client {
+  getMessage(
+    request: GetMessageRequest,
+    callback: (error: ServiceError | null, response: GetMessageResponse) => void,
+  ): ClientUnaryCall;
+  getMessage(
+    request: GetMessageRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GetMessageResponse) => void,
+  ): ClientUnaryCall;
+  getMessage(
+    request: GetMessageRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GetMessageResponse) => void,
+  ): ClientUnaryCall;
+  listMessages(
+    request: ListMessagesRequest,
+    callback: (error: ServiceError | null, response: ListMessagesResponse) => void,
+  ): ClientUnaryCall;
+  listMessages(
+    request: ListMessagesRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ListMessagesResponse) => void,
+  ): ClientUnaryCall;
+  listMessages(
+    request: ListMessagesRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ListMessagesResponse) => void,
+  ): ClientUnaryCall;
+  queueSummary(
+    request: QueueSummaryRequest,
+    callback: (error: ServiceError | null, response: QueueSummaryResponse) => void,
+  ): ClientUnaryCall;
+  queueSummary(
+    request: QueueSummaryRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: QueueSummaryResponse) => void,
+  ): ClientUnaryCall;
+  queueSummary(
+    request: QueueSummaryRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: QueueSummaryResponse) => void,
+  ): ClientUnaryCall;
+  readBody(request: ReadBodyRequest, options?: Partial<CallOptions>): ClientReadableStream<ReadBodyResponse>;
+  readBody(
+    request: ReadBodyRequest,
+    metadata?: Metadata,
+    options?: Partial<CallOptions>,
+  ): ClientReadableStream<ReadBodyResponse>;
+  applyAction(
+    request: ApplyActionRequest,
+    callback: (error: ServiceError | null, response: ApplyActionResponse) => void,
+  ): ClientUnaryCall;
+  applyAction(
+    request: ApplyActionRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ApplyActionResponse) => void,
+  ): ClientUnaryCall;
+  applyAction(
+    request: ApplyActionRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ApplyActionResponse) => void,
+  ): ClientUnaryCall;
+  suspendDestination(
+    request: SuspendDestinationRequest,
+    callback: (error: ServiceError | null, response: SuspendDestinationResponse) => void,
+  ): ClientUnaryCall;
+  suspendDestination(
+    request: SuspendDestinationRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: SuspendDestinationResponse) => void,
+  ): ClientUnaryCall;
+  suspendDestination(
+    request: SuspendDestinationRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: SuspendDestinationResponse) => void,
+  ): ClientUnaryCall;
+  resumeDestination(
+    request: ResumeDestinationRequest,
+    callback: (error: ServiceError | null, response: ResumeDestinationResponse) => void,
+  ): ClientUnaryCall;
+  resumeDestination(
+    request: ResumeDestinationRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ResumeDestinationResponse) => void,
+  ): ClientUnaryCall;
+  resumeDestination(
+    request: ResumeDestinationRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ResumeDestinationResponse) => void,
+  ): ClientUnaryCall;
+  listDestinations(
+    request: ListDestinationsRequest,
+    callback: (error: ServiceError | null, response: ListDestinationsResponse) => void,
+  ): ClientUnaryCall;
+  listDestinations(
+    request: ListDestinationsRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ListDestinationsResponse) => void,
+  ): ClientUnaryCall;
+  listDestinations(
+    request: ListDestinationsRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ListDestinationsResponse) => void,
+  ): ClientUnaryCall;
+  listRoutes(
+    request: ListRoutesRequest,
+    callback: (error: ServiceError | null, response: ListRoutesResponse) => void,
+  ): ClientUnaryCall;
+  listRoutes(
+    request: ListRoutesRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ListRoutesResponse) => void,
+  ): ClientUnaryCall;
+  listRoutes(
+    request: ListRoutesRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ListRoutesResponse) => void,
+  ): ClientUnaryCall;
+  putRoute(
+    request: PutRouteRequest,
+    callback: (error: ServiceError | null, response: PutRouteResponse) => void,
+  ): ClientUnaryCall;
+  putRoute(
+    request: PutRouteRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: PutRouteResponse) => void,
+  ): ClientUnaryCall;
+  putRoute(
+    request: PutRouteRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: PutRouteResponse) => void,
+  ): ClientUnaryCall;
+  deleteRoute(
+    request: DeleteRouteRequest,
+    callback: (error: ServiceError | null, response: DeleteRouteResponse) => void,
+  ): ClientUnaryCall;
+  deleteRoute(
+    request: DeleteRouteRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: DeleteRouteResponse) => void,
+  ): ClientUnaryCall;
+  deleteRoute(
+    request: DeleteRouteRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: DeleteRouteResponse) => void,
+  ): ClientUnaryCall;
+  listDomains(
+    request: ListDomainsRequest,
+    callback: (error: ServiceError | null, response: ListDomainsResponse) => void,
+  ): ClientUnaryCall;
+  listDomains(
+    request: ListDomainsRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ListDomainsResponse) => void,
+  ): ClientUnaryCall;
+  listDomains(
+    request: ListDomainsRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ListDomainsResponse) => void,
+  ): ClientUnaryCall;
+  putDomain(
+    request: PutDomainRequest,
+    callback: (error: ServiceError | null, response: PutDomainResponse) => void,
+  ): ClientUnaryCall;
+  putDomain(
+    request: PutDomainRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: PutDomainResponse) => void,
+  ): ClientUnaryCall;
+  putDomain(
+    request: PutDomainRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: PutDomainResponse) => void,
+  ): ClientUnaryCall;
+  deleteDomain(
+    request: DeleteDomainRequest,
+    callback: (error: ServiceError | null, response: DeleteDomainResponse) => void,
+  ): ClientUnaryCall;
+  deleteDomain(
+    request: DeleteDomainRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: DeleteDomainResponse) => void,
+  ): ClientUnaryCall;
+  deleteDomain(
+    request: DeleteDomainRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: DeleteDomainResponse) => void,
+  ): ClientUnaryCall;
+  listMailboxes(
+    request: ListMailboxesRequest,
+    callback: (error: ServiceError | null, response: ListMailboxesResponse) => void,
+  ): ClientUnaryCall;
+  listMailboxes(
+    request: ListMailboxesRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ListMailboxesResponse) => void,
+  ): ClientUnaryCall;
+  listMailboxes(
+    request: ListMailboxesRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ListMailboxesResponse) => void,
+  ): ClientUnaryCall;
+  putMailbox(
+    request: PutMailboxRequest,
+    callback: (error: ServiceError | null, response: PutMailboxResponse) => void,
+  ): ClientUnaryCall;
+  putMailbox(
+    request: PutMailboxRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: PutMailboxResponse) => void,
+  ): ClientUnaryCall;
+  putMailbox(
+    request: PutMailboxRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: PutMailboxResponse) => void,
+  ): ClientUnaryCall;
+  deleteMailbox(
+    request: DeleteMailboxRequest,
+    callback: (error: ServiceError | null, response: DeleteMailboxResponse) => void,
+  ): ClientUnaryCall;
+  deleteMailbox(
+    request: DeleteMailboxRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: DeleteMailboxResponse) => void,
+  ): ClientUnaryCall;
+  deleteMailbox(
+    request: DeleteMailboxRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: DeleteMailboxResponse) => void,
+  ): ClientUnaryCall;
+  listAliases(
+    request: ListAliasesRequest,
+    callback: (error: ServiceError | null, response: ListAliasesResponse) => void,
+  ): ClientUnaryCall;
+  listAliases(
+    request: ListAliasesRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ListAliasesResponse) => void,
+  ): ClientUnaryCall;
+  listAliases(
+    request: ListAliasesRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ListAliasesResponse) => void,
+  ): ClientUnaryCall;
+  putAlias(
+    request: PutAliasRequest,
+    callback: (error: ServiceError | null, response: PutAliasResponse) => void,
+  ): ClientUnaryCall;
+  putAlias(
+    request: PutAliasRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: PutAliasResponse) => void,
+  ): ClientUnaryCall;
+  putAlias(
+    request: PutAliasRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: PutAliasResponse) => void,
+  ): ClientUnaryCall;
+  deleteAlias(
+    request: DeleteAliasRequest,
+    callback: (error: ServiceError | null, response: DeleteAliasResponse) => void,
+  ): ClientUnaryCall;
+  deleteAlias(
+    request: DeleteAliasRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: DeleteAliasResponse) => void,
+  ): ClientUnaryCall;
+  deleteAlias(
+    request: DeleteAliasRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: DeleteAliasResponse) => void,
+  ): ClientUnaryCall;
+  listUsers(
+    request: ListUsersRequest,
+    callback: (error: ServiceError | null, response: ListUsersResponse) => void,
+  ): ClientUnaryCall;
+  listUsers(
+    request: ListUsersRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ListUsersResponse) => void,
+  ): ClientUnaryCall;
+  listUsers(
+    request: ListUsersRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ListUsersResponse) => void,
+  ): ClientUnaryCall;
+  putUser(
+    request: PutUserRequest,
+    callback: (error: ServiceError | null, response: PutUserResponse) => void,
+  ): ClientUnaryCall;
+  putUser(
+    request: PutUserRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: PutUserResponse) => void,
+  ): ClientUnaryCall;
+  putUser(
+    request: PutUserRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: PutUserResponse) => void,
+  ): ClientUnaryCall;
+  deleteUser(
+    request: DeleteUserRequest,
+    callback: (error: ServiceError | null, response: DeleteUserResponse) => void,
+  ): ClientUnaryCall;
+  deleteUser(
+    request: DeleteUserRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: DeleteUserResponse) => void,
+  ): ClientUnaryCall;
+  deleteUser(
+    request: DeleteUserRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: DeleteUserResponse) => void,
+  ): ClientUnaryCall;
+}
+
+export const AdminServiceClient = makeGenericClientConstructor(
+  AdminServiceService,
+  "tern.v1.AdminService",
+) as unknown as {
+  new (address: string, credentials: ChannelCredentials, options?: Partial<ClientOptions>): AdminServiceClient;
+  service: typeof AdminServiceService;
+  serviceName: string;
+};

@@ -6,7 +6,20 @@
 
 /* eslint-disable */
 import { BinaryReader, BinaryWriter } from "@bufbuild/protobuf/wire";
-import type { handleClientStreamingCall, handleUnaryCall, UntypedServiceImplementation } from "@grpc/grpc-js";
+import {
+  type CallOptions,
+  type ChannelCredentials,
+  Client,
+  type ClientOptions,
+  type ClientUnaryCall,
+  type ClientWritableStream,
+  type handleClientStreamingCall,
+  type handleUnaryCall,
+  makeGenericClientConstructor,
+  type Metadata,
+  type ServiceError,
+  type UntypedServiceImplementation,
+} from "@grpc/grpc-js";
 import { Listener, listenerFromJSON, listenerToJSON, SmtpReply, TlsInfo } from "./common";
 
 export enum CheckStage {
@@ -3857,6 +3870,250 @@ export interface PolicyServiceServer extends UntypedServiceImplementation {
   putUser: handleUnaryCall<PutUserRequest, PutUserResponse>;
   deleteUser: handleUnaryCall<DeleteUserRequest, DeleteUserResponse>;
 }
+
+export interface PolicyServiceClient extends Client {
+  /** One decision for one stage of a session. */
+  check(
+    request: CheckRequest,
+    callback: (error: ServiceError | null, response: CheckResponse) => void,
+  ): ClientUnaryCall;
+  check(
+    request: CheckRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: CheckResponse) => void,
+  ): ClientUnaryCall;
+  check(
+    request: CheckRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: CheckResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * End-of-data checks (DKIM, DMARC, ARC): the message streamed, first a
+   * CheckMessageRequest with `request`, then body chunks.
+   */
+  checkMessage(
+    callback: (error: ServiceError | null, response: CheckMessageResponse) => void,
+  ): ClientWritableStream<CheckMessageRequest>;
+  checkMessage(
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: CheckMessageResponse) => void,
+  ): ClientWritableStream<CheckMessageRequest>;
+  checkMessage(
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: CheckMessageResponse) => void,
+  ): ClientWritableStream<CheckMessageRequest>;
+  checkMessage(
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: CheckMessageResponse) => void,
+  ): ClientWritableStream<CheckMessageRequest>;
+  /** Verifies a submission login (AUTH PLAIN/LOGIN). */
+  authenticate(
+    request: AuthenticateRequest,
+    callback: (error: ServiceError | null, response: AuthenticateResponse) => void,
+  ): ClientUnaryCall;
+  authenticate(
+    request: AuthenticateRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: AuthenticateResponse) => void,
+  ): ClientUnaryCall;
+  authenticate(
+    request: AuthenticateRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: AuthenticateResponse) => void,
+  ): ClientUnaryCall;
+  listDomains(
+    request: ListDomainsRequest,
+    callback: (error: ServiceError | null, response: ListDomainsResponse) => void,
+  ): ClientUnaryCall;
+  listDomains(
+    request: ListDomainsRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ListDomainsResponse) => void,
+  ): ClientUnaryCall;
+  listDomains(
+    request: ListDomainsRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ListDomainsResponse) => void,
+  ): ClientUnaryCall;
+  putDomain(
+    request: PutDomainRequest,
+    callback: (error: ServiceError | null, response: PutDomainResponse) => void,
+  ): ClientUnaryCall;
+  putDomain(
+    request: PutDomainRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: PutDomainResponse) => void,
+  ): ClientUnaryCall;
+  putDomain(
+    request: PutDomainRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: PutDomainResponse) => void,
+  ): ClientUnaryCall;
+  deleteDomain(
+    request: DeleteDomainRequest,
+    callback: (error: ServiceError | null, response: DeleteDomainResponse) => void,
+  ): ClientUnaryCall;
+  deleteDomain(
+    request: DeleteDomainRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: DeleteDomainResponse) => void,
+  ): ClientUnaryCall;
+  deleteDomain(
+    request: DeleteDomainRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: DeleteDomainResponse) => void,
+  ): ClientUnaryCall;
+  listMailboxes(
+    request: ListMailboxesRequest,
+    callback: (error: ServiceError | null, response: ListMailboxesResponse) => void,
+  ): ClientUnaryCall;
+  listMailboxes(
+    request: ListMailboxesRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ListMailboxesResponse) => void,
+  ): ClientUnaryCall;
+  listMailboxes(
+    request: ListMailboxesRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ListMailboxesResponse) => void,
+  ): ClientUnaryCall;
+  putMailbox(
+    request: PutMailboxRequest,
+    callback: (error: ServiceError | null, response: PutMailboxResponse) => void,
+  ): ClientUnaryCall;
+  putMailbox(
+    request: PutMailboxRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: PutMailboxResponse) => void,
+  ): ClientUnaryCall;
+  putMailbox(
+    request: PutMailboxRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: PutMailboxResponse) => void,
+  ): ClientUnaryCall;
+  deleteMailbox(
+    request: DeleteMailboxRequest,
+    callback: (error: ServiceError | null, response: DeleteMailboxResponse) => void,
+  ): ClientUnaryCall;
+  deleteMailbox(
+    request: DeleteMailboxRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: DeleteMailboxResponse) => void,
+  ): ClientUnaryCall;
+  deleteMailbox(
+    request: DeleteMailboxRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: DeleteMailboxResponse) => void,
+  ): ClientUnaryCall;
+  listAliases(
+    request: ListAliasesRequest,
+    callback: (error: ServiceError | null, response: ListAliasesResponse) => void,
+  ): ClientUnaryCall;
+  listAliases(
+    request: ListAliasesRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ListAliasesResponse) => void,
+  ): ClientUnaryCall;
+  listAliases(
+    request: ListAliasesRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ListAliasesResponse) => void,
+  ): ClientUnaryCall;
+  putAlias(
+    request: PutAliasRequest,
+    callback: (error: ServiceError | null, response: PutAliasResponse) => void,
+  ): ClientUnaryCall;
+  putAlias(
+    request: PutAliasRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: PutAliasResponse) => void,
+  ): ClientUnaryCall;
+  putAlias(
+    request: PutAliasRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: PutAliasResponse) => void,
+  ): ClientUnaryCall;
+  deleteAlias(
+    request: DeleteAliasRequest,
+    callback: (error: ServiceError | null, response: DeleteAliasResponse) => void,
+  ): ClientUnaryCall;
+  deleteAlias(
+    request: DeleteAliasRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: DeleteAliasResponse) => void,
+  ): ClientUnaryCall;
+  deleteAlias(
+    request: DeleteAliasRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: DeleteAliasResponse) => void,
+  ): ClientUnaryCall;
+  listUsers(
+    request: ListUsersRequest,
+    callback: (error: ServiceError | null, response: ListUsersResponse) => void,
+  ): ClientUnaryCall;
+  listUsers(
+    request: ListUsersRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ListUsersResponse) => void,
+  ): ClientUnaryCall;
+  listUsers(
+    request: ListUsersRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ListUsersResponse) => void,
+  ): ClientUnaryCall;
+  putUser(
+    request: PutUserRequest,
+    callback: (error: ServiceError | null, response: PutUserResponse) => void,
+  ): ClientUnaryCall;
+  putUser(
+    request: PutUserRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: PutUserResponse) => void,
+  ): ClientUnaryCall;
+  putUser(
+    request: PutUserRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: PutUserResponse) => void,
+  ): ClientUnaryCall;
+  deleteUser(
+    request: DeleteUserRequest,
+    callback: (error: ServiceError | null, response: DeleteUserResponse) => void,
+  ): ClientUnaryCall;
+  deleteUser(
+    request: DeleteUserRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: DeleteUserResponse) => void,
+  ): ClientUnaryCall;
+  deleteUser(
+    request: DeleteUserRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: DeleteUserResponse) => void,
+  ): ClientUnaryCall;
+}
+
+export const PolicyServiceClient = makeGenericClientConstructor(
+  PolicyServiceService,
+  "tern.v1.PolicyService",
+) as unknown as {
+  new (address: string, credentials: ChannelCredentials, options?: Partial<ClientOptions>): PolicyServiceClient;
+  service: typeof PolicyServiceService;
+  serviceName: string;
+};
 
 function bytesFromBase64(b64: string): Uint8Array {
   return Uint8Array.from(globalThis.Buffer.from(b64, "base64"));

@@ -6,11 +6,21 @@
 
 /* eslint-disable */
 import { BinaryReader, BinaryWriter } from "@bufbuild/protobuf/wire";
-import type {
-  handleClientStreamingCall,
-  handleServerStreamingCall,
-  handleUnaryCall,
-  UntypedServiceImplementation,
+import {
+  type CallOptions,
+  type ChannelCredentials,
+  Client,
+  type ClientOptions,
+  type ClientReadableStream,
+  type ClientUnaryCall,
+  type ClientWritableStream,
+  type handleClientStreamingCall,
+  type handleServerStreamingCall,
+  type handleUnaryCall,
+  makeGenericClientConstructor,
+  type Metadata,
+  type ServiceError,
+  type UntypedServiceImplementation,
 } from "@grpc/grpc-js";
 import { Timestamp } from "../../google/protobuf/timestamp";
 import {
@@ -4661,6 +4671,219 @@ export interface QueueServiceServer extends UntypedServiceImplementation {
   /** Whether the queue takes new messages (below its high-water mark). */
   status: handleUnaryCall<StatusRequest, StatusResponse>;
 }
+
+export interface QueueServiceClient extends Client {
+  /**
+   * Client streaming: the first request carries `header`, then body `chunk`s,
+   * and the last one `commit`. The response comes only after message, body
+   * and recipients are committed in Postgres (invariant I1). A stream that
+   * ends without `commit` (a cancelled or aborted submission: grpc-js shows a
+   * client cancel to the server as a plain end of stream) stores nothing.
+   */
+  enqueue(
+    callback: (error: ServiceError | null, response: EnqueueResponse) => void,
+  ): ClientWritableStream<EnqueueRequest>;
+  enqueue(
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: EnqueueResponse) => void,
+  ): ClientWritableStream<EnqueueRequest>;
+  enqueue(
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: EnqueueResponse) => void,
+  ): ClientWritableStream<EnqueueRequest>;
+  enqueue(
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: EnqueueResponse) => void,
+  ): ClientWritableStream<EnqueueRequest>;
+  /** The raw message (as stored: with the headers ingress added), streamed. */
+  readBody(request: ReadBodyRequest, options?: Partial<CallOptions>): ClientReadableStream<ReadBodyResponse>;
+  readBody(
+    request: ReadBodyRequest,
+    metadata?: Metadata,
+    options?: Partial<CallOptions>,
+  ): ClientReadableStream<ReadBodyResponse>;
+  getMessage(
+    request: GetMessageRequest,
+    callback: (error: ServiceError | null, response: GetMessageResponse) => void,
+  ): ClientUnaryCall;
+  getMessage(
+    request: GetMessageRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GetMessageResponse) => void,
+  ): ClientUnaryCall;
+  getMessage(
+    request: GetMessageRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GetMessageResponse) => void,
+  ): ClientUnaryCall;
+  listMessages(
+    request: ListMessagesRequest,
+    callback: (error: ServiceError | null, response: ListMessagesResponse) => void,
+  ): ClientUnaryCall;
+  listMessages(
+    request: ListMessagesRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ListMessagesResponse) => void,
+  ): ClientUnaryCall;
+  listMessages(
+    request: ListMessagesRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ListMessagesResponse) => void,
+  ): ClientUnaryCall;
+  queueSummary(
+    request: QueueSummaryRequest,
+    callback: (error: ServiceError | null, response: QueueSummaryResponse) => void,
+  ): ClientUnaryCall;
+  queueSummary(
+    request: QueueSummaryRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: QueueSummaryResponse) => void,
+  ): ClientUnaryCall;
+  queueSummary(
+    request: QueueSummaryRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: QueueSummaryResponse) => void,
+  ): ClientUnaryCall;
+  /** Hold, release, retry now, delete, bounce now: one message or a filter. */
+  applyAction(
+    request: ApplyActionRequest,
+    callback: (error: ServiceError | null, response: ApplyActionResponse) => void,
+  ): ClientUnaryCall;
+  applyAction(
+    request: ApplyActionRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ApplyActionResponse) => void,
+  ): ClientUnaryCall;
+  applyAction(
+    request: ApplyActionRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ApplyActionResponse) => void,
+  ): ClientUnaryCall;
+  suspendDestination(
+    request: SuspendDestinationRequest,
+    callback: (error: ServiceError | null, response: SuspendDestinationResponse) => void,
+  ): ClientUnaryCall;
+  suspendDestination(
+    request: SuspendDestinationRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: SuspendDestinationResponse) => void,
+  ): ClientUnaryCall;
+  suspendDestination(
+    request: SuspendDestinationRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: SuspendDestinationResponse) => void,
+  ): ClientUnaryCall;
+  resumeDestination(
+    request: ResumeDestinationRequest,
+    callback: (error: ServiceError | null, response: ResumeDestinationResponse) => void,
+  ): ClientUnaryCall;
+  resumeDestination(
+    request: ResumeDestinationRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ResumeDestinationResponse) => void,
+  ): ClientUnaryCall;
+  resumeDestination(
+    request: ResumeDestinationRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ResumeDestinationResponse) => void,
+  ): ClientUnaryCall;
+  listDestinations(
+    request: ListDestinationsRequest,
+    callback: (error: ServiceError | null, response: ListDestinationsResponse) => void,
+  ): ClientUnaryCall;
+  listDestinations(
+    request: ListDestinationsRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ListDestinationsResponse) => void,
+  ): ClientUnaryCall;
+  listDestinations(
+    request: ListDestinationsRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ListDestinationsResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Routes (next hop per domain) are mail settings the queue owns and sends
+   * with every delivery job.
+   */
+  listRoutes(
+    request: ListRoutesRequest,
+    callback: (error: ServiceError | null, response: ListRoutesResponse) => void,
+  ): ClientUnaryCall;
+  listRoutes(
+    request: ListRoutesRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ListRoutesResponse) => void,
+  ): ClientUnaryCall;
+  listRoutes(
+    request: ListRoutesRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ListRoutesResponse) => void,
+  ): ClientUnaryCall;
+  putRoute(
+    request: PutRouteRequest,
+    callback: (error: ServiceError | null, response: PutRouteResponse) => void,
+  ): ClientUnaryCall;
+  putRoute(
+    request: PutRouteRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: PutRouteResponse) => void,
+  ): ClientUnaryCall;
+  putRoute(
+    request: PutRouteRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: PutRouteResponse) => void,
+  ): ClientUnaryCall;
+  deleteRoute(
+    request: DeleteRouteRequest,
+    callback: (error: ServiceError | null, response: DeleteRouteResponse) => void,
+  ): ClientUnaryCall;
+  deleteRoute(
+    request: DeleteRouteRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: DeleteRouteResponse) => void,
+  ): ClientUnaryCall;
+  deleteRoute(
+    request: DeleteRouteRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: DeleteRouteResponse) => void,
+  ): ClientUnaryCall;
+  /** Whether the queue takes new messages (below its high-water mark). */
+  status(
+    request: StatusRequest,
+    callback: (error: ServiceError | null, response: StatusResponse) => void,
+  ): ClientUnaryCall;
+  status(
+    request: StatusRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: StatusResponse) => void,
+  ): ClientUnaryCall;
+  status(
+    request: StatusRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: StatusResponse) => void,
+  ): ClientUnaryCall;
+}
+
+export const QueueServiceClient = makeGenericClientConstructor(
+  QueueServiceService,
+  "tern.v1.QueueService",
+) as unknown as {
+  new (address: string, credentials: ChannelCredentials, options?: Partial<ClientOptions>): QueueServiceClient;
+  service: typeof QueueServiceService;
+  serviceName: string;
+};
 
 function bytesFromBase64(b64: string): Uint8Array {
   return Uint8Array.from(globalThis.Buffer.from(b64, "base64"));
