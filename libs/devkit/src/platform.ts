@@ -27,7 +27,19 @@ export interface PlatformOptions {
   env?: Partial<Record<ServiceName, Record<string, string>>>;
   /** Start only these (default all), in dependency order. */
   only?: ServiceName[];
+  /** Listen on the documented ports (gRPC 7000-7005, metrics 9100-9105) instead of free ones. */
+  standardPorts?: boolean;
 }
+
+/** The documented local ports (ARCHITECTURE.md). */
+export const STANDARD_PORTS: Record<ServiceName, { grpc: number; metrics: number }> = {
+  admin: { grpc: 7000, metrics: 9100 },
+  ingress: { grpc: 7001, metrics: 9101 },
+  policy: { grpc: 7002, metrics: 9102 },
+  queue: { grpc: 7003, metrics: 9103 },
+  delivery: { grpc: 7004, metrics: 9104 },
+  bounce: { grpc: 7005, metrics: 9105 },
+};
 
 export interface Platform {
   services: Record<ServiceName, ServiceHandle>;
@@ -42,14 +54,12 @@ export interface Platform {
 /** Starts the services through `harness` (which stops them on close). */
 export async function startPlatform(harness: Harness, opts: PlatformOptions): Promise<Platform> {
   const addr = async () => `127.0.0.1:${await harness.freePort()}`;
-  const grpc: Record<ServiceName, string> = {
-    policy: await addr(),
-    queue: await addr(),
-    delivery: await addr(),
-    bounce: await addr(),
-    admin: await addr(),
-    ingress: await addr(),
-  };
+  const grpc = {} as Record<ServiceName, string>;
+  const metrics = {} as Record<ServiceName, string>;
+  for (const name of SERVICE_NAMES) {
+    grpc[name] = opts.standardPorts ? `127.0.0.1:${STANDARD_PORTS[name].grpc}` : await addr();
+    metrics[name] = opts.standardPorts ? `127.0.0.1:${STANDARD_PORTS[name].metrics}` : await addr();
+  }
   const smtpPort = opts.smtpPort || (await harness.freePort());
   const adminToken = opts.adminToken ?? crypto.randomBytes(18).toString('base64url');
   const common: Record<string, string> = {
@@ -89,7 +99,7 @@ export async function startPlatform(harness: Harness, opts: PlatformOptions): Pr
     services[name] = await harness.startService(name, {
       ...common,
       TERN_GRPC_LISTEN: grpc[name],
-      TERN_METRICS_LISTEN: await addr(),
+      TERN_METRICS_LISTEN: metrics[name],
       ...env[name],
       ...opts.env?.[name],
     });
