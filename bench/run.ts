@@ -296,7 +296,7 @@ async function runOne(mta: Mta, sc: Scenario, workDir: string, n: number): Promi
         lat.push(Math.max(0, d.atMs - acc));
       }
       res.latency = stats('client 250 (smtp-source -v) -> sink receipt (dump mtime)', lat);
-      const server = [...(await mta.serverLatencies()).values()];
+      const server = [...(await mta.serverLatencies()).entries()].filter(([q]) => src.acceptedAt.has(q)).map(([, ms]) => ms);
       res.serverLatency = stats(mta.name === 'postfix' ? "Postfix's log: delay - delays.a" : 'queue records: created_at -> attempt end', server);
     }
     log(
