@@ -3,6 +3,7 @@
 // TypeScript sources through the bundles' source maps.
 //
 //   node_modules/.bin/node --import tsx bench/profile.ts DIR_OR_FILE [top]
+//   node_modules/.bin/node --import tsx bench/profile.ts DIR_OR_FILE --callers FUNCTION
 import fs from 'node:fs';
 import path from 'node:path';
 import { SourceMap } from 'node:module';
@@ -83,15 +84,65 @@ export function summarize(file: string, top = 25): string {
     fn.set(key, (fn.get(key) ?? 0) + us);
     bucket.set(loc.bucket, (bucket.get(loc.bucket) ?? 0) + us);
   }
+  // Inclusive time per package/file: a sample counts once for every bucket on its stack.
+  const parent = new Map<number, number>();
+  for (const n of prof.nodes) for (const c of n.children ?? []) parent.set(c, n.id);
+  const bucketOf = new Map<number, string>();
+  for (const n of prof.nodes) bucketOf.set(n.id, locate(n.callFrame).bucket);
+  const incl = new Map<string, number>();
+  const stackBuckets = new Map<number, Set<string>>();
+  const bucketsOn = (id: number): Set<string> => {
+    let set = stackBuckets.get(id);
+    if (set) return set;
+    const p = parent.get(id);
+    set = new Set(p === undefined ? [] : bucketsOn(p));
+    set.add(bucketOf.get(id)!);
+    stackBuckets.set(id, set);
+    return set;
+  };
+  for (const [id, us] of self) {
+    if (byId.get(id)!.callFrame.functionName === '(idle)') continue;
+    for (const b of bucketsOn(id)) incl.set(b, (incl.get(b) ?? 0) + us);
+  }
   const busy = total - idle;
   const pct = (us: number): string => `${((100 * us) / Math.max(1, busy)).toFixed(1).padStart(5)}%`;
   const lines: string[] = [];
   lines.push(`${path.basename(file)}: ${(total / 1e6).toFixed(1)} s profiled, ${(busy / 1e6).toFixed(1)} s busy (${((100 * busy) / Math.max(1, total)).toFixed(0)}%)`);
   lines.push('  self time by file/package:');
   for (const [k, v] of [...bucket].sort((a, b) => b[1] - a[1]).slice(0, 15)) lines.push(`    ${pct(v)}  ${k}`);
+  lines.push('  inclusive time by file/package (everything called from it):');
+  for (const [k, v] of [...incl].filter(([k]) => !k.startsWith('(') && !k.startsWith('node:')).sort((a, b) => b[1] - a[1]).slice(0, 15)) lines.push(`    ${pct(v)}  ${k}`);
   lines.push('  top functions by self time:');
   for (const [k, v] of [...fn].sort((a, b) => b[1] - a[1]).slice(0, top)) lines.push(`    ${pct(v)}  ${k}`);
   return lines.join('\n');
+}
+
+/** The heaviest call paths (innermost `depth` frames) ending in functions named `fn`. */
+export function callers(file: string, fn: string, depth = Number(process.env.DEPTH ?? 8), top = 8): string {
+  const prof = JSON.parse(fs.readFileSync(file, 'utf8')) as CpuProfile;
+  const byId = new Map(prof.nodes.map((n) => [n.id, n]));
+  const parent = new Map<number, number>();
+  for (const n of prof.nodes) for (const c of n.children ?? []) parent.set(c, n.id);
+  const self = new Map<number, number>();
+  for (let i = 0; i < prof.samples.length; i++) self.set(prof.samples[i]!, (self.get(prof.samples[i]!) ?? 0) + (prof.timeDeltas[i] ?? 0));
+  const paths = new Map<string, number>();
+  let all = 0;
+  for (const [id, us] of self) {
+    if (byId.get(id)!.callFrame.functionName !== fn) continue;
+    all += us;
+    const frames: string[] = [];
+    let cur: number | undefined = parent.get(id);
+    while (cur !== undefined && frames.length < depth) {
+      const cf = byId.get(cur)!.callFrame;
+      if (cf.functionName !== '(root)') frames.push(`${cf.functionName || '(anonymous)'} ${locate(cf).where}`);
+      cur = parent.get(cur);
+    }
+    const k = frames.join('\n        <- ');
+    paths.set(k, (paths.get(k) ?? 0) + us);
+  }
+  const out = [`${fn}: ${(all / 1e6).toFixed(2)} s self; heaviest callers:`];
+  for (const [k, v] of [...paths].sort((a, b) => b[1] - a[1]).slice(0, top)) out.push(`  ${((100 * v) / Math.max(1, all)).toFixed(1)}%  <- ${k}`);
+  return out.join('\n');
 }
 
 export function summarizeProfiles(target: string, top = 25): string {
@@ -118,5 +169,13 @@ if (require.main === module) {
     process.stderr.write('usage: bench/profile.ts DIR_OR_FILE [top]\n');
     process.exit(2);
   }
-  process.stdout.write(summarizeProfiles(target, Number(process.argv[3] ?? 25)) + '\n');
+  const ci = process.argv.indexOf('--callers');
+  if (ci > 0) {
+    const files = fs.statSync(target).isDirectory()
+      ? fs.readdirSync(target, { recursive: true }).map(String).filter((f) => f.endsWith('.cpuprofile')).map((f) => path.join(target, f))
+      : [target];
+    for (const f of files) process.stdout.write(`${path.basename(f)}\n${callers(f, process.argv[ci + 1]!)}\n`);
+  } else {
+    process.stdout.write(summarizeProfiles(target, Number(process.argv[3] ?? 25)) + '\n');
+  }
 }
