@@ -1,7 +1,8 @@
 // Shared vocabulary: recipient states as stored (RecipientState numbers),
 // destinations, backoff, and the report decision.
 import crypto from 'node:crypto';
-import { AttemptOutcome, DsnNotify, MessageOrigin, RecipientState, ReportKind } from '@tern/proto';
+import { reportOwed as dsnReportOwed } from '@tern/dsn';
+import { AttemptOutcome, MessageOrigin, RecipientState, ReportKind, type DsnNotify } from '@tern/proto';
 
 export const S = {
   queued: RecipientState.RECIPIENT_STATE_QUEUED,
@@ -40,26 +41,13 @@ export function backoffMs(attempts: number, b: BackoffSettings, random = Math.ra
 }
 
 /**
- * Whether a recipient is owed a report of `kind` under its NOTIFY (RFC 3461):
- * NEVER: nothing; empty (not given): failures only; otherwise only the
- * listed events. Same rule as @tern/dsn's reportOwed (kept in one function
- * so that one can replace it once it is published).
+ * Whether a recipient is owed a report of `kind` under its NOTIFY (RFC 3461),
+ * decided by @tern/dsn (the same rule bounce applies): NEVER: nothing; no
+ * NOTIFY: failures only; otherwise only the listed events. The sender rule is
+ * applied by messageMayReport.
  */
 export function reportOwed(kind: ReportKind, notify: readonly number[]): boolean {
-  if (notify.includes(DsnNotify.DSN_NOTIFY_NEVER)) return false;
-  const given = notify.filter((n) => n !== DsnNotify.DSN_NOTIFY_UNSPECIFIED);
-  switch (kind) {
-    case ReportKind.REPORT_KIND_FAILED:
-      return given.length === 0 || given.includes(DsnNotify.DSN_NOTIFY_FAILURE);
-    case ReportKind.REPORT_KIND_DELAYED:
-      return given.includes(DsnNotify.DSN_NOTIFY_DELAY);
-    case ReportKind.REPORT_KIND_DELIVERED:
-    case ReportKind.REPORT_KIND_RELAYED:
-    case ReportKind.REPORT_KIND_EXPANDED:
-      return given.includes(DsnNotify.DSN_NOTIFY_SUCCESS);
-    default:
-      return false;
-  }
+  return dsnReportOwed('-', notify as DsnNotify[], kind);
 }
 
 /** No report ever goes to the null sender or about a report. */
