@@ -107,10 +107,12 @@ for (const bin of [SMTP_SOURCE, SMTP_SINK, '/usr/sbin/postfix']) {
 // ------------------------------------------------------------------ cleanup
 
 let cleaning = false;
+let workDirToRemove: string | undefined;
 async function shutdown(code: number): Promise<never> {
   if (!cleaning) {
     cleaning = true;
     await cleanupAll().catch(() => undefined);
+    if (workDirToRemove && !args.keep) fs.rmSync(workDirToRemove, { recursive: true, force: true });
   }
   process.exit(code);
 }
@@ -349,6 +351,7 @@ async function main(): Promise<void> {
   setPidFile(pidFile);
   const workDir = fs.mkdtempSync(path.join(os.tmpdir(), 'tern-bench-'));
   fs.chmodSync(workDir, 0o755);
+  workDirToRemove = workDir;
   log(`work dir ${workDir}`);
 
   const mtas: Array<() => Promise<Mta>> = [];

@@ -188,6 +188,7 @@ export class TernMta implements Mta {
     }
     await waitTcp(TERN_HOST, this.port, 15_000);
     this.db = new pg.Client({ connectionString: this.dbUrl });
+    this.db.on('error', () => undefined); // Postgres going away at shutdown
     await this.db.connect();
   }
 
