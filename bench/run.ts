@@ -108,11 +108,13 @@ for (const bin of [SMTP_SOURCE, SMTP_SINK, '/usr/sbin/postfix']) {
 
 let cleaning = false;
 let workDirToRemove: string | undefined;
+const tmpDirs = new Set<string>();
 async function shutdown(code: number): Promise<never> {
   if (!cleaning) {
     cleaning = true;
     await cleanupAll().catch(() => undefined);
     if (workDirToRemove && !args.keep) fs.rmSync(workDirToRemove, { recursive: true, force: true });
+    for (const d of tmpDirs) fs.rmSync(d, { recursive: true, force: true });
   }
   process.exit(code);
 }
@@ -185,6 +187,7 @@ async function runOne(mta: Mta, sc: Scenario, workDir: string, n: number): Promi
     harnessCpuSeconds: 0,
   };
   const dumpDir = latencyOn ? fs.mkdtempSync('/dev/shm/tern-bench-sink-') : undefined;
+  if (dumpDir) tmpDirs.add(dumpDir);
   const sink = new Sink(SINK_HOST, await freePort(SINK_HOST), dumpDir);
   const sampler = new Sampler(100);
   let rssTimer: NodeJS.Timeout | undefined;
@@ -313,7 +316,10 @@ async function runOne(mta: Mta, sc: Scenario, workDir: string, n: number): Promi
     sampler.end();
     await mta.stop().catch((e: Error) => log(`${mta.name}: stop: ${e.message}`));
     await sink.stop();
-    if (dumpDir) fs.rmSync(dumpDir, { recursive: true, force: true });
+    if (dumpDir) {
+      fs.rmSync(dumpDir, { recursive: true, force: true });
+      tmpDirs.delete(dumpDir);
+    }
   }
   return res;
 }
