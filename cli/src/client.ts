@@ -5,7 +5,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { channelCredentials, clientInterceptor, grpc, unary } from '@tern/grpc';
 import * as proto from '@tern/proto';
-import { AdminServiceService, ReadBodyRequest, type ReadBodyResponse } from '@tern/proto';
+import { AdminServiceClient, AdminServiceService, ReadBodyRequest, type ReadBodyResponse } from '@tern/proto';
 import { UsageError } from './requests';
 
 export const DEFAULT_ADDR = '127.0.0.1:7000';
@@ -131,7 +131,7 @@ export type AdminApi = UnaryApi & {
   close(): void;
 };
 
-const AdminClient = grpc.makeGenericClientConstructor(AdminServiceService, 'tern.v1.AdminService');
+const AdminClient = AdminServiceClient;
 
 export function connect(c: Connection): AdminApi {
   let credentials: grpc.ChannelCredentials;

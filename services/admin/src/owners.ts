@@ -1,7 +1,7 @@
 // Clients of the services admin forwards to, and the mapping of their errors
 // to what an operator should see.
 import { createClient, grpc, grpcError, isGrpcError, type TlsFiles } from '@tern/grpc';
-import { PolicyServiceService, QueueServiceService } from '@tern/proto';
+import { PolicyServiceClient, QueueServiceClient } from '@tern/proto';
 
 export type OwnerName = 'queue' | 'policy';
 
@@ -14,12 +14,12 @@ export interface Owner {
   client: grpc.Client;
 }
 
-const QueueClient = grpc.makeGenericClientConstructor(QueueServiceService, 'tern.v1.QueueService');
-const PolicyClient = grpc.makeGenericClientConstructor(PolicyServiceService, 'tern.v1.PolicyService');
-
 export function connectOwner(name: OwnerName, address: string, deadlineMs: number, tls?: TlsFiles): Owner {
-  const Ctor = name === 'queue' ? QueueClient : PolicyClient;
-  return { name, address, client: createClient(Ctor, address, { deadlineMs, tls }) };
+  const client: grpc.Client =
+    name === 'queue'
+      ? createClient(QueueServiceClient, address, { deadlineMs, tls })
+      : createClient(PolicyServiceClient, address, { deadlineMs, tls });
+  return { name, address, client };
 }
 
 type UnaryFn = (req: unknown, md: grpc.Metadata, opts: Partial<grpc.CallOptions>, cb: (err: grpc.ServiceError | null, res: unknown) => void) => grpc.ClientUnaryCall;
