@@ -62,7 +62,7 @@ export function medianRuns(results: RunResult[]): RunResult[] {
     const med = sorted[Math.floor((sorted.length - 1) / 2)]!;
     const span = (f: (r: RunResult) => number): [number, number] => {
       const v = pool.map(f).filter((x) => !Number.isNaN(x));
-      return [Math.min(...v), Math.max(...v)];
+      return v.length ? [Math.min(...v), Math.max(...v)] : [NaN, NaN];
     };
     out.push({ ...med, runs: list.length, range: { acceptRate: span((r) => r.acceptRate), e2eRate: span((r) => r.e2eRate) } });
   }
