@@ -189,7 +189,7 @@ async function runOne(mta: Mta, sc: Scenario, workDir: string, n: number): Promi
   const dumpDir = latencyOn ? fs.mkdtempSync('/dev/shm/tern-bench-sink-') : undefined;
   if (dumpDir) tmpDirs.add(dumpDir);
   const sink = new Sink(SINK_HOST, await freePort(SINK_HOST), dumpDir);
-  const sampler = new Sampler(100);
+  const sampler = new Sampler(200);
   let rssTimer: NodeJS.Timeout | undefined;
   try {
     await sink.start();
