@@ -14,6 +14,8 @@
 //   --profile SVC[,SVC]   run these Tern services under node --cpu-prof and summarize
 //   --repeat N            run each scenario N times per side (alternating) and report the
 //                         median run by end-to-end rate, with the range (default 1)
+//   --stand-in            while services/delivery is not built, use the crash tests'
+//                         stand-in delivery (tests/crash/stand-in-delivery.ts) instead
 //   --keep                keep the work directory (configs, logs, profiles)
 //   --timeout S           bound on one run's end-to-end wait (default 60 + messages/20)
 //
@@ -63,6 +65,7 @@ const { values: args } = parseArgs({
     reuse: { type: 'boolean', default: false },
     profile: { type: 'string' },
     keep: { type: 'boolean', default: false },
+    'stand-in': { type: 'boolean', default: false },
     repeat: { type: 'string', default: '1' },
     timeout: { type: 'string' },
     help: { type: 'boolean', short: 'h', default: false },
@@ -363,7 +366,7 @@ async function main(): Promise<void> {
   const mtas: Array<() => Promise<Mta>> = [];
   if (only !== 'tern') mtas.push(async () => new PostfixMta());
   if (only !== 'postfix') {
-    mtas.push(async () => new TernMta(REPO));
+    mtas.push(async () => new TernMta(REPO, args['stand-in']));
   }
 
   const results: RunResult[] = [];

@@ -51,10 +51,21 @@ export class TernMta implements Mta {
   started: Service[] = [];
   readonly acceptOnly: boolean;
 
-  constructor(private repo: string) {
-    // Without delivery the bench still measures acceptance (ingress, policy, queue).
-    this.acceptOnly = !fs.existsSync(this.bundle('delivery'));
+  /** the crash tests' stand-in delivery replaces the missing service (--stand-in) */
+  readonly standIn: boolean;
+
+  constructor(
+    private repo: string,
+    standIn = false,
+  ) {
+    // Without delivery the bench still measures acceptance (ingress, policy, queue),
+    // or, with --stand-in, the whole path with the crash tests' stand-in delivery.
+    const haveDelivery = fs.existsSync(this.bundle('delivery'));
+    const standInFile = path.join(repo, 'tests/crash/stand-in-delivery.ts');
+    this.standIn = !haveDelivery && standIn && fs.existsSync(standInFile);
+    this.acceptOnly = !haveDelivery && !this.standIn;
     if (this.acceptOnly) log('tern: services/delivery/dist/main.js is not built: measuring acceptance only');
+    if (this.standIn) log('tern: services/delivery/dist/main.js is not built: using tests/crash/stand-in-delivery.ts (NOT the real delivery service)');
     const missing = REQUIRED.filter((s) => !fs.existsSync(this.bundle(s)));
     if (missing.length) throw new Error(`tern: not built: ${missing.map((s) => `services/${s}/dist/main.js`).join(', ')}`);
   }
@@ -94,10 +105,27 @@ export class TernMta implements Mta {
       },
     );
     await waitTcp('127.0.0.1', pgPort, 30_000);
-    const admin = new pg.Client({ connectionString: `postgres://postgres@127.0.0.1:${pgPort}/postgres` });
-    await waitFor('postgres to accept queries', async () => admin.connect().then(() => true, () => false), 30_000, 200);
-    await admin.query('CREATE DATABASE tern');
-    await admin.end();
+    // A pg.Client cannot be reused after a failed connect: a new one per try.
+    let admin: pg.Client | undefined;
+    await waitFor(
+      'postgres to accept queries',
+      async () => {
+        const c = new pg.Client({ connectionString: `postgres://postgres@127.0.0.1:${pgPort}/postgres` });
+        c.on('error', () => undefined);
+        try {
+          await c.connect();
+          admin = c;
+          return true;
+        } catch {
+          await c.end().catch(() => undefined);
+          return false;
+        }
+      },
+      30_000,
+      200,
+    );
+    await admin!.query('CREATE DATABASE tern');
+    await admin!.end();
     this.dbUrl = `postgres://postgres@127.0.0.1:${pgPort}/tern`;
 
     // NATS
@@ -164,6 +192,18 @@ export class TernMta implements Mta {
     const profile = new Set(o.profile ?? []);
     this.started = [];
     for (const s of SERVICES) {
+      if (s === 'delivery' && this.standIn) {
+        const child = start(process.execPath, ['--import', 'tsx', path.join(this.repo, 'tests/crash/stand-in-delivery.ts')], {
+          label: 'tern-delivery-stand-in',
+          cwd: this.repo,
+          env: { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: process.env.HOME ?? '/root', ...common(s), ...env[s] },
+          logFile: path.join(this.dir, `${s}.log`),
+        });
+        this.procs.set(s, child);
+        this.started.push(s);
+        await waitTcp(TERN_HOST, ports[`${s}.metrics`]!, 30_000);
+        continue;
+      }
       if (!fs.existsSync(this.bundle(s))) {
         if (REQUIRED.includes(s)) throw new Error(`tern: services/${s}/dist/main.js missing`);
         log(`tern: services/${s}/dist/main.js not built; running without ${s}`);
