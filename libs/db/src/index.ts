@@ -39,6 +39,13 @@ export function createPool(opts: PoolOptions): pg.Pool {
 
 export async function withTransaction<T>(pool: pg.Pool, fn: (client: pg.PoolClient) => Promise<T>): Promise<T> {
   const client = await pool.connect();
+  // While checked out, the pool's own 'error' listener is off: a connection
+  // lost now (Postgres restart) is emitted on the client, and with no
+  // listener that is an uncaught exception that kills the process. The loss
+  // also fails the pending or next query, which rolls this transaction back
+  // and reaches the caller; release() then discards the broken client.
+  const onError = () => undefined;
+  client.on('error', onError);
   try {
     await client.query('BEGIN');
     const result = await fn(client);
@@ -48,6 +55,7 @@ export async function withTransaction<T>(pool: pg.Pool, fn: (client: pg.PoolClie
     await client.query('ROLLBACK').catch(() => undefined);
     throw err;
   } finally {
+    client.removeListener('error', onError);
     client.release();
   }
 }
