@@ -40,6 +40,7 @@ before(async () => {
     TERN_QUEUE_ADDR: queue2.grpcAddr,
     TERN_SMTP_LISTEN: `127.0.0.1:${smtpPort2}`,
   });
+  world.extra.push(queue2, ingress2);
 });
 
 after(() => harness.close());

@@ -14,7 +14,7 @@
 import assert from 'node:assert/strict';
 import nodemailer from 'nodemailer';
 import pg from 'pg';
-import { startPlatform, type DnsServer, type Harness, type NatsServerHandle, type Platform, type ServiceName, type SmtpSink } from '@tern/devkit';
+import { startPlatform, type DnsServer, type Harness, type NatsServerHandle, type Platform, type ServiceHandle, type ServiceName, type SmtpSink } from '@tern/devkit';
 
 export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
@@ -62,6 +62,15 @@ export interface World {
   databaseUrl: string;
   /** Pool on the queue's database (for evidence; tolerant of Postgres restarts). */
   db: pg.Pool;
+  /** Services started besides the platform's (a second replica ...): watched for unexpected exits too. */
+  extra: ServiceHandle[];
+}
+
+/** Services that are not running although nobody stopped them (they crashed by themselves). */
+export function deadServices(world: World): string[] {
+  return [...Object.values(world.platform.services), ...world.extra]
+    .filter((s) => !s.running)
+    .map((s) => `${s.name} (pid ${s.pid}) is not running; log: ${s.logFile}\n${s.log().split('\n').filter((l) => /"(fatal|error)"|"level":(50|60)|exited/.test(l)).slice(-5).join('\n').slice(0, 3000)}`);
 }
 
 export interface WorldOptions {
@@ -127,7 +136,7 @@ export async function startWorld(harness: Harness, opts: WorldOptions): Promise<
   const db = new pg.Pool({ connectionString: opts.databaseUrl, max: 4, connectionTimeoutMillis: 3_000 });
   db.on('error', () => undefined); // idle clients die with a Postgres restart
   harness.defer(() => db.end(), 'end evidence pool');
-  return { harness, platform, nats, dns, destMx, senderMx, databaseUrl: opts.databaseUrl, db };
+  return { harness, platform, nats, dns, destMx, senderMx, databaseUrl: opts.databaseUrl, db, extra: [] };
 }
 
 // ------------------------------------------------------------------ load
@@ -438,6 +447,9 @@ export async function converge(world: World, sent: Sent[], timeoutMs: number): P
   const t0 = Date.now();
   let t = await tally(world, sent);
   while (Date.now() - t0 < timeoutMs) {
+    // A process that died by itself will not come back here (no kubelet): say so now.
+    const dead = deadServices(world);
+    if (dead.length) assert.fail(`a service died by itself during the test:\n${dead.join('\n')}`);
     if (!t.lost.length && t.pending === 0 && t.outbox === 0) {
       const convergedMs = Date.now() - t0;
       await sleep(3_000);
@@ -493,6 +505,7 @@ export function summary(name: string, t: Tally & { convergedMs: number }, crashe
 
 /** The assertions every crash scenario makes. */
 export async function assertConverged(world: World, load: Load, t: Tally & { convergedMs: number }, crashes: CrashRecord[]): Promise<void> {
+  assert.deepEqual(deadServices(world), [], 'no service died by itself');
   assert.ok(t.accepted > 0, 'some messages were accepted');
   assert.deepEqual(t.unknownToQueue, [], 'every 250 names a message the queue has (I1)');
   if (t.lost.length) assert.fail(`${t.lost.length} accepted recipients lost (I2):\n${await explainLost(world, load.sent, t.lost)}`);
