@@ -16,6 +16,8 @@
 //                         median run by end-to-end rate, with the range (default 1)
 //   --stand-in            while services/delivery is not built, use the crash tests'
 //                         stand-in delivery (tests/crash/stand-in-delivery.ts) instead
+//   --pg-stats            Tern: pg_stat_statements in the private Postgres; prints the
+//                         statements per message of the measured window
 //   --keep                keep the work directory (configs, logs, profiles)
 //   --timeout S           bound on one run's end-to-end wait (default 60 + messages/20)
 //
@@ -66,6 +68,7 @@ const { values: args } = parseArgs({
     profile: { type: 'string' },
     keep: { type: 'boolean', default: false },
     'stand-in': { type: 'boolean', default: false },
+    'pg-stats': { type: 'boolean', default: false },
     repeat: { type: 'string', default: '1' },
     timeout: { type: 'string' },
     help: { type: 'boolean', short: 'h', default: false },
@@ -197,7 +200,7 @@ async function runOne(mta: Mta, sc: Scenario, workDir: string, n: number): Promi
   try {
     await sink.start();
     log(`${mta.name} ${sc.name}: starting (sink ${sink.host}:${sink.port})`);
-    await mta.start({ workDir, sinkHost: sink.host, sinkPort: sink.port, profile, profileDir: path.join(workDir, 'profiles') });
+    await mta.start({ workDir, sinkHost: sink.host, sinkPort: sink.port, profile, profileDir: path.join(workDir, 'profiles'), pgStats: args['pg-stats'] });
     for (const r of mta.roots()) sampler.addRoot(r);
     sampler.addRoot({ pid: sink.child!.pid!, group: 'load', name: 'smtp-sink' });
 
@@ -211,6 +214,7 @@ async function runOne(mta: Mta, sc: Scenario, workDir: string, n: number): Promi
     const base = sink.messages;
 
     log(`${mta.name} ${sc.name}: ${n} messages of ${sc.size} bytes over ${sc.sessions} sessions`);
+    await mta.windowStart?.();
     const cpu0 = process.cpuUsage();
     sampler.begin();
     if (soak) {
@@ -279,6 +283,10 @@ async function runOne(mta: Mta, sc: Scenario, workDir: string, n: number): Promi
       if (p.name !== '(exited)') res.peakRssMb[k] = Math.max(res.peakRssMb[k] ?? 0, p.peakRssMb);
     }
     if (soak) res.rssTimeline = sampler.timeline();
+    if (mta.windowReport) {
+      res.dbReport = await mta.windowReport(res.accepted);
+      if (res.dbReport) log(`${mta.name} ${sc.name}: ${res.dbReport}`);
+    }
 
     // Latency: client-observed 250 (smtp-source -v) to the sink's receipt (dump file mtime)
     if (latencyOn && !mta.acceptOnly) {

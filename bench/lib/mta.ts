@@ -7,6 +7,8 @@ export interface MtaStartOptions {
   /** profile this Tern service with --cpu-prof (Tern only) */
   profile?: string[];
   profileDir?: string;
+  /** Tern: collect pg_stat_statements and report the statements per message */
+  pgStats?: boolean;
 }
 
 /** One system under test: Postfix or Tern. */
@@ -27,6 +29,9 @@ export interface Mta {
   resolveByMessageId?(messageIds: string[]): Promise<Map<string, string>>;
   /** the MTA's own accept-to-delivery figure per queue id (ms), for cross-checking */
   serverLatencies(): Promise<Map<string, number>>;
+  /** called when the measured window opens / closes (Tern: resets and reads pg_stat_statements) */
+  windowStart?(): Promise<void>;
+  windowReport?(messages: number): Promise<string>;
   /** last errors, for the report when something goes wrong */
   logTail(): string;
   stop(): Promise<void>;

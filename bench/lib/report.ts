@@ -39,6 +39,7 @@ export interface RunResult {
   processes: ProcReport[];
   load: ProcReport[]; // smtp-source, smtp-sink
   harnessCpuSeconds: number;
+  dbReport?: string;
   rssTimeline?: Array<{ t: number; rss: Record<string, { rss: number; peak: number }> }>;
 }
 

@@ -92,7 +92,10 @@ export class TernMta implements Mta {
     const pgPort = await freePort('127.0.0.1');
     this.pgProc = start(
       pgBin('postgres'),
-      ['-D', pgData, '-p', String(pgPort), '-k', pgSock, '-c', 'listen_addresses=127.0.0.1', '-c', 'max_connections=200'],
+      [
+        '-D', pgData, '-p', String(pgPort), '-k', pgSock, '-c', 'listen_addresses=127.0.0.1', '-c', 'max_connections=200',
+        ...(o.pgStats ? ['-c', 'shared_preload_libraries=pg_stat_statements', '-c', 'pg_stat_statements.track=all'] : []),
+      ],
       {
         label: 'postgres',
         uid: pgUser.uid,
@@ -126,6 +129,7 @@ export class TernMta implements Mta {
     );
     await admin!.query('CREATE DATABASE tern');
     await admin!.end();
+    this.pgStats = Boolean(o.pgStats);
     this.dbUrl = `postgres://postgres@127.0.0.1:${pgPort}/tern`;
 
     // NATS
@@ -295,6 +299,38 @@ export class TernMta implements Mta {
     );
     for (const row of r.rows) out.set(row.id, Number(row.ms));
     return out;
+  }
+
+  private pgStats = false;
+
+  async windowStart(): Promise<void> {
+    if (!this.pgStats || !this.db) return;
+    await this.db.query('CREATE EXTENSION IF NOT EXISTS pg_stat_statements');
+    await this.db.query('SELECT pg_stat_statements_reset()');
+  }
+
+  /** Statements run per message in the measured window, heaviest first. */
+  async windowReport(messages: number): Promise<string> {
+    if (!this.pgStats || !this.db) return '';
+    const r = await this.db.query<{ calls: string; total: number; mean: number; rows: string; query: string }>(
+      `SELECT calls, total_exec_time AS total, mean_exec_time AS mean, rows, regexp_replace(query, '\\s+', ' ', 'g') AS query
+         FROM pg_stat_statements WHERE query NOT LIKE '%pg_stat_statements%' ORDER BY total_exec_time DESC LIMIT 25`,
+    );
+    const all = await this.db.query<{ calls: string; total: number }>(
+      `SELECT sum(calls) AS calls, sum(total_exec_time) AS total FROM pg_stat_statements WHERE query NOT LIKE '%pg_stat_statements%'`,
+    );
+    const n = Math.max(1, messages);
+    const lines = [
+      `postgres statements: ${(Number(all.rows[0]!.calls) / n).toFixed(1)} per message, ${(all.rows[0]!.total / n).toFixed(2)} ms execution per message`,
+      '   calls/msg  ms/msg  mean ms  rows/call  statement',
+    ];
+    for (const row of r.rows) {
+      const calls = Number(row.calls);
+      lines.push(
+        `   ${(calls / n).toFixed(2).padStart(9)} ${(row.total / n).toFixed(3).padStart(7)} ${row.mean.toFixed(3).padStart(8)} ${(Number(row.rows) / Math.max(1, calls)).toFixed(1).padStart(10)}  ${row.query.slice(0, 150)}`,
+      );
+    }
+    return lines.join('\n');
   }
 
   logTail(): string {
