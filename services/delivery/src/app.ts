@@ -1,0 +1,137 @@
+// Wires the delivery service: the shared durable JetStream consumer
+// `delivery` on tern.jobs.>, the next-hop resolver, the SMTP connection pool,
+// the queue client (ReadBody), gRPC health and /metrics. Delivery owns
+// nothing durable: a job is acked only after its result is published, so a
+// crash means the job is redelivered (or its lease brings it back).
+import type http from 'node:http';
+import os from 'node:os';
+import { Bus, SUBJECTS, type BusMessage, type Consumption } from '@tern/bus';
+import { createClient, GrpcServer } from '@tern/grpc';
+import { DeliveryJob, DeliveryResult, AttemptOutcome, QueueServiceClient } from '@tern/proto';
+import { withSpan, type Telemetry } from '@tern/telemetry';
+import type { Config } from './config';
+import { NextHopResolver } from './nexthop';
+import { ConnectionPool } from './pool';
+import { deliver, BodyUnavailableError, type WorkerDeps } from './worker';
+
+export interface AppDeps {
+  telemetry: Pick<Telemetry, 'logger' | 'tracer' | 'meter' | 'serveMetrics'>;
+}
+
+export interface App {
+  start(): Promise<void>;
+  stop(): Promise<void>;
+}
+
+export function createApp(config: Config, deps: AppDeps): App {
+  const { logger, tracer, meter } = deps.telemetry;
+  const heloName = config.TERN_HELO_NAME ?? config.TERN_HOSTNAME;
+  const queue = createClient(QueueServiceClient, config.TERN_QUEUE_ADDR, { deadlineMs: 0 });
+  const pool = new ConnectionPool({ maxMessagesPerConnection: config.TERN_SMTP_MAX_MESSAGES_PER_CONNECTION, idleMs: config.TERN_SMTP_IDLE_MS });
+  const resolver = new NextHopResolver({ servers: config.TERN_DNS_SERVERS, port: config.TERN_SMTP_PORT, ownNames: [heloName.toLowerCase(), config.TERN_HOSTNAME.toLowerCase()] });
+  const worker: WorkerDeps = {
+    logger,
+    resolver,
+    pool,
+    queue,
+    worker: `${os.hostname()}/${process.pid}`,
+    heloName,
+    localAddress: config.TERN_SOURCE_ADDRESS,
+    smtpPort: config.TERN_SMTP_PORT,
+    connectTimeoutMs: config.TERN_SMTP_CONNECT_TIMEOUT_MS,
+    commandTimeoutMs: config.TERN_SMTP_COMMAND_TIMEOUT_MS,
+    dataEndTimeoutMs: config.TERN_SMTP_DATA_END_TIMEOUT_MS,
+    queueDeadlineMs: config.TERN_QUEUE_DEADLINE_MS,
+  };
+  const metrics = {
+    recipients: meter.createCounter('tern_delivery_recipients_total', { description: 'Recipient results by outcome' }),
+    seconds: meter.createHistogram('tern_delivery_job_seconds', { description: 'Job taken to result published, seconds', unit: 's' }),
+  };
+  meter
+    .createObservableGauge('tern_delivery_connections_opened', { description: 'SMTP connections opened (reused ones are not counted)' })
+    .addCallback((o) => o.observe(pool.opened));
+
+  const grpcServer = new GrpcServer({ logger, tracer });
+  let metricsServer: http.Server | undefined;
+  let bus: Bus | undefined;
+  let consumption: Consumption | undefined;
+  let serving = false;
+
+  async function handle(msg: BusMessage): Promise<void> {
+    let job: DeliveryJob;
+    try {
+      job = DeliveryJob.decode(msg.data);
+    } catch (err) {
+      logger.error({ msg_id: msg.msgId, err: (err as Error).message }, 'undecodable delivery job dropped (its lease brings the recipients back)');
+      msg.term('undecodable');
+      return;
+    }
+    // Long sessions keep the ack timer from running out.
+    const progress = setInterval(() => msg.working(), 20_000);
+    const started = performance.now();
+    try {
+      await withSpan(
+        tracer,
+        'delivery.attempt',
+        { 'tern.queue_id': job.queueId, 'tern.job_id': job.jobId, 'tern.destination': job.destination, 'tern.recipients': job.recipients.length },
+        async (span) => {
+          const result = await deliver(worker, job);
+          if (result) {
+            span.setAttribute('net.peer.name', result.remoteHost);
+            span.setAttribute('net.peer.ip', result.remoteIp);
+            await bus!.publish(SUBJECTS.results, DeliveryResult.encode(result).finish(), { msgId: `result:${job.jobId}` });
+            for (const r of result.recipients) metrics.recipients.add(1, { outcome: AttemptOutcome[r.outcome] ?? 'unknown' });
+            logger.info(
+              {
+                event: 'delivery_attempt',
+                queue_id: job.queueId,
+                job_id: job.jobId,
+                destination: job.destination,
+                remote: `${result.remoteHost}[${result.remoteIp}]`,
+                tls: result.tls?.used ?? false,
+                outcomes: result.recipients.map((r) => `${r.reply?.code ?? 0}`).join(','),
+                reply: result.recipients[0]?.reply?.text,
+                ms: result.durationMs,
+              },
+              'delivery attempt finished',
+            );
+          }
+        },
+        msg.ctx,
+      );
+      msg.ack();
+      metrics.seconds.record((performance.now() - started) / 1000);
+    } catch (err) {
+      // Ours, not the destination's (queue unreachable, NATS publish failed): redeliver the job later.
+      const delay = err instanceof BodyUnavailableError ? 5_000 : 10_000;
+      logger.warn({ queue_id: job.queueId, job_id: job.jobId, err: (err as Error).message, retry_ms: delay }, 'delivery job failed on our side; it will be retried');
+      msg.nak(delay);
+    } finally {
+      clearInterval(progress);
+    }
+  }
+
+  return {
+    async start() {
+      metricsServer = await deps.telemetry.serveMetrics(config.TERN_METRICS_LISTEN.host, config.TERN_METRICS_LISTEN.port, () => serving);
+      await grpcServer.listen(config.TERN_GRPC_LISTEN.host, config.TERN_GRPC_LISTEN.port);
+      bus = await Bus.connect({ url: config.TERN_NATS_URL, name: `tern-delivery-${os.hostname()}-${process.pid}`, logger });
+      await bus.ensureTopology(['delivery']);
+      consumption = bus.consume('delivery', handle, { concurrency: config.TERN_CONCURRENCY, retryDelayMs: 10_000 });
+      serving = true;
+      grpcServer.setStatus('SERVING');
+    },
+    async stop() {
+      serving = false;
+      grpcServer.setStatus('NOT_SERVING');
+      // Stop taking jobs and finish the ones in hand (the runtime's grace timer bounds it);
+      // jobs fetched but not started are redelivered after the ack wait.
+      await consumption?.stop();
+      await pool.close();
+      await bus?.close();
+      queue.close();
+      await grpcServer.shutdown(2_000);
+      await new Promise<void>((resolve) => (metricsServer ? metricsServer.close(() => resolve()) : resolve()));
+    },
+  };
+}

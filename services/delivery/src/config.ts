@@ -1,0 +1,34 @@
+// Process settings of the delivery service, read once from the environment.
+// Keys are the variable names, so a bad value is reported by its name.
+import { commonSchema, csv, grpcTarget, natsUrl, parseEnv, positiveInt, z } from '@tern/config';
+
+const schema = z.object({
+  ...commonSchema({ grpcPort: 7004, metricsPort: 9104 }),
+  TERN_NATS_URL: natsUrl(),
+  TERN_QUEUE_ADDR: grpcTarget(),
+  /** Resolvers for MX/A/AAAA ("ip" or "ip:port"); empty = the system's. */
+  TERN_DNS_SERVERS: csv([]),
+  /** Port dialled on MX hosts (25 on the internet; tests use sinks on a high port). */
+  TERN_SMTP_PORT: positiveInt(25),
+  /** EHLO name; defaults to TERN_HOSTNAME. */
+  TERN_HELO_NAME: z.string().min(1).optional(),
+  /** Source address for outbound connections (multi-IP egress). */
+  TERN_SOURCE_ADDRESS: z.union([z.ipv4(), z.ipv6()]).optional(),
+  /** Jobs handled at once by this pod. */
+  TERN_CONCURRENCY: positiveInt(64),
+  /** RFC 5321 4.5.3.2 timeouts. */
+  TERN_SMTP_CONNECT_TIMEOUT_MS: positiveInt(30_000),
+  TERN_SMTP_COMMAND_TIMEOUT_MS: positiveInt(300_000),
+  TERN_SMTP_DATA_END_TIMEOUT_MS: positiveInt(600_000),
+  /** Connection reuse: messages per connection, and how long an idle one is kept. */
+  TERN_SMTP_MAX_MESSAGES_PER_CONNECTION: positiveInt(100),
+  TERN_SMTP_IDLE_MS: positiveInt(5_000),
+  /** Deadline of a ReadBody stream from the queue. */
+  TERN_QUEUE_DEADLINE_MS: positiveInt(120_000),
+});
+
+export type Config = z.infer<typeof schema>;
+
+export function loadConfig(env: Record<string, string | undefined> = process.env): Config {
+  return parseEnv(schema, env);
+}

@@ -1,0 +1,128 @@
+// Next-hop resolution per RFC 5321 section 5.1 and RFC 7505: MX records by
+// preference (equal preferences shuffled), the implicit MX (the domain's own
+// A/AAAA) when there is none, null MX refused at once, temporary DNS failure
+// deferred. A small cache honours TTLs.
+import { promises as dnsp, type MxRecord } from 'node:dns';
+import net from 'node:net';
+import type { SmtpReply } from '@tern/proto';
+
+export interface NextHop {
+  /** Host name (for logs, Remote-MTA, TLS name). */
+  name: string;
+  addresses: string[];
+  port: number;
+}
+
+export type Resolution = { ok: true; hops: NextHop[] } | { ok: false; temporary: boolean; reply: SmtpReply };
+
+const reply = (code: number, enhanced: string, text: string): SmtpReply => ({ code, enhanced, text });
+
+interface CacheEntry<T> {
+  value: T;
+  expires: number;
+}
+
+export interface ResolverOptions {
+  servers: string[];
+  port: number;
+  /** Our own names: an MX pointing back at us is a loop. */
+  ownNames: string[];
+  timeoutMs?: number;
+}
+
+export class NextHopResolver {
+  private readonly resolver: dnsp.Resolver;
+  private readonly cache = new Map<string, CacheEntry<unknown>>();
+
+  constructor(private readonly opts: ResolverOptions) {
+    this.resolver = new dnsp.Resolver({ timeout: opts.timeoutMs ?? 5_000, tries: 2 });
+    if (opts.servers.length) this.resolver.setServers(opts.servers);
+  }
+
+  private async cached<T>(key: string, ttlSeconds: (v: T) => number, load: () => Promise<T>): Promise<T> {
+    const hit = this.cache.get(key);
+    if (hit && hit.expires > Date.now()) return hit.value as T;
+    const value = await load();
+    this.cache.set(key, { value, expires: Date.now() + Math.max(1, Math.min(ttlSeconds(value), 3600)) * 1000 });
+    if (this.cache.size > 50_000) this.cache.delete(this.cache.keys().next().value as string);
+    return value;
+  }
+
+  /** A and AAAA of a host, with TTLs honoured. Empty when it has none. */
+  private async addresses(host: string): Promise<string[]> {
+    return this.cached(
+      `addr:${host}`,
+      (v: { ttl: number; list: string[] }) => v.ttl,
+      async () => {
+        const [v4, v6] = await Promise.all([
+          this.resolver.resolve4(host, { ttl: true }).catch(notFoundAsEmpty),
+          this.resolver.resolve6(host, { ttl: true }).catch(notFoundAsEmpty),
+        ]);
+        const all = [...v4, ...v6];
+        const ttl = all.length ? Math.min(...all.map((a) => a.ttl)) : 60;
+        return { ttl, list: all.map((a) => a.address) };
+      },
+    ).then((v) => v.list);
+  }
+
+  async resolve(domain: string): Promise<Resolution> {
+    if (net.isIP(domain.replace(/^\[|\]$/g, '').replace(/^ipv6:/i, ''))) {
+      const ip = domain.replace(/^\[|\]$/g, '').replace(/^ipv6:/i, '');
+      return { ok: true, hops: [{ name: `[${ip}]`, addresses: [ip], port: this.opts.port }] };
+    }
+    let mx: MxRecord[];
+    try {
+      // resolveMx gives no TTLs: cache MX sets briefly.
+      mx = await this.cached(`mx:${domain}`, () => 60, () => this.resolver.resolveMx(domain));
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === 'ENOTFOUND') return { ok: false, temporary: false, reply: reply(550, '5.1.2', `Host or domain name not found. Name service error for name=${domain} type=MX: Host not found`) };
+      if (code === 'ENODATA') mx = [];
+      else return { ok: false, temporary: true, reply: reply(451, '4.4.3', `Host or domain name not found. Name service error for name=${domain} type=MX: Host not found, try again (${code})`) };
+    }
+    if (mx.length === 1 && (mx[0]!.exchange === '' || mx[0]!.exchange === '.')) {
+      return { ok: false, temporary: false, reply: reply(556, '5.1.10', `Domain ${domain} does not accept mail (null MX)`) };
+    }
+    if (mx.length === 0) {
+      // Implicit MX: the domain itself (RFC 5321 5.1).
+      try {
+        const addrs = await this.addresses(domain);
+        if (!addrs.length) return { ok: false, temporary: false, reply: reply(550, '5.1.2', `Host or domain name not found. Name service error for name=${domain} type=A: Host not found`) };
+        return { ok: true, hops: [{ name: domain, addresses: addrs, port: this.opts.port }] };
+      } catch (err) {
+        return { ok: false, temporary: true, reply: reply(451, '4.4.3', `DNS lookup of ${domain} failed, try again (${(err as NodeJS.ErrnoException).code})`) };
+      }
+    }
+    const sorted = shuffleEqualPreferences(mx);
+    const hops: NextHop[] = [];
+    let temporaryFailure = false;
+    for (const record of sorted) {
+      const name = record.exchange.replace(/\.$/, '').toLowerCase();
+      if (net.isIP(name)) continue; // an MX must name a host, not an address (RFC 5321 5.1)
+      if (this.opts.ownNames.includes(name)) {
+        return { ok: false, temporary: false, reply: reply(554, '5.4.6', `mail for ${domain} loops back to myself`) };
+      }
+      try {
+        const addrs = await this.addresses(name);
+        if (addrs.length) hops.push({ name, addresses: addrs, port: this.opts.port });
+      } catch {
+        temporaryFailure = true;
+      }
+    }
+    if (hops.length) return { ok: true, hops };
+    if (temporaryFailure) return { ok: false, temporary: true, reply: reply(451, '4.4.3', `MX hosts of ${domain} could not be resolved, try again`) };
+    return { ok: false, temporary: false, reply: reply(550, '5.4.4', `No usable MX host for ${domain} (MX records name no address)`) };
+  }
+}
+
+function notFoundAsEmpty(err: NodeJS.ErrnoException): { address: string; ttl: number }[] {
+  if (err.code === 'ENODATA' || err.code === 'ENOTFOUND') return [];
+  throw err;
+}
+
+/** Sorted by preference; hosts of equal preference in random order. */
+export function shuffleEqualPreferences(records: MxRecord[]): MxRecord[] {
+  const keyed = records.map((r) => ({ r, k: Math.random() }));
+  keyed.sort((a, b) => a.r.priority - b.r.priority || a.k - b.k);
+  return keyed.map((x) => x.r);
+}

@@ -1,0 +1,74 @@
+// Connection reuse: a session that finished a transaction waits, idle, for
+// the next job to the same host and port; it is checked with RSET before
+// reuse, retired after a number of messages or when idle too long.
+import { SmtpClient, type ConnectOptions } from './smtp-client';
+
+export interface PoolOptions {
+  maxMessagesPerConnection: number;
+  idleMs: number;
+}
+
+interface Idle {
+  client: SmtpClient;
+  timer: NodeJS.Timeout;
+}
+
+export class ConnectionPool {
+  private readonly idle = new Map<string, Idle[]>();
+  opened = 0;
+  reused = 0;
+
+  constructor(private readonly opts: PoolOptions) {}
+
+  private key(o: { address: string; port: number; localAddress?: string }): string {
+    return `${o.localAddress ?? ''}>${o.address}:${o.port}`;
+  }
+
+  async acquire(opts: ConnectOptions): Promise<SmtpClient> {
+    const list = this.idle.get(this.key(opts));
+    while (list?.length) {
+      const { client, timer } = list.pop()!;
+      clearTimeout(timer);
+      if (client.usable && (await client.reset())) {
+        this.reused++;
+        return client;
+      }
+      client.destroy();
+    }
+    const client = await SmtpClient.connect(opts);
+    this.opened++;
+    return client;
+  }
+
+  /** Hands a session back after a transaction; `healthy` false closes it. */
+  release(client: SmtpClient, opts: ConnectOptions, healthy: boolean): void {
+    if (!healthy || !client.usable || client.messages >= this.opts.maxMessagesPerConnection) {
+      void client.quit();
+      return;
+    }
+    const key = this.key(opts);
+    const list = this.idle.get(key) ?? [];
+    const entry: Idle = {
+      client,
+      timer: setTimeout(() => {
+        const i = list.indexOf(entry);
+        if (i >= 0) list.splice(i, 1);
+        void client.quit();
+      }, this.opts.idleMs),
+    };
+    entry.timer.unref();
+    list.push(entry);
+    this.idle.set(key, list);
+  }
+
+  async close(): Promise<void> {
+    const all = [...this.idle.values()].flat();
+    this.idle.clear();
+    await Promise.allSettled(
+      all.map(({ client, timer }) => {
+        clearTimeout(timer);
+        return client.quit();
+      }),
+    );
+  }
+}
