@@ -29,7 +29,8 @@ export const STATE: Record<number, string> = { 1: 'queued', 2: 'inflight', 3: 'd
  * - backoff 1-2 s: deferrals (the flaky recipients, failures while a
  *   dependency restarts) retry quickly;
  * - a dead destination is probed every 2 s;
- * - bounce retries the queue after 0.5-2 s.
+ * - bounce retries the queue after 0.5-2 s;
+ * - delivery gives up on a silent SMTP peer or queue after 5-10 s.
  */
 export const CRASH_ENV: Partial<Record<ServiceName, Record<string, string>>> = {
   queue: {
@@ -47,7 +48,13 @@ export const CRASH_ENV: Partial<Record<ServiceName, Record<string, string>>> = {
     TERN_BOUNCE_RETRY_MAX_MS: '2000',
     TERN_QUEUE_DEADLINE_MS: '10000',
   },
-  delivery: {},
+  // Short SMTP and queue deadlines: a session cut by a crash fails fast.
+  delivery: {
+    TERN_SMTP_CONNECT_TIMEOUT_MS: '5000',
+    TERN_SMTP_COMMAND_TIMEOUT_MS: '10000',
+    TERN_SMTP_DATA_END_TIMEOUT_MS: '10000',
+    TERN_QUEUE_DEADLINE_MS: '10000',
+  },
 };
 
 export interface World {
@@ -415,7 +422,12 @@ export async function tally(world: World, sent: Sent[]): Promise<Tally> {
       t.duplicateKeys.push(`${k} x${c}`);
     }
   }
-  for (const c of reportCopies.values()) if (c > 1) t.reportDuplicates += c - 1;
+  for (const [k, c] of reportCopies) {
+    if (c > 1) {
+      t.reportDuplicates += c - 1;
+      t.duplicateKeys.push(`report ${k} x${c}`);
+    }
+  }
 
   // Postgres: supporting evidence.
   try {

@@ -140,7 +140,19 @@ async function main(): Promise<void> {
         return;
       }
       const result = await attempt(job);
-      await bus.publish(SUBJECTS.results, DeliveryResult.encode(result).finish(), { msgId: `${job.jobId}.result` });
+      // The mail went out: keep trying to publish the result (NATS may be
+      // restarting) rather than letting the job run again.
+      for (let i = 0; ; i++) {
+        try {
+          await bus.publish(SUBJECTS.results, DeliveryResult.encode(result).finish(), { msgId: `${job.jobId}.result` });
+          break;
+        } catch (err) {
+          if (i >= 60) throw err;
+          logger.warn({ job_id: job.jobId, err: (err as Error).message }, 'result publish failed; retrying');
+          msg.working();
+          await new Promise((r) => setTimeout(r, 500));
+        }
+      }
       logger.info({ job_id: job.jobId, queue_id: job.queueId, outcomes: result.recipients.map((r) => r.outcome) }, 'job done');
       msg.ack();
     },
