@@ -113,7 +113,6 @@ export async function startWorld(harness: Harness, opts: WorldOptions): Promise<
   dns.mx('dest.test', 'mx.dest.test').mx('other.test', 'mx.dest.test').a('mx.dest.test', opts.destHost);
   dns.mx('sender.test', 'mx.sender.test').a('mx.sender.test', opts.senderHost);
 
-  const standIn = process.env.TERN_CRASH_STAND_IN_DELIVERY === '1';
   const env = mergeEnv(CRASH_ENV, opts.env);
   const platform = await startPlatform(harness, {
     databaseUrl: opts.databaseUrl,
@@ -121,25 +120,7 @@ export async function startWorld(harness: Harness, opts: WorldOptions): Promise<
     dnsServer: dns.address,
     remoteSmtpPort: port,
     env,
-    only: standIn ? ['policy', 'queue', 'bounce', 'admin', 'ingress'] : undefined,
   });
-  if (standIn) {
-    process.stderr.write('[crash] TERN_CRASH_STAND_IN_DELIVERY=1: using tests/crash/stand-in-delivery.ts, not services/delivery\n');
-    platform.services.delivery = await harness.startService(
-      'delivery',
-      {
-        TERN_NATS_URL: nats.url,
-        TERN_QUEUE_ADDR: platform.queueAddr,
-        TERN_DNS_SERVERS: dns.address,
-        TERN_SMTP_PORT: String(port),
-        TERN_HOSTNAME: 'mx.tern.test',
-        TERN_LOG_LEVEL: 'info',
-        NODE_OPTIONS: '--enable-source-maps --import tsx',
-        ...env.delivery,
-      },
-      { entry: 'tests/crash/stand-in-delivery.ts', readiness: 'http' },
-    );
-  }
   const db = new pg.Pool({ connectionString: opts.databaseUrl, max: 4, connectionTimeoutMillis: 3_000 });
   db.on('error', () => undefined); // idle clients die with a Postgres restart
   harness.defer(() => db.end(), 'end evidence pool');

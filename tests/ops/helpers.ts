@@ -3,7 +3,6 @@
 // nodemailer transports, and polling.
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import nodemailer from 'nodemailer';
@@ -222,10 +221,3 @@ export async function policyDecisions(platform: Platform): Promise<Map<string, n
   }
   return out;
 }
-
-/** True when the delivery service has been built (another engineer may still be writing it). */
-export function deliveryBuilt(): boolean {
-  return fs.existsSync(path.join(repoRoot(), 'services/delivery/dist/main.js'));
-}
-
-export const DELIVERY_MISSING = 'services/delivery/dist/main.js is missing: the delivery service is not built yet (node_modules/.bin/turbo run build), so this test cannot observe delivery';

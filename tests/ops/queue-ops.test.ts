@@ -7,8 +7,8 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { Harness, SERVICE_NAMES, startPlatform, type Platform, type SmtpSink, type DnsServer } from '@tern/devkit';
-import { DELIVERY_MISSING, deliveryBuilt, send, tern, ternBytes, ternJson, ternRaw, waitFor } from './helpers';
+import { Harness, startPlatform, type Platform, type SmtpSink, type DnsServer } from '@tern/devkit';
+import { send, tern, ternBytes, ternJson, ternRaw, waitFor } from './helpers';
 
 const harness = new Harness({ name: 'ops-queue' });
 let platform: Platform;
@@ -17,10 +17,6 @@ let senderMx: SmtpSink; // MX of sender.test, where reports arrive
 let smarthost: SmtpSink; // target of a route
 let dns: DnsServer;
 let tmp: string;
-// TERN_OPS_STAND_IN_DELIVERY=1 borrows the crash tests' stand-in delivery (no
-// routes) to exercise the delivery-side tests before services/delivery is built.
-const standIn = process.env.TERN_OPS_STAND_IN_DELIVERY === '1';
-const withDelivery = deliveryBuilt() || standIn;
 
 // ---- the JSON the CLI prints (proto3 JSON: default values omitted)
 interface Reply {
@@ -88,10 +84,6 @@ const act = async (...args: string[]) => {
 const ids = (l: Listing) => (l.messages ?? []).map((m) => m.queueId);
 const states = (m: Message) => (m.recipients ?? []).map((r) => r.state);
 
-function requireDelivery(): void {
-  if (!withDelivery) assert.fail(DELIVERY_MISSING);
-}
-
 before(async () => {
   const db = await harness.createTestDatabase();
   await harness.runMigrate(db.url, { entry: 'libs/db/dist/migrate.js' });
@@ -111,24 +103,9 @@ before(async () => {
     natsUrl: nats.url,
     dnsServer: dns.address,
     remoteSmtpPort: port,
-    only: deliveryBuilt() && !standIn ? [...SERVICE_NAMES] : ['policy', 'queue', 'bounce', 'admin', 'ingress'],
     // A deferred recipient waits (the first retry is far away) until an operator says retry.
     env: { queue: { TERN_QUEUE_BACKOFF_MIN_S: '600', TERN_QUEUE_BACKOFF_MAX_S: '3600' } },
   });
-  if (standIn) {
-    platform.services.delivery = await harness.startService(
-      'delivery',
-      {
-        TERN_NATS_URL: nats.url,
-        TERN_QUEUE_ADDR: platform.queueAddr,
-        TERN_DNS_SERVERS: dns.address,
-        TERN_SMTP_PORT: String(port),
-        TERN_HOSTNAME: 'mx.tern.test',
-        NODE_OPTIONS: '--enable-source-maps --import tsx',
-      },
-      { entry: 'tests/crash/stand-in-delivery.ts', readiness: 'http' },
-    );
-  }
 });
 
 after(() => harness.close());
@@ -398,7 +375,6 @@ test('bounce one message: failed with the operator named, and an RFC 3464 report
   assert.match(report!.text, /^Status: 5\.0\.0/im);
   assert.match(report!.text, /Message-ID: <held-4@ops\.test>/i, 'the report carries the original (or its headers)');
 
-  requireDelivery();
   const arrived = await waitFor('the report at the sender MX', async () => senderMx.messagesFor('alice@sender.test').find((x) => /user4@held\.test/.test(x.raw.toString())), 30_000);
   assert.equal(arrived.mailFrom, '');
   assert.match(arrived.raw.toString(), /^Final-Recipient: rfc822; ?user4@held\.test/im);
@@ -421,7 +397,6 @@ test('tern queue bounce by filter: dry run, then one report per message', async 
   assert.match(all, /^Final-Recipient: rfc822; ?user7@held\.test/im);
   // The recipient deleted earlier is not reported as failed.
   assert.doesNotMatch(all, /^Final-Recipient: rfc822; ?user8@paused\.test/im);
-  requireDelivery();
   await waitFor('both reports at the sender MX', async () => (senderMx.messagesFor('carol@sender.test').length >= 2 ? true : undefined), 30_000);
 });
 
@@ -432,7 +407,6 @@ test('tern destination resume lets the queued mail go', async () => {
   assert.notEqual(listed.destinations?.find((d) => d.name === 'held.test')?.suspended, true);
   // Dispatch resumes: nothing for held.test stays queued.
   await waitFor('held.test to be dispatched', async () => ((await ls('--domain', 'held.test', '--state', 'queued')).messages?.length ? undefined : true), 10_000);
-  requireDelivery();
   // user1, user2, user3 (alice; user4 bounced, user5 deleted).
   await waitFor('held.test mail at its MX', async () => (['user1', 'user2', 'user3'].every((u) => recipientMx.messagesFor(`${u}@held.test`).length) ? true : undefined), 30_000);
   const delivered = recipientMx.messagesFor('user1@held.test')[0]!;
@@ -441,7 +415,6 @@ test('tern destination resume lets the queued mail go', async () => {
 });
 
 test('a 451 defers the recipient; message show has the attempt with the reply; summary the last error; retry tries again now', async () => {
-  requireDelivery();
   // The sink answers 451 4.3.0 to local parts starting with "tempfail"; "flaky" while `failing` holds.
   let failing = true;
   recipientMx.setBehaviour({ rcpt: (to) => (failing && to.startsWith('flaky@') ? { code: 451, text: '4.3.0 flaky: try again later' } : undefined) });
@@ -519,17 +492,14 @@ test('tern route set/ls/rm: a smart host route sends a domain elsewhere; a bad r
     ['routed.test'],
   );
 
-  if (withDelivery && !standIn) {
-    // routed.test has no MX at all: only the route can get it there.
-    await send(platform, 'alice@sender.test', ['someone@routed.test'], 'via smarthost');
-    const [got] = await smarthost.waitForMessages(1, 30_000);
-    assert.deepEqual(got!.rcptTo, ['someone@routed.test']);
-  }
+  // routed.test has no MX at all: only the route can get it there.
+  await send(platform, 'alice@sender.test', ['someone@routed.test'], 'via smarthost');
+  const [got] = await smarthost.waitForMessages(1, 30_000);
+  assert.deepEqual(got!.rcptTo, ['someone@routed.test']);
 
   const rm = await ternJson<{ deleted?: boolean }>(platform, 'route', 'rm', 'routed.test');
   assert.equal(rm.deleted, true);
   assert.deepEqual((await ternJson<{ routes?: unknown[] }>(platform, 'route', 'ls')).routes ?? [], []);
   const again = await ternRaw(platform, ['route', 'rm', 'routed.test']);
   assert.equal(again.code, 5, `removing it twice is "not found" (exit 5): ${again.stderr}`);
-  requireDelivery();
 });
