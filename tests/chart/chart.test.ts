@@ -247,7 +247,11 @@ test('the SMTP LoadBalancer maps 25/587/465 to 2525/2587/2465 and keeps client a
   assert.equal(env(c, 'TERN_SUBMISSIONS_LISTEN')?.value, '0.0.0.0:2465');
   assert.deepEqual(svc.spec?.selector, deployment(defaults, 'ingress').spec?.selector?.matchLabels);
   // No other Service is exposed outside the cluster.
-  for (const other of findAll(defaults, 'Service').filter((s) => s !== svc)) assert.equal(other.spec?.type, 'ClusterIP', other.metadata.name);
+  for (const other of findAll(defaults, 'Service').filter((s) => s !== svc)) {
+    assert.equal(other.spec?.type, 'ClusterIP', other.metadata.name);
+    // Headless: gRPC clients resolve every pod and balance calls over them.
+    assert.equal(other.spec?.clusterIP, 'None', `${other.metadata.name} is headless`);
+  }
 });
 
 test('without TLS only port 25 is published and the TLS listeners are off', () => {

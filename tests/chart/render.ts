@@ -92,6 +92,7 @@ export interface K8sObject {
     selector?: { matchLabels?: Record<string, string> } & Record<string, unknown>;
     template?: PodTemplate;
     type?: string;
+    clusterIP?: string;
     externalTrafficPolicy?: string;
     ports?: ServicePort[];
     maxUnavailable?: number | string;

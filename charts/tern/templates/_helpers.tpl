@@ -465,7 +465,11 @@ spec:
         {{- include "tern.volumes" . | nindent 8 }}
 {{- end }}
 
-{{/* The ClusterIP Service of a component: gRPC and metrics. */}}
+{{/* The Service of a component: gRPC and metrics. Headless, so that DNS
+     answers with every ready pod and the gRPC clients (round_robin) spread
+     calls over all replicas instead of pinning one HTTP/2 connection to one
+     pod behind a ClusterIP; servers cap connection age so that clients
+     re-resolve and find new replicas. */}}
 {{- define "tern.service" -}}
 {{- $c := include "tern.component" . | fromYaml }}
 apiVersion: v1
@@ -478,6 +482,7 @@ metadata:
   {{- with include "tern.annotations" (dict "ctx" .ctx) }}{{ nindent 2 . }}{{ end }}
 spec:
   type: ClusterIP
+  clusterIP: None
   selector:
     {{- include "tern.selectorLabels" . | nindent 4 }}
   ports:

@@ -113,6 +113,10 @@ export class GrpcServer {
   constructor(private readonly opts: ServerOptions) {
     this.server = new grpc.Server({
       'grpc.max_receive_message_length': 8 * 1024 * 1024,
+      // Clients re-resolve DNS only when a connection ends: capping the age of
+      // connections lets them discover replicas added since (headless Services).
+      'grpc.max_connection_age_ms': 5 * 60_000,
+      'grpc.max_connection_age_grace_ms': 10 * 60_000,
       interceptors: opts.interceptors ?? [],
     });
     this.health.addToServer(this.server);
