@@ -1,43 +1,32 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
-import fs from 'node:fs';
-import net from 'node:net';
-import os from 'node:os';
-import path from 'node:path';
 import pino from 'pino';
 import { trace, context } from '@opentelemetry/api';
 import { createTelemetry } from '@tern/telemetry';
+import { startNats, type NatsServerHandle } from '@tern/devkit';
 import { Bus, SUBJECTS, jobSubject, type BusMessage } from '../src/index';
 
-let server: ChildProcess;
+let nats: NatsServerHandle;
 let url: string;
 const logger = pino({ level: 'silent' });
 
-async function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const s = net.createServer().listen(0, '127.0.0.1', () => {
-      const port = (s.address() as net.AddressInfo).port;
-      s.close(() => resolve(port));
-    });
+/** Fails instead of hanging when a message never arrives. */
+function within<T>(ms: number, what: string, p: Promise<T>): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_r, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what}: nothing within ${ms} ms`)), ms);
   });
+  return Promise.race([p, timeout]).finally(() => clearTimeout(timer));
 }
 
+// A private nats-server; devkit checks that it is ours and has JetStream
+// (a bare port probe can meet another test's listener on a reused port).
 before(async () => {
-  const port = await freePort();
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tern-bus-'));
-  const bin = fs.existsSync('/usr/sbin/nats-server') ? '/usr/sbin/nats-server' : 'nats-server';
-  server = spawn(bin, ['-js', '-a', '127.0.0.1', '-p', String(port), '-sd', dir], { stdio: 'ignore' });
-  url = `nats://127.0.0.1:${port}`;
-  for (let i = 0; i < 50; i++) {
-    const ok = await new Promise<boolean>((r) => net.connect(port, '127.0.0.1').on('connect', function (this: net.Socket) { this.destroy(); r(true); }).on('error', () => r(false)));
-    if (ok) return;
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  throw new Error('nats-server did not start');
+  nats = await startNats();
+  url = nats.url;
 });
 
-after(() => server.kill('SIGKILL'));
+after(() => nats.close());
 
 test('topology is created idempotently, a republished message id is delivered once, and trace context travels in headers', async () => {
   const telemetry = createTelemetry({ service: 'bus-test', logLevel: 'silent' });
@@ -67,7 +56,7 @@ test('topology is created idempotently, a republished message id is delivered on
       { concurrency: 4 },
     );
   });
-  await done;
+  await within(20_000, 'consuming two jobs', done);
   assert.deepEqual(seen.map((m) => Buffer.from(m.data).toString()).sort(), ['job-1', 'job-2']);
   assert.equal(trace.getSpanContext(seen[0]!.ctx)?.traceId, span.spanContext().traceId);
   const info = await bus.jsm.streams.info('TERN_JOBS');
@@ -82,7 +71,7 @@ test('a handler that throws gets its message redelivered', async () => {
   await bus.ensureTopology(['bounce']);
   await bus.publish(SUBJECTS.reports, Buffer.from('r1'), { msgId: 'r1' });
   let calls = 0;
-  await new Promise<void>((resolve) => {
+  const redelivered = new Promise<void>((resolve) => {
     const c = bus.consume(
       'bounce',
       async (m) => {
@@ -95,6 +84,7 @@ test('a handler that throws gets its message redelivered', async () => {
       { concurrency: 1, retryDelayMs: 50 },
     );
   });
+  await within(20_000, 'redelivery', redelivered);
   assert.equal(calls, 2);
   await bus.close();
 });
