@@ -59,8 +59,13 @@ test('topology is created idempotently, a republished message id is delivered on
   await within(20_000, 'consuming two jobs', done);
   assert.deepEqual(seen.map((m) => Buffer.from(m.data).toString()).sort(), ['job-1', 'job-2']);
   assert.equal(trace.getSpanContext(seen[0]!.ctx)?.traceId, span.spanContext().traceId);
-  const info = await bus.jsm.streams.info('TERN_JOBS');
-  assert.equal(info.state.messages, 0, 'work-queue stream is empty once acked');
+  // Acks are asynchronous: the server removes the messages shortly after.
+  let left = -1;
+  for (let i = 0; i < 100 && left !== 0; i++) {
+    if (i) await new Promise((r) => setTimeout(r, 50));
+    left = (await bus.jsm.streams.info('TERN_JOBS')).state.messages;
+  }
+  assert.equal(left, 0, 'work-queue stream is empty once acked');
   span.end();
   await bus.close();
   assert.ok(SUBJECTS.results);
