@@ -26,11 +26,23 @@ before(async () => {
   url = nats.url;
 });
 
-after(() => nats.close());
+// A failed assertion skips a test's own close; an open connection to a
+// stopped server would keep reconnecting and the test process alive.
+const open: Bus[] = [];
+async function connect(name: string): Promise<Bus> {
+  const bus = await Bus.connect({ url, name, logger });
+  open.push(bus);
+  return bus;
+}
+
+after(async () => {
+  await Promise.allSettled(open.map((b) => b.close()));
+  await nats.close();
+});
 
 test('topology is created idempotently, a republished message id is delivered once, and trace context travels in headers', async () => {
   const telemetry = createTelemetry({ service: 'bus-test', logLevel: 'silent' });
-  const bus = await Bus.connect({ url, name: 'bus-test', logger });
+  const bus = await connect('bus-test');
   await bus.ensureTopology(['delivery']);
   await bus.ensureTopology(['delivery']); // second run from another "pod" changes nothing
 
@@ -72,7 +84,7 @@ test('topology is created idempotently, a republished message id is delivered on
 });
 
 test('a handler that throws gets its message redelivered', async () => {
-  const bus = await Bus.connect({ url, name: 'bus-test-2', logger });
+  const bus = await connect('bus-test-2');
   await bus.ensureTopology(['bounce']);
   await bus.publish(SUBJECTS.reports, Buffer.from('r1'), { msgId: 'r1' });
   let calls = 0;
