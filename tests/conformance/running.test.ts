@@ -208,6 +208,11 @@ test('limits: recipients (452 4.5.3), message size (552 5.3.4), errors (421 4.7.
   // A client address of its own, so sessions of other tests do not count.
   const open: RawClient[] = [];
   for (let i = 0; i < LIMITS.perClient; i++) open.push(await session('127.0.0.5'));
+  // The gauge the chart's autoscaler can use counts them.
+  const metrics = await (await fetch(`http://${platform.services.ingress.metricsAddr}/metrics`)).text();
+  const active = /^tern_ingress_active_sessions\{[^}]*listener="smtp"[^}]*\} (\d+)/m.exec(metrics);
+  assert.ok(active, `tern_ingress_active_sessions{listener="smtp"} is exported:\n${metrics.split('\n').filter((l) => l.includes('session')).join('\n')}`);
+  assert.ok(Number(active[1]) >= LIMITS.perClient, `active sessions ${active[1]}`);
   const over = await RawClient.connect(platform.smtpPort, platform.smtpHost, '127.0.0.5');
   assert.match((await over.read()).raw, /^421 4\.7\.0 .*too many connections from 127\.0\.0\.5/);
   await over.waitClosed();

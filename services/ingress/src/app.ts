@@ -77,6 +77,13 @@ export function createApp(config: Config, deps: AppDeps): App {
     submission: undefined,
     submissions: undefined,
   };
+  // Open sessions per listener: what the chart's HorizontalPodAutoscaler can
+  // scale on (through a metrics adapter) besides CPU.
+  meter
+    .createObservableGauge('tern_ingress_active_sessions', { description: 'SMTP sessions open now, by listener' })
+    .addCallback((result) => {
+      for (const [listener, server] of Object.entries(servers)) if (server) result.observe(server.sessionCount, { listener });
+    });
   if (config.TERN_SMTP_LISTEN) {
     servers.smtp = new SmtpServer(
       {
