@@ -15,7 +15,10 @@ ENV npm_config_update_notifier=false npm_config_fund=false npm_config_audit=fals
 # npm ci needs every workspace's package.json (.dockerignore keeps the context
 # to sources and manifests).
 COPY . .
-RUN npm ci
+# npm 11 may leave other platforms' optional binaries (turbo, buf) out of the
+# lockfile and then refuse `npm ci` (npm/cli#4828): install from the same
+# lockfile without rewriting it, as scripts/ensure-deps.sh does.
+RUN npm ci || npm install --no-save
 # Each service bundles to services/<name>/dist/main.js, migrate to
 # libs/db/dist/migrate.js (esbuild; workspace libraries compiled in).
 RUN npm run build \
