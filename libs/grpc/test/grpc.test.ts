@@ -1,0 +1,121 @@
+// libs/grpc against real sockets: the standard health service, default
+// deadlines, trace context across the call, round_robin over replicas, and a
+// shutdown that lets a running call finish.
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { context, trace } from '@opentelemetry/api';
+import pino from 'pino';
+import { service as healthService } from 'grpc-health-check';
+import { createTelemetry } from '@tern/telemetry';
+import { GrpcServer, createClient, grpc } from '../src/index';
+
+const telemetry = createTelemetry({ service: 'grpc-test', logLevel: 'silent' });
+const logger = pino({ level: 'silent' });
+
+// A one-method service with raw payloads: the request is a delay in ms as
+// text; the reply names the replica and the trace id the server saw.
+const echoDefinition: grpc.ServiceDefinition = {
+  echo: {
+    path: '/test.Echo/Echo',
+    requestStream: false,
+    responseStream: false,
+    requestSerialize: (v: Buffer) => v,
+    requestDeserialize: (b: Buffer) => b,
+    responseSerialize: (v: Buffer) => v,
+    responseDeserialize: (b: Buffer) => b,
+  },
+};
+type EchoClient = grpc.Client & {
+  echo(req: Buffer, md: grpc.Metadata, opts: Partial<grpc.CallOptions>, cb: (err: grpc.ServiceError | null, res: Buffer) => void): grpc.ClientUnaryCall;
+};
+const EchoClientCtor = grpc.makeGenericClientConstructor(echoDefinition, 'Echo') as unknown as new (
+  address: string,
+  credentials: grpc.ChannelCredentials,
+  options?: grpc.ClientOptions,
+) => EchoClient;
+
+const servers: GrpcServer[] = [];
+
+async function startReplica(name: string): Promise<GrpcServer> {
+  const server = new GrpcServer({ logger, tracer: telemetry.tracer });
+  server.add('test.Echo', echoDefinition, {
+    echo(call: grpc.ServerUnaryCall<Buffer, Buffer>, cb: grpc.sendUnaryData<Buffer>) {
+      const traceId = trace.getSpan(context.active())?.spanContext().traceId ?? '';
+      setTimeout(() => cb(null, Buffer.from(`${name} ${traceId}`)), Number(call.request.toString() || 0));
+    },
+  });
+  await server.listen('127.0.0.1', 0);
+  server.setStatus('SERVING');
+  servers.push(server);
+  return server;
+}
+
+function call(client: EchoClient, delayMs: number, opts: Partial<grpc.CallOptions> = {}): Promise<string> {
+  return new Promise((resolve, reject) =>
+    client.echo(Buffer.from(String(delayMs)), new grpc.Metadata(), opts, (err, res) => (err ? reject(err) : resolve(res.toString()))),
+  );
+}
+
+let a: GrpcServer;
+let b: GrpcServer;
+before(async () => {
+  a = await startReplica('a');
+  b = await startReplica('b');
+});
+after(async () => {
+  await Promise.all(servers.map((s) => s.shutdown(100)));
+  await telemetry.shutdown();
+});
+
+test('grpc.health.v1 answers SERVING; shutdown lets a call in flight finish', async () => {
+  const HealthClient = grpc.makeGenericClientConstructor(healthService, 'Health');
+  const server = await startReplica('health');
+  const client = new HealthClient(`127.0.0.1:${server.port}`, grpc.credentials.createInsecure()) as unknown as grpc.Client & {
+    check(req: { service: string }, cb: (err: grpc.ServiceError | null, res: { status: string }) => void): void;
+  };
+  const check = (service: string) =>
+    new Promise<string>((resolve, reject) => client.check({ service }, (err, res) => (err ? reject(err) : resolve(res.status))));
+  assert.equal(await check(''), 'SERVING');
+  assert.equal(await check('test.Echo'), 'SERVING');
+  // setStatus('NOT_SERVING') is what the health service answers.
+  server.setStatus('NOT_SERVING');
+  assert.equal(await check(''), 'NOT_SERVING');
+  server.setStatus('SERVING');
+  // A call in flight when shutdown starts is let finish.
+  const echo = createClient(EchoClientCtor, `127.0.0.1:${server.port}`, { deadlineMs: 5_000 });
+  const running = call(echo, 300);
+  await new Promise((r) => setTimeout(r, 50));
+  const stopping = server.shutdown(5_000);
+  assert.match(await running, /^health /, 'the call in flight finished during the graceful shutdown');
+  await stopping;
+  client.close();
+  echo.close();
+});
+
+test('a call without its own deadline gets the client default: DEADLINE_EXCEEDED, not a hang', async () => {
+  const client = createClient(EchoClientCtor, `127.0.0.1:${a.port}`, { deadlineMs: 150 });
+  await assert.rejects(call(client, 2_000), (err: grpc.ServiceError) => err.code === grpc.status.DEADLINE_EXCEEDED);
+  // A call's own deadline wins over the default.
+  assert.match(await call(client, 300, { deadline: Date.now() + 3_000 }), /^a /);
+  client.close();
+});
+
+test('the caller\'s trace continues on the server (traceparent in metadata)', async () => {
+  const client = createClient(EchoClientCtor, `127.0.0.1:${a.port}`, { deadlineMs: 5_000 });
+  const span = telemetry.tracer.startSpan('caller');
+  const reply = await context.with(trace.setSpan(context.active(), span), () => call(client, 0));
+  span.end();
+  assert.equal(reply, `a ${span.spanContext().traceId}`);
+  client.close();
+});
+
+test('round_robin: calls spread over every address of the target', async () => {
+  const client = createClient(EchoClientCtor, `ipv4:127.0.0.1:${a.port},127.0.0.1:${b.port}`, { deadlineMs: 5_000 });
+  const seen = new Map<string, number>();
+  for (let i = 0; i < 20; i++) {
+    const name = (await call(client, 0)).split(' ')[0]!;
+    seen.set(name, (seen.get(name) ?? 0) + 1);
+  }
+  assert.deepEqual([...seen.keys()].sort(), ['a', 'b'], `calls per replica: ${JSON.stringify([...seen])}`);
+  client.close();
+});
