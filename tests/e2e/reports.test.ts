@@ -94,6 +94,7 @@ test('a message with 50 recipients refused at RCPT yields one report listing all
   // And only one: give the platform time to (wrongly) send another.
   await new Promise((r) => setTimeout(r, 1_500));
   assert.equal(senderMx.messages.length, 1, 'one report for the 50 failures');
+  assert.equal(recipientMx.messages.length, 0, 'every recipient was refused at RCPT');
 });
 
 test('a report refused by the sender\'s MX ends there: no report about the report', async () => {
