@@ -21,6 +21,7 @@ import {
   type Route,
   RouteKind,
   type SmtpReply,
+  type Suppression,
   TlsPolicy,
   type User,
 } from '@tern/proto';
@@ -274,3 +275,12 @@ export function formatUsers(us: User[]): string {
 
 /** Machine output: proto3 JSON (enum names, RFC 3339 times; default values omitted), two-space indented. */
 export const json = (value: unknown) => JSON.stringify(value, null, 2) + '\n';
+
+export function formatSuppressions(ss: Suppression[], nextPageToken: string): string {
+  if (ss.length === 0) return 'No suppressed addresses.\n';
+  const out = table(
+    ['ADDRESS', 'SINCE', 'QUEUE ID', 'REASON'],
+    ss.map((x) => [x.address, x.createdAt ? x.createdAt.toISOString().replace(/\.\d+Z$/, 'Z') : '-', x.queueId || '-', x.reason || '-']),
+  );
+  return nextPageToken ? `${out}\nMore: --page-token ${nextPageToken}\n` : out;
+}

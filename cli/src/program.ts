@@ -11,6 +11,7 @@ import {
   ListMessagesResponse,
   ListRoutesResponse,
   ListUsersResponse,
+  ListSuppressionsResponse,
   MessageDetail,
   QueueSummaryResponse,
   Alias,
@@ -457,6 +458,48 @@ export function buildProgram(io: Io): Command {
       run(async (ctx, username: string) => {
         const res = await ctx.api.deleteUser({ username });
         deleted(ctx, 'user', username, res.deleted);
+      }),
+    );
+
+  // ---- suppression list
+  const suppression = program
+    .command('suppression')
+    .description('recipients whose delivery failed permanently; authenticated submission to them is refused');
+  suppression
+    .command('ls')
+    .alias('list')
+    .description('suppressed addresses, in address order')
+    .option('--domain <domain>', 'only this domain')
+    .option('--limit <n>', 'page size (default 100, at most 1000)')
+    .option('--page-token <token>', 'continue from a previous page')
+    .action(
+      run(async (ctx, o: { domain?: string; limit?: string; pageToken?: string }) => {
+        const limit = o.limit === undefined ? 0 : Number(o.limit);
+        if (!Number.isInteger(limit) || limit < 0) throw new UsageError(`--limit: "${o.limit}" is not a whole number`);
+        const res = await ctx.api.listSuppressions({ domain: o.domain ?? '', limit, pageToken: o.pageToken ?? '' });
+        ctx.out(ctx.json ? f.json(ListSuppressionsResponse.toJSON(res)) : f.formatSuppressions(res.suppressions, res.nextPageToken));
+      }),
+    );
+  suppression
+    .command('add')
+    .description('suppress an address by hand')
+    .argument('<address>', 'recipient address')
+    .option('--reason <text>', 'why (shown in the refusal)', '')
+    .action(
+      run(async (ctx, address: string, o: { reason: string }) => {
+        const res = await ctx.api.suppress({ suppressions: [{ address, reason: o.reason }] });
+        ctx.out(ctx.json ? f.json({ added: res.added }) : `${address} suppressed${res.added ? '' : ' (was already listed; refreshed)'}.\n`);
+      }),
+    );
+  suppression
+    .command('rm')
+    .alias('remove')
+    .description('remove an address from the list (mail to it is accepted again)')
+    .argument('<address>', 'recipient address')
+    .action(
+      run(async (ctx, address: string) => {
+        const res = await ctx.api.deleteSuppression({ address });
+        deleted(ctx, 'suppression of', address, res.deleted);
       }),
     );
 

@@ -196,7 +196,7 @@ test('each service gets only the dependencies it uses, at addresses of Services 
     policy: ['TERN_DATABASE_URL'],
     queue: ['TERN_DATABASE_URL', 'TERN_NATS_URL'],
     delivery: ['TERN_NATS_URL', 'TERN_QUEUE_ADDR'],
-    bounce: ['TERN_NATS_URL', 'TERN_QUEUE_ADDR'],
+    bounce: ['TERN_NATS_URL', 'TERN_QUEUE_ADDR', 'TERN_POLICY_ADDR'], // policy: the suppression list feed
     admin: ['TERN_QUEUE_ADDR', 'TERN_POLICY_ADDR'],
   };
   const deps = ['TERN_DATABASE_URL', 'TERN_NATS_URL', 'TERN_QUEUE_ADDR', 'TERN_POLICY_ADDR'];

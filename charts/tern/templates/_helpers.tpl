@@ -42,7 +42,7 @@ ingress:  {grpcPort: 7001, metricsPort: 9101, database: false, nats: false, call
 policy:   {grpcPort: 7002, metricsPort: 9102, database: true,  nats: false, callsQueue: false, callsPolicy: false, mailName: false}
 queue:    {grpcPort: 7003, metricsPort: 9103, database: true,  nats: true,  callsQueue: false, callsPolicy: false, mailName: false}
 delivery: {grpcPort: 7004, metricsPort: 9104, database: false, nats: true,  callsQueue: true,  callsPolicy: false, mailName: true}
-bounce:   {grpcPort: 7005, metricsPort: 9105, database: false, nats: true,  callsQueue: true,  callsPolicy: false, mailName: true}
+bounce:   {grpcPort: 7005, metricsPort: 9105, database: false, nats: true,  callsQueue: true,  callsPolicy: true,  mailName: true}
 {{- end }}
 
 {{- define "tern.component" -}}
@@ -603,7 +603,7 @@ NetworkPolicy of a component: who may call it, and what it may reach.
 {{- $np := $ctx.Values.networkPolicy }}
 {{- if $np.enabled }}
 {{- $c := include "tern.component" . | fromYaml }}
-{{- $callers := dict "policy" (list "ingress" "admin") "queue" (list "ingress" "delivery" "bounce" "admin") }}
+{{- $callers := dict "policy" (list "ingress" "admin" "bounce") "queue" (list "ingress" "delivery" "bounce" "admin") }}
 apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
 metadata:

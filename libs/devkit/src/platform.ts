@@ -81,7 +81,7 @@ export async function startPlatform(harness: Harness, opts: PlatformOptions): Pr
       TERN_DNS_SERVERS: opts.dnsServer,
       TERN_SMTP_PORT: String(opts.remoteSmtpPort),
     },
-    bounce: { TERN_NATS_URL: opts.natsUrl, TERN_QUEUE_ADDR: grpc.queue },
+    bounce: { TERN_NATS_URL: opts.natsUrl, TERN_QUEUE_ADDR: grpc.queue, TERN_POLICY_ADDR: grpc.policy },
     admin: { TERN_QUEUE_ADDR: grpc.queue, TERN_POLICY_ADDR: grpc.policy, TERN_ADMIN_TOKENS: `operator:${adminToken}` },
     ingress: {
       TERN_POLICY_ADDR: grpc.policy,

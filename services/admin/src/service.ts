@@ -39,6 +39,9 @@ export const ROUTES: Record<UnaryName, Route> = {
   listUsers: { owner: 'policy', mutating: false },
   putUser: { owner: 'policy', mutating: true },
   deleteUser: { owner: 'policy', mutating: true },
+  suppress: { owner: 'policy', mutating: true },
+  listSuppressions: { owner: 'policy', mutating: false },
+  deleteSuppression: { owner: 'policy', mutating: true },
 };
 
 type Req = Record<string, unknown>;
@@ -80,6 +83,10 @@ export function describeChange(method: UnaryName, req: Req): Record<string, unkn
       return { user: r.user, passwordChanged: typeof r.password === 'string' && r.password !== '' };
     case 'deleteUser':
       return { username: r.username };
+    case 'suppress':
+      return { addresses: ((req.suppressions as { address?: string }[] | undefined) ?? []).map((x) => x.address) };
+    case 'deleteSuppression':
+      return { address: r.address };
     default:
       return {};
   }

@@ -192,7 +192,7 @@ describe('admin service', () => {
 
     it('routes every RPC to its owner', async () => {
       const queueMethods = ['listMessages', 'queueSummary', 'resumeDestination', 'listDestinations', 'listRoutes', 'putRoute', 'deleteRoute'] as const;
-      const policyMethods = ['listDomains', 'deleteDomain', 'putMailbox', 'deleteMailbox', 'listAliases', 'putAlias', 'deleteAlias', 'listUsers', 'deleteUser'] as const;
+      const policyMethods = ['listDomains', 'deleteDomain', 'putMailbox', 'deleteMailbox', 'listAliases', 'putAlias', 'deleteAlias', 'listUsers', 'deleteUser', 'suppress', 'listSuppressions', 'deleteSuppression'] as const;
       for (const m of queueMethods) {
         await (alice[m] as (r: object) => Promise<unknown>)({});
         assert.ok(queue.last(m), `${m} reached queue`);

@@ -9,6 +9,7 @@ import { GrpcServer } from '@tern/grpc';
 import { ReportKind, ReportRequest } from '@tern/proto';
 import { withSpan, type Telemetry } from '@tern/telemetry';
 import { queueClient, type QueueClient } from './clients';
+import { SuppressionFeed } from './suppression';
 import type { Config } from './config';
 import { describeError, isPermanent, processReport, type ReportDeps } from './report';
 
@@ -42,6 +43,8 @@ export function createApp(config: Config, deps: AppDeps): App {
     bytes: meter.createCounter('tern_bounce_report_bytes_total', { description: 'Octets of reports enqueued' }),
     seconds: meter.createHistogram('tern_bounce_report_seconds', { description: 'Request received to report committed, seconds', unit: 's' }),
   };
+  const suppressionFeed =
+    config.TERN_POLICY_ADDR && config.TERN_BOUNCE_SUPPRESS_HARD_FAILURES ? new SuppressionFeed(config.TERN_POLICY_ADDR, 10_000, logger, meter) : undefined;
   const reportDeps: ReportDeps = {
     queue,
     logger,
@@ -80,6 +83,7 @@ export function createApp(config: Config, deps: AppDeps): App {
     // Long reports (a big original) keep the ack timer from running out.
     const keepAlive = setInterval(() => msg.working(), 20_000);
     try {
+      await suppressionFeed?.feed(req);
       const outcome = await withSpan(
         tracer,
         'bounce.report',
@@ -181,6 +185,7 @@ export function createApp(config: Config, deps: AppDeps): App {
       await bus?.close();
       await grpcServer.shutdown(1_000);
       queue.close();
+      suppressionFeed?.close();
       await new Promise<void>((resolve) => (metricsServer ? metricsServer.close(() => resolve()) : resolve()));
     },
   };

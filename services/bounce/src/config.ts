@@ -1,6 +1,6 @@
 // Process settings of the bounce service, read once from the environment.
 // Keys are the variable names, so a bad value is reported by its name.
-import { commonSchema, ConfigError, csv, grpcTarget, hostPort, natsUrl, parseEnv, positiveInt, z, type HostPort } from '@tern/config';
+import { bool, commonSchema, ConfigError, csv, grpcTarget, hostPort, natsUrl, parseEnv, positiveInt, z, type HostPort } from '@tern/config';
 import { DSN_ACTIONS, type DsnAction } from '@tern/dsn';
 
 const address = () => z.string().regex(/^[^\s<>@]+@[^\s<>@]+$/, 'expected an address like postmaster@example.com');
@@ -17,6 +17,10 @@ const schema = z.object({
   TERN_METRICS_LISTEN: listen('0.0.0.0:9105'),
   TERN_NATS_URL: natsUrl(),
   TERN_QUEUE_ADDR: grpcTarget(),
+  /** Policy service, for the suppression list; unset = no feed. */
+  TERN_POLICY_ADDR: grpcTarget().optional(),
+  /** Add permanently failed recipients (5.x.x) to policy's suppression list. */
+  TERN_BOUNCE_SUPPRESS_HARD_FAILURES: bool(true),
   /** Reporting-MTA, From domain and Message-ID domain of reports; default TERN_HOSTNAME. */
   TERN_REPORTING_MTA: hostname().optional(),
   /** From address of reports; default MAILER-DAEMON@<reporting MTA>. */

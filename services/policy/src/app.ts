@@ -16,6 +16,7 @@ import { Greylist } from './greylist';
 import { MessageAuth } from './messageauth';
 import { RateLimiter } from './ratelimit';
 import { createPolicyService, type CheckHook } from './service';
+import { SuppressionStore, suppressionHook } from './suppression';
 import { PolicyStore } from './store';
 
 export interface AppDeps {
@@ -67,9 +68,12 @@ export function createApp(config: Config, deps: AppDeps): App {
     recipientsPerSenderDomain: config.TERN_LIMIT_RECIPIENTS_PER_SENDER_DOMAIN,
     authFailuresPerIp: config.TERN_LIMIT_AUTH_FAILURES_PER_IP,
   });
-  hooks.push(limiter.hook);
+  hooks.push(Object.assign(limiter.hook, { pure: limiter.pure }));
   const dns = createDns(config.TERN_DNS_SERVERS, config.TERN_DNS_TIMEOUT_MS);
-  if (config.TERN_DNSBL_ZONES.length) hooks.push(new Dnsbl(config.TERN_DNSBL_ZONES, dns, logger).hook);
+  if (config.TERN_DNSBL_ZONES.length) {
+    const dnsbl = new Dnsbl(config.TERN_DNSBL_ZONES, dns, logger);
+    hooks.push(Object.assign(dnsbl.hook, { pure: dnsbl.pure }));
+  }
   const messageAuth = new MessageAuth({
     resolver: dns.resolve,
     hostname: config.TERN_HOSTNAME,
@@ -81,7 +85,7 @@ export function createApp(config: Config, deps: AppDeps): App {
     logger,
     timeoutMs: config.TERN_DNS_TIMEOUT_MS,
   });
-  hooks.push(messageAuth.hook);
+  hooks.push(Object.assign(messageAuth.hook, { pure: messageAuth.pure }));
   const delegation = config.TERN_POLICY_SERVERS.length
     ? new Delegation({
         servers: config.TERN_POLICY_SERVERS,
@@ -101,12 +105,14 @@ export function createApp(config: Config, deps: AppDeps): App {
       })
     : undefined;
   if (greylist) hooks.push(greylist.hook);
+  const suppressions = new SuppressionStore(pool);
+  if (config.TERN_SUPPRESSION_ENFORCE) hooks.push(suppressionHook(suppressions));
 
   const grpcServer = new GrpcServer({ logger, tracer });
   grpcServer.add(
     'tern.v1.PolicyService',
     PolicyServiceService,
-    createPolicyService({ store, cache, engine, logger, meter, hooks, messageChecker: messageAuth, authGuard: limiter }),
+    createPolicyService({ store, suppressions, cache, engine, logger, meter, hooks, messageChecker: messageAuth, authGuard: limiter, decisionCacheMs: config.TERN_POLICY_DECISION_CACHE_MS }),
   );
   let metricsServer: http.Server | undefined;
 

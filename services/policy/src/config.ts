@@ -48,6 +48,12 @@ const schema = z.object({
   TERN_TRUSTED_NETWORKS: cidrList('127.0.0.1/32'),
   /** Full reload of the policy data as a safety net next to LISTEN/NOTIFY. */
   TERN_POLICY_RELOAD_MS: positiveInt(30_000),
+  /**
+   * How long ingress may reuse an accept that depends only on the request and
+   * policy data (no rate counter, DNSBL, SPF, greylisting or policy server
+   * involved): CheckResponse.cache_ms. 0 = ask for every stage.
+   */
+  TERN_POLICY_DECISION_CACHE_MS: nonNegativeInt(1_000),
   /** Sub-addressing: user+tag@domain is checked as user@domain too ("" = off). */
   TERN_RECIPIENT_DELIMITER: z.string().max(1).default('+'),
   /** Largest message accepted, when a domain sets no smaller limit. */
@@ -92,6 +98,8 @@ const schema = z.object({
 
   /** A hard SPF fail at MAIL: "reject" (550 5.7.23) or "none" (only reported in Authentication-Results). */
   TERN_SPF_FAIL_ACTION: z.enum(['reject', 'none']).default('reject'),
+  /** Refuse authenticated submission, at RCPT, to addresses on the suppression list (550 5.1.1). */
+  TERN_SUPPRESSION_ENFORCE: bool(true),
   /** Refuse messages failing DMARC whose domain publishes p=reject. */
   TERN_DMARC_ENFORCE: bool(true),
   /** ARC sealers (domains) whose valid chain overrides a DMARC reject. */

@@ -87,9 +87,11 @@ export class Dnsbl {
     return { zone: z.zone, text };
   }
 
+  /** True when the hook does no lookup for this request (CONNECT of untrusted clients only). */
+  pure = (req: CheckRequest, client: Client): boolean => req.stage !== CheckStage.CHECK_STAGE_CONNECT || client.trusted;
+
   hook = async (req: CheckRequest, client: Client, decision: Decision): Promise<Decision | undefined> => {
-    if (req.stage !== CheckStage.CHECK_STAGE_CONNECT || decision.action !== PolicyAction.POLICY_ACTION_ACCEPT) return undefined;
-    if (client.trusted) return undefined;
+    if (decision.action !== PolicyAction.POLICY_ACTION_ACCEPT || this.pure(req, client)) return undefined;
     const listing = await this.lookup(client.address);
     if (!listing) return undefined;
     const d = refuse(

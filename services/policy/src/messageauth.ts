@@ -58,11 +58,13 @@ export class MessageAuth {
   constructor(private readonly opts: MessageAuthOptions) {}
 
   /** Check hook: SPF at MAIL. */
+  /** True when the hook does no lookup for this request (SPF applies to inbound, untrusted MAIL only). */
+  pure = (req: CheckRequest, client: Client): boolean =>
+    req.stage !== CheckStage.CHECK_STAGE_MAIL || this.opts.spfFailAction === 'none' || client.trusted || !inbound(client, req.session?.listener) || !client.address;
+
   hook = async (req: CheckRequest, client: Client, decision: Decision): Promise<Decision | undefined> => {
-    if (req.stage !== CheckStage.CHECK_STAGE_MAIL || decision.action !== PolicyAction.POLICY_ACTION_ACCEPT) return undefined;
-    if (this.opts.spfFailAction === 'none' || client.trusted || !inbound(client, req.session?.listener)) return undefined;
+    if (decision.action !== PolicyAction.POLICY_ACTION_ACCEPT || this.pure(req, client)) return undefined;
     const ip = client.address;
-    if (!ip) return undefined;
     let result;
     try {
       result = await spf({

@@ -110,6 +110,18 @@ export class RateLimiter {
   /** The Check hook: counts connections at CONNECT, messages at MAIL and recipients at RCPT. */
   hook = async (req: CheckRequest, client: Client, decision: Decision): Promise<Decision | undefined> => {
     if (decision.action !== PolicyAction.POLICY_ACTION_ACCEPT) return undefined;
+    for (const [key, rate, refusal] of this.checks(req, client)) {
+      if (!rate) continue;
+      const { exceeded } = await this.hit(key, rate);
+      if (exceeded) return refusal();
+    }
+    return undefined;
+  };
+
+  /** True when no configured limit applies to this request: the hook neither counts nor refuses. */
+  pure = (req: CheckRequest, client: Client): boolean => this.checks(req, client).every(([, rate]) => !rate);
+
+  private checks(req: CheckRequest, client: Client): Array<[string, Rate | undefined, () => Decision]> {
     const L = this.limits;
     const ip = client.address;
     const user = client.user?.username;
@@ -150,11 +162,6 @@ export class RateLimiter {
         ]);
       }
     }
-    for (const [key, rate, refusal] of checks) {
-      if (!rate) continue;
-      const { exceeded } = await this.hit(key, rate);
-      if (exceeded) return refusal();
-    }
-    return undefined;
-  };
+    return checks;
+  }
 }

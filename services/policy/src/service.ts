@@ -19,6 +19,7 @@ import { PolicyError } from './errors';
 import { hashPassword, verifyPassword } from './passwords';
 import { actionName, reply, type Decision } from './replies';
 import type { PolicyStore } from './store';
+import type { SuppressionStore } from './suppression';
 import {
   domainName,
   mailboxAddress,
@@ -32,8 +33,15 @@ import {
   validateUsername,
 } from './validate';
 
-/** Extra checks after the built-in rules (rate limits, DNSBL, greylisting, delegation, SPF). */
-export type CheckHook = (req: CheckRequest, client: Client, decision: Decision) => Promise<Decision | undefined>;
+/**
+ * Extra checks after the built-in rules (rate limits, DNSBL, greylisting,
+ * delegation, SPF). `pure(req, client)` says the hook neither reads nor
+ * changes any state for that request (no counter, no lookup): only then may
+ * an accept be cached by the caller. A hook without it is never pure.
+ */
+export type CheckHook = ((req: CheckRequest, client: Client, decision: Decision) => Promise<Decision | undefined>) & {
+  pure?: (req: CheckRequest, client: Client) => boolean;
+};
 
 export interface MessageChecker {
   check(first: CheckMessageRequest, chunks: AsyncIterable<Buffer>, client: Client): Promise<CheckMessageResponse>;
@@ -41,6 +49,7 @@ export interface MessageChecker {
 
 export interface ServiceDeps {
   store: PolicyStore;
+  suppressions: SuppressionStore;
   cache: PolicyCache;
   engine: Engine;
   logger: Logger;
@@ -49,6 +58,8 @@ export interface ServiceDeps {
   messageChecker?: MessageChecker;
   /** Failed-login accounting per client IP (trusted networks are exempt). */
   authGuard?: { authBlocked(ip: string): Promise<boolean>; authFailed(ip: string): Promise<void> };
+  /** CheckResponse.cache_ms for accepts that depend only on the request and policy data (0 = none). */
+  decisionCacheMs?: number;
 }
 
 export class Metrics {
@@ -101,7 +112,11 @@ export function createPolicyService(deps: ServiceDeps): PolicyServiceServer {
     const action = actionName(d.action);
     metrics.decisions.add(1, { stage, action, reason: d.reason });
     metrics.duration.record(seconds, { stage });
-    logger.info(
+    // Accepts are the common case (several per message): debug. Refusals,
+    // deferrals and holds stay at info (ingress logs each accepted message once).
+    const accepted = d.action === PolicyAction.POLICY_ACTION_ACCEPT;
+    if (accepted && !logger.isLevelEnabled('debug')) return;
+    logger[accepted ? 'debug' : 'info'](
       {
         event: 'policy_decision',
         stage,
@@ -130,11 +145,19 @@ export function createPolicyService(deps: ServiceDeps): PolicyServiceServer {
       if (next) decision = next;
     }
     record(req, client, decision, (performance.now() - t0) / 1000);
+    // An accept from the built-in rules (policy data only) with every hook
+    // pure for this request is the same for the same request until the data
+    // changes: the caller may reuse it briefly (changes still apply within seconds).
+    const cacheable =
+      (deps.decisionCacheMs ?? 0) > 0 &&
+      decision.action === PolicyAction.POLICY_ACTION_ACCEPT &&
+      (deps.hooks ?? []).every((h) => h.pure?.(req, client) ?? false);
     return {
       action: decision.action,
       reply: decision.reply,
       reason: decision.reason,
       localRecipient: decision.localRecipient ?? false,
+      cacheMs: cacheable ? deps.decisionCacheMs! : 0,
     };
   }
 
@@ -167,7 +190,7 @@ export function createPolicyService(deps: ServiceDeps): PolicyServiceServer {
         (res) => {
           const action = actionName(res.action);
           metrics.decisions.add(1, { stage: 'data', action, reason: res.reason });
-          logger.info(
+          logger[res.action === PolicyAction.POLICY_ACTION_ACCEPT ? 'debug' : 'info'](
             {
               event: 'policy_decision',
               stage: 'data',
@@ -266,6 +289,26 @@ export function createPolicyService(deps: ServiceDeps): PolicyServiceServer {
       const username = validateUsername('username', req.username);
       const deleted = await store.deleteUser(username, op(req.operator));
       if (deleted) await changed('user', 'delete', username, op(req.operator));
+      return { deleted };
+    }),
+
+    suppress: unary('Suppress', async (req) => {
+      const added = await deps.suppressions.add(req.suppressions, op(req.operator));
+      metrics.changes.add(req.suppressions.length, { entity: 'suppression', action: 'put' });
+      logger.info(
+        { event: 'policy_change', entity: 'suppression', action: 'put', added, addresses: req.suppressions.map((x) => x.address), operator: op(req.operator) },
+        `suppression put ${req.suppressions.length} (${added} new)`,
+      );
+      return { added };
+    }),
+    listSuppressions: unary('ListSuppressions', async (req) => {
+      const domain = req.domain ? domainName('domain', req.domain) : '';
+      const page = await deps.suppressions.list(domain, req.limit, req.pageToken);
+      return { suppressions: page.suppressions, nextPageToken: page.next };
+    }),
+    deleteSuppression: unary('DeleteSuppression', async (req) => {
+      const deleted = await deps.suppressions.delete(req.address);
+      if (deleted) await changed('suppression', 'delete', req.address, op(req.operator));
       return { deleted };
     }),
   };

@@ -26,6 +26,8 @@ import {
   DeleteDomainResponse,
   DeleteMailboxRequest,
   DeleteMailboxResponse,
+  DeleteSuppressionRequest,
+  DeleteSuppressionResponse,
   DeleteUserRequest,
   DeleteUserResponse,
   ListAliasesRequest,
@@ -34,6 +36,8 @@ import {
   ListDomainsResponse,
   ListMailboxesRequest,
   ListMailboxesResponse,
+  ListSuppressionsRequest,
+  ListSuppressionsResponse,
   ListUsersRequest,
   ListUsersResponse,
   PutAliasRequest,
@@ -44,6 +48,8 @@ import {
   PutMailboxResponse,
   PutUserRequest,
   PutUserResponse,
+  SuppressRequest,
+  SuppressResponse,
 } from "./policy";
 import {
   ApplyActionRequest,
@@ -296,6 +302,37 @@ export const AdminServiceService = {
     responseSerialize: (value: DeleteUserResponse): Buffer => Buffer.from(DeleteUserResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): DeleteUserResponse => DeleteUserResponse.decode(value),
   },
+  suppress: {
+    path: "/tern.v1.AdminService/Suppress" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: SuppressRequest): Buffer => Buffer.from(SuppressRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): SuppressRequest => SuppressRequest.decode(value),
+    responseSerialize: (value: SuppressResponse): Buffer => Buffer.from(SuppressResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): SuppressResponse => SuppressResponse.decode(value),
+  },
+  listSuppressions: {
+    path: "/tern.v1.AdminService/ListSuppressions" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ListSuppressionsRequest): Buffer =>
+      Buffer.from(ListSuppressionsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ListSuppressionsRequest => ListSuppressionsRequest.decode(value),
+    responseSerialize: (value: ListSuppressionsResponse): Buffer =>
+      Buffer.from(ListSuppressionsResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ListSuppressionsResponse => ListSuppressionsResponse.decode(value),
+  },
+  deleteSuppression: {
+    path: "/tern.v1.AdminService/DeleteSuppression" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: DeleteSuppressionRequest): Buffer =>
+      Buffer.from(DeleteSuppressionRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): DeleteSuppressionRequest => DeleteSuppressionRequest.decode(value),
+    responseSerialize: (value: DeleteSuppressionResponse): Buffer =>
+      Buffer.from(DeleteSuppressionResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): DeleteSuppressionResponse => DeleteSuppressionResponse.decode(value),
+  },
 } as const;
 
 export interface AdminServiceServer extends UntypedServiceImplementation {
@@ -322,6 +359,9 @@ export interface AdminServiceServer extends UntypedServiceImplementation {
   listUsers: handleUnaryCall<ListUsersRequest, ListUsersResponse>;
   putUser: handleUnaryCall<PutUserRequest, PutUserResponse>;
   deleteUser: handleUnaryCall<DeleteUserRequest, DeleteUserResponse>;
+  suppress: handleUnaryCall<SuppressRequest, SuppressResponse>;
+  listSuppressions: handleUnaryCall<ListSuppressionsRequest, ListSuppressionsResponse>;
+  deleteSuppression: handleUnaryCall<DeleteSuppressionRequest, DeleteSuppressionResponse>;
 }
 
 export interface AdminServiceClient extends Client {
@@ -660,6 +700,51 @@ export interface AdminServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: DeleteUserResponse) => void,
+  ): ClientUnaryCall;
+  suppress(
+    request: SuppressRequest,
+    callback: (error: ServiceError | null, response: SuppressResponse) => void,
+  ): ClientUnaryCall;
+  suppress(
+    request: SuppressRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: SuppressResponse) => void,
+  ): ClientUnaryCall;
+  suppress(
+    request: SuppressRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: SuppressResponse) => void,
+  ): ClientUnaryCall;
+  listSuppressions(
+    request: ListSuppressionsRequest,
+    callback: (error: ServiceError | null, response: ListSuppressionsResponse) => void,
+  ): ClientUnaryCall;
+  listSuppressions(
+    request: ListSuppressionsRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ListSuppressionsResponse) => void,
+  ): ClientUnaryCall;
+  listSuppressions(
+    request: ListSuppressionsRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ListSuppressionsResponse) => void,
+  ): ClientUnaryCall;
+  deleteSuppression(
+    request: DeleteSuppressionRequest,
+    callback: (error: ServiceError | null, response: DeleteSuppressionResponse) => void,
+  ): ClientUnaryCall;
+  deleteSuppression(
+    request: DeleteSuppressionRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: DeleteSuppressionResponse) => void,
+  ): ClientUnaryCall;
+  deleteSuppression(
+    request: DeleteSuppressionRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: DeleteSuppressionResponse) => void,
   ): ClientUnaryCall;
 }
 

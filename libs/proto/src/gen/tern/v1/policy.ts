@@ -20,6 +20,7 @@ import {
   type ServiceError,
   type UntypedServiceImplementation,
 } from "@grpc/grpc-js";
+import { Timestamp } from "../../google/protobuf/timestamp";
 import { Listener, listenerFromJSON, listenerToJSON, SmtpReply, TlsInfo } from "./common";
 
 export enum CheckStage {
@@ -212,6 +213,13 @@ export interface CheckResponse {
   reason: string;
   /** RCPT stage: the recipient after alias expansion is local. */
   localRecipient: boolean;
+  /**
+   * When non-zero, the decision depends only on the request's fields other
+   * than session.session_id and session.client_port, and on policy data (no
+   * counters, no lookups that change): the caller may give it again, without
+   * asking, to an identical request for up to this many milliseconds.
+   */
+  cacheMs: number;
 }
 
 export interface CheckMessageHeader {
@@ -377,6 +385,48 @@ export interface DeleteUserRequest {
 }
 
 export interface DeleteUserResponse {
+  deleted: boolean;
+}
+
+export interface Suppression {
+  /** The recipient address, lower-cased domain. */
+  address: string;
+  /** Why: the remote reply that made the failure permanent, or an operator's note. */
+  reason: string;
+  /** The message whose delivery failed (empty when added by an operator). */
+  queueId: string;
+  createdAt: Date | undefined;
+}
+
+export interface SuppressRequest {
+  suppressions: Suppression[];
+  operator: string;
+}
+
+export interface SuppressResponse {
+  /** Addresses newly listed (an address already listed is refreshed, not counted). */
+  added: number;
+}
+
+export interface ListSuppressionsRequest {
+  /** Only addresses at this domain. */
+  domain: string;
+  /** Page size (default 100, at most 1000) and the token from the previous page. */
+  limit: number;
+  pageToken: string;
+}
+
+export interface ListSuppressionsResponse {
+  suppressions: Suppression[];
+  nextPageToken: string;
+}
+
+export interface DeleteSuppressionRequest {
+  address: string;
+  operator: string;
+}
+
+export interface DeleteSuppressionResponse {
   deleted: boolean;
 }
 
@@ -874,7 +924,7 @@ export const Header: MessageFns<Header> = {
 };
 
 function createBaseCheckResponse(): CheckResponse {
-  return { action: 0, reply: undefined, reason: "", localRecipient: false };
+  return { action: 0, reply: undefined, reason: "", localRecipient: false, cacheMs: 0 };
 }
 
 export const CheckResponse: MessageFns<CheckResponse> = {
@@ -890,6 +940,9 @@ export const CheckResponse: MessageFns<CheckResponse> = {
     }
     if (message.localRecipient !== false) {
       writer.uint32(32).bool(message.localRecipient);
+    }
+    if (message.cacheMs !== 0) {
+      writer.uint32(40).uint32(message.cacheMs);
     }
     return writer;
   },
@@ -939,6 +992,14 @@ export const CheckResponse: MessageFns<CheckResponse> = {
             message.localRecipient = reader.bool();
             continue;
           }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.cacheMs = reader.uint32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -961,6 +1022,11 @@ export const CheckResponse: MessageFns<CheckResponse> = {
         : isSet(object.local_recipient)
         ? globalThis.Boolean(object.local_recipient)
         : false,
+      cacheMs: isSet(object.cacheMs)
+        ? globalThis.Number(object.cacheMs)
+        : isSet(object.cache_ms)
+        ? globalThis.Number(object.cache_ms)
+        : 0,
     };
   },
 
@@ -978,6 +1044,9 @@ export const CheckResponse: MessageFns<CheckResponse> = {
     if (message.localRecipient !== false) {
       obj.localRecipient = message.localRecipient;
     }
+    if (message.cacheMs !== 0) {
+      obj.cacheMs = Math.round(message.cacheMs);
+    }
     return obj;
   },
 
@@ -992,6 +1061,7 @@ export const CheckResponse: MessageFns<CheckResponse> = {
       : undefined;
     message.reason = object.reason ?? "";
     message.localRecipient = object.localRecipient ?? false;
+    message.cacheMs = object.cacheMs ?? 0;
     return message;
   },
 };
@@ -3691,6 +3761,633 @@ export const DeleteUserResponse: MessageFns<DeleteUserResponse> = {
   },
 };
 
+function createBaseSuppression(): Suppression {
+  return { address: "", reason: "", queueId: "", createdAt: undefined };
+}
+
+export const Suppression: MessageFns<Suppression> = {
+  encode(message: Suppression, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.address !== "") {
+      writer.uint32(10).string(message.address);
+    }
+    if (message.reason !== "") {
+      writer.uint32(18).string(message.reason);
+    }
+    if (message.queueId !== "") {
+      writer.uint32(26).string(message.queueId);
+    }
+    if (message.createdAt !== undefined) {
+      Timestamp.encode(toTimestamp(message.createdAt), writer.uint32(34).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): Suppression {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSuppression();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.address = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.reason = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.queueId = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.createdAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): Suppression {
+    return {
+      address: isSet(object.address) ? globalThis.String(object.address) : "",
+      reason: isSet(object.reason) ? globalThis.String(object.reason) : "",
+      queueId: isSet(object.queueId)
+        ? globalThis.String(object.queueId)
+        : isSet(object.queue_id)
+        ? globalThis.String(object.queue_id)
+        : "",
+      createdAt: isSet(object.createdAt)
+        ? fromJsonTimestamp(object.createdAt)
+        : isSet(object.created_at)
+        ? fromJsonTimestamp(object.created_at)
+        : undefined,
+    };
+  },
+
+  toJSON(message: Suppression): unknown {
+    const obj: any = {};
+    if (message.address !== "") {
+      obj.address = message.address;
+    }
+    if (message.reason !== "") {
+      obj.reason = message.reason;
+    }
+    if (message.queueId !== "") {
+      obj.queueId = message.queueId;
+    }
+    if (message.createdAt !== undefined) {
+      obj.createdAt = message.createdAt.toISOString();
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<Suppression>, I>>(base?: I): Suppression {
+    return Suppression.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<Suppression>, I>>(object: I): Suppression {
+    const message = createBaseSuppression();
+    message.address = object.address ?? "";
+    message.reason = object.reason ?? "";
+    message.queueId = object.queueId ?? "";
+    message.createdAt = object.createdAt ?? undefined;
+    return message;
+  },
+};
+
+function createBaseSuppressRequest(): SuppressRequest {
+  return { suppressions: [], operator: "" };
+}
+
+export const SuppressRequest: MessageFns<SuppressRequest> = {
+  encode(message: SuppressRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.suppressions) {
+      Suppression.encode(v!, writer.uint32(10).fork()).join();
+    }
+    if (message.operator !== "") {
+      writer.uint32(18).string(message.operator);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SuppressRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSuppressRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.suppressions.push(Suppression.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.operator = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SuppressRequest {
+    return {
+      suppressions: globalThis.Array.isArray(object?.suppressions)
+        ? object.suppressions.map((e: any) => Suppression.fromJSON(e))
+        : [],
+      operator: isSet(object.operator) ? globalThis.String(object.operator) : "",
+    };
+  },
+
+  toJSON(message: SuppressRequest): unknown {
+    const obj: any = {};
+    if (message.suppressions?.length) {
+      obj.suppressions = message.suppressions.map((e) => Suppression.toJSON(e));
+    }
+    if (message.operator !== "") {
+      obj.operator = message.operator;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SuppressRequest>, I>>(base?: I): SuppressRequest {
+    return SuppressRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SuppressRequest>, I>>(object: I): SuppressRequest {
+    const message = createBaseSuppressRequest();
+    message.suppressions = object.suppressions?.map((e) => Suppression.fromPartial(e)) || [];
+    message.operator = object.operator ?? "";
+    return message;
+  },
+};
+
+function createBaseSuppressResponse(): SuppressResponse {
+  return { added: 0 };
+}
+
+export const SuppressResponse: MessageFns<SuppressResponse> = {
+  encode(message: SuppressResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.added !== 0) {
+      writer.uint32(8).uint32(message.added);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SuppressResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSuppressResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.added = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SuppressResponse {
+    return { added: isSet(object.added) ? globalThis.Number(object.added) : 0 };
+  },
+
+  toJSON(message: SuppressResponse): unknown {
+    const obj: any = {};
+    if (message.added !== 0) {
+      obj.added = Math.round(message.added);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SuppressResponse>, I>>(base?: I): SuppressResponse {
+    return SuppressResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SuppressResponse>, I>>(object: I): SuppressResponse {
+    const message = createBaseSuppressResponse();
+    message.added = object.added ?? 0;
+    return message;
+  },
+};
+
+function createBaseListSuppressionsRequest(): ListSuppressionsRequest {
+  return { domain: "", limit: 0, pageToken: "" };
+}
+
+export const ListSuppressionsRequest: MessageFns<ListSuppressionsRequest> = {
+  encode(message: ListSuppressionsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.domain !== "") {
+      writer.uint32(10).string(message.domain);
+    }
+    if (message.limit !== 0) {
+      writer.uint32(16).uint32(message.limit);
+    }
+    if (message.pageToken !== "") {
+      writer.uint32(26).string(message.pageToken);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListSuppressionsRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListSuppressionsRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.domain = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.limit = reader.uint32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.pageToken = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListSuppressionsRequest {
+    return {
+      domain: isSet(object.domain) ? globalThis.String(object.domain) : "",
+      limit: isSet(object.limit) ? globalThis.Number(object.limit) : 0,
+      pageToken: isSet(object.pageToken)
+        ? globalThis.String(object.pageToken)
+        : isSet(object.page_token)
+        ? globalThis.String(object.page_token)
+        : "",
+    };
+  },
+
+  toJSON(message: ListSuppressionsRequest): unknown {
+    const obj: any = {};
+    if (message.domain !== "") {
+      obj.domain = message.domain;
+    }
+    if (message.limit !== 0) {
+      obj.limit = Math.round(message.limit);
+    }
+    if (message.pageToken !== "") {
+      obj.pageToken = message.pageToken;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ListSuppressionsRequest>, I>>(base?: I): ListSuppressionsRequest {
+    return ListSuppressionsRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ListSuppressionsRequest>, I>>(object: I): ListSuppressionsRequest {
+    const message = createBaseListSuppressionsRequest();
+    message.domain = object.domain ?? "";
+    message.limit = object.limit ?? 0;
+    message.pageToken = object.pageToken ?? "";
+    return message;
+  },
+};
+
+function createBaseListSuppressionsResponse(): ListSuppressionsResponse {
+  return { suppressions: [], nextPageToken: "" };
+}
+
+export const ListSuppressionsResponse: MessageFns<ListSuppressionsResponse> = {
+  encode(message: ListSuppressionsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.suppressions) {
+      Suppression.encode(v!, writer.uint32(10).fork()).join();
+    }
+    if (message.nextPageToken !== "") {
+      writer.uint32(18).string(message.nextPageToken);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListSuppressionsResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListSuppressionsResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.suppressions.push(Suppression.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.nextPageToken = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListSuppressionsResponse {
+    return {
+      suppressions: globalThis.Array.isArray(object?.suppressions)
+        ? object.suppressions.map((e: any) => Suppression.fromJSON(e))
+        : [],
+      nextPageToken: isSet(object.nextPageToken)
+        ? globalThis.String(object.nextPageToken)
+        : isSet(object.next_page_token)
+        ? globalThis.String(object.next_page_token)
+        : "",
+    };
+  },
+
+  toJSON(message: ListSuppressionsResponse): unknown {
+    const obj: any = {};
+    if (message.suppressions?.length) {
+      obj.suppressions = message.suppressions.map((e) => Suppression.toJSON(e));
+    }
+    if (message.nextPageToken !== "") {
+      obj.nextPageToken = message.nextPageToken;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ListSuppressionsResponse>, I>>(base?: I): ListSuppressionsResponse {
+    return ListSuppressionsResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ListSuppressionsResponse>, I>>(object: I): ListSuppressionsResponse {
+    const message = createBaseListSuppressionsResponse();
+    message.suppressions = object.suppressions?.map((e) => Suppression.fromPartial(e)) || [];
+    message.nextPageToken = object.nextPageToken ?? "";
+    return message;
+  },
+};
+
+function createBaseDeleteSuppressionRequest(): DeleteSuppressionRequest {
+  return { address: "", operator: "" };
+}
+
+export const DeleteSuppressionRequest: MessageFns<DeleteSuppressionRequest> = {
+  encode(message: DeleteSuppressionRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.address !== "") {
+      writer.uint32(10).string(message.address);
+    }
+    if (message.operator !== "") {
+      writer.uint32(18).string(message.operator);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DeleteSuppressionRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDeleteSuppressionRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.address = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.operator = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DeleteSuppressionRequest {
+    return {
+      address: isSet(object.address) ? globalThis.String(object.address) : "",
+      operator: isSet(object.operator) ? globalThis.String(object.operator) : "",
+    };
+  },
+
+  toJSON(message: DeleteSuppressionRequest): unknown {
+    const obj: any = {};
+    if (message.address !== "") {
+      obj.address = message.address;
+    }
+    if (message.operator !== "") {
+      obj.operator = message.operator;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DeleteSuppressionRequest>, I>>(base?: I): DeleteSuppressionRequest {
+    return DeleteSuppressionRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DeleteSuppressionRequest>, I>>(object: I): DeleteSuppressionRequest {
+    const message = createBaseDeleteSuppressionRequest();
+    message.address = object.address ?? "";
+    message.operator = object.operator ?? "";
+    return message;
+  },
+};
+
+function createBaseDeleteSuppressionResponse(): DeleteSuppressionResponse {
+  return { deleted: false };
+}
+
+export const DeleteSuppressionResponse: MessageFns<DeleteSuppressionResponse> = {
+  encode(message: DeleteSuppressionResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.deleted !== false) {
+      writer.uint32(8).bool(message.deleted);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DeleteSuppressionResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDeleteSuppressionResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.deleted = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DeleteSuppressionResponse {
+    return { deleted: isSet(object.deleted) ? globalThis.Boolean(object.deleted) : false };
+  },
+
+  toJSON(message: DeleteSuppressionResponse): unknown {
+    const obj: any = {};
+    if (message.deleted !== false) {
+      obj.deleted = message.deleted;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DeleteSuppressionResponse>, I>>(base?: I): DeleteSuppressionResponse {
+    return DeleteSuppressionResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DeleteSuppressionResponse>, I>>(object: I): DeleteSuppressionResponse {
+    const message = createBaseDeleteSuppressionResponse();
+    message.deleted = object.deleted ?? false;
+    return message;
+  },
+};
+
 /**
  * Policy decides who may send what. Ingress asks at every stage of the SMTP
  * dialogue; each decision carries the reply to give. Policy also owns the
@@ -3845,6 +4542,42 @@ export const PolicyServiceService = {
     responseSerialize: (value: DeleteUserResponse): Buffer => Buffer.from(DeleteUserResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): DeleteUserResponse => DeleteUserResponse.decode(value),
   },
+  /**
+   * The suppression list: recipients whose delivery failed permanently (fed
+   * by bounce). While listed, authenticated submission to them is refused at
+   * RCPT, so a sender does not keep hitting dead addresses.
+   */
+  suppress: {
+    path: "/tern.v1.PolicyService/Suppress" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: SuppressRequest): Buffer => Buffer.from(SuppressRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): SuppressRequest => SuppressRequest.decode(value),
+    responseSerialize: (value: SuppressResponse): Buffer => Buffer.from(SuppressResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): SuppressResponse => SuppressResponse.decode(value),
+  },
+  listSuppressions: {
+    path: "/tern.v1.PolicyService/ListSuppressions" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ListSuppressionsRequest): Buffer =>
+      Buffer.from(ListSuppressionsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ListSuppressionsRequest => ListSuppressionsRequest.decode(value),
+    responseSerialize: (value: ListSuppressionsResponse): Buffer =>
+      Buffer.from(ListSuppressionsResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ListSuppressionsResponse => ListSuppressionsResponse.decode(value),
+  },
+  deleteSuppression: {
+    path: "/tern.v1.PolicyService/DeleteSuppression" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: DeleteSuppressionRequest): Buffer =>
+      Buffer.from(DeleteSuppressionRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): DeleteSuppressionRequest => DeleteSuppressionRequest.decode(value),
+    responseSerialize: (value: DeleteSuppressionResponse): Buffer =>
+      Buffer.from(DeleteSuppressionResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): DeleteSuppressionResponse => DeleteSuppressionResponse.decode(value),
+  },
 } as const;
 
 export interface PolicyServiceServer extends UntypedServiceImplementation {
@@ -3869,6 +4602,14 @@ export interface PolicyServiceServer extends UntypedServiceImplementation {
   listUsers: handleUnaryCall<ListUsersRequest, ListUsersResponse>;
   putUser: handleUnaryCall<PutUserRequest, PutUserResponse>;
   deleteUser: handleUnaryCall<DeleteUserRequest, DeleteUserResponse>;
+  /**
+   * The suppression list: recipients whose delivery failed permanently (fed
+   * by bounce). While listed, authenticated submission to them is refused at
+   * RCPT, so a sender does not keep hitting dead addresses.
+   */
+  suppress: handleUnaryCall<SuppressRequest, SuppressResponse>;
+  listSuppressions: handleUnaryCall<ListSuppressionsRequest, ListSuppressionsResponse>;
+  deleteSuppression: handleUnaryCall<DeleteSuppressionRequest, DeleteSuppressionResponse>;
 }
 
 export interface PolicyServiceClient extends Client {
@@ -4104,6 +4845,56 @@ export interface PolicyServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: DeleteUserResponse) => void,
   ): ClientUnaryCall;
+  /**
+   * The suppression list: recipients whose delivery failed permanently (fed
+   * by bounce). While listed, authenticated submission to them is refused at
+   * RCPT, so a sender does not keep hitting dead addresses.
+   */
+  suppress(
+    request: SuppressRequest,
+    callback: (error: ServiceError | null, response: SuppressResponse) => void,
+  ): ClientUnaryCall;
+  suppress(
+    request: SuppressRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: SuppressResponse) => void,
+  ): ClientUnaryCall;
+  suppress(
+    request: SuppressRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: SuppressResponse) => void,
+  ): ClientUnaryCall;
+  listSuppressions(
+    request: ListSuppressionsRequest,
+    callback: (error: ServiceError | null, response: ListSuppressionsResponse) => void,
+  ): ClientUnaryCall;
+  listSuppressions(
+    request: ListSuppressionsRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ListSuppressionsResponse) => void,
+  ): ClientUnaryCall;
+  listSuppressions(
+    request: ListSuppressionsRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ListSuppressionsResponse) => void,
+  ): ClientUnaryCall;
+  deleteSuppression(
+    request: DeleteSuppressionRequest,
+    callback: (error: ServiceError | null, response: DeleteSuppressionResponse) => void,
+  ): ClientUnaryCall;
+  deleteSuppression(
+    request: DeleteSuppressionRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: DeleteSuppressionResponse) => void,
+  ): ClientUnaryCall;
+  deleteSuppression(
+    request: DeleteSuppressionRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: DeleteSuppressionResponse) => void,
+  ): ClientUnaryCall;
 }
 
 export const PolicyServiceClient = makeGenericClientConstructor(
@@ -4134,6 +4925,28 @@ type DeepPartial<T> = T extends Builtin ? T
 type KeysOfUnion<T> = T extends T ? keyof T : never;
 type Exact<P, I extends P> = P extends Builtin ? P
   : P & { [K in keyof P]: Exact<P[K], I[K]> } & { [K in Exclude<keyof I, KeysOfUnion<P>>]: never };
+
+function toTimestamp(date: Date): Timestamp {
+  const seconds = Math.trunc(date.getTime() / 1_000);
+  const nanos = (date.getTime() % 1_000) * 1_000_000;
+  return { seconds, nanos };
+}
+
+function fromTimestamp(t: Timestamp): Date {
+  let millis = (t.seconds || 0) * 1_000;
+  millis += (t.nanos || 0) / 1_000_000;
+  return new globalThis.Date(millis);
+}
+
+function fromJsonTimestamp(o: any): Date {
+  if (o instanceof globalThis.Date) {
+    return o;
+  } else if (typeof o === "string") {
+    return new globalThis.Date(o);
+  } else {
+    return fromTimestamp(Timestamp.fromJSON(o));
+  }
+}
 
 function longToNumber(int64: { toString(): string }): number {
   const num = globalThis.Number(int64.toString());

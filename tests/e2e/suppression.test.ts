@@ -1,0 +1,127 @@
+// Issue 6, the suppression list end to end: a hard failure (550 at the
+// recipient's MX) reaches policy's list through bounce; authenticated
+// submission to that address is then refused at RCPT; the MX listener is not
+// affected; an operator removes the entry with the CLI and mail flows again.
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import nodemailer from 'nodemailer';
+import { Harness, selfSignedCert, startPlatform, type Platform } from '@tern/devkit';
+import { queueIdOf, send, tern, ternJson, ternRaw, waitFor } from '../ops/helpers';
+
+const harness = new Harness({ name: 'e2e-suppression' });
+let platform: Platform;
+let submissionPort: number;
+const PASSWORD = 'a long and unguessable passphrase';
+
+before(async () => {
+  const db = await harness.createTestDatabase();
+  await harness.runMigrate(db.url, { entry: 'libs/db/dist/migrate.js' });
+  const nats = await harness.startNats();
+  const port = await harness.freePort('127.0.0.80');
+  await harness.startSink({ host: '127.0.0.80', port, hostname: 'mx.dest.test' });
+  await harness.startSink({ host: '127.0.0.81', port, hostname: 'mx.sub.test' });
+  const dns = await harness.startDns({ host: '127.0.0.1' });
+  dns.mx('dest.test', 'mx.dest.test').a('mx.dest.test', '127.0.0.80');
+  dns.mx('sub.test', 'mx.sub.test').a('mx.sub.test', '127.0.0.81');
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tern-suppression-'));
+  harness.defer(() => fs.rmSync(dir, { recursive: true, force: true }), 'remove tls dir');
+  const cert = selfSignedCert({ names: ['mx.tern.test', '127.0.0.1'] });
+  fs.writeFileSync(path.join(dir, 'tls.crt'), cert.cert);
+  fs.writeFileSync(path.join(dir, 'tls.key'), cert.key);
+  submissionPort = await harness.freePort();
+  platform = await startPlatform(harness, {
+    databaseUrl: db.url,
+    natsUrl: nats.url,
+    dnsServer: dns.address,
+    remoteSmtpPort: port,
+    env: {
+      ingress: {
+        TERN_SUBMISSION_LISTEN: `127.0.0.1:${submissionPort}`,
+        TERN_TLS_CERT_FILE: path.join(dir, 'tls.crt'),
+        TERN_TLS_KEY_FILE: path.join(dir, 'tls.key'),
+      },
+    },
+  });
+  const r = await ternRaw(platform, ['user', 'add', 'alice@sub.test', '--may-relay', '--allowed-sender', '@sub.test', '--password-stdin'], { stdin: `${PASSWORD}\n` });
+  assert.equal(r.code, 0, r.stderr);
+});
+
+after(() => harness.close());
+
+function submit(to: string, subject: string) {
+  const transport = nodemailer.createTransport({
+    host: '127.0.0.1',
+    port: submissionPort,
+    secure: false,
+    requireTLS: true,
+    tls: { rejectUnauthorized: false },
+    localAddress: '127.0.0.2',
+    name: 'laptop.example',
+    auth: { user: 'alice@sub.test', pass: PASSWORD },
+  } as Parameters<typeof nodemailer.createTransport>[0]);
+  return transport
+    .sendMail({ envelope: { from: 'alice@sub.test', to: [to] }, raw: `From: alice@sub.test\r\nTo: ${to}\r\nSubject: ${subject}\r\n\r\n${subject}\r\n` })
+    .finally(() => transport.close());
+}
+
+interface Listed {
+  suppressions?: { address: string; reason?: string; queueId?: string }[];
+  nextPageToken?: string;
+}
+
+test('a hard failure is suppressed: submission to it gets 550 5.1.1 at RCPT until an operator removes it', async () => {
+  const first = queueIdOf((await submit('permfail-gone@dest.test', 'first try')).response);
+  const listed = await waitFor(
+    'the hard failure on the suppression list',
+    async () => (await ternJson<Listed>(platform, 'suppression', 'ls')).suppressions?.find((s) => s.address === 'permfail-gone@dest.test'),
+    30_000,
+  );
+  assert.equal(listed.queueId, first, 'the entry names the message that failed');
+  assert.match(listed.reason ?? '', /^550 5\.1\.1 /, 'and the remote reply');
+
+  await assert.rejects(submit('permfail-gone@dest.test', 'second try'), (err: { responseCode?: number; response?: string }) => {
+    assert.equal(err.responseCode, 550, err.response);
+    assert.match(err.response ?? '', /5\.1\.1 <permfail-gone@dest\.test>: Recipient address rejected: delivery failed permanently/);
+    return true;
+  });
+  // The case of the local part or domain does not get around it.
+  await assert.rejects(submit('PERMFAIL-GONE@Dest.Test', 'third try'), (err: { responseCode?: number }) => err.responseCode === 550);
+
+  // Mail from the internet (MX listener, no login) is not the submitter's list: it is accepted.
+  assert.ok(await send(platform, 'someone@elsewhere.test', ['permfail-gone@dest.test'], 'inbound'));
+
+  // The operator clears it; the next submission is accepted at once.
+  const human = await tern(platform, 'suppression', 'ls', '--domain', 'dest.test');
+  assert.match(human, /permfail-gone@dest\.test/);
+  await tern(platform, 'suppression', 'rm', 'permfail-gone@dest.test');
+  queueIdOf((await submit('permfail-gone@dest.test', 'after removal')).response);
+  const gone = await ternRaw(platform, ['suppression', 'rm', 'nobody@dest.test']);
+  assert.notEqual(gone.code, 0, 'removing an address that is not listed fails');
+  assert.match(gone.stderr, /nothing deleted/);
+});
+
+test('an operator can suppress by hand; a bad address names the field', async () => {
+  await tern(platform, 'suppression', 'add', 'complainer@dest.test', '--reason', 'asked us to stop');
+  await assert.rejects(submit('complainer@dest.test', 'hello'), (err: { responseCode?: number; response?: string }) => {
+    assert.equal(err.responseCode, 550, err.response);
+    assert.match(err.response ?? '', /asked us to stop/);
+    return true;
+  });
+  const bad = await ternRaw(platform, ['suppression', 'add', 'not an address']);
+  assert.notEqual(bad.code, 0);
+  assert.match(bad.stderr, /suppressions\[0\]\.address/);
+  // Keyset paging: one per page, every entry once.
+  const seen: string[] = [];
+  let token = '';
+  for (let i = 0; i < 10; i++) {
+    const page = await ternJson<Listed>(platform, 'suppression', 'ls', '--limit', '1', ...(token ? ['--page-token', token] : []));
+    seen.push(...(page.suppressions ?? []).map((s) => s.address));
+    token = page.nextPageToken ?? '';
+    if (!token) break;
+  }
+  assert.deepEqual(seen, [...new Set(seen)].sort());
+  assert.ok(seen.includes('complainer@dest.test'));
+});
