@@ -9,7 +9,7 @@ import path from 'node:path';
 import crypto from 'node:crypto';
 import pg from 'pg';
 import { start, stopProcess, type Root } from './procs';
-import { freePort, log, run, runOk, sleep, waitFor, waitTcp } from './util';
+import { freePort, log, run, runOk, sleep, waitTcp } from './util';
 import { startDns, type BenchDns } from './dns';
 import type { Mta, MtaStartOptions } from './mta';
 
@@ -89,46 +89,10 @@ export class TernMta implements Mta {
     fs.chownSync(pgData, pgUser.uid, pgUser.gid);
     fs.chownSync(pgSock, pgUser.uid, pgUser.gid);
     await runOk(pgBin('initdb'), ['-D', pgData, '-U', 'postgres', '--auth=trust', '-E', 'UTF8', '--no-instructions'], { uid: pgUser.uid, gid: pgUser.gid, cwd: this.dir });
-    const pgPort = await freePort('127.0.0.1');
-    this.pgProc = start(
-      pgBin('postgres'),
-      [
-        '-D', pgData, '-p', String(pgPort), '-k', pgSock, '-c', 'listen_addresses=127.0.0.1', '-c', 'max_connections=200',
-        ...(o.pgStats ? ['-c', 'shared_preload_libraries=pg_stat_statements', '-c', 'pg_stat_statements.track=all'] : []),
-      ],
-      {
-        label: 'postgres',
-        uid: pgUser.uid,
-        gid: pgUser.gid,
-        cwd: this.dir,
-        logFile: path.join(this.dir, 'postgres.log'),
-        stop: async () => {
-          this.pgProc?.kill('SIGINT'); // fast shutdown
-        },
-      },
-    );
-    await waitTcp('127.0.0.1', pgPort, 30_000);
-    // A pg.Client cannot be reused after a failed connect: a new one per try.
-    let admin: pg.Client | undefined;
-    await waitFor(
-      'postgres to accept queries',
-      async () => {
-        const c = new pg.Client({ connectionString: `postgres://postgres@127.0.0.1:${pgPort}/postgres` });
-        c.on('error', () => undefined);
-        try {
-          await c.connect();
-          admin = c;
-          return true;
-        } catch {
-          await c.end().catch(() => undefined);
-          return false;
-        }
-      },
-      30_000,
-      200,
-    );
-    await admin!.query('CREATE DATABASE tern');
-    await admin!.end();
+    const pgPort = await this.startPostgres(o, pgData, pgSock, pgUser);
+    const admin = await this.connectPostgres(pgPort, 'postgres', 10_000);
+    await admin.query('CREATE DATABASE tern');
+    await admin.end();
     this.pgStats = Boolean(o.pgStats);
     this.dbUrl = `postgres://postgres@127.0.0.1:${pgPort}/tern`;
 
@@ -220,20 +184,108 @@ export class TernMta implements Mta {
       }
       const extra = process.env[`TERN_BENCH_ENV_${s.toUpperCase()}`]; // e.g. "A=1,B=2", for experiments
       const extraEnv = Object.fromEntries((extra ? extra.split(',') : []).map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)]));
-      const child = start(process.execPath, [...nodeArgs, this.bundle(s)], {
-        label: `tern-${s}`,
-        cwd: this.repo,
-        env: { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: process.env.HOME ?? '/root', ...common(s), ...env[s], ...extraEnv },
-        logFile: path.join(this.dir, `${s}.log`),
-      });
-      this.procs.set(s, child);
+      // A port chosen as free may be taken by someone else before the service
+      // binds it (the machine is shared): pick new ones and start again. The
+      // services that use this one's address start after it, so they see the new one.
+      for (let attempt = 1; ; attempt++) {
+        const child = start(process.execPath, [...nodeArgs, this.bundle(s)], {
+          label: `tern-${s}`,
+          cwd: this.repo,
+          env: { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: process.env.HOME ?? '/root', ...common(s), ...env[s], ...extraEnv },
+          logFile: path.join(this.dir, `${s}.log`),
+        });
+        this.procs.set(s, child);
+        try {
+          await this.waitReady(s, `${TERN_HOST}:${ports[`${s}.metrics`]}`, child);
+          break;
+        } catch (err) {
+          await stopProcess(child, 5000);
+          if (attempt >= 3 || !/EADDRINUSE/.test((err as Error).message)) throw err;
+          log(`tern: ${s}: a port was taken before it could bind; retrying on new ports`);
+          ports[`${s}.grpc`] = await freePort(TERN_HOST);
+          ports[`${s}.metrics`] = await freePort(TERN_HOST);
+          if (s === 'ingress') this.port = await freePort(TERN_HOST);
+        }
+      }
       this.started.push(s);
-      await this.waitReady(s, `${TERN_HOST}:${ports[`${s}.metrics`]}`, child);
     }
     await waitTcp(TERN_HOST, this.port, 15_000);
     this.db = new pg.Client({ connectionString: this.dbUrl });
     this.db.on('error', () => undefined); // Postgres going away at shutdown
     await this.db.connect();
+  }
+
+  /**
+   * Starts the private Postgres and waits until it answers queries. A start
+   * that fails (the process exits, e.g. its port was taken between freePort
+   * and bind, or it does not answer within 60 s on a loaded machine) is
+   * retried on another port, and the error names the cause from its log.
+   */
+  private async startPostgres(o: MtaStartOptions, pgData: string, pgSock: string, pgUser: { uid: number; gid: number }): Promise<number> {
+    const logFile = path.join(this.dir, 'postgres.log');
+    for (let attempt = 1; ; attempt++) {
+      const pgPort = await freePort('127.0.0.1');
+      const proc = start(
+        pgBin('postgres'),
+        [
+          '-D', pgData, '-p', String(pgPort), '-k', pgSock, '-c', 'listen_addresses=127.0.0.1', '-c', 'max_connections=200',
+          ...(o.pgStats ? ['-c', 'shared_preload_libraries=pg_stat_statements', '-c', 'pg_stat_statements.track=all'] : []),
+        ],
+        {
+          label: 'postgres',
+          uid: pgUser.uid,
+          gid: pgUser.gid,
+          cwd: this.dir,
+          logFile,
+          stop: async () => {
+            proc.kill('SIGINT'); // fast shutdown
+          },
+        },
+      );
+      this.pgProc = proc;
+      try {
+        const deadline = Date.now() + 60_000;
+        let last = 'no answer';
+        for (;;) {
+          if (proc.exitCode !== null || proc.signalCode !== null) throw new Error(`postgres exited (${proc.exitCode ?? proc.signalCode})`);
+          if (Date.now() > deadline) throw new Error(`postgres did not accept queries within 60 s (${last})`);
+          try {
+            const c = await this.connectPostgres(pgPort, 'postgres', 3000);
+            await c.end().catch(() => undefined);
+            return pgPort;
+          } catch (err) {
+            last = (err as Error).message;
+          }
+          await sleep(200);
+        }
+      } catch (err) {
+        let tail = '';
+        try {
+          tail = fs.readFileSync(logFile, 'utf8').trim().split('\n').slice(-6).join(' | ');
+        } catch {
+          /* no log */
+        }
+        await stopProcess(proc, 5000);
+        const msg = `${(err as Error).message}; postgres.log: ${tail || '(empty)'}`;
+        if (attempt >= 3) throw new Error(msg);
+        log(`tern: private postgres failed to start (attempt ${attempt}): ${msg}; retrying on another port`);
+      }
+    }
+  }
+
+  /** One connection attempt, bounded (a connect to a port that never answers must not hang). */
+  private async connectPostgres(port: number, db: string, timeoutMs: number): Promise<pg.Client> {
+    // A pg.Client cannot be reused after a failed connect: a new one per try.
+    const c = new pg.Client({ connectionString: `postgres://postgres@127.0.0.1:${port}/${db}`, connectionTimeoutMillis: timeoutMs });
+    c.on('error', () => undefined);
+    try {
+      await c.connect();
+      await c.query('SELECT 1');
+      return c;
+    } catch (err) {
+      await c.end().catch(() => undefined);
+      throw err;
+    }
   }
 
   private async waitReady(s: Service, metrics: string, child: ReturnType<typeof start>): Promise<void> {

@@ -24,8 +24,21 @@ export async function runOk(cmd: string, args: string[], opts: ExecFileOptions =
   return r.stdout;
 }
 
-/** A TCP port free on `host` now (and its UDP twin, so DNS can use both). */
+/** Ports handed out by this process: never hand the same one out twice. */
+const given = new Set<number>();
+
+/**
+ * A TCP port free on `host` now (and its UDP twin, so DNS can use both),
+ * never one this process has already handed out (the kernel may offer a port
+ * again as soon as the probe closes it, before its first user binds it).
+ */
 export async function freePort(host: string, udpToo = false): Promise<number> {
+  const port = await probePort(host, udpToo);
+  given.add(port);
+  return port;
+}
+
+async function probePort(host: string, udpToo: boolean): Promise<number> {
   for (let i = 0; i < 50; i++) {
     const port = await new Promise<number>((resolve, reject) => {
       const srv = net.createServer();
@@ -35,6 +48,7 @@ export async function freePort(host: string, udpToo = false): Promise<number> {
         srv.close(() => resolve(p));
       });
     });
+    if (given.has(port)) continue;
     if (!udpToo) return port;
     const ok = await new Promise<boolean>((resolve) => {
       const s = dgram.createSocket('udp4');

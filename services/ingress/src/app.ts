@@ -7,7 +7,7 @@ import { ConnectionLimiter, SmtpServer, type SmtpLimits } from '@tern/smtp';
 import type { Telemetry } from '@tern/telemetry';
 import { policyClient, queueClient } from './clients';
 import type { Config } from './config';
-import { createHooks, QueueStatusCache, type IngressMetrics } from './hooks';
+import { createHooks, DecisionCache, QueueStatusCache, type IngressMetrics } from './hooks';
 import { TlsContextManager } from './tls';
 
 export interface AppDeps {
@@ -53,7 +53,13 @@ export function createApp(config: Config, deps: AppDeps): App {
     greetingDelayMs: config.TERN_GREETING_DELAY_MS,
   };
   const limiter = new ConnectionLimiter(config.TERN_MAX_SESSIONS, config.TERN_MAX_SESSIONS_PER_CLIENT);
+  // Policy accepts marked reusable (cache_ms) are given again without a call.
+  const decisions = new DecisionCache();
+  meter
+    .createObservableCounter('tern_ingress_policy_cache_hits_total', { description: 'Policy checks answered from reusable accepts (CheckResponse.cache_ms)' })
+    .addCallback((r) => r.observe(decisions.hits));
   const hookDeps = {
+    decisions,
     hostname: config.TERN_HOSTNAME,
     logger,
     tracer,

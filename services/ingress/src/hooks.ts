@@ -91,6 +91,42 @@ export class QueueStatusCache {
   }
 }
 
+/**
+ * Accepts that policy marked reusable (CheckResponse.cache_ms): they depend
+ * only on the request (minus session id and client port) and policy data, so
+ * an identical request within cache_ms gets the same answer without a call.
+ * Bounded: the oldest entries go first.
+ */
+export class DecisionCache {
+  private readonly entries = new Map<string, { res: CheckResponse; until: number }>();
+  hits = 0;
+
+  constructor(private readonly max = 10_000) {}
+
+  static key(req: CheckRequest): string {
+    const session = req.session ? { ...req.session, sessionId: '', clientPort: 0 } : undefined;
+    return Buffer.from(CheckRequest.encode({ ...req, session }).finish()).toString('latin1');
+  }
+
+  get(key: string, now = Date.now()): CheckResponse | undefined {
+    const e = this.entries.get(key);
+    if (!e) return undefined;
+    if (e.until <= now) {
+      this.entries.delete(key);
+      return undefined;
+    }
+    this.hits++;
+    return e.res;
+  }
+
+  set(key: string, res: CheckResponse, now = Date.now()): void {
+    if (!res.cacheMs || res.action !== PolicyAction.POLICY_ACTION_ACCEPT) return;
+    this.entries.delete(key);
+    this.entries.set(key, { res, until: now + res.cacheMs });
+    while (this.entries.size > this.max) this.entries.delete(this.entries.keys().next().value!);
+  }
+}
+
 export interface HooksDeps {
   hostname: string;
   logger: Logger;
@@ -102,6 +138,8 @@ export interface HooksDeps {
   policyDeadlineMs: number;
   commitTimeoutMs: number;
   reverseDns: { timeoutMs: number } | undefined;
+  /** Reusable policy accepts; none when absent. */
+  decisions?: DecisionCache;
 }
 
 const LISTENERS: Record<string, Listener> = {
@@ -231,8 +269,14 @@ export function createHooks(deps: HooksDeps, submission: boolean): SmtpHooks {
 
   async function check(stage: CheckStage, stageName: string, s: SmtpSession, extra: Partial<CheckRequest>): Promise<{ reply: Reply | undefined; hold: boolean; res?: CheckResponse }> {
     const req = CheckRequest.fromPartial({ stage, session: sessionInfo(s, hostname), ...extra });
+    const cache = deps.decisions;
+    const key = cache ? DecisionCache.key(req) : '';
     try {
-      const res = await context.with(ctxOf(s), () => call(policy.check, policy, req, deps.policyDeadlineMs));
+      let res = cache?.get(key);
+      if (!res) {
+        res = await context.with(ctxOf(s), () => call(policy.check, policy, req, deps.policyDeadlineMs));
+        cache?.set(key, res);
+      }
       const d = decisionReply(res);
       metrics.decisions.add(1, { stage: stageName, result: d.reply && !isPositive(d.reply) ? String(d.reply.code)[0] + 'xx' : 'accept' });
       if (d.reply && !isPositive(d.reply)) {

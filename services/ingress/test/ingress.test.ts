@@ -68,6 +68,38 @@ test('a message is streamed to the queue with a Received header; 250 only with t
   }
 });
 
+test('reusable policy accepts (cache_ms) answer an identical request without a call; refusals and other requests still ask', async () => {
+  const h = await startIngress();
+  try {
+    h.policy.decide = (req) =>
+      req.stage === CheckStage.CHECK_STAGE_RCPT && req.recipient === 'no@example.net'
+        ? { action: PolicyAction.POLICY_ACTION_REJECT, reply: { code: 550, enhanced: '5.1.1', text: 'no such user' }, cacheMs: 60_000 }
+        : { action: PolicyAction.POLICY_ACTION_ACCEPT, cacheMs: req.recipient === 'fresh@example.net' ? 0 : 60_000 };
+    const session = async (rcpt: string) => {
+      const c = await ready(h.app.ports.smtp!);
+      assert.equal((await c.cmd('MAIL FROM:<sender@example.org>')).code, 250);
+      const code = (await c.cmd(`RCPT TO:<${rcpt}>`)).code;
+      c.close();
+      return code;
+    };
+    assert.equal(await session('rcpt@example.net'), 250);
+    assert.equal(h.policy.checks.length, 4);
+    // A second session (other port, other session id), same request: no call at all.
+    assert.equal(await session('rcpt@example.net'), 250);
+    assert.equal(h.policy.checks.length, 4);
+    // Another recipient is another request; an accept without cache_ms is asked every time.
+    assert.equal(await session('fresh@example.net'), 250);
+    assert.equal(await session('fresh@example.net'), 250);
+    assert.equal(h.policy.checks.filter((c) => c.request.recipient === 'fresh@example.net').length, 2);
+    // Refusals are never reused, whatever cache_ms says.
+    assert.equal(await session('no@example.net'), 550);
+    assert.equal(await session('no@example.net'), 550);
+    assert.equal(h.policy.checks.filter((c) => c.request.recipient === 'no@example.net').length, 2);
+  } finally {
+    await h.stop();
+  }
+});
+
 test('policy errors and timeouts answer 451 4.3.0 (421 at connect), never an accept', async () => {
   const h = await startIngress({ TERN_POLICY_DEADLINE_MS: '200' });
   try {

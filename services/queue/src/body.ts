@@ -7,22 +7,38 @@ import type { Logger } from '@tern/telemetry';
 
 const PIECE = 64 * 1024;
 
-/** Iterates a message's body rows in order; undefined when the message is unknown or its body removed. */
+/** Body rows read per query (each at most SPILL_CHUNK). */
+const ROWS = 2;
+
+/**
+ * Iterates a message's body rows in order; undefined when the message is
+ * unknown or its body removed. The first query checks the message and reads
+ * the first rows together, and a page shorter than ROWS is the last one, so a
+ * small body (one row) costs one statement.
+ */
 export async function bodyRows(pool: Pool, queueId: string): Promise<AsyncGenerator<Buffer> | undefined> {
-  const { rows } = await pool.query<{ body_removed: boolean }>('SELECT body_removed FROM messages WHERE id = $1', [queueId]);
-  if (!rows.length || rows[0]!.body_removed) return undefined;
+  const first = await pool.query<{ body_removed: boolean; seq: number | null; data: Buffer | null }>(
+    `SELECT m.body_removed, c.seq, c.data FROM messages m
+       LEFT JOIN LATERAL (SELECT seq, data FROM body_chunks WHERE message_id = m.id ORDER BY seq LIMIT ${ROWS}) c ON true
+      WHERE m.id = $1 ORDER BY c.seq`,
+    [queueId],
+  );
+  if (!first.rows.length || first.rows[0]!.body_removed) return undefined;
+  const head = first.rows.filter((r) => r.seq !== null) as { seq: number; data: Buffer }[];
   return (async function* () {
+    let page = head;
     let seq = -1;
     for (;;) {
-      const r = await pool.query<{ seq: number; data: Buffer }>(
-        'SELECT seq, data FROM body_chunks WHERE message_id = $1 AND seq > $2 ORDER BY seq LIMIT 2',
-        [queueId, seq],
-      );
-      if (!r.rows.length) return;
-      for (const row of r.rows) {
+      for (const row of page) {
         seq = row.seq;
         yield row.data;
       }
+      if (page.length < ROWS) return;
+      const r = await pool.query<{ seq: number; data: Buffer }>(
+        `SELECT seq, data FROM body_chunks WHERE message_id = $1 AND seq > $2 ORDER BY seq LIMIT ${ROWS}`,
+        [queueId, seq],
+      );
+      page = r.rows;
     }
   })();
 }
