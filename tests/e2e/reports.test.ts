@@ -5,8 +5,8 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import pg from 'pg';
-import nodemailer from 'nodemailer';
 import { simpleParser } from 'mailparser';
+import { send as sendVia, waitFor as waitUntil } from '../ops/helpers';
 import { Harness, startPlatform, type Platform, type SmtpSink } from '@tern/devkit';
 
 const harness = new Harness({ name: 'e2e-reports' });
@@ -40,30 +40,11 @@ before(async () => {
 
 after(() => harness.close());
 
-async function send(from: string, to: string[], subject: string): Promise<string> {
-  const transport = nodemailer.createTransport({ host: platform.smtpHost, port: platform.smtpPort, secure: false, ignoreTLS: true, name: 'client.test' });
-  try {
-    const info = await transport.sendMail({
-      envelope: { from, to },
-      raw: `From: ${from}\r\nTo: undisclosed-recipients:;\r\nSubject: ${subject}\r\nMessage-ID: <${subject.replace(/\W/g, '-')}@test>\r\n\r\n${subject}\r\n`,
-    });
-    const m = /queued as (\S+)/.exec(info.response);
-    assert.ok(m, info.response);
-    return m[1]!;
-  } finally {
-    transport.close();
-  }
-}
+const send = (from: string, to: string[], subject: string): Promise<string> => sendVia(platform, from, to, subject, `${subject}\r\n`);
 
-async function waitFor<T>(what: string, fn: () => Promise<T | undefined | false>, timeoutMs = 30_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await fn();
-    if (v) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
+/** Polls until `fn` gives something other than undefined or false. */
+const waitFor = <T>(what: string, fn: () => Promise<T | undefined | false>, timeoutMs = 30_000): Promise<T> =>
+  waitUntil(what, async () => (await fn()) || undefined, timeoutMs, 100);
 
 /** Every recipient of the message final (delivered, failed, expired, relayed). */
 async function settled(queueId: string): Promise<boolean> {

@@ -4,11 +4,8 @@
 // affected; an operator removes the entry with the CLI and mail flows again.
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import fs from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
 import nodemailer from 'nodemailer';
-import { Harness, selfSignedCert, startPlatform, type Platform } from '@tern/devkit';
+import { Harness, startPlatform, submissionListener, type Platform } from '@tern/devkit';
 import { queueIdOf, send, tern, ternJson, ternRaw, waitFor } from '../ops/helpers';
 
 const harness = new Harness({ name: 'e2e-suppression' });
@@ -26,23 +23,15 @@ before(async () => {
   const dns = await harness.startDns({ host: '127.0.0.1' });
   dns.mx('dest.test', 'mx.dest.test').a('mx.dest.test', '127.0.0.80');
   dns.mx('sub.test', 'mx.sub.test').a('mx.sub.test', '127.0.0.81');
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tern-suppression-'));
-  harness.defer(() => fs.rmSync(dir, { recursive: true, force: true }), 'remove tls dir');
-  const cert = selfSignedCert({ names: ['mx.tern.test', '127.0.0.1'] });
-  fs.writeFileSync(path.join(dir, 'tls.crt'), cert.cert);
-  fs.writeFileSync(path.join(dir, 'tls.key'), cert.key);
-  submissionPort = await harness.freePort();
+  const submission = await submissionListener(harness);
+  submissionPort = submission.port;
   platform = await startPlatform(harness, {
     databaseUrl: db.url,
     natsUrl: nats.url,
     dnsServer: dns.address,
     remoteSmtpPort: port,
     env: {
-      ingress: {
-        TERN_SUBMISSION_LISTEN: `127.0.0.1:${submissionPort}`,
-        TERN_TLS_CERT_FILE: path.join(dir, 'tls.crt'),
-        TERN_TLS_KEY_FILE: path.join(dir, 'tls.key'),
-      },
+      ingress: submission.env,
     },
   });
   const r = await ternRaw(platform, ['user', 'add', 'alice@sub.test', '--may-relay', '--allowed-sender', '@sub.test', '--password-stdin'], { stdin: `${PASSWORD}\n` });

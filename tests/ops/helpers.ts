@@ -106,7 +106,7 @@ export function queueIdOf(response: string): string {
 export async function send(platform: Platform, from: string, to: string[], subject: string, body = 'Hello.\r\n'): Promise<string> {
   const info = await smtp(platform).sendMail({
     envelope: { from, to },
-    raw: `From: ${from}\r\nTo: ${to.join(', ')}\r\nSubject: ${subject}\r\nMessage-ID: <${subject.replace(/\W+/g, '-')}@ops.test>\r\n\r\n${body}`,
+    raw: `From: ${from}\r\nTo: ${to.join(',\r\n ')}\r\nSubject: ${subject}\r\nMessage-ID: <${subject.replace(/\W+/g, '-')}@ops.test>\r\n\r\n${body}`,
   });
   return queueIdOf(info.response);
 }

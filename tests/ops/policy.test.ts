@@ -4,11 +4,8 @@
 // 127.0.0.1/32); raw SMTP is used where a library would refuse the address.
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import fs from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
 import nodemailer from 'nodemailer';
-import { Harness, selfSignedCert, startPlatform, type Platform } from '@tern/devkit';
+import { Harness, startPlatform, submissionListener, type Platform } from '@tern/devkit';
 import { policyDecisions, queueIdOf, rcptReply, smtp, tern, ternJson, ternRaw, waitFor, type SmtpReply } from './helpers';
 
 const harness = new Harness({ name: 'ops-policy' });
@@ -22,12 +19,8 @@ before(async () => {
   const nats = await harness.startNats();
   const dns = await harness.startDns({ host: '127.0.0.1' });
   // Submission (587-style, STARTTLS then AUTH) needs a certificate.
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tern-ops-policy-'));
-  harness.defer(() => fs.rmSync(dir, { recursive: true, force: true }), 'remove tls dir');
-  const cert = selfSignedCert({ names: ['mx.tern.test', '127.0.0.1'] });
-  fs.writeFileSync(path.join(dir, 'tls.crt'), cert.cert);
-  fs.writeFileSync(path.join(dir, 'tls.key'), cert.key);
-  submissionPort = await harness.freePort();
+  const submission = await submissionListener(harness);
+  submissionPort = submission.port;
   platform = await startPlatform(harness, {
     databaseUrl: db.url,
     natsUrl: nats.url,
@@ -36,11 +29,7 @@ before(async () => {
     // Policy and acceptance only: nothing here needs delivery or bounce.
     only: ['policy', 'queue', 'admin', 'ingress'],
     env: {
-      ingress: {
-        TERN_SUBMISSION_LISTEN: `127.0.0.1:${submissionPort}`,
-        TERN_TLS_CERT_FILE: path.join(dir, 'tls.crt'),
-        TERN_TLS_KEY_FILE: path.join(dir, 'tls.key'),
-      },
+      ingress: submission.env,
     },
   });
   // The operator sets up the mail domains.

@@ -2,7 +2,11 @@
 // the Helm chart wires pods: `npm start`, the end-to-end tests, the crash tests
 // and the benchmark all start Tern through this one function.
 import crypto from 'node:crypto';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import type { Harness, ServiceHandle } from './harness';
+import { selfSignedCert } from './tls';
 
 export const SERVICE_NAMES = ['policy', 'queue', 'delivery', 'bounce', 'admin', 'ingress'] as const;
 export type ServiceName = (typeof SERVICE_NAMES)[number];
@@ -112,5 +116,27 @@ export async function startPlatform(harness: Harness, opts: PlatformOptions): Pr
     adminToken,
     queueAddr: grpc.queue,
     policyAddr: grpc.policy,
+  };
+}
+
+/**
+ * Ingress settings for a submission listener (STARTTLS, then AUTH) on a free
+ * port, with a fresh self-signed certificate written to a temporary directory
+ * that the harness removes. Pass `env` as `env.ingress` of startPlatform.
+ */
+export async function submissionListener(harness: Harness, names = ['mx.tern.test', '127.0.0.1']): Promise<{ port: number; env: Record<string, string> }> {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tern-submission-'));
+  harness.defer(() => fs.rmSync(dir, { recursive: true, force: true }), 'remove submission tls dir');
+  const cert = selfSignedCert({ names });
+  fs.writeFileSync(path.join(dir, 'tls.crt'), cert.cert);
+  fs.writeFileSync(path.join(dir, 'tls.key'), cert.key, { mode: 0o600 });
+  const port = await harness.freePort();
+  return {
+    port,
+    env: {
+      TERN_SUBMISSION_LISTEN: `127.0.0.1:${port}`,
+      TERN_TLS_CERT_FILE: path.join(dir, 'tls.crt'),
+      TERN_TLS_KEY_FILE: path.join(dir, 'tls.key'),
+    },
   };
 }
