@@ -104,6 +104,13 @@ export function createApp(config: Config, deps: AppDeps): App {
     backoff,
     batchMax: config.TERN_QUEUE_RESULT_BATCH,
     applied: metrics.applied,
+    dispatch: {
+      routes,
+      jobMaxRecipients: config.TERN_QUEUE_JOB_MAX_RECIPIENTS,
+      batch: config.TERN_QUEUE_DISPATCH_BATCH,
+      leaseS: config.TERN_QUEUE_LEASE_S,
+      dispatched: metrics.dispatched,
+    },
     onOutbox: () => relay.wake(),
     onSlotsFreed: () => scheduler.wake(),
   });

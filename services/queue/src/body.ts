@@ -4,6 +4,7 @@ import type { Pool } from '@tern/db';
 import { grpc, grpcError } from '@tern/grpc';
 import type { ReadBodyRequest, ReadBodyResponse } from '@tern/proto';
 import type { Logger } from '@tern/telemetry';
+import { q } from './db';
 
 const PIECE = 64 * 1024;
 
@@ -17,7 +18,9 @@ const ROWS = 2;
  * small body (one row) costs one statement.
  */
 export async function bodyRows(pool: Pool, queueId: string): Promise<AsyncGenerator<Buffer> | undefined> {
-  const first = await pool.query<{ body_removed: boolean; seq: number | null; data: Buffer | null }>(
+  const first = await q<{ body_removed: boolean; seq: number | null; data: Buffer | null }>(
+    pool,
+    'tern_body_first',
     `SELECT m.body_removed, c.seq, c.data FROM messages m
        LEFT JOIN LATERAL (SELECT seq, data FROM body_chunks WHERE message_id = m.id ORDER BY seq LIMIT ${ROWS}) c ON true
       WHERE m.id = $1 ORDER BY c.seq`,
@@ -34,7 +37,9 @@ export async function bodyRows(pool: Pool, queueId: string): Promise<AsyncGenera
         yield row.data;
       }
       if (page.length < ROWS) return;
-      const r = await pool.query<{ seq: number; data: Buffer }>(
+      const r = await q<{ seq: number; data: Buffer }>(
+        pool,
+        'tern_body_next',
         `SELECT seq, data FROM body_chunks WHERE message_id = $1 AND seq > $2 ORDER BY seq LIMIT ${ROWS}`,
         [queueId, seq],
       );

@@ -1,6 +1,6 @@
 // Transactions with a retry on deadlock / serialization failure (two
 // replicas touching the same destination rows in different orders).
-import { withTransaction, type Pool, type PoolClient } from '@tern/db';
+import { withTransaction, type pg, type Pool, type PoolClient } from '@tern/db';
 
 const RETRYABLE = new Set(['40P01', '40001']);
 
@@ -25,4 +25,13 @@ export function parseIntArray(v: unknown): number[] {
   if (Array.isArray(v)) return v.map(Number);
   if (typeof v === 'string') return v.replace(/[{}]/g, '').split(',').filter(Boolean).map(Number);
   return [];
+}
+
+/**
+ * A named (prepared) statement: parsed and planned once per connection
+ * instead of on every call. For the statements on the per-message path
+ * (their text must not vary).
+ */
+export function q<R extends pg.QueryResultRow = pg.QueryResultRow>(c: Pool | PoolClient, name: string, text: string, values: unknown[] = []): Promise<pg.QueryResult<R>> {
+  return c.query<R>({ name, text, values });
 }

@@ -7,7 +7,7 @@ import type { Pool, PoolClient } from '@tern/db';
 import { DeliveryJob, Envelope, JobRecipient } from '@tern/proto';
 import type { Logger } from '@tern/telemetry';
 import type { Counter } from './metrics';
-import { tx } from './db';
+import { q, tx } from './db';
 import { newId, recipientId } from './ids';
 import { S } from './model';
 import { insertOutbox, type OutboxRow } from './outbox';
@@ -101,7 +101,9 @@ export function buildJobs(
 /** Makes sure every destination has its row (the scheduler works from them). */
 export async function ensureDestinations(c: PoolClient, names: string[], l: DestinationLimits): Promise<void> {
   if (!names.length) return;
-  await c.query(
+  await q(
+    c,
+    'tern_ensure_dests',
     `INSERT INTO destinations (name, concurrency_limit, tokens)
      SELECT n, $2, $3 FROM unnest($1::text[]) AS t(n) ORDER BY n ON CONFLICT (name) DO NOTHING`,
     [names, l.initialConcurrency, burstOf(l)],
@@ -111,18 +113,25 @@ export async function ensureDestinations(c: PoolClient, names: string[], l: Dest
 /**
  * Takes `jobs` slots for each destination if all fit (concurrency, rate,
  * not suspended); returns the destinations granted. Used by enqueue to
- * dispatch new messages in their own transaction.
+ * dispatch new messages in their own transaction. A destination row locked
+ * by another transaction (a result batch, a scheduler pass) is not waited
+ * for: its recipients stay queued and the scheduler, woken by the commit,
+ * dispatches them. Waiting would hold the 250 of every message in the batch
+ * behind someone else's commit.
  */
 export async function reserveSlots(c: PoolClient, wanted: Map<string, number>, l: DestinationLimits): Promise<Set<string>> {
   if (!wanted.size) return new Set();
   const names = [...wanted.keys()].sort();
   const tokens = tokensNowSql(l);
-  const { rows } = await c.query<{ name: string }>(
+  const { rows } = await q<{ name: string }>(
+    c,
+    'tern_reserve_slots',
     `UPDATE destinations d SET inflight = d.inflight + t.n,
         tokens = CASE WHEN ${l.ratePerMin} = 0 THEN d.tokens ELSE ${tokens} - t.n END,
         tokens_at = now(), updated_at = now()
      FROM unnest($1::text[], $2::int[]) AS t(name, n)
      WHERE d.name = t.name AND NOT d.suspended AND d.dead_until IS NULL
+       AND d.name IN (SELECT name FROM destinations WHERE name = ANY($1::text[]) FOR UPDATE SKIP LOCKED)
        AND d.inflight + t.n <= d.concurrency_limit
        AND (${l.ratePerMin} = 0 OR ${tokens} >= t.n)
      RETURNING d.name`,
@@ -149,7 +158,9 @@ export interface JobEnd {
 export async function releaseJobs(c: PoolClient, ends: JobEnd[], l: DestinationLimits): Promise<void> {
   if (!ends.length) return;
   const jobIds = [...new Set(ends.map((e) => e.jobId))];
-  const { rows } = await c.query<{ job_id: string }>(
+  const { rows } = await q<{ job_id: string }>(
+    c,
+    'tern_release_finished',
     `SELECT j AS job_id FROM unnest($1::text[]) AS t(j)
      WHERE NOT EXISTS (SELECT 1 FROM recipients r WHERE r.job_id = t.j AND r.state = ${S.inflight})`,
     [jobIds],
@@ -170,7 +181,9 @@ export async function releaseJobs(c: PoolClient, ends: JobEnd[], l: DestinationL
   }
   const names = [...per.keys()].sort();
   const v = names.map((n) => per.get(n)!);
-  await c.query(
+  await q(
+    c,
+    'tern_release_dests',
     `UPDATE destinations d SET
         inflight = GREATEST(0, d.inflight - t.jobs),
         concurrency_limit = CASE WHEN t.failed > 0 THEN GREATEST(1, d.concurrency_limit - t.failed)
@@ -198,7 +211,11 @@ interface MessageRow {
 }
 
 export async function loadJobMessages(c: PoolClient, ids: string[]): Promise<Map<string, JobMessage>> {
-  const { rows } = await c.query<MessageRow>('SELECT id, envelope, size, trace FROM messages WHERE id = ANY($1::text[])', [ids]);
+  const { rows } = await q<MessageRow>(
+    c,
+    'tern_load_job_messages',
+    'SELECT id, envelope, size, trace FROM messages WHERE id = ANY($1::text[])', [ids],
+  );
   return new Map(rows.map((r) => [r.id, { id: r.id, envelope: Envelope.decode(r.envelope), size: Number(r.size), trace: r.trace }]));
 }
 
@@ -212,7 +229,9 @@ export async function markInflight(c: PoolClient, jobs: BuiltJob[], leaseExpires
     j.push(job.jobId);
   }
   if (!m.length) return;
-  await c.query(
+  await q(
+    c,
+    'tern_mark_inflight',
     `UPDATE recipients r SET state = ${S.inflight}, job_id = t.j, lease_expires_at = $4, updated_at = now()
      FROM unnest($1::text[], $2::int[], $3::text[]) AS t(m, i, j)
      WHERE r.message_id = t.m AND r.idx = t.i`,
@@ -340,88 +359,8 @@ export class Scheduler {
 
   /** One claim: returns the number of recipients dispatched. */
   async dispatchPass(): Promise<number> {
-    const l = this.o.limits;
     const leaseExpiresAt = new Date(Date.now() + this.o.leaseS * 1000);
-    const jobs = await tx(this.o.pool, async (c) => {
-      const tokens = tokensNowSql(l);
-      const { rows: dests } = await c.query<DestRow>(
-        `SELECT d.name, d.inflight, d.concurrency_limit, d.dead_until IS NOT NULL AS dead, ${tokens} AS tokens
-         FROM destinations d
-         WHERE NOT d.suspended
-           AND ((d.dead_until IS NULL AND d.inflight < d.concurrency_limit) OR (d.dead_until <= now() AND d.inflight = 0))
-           AND (${l.ratePerMin} = 0 OR ${tokens} >= 1)
-           AND EXISTS (SELECT 1 FROM recipients r WHERE r.domain = d.name AND r.state IN (${S.queued}, ${S.deferred}) AND r.next_attempt_at <= now())
-         ORDER BY d.updated_at
-         LIMIT 500
-         FOR UPDATE OF d SKIP LOCKED`,
-      );
-      if (!dests.length) return [];
-      let budget = this.o.batch;
-      const caps = new Map<string, number>();
-      const names: string[] = [];
-      const limits: number[] = [];
-      for (const d of dests) {
-        if (budget <= 0) break;
-        let cap = d.dead ? 1 : d.concurrency_limit - d.inflight;
-        if (l.ratePerMin > 0) cap = Math.min(cap, Math.floor(d.tokens));
-        if (cap <= 0) continue;
-        const rows = Math.min(budget, cap * this.o.jobMaxRecipients);
-        budget -= rows;
-        caps.set(d.name, cap);
-        names.push(d.name);
-        limits.push(rows);
-      }
-      if (!names.length) return [];
-      const { rows: claimed } = await c.query<ClaimRow>(
-        `SELECT r.message_id, r.idx, r.address, r.domain, r.orcpt, r.notify, r.attempt_count
-         FROM unnest($1::text[], $2::int[]) AS d(name, lim)
-         CROSS JOIN LATERAL (
-           SELECT message_id, idx, address, domain, orcpt, notify, attempt_count FROM recipients
-           WHERE domain = d.name AND state IN (${S.queued}, ${S.deferred}) AND next_attempt_at <= now() AND expires_at > now()
-           ORDER BY next_attempt_at LIMIT d.lim
-           FOR UPDATE SKIP LOCKED) r`,
-        [names, limits],
-      );
-      if (!claimed.length) return [];
-      // Group by destination then message, keeping the due order.
-      const byDest = new Map<string, Map<string, ClaimRow[]>>();
-      for (const r of claimed) {
-        let msgs = byDest.get(r.domain);
-        if (!msgs) byDest.set(r.domain, (msgs = new Map()));
-        const list = msgs.get(r.message_id);
-        if (list) list.push(r);
-        else msgs.set(r.message_id, [r]);
-      }
-      const messages = await loadJobMessages(c, [...new Set(claimed.map((r) => r.message_id))]);
-      const built: BuiltJob[] = [];
-      const used = new Map<string, number>();
-      for (const [dest, msgs] of byDest) {
-        let cap = caps.get(dest) ?? 0;
-        for (const [mid, rcpts] of msgs) {
-          const msg = messages.get(mid);
-          if (!msg || cap <= 0) continue;
-          const jobRcpts = rcpts.map((r) => ({ idx: r.idx, address: r.address, orcpt: r.orcpt, notify: r.notify, attemptCount: r.attempt_count }));
-          for (const job of buildJobs(msg, dest, jobRcpts, this.o.jobMaxRecipients, leaseExpiresAt, this.o.routes)) {
-            if (cap <= 0) break;
-            built.push(job);
-            cap--;
-            used.set(dest, (used.get(dest) ?? 0) + 1);
-          }
-        }
-      }
-      if (!built.length) return [];
-      await markInflight(c, built, leaseExpiresAt);
-      const uNames = [...used.keys()].sort();
-      await c.query(
-        `UPDATE destinations d SET inflight = d.inflight + t.n,
-            tokens = CASE WHEN ${l.ratePerMin} = 0 THEN d.tokens ELSE ${tokens} - t.n END,
-            tokens_at = now(), updated_at = now()
-         FROM unnest($1::text[], $2::int[]) AS t(name, n) WHERE d.name = t.name`,
-        [uNames, uNames.map((n) => used.get(n)!)],
-      );
-      await insertOutbox(c, built.map((b) => b.outbox));
-      return built;
-    });
+    const jobs = await tx(this.o.pool, (c) => dispatchDue(c, this.o, leaseExpiresAt));
     if (jobs.length) {
       this.o.onOutbox();
       const n = jobs.reduce((a, j) => a + j.idxs.length, 0);
@@ -430,4 +369,119 @@ export class Scheduler {
     }
     return 0;
   }
+}
+
+export interface DispatchSettings {
+  routes: RouteTable;
+  limits: DestinationLimits;
+  jobMaxRecipients: number;
+  /** Recipients claimed at most. */
+  batch: number;
+}
+
+/**
+ * Claims due recipients of destinations with free slots (all of them, or
+ * those in `only`), marks them inflight under new jobs, takes the slots and
+ * writes the jobs to the outbox, in the caller's transaction. Used by the
+ * scheduler, and by the result applier for the destinations whose slots it
+ * just gave back (the next job leaves in the same commit, Postfix's qmgr
+ * style, instead of waiting for a scheduler pass).
+ */
+export async function dispatchDue(c: PoolClient, o: DispatchSettings, leaseExpiresAt: Date, only?: string[]): Promise<BuiltJob[]> {
+  const l = o.limits;
+  if (only && !only.length) return [];
+  const tokens = tokensNowSql(l);
+  const { rows: dests } = await c.query<DestRow>({
+    name: only ? 'tern_due_dests_only' : 'tern_due_dests',
+    text: `SELECT d.name, d.inflight, d.concurrency_limit, d.dead_until IS NOT NULL AS dead, ${tokens} AS tokens
+     FROM destinations d
+     WHERE NOT d.suspended ${only ? 'AND d.name = ANY($1::text[])' : ''}
+       AND ((d.dead_until IS NULL AND d.inflight < d.concurrency_limit) OR (d.dead_until <= now() AND d.inflight = 0))
+       AND (${l.ratePerMin} = 0 OR ${tokens} >= 1)
+       AND EXISTS (SELECT 1 FROM recipients r WHERE r.domain = d.name AND r.state IN (${S.queued}, ${S.deferred}) AND r.next_attempt_at <= now())
+     ORDER BY d.updated_at
+     LIMIT 500
+     FOR UPDATE OF d SKIP LOCKED`,
+    values: only ? [only] : [],
+  });
+  if (!dests.length) return [];
+  let budget = o.batch;
+  const caps = new Map<string, number>();
+  const names: string[] = [];
+  const limits: number[] = [];
+  const messages: number[] = [];
+  for (const d of dests) {
+    if (budget <= 0) break;
+    let cap = d.dead ? 1 : d.concurrency_limit - d.inflight;
+    if (l.ratePerMin > 0) cap = Math.min(cap, Math.floor(d.tokens));
+    if (cap <= 0) continue;
+    const rows = Math.min(budget, cap * o.jobMaxRecipients);
+    budget -= rows;
+    caps.set(d.name, cap);
+    names.push(d.name);
+    limits.push(rows);
+    messages.push(cap);
+  }
+  if (!names.length) return [];
+  // At most `cap` jobs leave per destination, and a job carries one
+  // message: claim only the recipients of the first `cap` due messages
+  // (not cap x job size rows, most of which would be read for nothing).
+  const { rows: claimed } = await q<ClaimRow>(
+    c,
+    'tern_claim_due',
+    `SELECT r.message_id, r.idx, r.address, r.domain, r.orcpt, r.notify, r.attempt_count
+     FROM unnest($1::text[], $2::int[], $3::int[]) AS d(name, lim, msgs)
+     CROSS JOIN LATERAL (
+       SELECT message_id, idx, address, domain, orcpt, notify, attempt_count FROM recipients
+       WHERE domain = d.name AND state IN (${S.queued}, ${S.deferred}) AND next_attempt_at <= now() AND expires_at > now()
+         AND message_id IN (
+           SELECT message_id FROM recipients
+           WHERE domain = d.name AND state IN (${S.queued}, ${S.deferred}) AND next_attempt_at <= now() AND expires_at > now()
+           ORDER BY next_attempt_at LIMIT d.msgs
+           FOR UPDATE SKIP LOCKED)
+       ORDER BY next_attempt_at LIMIT d.lim
+       FOR UPDATE SKIP LOCKED) r`,
+    [names, limits, messages],
+  );
+  if (!claimed.length) return [];
+  // Group by destination then message, keeping the due order.
+  const byDest = new Map<string, Map<string, ClaimRow[]>>();
+  for (const r of claimed) {
+    let msgs = byDest.get(r.domain);
+    if (!msgs) byDest.set(r.domain, (msgs = new Map()));
+    const list = msgs.get(r.message_id);
+    if (list) list.push(r);
+    else msgs.set(r.message_id, [r]);
+  }
+  const loaded = await loadJobMessages(c, [...new Set(claimed.map((r) => r.message_id))]);
+  const built: BuiltJob[] = [];
+  const used = new Map<string, number>();
+  for (const [dest, msgs] of byDest) {
+    let cap = caps.get(dest) ?? 0;
+    for (const [mid, rcpts] of msgs) {
+      const msg = loaded.get(mid);
+      if (!msg || cap <= 0) continue;
+      const jobRcpts = rcpts.map((r) => ({ idx: r.idx, address: r.address, orcpt: r.orcpt, notify: r.notify, attemptCount: r.attempt_count }));
+      for (const job of buildJobs(msg, dest, jobRcpts, o.jobMaxRecipients, leaseExpiresAt, o.routes)) {
+        if (cap <= 0) break;
+        built.push(job);
+        cap--;
+        used.set(dest, (used.get(dest) ?? 0) + 1);
+      }
+    }
+  }
+  if (!built.length) return [];
+  await markInflight(c, built, leaseExpiresAt);
+  const uNames = [...used.keys()].sort();
+  await q(
+    c,
+    'tern_take_slots',
+    `UPDATE destinations d SET inflight = d.inflight + t.n,
+        tokens = CASE WHEN ${l.ratePerMin} = 0 THEN d.tokens ELSE ${tokens} - t.n END,
+        tokens_at = now(), updated_at = now()
+     FROM unnest($1::text[], $2::int[]) AS t(name, n) WHERE d.name = t.name`,
+    [uNames, uNames.map((n) => used.get(n)!)],
+  );
+  await insertOutbox(c, built.map((b) => b.outbox));
+  return built;
 }

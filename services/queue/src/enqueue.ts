@@ -10,7 +10,7 @@ import { EnqueueHeader, Envelope, MessageOrigin, type EnqueueRequest, type Enque
 import { injectContext, type Logger } from '@tern/telemetry';
 import type { Counter, Histogram } from './metrics';
 import { Batcher } from './batcher';
-import { intArrayLiteral, tx } from './db';
+import { intArrayLiteral, q, tx } from './db';
 import { buildJobs, ensureDestinations, reserveSlots, type BuiltJob, type DestinationLimits } from './dispatch';
 import { newId } from './ids';
 import { destinationOf, S } from './model';
@@ -54,6 +54,12 @@ export interface EnqueueOptions {
 
 export class Enqueuer {
   readonly batcher: Batcher<EnqueueItem, EnqueueResult>;
+  /**
+   * Destinations whose row is known to exist (rows are never deleted). The
+   * INSERT ... ON CONFLICT DO NOTHING for them is skipped: besides the
+   * statement, it waits for any transaction holding the (hot) row.
+   */
+  private readonly knownDestinations = new Set<string>();
 
   constructor(private readonly o: EnqueueOptions) {
     this.batcher = new Batcher({ maxItems: o.batchMax, delayMs: o.batchDelayMs, concurrency: 2, flush: (items) => this.flush(items) });
@@ -192,10 +198,14 @@ export class Enqueuer {
     const leaseExpiresAt = new Date(now.getTime() + this.o.leaseS * 1000);
     let outboxRows = 0;
     let queued = 0;
+    let ensured: string[] = [];
     const results = await tx(this.o.pool, async (c) => {
       outboxRows = 0;
       queued = 0;
-      const ins = await c.query<{ id: string }>(
+      ensured = [];
+      const ins = await q<{ id: string }>(
+        c,
+        'tern_enq_messages',
         `INSERT INTO messages (id, idempotency_key, sender, envelope, origin, size, trace, rcpt_count, created_at)
          SELECT i, NULLIF(k, ''), s, e, o, z, t::jsonb, n, $9 FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::smallint[], $6::bigint[], $7::text[], $8::int[])
            AS x(i, k, s, e, o, z, t, n)
@@ -231,10 +241,14 @@ export class Enqueuer {
       if (live.length) {
         const inMem = live.filter((i) => i.body !== null);
         if (inMem.length) {
-          await c.query('INSERT INTO body_chunks (message_id, seq, data) SELECT m, 0, d FROM unnest($1::text[], $2::bytea[]) AS x(m, d)', [
+          await q(
+            c,
+            'tern_enq_bodies',
+            'INSERT INTO body_chunks (message_id, seq, data) SELECT m, 0, d FROM unnest($1::text[], $2::bytea[]) AS x(m, d)', [
             inMem.map((i) => i.queueId),
             inMem.map((i) => i.body!),
-          ]);
+          ],
+          );
         }
         const spilledLive = live.filter((i) => i.body === null).map((i) => i.queueId);
         if (spilledLive.length) await c.query('DELETE FROM spools WHERE id = ANY($1::text[])', [spilledLive]);
@@ -257,7 +271,8 @@ export class Enqueuer {
         });
         const allDests = new Set<string>();
         for (const m of perMessage) for (const d of m.keys()) allDests.add(d);
-        await ensureDestinations(c, [...allDests].sort(), this.o.limits);
+        ensured = [...allDests].filter((d) => !this.knownDestinations.has(d)).sort();
+        await ensureDestinations(c, ensured, this.o.limits);
         const granted = await reserveSlots(c, wanted, this.o.limits);
 
         const jobs: BuiltJob[] = [];
@@ -307,7 +322,9 @@ export class Enqueuer {
             cols.l.push(job ? leaseExpiresAt : null);
           });
         }
-        await c.query(
+        await q(
+          c,
+          'tern_enq_recipients',
           `INSERT INTO recipients (message_id, idx, address, domain, orcpt, notify, state, created_at, expires_at, next_attempt_at, job_id, lease_expires_at)
            SELECT m, i, a, d, o, n::smallint[], s, $11, $12, na, j, l
            FROM unnest($1::text[], $2::int[], $3::text[], $4::text[], $5::text[], $6::text[], $7::smallint[], $8::timestamptz[], $9::text[], $10::timestamptz[])
@@ -324,6 +341,8 @@ export class Enqueuer {
         return { queueId: first, duplicate: true };
       });
     });
+    if (this.knownDestinations.size + ensured.length > 100_000) this.knownDestinations.clear();
+    for (const d of ensured) this.knownDestinations.add(d);
     if (outboxRows) this.o.onOutbox();
     if (queued) this.o.onQueued();
     return results;

@@ -6,7 +6,7 @@ import type { Bus } from '@tern/bus';
 import type { Pool, PoolClient } from '@tern/db';
 import { extractContext, withSpan, type Logger, type Tracer } from '@tern/telemetry';
 import type { Counter } from './metrics';
-import { tx } from './db';
+import { q, tx } from './db';
 
 export interface OutboxRow {
   subject: string;
@@ -21,7 +21,9 @@ export interface OutboxRow {
 
 export async function insertOutbox(c: PoolClient, rows: OutboxRow[]): Promise<void> {
   if (!rows.length) return;
-  await c.query(
+  await q(
+    c,
+    'tern_outbox_insert',
     `INSERT INTO outbox (subject, msg_id, payload, trace)
      SELECT s, m, p, t::jsonb FROM unnest($1::text[], $2::text[], $3::bytea[], $4::text[]) AS x(s, m, p, t)`,
     [
@@ -97,7 +99,9 @@ export class Relay {
   /** Publishes one batch; returns how many rows it published. */
   async pass(): Promise<number> {
     return tx(this.o.pool, async (c) => {
-      const { rows } = await c.query<{ id: number; subject: string; msg_id: string; payload: Buffer; trace: Record<string, unknown> | null }>(
+      const { rows } = await q<{ id: number; subject: string; msg_id: string; payload: Buffer; trace: Record<string, unknown> | null }>(
+        c,
+        'tern_outbox_select',
         'SELECT id, subject, msg_id, payload, trace FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED',
         [this.o.batch],
       );
@@ -115,7 +119,11 @@ export class Relay {
           );
         }),
       );
-      await c.query('DELETE FROM outbox WHERE id = ANY($1::bigint[])', [rows.map((r) => r.id)]);
+      await q(
+        c,
+        'tern_outbox_delete',
+        'DELETE FROM outbox WHERE id = ANY($1::bigint[])', [rows.map((r) => r.id)],
+      );
       this.o.published.add(rows.length);
       return rows.length;
     });

@@ -9,12 +9,13 @@ import { AttemptOutcome, DeliveryResult, DsnNotify, ReportKind, type SmtpReply }
 import type { Logger } from '@tern/telemetry';
 import type { Counter } from './metrics';
 import { Batcher } from './batcher';
-import { tx } from './db';
-import { releaseJobs, type DestinationLimits, type JobEnd } from './dispatch';
+import { q, tx } from './db';
+import { dispatchDue, releaseJobs, type DestinationLimits, type JobEnd } from './dispatch';
 import { parseRecipientId } from './ids';
 import { backoffMs, S, statusOf, PENDING_SQL, type BackoffSettings } from './model';
 import { insertOutbox, type OutboxRow } from './outbox';
 import { buildReports, type ReportSubject } from './reports';
+import type { RouteTable } from './routes';
 
 export interface ResultsOptions {
   pool: Pool;
@@ -24,6 +25,8 @@ export interface ResultsOptions {
   backoff: BackoffSettings;
   batchMax: number;
   applied: Counter;
+  /** Dispatch of the next jobs for the destinations whose slots a batch gives back. */
+  dispatch: { routes: RouteTable; jobMaxRecipients: number; batch: number; leaseS: number; dispatched: Counter };
   onOutbox(): void;
   onSlotsFreed(): void;
 }
@@ -84,9 +87,12 @@ export class ResultApplier {
     const now = new Date();
     let reports = 0;
     let ends = 0;
+    let jobs = 0;
+    const leaseExpiresAt = new Date(now.getTime() + this.o.dispatch.leaseS * 1000);
     const changed = await tx(this.o.pool, async (c) => {
       reports = 0;
       ends = 0;
+      jobs = 0;
       // Unique (message, idx, job) keys, first result wins.
       const keyed = new Map<string, { result: number; rr: DeliveryResult['recipients'][number]; m: string; i: number; j: string }>();
       results.forEach((res, n) => {
@@ -100,7 +106,9 @@ export class ResultApplier {
       const counts = results.map(() => 0);
       if (!keyed.size) return counts;
       const keys = [...keyed.values()];
-      const { rows } = await c.query<ActiveRow>(
+      const { rows } = await q<ActiveRow>(
+        c,
+        'tern_results_active',
         `SELECT r.message_id, r.idx, r.job_id, r.address, r.domain, r.orcpt, r.notify, r.attempt_count, r.expires_at,
                 m.sender, m.origin, m.envelope, m.size, m.trace
          FROM unnest($1::text[], $2::int[], $3::text[]) AS t(m, i, j)
@@ -208,21 +216,23 @@ export class ResultApplier {
           });
         }
       }
-      await c.query(
+      await q(
+        c,
+        'tern_results_update',
         `UPDATE recipients r SET state = t.s, next_attempt_at = t.na, job_id = NULL, lease_expires_at = NULL,
             attempt_count = r.attempt_count + 1, last_code = t.c, last_enhanced = t.e, last_text = t.x, updated_at = now()
          FROM unnest($1::text[], $2::int[], $3::smallint[], $4::timestamptz[], $5::int[], $6::text[], $7::text[]) AS t(m, i, s, na, c, e, x)
          WHERE r.message_id = t.m AND r.idx = t.i`,
         [upd.m, upd.i, upd.s, upd.na, upd.c, upd.e, upd.x],
       );
-      await c.query(
+      await q(
+        c,
+        'tern_results_attempts',
         `INSERT INTO attempts (message_id, idx, job_id, started_at, duration_ms, remote_host, remote_ip, code, enhanced, text, outcome, tls_used, tls_version, tls_cipher, tls_verified, worker)
          SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::timestamptz[], $5::int[], $6::text[], $7::text[], $8::int[], $9::text[], $10::text[],
                               $11::smallint[], $12::bool[], $13::text[], $14::text[], $15::bool[], $16::text[])`,
         [att.m, att.i, att.j, att.st, att.d, att.h, att.ip, att.c, att.e, att.x, att.o, att.tu, att.tv, att.tc, att.tver, att.w],
       );
-      await releaseJobs(c, jobEnds, this.o.limits);
-      ends = jobEnds.length;
       await markDone(c, [...new Set(rows.map((r) => r.message_id))]);
       const outbox: OutboxRow[] = [
         ...buildReports(ReportKind.REPORT_KIND_FAILED, failedSubjects),
@@ -230,11 +240,23 @@ export class ResultApplier {
       ];
       await insertOutbox(c, outbox);
       reports = outbox.length;
+      // Last, because they lock the destination rows (shared by every
+      // transaction that dispatches): give the slots back, and fill them
+      // again with due recipients of the same destinations in this commit.
+      await releaseJobs(c, jobEnds, this.o.limits);
+      ends = jobEnds.length;
+      if (ends) {
+        const dests = [...new Set(jobEnds.map((e) => e.destination))].sort();
+        const next = await dispatchDue(c, { ...this.o.dispatch, limits: this.o.limits }, leaseExpiresAt, dests);
+        jobs = next.length;
+      }
       for (let n = 0; n < upd.s.length; n++) this.o.applied.add(1, { state: String(upd.s[n]) });
       return counts;
     });
-    if (reports) this.o.onOutbox();
-    if (ends) this.o.onSlotsFreed();
+    if (jobs) this.o.dispatch.dispatched.add(jobs);
+    if (reports || jobs) this.o.onOutbox();
+    // Slots left free (nothing due here, or rows locked by a scheduler pass): the scheduler looks again.
+    if (ends > jobs) this.o.onSlotsFreed();
     return changed;
   }
 }
@@ -242,7 +264,9 @@ export class ResultApplier {
 /** Marks messages whose recipients are all final (their bodies can go after the grace period). */
 export async function markDone(c: PoolClient, ids: string[]): Promise<void> {
   if (!ids.length) return;
-  await c.query(
+  await q(
+    c,
+    'tern_mark_done',
     `UPDATE messages m SET done_at = now() WHERE m.id = ANY($1::text[]) AND m.done_at IS NULL
        AND NOT EXISTS (SELECT 1 FROM recipients r WHERE r.message_id = m.id AND r.state IN ${PENDING_SQL})`,
     [ids],
