@@ -54,6 +54,10 @@ function outcomeOf(code: number): AttemptOutcome {
   return AttemptOutcome.ATTEMPT_OUTCOME_DEFERRED;
 }
 
+async function* inlineBody(body: Uint8Array): AsyncGenerator<Buffer> {
+  yield Buffer.from(body.buffer, body.byteOffset, body.byteLength);
+}
+
 async function* readBody(deps: WorkerDeps, queueId: string): AsyncGenerator<Buffer> {
   const stream = deps.queue.readBody(ReadBodyRequest.fromPartial({ queueId }), new grpc.Metadata(), {
     deadline: Date.now() + deps.queueDeadlineMs,
@@ -162,7 +166,8 @@ export async function deliver(deps: WorkerDeps, job: DeliveryJob): Promise<Deliv
           smtputf8: !!env?.smtputf8,
           ret,
           envid: env?.envid ?? '',
-          body: readBody(deps, job.queueId),
+          // A small body travels in the job (DeliveryJob.body); a big one is read from the queue.
+          body: job.body.length ? inlineBody(job.body) : readBody(deps, job.queueId),
         });
       } catch (err) {
         client.destroy();

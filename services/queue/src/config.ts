@@ -37,6 +37,11 @@ const schema = z.object({
   TERN_QUEUE_LEASE_S: positiveInt(900),
   /** Recipients of one message to one destination per job. */
   TERN_QUEUE_JOB_MAX_RECIPIENTS: positiveInt(50),
+  /**
+   * Bodies up to this size travel inside the DeliveryJob (delivery then does
+   * not read them back with ReadBody); bigger ones are read. 0 = never.
+   */
+  TERN_QUEUE_INLINE_BODY_MAX: nonNegativeInt(16 * 1024),
   /** Recipients claimed per scheduler pass. */
   TERN_QUEUE_DISPATCH_BATCH: positiveInt(1000),
   /** Scheduler poll interval (it is also woken by commits and results). */

@@ -35,6 +35,8 @@ export interface JobMessage {
   envelope: Envelope;
   size: number;
   trace: Record<string, string> | null;
+  /** The whole body, when small enough to travel in the job (DeliveryJob.body). */
+  body?: Buffer;
 }
 
 export interface JobRcpt {
@@ -79,6 +81,7 @@ export function buildJobs(
       route,
       leaseExpiresAt,
       attempt: Math.max(...part.map((r) => r.attemptCount)) + 1,
+      body: msg.body,
     });
     out.push({
       jobId,
@@ -208,15 +211,27 @@ interface MessageRow {
   envelope: Buffer;
   size: number;
   trace: Record<string, string> | null;
+  body: Buffer | null;
 }
 
-export async function loadJobMessages(c: PoolClient, ids: string[]): Promise<Map<string, JobMessage>> {
+/** The messages of claimed recipients; bodies up to `inlineBodyMax` bytes (one row) come along for the job. */
+export async function loadJobMessages(c: PoolClient, ids: string[], inlineBodyMax = 0): Promise<Map<string, JobMessage>> {
   const { rows } = await q<MessageRow>(
     c,
     'tern_load_job_messages',
-    'SELECT id, envelope, size, trace FROM messages WHERE id = ANY($1::text[])', [ids],
+    `SELECT m.id, m.envelope, m.size, m.trace,
+            CASE WHEN m.size <= $2 AND NOT m.body_removed THEN (SELECT data FROM body_chunks b WHERE b.message_id = m.id AND b.seq = 0) END AS body
+       FROM messages m WHERE m.id = ANY($1::text[])`,
+    [ids, inlineBodyMax],
   );
-  return new Map(rows.map((r) => [r.id, { id: r.id, envelope: Envelope.decode(r.envelope), size: Number(r.size), trace: r.trace }]));
+  return new Map(
+    rows.map((r) => {
+      const size = Number(r.size);
+      // A body of several rows (spilled) is never inline: the first row alone is not the body.
+      const body = r.body && r.body.length === size ? r.body : undefined;
+      return [r.id, { id: r.id, envelope: Envelope.decode(r.envelope), size, trace: r.trace, body }];
+    }),
+  );
 }
 
 export async function markInflight(c: PoolClient, jobs: BuiltJob[], leaseExpiresAt: Date): Promise<void> {
@@ -246,6 +261,7 @@ export interface SchedulerOptions {
   limits: DestinationLimits;
   jobMaxRecipients: number;
   batch: number;
+  inlineBodyMax: number;
   leaseS: number;
   intervalMs: number;
   dispatched: Counter;
@@ -377,6 +393,8 @@ export interface DispatchSettings {
   jobMaxRecipients: number;
   /** Recipients claimed at most. */
   batch: number;
+  /** Bodies up to this size travel in the job (0 = never). */
+  inlineBodyMax: number;
 }
 
 /**
@@ -453,7 +471,7 @@ export async function dispatchDue(c: PoolClient, o: DispatchSettings, leaseExpir
     if (list) list.push(r);
     else msgs.set(r.message_id, [r]);
   }
-  const loaded = await loadJobMessages(c, [...new Set(claimed.map((r) => r.message_id))]);
+  const loaded = await loadJobMessages(c, [...new Set(claimed.map((r) => r.message_id))], o.inlineBodyMax);
   const built: BuiltJob[] = [];
   const used = new Map<string, number>();
   for (const [dest, msgs] of byDest) {

@@ -47,6 +47,8 @@ export interface EnqueueOptions {
   lifetimeS: number;
   leaseS: number;
   jobMaxRecipients: number;
+  /** Bodies up to this size travel in the job (DeliveryJob.body; 0 = never). */
+  inlineBodyMax: number;
   metrics: { messages: Counter; batch: Histogram };
   onOutbox(): void;
   onQueued(): void;
@@ -285,7 +287,7 @@ export class Enqueuer {
               const r = i.header.recipients[idx]!;
               return { idx, address: r.address, orcpt: r.orcpt, notify: r.notify, attemptCount: 0 };
             });
-            const built = buildJobs({ id: i.queueId, envelope: i.header.envelope!, size: i.size, trace: i.trace }, d, rcpts, this.o.jobMaxRecipients, leaseExpiresAt, this.o.routes);
+            const built = buildJobs({ id: i.queueId, envelope: i.header.envelope!, size: i.size, trace: i.trace, body: i.body && i.size <= this.o.inlineBodyMax ? i.body : undefined }, d, rcpts, this.o.jobMaxRecipients, leaseExpiresAt, this.o.routes);
             for (const b of built) {
               jobs.push(b);
               for (const idx of b.idxs) jobOf.set(`${i.queueId}.${idx}`, b.jobId);

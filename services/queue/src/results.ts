@@ -26,7 +26,7 @@ export interface ResultsOptions {
   batchMax: number;
   applied: Counter;
   /** Dispatch of the next jobs for the destinations whose slots a batch gives back. */
-  dispatch: { routes: RouteTable; jobMaxRecipients: number; batch: number; leaseS: number; dispatched: Counter };
+  dispatch: { routes: RouteTable; jobMaxRecipients: number; batch: number; inlineBodyMax: number; leaseS: number; dispatched: Counter };
   onOutbox(): void;
   onSlotsFreed(): void;
 }

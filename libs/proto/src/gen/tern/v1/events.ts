@@ -87,6 +87,11 @@ export interface DeliveryJob {
   /** The queue ignores results after this (the recipients go back to the scheduler). */
   leaseExpiresAt: Date | undefined;
   attempt: number;
+  /**
+   * The whole stored body when it is small (the queue's inline limit), so
+   * that delivery need not read it back with ReadBody; empty otherwise.
+   */
+  body: Buffer;
 }
 
 export interface RecipientResult {
@@ -292,6 +297,7 @@ function createBaseDeliveryJob(): DeliveryJob {
     route: undefined,
     leaseExpiresAt: undefined,
     attempt: 0,
+    body: Buffer.alloc(0),
   };
 }
 
@@ -323,6 +329,9 @@ export const DeliveryJob: MessageFns<DeliveryJob> = {
     }
     if (message.attempt !== 0) {
       writer.uint32(72).uint32(message.attempt);
+    }
+    if (message.body.length !== 0) {
+      writer.uint32(82).bytes(message.body);
     }
     return writer;
   },
@@ -412,6 +421,14 @@ export const DeliveryJob: MessageFns<DeliveryJob> = {
             message.attempt = reader.uint32();
             continue;
           }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            message.body = Buffer.from(reader.bytes());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -449,6 +466,7 @@ export const DeliveryJob: MessageFns<DeliveryJob> = {
         ? fromJsonTimestamp(object.lease_expires_at)
         : undefined,
       attempt: isSet(object.attempt) ? globalThis.Number(object.attempt) : 0,
+      body: isSet(object.body) ? Buffer.from(bytesFromBase64(object.body)) : Buffer.alloc(0),
     };
   },
 
@@ -481,6 +499,9 @@ export const DeliveryJob: MessageFns<DeliveryJob> = {
     if (message.attempt !== 0) {
       obj.attempt = Math.round(message.attempt);
     }
+    if (message.body.length !== 0) {
+      obj.body = base64FromBytes(message.body);
+    }
     return obj;
   },
 
@@ -500,6 +521,7 @@ export const DeliveryJob: MessageFns<DeliveryJob> = {
     message.route = (object.route !== undefined && object.route !== null) ? Route.fromPartial(object.route) : undefined;
     message.leaseExpiresAt = object.leaseExpiresAt ?? undefined;
     message.attempt = object.attempt ?? 0;
+    message.body = object.body ?? Buffer.alloc(0);
     return message;
   },
 };
@@ -1266,6 +1288,14 @@ export const ReportRequest: MessageFns<ReportRequest> = {
     return message;
   },
 };
+
+function bytesFromBase64(b64: string): Uint8Array {
+  return Uint8Array.from(globalThis.Buffer.from(b64, "base64"));
+}
+
+function base64FromBytes(arr: Uint8Array): string {
+  return globalThis.Buffer.from(arr).toString("base64");
+}
 
 type Builtin = Date | Function | Uint8Array | string | number | boolean | undefined;
 
