@@ -156,6 +156,8 @@ export class Bus {
    * Runs `handler` for every message of the durable consumer, at most
    * `concurrency` at a time. A handler that throws gets its message
    * redelivered after `retryDelayMs`. Re-subscribes after NATS restarts.
+   * `stop()` lets running handlers finish and hands back (nak) messages that
+   * were fetched but not started.
    */
   consume(name: ConsumerName, handler: (msg: BusMessage) => Promise<void>, opts: ConsumeOptions): Consumption {
     const spec = CONSUMERS[name];
@@ -180,12 +182,21 @@ export class Bus {
           const consumer = await this.js.consumers.get(spec.stream, spec.durable);
           const messages = await consumer.consume({ max_messages: Math.max(opts.concurrency * 2, 16), idle_heartbeat: 5_000 });
           current = messages;
+          // Fetched but not started when we stop: handed back (nak) once the
+          // pull has ended, so another pod takes them at once instead of after
+          // the ack wait. Not before: a nak while our pull is still open could
+          // bring the message straight back here.
+          const handBack: JsMsg[] = [];
           for await (const m of messages) {
+            if (stopping) {
+              handBack.push(m);
+              continue;
+            }
             const p = run(m).finally(() => inflight.delete(p));
             inflight.add(p);
             if (inflight.size >= opts.concurrency) await Promise.race(inflight);
-            if (stopping) break;
           }
+          for (const m of handBack) m.nak();
         } catch (err) {
           if (stopping) break;
           this.logger.warn({ err: (err as Error).message, consumer: spec.durable }, 'consumer interrupted; resubscribing');

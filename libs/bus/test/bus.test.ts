@@ -105,3 +105,59 @@ test('a handler that throws gets its message redelivered', async () => {
   assert.equal(calls, 2);
   await bus.close();
 });
+
+test('stop() lets the running handler finish and hands back fetched jobs at once (no wait for the ack timeout)', async () => {
+  const bus = await connect('bus-test-3');
+  await bus.ensureTopology(['delivery']);
+  const ids = ['h1', 'h2', 'h3', 'h4', 'h5', 'h6'];
+  for (const id of ids) await bus.publish(jobSubject('handback.test'), Buffer.from(id), { msgId: `handback-${id}` });
+  let release!: () => void;
+  const gate = new Promise<void>((r) => (release = r));
+  let started!: () => void;
+  const firstStarted = new Promise<void>((r) => (started = r));
+  const finished: string[] = [];
+  const a = bus.consume(
+    'delivery',
+    async (m) => {
+      started();
+      await gate;
+      finished.push(Buffer.from(m.data).toString());
+      m.ack();
+    },
+    { concurrency: 1 },
+  );
+  await within(10_000, 'the first job started', firstStarted);
+  const stopping = a.stop();
+  release();
+  await stopping;
+  assert.equal(finished.length, 1, 'the job in hand was finished, no other was started');
+
+  // The delivery consumer's ack wait is minutes: only a hand-back brings the rest this soon.
+  const other = await connect('bus-test-4');
+  const seen: string[] = [];
+  let b: ReturnType<Bus['consume']> | undefined;
+  try {
+    await within(
+      10_000,
+      'the handed-back jobs at another consumer',
+      new Promise<void>((resolve) => {
+        b = other.consume(
+          'delivery',
+          async (m) => {
+            seen.push(Buffer.from(m.data).toString());
+            m.ack();
+            if (seen.length === ids.length - 1) resolve();
+          },
+          { concurrency: 4 },
+        );
+      }),
+    );
+    // Late duplicates would show here: a job handed back must run once.
+    await new Promise((r) => setTimeout(r, 300));
+  } finally {
+    await b?.stop();
+  }
+  assert.equal(new Set(seen).size, seen.length, `no job twice: ${seen.join(', ')}`);
+  assert.deepEqual([...finished, ...seen].sort(), ids);
+});
+
