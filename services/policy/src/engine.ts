@@ -134,6 +134,39 @@ export class Engine {
     return relayDenied('relay_denied');
   }
 
+  /**
+   * VRFY, EXPN and ETRN: what the data says of an address, or of a bare
+   * domain, with no side effects. A local address exists when an enabled
+   * mailbox, an alias or the domain's catch-all takes it (as at RCPT).
+   */
+  lookup(raw: string, expand: boolean): { domainKind: 'local' | 'relay' | undefined; exists: boolean; address: string; targets: string[] } {
+    const snap = this.snapshot();
+    const text = raw.trim().replace(/^<(.*)>$/, '$1');
+    if (!text.includes('@')) {
+      const name = text.toLowerCase().replace(/\.$/, '');
+      return { domainKind: snap.domains.get(name)?.kind, exists: false, address: name, targets: [] };
+    }
+    const addr = detectRoutingTrick(text) ? null : parseAddress(text);
+    if (!addr) return { domainKind: undefined, exists: false, address: '', targets: [] };
+    const domain = snap.domains.get(addr.domain);
+    const key = addressKey(addr);
+    if (domain?.kind !== 'local') return { domainKind: domain?.kind, exists: false, address: key, targets: [] };
+    const local = key.slice(0, key.lastIndexOf('@'));
+    const d = this.opts.recipientDelimiter;
+    const candidates = [key];
+    if (d && local.includes(d) && !local.startsWith(d)) candidates.push(`${local.slice(0, local.indexOf(d))}@${addr.domain}`);
+    for (const k of candidates) {
+      const enabled = snap.mailboxes.get(k);
+      if (enabled === true) return { domainKind: 'local', exists: true, address: k, targets: [] };
+      const alias = snap.aliases.get(k);
+      if (alias) return { domainKind: 'local', exists: true, address: k, targets: expand ? [...alias.targets] : [] };
+      if (enabled === false) return { domainKind: 'local', exists: false, address: k, targets: [] };
+    }
+    const catchAll = domain.catchAll;
+    if (catchAll) return { domainKind: 'local', exists: true, address: key, targets: expand ? [catchAll] : [] };
+    return { domainKind: 'local', exists: local === 'postmaster', address: key, targets: [] };
+  }
+
   private localRecipient(addr: Address, shown: string, snap: Snapshot): Decision {
     const key = addressKey(addr);
     const candidates = [key];

@@ -105,9 +105,11 @@ export class MessageAuth {
       reason,
       addHeaders,
     });
-    if (!inbound(client, session?.listener)) {
+    // Submission and trusted networks (your own hosts) are not checked, as
+    // with OpenDMARC's IgnoreHosts or Stalwart for authenticated sessions.
+    if (!inbound(client, session?.listener) || client.trusted) {
       for await (const _ of counted());
-      return tooLarge ? this.tooLarge() : ok('submission');
+      return tooLarge ? this.tooLarge() : ok(client.trusted ? 'trusted' : 'submission');
     }
     const stream = Readable.from(counted());
     let result: Awaited<ReturnType<typeof authenticate>>;

@@ -2,7 +2,10 @@
 // the management RPCs for domains, mailboxes, aliases and users.
 import { grpc, grpcError } from '@tern/grpc';
 import {
+  DomainKind,
   PolicyAction,
+  type LookupRecipientRequest,
+  type LookupRecipientResponse,
   type CheckMessageRequest,
   type CheckMessageResponse,
   type CheckRequest,
@@ -206,6 +209,18 @@ export function createPolicyService(deps: ServiceDeps): PolicyServiceServer {
         (err: unknown) => cb(toStatus(err, logger, 'CheckMessage')),
       );
     },
+
+    lookupRecipient: unary('LookupRecipient', async (req: LookupRecipientRequest): Promise<LookupRecipientResponse> => {
+      if (!req.address.trim() || req.address.length > 512) throw new PolicyError(grpc.status.INVALID_ARGUMENT, 'address: required, at most 512 characters');
+      const r = engine.lookup(req.address, req.expand);
+      metrics.decisions.add(1, { stage: req.expand ? 'expn' : 'lookup', action: r.exists ? 'found' : 'not_found', reason: r.domainKind ?? 'foreign' });
+      return {
+        domainKind: r.domainKind === 'local' ? DomainKind.DOMAIN_KIND_LOCAL : r.domainKind === 'relay' ? DomainKind.DOMAIN_KIND_RELAY : DomainKind.DOMAIN_KIND_UNSPECIFIED,
+        exists: r.exists,
+        address: r.address,
+        targets: r.targets,
+      };
+    }),
 
     authenticate: unary('Authenticate', async (req) => {
       const name = req.username.trim().toLowerCase();

@@ -251,6 +251,8 @@ describe('policy checks', () => {
       assert.equal(r.action, REJECT);
       assert.deepEqual(r.reply, { code: 550, enhanced: '5.7.1', text: 'Email rejected per DMARC policy for signed.test' });
       assert.equal(r.reason, 'dmarc_reject');
+      const trusted = await checkMessage(c, { ...header, session: session({ clientAddress: '127.0.0.1' }) }, forged);
+      assert.deepEqual([trusted.action, trusted.reason, trusted.addHeaders], [ACCEPT, 'trusted', []], 'trusted networks are not checked');
       const annotated = await checkMessage(lax, header, forged);
       assert.equal(annotated.action, ACCEPT);
       const ar = annotated.addHeaders.find((h) => h.name === 'Authentication-Results');

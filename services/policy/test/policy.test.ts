@@ -143,6 +143,21 @@ describe('policy service', () => {
       assert.equal(r.localRecipient, true);
     });
 
+    it('LookupRecipient (VRFY, EXPN, ETRN): mailboxes, aliases with their targets, catch-all, unknown users, domains', async () => {
+      const look = (address: string, expand = false) => c.lookupRecipient({ session: session(), address, expand });
+      const { DOMAIN_KIND_LOCAL: LOCAL, DOMAIN_KIND_RELAY: RELAY, DOMAIN_KIND_UNSPECIFIED: NONE } = DomainKind;
+      assert.deepEqual(await look('Alice+news@LOCAL.test'), { domainKind: LOCAL, exists: true, address: 'alice@local.test', targets: [] });
+      assert.deepEqual(await look('<sales@local.test>'), { domainKind: LOCAL, exists: true, address: 'sales@local.test', targets: [] });
+      assert.deepEqual(await look('sales@local.test', true), { domainKind: LOCAL, exists: true, address: 'sales@local.test', targets: ['alice@local.test', 'bob@elsewhere.test'] });
+      assert.deepEqual(await look('nobody@local.test'), { domainKind: LOCAL, exists: false, address: 'nobody@local.test', targets: [] });
+      assert.equal((await look('whatever@catch.test')).exists, true);
+      assert.deepEqual(await look('x@relay.test'), { domainKind: RELAY, exists: false, address: 'x@relay.test', targets: [] });
+      assert.deepEqual(await look('relay.test'), { domainKind: RELAY, exists: false, address: 'relay.test', targets: [] });
+      assert.deepEqual(await look('elsewhere.test'), { domainKind: NONE, exists: false, address: 'elsewhere.test', targets: [] });
+      assert.equal((await look('alice%local.test@local.test')).exists, false, 'a routing trick finds nothing');
+      await assert.rejects(look(''), /address: required/);
+    });
+
     it('makes a new mailbox visible on a second instance within seconds (LISTEN/NOTIFY)', async () => {
       const before = await rcpt('carol@local.test', {}, c2);
       assert.equal(before.reply?.code, 550);

@@ -20,6 +20,9 @@ import type { RouteTable } from './routes';
 /** Size of a spilled body row. */
 export const SPILL_CHUNK = 256 * 1024;
 
+/** Largest EnqueueCommit.prepend. */
+export const MAX_PREPEND = 64 * 1024;
+
 export interface EnqueueItem {
   queueId: string;
   header: EnqueueHeader;
@@ -118,13 +121,22 @@ export class Enqueuer {
         if (req.commit.size !== size) {
           return finish(grpcError(grpc.status.INVALID_ARGUMENT, `commit size ${req.commit.size} does not match the ${size} bytes received`));
         }
-        if (spilled) await spill(this.o.pool, true);
-        const item: EnqueueItem = { queueId, header, body: spilled ? null : Buffer.concat(mem, size), size, trace };
+        // Lines known only at the end (Authentication-Results) go ahead of the body and count in its size.
+        const prepend = req.commit.prepend;
+        if (prepend.length > MAX_PREPEND) return finish(grpcError(grpc.status.INVALID_ARGUMENT, `commit.prepend: at most ${MAX_PREPEND} bytes`));
+        if (spilled) {
+          await spill(this.o.pool, true);
+          // Into the first row, so that every reader still finds the message from seq 0.
+          if (prepend.length) await this.o.pool.query('UPDATE body_chunks SET data = $2 || data WHERE message_id = $1 AND seq = 0', [queueId, prepend]);
+        }
+        const total = size + prepend.length;
+        const body = spilled ? null : prepend.length ? Buffer.concat([prepend, ...mem], total) : Buffer.concat(mem, size);
+        const item: EnqueueItem = { queueId, header: req.commit.hold && !header.hold ? { ...header, hold: true } : header, body, size: total, trace };
         mem = [];
         const res = await this.batcher.add(item);
         if (!res.duplicate) this.o.metrics.messages.add(1, { origin: MessageOrigin[header.origin] ?? 'unknown' });
         spilled = false; // stored, or removed by the batch as a duplicate
-        return finish(null, { queueId: res.queueId, size });
+        return finish(null, { queueId: res.queueId, size: total });
       }
       if (req.chunk && req.chunk.length) {
         size += req.chunk.length;

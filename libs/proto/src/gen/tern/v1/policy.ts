@@ -242,6 +242,27 @@ export interface CheckMessageResponse {
   addHeaders: Header[];
 }
 
+export interface LookupRecipientRequest {
+  session:
+    | SessionInfo
+    | undefined;
+  /** "local@domain", or a bare domain (ETRN). */
+  address: string;
+  /** EXPN: list an alias's targets. */
+  expand: boolean;
+}
+
+export interface LookupRecipientResponse {
+  /** The domain's kind here; UNSPECIFIED when it is neither local nor relay. */
+  domainKind: DomainKind;
+  /** Local domains: a mailbox (enabled), an alias, or a catch-all takes it. */
+  exists: boolean;
+  /** The address as policy knows it (lower-cased domain, delimiter removed). */
+  address: string;
+  /** expand and the address is an alias: its targets (one level). */
+  targets: string[];
+}
+
 export interface AuthenticateRequest {
   username: string;
   password: string;
@@ -1377,6 +1398,230 @@ export const CheckMessageResponse: MessageFns<CheckMessageResponse> = {
       : undefined;
     message.reason = object.reason ?? "";
     message.addHeaders = object.addHeaders?.map((e) => Header.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseLookupRecipientRequest(): LookupRecipientRequest {
+  return { session: undefined, address: "", expand: false };
+}
+
+export const LookupRecipientRequest: MessageFns<LookupRecipientRequest> = {
+  encode(message: LookupRecipientRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.session !== undefined) {
+      SessionInfo.encode(message.session, writer.uint32(10).fork()).join();
+    }
+    if (message.address !== "") {
+      writer.uint32(18).string(message.address);
+    }
+    if (message.expand !== false) {
+      writer.uint32(24).bool(message.expand);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): LookupRecipientRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseLookupRecipientRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.session = SessionInfo.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.address = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.expand = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): LookupRecipientRequest {
+    return {
+      session: isSet(object.session) ? SessionInfo.fromJSON(object.session) : undefined,
+      address: isSet(object.address) ? globalThis.String(object.address) : "",
+      expand: isSet(object.expand) ? globalThis.Boolean(object.expand) : false,
+    };
+  },
+
+  toJSON(message: LookupRecipientRequest): unknown {
+    const obj: any = {};
+    if (message.session !== undefined) {
+      obj.session = SessionInfo.toJSON(message.session);
+    }
+    if (message.address !== "") {
+      obj.address = message.address;
+    }
+    if (message.expand !== false) {
+      obj.expand = message.expand;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<LookupRecipientRequest>, I>>(base?: I): LookupRecipientRequest {
+    return LookupRecipientRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<LookupRecipientRequest>, I>>(object: I): LookupRecipientRequest {
+    const message = createBaseLookupRecipientRequest();
+    message.session = (object.session !== undefined && object.session !== null)
+      ? SessionInfo.fromPartial(object.session)
+      : undefined;
+    message.address = object.address ?? "";
+    message.expand = object.expand ?? false;
+    return message;
+  },
+};
+
+function createBaseLookupRecipientResponse(): LookupRecipientResponse {
+  return { domainKind: 0, exists: false, address: "", targets: [] };
+}
+
+export const LookupRecipientResponse: MessageFns<LookupRecipientResponse> = {
+  encode(message: LookupRecipientResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.domainKind !== 0) {
+      writer.uint32(8).int32(message.domainKind);
+    }
+    if (message.exists !== false) {
+      writer.uint32(16).bool(message.exists);
+    }
+    if (message.address !== "") {
+      writer.uint32(26).string(message.address);
+    }
+    for (const v of message.targets) {
+      writer.uint32(34).string(v!);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): LookupRecipientResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseLookupRecipientResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.domainKind = reader.int32() as any;
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.exists = reader.bool();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.address = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.targets.push(reader.string());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): LookupRecipientResponse {
+    return {
+      domainKind: isSet(object.domainKind)
+        ? domainKindFromJSON(object.domainKind)
+        : isSet(object.domain_kind)
+        ? domainKindFromJSON(object.domain_kind)
+        : 0,
+      exists: isSet(object.exists) ? globalThis.Boolean(object.exists) : false,
+      address: isSet(object.address) ? globalThis.String(object.address) : "",
+      targets: globalThis.Array.isArray(object?.targets) ? object.targets.map((e: any) => globalThis.String(e)) : [],
+    };
+  },
+
+  toJSON(message: LookupRecipientResponse): unknown {
+    const obj: any = {};
+    if (message.domainKind !== 0) {
+      obj.domainKind = domainKindToJSON(message.domainKind);
+    }
+    if (message.exists !== false) {
+      obj.exists = message.exists;
+    }
+    if (message.address !== "") {
+      obj.address = message.address;
+    }
+    if (message.targets?.length) {
+      obj.targets = message.targets;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<LookupRecipientResponse>, I>>(base?: I): LookupRecipientResponse {
+    return LookupRecipientResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<LookupRecipientResponse>, I>>(object: I): LookupRecipientResponse {
+    const message = createBaseLookupRecipientResponse();
+    message.domainKind = object.domainKind ?? 0;
+    message.exists = object.exists ?? false;
+    message.address = object.address ?? "";
+    message.targets = object.targets?.map((e) => e) || [];
     return message;
   },
 };
@@ -4431,6 +4676,21 @@ export const PolicyServiceService = {
       Buffer.from(AuthenticateResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): AuthenticateResponse => AuthenticateResponse.decode(value),
   },
+  /**
+   * What policy data says of an address or a domain, without the side
+   * effects of Check (no counters, no greylisting): VRFY, EXPN and ETRN.
+   */
+  lookupRecipient: {
+    path: "/tern.v1.PolicyService/LookupRecipient" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: LookupRecipientRequest): Buffer =>
+      Buffer.from(LookupRecipientRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): LookupRecipientRequest => LookupRecipientRequest.decode(value),
+    responseSerialize: (value: LookupRecipientResponse): Buffer =>
+      Buffer.from(LookupRecipientResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): LookupRecipientResponse => LookupRecipientResponse.decode(value),
+  },
   listDomains: {
     path: "/tern.v1.PolicyService/ListDomains" as const,
     requestStream: false as const,
@@ -4590,6 +4850,11 @@ export interface PolicyServiceServer extends UntypedServiceImplementation {
   checkMessage: handleClientStreamingCall<CheckMessageRequest, CheckMessageResponse>;
   /** Verifies a submission login (AUTH PLAIN/LOGIN). */
   authenticate: handleUnaryCall<AuthenticateRequest, AuthenticateResponse>;
+  /**
+   * What policy data says of an address or a domain, without the side
+   * effects of Check (no counters, no greylisting): VRFY, EXPN and ETRN.
+   */
+  lookupRecipient: handleUnaryCall<LookupRecipientRequest, LookupRecipientResponse>;
   listDomains: handleUnaryCall<ListDomainsRequest, ListDomainsResponse>;
   putDomain: handleUnaryCall<PutDomainRequest, PutDomainResponse>;
   deleteDomain: handleUnaryCall<DeleteDomainRequest, DeleteDomainResponse>;
@@ -4664,6 +4929,25 @@ export interface PolicyServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: AuthenticateResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * What policy data says of an address or a domain, without the side
+   * effects of Check (no counters, no greylisting): VRFY, EXPN and ETRN.
+   */
+  lookupRecipient(
+    request: LookupRecipientRequest,
+    callback: (error: ServiceError | null, response: LookupRecipientResponse) => void,
+  ): ClientUnaryCall;
+  lookupRecipient(
+    request: LookupRecipientRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: LookupRecipientResponse) => void,
+  ): ClientUnaryCall;
+  lookupRecipient(
+    request: LookupRecipientRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: LookupRecipientResponse) => void,
   ): ClientUnaryCall;
   listDomains(
     request: ListDomainsRequest,

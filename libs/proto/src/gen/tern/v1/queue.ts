@@ -353,6 +353,14 @@ export interface EnqueueHeader {
 export interface EnqueueCommit {
   /** Total body bytes sent in chunks; the queue refuses to commit on a mismatch. */
   size: number;
+  /**
+   * Header lines prepended to the stored body (e.g. the Authentication-Results
+   * of the end-of-data checks, known only after the last chunk), counted in
+   * the message size; CRLF-terminated, at most 64 KiB.
+   */
+  prepend: Buffer;
+  /** Put the message on hold (the end-of-data policy check said HOLD). */
+  hold: boolean;
 }
 
 export interface EnqueueRequest {
@@ -722,13 +730,19 @@ export const EnqueueHeader: MessageFns<EnqueueHeader> = {
 };
 
 function createBaseEnqueueCommit(): EnqueueCommit {
-  return { size: 0 };
+  return { size: 0, prepend: Buffer.alloc(0), hold: false };
 }
 
 export const EnqueueCommit: MessageFns<EnqueueCommit> = {
   encode(message: EnqueueCommit, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     if (message.size !== 0) {
       writer.uint32(8).uint64(message.size);
+    }
+    if (message.prepend.length !== 0) {
+      writer.uint32(18).bytes(message.prepend);
+    }
+    if (message.hold !== false) {
+      writer.uint32(24).bool(message.hold);
     }
     return writer;
   },
@@ -754,6 +768,22 @@ export const EnqueueCommit: MessageFns<EnqueueCommit> = {
             message.size = longToNumber(reader.uint64());
             continue;
           }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.prepend = Buffer.from(reader.bytes());
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.hold = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -767,13 +797,23 @@ export const EnqueueCommit: MessageFns<EnqueueCommit> = {
   },
 
   fromJSON(object: any): EnqueueCommit {
-    return { size: isSet(object.size) ? globalThis.Number(object.size) : 0 };
+    return {
+      size: isSet(object.size) ? globalThis.Number(object.size) : 0,
+      prepend: isSet(object.prepend) ? Buffer.from(bytesFromBase64(object.prepend)) : Buffer.alloc(0),
+      hold: isSet(object.hold) ? globalThis.Boolean(object.hold) : false,
+    };
   },
 
   toJSON(message: EnqueueCommit): unknown {
     const obj: any = {};
     if (message.size !== 0) {
       obj.size = Math.round(message.size);
+    }
+    if (message.prepend.length !== 0) {
+      obj.prepend = base64FromBytes(message.prepend);
+    }
+    if (message.hold !== false) {
+      obj.hold = message.hold;
     }
     return obj;
   },
@@ -784,6 +824,8 @@ export const EnqueueCommit: MessageFns<EnqueueCommit> = {
   fromPartial<I extends Exact<DeepPartial<EnqueueCommit>, I>>(object: I): EnqueueCommit {
     const message = createBaseEnqueueCommit();
     message.size = object.size ?? 0;
+    message.prepend = object.prepend ?? Buffer.alloc(0);
+    message.hold = object.hold ?? false;
     return message;
   },
 };
