@@ -6,7 +6,7 @@ import { context, metrics, propagation, trace, SpanStatusCode, type Span, type T
 import { AsyncLocalStorageContextManager } from '@opentelemetry/context-async-hooks';
 import { W3CTraceContextPropagator } from '@opentelemetry/core';
 import { resourceFromAttributes } from '@opentelemetry/resources';
-import { BatchSpanProcessor, TracerProvider, type SpanProcessor } from '@opentelemetry/sdk-trace';
+import { AlwaysOffSampler, BatchSpanProcessor, TracerProvider, type SpanProcessor } from '@opentelemetry/sdk-trace';
 import { MeterProvider } from '@opentelemetry/sdk-metrics';
 import { OTLPTraceExporter } from '@opentelemetry/exporter-trace-otlp-http';
 import { PrometheusExporter } from '@opentelemetry/exporter-prometheus';
@@ -51,7 +51,12 @@ export function createTelemetry(opts: TelemetryOptions): Telemetry {
       new BatchSpanProcessor({ exporter: new OTLPTraceExporter({ url }), scheduledDelayMillis: 500, maxQueueSize: 8192 }),
     );
   }
-  const tracerProvider = new TracerProvider({ resource, spanProcessors });
+  // Without an exporter nothing would ever read a recorded span: record
+  // none. Spans still get ids, which propagate (traceparent in gRPC metadata,
+  // NATS headers and queue rows) and appear in the logs, so log lines of one
+  // message still join up; only the span bookkeeping (attributes, events,
+  // timing) is skipped.
+  const tracerProvider = new TracerProvider({ resource, spanProcessors, ...(spanProcessors.length ? {} : { sampler: new AlwaysOffSampler() }) });
   // The exporter serves nothing itself: /metrics is routed by our own server,
   // next to the health endpoints.
   const prometheus = new PrometheusExporter({ preventServerStart: true });
