@@ -28,7 +28,7 @@ export function createApp(config: Config, deps: AppDeps): App {
   const heloName = config.TERN_HELO_NAME ?? config.TERN_HOSTNAME;
   const queue = createClient(QueueServiceClient, config.TERN_QUEUE_ADDR, { deadlineMs: 0 });
   const pool = new ConnectionPool({ maxMessagesPerConnection: config.TERN_SMTP_MAX_MESSAGES_PER_CONNECTION, idleMs: config.TERN_SMTP_IDLE_MS });
-  const resolver = new NextHopResolver({ servers: config.TERN_DNS_SERVERS, port: config.TERN_SMTP_PORT, ownNames: [heloName.toLowerCase(), config.TERN_HOSTNAME.toLowerCase()] });
+  const resolver = new NextHopResolver({ servers: config.TERN_DNS_SERVERS, port: config.TERN_SMTP_PORT, ownNames: [heloName.toLowerCase(), config.TERN_HOSTNAME.toLowerCase()], timeoutMs: config.TERN_DNS_TIMEOUT_MS });
   const worker: WorkerDeps = {
     logger,
     resolver,

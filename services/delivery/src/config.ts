@@ -8,6 +8,8 @@ const schema = z.object({
   TERN_QUEUE_ADDR: grpcTarget(),
   /** Resolvers for MX/A/AAAA ("ip" or "ip:port"); empty = the system's. */
   TERN_DNS_SERVERS: csv([]),
+  /** Per-query DNS timeout (each of two tries). */
+  TERN_DNS_TIMEOUT_MS: positiveInt(5_000),
   /** Port dialled on MX hosts (25 on the internet; tests use sinks on a high port). */
   TERN_SMTP_PORT: positiveInt(25),
   /** EHLO name; defaults to TERN_HOSTNAME. */

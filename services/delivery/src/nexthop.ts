@@ -48,21 +48,45 @@ export class NextHopResolver {
     return value;
   }
 
-  /** A and AAAA of a host, with TTLs honoured. Empty when it has none. */
+  /**
+   * A and AAAA of a host, with TTLs honoured; empty when it has none. One
+   * family failing temporarily is tolerated when the other gave addresses
+   * (a broken AAAA server must not stop IPv4 delivery); both failing throws.
+   */
   private async addresses(host: string): Promise<string[]> {
     return this.cached(
       `addr:${host}`,
       (v: { ttl: number; list: string[] }) => v.ttl,
       async () => {
-        const [v4, v6] = await Promise.all([
+        const [v4, v6] = await Promise.allSettled([
           this.resolver.resolve4(host, { ttl: true }).catch(notFoundAsEmpty),
           this.resolver.resolve6(host, { ttl: true }).catch(notFoundAsEmpty),
         ]);
-        const all = [...v4, ...v6];
-        const ttl = all.length ? Math.min(...all.map((a) => a.ttl)) : 60;
+        const all = [...(v4.status === 'fulfilled' ? v4.value : []), ...(v6.status === 'fulfilled' ? v6.value : [])];
+        const failed = [v4, v6].find((r): r is PromiseRejectedResult => r.status === 'rejected');
+        if (failed && !all.length) throw failed.reason;
+        // A partial answer is cached briefly, so the failed family is asked again soon.
+        const ttl = failed ? 5 : all.length ? Math.min(...all.map((a) => a.ttl)) : 60;
         return { ttl, list: all.map((a) => a.address) };
       },
     ).then((v) => v.list);
+  }
+
+  /**
+   * A host named directly (smart host, LMTP server): its addresses only, no
+   * MX lookup. Failures defer: a route that does not resolve is the
+   * operator's to fix, never a reason to bounce mail.
+   */
+  async resolveHost(host: string, port: number): Promise<Resolution> {
+    const ip = host.replace(/^\[|\]$/g, '').replace(/^ipv6:/i, '');
+    if (net.isIP(ip)) return { ok: true, hops: [{ name: host, addresses: [ip], port }] };
+    try {
+      const addrs = await this.addresses(host.toLowerCase());
+      if (addrs.length) return { ok: true, hops: [{ name: host.toLowerCase(), addresses: addrs, port }] };
+      return { ok: false, temporary: true, reply: reply(451, '4.4.3', `Host or domain name not found. Name service error for name=${host} type=A: Host not found`) };
+    } catch (err) {
+      return { ok: false, temporary: true, reply: reply(451, '4.4.3', `DNS lookup of ${host} failed, try again (${(err as NodeJS.ErrnoException).code})`) };
+    }
   }
 
   async resolve(domain: string): Promise<Resolution> {
@@ -80,7 +104,10 @@ export class NextHopResolver {
       if (code === 'ENODATA') mx = [];
       else return { ok: false, temporary: true, reply: reply(451, '4.4.3', `Host or domain name not found. Name service error for name=${domain} type=MX: Host not found, try again (${code})`) };
     }
-    if (mx.length === 1 && (mx[0]!.exchange === '' || mx[0]!.exchange === '.')) {
+    // RFC 7505: a null MX ("0 .") says the domain takes no mail. A domain must
+    // not publish it beside other MX records; if one does, the null MX is
+    // still the domain's statement, so it wins.
+    if (mx.some((r) => r.exchange === '' || r.exchange === '.')) {
       return { ok: false, temporary: false, reply: reply(556, '5.1.10', `Domain ${domain} does not accept mail (null MX)`) };
     }
     if (mx.length === 0) {
@@ -93,14 +120,23 @@ export class NextHopResolver {
         return { ok: false, temporary: true, reply: reply(451, '4.4.3', `DNS lookup of ${domain} failed, try again (${(err as NodeJS.ErrnoException).code})`) };
       }
     }
-    const sorted = shuffleEqualPreferences(mx);
+    let sorted = shuffleEqualPreferences(mx);
+    // RFC 5321 5.1: when we are one of the MX hosts, only hosts more preferred
+    // than us may be used; none left means the mail would loop back to us.
+    const self = sorted.find((r) => this.opts.ownNames.includes(r.exchange.replace(/\.$/, '').toLowerCase()));
+    if (self) {
+      sorted = sorted.filter((r) => r.priority < self.priority);
+      if (!sorted.length) return { ok: false, temporary: false, reply: reply(554, '5.4.6', `mail for ${domain} loops back to myself`) };
+    }
     const hops: NextHop[] = [];
     let temporaryFailure = false;
+    let ipNamed = 0;
     for (const record of sorted) {
       const name = record.exchange.replace(/\.$/, '').toLowerCase();
-      if (net.isIP(name)) continue; // an MX must name a host, not an address (RFC 5321 5.1)
-      if (this.opts.ownNames.includes(name)) {
-        return { ok: false, temporary: false, reply: reply(554, '5.4.6', `mail for ${domain} loops back to myself`) };
+      // An MX must name a host, not an address (RFC 5321 5.1; Postfix refuses it too).
+      if (net.isIP(name)) {
+        ipNamed++;
+        continue;
       }
       try {
         const addrs = await this.addresses(name);
@@ -111,6 +147,7 @@ export class NextHopResolver {
     }
     if (hops.length) return { ok: true, hops };
     if (temporaryFailure) return { ok: false, temporary: true, reply: reply(451, '4.4.3', `MX hosts of ${domain} could not be resolved, try again`) };
+    if (ipNamed === sorted.length) return { ok: false, temporary: false, reply: reply(550, '5.4.4', `MX records of ${domain} name IP addresses, not hosts (RFC 5321 5.1)`) };
     return { ok: false, temporary: false, reply: reply(550, '5.4.4', `No usable MX host for ${domain} (MX records name no address)`) };
   }
 }

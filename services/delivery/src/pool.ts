@@ -20,8 +20,14 @@ export class ConnectionPool {
 
   constructor(private readonly opts: PoolOptions) {}
 
-  private key(o: { address: string; port: number; localAddress?: string }): string {
-    return `${o.localAddress ?? ''}>${o.address}:${o.port}`;
+  /**
+   * Sessions are shared only between jobs that would have opened the same
+   * one: same source, peer, protocol and TLS requirements (a session set up
+   * under "may" must never carry a job that needs "verify").
+   */
+  private key(o: ConnectOptions): string {
+    const peer = o.socketPath ? `unix:${o.socketPath}` : `${o.address}:${o.port}`;
+    return [o.localAddress ?? '', peer, o.lmtp ? 'lmtp' : 'smtp', o.tls, o.hostName, (o.tlsNames ?? []).join(','), o.heloName].join('|');
   }
 
   async acquire(opts: ConnectOptions): Promise<SmtpClient> {

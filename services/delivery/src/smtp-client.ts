@@ -1,18 +1,29 @@
-// A lean SMTP client for delivery: EHLO with HELO fallback, opportunistic
-// STARTTLS, PIPELINING, SIZE, 8BITMIME, SMTPUTF8 and DSN parameters, one
-// reply per recipient, and sessions that carry several transactions (RSET
-// between) so connections are reused.
+// A lean SMTP/LMTP client for delivery: EHLO with HELO fallback (LHLO for
+// LMTP), STARTTLS by policy (none, may, encrypt, verify), PIPELINING, SIZE,
+// 8BITMIME, SMTPUTF8, DSN and REQUIRETLS parameters, one reply per recipient,
+// and sessions that carry several transactions (RSET between) so that
+// connections are reused.
 import net from 'node:net';
 import tls from 'node:tls';
 import type { SmtpReply, TlsInfo } from '@tern/proto';
 
 export type Stage = 'connect' | 'greeting' | 'ehlo' | 'starttls' | 'mail' | 'rcpt' | 'data' | 'data-end' | 'rset';
 
-/** The session broke (connection, timeout, 421, TLS): the destination is at fault, not a recipient. */
+/**
+ * none: never STARTTLS. may: STARTTLS when offered, certificate not checked,
+ * clear text when not offered. encrypt: STARTTLS required, certificate not
+ * checked. verify: STARTTLS required and the certificate must chain to a
+ * trusted CA and name one of `tlsNames`.
+ */
+export type TlsMode = 'none' | 'may' | 'encrypt' | 'verify';
+
+/** The session broke (connection, timeout, 421, TLS, greeting): the destination is at fault, not a recipient. */
 export class SessionError extends Error {
   constructor(
     readonly stage: Stage,
     readonly reply: SmtpReply,
+    /** A TLS requirement was not met (not offered, handshake failed, certificate not verified). */
+    readonly tlsFailure = false,
   ) {
     super(`${stage}: ${reply.code} ${reply.enhanced} ${reply.text}`.replace(/ +/g, ' '));
     this.name = 'SessionError';
@@ -22,15 +33,22 @@ export class SessionError extends Error {
 export interface ConnectOptions {
   address: string;
   port: number;
-  /** The MX host name (TLS servername, logs). */
+  /** A unix socket path instead of address:port (LMTP). */
+  socketPath?: string;
+  /** The next hop's host name (TLS servername, logs). */
   hostName: string;
   heloName: string;
   localAddress?: string;
   connectTimeoutMs: number;
   commandTimeoutMs: number;
   dataEndTimeoutMs: number;
-  /** Try STARTTLS when offered (certificate not verified: opportunistic, "may"). */
-  starttls: boolean;
+  tls: TlsMode;
+  /** Names the certificate may carry under `verify` (default: hostName); "*.example.com" patterns allowed (MTA-STS). */
+  tlsNames?: string[];
+  /** Trust anchors for `verify` (PEM); default: Node's bundled CAs. */
+  ca?: string | Buffer | (string | Buffer)[];
+  /** LMTP (RFC 2033): LHLO, and one reply per accepted recipient at end of data. */
+  lmtp?: boolean;
 }
 
 export interface TransactionRequest {
@@ -39,6 +57,7 @@ export interface TransactionRequest {
   size: number;
   bodyType: '7BIT' | '8BITMIME' | 'BINARYMIME';
   smtputf8: boolean;
+  requiretls?: boolean;
   ret: '' | 'FULL' | 'HDRS';
   envid: string;
   body: AsyncIterable<Buffer>;
@@ -47,8 +66,12 @@ export interface TransactionRequest {
 export interface TransactionResult {
   mail: SmtpReply;
   rcpts: SmtpReply[];
-  /** The reply to end of data; absent when no recipient was accepted or MAIL failed. */
-  data?: SmtpReply;
+  /**
+   * The reply to end of data per recipient (the same reply for every accepted
+   * one in SMTP; LMTP gives each its own); undefined for a recipient whose
+   * RCPT was refused. Absent when MAIL failed or no recipient was accepted.
+   */
+  data?: (SmtpReply | undefined)[];
 }
 
 const ENHANCED = /^([245]\.\d{1,3}\.\d{1,3})\s+/;
@@ -70,6 +93,20 @@ export function syntheticReply(code: number, enhanced: string, text: string): Sm
   return { code, enhanced, text };
 }
 
+const isOk = (r: SmtpReply) => r.code >= 200 && r.code < 300;
+
+/** Does a certificate name pattern ("mx.example.com", "*.example.com") cover `host`? */
+export function nameMatches(pattern: string, host: string): boolean {
+  const p = pattern.toLowerCase().replace(/\.$/, '');
+  const h = host.toLowerCase().replace(/\.$/, '');
+  if (p.startsWith('*.')) {
+    const rest = p.slice(2);
+    const dot = h.indexOf('.');
+    return dot > 0 && h.slice(dot + 1) === rest;
+  }
+  return p === h;
+}
+
 export class SmtpClient {
   private socket: net.Socket | tls.TLSSocket;
   private buffer = '';
@@ -79,25 +116,33 @@ export class SmtpClient {
   private closedError: SessionError | undefined;
   readonly extensions = new Map<string, string>();
   tls: TlsInfo = { used: false, version: '', cipher: '', verified: false };
+  /** Transactions that reached end of data on this session (the reuse cap counts them). */
   messages = 0;
   lastUsed = Date.now();
   readonly remoteAddress: string;
+  /** EHLO was refused and HELO used: no extensions. */
+  heloOnly = false;
 
   private constructor(
     socket: net.Socket,
-    private readonly opts: ConnectOptions,
+    readonly opts: ConnectOptions,
   ) {
     this.socket = socket;
-    this.remoteAddress = opts.address;
+    this.remoteAddress = opts.socketPath ?? opts.address;
     this.attach(socket);
   }
 
+  private get peer(): string {
+    return this.opts.socketPath ? `${this.opts.hostName}[${this.opts.socketPath}]` : `${this.opts.hostName}[${this.opts.address}]:${this.opts.port}`;
+  }
+
   static async connect(opts: ConnectOptions): Promise<SmtpClient> {
+    const where = opts.socketPath ? `${opts.hostName}[${opts.socketPath}]` : `${opts.hostName}[${opts.address}]:${opts.port}`;
     const socket = await new Promise<net.Socket>((resolve, reject) => {
-      const s = net.connect({ host: opts.address, port: opts.port, localAddress: opts.localAddress });
+      const s = opts.socketPath ? net.connect({ path: opts.socketPath }) : net.connect({ host: opts.address, port: opts.port, localAddress: opts.localAddress });
       const timer = setTimeout(() => {
         s.destroy();
-        reject(new SessionError('connect', syntheticReply(451, '4.4.1', `connect to ${opts.hostName}[${opts.address}]:${opts.port}: Connection timed out`)));
+        reject(new SessionError('connect', syntheticReply(451, '4.4.1', `connect to ${where}: Connection timed out`)));
       }, opts.connectTimeoutMs);
       s.once('connect', () => {
         clearTimeout(timer);
@@ -106,10 +151,10 @@ export class SmtpClient {
       s.once('error', (err: NodeJS.ErrnoException) => {
         clearTimeout(timer);
         const why = err.code === 'ECONNREFUSED' ? 'Connection refused' : err.message;
-        reject(new SessionError('connect', syntheticReply(451, '4.4.1', `connect to ${opts.hostName}[${opts.address}]:${opts.port}: ${why}`)));
+        reject(new SessionError('connect', syntheticReply(451, '4.4.1', `connect to ${where}: ${why}`)));
       });
     });
-    socket.setNoDelay(true);
+    if (!opts.socketPath) socket.setNoDelay(true);
     const client = new SmtpClient(socket, opts);
     try {
       await client.handshake();
@@ -124,7 +169,7 @@ export class SmtpClient {
     socket.setEncoding('latin1');
     socket.on('data', (chunk: string) => this.onData(chunk));
     socket.on('error', () => undefined);
-    socket.on('close', () => this.fail(new SessionError('data', syntheticReply(451, '4.4.2', `lost connection with ${this.opts.hostName}[${this.opts.address}]`))));
+    socket.on('close', () => this.fail(new SessionError('data', syntheticReply(451, '4.4.2', `lost connection with ${this.peer}`))));
   }
 
   private onData(chunk: string): void {
@@ -135,7 +180,7 @@ export class SmtpClient {
       this.buffer = this.buffer.slice(i + 1);
       this.lines.push(line);
       if (line.length < 4 || line[3] !== '-') {
-        const reply = /^\d{3}/.test(line) ? parseReply(this.lines) : syntheticReply(451, '4.5.0', `garbled reply: ${line.slice(0, 100)}`);
+        const reply = /^[2-5]\d\d$|^[2-5]\d\d /.test(line) ? parseReply(this.lines) : syntheticReply(451, '4.5.0', `garbled reply from ${this.peer}: ${line.slice(0, 100)}`);
         this.lines = [];
         const waiter = this.waiters.shift();
         if (waiter) {
@@ -143,6 +188,11 @@ export class SmtpClient {
           waiter.resolve(reply);
         } else this.replies.push(reply);
       }
+    }
+    // A peer that sends an endless line without LF must not grow memory without bound.
+    if (this.buffer.length > 65_536) {
+      this.fail(new SessionError('data', syntheticReply(451, '4.5.0', `overlong reply line from ${this.peer}`)));
+      this.destroy();
     }
   }
 
@@ -161,7 +211,7 @@ export class SmtpClient {
     if (this.closedError) return Promise.reject(new SessionError(stage, this.closedError.reply));
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
-        const err = new SessionError(stage, syntheticReply(451, '4.4.2', `conversation with ${this.opts.hostName}[${this.opts.address}] timed out while waiting for the ${stage} reply`));
+        const err = new SessionError(stage, syntheticReply(451, '4.4.2', `conversation with ${this.peer} timed out while waiting for the ${stage} reply`));
         this.fail(err);
         this.destroy();
       }, timeoutMs);
@@ -169,37 +219,70 @@ export class SmtpClient {
     });
   }
 
+  /**
+   * The next reply; a 421 ends the session (RFC 5321 3.8: the server is
+   * closing the channel), which concerns the destination, not the message.
+   */
+  private async expect(stage: Stage, timeoutMs?: number): Promise<SmtpReply> {
+    const r = await this.read(stage, timeoutMs);
+    if (r.code === 421) {
+      this.destroy();
+      throw new SessionError(stage, r);
+    }
+    return r;
+  }
+
   private write(data: string | Buffer): boolean {
+    if (this.socket.destroyed) return false;
     return this.socket.write(data);
   }
 
   private async command(line: string, stage: Stage): Promise<SmtpReply> {
     this.write(`${line}\r\n`);
-    return this.read(stage);
+    return this.expect(stage);
   }
 
   private async handshake(): Promise<void> {
     const greeting = await this.read('greeting');
     if (greeting.code !== 220) throw new SessionError('greeting', greeting);
-    await this.ehlo();
-    if (this.opts.starttls && this.extensions.has('STARTTLS')) {
-      const r = await this.command('STARTTLS', 'starttls');
-      if (r.code === 220) {
-        await this.upgrade();
-        await this.ehlo();
-      }
+    await this.hello();
+    const mode = this.opts.tls;
+    if (mode === 'none') return;
+    const required = mode === 'encrypt' || mode === 'verify';
+    if (!this.extensions.has('STARTTLS')) {
+      if (required) throw new SessionError('starttls', syntheticReply(451, '4.7.4', `TLS is required, but was not offered by host ${this.peer}`), true);
+      return;
     }
+    const r = await this.command('STARTTLS', 'starttls');
+    if (r.code !== 220) {
+      if (required) throw new SessionError('starttls', syntheticReply(451, '4.7.5', `TLS is required, but host ${this.peer} refused to start TLS: ${r.code} ${r.text}`), true);
+      return; // "may": go on in clear, as the server still talks to us
+    }
+    await this.upgrade();
+    await this.hello();
   }
 
-  private async ehlo(): Promise<void> {
-    let r = await this.command(`EHLO ${this.opts.heloName}`, 'ehlo');
+  private async hello(): Promise<void> {
     this.extensions.clear();
-    if (r.code >= 500 && r.code < 600) {
-      r = await this.command(`HELO ${this.opts.heloName}`, 'ehlo');
+    if (this.opts.lmtp) {
+      const r = await this.command(`LHLO ${this.opts.heloName}`, 'ehlo');
       if (r.code !== 250) throw new SessionError('ehlo', r);
+      this.readExtensions(r);
+      return;
+    }
+    const r = await this.command(`EHLO ${this.opts.heloName}`, 'ehlo');
+    if (r.code >= 500 && r.code < 600) {
+      // An old server: HELO, and no extensions (RFC 5321 3.2).
+      const h = await this.command(`HELO ${this.opts.heloName}`, 'ehlo');
+      if (h.code !== 250) throw new SessionError('ehlo', h);
+      this.heloOnly = true;
       return;
     }
     if (r.code !== 250) throw new SessionError('ehlo', r);
+    this.readExtensions(r);
+  }
+
+  private readExtensions(r: SmtpReply): void {
     for (const line of (rawLines.get(r) ?? []).slice(1)) {
       const [kw, ...rest] = line.slice(4).trim().split(/\s+/);
       if (kw) this.extensions.set(kw.toUpperCase(), rest.join(' '));
@@ -210,25 +293,50 @@ export class SmtpClient {
     const plain = this.socket as net.Socket;
     plain.removeAllListeners('data');
     plain.removeAllListeners('close');
+    // Anything the server sent after its 220 (it must not have) is discarded with the clear-text state (RFC 3207 4.2).
+    this.buffer = '';
+    this.replies = [];
+    const verify = this.opts.tls === 'verify';
+    const names = this.opts.tlsNames?.length ? this.opts.tlsNames : [this.opts.hostName];
+    let verified = false;
     const secure = await new Promise<tls.TLSSocket>((resolve, reject) => {
-      const t = tls.connect({ socket: plain, servername: net.isIP(this.opts.hostName) ? undefined : this.opts.hostName, rejectUnauthorized: false, minVersion: 'TLSv1.2' });
-      const timer = setTimeout(() => reject(new SessionError('starttls', syntheticReply(451, '4.7.5', 'TLS handshake timed out'))), this.opts.commandTimeoutMs);
+      const t = tls.connect({
+        socket: plain,
+        servername: net.isIP(this.opts.hostName) ? undefined : this.opts.hostName,
+        // Chain validation is always computed (for the `verified` record) but enforced only under `verify`.
+        rejectUnauthorized: false,
+        ca: this.opts.ca,
+        minVersion: 'TLSv1.2',
+      });
+      const timer = setTimeout(() => {
+        t.destroy();
+        reject(new SessionError('starttls', syntheticReply(451, '4.7.5', `TLS handshake with ${this.peer} timed out`), true));
+      }, this.opts.commandTimeoutMs);
       t.once('secureConnect', () => {
         clearTimeout(timer);
+        const cert = t.getPeerCertificate();
+        const nameOk = !!cert && Object.keys(cert).length > 0 && names.some((n) => certCovers(cert, n));
+        verified = t.authorized && nameOk;
+        if (verify && !verified) {
+          const why = !t.authorized ? String(t.authorizationError) : `certificate does not name ${names.join(' or ')}`;
+          t.destroy();
+          reject(new SessionError('starttls', syntheticReply(451, '4.7.5', `Server certificate not verified for ${this.peer}: ${why}`), true));
+          return;
+        }
         resolve(t);
       });
       t.once('error', (err) => {
         clearTimeout(timer);
-        reject(new SessionError('starttls', syntheticReply(451, '4.7.5', `TLS handshake failed: ${err.message}`)));
+        reject(new SessionError('starttls', syntheticReply(451, '4.7.5', `TLS handshake with ${this.peer} failed: ${err.message}`), true));
       });
     });
     this.socket = secure;
     this.attach(secure);
     const cipher = secure.getCipher();
-    this.tls = { used: true, version: secure.getProtocol() ?? '', cipher: cipher?.name ?? '', verified: secure.authorized };
+    this.tls = { used: true, version: secure.getProtocol() ?? '', cipher: cipher?.name ?? '', verified };
   }
 
-  /** One mail transaction. Recipient-level refusals are results, not errors. */
+  /** One mail transaction. Recipient-level refusals are results, not errors; a broken session throws SessionError. */
   async send(req: TransactionRequest): Promise<TransactionResult> {
     this.lastUsed = Date.now();
     const dsn = this.extensions.has('DSN');
@@ -236,6 +344,7 @@ export class SmtpClient {
     if (this.extensions.has('SIZE')) mailLine += ` SIZE=${req.size}`;
     if (req.bodyType !== '7BIT' && this.extensions.has('8BITMIME')) mailLine += ` BODY=${req.bodyType === 'BINARYMIME' ? '8BITMIME' : req.bodyType}`;
     if (req.smtputf8) mailLine += ' SMTPUTF8';
+    if (req.requiretls) mailLine += ' REQUIRETLS';
     if (dsn && req.ret) mailLine += ` RET=${req.ret}`;
     if (dsn && req.envid) mailLine += ` ENVID=${xtext(req.envid)}`;
     const rcptLines = req.recipients.map((r) => {
@@ -245,53 +354,72 @@ export class SmtpClient {
       return line;
     });
 
+    // RFC 2920 (and LMTP, which always pipelines): MAIL, every RCPT and DATA in one write; replies come back in order.
     const pipelining = this.extensions.has('PIPELINING');
     let mail: SmtpReply;
     const rcpts: SmtpReply[] = [];
+    let dataReply: SmtpReply | undefined;
     if (pipelining) {
-      // MAIL, every RCPT and DATA in one write; replies come back in order.
       this.write([mailLine, ...rcptLines, 'DATA'].join('\r\n') + '\r\n');
-      mail = await this.read('mail');
-      for (let i = 0; i < rcptLines.length; i++) rcpts.push(await this.read('rcpt'));
+      mail = await this.expect('mail');
+      for (let i = 0; i < rcptLines.length; i++) rcpts.push(await this.expect('rcpt'));
+      dataReply = await this.expect('data');
     } else {
       mail = await this.command(mailLine, 'mail');
-      if (mail.code === 250) for (const line of rcptLines) rcpts.push(await this.command(line, 'rcpt'));
+      if (isOk(mail)) for (const line of rcptLines) rcpts.push(await this.command(line, 'rcpt'));
     }
-    if (mail.code === 421) throw new SessionError('mail', mail);
-    if (mail.code !== 250) {
-      if (pipelining) await this.read('data'); // the DATA reply (503) is still owed
-      return { mail, rcpts: req.recipients.map(() => mail) };
+    if (!isOk(mail)) return { mail, rcpts: req.recipients.map(() => mail) };
+    const anyAccepted = rcpts.some(isOk);
+    if (!anyAccepted) {
+      if (dataReply?.code === 354) {
+        // A server that said 354 although it took no recipient: end the empty data (RFC 2920 3.1).
+        this.write('.\r\n');
+        await this.expect('data-end');
+      }
+      return { mail, rcpts };
     }
-    const anyAccepted = rcpts.some((r) => r.code >= 200 && r.code < 300);
-    let dataReply: SmtpReply;
-    if (pipelining) dataReply = await this.read('data');
-    else if (anyAccepted) dataReply = await this.command('DATA', 'data');
-    else return { mail, rcpts };
-    if (rcpts.some((r) => r.code === 421)) throw new SessionError('rcpt', rcpts.find((r) => r.code === 421)!);
-    if (!anyAccepted) return { mail, rcpts };
-    if (dataReply.code !== 354) {
-      if (dataReply.code === 421) throw new SessionError('data', dataReply);
-      return { mail, rcpts, data: dataReply };
-    }
+    dataReply ??= await this.command('DATA', 'data');
+    if (dataReply.code !== 354) return { mail, rcpts, data: rcpts.map((r) => (isOk(r) ? dataReply : undefined)) };
     await this.writeBody(req.body);
-    const end = await this.read('data-end', this.opts.dataEndTimeoutMs);
+    const data: (SmtpReply | undefined)[] = [];
+    if (this.opts.lmtp) {
+      // RFC 2033 4.2: one reply per accepted recipient, in RCPT order. A 421
+      // among them ends the session; the recipients answered before it keep theirs.
+      for (const r of rcpts) data.push(isOk(r) ? await this.expect('data-end', this.opts.dataEndTimeoutMs) : undefined);
+    } else {
+      const end = await this.expect('data-end', this.opts.dataEndTimeoutMs);
+      for (const r of rcpts) data.push(isOk(r) ? end : undefined);
+    }
     this.messages++;
     this.lastUsed = Date.now();
-    if (end.code === 421) throw new SessionError('data-end', end);
-    return { mail, rcpts, data: end };
+    return { mail, rcpts, data };
   }
 
   /** Dot-stuffed, with stray bare CR or LF repaired to CRLF (never pass on a smuggling vector). */
   private async writeBody(body: AsyncIterable<Buffer>): Promise<void> {
     const stuffer = new DotStuffer();
     for await (const chunk of body) {
-      const out = stuffer.push(chunk);
-      if (!this.write(out)) await new Promise<void>((resolve) => this.socket.once('drain', resolve));
       if (this.closedError) throw this.closedError;
+      const out = stuffer.push(chunk);
+      if (!this.write(out)) await this.drained();
     }
+    if (this.closedError) throw this.closedError;
     this.write(stuffer.end());
   }
 
+  private drained(): Promise<void> {
+    return new Promise<void>((resolve) => {
+      const done = () => {
+        this.socket.off('drain', done);
+        this.socket.off('close', done);
+        resolve();
+      };
+      this.socket.once('drain', done);
+      this.socket.once('close', done);
+    });
+  }
+
+  /** RSET before a reused session's next transaction; false = do not use this session. */
   async reset(): Promise<boolean> {
     try {
       const r = await this.command('RSET', 'rset');
@@ -308,7 +436,7 @@ export class SmtpClient {
   async quit(): Promise<void> {
     if (!this.usable) return this.destroy();
     this.write('QUIT\r\n');
-    await Promise.race([this.read('rset', 2_000).catch(() => undefined), new Promise((r) => setTimeout(r, 2_000))]);
+    await this.read('rset', 2_000).catch(() => undefined);
     this.destroy();
   }
 
@@ -316,6 +444,20 @@ export class SmtpClient {
     this.closedError ??= new SessionError('data', syntheticReply(451, '4.4.2', 'connection closed'));
     this.socket.destroy();
   }
+}
+
+/** Does the certificate name `name` (subjectAltName DNS names, or the CN when there are none)? `name` may be "*.example.com". */
+function certCovers(cert: tls.PeerCertificate, name: string): boolean {
+  const sans = (cert.subjectaltname ?? '')
+    .split(/,\s*/)
+    .filter((s) => s.startsWith('DNS:'))
+    .map((s) => s.slice(4));
+  const certNames = sans.length ? sans : cert.subject?.CN ? [String(cert.subject.CN)] : [];
+  if (name.startsWith('*.')) {
+    // An MTA-STS pattern: a certificate name that the pattern covers, or a wildcard certificate for the same suffix.
+    return certNames.some((c) => c.toLowerCase() === name.toLowerCase() || nameMatches(name, c));
+  }
+  return certNames.some((c) => nameMatches(c, name));
 }
 
 /** RFC 3461 xtext. */

@@ -1,6 +1,6 @@
-// One delivery job: resolve the next hop, stream the body from the queue into
-// an SMTP transaction, and turn the replies into one result per recipient.
-import net from 'node:net';
+// One delivery job: find the next hop (route, else MX), stream the body into
+// an SMTP or LMTP transaction, and turn the replies into one result per
+// recipient.
 import {
   AttemptOutcome,
   BodyType,
@@ -8,18 +8,20 @@ import {
   DsnRet,
   ReadBodyRequest,
   RouteKind,
+  TlsPolicy,
   type DeliveryJob,
   type DeliveryResult,
   type QueueServiceClient,
   type RecipientResult,
+  type Route,
   type SmtpReply,
   type TlsInfo,
 } from '@tern/proto';
 import { grpc } from '@tern/grpc';
 import type { Logger } from '@tern/telemetry';
-import type { NextHop, NextHopResolver } from './nexthop';
+import type { NextHop, NextHopResolver, Resolution } from './nexthop';
 import type { ConnectionPool } from './pool';
-import { SessionError, syntheticReply, type ConnectOptions, type TransactionResult } from './smtp-client';
+import { SessionError, syntheticReply, type ConnectOptions, type SmtpClient, type TlsMode, type TransactionResult } from './smtp-client';
 
 export interface WorkerDeps {
   logger: Logger;
@@ -34,6 +36,8 @@ export interface WorkerDeps {
   commandTimeoutMs: number;
   dataEndTimeoutMs: number;
   queueDeadlineMs: number;
+  /** Trust anchors for certificate verification (PEM); default: Node's bundled CAs. */
+  tlsCa?: string | Buffer;
 }
 
 /** The queue could not give us the body: not the destination's fault; retry the job later. */
@@ -46,6 +50,14 @@ const NOTIFY_WORD: Partial<Record<DsnNotify, string>> = {
   [DsnNotify.DSN_NOTIFY_SUCCESS]: 'SUCCESS',
   [DsnNotify.DSN_NOTIFY_FAILURE]: 'FAILURE',
   [DsnNotify.DSN_NOTIFY_DELAY]: 'DELAY',
+};
+
+const TLS_MODE: Partial<Record<TlsPolicy, TlsMode>> = {
+  [TlsPolicy.TLS_POLICY_UNSPECIFIED]: 'may',
+  [TlsPolicy.TLS_POLICY_NONE]: 'none',
+  [TlsPolicy.TLS_POLICY_MAY]: 'may',
+  [TlsPolicy.TLS_POLICY_ENCRYPT]: 'encrypt',
+  [TlsPolicy.TLS_POLICY_VERIFY]: 'verify',
 };
 
 function outcomeOf(code: number): AttemptOutcome {
@@ -69,6 +81,29 @@ async function* readBody(deps: WorkerDeps, queueId: string): AsyncGenerator<Buff
   } finally {
     stream.cancel();
   }
+}
+
+/** Where one job goes: hosts in order, how to speak to them, what TLS they must give. */
+interface Plan {
+  hops: NextHop[];
+  /** LMTP over a unix socket (hops then has one entry, with no addresses). */
+  socketPath?: string;
+  lmtp: boolean;
+  tls: TlsMode;
+  /** The message carries REQUIRETLS (RFC 8689). */
+  requiretls: boolean;
+}
+
+/** "host", "host:port", "[ip]:port", "[ipv6]:port", "unix:/path". */
+export function parseTarget(target: string, defaultPort: number): { host: string; port: number } | { socketPath: string } | undefined {
+  const t = target.trim();
+  if (t.startsWith('unix:')) return t.length > 5 ? { socketPath: t.slice(5) } : undefined;
+  if (t.startsWith('/')) return { socketPath: t };
+  const m = /^(\[[^\]]+\]|[^:[\]]+)(?::(\d{1,5}))?$/.exec(t);
+  if (!m) return undefined;
+  const port = m[2] ? Number(m[2]) : defaultPort;
+  if (port < 1 || port > 65535) return undefined;
+  return { host: m[1]!.replace(/^\[|\]$/g, '').replace(/^ipv6:/i, ''), port };
 }
 
 /** Delivers a job. Returns the result to publish, or undefined when the job's lease has lapsed. */
@@ -99,95 +134,143 @@ export async function deliver(deps: WorkerDeps, job: DeliveryJob): Promise<Deliv
     durationMs: Date.now() - startedAt.getTime(),
   });
 
-  let hops: NextHop[];
-  const route = job.route;
-  if (route && route.kind === RouteKind.ROUTE_KIND_SMARTHOST && route.target) {
-    const m = /^\[?([^\]]+?)\]?(?::(\d+))?$/.exec(route.target);
-    const host = m?.[1] ?? route.target;
-    const port = Number(m?.[2] ?? 25);
-    const addresses = net.isIP(host) ? [host] : await deps.resolver.resolve(host).then((r) => (r.ok ? r.hops.flatMap((h) => h.addresses) : []));
-    if (!addresses.length) return all(syntheticReply(451, '4.4.3', `smart host ${route.target} does not resolve`), true);
-    hops = [{ name: host, addresses, port }];
-  } else if (route && route.kind === RouteKind.ROUTE_KIND_LMTP) {
-    return all(syntheticReply(451, '4.3.5', `route for ${job.destination} is LMTP, which this delivery version does not speak yet`));
-  } else {
-    const resolution = await deps.resolver.resolve(job.destination);
-    if (!resolution.ok) return all(resolution.reply, resolution.temporary);
-    hops = resolution.hops;
-  }
+  const planned = await plan(deps, job);
+  if ('reply' in planned) return all(planned.reply, planned.temporary);
+  const p = planned;
 
   const env = job.envelope;
   const ret = env?.ret === DsnRet.DSN_RET_FULL ? 'FULL' : env?.ret === DsnRet.DSN_RET_HDRS ? 'HDRS' : '';
   const bodyType = env?.bodyType === BodyType.BODY_TYPE_8BITMIME ? '8BITMIME' : env?.bodyType === BodyType.BODY_TYPE_BINARYMIME ? 'BINARYMIME' : '7BIT';
   let lastFailure: SessionError | undefined;
+  let tlsFailures = 0;
+  let failures = 0;
 
-  for (const hop of hops) {
-    for (const address of hop.addresses) {
-      const opts: ConnectOptions = {
-        address,
-        port: hop.port,
-        hostName: hop.name,
-        heloName: deps.heloName,
-        localAddress: deps.localAddress,
-        connectTimeoutMs: deps.connectTimeoutMs,
-        commandTimeoutMs: deps.commandTimeoutMs,
-        dataEndTimeoutMs: deps.dataEndTimeoutMs,
-        starttls: true,
-      };
-      let client;
-      try {
-        client = await deps.pool.acquire(opts);
-      } catch (err) {
-        if (!(err instanceof SessionError)) throw err;
-        // A 5xx greeting is final for the message; anything else: next host.
-        if (err.stage === 'greeting' && err.reply.code >= 500) return { ...all(err.reply), remoteHost: hop.name, remoteIp: address };
-        lastFailure = err;
-        deps.logger.info({ queue_id: job.queueId, host: hop.name, ip: address, err: err.message }, 'next hop unusable; trying the next one');
-        continue;
-      }
-      const remote = { remoteHost: hop.name, remoteIp: address, tls: client.tls as TlsInfo };
-      // Checks that fail before anything is sent.
-      const sizeLimit = Number(client.extensions.get('SIZE') || 0);
-      if (sizeLimit > 0 && job.size > sizeLimit) {
+  // Under "may", a next hop whose TLS handshake fails is first passed over
+  // for the next one (which may do TLS); if every one failed only at TLS, a
+  // second pass goes in clear text (what Postfix does for opportunistic TLS).
+  const passes: TlsMode[] = p.tls === 'may' ? ['may', 'none'] : [p.tls];
+  for (const mode of passes) {
+    if (mode === 'none' && p.tls === 'may' && !(failures > 0 && tlsFailures === failures)) break;
+    for (const hop of p.hops) {
+      const endpoints = p.socketPath ? [p.socketPath] : hop.addresses;
+      for (const address of endpoints) {
+        const opts: ConnectOptions = {
+          address: p.socketPath ? '' : address,
+          port: hop.port,
+          socketPath: p.socketPath,
+          hostName: hop.name,
+          heloName: deps.heloName,
+          localAddress: p.socketPath ? undefined : deps.localAddress,
+          connectTimeoutMs: deps.connectTimeoutMs,
+          commandTimeoutMs: deps.commandTimeoutMs,
+          dataEndTimeoutMs: deps.dataEndTimeoutMs,
+          tls: mode,
+          ca: deps.tlsCa,
+          lmtp: p.lmtp,
+        };
+        const remoteIp = p.socketPath ? '' : address;
+        const remoteHost = p.socketPath ? `unix:${p.socketPath}` : hop.name;
+        let client: SmtpClient;
+        try {
+          client = await deps.pool.acquire(opts);
+        } catch (err) {
+          if (!(err instanceof SessionError)) throw err;
+          // A 5xx greeting, or EHLO and HELO both refused with 5xx: the host
+          // refuses to talk to us, which is final for the message (RFC 5321 3.1).
+          if ((err.stage === 'greeting' || err.stage === 'ehlo') && err.reply.code >= 500) return { ...all(err.reply), remoteHost, remoteIp };
+          // Anything else (connection, 4xx greeting, TLS): the next host.
+          lastFailure = err;
+          failures++;
+          if (err.tlsFailure) tlsFailures++;
+          deps.logger.info({ queue_id: job.queueId, host: hop.name, ip: address, err: err.message }, 'next hop unusable; trying the next one');
+          continue;
+        }
+        const remote = { remoteHost, remoteIp, tls: { ...client.tls } as TlsInfo };
+        // RFC 8689 4.2.1: a REQUIRETLS message goes only to a server that offers REQUIRETLS (under verified TLS, ensured above).
+        if (p.requiretls && !client.extensions.has('REQUIRETLS')) {
+          deps.pool.release(client, opts, true);
+          lastFailure = new SessionError('mail', syntheticReply(550, '5.7.10', `REQUIRETLS support required, but not offered by ${hop.name}`), true);
+          failures++;
+          tlsFailures++;
+          continue;
+        }
+        // Checks that fail before anything is sent.
+        const sizeLimit = Number(client.extensions.get('SIZE') || 0);
+        if (sizeLimit > 0 && job.size > sizeLimit) {
+          deps.pool.release(client, opts, true);
+          return { ...all(syntheticReply(552, '5.3.4', `message size ${job.size} exceeds the size limit of ${sizeLimit} bytes at ${hop.name}`)), ...remote };
+        }
+        if (env?.smtputf8 && !client.extensions.has('SMTPUTF8')) {
+          deps.pool.release(client, opts, true);
+          return { ...all(syntheticReply(553, '5.6.7', `${hop.name} does not support SMTPUTF8, which this message needs`)), ...remote };
+        }
+        let tx: TransactionResult;
+        try {
+          tx = await client.send({
+            sender: env?.sender ?? '',
+            recipients: job.recipients.map((r) => ({ address: r.address, orcpt: r.orcpt, notify: r.notify.map((n) => NOTIFY_WORD[n]).filter((w): w is string => !!w) })),
+            size: job.size,
+            bodyType,
+            smtputf8: !!env?.smtputf8,
+            requiretls: p.requiretls,
+            ret,
+            envid: env?.envid ?? '',
+            // A small body travels in the job (DeliveryJob.body); a big one is read from the queue.
+            body: job.body.length ? inlineBody(job.body) : readBody(deps, job.queueId),
+          });
+        } catch (err) {
+          client.destroy();
+          if (err instanceof BodyUnavailableError) throw err;
+          if (!(err instanceof SessionError)) throw err;
+          // The session broke mid-transaction (421, timeout, lost connection): defer, blame the destination.
+          return { ...all(err.reply, true), ...remote };
+        }
+        const remoteDsn = client.extensions.has('DSN');
         deps.pool.release(client, opts, true);
-        return { ...all(syntheticReply(552, '5.3.4', `message size ${job.size} exceeds the limit of ${sizeLimit} bytes at ${hop.name}`)), ...remote };
-      }
-      if (env?.smtputf8 && !client.extensions.has('SMTPUTF8')) {
-        deps.pool.release(client, opts, true);
-        return { ...all(syntheticReply(553, '5.6.7', `${hop.name} does not support SMTPUTF8, which this message needs`)), ...remote };
-      }
-      let tx: TransactionResult;
-      try {
-        tx = await client.send({
-          sender: env?.sender ?? '',
-          recipients: job.recipients.map((r) => ({ address: r.address, orcpt: r.orcpt, notify: r.notify.map((n) => NOTIFY_WORD[n]).filter((w): w is string => !!w) })),
-          size: job.size,
-          bodyType,
-          smtputf8: !!env?.smtputf8,
-          ret,
-          envid: env?.envid ?? '',
-          // A small body travels in the job (DeliveryJob.body); a big one is read from the queue.
-          body: job.body.length ? inlineBody(job.body) : readBody(deps, job.queueId),
+        const recipients: RecipientResult[] = job.recipients.map((r, i) => {
+          const rcpt = tx.rcpts[i] ?? tx.mail;
+          let reply: SmtpReply;
+          if (tx.mail.code < 200 || tx.mail.code >= 300) reply = tx.mail;
+          else if (rcpt.code < 200 || rcpt.code >= 300) reply = rcpt;
+          else reply = tx.data?.[i] ?? syntheticReply(451, '4.3.0', 'no reply at end of data');
+          return { recipientId: r.recipientId, outcome: outcomeOf(reply.code), reply, remoteDsn };
         });
-      } catch (err) {
-        client.destroy();
-        if (err instanceof BodyUnavailableError) throw err;
-        if (!(err instanceof SessionError)) throw err;
-        // The session broke mid-transaction (421, timeout, lost connection): defer, blame the destination.
-        return { ...all(err.reply, true), ...remote };
+        return { ...base, ...remote, recipients, durationMs: Date.now() - startedAt.getTime() };
       }
-      const remoteDsn = client.extensions.has('DSN');
-      deps.pool.release(client, opts, true);
-      const recipients: RecipientResult[] = job.recipients.map((r, i) => {
-        const rcpt = tx.rcpts[i] ?? tx.mail;
-        let reply: SmtpReply = rcpt;
-        if (tx.mail.code !== 250) reply = tx.mail;
-        else if (rcpt.code >= 200 && rcpt.code < 300) reply = tx.data ?? syntheticReply(451, '4.3.0', 'no reply to DATA');
-        return { recipientId: r.recipientId, outcome: outcomeOf(reply.code), reply, remoteDsn };
-      });
-      return { ...base, ...remote, recipients, durationMs: Date.now() - startedAt.getTime() };
     }
   }
+  if (p.requiretls && failures > 0 && tlsFailures === failures) {
+    // RFC 8689 5: no next hop met the requirements; the message must not go in clear, so it fails.
+    return all(syntheticReply(550, '5.7.10', `REQUIRETLS: no next hop of ${job.destination} offers verified TLS with REQUIRETLS (last: ${lastFailure?.reply.code} ${lastFailure?.reply.enhanced} ${lastFailure?.reply.text})`));
+  }
   const reply = lastFailure?.reply ?? syntheticReply(451, '4.4.1', `no next hop of ${job.destination} answered`);
-  return all(reply, true);
+  return all(reply.code >= 500 ? syntheticReply(451, '4.4.1', reply.text) : reply, true);
+}
+
+/** Next hops and TLS requirements of a job, or the reply that ends it at once. */
+async function plan(deps: WorkerDeps, job: DeliveryJob): Promise<Plan | { reply: SmtpReply; temporary: boolean }> {
+  const route: Route | undefined = job.route;
+  const requiretls = !!job.envelope?.requiretls;
+  // An unknown policy value (a newer admin API) is treated as the default, opportunistic TLS.
+  let tls: TlsMode = (route && TLS_MODE[route.tls]) || 'may';
+  // REQUIRETLS: verified TLS whatever the route says (RFC 8689 4.2.1).
+  if (requiretls) tls = 'verify';
+  const fromResolution = (r: Resolution, lmtp: boolean): Plan | { reply: SmtpReply; temporary: boolean } =>
+    r.ok ? { hops: r.hops, lmtp, tls, requiretls } : { reply: r.reply, temporary: r.temporary };
+
+  if (route && (route.kind === RouteKind.ROUTE_KIND_SMARTHOST || route.kind === RouteKind.ROUTE_KIND_LMTP) && route.target) {
+    const lmtp = route.kind === RouteKind.ROUTE_KIND_LMTP;
+    const t = parseTarget(route.target, lmtp ? 24 : 25);
+    if (!t) return { reply: syntheticReply(451, '4.3.5', `route for ${job.destination} has an unusable target "${route.target}"`), temporary: true };
+    if ('socketPath' in t) {
+      if (!lmtp) return { reply: syntheticReply(451, '4.3.5', `route for ${job.destination}: a unix socket target needs an LMTP route`), temporary: true };
+      // A local socket: TLS has nothing to protect (unless the operator insists).
+      return { hops: [{ name: route.target, addresses: [], port: 0 }], socketPath: t.socketPath, lmtp, tls: route.tls === TlsPolicy.TLS_POLICY_UNSPECIFIED && !requiretls ? 'none' : tls, requiretls };
+    }
+    return fromResolution(await deps.resolver.resolveHost(t.host, t.port), lmtp);
+  }
+  if (route && route.kind !== RouteKind.ROUTE_KIND_MX && route.kind !== RouteKind.ROUTE_KIND_UNSPECIFIED) {
+    return { reply: syntheticReply(451, '4.3.5', `route for ${job.destination} is of an unknown kind (${route.kind})`), temporary: true };
+  }
+  return fromResolution(await deps.resolver.resolve(job.destination), false);
 }
