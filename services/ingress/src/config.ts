@@ -48,6 +48,28 @@ const schema = z.object({
   TERN_QUEUE_STATUS_CACHE_MS: positiveInt(1_000),
   /** Deadline of a Status call. */
   TERN_QUEUE_STATUS_DEADLINE_MS: positiveInt(2_000),
+  /**
+   * Listeners whose messages go through policy's end-of-data checks
+   * (CheckMessage: DKIM, SPF, DMARC, ARC, size per domain): "on" (= mx, the
+   * default), "off", or a list of mx, submission, submissions.
+   */
+  TERN_MESSAGE_CHECKS: z
+    .string()
+    .default('on')
+    .transform((value, ctx) => {
+      const v = value.trim().toLowerCase();
+      if (v === 'on') return new Set(['mx']);
+      if (v === 'off' || v === '') return new Set<string>();
+      const list = v.split(',').map((x) => x.trim()).filter(Boolean);
+      const bad = list.find((x) => !['mx', 'submission', 'submissions'].includes(x));
+      if (bad !== undefined) {
+        ctx.addIssue({ code: 'custom', message: `expected on, off or a list of mx, submission, submissions; got "${bad}"` });
+        return z.NEVER;
+      }
+      return new Set(list);
+    }),
+  /** After the end of data, how long to wait for the CheckMessage verdict (then 451 4.3.0). */
+  TERN_MESSAGE_CHECK_TIMEOUT_MS: positiveInt(30_000),
   /** After the end of data, how long to wait for the queue's commit. */
   TERN_ENQUEUE_COMMIT_TIMEOUT_MS: positiveInt(60_000),
   /** Largest message (octets), advertised with SIZE. */

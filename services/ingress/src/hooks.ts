@@ -29,6 +29,7 @@ import { context, trace, SpanStatusCode, type Context, type Logger, type Span, t
 import { SpanKind, type Counter, type Histogram } from '@opentelemetry/api';
 import { call, type PolicyClient, type QueueClient } from './clients';
 import { HeaderScanner, messageId, protocolName, receivedHeader, rfc5322Date } from './headers';
+import { headerLines, MessageCheck, type MessageCheckSettings } from './messagecheck';
 
 /** Body chunk size in Enqueue requests. */
 const CHUNK = 64 * 1024;
@@ -140,6 +141,8 @@ export interface HooksDeps {
   reverseDns: { timeoutMs: number } | undefined;
   /** Reusable policy accepts; none when absent. */
   decisions?: DecisionCache;
+  /** End-of-data checks (policy CheckMessage); none when absent. */
+  messageChecks?: MessageCheckSettings;
 }
 
 const LISTENERS: Record<string, Listener> = {
@@ -172,7 +175,7 @@ function toReply(r: SmtpReply | undefined): Reply | undefined {
 }
 
 /** A policy decision as the reply to give (undefined = standard accept). */
-export function decisionReply(res: CheckResponse): { reply: Reply | undefined; hold: boolean } {
+export function decisionReply(res: Pick<CheckResponse, 'action' | 'reply'>): { reply: Reply | undefined; hold: boolean } {
   const given = toReply(res.reply);
   switch (res.action) {
     case PolicyAction.POLICY_ACTION_ACCEPT:
@@ -403,7 +406,11 @@ export function createHooks(deps: HooksDeps, submission: boolean): SmtpHooks {
   async function enqueue(s: SmtpSession, envelope: Envelope, stream: Readable): Promise<Reply> {
     const started = performance.now();
     const arrival = new Date();
-    const hold = Boolean(st(s).hold || envelope.state.hold);
+    let hold = Boolean(st(s).hold || envelope.state.hold);
+    // The body as the client sent it also goes to policy's end-of-data checks.
+    const check = deps.messageChecks?.listeners.has(s.listener)
+      ? new MessageCheck(policy, { session: sessionInfo(s, hostname), sender: envelope.mailFrom.address, recipients: envelope.rcptTo.map((r) => r.address) })
+      : undefined;
     let settled = false;
     let failure: Error | undefined;
     let writer!: grpc.ClientWritableStream<EnqueueRequest>;
@@ -458,8 +465,12 @@ export function createHooks(deps: HooksDeps, submission: boolean): SmtpHooks {
       for await (const piece of stream) {
         let chunk = piece as Buffer;
         size += chunk.length;
+        const teed = check?.write(chunk);
         if (scanner && !scanner.done) {
-          if (!scanner.push(chunk)) continue;
+          if (!scanner.push(chunk)) {
+            if (teed) await teed;
+            continue;
+          }
           chunk = Buffer.concat([submissionHeaders(), scanner.take()]);
         }
         if (prefix) {
@@ -467,6 +478,7 @@ export function createHooks(deps: HooksDeps, submission: boolean): SmtpHooks {
           prefix = undefined;
         }
         await writeBody(chunk);
+        if (teed) await teed;
       }
       if (scanner && !scanner.done) {
         scanner.finish();
@@ -475,8 +487,20 @@ export function createHooks(deps: HooksDeps, submission: boolean): SmtpHooks {
       }
       if (prefix) await writeBody(prefix);
       if (failure) throw failure;
+      let prepend: Buffer | undefined;
+      if (check) {
+        const verdict = await endOfDataCheck(s, check);
+        if (verdict.refusal) {
+          abortEnqueue(writer);
+          endTx(s, `end of data refused: ${verdict.refusal.code}`);
+          return verdict.refusal;
+        }
+        prepend = verdict.prepend;
+        hold = hold || verdict.hold;
+      }
+      if (failure) throw failure;
       // The commit marker: only now may the queue store the message.
-      await write(EnqueueRequest.fromPartial({ commit: { size: sent } }));
+      await write(EnqueueRequest.fromPartial({ commit: { size: sent, prepend, hold } }));
       writer.end();
       let timer: NodeJS.Timeout | undefined;
       const res = await Promise.race([
@@ -512,6 +536,7 @@ export function createHooks(deps: HooksDeps, submission: boolean): SmtpHooks {
       return { code: 250, enhanced: '2.0.0', text: `Ok: queued as ${res.queueId}` };
     } catch (err) {
       if (!settled) abortEnqueue(writer);
+      check?.cancel();
       if (err instanceof SmtpDataError) {
         metrics.messages.add(1, { listener: s.listener, result: err.violation });
         endTx(s, `data refused: ${err.violation}`);
@@ -526,6 +551,38 @@ export function createHooks(deps: HooksDeps, submission: boolean): SmtpHooks {
       void deps.queueStatus.refresh();
       return IngressReplies.enqueueFailed;
     }
+  }
+
+  /**
+   * The CheckMessage verdict: a refusal to give (REJECT 5xx, DEFER 4xx, no
+   * verdict 451 4.3.0: never an accept), or the header lines to store on top
+   * and whether to hold.
+   */
+  async function endOfDataCheck(s: SmtpSession, check: MessageCheck): Promise<{ refusal?: Reply; prepend?: Buffer; hold: boolean }> {
+    let res;
+    try {
+      res = await check.result(deps.messageChecks!.timeoutMs);
+    } catch (err) {
+      check.cancel();
+      metrics.decisions.add(1, { stage: 'data', result: 'policy_error' });
+      metrics.messages.add(1, { listener: s.listener, result: 'policy_error' });
+      const detail = isGrpcError(err) ? `${grpc.status[err.code]}: ${err.details}` : (err as Error).message;
+      logger.warn({ stage: 'data', session_id: s.id, err: detail }, 'CheckMessage failed; answering 451 4.3.0, nothing stored');
+      return { refusal: IngressReplies.policyUnavailable, hold: false };
+    }
+    const d = decisionReply(res);
+    const refused = d.reply && !isPositive(d.reply);
+    metrics.decisions.add(1, { stage: 'data', result: refused ? String(d.reply!.code)[0] + 'xx' : 'accept' });
+    if (refused) {
+      metrics.messages.add(1, { listener: s.listener, result: `policy_${String(d.reply!.code)[0]}xx` });
+      logger.info(
+        { event: 'smtp_reject', stage: 'data', session_id: s.id, client: s.clientAddress, reason: res.reason, reply: `${d.reply!.code} ${d.reply!.enhanced ?? ''}` },
+        'message refused by policy at end of data; nothing stored',
+      );
+      return { refusal: d.reply, hold: false };
+    }
+    const lines = res.addHeaders.length ? headerLines(res.addHeaders) : undefined;
+    return { prepend: lines?.length ? lines : undefined, hold: d.hold };
   }
 
   // The engine offers AUTH only when onAuth exists: submission listeners only.

@@ -4,6 +4,7 @@
 import { grpc } from '@tern/grpc';
 import {
   AuthenticateResponse,
+  CheckMessageResponse,
   CheckResponse,
   EnqueueResponse,
   PolicyAction,
@@ -11,6 +12,8 @@ import {
   QueueServiceService,
   StatusResponse,
   type AuthenticateRequest,
+  type CheckMessageHeader,
+  type CheckMessageRequest,
   type CheckRequest,
   type EnqueueHeader,
   type EnqueueRequest,
@@ -48,6 +51,12 @@ export class FakePolicy {
   decide: (req: CheckRequest) => Partial<CheckResponse> | Promise<Partial<CheckResponse>> = () => ({ action: PolicyAction.POLICY_ACTION_ACCEPT });
   delayMs = 0;
   users: Record<string, string> = { alice: 'secret' };
+  /** CheckMessage calls: header and the body received (complete when `ended`). */
+  readonly messages: { header: CheckMessageHeader | undefined; body: Buffer; ended: boolean }[] = [];
+  /** Decides a CheckMessage from the header and body; default ACCEPT. Throw a grpc-style error to fail it. */
+  decideMessage: (header: CheckMessageHeader | undefined, body: Buffer) => Partial<CheckMessageResponse> | Promise<Partial<CheckMessageResponse>> = () => ({
+    action: PolicyAction.POLICY_ACTION_ACCEPT,
+  });
   private server = new grpc.Server();
   port = 0;
 
@@ -65,6 +74,28 @@ export class FakePolicy {
               cb(err as grpc.ServiceError, null);
             }
           })();
+        },
+        checkMessage: (call: grpc.ServerReadableStream<CheckMessageRequest, CheckMessageResponse>, cb: grpc.sendUnaryData<CheckMessageResponse>) => {
+          const m = { header: undefined as CheckMessageHeader | undefined, body: Buffer.alloc(0), ended: false };
+          const parts: Buffer[] = [];
+          this.messages.push(m);
+          call.on('data', (req: CheckMessageRequest) => {
+            if (req.header) m.header = req.header;
+            if (req.chunk.length) parts.push(Buffer.from(req.chunk));
+          });
+          call.on('error', () => undefined);
+          call.on('end', () => {
+            m.body = Buffer.concat(parts);
+            m.ended = true;
+            void (async () => {
+              if (this.delayMs) await sleep(this.delayMs);
+              try {
+                cb(null, CheckMessageResponse.fromPartial(await this.decideMessage(m.header, m.body)));
+              } catch (err) {
+                cb(err as grpc.ServiceError, null);
+              }
+            })();
+          });
         },
         authenticate: (call: grpc.ServerUnaryCall<AuthenticateRequest, AuthenticateResponse>, cb: grpc.sendUnaryData<AuthenticateResponse>) => {
           this.auths.push(call.request);
@@ -130,6 +161,8 @@ export class FakeQueue {
           let done = false;
           let invalid = false;
           let committed: number | undefined;
+          let prepend = Buffer.alloc(0);
+          let hold = false;
           let received = 0;
           call.on('data', (req: EnqueueRequest) => {
             if (!header) {
@@ -140,6 +173,8 @@ export class FakeQueue {
             if (req.header || committed !== undefined) invalid = true;
             if (req.commit) {
               committed = req.commit.size;
+              prepend = Buffer.from(req.commit.prepend);
+              hold = req.commit.hold;
               return;
             }
             chunks++;
@@ -175,7 +210,8 @@ export class FakeQueue {
                 cb({ code: grpc.status.UNAVAILABLE, details: 'database down', metadata: new grpc.Metadata() } as grpc.ServiceError, null);
                 return;
               }
-              const body = Buffer.concat(parts);
+              const body = Buffer.concat([prepend, ...parts]);
+              if (hold) header = { ...header, hold: true };
               const queueId = `Q${(this.stored.length + 1).toString(16).toUpperCase().padStart(6, '0')}`;
               this.stored.push({ queueId, header, body, chunks, traceparent: call.metadata.get('traceparent')[0]?.toString() });
               cb(null, EnqueueResponse.fromPartial({ queueId, size: body.length }));
