@@ -134,7 +134,8 @@ export class MessageAuth {
       return ok('auth_error', [{ name: 'Authentication-Results', value: `${this.opts.hostname}; none (temporary error)` }]);
     }
     if (tooLarge) return this.tooLarge();
-    const addHeaders = splitHeaders(result.headers);
+    // Authentication-Results first: it is what ends up at the very top.
+    const addHeaders = splitHeaders(result.headers).sort((a, b) => Number(b.name === 'Authentication-Results') - Number(a.name === 'Authentication-Results'));
     const dmarc = result.dmarc;
     const arcPass = result.arc && result.arc.status?.result === 'pass';
     const sealer = arcPass ? String((result.arc as { signature?: { signingDomain?: string } }).signature?.signingDomain ?? '') : '';
