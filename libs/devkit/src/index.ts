@@ -8,3 +8,4 @@ export * from './otlp';
 export * from './tls';
 export * from './harness';
 export * from './platform';
+export * from './postfix';
