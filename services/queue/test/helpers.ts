@@ -42,16 +42,9 @@ export async function createDatabase(): Promise<{ url: string; query: pg.Pool['q
   };
 }
 
-export async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.listen(0, '127.0.0.1', () => {
-      const port = (s.address() as net.AddressInfo).port;
-      s.close(() => resolve(port));
-    });
-    s.on('error', reject);
-  });
-}
+// Ports claimed across test processes, below the ephemeral range (see devkit).
+import { freePort } from '@tern/devkit';
+export { freePort };
 
 export async function startNats(): Promise<{ url: string; stop(): Promise<void> }> {
   const port = await freePort();
