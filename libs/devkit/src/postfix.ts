@@ -210,7 +210,7 @@ export async function startPostfix(o: PostfixOptions): Promise<PostfixHandle> {
   } catch (err) {
     const tail = logTail();
     await stop();
-    throw new Error(`${(err as Error).message}\n${tail}`);
+    throw new Error(`${(err as Error).message}\n${tail}`, { cause: err });
   }
 
   const mail = (address: string): Buffer[] => {
