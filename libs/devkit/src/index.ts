@@ -9,3 +9,4 @@ export * from './tls';
 export * from './harness';
 export * from './platform';
 export * from './postfix';
+export * from './unix-forward';

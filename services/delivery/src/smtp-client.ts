@@ -72,6 +72,12 @@ export interface TransactionResult {
    * RCPT was refused. Absent when MAIL failed or no recipient was accepted.
    */
   data?: (SmtpReply | undefined)[];
+  /**
+   * LMTP only: the session broke after some recipients had their reply at
+   * end of data (those keep it, they are delivered or refused); the others
+   * (data[i] undefined though their RCPT was accepted) get this error's reply.
+   */
+  broken?: SessionError;
 }
 
 const ENHANCED = /^([245]\.\d{1,3}\.\d{1,3})\s+/;
@@ -385,7 +391,21 @@ export class SmtpClient {
     if (this.opts.lmtp) {
       // RFC 2033 4.2: one reply per accepted recipient, in RCPT order. A 421
       // among them ends the session; the recipients answered before it keep theirs.
-      for (const r of rcpts) data.push(isOk(r) ? await this.expect('data-end', this.opts.dataEndTimeoutMs) : undefined);
+      for (const r of rcpts) {
+        if (!isOk(r)) {
+          data.push(undefined);
+          continue;
+        }
+        try {
+          data.push(await this.expect('data-end', this.opts.dataEndTimeoutMs));
+        } catch (err) {
+          // Replies already given stand: a mailbox that took the message must not get it twice.
+          if (!(err instanceof SessionError) || !data.some((d) => d)) throw err;
+          this.destroy();
+          while (data.length < rcpts.length) data.push(undefined);
+          return { mail, rcpts, data, broken: err };
+        }
+      }
     } else {
       const end = await this.expect('data-end', this.opts.dataEndTimeoutMs);
       for (const r of rcpts) data.push(isOk(r) ? end : undefined);

@@ -226,16 +226,16 @@ export async function deliver(deps: WorkerDeps, job: DeliveryJob): Promise<Deliv
           return { ...all(err.reply, true), ...remote };
         }
         const remoteDsn = client.extensions.has('DSN');
-        deps.pool.release(client, opts, true);
+        deps.pool.release(client, opts, !tx.broken);
         const recipients: RecipientResult[] = job.recipients.map((r, i) => {
           const rcpt = tx.rcpts[i] ?? tx.mail;
           let reply: SmtpReply;
           if (tx.mail.code < 200 || tx.mail.code >= 300) reply = tx.mail;
           else if (rcpt.code < 200 || rcpt.code >= 300) reply = rcpt;
-          else reply = tx.data?.[i] ?? syntheticReply(451, '4.3.0', 'no reply at end of data');
+          else reply = tx.data?.[i] ?? tx.broken?.reply ?? syntheticReply(451, '4.3.0', 'no reply at end of data');
           return { recipientId: r.recipientId, outcome: outcomeOf(reply.code), reply, remoteDsn };
         });
-        return { ...base, ...remote, recipients, durationMs: Date.now() - startedAt.getTime() };
+        return { ...base, ...remote, recipients, destinationFailure: !!tx.broken, durationMs: Date.now() - startedAt.getTime() };
       }
     }
   }
