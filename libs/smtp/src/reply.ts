@@ -75,7 +75,7 @@ export const Replies = {
   rcptOk: reply(250, '2.1.5', 'Ok'),
   bye: reply(221, '2.0.0', 'Bye'),
   help: reply(214, '2.0.0', 'Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP STARTTLS AUTH; see RFC 5321'),
-  vrfyCannot: reply(252, '2.0.0', 'Cannot VRFY user, but will accept message and attempt delivery'),
+  vrfyCannot: reply(252, '2.5.0', 'Cannot VRFY user, but will accept message and attempt delivery'),
   startData: reply(354, undefined, 'End data with <CR><LF>.<CR><LF>'),
   readyTls: reply(220, '2.0.0', 'Ready to start TLS'),
   authOk: reply(235, '2.7.0', 'Authentication successful'),

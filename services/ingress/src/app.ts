@@ -71,6 +71,7 @@ export function createApp(config: Config, deps: AppDeps): App {
     commitTimeoutMs: config.TERN_ENQUEUE_COMMIT_TIMEOUT_MS,
     reverseDns: config.TERN_REVERSE_DNS ? { timeoutMs: config.TERN_REVERSE_DNS_TIMEOUT_MS } : undefined,
     messageChecks: config.TERN_MESSAGE_CHECKS.size ? { listeners: config.TERN_MESSAGE_CHECKS, timeoutMs: config.TERN_MESSAGE_CHECK_TIMEOUT_MS } : undefined,
+    commands: { vrfy: config.TERN_VRFY, expn: config.TERN_EXPN, etrn: config.TERN_ETRN },
   };
   const common = {
     hostname: config.TERN_HOSTNAME,

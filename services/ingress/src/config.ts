@@ -70,6 +70,12 @@ const schema = z.object({
     }),
   /** After the end of data, how long to wait for the CheckMessage verdict (then 451 4.3.0). */
   TERN_MESSAGE_CHECK_TIMEOUT_MS: positiveInt(30_000),
+  /** VRFY answered from policy's data (250 / 550 5.1.1); off: 252 2.5.0. */
+  TERN_VRFY: bool(false),
+  /** EXPN for authenticated users on the submission listeners; off: 502 5.5.1. */
+  TERN_EXPN: bool(false),
+  /** ETRN (RFC 1985) for relay domains: retry their deferred mail now; off: 502 5.5.1. */
+  TERN_ETRN: bool(false),
   /** After the end of data, how long to wait for the queue's commit. */
   TERN_ENQUEUE_COMMIT_TIMEOUT_MS: positiveInt(60_000),
   /** Largest message (octets), advertised with SIZE. */

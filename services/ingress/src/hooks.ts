@@ -30,6 +30,7 @@ import { SpanKind, type Counter, type Histogram } from '@opentelemetry/api';
 import { call, type PolicyClient, type QueueClient } from './clients';
 import { HeaderScanner, messageId, protocolName, receivedHeader, rfc5322Date } from './headers';
 import { headerLines, MessageCheck, type MessageCheckSettings } from './messagecheck';
+import { commandHooks, type CommandSettings } from './commands';
 
 /** Body chunk size in Enqueue requests. */
 const CHUNK = 64 * 1024;
@@ -143,6 +144,8 @@ export interface HooksDeps {
   decisions?: DecisionCache;
   /** End-of-data checks (policy CheckMessage); none when absent. */
   messageChecks?: MessageCheckSettings;
+  /** VRFY, EXPN, ETRN; all answered by the engine's defaults when absent. */
+  commands?: CommandSettings;
 }
 
 const LISTENERS: Record<string, Listener> = {
@@ -585,6 +588,9 @@ export function createHooks(deps: HooksDeps, submission: boolean): SmtpHooks {
     return { prepend: lines?.length ? lines : undefined, hold: d.hold };
   }
 
+  if (deps.commands) {
+    Object.assign(hooks, commandHooks({ logger, policy, queue, deadlineMs: deps.policyDeadlineMs, sessionInfo: (s) => sessionInfo(s, hostname) }, deps.commands, submission));
+  }
   // The engine offers AUTH only when onAuth exists: submission listeners only.
   if (!submission) delete hooks.onAuth;
   return hooks;
