@@ -3,6 +3,7 @@
 // the queue client (ReadBody), gRPC health and /metrics. Delivery owns
 // nothing durable: a job is acked only after its result is published, so a
 // crash means the job is redelivered (or its lease brings it back).
+import fs from 'node:fs';
 import type http from 'node:http';
 import os from 'node:os';
 import { Bus, SUBJECTS, type BusMessage, type Consumption } from '@tern/bus';
@@ -42,6 +43,7 @@ export function createApp(config: Config, deps: AppDeps): App {
     commandTimeoutMs: config.TERN_SMTP_COMMAND_TIMEOUT_MS,
     dataEndTimeoutMs: config.TERN_SMTP_DATA_END_TIMEOUT_MS,
     queueDeadlineMs: config.TERN_QUEUE_DEADLINE_MS,
+    tlsCa: readCa(config.TERN_SMTP_TLS_CA_FILE),
   };
   const metrics = {
     recipients: meter.createCounter('tern_delivery_recipients_total', { description: 'Recipient results by outcome' }),
@@ -134,4 +136,14 @@ export function createApp(config: Config, deps: AppDeps): App {
       await new Promise<void>((resolve) => (metricsServer ? metricsServer.close(() => resolve()) : resolve()));
     },
   };
+}
+
+/** The CA file, read once at start; an unreadable one stops the process naming the variable. */
+function readCa(file: string | undefined): Buffer | undefined {
+  if (!file) return undefined;
+  try {
+    return fs.readFileSync(file);
+  } catch (err) {
+    throw new Error(`TERN_SMTP_TLS_CA_FILE: cannot read ${file}: ${(err as Error).message}`, { cause: err });
+  }
 }

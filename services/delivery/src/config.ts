@@ -25,6 +25,11 @@ const schema = z.object({
   /** Connection reuse: messages per connection, and how long an idle one is kept. */
   TERN_SMTP_MAX_MESSAGES_PER_CONNECTION: positiveInt(100),
   TERN_SMTP_IDLE_MS: positiveInt(5_000),
+  /**
+   * Trust anchors (PEM file) for certificate verification under the
+   * "verify" TLS policy, REQUIRETLS and MTA-STS; unset = Node's bundled CAs.
+   */
+  TERN_SMTP_TLS_CA_FILE: z.string().min(1).optional(),
   /** Deadline of a ReadBody stream from the queue. */
   TERN_QUEUE_DEADLINE_MS: positiveInt(120_000),
 });

@@ -324,7 +324,8 @@ export class SmtpClient {
         const nameOk = !!cert && Object.keys(cert).length > 0 && names.some((n) => certCovers(cert, n));
         verified = t.authorized && nameOk;
         if (verify && !verified) {
-          const why = !t.authorized ? String(t.authorizationError) : `certificate does not name ${names.join(' or ')}`;
+          const err = String(t.authorizationError ?? '');
+          const why = t.authorized || err === 'ERR_TLS_CERT_ALTNAME_INVALID' ? `certificate does not name ${names.join(' or ')}` : err;
           t.destroy();
           reject(new SessionError('starttls', syntheticReply(451, '4.7.5', `Server certificate not verified for ${this.peer}: ${why}`), true));
           return;

@@ -1,0 +1,130 @@
+// TLS policy per route (none, may, encrypt, verify) and REQUIRETLS (RFC
+// 8689), against sinks with self-signed certificates on 127.0.4.x.
+import assert from 'node:assert/strict';
+import { after, before, test } from 'node:test';
+import { Harness, selfSignedCert, type DnsServer, type SmtpSink } from '@tern/devkit';
+import { AttemptOutcome, RouteKind, TlsPolicy, type DeliveryResult, type Route } from '@tern/proto';
+import { deliver } from '../src/worker';
+import { ehloReply, makeDeps, makeJob, MiniSmtp, plainHandler, type DepsOptions } from './helpers';
+
+const harness = new Harness({ name: 'delivery-tls' });
+const bodies = new Map<string, Buffer>();
+const cert = selfSignedCert({ names: ['mx.secure.test'] });
+let dns: DnsServer;
+let port: number;
+let secure: SmtpSink; // STARTTLS, certificate for mx.secure.test
+let clear: SmtpSink; // no STARTTLS
+const minis: MiniSmtp[] = [];
+
+before(async () => {
+  dns = await harness.startDns({ host: '127.0.4.1' });
+  port = await harness.freePort('127.0.4.80');
+  secure = await harness.startSink({ host: '127.0.4.80', port, hostname: 'mx.secure.test', starttls: true, tlsCert: cert });
+  clear = await harness.startSink({ host: '127.0.4.81', port, hostname: 'mx.clear.test' });
+  dns.mx('secure.test', 'mx.secure.test').a('mx.secure.test', '127.0.4.80');
+  dns.a('alias.secure.test', '127.0.4.80'); // same server, a name its certificate does not carry
+  dns.mx('clear.test', 'mx.clear.test').a('mx.clear.test', '127.0.4.81');
+});
+after(async () => {
+  for (const m of minis) await m.close();
+  await harness.close();
+});
+
+const deps = (o: Partial<DepsOptions> = {}) => makeDeps({ dns: dns.address, port, bodies, tlsCa: cert.cert, ...o });
+const summary = (r: DeliveryResult | undefined) => r!.recipients.map((x) => `${x.reply?.code} ${x.reply?.enhanced}`);
+const route = (domain: string, kind: RouteKind, tls: TlsPolicy, target = ''): Route => ({ domain, kind, target, tls, authUser: '', authSecret: '' });
+
+test('default (may): STARTTLS when offered, the certificate recorded as verified when it is', async () => {
+  const r = await deliver(deps(), makeJob(bodies, ['u@secure.test']));
+  assert.deepEqual(summary(r), ['250 2.0.0']);
+  assert.equal(r!.tls?.used, true);
+  assert.equal(r!.tls?.verified, true, 'the chain is trusted (TERN_SMTP_TLS_CA_FILE) and names the MX');
+  assert.equal(secure.messages.at(-1)!.tls, true);
+  // Without the CA the same session is unverified but still encrypted.
+  const r2 = await deliver(deps({ tlsCa: undefined }), makeJob(bodies, ['u@secure.test']));
+  assert.equal(r2!.tls?.used, true);
+  assert.equal(r2!.tls?.verified, false);
+});
+
+test('none: no STARTTLS even when offered', async () => {
+  const n = secure.connectionCount;
+  const r = await deliver(deps(), makeJob(bodies, ['u@secure.test'], { route: route('secure.test', RouteKind.ROUTE_KIND_MX, TlsPolicy.TLS_POLICY_NONE) }));
+  assert.deepEqual(summary(r), ['250 2.0.0']);
+  assert.equal(r!.tls?.used, false);
+  assert.ok(!secure.connections[n]!.commands.includes('STARTTLS'));
+});
+
+test('encrypt to a server without STARTTLS: deferred 4.7.4, nothing sent in clear', async () => {
+  const r = await deliver(deps(), makeJob(bodies, ['u@clear.test'], { route: route('clear.test', RouteKind.ROUTE_KIND_MX, TlsPolicy.TLS_POLICY_ENCRYPT) }));
+  assert.deepEqual(summary(r), ['451 4.7.4']);
+  assert.equal(r!.recipients[0]!.outcome, AttemptOutcome.ATTEMPT_OUTCOME_DEFERRED);
+  assert.equal(r!.destinationFailure, true);
+  assert.match(r!.recipients[0]!.reply!.text, /TLS is required, but was not offered/);
+  assert.ok(!clear.connections.at(-1)!.commands.includes('MAIL'));
+});
+
+test('encrypt: an untrusted certificate is fine (encryption, no authentication)', async () => {
+  const r = await deliver(deps({ tlsCa: undefined }), makeJob(bodies, ['u@secure.test'], { route: route('secure.test', RouteKind.ROUTE_KIND_MX, TlsPolicy.TLS_POLICY_ENCRYPT) }));
+  assert.deepEqual(summary(r), ['250 2.0.0']);
+  assert.equal(r!.tls?.used, true);
+});
+
+test('verify: a trusted certificate naming the host is required', async () => {
+  const smarthost = (target: string) => route('x.test', RouteKind.ROUTE_KIND_SMARTHOST, TlsPolicy.TLS_POLICY_VERIFY, target);
+  let r = await deliver(deps(), makeJob(bodies, ['u@x.test'], { route: smarthost(`mx.secure.test:${port}`) }));
+  assert.deepEqual(summary(r), ['250 2.0.0']);
+  assert.equal(r!.tls?.verified, true);
+  // Untrusted chain.
+  r = await deliver(deps({ tlsCa: undefined }), makeJob(bodies, ['u@x.test'], { route: smarthost(`mx.secure.test:${port}`) }));
+  assert.deepEqual(summary(r), ['451 4.7.5']);
+  assert.match(r!.recipients[0]!.reply!.text, /certificate not verified/i);
+  // Trusted chain, wrong name.
+  r = await deliver(deps(), makeJob(bodies, ['u@x.test'], { route: smarthost(`alias.secure.test:${port}`) }));
+  assert.deepEqual(summary(r), ['451 4.7.5']);
+  assert.match(r!.recipients[0]!.reply!.text, /does not name alias\.secure\.test/);
+  // No STARTTLS at all.
+  r = await deliver(deps(), makeJob(bodies, ['u@x.test'], { route: smarthost(`mx.clear.test:${port}`) }));
+  assert.deepEqual(summary(r), ['451 4.7.4']);
+});
+
+/** A server offering STARTTLS, and REQUIRETLS once under TLS (RFC 8689 2). */
+async function requireTlsServer(host: string, serverCert: { key: string; cert: string }): Promise<MiniSmtp> {
+  const m = await new MiniSmtp(host, plainHandler([], (line, s) => {
+    if (line.startsWith('EHLO')) return s.tls ? ehloReply('PIPELINING', 'REQUIRETLS') : ehloReply('PIPELINING', 'STARTTLS');
+    if (line === 'STARTTLS') {
+      s.startTls();
+      return undefined;
+    }
+    return null;
+  }), { cert: serverCert }).start(port);
+  minis.push(m);
+  return m;
+}
+
+test('REQUIRETLS: never in clear and never to a server without REQUIRETLS; fails 5.7.10 when no MX qualifies', async () => {
+  // secure.test's MX does TLS (verified) but does not offer REQUIRETLS; clear.test's does no TLS.
+  for (const rcpt of ['u@secure.test', 'u@clear.test']) {
+    const before = [secure, clear].map((s) => s.messages.length);
+    const r = await deliver(deps(), makeJob(bodies, [rcpt], { envelope: { requiretls: true } as never }));
+    assert.deepEqual(summary(r), ['550 5.7.10'], rcpt);
+    assert.equal(r!.recipients[0]!.outcome, AttemptOutcome.ATTEMPT_OUTCOME_FAILED);
+    assert.deepEqual([secure, clear].map((s) => s.messages.length), before, 'nothing delivered');
+  }
+  // Even a route that says "none" cannot send a REQUIRETLS message in clear.
+  const r = await deliver(deps(), makeJob(bodies, ['u@clear.test'], { envelope: { requiretls: true } as never, route: route('clear.test', RouteKind.ROUTE_KIND_MX, TlsPolicy.TLS_POLICY_NONE) }));
+  assert.deepEqual(summary(r), ['550 5.7.10']);
+});
+
+test('REQUIRETLS: the MX that offers verified TLS and REQUIRETLS gets it, with REQUIRETLS on MAIL', async () => {
+  const rtlsCert = selfSignedCert({ names: ['mx2.rtls.test'] });
+  const good = await requireTlsServer('127.0.4.83', rtlsCert);
+  // mx1 (preferred) does no TLS; mx2 qualifies.
+  dns.mx('rtls.test', 'mx1.rtls.test', 10).mx('rtls.test', 'mx2.rtls.test', 20).a('mx1.rtls.test', '127.0.4.81').a('mx2.rtls.test', '127.0.4.83');
+  const r = await deliver(deps({ tlsCa: rtlsCert.cert }), makeJob(bodies, ['u@rtls.test'], { envelope: { requiretls: true } as never }));
+  assert.deepEqual(summary(r), ['250 2.0.0']);
+  assert.equal(r!.remoteHost, 'mx2.rtls.test');
+  assert.equal(r!.tls?.verified, true);
+  const s = good.sessions.at(-1)!;
+  assert.equal(s.tls, true);
+  assert.ok(s.lines.some((l) => /^MAIL FROM:<a@sender\.test> .*REQUIRETLS/.test(l)), s.lines.join(' | '));
+});
