@@ -427,39 +427,33 @@ export async function dispatchDue(c: PoolClient, o: DispatchSettings, leaseExpir
   const caps = new Map<string, number>();
   const names: string[] = [];
   const limits: number[] = [];
-  const messages: number[] = [];
   for (const d of dests) {
     if (budget <= 0) break;
     let cap = d.dead ? 1 : d.concurrency_limit - d.inflight;
     if (l.ratePerMin > 0) cap = Math.min(cap, Math.floor(d.tokens));
     if (cap <= 0) continue;
-    const rows = Math.min(budget, cap * o.jobMaxRecipients);
+    const rows = Math.min(budget, cap * Math.min(o.jobMaxRecipients, 4));
     budget -= rows;
     caps.set(d.name, cap);
     names.push(d.name);
     limits.push(rows);
-    messages.push(cap);
   }
   if (!names.length) return [];
   // At most `cap` jobs leave per destination, and a job carries one
-  // message: claim only the recipients of the first `cap` due messages
-  // (not cap x job size rows, most of which would be read for nothing).
+  // message: claim a few rows per job (recipients of one message are due
+  // together and sit together in the index), not cap x job size rows, most
+  // of which would be read and locked for nothing.
   const { rows: claimed } = await q<ClaimRow>(
     c,
     'tern_claim_due',
     `SELECT r.message_id, r.idx, r.address, r.domain, r.orcpt, r.notify, r.attempt_count
-     FROM unnest($1::text[], $2::int[], $3::int[]) AS d(name, lim, msgs)
+     FROM unnest($1::text[], $2::int[]) AS d(name, lim)
      CROSS JOIN LATERAL (
        SELECT message_id, idx, address, domain, orcpt, notify, attempt_count FROM recipients
        WHERE domain = d.name AND state IN (${S.queued}, ${S.deferred}) AND next_attempt_at <= now() AND expires_at > now()
-         AND message_id IN (
-           SELECT message_id FROM recipients
-           WHERE domain = d.name AND state IN (${S.queued}, ${S.deferred}) AND next_attempt_at <= now() AND expires_at > now()
-           ORDER BY next_attempt_at LIMIT d.msgs
-           FOR UPDATE SKIP LOCKED)
        ORDER BY next_attempt_at LIMIT d.lim
        FOR UPDATE SKIP LOCKED) r`,
-    [names, limits, messages],
+    [names, limits],
   );
   if (!claimed.length) return [];
   // Group by destination then message, keeping the due order.

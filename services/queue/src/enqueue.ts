@@ -11,10 +11,10 @@ import { injectContext, type Logger } from '@tern/telemetry';
 import type { Counter, Histogram } from './metrics';
 import { Batcher } from './batcher';
 import { intArrayLiteral, q, tx } from './db';
-import { buildJobs, ensureDestinations, reserveSlots, type BuiltJob, type DestinationLimits } from './dispatch';
+import { buildJobs, ensureDestinations, reserveSlots, tokensNowSql, type BuiltJob, type DestinationLimits } from './dispatch';
 import { newId } from './ids';
 import { destinationOf, S } from './model';
-import { insertOutbox } from './outbox';
+import { insertOutbox, outboxColumns } from './outbox';
 import type { RouteTable } from './routes';
 
 /** Size of a spilled body row. */
@@ -207,6 +207,9 @@ export class Enqueuer {
   /** One group commit. */
   async flush(items: EnqueueItem[]): Promise<EnqueueResult[]> {
     this.o.metrics.batch.record(items.length);
+    if (items.every((i) => i.body !== null && !i.header.idempotencyKey && i.header.recipients.every((r) => this.knownDestinations.has(destinationOf(r.address))))) {
+      return this.flushOne(items);
+    }
     const now = new Date();
     const expires = new Date(now.getTime() + this.o.lifetimeS * 1000);
     const leaseExpiresAt = new Date(now.getTime() + this.o.leaseS * 1000);
@@ -355,10 +358,136 @@ export class Enqueuer {
         return { queueId: first, duplicate: true };
       });
     });
-    if (this.knownDestinations.size + ensured.length > 100_000) this.knownDestinations.clear();
-    for (const d of ensured) this.knownDestinations.add(d);
+    this.remember(ensured);
     if (outboxRows) this.o.onOutbox();
     if (queued) this.o.onQueued();
     return results;
+  }
+
+  private remember(ensured: string[]): void {
+    if (this.knownDestinations.size + ensured.length > 100_000) this.knownDestinations.clear();
+    for (const d of ensured) this.knownDestinations.add(d);
+  }
+
+  /**
+   * The common case as ONE statement (atomic on its own: no BEGIN/COMMIT
+   * round trips): bodies in memory, no idempotency keys (so no duplicates to
+   * resolve), destination rows known to exist. Data-modifying CTEs take the
+   * slots (skipping rows locked by others, like reserveSlots), then insert
+   * message, body, recipients (inflight under their job where the slot was
+   * granted, queued otherwise) and the outbox rows of the granted jobs.
+   */
+  private async flushOne(items: EnqueueItem[]): Promise<EnqueueResult[]> {
+    const now = new Date();
+    const expires = new Date(now.getTime() + this.o.lifetimeS * 1000);
+    const leaseExpiresAt = new Date(now.getTime() + this.o.leaseS * 1000);
+    const l = this.o.limits;
+    const wanted = new Map<string, number>();
+    const jobs: BuiltJob[] = [];
+    const jobOf = new Map<string, string>();
+    const rc = { m: [] as string[], i: [] as number[], a: [] as string[], d: [] as string[], o: [] as string[], n: [] as string[], held: [] as boolean[], j: [] as (string | null)[] };
+    for (const item of items) {
+      const byDest = new Map<string, number[]>();
+      item.header.recipients.forEach((r, idx) => {
+        const d = destinationOf(r.address);
+        const list = byDest.get(d);
+        if (list) list.push(idx);
+        else byDest.set(d, [idx]);
+      });
+      if (!item.header.hold) {
+        for (const [d, idxs] of byDest) {
+          const rcpts = idxs.map((idx) => {
+            const r = item.header.recipients[idx]!;
+            return { idx, address: r.address, orcpt: r.orcpt, notify: r.notify, attemptCount: 0 };
+          });
+          const body = item.size <= this.o.inlineBodyMax ? item.body! : undefined;
+          const built = buildJobs({ id: item.queueId, envelope: item.header.envelope!, size: item.size, trace: item.trace, body }, d, rcpts, this.o.jobMaxRecipients, leaseExpiresAt, this.o.routes);
+          wanted.set(d, (wanted.get(d) ?? 0) + built.length);
+          for (const b of built) {
+            jobs.push(b);
+            for (const idx of b.idxs) jobOf.set(`${item.queueId}.${idx}`, b.jobId);
+          }
+        }
+      }
+      item.header.recipients.forEach((r, idx) => {
+        rc.m.push(item.queueId);
+        rc.i.push(idx);
+        rc.a.push(r.address);
+        rc.d.push(destinationOf(r.address));
+        rc.o.push(r.orcpt);
+        rc.n.push(intArrayLiteral(r.notify));
+        rc.held.push(item.header.hold);
+        rc.j.push(jobOf.get(`${item.queueId}.${idx}`) ?? null);
+      });
+    }
+    const names = [...wanted.keys()].sort();
+    const tokens = tokensNowSql(l);
+    const ob = outboxColumns(jobs.map((b) => b.outbox));
+    const { rows } = await q<{ granted: string[] | null; queued: number }>(
+      this.o.pool,
+      'tern_enq_one',
+      `WITH g AS (
+         UPDATE destinations d SET inflight = d.inflight + t.n,
+             tokens = CASE WHEN ${l.ratePerMin} = 0 THEN d.tokens ELSE ${tokens} - t.n END,
+             tokens_at = now(), updated_at = now()
+         FROM unnest($1::text[], $2::int[]) AS t(name, n)
+         WHERE d.name = t.name AND NOT d.suspended AND d.dead_until IS NULL
+           AND d.name IN (SELECT name FROM destinations WHERE name = ANY($1::text[]) FOR UPDATE SKIP LOCKED)
+           AND d.inflight + t.n <= d.concurrency_limit
+           AND (${l.ratePerMin} = 0 OR ${tokens} >= t.n)
+         RETURNING d.name),
+       m AS (
+         INSERT INTO messages (id, sender, envelope, origin, size, trace, rcpt_count, created_at)
+         SELECT i, s, e, o, z, t::jsonb, n, $9 FROM unnest($3::text[], $4::text[], $5::bytea[], $6::smallint[], $7::bigint[], $8::text[], $10::int[])
+           AS x(i, s, e, o, z, t, n)),
+       b AS (
+         INSERT INTO body_chunks (message_id, seq, data) SELECT i, 0, d FROM unnest($3::text[], $11::bytea[]) AS x(i, d)),
+       r AS (
+         INSERT INTO recipients (message_id, idx, address, domain, orcpt, notify, state, created_at, expires_at, next_attempt_at, job_id, lease_expires_at)
+         SELECT x.m, x.i, x.a, x.d, x.o, x.n::smallint[],
+                CASE WHEN x.h THEN ${S.held} WHEN x.j IS NOT NULL AND x.d IN (SELECT name FROM g) THEN ${S.inflight} ELSE ${S.queued} END,
+                $9, $19, CASE WHEN x.h THEN NULL ELSE $9 END,
+                CASE WHEN x.d IN (SELECT name FROM g) THEN x.j END,
+                CASE WHEN x.j IS NOT NULL AND x.d IN (SELECT name FROM g) THEN $20::timestamptz END
+         FROM unnest($12::text[], $13::int[], $14::text[], $15::text[], $16::text[], $17::text[], $18::bool[], $21::text[]) AS x(m, i, a, d, o, n, h, j)
+         RETURNING state),
+       o AS (
+         INSERT INTO outbox (subject, msg_id, payload, trace)
+         SELECT x.s, x.m, x.p, x.t::jsonb FROM unnest($22::text[], $23::text[], $24::bytea[], $25::text[], $26::text[]) AS x(s, m, p, t, d)
+         WHERE x.d IN (SELECT name FROM g))
+       SELECT (SELECT array_agg(name) FROM g) AS granted, (SELECT count(*)::int FROM r WHERE state = ${S.queued}) AS queued`,
+      [
+        names,
+        names.map((n) => wanted.get(n)!),
+        items.map((i) => i.queueId),
+        items.map((i) => i.header.envelope!.sender),
+        items.map((i) => Buffer.from(Envelope.encode(i.header.envelope!).finish())),
+        items.map((i) => i.header.origin),
+        items.map((i) => i.size),
+        items.map((i) => JSON.stringify(i.trace)),
+        now,
+        items.map((i) => i.header.recipients.length),
+        items.map((i) => i.body!),
+        rc.m,
+        rc.i,
+        rc.a,
+        rc.d,
+        rc.o,
+        rc.n,
+        rc.held,
+        expires,
+        leaseExpiresAt,
+        rc.j,
+        ob.subjects,
+        ob.msgIds,
+        ob.payloads,
+        ob.traces,
+        jobs.map((b) => b.destination),
+      ],
+    );
+    const granted = new Set(rows[0]?.granted ?? []);
+    if (jobs.some((b) => granted.has(b.destination))) this.o.onOutbox();
+    if ((rows[0]?.queued ?? 0) > 0) this.o.onQueued();
+    return items.map((i) => ({ queueId: i.queueId, duplicate: false }));
   }
 }

@@ -19,6 +19,16 @@ export interface OutboxRow {
   attrs?: Record<string, string | number>;
 }
 
+/** The outbox columns of `rows` as arrays, for unnest. */
+export function outboxColumns(rows: OutboxRow[]): { subjects: string[]; msgIds: string[]; payloads: Buffer[]; traces: string[] } {
+  return {
+    subjects: rows.map((r) => r.subject),
+    msgIds: rows.map((r) => r.msgId),
+    payloads: rows.map((r) => Buffer.from(r.payload.buffer, r.payload.byteOffset, r.payload.byteLength)),
+    traces: rows.map((r) => JSON.stringify({ ...(r.trace ?? {}), 'x-span': r.span, 'x-attrs': r.attrs ?? {} })),
+  };
+}
+
 export async function insertOutbox(c: PoolClient, rows: OutboxRow[]): Promise<void> {
   if (!rows.length) return;
   await q(
