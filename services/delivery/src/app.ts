@@ -11,6 +11,7 @@ import { createClient, GrpcServer } from '@tern/grpc';
 import { DeliveryJob, DeliveryResult, AttemptOutcome, QueueServiceClient } from '@tern/proto';
 import { withSpan, type Telemetry } from '@tern/telemetry';
 import type { Config } from './config';
+import { DkimSigner, parseDkimKeys } from './dkim';
 import { NextHopResolver } from './nexthop';
 import { ConnectionPool } from './pool';
 import { deliver, BodyUnavailableError, type WorkerDeps } from './worker';
@@ -44,6 +45,7 @@ export function createApp(config: Config, deps: AppDeps): App {
     dataEndTimeoutMs: config.TERN_SMTP_DATA_END_TIMEOUT_MS,
     queueDeadlineMs: config.TERN_QUEUE_DEADLINE_MS,
     tlsCa: readCa(config.TERN_SMTP_TLS_CA_FILE),
+    dkim: dkimSigner(config.TERN_DKIM_KEYS),
   };
   const metrics = {
     recipients: meter.createCounter('tern_delivery_recipients_total', { description: 'Recipient results by outcome' }),
@@ -145,5 +147,15 @@ function readCa(file: string | undefined): Buffer | undefined {
     return fs.readFileSync(file);
   } catch (err) {
     throw new Error(`TERN_SMTP_TLS_CA_FILE: cannot read ${file}: ${(err as Error).message}`, { cause: err });
+  }
+}
+
+/** Keys read and checked once at start; a bad entry stops the process naming the variable. */
+function dkimSigner(entries: string[]): DkimSigner | undefined {
+  if (!entries.length) return undefined;
+  try {
+    return new DkimSigner(parseDkimKeys(entries, (file) => fs.readFileSync(file, 'utf8')));
+  } catch (err) {
+    throw new Error(`TERN_DKIM_KEYS: ${(err as Error).message}`, { cause: err });
   }
 }

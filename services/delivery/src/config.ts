@@ -30,6 +30,11 @@ const schema = z.object({
    * "verify" TLS policy, REQUIRETLS and MTA-STS; unset = Node's bundled CAs.
    */
   TERN_SMTP_TLS_CA_FILE: z.string().min(1).optional(),
+  /**
+   * DKIM signing keys, "domain:selector:/path/to/key.pem" comma separated
+   * (messages whose From: domain, or a parent of it, has a key are signed).
+   */
+  TERN_DKIM_KEYS: csv([]),
   /** Deadline of a ReadBody stream from the queue. */
   TERN_QUEUE_DEADLINE_MS: positiveInt(120_000),
 });

@@ -19,6 +19,7 @@ import {
 } from '@tern/proto';
 import { grpc } from '@tern/grpc';
 import type { Logger } from '@tern/telemetry';
+import { fromDomain, readHeaderSection, type DkimSigner } from './dkim';
 import type { NextHop, NextHopResolver, Resolution } from './nexthop';
 import type { ConnectionPool } from './pool';
 import { SessionError, syntheticReply, type ConnectOptions, type SmtpClient, type TlsMode, type TransactionResult } from './smtp-client';
@@ -38,6 +39,8 @@ export interface WorkerDeps {
   queueDeadlineMs: number;
   /** Trust anchors for certificate verification (PEM); default: Node's bundled CAs. */
   tlsCa?: string | Buffer;
+  /** DKIM keys by domain; absent or empty = no signing. */
+  dkim?: DkimSigner;
 }
 
 /** The queue could not give us the body: not the destination's fault; retry the job later. */
@@ -66,8 +69,13 @@ function outcomeOf(code: number): AttemptOutcome {
   return AttemptOutcome.ATTEMPT_OUTCOME_DEFERRED;
 }
 
-async function* inlineBody(body: Uint8Array): AsyncGenerator<Buffer> {
-  yield Buffer.from(body.buffer, body.byteOffset, body.byteLength);
+async function* inlineBody(body: Buffer): AsyncGenerator<Buffer> {
+  yield body;
+}
+
+async function* prefixed(prefix: Buffer, body: AsyncIterable<Buffer>): AsyncGenerator<Buffer> {
+  yield prefix;
+  yield* body;
 }
 
 async function* readBody(deps: WorkerDeps, queueId: string): AsyncGenerator<Buffer> {
@@ -138,6 +146,25 @@ export async function deliver(deps: WorkerDeps, job: DeliveryJob): Promise<Deliv
   if ('reply' in planned) return all(planned.reply, planned.temporary);
   const p = planned;
 
+  // The body: from the job when small, else streamed from the queue (again for each pass).
+  const inline = job.body.length ? Buffer.from(job.body.buffer, job.body.byteOffset, job.body.byteLength) : undefined;
+  const source = (): AsyncIterable<Buffer> => (inline ? inlineBody(inline) : readBody(deps, job.queueId));
+  // DKIM: signed as it leaves (the signature covers exactly what is sent),
+  // in a pass of its own so that a big body is streamed, never held.
+  let signature: Buffer | undefined;
+  if (deps.dkim?.size) {
+    try {
+      const key = deps.dkim.keyFor(fromDomain(await readHeaderSection(source())));
+      if (key) signature = Buffer.from(await deps.dkim.sign(key, inline ?? source()), 'latin1');
+    } catch (err) {
+      if (err instanceof BodyUnavailableError) throw err;
+      // Not the destination's fault and not the message's: retry later rather than send it unsigned.
+      deps.logger.error({ queue_id: job.queueId, err: (err as Error).message }, 'DKIM signing failed');
+      return all(syntheticReply(451, '4.3.0', `DKIM signing failed: ${(err as Error).message}`));
+    }
+  }
+  const size = job.size + (signature?.length ?? 0);
+
   const env = job.envelope;
   const ret = env?.ret === DsnRet.DSN_RET_FULL ? 'FULL' : env?.ret === DsnRet.DSN_RET_HDRS ? 'HDRS' : '';
   const bodyType = env?.bodyType === BodyType.BODY_TYPE_8BITMIME ? '8BITMIME' : env?.bodyType === BodyType.BODY_TYPE_BINARYMIME ? 'BINARYMIME' : '7BIT';
@@ -196,9 +223,9 @@ export async function deliver(deps: WorkerDeps, job: DeliveryJob): Promise<Deliv
         }
         // Checks that fail before anything is sent.
         const sizeLimit = Number(client.extensions.get('SIZE') || 0);
-        if (sizeLimit > 0 && job.size > sizeLimit) {
+        if (sizeLimit > 0 && size > sizeLimit) {
           deps.pool.release(client, opts, true);
-          return { ...all(syntheticReply(552, '5.3.4', `message size ${job.size} exceeds the size limit of ${sizeLimit} bytes at ${hop.name}`)), ...remote };
+          return { ...all(syntheticReply(552, '5.3.4', `message size ${size} exceeds the size limit of ${sizeLimit} bytes at ${hop.name}`)), ...remote };
         }
         if (env?.smtputf8 && !client.extensions.has('SMTPUTF8')) {
           deps.pool.release(client, opts, true);
@@ -209,14 +236,13 @@ export async function deliver(deps: WorkerDeps, job: DeliveryJob): Promise<Deliv
           tx = await client.send({
             sender: env?.sender ?? '',
             recipients: job.recipients.map((r) => ({ address: r.address, orcpt: r.orcpt, notify: r.notify.map((n) => NOTIFY_WORD[n]).filter((w): w is string => !!w) })),
-            size: job.size,
+            size,
             bodyType,
             smtputf8: !!env?.smtputf8,
             requiretls: p.requiretls,
             ret,
             envid: env?.envid ?? '',
-            // A small body travels in the job (DeliveryJob.body); a big one is read from the queue.
-            body: job.body.length ? inlineBody(job.body) : readBody(deps, job.queueId),
+            body: signature ? prefixed(signature, source()) : source(),
           });
         } catch (err) {
           client.destroy();
