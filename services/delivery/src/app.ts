@@ -12,6 +12,7 @@ import { DeliveryJob, DeliveryResult, AttemptOutcome, QueueServiceClient } from 
 import { withSpan, type Telemetry } from '@tern/telemetry';
 import type { Config } from './config';
 import { DkimSigner, parseDkimKeys } from './dkim';
+import { MtaStsPolicies } from './mta-sts';
 import { NextHopResolver } from './nexthop';
 import { ConnectionPool } from './pool';
 import { deliver, BodyUnavailableError, type WorkerDeps } from './worker';
@@ -47,6 +48,7 @@ export function createApp(config: Config, deps: AppDeps): App {
     tlsCa: readCa(config.TERN_SMTP_TLS_CA_FILE),
     dkim: dkimSigner(config.TERN_DKIM_KEYS),
   };
+  if (config.TERN_MTA_STS) worker.mtaSts = new MtaStsPolicies({ resolver, logger, port: config.TERN_MTA_STS_PORT, ca: worker.tlsCa, timeoutMs: 30_000 });
   const metrics = {
     recipients: meter.createCounter('tern_delivery_recipients_total', { description: 'Recipient results by outcome' }),
     seconds: meter.createHistogram('tern_delivery_job_seconds', { description: 'Job taken to result published, seconds', unit: 's' }),

@@ -1,6 +1,6 @@
 // Process settings of the delivery service, read once from the environment.
 // Keys are the variable names, so a bad value is reported by its name.
-import { commonSchema, csv, grpcTarget, natsUrl, parseEnv, positiveInt, z } from '@tern/config';
+import { bool, commonSchema, csv, grpcTarget, natsUrl, parseEnv, positiveInt, z } from '@tern/config';
 
 const schema = z.object({
   ...commonSchema({ grpcPort: 7004, metricsPort: 9104 }),
@@ -30,6 +30,10 @@ const schema = z.object({
    * "verify" TLS policy, REQUIRETLS and MTA-STS; unset = Node's bundled CAs.
    */
   TERN_SMTP_TLS_CA_FILE: z.string().min(1).optional(),
+  /** MTA-STS (RFC 8461): fetch, cache and enforce recipient domains' policies. */
+  TERN_MTA_STS: bool(true),
+  /** HTTPS port of MTA-STS policy hosts (443 on the internet; tests use another). */
+  TERN_MTA_STS_PORT: positiveInt(443),
   /**
    * DKIM signing keys, "domain:selector:/path/to/key.pem" comma separated
    * (messages whose From: domain, or a parent of it, has a key are signed).

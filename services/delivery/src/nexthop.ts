@@ -72,6 +72,16 @@ export class NextHopResolver {
     ).then((v) => v.list);
   }
 
+  /** TXT records of a name (strings of each record), through the configured resolvers; errors as node:dns gives them. */
+  resolveTxt(name: string): Promise<string[][]> {
+    return this.resolver.resolveTxt(name);
+  }
+
+  /** A and AAAA of a host (cached), for other lookups than MX (the MTA-STS policy host). */
+  hostAddresses(host: string): Promise<string[]> {
+    return this.addresses(host.toLowerCase());
+  }
+
   /**
    * A host named directly (smart host, LMTP server): its addresses only, no
    * MX lookup. Failures defer: a route that does not resolve is the

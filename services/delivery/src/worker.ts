@@ -20,6 +20,7 @@ import {
 import { grpc } from '@tern/grpc';
 import type { Logger } from '@tern/telemetry';
 import { fromDomain, readHeaderSection, type DkimSigner } from './dkim';
+import { mxAllowed, type MtaStsPolicies } from './mta-sts';
 import type { NextHop, NextHopResolver, Resolution } from './nexthop';
 import type { ConnectionPool } from './pool';
 import { SessionError, syntheticReply, type ConnectOptions, type SmtpClient, type TlsMode, type TransactionResult } from './smtp-client';
@@ -41,6 +42,8 @@ export interface WorkerDeps {
   tlsCa?: string | Buffer;
   /** DKIM keys by domain; absent or empty = no signing. */
   dkim?: DkimSigner;
+  /** MTA-STS policies (RFC 8461); absent = not consulted. */
+  mtaSts?: MtaStsPolicies;
 }
 
 /** The queue could not give us the body: not the destination's fault; retry the job later. */
@@ -298,5 +301,15 @@ async function plan(deps: WorkerDeps, job: DeliveryJob): Promise<Plan | { reply:
   if (route && route.kind !== RouteKind.ROUTE_KIND_MX && route.kind !== RouteKind.ROUTE_KIND_UNSPECIFIED) {
     return { reply: syntheticReply(451, '4.3.5', `route for ${job.destination} is of an unknown kind (${route.kind})`), temporary: true };
   }
-  return fromResolution(await deps.resolver.resolve(job.destination), false);
+  const resolution = await deps.resolver.resolve(job.destination);
+  if (!resolution.ok || !deps.mtaSts || (route && route.tls !== TlsPolicy.TLS_POLICY_UNSPECIFIED)) return fromResolution(resolution, false);
+  // MTA-STS applies to MX delivery whose TLS the operator has not set by route.
+  const policy = await deps.mtaSts.policyFor(job.destination);
+  if (policy?.mode !== 'enforce') return fromResolution(resolution, false);
+  // RFC 8461 4.1, 5: only the MX hosts the policy names, only over TLS valid for the MX name; failures wait.
+  const hops = resolution.hops.filter((h) => mxAllowed(policy, h.name));
+  if (!hops.length) {
+    return { reply: syntheticReply(451, '4.7.5', `MTA-STS policy of ${job.destination} (enforce) names none of its MX hosts (${resolution.hops.map((h) => h.name).join(', ')})`), temporary: true };
+  }
+  return { hops, lmtp: false, tls: 'verify', requiretls };
 }
