@@ -349,7 +349,10 @@ export class SmtpClient {
     const dsn = this.extensions.has('DSN');
     let mailLine = `MAIL FROM:<${req.sender}>`;
     if (this.extensions.has('SIZE')) mailLine += ` SIZE=${req.size}`;
-    if (req.bodyType !== '7BIT' && this.extensions.has('8BITMIME')) mailLine += ` BODY=${req.bodyType === 'BINARYMIME' ? '8BITMIME' : req.bodyType}`;
+    // RFC 3030: BDAT when the server offers CHUNKING (a BINARYMIME message needs it, and BINARYMIME).
+    const chunking = this.extensions.has('CHUNKING');
+    if (req.bodyType === 'BINARYMIME') mailLine += ' BODY=BINARYMIME';
+    else if (req.bodyType === '8BITMIME' && this.extensions.has('8BITMIME')) mailLine += ' BODY=8BITMIME';
     if (req.smtputf8) mailLine += ' SMTPUTF8';
     if (req.requiretls) mailLine += ' REQUIRETLS';
     if (dsn && req.ret) mailLine += ` RET=${req.ret}`;
@@ -367,10 +370,10 @@ export class SmtpClient {
     const rcpts: SmtpReply[] = [];
     let dataReply: SmtpReply | undefined;
     if (pipelining) {
-      this.write([mailLine, ...rcptLines, 'DATA'].join('\r\n') + '\r\n');
+      this.write([mailLine, ...rcptLines, ...(chunking ? [] : ['DATA'])].join('\r\n') + '\r\n');
       mail = await this.expect('mail');
       for (let i = 0; i < rcptLines.length; i++) rcpts.push(await this.expect('rcpt'));
-      dataReply = await this.expect('data');
+      if (!chunking) dataReply = await this.expect('data');
     } else {
       mail = await this.command(mailLine, 'mail');
       if (isOk(mail)) for (const line of rcptLines) rcpts.push(await this.command(line, 'rcpt'));
@@ -385,9 +388,15 @@ export class SmtpClient {
       }
       return { mail, rcpts };
     }
-    dataReply ??= await this.command('DATA', 'data');
-    if (dataReply.code !== 354) return { mail, rcpts, data: rcpts.map((r) => (isOk(r) ? dataReply : undefined)) };
-    await this.writeBody(req.body);
+    if (chunking) {
+      // BDAT chunks, each answered; a refused chunk ends the transaction with that reply.
+      const refused = await this.writeChunks(req.body, req.bodyType === 'BINARYMIME');
+      if (refused) return { mail, rcpts, data: rcpts.map((r) => (isOk(r) ? refused : undefined)) };
+    } else {
+      dataReply ??= await this.command('DATA', 'data');
+      if (dataReply.code !== 354) return { mail, rcpts, data: rcpts.map((r) => (isOk(r) ? dataReply : undefined)) };
+      await this.writeBody(req.body);
+    }
     const data: (SmtpReply | undefined)[] = [];
     if (this.opts.lmtp) {
       // RFC 2033 4.2: one reply per accepted recipient, in RCPT order. A 421
@@ -428,13 +437,64 @@ export class SmtpClient {
     this.write(stuffer.end());
   }
 
+  /**
+   * The body as BDAT chunks (RFC 3030) of about 64 KiB, the last one with
+   * LAST (its reply is read by the caller, as the end of data). No
+   * dot-stuffing; bare CR and LF are still repaired, except in a BINARYMIME
+   * body, which is sent as it is. Returns the reply that refused a chunk, if any.
+   */
+  private async writeChunks(body: AsyncIterable<Buffer>, binary: boolean): Promise<SmtpReply | undefined> {
+    const repair = binary ? undefined : new CrlfRepair();
+    let pending: Buffer[] = [];
+    let size = 0;
+    const flush = async (): Promise<SmtpReply | undefined> => {
+      const chunk = Buffer.concat(pending, size);
+      pending = [];
+      size = 0;
+      this.write(`BDAT ${chunk.length}\r\n`);
+      if (!this.write(chunk)) await this.drained();
+      const r = await this.expect('data');
+      return isOk(r) ? undefined : r;
+    };
+    for await (const part of body) {
+      if (this.closedError) throw this.closedError;
+      const out = repair ? repair.push(part) : part;
+      pending.push(out);
+      size += out.length;
+      if (size >= 65_536) {
+        const refused = await flush();
+        if (refused) return refused;
+      }
+    }
+    if (repair) {
+      const tail = repair.end();
+      pending.push(tail);
+      size += tail.length;
+    }
+    const last = Buffer.concat(pending, size);
+    this.write(`BDAT ${last.length} LAST\r\n`);
+    if (!this.write(last)) await this.drained();
+    return undefined;
+  }
+
+  /**
+   * Waits until the socket takes more data. A server that stops reading in
+   * the middle of the data is given up after the command timeout (RFC 5321
+   * 4.5.3.2 "data block": 3 minutes), never waited for forever.
+   */
   private drained(): Promise<void> {
     return new Promise<void>((resolve) => {
       const done = () => {
+        clearTimeout(timer);
         this.socket.off('drain', done);
         this.socket.off('close', done);
         resolve();
       };
+      const timer = setTimeout(() => {
+        this.fail(new SessionError('data', syntheticReply(451, '4.4.2', `conversation with ${this.peer} timed out while sending the message data`)));
+        this.destroy();
+        done();
+      }, this.opts.commandTimeoutMs);
       this.socket.once('drain', done);
       this.socket.once('close', done);
     });
@@ -484,6 +544,49 @@ function certCovers(cert: tls.PeerCertificate, name: string): boolean {
 /** RFC 3461 xtext. */
 function xtext(s: string): string {
   return s.replace(/[^!-*,-<>-~]/g, (c) => `+${c.charCodeAt(0).toString(16).toUpperCase().padStart(2, '0')}`);
+}
+
+/** Bare CR and bare LF repaired to CRLF across chunk boundaries, the message ending with CRLF (for BDAT). */
+export class CrlfRepair {
+  private pendingCr = false;
+  private atLineStart = true;
+
+  push(chunk: Buffer): Buffer {
+    const out = Buffer.allocUnsafe(chunk.length * 2 + 2);
+    let o = 0;
+    for (let i = 0; i < chunk.length; i++) {
+      const b = chunk[i]!;
+      if (this.pendingCr) {
+        this.pendingCr = false;
+        out[o++] = 13;
+        out[o++] = 10;
+        this.atLineStart = true;
+        if (b === 10) continue;
+      }
+      if (b === 13) {
+        this.pendingCr = true;
+        continue;
+      }
+      if (b === 10) {
+        out[o++] = 13;
+        out[o++] = 10;
+        this.atLineStart = true;
+        continue;
+      }
+      this.atLineStart = false;
+      out[o++] = b;
+    }
+    return out.subarray(0, o);
+  }
+
+  end(): Buffer {
+    if (this.pendingCr || !this.atLineStart) {
+      this.pendingCr = false;
+      this.atLineStart = true;
+      return Buffer.from('\r\n');
+    }
+    return Buffer.alloc(0);
+  }
 }
 
 /**

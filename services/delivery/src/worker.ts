@@ -230,6 +230,11 @@ export async function deliver(deps: WorkerDeps, job: DeliveryJob): Promise<Deliv
           deps.pool.release(client, opts, true);
           return { ...all(syntheticReply(552, '5.3.4', `message size ${size} exceeds the size limit of ${sizeLimit} bytes at ${hop.name}`)), ...remote };
         }
+        if (bodyType === 'BINARYMIME' && !(client.extensions.has('CHUNKING') && client.extensions.has('BINARYMIME'))) {
+          // RFC 3030 3: a binary body cannot be sent with DATA, and Tern does not convert it.
+          deps.pool.release(client, opts, true);
+          return { ...all(syntheticReply(554, '5.6.3', `${hop.name} does not support BINARYMIME (with CHUNKING), which this message needs; conversion is not supported`)), ...remote };
+        }
         if (env?.smtputf8 && !client.extensions.has('SMTPUTF8')) {
           deps.pool.release(client, opts, true);
           return { ...all(syntheticReply(553, '5.6.7', `${hop.name} does not support SMTPUTF8, which this message needs`)), ...remote };

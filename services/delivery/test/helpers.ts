@@ -97,6 +97,8 @@ export interface MiniSession {
   close(): void;
   /** Answers 220 and upgrades (STARTTLS). */
   startTls(): void;
+  /** Stops reading (a server that has stopped taking data). */
+  pause(): void;
   /** Replies still owed (for servers that hold replies back). */
   pending: string[];
 }
@@ -157,6 +159,7 @@ export class MiniSmtp {
         if (!socket.destroyed) socket.write(t.endsWith('\r\n') ? t : `${t}\r\n`);
       },
       close: () => raw.destroy(),
+      pause: () => socket.pause(),
       startTls: () => {
         s.write('220 2.0.0 ready to start TLS');
         socket.removeAllListeners('data');

@@ -462,6 +462,49 @@ describe('body on the wire', () => {
   });
 });
 
+describe('CHUNKING (BDAT)', () => {
+  test('BDAT instead of DATA where CHUNKING is offered: no dot-stuffing, bare LF still repaired, big bodies in several chunks', async () => {
+    const chunky = await harness.startSink({ host: '127.0.4.17', port, hostname: 'chunky.sink.test', chunking: true });
+    dns.mx('chunky.test', 'mx.chunky.test').a('mx.chunky.test', '127.0.4.17');
+    const body = `Subject: chunks\r\n\r\n.leading dot\nbare LF\r\n${'0123456789abcdef'.repeat(8192)}\r\nend`;
+    const r = await deliver(deps(), makeJob(bodies, ['a@chunky.test', 'permfail-b@chunky.test'], { body }));
+    assert.deepEqual(replies(r), ['250 2.0.0', '550 5.1.1']);
+    const m = chunky.messages[0]!;
+    assert.equal(m.raw.toString('latin1'), body.replace('dot\nbare', 'dot\r\nbare') + '\r\n', 'the bare LF repaired, the dot as it was, a final CRLF added');
+    const cmds = chunky.connections[0]!.commands;
+    assert.ok(!cmds.includes('DATA'));
+    assert.ok(cmds.filter((c) => c === 'BDAT').length >= 3, `several BDAT chunks: ${cmds.join(' ')}`);
+  });
+
+  test('a refused BDAT chunk ends the transaction with its reply', async () => {
+    const chunky = await harness.startSink({ host: '127.0.4.18', port, hostname: 'chunky2.sink.test', chunking: true, behaviour: { data: { code: 554, text: '5.6.0 no thanks' } } });
+    dns.mx('chunky2.test', 'mx.chunky2.test').a('mx.chunky2.test', '127.0.4.18');
+    const r = await deliver(deps(), makeJob(bodies, ['a@chunky2.test']));
+    assert.deepEqual(replies(r), ['554 5.6.0']);
+    assert.equal(chunky.messages.length, 0);
+  });
+
+  test('a BINARYMIME message to a server without BINARYMIME fails 5.6.3 before MAIL (no conversion)', async () => {
+    dns.mx('nobin.test', 'mx.nobin.test').a('mx.nobin.test', '127.0.4.2');
+    const r = await deliver(deps(), makeJob(bodies, ['a@nobin.test'], { envelope: { bodyType: BodyType.BODY_TYPE_BINARYMIME } as never }));
+    assert.deepEqual(replies(r), ['554 5.6.3']);
+    assert.ok(!sinkA.connections[0]!.commands.includes('MAIL'));
+  });
+});
+
+test('a server that stops reading in the middle of the data: deferred 4.4.2 after the command timeout, not a hang', async () => {
+  await mini('127.0.4.19', plainHandler([], (line, s) => {
+    if (line !== 'DATA') return null;
+    s.pause();
+    return '354 go ahead';
+  }));
+  dns.mx('stall.test', 'mx.stall.test').a('mx.stall.test', '127.0.4.19');
+  const r = await deliver(deps({ commandTimeoutMs: 500 }), makeJob(bodies, ['a@stall.test'], { body: `Subject: big\r\n\r\n${'x'.repeat(998)}\r\n`.repeat(16_000), inline: true }));
+  assert.deepEqual(replies(r), ['451 4.4.2']);
+  assert.match(r!.recipients[0]!.reply!.text, /timed out while sending the message data/);
+  assert.equal(r!.destinationFailure, true);
+});
+
 describe('connection reuse', () => {
   test('one session carries several jobs (RSET between), up to the per-connection cap', async () => {
     dns.mx('reuse.test', 'mx.reuse.test').a('mx.reuse.test', '127.0.4.2');
