@@ -47,6 +47,8 @@ export function createApp(config: Config, deps: AppDeps): App {
     queueDeadlineMs: config.TERN_QUEUE_DEADLINE_MS,
     tlsCa: readCa(config.TERN_SMTP_TLS_CA_FILE),
     dkim: dkimSigner(config.TERN_DKIM_KEYS),
+    // Read at each use, so that a rotated secret is picked up without a restart.
+    secretsDir: config.TERN_SMTP_AUTH_SECRETS_DIR,
   };
   if (config.TERN_MTA_STS) worker.mtaSts = new MtaStsPolicies({ resolver, logger, port: config.TERN_MTA_STS_PORT, ca: worker.tlsCa, timeoutMs: 30_000 });
   const metrics = {

@@ -30,6 +30,11 @@ const schema = z.object({
    * "verify" TLS policy, REQUIRETLS and MTA-STS; unset = Node's bundled CAs.
    */
   TERN_SMTP_TLS_CA_FILE: z.string().min(1).optional(),
+  /**
+   * Directory of secrets, one file per name (a mounted Kubernetes Secret):
+   * a smart host route's auth_secret names the file holding its password.
+   */
+  TERN_SMTP_AUTH_SECRETS_DIR: z.string().min(1).optional(),
   /** MTA-STS (RFC 8461): fetch, cache and enforce recipient domains' policies. */
   TERN_MTA_STS: bool(true),
   /** HTTPS port of MTA-STS policy hosts (443 on the internet; tests use another). */

@@ -7,7 +7,7 @@ import net from 'node:net';
 import tls from 'node:tls';
 import type { SmtpReply, TlsInfo } from '@tern/proto';
 
-export type Stage = 'connect' | 'greeting' | 'ehlo' | 'starttls' | 'mail' | 'rcpt' | 'data' | 'data-end' | 'rset';
+export type Stage = 'connect' | 'greeting' | 'ehlo' | 'starttls' | 'auth' | 'mail' | 'rcpt' | 'data' | 'data-end' | 'rset';
 
 /**
  * none: never STARTTLS. may: STARTTLS when offered, certificate not checked,
@@ -49,6 +49,8 @@ export interface ConnectOptions {
   ca?: string | Buffer | (string | Buffer)[];
   /** LMTP (RFC 2033): LHLO, and one reply per accepted recipient at end of data. */
   lmtp?: boolean;
+  /** SMTP AUTH (RFC 4954) after STARTTLS, PLAIN or LOGIN; never sent without TLS. */
+  auth?: { user: string; password: string };
 }
 
 export interface TransactionRequest {
@@ -253,19 +255,38 @@ export class SmtpClient {
     if (greeting.code !== 220) throw new SessionError('greeting', greeting);
     await this.hello();
     const mode = this.opts.tls;
+    if (this.opts.auth && mode === 'none') throw new SessionError('auth', syntheticReply(451, '4.7.0', `refusing to send credentials to ${this.peer} without TLS (the route's TLS policy is none)`), true);
     if (mode === 'none') return;
     const required = mode === 'encrypt' || mode === 'verify';
     if (!this.extensions.has('STARTTLS')) {
+      if (this.opts.auth) throw new SessionError('auth', syntheticReply(451, '4.7.0', `refusing to send credentials to ${this.peer}: it does not offer STARTTLS`), true);
       if (required) throw new SessionError('starttls', syntheticReply(451, '4.7.4', `TLS is required, but was not offered by host ${this.peer}`), true);
       return;
     }
     const r = await this.command('STARTTLS', 'starttls');
     if (r.code !== 220) {
+      if (this.opts.auth) throw new SessionError('auth', syntheticReply(451, '4.7.0', `refusing to send credentials to ${this.peer}: STARTTLS refused (${r.code} ${r.text})`), true);
       if (required) throw new SessionError('starttls', syntheticReply(451, '4.7.5', `TLS is required, but host ${this.peer} refused to start TLS: ${r.code} ${r.text}`), true);
       return; // "may": go on in clear, as the server still talks to us
     }
     await this.upgrade();
     await this.hello();
+    if (this.opts.auth) await this.authenticate(this.opts.auth);
+  }
+
+  /** RFC 4954: PLAIN, else LOGIN. Credentials only ever go over TLS. */
+  private async authenticate(auth: { user: string; password: string }): Promise<void> {
+    const mechs = (this.extensions.get('AUTH') ?? '').toUpperCase().split(/\s+/);
+    const b64 = (v: string) => Buffer.from(v, 'utf8').toString('base64');
+    let r: SmtpReply;
+    if (mechs.includes('PLAIN')) r = await this.command(`AUTH PLAIN ${b64(`\0${auth.user}\0${auth.password}`)}`, 'auth');
+    else if (mechs.includes('LOGIN')) {
+      r = await this.command('AUTH LOGIN', 'auth');
+      if (r.code === 334) r = await this.command(b64(auth.user), 'auth');
+      if (r.code === 334) r = await this.command(b64(auth.password), 'auth');
+    } else throw new SessionError('auth', syntheticReply(451, '4.7.0', `${this.peer} offers no AUTH mechanism we use (PLAIN, LOGIN): "${this.extensions.get('AUTH') ?? ''}"`));
+    // A refused login is the route's problem (a wrong password), not the message's: defer, like Postfix.
+    if (r.code !== 235) throw new SessionError('auth', syntheticReply(451, '4.7.8', `SASL authentication as ${auth.user} failed at ${this.peer}: ${r.code} ${r.enhanced} ${r.text}`.replace(/ +/g, ' ')));
   }
 
   private async hello(): Promise<void> {

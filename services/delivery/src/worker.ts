@@ -17,6 +17,8 @@ import {
   type SmtpReply,
   type TlsInfo,
 } from '@tern/proto';
+import fs from 'node:fs';
+import path from 'node:path';
 import { grpc } from '@tern/grpc';
 import type { Logger } from '@tern/telemetry';
 import { fromDomain, readHeaderSection, type DkimSigner } from './dkim';
@@ -44,6 +46,8 @@ export interface WorkerDeps {
   dkim?: DkimSigner;
   /** MTA-STS policies (RFC 8461); absent = not consulted. */
   mtaSts?: MtaStsPolicies;
+  /** Directory of secrets (one file per name, e.g. a mounted Kubernetes Secret): smart host passwords. */
+  secretsDir?: string;
 }
 
 /** The queue could not give us the body: not the destination's fault; retry the job later. */
@@ -103,6 +107,8 @@ interface Plan {
   tls: TlsMode;
   /** The message carries REQUIRETLS (RFC 8689). */
   requiretls: boolean;
+  /** Smart host credentials. */
+  auth?: { user: string; password: string };
 }
 
 /** "host", "host:port", "[ip]:port", "[ipv6]:port", "unix:/path". */
@@ -197,6 +203,7 @@ export async function deliver(deps: WorkerDeps, job: DeliveryJob): Promise<Deliv
           tls: mode,
           ca: deps.tlsCa,
           lmtp: p.lmtp,
+          auth: p.auth,
         };
         const remoteIp = p.socketPath ? '' : address;
         const remoteHost = p.socketPath ? `unix:${p.socketPath}` : hop.name;
@@ -301,7 +308,13 @@ async function plan(deps: WorkerDeps, job: DeliveryJob): Promise<Plan | { reply:
       // A local socket: TLS has nothing to protect (unless the operator insists).
       return { hops: [{ name: route.target, addresses: [], port: 0 }], socketPath: t.socketPath, lmtp, tls: route.tls === TlsPolicy.TLS_POLICY_UNSPECIFIED && !requiretls ? 'none' : tls, requiretls };
     }
-    return fromResolution(await deps.resolver.resolveHost(t.host, t.port), lmtp);
+    const planned = fromResolution(await deps.resolver.resolveHost(t.host, t.port), lmtp);
+    if (!route.authUser || 'reply' in planned) return planned;
+    const password = readSecret(deps, route.authSecret);
+    if (password === undefined) {
+      return { reply: syntheticReply(451, '4.3.5', `route for ${job.destination}: the secret "${route.authSecret}" with the password of ${route.authUser} is not available`), temporary: true };
+    }
+    return { ...planned, auth: { user: route.authUser, password } };
   }
   if (route && route.kind !== RouteKind.ROUTE_KIND_MX && route.kind !== RouteKind.ROUTE_KIND_UNSPECIFIED) {
     return { reply: syntheticReply(451, '4.3.5', `route for ${job.destination} is of an unknown kind (${route.kind})`), temporary: true };
@@ -317,4 +330,14 @@ async function plan(deps: WorkerDeps, job: DeliveryJob): Promise<Plan | { reply:
     return { reply: syntheticReply(451, '4.7.5', `MTA-STS policy of ${job.destination} (enforce) names none of its MX hosts (${resolution.hops.map((h) => h.name).join(', ')})`), temporary: true };
   }
   return { hops, lmtp: false, tls: 'verify', requiretls };
+}
+
+/** A secret by name from the secrets directory (the file's content, without a final newline); undefined when missing. */
+function readSecret(deps: WorkerDeps, name: string): string | undefined {
+  if (!deps.secretsDir || !/^[A-Za-z0-9][A-Za-z0-9._-]*$/.test(name)) return undefined;
+  try {
+    return fs.readFileSync(path.join(deps.secretsDir, name), 'utf8').replace(/\r?\n$/, '');
+  } catch {
+    return undefined;
+  }
 }

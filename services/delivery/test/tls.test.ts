@@ -1,7 +1,10 @@
 // TLS policy per route (none, may, encrypt, verify) and REQUIRETLS (RFC
 // 8689), against sinks with self-signed certificates on 127.0.4.x.
 import assert from 'node:assert/strict';
-import { after, before, test } from 'node:test';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { after, before, describe, test } from 'node:test';
 import { Harness, selfSignedCert, type DnsServer, type SmtpSink } from '@tern/devkit';
 import { AttemptOutcome, RouteKind, TlsPolicy, type DeliveryResult, type Route } from '@tern/proto';
 import { deliver } from '../src/worker';
@@ -30,7 +33,7 @@ after(async () => {
   await harness.close();
 });
 
-const deps = (o: Partial<DepsOptions> = {}) => makeDeps({ dns: dns.address, port, bodies, tlsCa: cert.cert, ...o });
+const deps = (o: Partial<DepsOptions> & { secretsDir?: string } = {}) => ({ ...makeDeps({ dns: dns.address, port, bodies, tlsCa: cert.cert, ...o }), secretsDir: o.secretsDir });
 const summary = (r: DeliveryResult | undefined) => r!.recipients.map((x) => `${x.reply?.code} ${x.reply?.enhanced}`);
 const route = (domain: string, kind: RouteKind, tls: TlsPolicy, target = ''): Route => ({ domain, kind, target, tls, authUser: '', authSecret: '' });
 
@@ -127,4 +130,66 @@ test('REQUIRETLS: the MX that offers verified TLS and REQUIRETLS gets it, with R
   const s = good.sessions.at(-1)!;
   assert.equal(s.tls, true);
   assert.ok(s.lines.some((l) => /^MAIL FROM:<a@sender\.test> .*REQUIRETLS/.test(l)), s.lines.join(' | '));
+});
+
+describe('smart host AUTH', () => {
+  let relay: MiniSmtp;
+  let secretsDir: string;
+  const authLines: string[] = [];
+
+  before(async () => {
+    secretsDir = fs.mkdtempSync(path.join(os.tmpdir(), 'tern-secrets-'));
+    harness.defer(() => fs.rmSync(secretsDir, { recursive: true, force: true }), 'remove secrets');
+    fs.writeFileSync(path.join(secretsDir, 'relay-pass'), 'sekret\n');
+    fs.writeFileSync(path.join(secretsDir, 'wrong-pass'), 'nope\n');
+    // A submission-style relay: STARTTLS, then AUTH PLAIN/LOGIN, mail only after a good login.
+    relay = await new MiniSmtp('127.0.4.84', plainHandler([], (line, s) => {
+      const authed = (s as { authed?: boolean }).authed;
+      if (line.startsWith('EHLO')) return s.tls ? ehloReply('PIPELINING', 'AUTH LOGIN PLAIN') : ehloReply('STARTTLS');
+      if (line === 'STARTTLS') {
+        s.startTls();
+        return undefined;
+      }
+      if (line.startsWith('AUTH')) {
+        authLines.push(`${s.tls ? 'tls' : 'CLEAR'} ${line}`);
+        const ok = line === `AUTH PLAIN ${Buffer.from('\0relayuser\0sekret').toString('base64')}`;
+        (s as { authed?: boolean }).authed = ok;
+        return ok ? '235 2.7.0 Authentication successful' : '535 5.7.8 Authentication credentials invalid';
+      }
+      if (line.startsWith('MAIL') && !authed) return '530 5.7.0 Authentication required';
+      return null;
+    }), { cert }).start(port);
+    minis.push(relay);
+  });
+
+  const viaRelay = (authUser: string, authSecret: string, tls = TlsPolicy.TLS_POLICY_UNSPECIFIED): Route => ({ domain: 'x.test', kind: RouteKind.ROUTE_KIND_SMARTHOST, target: `[127.0.4.84]:${port}`, tls, authUser, authSecret });
+
+  test('AUTH PLAIN after STARTTLS with the password from the secrets directory', async () => {
+    const r = await deliver(deps({ secretsDir }), makeJob(bodies, ['u@x.test'], { route: viaRelay('relayuser', 'relay-pass') }));
+    assert.deepEqual(summary(r), ['250 2.0.0']);
+    assert.equal(authLines.at(-1)!.split(' ')[0], 'tls');
+    assert.equal(r!.tls?.used, true);
+  });
+
+  test('a refused login defers 4.7.8 (the route is wrong, not the message)', async () => {
+    const r = await deliver(deps({ secretsDir }), makeJob(bodies, ['u@x.test'], { route: viaRelay('relayuser', 'wrong-pass') }));
+    assert.deepEqual(summary(r), ['451 4.7.8']);
+    assert.match(r!.recipients[0]!.reply!.text, /535 5\.7\.8/);
+    assert.equal(r!.destinationFailure, true);
+  });
+
+  test('credentials are never sent without TLS; a missing secret defers 4.3.5 without a connection', async () => {
+    const n = authLines.length;
+    let r = await deliver(deps({ secretsDir }), makeJob(bodies, ['u@x.test'], { route: viaRelay('relayuser', 'relay-pass', TlsPolicy.TLS_POLICY_NONE) }));
+    assert.deepEqual(summary(r), ['451 4.7.0']);
+    // A relay that does not offer STARTTLS.
+    r = await deliver(deps({ secretsDir }), makeJob(bodies, ['u@x.test'], { route: { ...viaRelay('relayuser', 'relay-pass'), target: `mx.clear.test:${port}` } }));
+    assert.deepEqual(summary(r), ['451 4.7.0']);
+    assert.ok(!clear.connections.at(-1)!.commands.some((c) => c === 'AUTH'));
+    assert.equal(authLines.length, n, 'no AUTH line was sent');
+    const sessions = relay.sessions.length;
+    r = await deliver(deps({ secretsDir }), makeJob(bodies, ['u@x.test'], { route: viaRelay('relayuser', 'no-such-secret') }));
+    assert.deepEqual(summary(r), ['451 4.3.5']);
+    assert.equal(relay.sessions.length, sessions);
+  });
 });
