@@ -358,7 +358,12 @@ export function createHooks(deps: HooksDeps, submission: boolean): SmtpHooks {
         smtputf8: envelope.mailFrom.params.smtputf8,
       });
       if (d.reply && !isPositive(d.reply)) return d.reply;
-      rcpt.state = { local: d.res?.localRecipient ?? false };
+      rcpt.state = {
+        local: d.res?.localRecipient ?? false,
+        // What policy's end-of-data check would do for this recipient (see enqueue).
+        sizeOnly: d.res?.messageCheckSizeOnly ?? false,
+        maxSize: d.res?.maxMessageSize ?? 0,
+      };
       if (d.hold) envelope.state.hold = true;
       return d.reply;
     },
@@ -410,10 +415,17 @@ export function createHooks(deps: HooksDeps, submission: boolean): SmtpHooks {
     const started = performance.now();
     const arrival = new Date();
     let hold = Boolean(st(s).hold || envelope.state.hold);
-    // The body as the client sent it also goes to policy's end-of-data checks.
-    const check = deps.messageChecks?.listeners.has(s.listener)
-      ? new MessageCheck(policy, { session: sessionInfo(s, hostname), sender: envelope.mailFrom.address, recipients: envelope.rcptTo.map((r) => r.address) })
-      : undefined;
+    // The body as the client sent it also goes to policy's end-of-data
+    // checks, unless policy said at RCPT that for every recipient they would
+    // only compare the size (a trusted network, say): then ingress compares
+    // it with the smallest limit itself and spares streaming the body twice.
+    const checked = deps.messageChecks?.listeners.has(s.listener) ?? false;
+    const sizeOnly = checked && envelope.rcptTo.every((r) => r.state?.sizeOnly === true);
+    const check =
+      checked && !sizeOnly
+        ? new MessageCheck(policy, { session: sessionInfo(s, hostname), sender: envelope.mailFrom.address, recipients: envelope.rcptTo.map((r) => r.address) })
+        : undefined;
+    const sizeLimit = sizeOnly ? Math.min(...envelope.rcptTo.map((r) => Number(r.state?.maxSize) || Infinity)) : Infinity;
     let settled = false;
     let failure: Error | undefined;
     let writer!: grpc.ClientWritableStream<EnqueueRequest>;
@@ -491,6 +503,14 @@ export function createHooks(deps: HooksDeps, submission: boolean): SmtpHooks {
       if (prefix) await writeBody(prefix);
       if (failure) throw failure;
       let prepend: Buffer | undefined;
+      if (size > sizeLimit) {
+        abortEnqueue(writer);
+        metrics.decisions.add(1, { stage: 'data', result: '5xx' });
+        metrics.messages.add(1, { listener: s.listener, result: 'policy_5xx' });
+        logger.info({ event: 'smtp_reject', stage: 'data', session_id: s.id, client: s.clientAddress, reason: 'message_too_large', reply: '552 5.3.4' }, 'message over the recipients\' size limit; nothing stored');
+        endTx(s, 'end of data refused: 552');
+        return { code: 552, enhanced: '5.3.4', text: 'Message size exceeds fixed limit' };
+      }
       if (check) {
         const verdict = await endOfDataCheck(s, check);
         if (verdict.refusal) {

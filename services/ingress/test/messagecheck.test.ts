@@ -141,3 +141,27 @@ test('headerLines keeps folds with CRLF and drops what is not a header', () => {
     'Authentication-Results: mx; spf=pass\r\n\tdkim=pass\r\n',
   );
 });
+
+test('RCPT says the check would only compare sizes (trusted client): no CheckMessage call, ingress refuses a message over the smallest limit itself', async () => {
+  const h = await startIngress();
+  try {
+    h.policy.decide = (req) => ({
+      action: PolicyAction.POLICY_ACTION_ACCEPT,
+      messageCheckSizeOnly: true,
+      maxMessageSize: req.recipient === 'alice@local.test' ? 1000 : 0,
+    });
+    const port = h.app.ports.smtp!;
+    assert.match((await send(port)).raw, /^250 2\.0\.0 Ok: queued as /);
+    assert.equal(h.policy.messages.length, 0, 'no CheckMessage stream');
+    assert.equal(h.queue.stored.length, 1);
+    const big = `${MESSAGE}${'x'.repeat(70)}\r\n`.repeat(20);
+    assert.equal((await send(port, `${big}.\r\n`)).raw, '552 5.3.4 Message size exceeds fixed limit\r\n');
+    assert.equal(h.queue.stored.length, 1, 'nothing stored');
+    // One recipient whose check would do more: the check runs as before.
+    h.policy.decide = () => ({ action: PolicyAction.POLICY_ACTION_ACCEPT, messageCheckSizeOnly: false });
+    assert.match((await send(port)).raw, /^250 /);
+    assert.equal(h.policy.messages.length, 1);
+  } finally {
+    await h.stop();
+  }
+});

@@ -107,7 +107,7 @@ export class MessageAuth {
     });
     // Submission and trusted networks (your own hosts) are not checked, as
     // with OpenDMARC's IgnoreHosts or Stalwart for authenticated sessions.
-    if (!inbound(client, session?.listener) || client.trusted) {
+    if (this.sizeOnly(client, session?.listener)) {
       for await (const _ of counted());
       return tooLarge ? this.tooLarge() : ok(client.trusted ? 'trusted' : 'submission');
     }
@@ -169,6 +169,11 @@ export class MessageAuth {
   private tooLarge(): CheckMessageResponse {
     const d = refuse('message_too_large', 552, '5.3.4', 'Message size exceeds fixed limit');
     return { action: d.action, reply: d.reply, reason: d.reason, addHeaders: [] };
+  }
+
+  /** True when check() only compares the size for this client (submission, trusted networks). */
+  sizeOnly(client: Client, listener: Listener | undefined): boolean {
+    return !inbound(client, listener) || client.trusted;
   }
 
   /** The smallest limit among the recipients' domains, else the global one. */

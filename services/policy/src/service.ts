@@ -2,6 +2,8 @@
 // the management RPCs for domains, mailboxes, aliases and users.
 import { grpc, grpcError } from '@tern/grpc';
 import {
+  CheckStage,
+  Listener,
   DomainKind,
   PolicyAction,
   type LookupRecipientRequest,
@@ -48,6 +50,10 @@ export type CheckHook = ((req: CheckRequest, client: Client, decision: Decision)
 
 export interface MessageChecker {
   check(first: CheckMessageRequest, chunks: AsyncIterable<Buffer>, client: Client): Promise<CheckMessageResponse>;
+  /** True when check() would only compare the size with sizeLimit() for this client (no authentication checks). */
+  sizeOnly?(client: Client, listener: Listener | undefined): boolean;
+  /** The smallest limit among the recipients' domains, else the global one. */
+  sizeLimit?(recipients: string[]): number;
 }
 
 export interface ServiceDeps {
@@ -161,7 +167,22 @@ export function createPolicyService(deps: ServiceDeps): PolicyServiceServer {
       reason: decision.reason,
       localRecipient: decision.localRecipient ?? false,
       cacheMs: cacheable ? deps.decisionCacheMs! : 0,
+      ...(req.stage === CheckStage.CHECK_STAGE_RCPT && decision.action === PolicyAction.POLICY_ACTION_ACCEPT
+        ? endOfData(req, client)
+        : { messageCheckSizeOnly: false, maxMessageSize: 0 }),
     };
+  }
+
+  /**
+   * What CheckMessage would do for this recipient: without a checker it
+   * accepts everything; a checker that would only compare sizes for this
+   * client lets the caller skip the call (message_check_size_only).
+   */
+  function endOfData(req: CheckRequest, client: Client): { messageCheckSizeOnly: boolean; maxMessageSize: number } {
+    const mc = deps.messageChecker;
+    if (!mc) return { messageCheckSizeOnly: true, maxMessageSize: 0 };
+    if (!mc.sizeOnly || !mc.sizeLimit) return { messageCheckSizeOnly: false, maxMessageSize: 0 };
+    return { messageCheckSizeOnly: mc.sizeOnly(client, req.session?.listener), maxMessageSize: mc.sizeLimit([req.recipient]) };
   }
 
   return {

@@ -220,6 +220,19 @@ export interface CheckResponse {
    * asking, to an identical request for up to this many milliseconds.
    */
   cacheMs: number;
+  /**
+   * RCPT stage: for this client, CheckMessage would do nothing but compare
+   * the message's size with the recipients' limits (no authentication
+   * checks: a trusted network, or not the MX listener). The caller may skip
+   * it when this holds for every recipient, and refuse a message bigger than
+   * the smallest max_message_size itself (552 5.3.4).
+   */
+  messageCheckSizeOnly: boolean;
+  /**
+   * RCPT stage: the largest message this recipient takes (its domain's
+   * limit, else the global one); 0 = no limit given.
+   */
+  maxMessageSize: number;
 }
 
 export interface CheckMessageHeader {
@@ -945,7 +958,15 @@ export const Header: MessageFns<Header> = {
 };
 
 function createBaseCheckResponse(): CheckResponse {
-  return { action: 0, reply: undefined, reason: "", localRecipient: false, cacheMs: 0 };
+  return {
+    action: 0,
+    reply: undefined,
+    reason: "",
+    localRecipient: false,
+    cacheMs: 0,
+    messageCheckSizeOnly: false,
+    maxMessageSize: 0,
+  };
 }
 
 export const CheckResponse: MessageFns<CheckResponse> = {
@@ -964,6 +985,12 @@ export const CheckResponse: MessageFns<CheckResponse> = {
     }
     if (message.cacheMs !== 0) {
       writer.uint32(40).uint32(message.cacheMs);
+    }
+    if (message.messageCheckSizeOnly !== false) {
+      writer.uint32(48).bool(message.messageCheckSizeOnly);
+    }
+    if (message.maxMessageSize !== 0) {
+      writer.uint32(56).uint64(message.maxMessageSize);
     }
     return writer;
   },
@@ -1021,6 +1048,22 @@ export const CheckResponse: MessageFns<CheckResponse> = {
             message.cacheMs = reader.uint32();
             continue;
           }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.messageCheckSizeOnly = reader.bool();
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.maxMessageSize = longToNumber(reader.uint64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1048,6 +1091,16 @@ export const CheckResponse: MessageFns<CheckResponse> = {
         : isSet(object.cache_ms)
         ? globalThis.Number(object.cache_ms)
         : 0,
+      messageCheckSizeOnly: isSet(object.messageCheckSizeOnly)
+        ? globalThis.Boolean(object.messageCheckSizeOnly)
+        : isSet(object.message_check_size_only)
+        ? globalThis.Boolean(object.message_check_size_only)
+        : false,
+      maxMessageSize: isSet(object.maxMessageSize)
+        ? globalThis.Number(object.maxMessageSize)
+        : isSet(object.max_message_size)
+        ? globalThis.Number(object.max_message_size)
+        : 0,
     };
   },
 
@@ -1068,6 +1121,12 @@ export const CheckResponse: MessageFns<CheckResponse> = {
     if (message.cacheMs !== 0) {
       obj.cacheMs = Math.round(message.cacheMs);
     }
+    if (message.messageCheckSizeOnly !== false) {
+      obj.messageCheckSizeOnly = message.messageCheckSizeOnly;
+    }
+    if (message.maxMessageSize !== 0) {
+      obj.maxMessageSize = Math.round(message.maxMessageSize);
+    }
     return obj;
   },
 
@@ -1083,6 +1142,8 @@ export const CheckResponse: MessageFns<CheckResponse> = {
     message.reason = object.reason ?? "";
     message.localRecipient = object.localRecipient ?? false;
     message.cacheMs = object.cacheMs ?? 0;
+    message.messageCheckSizeOnly = object.messageCheckSizeOnly ?? false;
+    message.maxMessageSize = object.maxMessageSize ?? 0;
     return message;
   },
 };
