@@ -194,6 +194,16 @@ describe('next hop', () => {
     assert.match(sinkA.messages[0]!.raw.toString(), /^From: a@sender\.test\r\n/, 'the inline body went out');
   });
 
+  test('IPv6: an MX host with only an AAAA record is reached over IPv6', async () => {
+    const p6 = await harness.freePort('::1');
+    const sink6 = await harness.startSink({ host: '::1', port: p6, hostname: 'v6.sink.test' });
+    dns.mx('v6.test', 'mx.v6.test').aaaa('mx.v6.test', '::1');
+    const r = await deliver(deps({ port: p6 }), makeJob(bodies, ['u@v6.test']));
+    assert.deepEqual(replies(r), ['250 2.0.0']);
+    assert.equal(r!.remoteIp, '::1');
+    assert.equal(sink6.messages.length, 1);
+  });
+
   test('a domain that does not exist fails with 5.1.2', async () => {
     const r = await deliver(deps(), makeJob(bodies, ['u@nowhere.test']));
     assert.deepEqual(replies(r), ['550 5.1.2']);
