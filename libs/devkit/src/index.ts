@@ -10,3 +10,4 @@ export * from './harness';
 export * from './platform';
 export * from './postfix';
 export * from './unix-forward';
+export * from './dnssec';

@@ -11,6 +11,7 @@ import { createClient, GrpcServer } from '@tern/grpc';
 import { DeliveryJob, DeliveryResult, AttemptOutcome, QueueServiceClient } from '@tern/proto';
 import { withSpan, type Telemetry } from '@tern/telemetry';
 import type { Config } from './config';
+import { DaneResolver } from './dane';
 import { DkimSigner, parseDkimKeys } from './dkim';
 import { MtaStsPolicies } from './mta-sts';
 import { NextHopResolver } from './nexthop';
@@ -50,6 +51,7 @@ export function createApp(config: Config, deps: AppDeps): App {
     // Read at each use, so that a rotated secret is picked up without a restart.
     secretsDir: config.TERN_SMTP_AUTH_SECRETS_DIR,
   };
+  if (config.TERN_DANE) worker.dane = new DaneResolver({ servers: config.TERN_DNS_SERVERS, timeoutMs: config.TERN_DNS_TIMEOUT_MS });
   if (config.TERN_MTA_STS) worker.mtaSts = new MtaStsPolicies({ resolver, logger, port: config.TERN_MTA_STS_PORT, ca: worker.tlsCa, timeoutMs: 30_000 });
   const metrics = {
     recipients: meter.createCounter('tern_delivery_recipients_total', { description: 'Recipient results by outcome' }),

@@ -40,6 +40,12 @@ const schema = z.object({
   /** HTTPS port of MTA-STS policy hosts (443 on the internet; tests use another). */
   TERN_MTA_STS_PORT: positiveInt(443),
   /**
+   * DANE (RFC 7672): honour TLSA records the resolver (TERN_DNS_SERVERS, the
+   * first one) marks as DNSSEC-validated (AD). Needs a validating resolver on
+   * a trusted path; with one that does not validate, DANE never applies.
+   */
+  TERN_DANE: bool(true),
+  /**
    * DKIM signing keys, "domain:selector:/path/to/key.pem" comma separated
    * (messages whose From: domain, or a parent of it, has a key are signed).
    */

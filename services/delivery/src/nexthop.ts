@@ -5,12 +5,17 @@
 import { promises as dnsp, type MxRecord } from 'node:dns';
 import net from 'node:net';
 import type { SmtpReply } from '@tern/proto';
+import type { Tlsa } from './dane';
 
 export interface NextHop {
   /** Host name (for logs, Remote-MTA, TLS name). */
   name: string;
   addresses: string[];
   port: number;
+  /** DANE: the host's secure TLSA records (usable ones; empty = TLS required, not authenticated). */
+  dane?: Tlsa[];
+  /** The host must not be used (DANE: its TLSA lookup failed under a secure MX); the reason. */
+  unusable?: SmtpReply;
 }
 
 export type Resolution = { ok: true; hops: NextHop[] } | { ok: false; temporary: boolean; reply: SmtpReply };

@@ -27,7 +27,7 @@ export class ConnectionPool {
    */
   private key(o: ConnectOptions): string {
     const peer = o.socketPath ? `unix:${o.socketPath}` : `${o.address}:${o.port}`;
-    return [o.localAddress ?? '', peer, o.lmtp ? 'lmtp' : 'smtp', o.tls, o.hostName, (o.tlsNames ?? []).join(','), o.heloName, o.auth?.user ?? ''].join('|');
+    return [o.localAddress ?? '', peer, o.lmtp ? 'lmtp' : 'smtp', o.tls, o.hostName, (o.tlsNames ?? []).join(','), o.heloName, o.auth?.user ?? '', o.dane ? `dane:${o.dane.map((t) => `${t.usage}${t.selector}${t.matchingType}${t.data.toString('hex')}`).join(',')}` : ''].join('|');
   }
 
   async acquire(opts: ConnectOptions): Promise<SmtpClient> {

@@ -6,6 +6,7 @@
 import net from 'node:net';
 import tls from 'node:tls';
 import type { SmtpReply, TlsInfo } from '@tern/proto';
+import { daneVerify, type Tlsa } from './dane';
 
 export type Stage = 'connect' | 'greeting' | 'ehlo' | 'starttls' | 'auth' | 'mail' | 'rcpt' | 'data' | 'data-end' | 'rset';
 
@@ -49,6 +50,12 @@ export interface ConnectOptions {
   ca?: string | Buffer | (string | Buffer)[];
   /** LMTP (RFC 2033): LHLO, and one reply per accepted recipient at end of data. */
   lmtp?: boolean;
+  /**
+   * DANE (RFC 7672): the host has a secure TLSA RRset. STARTTLS is then
+   * required, and the certificate is authenticated by these records (none
+   * usable = encryption without authentication) instead of by CAs.
+   */
+  dane?: Tlsa[];
   /** SMTP AUTH (RFC 4954) after STARTTLS, PLAIN or LOGIN; never sent without TLS. */
   auth?: { user: string; password: string };
 }
@@ -257,7 +264,7 @@ export class SmtpClient {
     const mode = this.opts.tls;
     if (this.opts.auth && mode === 'none') throw new SessionError('auth', syntheticReply(451, '4.7.0', `refusing to send credentials to ${this.peer} without TLS (the route's TLS policy is none)`), true);
     if (mode === 'none') return;
-    const required = mode === 'encrypt' || mode === 'verify';
+    const required = mode === 'encrypt' || mode === 'verify' || !!this.opts.dane;
     if (!this.extensions.has('STARTTLS')) {
       if (this.opts.auth) throw new SessionError('auth', syntheticReply(451, '4.7.0', `refusing to send credentials to ${this.peer}: it does not offer STARTTLS`), true);
       if (required) throw new SessionError('starttls', syntheticReply(451, '4.7.4', `TLS is required, but was not offered by host ${this.peer}`), true);
@@ -341,7 +348,20 @@ export class SmtpClient {
       }, this.opts.commandTimeoutMs);
       t.once('secureConnect', () => {
         clearTimeout(timer);
-        const cert = t.getPeerCertificate();
+        const cert = t.getPeerCertificate(true);
+        const dane = this.opts.dane;
+        if (dane?.length) {
+          // DANE decides, whatever the policy (RFC 7672 2.2: TLSA records take precedence over CAs).
+          const d = daneVerify(dane, cert, this.opts.hostName);
+          if (!d.ok) {
+            t.destroy();
+            reject(new SessionError('starttls', syntheticReply(451, '4.7.5', `DANE: ${d.why} (${this.peer})`), true));
+            return;
+          }
+          verified = true;
+          resolve(t);
+          return;
+        }
         const nameOk = !!cert && Object.keys(cert).length > 0 && names.some((n) => certCovers(cert, n));
         verified = t.authorized && nameOk;
         if (verify && !verified) {

@@ -21,6 +21,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { grpc } from '@tern/grpc';
 import type { Logger } from '@tern/telemetry';
+import type { DaneResolver } from './dane';
 import { fromDomain, readHeaderSection, type DkimSigner } from './dkim';
 import { mxAllowed, type MtaStsPolicies } from './mta-sts';
 import type { NextHop, NextHopResolver, Resolution } from './nexthop';
@@ -46,6 +47,8 @@ export interface WorkerDeps {
   dkim?: DkimSigner;
   /** MTA-STS policies (RFC 8461); absent = not consulted. */
   mtaSts?: MtaStsPolicies;
+  /** DANE (RFC 7672) through a validating resolver; absent = not used. */
+  dane?: DaneResolver;
   /** Directory of secrets (one file per name, e.g. a mounted Kubernetes Secret): smart host passwords. */
   secretsDir?: string;
 }
@@ -188,6 +191,13 @@ export async function deliver(deps: WorkerDeps, job: DeliveryJob): Promise<Deliv
   for (const mode of passes) {
     if (mode === 'none' && p.tls === 'may' && !(failures > 0 && tlsFailures === failures)) break;
     for (const hop of p.hops) {
+      // The clear-text pass is only for hosts whose TLS is opportunistic.
+      if (mode === 'none' && (hop.dane || hop.unusable)) continue;
+      if (hop.unusable) {
+        lastFailure = new SessionError('connect', hop.unusable);
+        failures++;
+        continue;
+      }
       const endpoints = p.socketPath ? [p.socketPath] : hop.addresses;
       for (const address of endpoints) {
         const opts: ConnectOptions = {
@@ -204,6 +214,7 @@ export async function deliver(deps: WorkerDeps, job: DeliveryJob): Promise<Deliv
           ca: deps.tlsCa,
           lmtp: p.lmtp,
           auth: p.auth,
+          dane: hop.dane,
         };
         const remoteIp = p.socketPath ? '' : address;
         const remoteHost = p.socketPath ? `unix:${p.socketPath}` : hop.name;
@@ -320,16 +331,31 @@ async function plan(deps: WorkerDeps, job: DeliveryJob): Promise<Plan | { reply:
     return { reply: syntheticReply(451, '4.3.5', `route for ${job.destination} is of an unknown kind (${route.kind})`), temporary: true };
   }
   const resolution = await deps.resolver.resolve(job.destination);
-  if (!resolution.ok || !deps.mtaSts || (route && route.tls !== TlsPolicy.TLS_POLICY_UNSPECIFIED)) return fromResolution(resolution, false);
-  // MTA-STS applies to MX delivery whose TLS the operator has not set by route.
-  const policy = await deps.mtaSts.policyFor(job.destination);
-  if (policy?.mode !== 'enforce') return fromResolution(resolution, false);
-  // RFC 8461 4.1, 5: only the MX hosts the policy names, only over TLS valid for the MX name; failures wait.
-  const hops = resolution.hops.filter((h) => mxAllowed(policy, h.name));
-  if (!hops.length) {
-    return { reply: syntheticReply(451, '4.7.5', `MTA-STS policy of ${job.destination} (enforce) names none of its MX hosts (${resolution.hops.map((h) => h.name).join(', ')})`), temporary: true };
+  // MTA-STS and DANE apply to MX delivery whose TLS the operator has not set by route.
+  if (!resolution.ok || (route && route.tls !== TlsPolicy.TLS_POLICY_UNSPECIFIED)) return fromResolution(resolution, false);
+  let hops = resolution.hops;
+  const policy = deps.mtaSts ? await deps.mtaSts.policyFor(job.destination) : undefined;
+  if (policy?.mode === 'enforce') {
+    // RFC 8461 4.1, 5: only the MX hosts the policy names, only over TLS valid for the MX name; failures wait.
+    hops = hops.filter((h) => mxAllowed(policy, h.name));
+    if (!hops.length) {
+      return { reply: syntheticReply(451, '4.7.5', `MTA-STS policy of ${job.destination} (enforce) names none of its MX hosts (${resolution.hops.map((h) => h.name).join(', ')})`), temporary: true };
+    }
+    tls = 'verify';
   }
-  return { hops, lmtp: false, tls: 'verify', requiretls };
+  if (deps.dane && !/^\[|^\d+\.\d+\.\d+\.\d+$/.test(job.destination) && (await deps.dane.mxSecure(job.destination))) {
+    // RFC 7672 2.2: under a DNSSEC-validated MX RRset, each host's secure TLSA records decide its TLS.
+    const dane = deps.dane;
+    hops = await Promise.all(
+      hops.map(async (h) => {
+        const a = await dane.tlsa(h.name, h.port);
+        if (a.kind === 'records') return { ...h, dane: a.records };
+        if (a.kind === 'error') return { ...h, unusable: syntheticReply(451, '4.7.5', `DANE: ${a.why}; ${h.name} is not used`) };
+        return h;
+      }),
+    );
+  }
+  return { hops, lmtp: false, tls, requiretls };
 }
 
 /** A secret by name from the secrets directory (the file's content, without a final newline); undefined when missing. */
