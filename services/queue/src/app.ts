@@ -16,7 +16,7 @@ import { Scheduler } from './dispatch';
 import { Enqueuer } from './enqueue';
 import { countPending, Housekeeping } from './housekeeping';
 import { Operations } from './operations';
-import { Relay } from './outbox';
+import { Relay, type StoredOutboxRow } from './outbox';
 import { ResultApplier } from './results';
 import { RouteTable } from './routes';
 import { createQueueService } from './service';
@@ -66,6 +66,8 @@ export function createApp(config: Config, deps: AppDeps): App {
   // Late-bound: the bus exists after start().
   const lazyBus = new Proxy({} as Bus, { get: (_t, k) => Reflect.get(busRef(), k as keyof Bus, busRef()) });
 
+  // Rows a commit just wrote go straight to the relay (no reading back).
+  const handoff = (rows?: StoredOutboxRow[]) => (rows?.length ? relay.handoff(rows) : relay.wake());
   const relay = new Relay({ pool, bus: lazyBus, logger, tracer, batch: 500, pollMs: 1_000, published: metrics.published });
   const scheduler = new Scheduler({
     pool,
@@ -78,7 +80,7 @@ export function createApp(config: Config, deps: AppDeps): App {
     leaseS: config.TERN_QUEUE_LEASE_S,
     intervalMs: config.TERN_QUEUE_SCHEDULE_INTERVAL_MS,
     dispatched: metrics.dispatched,
-    onOutbox: () => relay.wake(),
+    onOutbox: handoff,
   });
   const enqueuer = new Enqueuer({
     pool,
@@ -95,7 +97,7 @@ export function createApp(config: Config, deps: AppDeps): App {
     jobMaxRecipients: config.TERN_QUEUE_JOB_MAX_RECIPIENTS,
     inlineBodyMax: config.TERN_QUEUE_INLINE_BODY_MAX,
     metrics,
-    onOutbox: () => relay.wake(),
+    onOutbox: handoff,
     onQueued: () => scheduler.wake(),
   });
   const results = new ResultApplier({
@@ -114,7 +116,7 @@ export function createApp(config: Config, deps: AppDeps): App {
       leaseS: config.TERN_QUEUE_LEASE_S,
       dispatched: metrics.dispatched,
     },
-    onOutbox: () => relay.wake(),
+    onOutbox: handoff,
     onSlotsFreed: () => scheduler.wake(),
   });
   const housekeeping = new Housekeeping({

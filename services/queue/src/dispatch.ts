@@ -10,7 +10,7 @@ import type { Counter } from './metrics';
 import { q, tx } from './db';
 import { newId, recipientId } from './ids';
 import { S } from './model';
-import { insertOutbox, type OutboxRow } from './outbox';
+import { insertOutbox, type OutboxRow, type StoredOutboxRow } from './outbox';
 import type { RouteTable } from './routes';
 
 export interface DestinationLimits {
@@ -265,8 +265,8 @@ export interface SchedulerOptions {
   leaseS: number;
   intervalMs: number;
   dispatched: Counter;
-  /** Outbox rows were committed. */
-  onOutbox(): void;
+  /** Outbox rows were committed (handed to the relay when given). */
+  onOutbox(rows?: StoredOutboxRow[]): void;
 }
 
 interface DestRow {
@@ -376,9 +376,9 @@ export class Scheduler {
   /** One claim: returns the number of recipients dispatched. */
   async dispatchPass(): Promise<number> {
     const leaseExpiresAt = new Date(Date.now() + this.o.leaseS * 1000);
-    const jobs = await tx(this.o.pool, (c) => dispatchDue(c, this.o, leaseExpiresAt));
+    const { built: jobs, outbox } = await tx(this.o.pool, (c) => dispatchDue(c, this.o, leaseExpiresAt));
     if (jobs.length) {
-      this.o.onOutbox();
+      this.o.onOutbox(outbox);
       const n = jobs.reduce((a, j) => a + j.idxs.length, 0);
       this.o.dispatched.add(jobs.length);
       return n;
@@ -405,9 +405,10 @@ export interface DispatchSettings {
  * just gave back (the next job leaves in the same commit, Postfix's qmgr
  * style, instead of waiting for a scheduler pass).
  */
-export async function dispatchDue(c: PoolClient, o: DispatchSettings, leaseExpiresAt: Date, only?: string[]): Promise<BuiltJob[]> {
+export async function dispatchDue(c: PoolClient, o: DispatchSettings, leaseExpiresAt: Date, only?: string[]): Promise<{ built: BuiltJob[]; outbox: StoredOutboxRow[] }> {
+  const none = { built: [] as BuiltJob[], outbox: [] as StoredOutboxRow[] };
   const l = o.limits;
-  if (only && !only.length) return [];
+  if (only && !only.length) return none;
   const tokens = tokensNowSql(l);
   const { rows: dests } = await c.query<DestRow>({
     name: only ? 'tern_due_dests_only' : 'tern_due_dests',
@@ -422,7 +423,7 @@ export async function dispatchDue(c: PoolClient, o: DispatchSettings, leaseExpir
      FOR UPDATE OF d SKIP LOCKED`,
     values: only ? [only] : [],
   });
-  if (!dests.length) return [];
+  if (!dests.length) return none;
   let budget = o.batch;
   const caps = new Map<string, number>();
   const names: string[] = [];
@@ -438,7 +439,7 @@ export async function dispatchDue(c: PoolClient, o: DispatchSettings, leaseExpir
     names.push(d.name);
     limits.push(rows);
   }
-  if (!names.length) return [];
+  if (!names.length) return none;
   // At most `cap` jobs leave per destination, and a job carries one
   // message: claim a few rows per job (recipients of one message are due
   // together and sit together in the index), not cap x job size rows, most
@@ -455,7 +456,7 @@ export async function dispatchDue(c: PoolClient, o: DispatchSettings, leaseExpir
        FOR UPDATE SKIP LOCKED) r`,
     [names, limits],
   );
-  if (!claimed.length) return [];
+  if (!claimed.length) return none;
   // Group by destination then message, keeping the due order.
   const byDest = new Map<string, Map<string, ClaimRow[]>>();
   for (const r of claimed) {
@@ -482,7 +483,7 @@ export async function dispatchDue(c: PoolClient, o: DispatchSettings, leaseExpir
       }
     }
   }
-  if (!built.length) return [];
+  if (!built.length) return none;
   await markInflight(c, built, leaseExpiresAt);
   const uNames = [...used.keys()].sort();
   await q(
@@ -494,6 +495,6 @@ export async function dispatchDue(c: PoolClient, o: DispatchSettings, leaseExpir
      FROM unnest($1::text[], $2::int[]) AS t(name, n) WHERE d.name = t.name`,
     [uNames, uNames.map((n) => used.get(n)!)],
   );
-  await insertOutbox(c, built.map((b) => b.outbox));
-  return built;
+  const outbox = await insertOutbox(c, built.map((b) => b.outbox));
+  return { built, outbox };
 }

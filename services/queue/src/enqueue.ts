@@ -14,7 +14,7 @@ import { intArrayLiteral, q, tx } from './db';
 import { buildJobs, ensureDestinations, reserveSlots, tokensNowSql, type BuiltJob, type DestinationLimits } from './dispatch';
 import { newId } from './ids';
 import { destinationOf, S } from './model';
-import { insertOutbox, outboxColumns } from './outbox';
+import { insertOutbox, outboxColumns, stored, type StoredOutboxRow } from './outbox';
 import type { RouteTable } from './routes';
 
 /** Size of a spilled body row. */
@@ -53,7 +53,8 @@ export interface EnqueueOptions {
   /** Bodies up to this size travel in the job (DeliveryJob.body; 0 = never). */
   inlineBodyMax: number;
   metrics: { messages: Counter; batch: Histogram };
-  onOutbox(): void;
+  /** Outbox rows were committed (handed to the relay when given). */
+  onOutbox(rows?: StoredOutboxRow[]): void;
   onQueued(): void;
 }
 
@@ -216,10 +217,12 @@ export class Enqueuer {
     let outboxRows = 0;
     let queued = 0;
     let ensured: string[] = [];
+    let committed: StoredOutboxRow[] = [];
     const results = await tx(this.o.pool, async (c) => {
       outboxRows = 0;
       queued = 0;
       ensured = [];
+      committed = [];
       const ins = await q<{ id: string }>(
         c,
         'tern_enq_messages',
@@ -348,7 +351,7 @@ export class Enqueuer {
              AS x(m, i, a, d, o, n, s, na, j, l)`,
           [cols.m, cols.i, cols.a, cols.d, cols.o, cols.n, cols.s, cols.na, cols.j, cols.l, now, expires],
         );
-        await insertOutbox(c, jobs.map((b) => b.outbox));
+        committed = await insertOutbox(c, jobs.map((b) => b.outbox));
         outboxRows = jobs.length;
       }
       return items.map((i): EnqueueResult => {
@@ -359,7 +362,7 @@ export class Enqueuer {
       });
     });
     this.remember(ensured);
-    if (outboxRows) this.o.onOutbox();
+    if (outboxRows) this.o.onOutbox(committed);
     if (queued) this.o.onQueued();
     return results;
   }
@@ -423,7 +426,7 @@ export class Enqueuer {
     const names = [...wanted.keys()].sort();
     const tokens = tokensNowSql(l);
     const ob = outboxColumns(jobs.map((b) => b.outbox));
-    const { rows } = await q<{ granted: string[] | null; queued: number }>(
+    const { rows } = await q<{ granted: string[] | null; queued: number; outbox: Array<{ id: number; msg_id: string }> | null }>(
       this.o.pool,
       'tern_enq_one',
       `WITH g AS (
@@ -454,8 +457,10 @@ export class Enqueuer {
        o AS (
          INSERT INTO outbox (subject, msg_id, payload, trace)
          SELECT x.s, x.m, x.p, x.t::jsonb FROM unnest($22::text[], $23::text[], $24::bytea[], $25::text[], $26::text[]) AS x(s, m, p, t, d)
-         WHERE x.d IN (SELECT name FROM g))
-       SELECT (SELECT array_agg(name) FROM g) AS granted, (SELECT count(*)::int FROM r WHERE state = ${S.queued}) AS queued`,
+         WHERE x.d IN (SELECT name FROM g)
+         RETURNING id, msg_id)
+       SELECT (SELECT array_agg(name) FROM g) AS granted, (SELECT count(*)::int FROM r WHERE state = ${S.queued}) AS queued,
+              (SELECT json_agg(json_build_object('id', id, 'msg_id', msg_id)) FROM o) AS outbox`,
       [
         names,
         names.map((n) => wanted.get(n)!),
@@ -486,7 +491,9 @@ export class Enqueuer {
       ],
     );
     const granted = new Set(rows[0]?.granted ?? []);
-    if (jobs.some((b) => granted.has(b.destination))) this.o.onOutbox();
+    if (jobs.some((b) => granted.has(b.destination))) {
+      this.o.onOutbox(stored(jobs.filter((b) => granted.has(b.destination)).map((b) => b.outbox), rows[0]?.outbox ?? []));
+    }
     if ((rows[0]?.queued ?? 0) > 0) this.o.onQueued();
     return items.map((i) => ({ queueId: i.queueId, duplicate: false }));
   }

@@ -29,13 +29,25 @@ export function outboxColumns(rows: OutboxRow[]): { subjects: string[]; msgIds: 
   };
 }
 
-export async function insertOutbox(c: PoolClient, rows: OutboxRow[]): Promise<void> {
-  if (!rows.length) return;
-  await q(
+/** An outbox row as committed, with its id (for the relay's hand-off). */
+export interface StoredOutboxRow extends OutboxRow {
+  id: number;
+}
+
+/** Gives committed rows their ids back (matched by msg_id, unique per row). */
+export function stored(rows: OutboxRow[], ids: Array<{ id: string | number; msg_id: string }>): StoredOutboxRow[] {
+  const byMsg = new Map(ids.map((r) => [r.msg_id, Number(r.id)]));
+  return rows.flatMap((r) => (byMsg.has(r.msgId) ? [{ ...r, id: byMsg.get(r.msgId)! }] : []));
+}
+
+export async function insertOutbox(c: PoolClient, rows: OutboxRow[]): Promise<StoredOutboxRow[]> {
+  if (!rows.length) return [];
+  const { rows: ids } = await q<{ id: string; msg_id: string }>(
     c,
     'tern_outbox_insert',
     `INSERT INTO outbox (subject, msg_id, payload, trace)
-     SELECT s, m, p, t::jsonb FROM unnest($1::text[], $2::text[], $3::bytea[], $4::text[]) AS x(s, m, p, t)`,
+     SELECT s, m, p, t::jsonb FROM unnest($1::text[], $2::text[], $3::bytea[], $4::text[]) AS x(s, m, p, t)
+     RETURNING id, msg_id`,
     [
       rows.map((r) => r.subject),
       rows.map((r) => r.msgId),
@@ -43,6 +55,7 @@ export async function insertOutbox(c: PoolClient, rows: OutboxRow[]): Promise<vo
       rows.map((r) => JSON.stringify({ ...(r.trace ?? {}), 'x-span': r.span, 'x-attrs': r.attrs ?? {} })),
     ],
   );
+  return stored(rows, ids);
 }
 
 export interface RelayOptions {
@@ -60,11 +73,16 @@ export class Relay {
   private wakeUp: (() => void) | undefined;
   private woken = false;
   private loop: Promise<void> | undefined;
+  private readonly handoffs = new Set<Promise<void>>();
 
   constructor(private readonly o: RelayOptions) {}
 
   start(): void {
     this.loop = this.run();
+  }
+
+  private get running(): boolean {
+    return this.loop !== undefined && !this.stopped;
   }
 
   /** Something was committed to the outbox: publish now. */
@@ -73,9 +91,50 @@ export class Relay {
     this.wakeUp?.();
   }
 
+  /**
+   * Rows just committed, handed over by the committer: published from memory
+   * (no reading back), then deleted in one statement. A row whose publish
+   * fails stays, and the next pass publishes it (same Nats-Msg-Id); a pass
+   * that picks a row while its hand-off is under way publishes it twice,
+   * which JetStream drops as a duplicate.
+   */
+  handoff(rows: StoredOutboxRow[]): void {
+    if (!rows.length) return;
+    // Not running (not started, or stopping): the rows wait for a pass.
+    if (!this.running) return this.wake();
+    const p = (async () => {
+      const results = await Promise.allSettled(
+        rows.map((r) => this.publish(r.subject, r.msgId, r.payload, { ...(r.trace ?? {}) }, r.span, r.attrs ?? {})),
+      );
+      const done = rows.filter((_, i) => results[i]!.status === 'fulfilled').map((r) => r.id);
+      if (done.length) {
+        await q(this.o.pool, 'tern_outbox_delete', 'DELETE FROM outbox WHERE id = ANY($1::bigint[])', [done]);
+        this.o.published.add(done.length);
+      }
+      if (done.length < rows.length) this.wake();
+    })()
+      .catch((err: Error) => {
+        this.o.logger.warn({ err: err.message }, 'outbox hand-off failed; the relay pass retries');
+        this.wake();
+      })
+      .finally(() => this.handoffs.delete(p));
+    this.handoffs.add(p);
+  }
+
+  private publish(subject: string, msgId: string, payload: Uint8Array, carrier: Record<string, string>, span: string, attrs: Record<string, string | number>): Promise<unknown> {
+    return withSpan(
+      this.o.tracer,
+      span,
+      { 'messaging.destination': subject, 'messaging.message.id': msgId, ...attrs },
+      () => this.o.bus.publish(subject, payload, { msgId }),
+      extractContext(carrier),
+    );
+  }
+
   async stop(): Promise<void> {
     this.stopped = true;
     this.wakeUp?.();
+    await Promise.allSettled([...this.handoffs]);
     await this.loop;
   }
 
@@ -119,13 +178,13 @@ export class Relay {
       await Promise.all(
         rows.map((r) => {
           const { 'x-span': span, 'x-attrs': attrs, ...carrier } = (r.trace ?? {}) as Record<string, unknown>;
-          const parent = extractContext(carrier as Record<string, string>);
-          return withSpan(
-            this.o.tracer,
+          return this.publish(
+            r.subject,
+            r.msg_id,
+            r.payload,
+            carrier as Record<string, string>,
             typeof span === 'string' ? span : 'queue.publish',
-            { 'messaging.destination': r.subject, 'messaging.message.id': r.msg_id, ...((attrs as Record<string, string>) ?? {}) },
-            () => this.o.bus.publish(r.subject, r.payload, { msgId: r.msg_id }),
-            parent,
+            (attrs as Record<string, string>) ?? {},
           );
         }),
       );

@@ -13,7 +13,7 @@ import { q, tx } from './db';
 import { dispatchDue, releaseJobs, type DestinationLimits, type JobEnd } from './dispatch';
 import { parseRecipientId } from './ids';
 import { backoffMs, S, statusOf, PENDING_SQL, type BackoffSettings } from './model';
-import { insertOutbox, type OutboxRow } from './outbox';
+import { insertOutbox, type OutboxRow, type StoredOutboxRow } from './outbox';
 import { buildReports, type ReportSubject } from './reports';
 import type { RouteTable } from './routes';
 
@@ -27,7 +27,8 @@ export interface ResultsOptions {
   applied: Counter;
   /** Dispatch of the next jobs for the destinations whose slots a batch gives back. */
   dispatch: { routes: RouteTable; jobMaxRecipients: number; batch: number; inlineBodyMax: number; leaseS: number; dispatched: Counter };
-  onOutbox(): void;
+  /** Outbox rows were committed (handed to the relay when given). */
+  onOutbox(rows?: StoredOutboxRow[]): void;
   onSlotsFreed(): void;
 }
 
@@ -88,11 +89,13 @@ export class ResultApplier {
     let reports = 0;
     let ends = 0;
     let jobs = 0;
+    let committed: StoredOutboxRow[] = [];
     const leaseExpiresAt = new Date(now.getTime() + this.o.dispatch.leaseS * 1000);
     const changed = await tx(this.o.pool, async (c) => {
       reports = 0;
       ends = 0;
       jobs = 0;
+      committed = [];
       // Unique (message, idx, job) keys, first result wins.
       const keyed = new Map<string, { result: number; rr: DeliveryResult['recipients'][number]; m: string; i: number; j: string }>();
       results.forEach((res, n) => {
@@ -238,7 +241,7 @@ export class ResultApplier {
         ...buildReports(ReportKind.REPORT_KIND_FAILED, failedSubjects),
         ...buildReports(ReportKind.REPORT_KIND_RELAYED, relayedSubjects),
       ];
-      await insertOutbox(c, outbox);
+      committed = await insertOutbox(c, outbox);
       reports = outbox.length;
       // Last, because they lock the destination rows (shared by every
       // transaction that dispatches): give the slots back, and fill them
@@ -248,13 +251,14 @@ export class ResultApplier {
       if (ends) {
         const dests = [...new Set(jobEnds.map((e) => e.destination))].sort();
         const next = await dispatchDue(c, { ...this.o.dispatch, limits: this.o.limits }, leaseExpiresAt, dests);
-        jobs = next.length;
+        jobs = next.built.length;
+        committed = committed.concat(next.outbox);
       }
       for (let n = 0; n < upd.s.length; n++) this.o.applied.add(1, { state: String(upd.s[n]) });
       return counts;
     });
     if (jobs) this.o.dispatch.dispatched.add(jobs);
-    if (reports || jobs) this.o.onOutbox();
+    if (reports || jobs) this.o.onOutbox(committed);
     // Slots left free (nothing due here, or rows locked by a scheduler pass): the scheduler looks again.
     if (ends > jobs) this.o.onSlotsFreed();
     return changed;
