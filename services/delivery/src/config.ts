@@ -1,6 +1,19 @@
 // Process settings of the delivery service, read once from the environment.
 // Keys are the variable names, so a bad value is reported by its name.
+import fs from 'node:fs';
 import { bool, commonSchema, csv, grpcTarget, natsUrl, parseEnv, positiveInt, z } from '@tern/config';
+import { parseDkimKeys } from './dkim';
+
+/** A file the process can read now (a missing CA or key file stops the start, naming the variable). */
+const readableFile = () =>
+  z.string().min(1).refine((f) => {
+    try {
+      fs.accessSync(f, fs.constants.R_OK);
+      return true;
+    } catch {
+      return false;
+    }
+  }, 'cannot read this file');
 
 const schema = z.object({
   ...commonSchema({ grpcPort: 7004, metricsPort: 9104 }),
@@ -29,7 +42,7 @@ const schema = z.object({
    * Trust anchors (PEM file) for certificate verification under the
    * "verify" TLS policy, REQUIRETLS and MTA-STS; unset = Node's bundled CAs.
    */
-  TERN_SMTP_TLS_CA_FILE: z.string().min(1).optional(),
+  TERN_SMTP_TLS_CA_FILE: readableFile().optional(),
   /**
    * Directory of secrets, one file per name (a mounted Kubernetes Secret):
    * a smart host route's auth_secret names the file holding its password.
@@ -49,7 +62,13 @@ const schema = z.object({
    * DKIM signing keys, "domain:selector:/path/to/key.pem" comma separated
    * (messages whose From: domain, or a parent of it, has a key are signed).
    */
-  TERN_DKIM_KEYS: csv([]),
+  TERN_DKIM_KEYS: csv([]).superRefine((entries, ctx) => {
+    try {
+      parseDkimKeys(entries, (file) => fs.readFileSync(file, 'utf8'));
+    } catch (err) {
+      ctx.addIssue({ code: 'custom', message: (err as Error).message });
+    }
+  }),
   /** Deadline of a ReadBody stream from the queue. */
   TERN_QUEUE_DEADLINE_MS: positiveInt(120_000),
 });
