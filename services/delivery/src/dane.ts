@@ -179,7 +179,7 @@ export class DaneResolver {
         const ttl = a.records.length ? Math.min(...a.records.map((r) => r.ttl)) : 60;
         return { value: a.ad && (a.rcode === RCODE_NOERROR || a.rcode === RCODE_NXDOMAIN), ttl };
       } catch {
-        return { value: false, ttl: 5 };
+        return { value: false, ttl: 30 }; // a resolver that drops these queries is not asked again at once
       }
     });
   }
