@@ -360,7 +360,8 @@ async function plan(deps: WorkerDeps, job: DeliveryJob): Promise<Plan | { reply:
 
 /** A secret by name from the secrets directory (the file's content, without a final newline); undefined when missing. */
 function readSecret(deps: WorkerDeps, name: string): string | undefined {
-  if (!deps.secretsDir || !/^[A-Za-z0-9][A-Za-z0-9._-]*$/.test(name)) return undefined;
+  // The admin API allows "a/b" names (a key inside a secret); never an escape from the directory.
+  if (!deps.secretsDir || !/^[A-Za-z0-9][A-Za-z0-9._/-]*$/.test(name) || name.split('/').some((seg) => seg === '..' || seg === '.' || seg === '')) return undefined;
   try {
     return fs.readFileSync(path.join(deps.secretsDir, name), 'utf8').replace(/\r?\n$/, '');
   } catch {

@@ -3,6 +3,9 @@
 // processes (startPlatform), a second delivery process beside the first,
 // each with its own source address so that the sink can tell them apart.
 //
+// A second test sets an LMTP route at run time through the admin API and
+// sees the next message for that domain go to the LMTP server.
+//
 // The recipients' MX holds the first transaction at end of data without an
 // answer (the body is in, the 250 never comes): the process holding that
 // job is then SIGKILLed. The job's lease (6 s here) brings its recipients
@@ -10,7 +13,9 @@
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import nodemailer from 'nodemailer';
+import * as grpc from '@grpc/grpc-js';
 import { Harness, startPlatform, type DnsServer, type Platform, type ServiceHandle, type SmtpSink } from '@tern/devkit';
+import { AdminServiceClient, PutRouteRequest, RouteKind, TlsPolicy } from '@tern/proto';
 
 const harness = new Harness({ name: 'delivery-two-processes' });
 const SOURCE = { d1: '127.0.4.51', d2: '127.0.4.52' };
@@ -80,13 +85,13 @@ before(async () => {
 
 after(() => harness.close());
 
-async function send(n: number): Promise<string> {
+async function send(n: number, domain = 'dest.test'): Promise<string> {
   const transport = nodemailer.createTransport({ host: platform.smtpHost, port: platform.smtpPort, secure: false, ignoreTLS: true, name: 'client.example' } as Parameters<typeof nodemailer.createTransport>[0]);
   try {
     const messageId = `<two-${n}@sender.test>`;
     const info = await transport.sendMail({
-      envelope: { from: 'alice@sender.test', to: [`u${n}@dest.test`] },
-      raw: `From: alice@sender.test\r\nTo: u${n}@dest.test\r\nSubject: two ${n}\r\nMessage-ID: ${messageId}\r\n\r\nMessage ${n}.\r\n`,
+      envelope: { from: 'alice@sender.test', to: [`u${n}@${domain}`] },
+      raw: `From: alice@sender.test\r\nTo: u${n}@${domain}\r\nSubject: two ${n}\r\nMessage-ID: ${messageId}\r\n\r\nMessage ${n}.\r\n`,
     });
     assert.match(info.response, /^250 2\.0\.0 Ok: queued as /);
     return messageId;
@@ -121,4 +126,27 @@ test('two delivery processes share the jobs; SIGKILL of one mid-job loses nothin
   const sources = new Set(sink.connections.map((c) => c.remoteAddress));
   assert.deepEqual([...sources].sort(), [SOURCE.d1, SOURCE.d2].sort(), 'both processes took jobs from the shared stream');
   assert.ok(survivor.running, 'the surviving process kept running');
+});
+
+test('an LMTP route set through the admin API at run time takes the next message for its domain', async () => {
+  const lmtp = await harness.startSink({ host: '127.0.4.53', lmtp: true, hostname: 'mailstore.test' });
+  const admin = new AdminServiceClient(platform.adminAddr, grpc.credentials.createInsecure());
+  const md = new grpc.Metadata();
+  md.set('authorization', `Bearer ${platform.adminToken}`);
+  try {
+    await new Promise<void>((resolve, reject) =>
+      admin.putRoute(
+        PutRouteRequest.fromPartial({ route: { domain: 'local.test', kind: RouteKind.ROUTE_KIND_LMTP, target: `${lmtp.host}:${lmtp.port}`, tls: TlsPolicy.TLS_POLICY_NONE }, operator: 'delivery-test' }),
+        md,
+        (err) => (err ? reject(err) : resolve()),
+      ),
+    );
+  } finally {
+    admin.close();
+  }
+  const id = await send(100, 'local.test');
+  const [m] = await lmtp.waitForMessages(1, 30_000);
+  assert.ok(m!.raw.toString().includes(`Message-ID: ${id}`));
+  assert.deepEqual(m!.rcptTo, ['u100@local.test']);
+  assert.equal(lmtp.connections[0]!.commands[0], 'LHLO');
 });
