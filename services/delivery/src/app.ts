@@ -60,6 +60,9 @@ export function createApp(config: Config, deps: AppDeps): App {
   meter
     .createObservableGauge('tern_delivery_connections_opened', { description: 'SMTP connections opened (reused ones are not counted)' })
     .addCallback((o) => o.observe(pool.opened));
+  meter
+    .createObservableGauge('tern_delivery_connections_reused', { description: 'Transactions that took an idle SMTP/LMTP session instead of a new connection' })
+    .addCallback((o) => o.observe(pool.reused));
 
   const grpcServer = new GrpcServer({ logger, tracer });
   let metricsServer: http.Server | undefined;
