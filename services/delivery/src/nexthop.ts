@@ -3,6 +3,7 @@
 // A/AAAA) when there is none, null MX refused at once, temporary DNS failure
 // deferred. A small cache honours TTLs.
 import { promises as dnsp, type MxRecord } from 'node:dns';
+import { DnsClient, RCODE, TYPE, readName } from './dns-client';
 import net from 'node:net';
 import type { SmtpReply } from '@tern/proto';
 import type { Tlsa } from './dane';
@@ -18,7 +19,8 @@ export interface NextHop {
   unusable?: SmtpReply;
 }
 
-export type Resolution = { ok: true; hops: NextHop[] } | { ok: false; temporary: boolean; reply: SmtpReply };
+/** secure: the MX answer (or its absence, for the implicit MX) was DNSSEC-validated by the resolver (AD), which DANE needs. */
+export type Resolution = { ok: true; hops: NextHop[]; secure?: boolean } | { ok: false; temporary: boolean; reply: SmtpReply };
 
 const reply = (code: number, enhanced: string, text: string): SmtpReply => ({ code, enhanced, text });
 
@@ -37,11 +39,25 @@ export interface ResolverOptions {
 
 export class NextHopResolver {
   private readonly resolver: dnsp.Resolver;
+  /** MX lookups: node:dns gives neither their TTL nor the AD bit. */
+  private readonly client: DnsClient;
   private readonly cache = new Map<string, CacheEntry<unknown>>();
 
   constructor(private readonly opts: ResolverOptions) {
     this.resolver = new dnsp.Resolver({ timeout: opts.timeoutMs ?? 5_000, tries: 2 });
     if (opts.servers.length) this.resolver.setServers(opts.servers);
+    this.client = new DnsClient(opts.servers, opts.timeoutMs ?? 5_000);
+  }
+
+  /** MX records with their TTL and whether the answer was validated; errors carry node:dns codes. */
+  private async mx(domain: string): Promise<{ records: MxRecord[]; ttl: number; secure: boolean }> {
+    const a = await this.client.query(domain, TYPE.MX);
+    if (a.rcode === RCODE.NXDOMAIN) throw Object.assign(new Error(`${domain}: NXDOMAIN`), { code: 'ENOTFOUND' });
+    if (a.rcode !== RCODE.NOERROR) throw Object.assign(new Error(`${domain}: rcode ${a.rcode}`), { code: a.rcode === RCODE.SERVFAIL ? 'ESERVFAIL' : a.rcode === RCODE.REFUSED ? 'EREFUSED' : `RCODE${a.rcode}` });
+    const mx = a.records.filter((r) => r.type === TYPE.MX && r.data.length >= 3);
+    const records = mx.map((r) => ({ priority: r.data.readUInt16BE(0), exchange: readName(r.message, r.offset + 2).name }));
+    // NODATA is cached like a negative answer would be: briefly.
+    return { records, ttl: mx.length ? Math.min(...mx.map((r) => r.ttl)) : 60, secure: a.ad };
   }
 
   private async cached<T>(key: string, ttlSeconds: (v: T) => number, load: () => Promise<T>): Promise<T> {
@@ -110,14 +126,15 @@ export class NextHopResolver {
       return { ok: true, hops: [{ name: `[${ip}]`, addresses: [ip], port: this.opts.port }] };
     }
     let mx: MxRecord[];
+    let secure: boolean;
     try {
-      // resolveMx gives no TTLs: cache MX sets briefly.
-      mx = await this.cached(`mx:${domain}`, () => 60, () => this.resolver.resolveMx(domain));
+      const answer = await this.cached(`mx:${domain}`, (v: { ttl: number }) => v.ttl, () => this.mx(domain));
+      mx = answer.records;
+      secure = answer.secure;
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code;
       if (code === 'ENOTFOUND') return { ok: false, temporary: false, reply: reply(550, '5.1.2', `Host or domain name not found. Name service error for name=${domain} type=MX: Host not found`) };
-      if (code === 'ENODATA') mx = [];
-      else return { ok: false, temporary: true, reply: reply(451, '4.4.3', `Host or domain name not found. Name service error for name=${domain} type=MX: Host not found, try again (${code})`) };
+      return { ok: false, temporary: true, reply: reply(451, '4.4.3', `Host or domain name not found. Name service error for name=${domain} type=MX: Host not found, try again (${code})`) };
     }
     // RFC 7505: a null MX ("0 .") says the domain takes no mail. A domain must
     // not publish it beside other MX records; if one does, the null MX is
@@ -130,7 +147,7 @@ export class NextHopResolver {
       try {
         const addrs = await this.addresses(domain);
         if (!addrs.length) return { ok: false, temporary: false, reply: reply(550, '5.1.2', `Host or domain name not found. Name service error for name=${domain} type=A: Host not found`) };
-        return { ok: true, hops: [{ name: domain, addresses: addrs, port: this.opts.port }] };
+        return { ok: true, hops: [{ name: domain, addresses: addrs, port: this.opts.port }], secure };
       } catch (err) {
         return { ok: false, temporary: true, reply: reply(451, '4.4.3', `DNS lookup of ${domain} failed, try again (${(err as NodeJS.ErrnoException).code})`) };
       }
@@ -160,7 +177,7 @@ export class NextHopResolver {
         temporaryFailure = true;
       }
     }
-    if (hops.length) return { ok: true, hops };
+    if (hops.length) return { ok: true, hops, secure };
     if (temporaryFailure) return { ok: false, temporary: true, reply: reply(451, '4.4.3', `MX hosts of ${domain} could not be resolved, try again`) };
     if (ipNamed === sorted.length) return { ok: false, temporary: false, reply: reply(550, '5.4.4', `MX records of ${domain} name IP addresses, not hosts (RFC 5321 5.1)`) };
     return { ok: false, temporary: false, reply: reply(550, '5.4.4', `No usable MX host for ${domain} (MX records name no address)`) };

@@ -343,7 +343,7 @@ async function plan(deps: WorkerDeps, job: DeliveryJob): Promise<Plan | { reply:
     }
     tls = 'verify';
   }
-  if (deps.dane && !/^\[|^\d+\.\d+\.\d+\.\d+$/.test(job.destination) && (await deps.dane.mxSecure(job.destination))) {
+  if (deps.dane && resolution.secure) {
     // RFC 7672 2.2: under a DNSSEC-validated MX RRset, each host's secure TLSA records decide its TLS.
     const dane = deps.dane;
     hops = await Promise.all(

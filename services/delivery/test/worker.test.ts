@@ -204,6 +204,18 @@ describe('next hop', () => {
     assert.equal(sink6.messages.length, 1);
   });
 
+  test('MX answers are cached for their TTL', async () => {
+    dns.mx('ttl.test', 'mx1.ttl.test', 10, 2).a('mx1.ttl.test', '127.0.4.2').a('mx2.ttl.test', '127.0.4.3');
+    dns.mx('longttl.test', 'mx1.ttl.test', 10, 3600);
+    const d = deps();
+    for (const domain of ['ttl.test', 'longttl.test']) assert.equal((await deliver(d, makeJob(bodies, [`u@${domain}`])))!.remoteHost, 'mx1.ttl.test');
+    dns.remove('ttl.test', 'MX').mx('ttl.test', 'mx2.ttl.test', 10, 2);
+    dns.remove('longttl.test', 'MX').mx('longttl.test', 'mx2.ttl.test', 10, 3600);
+    await new Promise((r) => setTimeout(r, 2_100));
+    assert.equal((await deliver(d, makeJob(bodies, ['u@ttl.test'])))!.remoteHost, 'mx2.ttl.test', 'the 2 s answer expired');
+    assert.equal((await deliver(d, makeJob(bodies, ['u@longttl.test'])))!.remoteHost, 'mx1.ttl.test', 'the 1 h answer is still used');
+  });
+
   test('a domain that does not exist fails with 5.1.2', async () => {
     const r = await deliver(deps(), makeJob(bodies, ['u@nowhere.test']));
     assert.deepEqual(replies(r), ['550 5.1.2']);
