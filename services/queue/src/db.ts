@@ -35,3 +35,22 @@ export function parseIntArray(v: unknown): number[] {
 export function q<R extends pg.QueryResultRow = pg.QueryResultRow>(c: Pool | PoolClient, name: string, text: string, values: unknown[] = []): Promise<pg.QueryResult<R>> {
   return c.query<R>({ name, text, values });
 }
+
+/**
+ * Byte strings as ONE binary parameter plus offsets and lengths. node-pg
+ * sends a Buffer parameter in binary, but a bytea[] as hex text in an array
+ * literal (twice the size, escaped here, parsed back by Postgres): for bodies
+ * that is most of the cost of storing them. In SQL, part i is
+ * substring($packed from offsets[i] + 1 for lengths[i]).
+ */
+export function packBytes(parts: readonly Uint8Array[]): { packed: Buffer; offsets: number[]; lengths: number[] } {
+  const offsets: number[] = [];
+  const lengths: number[] = [];
+  let at = 0;
+  for (const p of parts) {
+    offsets.push(at);
+    lengths.push(p.byteLength);
+    at += p.byteLength;
+  }
+  return { packed: Buffer.concat(parts.map((p) => (Buffer.isBuffer(p) ? p : Buffer.from(p.buffer, p.byteOffset, p.byteLength))), at), offsets, lengths };
+}

@@ -10,7 +10,7 @@ import { EnqueueHeader, Envelope, MessageOrigin, type EnqueueRequest, type Enque
 import { injectContext, type Logger } from '@tern/telemetry';
 import type { Counter, Histogram } from './metrics';
 import { Batcher } from './batcher';
-import { intArrayLiteral, q, tx } from './db';
+import { intArrayLiteral, packBytes, q, tx } from './db';
 import { buildJobs, ensureDestinations, reserveSlots, tokensNowSql, type BuiltJob, type DestinationLimits } from './dispatch';
 import { newId } from './ids';
 import { destinationOf, S } from './model';
@@ -261,13 +261,13 @@ export class Enqueuer {
       if (live.length) {
         const inMem = live.filter((i) => i.body !== null);
         if (inMem.length) {
+          const bodies = packBytes(inMem.map((i) => i.body!));
           await q(
             c,
             'tern_enq_bodies',
-            'INSERT INTO body_chunks (message_id, seq, data) SELECT m, 0, d FROM unnest($1::text[], $2::bytea[]) AS x(m, d)', [
-            inMem.map((i) => i.queueId),
-            inMem.map((i) => i.body!),
-          ],
+            `INSERT INTO body_chunks (message_id, seq, data)
+             SELECT m, 0, substring($2::bytea from o + 1 for l) FROM unnest($1::text[], $3::int[], $4::int[]) AS x(m, o, l)`,
+            [inMem.map((i) => i.queueId), bodies.packed, bodies.offsets, bodies.lengths],
           );
         }
         const spilledLive = live.filter((i) => i.body === null).map((i) => i.queueId);
@@ -426,6 +426,8 @@ export class Enqueuer {
     const names = [...wanted.keys()].sort();
     const tokens = tokensNowSql(l);
     const ob = outboxColumns(jobs.map((b) => b.outbox));
+    const bodies = packBytes(items.map((i) => i.body!));
+    const payloads = packBytes(ob.payloads);
     const { rows } = await q<{ granted: string[] | null; queued: number; outbox: Array<{ id: number; msg_id: string }> | null }>(
       this.o.pool,
       'tern_enq_one',
@@ -444,7 +446,8 @@ export class Enqueuer {
          SELECT i, s, e, o, z, t::jsonb, n, $9 FROM unnest($3::text[], $4::text[], $5::bytea[], $6::smallint[], $7::bigint[], $8::text[], $10::int[])
            AS x(i, s, e, o, z, t, n)),
        b AS (
-         INSERT INTO body_chunks (message_id, seq, data) SELECT i, 0, d FROM unnest($3::text[], $11::bytea[]) AS x(i, d)),
+         INSERT INTO body_chunks (message_id, seq, data)
+         SELECT i, 0, substring($11::bytea from bo + 1 for bl) FROM unnest($3::text[], $27::int[], $28::int[]) AS x(i, bo, bl)),
        r AS (
          INSERT INTO recipients (message_id, idx, address, domain, orcpt, notify, state, created_at, expires_at, next_attempt_at, job_id, lease_expires_at)
          SELECT x.m, x.i, x.a, x.d, x.o, x.n::smallint[],
@@ -456,7 +459,8 @@ export class Enqueuer {
          RETURNING state),
        o AS (
          INSERT INTO outbox (subject, msg_id, payload, trace)
-         SELECT x.s, x.m, x.p, x.t::jsonb FROM unnest($22::text[], $23::text[], $24::bytea[], $25::text[], $26::text[]) AS x(s, m, p, t, d)
+         SELECT x.s, x.m, substring($24::bytea from x.po + 1 for x.pl), x.t::jsonb
+         FROM unnest($22::text[], $23::text[], $29::int[], $30::int[], $25::text[], $26::text[]) AS x(s, m, po, pl, t, d)
          WHERE x.d IN (SELECT name FROM g)
          RETURNING id, msg_id)
        SELECT (SELECT array_agg(name) FROM g) AS granted, (SELECT count(*)::int FROM r WHERE state = ${S.queued}) AS queued,
@@ -472,7 +476,7 @@ export class Enqueuer {
         items.map((i) => JSON.stringify(i.trace)),
         now,
         items.map((i) => i.header.recipients.length),
-        items.map((i) => i.body!),
+        bodies.packed,
         rc.m,
         rc.i,
         rc.a,
@@ -485,9 +489,13 @@ export class Enqueuer {
         rc.j,
         ob.subjects,
         ob.msgIds,
-        ob.payloads,
+        payloads.packed,
         ob.traces,
         jobs.map((b) => b.destination),
+        bodies.offsets,
+        bodies.lengths,
+        payloads.offsets,
+        payloads.lengths,
       ],
     );
     const granted = new Set(rows[0]?.granted ?? []);

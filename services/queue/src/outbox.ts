@@ -6,7 +6,7 @@ import type { Bus } from '@tern/bus';
 import type { Pool, PoolClient } from '@tern/db';
 import { extractContext, withSpan, type Logger, type Tracer } from '@tern/telemetry';
 import type { Counter } from './metrics';
-import { q, tx } from './db';
+import { packBytes, q, tx } from './db';
 
 export interface OutboxRow {
   subject: string;
@@ -42,17 +42,20 @@ export function stored(rows: OutboxRow[], ids: Array<{ id: string | number; msg_
 
 export async function insertOutbox(c: PoolClient, rows: OutboxRow[]): Promise<StoredOutboxRow[]> {
   if (!rows.length) return [];
+  const payloads = packBytes(rows.map((r) => r.payload));
   const { rows: ids } = await q<{ id: string; msg_id: string }>(
     c,
     'tern_outbox_insert',
     `INSERT INTO outbox (subject, msg_id, payload, trace)
-     SELECT s, m, p, t::jsonb FROM unnest($1::text[], $2::text[], $3::bytea[], $4::text[]) AS x(s, m, p, t)
+     SELECT s, m, substring($3::bytea from po + 1 for pl), t::jsonb FROM unnest($1::text[], $2::text[], $5::int[], $6::int[], $4::text[]) AS x(s, m, po, pl, t)
      RETURNING id, msg_id`,
     [
       rows.map((r) => r.subject),
       rows.map((r) => r.msgId),
-      rows.map((r) => Buffer.from(r.payload.buffer, r.payload.byteOffset, r.payload.byteLength)),
+      payloads.packed,
       rows.map((r) => JSON.stringify({ ...(r.trace ?? {}), 'x-span': r.span, 'x-attrs': r.attrs ?? {} })),
+      payloads.offsets,
+      payloads.lengths,
     ],
   );
   return stored(rows, ids);
