@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian tools the test suite and the benchmark drive as real
 # peers (swaks and Python's smtplib as SMTP clients, openssl for test
-# certificates, Postfix's smtp-source/smtp-sink for the benchmark). Idempotent
+# certificates, Postfix's smtp-source/smtp-sink for the benchmark, knot and
+# unbound for the DANE tests: a signed zone behind a validating resolver). Idempotent
 # and quick when everything is present. Postgres and NATS are provision.sh's.
 set -euo pipefail
 need=()
@@ -10,6 +11,10 @@ command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
 if [[ "${TERN_WITH_POSTFIX:-1}" == 1 ]] && ! command -v smtp-source >/dev/null 2>&1 && [[ ! -x /usr/sbin/smtp-source ]]; then
   need+=(postfix)
+fi
+if [[ "${TERN_WITH_DNSSEC:-1}" == 1 ]]; then
+  [[ -x /usr/sbin/knotd && -x /usr/sbin/keymgr ]] || need+=(knot)
+  [[ -x /usr/sbin/unbound ]] || need+=(unbound)
 fi
 if (( ${#need[@]} )); then
   if [[ $(id -u) -ne 0 ]]; then
@@ -27,5 +32,8 @@ if (( ${#need[@]} )); then
   if [[ " ${need[*]} " == *" postfix "* ]]; then
     (postfix stop >/dev/null 2>&1 || true)
   fi
+  for svc in knot unbound; do
+    if [[ " ${need[*]} " == *" $svc "* ]]; then (service "$svc" stop >/dev/null 2>&1 || true); fi
+  done
 fi
 echo "system-deps: ok"

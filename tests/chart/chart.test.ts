@@ -309,12 +309,18 @@ function ports(rule: { ports?: Array<{ port?: number | string }> }): Array<numbe
   return (rule.ports ?? []).map((p) => p.port);
 }
 
-test('NetworkPolicy: delivery reaches only SMTP ports, DNS, NATS and the queue; SMTP comes in from anywhere', () => {
+test('NetworkPolicy: delivery reaches only SMTP ports, HTTPS for MTA-STS, DNS, NATS and the queue; SMTP comes in from anywhere', () => {
   const np = find(defaults, 'NetworkPolicy', `${RELEASE}-delivery`);
   const egress = np.spec?.egress ?? [];
   const open = egress.filter((r) => !r.to);
   const reached = new Set(egress.flatMap(ports));
-  assert.deepEqual([...reached].sort(), [25, 4222, 465, 53, 587, 7003].sort());
+  assert.deepEqual([...reached].sort(), [25, 443, 4222, 465, 53, 587, 7003].sort());
+  assert.equal(env(container(deployment(defaults, 'delivery')), 'TERN_MTA_STS')?.value, 'true');
+  // Without MTA-STS, no HTTPS egress, and delivery is told so.
+  const noSts = render({ delivery: { mtaSts: false } });
+  const noStsPorts = new Set((find(noSts, 'NetworkPolicy', `${RELEASE}-delivery`).spec?.egress ?? []).flatMap(ports));
+  assert.equal(noStsPorts.has(443), false);
+  assert.equal(env(container(deployment(noSts, 'delivery')), 'TERN_MTA_STS')?.value, 'false');
   const queueRule = egress.find((r) => ports(r).includes(7003));
   assert.ok(queueRule?.to, 'the queue port only towards queue pods');
   assert.ok(open.some((r) => ports(r).includes(25) && ports(r).includes(465) && ports(r).includes(587)), 'SMTP anywhere');

@@ -179,6 +179,9 @@ adminTokens: /etc/tern/admin-tokens
 {{- $env = append $env (dict "name" "TERN_PROXY_PROTOCOL_CIDRS" "value" (join "," $v.proxyProtocol.trustedCidrs)) }}
 {{- end }}
 {{- end }}
+{{- if eq .component "delivery" }}
+{{- $env = append $env (dict "name" "TERN_MTA_STS" "value" (ternary "true" "false" (eq (toString $v.mtaSts) "true"))) }}
+{{- end }}
 {{- if eq .component "admin" }}
 {{- $env = append $env (dict "name" "TERN_ADMIN_TOKENS_FILE" "value" (printf "%s/%s" $paths.adminTokens $v.tokens.key)) }}
 {{- if $v.certAuth }}
@@ -694,6 +697,11 @@ spec:
           port: 465
         - protocol: TCP
           port: 587
+        {{- if $ctx.Values.delivery.mtaSts }}
+        # MTA-STS policies: https://mta-sts.<domain>/.well-known/mta-sts.txt
+        - protocol: TCP
+          port: 443
+        {{- end }}
         {{- range $ctx.Values.delivery.networkPolicy.extraEgressPorts }}
         - protocol: TCP
           port: {{ int . }}

@@ -233,7 +233,7 @@ const schema = {
           averageValue: quantity(),
         }),
       },
-      extra: { networkPolicy: obj({ extraEgressPorts: list(port()) }) },
+      extra: { mtaSts: bool(), networkPolicy: obj({ extraEgressPorts: list(port()) }) },
     }),
     bounce: component({}),
     admin: component({
