@@ -172,15 +172,16 @@ export class Enqueuer {
         })
         .finally(() => call.resume());
     });
-    call.on('end', () => {
-      void chain.then(() => finish(grpcError(grpc.status.CANCELLED, 'stream ended without commit; nothing stored')));
-    });
-    call.on('cancelled', () => {
-      void chain.then(() => finish(grpcError(grpc.status.CANCELLED, 'cancelled by the client; nothing stored')));
-    });
-    call.on('error', () => {
-      void chain.then(() => finish(grpcError(grpc.status.CANCELLED, 'stream failed; nothing stored')));
-    });
+    // Every stream ends, most of them after their commit: build the error
+    // (and its stack) only when there is still someone to tell.
+    const abandon = (why: string) => {
+      void chain.then(() => {
+        if (!finished) finish(grpcError(grpc.status.CANCELLED, why));
+      });
+    };
+    call.on('end', () => abandon('stream ended without commit; nothing stored'));
+    call.on('cancelled', () => abandon('cancelled by the client; nothing stored'));
+    call.on('error', () => abandon('stream failed; nothing stored'));
   };
 
   private validateHeader(h: EnqueueHeader): string | undefined {
