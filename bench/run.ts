@@ -14,8 +14,6 @@
 //   --profile SVC[,SVC]   run these Tern services under node --cpu-prof and summarize
 //   --repeat N            run each scenario N times per side (alternating) and report the
 //                         median run by end-to-end rate, with the range (default 1)
-//   --stand-in            while services/delivery is not built, use the crash tests'
-//                         stand-in delivery (tests/crash/stand-in-delivery.ts) instead
 //   --pg-stats            Tern: pg_stat_statements in the private Postgres; prints the
 //                         statements per message of the measured window
 //   --keep                keep the work directory (configs, logs, profiles)
@@ -67,7 +65,6 @@ const { values: args } = parseArgs({
     reuse: { type: 'boolean', default: false },
     profile: { type: 'string' },
     keep: { type: 'boolean', default: false },
-    'stand-in': { type: 'boolean', default: false },
     'pg-stats': { type: 'boolean', default: false },
     repeat: { type: 'string', default: '1' },
     timeout: { type: 'string' },
@@ -207,7 +204,7 @@ async function runOne(mta: Mta, sc: Scenario, workDir: string, n: number): Promi
     if (warmup > 0) {
       log(`${mta.name} ${sc.name}: warm-up, ${warmup} messages`);
       const w = await runSource({ host: mta.host, port: mta.port, sessions: sc.sessions, messages: warmup, size: sc.size, verbose: false, reuse: args.reuse, timeoutMs: 120_000 });
-      const ok = mta.acceptOnly ? 0 : await waitDrained(mta, sink, 0, warmup - w.refused, Date.now() + 120_000);
+      const ok = await waitDrained(mta, sink, 0, warmup - w.refused, Date.now() + 120_000);
       if (ok === undefined) throw new Error(`warm-up did not drain: sink has ${sink.messages} of ${warmup}, ${await mta.queued()} queued; ${mta.logTail()}`);
       sink.collect(true);
     }
@@ -245,7 +242,7 @@ async function runOne(mta: Mta, sc: Scenario, workDir: string, n: number): Promi
     res.refusals = src.refusals;
     const acceptedForWait = latencyOn ? src.accepted : n - src.refused;
     let lastCollect = Date.now();
-    const doneAt = mta.acceptOnly ? undefined : await waitDrained(mta, sink, base, acceptedForWait, src.startedAt + timeoutMs, () => {
+    const doneAt = await waitDrained(mta, sink, base, acceptedForWait, src.startedAt + timeoutMs, () => {
       if (Date.now() - lastCollect > 5000) {
         lastCollect = Date.now();
         if (soak) sink.collect(false);
@@ -256,12 +253,9 @@ async function runOne(mta: Mta, sc: Scenario, workDir: string, n: number): Promi
     const cpu1 = process.cpuUsage(cpu0);
     res.harnessCpuSeconds = (cpu1.user + cpu1.system) / 1e6;
     res.delivered = sink.messages - base;
-    res.accepted = latencyOn ? src.accepted : mta.acceptOnly ? n - src.refused : res.delivered;
+    res.accepted = latencyOn ? src.accepted : res.delivered;
     res.acceptRate = res.accepted / res.acceptSeconds;
-    if (mta.acceptOnly) {
-      res.ok = res.accepted > 0;
-      res.error = 'delivery not built: acceptance only';
-    } else if (doneAt === undefined) {
+    if (doneAt === undefined) {
       res.error = `not drained within ${timeoutMs / 1000}s: sink has ${res.delivered} of ${res.accepted}, ${await mta.queued()} still queued; ${src.stderrTail} ${mta.logTail()}`.trim();
     } else {
       res.e2eSeconds = (doneAt - src.startedAt) / 1000;
@@ -289,7 +283,7 @@ async function runOne(mta: Mta, sc: Scenario, workDir: string, n: number): Promi
     }
 
     // Latency: client-observed 250 (smtp-source -v) to the sink's receipt (dump file mtime)
-    if (latencyOn && !mta.acceptOnly) {
+    if (latencyOn) {
       const got = sink.collect(true);
       const needResolve: string[] = [];
       const qidOf = new Map<string, string>();
@@ -374,7 +368,7 @@ async function main(): Promise<void> {
   const mtas: Array<() => Promise<Mta>> = [];
   if (only !== 'tern') mtas.push(async () => new PostfixMta());
   if (only !== 'postfix') {
-    mtas.push(async () => new TernMta(REPO, args['stand-in']));
+    mtas.push(async () => new TernMta(REPO));
   }
 
   const results: RunResult[] = [];

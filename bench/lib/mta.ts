@@ -16,8 +16,6 @@ export interface Mta {
   readonly name: string;
   readonly host: string;
   readonly port: number;
-  /** delivery is not available: only acceptance is measured */
-  readonly acceptOnly?: boolean;
   start(o: MtaStartOptions): Promise<void>;
   /** processes to account (with their descendants) */
   roots(): Root[];

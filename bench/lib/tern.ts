@@ -17,7 +17,6 @@ export const TERN_HOST = '127.0.0.30';
 const SERVICES = ['policy', 'queue', 'ingress', 'delivery', 'bounce', 'admin'] as const;
 type Service = (typeof SERVICES)[number];
 /** services a message passes through; the others are started when built */
-const REQUIRED: Service[] = ['policy', 'queue', 'ingress'];
 
 function pgBin(name: string): string {
   const base = '/usr/lib/postgresql';
@@ -49,25 +48,9 @@ export class TernMta implements Mta {
   private db?: pg.Client;
   private dbUrl = '';
   started: Service[] = [];
-  readonly acceptOnly: boolean;
-
-  /** the crash tests' stand-in delivery replaces the missing service (--stand-in) */
-  readonly standIn: boolean;
-
-  constructor(
-    private repo: string,
-    standIn = false,
-  ) {
-    // Without delivery the bench still measures acceptance (ingress, policy, queue),
-    // or, with --stand-in, the whole path with the crash tests' stand-in delivery.
-    const haveDelivery = fs.existsSync(this.bundle('delivery'));
-    const standInFile = path.join(repo, 'tests/crash/stand-in-delivery.ts');
-    this.standIn = !haveDelivery && standIn && fs.existsSync(standInFile);
-    this.acceptOnly = !haveDelivery && !this.standIn;
-    if (this.acceptOnly) log('tern: services/delivery/dist/main.js is not built: measuring acceptance only');
-    if (this.standIn) log('tern: services/delivery/dist/main.js is not built: using tests/crash/stand-in-delivery.ts (NOT the real delivery service)');
-    const missing = REQUIRED.filter((s) => !fs.existsSync(this.bundle(s)));
-    if (missing.length) throw new Error(`tern: not built: ${missing.map((s) => `services/${s}/dist/main.js`).join(', ')}`);
+  constructor(private repo: string) {
+    const missing = SERVICES.filter((s) => !fs.existsSync(this.bundle(s)));
+    if (missing.length) throw new Error(`tern: not built: ${missing.map((s) => `services/${s}/dist/main.js`).join(', ')} (scripts/bench.sh builds them)`);
   }
 
   private bundle(s: Service): string {
@@ -160,23 +143,6 @@ export class TernMta implements Mta {
     const profile = new Set(o.profile ?? []);
     this.started = [];
     for (const s of SERVICES) {
-      if (s === 'delivery' && this.standIn) {
-        const child = start(process.execPath, ['--import', 'tsx', path.join(this.repo, 'tests/crash/stand-in-delivery.ts')], {
-          label: 'tern-delivery-stand-in',
-          cwd: this.repo,
-          env: { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: process.env.HOME ?? '/root', ...common(s), ...env[s] },
-          logFile: path.join(this.dir, `${s}.log`),
-        });
-        this.procs.set(s, child);
-        this.started.push(s);
-        await waitTcp(TERN_HOST, ports[`${s}.metrics`]!, 30_000);
-        continue;
-      }
-      if (!fs.existsSync(this.bundle(s))) {
-        if (REQUIRED.includes(s)) throw new Error(`tern: services/${s}/dist/main.js missing`);
-        log(`tern: services/${s}/dist/main.js not built; running without ${s}`);
-        continue;
-      }
       const nodeArgs: string[] = [];
       if (profile.has(s) && o.profileDir) {
         fs.mkdirSync(path.join(o.profileDir, s), { recursive: true });
