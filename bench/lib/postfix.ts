@@ -1,15 +1,16 @@
-// A private Postfix instance as a store-and-forward relay: its own
-// config_directory, queue_directory and data_directory under the run's temp
-// dir, listening on one loopback address, relaying everything from
-// 127.0.0.0/8 to the sink ([host]:port as relayhost), no local delivery.
-// Everything else is Postfix's default: durable queue (fsync), process and
-// concurrency limits, connection cache. Runs with `postfix start-fg`, so the
-// master is our descendant; logs go to a file through postlogd
-// (maillog_file).
+// A private Postfix instance as a store-and-forward relay, laid out by
+// @tern/devkit's writePostfixInstance (its own config_directory,
+// queue_directory and data_directory under the run's temp dir, smtpd on one
+// loopback address, no local delivery, no chroot, the log in a file through
+// postlogd): relays everything from 127.0.0.0/8 to the sink ([host]:port as
+// relayhost). Everything else is Postfix's default: durable queue (fsync),
+// process and concurrency limits, connection cache. Runs with
+// `postfix start-fg`, so the master is our descendant.
 import fs from 'node:fs';
 import path from 'node:path';
+import { postfixInstancePaths, writePostfixInstance } from '@tern/devkit';
 import { start, stopProcess, readStat, type Root } from './procs';
-import { run, runOk, waitFor, waitTcp } from './util';
+import { run, waitFor, waitTcp } from './util';
 import type { Mta, MtaStartOptions } from './mta';
 
 const QUEUES = ['maildrop', 'incoming', 'active', 'deferred', 'hold'];
@@ -28,82 +29,35 @@ export class PostfixMta implements Mta {
   }
 
   get configDir(): string {
-    return path.join(this.dir, 'etc');
+    return postfixInstancePaths(this.dir).configDir;
   }
   get queueDir(): string {
-    return path.join(this.dir, 'spool');
+    return postfixInstancePaths(this.dir).queueDir;
   }
   get logFile(): string {
-    return path.join(this.dir, 'maillog');
+    return postfixInstancePaths(this.dir).logFile;
   }
 
   async start(o: MtaStartOptions): Promise<void> {
     this.dir = path.join(o.workDir, 'postfix');
     fs.rmSync(this.dir, { recursive: true, force: true });
-    for (const d of ['etc', 'spool', 'data']) fs.mkdirSync(path.join(this.dir, d), { recursive: true });
-    fs.chmodSync(this.dir, 0o755);
-    await runOk('chown', ['postfix', path.join(this.dir, 'data')]);
-    const mainCf = [
-      'compatibility_level = 3.6',
-      `queue_directory = ${this.queueDir}`,
-      `data_directory = ${path.join(this.dir, 'data')}`,
-      'command_directory = /usr/sbin',
-      'daemon_directory = /usr/lib/postfix/sbin',
-      'meta_directory = /etc/postfix',
-      'shlib_directory = /usr/lib/postfix',
-      'mail_owner = postfix',
-      'setgid_group = postdrop',
-      'syslog_name = postfix-bench',
-      `maillog_file = ${this.logFile}`,
-      `maillog_file_prefixes = ${o.workDir}`,
-      'myhostname = relay.bench.test',
-      'mydomain = bench.test',
-      'myorigin = $mydomain',
-      'mydestination =',
-      'local_recipient_maps =',
-      'local_transport = error:local delivery is disabled',
-      'alias_maps =',
-      'alias_database =',
-      // inet_interfaces must name a configured interface; the smtpd below
-      // binds its own address explicitly in master.cf.
-      'inet_interfaces = 127.0.0.1',
-      'inet_protocols = ipv4',
-      'mynetworks = 127.0.0.0/8',
-      'smtpd_relay_restrictions = permit_mynetworks, reject',
-      `relayhost = [${o.sinkHost}]:${o.sinkPort}`,
-      'smtp_tls_security_level = none',
-      'smtpd_tls_security_level = none',
-      'biff = no',
-      '',
-    ].join('\n');
-    fs.writeFileSync(path.join(this.configDir, 'main.cf'), mainCf);
-    // Debian's master.cf minus chroot (a private queue dir has no chroot
-    // files) and minus the services a relay never uses.
-    const masterCf = [
-      `${this.host}:${this.port} inet n - n - - smtpd`,
-      'pickup    unix  n       -       n       60      1       pickup',
-      'cleanup   unix  n       -       n       -       0       cleanup',
-      'qmgr      unix  n       -       n       300     1       qmgr',
-      'rewrite   unix  -       -       n       -       -       trivial-rewrite',
-      'bounce    unix  -       -       n       -       0       bounce',
-      'defer     unix  -       -       n       -       0       bounce',
-      'trace     unix  -       -       n       -       0       bounce',
-      'verify    unix  -       -       n       -       1       verify',
-      'flush     unix  n       -       n       1000?   0       flush',
-      'proxymap  unix  -       -       n       -       -       proxymap',
-      'proxywrite unix -       -       n       -       1       proxymap',
-      'smtp      unix  -       -       n       -       -       smtp',
-      'relay     unix  -       -       n       -       -       smtp',
-      'showq     unix  n       -       n       -       -       showq',
-      'error     unix  -       -       n       -       -       error',
-      'retry     unix  -       -       n       -       -       error',
-      'discard   unix  -       -       n       -       -       discard',
-      'anvil     unix  -       -       n       -       1       anvil',
-      'scache    unix  -       -       n       -       1       scache',
-      'postlog   unix-dgram n  -       n       -       1       postlogd',
-      '',
-    ].join('\n');
-    fs.writeFileSync(path.join(this.configDir, 'master.cf'), masterCf);
+    await writePostfixInstance({
+      dir: this.dir,
+      smtpdHost: this.host,
+      smtpdPort: this.port,
+      syslogName: 'postfix-bench',
+      myhostname: 'relay.bench.test',
+      mydomain: 'bench.test',
+      maillogFilePrefixes: o.workDir,
+      // The relay: everything from loopback goes to the sink.
+      mainCf: [
+        'myorigin = $mydomain',
+        'mynetworks = 127.0.0.0/8',
+        'smtpd_relay_restrictions = permit_mynetworks, reject',
+        `relayhost = [${o.sinkHost}]:${o.sinkPort}`,
+        'smtpd_tls_security_level = none',
+      ],
+    });
     const check = await run('postfix', ['-c', this.configDir, 'check']);
     if (check.code !== 0) throw new Error(`postfix check failed (see ${this.logFile}): ${check.stderr}`);
     const stop = async (): Promise<void> => {
