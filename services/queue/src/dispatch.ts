@@ -187,23 +187,32 @@ export async function releaseJobs(c: PoolClient, ends: JobEnd[], l: DestinationL
   await q(
     c,
     'tern_release_dests',
-    `UPDATE destinations d SET
-        inflight = GREATEST(0, d.inflight - t.jobs),
-        concurrency_limit = CASE WHEN t.failed > 0 THEN GREATEST(1, d.concurrency_limit - t.failed)
-                                 WHEN t.ok > 0 THEN LEAST($6, d.concurrency_limit + 1)
-                                 ELSE d.concurrency_limit END,
-        failures = CASE WHEN t.failed > 0 THEN d.failures + t.failed WHEN t.ok > 0 THEN 0 ELSE d.failures END,
-        dead_until = CASE WHEN t.failed > 0 AND (d.dead_until IS NOT NULL OR d.failures + t.failed >= $7)
-                            THEN now() + make_interval(secs => $8)
-                          WHEN t.ok > 0 THEN NULL
-                          ELSE d.dead_until END,
-        last_error = CASE WHEN t.err <> '' THEN t.err ELSE d.last_error END,
-        last_error_at = CASE WHEN t.err <> '' THEN now() ELSE d.last_error_at END,
-        updated_at = now()
+    `UPDATE destinations d SET ${releaseSetSql('t.jobs', '$6', '$7', '$8')}
      FROM unnest($1::text[], $2::int[], $3::int[], $4::int[], $5::text[]) AS t(name, jobs, ok, failed, err)
      WHERE d.name = t.name`,
     [names, v.map((x) => x.jobs), v.map((x) => x.ok), v.map((x) => x.failed), v.map((x) => x.err), l.maxConcurrency, l.failuresToSuspend, l.probeS],
   );
+}
+
+/**
+ * The SET list that gives slots back to a destination row `d` with
+ * concurrency feedback, from `t` (ok, failed: job ends that reached / failed
+ * at the destination; err: the last error or ''): `jobs` is the SQL for the
+ * number of finished jobs; max, failuresToSuspend and probeS are parameters.
+ */
+export function releaseSetSql(jobs: string, max: string, failuresToSuspend: string, probeS: string): string {
+  return `inflight = GREATEST(0, d.inflight - ${jobs}),
+        concurrency_limit = CASE WHEN t.failed > 0 THEN GREATEST(1, d.concurrency_limit - t.failed)
+                                 WHEN t.ok > 0 THEN LEAST(${max}, d.concurrency_limit + 1)
+                                 ELSE d.concurrency_limit END,
+        failures = CASE WHEN t.failed > 0 THEN d.failures + t.failed WHEN t.ok > 0 THEN 0 ELSE d.failures END,
+        dead_until = CASE WHEN t.failed > 0 AND (d.dead_until IS NOT NULL OR d.failures + t.failed >= ${failuresToSuspend})
+                            THEN now() + make_interval(secs => ${probeS})
+                          WHEN t.ok > 0 THEN NULL
+                          ELSE d.dead_until END,
+        last_error = CASE WHEN t.err <> '' THEN t.err ELSE d.last_error END,
+        last_error_at = CASE WHEN t.err <> '' THEN now() ELSE d.last_error_at END,
+        updated_at = now()`;
 }
 
 interface MessageRow {

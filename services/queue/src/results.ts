@@ -10,7 +10,7 @@ import type { Logger } from '@tern/telemetry';
 import type { Counter } from './metrics';
 import { Batcher } from './batcher';
 import { q, tx } from './db';
-import { dispatchDue, releaseJobs, type DestinationLimits, type JobEnd } from './dispatch';
+import { dispatchDue, releaseSetSql, type DestinationLimits, type JobEnd } from './dispatch';
 import { parseRecipientId } from './ids';
 import { backoffMs, S, statusOf, PENDING_SQL, type BackoffSettings } from './model';
 import { insertOutbox, type OutboxRow, type StoredOutboxRow } from './outbox';
@@ -219,38 +219,75 @@ export class ResultApplier {
           });
         }
       }
-      await q(
+      // Per destination: concurrency feedback (the last error wins); per job: its destination.
+      const per = new Map<string, { ok: number; failed: number; err: string }>();
+      for (const e of jobEnds) {
+        const p = per.get(e.destination) ?? { ok: 0, failed: 0, err: '' };
+        per.set(e.destination, p);
+        if (e.failed) p.failed++;
+        else if (e.ok) p.ok++;
+        if (e.error) p.err = e.error;
+      }
+      const dNames = [...per.keys()].sort();
+      const dv = dNames.map((n) => per.get(n)!);
+      const l = this.o.limits;
+      // ONE statement for the state change: recipients, their attempts, the
+      // messages now done, and the slots of the jobs now finished given
+      // back. Sibling CTEs see the rows as they were before the statement,
+      // so "done" and "finished" count the other pending / inflight
+      // recipients and take this batch's new states from u. Destination
+      // rows are locked last and briefly (they are shared by every
+      // dispatching transaction); the statement also says which of them
+      // have due recipients waiting, the only ones worth a dispatch.
+      const { rows: relRows } = await q<{ due: string[] | null }>(
         c,
-        'tern_results_update',
-        `UPDATE recipients r SET state = t.s, next_attempt_at = t.na, job_id = NULL, lease_expires_at = NULL,
-            attempt_count = r.attempt_count + 1, last_code = t.c, last_enhanced = t.e, last_text = t.x, updated_at = now()
-         FROM unnest($1::text[], $2::int[], $3::smallint[], $4::timestamptz[], $5::int[], $6::text[], $7::text[]) AS t(m, i, s, na, c, e, x)
-         WHERE r.message_id = t.m AND r.idx = t.i`,
-        [upd.m, upd.i, upd.s, upd.na, upd.c, upd.e, upd.x],
+        'tern_results_apply',
+        `WITH u AS (
+           UPDATE recipients r SET state = t.s, next_attempt_at = t.na, job_id = NULL, lease_expires_at = NULL,
+               attempt_count = r.attempt_count + 1, last_code = t.c, last_enhanced = t.e, last_text = t.x, updated_at = now()
+           FROM unnest($1::text[], $2::int[], $3::smallint[], $4::timestamptz[], $5::int[], $6::text[], $7::text[]) AS t(m, i, s, na, c, e, x)
+           WHERE r.message_id = t.m AND r.idx = t.i
+           RETURNING r.message_id, r.idx, r.state),
+         a AS (
+           INSERT INTO attempts (message_id, idx, job_id, started_at, duration_ms, remote_host, remote_ip, code, enhanced, text, outcome, tls_used, tls_version, tls_cipher, tls_verified, worker)
+           SELECT * FROM unnest($8::text[], $9::int[], $10::text[], $11::timestamptz[], $12::int[], $13::text[], $14::text[], $15::int[], $16::text[], $17::text[],
+                                $18::smallint[], $19::bool[], $20::text[], $21::text[], $22::bool[], $23::text[])),
+         done AS (
+           UPDATE messages m SET done_at = now()
+           WHERE m.id IN (SELECT message_id FROM u) AND m.done_at IS NULL
+             AND NOT EXISTS (SELECT 1 FROM u WHERE u.message_id = m.id AND u.state IN ${PENDING_SQL})
+             AND (SELECT count(*) FROM recipients r WHERE r.message_id = m.id AND r.state IN ${PENDING_SQL}
+                    AND NOT EXISTS (SELECT 1 FROM u WHERE u.message_id = r.message_id AND u.idx = r.idx)) = 0),
+         fin AS (
+           SELECT DISTINCT t.j, t.d FROM unnest($24::text[], $25::text[]) AS t(j, d)
+           WHERE NOT EXISTS (SELECT 1 FROM recipients r WHERE r.job_id = t.j AND r.state = ${S.inflight}
+                               AND NOT EXISTS (SELECT 1 FROM u WHERE u.message_id = r.message_id AND u.idx = r.idx))),
+         rel AS (
+           UPDATE destinations d SET ${releaseSetSql('(SELECT count(*) FROM fin WHERE fin.d = d.name)', '$30', '$31', '$32')}
+           FROM unnest($26::text[], $27::int[], $28::int[], $29::text[]) AS t(name, ok, failed, err)
+           WHERE d.name = t.name
+           RETURNING d.name)
+         SELECT array_agg(rel.name) AS due FROM rel
+         WHERE EXISTS (SELECT 1 FROM recipients r WHERE r.domain = rel.name AND r.state IN (${S.queued}, ${S.deferred}) AND r.next_attempt_at <= now())`,
+        [
+          upd.m, upd.i, upd.s, upd.na, upd.c, upd.e, upd.x,
+          att.m, att.i, att.j, att.st, att.d, att.h, att.ip, att.c, att.e, att.x, att.o, att.tu, att.tv, att.tc, att.tver, att.w,
+          jobEnds.map((e) => e.jobId), jobEnds.map((e) => e.destination),
+          dNames, dv.map((x) => x.ok), dv.map((x) => x.failed), dv.map((x) => x.err),
+          l.maxConcurrency, l.failuresToSuspend, l.probeS,
+        ],
       );
-      await q(
-        c,
-        'tern_results_attempts',
-        `INSERT INTO attempts (message_id, idx, job_id, started_at, duration_ms, remote_host, remote_ip, code, enhanced, text, outcome, tls_used, tls_version, tls_cipher, tls_verified, worker)
-         SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::timestamptz[], $5::int[], $6::text[], $7::text[], $8::int[], $9::text[], $10::text[],
-                              $11::smallint[], $12::bool[], $13::text[], $14::text[], $15::bool[], $16::text[])`,
-        [att.m, att.i, att.j, att.st, att.d, att.h, att.ip, att.c, att.e, att.x, att.o, att.tu, att.tv, att.tc, att.tver, att.w],
-      );
-      await markDone(c, [...new Set(rows.map((r) => r.message_id))]);
       const outbox: OutboxRow[] = [
         ...buildReports(ReportKind.REPORT_KIND_FAILED, failedSubjects),
         ...buildReports(ReportKind.REPORT_KIND_RELAYED, relayedSubjects),
       ];
       committed = await insertOutbox(c, outbox);
       reports = outbox.length;
-      // Last, because they lock the destination rows (shared by every
-      // transaction that dispatches): give the slots back, and fill them
-      // again with due recipients of the same destinations in this commit.
-      await releaseJobs(c, jobEnds, this.o.limits);
       ends = jobEnds.length;
-      if (ends) {
-        const dests = [...new Set(jobEnds.map((e) => e.destination))].sort();
-        const next = await dispatchDue(c, { ...this.o.dispatch, limits: this.o.limits }, leaseExpiresAt, dests);
+      // Fill the slots just given back with due recipients of the same destinations, in this commit.
+      const due = (relRows[0]?.due ?? []).sort();
+      if (due.length) {
+        const next = await dispatchDue(c, { ...this.o.dispatch, limits: this.o.limits }, leaseExpiresAt, due);
         jobs = next.built.length;
         committed = committed.concat(next.outbox);
       }

@@ -72,6 +72,43 @@ describe('dispatch and results', () => {
     assert.equal(message!.recipients[0]!.attempts[0]!.reply?.code, 250);
   });
 
+  it('a message is done (its body may go) only when its last job settles; each job gives its slot back once', async () => {
+    const slots = async (name: string) => (await db.query('SELECT inflight FROM queue.destinations WHERE name = $1', [name])).rows[0]?.inflight;
+    const doneAt = async (id: string) => (await db.query('SELECT done_at FROM queue.messages WHERE id = $1', [id])).rows[0]?.done_at;
+    const res = await client.enqueue(header({}, ['a@done-one.example', 'b@done-two.example', 'c@done-two.example']), body(300));
+    const jobs = (await delivery.jobs(2)).filter((j) => j.queueId === res.queueId);
+    const one = jobs.find((j) => j.destination === 'done-one.example')!;
+    const two = jobs.find((j) => j.destination === 'done-two.example')!;
+    assert.ok(one && two);
+    assert.equal(await slots('done-one.example'), 1);
+    assert.equal(await slots('done-two.example'), 1);
+    await delivery.result(one, AttemptOutcome.ATTEMPT_OUTCOME_DELIVERED, { code: 250, enhanced: '2.0.0', text: 'ok' });
+    await eventually(() => slots('done-one.example'), (n) => n === 0);
+    assert.equal(await doneAt(res.queueId), null, 'two recipients still inflight');
+    assert.equal(await slots('done-two.example'), 1);
+    // The second job settles one recipient delivered and one deferred: not done, slot back.
+    const [first, second] = two.recipients;
+    await delivery.result(two, AttemptOutcome.ATTEMPT_OUTCOME_DELIVERED, { code: 250 }, {
+      recipients: [
+        { recipientId: first!.recipientId, outcome: AttemptOutcome.ATTEMPT_OUTCOME_DELIVERED, reply: { code: 250, enhanced: '2.0.0', text: 'ok' }, remoteDsn: true },
+        { recipientId: second!.recipientId, outcome: AttemptOutcome.ATTEMPT_OUTCOME_DEFERRED, reply: { code: 451, enhanced: '4.3.0', text: 'later' }, remoteDsn: true },
+      ],
+    });
+    await eventually(() => slots('done-two.example'), (n) => n === 0);
+    const r = await states(res.queueId);
+    assert.deepEqual(r.map((x) => x.state), [RecipientState.RECIPIENT_STATE_DELIVERED, RecipientState.RECIPIENT_STATE_DELIVERED, RecipientState.RECIPIENT_STATE_DEFERRED]);
+    assert.equal(await doneAt(res.queueId), null, 'a deferred recipient keeps the message');
+    // Every recipient final: done.
+    const res2 = await client.enqueue(header({}, ['x@done-one.example', 'y@done-two.example']), body(300));
+    const jobs2 = (await delivery.jobs(2)).filter((j) => j.queueId === res2.queueId);
+    assert.equal(jobs2.length, 2);
+    // (Delivered, not failed: a failure would leave a report on the stream for the next test to find.)
+    for (const j of jobs2) await delivery.result(j, AttemptOutcome.ATTEMPT_OUTCOME_DELIVERED, { code: 250, enhanced: '2.0.0', text: 'ok' });
+    await eventually(() => doneAt(res2.queueId), (d) => d instanceof Date);
+    assert.equal(await slots('done-one.example'), 0);
+    assert.equal(await slots('done-two.example'), 0);
+  });
+
   it('a 550 fails the recipient and writes one ReportRequest per message', async () => {
     const res = await client.enqueue(header({}, ['u1@fail.example', 'u2@fail.example']), body(300));
     const [job] = (await delivery.jobs(1)).filter((j) => j.queueId === res.queueId);
