@@ -81,7 +81,6 @@ export function buildJobs(
       route,
       leaseExpiresAt,
       attempt: Math.max(...part.map((r) => r.attemptCount)) + 1,
-      body: msg.body,
     });
     out.push({
       jobId,
@@ -91,7 +90,9 @@ export function buildJobs(
       outbox: {
         subject: jobSubject(destination),
         msgId: jobId,
+        // Stored without the body (it is in body_chunks); published with it.
         payload: DeliveryJob.encode(job).finish(),
+        body: msg.body?.length ? { of: msg.id, data: msg.body } : undefined,
         trace: msg.trace,
         span: 'queue.dispatch',
         attrs: { 'tern.queue_id': msg.id, 'tern.job_id': jobId, 'tern.destination': destination, 'tern.recipients': part.length },

@@ -459,9 +459,9 @@ export class Enqueuer {
          FROM unnest($12::text[], $13::int[], $14::text[], $15::text[], $16::text[], $17::text[], $18::bool[], $21::text[]) AS x(m, i, a, d, o, n, h, j)
          RETURNING state),
        o AS (
-         INSERT INTO outbox (subject, msg_id, payload, trace)
-         SELECT x.s, x.m, substring($24::bytea from x.po + 1 for x.pl), x.t::jsonb
-         FROM unnest($22::text[], $23::text[], $29::int[], $30::int[], $25::text[], $26::text[]) AS x(s, m, po, pl, t, d)
+         INSERT INTO outbox (subject, msg_id, payload, trace, body_of)
+         SELECT x.s, x.m, substring($24::bytea from x.po + 1 for x.pl), x.t::jsonb, x.b
+         FROM unnest($22::text[], $23::text[], $29::int[], $30::int[], $25::text[], $26::text[], $31::text[]) AS x(s, m, po, pl, t, d, b)
          WHERE x.d IN (SELECT name FROM g)
          RETURNING id, msg_id)
        SELECT (SELECT array_agg(name) FROM g) AS granted, (SELECT count(*)::int FROM r WHERE state = ${S.queued}) AS queued,
@@ -497,6 +497,7 @@ export class Enqueuer {
         bodies.lengths,
         payloads.offsets,
         payloads.lengths,
+        ob.bodyOf,
       ],
     );
     const granted = new Set(rows[0]?.granted ?? []);

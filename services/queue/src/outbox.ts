@@ -6,12 +6,20 @@ import type { Bus } from '@tern/bus';
 import type { Pool, PoolClient } from '@tern/db';
 import { extractContext, withSpan, type Logger, type Tracer } from '@tern/telemetry';
 import type { Counter } from './metrics';
+import { DeliveryJob } from '@tern/proto';
 import { packBytes, q, tx } from './db';
 
 export interface OutboxRow {
   subject: string;
   msgId: string;
+  /** The message as stored (for a job with a body: without it, see `body`). */
   payload: Uint8Array;
+  /**
+   * A DeliveryJob's body, not stored with the row: the published message is
+   * `payload` with the body field appended (protobuf fields concatenate).
+   * `bodyOf` names the message whose stored body it is, for a republish.
+   */
+  body?: { of: string; data: Uint8Array };
   /** W3C trace context to continue (the message's Enqueue call). */
   trace: Record<string, string> | null;
   /** Span name for the publish, e.g. queue.dispatch. */
@@ -20,13 +28,20 @@ export interface OutboxRow {
 }
 
 /** The outbox columns of `rows` as arrays, for unnest. */
-export function outboxColumns(rows: OutboxRow[]): { subjects: string[]; msgIds: string[]; payloads: Buffer[]; traces: string[] } {
+export function outboxColumns(rows: OutboxRow[]): { subjects: string[]; msgIds: string[]; payloads: Buffer[]; traces: string[]; bodyOf: (string | null)[] } {
   return {
     subjects: rows.map((r) => r.subject),
     msgIds: rows.map((r) => r.msgId),
     payloads: rows.map((r) => Buffer.from(r.payload.buffer, r.payload.byteOffset, r.payload.byteLength)),
     traces: rows.map((r) => JSON.stringify({ ...(r.trace ?? {}), 'x-span': r.span, 'x-attrs': r.attrs ?? {} })),
+    bodyOf: rows.map((r) => r.body?.of ?? null),
   };
+}
+
+/** A DeliveryJob payload with its body field appended (DeliveryJob.body is never in the stored payload). */
+export function withBody(payload: Uint8Array, body: Uint8Array | null | undefined): Uint8Array {
+  if (!body?.length) return payload;
+  return Buffer.concat([payload, DeliveryJob.encode(DeliveryJob.fromPartial({ body: Buffer.from(body.buffer, body.byteOffset, body.byteLength) })).finish()]);
 }
 
 /** An outbox row as committed, with its id (for the relay's hand-off). */
@@ -42,21 +57,15 @@ export function stored(rows: OutboxRow[], ids: Array<{ id: string | number; msg_
 
 export async function insertOutbox(c: PoolClient, rows: OutboxRow[]): Promise<StoredOutboxRow[]> {
   if (!rows.length) return [];
-  const payloads = packBytes(rows.map((r) => r.payload));
+  const cols = outboxColumns(rows);
+  const payloads = packBytes(cols.payloads);
   const { rows: ids } = await q<{ id: string; msg_id: string }>(
     c,
     'tern_outbox_insert',
-    `INSERT INTO outbox (subject, msg_id, payload, trace)
-     SELECT s, m, substring($3::bytea from po + 1 for pl), t::jsonb FROM unnest($1::text[], $2::text[], $5::int[], $6::int[], $4::text[]) AS x(s, m, po, pl, t)
+    `INSERT INTO outbox (subject, msg_id, payload, trace, body_of)
+     SELECT s, m, substring($3::bytea from po + 1 for pl), t::jsonb, b FROM unnest($1::text[], $2::text[], $5::int[], $6::int[], $4::text[], $7::text[]) AS x(s, m, po, pl, t, b)
      RETURNING id, msg_id`,
-    [
-      rows.map((r) => r.subject),
-      rows.map((r) => r.msgId),
-      payloads.packed,
-      rows.map((r) => JSON.stringify({ ...(r.trace ?? {}), 'x-span': r.span, 'x-attrs': r.attrs ?? {} })),
-      payloads.offsets,
-      payloads.lengths,
-    ],
+    [cols.subjects, cols.msgIds, payloads.packed, cols.traces, payloads.offsets, payloads.lengths, cols.bodyOf],
   );
   return stored(rows, ids);
 }
@@ -107,7 +116,7 @@ export class Relay {
     if (!this.running) return this.wake();
     const p = (async () => {
       const results = await Promise.allSettled(
-        rows.map((r) => this.publish(r.subject, r.msgId, r.payload, { ...(r.trace ?? {}) }, r.span, r.attrs ?? {})),
+        rows.map((r) => this.publish(r.subject, r.msgId, withBody(r.payload, r.body?.data), { ...(r.trace ?? {}) }, r.span, r.attrs ?? {})),
       );
       const done = rows.filter((_, i) => results[i]!.status === 'fulfilled').map((r) => r.id);
       if (done.length) {
@@ -171,10 +180,16 @@ export class Relay {
   /** Publishes one batch; returns how many rows it published. */
   async pass(): Promise<number> {
     return tx(this.o.pool, async (c) => {
-      const { rows } = await q<{ id: number; subject: string; msg_id: string; payload: Buffer; trace: Record<string, unknown> | null }>(
+      // A job stored without its body gets it back from body_chunks: one
+      // row only (a spilled body never travels in a job), none if removed.
+      const { rows } = await q<{ id: number; subject: string; msg_id: string; payload: Buffer; trace: Record<string, unknown> | null; body: Buffer | null }>(
         c,
         'tern_outbox_select',
-        'SELECT id, subject, msg_id, payload, trace FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED',
+        `SELECT o.id, o.subject, o.msg_id, o.payload, o.trace,
+                CASE WHEN o.body_of IS NOT NULL THEN
+                  (SELECT b.data FROM body_chunks b WHERE b.message_id = o.body_of AND b.seq = 0
+                     AND NOT EXISTS (SELECT 1 FROM body_chunks b1 WHERE b1.message_id = o.body_of AND b1.seq = 1)) END AS body
+         FROM outbox o ORDER BY o.id LIMIT $1 FOR UPDATE OF o SKIP LOCKED`,
         [this.o.batch],
       );
       if (!rows.length) return 0;
@@ -184,7 +199,7 @@ export class Relay {
           return this.publish(
             r.subject,
             r.msg_id,
-            r.payload,
+            withBody(r.payload, r.body),
             carrier as Record<string, string>,
             typeof span === 'string' ? span : 'queue.publish',
             (attrs as Record<string, string>) ?? {},

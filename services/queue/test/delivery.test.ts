@@ -46,6 +46,7 @@ describe('dispatch and results', () => {
     assert.equal(routed.route?.target, 'relay.internal:2525');
     assert.equal(routed.envelope?.sender, 'sender@origin.example');
     assert.equal(Number(routed.size), b.length);
+    assert.ok(Buffer.from(routed.body).equals(b), 'a small body travels in the job');
     assert.ok(routed.leaseExpiresAt && routed.leaseExpiresAt.getTime() > Date.now());
     const other = mine.find((j) => j.destination === 'other.example')!;
     assert.equal(other.route, undefined);
@@ -204,16 +205,22 @@ describe('crash safety', () => {
   it('a queue stopped between commit and publish publishes after restart (outbox relay)', async () => {
     const first = await startQueue(db.url, nats.url, ENV, { disable: ['relay'] });
     const c1 = queueClient(first.grpcPort);
-    const res = await c1.enqueue(header({}, ['x@outbox.example']), body(100));
+    const b = body(3000);
+    const res = await c1.enqueue(header({}, ['x@outbox.example']), b);
     c1.close();
     await first.stop();
-    assert.equal((await db.query('SELECT count(*)::int AS n FROM queue.outbox')).rows[0].n, 1);
+    const rows = (await db.query('SELECT body_of, length(payload) AS n FROM queue.outbox')).rows;
+    assert.equal(rows.length, 1);
+    // The body is stored once (body_chunks), not again in the outbox row.
+    assert.equal(rows[0].body_of, res.queueId);
+    assert.ok(rows[0].n < 1000, `outbox payload of ${rows[0].n} bytes`);
     assert.equal((await delivery.jobs(1, 1200)).length, 0);
     const second = await startQueue(db.url, nats.url, ENV);
     try {
       const jobs = await delivery.jobs(1);
       assert.equal(jobs.length, 1);
       assert.equal(jobs[0]!.queueId, res.queueId);
+      assert.ok(Buffer.from(jobs[0]!.body).equals(b), 'the republished job has its body back');
       await eventually(async () => (await db.query('SELECT count(*)::int AS n FROM queue.outbox')).rows[0].n, (n) => n === 0);
     } finally {
       await second.stop();
