@@ -320,11 +320,13 @@ export class TernMta implements Mta {
   }
 
   private pgStats = false;
+  private walAtStart = '';
 
   async windowStart(): Promise<void> {
     if (!this.pgStats || !this.db) return;
     await this.db.query('CREATE EXTENSION IF NOT EXISTS pg_stat_statements');
     await this.db.query('SELECT pg_stat_statements_reset()');
+    this.walAtStart = (await this.db.query<{ lsn: string }>('SELECT pg_current_wal_lsn()::text AS lsn')).rows[0]!.lsn;
   }
 
   /** Statements run per message in the measured window, heaviest first. */
@@ -337,9 +339,11 @@ export class TernMta implements Mta {
     const all = await this.db.query<{ calls: string; total: number }>(
       `SELECT sum(calls) AS calls, sum(total_exec_time) AS total FROM pg_stat_statements WHERE query NOT LIKE '%pg_stat_statements%'`,
     );
+    // WAL written in the window: what the durable queue costs the disk, whatever the machine's speed.
+    const wal = await this.db.query<{ bytes: string }>('SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), $1::pg_lsn)::bigint AS bytes', [this.walAtStart]);
     const n = Math.max(1, messages);
     const lines = [
-      `postgres statements: ${(Number(all.rows[0]!.calls) / n).toFixed(1)} per message, ${(all.rows[0]!.total / n).toFixed(2)} ms execution per message`,
+      `postgres statements: ${(Number(all.rows[0]!.calls) / n).toFixed(1)} per message, ${(all.rows[0]!.total / n).toFixed(2)} ms execution per message, ${(Number(wal.rows[0]!.bytes) / n / 1024).toFixed(1)} KiB WAL per message`,
       '   calls/msg  ms/msg  mean ms  rows/call  statement',
     ];
     for (const row of r.rows) {
