@@ -385,6 +385,11 @@ export class Scheduler {
 
   /** One claim: returns the number of recipients dispatched. */
   async dispatchPass(): Promise<number> {
+    // Most wake-ups (a result batch gave slots back) find nothing due: ask
+    // first, in one statement without a transaction or locks, before the
+    // claiming transaction (BEGIN, a locking select, ..., COMMIT). The
+    // answer is advisory; the transaction decides.
+    if (!(await this.anythingDue())) return 0;
     const leaseExpiresAt = new Date(Date.now() + this.o.leaseS * 1000);
     const { built: jobs, outbox } = await tx(this.o.pool, (c) => dispatchDue(c, this.o, leaseExpiresAt));
     if (jobs.length) {
@@ -394,6 +399,20 @@ export class Scheduler {
       return n;
     }
     return 0;
+  }
+
+  /** Is any recipient due at a destination that could take a job now (committed state, no locks)? */
+  private async anythingDue(): Promise<boolean> {
+    const { rows } = await q(
+      this.o.pool,
+      'tern_anything_due',
+      `SELECT 1 FROM destinations d
+       WHERE NOT d.suspended
+         AND ((d.dead_until IS NULL AND d.inflight < d.concurrency_limit) OR (d.dead_until <= now() AND d.inflight = 0))
+         AND EXISTS (SELECT 1 FROM recipients r WHERE r.domain = d.name AND r.state IN (${S.queued}, ${S.deferred}) AND r.next_attempt_at <= now())
+       LIMIT 1`,
+    );
+    return rows.length > 0;
   }
 }
 
