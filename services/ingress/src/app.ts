@@ -7,6 +7,7 @@ import { ConnectionLimiter, SmtpServer, type SmtpLimits } from '@tern/smtp';
 import type { Telemetry } from '@tern/telemetry';
 import { policyClient, queueClient } from './clients';
 import type { Config } from './config';
+import { EnqueueBatcher } from './enqueue-batch';
 import { createHooks, DecisionCache, QueueStatusCache, type IngressMetrics } from './hooks';
 import { TlsContextManager } from './tls';
 
@@ -72,6 +73,12 @@ export function createApp(config: Config, deps: AppDeps): App {
     reverseDns: config.TERN_REVERSE_DNS ? { timeoutMs: config.TERN_REVERSE_DNS_TIMEOUT_MS } : undefined,
     messageChecks: config.TERN_MESSAGE_CHECKS.size ? { listeners: config.TERN_MESSAGE_CHECKS, timeoutMs: config.TERN_MESSAGE_CHECK_TIMEOUT_MS } : undefined,
     commands: { vrfy: config.TERN_VRFY, expn: config.TERN_EXPN, etrn: config.TERN_ETRN },
+    enqueueBatch: config.TERN_ENQUEUE_BATCH_BODY_MAX
+      ? {
+          bodyMax: config.TERN_ENQUEUE_BATCH_BODY_MAX,
+          batcher: new EnqueueBatcher(queue, { maxCalls: config.TERN_ENQUEUE_BATCH_CALLS, maxMessages: 64, deadlineMs: config.TERN_ENQUEUE_COMMIT_TIMEOUT_MS }),
+        }
+      : undefined,
   };
   const common = {
     hostname: config.TERN_HOSTNAME,

@@ -78,6 +78,15 @@ const schema = z.object({
   TERN_ETRN: bool(false),
   /** After the end of data, how long to wait for the queue's commit. */
   TERN_ENQUEUE_COMMIT_TIMEOUT_MS: positiveInt(60_000),
+  /**
+   * Messages up to this many bytes (as stored: with the Received line) are
+   * held whole and sent to the queue in EnqueueBatch calls, several per
+   * call under load; bigger ones are streamed (Enqueue). At most the
+   * queue's TERN_QUEUE_MEMORY_BODY_MAX (256 KiB by default). 0 = stream all.
+   */
+  TERN_ENQUEUE_BATCH_BODY_MAX: nonNegativeInt(64 * 1024),
+  /** EnqueueBatch calls in flight at most; messages ready meanwhile wait for the next call. */
+  TERN_ENQUEUE_BATCH_CALLS: positiveInt(4),
   /** Largest message (octets), advertised with SIZE. */
   TERN_MAX_MESSAGE_SIZE: positiveInt(52_428_800),
   TERN_MAX_RECIPIENTS: positiveInt(100),

@@ -1,7 +1,8 @@
 // The SMTP engine's hooks, implemented against policy and queue. Every
 // stage asks policy (with a deadline); any failure to get an answer is a
-// 4xx, never an accept. The body is streamed to QueueService.Enqueue as it
-// arrives and the 250 is given only with the queue id of the commit (I1).
+// 4xx, never an accept. A small message is held whole and sent with others
+// in one QueueService.EnqueueBatch call; a bigger one is streamed to Enqueue
+// as it arrives. The 250 is given only with the queue id of the commit (I1).
 import dns from 'node:dns';
 import { once } from 'node:events';
 import type { Readable } from 'node:stream';
@@ -13,6 +14,8 @@ import {
   CheckStage,
   DsnNotify,
   DsnRet,
+  EnqueueCommit,
+  EnqueueHeader,
   EnqueueRequest,
   Listener,
   MessageOrigin,
@@ -25,12 +28,13 @@ import {
   type SmtpReply,
 } from '@tern/proto';
 import { isPositive, SmtpDataError, type Envelope, type Reply, type SmtpHooks, type SmtpSession } from '@tern/smtp';
-import { context, trace, SpanStatusCode, type Context, type Logger, type Span, type Tracer } from '@tern/telemetry';
+import { context, injectContext, trace, SpanStatusCode, type Context, type Logger, type Span, type Tracer } from '@tern/telemetry';
 import { SpanKind, type Counter, type Histogram } from '@opentelemetry/api';
 import { call, type PolicyClient, type QueueClient } from './clients';
 import { HeaderScanner, messageId, protocolName, receivedHeader, rfc5322Date } from './headers';
 import { headerLines, MessageCheck, type MessageCheckSettings } from './messagecheck';
 import { commandHooks, type CommandSettings } from './commands';
+import type { EnqueueBatcher } from './enqueue-batch';
 
 /** Body chunk size in Enqueue requests. */
 const CHUNK = 64 * 1024;
@@ -146,6 +150,8 @@ export interface HooksDeps {
   messageChecks?: MessageCheckSettings;
   /** VRFY, EXPN, ETRN; all answered by the engine's defaults when absent. */
   commands?: CommandSettings;
+  /** Messages whose stored form is at most `bodyMax` bytes go whole through EnqueueBatch; none when absent. */
+  enqueueBatch?: { batcher: EnqueueBatcher; bodyMax: number };
 }
 
 const LISTENERS: Record<string, Listener> = {
@@ -426,48 +432,66 @@ export function createHooks(deps: HooksDeps, submission: boolean): SmtpHooks {
         ? new MessageCheck(policy, { session: sessionInfo(s, hostname), sender: envelope.mailFrom.address, recipients: envelope.rcptTo.map((r) => r.address) })
         : undefined;
     const sizeLimit = sizeOnly ? Math.min(...envelope.rcptTo.map((r) => Number(r.state?.maxSize) || Infinity)) : Infinity;
+    const header = EnqueueHeader.fromPartial({
+      envelope: toProtoEnvelope(s, envelope, arrival),
+      recipients: toProtoRecipients(envelope),
+      origin: MessageOrigin.MESSAGE_ORIGIN_SMTP,
+      hold,
+    });
+    // A message that stays small is held here whole and goes through
+    // EnqueueBatch at the end; one that outgrows `batchMax` opens an Enqueue
+    // stream (header, what was held, then the rest as it arrives).
+    const batchMax = deps.enqueueBatch?.bodyMax ?? 0;
+    let held: Buffer[] = [];
+    let heldBytes = 0;
     let settled = false;
     let failure: Error | undefined;
-    let writer!: grpc.ClientWritableStream<EnqueueRequest>;
-    const result = new Promise<EnqueueResponse>((resolve, reject) => {
-      // No deadline on the stream itself: the client's pace is bounded by the
-      // engine's data timeout, the commit by commitTimeoutMs below.
-      writer = queue.enqueue(new grpc.Metadata(), { deadline: Infinity }, (err, res) => {
-        settled = true;
-        if (err) {
-          failure = err;
-          reject(err);
-        } else resolve(res);
-      });
-    });
-    result.catch(() => undefined);
-    writer.on('error', () => undefined);
+    let writer: grpc.ClientWritableStream<EnqueueRequest> | undefined;
+    let result: Promise<EnqueueResponse> | undefined;
     const write = async (req: EnqueueRequest): Promise<void> => {
       if (failure) throw failure;
-      if (!writer.write(req)) {
-        await Promise.race([once(writer, 'drain'), result]);
+      if (!writer!.write(req)) {
+        await Promise.race([once(writer!, 'drain'), result]);
       }
+    };
+    const openStream = async (): Promise<void> => {
+      result = new Promise<EnqueueResponse>((resolve, reject) => {
+        // No deadline on the stream itself: the client's pace is bounded by the
+        // engine's data timeout, the commit by commitTimeoutMs below.
+        writer = queue.enqueue(new grpc.Metadata(), { deadline: Infinity }, (err, res) => {
+          settled = true;
+          if (err) {
+            failure = err;
+            reject(err);
+          } else resolve(res);
+        });
+      });
+      result.catch(() => undefined);
+      writer!.on('error', () => undefined);
+      await write(EnqueueRequest.fromPartial({ header }));
+      const pieces = held;
+      held = [];
+      heldBytes = 0;
+      for (const p of pieces) await streamBody(p);
+    };
+    const streamBody = async (buf: Buffer): Promise<void> => {
+      for (let i = 0; i < buf.length; i += CHUNK) await write(EnqueueRequest.fromPartial({ chunk: buf.subarray(i, i + CHUNK) }));
     };
     let sent = 0;
     const writeBody = async (buf: Buffer): Promise<void> => {
-      for (let i = 0; i < buf.length; i += CHUNK) {
-        const piece = buf.subarray(i, i + CHUNK);
-        sent += piece.length;
-        await write(EnqueueRequest.fromPartial({ chunk: piece }));
+      sent += buf.length;
+      if (!writer && heldBytes + buf.length <= batchMax) {
+        held.push(buf);
+        heldBytes += buf.length;
+        return;
       }
+      if (!writer) await openStream();
+      await streamBody(buf);
     };
     let size = 0;
     try {
-      await write(
-        EnqueueRequest.fromPartial({
-          header: {
-            envelope: toProtoEnvelope(s, envelope, arrival),
-            recipients: toProtoRecipients(envelope),
-            origin: MessageOrigin.MESSAGE_ORIGIN_SMTP,
-            hold,
-          },
-        }),
-      );
+      // Batching off: the stream opens at once, as the body starts.
+      if (!batchMax) await openStream();
       const received = receivedHeader({ session: s, envelope, hostname, clientName: st(s).clientName, date: arrival });
       let prefix: Buffer | undefined = Buffer.from(received, 'utf8');
       const scanner = submission ? new HeaderScanner() : undefined;
@@ -504,7 +528,7 @@ export function createHooks(deps: HooksDeps, submission: boolean): SmtpHooks {
       if (failure) throw failure;
       let prepend: Buffer | undefined;
       if (size > sizeLimit) {
-        abortEnqueue(writer);
+        if (writer) abortEnqueue(writer);
         metrics.decisions.add(1, { stage: 'data', result: '5xx' });
         metrics.messages.add(1, { listener: s.listener, result: 'policy_5xx' });
         logger.info({ event: 'smtp_reject', stage: 'data', session_id: s.id, client: s.clientAddress, reason: 'message_too_large', reply: '552 5.3.4' }, 'message over the recipients\' size limit; nothing stored');
@@ -514,7 +538,7 @@ export function createHooks(deps: HooksDeps, submission: boolean): SmtpHooks {
       if (check) {
         const verdict = await endOfDataCheck(s, check);
         if (verdict.refusal) {
-          abortEnqueue(writer);
+          if (writer) abortEnqueue(writer);
           endTx(s, `end of data refused: ${verdict.refusal.code}`);
           return verdict.refusal;
         }
@@ -523,11 +547,24 @@ export function createHooks(deps: HooksDeps, submission: boolean): SmtpHooks {
       }
       if (failure) throw failure;
       // The commit marker: only now may the queue store the message.
-      await write(EnqueueRequest.fromPartial({ commit: { size: sent, prepend, hold } }));
-      writer.end();
+      const commit = EnqueueCommit.fromPartial({ size: sent, prepend, hold });
+      let committed: Promise<EnqueueResponse>;
+      if (writer) {
+        await write(EnqueueRequest.fromPartial({ commit }));
+        writer.end();
+        committed = result!;
+      } else {
+        const body = held.length === 1 ? held[0]! : Buffer.concat(held, heldBytes);
+        committed = deps.enqueueBatch!.batcher.add({ header, body, commit, trace: injectContext() }).then((o) => {
+          settled = true;
+          if (o.errorCode) throw new Error(`EnqueueBatch refused the message: ${grpc.status[o.errorCode] ?? o.errorCode}: ${o.error}`);
+          return { queueId: o.queueId, size: o.size };
+        });
+        committed.catch(() => undefined);
+      }
       let timer: NodeJS.Timeout | undefined;
       const res = await Promise.race([
-        result,
+        committed,
         new Promise<never>((_r, reject) => {
           timer = setTimeout(() => reject(new Error(`queue did not commit within ${deps.commitTimeoutMs} ms`)), deps.commitTimeoutMs);
         }),
@@ -558,7 +595,7 @@ export function createHooks(deps: HooksDeps, submission: boolean): SmtpHooks {
       endTx(s);
       return { code: 250, enhanced: '2.0.0', text: `Ok: queued as ${res.queueId}` };
     } catch (err) {
-      if (!settled) abortEnqueue(writer);
+      if (writer && !settled) abortEnqueue(writer);
       check?.cancel();
       if (err instanceof SmtpDataError) {
         metrics.messages.add(1, { listener: s.listener, result: err.violation });

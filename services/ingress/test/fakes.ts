@@ -6,6 +6,7 @@ import {
   AuthenticateResponse,
   CheckMessageResponse,
   CheckResponse,
+  EnqueueBatchResponse,
   EnqueueResponse,
   PolicyAction,
   PolicyServiceService,
@@ -15,6 +16,7 @@ import {
   type CheckMessageHeader,
   type CheckMessageRequest,
   type CheckRequest,
+  type EnqueueBatchRequest,
   type EnqueueHeader,
   type EnqueueRequest,
 } from '@tern/proto';
@@ -143,6 +145,8 @@ export class FakeQueue {
   cancelled = 0;
   /** Enqueue calls refused as malformed (commit size mismatch, a second header). */
   rejected = 0;
+  /** EnqueueBatch calls received. */
+  batchCalls = 0;
   private server = new grpc.Server();
   port = 0;
 
@@ -153,6 +157,30 @@ export class FakeQueue {
         status: (_call: unknown, cb: grpc.sendUnaryData<StatusResponse>) => {
           this.statusCalls++;
           cb(null, StatusResponse.fromPartial({ accepting: this.accepting, reason: this.accepting ? '' : 'high-water mark' }));
+        },
+        // Whole messages (what ingress holds up to TERN_ENQUEUE_BATCH_BODY_MAX), with the same modes.
+        enqueueBatch: (call: grpc.ServerUnaryCall<EnqueueBatchRequest, EnqueueBatchResponse>, cb: grpc.sendUnaryData<EnqueueBatchResponse>) => {
+          void (async () => {
+            this.batchCalls++;
+            if (this.mode === 'hang') return;
+            if (this.commitDelayMs) await sleep(this.commitDelayMs);
+            if (this.mode === 'error') {
+              cb({ code: grpc.status.UNAVAILABLE, details: 'database down', metadata: new grpc.Metadata() } as grpc.ServiceError, null);
+              return;
+            }
+            const outcomes = call.request.messages.map((m) => {
+              if (!m.header || !m.commit || m.commit.size !== m.body.length) {
+                this.rejected++;
+                return { queueId: '', size: 0, errorCode: grpc.status.INVALID_ARGUMENT, error: 'malformed message (no header or commit, or commit size mismatch)' };
+              }
+              const body = Buffer.concat([Buffer.from(m.commit.prepend), Buffer.from(m.body)]);
+              const header = m.commit.hold ? { ...m.header, hold: true } : m.header;
+              const queueId = `Q${(this.stored.length + 1).toString(16).toUpperCase().padStart(6, '0')}`;
+              this.stored.push({ queueId, header, body, chunks: 1, traceparent: m.trace.traceparent });
+              return { queueId, size: body.length, errorCode: 0, error: '' };
+            });
+            cb(null, EnqueueBatchResponse.fromPartial({ outcomes }));
+          })();
         },
         enqueue: (call: grpc.ServerReadableStream<EnqueueRequest, EnqueueResponse>, cb: grpc.sendUnaryData<EnqueueResponse>) => {
           let header: EnqueueHeader | undefined;

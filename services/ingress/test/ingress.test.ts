@@ -188,7 +188,8 @@ test('queue over its high-water mark or unreachable: 4xx at DATA; enqueue failur
 });
 
 test('smuggling or an oversized message cancels the Enqueue call: nothing stored', async () => {
-  const h = await startIngress({ TERN_MAX_MESSAGE_SIZE: '100000' });
+  // Every message streamed (no EnqueueBatch), to see the stream being cancelled.
+  const h = await startIngress({ TERN_MAX_MESSAGE_SIZE: '100000', TERN_ENQUEUE_BATCH_BODY_MAX: '0' });
   try {
     const c = await ready(h.app.ports.smtp!);
     await c.cmd('MAIL FROM:<s@example.org>');

@@ -52,8 +52,49 @@ test('accept: policy gets the body as sent, the queue stores the added headers o
   }
 });
 
-test('reject, defer, policy error, late verdict: the reply given and nothing stored; HOLD stores on hold', async () => {
+test('EnqueueBatch path (small messages, the default): a refusal at end of data makes no queue call; an accept stores one whole message with its prepend and trace', async () => {
   const h = await startIngress({ TERN_MESSAGE_CHECK_TIMEOUT_MS: '500' });
+  try {
+    const port = h.app.ports.smtp!;
+    h.policy.decideMessage = () => ({ action: PolicyAction.POLICY_ACTION_REJECT, reply: { code: 550, enhanced: '5.7.1', text: 'rejected' } });
+    assert.equal((await send(port)).raw, '550 5.7.1 rejected\r\n');
+    await sleep(100);
+    assert.equal(h.queue.batchCalls, 0, 'nothing was sent to the queue');
+    assert.equal(h.queue.cancelled, 0, 'no stream was opened either');
+    h.policy.decideMessage = () => ({ action: PolicyAction.POLICY_ACTION_ACCEPT, addHeaders: [{ name: 'Authentication-Results', value: 'mx.tern.test; spf=pass' }] });
+    assert.match((await send(port)).raw, /^250 2\.0\.0 Ok: queued as Q000001\r\n$/);
+    assert.equal(h.queue.batchCalls, 1);
+    const m = h.queue.stored[0]!;
+    const body = m.body.toString();
+    assert.ok(body.startsWith('Authentication-Results: mx.tern.test; spf=pass\r\nReceived: from client.example'), body);
+    assert.ok(body.endsWith(`\r\n${MESSAGE}`));
+    assert.match(m.traceparent ?? '', /^00-[0-9a-f]{32}-[0-9a-f]{16}-0[01]$/, 'the session trace travels with the message');
+  } finally {
+    await h.stop();
+  }
+});
+
+test('EnqueueBatch: a message over TERN_ENQUEUE_BATCH_BODY_MAX is streamed; a queue that refuses or fails gives 451 4.3.0', async () => {
+  const h = await startIngress({ TERN_ENQUEUE_BATCH_BODY_MAX: '2000' });
+  try {
+    const port = h.app.ports.smtp!;
+    h.policy.decideMessage = () => ({ action: PolicyAction.POLICY_ACTION_ACCEPT });
+    const big = `Subject: big\r\n\r\n${'x'.repeat(70)}\r\n`.repeat(60);
+    assert.match((await send(port, `${big}.\r\n`)).raw, /^250 2\.0\.0 /);
+    assert.equal(h.queue.batchCalls, 0, 'streamed, not batched');
+    assert.ok(h.queue.stored[0]!.body.toString().endsWith(big));
+    h.queue.mode = 'error';
+    assert.match((await send(port)).raw, /^451 4\.3\.0 /);
+    assert.equal(h.queue.batchCalls, 1);
+    assert.equal(h.queue.stored.length, 1, 'nothing more stored');
+  } finally {
+    await h.stop();
+  }
+});
+
+test('reject, defer, policy error, late verdict: the reply given and nothing stored; HOLD stores on hold', async () => {
+  // Streamed (no EnqueueBatch), to see each Enqueue end without its commit marker.
+  const h = await startIngress({ TERN_MESSAGE_CHECK_TIMEOUT_MS: '500', TERN_ENQUEUE_BATCH_BODY_MAX: '0' });
   try {
     const port = h.app.ports.smtp!;
     h.policy.decideMessage = () => ({ action: PolicyAction.POLICY_ACTION_REJECT, reply: { code: 550, enhanced: '5.7.1', text: 'Email rejected per DMARC policy for signed.test' } });

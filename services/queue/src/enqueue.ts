@@ -6,7 +6,7 @@
 // and only after COMMIT does each caller get its queue id (invariant I1).
 import type { Pool, PoolClient } from '@tern/db';
 import { grpc, grpcError } from '@tern/grpc';
-import { EnqueueHeader, Envelope, MessageOrigin, type EnqueueRequest, type EnqueueResponse } from '@tern/proto';
+import { EnqueueHeader, Envelope, MessageOrigin, type EnqueueBatchRequest, type EnqueueBatchResponse, type EnqueueMessage, type EnqueueOutcome, type EnqueueRequest, type EnqueueResponse } from '@tern/proto';
 import { injectContext, type Logger } from '@tern/telemetry';
 import type { Counter, Histogram } from './metrics';
 import { Batcher } from './batcher';
@@ -183,6 +183,53 @@ export class Enqueuer {
     call.on('cancelled', () => abandon('cancelled by the client; nothing stored'));
     call.on('error', () => abandon('stream failed; nothing stored'));
   };
+
+  /**
+   * EnqueueBatch: whole messages, each checked like an Enqueue stream and
+   * given to the group commit on its own; the answer lists every outcome
+   * after all the stored ones are committed (I1). A storage failure fails
+   * the call (every message of it may be retried: stored ones are not
+   * idempotent without a key, so the caller answers 451 and the client
+   * retries, as for a failed Enqueue).
+   */
+  batchHandler = (call: grpc.ServerUnaryCall<EnqueueBatchRequest, EnqueueBatchResponse>, callback: grpc.sendUnaryData<EnqueueBatchResponse>): void => {
+    const callTrace = injectContext();
+    const outcomes: Promise<EnqueueOutcome>[] = call.request.messages.map(async (m, i): Promise<EnqueueOutcome> => {
+      const refused = (code: grpc.status, why: string): EnqueueOutcome => ({ queueId: '', size: 0, errorCode: code, error: `messages[${i}]: ${why}` });
+      const problem = this.checkWhole(m);
+      if (problem) return refused(problem.code, problem.why);
+      const header = m.header!;
+      const prepend = m.commit!.prepend;
+      const total = m.body.length + prepend.length;
+      const body = prepend.length ? Buffer.concat([prepend, m.body], total) : Buffer.from(m.body.buffer, m.body.byteOffset, m.body.byteLength);
+      const trace = Object.keys(m.trace).length ? m.trace : callTrace;
+      const res = await this.batcher.add({ queueId: newId(), header: m.commit!.hold && !header.hold ? { ...header, hold: true } : header, body, size: total, trace });
+      if (!res.duplicate) this.o.metrics.messages.add(1, { origin: MessageOrigin[header.origin] ?? 'unknown' });
+      return { queueId: res.queueId, size: total, errorCode: 0, error: '' };
+    });
+    Promise.all(outcomes).then(
+      (list) => callback(null, { outcomes: list }),
+      (err: Error) => {
+        this.o.logger.error({ err: err.message, messages: call.request.messages.length }, 'enqueue batch failed');
+        callback(grpcError(grpc.status.UNAVAILABLE, `queue storage failed: ${err.message}`));
+      },
+    );
+  };
+
+  /** The checks an Enqueue stream makes, for a whole message. */
+  private checkWhole(m: EnqueueMessage): { code: grpc.status; why: string } | undefined {
+    if (!m.header) return { code: grpc.status.INVALID_ARGUMENT, why: 'header: required' };
+    const problem = this.validateHeader(m.header);
+    if (problem) return { code: grpc.status.INVALID_ARGUMENT, why: problem };
+    if (!m.commit) return { code: grpc.status.INVALID_ARGUMENT, why: 'commit: required' };
+    if (m.commit.size !== m.body.length) return { code: grpc.status.INVALID_ARGUMENT, why: `commit size ${m.commit.size} does not match the ${m.body.length} bytes of body` };
+    if (m.commit.prepend.length > MAX_PREPEND) return { code: grpc.status.INVALID_ARGUMENT, why: `commit.prepend: at most ${MAX_PREPEND} bytes` };
+    if (m.body.length > this.o.maxMessageSize) return { code: grpc.status.RESOURCE_EXHAUSTED, why: `message exceeds the maximum size of ${this.o.maxMessageSize} bytes` };
+    if (m.body.length > this.o.memoryBodyMax) {
+      return { code: grpc.status.INVALID_ARGUMENT, why: `body of ${m.body.length} bytes: EnqueueBatch takes bodies up to ${this.o.memoryBodyMax} bytes (TERN_QUEUE_MEMORY_BODY_MAX); use Enqueue` };
+    }
+    return undefined;
+  }
 
   private validateHeader(h: EnqueueHeader): string | undefined {
     if (!h.envelope) return 'header.envelope: required';

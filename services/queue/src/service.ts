@@ -40,6 +40,7 @@ export function createQueueService(d: ServiceDeps): QueueServiceServer {
   const { logger, ops } = d;
   return {
     enqueue: d.enqueuer.handler,
+    enqueueBatch: d.enqueuer.batchHandler,
     readBody: readBodyHandler(d.pool, logger),
     getMessage: unary(logger, 'GetMessage', async (req) => {
       const message = await getMessage(d.pool, req.queueId.trim(), req.includeHeaders);

@@ -41,6 +41,38 @@ describe('enqueue', () => {
     assert.ok(res2.queueId > res.queueId);
   });
 
+  it('EnqueueBatch stores each whole message before answering and refuses the bad ones one by one, naming the field', async () => {
+    const b1 = body(800);
+    const b2 = body(300);
+    const traceparent = '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01';
+    const res = await client.enqueueBatch({
+      messages: [
+        { header: header({}, ['x@batch.example']), body: b1, commit: { size: b1.length }, trace: { traceparent } },
+        { header: header({}, ['y@batch.example']), body: b2, commit: { size: b2.length + 1 } },
+        { body: b2, commit: { size: b2.length } },
+        { header: header({}, ['z@batch.example']), body: b2, commit: { size: b2.length, prepend: Buffer.from('X-Check: 1\r\n'), hold: true } },
+      ],
+    });
+    assert.equal(res.outcomes.length, 4);
+    const [ok, mismatch, noHeader, held] = res.outcomes;
+    assert.match(ok!.queueId, /^[0-9A-Z]{16}$/);
+    assert.equal(ok!.errorCode, 0);
+    assert.equal(mismatch!.queueId, '');
+    assert.equal(mismatch!.errorCode, 3 /* INVALID_ARGUMENT */);
+    assert.equal(mismatch!.error, `messages[1]: commit size ${b2.length + 1} does not match the ${b2.length} bytes of body`);
+    assert.match(noHeader!.error, /^messages\[2\]: header: required/);
+    // Committed before the answer: visible now, exactly as sent.
+    assert.ok((await client.readBody(ok!.queueId)).equals(b1));
+    const m = await db.query('SELECT trace FROM queue.messages WHERE id = $1', [ok!.queueId]);
+    assert.equal(m.rows[0].trace.traceparent, traceparent, 'the trace of the message, not of the call');
+    assert.ok((await client.readBody(held!.queueId)).equals(Buffer.concat([Buffer.from('X-Check: 1\r\n'), b2])));
+    assert.equal(Number(held!.size), b2.length + 12);
+    const r = await db.query('SELECT state FROM queue.recipients WHERE message_id = $1', [held!.queueId]);
+    assert.equal(r.rows[0].state, RecipientState.RECIPIENT_STATE_HELD);
+    const stored = await db.query(`SELECT count(*)::int AS n FROM queue.recipients WHERE address IN ('y@batch.example')`);
+    assert.equal(stored.rows[0].n, 0, 'a refused message stores nothing');
+  });
+
   it('is idempotent by key: the second Enqueue returns the first id and stores nothing', async () => {
     const h = header({ idempotencyKey: 'report-event-1', origin: MessageOrigin.MESSAGE_ORIGIN_REPORT, envelope: { sender: '' } });
     const first = await client.enqueue(h, body(300));

@@ -375,6 +375,53 @@ export interface EnqueueResponse {
   size: number;
 }
 
+/** One whole message of an EnqueueBatch: what an Enqueue stream carries. */
+export interface EnqueueMessage {
+  header:
+    | EnqueueHeader
+    | undefined;
+  /**
+   * The whole body; commit.size must equal its length. At most the queue's
+   * in-memory body limit (TERN_QUEUE_MEMORY_BODY_MAX): bigger bodies go
+   * through Enqueue.
+   */
+  body: Buffer;
+  commit:
+    | EnqueueCommit
+    | undefined;
+  /**
+   * W3C trace context of the submission (traceparent, tracestate): the
+   * message's trace continues from it, as from an Enqueue call's metadata.
+   */
+  trace: { [key: string]: string };
+}
+
+export interface EnqueueMessage_TraceEntry {
+  key: string;
+  value: string;
+}
+
+export interface EnqueueBatchRequest {
+  messages: EnqueueMessage[];
+}
+
+/** The outcome of one message of a batch, in request order. */
+export interface EnqueueOutcome {
+  /** Set when stored (or already stored under its idempotency key). */
+  queueId: string;
+  size: number;
+  /**
+   * When refused: the gRPC status code Enqueue would have failed with
+   * (INVALID_ARGUMENT, RESOURCE_EXHAUSTED, ...) and why; nothing stored.
+   */
+  errorCode: number;
+  error: string;
+}
+
+export interface EnqueueBatchResponse {
+  outcomes: EnqueueOutcome[];
+}
+
 export interface ReadBodyRequest {
   queueId: string;
   /** Stop after the header section (for RET=HDRS reports and inspection). */
@@ -1020,6 +1067,509 @@ export const EnqueueResponse: MessageFns<EnqueueResponse> = {
     const message = createBaseEnqueueResponse();
     message.queueId = object.queueId ?? "";
     message.size = object.size ?? 0;
+    return message;
+  },
+};
+
+function createBaseEnqueueMessage(): EnqueueMessage {
+  return { header: undefined, body: Buffer.alloc(0), commit: undefined, trace: {} };
+}
+
+export const EnqueueMessage: MessageFns<EnqueueMessage> = {
+  encode(message: EnqueueMessage, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.header !== undefined) {
+      EnqueueHeader.encode(message.header, writer.uint32(10).fork()).join();
+    }
+    if (message.body.length !== 0) {
+      writer.uint32(18).bytes(message.body);
+    }
+    if (message.commit !== undefined) {
+      EnqueueCommit.encode(message.commit, writer.uint32(26).fork()).join();
+    }
+    globalThis.Object.entries(message.trace).forEach(([key, value]: [string, string]) => {
+      EnqueueMessage_TraceEntry.encode({ key: key as any, value }, writer.uint32(34).fork()).join();
+    });
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): EnqueueMessage {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseEnqueueMessage();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.header = EnqueueHeader.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.body = Buffer.from(reader.bytes());
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.commit = EnqueueCommit.decode(reader, reader.uint32());
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            const entry4 = EnqueueMessage_TraceEntry.decode(reader, reader.uint32());
+            if (entry4.value !== undefined) {
+              message.trace[entry4.key] = entry4.value;
+            }
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): EnqueueMessage {
+    return {
+      header: isSet(object.header) ? EnqueueHeader.fromJSON(object.header) : undefined,
+      body: isSet(object.body) ? Buffer.from(bytesFromBase64(object.body)) : Buffer.alloc(0),
+      commit: isSet(object.commit) ? EnqueueCommit.fromJSON(object.commit) : undefined,
+      trace: isObject(object.trace)
+        ? (globalThis.Object.entries(object.trace) as [string, any][]).reduce(
+          (acc: { [key: string]: string }, [key, value]: [string, any]) => {
+            globalThis.Object.defineProperty(acc, key, {
+              value: globalThis.String(value),
+              enumerable: true,
+              configurable: true,
+              writable: true,
+            });
+            return acc;
+          },
+          {},
+        )
+        : {},
+    };
+  },
+
+  toJSON(message: EnqueueMessage): unknown {
+    const obj: any = {};
+    if (message.header !== undefined) {
+      obj.header = EnqueueHeader.toJSON(message.header);
+    }
+    if (message.body.length !== 0) {
+      obj.body = base64FromBytes(message.body);
+    }
+    if (message.commit !== undefined) {
+      obj.commit = EnqueueCommit.toJSON(message.commit);
+    }
+    if (message.trace) {
+      const entries = globalThis.Object.entries(message.trace) as [string, string][];
+      if (entries.length > 0) {
+        obj.trace = {};
+        entries.forEach(([k, v]) => {
+          obj.trace[k] = v;
+        });
+      }
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<EnqueueMessage>, I>>(base?: I): EnqueueMessage {
+    return EnqueueMessage.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<EnqueueMessage>, I>>(object: I): EnqueueMessage {
+    const message = createBaseEnqueueMessage();
+    message.header = (object.header !== undefined && object.header !== null)
+      ? EnqueueHeader.fromPartial(object.header)
+      : undefined;
+    message.body = object.body ?? Buffer.alloc(0);
+    message.commit = (object.commit !== undefined && object.commit !== null)
+      ? EnqueueCommit.fromPartial(object.commit)
+      : undefined;
+    message.trace = (globalThis.Object.entries(object.trace ?? {}) as [string, string][]).reduce(
+      (acc: { [key: string]: string }, [key, value]: [string, string]) => {
+        if (value !== undefined) {
+          acc[key] = globalThis.String(value);
+        }
+        return acc;
+      },
+      {},
+    );
+    return message;
+  },
+};
+
+function createBaseEnqueueMessage_TraceEntry(): EnqueueMessage_TraceEntry {
+  return { key: "", value: "" };
+}
+
+export const EnqueueMessage_TraceEntry: MessageFns<EnqueueMessage_TraceEntry> = {
+  encode(message: EnqueueMessage_TraceEntry, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.key !== "") {
+      writer.uint32(10).string(message.key);
+    }
+    if (message.value !== "") {
+      writer.uint32(18).string(message.value);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): EnqueueMessage_TraceEntry {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseEnqueueMessage_TraceEntry();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.key = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.value = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): EnqueueMessage_TraceEntry {
+    return {
+      key: isSet(object.key) ? globalThis.String(object.key) : "",
+      value: isSet(object.value) ? globalThis.String(object.value) : "",
+    };
+  },
+
+  toJSON(message: EnqueueMessage_TraceEntry): unknown {
+    const obj: any = {};
+    if (message.key !== "") {
+      obj.key = message.key;
+    }
+    if (message.value !== "") {
+      obj.value = message.value;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<EnqueueMessage_TraceEntry>, I>>(base?: I): EnqueueMessage_TraceEntry {
+    return EnqueueMessage_TraceEntry.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<EnqueueMessage_TraceEntry>, I>>(object: I): EnqueueMessage_TraceEntry {
+    const message = createBaseEnqueueMessage_TraceEntry();
+    message.key = object.key ?? "";
+    message.value = object.value ?? "";
+    return message;
+  },
+};
+
+function createBaseEnqueueBatchRequest(): EnqueueBatchRequest {
+  return { messages: [] };
+}
+
+export const EnqueueBatchRequest: MessageFns<EnqueueBatchRequest> = {
+  encode(message: EnqueueBatchRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.messages) {
+      EnqueueMessage.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): EnqueueBatchRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseEnqueueBatchRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.messages.push(EnqueueMessage.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): EnqueueBatchRequest {
+    return {
+      messages: globalThis.Array.isArray(object?.messages)
+        ? object.messages.map((e: any) => EnqueueMessage.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: EnqueueBatchRequest): unknown {
+    const obj: any = {};
+    if (message.messages?.length) {
+      obj.messages = message.messages.map((e) => EnqueueMessage.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<EnqueueBatchRequest>, I>>(base?: I): EnqueueBatchRequest {
+    return EnqueueBatchRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<EnqueueBatchRequest>, I>>(object: I): EnqueueBatchRequest {
+    const message = createBaseEnqueueBatchRequest();
+    message.messages = object.messages?.map((e) => EnqueueMessage.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseEnqueueOutcome(): EnqueueOutcome {
+  return { queueId: "", size: 0, errorCode: 0, error: "" };
+}
+
+export const EnqueueOutcome: MessageFns<EnqueueOutcome> = {
+  encode(message: EnqueueOutcome, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.queueId !== "") {
+      writer.uint32(10).string(message.queueId);
+    }
+    if (message.size !== 0) {
+      writer.uint32(16).uint64(message.size);
+    }
+    if (message.errorCode !== 0) {
+      writer.uint32(24).int32(message.errorCode);
+    }
+    if (message.error !== "") {
+      writer.uint32(34).string(message.error);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): EnqueueOutcome {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseEnqueueOutcome();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.queueId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.size = longToNumber(reader.uint64());
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.errorCode = reader.int32();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.error = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): EnqueueOutcome {
+    return {
+      queueId: isSet(object.queueId)
+        ? globalThis.String(object.queueId)
+        : isSet(object.queue_id)
+        ? globalThis.String(object.queue_id)
+        : "",
+      size: isSet(object.size) ? globalThis.Number(object.size) : 0,
+      errorCode: isSet(object.errorCode)
+        ? globalThis.Number(object.errorCode)
+        : isSet(object.error_code)
+        ? globalThis.Number(object.error_code)
+        : 0,
+      error: isSet(object.error) ? globalThis.String(object.error) : "",
+    };
+  },
+
+  toJSON(message: EnqueueOutcome): unknown {
+    const obj: any = {};
+    if (message.queueId !== "") {
+      obj.queueId = message.queueId;
+    }
+    if (message.size !== 0) {
+      obj.size = Math.round(message.size);
+    }
+    if (message.errorCode !== 0) {
+      obj.errorCode = Math.round(message.errorCode);
+    }
+    if (message.error !== "") {
+      obj.error = message.error;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<EnqueueOutcome>, I>>(base?: I): EnqueueOutcome {
+    return EnqueueOutcome.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<EnqueueOutcome>, I>>(object: I): EnqueueOutcome {
+    const message = createBaseEnqueueOutcome();
+    message.queueId = object.queueId ?? "";
+    message.size = object.size ?? 0;
+    message.errorCode = object.errorCode ?? 0;
+    message.error = object.error ?? "";
+    return message;
+  },
+};
+
+function createBaseEnqueueBatchResponse(): EnqueueBatchResponse {
+  return { outcomes: [] };
+}
+
+export const EnqueueBatchResponse: MessageFns<EnqueueBatchResponse> = {
+  encode(message: EnqueueBatchResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.outcomes) {
+      EnqueueOutcome.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): EnqueueBatchResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseEnqueueBatchResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.outcomes.push(EnqueueOutcome.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): EnqueueBatchResponse {
+    return {
+      outcomes: globalThis.Array.isArray(object?.outcomes)
+        ? object.outcomes.map((e: any) => EnqueueOutcome.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: EnqueueBatchResponse): unknown {
+    const obj: any = {};
+    if (message.outcomes?.length) {
+      obj.outcomes = message.outcomes.map((e) => EnqueueOutcome.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<EnqueueBatchResponse>, I>>(base?: I): EnqueueBatchResponse {
+    return EnqueueBatchResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<EnqueueBatchResponse>, I>>(object: I): EnqueueBatchResponse {
+    const message = createBaseEnqueueBatchResponse();
+    message.outcomes = object.outcomes?.map((e) => EnqueueOutcome.fromPartial(e)) || [];
     return message;
   },
 };
@@ -4559,6 +5109,23 @@ export const QueueServiceService = {
     responseSerialize: (value: EnqueueResponse): Buffer => Buffer.from(EnqueueResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): EnqueueResponse => EnqueueResponse.decode(value),
   },
+  /**
+   * Whole small messages, several per call: ingress sends together the
+   * messages whose end of data arrived while its previous calls were in
+   * flight (one gRPC call instead of one stream each). Each message is
+   * stored or refused on its own, with the checks of Enqueue; the response
+   * comes only after every stored one is committed (invariant I1).
+   */
+  enqueueBatch: {
+    path: "/tern.v1.QueueService/EnqueueBatch" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: EnqueueBatchRequest): Buffer => Buffer.from(EnqueueBatchRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): EnqueueBatchRequest => EnqueueBatchRequest.decode(value),
+    responseSerialize: (value: EnqueueBatchResponse): Buffer =>
+      Buffer.from(EnqueueBatchResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): EnqueueBatchResponse => EnqueueBatchResponse.decode(value),
+  },
   /** The raw message (as stored: with the headers ingress added), streamed. */
   readBody: {
     path: "/tern.v1.QueueService/ReadBody" as const,
@@ -4693,6 +5260,14 @@ export interface QueueServiceServer extends UntypedServiceImplementation {
    * client cancel to the server as a plain end of stream) stores nothing.
    */
   enqueue: handleClientStreamingCall<EnqueueRequest, EnqueueResponse>;
+  /**
+   * Whole small messages, several per call: ingress sends together the
+   * messages whose end of data arrived while its previous calls were in
+   * flight (one gRPC call instead of one stream each). Each message is
+   * stored or refused on its own, with the checks of Enqueue; the response
+   * comes only after every stored one is committed (invariant I1).
+   */
+  enqueueBatch: handleUnaryCall<EnqueueBatchRequest, EnqueueBatchResponse>;
   /** The raw message (as stored: with the headers ingress added), streamed. */
   readBody: handleServerStreamingCall<ReadBodyRequest, ReadBodyResponse>;
   getMessage: handleUnaryCall<GetMessageRequest, GetMessageResponse>;
@@ -4738,6 +5313,28 @@ export interface QueueServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: EnqueueResponse) => void,
   ): ClientWritableStream<EnqueueRequest>;
+  /**
+   * Whole small messages, several per call: ingress sends together the
+   * messages whose end of data arrived while its previous calls were in
+   * flight (one gRPC call instead of one stream each). Each message is
+   * stored or refused on its own, with the checks of Enqueue; the response
+   * comes only after every stored one is committed (invariant I1).
+   */
+  enqueueBatch(
+    request: EnqueueBatchRequest,
+    callback: (error: ServiceError | null, response: EnqueueBatchResponse) => void,
+  ): ClientUnaryCall;
+  enqueueBatch(
+    request: EnqueueBatchRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: EnqueueBatchResponse) => void,
+  ): ClientUnaryCall;
+  enqueueBatch(
+    request: EnqueueBatchRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: EnqueueBatchResponse) => void,
+  ): ClientUnaryCall;
   /** The raw message (as stored: with the headers ingress added), streamed. */
   readBody(request: ReadBodyRequest, options?: Partial<CallOptions>): ClientReadableStream<ReadBodyResponse>;
   readBody(
@@ -4978,6 +5575,10 @@ function longToNumber(int64: { toString(): string }): number {
     throw new globalThis.Error("Value is smaller than Number.MIN_SAFE_INTEGER");
   }
   return num;
+}
+
+function isObject(value: any): boolean {
+  return typeof value === "object" && value !== null;
 }
 
 function isSet(value: any): boolean {
