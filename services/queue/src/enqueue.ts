@@ -7,7 +7,7 @@
 import type { Pool, PoolClient } from '@tern/db';
 import { grpc, grpcError } from '@tern/grpc';
 import { EnqueueHeader, Envelope, MessageOrigin, type EnqueueBatchRequest, type EnqueueBatchResponse, type EnqueueMessage, type EnqueueOutcome, type EnqueueRequest, type EnqueueResponse } from '@tern/proto';
-import { injectContext, type Logger } from '@tern/telemetry';
+import { extractContext, injectContext, type Logger } from '@tern/telemetry';
 import type { Counter, Histogram } from './metrics';
 import { Batcher } from './batcher';
 import { intArrayLiteral, packBytes, q, tx } from './db';
@@ -187,10 +187,10 @@ export class Enqueuer {
   /**
    * EnqueueBatch: whole messages, each checked like an Enqueue stream and
    * given to the group commit on its own; the answer lists every outcome
-   * after all the stored ones are committed (I1). A storage failure fails
-   * the call (every message of it may be retried: stored ones are not
-   * idempotent without a key, so the caller answers 451 and the client
-   * retries, as for a failed Enqueue).
+   * after all the stored ones are committed (I1). The messages of one call
+   * may land in different group commits, so a storage failure is an outcome
+   * too (UNAVAILABLE) for the messages it hit: a message that was stored is
+   * never answered as failed (its client would send it again).
    */
   batchHandler = (call: grpc.ServerUnaryCall<EnqueueBatchRequest, EnqueueBatchResponse>, callback: grpc.sendUnaryData<EnqueueBatchResponse>): void => {
     const callTrace = injectContext();
@@ -202,18 +202,19 @@ export class Enqueuer {
       const prepend = m.commit!.prepend;
       const total = m.body.length + prepend.length;
       const body = prepend.length ? Buffer.concat([prepend, m.body], total) : Buffer.from(m.body.buffer, m.body.byteOffset, m.body.byteLength);
-      const trace = Object.keys(m.trace).length ? m.trace : callTrace;
-      const res = await this.batcher.add({ queueId: newId(), header: m.commit!.hold && !header.hold ? { ...header, hold: true } : header, body, size: total, trace });
-      if (!res.duplicate) this.o.metrics.messages.add(1, { origin: MessageOrigin[header.origin] ?? 'unknown' });
-      return { queueId: res.queueId, size: total, errorCode: 0, error: '' };
+      // Re-serialized through the W3C propagator: only a well-formed context
+      // goes into the row (a stray byte would fail the whole group commit).
+      const trace = Object.keys(m.trace).length ? injectContext(extractContext(m.trace)) : callTrace;
+      try {
+        const res = await this.batcher.add({ queueId: newId(), header: m.commit!.hold && !header.hold ? { ...header, hold: true } : header, body, size: total, trace });
+        if (!res.duplicate) this.o.metrics.messages.add(1, { origin: MessageOrigin[header.origin] ?? 'unknown' });
+        return { queueId: res.queueId, size: total, errorCode: 0, error: '' };
+      } catch (err) {
+        this.o.logger.error({ err: (err as Error).message }, 'enqueue failed');
+        return refused(grpc.status.UNAVAILABLE, `queue storage failed: ${(err as Error).message}`);
+      }
     });
-    Promise.all(outcomes).then(
-      (list) => callback(null, { outcomes: list }),
-      (err: Error) => {
-        this.o.logger.error({ err: err.message, messages: call.request.messages.length }, 'enqueue batch failed');
-        callback(grpcError(grpc.status.UNAVAILABLE, `queue storage failed: ${err.message}`));
-      },
-    );
+    void Promise.all(outcomes).then((list) => callback(null, { outcomes: list }));
   };
 
   /** The checks an Enqueue stream makes, for a whole message. */
@@ -233,12 +234,18 @@ export class Enqueuer {
 
   private validateHeader(h: EnqueueHeader): string | undefined {
     if (!h.envelope) return 'header.envelope: required';
+    // Text that Postgres cannot store (NUL) would fail the whole group
+    // commit, every other message of it included: refuse it here.
+    if (h.envelope.sender.includes('\0')) return 'header.envelope.sender: contains NUL';
     if (!h.recipients.length) return 'header.recipients: at least one recipient is required';
     if (h.recipients.length > this.o.maxRecipients) return `header.recipients: more than ${this.o.maxRecipients}`;
     for (const [i, r] of h.recipients.entries()) {
       if (!r.address || r.address.length > 512) return `header.recipients[${i}].address: required, at most 512 characters`;
+      if (r.address.includes('\0')) return `header.recipients[${i}].address: contains NUL`;
+      if (r.orcpt.includes('\0')) return `header.recipients[${i}].orcpt: contains NUL`;
     }
     if (h.idempotencyKey.length > 256) return 'header.idempotency_key: at most 256 characters';
+    if (h.idempotencyKey.includes('\0')) return 'header.idempotency_key: contains NUL';
     return undefined;
   }
 

@@ -73,6 +73,23 @@ describe('enqueue', () => {
     assert.equal(stored.rows[0].n, 0, 'a refused message stores nothing');
   });
 
+  it('EnqueueBatch: a message that Postgres could not store is refused alone (NUL: INVALID_ARGUMENT naming the field), a stray trace is dropped, the others of the call are stored', async () => {
+    const b = body(200);
+    const res = await client.enqueueBatch({
+      messages: [
+        { header: header({}, ['bad\u0000@nul.example']), body: b, commit: { size: b.length } },
+        { header: header({}, ['good@nul.example']), body: b, commit: { size: b.length }, trace: { traceparent: 'garbage\u0000' } },
+      ],
+    });
+    const [bad, good] = res.outcomes;
+    assert.equal(bad!.errorCode, 3 /* INVALID_ARGUMENT */);
+    assert.equal(bad!.error, 'messages[0]: header.recipients[0].address: contains NUL');
+    assert.equal(good!.errorCode, 0, good!.error);
+    const m = await db.query('SELECT trace FROM queue.messages WHERE id = $1', [good!.queueId]);
+    const kept = m.rows[0].trace.traceparent as string | undefined;
+    assert.ok(kept === undefined || /^00-[0-9a-f]{32}-[0-9a-f]{16}-0[01]$/.test(kept), `an unreadable trace context is not kept: ${JSON.stringify(kept)}`);
+  });
+
   it('is idempotent by key: the second Enqueue returns the first id and stores nothing', async () => {
     const h = header({ idempotencyKey: 'report-event-1', origin: MessageOrigin.MESSAGE_ORIGIN_REPORT, envelope: { sender: '' } });
     const first = await client.enqueue(h, body(300));

@@ -412,7 +412,8 @@ export interface EnqueueOutcome {
   size: number;
   /**
    * When refused: the gRPC status code Enqueue would have failed with
-   * (INVALID_ARGUMENT, RESOURCE_EXHAUSTED, ...) and why; nothing stored.
+   * (INVALID_ARGUMENT, RESOURCE_EXHAUSTED; UNAVAILABLE when storing it
+   * failed) and why; nothing stored.
    */
   errorCode: number;
   error: string;
