@@ -468,7 +468,7 @@ export class SmtpClient {
 
   /** Dot-stuffed, with stray bare CR or LF repaired to CRLF (never pass on a smuggling vector). */
   private async writeBody(body: AsyncIterable<Buffer>): Promise<void> {
-    const stuffer = new DotStuffer();
+    const stuffer = new WireBody(true);
     for await (const chunk of body) {
       if (this.closedError) throw this.closedError;
       const out = stuffer.push(chunk);
@@ -485,7 +485,7 @@ export class SmtpClient {
    * body, which is sent as it is. Returns the reply that refused a chunk, if any.
    */
   private async writeChunks(body: AsyncIterable<Buffer>, binary: boolean): Promise<SmtpReply | undefined> {
-    const repair = binary ? undefined : new CrlfRepair();
+    const repair = binary ? undefined : new WireBody(false);
     let pending: Buffer[] = [];
     let size = 0;
     const flush = async (): Promise<SmtpReply | undefined> => {
@@ -587,56 +587,17 @@ function xtext(s: string): string {
   return s.replace(/[^!-*,-<>-~]/g, (c) => `+${c.charCodeAt(0).toString(16).toUpperCase().padStart(2, '0')}`);
 }
 
-/** Bare CR and bare LF repaired to CRLF across chunk boundaries, the message ending with CRLF (for BDAT). */
-export class CrlfRepair {
-  private pendingCr = false;
-  private atLineStart = true;
-
-  push(chunk: Buffer): Buffer {
-    const out = Buffer.allocUnsafe(chunk.length * 2 + 2);
-    let o = 0;
-    for (let i = 0; i < chunk.length; i++) {
-      const b = chunk[i]!;
-      if (this.pendingCr) {
-        this.pendingCr = false;
-        out[o++] = 13;
-        out[o++] = 10;
-        this.atLineStart = true;
-        if (b === 10) continue;
-      }
-      if (b === 13) {
-        this.pendingCr = true;
-        continue;
-      }
-      if (b === 10) {
-        out[o++] = 13;
-        out[o++] = 10;
-        this.atLineStart = true;
-        continue;
-      }
-      this.atLineStart = false;
-      out[o++] = b;
-    }
-    return out.subarray(0, o);
-  }
-
-  end(): Buffer {
-    if (this.pendingCr || !this.atLineStart) {
-      this.pendingCr = false;
-      this.atLineStart = true;
-      return Buffer.from('\r\n');
-    }
-    return Buffer.alloc(0);
-  }
-}
-
 /**
- * Dot-stuffing across chunk boundaries, repairing bare CR and bare LF to CRLF,
- * and ending with CRLF.CRLF.
+ * A body for the wire, across chunk boundaries: bare CR and bare LF repaired
+ * to CRLF (never pass on a smuggling vector) and the last line ended with
+ * CRLF; for DATA also dot-stuffed and terminated with "." CRLF, for BDAT
+ * (`dotStuff` false) neither.
  */
-export class DotStuffer {
+export class WireBody {
   private atLineStart = true;
   private pendingCr = false;
+
+  constructor(private readonly dotStuff: boolean) {}
 
   push(chunk: Buffer): Buffer {
     const out = Buffer.allocUnsafe(chunk.length * 2 + 4);
@@ -661,7 +622,7 @@ export class DotStuffer {
         this.atLineStart = true;
         continue;
       }
-      if (this.atLineStart && b === 46) out[o++] = 46;
+      if (this.dotStuff && this.atLineStart && b === 46) out[o++] = 46;
       this.atLineStart = false;
       out[o++] = b;
     }
@@ -670,13 +631,10 @@ export class DotStuffer {
 
   end(): Buffer {
     const tail: number[] = [];
-    if (this.pendingCr) {
-      tail.push(13, 10);
-      this.atLineStart = true;
-      this.pendingCr = false;
-    }
-    if (!this.atLineStart) tail.push(13, 10);
-    tail.push(46, 13, 10);
+    if (this.pendingCr || !this.atLineStart) tail.push(13, 10);
+    this.pendingCr = false;
+    this.atLineStart = true;
+    if (this.dotStuff) tail.push(46, 13, 10);
     return Buffer.from(tail);
   }
 }
