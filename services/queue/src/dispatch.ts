@@ -126,11 +126,18 @@ export async function ensureDestinations(c: PoolClient, names: string[], l: Dest
 export async function reserveSlots(c: PoolClient, wanted: Map<string, number>, l: DestinationLimits): Promise<Set<string>> {
   if (!wanted.size) return new Set();
   const names = [...wanted.keys()].sort();
+  const { rows } = await q<{ name: string }>(c, 'tern_reserve_slots', reserveSlotsSql(l), [names, names.map((n) => wanted.get(n)!)]);
+  return new Set(rows.map((r) => r.name));
+}
+
+/**
+ * The slot reservation of reserveSlots as SQL ($1 destination names, $2
+ * jobs wanted per name; returns the names granted), for statements that
+ * embed it (enqueue's one-statement group commit).
+ */
+export function reserveSlotsSql(l: DestinationLimits): string {
   const tokens = tokensNowSql(l);
-  const { rows } = await q<{ name: string }>(
-    c,
-    'tern_reserve_slots',
-    `UPDATE destinations d SET inflight = d.inflight + t.n,
+  return `UPDATE destinations d SET inflight = d.inflight + t.n,
         tokens = CASE WHEN ${l.ratePerMin} = 0 THEN d.tokens ELSE ${tokens} - t.n END,
         tokens_at = now(), updated_at = now()
      FROM unnest($1::text[], $2::int[]) AS t(name, n)
@@ -138,10 +145,7 @@ export async function reserveSlots(c: PoolClient, wanted: Map<string, number>, l
        AND d.name IN (SELECT name FROM destinations WHERE name = ANY($1::text[]) FOR UPDATE SKIP LOCKED)
        AND d.inflight + t.n <= d.concurrency_limit
        AND (${l.ratePerMin} = 0 OR ${tokens} >= t.n)
-     RETURNING d.name`,
-    [names, names.map((n) => wanted.get(n)!)],
-  );
-  return new Set(rows.map((r) => r.name));
+     RETURNING d.name`;
 }
 
 export interface JobEnd {

@@ -11,7 +11,7 @@ import { extractContext, injectContext, type Logger } from '@tern/telemetry';
 import type { Counter, Histogram } from './metrics';
 import { Batcher } from './batcher';
 import { intArrayLiteral, packBytes, q, tx } from './db';
-import { buildJobs, ensureDestinations, reserveSlots, tokensNowSql, type BuiltJob, type DestinationLimits } from './dispatch';
+import { buildJobs, ensureDestinations, reserveSlots, reserveSlotsSql, type BuiltJob, type DestinationLimits, type JobRcpt } from './dispatch';
 import { newId } from './ids';
 import { destinationOf, S } from './model';
 import { insertOutbox, outboxColumns, stored, type StoredOutboxRow } from './outbox';
@@ -329,20 +329,11 @@ export class Enqueuer {
         if (spilledLive.length) await c.query('DELETE FROM spools WHERE id = ANY($1::text[])', [spilledLive]);
 
         // First dispatch in the same transaction, where the destination has room.
-        const perMessage = live.map((i) => {
-          const byDest = new Map<string, number[]>();
-          i.header.recipients.forEach((r, idx) => {
-            const d = destinationOf(r.address);
-            const list = byDest.get(d);
-            if (list) list.push(idx);
-            else byDest.set(d, [idx]);
-          });
-          return byDest;
-        });
+        const perMessage = live.map((i) => recipientsByDestination(i.header));
         const wanted = new Map<string, number>();
         live.forEach((i, n) => {
           if (i.header.hold) return;
-          for (const [d, idxs] of perMessage[n]!) wanted.set(d, (wanted.get(d) ?? 0) + Math.ceil(idxs.length / this.o.jobMaxRecipients));
+          for (const [d, rcpts] of perMessage[n]!) wanted.set(d, (wanted.get(d) ?? 0) + Math.ceil(rcpts.length / this.o.jobMaxRecipients));
         });
         const allDests = new Set<string>();
         for (const m of perMessage) for (const d of m.keys()) allDests.add(d);
@@ -354,12 +345,8 @@ export class Enqueuer {
         const jobOf = new Map<string, string>();
         live.forEach((i, n) => {
           if (i.header.hold) return;
-          for (const [d, idxs] of perMessage[n]!) {
+          for (const [d, rcpts] of perMessage[n]!) {
             if (!granted.has(d)) continue;
-            const rcpts = idxs.map((idx) => {
-              const r = i.header.recipients[idx]!;
-              return { idx, address: r.address, orcpt: r.orcpt, notify: r.notify, attemptCount: 0 };
-            });
             const built = buildJobs({ id: i.queueId, envelope: i.header.envelope!, size: i.size, trace: i.trace, body: i.body && i.size <= this.o.inlineBodyMax ? i.body : undefined }, d, rcpts, this.o.jobMaxRecipients, leaseExpiresAt, this.o.routes);
             for (const b of built) {
               jobs.push(b);
@@ -445,19 +432,8 @@ export class Enqueuer {
     const jobOf = new Map<string, string>();
     const rc = { m: [] as string[], i: [] as number[], a: [] as string[], d: [] as string[], o: [] as string[], n: [] as string[], held: [] as boolean[], j: [] as (string | null)[] };
     for (const item of items) {
-      const byDest = new Map<string, number[]>();
-      item.header.recipients.forEach((r, idx) => {
-        const d = destinationOf(r.address);
-        const list = byDest.get(d);
-        if (list) list.push(idx);
-        else byDest.set(d, [idx]);
-      });
       if (!item.header.hold) {
-        for (const [d, idxs] of byDest) {
-          const rcpts = idxs.map((idx) => {
-            const r = item.header.recipients[idx]!;
-            return { idx, address: r.address, orcpt: r.orcpt, notify: r.notify, attemptCount: 0 };
-          });
+        for (const [d, rcpts] of recipientsByDestination(item.header)) {
           const body = item.size <= this.o.inlineBodyMax ? item.body! : undefined;
           const built = buildJobs({ id: item.queueId, envelope: item.header.envelope!, size: item.size, trace: item.trace, body }, d, rcpts, this.o.jobMaxRecipients, leaseExpiresAt, this.o.routes);
           wanted.set(d, (wanted.get(d) ?? 0) + built.length);
@@ -479,23 +455,13 @@ export class Enqueuer {
       });
     }
     const names = [...wanted.keys()].sort();
-    const tokens = tokensNowSql(l);
     const ob = outboxColumns(jobs.map((b) => b.outbox));
     const bodies = packBytes(items.map((i) => i.body!));
     const payloads = packBytes(ob.payloads);
     const { rows } = await q<{ granted: string[] | null; queued: number; outbox: Array<{ id: number; msg_id: string }> | null }>(
       this.o.pool,
       'tern_enq_one',
-      `WITH g AS (
-         UPDATE destinations d SET inflight = d.inflight + t.n,
-             tokens = CASE WHEN ${l.ratePerMin} = 0 THEN d.tokens ELSE ${tokens} - t.n END,
-             tokens_at = now(), updated_at = now()
-         FROM unnest($1::text[], $2::int[]) AS t(name, n)
-         WHERE d.name = t.name AND NOT d.suspended AND d.dead_until IS NULL
-           AND d.name IN (SELECT name FROM destinations WHERE name = ANY($1::text[]) FOR UPDATE SKIP LOCKED)
-           AND d.inflight + t.n <= d.concurrency_limit
-           AND (${l.ratePerMin} = 0 OR ${tokens} >= t.n)
-         RETURNING d.name),
+      `WITH g AS (${reserveSlotsSql(l)}),
        m AS (
          INSERT INTO messages (id, sender, envelope, origin, size, trace, rcpt_count, created_at)
          SELECT i, s, e, o, z, t::jsonb, n, $9 FROM unnest($3::text[], $4::text[], $5::bytea[], $6::smallint[], $7::bigint[], $8::text[], $10::int[])
@@ -561,4 +527,17 @@ export class Enqueuer {
     if ((rows[0]?.queued ?? 0) > 0) this.o.onQueued();
     return items.map((i) => ({ queueId: i.queueId, duplicate: false }));
   }
+}
+
+/** A message's recipients grouped by destination, as the recipients of first-attempt jobs. */
+function recipientsByDestination(h: EnqueueHeader): Map<string, JobRcpt[]> {
+  const byDest = new Map<string, JobRcpt[]>();
+  h.recipients.forEach((r, idx) => {
+    const d = destinationOf(r.address);
+    const rcpt = { idx, address: r.address, orcpt: r.orcpt, notify: r.notify, attemptCount: 0 };
+    const list = byDest.get(d);
+    if (list) list.push(rcpt);
+    else byDest.set(d, [rcpt]);
+  });
+  return byDest;
 }
