@@ -13,6 +13,14 @@ import { S } from './model';
 import { insertOutbox, type OutboxRow, type StoredOutboxRow } from './outbox';
 import type { RouteTable } from './routes';
 
+/** SQL: destination row `d` can take a job now (room under its limit, or dead and due for its one probe). */
+const HAS_ROOM_SQL = '((d.dead_until IS NULL AND d.inflight < d.concurrency_limit) OR (d.dead_until <= now() AND d.inflight = 0))';
+
+/** SQL: the destination named by the expression `name` has a recipient due now. */
+export function dueAtSql(name: string): string {
+  return `EXISTS (SELECT 1 FROM recipients r WHERE r.domain = ${name} AND r.state IN (${S.queued}, ${S.deferred}) AND r.next_attempt_at <= now())`;
+}
+
 export interface DestinationLimits {
   initialConcurrency: number;
   maxConcurrency: number;
@@ -412,8 +420,8 @@ export class Scheduler {
       'tern_anything_due',
       `SELECT 1 FROM destinations d
        WHERE NOT d.suspended
-         AND ((d.dead_until IS NULL AND d.inflight < d.concurrency_limit) OR (d.dead_until <= now() AND d.inflight = 0))
-         AND EXISTS (SELECT 1 FROM recipients r WHERE r.domain = d.name AND r.state IN (${S.queued}, ${S.deferred}) AND r.next_attempt_at <= now())
+         AND ${HAS_ROOM_SQL}
+         AND ${dueAtSql('d.name')}
        LIMIT 1`,
     );
     return rows.length > 0;
@@ -448,9 +456,9 @@ export async function dispatchDue(c: PoolClient, o: DispatchSettings, leaseExpir
     text: `SELECT d.name, d.inflight, d.concurrency_limit, d.dead_until IS NOT NULL AS dead, ${tokens} AS tokens
      FROM destinations d
      WHERE NOT d.suspended ${only ? 'AND d.name = ANY($1::text[])' : ''}
-       AND ((d.dead_until IS NULL AND d.inflight < d.concurrency_limit) OR (d.dead_until <= now() AND d.inflight = 0))
+       AND ${HAS_ROOM_SQL}
        AND (${l.ratePerMin} = 0 OR ${tokens} >= 1)
-       AND EXISTS (SELECT 1 FROM recipients r WHERE r.domain = d.name AND r.state IN (${S.queued}, ${S.deferred}) AND r.next_attempt_at <= now())
+       AND ${dueAtSql('d.name')}
      ORDER BY d.updated_at
      LIMIT 500
      FOR UPDATE OF d SKIP LOCKED`,

@@ -10,7 +10,7 @@ import type { Logger } from '@tern/telemetry';
 import type { Counter } from './metrics';
 import { Batcher } from './batcher';
 import { q, tx } from './db';
-import { dispatchDue, releaseSetSql, type DestinationLimits, type JobEnd } from './dispatch';
+import { dispatchDue, dueAtSql, releaseSetSql, type DestinationLimits, type JobEnd } from './dispatch';
 import { parseRecipientId } from './ids';
 import { backoffMs, S, statusOf, PENDING_SQL, type BackoffSettings } from './model';
 import { insertOutbox, type OutboxRow, type StoredOutboxRow } from './outbox';
@@ -268,7 +268,7 @@ export class ResultApplier {
            WHERE d.name = t.name
            RETURNING d.name)
          SELECT array_agg(rel.name) AS due FROM rel
-         WHERE EXISTS (SELECT 1 FROM recipients r WHERE r.domain = rel.name AND r.state IN (${S.queued}, ${S.deferred}) AND r.next_attempt_at <= now())`,
+         WHERE ${dueAtSql('rel.name')}`,
         [
           upd.m, upd.i, upd.s, upd.na, upd.c, upd.e, upd.x,
           att.m, att.i, att.j, att.st, att.d, att.h, att.ip, att.c, att.e, att.x, att.o, att.tu, att.tv, att.tc, att.tver, att.w,
