@@ -10,6 +10,7 @@ import crypto from 'node:crypto';
 import pg from 'pg';
 import { start, stopProcess, type Root } from './procs';
 import { freePort, log, run, runOk, sleep, waitTcp } from './util';
+import { SERVICE_NODE_FLAGS } from '@tern/devkit';
 import { startDns, type BenchDns } from './dns';
 import type { Mta, MtaStartOptions } from './mta';
 
@@ -143,11 +144,13 @@ export class TernMta implements Mta {
     const profile = new Set(o.profile ?? []);
     this.started = [];
     for (const s of SERVICES) {
-      const nodeArgs: string[] = [];
+      const nodeArgs: string[] = [...SERVICE_NODE_FLAGS];
       if (profile.has(s) && o.profileDir) {
         fs.mkdirSync(path.join(o.profileDir, s), { recursive: true });
         nodeArgs.push('--cpu-prof', `--cpu-prof-dir=${path.join(o.profileDir, s)}`);
       }
+      // Experiments: TERN_BENCH_NODE_ARGS_QUEUE="--trace-gc --max-semi-space-size=32"
+      nodeArgs.push(...(process.env[`TERN_BENCH_NODE_ARGS_${s.toUpperCase()}`] ?? '').split(' ').filter(Boolean));
       const extra = process.env[`TERN_BENCH_ENV_${s.toUpperCase()}`]; // e.g. "A=1,B=2", for experiments
       const extraEnv = Object.fromEntries((extra ? extra.split(',') : []).map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)]));
       // A port chosen as free may be taken by someone else before the service

@@ -6,6 +6,7 @@
 import { spawn } from 'node:child_process';
 import path from 'node:path';
 import { AttemptOutcome } from '@tern/proto';
+import { SERVICE_NODE_FLAGS } from '@tern/devkit';
 import { body, createDatabase, FakeDelivery, freePort, header, queueClient, sleep, startNats } from '../test/helpers';
 
 async function main() {
@@ -14,7 +15,7 @@ async function main() {
   const db = await createDatabase();
   const nats = await startNats();
   const port = await freePort();
-  const child = spawn(process.execPath, [path.resolve(__dirname, '../dist/main.js')], {
+  const child = spawn(process.execPath, [...SERVICE_NODE_FLAGS, path.resolve(__dirname, '../dist/main.js')], {
     env: {
       ...process.env,
       TERN_DATABASE_URL: db.url,
