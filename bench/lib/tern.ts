@@ -199,6 +199,8 @@ export class TernMta implements Mta {
         [
           '-D', pgData, '-p', String(pgPort), '-k', pgSock, '-c', 'listen_addresses=127.0.0.1', '-c', 'max_connections=200',
           ...(o.pgStats ? ['-c', 'shared_preload_libraries=pg_stat_statements', '-c', 'pg_stat_statements.track=all'] : []),
+          // Experiments: TERN_BENCH_PG_SETTINGS="default_toast_compression=lz4 work_mem=8MB"
+          ...(process.env.TERN_BENCH_PG_SETTINGS ?? '').split(' ').filter(Boolean).flatMap((kv) => ['-c', kv]),
         ],
         {
           label: 'postgres',
