@@ -4,7 +4,7 @@ import type { Pool } from '@tern/db';
 import { grpc, grpcError } from '@tern/grpc';
 import type { ReadBodyRequest, ReadBodyResponse } from '@tern/proto';
 import type { Logger } from '@tern/telemetry';
-import { qBinary } from './db';
+import { q } from './db';
 
 const PIECE = 64 * 1024;
 
@@ -18,7 +18,7 @@ const ROWS = 2;
  * small body (one row) costs one statement.
  */
 export async function bodyRows(pool: Pool, queueId: string): Promise<AsyncGenerator<Buffer> | undefined> {
-  const first = await qBinary<{ body_removed: boolean; seq: number | null; data: Buffer | null }>(
+  const first = await q<{ body_removed: boolean; seq: number | null; data: Buffer | null }>(
     pool,
     'tern_body_first',
     `SELECT m.body_removed, c.seq, c.data FROM messages m
@@ -37,7 +37,7 @@ export async function bodyRows(pool: Pool, queueId: string): Promise<AsyncGenera
         yield row.data;
       }
       if (page.length < ROWS) return;
-      const r = await qBinary<{ seq: number; data: Buffer }>(
+      const r = await q<{ seq: number; data: Buffer }>(
         pool,
         'tern_body_next',
         `SELECT seq, data FROM body_chunks WHERE message_id = $1 AND seq > $2 ORDER BY seq LIMIT ${ROWS}`,

@@ -36,24 +36,9 @@ export function q<R extends pg.QueryResultRow = pg.QueryResultRow>(c: Pool | Poo
   return c.query<R>({ name, text, values });
 }
 
-const BYTEA_OID = 17;
-/** Result parsers for binary format: bytea as the Buffer itself; the rest (bool, int4, ...) as pg-types has them. */
-const binaryResultTypes = {
-  getTypeParser: ((oid: number, format?: 'text' | 'binary') =>
-    format === 'binary' && oid === BYTEA_OID ? (v: Buffer) => v : pg.types.getTypeParser(oid, format)) as pg.CustomTypesConfig['getTypeParser'],
-};
-
-/**
- * q, with the results in binary format: bytea arrives as its bytes, not as
- * hex text (twice the size, produced by Postgres and decoded here). For
- * statements that read bodies; every result column must have a binary
- * parser (bytea, bool, int2/4/8, text, timestamptz do).
- */
-export function qBinary<R extends pg.QueryResultRow = pg.QueryResultRow>(c: Pool | PoolClient, name: string, text: string, values: unknown[] = []): Promise<pg.QueryResult<R>> {
-  // `binary` is a node-pg query option that @types/pg does not declare.
-  const config = { name, text, values, binary: true, types: binaryResultTypes } as pg.QueryConfig;
-  return c.query<R>(config);
-}
+// No binary result format here: node-pg decodes every result field as UTF-8
+// text, binary ones included, so a bytea in binary loses every byte that is
+// not valid UTF-8 (8-bit and binary bodies). Bodies are read as hex text.
 
 /**
  * Byte strings as ONE binary parameter plus offsets and lengths. node-pg

@@ -111,8 +111,10 @@ describe('enqueue', () => {
   });
 
   it('ReadBody returns the exact bytes, small and spilled, and headers only', async () => {
-    const small = body(5000, 'small');
-    const big = Buffer.concat([body(100, 'big'), Buffer.alloc(1_500_000, 0x41), Buffer.from('\r\nend\r\n')]);
+    // Bytes that are not UTF-8 (8BITMIME, BINARYMIME) must come back exact.
+    const high = Buffer.from(Array.from({ length: 128 }, (_, i) => 128 + i));
+    const small = Buffer.concat([body(5000, 'small'), high, Buffer.from('\r\n')]);
+    const big = Buffer.concat([body(100, 'big'), Buffer.alloc(1_500_000, 0x41), high, Buffer.from('\r\nend\r\n')]);
     const s = await client.enqueue(header(), small);
     const b = await client.enqueue(header(), big, { chunk: 60_000 });
     assert.ok((await client.readBody(s.queueId)).equals(small));
