@@ -7,10 +7,10 @@ import type { Pool, PoolClient } from '@tern/db';
 import { DeliveryJob, Envelope, JobRecipient } from '@tern/proto';
 import type { Logger } from '@tern/telemetry';
 import type { Counter } from './metrics';
-import { q, tx } from './db';
+import { packBytes, q, tx } from './db';
 import { newId, recipientId } from './ids';
 import { S } from './model';
-import { insertOutbox, type OutboxRow, type StoredOutboxRow } from './outbox';
+import { outboxColumns, stored, type OutboxRow, type StoredOutboxRow } from './outbox';
 import type { RouteTable } from './routes';
 
 /** SQL: destination row `d` can take a job now (room under its limit, or dead and due for its one probe). */
@@ -256,26 +256,6 @@ export async function loadJobMessages(c: PoolClient, ids: string[], inlineBodyMa
   );
 }
 
-export async function markInflight(c: PoolClient, jobs: BuiltJob[], leaseExpiresAt: Date): Promise<void> {
-  const m: string[] = [];
-  const i: number[] = [];
-  const j: string[] = [];
-  for (const job of jobs) for (const idx of job.idxs) {
-    m.push(job.messageId);
-    i.push(idx);
-    j.push(job.jobId);
-  }
-  if (!m.length) return;
-  await q(
-    c,
-    'tern_mark_inflight',
-    `UPDATE recipients r SET state = ${S.inflight}, job_id = t.j, lease_expires_at = $4, updated_at = now()
-     FROM unnest($1::text[], $2::int[], $3::text[]) AS t(m, i, j)
-     WHERE r.message_id = t.m AND r.idx = t.i`,
-    [m, i, j, leaseExpiresAt],
-  );
-}
-
 export interface SchedulerOptions {
   pool: Pool;
   logger: Logger;
@@ -443,8 +423,16 @@ export interface DispatchSettings {
  * those in `only`), marks them inflight under new jobs, takes the slots and
  * writes the jobs to the outbox, in the caller's transaction. Used by the
  * scheduler, and by the result applier for the destinations whose slots it
- * just gave back (the next job leaves in the same commit, Postfix's qmgr
- * style, instead of waiting for a scheduler pass).
+ * just gave back.
+ *
+ * The destination rows are shared by every committing transaction (each
+ * group commit takes slots, each result batch gives them back), so they are
+ * read without a lock and locked only by the last statement, which takes the
+ * slots, marks the recipients and writes the outbox at once, and only where
+ * the slots are still free. Locked from the first statement (as before),
+ * they were held through five round trips: a group commit that found them
+ * locked left its messages queued for a scheduler pass, and at 64 KiB that
+ * was 70% of them.
  */
 export async function dispatchDue(c: PoolClient, o: DispatchSettings, leaseExpiresAt: Date, only?: string[]): Promise<{ built: BuiltJob[]; outbox: StoredOutboxRow[] }> {
   const none = { built: [] as BuiltJob[], outbox: [] as StoredOutboxRow[] };
@@ -460,8 +448,7 @@ export async function dispatchDue(c: PoolClient, o: DispatchSettings, leaseExpir
        AND (${l.ratePerMin} = 0 OR ${tokens} >= 1)
        AND ${dueAtSql('d.name')}
      ORDER BY d.updated_at
-     LIMIT 500
-     FOR UPDATE OF d SKIP LOCKED`,
+     LIMIT 500`,
     values: only ? [only] : [],
   });
   if (!dests.length) return none;
@@ -525,17 +512,54 @@ export async function dispatchDue(c: PoolClient, o: DispatchSettings, leaseExpir
     }
   }
   if (!built.length) return none;
-  await markInflight(c, built, leaseExpiresAt);
   const uNames = [...used.keys()].sort();
-  await q(
+  const rc = { m: [] as string[], i: [] as number[], j: [] as string[], d: [] as string[] };
+  for (const job of built) {
+    for (const idx of job.idxs) {
+      rc.m.push(job.messageId);
+      rc.i.push(idx);
+      rc.j.push(job.jobId);
+      rc.d.push(job.destination);
+    }
+  }
+  const ob = outboxColumns(built.map((b) => b.outbox));
+  const payloads = packBytes(ob.payloads);
+  // Slots are taken where they are still free (another replica, or a group
+  // commit, may have taken them since the read above): a destination gets
+  // all its jobs or none, and the recipients of one that gets none stay due.
+  // Rows locked in name order, as every multi-destination statement does.
+  const { rows } = await q<{ granted: string[] | null; outbox: Array<{ id: number; msg_id: string }> | null }>(
     c,
-    'tern_take_slots',
-    `UPDATE destinations d SET inflight = d.inflight + t.n,
-        tokens = CASE WHEN ${l.ratePerMin} = 0 THEN d.tokens ELSE ${tokens} - t.n END,
-        tokens_at = now(), updated_at = now()
-     FROM unnest($1::text[], $2::int[]) AS t(name, n) WHERE d.name = t.name`,
-    [uNames, uNames.map((n) => used.get(n)!)],
+    'tern_dispatch_take',
+    `WITH g AS (
+       UPDATE destinations d SET inflight = d.inflight + t.n,
+           tokens = CASE WHEN ${l.ratePerMin} = 0 THEN d.tokens ELSE ${tokens} - t.n END,
+           tokens_at = now(), updated_at = now()
+       FROM unnest($1::text[], $2::int[]) AS t(name, n)
+       WHERE d.name = t.name AND NOT d.suspended
+         AND d.name IN (SELECT name FROM destinations WHERE name = ANY($1::text[]) ORDER BY name FOR UPDATE)
+         AND ((d.dead_until IS NULL AND d.inflight + t.n <= d.concurrency_limit) OR (d.dead_until <= now() AND d.inflight = 0 AND t.n = 1))
+         AND (${l.ratePerMin} = 0 OR ${tokens} >= t.n)
+       RETURNING d.name),
+     u AS (
+       UPDATE recipients r SET state = ${S.inflight}, job_id = t.j, lease_expires_at = $7, updated_at = now()
+       FROM unnest($3::text[], $4::int[], $5::text[], $6::text[]) AS t(m, i, j, d)
+       WHERE r.message_id = t.m AND r.idx = t.i AND t.d IN (SELECT name FROM g)),
+     o AS (
+       INSERT INTO outbox (subject, msg_id, payload, trace, body_of)
+       SELECT x.s, x.m, substring($10::bytea from x.po + 1 for x.pl), x.t::jsonb, x.b
+       FROM unnest($8::text[], $9::text[], $11::int[], $12::int[], $13::text[], $14::text[], $15::text[]) AS x(s, m, po, pl, t, d, b)
+       WHERE x.d IN (SELECT name FROM g)
+       RETURNING id, msg_id)
+     SELECT (SELECT array_agg(name) FROM g) AS granted,
+            (SELECT json_agg(json_build_object('id', id, 'msg_id', msg_id)) FROM o) AS outbox`,
+    [
+      uNames, uNames.map((n) => used.get(n)!),
+      rc.m, rc.i, rc.j, rc.d, leaseExpiresAt,
+      ob.subjects, ob.msgIds, payloads.packed, payloads.offsets, payloads.lengths, ob.traces, built.map((b) => b.destination), ob.bodyOf,
+    ],
   );
-  const outbox = await insertOutbox(c, built.map((b) => b.outbox));
-  return { built, outbox };
+  const granted = new Set(rows[0]?.granted ?? []);
+  const jobs = built.filter((b) => granted.has(b.destination));
+  return { built: jobs, outbox: stored(jobs.map((b) => b.outbox), rows[0]?.outbox ?? []) };
 }

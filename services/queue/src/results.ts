@@ -90,12 +90,14 @@ export class ResultApplier {
     let ends = 0;
     let jobs = 0;
     let committed: StoredOutboxRow[] = [];
+    let due: string[] = [];
     const leaseExpiresAt = new Date(now.getTime() + this.o.dispatch.leaseS * 1000);
     const changed = await tx(this.o.pool, async (c) => {
       reports = 0;
       ends = 0;
       jobs = 0;
       committed = [];
+      due = [];
       // Unique (message, idx, job) keys, first result wins.
       const keyed = new Map<string, { result: number; rr: DeliveryResult['recipients'][number]; m: string; i: number; j: string }>();
       results.forEach((res, n) => {
@@ -284,19 +286,28 @@ export class ResultApplier {
       committed = await insertOutbox(c, outbox);
       reports = outbox.length;
       ends = jobEnds.length;
-      // Fill the slots just given back with due recipients of the same destinations, in this commit.
-      const due = (relRows[0]?.due ?? []).sort();
-      if (due.length) {
-        const next = await dispatchDue(c, { ...this.o.dispatch, limits: this.o.limits }, leaseExpiresAt, due);
-        jobs = next.built.length;
-        committed = committed.concat(next.outbox);
-      }
+      due = (relRows[0]?.due ?? []).sort();
       for (let n = 0; n < upd.s.length; n++) this.o.applied.add(1, { state: String(upd.s[n]) });
       return counts;
     });
-    if (jobs) this.o.dispatch.dispatched.add(jobs);
-    if (reports || jobs) this.o.onOutbox(committed);
-    // Slots left free (nothing due here, or rows locked by a scheduler pass): the scheduler looks again.
+    if (reports) this.o.onOutbox(committed);
+    // Fill the slots just given back with due recipients of the same
+    // destinations right away (Postfix's qmgr style), instead of waiting for
+    // a scheduler pass. In a transaction of its own: inside this one it kept
+    // the destination rows locked from the release to the commit.
+    if (due.length) {
+      try {
+        const next = await tx(this.o.pool, (c) => dispatchDue(c, { ...this.o.dispatch, limits: this.o.limits }, leaseExpiresAt, due));
+        jobs = next.built.length;
+        if (jobs) {
+          this.o.dispatch.dispatched.add(jobs);
+          this.o.onOutbox(next.outbox);
+        }
+      } catch (err) {
+        this.o.logger.warn({ err: (err as Error).message, destinations: due }, 'dispatch after results failed; the scheduler takes over');
+      }
+    }
+    // Slots left free (nothing due here, or claimed by a scheduler pass): the scheduler looks again.
     if (ends > jobs) this.o.onSlotsFreed();
     return changed;
   }

@@ -145,6 +145,8 @@ describe('dispatch and results', () => {
   });
 
   it('a 4xx defers that recipient with backoff; NOTIFY=SUCCESS on a relay without DSN is reported as relayed', async () => {
+    // Every byte value above 127 (not UTF-8): the body must come back exact from storage.
+    const eightBit = Buffer.concat([body(100), Buffer.from(Array.from({ length: 128 }, (_, i) => 128 + i)), Buffer.from('\r\n')]);
     const res = await client.enqueue(
       {
         ...header({}, []),
@@ -153,10 +155,11 @@ describe('dispatch and results', () => {
           { address: 'fine@defer.example', orcpt: '', notify: [DsnNotify.DSN_NOTIFY_SUCCESS, DsnNotify.DSN_NOTIFY_FAILURE] },
         ],
       },
-      body(100),
+      eightBit,
     );
     const [job] = (await delivery.jobs(1)).filter((j) => j.queueId === res.queueId);
     assert.ok(job);
+    assert.ok(Buffer.from(job.body).equals(eightBit), 'the job carries the 8-bit body exactly');
     const t0 = Date.now();
     await delivery.result(job, AttemptOutcome.ATTEMPT_OUTCOME_DEFERRED, { code: 0 }, {
       recipients: [
@@ -178,6 +181,8 @@ describe('dispatch and results', () => {
     const [again] = (await delivery.jobs(1)).filter((j) => j.queueId === res.queueId);
     assert.ok(again);
     assert.equal(again.attempt, 2);
+    // Dispatched from storage this time (body read back from Postgres): still byte for byte.
+    assert.ok(Buffer.from(again.body).equals(eightBit), 'the retried job carries the 8-bit body exactly');
     const t1 = Date.now();
     await delivery.result(again, AttemptOutcome.ATTEMPT_OUTCOME_DEFERRED, { code: 451, text: 'still later' });
     const r2 = await eventually(() => states(res.queueId), (x) => x[0]?.attempt_count === 2);
