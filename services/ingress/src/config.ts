@@ -86,7 +86,7 @@ const schema = z.object({
    */
   TERN_ENQUEUE_BATCH_BODY_MAX: nonNegativeInt(64 * 1024),
   /** EnqueueBatch calls in flight at most; messages ready meanwhile wait for the next call. */
-  TERN_ENQUEUE_BATCH_CALLS: positiveInt(4),
+  TERN_ENQUEUE_BATCH_CALLS: positiveInt(1),
   /** Largest message (octets), advertised with SIZE. */
   TERN_MAX_MESSAGE_SIZE: positiveInt(52_428_800),
   TERN_MAX_RECIPIENTS: positiveInt(100),
