@@ -84,7 +84,7 @@ const schema = z.object({
    * call under load; bigger ones are streamed (Enqueue). At most the
    * queue's TERN_QUEUE_MEMORY_BODY_MAX (256 KiB by default). 0 = stream all.
    */
-  TERN_ENQUEUE_BATCH_BODY_MAX: nonNegativeInt(64 * 1024),
+  TERN_ENQUEUE_BATCH_BODY_MAX: nonNegativeInt(128 * 1024),
   /** EnqueueBatch calls in flight at most; messages ready meanwhile wait for the next call. */
   TERN_ENQUEUE_BATCH_CALLS: positiveInt(1),
   /** Largest message (octets), advertised with SIZE. */
