@@ -86,6 +86,8 @@ export class Relay {
   private woken = false;
   private loop: Promise<void> | undefined;
   private readonly handoffs = new Set<Promise<void>>();
+  private toDelete: { ids: number[]; resolve(): void; reject(err: Error): void }[] = [];
+  private deleting = false;
 
   constructor(private readonly o: RelayOptions) {}
 
@@ -120,7 +122,7 @@ export class Relay {
       );
       const done = rows.filter((_, i) => results[i]!.status === 'fulfilled').map((r) => r.id);
       if (done.length) {
-        await q(this.o.pool, 'tern_outbox_delete', 'DELETE FROM outbox WHERE id = ANY($1::bigint[])', [done]);
+        await this.forget(done);
         this.o.published.add(done.length);
       }
       if (done.length < rows.length) this.wake();
@@ -131,6 +133,36 @@ export class Relay {
       })
       .finally(() => this.handoffs.delete(p));
     this.handoffs.add(p);
+  }
+
+  /**
+   * Deletes published rows. Hand-offs come one per commit; while a DELETE is
+   * in flight the ids of the next ones wait and go together in the next
+   * statement (a row left a moment longer is at worst published again by a
+   * pass, and JetStream drops the duplicate).
+   */
+  private forget(ids: number[]): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      this.toDelete.push({ ids, resolve, reject });
+      if (!this.deleting) void this.deleteLoop();
+    });
+  }
+
+  private async deleteLoop(): Promise<void> {
+    this.deleting = true;
+    try {
+      while (this.toDelete.length) {
+        const batch = this.toDelete.splice(0, this.toDelete.length);
+        try {
+          await q(this.o.pool, 'tern_outbox_delete', 'DELETE FROM outbox WHERE id = ANY($1::bigint[])', [batch.flatMap((b) => b.ids)]);
+          batch.forEach((b) => b.resolve());
+        } catch (err) {
+          batch.forEach((b) => b.reject(err as Error));
+        }
+      }
+    } finally {
+      this.deleting = false;
+    }
   }
 
   private publish(subject: string, msgId: string, payload: Uint8Array, carrier: Record<string, string>, span: string, attrs: Record<string, string | number>): Promise<unknown> {
