@@ -51,8 +51,8 @@ service="${1:-}"
 [ $# -gt 0 ] && shift
 case "$service" in
   ingress|policy|queue|delivery|bounce|admin)
-    # --max-semi-space-size=8: SERVICE_NODE_FLAGS in libs/devkit/src/harness.ts says why.
-    exec node --enable-source-maps --max-semi-space-size=8 "/app/services/$service/dist/main.js" "$@" ;;
+    # The V8 heap flags: SERVICE_NODE_FLAGS in libs/devkit/src/harness.ts says why.
+    exec node --enable-source-maps --max-semi-space-size=8 --heap-growing-percent=200 "/app/services/$service/dist/main.js" "$@" ;;
   migrate)
     exec node --enable-source-maps /app/libs/db/dist/migrate.js "$@" ;;
   tern|cli)

@@ -56,14 +56,17 @@ export function nodeBinary(): string {
 
 /**
  * Node flags every Tern service runs with (the image's tern-entry repeats
- * them). `--max-semi-space-size=8`: with the default 32 MB young generation
- * and a ~30 MB live heap, V8 finds less room left before its old-space limit
- * than a young generation could promote, so it starts a full mark right after
- * each one; the services carrying bodies then spent 20-40% of their CPU in
- * major GC at 64 KiB. 8 MB ends that (64 KiB: -15-20% CPU per message,
- * +15-20% throughput; 4 KiB unchanged; lower RSS). See docs/performance.md.
+ * them). V8 starts a full mark as soon as the room left before its old-space
+ * limit is less than what a young generation could promote; with the default
+ * 32 MB young generation and a ~25-30 MB live heap growing by the default
+ * factor, that was right after every full GC, and the services carrying
+ * 64 KiB bodies spent 20-40% of their CPU marking (a mark-compact every
+ * 100-330 ms freeing 2-4 MB). A young generation of 8 MB and an old-space
+ * limit three times the live heap end it: 64 KiB -25-35% CPU per message,
+ * +30-50% throughput; 4 KiB unchanged; RSS unchanged or lower. See
+ * docs/performance.md.
  */
-export const SERVICE_NODE_FLAGS: readonly string[] = ['--max-semi-space-size=8'];
+export const SERVICE_NODE_FLAGS: readonly string[] = ['--max-semi-space-size=8', '--heap-growing-percent=200'];
 
 function sanitize(s: string): string {
   return s.replace(/\.test\.[cm]?[jt]s$/, '').replace(/[^A-Za-z0-9._-]+/g, '-').replace(/^-+|-+$/g, '') || 'test';
