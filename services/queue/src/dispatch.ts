@@ -10,7 +10,7 @@ import type { Counter } from './metrics';
 import { packBytes, q, tx } from './db';
 import { newId, recipientId } from './ids';
 import { S } from './model';
-import { outboxColumns, stored, type OutboxRow, type StoredOutboxRow } from './outbox';
+import { insertGrantedOutboxSql, outboxColumns, outboxIdsSql, stored, type OutboxRow, type StoredOutboxRow } from './outbox';
 import type { RouteTable } from './routes';
 
 /** SQL: destination row `d` can take a job now (room under its limit, or dead and due for its one probe). */
@@ -545,14 +545,8 @@ export async function dispatchDue(c: PoolClient, o: DispatchSettings, leaseExpir
        UPDATE recipients r SET state = ${S.inflight}, job_id = t.j, lease_expires_at = $7, updated_at = now()
        FROM unnest($3::text[], $4::int[], $5::text[], $6::text[]) AS t(m, i, j, d)
        WHERE r.message_id = t.m AND r.idx = t.i AND t.d IN (SELECT name FROM g)),
-     o AS (
-       INSERT INTO outbox (subject, msg_id, payload, trace, body_of)
-       SELECT x.s, x.m, substring($10::bytea from x.po + 1 for x.pl), x.t::jsonb, x.b
-       FROM unnest($8::text[], $9::text[], $11::int[], $12::int[], $13::text[], $14::text[], $15::text[]) AS x(s, m, po, pl, t, d, b)
-       WHERE x.d IN (SELECT name FROM g)
-       RETURNING id, msg_id)
-     SELECT (SELECT array_agg(name) FROM g) AS granted,
-            (SELECT json_agg(json_build_object('id', id, 'msg_id', msg_id)) FROM o) AS outbox`,
+     o AS (${insertGrantedOutboxSql({ subjects: 8, msgIds: 9, packed: 10, offsets: 11, lengths: 12, traces: 13, destinations: 14, bodyOf: 15 })})
+     SELECT (SELECT array_agg(name) FROM g) AS granted, ${outboxIdsSql('o')} AS outbox`,
     [
       uNames, uNames.map((n) => used.get(n)!),
       rc.m, rc.i, rc.j, rc.d, leaseExpiresAt,

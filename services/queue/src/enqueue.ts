@@ -14,7 +14,7 @@ import { intArrayLiteral, packBytes, q, tx } from './db';
 import { buildJobs, ensureDestinations, reserveSlots, reserveSlotsSql, type BuiltJob, type DestinationLimits, type JobRcpt } from './dispatch';
 import { newId } from './ids';
 import { destinationOf, S } from './model';
-import { insertOutbox, outboxColumns, stored, type StoredOutboxRow } from './outbox';
+import { insertGrantedOutboxSql, insertOutbox, outboxColumns, outboxIdsSql, stored, type StoredOutboxRow } from './outbox';
 import type { RouteTable } from './routes';
 
 /** Size of a spilled body row. */
@@ -478,14 +478,9 @@ export class Enqueuer {
                 CASE WHEN x.j IS NOT NULL AND x.d IN (SELECT name FROM g) THEN $20::timestamptz END
          FROM unnest($12::text[], $13::int[], $14::text[], $15::text[], $16::text[], $17::text[], $18::bool[], $21::text[]) AS x(m, i, a, d, o, n, h, j)
          RETURNING state),
-       o AS (
-         INSERT INTO outbox (subject, msg_id, payload, trace, body_of)
-         SELECT x.s, x.m, substring($24::bytea from x.po + 1 for x.pl), x.t::jsonb, x.b
-         FROM unnest($22::text[], $23::text[], $29::int[], $30::int[], $25::text[], $26::text[], $31::text[]) AS x(s, m, po, pl, t, d, b)
-         WHERE x.d IN (SELECT name FROM g)
-         RETURNING id, msg_id)
+       o AS (${insertGrantedOutboxSql({ subjects: 22, msgIds: 23, packed: 24, offsets: 29, lengths: 30, traces: 25, destinations: 26, bodyOf: 31 })})
        SELECT (SELECT array_agg(name) FROM g) AS granted, (SELECT count(*)::int FROM r WHERE state = ${S.queued}) AS queued,
-              (SELECT json_agg(json_build_object('id', id, 'msg_id', msg_id)) FROM o) AS outbox`,
+              ${outboxIdsSql('o')} AS outbox`,
       [
         names,
         names.map((n) => wanted.get(n)!),

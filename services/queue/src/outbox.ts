@@ -55,6 +55,35 @@ export function stored(rows: OutboxRow[], ids: Array<{ id: string | number; msg_
   return rows.flatMap((r) => (byMsg.has(r.msgId) ? [{ ...r, id: byMsg.get(r.msgId)! }] : []));
 }
 
+/** Parameter numbers of the outbox columns (outboxColumns, the payloads packed by packBytes) and of the rows' destinations. */
+export interface OutboxParams {
+  subjects: number;
+  msgIds: number;
+  packed: number;
+  offsets: number;
+  lengths: number;
+  traces: number;
+  destinations: number;
+  bodyOf: number;
+}
+
+/**
+ * SQL for statements that take slots and write jobs at once: the body of a
+ * CTE inserting the outbox rows whose destination is in CTE `g` (the slots
+ * granted), returning their ids; `outboxIdsSql` selects those as JSON for `stored`.
+ */
+export function insertGrantedOutboxSql(p: OutboxParams): string {
+  return `INSERT INTO outbox (subject, msg_id, payload, trace, body_of)
+       SELECT x.s, x.m, substring($${p.packed}::bytea from x.po + 1 for x.pl), x.t::jsonb, x.b
+       FROM unnest($${p.subjects}::text[], $${p.msgIds}::text[], $${p.offsets}::int[], $${p.lengths}::int[], $${p.traces}::text[], $${p.destinations}::text[], $${p.bodyOf}::text[])
+         AS x(s, m, po, pl, t, d, b)
+       WHERE x.d IN (SELECT name FROM g)
+       RETURNING id, msg_id`;
+}
+
+/** The ids of the rows inserted by the CTE `cte` (insertGrantedOutboxSql), as JSON for `stored`. */
+export const outboxIdsSql = (cte: string): string => `(SELECT json_agg(json_build_object('id', id, 'msg_id', msg_id)) FROM ${cte})`;
+
 export async function insertOutbox(c: PoolClient, rows: OutboxRow[]): Promise<StoredOutboxRow[]> {
   if (!rows.length) return [];
   const cols = outboxColumns(rows);
