@@ -239,7 +239,8 @@ export class ResultApplier {
       // so "done" and "finished" count the other pending / inflight
       // recipients and take this batch's new states from u. Destination
       // rows are locked last and briefly (they are shared by every
-      // dispatching transaction); the statement also says which of them
+      // dispatching transaction), in name order as every statement that
+      // locks several does (no deadlock with a dispatch); the statement also says which of them
       // have due recipients waiting, the only ones worth a dispatch.
       const { rows: relRows } = await q<{ due: string[] | null }>(
         c,
@@ -268,6 +269,7 @@ export class ResultApplier {
            UPDATE destinations d SET ${releaseSetSql('(SELECT count(*) FROM fin WHERE fin.d = d.name)', '$30', '$31', '$32')}
            FROM unnest($26::text[], $27::int[], $28::int[], $29::text[]) AS t(name, ok, failed, err)
            WHERE d.name = t.name
+             AND d.name IN (SELECT name FROM destinations WHERE name = ANY($26::text[]) ORDER BY name FOR UPDATE)
            RETURNING d.name)
          SELECT array_agg(rel.name) AS due FROM rel
          WHERE ${dueAtSql('rel.name')}`,
