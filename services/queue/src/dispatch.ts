@@ -134,26 +134,58 @@ export async function ensureDestinations(c: PoolClient, names: string[], l: Dest
 export async function reserveSlots(c: PoolClient, wanted: Map<string, number>, l: DestinationLimits): Promise<Set<string>> {
   if (!wanted.size) return new Set();
   const names = [...wanted.keys()].sort();
-  const { rows } = await q<{ name: string }>(c, 'tern_reserve_slots', reserveSlotsSql(l), [names, names.map((n) => wanted.get(n)!)]);
+  const { rows } = await q<{ name: string }>(c, 'tern_reserve_slots', reserveSlotsSql(l, ENQUEUE_SLOTS), [names, names.map((n) => wanted.get(n)!)]);
   return new Set(rows.map((r) => r.name));
 }
 
 /**
- * The slot reservation of reserveSlots as SQL ($1 destination names, $2
- * jobs wanted per name; returns the names granted), for statements that
- * embed it (enqueue's one-statement group commit).
+ * SQL: the destination row `d` is among those named by `$names`, which are
+ * locked in name order (every statement that locks several destination
+ * rows does, so none can deadlock with another); with `skipLocked`, a row
+ * another transaction holds is left out instead of waited for.
  */
-export function reserveSlotsSql(l: DestinationLimits): string {
+export function lockDestinationsSql(names: string, skipLocked = false): string {
+  return `d.name IN (SELECT name FROM destinations WHERE name = ANY(${names}::text[]) ORDER BY name FOR UPDATE${skipLocked ? ' SKIP LOCKED' : ''})`;
+}
+
+/**
+ * Takes slots as SQL ($1 destination names, $2 jobs wanted per name; returns
+ * the names granted): a destination gets all its jobs or none, under its
+ * concurrency limit and rate, not suspended. `skipLocked`: a row held by
+ * another transaction is not waited for (enqueue: see reserveSlots).
+ * `probe`: a dead destination due for its probe takes one job (dispatch;
+ * new messages for a dead destination wait for the scheduler instead).
+ */
+export function reserveSlotsSql(l: DestinationLimits, o: { skipLocked: boolean; probe: boolean }): string {
   const tokens = tokensNowSql(l);
+  const room = o.probe
+    ? '((d.dead_until IS NULL AND d.inflight + t.n <= d.concurrency_limit) OR (d.dead_until <= now() AND d.inflight = 0 AND t.n = 1))'
+    : 'd.dead_until IS NULL AND d.inflight + t.n <= d.concurrency_limit';
   return `UPDATE destinations d SET inflight = d.inflight + t.n,
         tokens = CASE WHEN ${l.ratePerMin} = 0 THEN d.tokens ELSE ${tokens} - t.n END,
         tokens_at = now(), updated_at = now()
      FROM unnest($1::text[], $2::int[]) AS t(name, n)
-     WHERE d.name = t.name AND NOT d.suspended AND d.dead_until IS NULL
-       AND d.name IN (SELECT name FROM destinations WHERE name = ANY($1::text[]) FOR UPDATE SKIP LOCKED)
-       AND d.inflight + t.n <= d.concurrency_limit
+     WHERE d.name = t.name AND NOT d.suspended
+       AND ${lockDestinationsSql('$1', o.skipLocked)}
+       AND ${room}
        AND (${l.ratePerMin} = 0 OR ${tokens} >= t.n)
      RETURNING d.name`;
+}
+
+/** The slot reservation of a group commit (rows locked by others skipped, no probe). */
+export const ENQUEUE_SLOTS = { skipLocked: true, probe: false };
+
+/** Per destination, the concurrency feedback of job ends: reached, failed at it, the last error. */
+export function feedbackByDestination(ends: JobEnd[]): Map<string, { ok: number; failed: number; err: string }> {
+  const per = new Map<string, { ok: number; failed: number; err: string }>();
+  for (const e of ends) {
+    const p = per.get(e.destination) ?? { ok: 0, failed: 0, err: '' };
+    per.set(e.destination, p);
+    if (e.failed) p.failed++;
+    else if (e.ok) p.ok++;
+    if (e.error) p.err = e.error;
+  }
+  return per;
 }
 
 export interface JobEnd {
@@ -182,18 +214,14 @@ export async function releaseJobs(c: PoolClient, ends: JobEnd[], l: DestinationL
     [jobIds],
   );
   const finished = new Set(rows.map((r) => r.job_id));
-  const per = new Map<string, { jobs: number; ok: number; failed: number; err: string }>();
+  const per = feedbackByDestination(ends);
+  const jobs = new Map<string, number>();
   const seen = new Set<string>();
   for (const e of ends) {
-    const p = per.get(e.destination) ?? { jobs: 0, ok: 0, failed: 0, err: '' };
-    per.set(e.destination, p);
     if (finished.has(e.jobId) && !seen.has(e.jobId)) {
       seen.add(e.jobId);
-      p.jobs++;
+      jobs.set(e.destination, (jobs.get(e.destination) ?? 0) + 1);
     }
-    if (e.failed) p.failed++;
-    else if (e.ok) p.ok++;
-    if (e.error) p.err = e.error;
   }
   const names = [...per.keys()].sort();
   const v = names.map((n) => per.get(n)!);
@@ -202,8 +230,8 @@ export async function releaseJobs(c: PoolClient, ends: JobEnd[], l: DestinationL
     'tern_release_dests',
     `UPDATE destinations d SET ${releaseSetSql('t.jobs', '$6', '$7', '$8')}
      FROM unnest($1::text[], $2::int[], $3::int[], $4::int[], $5::text[]) AS t(name, jobs, ok, failed, err)
-     WHERE d.name = t.name`,
-    [names, v.map((x) => x.jobs), v.map((x) => x.ok), v.map((x) => x.failed), v.map((x) => x.err), l.maxConcurrency, l.failuresToSuspend, l.probeS],
+     WHERE d.name = t.name AND ${lockDestinationsSql('$1')}`,
+    [names, names.map((n) => jobs.get(n) ?? 0), v.map((x) => x.ok), v.map((x) => x.failed), v.map((x) => x.err), l.maxConcurrency, l.failuresToSuspend, l.probeS],
   );
 }
 
@@ -527,20 +555,10 @@ export async function dispatchDue(c: PoolClient, o: DispatchSettings, leaseExpir
   // Slots are taken where they are still free (another replica, or a group
   // commit, may have taken them since the read above): a destination gets
   // all its jobs or none, and the recipients of one that gets none stay due.
-  // Rows locked in name order, as every multi-destination statement does.
   const { rows } = await q<{ granted: string[] | null; outbox: Array<{ id: number; msg_id: string }> | null }>(
     c,
     'tern_dispatch_take',
-    `WITH g AS (
-       UPDATE destinations d SET inflight = d.inflight + t.n,
-           tokens = CASE WHEN ${l.ratePerMin} = 0 THEN d.tokens ELSE ${tokens} - t.n END,
-           tokens_at = now(), updated_at = now()
-       FROM unnest($1::text[], $2::int[]) AS t(name, n)
-       WHERE d.name = t.name AND NOT d.suspended
-         AND d.name IN (SELECT name FROM destinations WHERE name = ANY($1::text[]) ORDER BY name FOR UPDATE)
-         AND ((d.dead_until IS NULL AND d.inflight + t.n <= d.concurrency_limit) OR (d.dead_until <= now() AND d.inflight = 0 AND t.n = 1))
-         AND (${l.ratePerMin} = 0 OR ${tokens} >= t.n)
-       RETURNING d.name),
+    `WITH g AS (${reserveSlotsSql(l, { skipLocked: false, probe: true })}),
      u AS (
        UPDATE recipients r SET state = ${S.inflight}, job_id = t.j, lease_expires_at = $7, updated_at = now()
        FROM unnest($3::text[], $4::int[], $5::text[], $6::text[]) AS t(m, i, j, d)

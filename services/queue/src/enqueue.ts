@@ -6,12 +6,12 @@
 // and only after COMMIT does each caller get its queue id (invariant I1).
 import type { Pool, PoolClient } from '@tern/db';
 import { grpc, grpcError } from '@tern/grpc';
-import { EnqueueHeader, Envelope, MessageOrigin, type EnqueueBatchRequest, type EnqueueBatchResponse, type EnqueueMessage, type EnqueueOutcome, type EnqueueRequest, type EnqueueResponse } from '@tern/proto';
+import { EnqueueHeader, Envelope, MessageOrigin, type EnqueueBatchRequest, type EnqueueCommit, type EnqueueBatchResponse, type EnqueueMessage, type EnqueueOutcome, type EnqueueRequest, type EnqueueResponse } from '@tern/proto';
 import { extractContext, injectContext, type Logger } from '@tern/telemetry';
 import type { Counter, Histogram } from './metrics';
 import { Batcher } from './batcher';
 import { intArrayLiteral, packBytes, q, tx } from './db';
-import { buildJobs, ensureDestinations, reserveSlots, reserveSlotsSql, type BuiltJob, type DestinationLimits, type JobRcpt } from './dispatch';
+import { buildJobs, ENQUEUE_SLOTS, ensureDestinations, reserveSlots, reserveSlotsSql, type BuiltJob, type DestinationLimits, type JobRcpt } from './dispatch';
 import { newId } from './ids';
 import { destinationOf, S } from './model';
 import { insertGrantedOutboxSql, insertOutbox, outboxColumns, outboxIdsSql, stored, type StoredOutboxRow } from './outbox';
@@ -132,10 +132,8 @@ export class Enqueuer {
         }
         const total = size + prepend.length;
         const body = spilled ? null : prepend.length ? Buffer.concat([prepend, ...mem], total) : Buffer.concat(mem, size);
-        const item: EnqueueItem = { queueId, header: req.commit.hold && !header.hold ? { ...header, hold: true } : header, body, size: total, trace };
         mem = [];
-        const res = await this.batcher.add(item);
-        if (!res.duplicate) this.o.metrics.messages.add(1, { origin: MessageOrigin[header.origin] ?? 'unknown' });
+        const res = await this.store(queueId, header, req.commit, body, total, trace);
         spilled = false; // stored, or removed by the batch as a duplicate
         return finish(null, { queueId: res.queueId, size: total });
       }
@@ -206,8 +204,7 @@ export class Enqueuer {
       // goes into the row (a stray byte would fail the whole group commit).
       const trace = Object.keys(m.trace).length ? injectContext(extractContext(m.trace)) : callTrace;
       try {
-        const res = await this.batcher.add({ queueId: newId(), header: m.commit!.hold && !header.hold ? { ...header, hold: true } : header, body, size: total, trace });
-        if (!res.duplicate) this.o.metrics.messages.add(1, { origin: MessageOrigin[header.origin] ?? 'unknown' });
+        const res = await this.store(newId(), header, m.commit!, body, total, trace);
         return { queueId: res.queueId, size: total, errorCode: 0, error: '' };
       } catch (err) {
         this.o.logger.error({ err: (err as Error).message }, 'enqueue failed');
@@ -216,6 +213,13 @@ export class Enqueuer {
     });
     void Promise.all(outcomes).then((list) => callback(null, { outcomes: list }));
   };
+
+  /** A committed message into the group commit (commit.hold holds it too); counted unless it was a duplicate. */
+  private async store(queueId: string, header: EnqueueHeader, commit: EnqueueCommit, body: Buffer | null, size: number, trace: Record<string, string>): Promise<EnqueueResult> {
+    const res = await this.batcher.add({ queueId, header: commit.hold && !header.hold ? { ...header, hold: true } : header, body, size, trace });
+    if (!res.duplicate) this.o.metrics.messages.add(1, { origin: MessageOrigin[header.origin] ?? 'unknown' });
+    return res;
+  }
 
   /** The checks an Enqueue stream makes, for a whole message. */
   private checkWhole(m: EnqueueMessage): { code: grpc.status; why: string } | undefined {
@@ -461,7 +465,7 @@ export class Enqueuer {
     const { rows } = await q<{ granted: string[] | null; queued: number; outbox: Array<{ id: number; msg_id: string }> | null }>(
       this.o.pool,
       'tern_enq_one',
-      `WITH g AS (${reserveSlotsSql(l)}),
+      `WITH g AS (${reserveSlotsSql(l, ENQUEUE_SLOTS)}),
        m AS (
          INSERT INTO messages (id, sender, envelope, origin, size, trace, rcpt_count, created_at)
          SELECT i, s, e, o, z, t::jsonb, n, $9 FROM unnest($3::text[], $4::text[], $5::bytea[], $6::smallint[], $7::bigint[], $8::text[], $10::int[])

@@ -7,7 +7,10 @@ import type { Pool, PoolClient } from '@tern/db';
 import { extractContext, withSpan, type Logger, type Tracer } from '@tern/telemetry';
 import type { Counter } from './metrics';
 import { DeliveryJob } from '@tern/proto';
+import { Batcher } from './batcher';
 import { packBytes, q, tx } from './db';
+
+const DELETE_SQL = 'DELETE FROM outbox WHERE id = ANY($1::bigint[])';
 
 export interface OutboxRow {
   subject: string;
@@ -55,7 +58,7 @@ export function stored(rows: OutboxRow[], ids: Array<{ id: string | number; msg_
   return rows.flatMap((r) => (byMsg.has(r.msgId) ? [{ ...r, id: byMsg.get(r.msgId)! }] : []));
 }
 
-/** Parameter numbers of the outbox columns (outboxColumns, the payloads packed by packBytes) and of the rows' destinations. */
+/** Parameter numbers of the outbox columns (outboxColumns, the payloads packed by packBytes). */
 export interface OutboxParams {
   subjects: number;
   msgIds: number;
@@ -63,22 +66,27 @@ export interface OutboxParams {
   offsets: number;
   lengths: number;
   traces: number;
-  destinations: number;
   bodyOf: number;
 }
 
 /**
- * SQL for statements that take slots and write jobs at once: the body of a
- * CTE inserting the outbox rows whose destination is in CTE `g` (the slots
- * granted), returning their ids; `outboxIdsSql` selects those as JSON for `stored`.
+ * SQL inserting outbox rows from their columns as parameters, returning their
+ * ids (for `stored`). With `granted`, for statements that take slots and
+ * write jobs at once (the body of a CTE): only the rows whose destination
+ * (parameter `granted.destinations`, one per row) is in CTE `g`, the slots granted.
  */
-export function insertGrantedOutboxSql(p: OutboxParams): string {
+function insertOutboxSql(p: OutboxParams, granted?: { destinations: number }): string {
+  const d = granted ? { param: `, $${granted.destinations}::text[]`, col: ', d', where: '\n       WHERE x.d IN (SELECT name FROM g)' } : { param: '', col: '', where: '' };
   return `INSERT INTO outbox (subject, msg_id, payload, trace, body_of)
        SELECT x.s, x.m, substring($${p.packed}::bytea from x.po + 1 for x.pl), x.t::jsonb, x.b
-       FROM unnest($${p.subjects}::text[], $${p.msgIds}::text[], $${p.offsets}::int[], $${p.lengths}::int[], $${p.traces}::text[], $${p.destinations}::text[], $${p.bodyOf}::text[])
-         AS x(s, m, po, pl, t, d, b)
-       WHERE x.d IN (SELECT name FROM g)
+       FROM unnest($${p.subjects}::text[], $${p.msgIds}::text[], $${p.offsets}::int[], $${p.lengths}::int[], $${p.traces}::text[], $${p.bodyOf}::text[]${d.param})
+         AS x(s, m, po, pl, t, b${d.col})${d.where}
        RETURNING id, msg_id`;
+}
+
+/** insertOutboxSql for the rows of the destinations granted in CTE `g`; `outboxIdsSql` selects their ids. */
+export function insertGrantedOutboxSql(p: OutboxParams & { destinations: number }): string {
+  return insertOutboxSql(p, { destinations: p.destinations });
 }
 
 /** The ids of the rows inserted by the CTE `cte` (insertGrantedOutboxSql), as JSON for `stored`. */
@@ -91,9 +99,7 @@ export async function insertOutbox(c: PoolClient, rows: OutboxRow[]): Promise<St
   const { rows: ids } = await q<{ id: string; msg_id: string }>(
     c,
     'tern_outbox_insert',
-    `INSERT INTO outbox (subject, msg_id, payload, trace, body_of)
-     SELECT s, m, substring($3::bytea from po + 1 for pl), t::jsonb, b FROM unnest($1::text[], $2::text[], $5::int[], $6::int[], $4::text[], $7::text[]) AS x(s, m, po, pl, t, b)
-     RETURNING id, msg_id`,
+    insertOutboxSql({ subjects: 1, msgIds: 2, packed: 3, traces: 4, offsets: 5, lengths: 6, bodyOf: 7 }),
     [cols.subjects, cols.msgIds, payloads.packed, cols.traces, payloads.offsets, payloads.lengths, cols.bodyOf],
   );
   return stored(rows, ids);
@@ -115,8 +121,21 @@ export class Relay {
   private woken = false;
   private loop: Promise<void> | undefined;
   private readonly handoffs = new Set<Promise<void>>();
-  private toDelete: { ids: number[]; resolve(): void; reject(err: Error): void }[] = [];
-  private deleting = false;
+  /**
+   * Deletes published rows. Hand-offs come one per commit; those that finish
+   * while a DELETE is in flight go together in the next statement (a row left
+   * a moment longer is at worst published again by a pass, and JetStream
+   * drops the duplicate).
+   */
+  private readonly deletes = new Batcher<number[], void>({
+    maxItems: 256,
+    delayMs: 0,
+    concurrency: 1,
+    flush: async (batches) => {
+      await q(this.o.pool, 'tern_outbox_delete', DELETE_SQL, [batches.flat()]);
+      return batches.map(() => undefined);
+    },
+  });
 
   constructor(private readonly o: RelayOptions) {}
 
@@ -151,7 +170,7 @@ export class Relay {
       );
       const done = rows.filter((_, i) => results[i]!.status === 'fulfilled').map((r) => r.id);
       if (done.length) {
-        await this.forget(done);
+        await this.deletes.add(done);
         this.o.published.add(done.length);
       }
       if (done.length < rows.length) this.wake();
@@ -162,36 +181,6 @@ export class Relay {
       })
       .finally(() => this.handoffs.delete(p));
     this.handoffs.add(p);
-  }
-
-  /**
-   * Deletes published rows. Hand-offs come one per commit; while a DELETE is
-   * in flight the ids of the next ones wait and go together in the next
-   * statement (a row left a moment longer is at worst published again by a
-   * pass, and JetStream drops the duplicate).
-   */
-  private forget(ids: number[]): Promise<void> {
-    return new Promise<void>((resolve, reject) => {
-      this.toDelete.push({ ids, resolve, reject });
-      if (!this.deleting) void this.deleteLoop();
-    });
-  }
-
-  private async deleteLoop(): Promise<void> {
-    this.deleting = true;
-    try {
-      while (this.toDelete.length) {
-        const batch = this.toDelete.splice(0, this.toDelete.length);
-        try {
-          await q(this.o.pool, 'tern_outbox_delete', 'DELETE FROM outbox WHERE id = ANY($1::bigint[])', [batch.flatMap((b) => b.ids)]);
-          batch.forEach((b) => b.resolve());
-        } catch (err) {
-          batch.forEach((b) => b.reject(err as Error));
-        }
-      }
-    } finally {
-      this.deleting = false;
-    }
   }
 
   private publish(subject: string, msgId: string, payload: Uint8Array, carrier: Record<string, string>, span: string, attrs: Record<string, string | number>): Promise<unknown> {
@@ -267,11 +256,7 @@ export class Relay {
           );
         }),
       );
-      await q(
-        c,
-        'tern_outbox_delete',
-        'DELETE FROM outbox WHERE id = ANY($1::bigint[])', [rows.map((r) => r.id)],
-      );
+      await q(c, 'tern_outbox_delete', DELETE_SQL, [rows.map((r) => r.id)]);
       this.o.published.add(rows.length);
       return rows.length;
     });

@@ -10,7 +10,7 @@ import type { Logger } from '@tern/telemetry';
 import type { Counter } from './metrics';
 import { Batcher } from './batcher';
 import { q, tx } from './db';
-import { dispatchDue, dueAtSql, releaseSetSql, type DestinationLimits, type JobEnd } from './dispatch';
+import { dispatchDue, dueAtSql, feedbackByDestination, lockDestinationsSql, releaseSetSql, type DestinationLimits, type JobEnd } from './dispatch';
 import { parseRecipientId } from './ids';
 import { backoffMs, S, statusOf, PENDING_SQL, type BackoffSettings } from './model';
 import { insertOutbox, type OutboxRow, type StoredOutboxRow } from './outbox';
@@ -222,14 +222,7 @@ export class ResultApplier {
         }
       }
       // Per destination: concurrency feedback (the last error wins); per job: its destination.
-      const per = new Map<string, { ok: number; failed: number; err: string }>();
-      for (const e of jobEnds) {
-        const p = per.get(e.destination) ?? { ok: 0, failed: 0, err: '' };
-        per.set(e.destination, p);
-        if (e.failed) p.failed++;
-        else if (e.ok) p.ok++;
-        if (e.error) p.err = e.error;
-      }
+      const per = feedbackByDestination(jobEnds);
       const dNames = [...per.keys()].sort();
       const dv = dNames.map((n) => per.get(n)!);
       const l = this.o.limits;
@@ -269,7 +262,7 @@ export class ResultApplier {
            UPDATE destinations d SET ${releaseSetSql('(SELECT count(*) FROM fin WHERE fin.d = d.name)', '$30', '$31', '$32')}
            FROM unnest($26::text[], $27::int[], $28::int[], $29::text[]) AS t(name, ok, failed, err)
            WHERE d.name = t.name
-             AND d.name IN (SELECT name FROM destinations WHERE name = ANY($26::text[]) ORDER BY name FOR UPDATE)
+             AND ${lockDestinationsSql('$26')}
            RETURNING d.name)
          SELECT array_agg(rel.name) AS due FROM rel
          WHERE ${dueAtSql('rel.name')}`,
