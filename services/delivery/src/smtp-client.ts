@@ -587,6 +587,14 @@ function xtext(s: string): string {
   return s.replace(/[^!-*,-<>-~]/g, (c) => `+${c.charCodeAt(0).toString(16).toUpperCase().padStart(2, '0')}`);
 }
 
+const CR = 13;
+const LF = 10;
+const DOT = 46;
+/** A CR not followed by LF, an LF not preceded by CR. */
+const NEEDS_REPAIR = /\r(?!\n)|(?<!\r)\n/;
+/** The same, or a line starting with "." (to be doubled for DATA). */
+const NEEDS_REPAIR_OR_STUFFING = /\r(?!\n)|(?<!\r)\n|\n\./;
+
 /**
  * A body for the wire, across chunk boundaries: bare CR and bare LF repaired
  * to CRLF (never pass on a smuggling vector) and the last line ended with
@@ -600,32 +608,64 @@ export class WireBody {
   constructor(private readonly dotStuff: boolean) {}
 
   push(chunk: Buffer): Buffer {
+    if (chunk.length === 0) return chunk;
+    if (!this.pendingCr && this.passesAsIs(chunk)) {
+      this.atLineStart = chunk[chunk.length - 1] === LF;
+      return chunk;
+    }
+    return this.rewrite(chunk);
+  }
+
+  /**
+   * True when the chunk needs no change: every line ending CR LF, no CR at
+   * its end (that one's LF is in the next chunk) and, for DATA, no line
+   * starting with ".". Nearly every body is like that (queue stores what
+   * ingress accepted, and ingress refuses bare line endings), and a regular
+   * expression over a latin1 view scans it about ten times faster than a
+   * byte loop in JavaScript.
+   */
+  private passesAsIs(chunk: Buffer): boolean {
+    const n = chunk.length;
+    if (chunk[n - 1] === CR) return false;
+    if (this.dotStuff && this.atLineStart && chunk[0] === DOT) return false;
+    // An LF first in the chunk is bare here (no CR pending): the lookbehind
+    // has nothing before it, so the expression finds it.
+    return !(this.dotStuff ? NEEDS_REPAIR_OR_STUFFING : NEEDS_REPAIR).test(chunk.latin1Slice(0, n));
+  }
+
+  /** Byte by byte: repairs bare CR and LF to CR LF and doubles a leading dot. */
+  private rewrite(chunk: Buffer): Buffer {
     const out = Buffer.allocUnsafe(chunk.length * 2 + 4);
+    const dotStuff = this.dotStuff;
+    let atLineStart = this.atLineStart;
+    let pendingCr = this.pendingCr;
     let o = 0;
     for (let i = 0; i < chunk.length; i++) {
       const b = chunk[i]!;
-      if (this.pendingCr) {
-        this.pendingCr = false;
-        out[o++] = 13;
-        out[o++] = 10;
-        this.atLineStart = true;
-        if (b === 10) continue; // CRLF: already written
+      if (pendingCr) {
+        pendingCr = false;
+        out[o++] = CR;
+        out[o++] = LF;
+        atLineStart = true;
+        if (b === LF) continue; // CRLF: already written
       }
-      if (b === 13) {
-        this.pendingCr = true;
+      if (b === CR) {
+        pendingCr = true;
         continue;
       }
-      if (b === 10) {
+      if (b === LF) {
         // bare LF: repair
-        out[o++] = 13;
-        out[o++] = 10;
-        this.atLineStart = true;
+        out[o++] = CR;
+        out[o++] = LF;
+        atLineStart = true;
         continue;
       }
-      if (this.dotStuff && this.atLineStart && b === 46) out[o++] = 46;
-      this.atLineStart = false;
+      if (dotStuff && atLineStart && b === DOT) out[o++] = DOT;
+      atLineStart = false;
       out[o++] = b;
     }
+    this.atLineStart = atLineStart;
+    this.pendingCr = pendingCr;
     return out.subarray(0, o);
   }
 
