@@ -630,7 +630,7 @@ export class WireBody {
     if (this.dotStuff && this.atLineStart && chunk[0] === DOT) return false;
     // An LF first in the chunk is bare here (no CR pending): the lookbehind
     // has nothing before it, so the expression finds it.
-    return !(this.dotStuff ? NEEDS_REPAIR_OR_STUFFING : NEEDS_REPAIR).test(chunk.latin1Slice(0, n));
+    return !(this.dotStuff ? NEEDS_REPAIR_OR_STUFFING : NEEDS_REPAIR).test(chunk.toString('latin1'));
   }
 
   /** Byte by byte: repairs bare CR and LF to CR LF and doubles a leading dot. */
