@@ -65,6 +65,13 @@ function subjectOf(r: SubjectRow, status: string): ReportSubject {
 const SUBJECT_COLS = `r.message_id, r.idx, r.address, r.orcpt, r.notify, r.last_code, r.last_enhanced, r.last_text, r.expires_at, r.updated_at,
   m.sender, m.origin, m.envelope, m.size, m.trace`;
 
+/** Below this size (in 8 KiB pages) a table's plans hardly matter. */
+const STATISTICS_MIN_PAGES = 16;
+
+function quoteIdent(name: string): string {
+  return `"${name.replace(/"/g, '""')}"`;
+}
+
 export class Housekeeping {
   private timer: NodeJS.Timeout | undefined;
   private running: Promise<void> | undefined;
@@ -91,6 +98,7 @@ export class Housekeeping {
   }
 
   async pass(): Promise<void> {
+    await this.refreshStatistics();
     while ((await this.expire()) >= this.o.batch);
     if (this.o.delayWarningS > 0) while ((await this.delayWarnings()) >= this.o.batch);
     if (Date.now() - this.lastSlow > 30_000) {
@@ -100,6 +108,30 @@ export class Housekeeping {
       await this.purge();
       await this.reconcile();
     }
+  }
+
+  /**
+   * ANALYZE the queue's tables that have more than doubled since the
+   * planner's statistics were taken. The statements on the message path are
+   * prepared, and Postgres keeps a generic plan made from the statistics of
+   * that moment: made on the near-empty tables of a fresh install, it reads
+   * every row (the result batch scanned all of `recipients`, the dispatch all
+   * of `messages`) until autovacuum analyzes them, which is a minute at the
+   * earliest and then only after 10% more rows. An ANALYZE invalidates those
+   * plans in every session. Checked every pass (one catalog query); a table
+   * that keeps growing is analyzed at each doubling, a few times in all.
+   */
+  async refreshStatistics(): Promise<string[]> {
+    const { rows } = await this.o.pool.query<{ name: string }>(
+      `SELECT c.relname AS name FROM pg_class c
+       WHERE c.relnamespace = 'queue'::regnamespace AND c.relkind = 'r'
+         AND pg_relation_size(c.oid) / current_setting('block_size')::int > GREATEST(2 * c.relpages, $1)`,
+      [STATISTICS_MIN_PAGES],
+    );
+    const names = rows.map((r) => r.name).sort();
+    for (const name of names) await this.o.pool.query(`ANALYZE queue.${quoteIdent(name)}`);
+    if (names.length) this.o.logger.debug({ tables: names }, 'planner statistics refreshed');
+    return names;
   }
 
   /** Recipients past their lifetime: expired, with a failure report. */
