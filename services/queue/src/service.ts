@@ -13,7 +13,10 @@ export interface StatusSource {
 }
 
 export interface ServiceDeps {
+  /** The message path's pool (ReadBody). */
   pool: Pool;
+  /** Operator queries. */
+  opsPool: Pool;
   logger: Logger;
   enqueuer: Enqueuer;
   ops: Operations;
@@ -43,7 +46,7 @@ export function createQueueService(d: ServiceDeps): QueueServiceServer {
     enqueueBatch: d.enqueuer.batchHandler,
     readBody: readBodyHandler(d.pool, logger),
     getMessage: unary(logger, 'GetMessage', async (req) => {
-      const message = await getMessage(d.pool, req.queueId.trim(), req.includeHeaders);
+      const message = await getMessage(d.opsPool, req.queueId.trim(), req.includeHeaders);
       if (!message) throw grpcError(grpc.status.NOT_FOUND, `no message with queue id "${req.queueId}"`);
       return { message };
     }),

@@ -5,7 +5,8 @@
 // replaces those plans in every session.
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import type { App } from '../src/app';
+import { pg } from '@tern/db';
+import { withSearchPath, type App } from '../src/app';
 import { createDatabase, startNats, startQueue } from './helpers';
 
 describe('planner statistics', () => {
@@ -56,5 +57,22 @@ describe('planner statistics', () => {
     } finally {
       c.release();
     }
+  });
+
+  it('the message path connects with generic plans kept, the operator pool without; options given in the URL are kept', async () => {
+    const show = async (url: string) => {
+      const c = new pg.Client({ connectionString: url });
+      await c.connect();
+      try {
+        const get = async (name: string) => (await c.query(`SELECT current_setting($1) AS v`, [name])).rows[0].v as string;
+        return { plans: await get('plan_cache_mode'), path: await get('search_path'), timeout: await get('statement_timeout') };
+      } finally {
+        await c.end();
+      }
+    };
+    assert.deepEqual(await show(withSearchPath(db.url, { genericPlans: true })), { plans: 'force_generic_plan', path: 'queue,public', timeout: '0' });
+    assert.deepEqual(await show(withSearchPath(db.url)), { plans: 'auto', path: 'queue,public', timeout: '0' });
+    const given = `${db.url}?options=${encodeURIComponent('-c statement_timeout=5000')}`;
+    assert.deepEqual(await show(withSearchPath(given, { genericPlans: true })), { plans: 'force_generic_plan', path: 'queue,public', timeout: '5s' });
   });
 });
