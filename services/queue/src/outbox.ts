@@ -6,7 +6,6 @@ import type { Bus } from '@tern/bus';
 import type { Pool, PoolClient } from '@tern/db';
 import { extractContext, withSpan, type Logger, type Tracer } from '@tern/telemetry';
 import type { Counter } from './metrics';
-import { DeliveryJob } from '@tern/proto';
 import { Batcher } from './batcher';
 import { packBytes, q, tx } from './db';
 
@@ -41,10 +40,23 @@ export function outboxColumns(rows: OutboxRow[]): { subjects: string[]; msgIds: 
   };
 }
 
-/** A DeliveryJob payload with its body field appended (DeliveryJob.body is never in the stored payload). */
+/** The key of `DeliveryJob.body` on the wire: field 10, length-delimited (events.proto). */
+const BODY_KEY = (10 << 3) | 2;
+
+/**
+ * A DeliveryJob payload with its body field appended (DeliveryJob.body is
+ * never in the stored payload; protobuf takes fields in any order). Written
+ * by hand, key and length in front of the body, so that the body is copied
+ * once: through the generated encoder it was copied into a zeroed buffer and
+ * then again.
+ */
 export function withBody(payload: Uint8Array, body: Uint8Array | null | undefined): Uint8Array {
   if (!body?.length) return payload;
-  return Buffer.concat([payload, DeliveryJob.encode(DeliveryJob.fromPartial({ body: Buffer.from(body.buffer, body.byteOffset, body.byteLength) })).finish()]);
+  const head = [BODY_KEY];
+  let n = body.length;
+  for (; n > 0x7f; n >>>= 7) head.push((n & 0x7f) | 0x80);
+  head.push(n);
+  return Buffer.concat([payload, Buffer.from(head), body]);
 }
 
 /** An outbox row as committed, with its id (for the relay's hand-off). */
