@@ -5,6 +5,27 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 (cd proto && npx --no-install buf lint && npx --no-install buf generate && npx --no-install buf build -o ../libs/proto/src/descriptor.binpb)
+# grpc-js serializers: ts-proto writes Buffer.from(X.encode(value).finish()),
+# which copies the encoded message once more (Buffer.from of a Uint8Array
+# copies); the encoder's array is fresh and its own, so a Buffer view over it
+# is enough. A whole EnqueueBatch (up to 64 bodies) went through that copy.
+node - <<'JS'
+const fs = require('node:fs');
+const path = require('node:path');
+const dir = 'libs/proto/src/gen/tern/v1';
+for (const f of fs.readdirSync(dir).filter((n) => n.endsWith('.ts'))) {
+  const file = path.join(dir, f);
+  const src = fs.readFileSync(file, 'utf8');
+  const out = src.replace(/Buffer\.from\((\w+)\.encode\(value\)\.finish\(\)\)/g, 'bufferView($1.encode(value).finish())');
+  if (out === src) continue;
+  fs.writeFileSync(
+    file,
+    out +
+      '\n/** A Buffer over the encoder\'s fresh array, without the copy Buffer.from(Uint8Array) makes (added by scripts/generate-proto.sh). */\n' +
+      'function bufferView(u: Uint8Array): Buffer {\n  return Buffer.from(u.buffer, u.byteOffset, u.byteLength);\n}\n',
+  );
+}
+JS
 # Embed the descriptor set (for gRPC reflection) so bundled services never
 # look up a file at run time.
 {

@@ -4707,9 +4707,9 @@ export const PolicyServiceService = {
     path: "/tern.v1.PolicyService/Check" as const,
     requestStream: false as const,
     responseStream: false as const,
-    requestSerialize: (value: CheckRequest): Buffer => Buffer.from(CheckRequest.encode(value).finish()),
+    requestSerialize: (value: CheckRequest): Buffer => bufferView(CheckRequest.encode(value).finish()),
     requestDeserialize: (value: Buffer): CheckRequest => CheckRequest.decode(value),
-    responseSerialize: (value: CheckResponse): Buffer => Buffer.from(CheckResponse.encode(value).finish()),
+    responseSerialize: (value: CheckResponse): Buffer => bufferView(CheckResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): CheckResponse => CheckResponse.decode(value),
   },
   /**
@@ -4720,10 +4720,10 @@ export const PolicyServiceService = {
     path: "/tern.v1.PolicyService/CheckMessage" as const,
     requestStream: true as const,
     responseStream: false as const,
-    requestSerialize: (value: CheckMessageRequest): Buffer => Buffer.from(CheckMessageRequest.encode(value).finish()),
+    requestSerialize: (value: CheckMessageRequest): Buffer => bufferView(CheckMessageRequest.encode(value).finish()),
     requestDeserialize: (value: Buffer): CheckMessageRequest => CheckMessageRequest.decode(value),
     responseSerialize: (value: CheckMessageResponse): Buffer =>
-      Buffer.from(CheckMessageResponse.encode(value).finish()),
+      bufferView(CheckMessageResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): CheckMessageResponse => CheckMessageResponse.decode(value),
   },
   /** Verifies a submission login (AUTH PLAIN/LOGIN). */
@@ -4731,10 +4731,10 @@ export const PolicyServiceService = {
     path: "/tern.v1.PolicyService/Authenticate" as const,
     requestStream: false as const,
     responseStream: false as const,
-    requestSerialize: (value: AuthenticateRequest): Buffer => Buffer.from(AuthenticateRequest.encode(value).finish()),
+    requestSerialize: (value: AuthenticateRequest): Buffer => bufferView(AuthenticateRequest.encode(value).finish()),
     requestDeserialize: (value: Buffer): AuthenticateRequest => AuthenticateRequest.decode(value),
     responseSerialize: (value: AuthenticateResponse): Buffer =>
-      Buffer.from(AuthenticateResponse.encode(value).finish()),
+      bufferView(AuthenticateResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): AuthenticateResponse => AuthenticateResponse.decode(value),
   },
   /**
@@ -4746,121 +4746,121 @@ export const PolicyServiceService = {
     requestStream: false as const,
     responseStream: false as const,
     requestSerialize: (value: LookupRecipientRequest): Buffer =>
-      Buffer.from(LookupRecipientRequest.encode(value).finish()),
+      bufferView(LookupRecipientRequest.encode(value).finish()),
     requestDeserialize: (value: Buffer): LookupRecipientRequest => LookupRecipientRequest.decode(value),
     responseSerialize: (value: LookupRecipientResponse): Buffer =>
-      Buffer.from(LookupRecipientResponse.encode(value).finish()),
+      bufferView(LookupRecipientResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): LookupRecipientResponse => LookupRecipientResponse.decode(value),
   },
   listDomains: {
     path: "/tern.v1.PolicyService/ListDomains" as const,
     requestStream: false as const,
     responseStream: false as const,
-    requestSerialize: (value: ListDomainsRequest): Buffer => Buffer.from(ListDomainsRequest.encode(value).finish()),
+    requestSerialize: (value: ListDomainsRequest): Buffer => bufferView(ListDomainsRequest.encode(value).finish()),
     requestDeserialize: (value: Buffer): ListDomainsRequest => ListDomainsRequest.decode(value),
-    responseSerialize: (value: ListDomainsResponse): Buffer => Buffer.from(ListDomainsResponse.encode(value).finish()),
+    responseSerialize: (value: ListDomainsResponse): Buffer => bufferView(ListDomainsResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): ListDomainsResponse => ListDomainsResponse.decode(value),
   },
   putDomain: {
     path: "/tern.v1.PolicyService/PutDomain" as const,
     requestStream: false as const,
     responseStream: false as const,
-    requestSerialize: (value: PutDomainRequest): Buffer => Buffer.from(PutDomainRequest.encode(value).finish()),
+    requestSerialize: (value: PutDomainRequest): Buffer => bufferView(PutDomainRequest.encode(value).finish()),
     requestDeserialize: (value: Buffer): PutDomainRequest => PutDomainRequest.decode(value),
-    responseSerialize: (value: PutDomainResponse): Buffer => Buffer.from(PutDomainResponse.encode(value).finish()),
+    responseSerialize: (value: PutDomainResponse): Buffer => bufferView(PutDomainResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): PutDomainResponse => PutDomainResponse.decode(value),
   },
   deleteDomain: {
     path: "/tern.v1.PolicyService/DeleteDomain" as const,
     requestStream: false as const,
     responseStream: false as const,
-    requestSerialize: (value: DeleteDomainRequest): Buffer => Buffer.from(DeleteDomainRequest.encode(value).finish()),
+    requestSerialize: (value: DeleteDomainRequest): Buffer => bufferView(DeleteDomainRequest.encode(value).finish()),
     requestDeserialize: (value: Buffer): DeleteDomainRequest => DeleteDomainRequest.decode(value),
     responseSerialize: (value: DeleteDomainResponse): Buffer =>
-      Buffer.from(DeleteDomainResponse.encode(value).finish()),
+      bufferView(DeleteDomainResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): DeleteDomainResponse => DeleteDomainResponse.decode(value),
   },
   listMailboxes: {
     path: "/tern.v1.PolicyService/ListMailboxes" as const,
     requestStream: false as const,
     responseStream: false as const,
-    requestSerialize: (value: ListMailboxesRequest): Buffer => Buffer.from(ListMailboxesRequest.encode(value).finish()),
+    requestSerialize: (value: ListMailboxesRequest): Buffer => bufferView(ListMailboxesRequest.encode(value).finish()),
     requestDeserialize: (value: Buffer): ListMailboxesRequest => ListMailboxesRequest.decode(value),
     responseSerialize: (value: ListMailboxesResponse): Buffer =>
-      Buffer.from(ListMailboxesResponse.encode(value).finish()),
+      bufferView(ListMailboxesResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): ListMailboxesResponse => ListMailboxesResponse.decode(value),
   },
   putMailbox: {
     path: "/tern.v1.PolicyService/PutMailbox" as const,
     requestStream: false as const,
     responseStream: false as const,
-    requestSerialize: (value: PutMailboxRequest): Buffer => Buffer.from(PutMailboxRequest.encode(value).finish()),
+    requestSerialize: (value: PutMailboxRequest): Buffer => bufferView(PutMailboxRequest.encode(value).finish()),
     requestDeserialize: (value: Buffer): PutMailboxRequest => PutMailboxRequest.decode(value),
-    responseSerialize: (value: PutMailboxResponse): Buffer => Buffer.from(PutMailboxResponse.encode(value).finish()),
+    responseSerialize: (value: PutMailboxResponse): Buffer => bufferView(PutMailboxResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): PutMailboxResponse => PutMailboxResponse.decode(value),
   },
   deleteMailbox: {
     path: "/tern.v1.PolicyService/DeleteMailbox" as const,
     requestStream: false as const,
     responseStream: false as const,
-    requestSerialize: (value: DeleteMailboxRequest): Buffer => Buffer.from(DeleteMailboxRequest.encode(value).finish()),
+    requestSerialize: (value: DeleteMailboxRequest): Buffer => bufferView(DeleteMailboxRequest.encode(value).finish()),
     requestDeserialize: (value: Buffer): DeleteMailboxRequest => DeleteMailboxRequest.decode(value),
     responseSerialize: (value: DeleteMailboxResponse): Buffer =>
-      Buffer.from(DeleteMailboxResponse.encode(value).finish()),
+      bufferView(DeleteMailboxResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): DeleteMailboxResponse => DeleteMailboxResponse.decode(value),
   },
   listAliases: {
     path: "/tern.v1.PolicyService/ListAliases" as const,
     requestStream: false as const,
     responseStream: false as const,
-    requestSerialize: (value: ListAliasesRequest): Buffer => Buffer.from(ListAliasesRequest.encode(value).finish()),
+    requestSerialize: (value: ListAliasesRequest): Buffer => bufferView(ListAliasesRequest.encode(value).finish()),
     requestDeserialize: (value: Buffer): ListAliasesRequest => ListAliasesRequest.decode(value),
-    responseSerialize: (value: ListAliasesResponse): Buffer => Buffer.from(ListAliasesResponse.encode(value).finish()),
+    responseSerialize: (value: ListAliasesResponse): Buffer => bufferView(ListAliasesResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): ListAliasesResponse => ListAliasesResponse.decode(value),
   },
   putAlias: {
     path: "/tern.v1.PolicyService/PutAlias" as const,
     requestStream: false as const,
     responseStream: false as const,
-    requestSerialize: (value: PutAliasRequest): Buffer => Buffer.from(PutAliasRequest.encode(value).finish()),
+    requestSerialize: (value: PutAliasRequest): Buffer => bufferView(PutAliasRequest.encode(value).finish()),
     requestDeserialize: (value: Buffer): PutAliasRequest => PutAliasRequest.decode(value),
-    responseSerialize: (value: PutAliasResponse): Buffer => Buffer.from(PutAliasResponse.encode(value).finish()),
+    responseSerialize: (value: PutAliasResponse): Buffer => bufferView(PutAliasResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): PutAliasResponse => PutAliasResponse.decode(value),
   },
   deleteAlias: {
     path: "/tern.v1.PolicyService/DeleteAlias" as const,
     requestStream: false as const,
     responseStream: false as const,
-    requestSerialize: (value: DeleteAliasRequest): Buffer => Buffer.from(DeleteAliasRequest.encode(value).finish()),
+    requestSerialize: (value: DeleteAliasRequest): Buffer => bufferView(DeleteAliasRequest.encode(value).finish()),
     requestDeserialize: (value: Buffer): DeleteAliasRequest => DeleteAliasRequest.decode(value),
-    responseSerialize: (value: DeleteAliasResponse): Buffer => Buffer.from(DeleteAliasResponse.encode(value).finish()),
+    responseSerialize: (value: DeleteAliasResponse): Buffer => bufferView(DeleteAliasResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): DeleteAliasResponse => DeleteAliasResponse.decode(value),
   },
   listUsers: {
     path: "/tern.v1.PolicyService/ListUsers" as const,
     requestStream: false as const,
     responseStream: false as const,
-    requestSerialize: (value: ListUsersRequest): Buffer => Buffer.from(ListUsersRequest.encode(value).finish()),
+    requestSerialize: (value: ListUsersRequest): Buffer => bufferView(ListUsersRequest.encode(value).finish()),
     requestDeserialize: (value: Buffer): ListUsersRequest => ListUsersRequest.decode(value),
-    responseSerialize: (value: ListUsersResponse): Buffer => Buffer.from(ListUsersResponse.encode(value).finish()),
+    responseSerialize: (value: ListUsersResponse): Buffer => bufferView(ListUsersResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): ListUsersResponse => ListUsersResponse.decode(value),
   },
   putUser: {
     path: "/tern.v1.PolicyService/PutUser" as const,
     requestStream: false as const,
     responseStream: false as const,
-    requestSerialize: (value: PutUserRequest): Buffer => Buffer.from(PutUserRequest.encode(value).finish()),
+    requestSerialize: (value: PutUserRequest): Buffer => bufferView(PutUserRequest.encode(value).finish()),
     requestDeserialize: (value: Buffer): PutUserRequest => PutUserRequest.decode(value),
-    responseSerialize: (value: PutUserResponse): Buffer => Buffer.from(PutUserResponse.encode(value).finish()),
+    responseSerialize: (value: PutUserResponse): Buffer => bufferView(PutUserResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): PutUserResponse => PutUserResponse.decode(value),
   },
   deleteUser: {
     path: "/tern.v1.PolicyService/DeleteUser" as const,
     requestStream: false as const,
     responseStream: false as const,
-    requestSerialize: (value: DeleteUserRequest): Buffer => Buffer.from(DeleteUserRequest.encode(value).finish()),
+    requestSerialize: (value: DeleteUserRequest): Buffer => bufferView(DeleteUserRequest.encode(value).finish()),
     requestDeserialize: (value: Buffer): DeleteUserRequest => DeleteUserRequest.decode(value),
-    responseSerialize: (value: DeleteUserResponse): Buffer => Buffer.from(DeleteUserResponse.encode(value).finish()),
+    responseSerialize: (value: DeleteUserResponse): Buffer => bufferView(DeleteUserResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): DeleteUserResponse => DeleteUserResponse.decode(value),
   },
   /**
@@ -4872,9 +4872,9 @@ export const PolicyServiceService = {
     path: "/tern.v1.PolicyService/Suppress" as const,
     requestStream: false as const,
     responseStream: false as const,
-    requestSerialize: (value: SuppressRequest): Buffer => Buffer.from(SuppressRequest.encode(value).finish()),
+    requestSerialize: (value: SuppressRequest): Buffer => bufferView(SuppressRequest.encode(value).finish()),
     requestDeserialize: (value: Buffer): SuppressRequest => SuppressRequest.decode(value),
-    responseSerialize: (value: SuppressResponse): Buffer => Buffer.from(SuppressResponse.encode(value).finish()),
+    responseSerialize: (value: SuppressResponse): Buffer => bufferView(SuppressResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): SuppressResponse => SuppressResponse.decode(value),
   },
   listSuppressions: {
@@ -4882,10 +4882,10 @@ export const PolicyServiceService = {
     requestStream: false as const,
     responseStream: false as const,
     requestSerialize: (value: ListSuppressionsRequest): Buffer =>
-      Buffer.from(ListSuppressionsRequest.encode(value).finish()),
+      bufferView(ListSuppressionsRequest.encode(value).finish()),
     requestDeserialize: (value: Buffer): ListSuppressionsRequest => ListSuppressionsRequest.decode(value),
     responseSerialize: (value: ListSuppressionsResponse): Buffer =>
-      Buffer.from(ListSuppressionsResponse.encode(value).finish()),
+      bufferView(ListSuppressionsResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): ListSuppressionsResponse => ListSuppressionsResponse.decode(value),
   },
   deleteSuppression: {
@@ -4893,10 +4893,10 @@ export const PolicyServiceService = {
     requestStream: false as const,
     responseStream: false as const,
     requestSerialize: (value: DeleteSuppressionRequest): Buffer =>
-      Buffer.from(DeleteSuppressionRequest.encode(value).finish()),
+      bufferView(DeleteSuppressionRequest.encode(value).finish()),
     requestDeserialize: (value: Buffer): DeleteSuppressionRequest => DeleteSuppressionRequest.decode(value),
     responseSerialize: (value: DeleteSuppressionResponse): Buffer =>
-      Buffer.from(DeleteSuppressionResponse.encode(value).finish()),
+      bufferView(DeleteSuppressionResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): DeleteSuppressionResponse => DeleteSuppressionResponse.decode(value),
   },
 } as const;
@@ -5315,4 +5315,9 @@ interface MessageFns<T> {
   toJSON(message: T): unknown;
   create<I extends Exact<DeepPartial<T>, I>>(base?: I): T;
   fromPartial<I extends Exact<DeepPartial<T>, I>>(object: I): T;
+}
+
+/** A Buffer over the encoder's fresh array, without the copy Buffer.from(Uint8Array) makes (added by scripts/generate-proto.sh). */
+function bufferView(u: Uint8Array): Buffer {
+  return Buffer.from(u.buffer, u.byteOffset, u.byteLength);
 }

@@ -5105,9 +5105,9 @@ export const QueueServiceService = {
     path: "/tern.v1.QueueService/Enqueue" as const,
     requestStream: true as const,
     responseStream: false as const,
-    requestSerialize: (value: EnqueueRequest): Buffer => Buffer.from(EnqueueRequest.encode(value).finish()),
+    requestSerialize: (value: EnqueueRequest): Buffer => bufferView(EnqueueRequest.encode(value).finish()),
     requestDeserialize: (value: Buffer): EnqueueRequest => EnqueueRequest.decode(value),
-    responseSerialize: (value: EnqueueResponse): Buffer => Buffer.from(EnqueueResponse.encode(value).finish()),
+    responseSerialize: (value: EnqueueResponse): Buffer => bufferView(EnqueueResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): EnqueueResponse => EnqueueResponse.decode(value),
   },
   /**
@@ -5121,10 +5121,10 @@ export const QueueServiceService = {
     path: "/tern.v1.QueueService/EnqueueBatch" as const,
     requestStream: false as const,
     responseStream: false as const,
-    requestSerialize: (value: EnqueueBatchRequest): Buffer => Buffer.from(EnqueueBatchRequest.encode(value).finish()),
+    requestSerialize: (value: EnqueueBatchRequest): Buffer => bufferView(EnqueueBatchRequest.encode(value).finish()),
     requestDeserialize: (value: Buffer): EnqueueBatchRequest => EnqueueBatchRequest.decode(value),
     responseSerialize: (value: EnqueueBatchResponse): Buffer =>
-      Buffer.from(EnqueueBatchResponse.encode(value).finish()),
+      bufferView(EnqueueBatchResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): EnqueueBatchResponse => EnqueueBatchResponse.decode(value),
   },
   /** The raw message (as stored: with the headers ingress added), streamed. */
@@ -5132,38 +5132,38 @@ export const QueueServiceService = {
     path: "/tern.v1.QueueService/ReadBody" as const,
     requestStream: false as const,
     responseStream: true as const,
-    requestSerialize: (value: ReadBodyRequest): Buffer => Buffer.from(ReadBodyRequest.encode(value).finish()),
+    requestSerialize: (value: ReadBodyRequest): Buffer => bufferView(ReadBodyRequest.encode(value).finish()),
     requestDeserialize: (value: Buffer): ReadBodyRequest => ReadBodyRequest.decode(value),
-    responseSerialize: (value: ReadBodyResponse): Buffer => Buffer.from(ReadBodyResponse.encode(value).finish()),
+    responseSerialize: (value: ReadBodyResponse): Buffer => bufferView(ReadBodyResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): ReadBodyResponse => ReadBodyResponse.decode(value),
   },
   getMessage: {
     path: "/tern.v1.QueueService/GetMessage" as const,
     requestStream: false as const,
     responseStream: false as const,
-    requestSerialize: (value: GetMessageRequest): Buffer => Buffer.from(GetMessageRequest.encode(value).finish()),
+    requestSerialize: (value: GetMessageRequest): Buffer => bufferView(GetMessageRequest.encode(value).finish()),
     requestDeserialize: (value: Buffer): GetMessageRequest => GetMessageRequest.decode(value),
-    responseSerialize: (value: GetMessageResponse): Buffer => Buffer.from(GetMessageResponse.encode(value).finish()),
+    responseSerialize: (value: GetMessageResponse): Buffer => bufferView(GetMessageResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): GetMessageResponse => GetMessageResponse.decode(value),
   },
   listMessages: {
     path: "/tern.v1.QueueService/ListMessages" as const,
     requestStream: false as const,
     responseStream: false as const,
-    requestSerialize: (value: ListMessagesRequest): Buffer => Buffer.from(ListMessagesRequest.encode(value).finish()),
+    requestSerialize: (value: ListMessagesRequest): Buffer => bufferView(ListMessagesRequest.encode(value).finish()),
     requestDeserialize: (value: Buffer): ListMessagesRequest => ListMessagesRequest.decode(value),
     responseSerialize: (value: ListMessagesResponse): Buffer =>
-      Buffer.from(ListMessagesResponse.encode(value).finish()),
+      bufferView(ListMessagesResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): ListMessagesResponse => ListMessagesResponse.decode(value),
   },
   queueSummary: {
     path: "/tern.v1.QueueService/QueueSummary" as const,
     requestStream: false as const,
     responseStream: false as const,
-    requestSerialize: (value: QueueSummaryRequest): Buffer => Buffer.from(QueueSummaryRequest.encode(value).finish()),
+    requestSerialize: (value: QueueSummaryRequest): Buffer => bufferView(QueueSummaryRequest.encode(value).finish()),
     requestDeserialize: (value: Buffer): QueueSummaryRequest => QueueSummaryRequest.decode(value),
     responseSerialize: (value: QueueSummaryResponse): Buffer =>
-      Buffer.from(QueueSummaryResponse.encode(value).finish()),
+      bufferView(QueueSummaryResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): QueueSummaryResponse => QueueSummaryResponse.decode(value),
   },
   /** Hold, release, retry now, delete, bounce now: one message or a filter. */
@@ -5171,9 +5171,9 @@ export const QueueServiceService = {
     path: "/tern.v1.QueueService/ApplyAction" as const,
     requestStream: false as const,
     responseStream: false as const,
-    requestSerialize: (value: ApplyActionRequest): Buffer => Buffer.from(ApplyActionRequest.encode(value).finish()),
+    requestSerialize: (value: ApplyActionRequest): Buffer => bufferView(ApplyActionRequest.encode(value).finish()),
     requestDeserialize: (value: Buffer): ApplyActionRequest => ApplyActionRequest.decode(value),
-    responseSerialize: (value: ApplyActionResponse): Buffer => Buffer.from(ApplyActionResponse.encode(value).finish()),
+    responseSerialize: (value: ApplyActionResponse): Buffer => bufferView(ApplyActionResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): ApplyActionResponse => ApplyActionResponse.decode(value),
   },
   suspendDestination: {
@@ -5181,10 +5181,10 @@ export const QueueServiceService = {
     requestStream: false as const,
     responseStream: false as const,
     requestSerialize: (value: SuspendDestinationRequest): Buffer =>
-      Buffer.from(SuspendDestinationRequest.encode(value).finish()),
+      bufferView(SuspendDestinationRequest.encode(value).finish()),
     requestDeserialize: (value: Buffer): SuspendDestinationRequest => SuspendDestinationRequest.decode(value),
     responseSerialize: (value: SuspendDestinationResponse): Buffer =>
-      Buffer.from(SuspendDestinationResponse.encode(value).finish()),
+      bufferView(SuspendDestinationResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): SuspendDestinationResponse => SuspendDestinationResponse.decode(value),
   },
   resumeDestination: {
@@ -5192,10 +5192,10 @@ export const QueueServiceService = {
     requestStream: false as const,
     responseStream: false as const,
     requestSerialize: (value: ResumeDestinationRequest): Buffer =>
-      Buffer.from(ResumeDestinationRequest.encode(value).finish()),
+      bufferView(ResumeDestinationRequest.encode(value).finish()),
     requestDeserialize: (value: Buffer): ResumeDestinationRequest => ResumeDestinationRequest.decode(value),
     responseSerialize: (value: ResumeDestinationResponse): Buffer =>
-      Buffer.from(ResumeDestinationResponse.encode(value).finish()),
+      bufferView(ResumeDestinationResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): ResumeDestinationResponse => ResumeDestinationResponse.decode(value),
   },
   listDestinations: {
@@ -5203,10 +5203,10 @@ export const QueueServiceService = {
     requestStream: false as const,
     responseStream: false as const,
     requestSerialize: (value: ListDestinationsRequest): Buffer =>
-      Buffer.from(ListDestinationsRequest.encode(value).finish()),
+      bufferView(ListDestinationsRequest.encode(value).finish()),
     requestDeserialize: (value: Buffer): ListDestinationsRequest => ListDestinationsRequest.decode(value),
     responseSerialize: (value: ListDestinationsResponse): Buffer =>
-      Buffer.from(ListDestinationsResponse.encode(value).finish()),
+      bufferView(ListDestinationsResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): ListDestinationsResponse => ListDestinationsResponse.decode(value),
   },
   /**
@@ -5217,27 +5217,27 @@ export const QueueServiceService = {
     path: "/tern.v1.QueueService/ListRoutes" as const,
     requestStream: false as const,
     responseStream: false as const,
-    requestSerialize: (value: ListRoutesRequest): Buffer => Buffer.from(ListRoutesRequest.encode(value).finish()),
+    requestSerialize: (value: ListRoutesRequest): Buffer => bufferView(ListRoutesRequest.encode(value).finish()),
     requestDeserialize: (value: Buffer): ListRoutesRequest => ListRoutesRequest.decode(value),
-    responseSerialize: (value: ListRoutesResponse): Buffer => Buffer.from(ListRoutesResponse.encode(value).finish()),
+    responseSerialize: (value: ListRoutesResponse): Buffer => bufferView(ListRoutesResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): ListRoutesResponse => ListRoutesResponse.decode(value),
   },
   putRoute: {
     path: "/tern.v1.QueueService/PutRoute" as const,
     requestStream: false as const,
     responseStream: false as const,
-    requestSerialize: (value: PutRouteRequest): Buffer => Buffer.from(PutRouteRequest.encode(value).finish()),
+    requestSerialize: (value: PutRouteRequest): Buffer => bufferView(PutRouteRequest.encode(value).finish()),
     requestDeserialize: (value: Buffer): PutRouteRequest => PutRouteRequest.decode(value),
-    responseSerialize: (value: PutRouteResponse): Buffer => Buffer.from(PutRouteResponse.encode(value).finish()),
+    responseSerialize: (value: PutRouteResponse): Buffer => bufferView(PutRouteResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): PutRouteResponse => PutRouteResponse.decode(value),
   },
   deleteRoute: {
     path: "/tern.v1.QueueService/DeleteRoute" as const,
     requestStream: false as const,
     responseStream: false as const,
-    requestSerialize: (value: DeleteRouteRequest): Buffer => Buffer.from(DeleteRouteRequest.encode(value).finish()),
+    requestSerialize: (value: DeleteRouteRequest): Buffer => bufferView(DeleteRouteRequest.encode(value).finish()),
     requestDeserialize: (value: Buffer): DeleteRouteRequest => DeleteRouteRequest.decode(value),
-    responseSerialize: (value: DeleteRouteResponse): Buffer => Buffer.from(DeleteRouteResponse.encode(value).finish()),
+    responseSerialize: (value: DeleteRouteResponse): Buffer => bufferView(DeleteRouteResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): DeleteRouteResponse => DeleteRouteResponse.decode(value),
   },
   /** Whether the queue takes new messages (below its high-water mark). */
@@ -5245,9 +5245,9 @@ export const QueueServiceService = {
     path: "/tern.v1.QueueService/Status" as const,
     requestStream: false as const,
     responseStream: false as const,
-    requestSerialize: (value: StatusRequest): Buffer => Buffer.from(StatusRequest.encode(value).finish()),
+    requestSerialize: (value: StatusRequest): Buffer => bufferView(StatusRequest.encode(value).finish()),
     requestDeserialize: (value: Buffer): StatusRequest => StatusRequest.decode(value),
-    responseSerialize: (value: StatusResponse): Buffer => Buffer.from(StatusResponse.encode(value).finish()),
+    responseSerialize: (value: StatusResponse): Buffer => bufferView(StatusResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): StatusResponse => StatusResponse.decode(value),
   },
 } as const;
@@ -5593,4 +5593,9 @@ interface MessageFns<T> {
   toJSON(message: T): unknown;
   create<I extends Exact<DeepPartial<T>, I>>(base?: I): T;
   fromPartial<I extends Exact<DeepPartial<T>, I>>(object: I): T;
+}
+
+/** A Buffer over the encoder's fresh array, without the copy Buffer.from(Uint8Array) makes (added by scripts/generate-proto.sh). */
+function bufferView(u: Uint8Array): Buffer {
+  return Buffer.from(u.buffer, u.byteOffset, u.byteLength);
 }
