@@ -120,11 +120,14 @@ export class Housekeeping {
    * earliest and then only after 10% more rows. An ANALYZE invalidates those
    * plans in every session. Checked every pass (one catalog query); a table
    * that keeps growing is analyzed at each doubling, a few times in all.
+   * Only tables this user may analyze (it owns them: the same user runs
+   * `migrate`); Postgres would skip the others with a warning every pass.
    */
   async refreshStatistics(): Promise<string[]> {
     const { rows } = await this.o.pool.query<{ name: string }>(
       `SELECT c.relname AS name FROM pg_class c
        WHERE c.relnamespace = 'queue'::regnamespace AND c.relkind = 'r'
+         AND pg_has_role(c.relowner, 'MEMBER')
          AND pg_relation_size(c.oid) / current_setting('block_size')::int > GREATEST(2 * c.relpages, $1)`,
       [STATISTICS_MIN_PAGES],
     );

@@ -5,9 +5,11 @@
 // replaces those plans in every session.
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
+import crypto from 'node:crypto';
 import { pg } from '@tern/db';
 import { withSearchPath, type App } from '../src/app';
-import { createDatabase, startNats, startQueue } from './helpers';
+import { Housekeeping } from '../src/housekeeping';
+import { createDatabase, startNats, startQueue, telemetry } from './helpers';
 
 describe('planner statistics', () => {
   let db: Awaited<ReturnType<typeof createDatabase>>;
@@ -74,5 +76,29 @@ describe('planner statistics', () => {
     assert.deepEqual(await show(withSearchPath(db.url)), { plans: 'auto', path: 'queue,public', timeout: '0' });
     const given = `${db.url}?options=${encodeURIComponent('-c statement_timeout=5000')}`;
     assert.deepEqual(await show(withSearchPath(given, { genericPlans: true })), { plans: 'force_generic_plan', path: 'queue,public', timeout: '5s' });
+  });
+
+  it('a user that does not own the tables leaves them to autovacuum instead of asking Postgres to analyze them every pass', async () => {
+    const role = `tern_stats_${crypto.randomBytes(4).toString('hex')}`;
+    await db.query(`CREATE ROLE ${role} LOGIN PASSWORD 'x'`);
+    await db.query(`GRANT USAGE ON SCHEMA queue TO ${role}`);
+    await db.query(`GRANT SELECT ON ALL TABLES IN SCHEMA queue TO ${role}`);
+    const url = new URL(db.url);
+    url.username = role;
+    url.password = 'x';
+    const pool = new pg.Pool({ connectionString: url.toString(), max: 1 });
+    try {
+      await db.query(
+        `INSERT INTO messages (id, sender, envelope, origin, size, rcpt_count)
+           SELECT 'n' || n, 'a@b.example', '\\x', 1, 100, 1 FROM generate_series(1, 40000) AS n`,
+      );
+      const hk = new Housekeeping({ pool, logger: telemetry.logger, batch: 10, delayWarningS: 0, bodyGraceS: 0, retentionS: 0, intervalMs: 1000, onOutbox() {} });
+      assert.deepEqual(await hk.refreshStatistics(), [], 'nothing asked of Postgres');
+      assert.deepEqual(await app.parts.housekeeping.refreshStatistics(), ['messages'], 'the owner does it');
+    } finally {
+      await pool.end();
+      await db.query(`DROP OWNED BY ${role}`);
+      await db.query(`DROP ROLE ${role}`);
+    }
   });
 });
