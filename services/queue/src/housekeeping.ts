@@ -3,7 +3,7 @@
 // retention purge, and reconciliation of the per-destination inflight
 // counters. Each step works in bounded batches with SKIP LOCKED, so several
 // replicas can run it at once.
-import type { Pool } from '@tern/db';
+import { pg, type Pool } from '@tern/db';
 import { ReportKind } from '@tern/proto';
 import type { Logger } from '@tern/telemetry';
 import { tx } from './db';
@@ -68,10 +68,6 @@ const SUBJECT_COLS = `r.message_id, r.idx, r.address, r.orcpt, r.notify, r.last_
 /** Below this size (in 8 KiB pages) a table's plans hardly matter. */
 const STATISTICS_MIN_PAGES = 16;
 
-function quoteIdent(name: string): string {
-  return `"${name.replace(/"/g, '""')}"`;
-}
-
 export class Housekeeping {
   private timer: NodeJS.Timeout | undefined;
   private running: Promise<void> | undefined;
@@ -132,7 +128,7 @@ export class Housekeeping {
       [STATISTICS_MIN_PAGES],
     );
     const names = rows.map((r) => r.name).sort();
-    for (const name of names) await this.o.pool.query(`ANALYZE queue.${quoteIdent(name)}`);
+    for (const name of names) await this.o.pool.query(`ANALYZE queue.${pg.escapeIdentifier(name)}`);
     if (names.length) this.o.logger.debug({ tables: names }, 'planner statistics refreshed');
     return names;
   }
