@@ -7,3 +7,6 @@ export * from './gen/tern/v1/events';
 export * from './gen/tern/v1/admin';
 export { Timestamp } from './gen/google/protobuf/timestamp';
 export { descriptorSet } from './gen/descriptor';
+// The protobuf wire writer the generated code uses, for the rare field
+// written by hand (a body appended to a stored payload without copying it twice).
+export { BinaryWriter, WireType } from '@bufbuild/protobuf/wire';

@@ -6,6 +6,7 @@ import type { Bus } from '@tern/bus';
 import type { Pool, PoolClient } from '@tern/db';
 import { extractContext, withSpan, type Logger, type Tracer } from '@tern/telemetry';
 import type { Counter } from './metrics';
+import { BinaryWriter, WireType } from '@tern/proto';
 import { Batcher } from './batcher';
 import { packBytes, q, tx } from './db';
 
@@ -40,23 +41,20 @@ export function outboxColumns(rows: OutboxRow[]): { subjects: string[]; msgIds: 
   };
 }
 
-/** The key of `DeliveryJob.body` on the wire: field 10, length-delimited (events.proto). */
-const BODY_KEY = (10 << 3) | 2;
+/** `DeliveryJob.body`'s field number (events.proto). */
+const BODY_FIELD = 10;
 
 /**
  * A DeliveryJob payload with its body field appended (DeliveryJob.body is
- * never in the stored payload; protobuf takes fields in any order). Written
- * by hand, key and length in front of the body, so that the body is copied
- * once: through the generated encoder it was copied into a zeroed buffer and
- * then again.
+ * never in the stored payload; protobuf takes fields in any order). The
+ * field's key and length are written by the protobuf writer and the body
+ * put after them, so that it is copied once: through the generated encoder
+ * it was copied into the writer's buffer and then again.
  */
 export function withBody(payload: Uint8Array, body: Uint8Array | null | undefined): Uint8Array {
   if (!body?.length) return payload;
-  const head = [BODY_KEY];
-  let n = body.length;
-  for (; n > 0x7f; n >>>= 7) head.push((n & 0x7f) | 0x80);
-  head.push(n);
-  return Buffer.concat([payload, Buffer.from(head), body]);
+  const head = new BinaryWriter().tag(BODY_FIELD, WireType.LengthDelimited).uint32(body.length).finish();
+  return Buffer.concat([payload, head, body]);
 }
 
 /** An outbox row as committed, with its id (for the relay's hand-off). */
