@@ -18,9 +18,14 @@ import {
 } from '@nats-io/jetstream';
 import { context, propagation, type Context } from '@opentelemetry/api';
 import type { Logger } from '@tern/telemetry';
+import { JetStreamPublisher } from './publisher';
 import { CONSUMERS, STREAMS, type ConsumerName, type StreamSpec } from './topology';
 
 export * from './topology';
+export { JetStreamPublisher } from './publisher';
+
+/** How long a publish waits for its PubAck. */
+const PUBLISH_TIMEOUT_MS = 10_000;
 
 export interface BusOptions {
   url: string;
@@ -71,6 +76,7 @@ export class Bus {
     readonly js: JetStreamClient,
     readonly jsm: JetStreamManager,
     private readonly logger: Logger,
+    private readonly publisher: JetStreamPublisher,
   ) {}
 
   static async connect(opts: BusOptions): Promise<Bus> {
@@ -87,7 +93,7 @@ export class Bus {
     });
     const jsm = await jetstreamManager(nc, { timeout: 10_000 });
     const js = jetstream(nc, { timeout: 10_000 });
-    const bus = new Bus(nc, js, jsm, opts.logger);
+    const bus = new Bus(nc, js, jsm, opts.logger, new JetStreamPublisher(nc, PUBLISH_TIMEOUT_MS));
     void bus.watchStatus();
     return bus;
   }
@@ -150,10 +156,12 @@ export class Bus {
     }
   }
 
-  async publish(subject: string, data: Uint8Array, opts: PublishOptions): Promise<PubAck> {
+  /** Publishes to the stream that takes `subject`; resolves once it is stored (PubAck). */
+  publish(subject: string, data: Uint8Array, opts: PublishOptions): Promise<PubAck> {
     const hdrs = natsHeaders();
+    hdrs.set('Nats-Msg-Id', opts.msgId);
     propagation.inject(opts.ctx ?? context.active(), hdrs, { set: (h, k, v) => h.set(k, v) });
-    return this.js.publish(subject, data, { msgID: opts.msgId, headers: hdrs, timeout: 10_000 });
+    return this.publisher.publish(subject, data, hdrs);
   }
 
   /**
@@ -223,6 +231,9 @@ export class Bus {
   /** Flushes what was published, then closes. */
   async close(): Promise<void> {
     if (this.nc.isClosed()) return;
+    // Publishes under way get their acks first (drain would end the ack subscription).
+    await this.publisher.settled(2_000);
+    this.publisher.close();
     await this.nc.drain().catch(() => undefined);
     await this.nc.closed();
   }

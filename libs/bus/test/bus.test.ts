@@ -4,7 +4,9 @@ import pino from 'pino';
 import { trace, context } from '@opentelemetry/api';
 import { createTelemetry } from '@tern/telemetry';
 import { startNats, type NatsServerHandle } from '@tern/devkit';
-import { Bus, SUBJECTS, jobSubject, type BusMessage } from '../src/index';
+import { headers as natsHeaders } from '@nats-io/nats-core';
+import { DiscardPolicy } from '@nats-io/jetstream';
+import { Bus, JetStreamPublisher, SUBJECTS, jobSubject, type BusMessage } from '../src/index';
 
 let nats: NatsServerHandle;
 let url: string;
@@ -161,3 +163,34 @@ test('stop() lets the running handler finish and hands back fetched jobs at once
   assert.deepEqual([...finished, ...seen].sort(), ids);
 });
 
+
+test('publish: the stream stores it and says so, and a subject no stream takes, a stream that refuses and a missing ack each fail with their cause', async () => {
+  const bus = await connect('bus-test-5');
+  await bus.ensureTopology([]);
+  // Many at once: every ack finds its own publish (a token per publish, one subscription).
+  const acks = await Promise.all(Array.from({ length: 200 }, (_, i) => bus.publish(SUBJECTS.reports, Buffer.from(`p${i}`), { msgId: `pub-${i}` })));
+  assert.equal(new Set(acks.map((a) => a.seq)).size, 200, 'each publish got its own sequence');
+  assert.ok(acks.every((a) => a.stream === 'TERN_REPORTS' && a.duplicate === false));
+  const again = await bus.publish(SUBJECTS.reports, Buffer.from('p7'), { msgId: 'pub-7' });
+  assert.equal(again.duplicate, true);
+  assert.equal(again.seq, acks[7]!.seq, 'a duplicate is acked with the stored message');
+
+  await assert.rejects(bus.publish('tern.nowhere', Buffer.from('x'), { msgId: 'n1' }), /tern\.nowhere: no stream takes this subject \(503/);
+
+  await bus.jsm.streams.add({ name: 'BUS_TEST_FULL', subjects: ['bus.test.full'], max_msgs: 1, discard: DiscardPolicy.New });
+  await bus.publish('bus.test.full', Buffer.from('1'), { msgId: 'f1' });
+  await assert.rejects(bus.publish('bus.test.full', Buffer.from('2'), { msgId: 'f2' }), /bus\.test\.full refused: maximum messages exceeded \(code 503, err_code 10077\)/);
+  await bus.jsm.streams.delete('BUS_TEST_FULL');
+
+  // A plain subscriber takes the subject and never answers: the ack times out, and is not waited for forever.
+  const sub = bus.nc.subscribe('bus.test.silent');
+  const publisher = new JetStreamPublisher(bus.nc, 200);
+  try {
+    await assert.rejects(publisher.publish('bus.test.silent', Buffer.from('x'), natsHeaders()), /bus\.test\.silent: no PubAck within 200 ms/);
+    assert.equal(publisher.inflight, 0);
+  } finally {
+    publisher.close();
+    sub.unsubscribe();
+  }
+  await bus.close();
+});

@@ -1,6 +1,8 @@
 // Connection reuse: a session that finished a transaction waits, idle, for
-// the next job to the same host and port; it is checked with RSET before
-// reuse, retired after a number of messages or when idle too long.
+// the next job to the same host and port; its next transaction starts with
+// RSET (pipelined with MAIL when the server offers PIPELINING: a session
+// found stale there costs the job nothing, see StaleSessionError), and it
+// is retired after a number of messages or when idle too long.
 import { SmtpClient, type ConnectOptions } from './smtp-client';
 
 export interface PoolOptions {
@@ -30,12 +32,14 @@ export class ConnectionPool {
     return [o.localAddress ?? '', peer, o.lmtp ? 'lmtp' : 'smtp', o.tls, o.hostName, (o.tlsNames ?? []).join(','), o.heloName, o.auth?.user ?? '', o.dane ? `dane:${o.dane.map((t) => `${t.usage}${t.selector}${t.matchingType}${t.data.toString('hex')}`).join(',')}` : ''].join('|');
   }
 
-  async acquire(opts: ConnectOptions): Promise<SmtpClient> {
-    const list = this.idle.get(this.key(opts));
+  /** An idle session for these options (its RSET still to come), else a new one; `fresh` skips the idle ones. */
+  async acquire(opts: ConnectOptions, fresh = false): Promise<SmtpClient> {
+    const list = fresh ? undefined : this.idle.get(this.key(opts));
     while (list?.length) {
       const { client, timer } = list.pop()!;
       clearTimeout(timer);
-      if (client.usable && (await client.reset())) {
+      if (client.usable) {
+        client.resetBeforeNext();
         this.reused++;
         return client;
       }

@@ -31,6 +31,18 @@ export class SessionError extends Error {
   }
 }
 
+/**
+ * A reused session turned out unusable at its RSET (closed, timed out, or
+ * refused): nothing of the transaction was given to the server, so the job
+ * goes on a fresh session instead of counting as an attempt.
+ */
+export class StaleSessionError extends Error {
+  constructor(override readonly cause: unknown) {
+    super(`reused session unusable at RSET: ${(cause as Error)?.message ?? String(cause)}`);
+    this.name = 'StaleSessionError';
+  }
+}
+
 export interface ConnectOptions {
   address: string;
   port: number;
@@ -129,6 +141,7 @@ export class SmtpClient {
   private waiters: { resolve: (r: SmtpReply) => void; reject: (e: Error) => void; stage: Stage; timer: NodeJS.Timeout }[] = [];
   private replies: SmtpReply[] = [];
   private closedError: SessionError | undefined;
+  private resetDue = false;
   readonly extensions = new Map<string, string>();
   tls: TlsInfo = { used: false, version: '', cipher: '', verified: false };
   /** Transactions that reached end of data on this session (the reuse cap counts them). */
@@ -407,11 +420,29 @@ export class SmtpClient {
 
     // RFC 2920 (and LMTP, which always pipelines): MAIL, every RCPT and DATA in one write; replies come back in order.
     const pipelining = this.extensions.has('PIPELINING');
+    // A reused session's RSET (see resetBeforeNext) leads the same write.
+    const reset = this.resetDue;
+    this.resetDue = false;
+    if (reset && !pipelining && !(await this.reset())) throw new StaleSessionError(new Error('RSET refused or unanswered'));
     let mail: SmtpReply;
     const rcpts: SmtpReply[] = [];
     let dataReply: SmtpReply | undefined;
     if (pipelining) {
-      this.write([mailLine, ...rcptLines, ...(chunking ? [] : ['DATA'])].join('\r\n') + '\r\n');
+      this.write([...(reset ? ['RSET'] : []), mailLine, ...rcptLines, ...(chunking ? [] : ['DATA'])].join('\r\n') + '\r\n');
+      if (reset) {
+        let r: SmtpReply;
+        try {
+          r = await this.expect('rset');
+        } catch (err) {
+          this.destroy();
+          throw new StaleSessionError(err);
+        }
+        if (r.code !== 250) {
+          // The rest of the group is unread: this session is done.
+          this.destroy();
+          throw new StaleSessionError(new Error(`RSET answered ${r.code} ${r.text}`));
+        }
+      }
       mail = await this.expect('mail');
       for (let i = 0; i < rcptLines.length; i++) rcpts.push(await this.expect('rcpt'));
       if (!chunking) dataReply = await this.expect('data');
@@ -469,13 +500,23 @@ export class SmtpClient {
   /** Dot-stuffed, with stray bare CR or LF repaired to CRLF (never pass on a smuggling vector). */
   private async writeBody(body: AsyncIterable<Buffer>): Promise<void> {
     const stuffer = new WireBody(true);
+    // Each chunk is written when the next arrives, so that the last one and
+    // the end of data leave in one write (a 4 KiB message: one write, not two).
+    let held: Buffer | undefined;
     for await (const chunk of body) {
       if (this.closedError) throw this.closedError;
       const out = stuffer.push(chunk);
-      if (!this.write(out)) await this.drained();
+      if (held && !this.write(held)) await this.drained();
+      held = out;
     }
     if (this.closedError) throw this.closedError;
-    this.write(stuffer.end());
+    // Corked: the two buffers go out in one writev, without a copy. A
+    // peer that stops reading still meets the data timeout (drained).
+    this.socket.cork();
+    const taken = held ? this.write(held) : true;
+    const endTaken = this.write(stuffer.end());
+    this.socket.uncork();
+    if (!(taken && endTaken)) await this.drained();
   }
 
   /**
@@ -539,6 +580,16 @@ export class SmtpClient {
       this.socket.once('drain', done);
       this.socket.once('close', done);
     });
+  }
+
+  /**
+   * The next transaction starts with RSET (a reused session). With
+   * PIPELINING it travels in the same write as MAIL, RCPT and DATA (RFC 2920
+   * allows RSET anywhere in a group): one round trip fewer per reused
+   * message. Its failure is a StaleSessionError from send().
+   */
+  resetBeforeNext(): void {
+    this.resetDue = true;
   }
 
   /** RSET before a reused session's next transaction; false = do not use this session. */

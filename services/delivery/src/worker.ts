@@ -26,7 +26,7 @@ import { fromDomain, readHeaderSection, type DkimSigner } from './dkim';
 import { mxAllowed, type MtaStsPolicies } from './mta-sts';
 import type { NextHop, NextHopResolver, Resolution } from './nexthop';
 import type { ConnectionPool } from './pool';
-import { SessionError, syntheticReply, type ConnectOptions, type SmtpClient, type TlsMode, type TransactionResult } from './smtp-client';
+import { SessionError, StaleSessionError, syntheticReply, type ConnectOptions, type SmtpClient, type TlsMode, type TransactionResult } from './smtp-client';
 
 export interface WorkerDeps {
   logger: Logger;
@@ -199,7 +199,7 @@ export async function deliver(deps: WorkerDeps, job: DeliveryJob): Promise<Deliv
         continue;
       }
       const endpoints = p.socketPath ? [p.socketPath] : hop.addresses;
-      for (const address of endpoints) {
+      endpoints: for (const address of endpoints) {
         const opts: ConnectOptions = {
           address: p.socketPath ? '' : address,
           port: hop.port,
@@ -218,76 +218,85 @@ export async function deliver(deps: WorkerDeps, job: DeliveryJob): Promise<Deliv
         };
         const remoteIp = p.socketPath ? '' : address;
         const remoteHost = p.socketPath ? `unix:${p.socketPath}` : hop.name;
-        let client: SmtpClient;
-        try {
-          client = await deps.pool.acquire(opts);
-        } catch (err) {
-          if (!(err instanceof SessionError)) throw err;
-          // A 5xx greeting, or EHLO and HELO both refused with 5xx: the host
-          // refuses to talk to us, which is final for the message (RFC 5321 3.1).
-          if ((err.stage === 'greeting' || err.stage === 'ehlo') && err.reply.code >= 500) return { ...all(err.reply), remoteHost, remoteIp };
-          // Anything else (connection, 4xx greeting, TLS): the next host.
-          lastFailure = err;
-          failures++;
-          if (err.tlsFailure) tlsFailures++;
-          deps.logger.info({ queue_id: job.queueId, host: hop.name, ip: address, err: err.message }, 'next hop unusable; trying the next one');
-          continue;
-        }
-        const remote = { remoteHost, remoteIp, tls: { ...client.tls } as TlsInfo };
-        // RFC 8689 4.2.1: a REQUIRETLS message goes only to a server that offers REQUIRETLS (under verified TLS, ensured above).
-        if (p.requiretls && !client.extensions.has('REQUIRETLS')) {
-          deps.pool.release(client, opts, true);
-          lastFailure = new SessionError('mail', syntheticReply(550, '5.7.10', `REQUIRETLS support required, but not offered by ${hop.name}`), true);
-          failures++;
-          tlsFailures++;
-          continue;
-        }
-        // Checks that fail before anything is sent.
-        const sizeLimit = Number(client.extensions.get('SIZE') || 0);
-        if (sizeLimit > 0 && size > sizeLimit) {
-          deps.pool.release(client, opts, true);
-          return { ...all(syntheticReply(552, '5.3.4', `message size ${size} exceeds the size limit of ${sizeLimit} bytes at ${hop.name}`)), ...remote };
-        }
-        if (bodyType === 'BINARYMIME' && !(client.extensions.has('CHUNKING') && client.extensions.has('BINARYMIME'))) {
-          // RFC 3030 3: a binary body cannot be sent with DATA, and Tern does not convert it.
-          deps.pool.release(client, opts, true);
-          return { ...all(syntheticReply(554, '5.6.3', `${hop.name} does not support BINARYMIME (with CHUNKING), which this message needs; conversion is not supported`)), ...remote };
-        }
-        if (env?.smtputf8 && !client.extensions.has('SMTPUTF8')) {
-          deps.pool.release(client, opts, true);
-          return { ...all(syntheticReply(553, '5.6.7', `${hop.name} does not support SMTPUTF8, which this message needs`)), ...remote };
-        }
-        let tx: TransactionResult;
-        try {
-          tx = await client.send({
-            sender: env?.sender ?? '',
-            recipients: job.recipients.map((r) => ({ address: r.address, orcpt: r.orcpt, notify: r.notify.map((n) => NOTIFY_WORD[n]).filter((w): w is string => !!w) })),
-            size,
-            bodyType,
-            smtputf8: !!env?.smtputf8,
-            requiretls: p.requiretls,
-            ret,
-            envid: env?.envid ?? '',
-            body: signature ? prefixed(signature, source()) : source(),
+        // The first try may reuse an idle session; a second one (after a stale one) opens a new session.
+        let fresh = false;
+        session: for (;;) {
+          let client: SmtpClient;
+          try {
+            client = await deps.pool.acquire(opts, fresh);
+          } catch (err) {
+            if (!(err instanceof SessionError)) throw err;
+            // A 5xx greeting, or EHLO and HELO both refused with 5xx: the host
+            // refuses to talk to us, which is final for the message (RFC 5321 3.1).
+            if ((err.stage === 'greeting' || err.stage === 'ehlo') && err.reply.code >= 500) return { ...all(err.reply), remoteHost, remoteIp };
+            // Anything else (connection, 4xx greeting, TLS): the next host.
+            lastFailure = err;
+            failures++;
+            if (err.tlsFailure) tlsFailures++;
+            deps.logger.info({ queue_id: job.queueId, host: hop.name, ip: address, err: err.message }, 'next hop unusable; trying the next one');
+            continue endpoints;
+          }
+          const remote = { remoteHost, remoteIp, tls: { ...client.tls } as TlsInfo };
+          // RFC 8689 4.2.1: a REQUIRETLS message goes only to a server that offers REQUIRETLS (under verified TLS, ensured above).
+          if (p.requiretls && !client.extensions.has('REQUIRETLS')) {
+            deps.pool.release(client, opts, true);
+            lastFailure = new SessionError('mail', syntheticReply(550, '5.7.10', `REQUIRETLS support required, but not offered by ${hop.name}`), true);
+            failures++;
+            tlsFailures++;
+            continue endpoints;
+          }
+          // Checks that fail before anything is sent.
+          const sizeLimit = Number(client.extensions.get('SIZE') || 0);
+          if (sizeLimit > 0 && size > sizeLimit) {
+            deps.pool.release(client, opts, true);
+            return { ...all(syntheticReply(552, '5.3.4', `message size ${size} exceeds the size limit of ${sizeLimit} bytes at ${hop.name}`)), ...remote };
+          }
+          if (bodyType === 'BINARYMIME' && !(client.extensions.has('CHUNKING') && client.extensions.has('BINARYMIME'))) {
+            // RFC 3030 3: a binary body cannot be sent with DATA, and Tern does not convert it.
+            deps.pool.release(client, opts, true);
+            return { ...all(syntheticReply(554, '5.6.3', `${hop.name} does not support BINARYMIME (with CHUNKING), which this message needs; conversion is not supported`)), ...remote };
+          }
+          if (env?.smtputf8 && !client.extensions.has('SMTPUTF8')) {
+            deps.pool.release(client, opts, true);
+            return { ...all(syntheticReply(553, '5.6.7', `${hop.name} does not support SMTPUTF8, which this message needs`)), ...remote };
+          }
+          let tx: TransactionResult;
+          try {
+            tx = await client.send({
+              sender: env?.sender ?? '',
+              recipients: job.recipients.map((r) => ({ address: r.address, orcpt: r.orcpt, notify: r.notify.map((n) => NOTIFY_WORD[n]).filter((w): w is string => !!w) })),
+              size,
+              bodyType,
+              smtputf8: !!env?.smtputf8,
+              requiretls: p.requiretls,
+              ret,
+              envid: env?.envid ?? '',
+              body: signature ? prefixed(signature, source()) : source(),
+            });
+          } catch (err) {
+            client.destroy();
+            // A reused session that failed its RSET took nothing: once more on a new one.
+            if (err instanceof StaleSessionError && !fresh) {
+              fresh = true;
+              continue session;
+            }
+            if (err instanceof BodyUnavailableError) throw err;
+            if (!(err instanceof SessionError)) throw err;
+            // The session broke mid-transaction (421, timeout, lost connection): defer, blame the destination.
+            return { ...all(err.reply, true), ...remote };
+          }
+          const remoteDsn = client.extensions.has('DSN');
+          deps.pool.release(client, opts, !tx.broken);
+          const recipients: RecipientResult[] = job.recipients.map((r, i) => {
+            const rcpt = tx.rcpts[i] ?? tx.mail;
+            let reply: SmtpReply;
+            if (tx.mail.code < 200 || tx.mail.code >= 300) reply = tx.mail;
+            else if (rcpt.code < 200 || rcpt.code >= 300) reply = rcpt;
+            else reply = tx.data?.[i] ?? tx.broken?.reply ?? syntheticReply(451, '4.3.0', 'no reply at end of data');
+            return { recipientId: r.recipientId, outcome: outcomeOf(reply.code), reply, remoteDsn };
           });
-        } catch (err) {
-          client.destroy();
-          if (err instanceof BodyUnavailableError) throw err;
-          if (!(err instanceof SessionError)) throw err;
-          // The session broke mid-transaction (421, timeout, lost connection): defer, blame the destination.
-          return { ...all(err.reply, true), ...remote };
+          return { ...base, ...remote, recipients, destinationFailure: !!tx.broken, durationMs: Date.now() - startedAt.getTime() };
         }
-        const remoteDsn = client.extensions.has('DSN');
-        deps.pool.release(client, opts, !tx.broken);
-        const recipients: RecipientResult[] = job.recipients.map((r, i) => {
-          const rcpt = tx.rcpts[i] ?? tx.mail;
-          let reply: SmtpReply;
-          if (tx.mail.code < 200 || tx.mail.code >= 300) reply = tx.mail;
-          else if (rcpt.code < 200 || rcpt.code >= 300) reply = rcpt;
-          else reply = tx.data?.[i] ?? tx.broken?.reply ?? syntheticReply(451, '4.3.0', 'no reply at end of data');
-          return { recipientId: r.recipientId, outcome: outcomeOf(reply.code), reply, remoteDsn };
-        });
-        return { ...base, ...remote, recipients, destinationFailure: !!tx.broken, durationMs: Date.now() - startedAt.getTime() };
       }
     }
   }

@@ -559,6 +559,50 @@ describe('connection reuse', () => {
     await pool.close();
   });
 
+  test('a reused session: RSET leaves in the same write as MAIL, RCPT and DATA, and the body with its end of data in one write', async () => {
+    const server = await mini('127.0.4.40', plainHandler(['PIPELINING']));
+    dns.mx('reusepipe.test', 'mx.reusepipe.test').a('mx.reusepipe.test', '127.0.4.40');
+    const pool = new ConnectionPool({ maxMessagesPerConnection: 10, idleMs: 60_000 });
+    const d = deps({ pool });
+    for (const u of ['u', 'v']) assert.deepEqual(replies(await deliver(d, makeJob(bodies, [`${u}@reusepipe.test`]))), ['250 2.0.0']);
+    await pool.close();
+    assert.equal(server.sessions.length, 1);
+    const s = server.sessions[0]!;
+    assert.deepEqual(s.lines.slice(1, 8), ['MAIL FROM:<a@sender.test>', 'RCPT TO:<u@reusepipe.test>', 'DATA', 'RSET', 'MAIL FROM:<a@sender.test>', 'RCPT TO:<v@reusepipe.test>', 'DATA']);
+    // The server answers each line as it comes, so a chunk is one client write.
+    const writes = s.chunks.map((c) => c.toString('latin1'));
+    assert.ok(writes.includes('RSET\r\nMAIL FROM:<a@sender.test>\r\nRCPT TO:<v@reusepipe.test>\r\nDATA\r\n'), `RSET pipelined: ${JSON.stringify(writes)}`);
+    const bodyWrites = writes.filter((w) => w.endsWith('\r\n.\r\n'));
+    assert.equal(bodyWrites.length, 2);
+    assert.ok(bodyWrites.every((w) => w.length > 5), 'the end of data travels with the body');
+  });
+
+  for (const keywords of [['PIPELINING'], []]) {
+    test(`a reused session that fails its RSET (${keywords.length ? 'pipelined' : 'no PIPELINING'}): the job goes on a new session, delivered, no attempt lost`, async () => {
+      const host = keywords.length ? '127.0.4.41' : '127.0.4.42';
+      const domain = keywords.length ? 'stalepipe.test' : 'stale.test';
+      // The first session refuses RSET, as a server that has given up on an idle session might; the second closes on it.
+      const endsOfData: number[] = [];
+      await mini(host, plainHandler(keywords, (line, s) => {
+        if (line === '.') endsOfData.push(s.id);
+        if (line !== 'RSET') return null;
+        if (s.id === 1) return '421 4.4.2 idle too long, closing';
+        return 'close';
+      }));
+      dns.mx(domain, `mx.${domain}`).a(`mx.${domain}`, host);
+      const pool = new ConnectionPool({ maxMessagesPerConnection: 10, idleMs: 60_000 });
+      const d = deps({ pool });
+      for (const u of ['u', 'v', 'w']) {
+        const r = await deliver(d, makeJob(bodies, [`${u}@${domain}`]));
+        assert.deepEqual(replies(r), ['250 2.0.0'], `${u}: delivered`);
+        assert.equal(r!.destinationFailure, false);
+      }
+      await pool.close();
+      assert.equal(pool.opened, 3, 'a new session after each stale one');
+      assert.deepEqual(endsOfData, [1, 2, 3], 'each message once, each on its own session');
+    });
+  }
+
   test('sessions are not shared between different next hops', async () => {
     twoMx('reuse3.test', '127.0.4.2', '127.0.4.3');
     dns.mx('reuse4.test', 'mx.reuse4.test').a('mx.reuse4.test', '127.0.4.3');

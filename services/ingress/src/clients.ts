@@ -21,9 +21,21 @@ export function queueClient(target: string, deadlineMs: number): QueueClient {
   return createClient(QueueServiceClient, target, { deadlineMs });
 }
 
-/** Promise form of a unary call with its own deadline. */
+/**
+ * Promise form of a unary call with its own deadline. grpc-js builds an
+ * Error on every call only to append the caller's stack to a failure; with
+ * no frames to capture it costs next to nothing (capturing them was about 1%
+ * of ingress' CPU: a call per message and per uncached policy check). A
+ * failure still carries its status and details, which is what is logged.
+ */
 export function call<Req, Res>(fn: Unary<Req, Res>, self: grpc.Client, req: Req, deadlineMs: number): Promise<Res> {
   return new Promise((resolve, reject) => {
-    fn.call(self, req, new grpc.Metadata(), { deadline: Date.now() + deadlineMs }, (err, res) => (err ? reject(err) : resolve(res)));
+    const frames = Error.stackTraceLimit;
+    Error.stackTraceLimit = 0;
+    try {
+      fn.call(self, req, new grpc.Metadata(), { deadline: Date.now() + deadlineMs }, (err, res) => (err ? reject(err) : resolve(res)));
+    } finally {
+      Error.stackTraceLimit = frames;
+    }
   });
 }
