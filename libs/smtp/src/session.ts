@@ -291,15 +291,24 @@ export class Session {
     this.closeWith(closing(this.ctx.hostname, '4.4.2', 'Error: timeout exceeded'));
   };
 
-  /** Sends `r` (if any) and closes: no more input is processed. */
-  private closeWith(r: Reply | undefined): void {
+  /**
+   * Sends `r` (if any) and closes: no more input is processed. After QUIT
+   * (`final`) the socket is closed as soon as the 221 is written, as Postfix
+   * does: many clients close with a reset once they have sent QUIT, which an
+   * open socket would take as an error (an exception with its stack per
+   * session, 4% of ingress' CPU under smtp-source). Otherwise the client
+   * gets 5 s to read the reply and close first (a reply to a client that is
+   * still sending could be lost to our reset).
+   */
+  private closeWith(r: Reply | undefined, final = false): void {
     if (this.mode === Mode.Closing || this.mode === Mode.Closed) return;
     this.abortData('aborted');
     if (r) this.write(formatReply(r));
     this.flush();
     this.mode = Mode.Closing;
     this.inBuf = null;
-    this.sock.end();
+    if (final) this.sock.end(() => this.sock.destroy());
+    else this.sock.end();
     this.closeTimer = setTimeout(() => this.sock.destroy(), 5_000);
     this.closeTimer.unref();
   }
@@ -530,7 +539,7 @@ export class Session {
         return this.send(Replies.ok);
       case 'QUIT':
         this.endReason = 'quit';
-        return this.closeWith(Replies.bye);
+        return this.closeWith(Replies.bye, true);
       case 'HELP':
         return this.send(Replies.help);
       case 'VRFY':

@@ -47,6 +47,22 @@ test('greeting, EHLO capabilities, a full transaction, QUIT', async () => {
   await c.waitClosed();
 });
 
+test('after QUIT the server closes once 221 is written (Postfix does too), so a client that resets after QUIT is no socket error', async () => {
+  const { hooks, port } = await setup();
+  // A client that never closes: the server does.
+  const a = await ready(port);
+  assert.equal((await a.cmd('QUIT')).raw, '221 2.0.0 Bye\r\n');
+  const t0 = Date.now();
+  await a.waitClosed();
+  assert.ok(Date.now() - t0 < 2_000, 'closed by the server, not by its 5 s linger');
+  // A client that resets as soon as it has the 221 (as Postfix's smtp-source does).
+  const b = await ready(port);
+  assert.equal((await b.cmd('QUIT')).raw, '221 2.0.0 Bye\r\n');
+  b.sock.resetAndDestroy();
+  for (let i = 0; i < 100 && hooks.closed.length < 2; i++) await sleep(10);
+  assert.deepEqual(hooks.closed, ['quit', 'quit']);
+});
+
 test('empty message and second transaction in one session', async () => {
   const { hooks, port } = await setup();
   const c = await ready(port);
