@@ -115,6 +115,7 @@ export function createApp(config: Config, deps: AppDeps): App {
     limits,
     backoff,
     batchMax: config.TERN_QUEUE_RESULT_BATCH,
+    batchDelayMs: config.TERN_QUEUE_RESULT_DELAY_MS,
     applied: metrics.applied,
     dispatch: {
       routes,

@@ -24,6 +24,8 @@ export interface ResultsOptions {
   limits: DestinationLimits;
   backoff: BackoffSettings;
   batchMax: number;
+  /** How long the first result of a batch waits for others. */
+  batchDelayMs: number;
   applied: Counter;
   /** Dispatch of the next jobs for the destinations whose slots a batch gives back. */
   dispatch: { routes: RouteTable; jobMaxRecipients: number; batch: number; inlineBodyMax: number; leaseS: number; dispatched: Counter };
@@ -56,7 +58,7 @@ export class ResultApplier {
   private consumption: Consumption | undefined;
 
   constructor(private readonly o: ResultsOptions) {
-    this.batcher = new Batcher({ maxItems: o.batchMax, delayMs: 5, concurrency: 1, flush: (items) => this.flush(items) });
+    this.batcher = new Batcher({ maxItems: o.batchMax, delayMs: o.batchDelayMs, concurrency: 1, flush: (items) => this.flush(items) });
   }
 
   start(): void {
