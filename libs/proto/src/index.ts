@@ -7,6 +7,7 @@ export * from './gen/tern/v1/events';
 export * from './gen/tern/v1/admin';
 export { Timestamp } from './gen/google/protobuf/timestamp';
 export { descriptorSet } from './gen/descriptor';
-// The protobuf wire writer the generated code uses, for the rare field
-// written by hand (a body appended to a stored payload without copying it twice).
+// The protobuf wire writer the generated code uses, for the rare field written by hand.
 export { BinaryWriter, WireType } from '@bufbuild/protobuf/wire';
+// Messages with bodies encoded without the generated encoder's extra copies.
+export { appendBytesField, encodeEnqueueBatch, QueueServiceBodyClient, QueueServiceBodyService } from './bodies';

@@ -6,7 +6,7 @@ import type { Bus } from '@tern/bus';
 import type { Pool, PoolClient } from '@tern/db';
 import { extractContext, withSpan, type Logger, type Tracer } from '@tern/telemetry';
 import type { Counter } from './metrics';
-import { BinaryWriter, WireType } from '@tern/proto';
+import { appendBytesField } from '@tern/proto';
 import { Batcher } from './batcher';
 import { packBytes, q, tx } from './db';
 
@@ -46,15 +46,11 @@ const BODY_FIELD = 10;
 
 /**
  * A DeliveryJob payload with its body field appended (DeliveryJob.body is
- * never in the stored payload; protobuf takes fields in any order). The
- * field's key and length are written by the protobuf writer and the body
- * put after them, so that it is copied once: through the generated encoder
- * it was copied into the writer's buffer and then again.
+ * never in the stored payload; protobuf takes fields in any order), the body
+ * copied once (see @tern/proto's bodies.ts).
  */
 export function withBody(payload: Uint8Array, body: Uint8Array | null | undefined): Uint8Array {
-  if (!body?.length) return payload;
-  const head = new BinaryWriter().tag(BODY_FIELD, WireType.LengthDelimited).uint32(body.length).finish();
-  return Buffer.concat([payload, head, body]);
+  return appendBytesField(payload, BODY_FIELD, body);
 }
 
 /** An outbox row as committed, with its id (for the relay's hand-off). */
