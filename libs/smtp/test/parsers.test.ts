@@ -13,7 +13,9 @@ import {
   parseRcptParams,
   splitAddress,
   CidrSet,
+  normalizeIp,
 } from '../src/index';
+import ipaddr from 'ipaddr.js';
 
 const ok = (s: string, opts = {}) => {
   const r = parsePath(s, 0, opts);
@@ -253,4 +255,25 @@ test('PROXY header parsing and CIDR sets', () => {
   assert.ok(set.has('2001:db8::5'));
   assert.ok(!set.has('11.0.0.1'));
   assert.ok(!set.has('not-an-ip'));
+});
+
+test('normalizeIp: canonical forms, the dotted-quad fast path agreeing with the parser', () => {
+  assert.equal(normalizeIp('::ffff:192.0.2.7'), '192.0.2.7');
+  assert.equal(normalizeIp('2001:DB8:0:0::1'), '2001:db8::1');
+  assert.equal(normalizeIp('not an address'), 'not an address');
+  // Written by inet_ntop, these are canonical already; the parser must agree.
+  for (const a of ['0.0.0.0', '127.0.0.1', '192.0.2.255', '255.255.255.255', '10.20.30.40', '1.2.3.4']) {
+    assert.equal(normalizeIp(a), a);
+    assert.equal(normalizeIp(`::ffff:${a}`), a);
+  }
+  // Not in the fast path's form: left to the parser, with the same answer as without the fast path.
+  for (const a of ['010.0.0.1', '256.1.1.1', '1.2.3', '1.2.3.4.5', ' 1.2.3.4', '0x7f.0.0.1', '127.1']) {
+    let expected: string;
+    try {
+      expected = ipaddr.process(a).toString();
+    } catch {
+      expected = a;
+    }
+    assert.equal(normalizeIp(a), expected, a);
+  }
 });

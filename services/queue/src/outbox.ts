@@ -129,13 +129,15 @@ export class Relay {
   private readonly handoffs = new Set<Promise<void>>();
   /**
    * Deletes published rows. Hand-offs come one per commit; those that finish
-   * while a DELETE is in flight go together in the next statement (a row left
-   * a moment longer is at worst published again by a pass, and JetStream
-   * drops the duplicate).
+   * within 50 ms of each other, or while a DELETE is in flight, go together
+   * in one statement (at 10 sessions a DELETE per group commit was a sixth
+   * of the queue's statements). A row left a moment longer is at worst
+   * published again by a pass, and JetStream drops the duplicate (its
+   * window is minutes).
    */
   private readonly deletes = new Batcher<number[], void>({
     maxItems: 256,
-    delayMs: 0,
+    delayMs: 50,
     concurrency: 1,
     flush: async (batches) => {
       await q(this.o.pool, 'tern_outbox_delete', DELETE_SQL, [batches.flat()]);
