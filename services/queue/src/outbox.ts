@@ -128,6 +128,12 @@ export class Relay {
   private loop: Promise<void> | undefined;
   private readonly handoffs = new Set<Promise<void>>();
   /**
+   * Rows a hand-off of this process is publishing or deleting: its passes
+   * leave them alone (they would only publish duplicates). Another
+   * replica's pass may still take them; JetStream drops the duplicate.
+   */
+  private readonly inHandoff = new Set<number>();
+  /**
    * Deletes published rows. Hand-offs come one per commit; those that finish
    * within 50 ms of each other, or while a DELETE is in flight, go together
    * in one statement (at 10 sessions a DELETE per group commit was a sixth
@@ -172,22 +178,34 @@ export class Relay {
     if (!rows.length) return;
     // Not running (not started, or stopping): the rows wait for a pass.
     if (!this.running) return this.wake();
+    for (const r of rows) this.inHandoff.add(r.id);
+    // Rows given back to the passes before a pass is woken for them.
+    const giveBack = (ids: number[]) => {
+      for (const id of ids) this.inHandoff.delete(id);
+    };
     const p = (async () => {
       const results = await Promise.allSettled(
         rows.map((r) => this.publish(r.subject, r.msgId, withBody(r.payload, r.body?.data), { ...(r.trace ?? {}) }, r.span, r.attrs ?? {})),
       );
       const done = rows.filter((_, i) => results[i]!.status === 'fulfilled').map((r) => r.id);
+      if (done.length < rows.length) {
+        giveBack(rows.filter((_, i) => results[i]!.status !== 'fulfilled').map((r) => r.id));
+        this.wake();
+      }
       if (done.length) {
         await this.deletes.add(done);
         this.o.published.add(done.length);
       }
-      if (done.length < rows.length) this.wake();
     })()
       .catch((err: Error) => {
         this.o.logger.warn({ err: err.message }, 'outbox hand-off failed; the relay pass retries');
+        giveBack(rows.map((r) => r.id));
         this.wake();
       })
-      .finally(() => this.handoffs.delete(p));
+      .finally(() => {
+        this.handoffs.delete(p);
+        giveBack(rows.map((r) => r.id));
+      });
     this.handoffs.add(p);
   }
 
@@ -247,8 +265,8 @@ export class Relay {
                 CASE WHEN o.body_of IS NOT NULL THEN
                   (SELECT b.data FROM body_chunks b WHERE b.message_id = o.body_of AND b.seq = 0
                      AND NOT EXISTS (SELECT 1 FROM body_chunks b1 WHERE b1.message_id = o.body_of AND b1.seq = 1)) END AS body
-         FROM outbox o ORDER BY o.id LIMIT $1 FOR UPDATE OF o SKIP LOCKED`,
-        [this.o.batch],
+         FROM outbox o WHERE o.id <> ALL($2::bigint[]) ORDER BY o.id LIMIT $1 FOR UPDATE OF o SKIP LOCKED`,
+        [this.o.batch, [...this.inHandoff]],
       );
       if (!rows.length) return 0;
       await Promise.all(
