@@ -201,7 +201,13 @@ export function createClient<C>(Ctor: ClientCtor<C>, target: string, opts: Clien
   });
 }
 
-/** Promise form of a unary call on a ts-proto grpc-js client. */
+/**
+ * Promise form of a unary call on a ts-proto grpc-js client. grpc-js builds
+ * an Error on every call only to append the caller's stack to a failure;
+ * with no frames to capture it costs next to nothing (capturing them was
+ * about 1% of ingress' CPU: a call per message and per uncached policy
+ * check). A failure still carries its status and details.
+ */
 export function unary<Req, Res>(
   fn: (req: Req, md: grpc.Metadata, opts: Partial<grpc.CallOptions>, cb: (err: grpc.ServiceError | null, res: Res) => void) => unknown,
   req: Req,
@@ -209,7 +215,13 @@ export function unary<Req, Res>(
 ): Promise<Res> {
   return new Promise((resolve, reject) => {
     const callOpts: Partial<grpc.CallOptions> = opts.deadlineMs ? { deadline: Date.now() + opts.deadlineMs } : {};
-    fn(req, opts.metadata ?? new grpc.Metadata(), callOpts, (err, res) => (err ? reject(err) : resolve(res)));
+    const frames = Error.stackTraceLimit;
+    Error.stackTraceLimit = 0;
+    try {
+      fn(req, opts.metadata ?? new grpc.Metadata(), callOpts, (err, res) => (err ? reject(err) : resolve(res)));
+    } finally {
+      Error.stackTraceLimit = frames;
+    }
   });
 }
 

@@ -7,7 +7,7 @@ import { context, trace } from '@opentelemetry/api';
 import pino from 'pino';
 import { service as healthService } from 'grpc-health-check';
 import { createTelemetry } from '@tern/telemetry';
-import { GrpcServer, createClient, grpc } from '../src/index';
+import { GrpcServer, createClient, grpc, unary } from '../src/index';
 
 const telemetry = createTelemetry({ service: 'grpc-test', logLevel: 'silent' });
 const logger = pino({ level: 'silent' });
@@ -117,5 +117,15 @@ test('round_robin: calls spread over every address of the target', async () => {
     seen.set(name, (seen.get(name) ?? 0) + 1);
   }
   assert.deepEqual([...seen.keys()].sort(), ['a', 'b'], `calls per replica: ${JSON.stringify([...seen])}`);
+  client.close();
+});
+
+test('unary: the reply, or the failure with its status; the stack-trace limit is left as it was', async () => {
+  const client = createClient(EchoClientCtor, `127.0.0.1:${a.port}`, { deadlineMs: 5_000 });
+  const limit = Error.stackTraceLimit;
+  const echo = (delayMs: number, deadlineMs: number) => unary(client.echo.bind(client), Buffer.from(String(delayMs)), { deadlineMs });
+  assert.match((await echo(0, 2_000)).toString(), /^a /);
+  await assert.rejects(echo(1_000, 100), (err: grpc.ServiceError) => err.code === grpc.status.DEADLINE_EXCEEDED && /Deadline exceeded/i.test(err.details));
+  assert.equal(Error.stackTraceLimit, limit);
   client.close();
 });
