@@ -1,7 +1,12 @@
 // Group commit: callers add items and wait; a batch is flushed when it holds
 // `maxItems` or `delayMs` after its first item, so many concurrent callers
 // share one transaction (one fsync). At most `concurrency` flushes run at
-// once; items arriving meanwhile form the next batch.
+// once; items arriving meanwhile form the next batch. With `delayMs` 0 a
+// batch leaves at the end of the current event-loop turn (setImmediate:
+// after the I/O callbacks of this turn, so the items of every request read
+// in it go together); under load the batches still grow, from the items
+// that arrive while `concurrency` flushes are running, without a timer's
+// latency at light load.
 export interface BatcherOptions<T, R> {
   maxItems: number;
   delayMs: number;
@@ -18,7 +23,7 @@ interface Pending<T, R> {
 
 export class Batcher<T, R> {
   private pending: Pending<T, R>[] = [];
-  private timer: NodeJS.Timeout | undefined;
+  private timer: NodeJS.Timeout | NodeJS.Immediate | undefined;
   private running = 0;
   private readonly idle = new Set<() => void>();
 
@@ -28,8 +33,12 @@ export class Batcher<T, R> {
     return new Promise<R>((resolve, reject) => {
       this.pending.push({ item, resolve, reject });
       if (this.pending.length >= this.opts.maxItems) this.kick();
-      else if (!this.timer) this.timer = setTimeout(() => this.kick(), this.opts.delayMs);
+      else if (!this.timer) this.arm();
     });
+  }
+
+  private arm(): void {
+    this.timer = this.opts.delayMs > 0 ? setTimeout(() => this.kick(), this.opts.delayMs) : setImmediate(() => this.kick());
   }
 
   get size(): number {
@@ -38,7 +47,8 @@ export class Batcher<T, R> {
 
   private kick(): void {
     if (this.timer) {
-      clearTimeout(this.timer);
+      if (this.opts.delayMs > 0) clearTimeout(this.timer as NodeJS.Timeout);
+      else clearImmediate(this.timer as NodeJS.Immediate);
       this.timer = undefined;
     }
     if (this.running >= (this.opts.concurrency ?? 1) || this.pending.length === 0) return;
@@ -54,7 +64,7 @@ export class Batcher<T, R> {
         this.running--;
         if (this.pending.length) {
           if (this.pending.length >= this.opts.maxItems || this.running === 0) this.kick();
-          else if (!this.timer) this.timer = setTimeout(() => this.kick(), this.opts.delayMs);
+          else if (!this.timer) this.arm();
         } else if (this.running === 0) for (const f of this.idle) f();
       });
   }

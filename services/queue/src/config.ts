@@ -17,8 +17,12 @@ const schema = z.object({
   TERN_QUEUE_MAX_RECIPIENTS: positiveInt(1000),
   /** Group commit: flush after this many messages ... */
   TERN_QUEUE_COMMIT_BATCH: positiveInt(128),
-  /** ... or this many milliseconds after the first one waiting. */
-  TERN_QUEUE_COMMIT_DELAY_MS: nonNegativeInt(2),
+  /**
+   * ... or this many milliseconds after the first one waiting; 0: at the end
+   * of the event-loop turn it arrived in (batches then grow only from what
+   * arrives while group commits are running, with no timer's latency).
+   */
+  TERN_QUEUE_COMMIT_DELAY_MS: nonNegativeInt(0),
   /** Status says "not accepting" at or above this many unfinished recipients. */
   TERN_QUEUE_HIGH_WATER: positiveInt(2_000_000),
 
