@@ -77,7 +77,9 @@ export function createTelemetry(opts: TelemetryOptions): Telemetry {
   // pool thread and back (a futex wake, two context switches and an eventfd
   // wake-up per line at a few hundred lines a second), which cost more CPU
   // than the write itself; a line also reaches stdout before the next one is
-  // made, so a crash loses none. shutdown() flushes either way.
+  // made, so a crash loses none. A stdout that stops being read stalls the
+  // service rather than growing its memory without bound (I4).
+  // shutdown() flushes either way.
   const destination = pino.destination({ dest: 1, sync: true });
   const logger = pino({
     level: opts.logLevel,
@@ -133,7 +135,7 @@ export function createTelemetry(opts: TelemetryOptions): Telemetry {
  * trace id at a root), as the SDK's tracer with an always-off sampler makes
  * them, without the rest of the SDK's per-span work (copying and cleaning
  * the attributes, asking the sampler, counting the span in its own metrics),
- * which was 2-5% of each service's CPU on the message path.
+ * which was 1.3-2.4% of each Node service's perf samples at 4k-10.
  */
 export class IdOnlyTracer implements Tracer {
   private readonly ids = new RandomIdGenerator();
