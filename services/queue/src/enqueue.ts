@@ -422,7 +422,7 @@ export class Enqueuer {
    * The common case as ONE statement (atomic on its own: no BEGIN/COMMIT
    * round trips): bodies in memory, no idempotency keys (so no duplicates to
    * resolve), destination rows known to exist. Data-modifying CTEs take the
-   * slots (skipping rows locked by others, like reserveSlots), then insert
+   * slots (waiting for rows locked by others, like reserveSlots), then insert
    * message, body, recipients (inflight under their job where the slot was
    * granted, queued otherwise) and the outbox rows of the granted jobs.
    */

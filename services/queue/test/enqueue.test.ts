@@ -186,4 +186,35 @@ describe('enqueue', () => {
     const jobs = await delivery.jobs(1, 3000);
     assert.ok(jobs.length >= 1);
   });
+
+  it('a group commit waits for a destination row another transaction holds, then dispatches its messages itself', async () => {
+    const b = body(300);
+    const one = (to: string) => client.enqueueBatch({ messages: [{ header: header({}, [to]), body: b, commit: { size: b.length } }] });
+    // The destination row exists (and the queue knows it: the one-statement path).
+    assert.equal((await one('first@held-row.example')).outcomes[0]!.errorCode, 0);
+    const holder = await db.pool.connect();
+    let released = false;
+    let answeredWhileHeld: boolean | undefined;
+    try {
+      await holder.query('BEGIN');
+      await holder.query(`SELECT 1 FROM queue.destinations WHERE name = 'held-row.example' FOR UPDATE`);
+      const pending = one('second@held-row.example').then((res) => {
+        answeredWhileHeld = !released;
+        return res;
+      });
+      await new Promise((r) => setTimeout(r, 300));
+      released = true;
+      await holder.query('COMMIT');
+      const res = await pending;
+      assert.equal(answeredWhileHeld, false, 'no answer while the row was held');
+      const queueId = res.outcomes[0]!.queueId;
+      const r = await db.query('SELECT state, job_id FROM queue.recipients WHERE message_id = $1', [queueId]);
+      assert.notEqual(r.rows[0].state, RecipientState.RECIPIENT_STATE_QUEUED, 'dispatched in its own commit, not left to the scheduler');
+      const jobs = await delivery.jobsWhere((j) => j.queueId === queueId, 1, 5000);
+      assert.equal(jobs.length, 1);
+    } finally {
+      if (!released) await holder.query('ROLLBACK').catch(() => undefined);
+      holder.release();
+    }
+  });
 });
