@@ -239,20 +239,34 @@ export class Bus {
   }
 }
 
+/**
+ * The headers (trace context, Nats-Msg-Id) and the delivery count are read
+ * when first asked for: parsing the header block and the reply subject for
+ * every message cost a consumer that uses neither (the queue's results)
+ * 2.5% of its CPU.
+ */
 function toBusMessage(m: JsMsg): BusMessage {
-  const hdrs: MsgHdrs | undefined = m.headers;
-  const ctx = hdrs
-    ? propagation.extract(context.active(), hdrs, {
-        get: (h, k) => h.get(k) || undefined,
-        keys: (h) => [...h.keys()],
-      })
-    : context.active();
+  const active = context.active();
+  let ctx: Context | undefined;
   return {
     data: m.data,
     subject: m.subject,
-    ctx,
-    deliveryCount: m.info.deliveryCount,
-    msgId: hdrs?.get('Nats-Msg-Id') || undefined,
+    get ctx(): Context {
+      const hdrs: MsgHdrs | undefined = m.headers;
+      ctx ??= hdrs
+        ? propagation.extract(active, hdrs, {
+            get: (h, k) => h.get(k) || undefined,
+            keys: (h) => [...h.keys()],
+          })
+        : active;
+      return ctx;
+    },
+    get deliveryCount(): number {
+      return m.info.deliveryCount;
+    },
+    get msgId(): string | undefined {
+      return m.headers?.get('Nats-Msg-Id') || undefined;
+    },
     ack: () => m.ack(),
     nak: (delayMs) => m.nak(delayMs),
     // nats-server before 2.10.4 ignores a TERM that carries a reason and

@@ -73,6 +73,10 @@ test('topology is created idempotently, a republished message id is delivered on
   await within(20_000, 'consuming two jobs', done);
   assert.deepEqual(seen.map((m) => Buffer.from(m.data).toString()).sort(), ['job-1', 'job-2']);
   assert.equal(trace.getSpanContext(seen[0]!.ctx)?.traceId, span.spanContext().traceId);
+  // Headers and delivery count are read on demand, after the handler too.
+  assert.deepEqual(seen.map((m) => m.msgId).sort(), ['job-1', 'job-2']);
+  assert.deepEqual(seen.map((m) => m.deliveryCount), [1, 1]);
+  assert.equal(seen[0]!.ctx, seen[0]!.ctx, 'the trace context is extracted once');
   // Acks are asynchronous: the server removes the messages shortly after.
   let left = -1;
   for (let i = 0; i < 100 && left !== 0; i++) {
