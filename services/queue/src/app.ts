@@ -46,7 +46,7 @@ export function createApp(config: Config, deps: AppDeps): App {
   // instead of the generic 10, always looked cheaper): a fifth of its CPU
   // at 10 sessions. Operator and housekeeping queries keep plans made for
   // their parameters (a generic plan of a filtered listing can be poor).
-  const pool = createPool({ url: withSearchPath(config.TERN_DATABASE_URL, { genericPlans: true }), max: config.TERN_DATABASE_POOL_MAX, applicationName: 'tern-queue', logger });
+  const pool = createPool({ url: withSearchPath(config.TERN_DATABASE_URL, { genericPlans: true, lockTimeoutMs: config.TERN_QUEUE_LOCK_TIMEOUT_MS }), max: config.TERN_DATABASE_POOL_MAX, applicationName: 'tern-queue', logger });
   const opsPool = createPool({ url: withSearchPath(config.TERN_DATABASE_URL), max: OPS_POOL_MAX, applicationName: 'tern-queue-ops', logger });
   const routes = new RouteTable(opsPool, logger);
   const limits: DestinationLimits = {
@@ -219,13 +219,18 @@ const OPS_POOL_MAX = 4;
 /**
  * Every table lives in the queue schema: connections look there first (a
  * startup option, no extra round trip); `genericPlans` also makes prepared
- * statements keep their generic plan (see the pools in createApp). Options
- * already in the URL are kept, ours come after them.
+ * statements keep their generic plan (see the pools in createApp), and
+ * `lockTimeoutMs` bounds every wait for a row lock. Options already in the
+ * URL are kept, ours come after them.
  */
-export function withSearchPath(url: string, o: { genericPlans?: boolean } = {}): string {
+export function withSearchPath(url: string, o: { genericPlans?: boolean; lockTimeoutMs?: number } = {}): string {
   const u = new URL(url);
   const given = u.searchParams.get('options') ?? '';
-  const ours = [/search_path/.test(given) ? '' : '-c search_path=queue,public', o.genericPlans ? '-c plan_cache_mode=force_generic_plan' : ''];
+  const ours = [
+    /search_path/.test(given) ? '' : '-c search_path=queue,public',
+    o.genericPlans ? '-c plan_cache_mode=force_generic_plan' : '',
+    o.lockTimeoutMs ? `-c lock_timeout=${o.lockTimeoutMs}` : '',
+  ];
   const options = [given, ...ours].filter(Boolean).join(' ');
   if (options) u.searchParams.set('options', options);
   return u.toString();

@@ -23,6 +23,12 @@ const schema = z.object({
    * arrives while group commits are running, with no timer's latency).
    */
   TERN_QUEUE_COMMIT_DELAY_MS: nonNegativeInt(0),
+  /**
+   * Message-path statements wait at most this long for a row lock (Postgres
+   * lock_timeout). A group commit that times out on a destination row
+   * stores its messages for the scheduler instead of waiting on.
+   */
+  TERN_QUEUE_LOCK_TIMEOUT_MS: positiveInt(2_000),
   /** Status says "not accepting" at or above this many unfinished recipients. */
   TERN_QUEUE_HIGH_WATER: positiveInt(2_000_000),
 

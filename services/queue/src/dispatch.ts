@@ -134,12 +134,20 @@ export async function ensureDestinations(c: PoolClient, names: string[], l: Dest
  * 1.0-1.4 waiting, and a lower p99, measured in session 7). Every statement
  * locks destination rows in name order, and a group commit holds no other
  * row another transaction could hold (its messages and recipients are new),
- * so the wait cannot deadlock.
+ * so the wait cannot deadlock. It is bounded (TERN_QUEUE_LOCK_TIMEOUT_MS):
+ * a holder that hangs (a stopped process, a partition that leaves its
+ * connection open) makes the group commit try again with `skipLocked`,
+ * storing its messages for the scheduler, so acceptance goes on.
  */
-export async function reserveSlots(c: PoolClient, wanted: Map<string, number>, l: DestinationLimits): Promise<Set<string>> {
+export async function reserveSlots(c: PoolClient, wanted: Map<string, number>, l: DestinationLimits, skipLocked = false): Promise<Set<string>> {
   if (!wanted.size) return new Set();
   const names = [...wanted.keys()].sort();
-  const { rows } = await q<{ name: string }>(c, 'tern_reserve_slots', reserveSlotsSql(l, ENQUEUE_SLOTS), [names, names.map((n) => wanted.get(n)!)]);
+  const { rows } = await q<{ name: string }>(
+    c,
+    skipLocked ? 'tern_reserve_slots_skip' : 'tern_reserve_slots',
+    reserveSlotsSql(l, skipLocked ? ENQUEUE_SLOTS_SKIP : ENQUEUE_SLOTS),
+    [names, names.map((n) => wanted.get(n)!)],
+  );
   return new Set(rows.map((r) => r.name));
 }
 
@@ -179,6 +187,8 @@ export function reserveSlotsSql(l: DestinationLimits, o: { skipLocked: boolean; 
 
 /** The slot reservation of a group commit (rows locked by others skipped, no probe). */
 export const ENQUEUE_SLOTS = { skipLocked: false, probe: false };
+/** The same, skipping a locked row: a group commit's second try after its wait timed out (lock_timeout). */
+export const ENQUEUE_SLOTS_SKIP = { skipLocked: true, probe: false };
 
 /** Per destination, the concurrency feedback of job ends: reached, failed at it, the last error. */
 export function feedbackByDestination(ends: JobEnd[]): Map<string, { ok: number; failed: number; err: string }> {

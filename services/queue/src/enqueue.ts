@@ -11,11 +11,14 @@ import { extractContext, injectContext, type Logger } from '@tern/telemetry';
 import type { Counter, Histogram } from './metrics';
 import { Batcher } from './batcher';
 import { intArrayLiteral, packBytes, q, tx } from './db';
-import { buildJobs, ENQUEUE_SLOTS, ensureDestinations, reserveSlots, reserveSlotsSql, type BuiltJob, type DestinationLimits, type JobRcpt } from './dispatch';
+import { buildJobs, ENQUEUE_SLOTS, ENQUEUE_SLOTS_SKIP, ensureDestinations, reserveSlots, reserveSlotsSql, type BuiltJob, type DestinationLimits, type JobRcpt } from './dispatch';
 import { newId } from './ids';
 import { destinationOf, S } from './model';
 import { insertGrantedOutboxSql, insertOutbox, outboxColumns, outboxIdsSql, stored, type StoredOutboxRow } from './outbox';
 import type { RouteTable } from './routes';
+
+/** SQLSTATE of a statement that waited past lock_timeout. */
+const LOCK_NOT_AVAILABLE = '55P03';
 
 /** Size of a spilled body row. */
 export const SPILL_CHUNK = 256 * 1024;
@@ -264,11 +267,26 @@ export class Enqueuer {
     }
   }
 
-  /** One group commit. */
+  /**
+   * One group commit. It waits for a destination row another transaction
+   * holds (see reserveSlots), up to the lock timeout; then it is made again
+   * skipping that row (nothing of the first try was stored: one statement,
+   * or one transaction, rolled back).
+   */
   async flush(items: EnqueueItem[]): Promise<EnqueueResult[]> {
     this.o.metrics.batch.record(items.length);
+    try {
+      return await this.flushWith(items, false);
+    } catch (err) {
+      if ((err as { code?: string }).code !== LOCK_NOT_AVAILABLE) throw err;
+      this.o.logger.warn({ messages: items.length }, 'a destination row stayed locked past TERN_QUEUE_LOCK_TIMEOUT_MS; storing the messages for the scheduler');
+      return this.flushWith(items, true);
+    }
+  }
+
+  private async flushWith(items: EnqueueItem[], skipLocked: boolean): Promise<EnqueueResult[]> {
     if (items.every((i) => i.body !== null && !i.header.idempotencyKey && i.header.recipients.every((r) => this.knownDestinations.has(destinationOf(r.address))))) {
-      return this.flushOne(items);
+      return this.flushOne(items, skipLocked);
     }
     const now = new Date();
     const expires = new Date(now.getTime() + this.o.lifetimeS * 1000);
@@ -343,7 +361,7 @@ export class Enqueuer {
         for (const m of perMessage) for (const d of m.keys()) allDests.add(d);
         ensured = [...allDests].filter((d) => !this.knownDestinations.has(d)).sort();
         await ensureDestinations(c, ensured, this.o.limits);
-        const granted = await reserveSlots(c, wanted, this.o.limits);
+        const granted = await reserveSlots(c, wanted, this.o.limits, skipLocked);
 
         const jobs: BuiltJob[] = [];
         const jobOf = new Map<string, string>();
@@ -426,7 +444,7 @@ export class Enqueuer {
    * message, body, recipients (inflight under their job where the slot was
    * granted, queued otherwise) and the outbox rows of the granted jobs.
    */
-  private async flushOne(items: EnqueueItem[]): Promise<EnqueueResult[]> {
+  private async flushOne(items: EnqueueItem[], skipLocked: boolean): Promise<EnqueueResult[]> {
     const now = new Date();
     const expires = new Date(now.getTime() + this.o.lifetimeS * 1000);
     const leaseExpiresAt = new Date(now.getTime() + this.o.leaseS * 1000);
@@ -464,8 +482,8 @@ export class Enqueuer {
     const payloads = packBytes(ob.payloads);
     const { rows } = await q<{ granted: string[] | null; queued: number; outbox: Array<{ id: number; msg_id: string }> | null }>(
       this.o.pool,
-      'tern_enq_one',
-      `WITH g AS (${reserveSlotsSql(l, ENQUEUE_SLOTS)}),
+      skipLocked ? 'tern_enq_one_skip' : 'tern_enq_one',
+      `WITH g AS (${reserveSlotsSql(l, skipLocked ? ENQUEUE_SLOTS_SKIP : ENQUEUE_SLOTS)}),
        m AS (
          INSERT INTO messages (id, sender, envelope, origin, size, trace, rcpt_count, created_at)
          SELECT i, s, e, o, z, t::jsonb, n, $9 FROM unnest($3::text[], $4::text[], $5::bytea[], $6::smallint[], $7::bigint[], $8::text[], $10::int[])

@@ -217,4 +217,33 @@ describe('enqueue', () => {
       holder.release();
     }
   });
+
+  it('a group commit that waits past TERN_QUEUE_LOCK_TIMEOUT_MS stores its messages for the scheduler instead', async () => {
+    const impatient = await startQueue(db.url, nats.url, { TERN_QUEUE_LOCK_TIMEOUT_MS: '200' });
+    const other = queueClient(impatient.grpcPort);
+    const holder = await db.pool.connect();
+    let released = false;
+    try {
+      const b = body(300);
+      const one = (to: string) => other.enqueueBatch({ messages: [{ header: header({}, [to]), body: b, commit: { size: b.length } }] });
+      assert.equal((await one('first@stuck-row.example')).outcomes[0]!.errorCode, 0);
+      await holder.query('BEGIN');
+      await holder.query(`SELECT 1 FROM queue.destinations WHERE name = 'stuck-row.example' FOR UPDATE`);
+      const res = await one('second@stuck-row.example');
+      assert.equal(released, false);
+      const queueId = res.outcomes[0]!.queueId;
+      assert.equal(res.outcomes[0]!.errorCode, 0, 'stored while the row is still held');
+      const r = await db.query('SELECT state FROM queue.recipients WHERE message_id = $1', [queueId]);
+      assert.equal(r.rows[0].state, RecipientState.RECIPIENT_STATE_QUEUED, 'left to the scheduler');
+      released = true;
+      await holder.query('COMMIT');
+      const jobs = await delivery.jobsWhere((j) => j.queueId === queueId, 1, 8000);
+      assert.equal(jobs.length, 1, 'dispatched by the scheduler once the row is free');
+    } finally {
+      if (!released) await holder.query('ROLLBACK').catch(() => undefined);
+      holder.release();
+      other.close();
+      await impatient.stop();
+    }
+  });
 });
