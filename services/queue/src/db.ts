@@ -3,6 +3,12 @@
 import { withTransaction, pg, type Pool, type PoolClient } from '@tern/db';
 
 const RETRYABLE = new Set(['40P01', '40001']);
+/** SQLSTATE lock_not_available: a wait for a lock ran past lock_timeout. */
+const LOCK_NOT_AVAILABLE = '55P03';
+
+export function isLockTimeout(err: unknown): boolean {
+  return (err as { code?: string } | undefined)?.code === LOCK_NOT_AVAILABLE;
+}
 
 export async function tx<T>(pool: Pool, fn: (c: PoolClient) => Promise<T>, attempts = 5): Promise<T> {
   for (let i = 1; ; i++) {

@@ -145,7 +145,7 @@ export async function reserveSlots(c: PoolClient, wanted: Map<string, number>, l
   const { rows } = await q<{ name: string }>(
     c,
     skipLocked ? 'tern_reserve_slots_skip' : 'tern_reserve_slots',
-    reserveSlotsSql(l, skipLocked ? ENQUEUE_SLOTS_SKIP : ENQUEUE_SLOTS),
+    reserveSlotsSql(l, { skipLocked, probe: false }),
     [names, names.map((n) => wanted.get(n)!)],
   );
   return new Set(rows.map((r) => r.name));
@@ -184,11 +184,6 @@ export function reserveSlotsSql(l: DestinationLimits, o: { skipLocked: boolean; 
        AND (${l.ratePerMin} = 0 OR ${tokens} >= t.n)
      RETURNING d.name`;
 }
-
-/** The slot reservation of a group commit (rows locked by others skipped, no probe). */
-export const ENQUEUE_SLOTS = { skipLocked: false, probe: false };
-/** The same, skipping a locked row: a group commit's second try after its wait timed out (lock_timeout). */
-export const ENQUEUE_SLOTS_SKIP = { skipLocked: true, probe: false };
 
 /** Per destination, the concurrency feedback of job ends: reached, failed at it, the last error. */
 export function feedbackByDestination(ends: JobEnd[]): Map<string, { ok: number; failed: number; err: string }> {

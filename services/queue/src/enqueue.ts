@@ -10,15 +10,12 @@ import { EnqueueHeader, Envelope, MessageOrigin, type EnqueueBatchRequest, type 
 import { extractContext, injectContext, type Logger } from '@tern/telemetry';
 import type { Counter, Histogram } from './metrics';
 import { Batcher } from './batcher';
-import { intArrayLiteral, packBytes, q, tx } from './db';
-import { buildJobs, ENQUEUE_SLOTS, ENQUEUE_SLOTS_SKIP, ensureDestinations, reserveSlots, reserveSlotsSql, type BuiltJob, type DestinationLimits, type JobRcpt } from './dispatch';
+import { intArrayLiteral, isLockTimeout, packBytes, q, tx } from './db';
+import { buildJobs, ensureDestinations, reserveSlots, reserveSlotsSql, type BuiltJob, type DestinationLimits, type JobRcpt } from './dispatch';
 import { newId } from './ids';
 import { destinationOf, S } from './model';
 import { insertGrantedOutboxSql, insertOutbox, outboxColumns, outboxIdsSql, stored, type StoredOutboxRow } from './outbox';
 import type { RouteTable } from './routes';
-
-/** SQLSTATE of a statement that waited past lock_timeout. */
-const LOCK_NOT_AVAILABLE = '55P03';
 
 /** Size of a spilled body row. */
 export const SPILL_CHUNK = 256 * 1024;
@@ -278,7 +275,7 @@ export class Enqueuer {
     try {
       return await this.flushWith(items, false);
     } catch (err) {
-      if ((err as { code?: string }).code !== LOCK_NOT_AVAILABLE) throw err;
+      if (!isLockTimeout(err)) throw err;
       this.o.logger.warn({ messages: items.length }, 'a destination row stayed locked past TERN_QUEUE_LOCK_TIMEOUT_MS; storing the messages for the scheduler');
       return this.flushWith(items, true);
     }
@@ -483,7 +480,7 @@ export class Enqueuer {
     const { rows } = await q<{ granted: string[] | null; queued: number; outbox: Array<{ id: number; msg_id: string }> | null }>(
       this.o.pool,
       skipLocked ? 'tern_enq_one_skip' : 'tern_enq_one',
-      `WITH g AS (${reserveSlotsSql(l, skipLocked ? ENQUEUE_SLOTS_SKIP : ENQUEUE_SLOTS)}),
+      `WITH g AS (${reserveSlotsSql(l, { skipLocked, probe: false })}),
        m AS (
          INSERT INTO messages (id, sender, envelope, origin, size, trace, rcpt_count, created_at)
          SELECT i, s, e, o, z, t::jsonb, n, $9 FROM unnest($3::text[], $4::text[], $5::bytea[], $6::smallint[], $7::bigint[], $8::text[], $10::int[])
