@@ -12,7 +12,10 @@ export function jobSubject(destination: string): string {
 export const SUBJECTS = {
   jobsPrefix: 'tern.jobs',
   jobsAll: 'tern.jobs.>',
+  /** One DeliveryResult per message (delivery before result batches; still read). */
   results: 'tern.results',
+  /** DeliveryResults: the results of several jobs in one message (what delivery publishes). */
+  resultsBatch: 'tern.results.batch',
   reports: 'tern.reports',
 } as const;
 
@@ -28,7 +31,7 @@ export interface StreamSpec {
 
 export const STREAMS = {
   jobs: { name: 'TERN_JOBS', subjects: [SUBJECTS.jobsAll], duplicateWindowMs: 10 * 60_000, maxMessages: 5_000_000, maxBytes: 4 * 1024 ** 3 },
-  results: { name: 'TERN_RESULTS', subjects: [SUBJECTS.results], duplicateWindowMs: 10 * 60_000, maxMessages: 5_000_000, maxBytes: 2 * 1024 ** 3 },
+  results: { name: 'TERN_RESULTS', subjects: [SUBJECTS.results, SUBJECTS.resultsBatch], duplicateWindowMs: 10 * 60_000, maxMessages: 5_000_000, maxBytes: 2 * 1024 ** 3 },
   reports: { name: 'TERN_REPORTS', subjects: [SUBJECTS.reports], duplicateWindowMs: 10 * 60_000, maxMessages: 1_000_000, maxBytes: 1024 ** 3 },
 } as const satisfies Record<string, StreamSpec>;
 

@@ -67,3 +67,4 @@ export function runService(opts: RunOptions): void {
       void shutdown('startup failure', 1);
     });
 }
+export { Batcher, type BatcherOptions } from './batcher';

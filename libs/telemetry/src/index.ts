@@ -2,7 +2,7 @@
 // exported over OTLP/HTTP, metrics for Prometheus on /metrics, and pino JSON
 // logs that carry the active trace and span ids.
 import http from 'node:http';
-import { context, metrics, propagation, trace, SpanStatusCode, TraceFlags, type Span, type SpanOptions, type Tracer, type Meter, type Context } from '@opentelemetry/api';
+import { context, metrics, ROOT_CONTEXT, propagation, trace, SpanStatusCode, TraceFlags, type Span, type SpanOptions, type Tracer, type Meter, type Context } from '@opentelemetry/api';
 import { AsyncLocalStorageContextManager } from '@opentelemetry/context-async-hooks';
 import { W3CTraceContextPropagator } from '@opentelemetry/core';
 import { resourceFromAttributes } from '@opentelemetry/resources';
@@ -13,7 +13,7 @@ import { PrometheusExporter } from '@opentelemetry/exporter-prometheus';
 import pino, { type Logger } from 'pino';
 
 export type { Logger, Span, Tracer, Meter, Context };
-export { context, propagation, trace, SpanStatusCode };
+export { context, propagation, trace, SpanStatusCode, ROOT_CONTEXT };
 
 export interface TelemetryOptions {
   /** Service name without prefix, e.g. "queue"; traces use OTEL_SERVICE_NAME or `tern-<service>`. */

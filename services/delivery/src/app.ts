@@ -6,9 +6,9 @@
 import fs from 'node:fs';
 import type http from 'node:http';
 import os from 'node:os';
-import { Bus, SUBJECTS, type BusMessage, type Consumption } from '@tern/bus';
+import { Bus, type BusMessage, type Consumption } from '@tern/bus';
 import { createClient, GrpcServer } from '@tern/grpc';
-import { DeliveryJob, DeliveryResult, AttemptOutcome, QueueServiceClient } from '@tern/proto';
+import { DeliveryJob, AttemptOutcome, QueueServiceClient } from '@tern/proto';
 import { withSpan, type Telemetry } from '@tern/telemetry';
 import type { Config } from './config';
 import { DaneResolver } from './dane';
@@ -17,6 +17,7 @@ import { MtaStsPolicies } from './mta-sts';
 import { NextHopResolver } from './nexthop';
 import { ConnectionPool } from './pool';
 import { deliver, BodyUnavailableError, type WorkerDeps } from './worker';
+import { ResultPublisher } from './results';
 
 export interface AppDeps {
   telemetry: Pick<Telemetry, 'logger' | 'tracer' | 'meter' | 'serveMetrics'>;
@@ -67,6 +68,7 @@ export function createApp(config: Config, deps: AppDeps): App {
   const grpcServer = new GrpcServer({ logger, tracer });
   let metricsServer: http.Server | undefined;
   let bus: Bus | undefined;
+  let results: ResultPublisher | undefined;
   let consumption: Consumption | undefined;
   let serving = false;
 
@@ -92,7 +94,7 @@ export function createApp(config: Config, deps: AppDeps): App {
           if (result) {
             span.setAttribute('net.peer.name', result.remoteHost);
             span.setAttribute('net.peer.ip', result.remoteIp);
-            await bus!.publish(SUBJECTS.results, DeliveryResult.encode(result).finish(), { msgId: `result:${job.jobId}` });
+            await results!.publish(result);
             for (const r of result.recipients) metrics.recipients.add(1, { outcome: AttemptOutcome[r.outcome] ?? 'unknown' });
             logger.info(
               {
@@ -130,6 +132,7 @@ export function createApp(config: Config, deps: AppDeps): App {
       await grpcServer.listen(config.TERN_GRPC_LISTEN.host, config.TERN_GRPC_LISTEN.port);
       bus = await Bus.connect({ url: config.TERN_NATS_URL, name: `tern-delivery-${os.hostname()}-${process.pid}`, logger });
       await bus.ensureTopology(['delivery']);
+      results = new ResultPublisher(bus, { maxResults: config.TERN_RESULT_BATCH_MAX, delayMs: config.TERN_RESULT_BATCH_DELAY_MS });
       consumption = bus.consume('delivery', handle, { concurrency: config.TERN_CONCURRENCY, retryDelayMs: 10_000 });
       serving = true;
       grpcServer.setStatus('SERVING');
@@ -140,6 +143,7 @@ export function createApp(config: Config, deps: AppDeps): App {
       // Stop taking jobs and finish the ones in hand (the runtime's grace timer bounds it);
       // jobs fetched but not started are redelivered after the ack wait.
       await consumption?.stop();
+      await results?.drain();
       await pool.close();
       await bus?.close();
       queue.close();

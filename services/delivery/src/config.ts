@@ -1,7 +1,7 @@
 // Process settings of the delivery service, read once from the environment.
 // Keys are the variable names, so a bad value is reported by its name.
 import fs from 'node:fs';
-import { bool, commonSchema, csv, grpcTarget, natsUrl, parseEnv, positiveInt, z } from '@tern/config';
+import { bool, commonSchema, csv, grpcTarget, natsUrl, nonNegativeInt, parseEnv, positiveInt, z } from '@tern/config';
 import { parseDkimKeys } from './dkim';
 
 /** A file the process can read now (a missing CA or key file stops the start, naming the variable). */
@@ -71,6 +71,15 @@ const schema = z.object({
   }),
   /** Deadline of a ReadBody stream from the queue. */
   TERN_QUEUE_DEADLINE_MS: positiveInt(120_000),
+  /**
+   * Results of jobs that finish within this many ms of each other go to
+   * JetStream as one message (0: only those of one event-loop turn). Each
+   * job is acknowledged after its result is stored, so this is also how much
+   * longer a job stays unacknowledged.
+   */
+  TERN_RESULT_BATCH_DELAY_MS: nonNegativeInt(10),
+  /** Results per message at most. */
+  TERN_RESULT_BATCH_MAX: positiveInt(64),
 });
 
 export type Config = z.infer<typeof schema>;

@@ -9,7 +9,7 @@ import { grpc, grpcError } from '@tern/grpc';
 import { EnqueueHeader, Envelope, MessageOrigin, type EnqueueBatchRequest, type EnqueueCommit, type EnqueueBatchResponse, type EnqueueMessage, type EnqueueOutcome, type EnqueueRequest, type EnqueueResponse } from '@tern/proto';
 import { extractContext, injectContext, type Logger } from '@tern/telemetry';
 import type { Counter, Histogram } from './metrics';
-import { Batcher } from './batcher';
+import { Batcher } from '@tern/runtime';
 import { intArrayLiteral, isLockTimeout, packBytes, q, tx } from './db';
 import { buildJobs, ensureDestinations, reserveSlots, reserveSlotsSql, type BuiltJob, type DestinationLimits, type JobRcpt } from './dispatch';
 import { newId } from './ids';

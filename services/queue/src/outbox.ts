@@ -7,7 +7,7 @@ import type { Pool, PoolClient } from '@tern/db';
 import { extractContext, withSpan, type Logger, type Tracer } from '@tern/telemetry';
 import type { Counter } from './metrics';
 import { appendBytesField } from '@tern/proto';
-import { Batcher } from './batcher';
+import { Batcher } from '@tern/runtime';
 import { packBytes, q, tx } from './db';
 
 const DELETE_SQL = 'DELETE FROM outbox WHERE id = ANY($1::bigint[])';

@@ -1,14 +1,15 @@
-// Results: DeliveryResults from the `queue` consumer are applied in batches,
+// Results: DeliveryResults from the `queue` consumer (one per message on
+// tern.results, several per message on tern.results.batch) are applied in batches,
 // idempotently (only recipients still inflight under the result's job
 // change), with an attempt row each, destination feedback, the next attempt
 // by backoff, and report requests in the same transaction. NATS messages are
 // acknowledged only after COMMIT.
-import type { Bus, BusMessage, Consumption } from '@tern/bus';
+import { SUBJECTS, type Bus, type BusMessage, type Consumption } from '@tern/bus';
 import type { Pool, PoolClient } from '@tern/db';
-import { AttemptOutcome, DeliveryResult, DsnNotify, ReportKind, type SmtpReply } from '@tern/proto';
+import { AttemptOutcome, DeliveryResult, DeliveryResults, DsnNotify, ReportKind, type SmtpReply } from '@tern/proto';
 import type { Logger } from '@tern/telemetry';
 import type { Counter } from './metrics';
-import { Batcher } from './batcher';
+import { Batcher } from '@tern/runtime';
 import { q, tx } from './db';
 import { dispatchDue, dueAtSql, feedbackByDestination, lockDestinationsSql, releaseSetSql, type DestinationLimits, type JobEnd } from './dispatch';
 import { parseRecipientId } from './ids';
@@ -65,15 +66,15 @@ export class ResultApplier {
     this.consumption = this.o.bus.consume(
       'queue',
       async (msg: BusMessage) => {
-        let result: DeliveryResult;
+        let results: DeliveryResult[];
         try {
-          result = DeliveryResult.decode(msg.data);
+          results = msg.subject === SUBJECTS.resultsBatch ? DeliveryResults.decode(msg.data).results : [DeliveryResult.decode(msg.data)];
         } catch (err) {
-          this.o.logger.error({ err: (err as Error).message, subject: msg.subject }, 'undecodable DeliveryResult dropped');
+          this.o.logger.error({ err: (err as Error).message, subject: msg.subject }, 'undecodable delivery result message dropped');
           msg.term('undecodable DeliveryResult');
           return;
         }
-        await this.batcher.add(result);
+        await Promise.all(results.map((r) => this.batcher.add(r)));
         msg.ack();
       },
       { concurrency: this.o.batchMax * 2, retryDelayMs: 2_000 },

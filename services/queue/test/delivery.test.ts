@@ -73,6 +73,28 @@ describe('dispatch and results', () => {
     assert.equal(message!.recipients[0]!.attempts[0]!.reply?.code, 250);
   });
 
+  it('applies each result of a batch message (tern.results.batch), and a replayed batch changes nothing', async () => {
+    const a = await client.enqueue(header({}, ['one@batched.example']), body(300));
+    const b = await client.enqueue(header({}, ['two@batched.example', 'three@batched.example']), body(300));
+    const jobs = (await delivery.jobs(2)).filter((j) => j.queueId === a.queueId || j.queueId === b.queueId);
+    assert.equal(jobs.length, 2);
+    const ja = jobs.find((j) => j.queueId === a.queueId)!;
+    const jb = jobs.find((j) => j.queueId === b.queueId)!;
+    const batch = [
+      delivery.resultOf(ja, AttemptOutcome.ATTEMPT_OUTCOME_DELIVERED, { code: 250, enhanced: '2.0.0', text: 'ok' }),
+      delivery.resultOf(jb, AttemptOutcome.ATTEMPT_OUTCOME_DEFERRED, { code: 451, enhanced: '4.3.0', text: 'later' }),
+    ];
+    await delivery.resultBatch(batch);
+    await eventually(() => states(b.queueId), (r) => r.length === 2 && r.every((x) => x.state === RecipientState.RECIPIENT_STATE_DEFERRED));
+    assert.deepEqual((await states(a.queueId)).map((x) => x.state), [RecipientState.RECIPIENT_STATE_DELIVERED]);
+    assert.equal((await db.query('SELECT inflight FROM queue.destinations WHERE name = $1', ['batched.example'])).rows[0].inflight, 0, 'both slots given back');
+    await delivery.resultBatch(batch);
+    await sleep(500);
+    const attempts = await db.query('SELECT count(*)::int AS n FROM queue.attempts WHERE message_id = ANY($1)', [[a.queueId, b.queueId]]);
+    assert.equal(attempts.rows[0].n, 3, 'one attempt per recipient, none from the replay');
+    assert.equal((await db.query('SELECT inflight FROM queue.destinations WHERE name = $1', ['batched.example'])).rows[0].inflight, 0, 'no slot given back twice');
+  });
+
   it('a message is done (its body may go) only when its last job settles; each job gives its slot back once', async () => {
     const slots = async (name: string) => (await db.query('SELECT inflight FROM queue.destinations WHERE name = $1', [name])).rows[0]?.inflight;
     const doneAt = async (id: string) => (await db.query('SELECT done_at FROM queue.messages WHERE id = $1', [id])).rows[0]?.done_at;

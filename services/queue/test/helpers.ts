@@ -11,7 +11,7 @@ import { Bus, SUBJECTS } from '@tern/bus';
 import { migrate, pg } from '@tern/db';
 import { grpc } from '@tern/grpc';
 import * as proto from '@tern/proto';
-import { DeliveryJob, DeliveryResult, EnqueueRequest, QueueServiceService, ReportRequest, type EnqueueResponse } from '@tern/proto';
+import { DeliveryJob, DeliveryResult, DeliveryResults, EnqueueRequest, QueueServiceService, ReportRequest, type EnqueueResponse } from '@tern/proto';
 import { createTelemetry } from '@tern/telemetry';
 import { createApp, type App, type AppDeps } from '../src/app';
 import { loadConfig } from '../src/config';
@@ -215,7 +215,18 @@ export class FakeDelivery {
   }
 
   async result(job: DeliveryJob, outcome: proto.AttemptOutcome, reply: { code: number; enhanced?: string; text?: string }, over: Partial<DeliveryResult> = {}, msgId?: string) {
-    const res = DeliveryResult.fromPartial({
+    const res = this.resultOf(job, outcome, reply, over);
+    await this.bus.publish(SUBJECTS.results, DeliveryResult.encode(res).finish(), { msgId: msgId ?? `${job.jobId}.r.${crypto.randomBytes(4).toString('hex')}` });
+    return res;
+  }
+
+  /** The results of several jobs in one message, as delivery publishes them. */
+  async resultBatch(results: DeliveryResult[]) {
+    await this.bus.publish(SUBJECTS.resultsBatch, DeliveryResults.encode({ results }).finish(), { msgId: `batch.${crypto.randomBytes(6).toString('hex')}` });
+  }
+
+  resultOf(job: DeliveryJob, outcome: proto.AttemptOutcome, reply: { code: number; enhanced?: string; text?: string }, over: Partial<DeliveryResult> = {}): DeliveryResult {
+    return DeliveryResult.fromPartial({
       jobId: job.jobId,
       queueId: job.queueId,
       destination: job.destination,
@@ -227,8 +238,6 @@ export class FakeDelivery {
       worker: 'fake-1',
       ...over,
     });
-    await this.bus.publish(SUBJECTS.results, DeliveryResult.encode(res).finish(), { msgId: msgId ?? `${job.jobId}.r.${crypto.randomBytes(4).toString('hex')}` });
-    return res;
   }
 
   close() {

@@ -123,6 +123,16 @@ export interface DeliveryResult {
   destinationFailure: boolean;
 }
 
+/**
+ * Several DeliveryResults published as one message (subject
+ * tern.results.batch): a delivery pod gathers the results that finish close
+ * together, so the stream stores, delivers and acknowledges one message for
+ * them instead of one each.
+ */
+export interface DeliveryResults {
+  results: DeliveryResult[];
+}
+
 export interface ReportRecipient {
   address: string;
   orcpt: string;
@@ -920,6 +930,77 @@ export const DeliveryResult: MessageFns<DeliveryResult> = {
     message.durationMs = object.durationMs ?? 0;
     message.worker = object.worker ?? "";
     message.destinationFailure = object.destinationFailure ?? false;
+    return message;
+  },
+};
+
+function createBaseDeliveryResults(): DeliveryResults {
+  return { results: [] };
+}
+
+export const DeliveryResults: MessageFns<DeliveryResults> = {
+  encode(message: DeliveryResults, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.results) {
+      DeliveryResult.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DeliveryResults {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDeliveryResults();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.results.push(DeliveryResult.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DeliveryResults {
+    return {
+      results: globalThis.Array.isArray(object?.results)
+        ? object.results.map((e: any) => DeliveryResult.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: DeliveryResults): unknown {
+    const obj: any = {};
+    if (message.results?.length) {
+      obj.results = message.results.map((e) => DeliveryResult.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DeliveryResults>, I>>(base?: I): DeliveryResults {
+    return DeliveryResults.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DeliveryResults>, I>>(object: I): DeliveryResults {
+    const message = createBaseDeliveryResults();
+    message.results = object.results?.map((e) => DeliveryResult.fromPartial(e)) || [];
     return message;
   },
 };

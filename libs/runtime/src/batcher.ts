@@ -1,16 +1,25 @@
-// Group commit: callers add items and wait; a batch is flushed when it holds
-// `maxItems` or `delayMs` after its first item, so many concurrent callers
-// share one transaction (one fsync). At most `concurrency` flushes run at
-// once; items arriving meanwhile form the next batch. With `delayMs` 0 a
-// batch leaves at the end of the current event-loop turn (setImmediate:
-// after the I/O callbacks of this turn, so the items of every request read
-// in it go together); under load the batches still grow, from the items
-// that arrive while `concurrency` flushes are running, without a timer's
-// latency at light load.
+// Batching of concurrent work: callers add items and wait; a batch is flushed
+// when it holds `maxItems` or `delayMs` after its first item, so many
+// concurrent callers share one flush: one transaction and fsync (the queue's
+// group commit, result batches, outbox deletes) or one JetStream message
+// (delivery's results). At most `concurrency` flushes run at once; items
+// arriving meanwhile form the next batch. With `delayMs` 0 a batch leaves at
+// the end of the current event-loop turn (setImmediate: after the I/O
+// callbacks of this turn, so the items of every request read in it go
+// together); under load the batches still grow, from the items that arrive
+// while `concurrency` flushes are running, without a timer's latency at light
+// load.
 export interface BatcherOptions<T, R> {
   maxItems: number;
   delayMs: number;
   concurrency?: number;
+  /**
+   * When a flush ends, nothing else runs and items wait: send them at once
+   * (true, the default: a group commit's callers waited a flush already) or
+   * only once they hold `maxItems` or their delay has passed (false: every
+   * batch gathers for `delayMs`).
+   */
+  flushWaitingWhenIdle?: boolean;
   /** Returns one result per item, in order (or throws: every item fails). */
   flush(items: T[]): Promise<R[]>;
 }
@@ -63,7 +72,7 @@ export class Batcher<T, R> {
       .finally(() => {
         this.running--;
         if (this.pending.length) {
-          if (this.pending.length >= this.opts.maxItems || this.running === 0) this.kick();
+          if (this.pending.length >= this.opts.maxItems || (this.running === 0 && this.opts.flushWaitingWhenIdle !== false)) this.kick();
           else if (!this.timer) this.arm();
         } else if (this.running === 0) for (const f of this.idle) f();
       });

@@ -1,17 +1,19 @@
-// The group-commit batcher (services/queue/src/batcher.ts): how items are
-// gathered into flushes, with a delay and without one.
+// The batcher (libs/runtime/src/batcher.ts) behind the queue's group commit
+// and delivery's result publishes: how items are gathered into flushes, with
+// a delay and without one.
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { Batcher } from '../src/batcher';
 
 /** A batcher whose flushes wait until released, recording every batch. */
-function recording(delayMs: number, concurrency: number, maxItems = 100) {
+function recording(delayMs: number, concurrency: number, maxItems = 100, flushWaitingWhenIdle?: boolean) {
   const batches: number[][] = [];
   const release: Array<() => void> = [];
   const batcher = new Batcher<number, string>({
     maxItems,
     delayMs,
     concurrency,
+    flushWaitingWhenIdle,
     flush: async (items) => {
       batches.push(items);
       await new Promise<void>((r) => release.push(r));
@@ -89,6 +91,28 @@ describe('Batcher', () => {
     assert.deepEqual(batches, [[1, 2], [3, 4, 5]], 'maxItems flushes without waiting');
     release.shift()!();
     assert.deepEqual(await Promise.all(full), ['r3', 'r4', 'r5']);
+  });
+
+  it('items that came in during a flush leave when it ends, or, with flushWaitingWhenIdle false, when their own delay has passed', async () => {
+    for (const eager of [true, false]) {
+      const { batcher, batches, release } = recording(40, 1, 100, eager ? undefined : false);
+      const first = batcher.add(1);
+      await new Promise((r) => setTimeout(r, 50));
+      assert.deepEqual(batches, [[1]]);
+      const second = batcher.add(2); // its delay runs from now
+      await new Promise((r) => setTimeout(r, 10));
+      release.shift()!();
+      await first;
+      await settle();
+      if (eager) assert.deepEqual(batches, [[1], [2]], 'sent as soon as the flush ended');
+      else {
+        assert.deepEqual(batches, [[1]], 'still gathering for its delay');
+        await new Promise((r) => setTimeout(r, 45));
+        assert.deepEqual(batches, [[1], [2]]);
+      }
+      release.shift()!();
+      assert.equal(await second, 'r2');
+    }
   });
 
   it('a failed flush fails each of its items, and drain() waits for what is pending', async () => {
