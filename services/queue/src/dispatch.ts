@@ -168,8 +168,12 @@ export function lockDestinationsSql(names: string, skipLocked = false): string {
  * another transaction is not waited for (enqueue: see reserveSlots).
  * `probe`: a dead destination due for its probe takes one job (dispatch;
  * new messages for a dead destination wait for the scheduler instead).
+ * `after`: a condition on other CTEs of the statement (uncorrelated: a
+ * one-time filter), which therefore run BEFORE the destination rows are
+ * locked; the rows are shared by every commit and result, so they are held
+ * for as little of the statement as possible.
  */
-export function reserveSlotsSql(l: DestinationLimits, o: { skipLocked: boolean; probe: boolean }): string {
+export function reserveSlotsSql(l: DestinationLimits, o: { skipLocked: boolean; probe: boolean; after?: string }): string {
   const tokens = tokensNowSql(l);
   const room = o.probe
     ? '((d.dead_until IS NULL AND d.inflight + t.n <= d.concurrency_limit) OR (d.dead_until <= now() AND d.inflight = 0 AND t.n = 1))'
@@ -178,7 +182,7 @@ export function reserveSlotsSql(l: DestinationLimits, o: { skipLocked: boolean; 
         tokens = CASE WHEN ${l.ratePerMin} = 0 THEN d.tokens ELSE ${tokens} - t.n END,
         tokens_at = now(), updated_at = now()
      FROM unnest($1::text[], $2::int[]) AS t(name, n)
-     WHERE d.name = t.name AND NOT d.suspended
+     WHERE ${o.after ? `${o.after} AND ` : ''}d.name = t.name AND NOT d.suspended
        AND ${lockDestinationsSql('$1', o.skipLocked)}
        AND ${room}
        AND (${l.ratePerMin} = 0 OR ${tokens} >= t.n)

@@ -437,9 +437,11 @@ export class Enqueuer {
    * The common case as ONE statement (atomic on its own: no BEGIN/COMMIT
    * round trips): bodies in memory, no idempotency keys (so no duplicates to
    * resolve), destination rows known to exist. Data-modifying CTEs take the
-   * slots (waiting for rows locked by others, like reserveSlots), then insert
-   * message, body, recipients (inflight under their job where the slot was
-   * granted, queued otherwise) and the outbox rows of the granted jobs.
+   * slots (waiting for rows locked by others, like reserveSlots) after
+   * inserting messages and bodies (so the destination rows are not held
+   * while the bodies are written), then insert the recipients (inflight
+   * under their job where the slot was granted, queued otherwise) and the
+   * outbox rows of the granted jobs.
    */
   private async flushOne(items: EnqueueItem[], skipLocked: boolean): Promise<EnqueueResult[]> {
     const now = new Date();
@@ -480,14 +482,16 @@ export class Enqueuer {
     const { rows } = await q<{ granted: string[] | null; queued: number; outbox: Array<{ id: number; msg_id: string }> | null }>(
       this.o.pool,
       skipLocked ? 'tern_enq_one_skip' : 'tern_enq_one',
-      `WITH g AS (${reserveSlotsSql(l, { skipLocked, probe: false })}),
-       m AS (
+      `WITH m AS (
          INSERT INTO messages (id, sender, envelope, origin, size, trace, rcpt_count, created_at)
          SELECT i, s, e, o, z, t::jsonb, n, $9 FROM unnest($3::text[], $4::text[], $5::bytea[], $6::smallint[], $7::bigint[], $8::text[], $10::int[])
-           AS x(i, s, e, o, z, t, n)),
+           AS x(i, s, e, o, z, t, n)
+         RETURNING 1),
        b AS (
          INSERT INTO body_chunks (message_id, seq, data)
-         SELECT i, 0, substring($11::bytea from bo + 1 for bl) FROM unnest($3::text[], $27::int[], $28::int[]) AS x(i, bo, bl)),
+         SELECT i, 0, substring($11::bytea from bo + 1 for bl) FROM unnest($3::text[], $27::int[], $28::int[]) AS x(i, bo, bl)
+         RETURNING 1),
+       g AS (${reserveSlotsSql(l, { skipLocked, probe: false, after: '(SELECT count(*) FROM m) + (SELECT count(*) FROM b) >= 0' })}),
        r AS (
          INSERT INTO recipients (message_id, idx, address, domain, orcpt, notify, state, created_at, expires_at, next_attempt_at, job_id, lease_expires_at)
          SELECT x.m, x.i, x.a, x.d, x.o, x.n::smallint[],
