@@ -8,7 +8,7 @@
 // once. Field order on the wire does not matter to protobuf decoders; the
 // body goes last.
 import { makeGenericClientConstructor, type ChannelCredentials, type ClientOptions } from '@grpc/grpc-js';
-import { BinaryWriter, WireType } from '@bufbuild/protobuf/wire';
+import { BinaryReader, BinaryWriter, WireType } from '@bufbuild/protobuf/wire';
 import { EnqueueMessage, QueueServiceService, type EnqueueBatchRequest, type QueueServiceClient } from './gen/tern/v1/queue';
 
 const EMPTY = Buffer.alloc(0);
@@ -42,10 +42,62 @@ export function encodeEnqueueBatch(request: EnqueueBatchRequest): Buffer {
   return Buffer.concat(parts, total);
 }
 
-/** The QueueService definition with EnqueueBatch serialized by encodeEnqueueBatch; everything else as generated. */
+const BODY_TAG = (MESSAGE_BODY_FIELD << 3) | WireType.LengthDelimited;
+
+/**
+ * EnqueueBatchRequest from the wire with each body a view into `wire`
+ * instead of a copy (the generated decoder copies every bytes field). The
+ * buffer grpc-js hands over holds one whole request and is not reused, so
+ * the views stay valid; they keep it alive as long as any body is referenced.
+ * Together the bodies often span one piece of `wire`, which the group commit
+ * then sends to Postgres as it is (see packBytes).
+ */
+export function decodeEnqueueBatch(wire: Uint8Array): EnqueueBatchRequest {
+  const buf = Buffer.isBuffer(wire) ? wire : Buffer.from(wire.buffer, wire.byteOffset, wire.byteLength);
+  const reader = new BinaryReader(buf);
+  const messages: EnqueueMessage[] = [];
+  while (reader.pos < reader.len) {
+    const [field, wireType] = reader.tag();
+    if (field === REQUEST_MESSAGES_FIELD && wireType === WireType.LengthDelimited) {
+      const length = reader.uint32();
+      messages.push(decodeMessageWithBodyView(buf.subarray(reader.pos, reader.pos + length)));
+      reader.pos += length;
+    } else {
+      reader.skip(wireType, field);
+    }
+  }
+  return { messages };
+}
+
+/** One EnqueueMessage: the body field cut out as a view, the rest decoded by the generated decoder. */
+function decodeMessageWithBodyView(m: Buffer): EnqueueMessage {
+  const reader = new BinaryReader(m);
+  const rest: Buffer[] = [];
+  let restStart = 0;
+  let body: Buffer = EMPTY;
+  while (reader.pos < reader.len) {
+    const fieldStart = reader.pos;
+    const tag = reader.uint32();
+    if (tag === BODY_TAG) {
+      const length = reader.uint32();
+      body = m.subarray(reader.pos, reader.pos + length);
+      if (fieldStart > restStart) rest.push(m.subarray(restStart, fieldStart));
+      reader.pos += length;
+      restStart = reader.pos;
+    } else {
+      reader.skip((tag & 7) as WireType, tag >>> 3);
+    }
+  }
+  if (reader.len > restStart) rest.push(m.subarray(restStart, reader.len));
+  const message = EnqueueMessage.decode(rest.length === 1 ? rest[0]! : Buffer.concat(rest));
+  message.body = body;
+  return message;
+}
+
+/** The QueueService definition with EnqueueBatch serialized by encodeEnqueueBatch and read by decodeEnqueueBatch; everything else as generated. */
 export const QueueServiceBodyService = {
   ...QueueServiceService,
-  enqueueBatch: { ...QueueServiceService.enqueueBatch, requestSerialize: encodeEnqueueBatch },
+  enqueueBatch: { ...QueueServiceService.enqueueBatch, requestSerialize: encodeEnqueueBatch, requestDeserialize: decodeEnqueueBatch },
 } as const;
 
 /** A QueueService client whose EnqueueBatch requests copy each body once (the ingress' hot path). */

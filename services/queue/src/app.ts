@@ -8,7 +8,7 @@ import type http from 'node:http';
 import { Bus } from '@tern/bus';
 import { createPool } from '@tern/db';
 import { GrpcServer } from '@tern/grpc';
-import { QueueServiceService } from '@tern/proto';
+import { QueueServiceBodyService } from '@tern/proto';
 import type { Telemetry } from '@tern/telemetry';
 import type { Config } from './config';
 import type { DestinationLimits } from './dispatch';
@@ -164,7 +164,7 @@ export function createApp(config: Config, deps: AppDeps): App {
   };
 
   const grpcServer = new GrpcServer({ logger, tracer });
-  grpcServer.add('tern.v1.QueueService', QueueServiceService, createQueueService({ pool, opsPool, logger, enqueuer, ops, status }));
+  grpcServer.add('tern.v1.QueueService', QueueServiceBodyService, createQueueService({ pool, opsPool, logger, enqueuer, ops, status }));
   let metricsServer: http.Server | undefined;
   let ready = false;
 

@@ -52,15 +52,42 @@ export function q<R extends pg.QueryResultRow = pg.QueryResultRow>(c: Pool | Poo
  * literal (twice the size, escaped here, parsed back by Postgres): for bodies
  * that is most of the cost of storing them. In SQL, part i is
  * substring($packed from offsets[i] + 1 for lengths[i]).
+ *
+ * Parts that are views into one buffer (the bodies of one EnqueueBatch
+ * request, see decodeEnqueueBatch) are sent as the piece of it that spans
+ * them, without copying them together first, when the bytes between them
+ * (the other fields of the request) are few.
  */
 export function packBytes(parts: readonly Uint8Array[]): { packed: Buffer; offsets: number[]; lengths: number[] } {
+  const lengths = parts.map((p) => p.byteLength);
+  const total = lengths.reduce((a, b) => a + b, 0);
+  const shared = sharedSpan(parts, total);
+  if (shared) return { packed: shared.span, offsets: parts.map((p) => p.byteOffset - shared.start), lengths };
   const offsets: number[] = [];
-  const lengths: number[] = [];
   let at = 0;
-  for (const p of parts) {
+  for (const n of lengths) {
     offsets.push(at);
-    lengths.push(p.byteLength);
-    at += p.byteLength;
+    at += n;
   }
-  return { packed: Buffer.concat(parts.map((p) => (Buffer.isBuffer(p) ? p : Buffer.from(p.buffer, p.byteOffset, p.byteLength))), at), offsets, lengths };
+  return { packed: Buffer.concat(parts.map((p) => (Buffer.isBuffer(p) ? p : Buffer.from(p.buffer, p.byteOffset, p.byteLength))), total), offsets, lengths };
+}
+
+/** Bytes between the parts that a shared span may carry along: per part, and in all (over that, copying is cheaper than sending). */
+const SPAN_SLACK_PER_PART = 2048;
+const SPAN_SLACK_MAX_SHARE = 0.25;
+
+function sharedSpan(parts: readonly Uint8Array[], total: number): { span: Buffer; start: number } | undefined {
+  if (parts.length === 1) return { span: Buffer.from(parts[0]!.buffer, parts[0]!.byteOffset, parts[0]!.byteLength), start: parts[0]!.byteOffset };
+  if (parts.length === 0 || total < 16 * 1024) return undefined;
+  const ab = parts[0]!.buffer;
+  let start = Infinity;
+  let end = 0;
+  for (const p of parts) {
+    if (p.buffer !== ab) return undefined;
+    start = Math.min(start, p.byteOffset);
+    end = Math.max(end, p.byteOffset + p.byteLength);
+  }
+  const slack = end - start - total;
+  if (slack > SPAN_SLACK_PER_PART * parts.length && slack > total * SPAN_SLACK_MAX_SHARE) return undefined;
+  return { span: Buffer.from(ab, start, end - start), start };
 }

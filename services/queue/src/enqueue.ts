@@ -489,7 +489,7 @@ export class Enqueuer {
          RETURNING 1),
        b AS (
          INSERT INTO body_chunks (message_id, seq, data)
-         SELECT i, 0, substring($11::bytea from bo + 1 for bl) FROM unnest($3::text[], $27::int[], $28::int[]) AS x(i, bo, bl)
+         SELECT i, 0, substring($31::bytea from bo + 1 for bl) FROM unnest($3::text[], $27::int[], $28::int[]) AS x(i, bo, bl)
          RETURNING 1),
        g AS (${reserveSlotsSql(l, { skipLocked, probe: false, after: '(SELECT count(*) FROM m) + (SELECT count(*) FROM b) >= 0' })}),
        r AS (
@@ -501,7 +501,7 @@ export class Enqueuer {
                 CASE WHEN x.j IS NOT NULL AND x.d IN (SELECT name FROM g) THEN $20::timestamptz END
          FROM unnest($12::text[], $13::int[], $14::text[], $15::text[], $16::text[], $17::text[], $18::bool[], $21::text[]) AS x(m, i, a, d, o, n, h, j)
          RETURNING state),
-       o AS (${insertGrantedOutboxSql({ subjects: 22, msgIds: 23, packed: 24, offsets: 29, lengths: 30, traces: 25, destinations: 26, bodyOf: 31 })})
+       o AS (${insertGrantedOutboxSql({ subjects: 22, msgIds: 23, packed: 24, offsets: 29, lengths: 30, traces: 25, destinations: 26, bodyOf: 11 })})
        SELECT (SELECT array_agg(name) FROM g) AS granted, (SELECT count(*)::int FROM r WHERE state = ${S.queued}) AS queued,
               ${outboxIdsSql('o')} AS outbox`,
       [
@@ -515,7 +515,7 @@ export class Enqueuer {
         items.map((i) => JSON.stringify(i.trace)),
         now,
         items.map((i) => i.header.recipients.length),
-        bodies.packed,
+        ob.bodyOf,
         rc.m,
         rc.i,
         rc.a,
@@ -535,7 +535,9 @@ export class Enqueuer {
         bodies.lengths,
         payloads.offsets,
         payloads.lengths,
-        ob.bodyOf,
+        // The bodies last: node-pg's Bind buffer grows by half its size plus
+        // what is added, so anything after the bodies copied them again.
+        bodies.packed,
       ],
     );
     const granted = new Set(rows[0]?.granted ?? []);
