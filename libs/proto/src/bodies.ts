@@ -27,16 +27,25 @@ export function appendBytesField(encoded: Uint8Array, field: number, value: Uint
 const REQUEST_MESSAGES_FIELD = 1; // EnqueueBatchRequest.messages
 const MESSAGE_BODY_FIELD = 2; // EnqueueMessage.body
 
+/**
+ * An EnqueueMessage whose body may be given as pieces in `bodyParts` (then
+ * `body` is ignored): ingress hands over the socket reads a body arrived
+ * in, and encodeEnqueueBatch joins them once, into the request.
+ */
+export type EnqueueMessageParts = EnqueueMessage & { bodyParts?: readonly Uint8Array[] };
+
 /** EnqueueBatchRequest on the wire, each body copied once (into the result). */
 export function encodeEnqueueBatch(request: EnqueueBatchRequest): Buffer {
   const parts: Uint8Array[] = [];
   let total = 0;
-  for (const m of request.messages) {
+  for (const m of request.messages as EnqueueMessageParts[]) {
+    const body = m.bodyParts ?? [m.body];
+    const bodyLength = body.reduce((n, p) => n + p.length, 0);
     const rest = EnqueueMessage.encode({ ...m, body: EMPTY }).finish();
-    const bodyKey = m.body.length ? delimitedKey(MESSAGE_BODY_FIELD, m.body.length) : EMPTY;
-    const length = rest.length + bodyKey.length + m.body.length;
+    const bodyKey = bodyLength ? delimitedKey(MESSAGE_BODY_FIELD, bodyLength) : EMPTY;
+    const length = rest.length + bodyKey.length + bodyLength;
     const key = delimitedKey(REQUEST_MESSAGES_FIELD, length);
-    parts.push(key, rest, bodyKey, m.body);
+    parts.push(key, rest, bodyKey, ...body);
     total += key.length + length;
   }
   return Buffer.concat(parts, total);

@@ -4,7 +4,7 @@
 // bodies' lengths (one- to three-byte length prefixes), bytes and count.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { EnqueueBatchRequest, EnqueueMessage, appendBytesField, decodeEnqueueBatch, encodeEnqueueBatch } from '../src/index';
+import { EnqueueBatchRequest, EnqueueMessage, appendBytesField, decodeEnqueueBatch, encodeEnqueueBatch, type EnqueueMessageParts } from '../src/index';
 
 function body(len: number, seed: number): Buffer {
   const b = Buffer.alloc(len);
@@ -60,4 +60,17 @@ test('decodeEnqueueBatch reads what either encoder wrote, each body a view into 
   const withUnknown = Buffer.concat([encodeEnqueueBatch(request), Buffer.from([0x98, 0x01, 0x05])]); // field 19, varint 5
   assert.equal(decodeEnqueueBatch(withUnknown).messages.length, lengths.length);
   assert.deepEqual(decodeEnqueueBatch(Buffer.alloc(0)), { messages: [] });
+});
+
+test('a body given as pieces (bodyParts) encodes as the same body given whole', () => {
+  const whole = [message(1, 70_000), message(2, 0), message(3, 300)];
+  const pieces: EnqueueMessageParts[] = whole.map((m) => {
+    const b = m.body;
+    const cuts = b.length ? [0, 1, Math.floor(b.length / 3), b.length - 1, b.length] : [0, 0];
+    return { ...m, body: Buffer.alloc(0), bodyParts: cuts.slice(1).map((end, i) => b.subarray(cuts[i], end)) };
+  });
+  const a = encodeEnqueueBatch(EnqueueBatchRequest.fromPartial({ messages: whole }));
+  const b = encodeEnqueueBatch({ messages: pieces });
+  assert.equal(Buffer.compare(a, b), 0);
+  assert.equal(Buffer.compare(decodeEnqueueBatch(b).messages[0]!.body, whole[0]!.body), 0);
 });

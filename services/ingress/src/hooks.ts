@@ -25,6 +25,7 @@ import {
   type EnqueueResponse,
   type Envelope as ProtoEnvelope,
   type EnvelopeRecipient,
+  type EnqueueMessageParts,
   type SmtpReply,
 } from '@tern/proto';
 import { isPositive, SmtpDataError, type Envelope, type Reply, type SmtpHooks, type SmtpSession } from '@tern/smtp';
@@ -35,6 +36,9 @@ import { HeaderScanner, messageId, protocolName, receivedHeader, rfc5322Date } f
 import { headerLines, MessageCheck, type MessageCheckSettings } from './messagecheck';
 import { commandHooks, type CommandSettings } from './commands';
 import type { EnqueueBatcher } from './enqueue-batch';
+
+/** The batch path's body field: the pieces travel in bodyParts. */
+const EMPTY_BODY = Buffer.alloc(0);
 
 /** Body chunk size in Enqueue requests. */
 const CHUNK = 64 * 1024;
@@ -529,7 +533,8 @@ export function createHooks(deps: HooksDeps, submission: boolean): SmtpHooks {
           chunk = Buffer.concat([submissionHeaders(), scanner.take()]);
         }
         if (prefix) {
-          chunk = Buffer.concat([prefix, chunk]);
+          // Its own piece: joined to the first chunk it copied that chunk (up to 64 KiB).
+          await writeBody(prefix);
           prefix = undefined;
         }
         await writeBody(chunk);
@@ -570,8 +575,9 @@ export function createHooks(deps: HooksDeps, submission: boolean): SmtpHooks {
         writer.end();
         committed = result!;
       } else {
-        const body = held.length === 1 ? held[0]! : Buffer.concat(held, heldBytes);
-        committed = deps.enqueueBatch!.batcher.add({ header, body, commit, trace: injectContext() }).then((o) => {
+        // The pieces as they arrived: the request's encoding joins them, once.
+        const message: EnqueueMessageParts = { header, body: EMPTY_BODY, bodyParts: held, commit, trace: injectContext() };
+        committed = deps.enqueueBatch!.batcher.add(message).then((o) => {
           settled = true;
           if (o.errorCode) throw new Error(`EnqueueBatch refused the message: ${grpc.status[o.errorCode] ?? o.errorCode}: ${o.error}`);
           return { queueId: o.queueId, size: o.size };
