@@ -77,8 +77,8 @@ const SPAN_SLACK_PER_PART = 2048;
 const SPAN_SLACK_MAX_SHARE = 0.25;
 
 function sharedSpan(parts: readonly Uint8Array[], total: number): { span: Buffer; start: number } | undefined {
-  if (parts.length === 1) return { span: Buffer.from(parts[0]!.buffer, parts[0]!.byteOffset, parts[0]!.byteLength), start: parts[0]!.byteOffset };
-  if (parts.length === 0 || total < 16 * 1024) return undefined;
+  // One part is always sent as it is; several only when worth it.
+  if (parts.length === 0 || (parts.length > 1 && total < 16 * 1024)) return undefined;
   const ab = parts[0]!.buffer;
   let start = Infinity;
   let end = 0;

@@ -157,6 +157,18 @@ export async function reserveSlots(c: PoolClient, wanted: Map<string, number>, l
  * rows does, so none can deadlock with another); with `skipLocked`, a row
  * another transaction holds is left out instead of waited for.
  */
+/**
+ * A condition that is always true and makes the named data-modifying CTEs
+ * (each with a RETURNING clause) run before the rest of the statement's
+ * WHERE: Postgres evaluates it once, as a one-time filter, ahead of the
+ * scan. Put beside lockDestinationsSql, it keeps the destination rows
+ * (shared by every commit and result) locked for as little of the
+ * statement as possible.
+ */
+export function ctesFirstSql(...ctes: string[]): string {
+  return `${ctes.map((c) => `(SELECT count(*) FROM ${c})`).join(' + ')} >= 0`;
+}
+
 export function lockDestinationsSql(names: string, skipLocked = false): string {
   return `d.name IN (SELECT name FROM destinations WHERE name = ANY(${names}::text[]) ORDER BY name FOR UPDATE${skipLocked ? ' SKIP LOCKED' : ''})`;
 }
@@ -165,15 +177,14 @@ export function lockDestinationsSql(names: string, skipLocked = false): string {
  * Takes slots as SQL ($1 destination names, $2 jobs wanted per name; returns
  * the names granted): a destination gets all its jobs or none, under its
  * concurrency limit and rate, not suspended. `skipLocked`: a row held by
- * another transaction is not waited for (enqueue: see reserveSlots).
+ * another transaction is not waited for (enqueue, after a lock timeout: see
+ * reserveSlots).
  * `probe`: a dead destination due for its probe takes one job (dispatch;
  * new messages for a dead destination wait for the scheduler instead).
- * `after`: a condition on other CTEs of the statement (uncorrelated: a
- * one-time filter), which therefore run BEFORE the destination rows are
- * locked; the rows are shared by every commit and result, so they are held
- * for as little of the statement as possible.
+ * `after`: other CTEs of the statement to run BEFORE the destination rows
+ * are locked (see ctesFirstSql).
  */
-export function reserveSlotsSql(l: DestinationLimits, o: { skipLocked: boolean; probe: boolean; after?: string }): string {
+export function reserveSlotsSql(l: DestinationLimits, o: { skipLocked: boolean; probe: boolean; after?: string[] }): string {
   const tokens = tokensNowSql(l);
   const room = o.probe
     ? '((d.dead_until IS NULL AND d.inflight + t.n <= d.concurrency_limit) OR (d.dead_until <= now() AND d.inflight = 0 AND t.n = 1))'
@@ -182,7 +193,7 @@ export function reserveSlotsSql(l: DestinationLimits, o: { skipLocked: boolean; 
         tokens = CASE WHEN ${l.ratePerMin} = 0 THEN d.tokens ELSE ${tokens} - t.n END,
         tokens_at = now(), updated_at = now()
      FROM unnest($1::text[], $2::int[]) AS t(name, n)
-     WHERE ${o.after ? `${o.after} AND ` : ''}d.name = t.name AND NOT d.suspended
+     WHERE ${o.after?.length ? `${ctesFirstSql(...o.after)} AND ` : ''}d.name = t.name AND NOT d.suspended
        AND ${lockDestinationsSql('$1', o.skipLocked)}
        AND ${room}
        AND (${l.ratePerMin} = 0 OR ${tokens} >= t.n)

@@ -491,7 +491,7 @@ export class Enqueuer {
          INSERT INTO body_chunks (message_id, seq, data)
          SELECT i, 0, substring($31::bytea from bo + 1 for bl) FROM unnest($3::text[], $27::int[], $28::int[]) AS x(i, bo, bl)
          RETURNING 1),
-       g AS (${reserveSlotsSql(l, { skipLocked, probe: false, after: '(SELECT count(*) FROM m) + (SELECT count(*) FROM b) >= 0' })}),
+       g AS (${reserveSlotsSql(l, { skipLocked, probe: false, after: ['m', 'b'] })}),
        r AS (
          INSERT INTO recipients (message_id, idx, address, domain, orcpt, notify, state, created_at, expires_at, next_attempt_at, job_id, lease_expires_at)
          SELECT x.m, x.i, x.a, x.d, x.o, x.n::smallint[],

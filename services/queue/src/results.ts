@@ -11,7 +11,7 @@ import type { Logger } from '@tern/telemetry';
 import type { Counter } from './metrics';
 import { Batcher } from '@tern/runtime';
 import { q, tx } from './db';
-import { dispatchDue, dueAtSql, feedbackByDestination, lockDestinationsSql, releaseSetSql, type DestinationLimits, type JobEnd } from './dispatch';
+import { ctesFirstSql, dispatchDue, dueAtSql, feedbackByDestination, lockDestinationsSql, releaseSetSql, type DestinationLimits, type JobEnd } from './dispatch';
 import { parseRecipientId } from './ids';
 import { backoffMs, S, statusOf, PENDING_SQL, type BackoffSettings } from './model';
 import { insertOutbox, type OutboxRow, type StoredOutboxRow } from './outbox';
@@ -273,7 +273,7 @@ export class ResultApplier {
          rel AS (
            UPDATE destinations d SET ${releaseSetSql('(SELECT count(*) FROM fin WHERE fin.d = d.name)', '$29', '$30', '$31')}
            FROM unnest($25::text[], $26::int[], $27::int[], $28::text[]) AS t(name, ok, failed, err)
-           WHERE (SELECT count(*) FROM a) >= 0 AND (SELECT count(*) FROM done) >= 0
+           WHERE ${ctesFirstSql('a', 'done')}
              AND d.name = t.name
              AND ${lockDestinationsSql('$25')}
            RETURNING d.name)
