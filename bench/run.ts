@@ -34,6 +34,7 @@ import type { Mta } from './lib/mta';
 import { medianRuns, table, type LatencyStats, type RunResult } from './lib/report';
 import { freePort, log, percentile, sleep } from './lib/util';
 import { summarizeProfiles } from './profile';
+import { natsServerBinary } from '@tern/devkit';
 
 const REPO = path.resolve(__dirname, '..');
 const OUT_DIR = path.join(REPO, '.tern', 'bench');
@@ -349,7 +350,7 @@ function machine(): Record<string, unknown> {
     node: process.version,
     postfix: sh('postconf', ['-d', '-h', 'mail_version']),
     postgres: sh('bash', ['-c', 'ls -d /usr/lib/postgresql/*/bin/postgres | tail -1 | xargs -I{} {} --version']),
-    nats: sh('nats-server', ['--version']),
+    nats: sh(natsServerBinary(), ['--version']),
     commit: sh('git', ['-C', REPO, 'rev-parse', '--short', 'HEAD']),
     loadavg: os.loadavg(),
   };

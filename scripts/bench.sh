@@ -34,11 +34,12 @@ fi
 # Postgres and NATS: the bench runs private instances of both, so it only
 # needs the binaries. provision.sh installs them on a fresh machine (and
 # starts the project's shared instances, which the bench leaves alone).
-if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || ! command -v nats-server >/dev/null 2>&1; then
+bash scripts/install-nats.sh   # .tern/bin/nats-server, the pinned release (fast once built)
+if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then
   if [[ -f scripts/provision.sh ]]; then
     bash scripts/provision.sh
   else
-    echo "bench: Postgres or nats-server is missing and scripts/provision.sh is not there yet" >&2
+    echo "bench: Postgres is missing and scripts/provision.sh is not there yet" >&2
     exit 1
   fi
 fi

@@ -21,9 +21,10 @@
 #   1. a server at that URL with JetStream enabled is reused;
 #   2. otherwise `nats-server -js -sd .tern/nats` is started in the
 #      background (pid in .tern/nats.pid, log in .tern/nats.log; for a port
-#      other than 4222: .tern/nats-<port>, .pid, .log); the binary
-#      is TERN_NATS_SERVER_BIN, nats-server on PATH, /usr/sbin/nats-server, or
-#      Debian's `nats-server` installed with apt-get.
+#      other than 4222: .tern/nats-<port>, .pid, .log); the binary is
+#      .tern/bin/nats-server from scripts/install-nats.sh (the pinned
+#      release built with Go; TERN_NATS_SERVER_BIN, the system's or Debian's
+#      nats-server when that cannot be done).
 #   A server at that URL without JetStream is an error.
 #
 # Exit status is non-zero, with a message naming the cause, on any failure.
@@ -264,16 +265,11 @@ nats_info() {
 nats_has_js() { local i; i="$(nats_info)" && [[ "$i" == INFO* && "$i" == *'"jetstream":true'* ]]; }
 nats_version() { nats_info | sed -n 's/.*"version":"\([^"]*\)".*/\1/p'; }
 
-nats_bin() {
-  local b
-  for b in "${TERN_NATS_SERVER_BIN:-}" "$(command -v nats-server 2>/dev/null || true)" /usr/sbin/nats-server /usr/local/bin/nats-server; do
-    [[ -n "$b" && -x "$b" ]] && { printf '%s\n' "$b"; return 0; }
-  done
-  return 1
-}
-
 provision_nats() {
   local info
+  # The binary is installed even when a server already runs: the tests and
+  # the bench start private ones from .tern/bin/nats-server.
+  bash "$TERN_ROOT/scripts/install-nats.sh" >&2
   if info="$(nats_info)" && [[ "$info" == INFO* ]]; then
     if [[ "$info" == *'"jetstream":true'* ]]; then
       local what="reusing"
@@ -287,13 +283,7 @@ provision_nats() {
     tern_die nats "$NATS_HOST:$NATS_PORT is taken by something that is not a NATS server; free it or set TERN_NATS_URL"
   fi
   tern_is_loopback "$NATS_HOST" || tern_die nats "cannot connect to $NATS_URL"
-  local bin
-  if ! bin="$(nats_bin)"; then
-    tern_apt_install nats nats-server
-    # Debian's unit runs without JetStream on 4222: we only want the binary.
-    if [[ -d /run/systemd/system ]]; then systemctl disable --now nats-server >/dev/null 2>&1 || true; fi
-    bin="$(nats_bin)" || tern_die nats "nats-server not found after installing it"
-  fi
+  local bin="$TERN_ROOT/.tern/bin/nats-server"
   # Our own server from an earlier run that no longer answers: stop it.
   if [[ -f "$NATS_PIDFILE" ]]; then
     local old

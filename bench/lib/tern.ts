@@ -10,7 +10,7 @@ import crypto from 'node:crypto';
 import pg from 'pg';
 import { start, stopProcess, type Root } from './procs';
 import { freePort, log, run, runOk, sleep, waitTcp } from './util';
-import { SERVICE_NODE_FLAGS } from '@tern/devkit';
+import { SERVICE_NODE_FLAGS, natsServerBinary } from '@tern/devkit';
 import { startDns, type BenchDns } from './dns';
 import type { Mta, MtaStartOptions } from './mta';
 
@@ -82,7 +82,7 @@ export class TernMta implements Mta {
 
     // NATS
     const natsPort = await freePort(TERN_HOST);
-    this.natsProc = start('nats-server', ['-js', '-a', TERN_HOST, '-p', String(natsPort), '-sd', path.join(this.dir, 'nats')], {
+    this.natsProc = start(natsServerBinary(), ['-js', '-a', TERN_HOST, '-p', String(natsPort), '-sd', path.join(this.dir, 'nats')], {
       label: 'nats-server',
       logFile: path.join(this.dir, 'nats.log'),
     });

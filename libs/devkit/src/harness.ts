@@ -224,8 +224,9 @@ export interface NatsServerHandle {
   close(): Promise<void>;
 }
 
+/** The nats-server to run: TERN_NATS_SERVER_BIN, the pinned build from scripts/install-nats.sh, PATH, Debian's. */
 export function natsServerBinary(): string {
-  const candidates = [process.env.TERN_NATS_SERVER_BIN];
+  const candidates = [process.env.TERN_NATS_SERVER_BIN, path.join(repoRoot(), '.tern', 'bin', 'nats-server')];
   for (const dir of (process.env.PATH ?? '').split(path.delimiter)) if (dir) candidates.push(path.join(dir, 'nats-server'));
   candidates.push('/usr/sbin/nats-server', '/usr/local/bin/nats-server', '/usr/bin/nats-server');
   for (const c of candidates) {
@@ -237,7 +238,7 @@ export function natsServerBinary(): string {
       /* next */
     }
   }
-  throw new Error('@tern/devkit: nats-server not found (PATH, /usr/sbin, TERN_NATS_SERVER_BIN); run: bash scripts/provision.sh');
+  throw new Error('@tern/devkit: nats-server not found (TERN_NATS_SERVER_BIN, .tern/bin, PATH, /usr/sbin); run: bash scripts/install-nats.sh');
 }
 
 /** Reads a NATS server's INFO line; resolves with its JSON, or undefined if nothing answers. */

@@ -19,7 +19,7 @@ import {
 export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 // Ports claimed across test processes, below the ephemeral range (see devkit).
-import { freePort } from '@tern/devkit';
+import { freePort, natsServerBinary } from '@tern/devkit';
 export { freePort };
 
 export async function waitFor(what: string, cond: () => boolean | Promise<boolean>, timeoutMs = 10_000): Promise<void> {
@@ -39,8 +39,7 @@ export class NatsServer {
   async start(): Promise<this> {
     const port = await freePort();
     this.dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tern-bounce-nats-'));
-    const bin = fs.existsSync('/usr/sbin/nats-server') ? '/usr/sbin/nats-server' : 'nats-server';
-    this.proc = spawn(bin, ['-js', '-a', '127.0.0.1', '-p', String(port), '-sd', this.dir], { stdio: 'ignore' });
+    this.proc = spawn(natsServerBinary(), ['-js', '-a', '127.0.0.1', '-p', String(port), '-sd', this.dir], { stdio: 'ignore' });
     this.url = `nats://127.0.0.1:${port}`;
     await waitFor('nats-server', () =>
       new Promise<boolean>((r) => {

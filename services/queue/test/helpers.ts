@@ -43,13 +43,13 @@ export async function createDatabase(): Promise<{ url: string; query: pg.Pool['q
 }
 
 // Ports claimed across test processes, below the ephemeral range (see devkit).
-import { freePort } from '@tern/devkit';
+import { freePort, natsServerBinary } from '@tern/devkit';
 export { freePort };
 
 export async function startNats(): Promise<{ url: string; stop(): Promise<void> }> {
   const port = await freePort();
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tern-queue-nats-'));
-  const child: ChildProcess = spawn('/usr/sbin/nats-server', ['-js', '-a', '127.0.0.1', '-p', String(port), '-sd', dir], { stdio: 'ignore' });
+  const child: ChildProcess = spawn(natsServerBinary(), ['-js', '-a', '127.0.0.1', '-p', String(port), '-sd', dir], { stdio: 'ignore' });
   const deadline = Date.now() + 10_000;
   for (;;) {
     const ok = await new Promise<boolean>((resolve) => {
