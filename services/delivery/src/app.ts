@@ -32,7 +32,11 @@ export function createApp(config: Config, deps: AppDeps): App {
   const { logger, tracer, meter } = deps.telemetry;
   const heloName = config.TERN_HELO_NAME ?? config.TERN_HOSTNAME;
   const queue = createClient(QueueServiceClient, config.TERN_QUEUE_ADDR, { deadlineMs: 0 });
-  const pool = new ConnectionPool({ maxMessagesPerConnection: config.TERN_SMTP_MAX_MESSAGES_PER_CONNECTION, idleMs: config.TERN_SMTP_IDLE_MS });
+  const pool = new ConnectionPool({
+    maxMessagesPerConnection: config.TERN_SMTP_MAX_MESSAGES_PER_CONNECTION,
+    idleMs: config.TERN_SMTP_IDLE_MS,
+    maxSessionsPerPeer: config.TERN_SMTP_MAX_SESSIONS_PER_PEER,
+  });
   const resolver = new NextHopResolver({ servers: config.TERN_DNS_SERVERS, port: config.TERN_SMTP_PORT, ownNames: [heloName.toLowerCase(), config.TERN_HOSTNAME.toLowerCase()], timeoutMs: config.TERN_DNS_TIMEOUT_MS });
   const worker: WorkerDeps = {
     logger,
@@ -64,6 +68,9 @@ export function createApp(config: Config, deps: AppDeps): App {
   meter
     .createObservableGauge('tern_delivery_connections_reused', { description: 'Transactions that took an idle SMTP/LMTP session instead of a new connection' })
     .addCallback((o) => o.observe(pool.reused));
+  meter
+    .createObservableGauge('tern_delivery_session_waits', { description: 'Jobs that waited for a session because their peer had TERN_SMTP_MAX_SESSIONS_PER_PEER open' })
+    .addCallback((o) => o.observe(pool.waited));
 
   const grpcServer = new GrpcServer({ logger, tracer });
   let metricsServer: http.Server | undefined;

@@ -39,6 +39,14 @@ const schema = z.object({
   TERN_SMTP_MAX_MESSAGES_PER_CONNECTION: positiveInt(100),
   TERN_SMTP_IDLE_MS: positiveInt(5_000),
   /**
+   * Sessions open at once from this pod to one peer (address and port),
+   * idle ones included; further jobs to it wait for one. 20 is Postfix's
+   * default_destination_concurrency_limit; receivers commonly allow 50 per
+   * client IP. The queue's TERN_QUEUE_DEST_CONCURRENCY_MAX bounds the jobs
+   * handed to all pods for one destination.
+   */
+  TERN_SMTP_MAX_SESSIONS_PER_PEER: positiveInt(20),
+  /**
    * Trust anchors (PEM file) for certificate verification under the
    * "verify" TLS policy, REQUIRETLS and MTA-STS; unset = Node's bundled CAs.
    */

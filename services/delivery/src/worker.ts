@@ -274,7 +274,7 @@ export async function deliver(deps: WorkerDeps, job: DeliveryJob): Promise<Deliv
               body: signature ? prefixed(signature, source()) : source(),
             });
           } catch (err) {
-            client.destroy();
+            deps.pool.discard(client, opts);
             // A reused session that failed its RSET took nothing: once more on a new one.
             if (err instanceof StaleSessionError && !fresh) {
               fresh = true;

@@ -31,6 +31,7 @@ test('defaults', () => {
   assert.deepEqual(c.TERN_DKIM_KEYS, []);
   assert.equal(c.TERN_RESULT_BATCH_DELAY_MS, 10);
   assert.equal(c.TERN_RESULT_BATCH_MAX, 64);
+  assert.equal(c.TERN_SMTP_MAX_SESSIONS_PER_PEER, 20);
   assert.equal(loadConfig({ ...base, TERN_RESULT_BATCH_DELAY_MS: '0' }).TERN_RESULT_BATCH_DELAY_MS, 0, 'no delay: the end of the event-loop turn');
 });
 
@@ -38,6 +39,7 @@ test('bad values are refused naming the variable', () => {
   assert.match(problems({ TERN_SMTP_PORT: 'x' }).join(), /^TERN_SMTP_PORT: /);
   assert.match(problems({ TERN_RESULT_BATCH_DELAY_MS: '-1' }).join(), /^TERN_RESULT_BATCH_DELAY_MS: /);
   assert.match(problems({ TERN_RESULT_BATCH_MAX: '0' }).join(), /^TERN_RESULT_BATCH_MAX: /);
+  assert.match(problems({ TERN_SMTP_MAX_SESSIONS_PER_PEER: '0' }).join(), /^TERN_SMTP_MAX_SESSIONS_PER_PEER: /);
   assert.match(problems({ TERN_SOURCE_ADDRESS: 'not-an-ip' }).join(), /^TERN_SOURCE_ADDRESS: /);
   assert.match(problems({ TERN_MTA_STS: 'perhaps' }).join(), /^TERN_MTA_STS: /);
   assert.match(problems({ TERN_SMTP_TLS_CA_FILE: '/no/such/ca.pem' }).join(), /^TERN_SMTP_TLS_CA_FILE: cannot read this file/);

@@ -42,7 +42,7 @@ export function makeDeps(o: DepsOptions): WorkerDeps {
   return {
     logger,
     resolver: new NextHopResolver({ servers: [o.dns], port: o.port, ownNames: o.ownNames ?? ['mx.tern.test'], timeoutMs: o.dnsTimeoutMs ?? 500 }),
-    pool: o.pool ?? new ConnectionPool({ maxMessagesPerConnection: 100, idleMs: 60_000 }),
+    pool: o.pool ?? new ConnectionPool({ maxMessagesPerConnection: 100, idleMs: 60_000, maxSessionsPerPeer: 20 }),
     queue: fakeQueue(o.bodies),
     worker: 'test',
     heloName: 'mx.tern.test',
@@ -134,6 +134,11 @@ export class MiniSmtp {
 
   get port(): number {
     return (this.server!.address() as net.AddressInfo).port;
+  }
+
+  /** Connections open now (a receiver's per-client count). */
+  get openConnections(): number {
+    return this.sockets.size;
   }
 
   async close(): Promise<void> {

@@ -29,7 +29,7 @@ before(async () => {
 after(() => harness.close());
 
 test('delivers into Postfix over STARTTLS: per-recipient replies (unknown user refused), body intact, one session for two jobs', { skip }, async () => {
-  const pool = new ConnectionPool({ maxMessagesPerConnection: 10, idleMs: 60_000 });
+  const pool = new ConnectionPool({ maxMessagesPerConnection: 10, idleMs: 60_000, maxSessionsPerPeer: 20 });
   const deps = makeDeps({ dns: dns.address, port, bodies, pool });
   const body = 'From: alice@sender.test\r\nTo: bob@dest.test\r\nSubject: into postfix\r\nMessage-ID: <pf-1@sender.test>\r\n\r\n.leading dot\r\nbare\nLF\r\n..two dots\r\nend\r\n';
   const r1 = await deliver(

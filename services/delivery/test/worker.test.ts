@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { after, before, beforeEach, describe, test } from 'node:test';
 import { Harness, type DnsServer, type SmtpSink } from '@tern/devkit';
 import { AttemptOutcome, DsnNotify, DsnRet, BodyType, type DeliveryResult } from '@tern/proto';
-import { ConnectionPool } from '../src/pool';
+import { ConnectionPool, PoolClosedError } from '../src/pool';
 import { BodyUnavailableError, deliver } from '../src/worker';
 import { shuffleEqualPreferences } from '../src/nexthop';
 import { makeDeps, makeJob, MiniSmtp, plainHandler, type DepsOptions } from './helpers';
@@ -530,7 +530,7 @@ test('a server that stops reading in the middle of the data: deferred 4.4.2 afte
 describe('connection reuse', () => {
   test('one session carries several jobs (RSET between), up to the per-connection cap', async () => {
     dns.mx('reuse.test', 'mx.reuse.test').a('mx.reuse.test', '127.0.4.2');
-    const pool = new ConnectionPool({ maxMessagesPerConnection: 2, idleMs: 60_000 });
+    const pool = new ConnectionPool({ maxMessagesPerConnection: 2, idleMs: 60_000, maxSessionsPerPeer: 20 });
     const d = deps({ pool });
     for (let i = 0; i < 5; i++) {
       const r = await deliver(d, makeJob(bodies, [`u${i}@reuse.test`]));
@@ -547,7 +547,7 @@ describe('connection reuse', () => {
 
   test('a session the server closed while idle is replaced by a new one', async () => {
     dns.mx('reuse2.test', 'mx.reuse2.test').a('mx.reuse2.test', '127.0.4.2');
-    const pool = new ConnectionPool({ maxMessagesPerConnection: 10, idleMs: 60_000 });
+    const pool = new ConnectionPool({ maxMessagesPerConnection: 10, idleMs: 60_000, maxSessionsPerPeer: 20 });
     const d = deps({ pool });
     await deliver(d, makeJob(bodies, ['u@reuse2.test']));
     // The server drops every connection (as after its idle timeout).
@@ -562,7 +562,7 @@ describe('connection reuse', () => {
   test('a reused session: RSET leaves in the same write as MAIL, RCPT and DATA, and the body with its end of data in one write', async () => {
     const server = await mini('127.0.4.40', plainHandler(['PIPELINING']));
     dns.mx('reusepipe.test', 'mx.reusepipe.test').a('mx.reusepipe.test', '127.0.4.40');
-    const pool = new ConnectionPool({ maxMessagesPerConnection: 10, idleMs: 60_000 });
+    const pool = new ConnectionPool({ maxMessagesPerConnection: 10, idleMs: 60_000, maxSessionsPerPeer: 20 });
     const d = deps({ pool });
     for (const u of ['u', 'v']) assert.deepEqual(replies(await deliver(d, makeJob(bodies, [`${u}@reusepipe.test`]))), ['250 2.0.0']);
     await pool.close();
@@ -590,7 +590,7 @@ describe('connection reuse', () => {
         return 'close';
       }));
       dns.mx(domain, `mx.${domain}`).a(`mx.${domain}`, host);
-      const pool = new ConnectionPool({ maxMessagesPerConnection: 10, idleMs: 60_000 });
+      const pool = new ConnectionPool({ maxMessagesPerConnection: 10, idleMs: 60_000, maxSessionsPerPeer: 20 });
       const d = deps({ pool });
       for (const u of ['u', 'v', 'w']) {
         const r = await deliver(d, makeJob(bodies, [`${u}@${domain}`]));
@@ -606,7 +606,7 @@ describe('connection reuse', () => {
   test('sessions are not shared between different next hops', async () => {
     twoMx('reuse3.test', '127.0.4.2', '127.0.4.3');
     dns.mx('reuse4.test', 'mx.reuse4.test').a('mx.reuse4.test', '127.0.4.3');
-    const pool = new ConnectionPool({ maxMessagesPerConnection: 10, idleMs: 60_000 });
+    const pool = new ConnectionPool({ maxMessagesPerConnection: 10, idleMs: 60_000, maxSessionsPerPeer: 20 });
     const d = deps({ pool });
     await deliver(d, makeJob(bodies, ['u@reuse3.test']));
     await deliver(d, makeJob(bodies, ['u@reuse4.test']));
@@ -614,5 +614,80 @@ describe('connection reuse', () => {
     assert.equal(sinkB.messages.length, 1);
     assert.equal(pool.opened, 2);
     await pool.close();
+  });
+});
+
+describe('sessions per peer', () => {
+  test('at most TERN_SMTP_MAX_SESSIONS_PER_PEER sessions to one peer: the other jobs wait and go over the sessions that come back', async () => {
+    let maxOpen = 0;
+    // The end of data is answered after 40 ms, so jobs overlap.
+    const server = await mini('127.0.4.43', plainHandler(['PIPELINING'], (line, s) => {
+      maxOpen = Math.max(maxOpen, server.openConnections);
+      if (line !== '.') return null;
+      setTimeout(() => s.write('250 2.0.0 queued'), 40);
+      return undefined;
+    }));
+    dns.mx('capped.test', 'mx.capped.test').a('mx.capped.test', '127.0.4.43');
+    const pool = new ConnectionPool({ maxMessagesPerConnection: 100, idleMs: 60_000, maxSessionsPerPeer: 2 });
+    const d = deps({ pool });
+    const results = await Promise.all(Array.from({ length: 6 }, (_, i) => deliver(d, makeJob(bodies, [`u${i}@capped.test`]))));
+    for (const r of results) assert.deepEqual(replies(r), ['250 2.0.0']);
+    assert.equal(server.sessions.length, 2, 'two sessions carried the six jobs');
+    assert.ok(maxOpen <= 2, `at most 2 connections open at once (saw ${maxOpen})`);
+    assert.equal(pool.opened, 2);
+    assert.equal(pool.reused, 4);
+    assert.ok(pool.waited >= 4, `jobs waited for a session (${pool.waited})`);
+    assert.equal(pool.sessionsTo({ address: '127.0.4.43', port } as Parameters<typeof pool.sessionsTo>[0]), 2, 'both idle, still counted');
+    await pool.close();
+  });
+
+  test('at the cap, an idle session to the peer under other options quits before a new one opens; a broken session frees its place', async () => {
+    let maxOpen = 0;
+    let breakNext = false;
+    const server = await mini('127.0.4.44', plainHandler([], (line) => {
+      maxOpen = Math.max(maxOpen, server.openConnections);
+      if (line === '.' && breakNext) {
+        breakNext = false;
+        return 'close';
+      }
+      return null;
+    }));
+    // Two names for one address: sessions are keyed by the name (TLS checks), the cap by the address.
+    dns.mx('one.capped.test', 'mx1.capped.test').a('mx1.capped.test', '127.0.4.44');
+    dns.mx('two.capped.test', 'mx2.capped.test').a('mx2.capped.test', '127.0.4.44');
+    const pool = new ConnectionPool({ maxMessagesPerConnection: 100, idleMs: 60_000, maxSessionsPerPeer: 1 });
+    const d = deps({ pool });
+    assert.deepEqual(replies(await deliver(d, makeJob(bodies, ['u@one.capped.test']))), ['250 2.0.0']);
+    assert.deepEqual(replies(await deliver(d, makeJob(bodies, ['u@two.capped.test']))), ['250 2.0.0']);
+    assert.equal(server.sessions.length, 2);
+    assert.equal(server.sessions[0]!.lines.at(-1), 'QUIT', 'the idle session was closed with QUIT');
+    assert.ok(maxOpen <= 1, `one connection at a time (saw ${maxOpen})`);
+    // The session breaks at the end of data: deferred, and the next job is not kept waiting for its place.
+    breakNext = true;
+    const broken = await deliver(d, makeJob(bodies, ['v@two.capped.test']));
+    assert.equal(broken!.recipients[0]!.reply!.code, 451);
+    assert.deepEqual(replies(await deliver(d, makeJob(bodies, ['w@two.capped.test']))), ['250 2.0.0']);
+    assert.equal(server.sessions.length, 3);
+    await pool.close();
+  });
+
+  test('jobs waiting for a session when the pool closes fail on our side (the job is redelivered), not as a delivery failure', async () => {
+    const server = await mini('127.0.4.45', plainHandler([], (line, s) => {
+      if (line !== '.') return null;
+      setTimeout(() => s.write('250 2.0.0 queued'), 100);
+      return undefined;
+    }));
+    dns.mx('closing.test', 'mx.closing.test').a('mx.closing.test', '127.0.4.45');
+    const pool = new ConnectionPool({ maxMessagesPerConnection: 100, idleMs: 60_000, maxSessionsPerPeer: 1 });
+    const d = deps({ pool });
+    const first = deliver(d, makeJob(bodies, ['u@closing.test']));
+    const second = deliver(d, makeJob(bodies, ['v@closing.test'])).catch((err: unknown) => err);
+    // The second job waits behind the first (DNS first, so poll rather than sleep).
+    for (const deadline = Date.now() + 5_000; pool.waited < 1 && Date.now() < deadline; ) await new Promise((r) => setTimeout(r, 5));
+    assert.equal(pool.waited, 1);
+    await pool.close();
+    assert.deepEqual(replies(await first), ['250 2.0.0']);
+    assert.ok((await second) instanceof PoolClosedError, 'the waiting job failed with PoolClosedError');
+    assert.equal(server.sessions.length, 1);
   });
 });

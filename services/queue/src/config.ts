@@ -76,15 +76,15 @@ const schema = z.object({
   /**
    * ... grown by one per success up to this. A job holds its slot from the
    * dispatch commit to the result commit (durable hand-offs both ways), so
-   * the remote sees fewer sessions than slots: at 20 (Postfix's
-   * default_destination_concurrency_limit, which counts smtp processes) one
-   * destination topped out at 160-290 msgs/s on 2 cores with the slots full
-   * and every further message dispatched by a second transaction. 50 is the
-   * ceiling a default Postfix receiver allows one client
-   * (smtpd_client_connection_count_limit), and this limit binds all delivery
-   * pods together, where Postfix's binds one instance.
+   * this bounds the jobs in that pipeline for one destination, across all
+   * delivery pods; sessions are fewer, and each delivery pod caps its own
+   * per peer (TERN_SMTP_MAX_SESSIONS_PER_PEER, 20). At 50 the slots ran out
+   * at 50 sessions in `npm run bench` (a slot is held 90 ms and more under
+   * load) and most messages waited for a second transaction that read their
+   * bodies back: 100 raised 64k-50 from 320-325 to 339-440 msgs/s with a
+   * third less queue CPU per message (session 9).
    */
-  TERN_QUEUE_DEST_CONCURRENCY_MAX: positiveInt(50),
+  TERN_QUEUE_DEST_CONCURRENCY_MAX: positiveInt(100),
   /** Jobs started per destination per minute; 0 = no limit. */
   TERN_QUEUE_DEST_RATE_PER_MIN: nonNegativeInt(0),
   /** Consecutive destination failures (421, no connection) that suspend a destination. */
