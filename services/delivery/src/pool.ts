@@ -68,6 +68,7 @@ export class ConnectionPool {
   async acquire(opts: ConnectOptions, fresh = false): Promise<SmtpClient> {
     const key = this.key(opts);
     const peer = this.peer(opts);
+    let woken = false;
     for (;;) {
       if (this.closed) throw new PoolClosedError();
       const list = fresh ? undefined : this.idle.get(key);
@@ -84,12 +85,15 @@ export class ConnectionPool {
       if (this.sessionsTo(opts) < this.opts.maxSessionsPerPeer) break;
       // At the cap: an idle session to the peer under other options makes room once it has quit.
       if (await this.closeIdleTo(peer)) continue;
-      this.waited++;
+      // A job woken before that lost the session to a newcomer keeps its place at the front.
+      if (!woken) this.waited++;
       await new Promise<void>((resolve) => {
         const q = this.waiting.get(peer) ?? [];
-        q.push(resolve);
+        if (woken) q.unshift(resolve);
+        else q.push(resolve);
         this.waiting.set(peer, q);
       });
+      woken = true;
     }
     this.open.set(peer, this.sessionsTo(opts) + 1);
     try {
@@ -150,7 +154,10 @@ export class ConnectionPool {
 
   /** QUIT, then one session to `peer` fewer: the receiver counts the connection until it closes. */
   private quit(peer: string, client: SmtpClient): Promise<void> {
-    return client.quit().finally(() => this.gone(peer));
+    return client
+      .quit()
+      .catch(() => undefined)
+      .finally(() => this.gone(peer));
   }
 
   /** Closes one idle session to `peer` (opened under other options than a waiting job needs); false when there is none. */
