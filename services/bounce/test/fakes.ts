@@ -1,11 +1,6 @@
 // Test kit: a private nats-server with JetStream on a free loopback port, and
 // an in-process fake QueueService (our own contract) that serves originals
 // through ReadBody and records every Enqueue call.
-import { spawn, type ChildProcess } from 'node:child_process';
-import fs from 'node:fs';
-import net from 'node:net';
-import os from 'node:os';
-import path from 'node:path';
 import { grpc } from '@tern/grpc';
 import {
   EnqueueResponse,
@@ -19,7 +14,7 @@ import {
 export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 // Ports claimed across test processes, below the ephemeral range (see devkit).
-import { freePort, natsServerBinary } from '@tern/devkit';
+import { freePort, startNats, type NatsServerHandle } from '@tern/devkit';
 export { freePort };
 
 export async function waitFor(what: string, cond: () => boolean | Promise<boolean>, timeoutMs = 10_000): Promise<void> {
@@ -31,37 +26,20 @@ export async function waitFor(what: string, cond: () => boolean | Promise<boolea
   throw new Error(`timed out waiting for ${what}`);
 }
 
+/** A private nats-server with JetStream (devkit's); stop kills it and removes its store. */
 export class NatsServer {
-  private proc: ChildProcess | undefined;
-  private dir = '';
+  private handle: NatsServerHandle | undefined;
   url = '';
 
   async start(): Promise<this> {
-    const port = await freePort();
-    this.dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tern-bounce-nats-'));
-    this.proc = spawn(natsServerBinary(), ['-js', '-a', '127.0.0.1', '-p', String(port), '-sd', this.dir], { stdio: 'ignore' });
-    this.url = `nats://127.0.0.1:${port}`;
-    await waitFor('nats-server', () =>
-      new Promise<boolean>((r) => {
-        const sock = net.connect(port, '127.0.0.1');
-        sock.on('connect', () => {
-          sock.destroy();
-          r(true);
-        });
-        sock.on('error', () => r(false));
-      }),
-    );
+    this.handle = await startNats();
+    this.url = this.handle.url;
     return this;
   }
 
   async stop(): Promise<void> {
-    const proc = this.proc;
-    if (proc && proc.exitCode === null) {
-      const exited = new Promise((r) => proc.once('exit', r));
-      proc.kill('SIGKILL');
-      await exited;
-    }
-    fs.rmSync(this.dir, { recursive: true, force: true });
+    await this.handle?.kill();
+    await this.handle?.close();
   }
 }
 

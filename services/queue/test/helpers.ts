@@ -1,11 +1,7 @@
 // Test kit: a fresh database per test file (dropped after), a private
 // nats-server with JetStream, the queue app in-process on loopback, a typed
 // client, and helpers acting as ingress (Enqueue) and delivery (jobs, results).
-import { spawn, type ChildProcess } from 'node:child_process';
 import crypto from 'node:crypto';
-import fs from 'node:fs';
-import net from 'node:net';
-import os from 'node:os';
 import path from 'node:path';
 import { Bus, SUBJECTS } from '@tern/bus';
 import { migrate, pg } from '@tern/db';
@@ -43,34 +39,13 @@ export async function createDatabase(): Promise<{ url: string; query: pg.Pool['q
 }
 
 // Ports claimed across test processes, below the ephemeral range (see devkit).
-import { freePort, natsServerBinary } from '@tern/devkit';
+import { freePort, startNats as startDevkitNats } from '@tern/devkit';
 export { freePort };
 
+/** A private nats-server with JetStream (devkit's), removed with its store on stop. */
 export async function startNats(): Promise<{ url: string; stop(): Promise<void> }> {
-  const port = await freePort();
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tern-queue-nats-'));
-  const child: ChildProcess = spawn(natsServerBinary(), ['-js', '-a', '127.0.0.1', '-p', String(port), '-sd', dir], { stdio: 'ignore' });
-  const deadline = Date.now() + 10_000;
-  for (;;) {
-    const ok = await new Promise<boolean>((resolve) => {
-      const s = net.connect(port, '127.0.0.1', () => {
-        s.destroy();
-        resolve(true);
-      });
-      s.on('error', () => resolve(false));
-    });
-    if (ok) break;
-    if (Date.now() > deadline) throw new Error('nats-server did not start');
-    await sleep(50);
-  }
-  return {
-    url: `nats://127.0.0.1:${port}`,
-    async stop() {
-      child.kill('SIGTERM');
-      await new Promise((r) => child.once('exit', r));
-      fs.rmSync(dir, { recursive: true, force: true });
-    },
-  };
+  const nats = await startDevkitNats();
+  return { url: nats.url, stop: () => nats.close() };
 }
 
 export const telemetry = createTelemetry({ service: 'queue-test', logLevel: process.env.TERN_TEST_LOG_LEVEL ?? 'silent' });
