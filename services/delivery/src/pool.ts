@@ -131,8 +131,7 @@ export class ConnectionPool {
 
   /** Drops a session that broke mid-transaction (no QUIT: the peer may be inside DATA). */
   discard(client: SmtpClient, opts: ConnectOptions): void {
-    client.destroy();
-    this.gone(this.peer(opts));
+    this.gone(this.peer(opts), client);
   }
 
   /** One session to `peer` fewer (closed now, or never opened); `client` is destroyed. */
