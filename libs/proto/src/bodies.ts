@@ -9,7 +9,7 @@
 // body goes last.
 import { makeGenericClientConstructor, type ChannelCredentials, type ClientOptions } from '@grpc/grpc-js';
 import { BinaryReader, BinaryWriter, WireType } from '@bufbuild/protobuf/wire';
-import { EnqueueMessage, QueueServiceService, type EnqueueBatchRequest, type QueueServiceClient } from './gen/tern/v1/queue';
+import { EnqueueMessage, QueueServiceService, type EnqueueBatchRequest, type EnqueueStreamRequest, type QueueServiceClient } from './gen/tern/v1/queue';
 
 const EMPTY = Buffer.alloc(0);
 
@@ -26,6 +26,7 @@ export function appendBytesField(encoded: Uint8Array, field: number, value: Uint
 
 const REQUEST_MESSAGES_FIELD = 1; // EnqueueBatchRequest.messages
 const MESSAGE_BODY_FIELD = 2; // EnqueueMessage.body
+const STREAM_SEQ_FIELD = 2; // EnqueueStreamRequest.seq (its messages are field 1, as in EnqueueBatchRequest)
 
 /**
  * An EnqueueMessage whose body may be given as pieces in `bodyParts` (then
@@ -36,9 +37,20 @@ export type EnqueueMessageParts = EnqueueMessage & { bodyParts?: readonly Uint8A
 
 /** EnqueueBatchRequest on the wire, each body copied once (into the result). */
 export function encodeEnqueueBatch(request: EnqueueBatchRequest): Buffer {
-  const parts: Uint8Array[] = [];
-  let total = 0;
-  for (const m of request.messages as EnqueueMessageParts[]) {
+  return encodeMessages(request.messages, []);
+}
+
+/** EnqueueStreamRequest on the wire: its seq, then the messages as encodeEnqueueBatch writes them. */
+export function encodeEnqueueStream(request: EnqueueStreamRequest): Buffer {
+  const head = request.seq ? new BinaryWriter().uint32((STREAM_SEQ_FIELD << 3) | WireType.Varint).uint64(request.seq).finish() : EMPTY;
+  return encodeMessages(request.messages, [head]);
+}
+
+/** `head` (encoded fields), then field 1: the messages, each body copied once. */
+function encodeMessages(messages: EnqueueMessage[], head: Uint8Array[]): Buffer {
+  const parts: Uint8Array[] = [...head];
+  let total = head.reduce((n, p) => n + p.length, 0);
+  for (const m of messages as EnqueueMessageParts[]) {
     const body = m.bodyParts ?? [m.body];
     const bodyLength = body.reduce((n, p) => n + p.length, 0);
     const rest = EnqueueMessage.encode({ ...m, body: EMPTY }).finish();
@@ -62,20 +74,28 @@ const BODY_TAG = (MESSAGE_BODY_FIELD << 3) | WireType.LengthDelimited;
  * then sends to Postgres as it is (see packBytes).
  */
 export function decodeEnqueueBatch(wire: Uint8Array): EnqueueBatchRequest {
+  return { messages: decodeEnqueueStream(wire).messages };
+}
+
+/** EnqueueStreamRequest from the wire, bodies as views (see decodeEnqueueBatch). */
+export function decodeEnqueueStream(wire: Uint8Array): EnqueueStreamRequest {
   const buf = Buffer.isBuffer(wire) ? wire : Buffer.from(wire.buffer, wire.byteOffset, wire.byteLength);
   const reader = new BinaryReader(buf);
   const messages: EnqueueMessage[] = [];
+  let seq = 0;
   while (reader.pos < reader.len) {
     const [field, wireType] = reader.tag();
     if (field === REQUEST_MESSAGES_FIELD && wireType === WireType.LengthDelimited) {
       const length = reader.uint32();
       messages.push(decodeMessageWithBodyView(buf.subarray(reader.pos, reader.pos + length)));
       reader.pos += length;
+    } else if (field === STREAM_SEQ_FIELD && wireType === WireType.Varint) {
+      seq = Number(reader.uint64());
     } else {
       reader.skip(wireType, field);
     }
   }
-  return { messages };
+  return { messages, seq };
 }
 
 /** One EnqueueMessage: the body field cut out as a view, the rest decoded by the generated decoder. */
@@ -103,13 +123,14 @@ function decodeMessageWithBodyView(m: Buffer): EnqueueMessage {
   return message;
 }
 
-/** The QueueService definition with EnqueueBatch serialized by encodeEnqueueBatch and read by decodeEnqueueBatch; everything else as generated. */
+/** The QueueService definition with EnqueueBatch and EnqueueStream requests serialized and read by the functions above; everything else as generated. */
 export const QueueServiceBodyService = {
   ...QueueServiceService,
   enqueueBatch: { ...QueueServiceService.enqueueBatch, requestSerialize: encodeEnqueueBatch, requestDeserialize: decodeEnqueueBatch },
+  enqueueStream: { ...QueueServiceService.enqueueStream, requestSerialize: encodeEnqueueStream, requestDeserialize: decodeEnqueueStream },
 } as const;
 
-/** A QueueService client whose EnqueueBatch requests copy each body once (the ingress' hot path). */
+/** A QueueService client whose EnqueueBatch and EnqueueStream requests copy each body once (the ingress' hot path). */
 export const QueueServiceBodyClient = makeGenericClientConstructor(QueueServiceBodyService, 'tern.v1.QueueService') as unknown as {
   new (address: string, credentials: ChannelCredentials, options?: Partial<ClientOptions>): QueueServiceClient;
   service: typeof QueueServiceBodyService;

@@ -10,4 +10,4 @@ export { descriptorSet } from './gen/descriptor';
 // The protobuf wire writer the generated code uses, for the rare field written by hand.
 export { BinaryWriter, WireType } from '@bufbuild/protobuf/wire';
 // Messages with bodies encoded without the generated encoder's extra copies.
-export { appendBytesField, decodeEnqueueBatch, encodeEnqueueBatch, QueueServiceBodyClient, QueueServiceBodyService, type EnqueueMessageParts } from './bodies';
+export { appendBytesField, decodeEnqueueBatch, decodeEnqueueStream, encodeEnqueueBatch, encodeEnqueueStream, QueueServiceBodyClient, QueueServiceBodyService, type EnqueueMessageParts } from './bodies';

@@ -31,6 +31,9 @@ export function createApp(config: Config, deps: AppDeps): App {
   const { logger, tracer, meter } = deps.telemetry;
   const policy = policyClient(config.TERN_POLICY_ADDR, config.TERN_POLICY_DEADLINE_MS);
   const queue = queueClient(config.TERN_QUEUE_ADDR, config.TERN_QUEUE_STATUS_DEADLINE_MS);
+  const batcher = config.TERN_ENQUEUE_BATCH_BODY_MAX
+    ? new EnqueueBatcher(queue, { maxCalls: config.TERN_ENQUEUE_BATCH_CALLS, maxMessages: 64, deadlineMs: config.TERN_ENQUEUE_COMMIT_TIMEOUT_MS })
+    : undefined;
   const queueStatus = new QueueStatusCache(queue, config.TERN_QUEUE_STATUS_CACHE_MS, config.TERN_QUEUE_STATUS_DEADLINE_MS, logger);
   const tls =
     config.TERN_TLS_CERT_FILE && config.TERN_TLS_KEY_FILE
@@ -73,12 +76,7 @@ export function createApp(config: Config, deps: AppDeps): App {
     reverseDns: config.TERN_REVERSE_DNS ? { timeoutMs: config.TERN_REVERSE_DNS_TIMEOUT_MS } : undefined,
     messageChecks: config.TERN_MESSAGE_CHECKS.size ? { listeners: config.TERN_MESSAGE_CHECKS, timeoutMs: config.TERN_MESSAGE_CHECK_TIMEOUT_MS } : undefined,
     commands: { vrfy: config.TERN_VRFY, expn: config.TERN_EXPN, etrn: config.TERN_ETRN },
-    enqueueBatch: config.TERN_ENQUEUE_BATCH_BODY_MAX
-      ? {
-          bodyMax: config.TERN_ENQUEUE_BATCH_BODY_MAX,
-          batcher: new EnqueueBatcher(queue, { maxCalls: config.TERN_ENQUEUE_BATCH_CALLS, maxMessages: 64, deadlineMs: config.TERN_ENQUEUE_COMMIT_TIMEOUT_MS }),
-        }
-      : undefined,
+    enqueueBatch: batcher ? { bodyMax: config.TERN_ENQUEUE_BATCH_BODY_MAX, batcher } : undefined,
   };
   const common = {
     hostname: config.TERN_HOSTNAME,
@@ -191,6 +189,7 @@ export function createApp(config: Config, deps: AppDeps): App {
       if (statusTimer) clearInterval(statusTimer);
       tls?.stop();
       await grpcServer.shutdown(1_000);
+      batcher?.close();
       policy.close();
       queue.close();
       await new Promise<void>((resolve) => (metricsServer ? metricsServer.close(() => resolve()) : resolve()));

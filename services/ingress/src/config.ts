@@ -85,7 +85,7 @@ const schema = z.object({
    * queue's TERN_QUEUE_MEMORY_BODY_MAX (256 KiB by default). 0 = stream all.
    */
   TERN_ENQUEUE_BATCH_BODY_MAX: nonNegativeInt(128 * 1024),
-  /** EnqueueBatch calls in flight at most; messages ready meanwhile wait for the next call. */
+  /** Batches of whole messages in flight to the queue at most (on its EnqueueStream); messages ready meanwhile wait for the next batch. */
   TERN_ENQUEUE_BATCH_CALLS: positiveInt(1),
   /** Largest message (octets), advertised with SIZE. */
   TERN_MAX_MESSAGE_SIZE: positiveInt(52_428_800),

@@ -1,63 +1,171 @@
-// EnqueueBatcher: messages ready while the calls in flight are at the limit
-// go together in the next call, each answered with its own outcome.
-import { describe, it } from 'node:test';
+// EnqueueBatcher and its EnqueueStream, against a gRPC server on loopback
+// that answers only when told to: messages ready while the batches in
+// flight are at the limit go together in the next batch, each answered
+// with its own outcome; how a stream ends decides what its unanswered
+// batches become.
+import { afterEach, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import type { EnqueueBatchRequest, EnqueueBatchResponse, EnqueueMessage } from '@tern/proto';
+import { grpc } from '@tern/grpc';
+import { EnqueueMessage, QueueServiceBodyService, type EnqueueBatchRequest, type EnqueueBatchResponse, type EnqueueOutcome, type EnqueueStreamRequest, type EnqueueStreamResponse } from '@tern/proto';
 import { EnqueueBatcher } from '../src/enqueue-batch';
-import type { QueueClient } from '../src/clients';
+import { queueClient } from '../src/clients';
 
-/** A queue whose EnqueueBatch answers only when told to, recording each call. */
-function slowQueue() {
-  const calls: { req: EnqueueBatchRequest; answer(): void; fail(err: Error): void }[] = [];
-  const client = {
-    enqueueBatch(req: EnqueueBatchRequest, _md: unknown, _opts: unknown, cb: (err: Error | null, res?: EnqueueBatchResponse) => void) {
-      calls.push({
-        req,
-        answer: () => cb(null, { outcomes: req.messages.map((m) => ({ queueId: `q-${m.header!.envelope!.sender}`, size: m.body.length, errorCode: 0, error: '' })) }),
-        fail: (err) => cb(err),
-      });
-      return {};
-    },
-  } as unknown as QueueClient;
-  return { client, calls };
+interface Received {
+  stream: number;
+  req: EnqueueStreamRequest;
+  answer(): void;
 }
 
-const msg = (sender: string): EnqueueMessage =>
-  ({ header: { envelope: { sender } }, body: Buffer.from(`body of ${sender}\r\n`) }) as unknown as EnqueueMessage;
+const outcomesFor = (messages: EnqueueMessage[]): EnqueueOutcome[] =>
+  messages.map((m) => ({ queueId: `q-${m.header!.envelope!.sender}`, size: m.body.length, errorCode: 0, error: '' }));
 
-const tick = () => new Promise((r) => setImmediate(r));
+/** A queue whose EnqueueStream answers each request only when told to; `streams: false` has no EnqueueStream (UNIMPLEMENTED). */
+async function slowQueue(o: { streams?: boolean } = {}) {
+  const received: Received[] = [];
+  const calls: grpc.ServerDuplexStream<EnqueueStreamRequest, EnqueueStreamResponse>[] = [];
+  const ended: number[] = [];
+  const unary: EnqueueBatchRequest[] = [];
+  const server = new grpc.Server();
+  const impl: grpc.UntypedServiceImplementation = {
+    enqueueBatch: (call: grpc.ServerUnaryCall<EnqueueBatchRequest, EnqueueBatchResponse>, cb: grpc.sendUnaryData<EnqueueBatchResponse>) => {
+      unary.push(call.request);
+      cb(null, { outcomes: outcomesFor(call.request.messages) });
+    },
+  };
+  if (o.streams !== false) {
+    impl.enqueueStream = (call: grpc.ServerDuplexStream<EnqueueStreamRequest, EnqueueStreamResponse>) => {
+      const stream = calls.push(call) - 1;
+      call.on('data', (req: EnqueueStreamRequest) => received.push({ stream, req, answer: () => call.write({ seq: req.seq, outcomes: outcomesFor(req.messages) }) }));
+      call.on('end', () => ended.push(stream));
+      call.on('error', () => undefined);
+    };
+  }
+  server.addService(QueueServiceBodyService, impl);
+  const port = await new Promise<number>((resolve, reject) =>
+    server.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))),
+  );
+  const client = queueClient(`127.0.0.1:${port}`, 5000);
+  cleanups.push(() => {
+    client.close();
+    server.forceShutdown();
+  });
+  return { client, received, calls, ended, unary };
+}
+
+const cleanups: (() => void)[] = [];
+afterEach(() => {
+  for (const c of cleanups.splice(0)) c();
+});
+
+const msg = (sender: string): EnqueueMessage => EnqueueMessage.fromPartial({ header: { envelope: { sender } }, body: Buffer.from(`body of ${sender}\r\n`) });
+
+async function until(what: string, ok: () => boolean, ms = 3000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!ok()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
+const senders = (r: Received) => r.req.messages.map((m) => m.header!.envelope!.sender);
 
 describe('EnqueueBatcher', () => {
-  it('with one call in flight, the messages ready meanwhile go together in the next call', async () => {
-    const q = slowQueue();
+  it('with one batch in flight, the messages ready meanwhile go together in the next batch, on the same stream', async () => {
+    const q = await slowQueue();
     const b = new EnqueueBatcher(q.client, { maxCalls: 1, maxMessages: 64, deadlineMs: 5000 });
     const first = b.add(msg('a'));
-    await tick();
-    assert.equal(q.calls.length, 1, 'the first message leaves at once, alone');
+    await until('the first batch', () => q.received.length === 1);
     const rest = [b.add(msg('b')), b.add(msg('c')), b.add(msg('d'))];
-    await tick();
-    assert.equal(q.calls.length, 1, 'the others wait for the call in flight');
-    q.calls[0]!.answer();
+    await new Promise((r) => setTimeout(r, 50));
+    assert.equal(q.received.length, 1, 'the others wait for the batch in flight');
+    q.received[0]!.answer();
     assert.equal((await first).queueId, 'q-a');
-    await tick();
-    assert.equal(q.calls.length, 2);
-    assert.deepEqual(q.calls[1]!.req.messages.map((m) => m.header!.envelope!.sender), ['b', 'c', 'd']);
-    q.calls[1]!.answer();
+    await until('the second batch', () => q.received.length === 2);
+    assert.deepEqual(senders(q.received[1]!), ['b', 'c', 'd']);
+    q.received[1]!.answer();
     assert.deepEqual((await Promise.all(rest)).map((o) => o.queueId), ['q-b', 'q-c', 'q-d']);
+    assert.equal(q.calls.length, 1, 'both batches on one stream');
+    assert.notEqual(q.received[0]!.req.seq, q.received[1]!.req.seq);
+    b.close();
+    await until('the half-close', () => q.ended.length === 1);
   });
 
-  it('caps a call at maxMessages and fails every message of a failed call', async () => {
-    const q = slowQueue();
-    const b = new EnqueueBatcher(q.client, { maxCalls: 1, maxMessages: 2, deadlineMs: 5000 });
-    const settledP = Promise.allSettled(['a', 'b', 'c', 'd'].map((s) => b.add(msg(s))));
-    await tick();
-    q.calls[0]!.answer();
-    await tick();
-    assert.equal(q.calls[1]!.req.messages.length, 2);
-    q.calls[1]!.fail(new Error('queue unavailable'));
-    await tick();
-    q.calls[2]!.answer();
-    const settled = await settledP;
-    assert.deepEqual(settled.map((s) => s.status), ['fulfilled', 'rejected', 'rejected', 'fulfilled']);
+  it('answers out of order settle their own batches; a batch is capped at maxMessages', async () => {
+    const q = await slowQueue();
+    const b = new EnqueueBatcher(q.client, { maxCalls: 2, maxMessages: 2, deadlineMs: 5000 });
+    const all = ['a', 'b', 'c', 'd'].map((s) => b.add(msg(s)));
+    await until('two batches', () => q.received.length === 2);
+    q.received[1]!.answer();
+    q.received[0]!.answer();
+    await until('the third batch', () => q.received.length === 3);
+    assert.deepEqual(q.received.map(senders), [['a'], ['b'], ['c', 'd']]);
+    q.received[2]!.answer();
+    assert.deepEqual((await Promise.all(all)).map((o) => o.queueId), ['q-a', 'q-b', 'q-c', 'q-d']);
+  });
+
+  it('a stream that fails fails its unanswered batches; the next batch opens a new stream', async () => {
+    const q = await slowQueue();
+    const b = new EnqueueBatcher(q.client, { maxCalls: 2, maxMessages: 64, deadlineMs: 5000 });
+    const a = b.add(msg('a'));
+    const c = b.add(msg('c'));
+    await until('two batches', () => q.received.length === 2);
+    q.received[0]!.answer();
+    assert.equal((await a).queueId, 'q-a');
+    q.calls[0]!.emit('error', { code: grpc.status.UNAVAILABLE, details: 'database down', metadata: new grpc.Metadata() });
+    await assert.rejects(c, (err: Error & { code?: number }) => err.code === grpc.status.UNAVAILABLE && /database down/.test(err.message));
+    const d = b.add(msg('d'));
+    await until('the next batch', () => q.received.length === 3);
+    assert.equal(q.received[2]!.stream, 1, 'on a new stream');
+    q.received[2]!.answer();
+    assert.equal((await d).queueId, 'q-d');
+  });
+
+  it('a stream the queue ends with OK: its unanswered batches were not read and go again on a new stream', async () => {
+    const q = await slowQueue();
+    const b = new EnqueueBatcher(q.client, { maxCalls: 2, maxMessages: 64, deadlineMs: 5000 });
+    const a = b.add(msg('a'));
+    const c = b.add(msg('c'));
+    await until('two batches', () => q.received.length === 2);
+    q.received[0]!.answer();
+    q.calls[0]!.end(); // what closeStreams does once every request it read is answered
+    await until('the batch sent again', () => q.received.length === 3);
+    assert.equal(q.received[2]!.stream, 1);
+    assert.deepEqual(senders(q.received[2]!), ['c']);
+    q.received[2]!.answer();
+    assert.deepEqual([(await a).queueId, (await c).queueId], ['q-a', 'q-c']);
+  });
+
+  it('a queue without EnqueueStream (UNIMPLEMENTED) gets EnqueueBatch calls instead', async () => {
+    const q = await slowQueue({ streams: false });
+    const b = new EnqueueBatcher(q.client, { maxCalls: 1, maxMessages: 64, deadlineMs: 5000 });
+    assert.equal((await b.add(msg('a'))).queueId, 'q-a');
+    assert.equal((await b.add(msg('b'))).queueId, 'q-b');
+    assert.deepEqual(q.unary.map((r) => r.messages.map((m) => m.header!.envelope!.sender)), [['a'], ['b']]);
+  });
+
+  it('a batch without an answer fails at its deadline, and its stream is given up for a new one', async () => {
+    const q = await slowQueue();
+    const b = new EnqueueBatcher(q.client, { maxCalls: 1, maxMessages: 64, deadlineMs: 300 });
+    const started = Date.now();
+    await assert.rejects(b.add(msg('a')), (err: Error & { code?: number }) => err.code === grpc.status.DEADLINE_EXCEEDED);
+    assert.ok(Date.now() - started >= 290);
+    const c = b.add(msg('c'));
+    await until('the next batch', () => q.received.length === 2);
+    assert.equal(q.received[1]!.stream, 1, 'on a new stream');
+    q.received[1]!.answer();
+    assert.equal((await c).queueId, 'q-c');
+  });
+
+  it('after streamBatches batches the stream is half-closed and the next batch opens another', async () => {
+    const q = await slowQueue();
+    const b = new EnqueueBatcher(q.client, { maxCalls: 1, maxMessages: 64, deadlineMs: 5000, streamBatches: 2 });
+    for (const s of ['a', 'b', 'c']) {
+      const p = b.add(msg(s));
+      await until(`batch ${s}`, () => q.received.some((r) => senders(r)[0] === s));
+      q.received.find((r) => senders(r)[0] === s)!.answer();
+      assert.equal((await p).queueId, `q-${s}`);
+    }
+    assert.deepEqual(q.received.map((r) => r.stream), [0, 0, 1]);
+    await until('the first stream half-closed', () => q.ended.includes(0));
   });
 });

@@ -8,6 +8,7 @@ import {
   CheckResponse,
   EnqueueBatchResponse,
   EnqueueResponse,
+  EnqueueStreamResponse,
   PolicyAction,
   PolicyServiceService,
   QueueServiceService,
@@ -18,7 +19,10 @@ import {
   type CheckRequest,
   type EnqueueBatchRequest,
   type EnqueueHeader,
+  type EnqueueMessage,
+  type EnqueueOutcome,
   type EnqueueRequest,
+  type EnqueueStreamRequest,
 } from '@tern/proto';
 import { createTelemetry } from '@tern/telemetry';
 import { createApp, type App } from '../src/app';
@@ -28,7 +32,10 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 function unimplemented(definition: grpc.ServiceDefinition, impl: Record<string, unknown>): grpc.UntypedServiceImplementation {
   const out: grpc.UntypedServiceImplementation = {};
-  for (const name of Object.keys(definition)) {
+  for (const [name, method] of Object.entries(definition)) {
+    const streaming = method.requestStream && method.responseStream;
+    // grpc-js answers UNIMPLEMENTED for a method without a handler (of any kind).
+    if (!impl[name] && streaming) continue;
     out[name] = (impl[name] ??
       ((_call: unknown, cb: grpc.sendUnaryData<unknown>) => cb({ code: grpc.status.UNIMPLEMENTED, details: 'fake', metadata: new grpc.Metadata() } as grpc.ServiceError, null))) as grpc.UntypedHandleCall;
   }
@@ -147,10 +154,14 @@ export class FakeQueue {
   rejected = 0;
   /** EnqueueBatch calls received. */
   batchCalls = 0;
+  /** EnqueueStream calls opened, and the batches received on them. */
+  streamCalls = 0;
+  streamBatches = 0;
   private server = new grpc.Server();
   port = 0;
 
-  constructor() {
+  /** `streams` false: a queue without EnqueueStream (UNIMPLEMENTED), as before it existed. */
+  constructor(private readonly streams = true) {
     this.server.addService(
       QueueServiceService,
       unimplemented(QueueServiceService, {
@@ -168,20 +179,31 @@ export class FakeQueue {
               cb({ code: grpc.status.UNAVAILABLE, details: 'database down', metadata: new grpc.Metadata() } as grpc.ServiceError, null);
               return;
             }
-            const outcomes = call.request.messages.map((m) => {
-              if (!m.header || !m.commit || m.commit.size !== m.body.length) {
-                this.rejected++;
-                return { queueId: '', size: 0, errorCode: grpc.status.INVALID_ARGUMENT, error: 'malformed message (no header or commit, or commit size mismatch)' };
-              }
-              const body = Buffer.concat([Buffer.from(m.commit.prepend), Buffer.from(m.body)]);
-              const header = m.commit.hold ? { ...m.header, hold: true } : m.header;
-              const queueId = `Q${(this.stored.length + 1).toString(16).toUpperCase().padStart(6, '0')}`;
-              this.stored.push({ queueId, header, body, chunks: 1, traceparent: m.trace.traceparent });
-              return { queueId, size: body.length, errorCode: 0, error: '' };
-            });
-            cb(null, EnqueueBatchResponse.fromPartial({ outcomes }));
+            cb(null, EnqueueBatchResponse.fromPartial({ outcomes: this.storeWhole(call.request.messages) }));
           })();
         },
+        // The same, one batch per request on a long-lived stream ('error' mode fails the stream).
+        ...(this.streams
+          ? {
+              enqueueStream: (call: grpc.ServerDuplexStream<EnqueueStreamRequest, EnqueueStreamResponse>) => {
+                this.streamCalls++;
+                call.on('data', (req: EnqueueStreamRequest) => {
+                  void (async () => {
+                    this.streamBatches++;
+                    if (this.mode === 'hang') return;
+                    if (this.commitDelayMs) await sleep(this.commitDelayMs);
+                    if (this.mode === 'error') {
+                      call.emit('error', { code: grpc.status.UNAVAILABLE, details: 'database down', metadata: new grpc.Metadata() });
+                      return;
+                    }
+                    if (!call.cancelled) call.write(EnqueueStreamResponse.fromPartial({ seq: req.seq, outcomes: this.storeWhole(req.messages) }));
+                  })();
+                });
+                call.on('end', () => call.end());
+                call.on('error', () => undefined);
+              },
+            }
+          : {}),
         enqueue: (call: grpc.ServerReadableStream<EnqueueRequest, EnqueueResponse>, cb: grpc.sendUnaryData<EnqueueResponse>) => {
           let header: EnqueueHeader | undefined;
           const parts: Buffer[] = [];
@@ -248,6 +270,21 @@ export class FakeQueue {
         },
       }),
     );
+  }
+
+  /** Whole messages stored as the queue would, or refused when malformed. */
+  private storeWhole(messages: EnqueueMessage[]): EnqueueOutcome[] {
+    return messages.map((m) => {
+      if (!m.header || !m.commit || m.commit.size !== m.body.length) {
+        this.rejected++;
+        return { queueId: '', size: 0, errorCode: grpc.status.INVALID_ARGUMENT, error: 'malformed message (no header or commit, or commit size mismatch)' };
+      }
+      const body = Buffer.concat([Buffer.from(m.commit.prepend), Buffer.from(m.body)]);
+      const header = m.commit.hold ? { ...m.header, hold: true } : m.header;
+      const queueId = `Q${(this.stored.length + 1).toString(16).toUpperCase().padStart(6, '0')}`;
+      this.stored.push({ queueId, header, body, chunks: 1, traceparent: m.trace.traceparent });
+      return { queueId, size: body.length, errorCode: 0, error: '' };
+    });
   }
 
   async start(port = 0): Promise<this> {

@@ -198,7 +198,11 @@ export function createApp(config: Config, deps: AppDeps): App {
     async stop() {
       ready = false;
       grpcServer.setStatus('NOT_SERVING');
-      await grpcServer.shutdown(config.TERN_SHUTDOWN_GRACE_MS);
+      // shutdown() refuses new calls at once; the open EnqueueStreams then end
+      // as soon as what they read is answered (their clients send the rest elsewhere).
+      const served = grpcServer.shutdown(config.TERN_SHUTDOWN_GRACE_MS);
+      enqueuer.closeStreams();
+      await served;
       await enqueuer.batcher.drain();
       await results.stop();
       await Promise.all([scheduler.stop(), housekeeping.stop()]);

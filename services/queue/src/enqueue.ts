@@ -6,7 +6,7 @@
 // and only after COMMIT does each caller get its queue id (invariant I1).
 import type { Pool, PoolClient } from '@tern/db';
 import { grpc, grpcError } from '@tern/grpc';
-import { EnqueueHeader, Envelope, MessageOrigin, type EnqueueBatchRequest, type EnqueueCommit, type EnqueueBatchResponse, type EnqueueMessage, type EnqueueOutcome, type EnqueueRequest, type EnqueueResponse } from '@tern/proto';
+import { EnqueueHeader, Envelope, MessageOrigin, type EnqueueBatchRequest, type EnqueueCommit, type EnqueueBatchResponse, type EnqueueMessage, type EnqueueOutcome, type EnqueueStreamRequest, type EnqueueStreamResponse, type EnqueueRequest, type EnqueueResponse } from '@tern/proto';
 import { extractContext, injectContext, type Logger } from '@tern/telemetry';
 import type { Counter, Histogram } from './metrics';
 import { Batcher } from '@tern/runtime';
@@ -19,6 +19,9 @@ import type { RouteTable } from './routes';
 
 /** Size of a spilled body row. */
 export const SPILL_CHUNK = 256 * 1024;
+
+/** Requests of one EnqueueStream handled at once (ingress sends a few: TERN_ENQUEUE_BATCH_CALLS). */
+export const STREAM_BATCHES_READ = 8;
 
 /** Largest EnqueueCommit.prepend. */
 export const MAX_PREPEND = 64 * 1024;
@@ -66,6 +69,9 @@ export class Enqueuer {
    * statement, it waits for any transaction holding the (hot) row.
    */
   private readonly knownDestinations = new Set<string>();
+  /** Open EnqueueStreams, each by its close function (see closeStreams). */
+  private readonly streams = new Set<() => void>();
+  private closing = false;
 
   constructor(private readonly o: EnqueueOptions) {
     this.batcher = new Batcher({ maxItems: o.batchMax, delayMs: o.batchDelayMs, concurrency: 2, flush: (items) => this.flush(items) });
@@ -182,37 +188,100 @@ export class Enqueuer {
     call.on('error', () => abandon('stream failed; nothing stored'));
   };
 
+  /** EnqueueBatch: whole messages, answered with every outcome (see outcomesOf). */
+  batchHandler = (call: grpc.ServerUnaryCall<EnqueueBatchRequest, EnqueueBatchResponse>, callback: grpc.sendUnaryData<EnqueueBatchResponse>): void => {
+    void this.outcomesOf(call.request.messages, injectContext()).then((outcomes) => callback(null, { outcomes }));
+  };
+
   /**
-   * EnqueueBatch: whole messages, each checked like an Enqueue stream and
-   * given to the group commit on its own; the answer lists every outcome
-   * after all the stored ones are committed (I1). The messages of one call
-   * may land in different group commits, so a storage failure is an outcome
-   * too (UNAVAILABLE) for the messages it hit: a message that was stored is
+   * EnqueueStream: each request is a batch handled as EnqueueBatch handles
+   * its call, answered with its seq once its outcomes are known. At most
+   * STREAM_BATCHES_READ requests of one stream are handled at once (the
+   * stream is not read further meanwhile: HTTP/2 flow control holds the
+   * sender back). When the client half-closes, the stream ends after the
+   * last answer; when the queue shuts down (closeStreams) it stops reading
+   * and ends each stream with OK once every request read is answered, which
+   * tells the client that the unanswered ones were never read.
+   */
+  streamHandler = (call: grpc.ServerDuplexStream<EnqueueStreamRequest, EnqueueStreamResponse>): void => {
+    const callTrace = injectContext();
+    let handling = 0;
+    let clientDone = false;
+    let closing = false;
+    let ended = false;
+    const finishIfDone = () => {
+      if (ended || handling > 0 || !(clientDone || closing)) return;
+      ended = true;
+      this.streams.delete(close);
+      call.end();
+    };
+    const close = () => {
+      closing = true;
+      call.pause();
+      finishIfDone();
+    };
+    this.streams.add(close);
+    if (this.closing) return close();
+    call.on('data', (req: EnqueueStreamRequest) => {
+      handling++;
+      if (handling >= STREAM_BATCHES_READ) call.pause();
+      void this.outcomesOf(req.messages, callTrace).then((outcomes) => {
+        handling--;
+        if (!ended && !call.cancelled) call.write({ seq: req.seq, outcomes });
+        if (!closing && handling < STREAM_BATCHES_READ) call.resume();
+        finishIfDone();
+      });
+    });
+    call.on('end', () => {
+      clientDone = true;
+      finishIfDone();
+    });
+    // A cancelled or broken stream: the batches already read still commit (their outcomes are lost with the stream, as a failed call's).
+    const gone = () => {
+      ended = true;
+      this.streams.delete(close);
+    };
+    call.on('cancelled', gone);
+    call.on('error', gone);
+  };
+
+  /** Shutdown: every EnqueueStream stops reading and ends once its requests read are answered (see streamHandler). */
+  closeStreams(): void {
+    this.closing = true;
+    for (const close of [...this.streams]) close();
+  }
+
+  /**
+   * The outcomes of a batch of whole messages, in order: each checked like
+   * an Enqueue stream and given to the group commit on its own; known after
+   * all the stored ones are committed (I1). The messages of one batch may
+   * land in different group commits, so a storage failure is an outcome too
+   * (UNAVAILABLE) for the messages it hit: a message that was stored is
    * never answered as failed (its client would send it again).
    */
-  batchHandler = (call: grpc.ServerUnaryCall<EnqueueBatchRequest, EnqueueBatchResponse>, callback: grpc.sendUnaryData<EnqueueBatchResponse>): void => {
-    const callTrace = injectContext();
-    const outcomes: Promise<EnqueueOutcome>[] = call.request.messages.map(async (m, i): Promise<EnqueueOutcome> => {
-      const refused = (code: grpc.status, why: string): EnqueueOutcome => ({ queueId: '', size: 0, errorCode: code, error: `messages[${i}]: ${why}` });
-      const problem = this.checkWhole(m);
-      if (problem) return refused(problem.code, problem.why);
-      const header = m.header!;
-      const prepend = m.commit!.prepend;
-      const total = m.body.length + prepend.length;
-      const body = prepend.length ? Buffer.concat([prepend, m.body], total) : Buffer.from(m.body.buffer, m.body.byteOffset, m.body.byteLength);
-      // Re-serialized through the W3C propagator: only a well-formed context
-      // goes into the row (a stray byte would fail the whole group commit).
-      const trace = Object.keys(m.trace).length ? injectContext(extractContext(m.trace)) : callTrace;
-      try {
-        const res = await this.store(newId(), header, m.commit!, body, total, trace);
-        return { queueId: res.queueId, size: total, errorCode: 0, error: '' };
-      } catch (err) {
-        this.o.logger.error({ err: (err as Error).message }, 'enqueue failed');
-        return refused(grpc.status.UNAVAILABLE, `queue storage failed: ${(err as Error).message}`);
-      }
-    });
-    void Promise.all(outcomes).then((list) => callback(null, { outcomes: list }));
-  };
+  private outcomesOf(messages: EnqueueMessage[], callTrace: Record<string, string>): Promise<EnqueueOutcome[]> {
+    return Promise.all(
+      messages.map(async (m, i): Promise<EnqueueOutcome> => {
+        const refused = (code: grpc.status, why: string): EnqueueOutcome => ({ queueId: '', size: 0, errorCode: code, error: `messages[${i}]: ${why}` });
+        const problem = this.checkWhole(m);
+        if (problem) return refused(problem.code, problem.why);
+        const header = m.header!;
+        const prepend = m.commit!.prepend;
+        const total = m.body.length + prepend.length;
+        const body = prepend.length ? Buffer.concat([prepend, m.body], total) : Buffer.from(m.body.buffer, m.body.byteOffset, m.body.byteLength);
+        // Re-serialized through the W3C propagator: only a well-formed context
+        // goes into the row (a stray byte would fail the whole group commit).
+        const trace = Object.keys(m.trace).length ? injectContext(extractContext(m.trace)) : callTrace;
+        try {
+          const res = await this.store(newId(), header, m.commit!, body, total, trace);
+          return { queueId: res.queueId, size: total, errorCode: 0, error: '' };
+        } catch (err) {
+          this.o.logger.error({ err: (err as Error).message }, 'enqueue failed');
+          return refused(grpc.status.UNAVAILABLE, `queue storage failed: ${(err as Error).message}`);
+        }
+      }),
+    );
+  }
 
   /** A committed message into the group commit (commit.hold holds it too); counted unless it was a duplicate. */
   private async store(queueId: string, header: EnqueueHeader, commit: EnqueueCommit, body: Buffer | null, size: number, trace: Record<string, string>): Promise<EnqueueResult> {

@@ -44,6 +44,7 @@ export function createQueueService(d: ServiceDeps): QueueServiceServer {
   return {
     enqueue: d.enqueuer.handler,
     enqueueBatch: d.enqueuer.batchHandler,
+    enqueueStream: d.enqueuer.streamHandler,
     readBody: readBodyHandler(d.pool, logger),
     getMessage: unary(logger, 'GetMessage', async (req) => {
       const message = await getMessage(d.opsPool, req.queueId.trim(), req.includeHeaders);

@@ -2,9 +2,9 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { grpc } from '@tern/grpc';
-import { MessageOrigin, RecipientState } from '@tern/proto';
+import { EnqueueStreamRequest, MessageOrigin, RecipientState, type EnqueueStreamResponse } from '@tern/proto';
 import type { App } from '../src/app';
-import { body, createDatabase, FakeDelivery, header, queueClient, startNats, startQueue, type QueueClient } from './helpers';
+import { body, createDatabase, eventually, FakeDelivery, header, queueClient, startNats, startQueue, type QueueClient } from './helpers';
 
 describe('enqueue', () => {
   let db: Awaited<ReturnType<typeof createDatabase>>;
@@ -88,6 +88,63 @@ describe('enqueue', () => {
     const m = await db.query('SELECT trace FROM queue.messages WHERE id = $1', [good!.queueId]);
     const kept = m.rows[0].trace.traceparent as string | undefined;
     assert.ok(kept === undefined || /^00-[0-9a-f]{32}-[0-9a-f]{16}-0[01]$/.test(kept), `an unreadable trace context is not kept: ${JSON.stringify(kept)}`);
+  });
+
+  it('EnqueueStream answers each request with its seq once its messages are committed; the stream ends OK after the client half-closes', async () => {
+    const call = (client.raw.enqueueStream as (o: object) => grpc.ClientDuplexStream<EnqueueStreamRequest, EnqueueStreamResponse>).call(client.raw, {});
+    const answers: EnqueueStreamResponse[] = [];
+    call.on('data', (r: EnqueueStreamResponse) => answers.push(r));
+    const status = new Promise<grpc.StatusObject>((resolve) => call.on('status', resolve));
+    call.on('error', () => undefined);
+    const b = body(500);
+    call.write(EnqueueStreamRequest.fromPartial({ seq: 7, messages: [{ header: header({}, ['s1@stream.example']), body: b, commit: { size: b.length } }] }));
+    call.write(
+      EnqueueStreamRequest.fromPartial({
+        seq: 8,
+        messages: [
+          { header: header({}, ['s2@stream.example']), body: b, commit: { size: b.length } },
+          { header: header({}, ['s3@stream.example']), body: b, commit: { size: 1 } },
+        ],
+      }),
+    );
+    await eventually(async () => answers.length, (n) => n === 2);
+    const bySeq = new Map(answers.map((a) => [Number(a.seq), a.outcomes]));
+    assert.deepEqual([...bySeq.keys()].sort(), [7, 8]);
+    const [s1] = bySeq.get(7)!;
+    const [s2, s3] = bySeq.get(8)!;
+    assert.equal(s1!.errorCode, 0, s1!.error);
+    assert.equal(s2!.errorCode, 0, s2!.error);
+    assert.equal(s3!.errorCode, 3 /* INVALID_ARGUMENT */);
+    assert.equal(s3!.error, `messages[1]: commit size 1 does not match the ${b.length} bytes of body`);
+    // Committed before the answer.
+    assert.ok((await client.readBody(s1!.queueId)).equals(b));
+    assert.ok((await client.readBody(s2!.queueId)).equals(b));
+    call.end();
+    assert.equal((await status).code, grpc.status.OK);
+  });
+
+  it('EnqueueStream at shutdown: the queue answers what it read, then ends the stream OK at once (not after the grace period)', async () => {
+    const other = await startQueue(db.url, nats.url, { TERN_SHUTDOWN_GRACE_MS: '10000' });
+    const c2 = queueClient(other.grpcPort);
+    try {
+      const call = (c2.raw.enqueueStream as (o: object) => grpc.ClientDuplexStream<EnqueueStreamRequest, EnqueueStreamResponse>).call(c2.raw, {});
+      const answers: EnqueueStreamResponse[] = [];
+      call.on('data', (r: EnqueueStreamResponse) => answers.push(r));
+      const status = new Promise<grpc.StatusObject>((resolve) => call.on('status', resolve));
+      call.on('error', () => undefined);
+      const b = body(300);
+      call.write(EnqueueStreamRequest.fromPartial({ seq: 1, messages: [{ header: header({}, ['down@stream.example']), body: b, commit: { size: b.length } }] }));
+      await eventually(async () => answers.length, (n) => n === 1);
+      const started = Date.now();
+      await other.stop();
+      const st = await status;
+      assert.equal(st.code, grpc.status.OK, st.details);
+      assert.ok(Date.now() - started < 5000, `ended ${Date.now() - started} ms after stop began`);
+      assert.equal(answers[0]!.outcomes[0]!.errorCode, 0);
+      assert.ok((await client.readBody(answers[0]!.outcomes[0]!.queueId)).equals(b));
+    } finally {
+      c2.close();
+    }
   });
 
   it('is idempotent by key: the second Enqueue returns the first id and stores nothing', async () => {

@@ -66,7 +66,7 @@ export async function startQueue(dbUrl: string, natsUrl: string, env: Record<str
 
 type DeepPartial<T> = T extends Buffer | Uint8Array | Date | string | number | boolean ? T : T extends Array<infer U> ? Array<DeepPartial<U>> : { [K in keyof T]?: DeepPartial<T[K]> };
 type Methods = typeof QueueServiceService;
-type UnaryNames = Exclude<keyof Methods, 'enqueue' | 'readBody'>;
+type UnaryNames = Exclude<keyof Methods, 'enqueue' | 'readBody' | 'enqueueStream'>;
 
 export type QueueClient = {
   [K in UnaryNames]: Methods[K] extends { requestSerialize: (v: infer Req) => Buffer; responseDeserialize: (b: Buffer) => infer Res }
@@ -85,7 +85,7 @@ export function queueClient(port: number): QueueClient {
   const raw = new Ctor(`127.0.0.1:${port}`, grpc.credentials.createInsecure()) as unknown as grpc.Client & Record<string, unknown>;
   const out: Record<string, unknown> = { raw, close: () => raw.close() };
   for (const name of Object.keys(QueueServiceService)) {
-    if (name === 'enqueue' || name === 'readBody') continue;
+    if (name === 'enqueue' || name === 'readBody' || name === 'enqueueStream') continue;
     const fn = (raw[name] as (...args: unknown[]) => unknown).bind(raw);
     const method = QueueServiceService[name as keyof typeof QueueServiceService];
     const type = (proto as unknown as Record<string, { fromPartial(v: unknown): unknown }>)[`${method.path.split('/').pop()}Request`];

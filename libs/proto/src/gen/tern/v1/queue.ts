@@ -10,10 +10,12 @@ import {
   type CallOptions,
   type ChannelCredentials,
   Client,
+  type ClientDuplexStream,
   type ClientOptions,
   type ClientReadableStream,
   type ClientUnaryCall,
   type ClientWritableStream,
+  type handleBidiStreamingCall,
   type handleClientStreamingCall,
   type handleServerStreamingCall,
   type handleUnaryCall,
@@ -421,6 +423,20 @@ export interface EnqueueOutcome {
 
 export interface EnqueueBatchResponse {
   outcomes: EnqueueOutcome[];
+}
+
+/**
+ * EnqueueBatchRequest's messages (same field number and encoding) with the
+ * sender's number for the batch, echoed in its response.
+ */
+export interface EnqueueStreamRequest {
+  messages: EnqueueMessage[];
+  seq: number;
+}
+
+export interface EnqueueStreamResponse {
+  outcomes: EnqueueOutcome[];
+  seq: number;
 }
 
 export interface ReadBodyRequest {
@@ -1571,6 +1587,180 @@ export const EnqueueBatchResponse: MessageFns<EnqueueBatchResponse> = {
   fromPartial<I extends Exact<DeepPartial<EnqueueBatchResponse>, I>>(object: I): EnqueueBatchResponse {
     const message = createBaseEnqueueBatchResponse();
     message.outcomes = object.outcomes?.map((e) => EnqueueOutcome.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseEnqueueStreamRequest(): EnqueueStreamRequest {
+  return { messages: [], seq: 0 };
+}
+
+export const EnqueueStreamRequest: MessageFns<EnqueueStreamRequest> = {
+  encode(message: EnqueueStreamRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.messages) {
+      EnqueueMessage.encode(v!, writer.uint32(10).fork()).join();
+    }
+    if (message.seq !== 0) {
+      writer.uint32(16).uint64(message.seq);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): EnqueueStreamRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseEnqueueStreamRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.messages.push(EnqueueMessage.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.seq = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): EnqueueStreamRequest {
+    return {
+      messages: globalThis.Array.isArray(object?.messages)
+        ? object.messages.map((e: any) => EnqueueMessage.fromJSON(e))
+        : [],
+      seq: isSet(object.seq) ? globalThis.Number(object.seq) : 0,
+    };
+  },
+
+  toJSON(message: EnqueueStreamRequest): unknown {
+    const obj: any = {};
+    if (message.messages?.length) {
+      obj.messages = message.messages.map((e) => EnqueueMessage.toJSON(e));
+    }
+    if (message.seq !== 0) {
+      obj.seq = Math.round(message.seq);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<EnqueueStreamRequest>, I>>(base?: I): EnqueueStreamRequest {
+    return EnqueueStreamRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<EnqueueStreamRequest>, I>>(object: I): EnqueueStreamRequest {
+    const message = createBaseEnqueueStreamRequest();
+    message.messages = object.messages?.map((e) => EnqueueMessage.fromPartial(e)) || [];
+    message.seq = object.seq ?? 0;
+    return message;
+  },
+};
+
+function createBaseEnqueueStreamResponse(): EnqueueStreamResponse {
+  return { outcomes: [], seq: 0 };
+}
+
+export const EnqueueStreamResponse: MessageFns<EnqueueStreamResponse> = {
+  encode(message: EnqueueStreamResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.outcomes) {
+      EnqueueOutcome.encode(v!, writer.uint32(10).fork()).join();
+    }
+    if (message.seq !== 0) {
+      writer.uint32(16).uint64(message.seq);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): EnqueueStreamResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseEnqueueStreamResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.outcomes.push(EnqueueOutcome.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.seq = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): EnqueueStreamResponse {
+    return {
+      outcomes: globalThis.Array.isArray(object?.outcomes)
+        ? object.outcomes.map((e: any) => EnqueueOutcome.fromJSON(e))
+        : [],
+      seq: isSet(object.seq) ? globalThis.Number(object.seq) : 0,
+    };
+  },
+
+  toJSON(message: EnqueueStreamResponse): unknown {
+    const obj: any = {};
+    if (message.outcomes?.length) {
+      obj.outcomes = message.outcomes.map((e) => EnqueueOutcome.toJSON(e));
+    }
+    if (message.seq !== 0) {
+      obj.seq = Math.round(message.seq);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<EnqueueStreamResponse>, I>>(base?: I): EnqueueStreamResponse {
+    return EnqueueStreamResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<EnqueueStreamResponse>, I>>(object: I): EnqueueStreamResponse {
+    const message = createBaseEnqueueStreamResponse();
+    message.outcomes = object.outcomes?.map((e) => EnqueueOutcome.fromPartial(e)) || [];
+    message.seq = object.seq ?? 0;
     return message;
   },
 };
@@ -5127,6 +5317,28 @@ export const QueueServiceService = {
       bufferView(EnqueueBatchResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): EnqueueBatchResponse => EnqueueBatchResponse.decode(value),
   },
+  /**
+   * EnqueueBatch over one long-lived stream: ingress sends each batch as a
+   * request on it instead of a call of its own (a unary call costs grpc-js
+   * about 0.5 ms more CPU than a message on an open stream, both sides
+   * together). Each request is answered by one response with its `seq`,
+   * after every stored message of it is committed (I1); answers may come
+   * out of order. The server ends the stream with OK status only when
+   * every request it read is answered: requests still unanswered then were
+   * never read, nothing of them stored, and can be sent again on another
+   * stream. Any other end leaves unanswered requests unknown (as a failed
+   * EnqueueBatch call).
+   */
+  enqueueStream: {
+    path: "/tern.v1.QueueService/EnqueueStream" as const,
+    requestStream: true as const,
+    responseStream: true as const,
+    requestSerialize: (value: EnqueueStreamRequest): Buffer => bufferView(EnqueueStreamRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): EnqueueStreamRequest => EnqueueStreamRequest.decode(value),
+    responseSerialize: (value: EnqueueStreamResponse): Buffer =>
+      bufferView(EnqueueStreamResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): EnqueueStreamResponse => EnqueueStreamResponse.decode(value),
+  },
   /** The raw message (as stored: with the headers ingress added), streamed. */
   readBody: {
     path: "/tern.v1.QueueService/ReadBody" as const,
@@ -5269,6 +5481,19 @@ export interface QueueServiceServer extends UntypedServiceImplementation {
    * comes only after every stored one is committed (invariant I1).
    */
   enqueueBatch: handleUnaryCall<EnqueueBatchRequest, EnqueueBatchResponse>;
+  /**
+   * EnqueueBatch over one long-lived stream: ingress sends each batch as a
+   * request on it instead of a call of its own (a unary call costs grpc-js
+   * about 0.5 ms more CPU than a message on an open stream, both sides
+   * together). Each request is answered by one response with its `seq`,
+   * after every stored message of it is committed (I1); answers may come
+   * out of order. The server ends the stream with OK status only when
+   * every request it read is answered: requests still unanswered then were
+   * never read, nothing of them stored, and can be sent again on another
+   * stream. Any other end leaves unanswered requests unknown (as a failed
+   * EnqueueBatch call).
+   */
+  enqueueStream: handleBidiStreamingCall<EnqueueStreamRequest, EnqueueStreamResponse>;
   /** The raw message (as stored: with the headers ingress added), streamed. */
   readBody: handleServerStreamingCall<ReadBodyRequest, ReadBodyResponse>;
   getMessage: handleUnaryCall<GetMessageRequest, GetMessageResponse>;
@@ -5336,6 +5561,24 @@ export interface QueueServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: EnqueueBatchResponse) => void,
   ): ClientUnaryCall;
+  /**
+   * EnqueueBatch over one long-lived stream: ingress sends each batch as a
+   * request on it instead of a call of its own (a unary call costs grpc-js
+   * about 0.5 ms more CPU than a message on an open stream, both sides
+   * together). Each request is answered by one response with its `seq`,
+   * after every stored message of it is committed (I1); answers may come
+   * out of order. The server ends the stream with OK status only when
+   * every request it read is answered: requests still unanswered then were
+   * never read, nothing of them stored, and can be sent again on another
+   * stream. Any other end leaves unanswered requests unknown (as a failed
+   * EnqueueBatch call).
+   */
+  enqueueStream(): ClientDuplexStream<EnqueueStreamRequest, EnqueueStreamResponse>;
+  enqueueStream(options: Partial<CallOptions>): ClientDuplexStream<EnqueueStreamRequest, EnqueueStreamResponse>;
+  enqueueStream(
+    metadata: Metadata,
+    options?: Partial<CallOptions>,
+  ): ClientDuplexStream<EnqueueStreamRequest, EnqueueStreamResponse>;
   /** The raw message (as stored: with the headers ingress added), streamed. */
   readBody(request: ReadBodyRequest, options?: Partial<CallOptions>): ClientReadableStream<ReadBodyResponse>;
   readBody(
