@@ -103,6 +103,25 @@ export interface ServerOptions {
   interceptors?: grpc.ServerInterceptor[];
 }
 
+/**
+ * HTTP/2 receive window of every Tern gRPC server and client, per stream
+ * and per connection. Node's default is 64 KiB, and grpc-js' server has no
+ * option to raise it (its client has `grpc-node.flow_control_window`): a
+ * batch of four 64 KiB messages (256 KiB) then waited for four or more
+ * WINDOW_UPDATEs, each a wake-up of the busy receiver and of the sender
+ * (64k-10 in `npm run bench`: ingress' EnqueueStream round trip 13-16 ms ->
+ * 9.5-10 ms with the queue's window at 4 MiB, +15-30% end to end). The
+ * window bounds what a peer may send ahead of what is read: at most this
+ * much per connection.
+ */
+export const HTTP2_WINDOW_BYTES = 4 * 1024 * 1024;
+
+/** The grpc-js server internals the window needs (see raiseServerWindow); absent if a grpc-js upgrade renamed them. */
+interface ServerInternals {
+  commonServerOptions?: { settings?: Record<string, number> };
+  http2Servers?: Map<{ on(event: 'session', f: (s: { setLocalWindowSize(n: number): void }) => void): void }, unknown>;
+}
+
 /** A gRPC server with health (grpc.health.v1) and reflection. */
 export class GrpcServer {
   readonly server: grpc.Server;
@@ -119,6 +138,10 @@ export class GrpcServer {
       'grpc.max_connection_age_grace_ms': 10 * 60_000,
       interceptors: opts.interceptors ?? [],
     });
+    // Every stream a client opens starts with the window (SETTINGS_INITIAL_WINDOW_SIZE); the connection's is raised per session (listen).
+    const inner = this.server as unknown as ServerInternals;
+    if (inner.commonServerOptions) inner.commonServerOptions.settings = { ...inner.commonServerOptions.settings, initialWindowSize: HTTP2_WINDOW_BYTES };
+    else opts.logger.warn({}, 'grpc-js internals changed: HTTP/2 receive window left at 64 KiB (see HTTP2_WINDOW_BYTES)');
     this.health.addToServer(this.server);
     const pkg = protoLoader.loadFileDescriptorSetFromBuffer(descriptorSet);
     new ReflectionService(pkg).addToServer(this.server);
@@ -136,6 +159,9 @@ export class GrpcServer {
         err ? reject(err) : resolve(bound),
       );
     });
+    const servers = (this.server as unknown as ServerInternals).http2Servers;
+    if (servers) for (const h of servers.keys()) h.on('session', (session) => session.setLocalWindowSize(HTTP2_WINDOW_BYTES));
+    else this.opts.logger.warn({}, 'grpc-js internals changed: HTTP/2 connection window left at 64 KiB (see HTTP2_WINDOW_BYTES)');
     return this.boundPort;
   }
 
@@ -198,6 +224,7 @@ export function createClient<C>(Ctor: ClientCtor<C>, target: string, opts: Clien
     'grpc.keepalive_time_ms': 30_000,
     'grpc.keepalive_timeout_ms': 10_000,
     'grpc.max_receive_message_length': 8 * 1024 * 1024,
+    'grpc-node.flow_control_window': HTTP2_WINDOW_BYTES,
   });
 }
 

@@ -1,13 +1,14 @@
 // libs/grpc against real sockets: the standard health service, default
 // deadlines, trace context across the call, round_robin over replicas, and a
 // shutdown that lets a running call finish.
+import http2 from 'node:http2';
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { context, trace } from '@opentelemetry/api';
 import pino from 'pino';
 import { service as healthService } from 'grpc-health-check';
 import { createTelemetry } from '@tern/telemetry';
-import { GrpcServer, createClient, grpc, unary } from '../src/index';
+import { GrpcServer, HTTP2_WINDOW_BYTES, createClient, grpc, unary } from '../src/index';
 
 const telemetry = createTelemetry({ service: 'grpc-test', logLevel: 'silent' });
 const logger = pino({ level: 'silent' });
@@ -128,4 +129,27 @@ test('unary: the reply, or the failure with its status; the stack-trace limit is
   await assert.rejects(echo(1_000, 100), (err: grpc.ServiceError) => err.code === grpc.status.DEADLINE_EXCEEDED && /Deadline exceeded/i.test(err.details));
   assert.equal(Error.stackTraceLimit, limit);
   client.close();
+});
+
+test('the server advertises HTTP2_WINDOW_BYTES for each stream and opens the connection window as wide; a big request goes through', async () => {
+  // A plain HTTP/2 client sees what any gRPC client would: the SETTINGS and the connection window the server grants.
+  const session = http2.connect(`http://127.0.0.1:${a.port}`);
+  try {
+    const settings = await new Promise<http2.Settings>((resolve) => session.once('remoteSettings', resolve));
+    assert.equal(settings.initialWindowSize, HTTP2_WINDOW_BYTES, 'per-stream window in SETTINGS');
+    const deadline = Date.now() + 2000;
+    while ((session.state.remoteWindowSize ?? 0) < HTTP2_WINDOW_BYTES && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+    assert.equal(session.state.remoteWindowSize, HTTP2_WINDOW_BYTES, 'connection window after the WINDOW_UPDATE');
+  } finally {
+    session.close();
+  }
+  // A 3 MiB request through a real client (whose own receive window is raised the same way).
+  const client = createClient(EchoClientCtor, `127.0.0.1:${a.port}`, { deadlineMs: 5000 });
+  try {
+    const big = Buffer.concat([Buffer.from('0'), Buffer.alloc(3 * 1024 * 1024, 0x20)]);
+    const reply = await new Promise<string>((resolve, reject) => client.echo(big, new grpc.Metadata(), {}, (err, res) => (err ? reject(err) : resolve(res.toString()))));
+    assert.match(reply, /^a /);
+  } finally {
+    client.close();
+  }
 });
