@@ -6,6 +6,7 @@
 // drain NATS, end the pool.
 import type http from 'node:http';
 import { Bus } from '@tern/bus';
+import { BodyCache } from './body-cache';
 import { createPool } from '@tern/db';
 import { GrpcServer } from '@tern/grpc';
 import { QueueServiceBodyService } from '@tern/proto';
@@ -76,6 +77,7 @@ export function createApp(config: Config, deps: AppDeps): App {
 
   // Rows a commit just wrote go straight to the relay (no reading back).
   const handoff = (rows?: StoredOutboxRow[]) => (rows?.length ? relay.handoff(rows) : relay.wake());
+  const bodyCache = new BodyCache(config.TERN_QUEUE_BODY_CACHE_BYTES);
   const relay = new Relay({ pool, bus: lazyBus, logger, tracer, batch: 500, pollMs: 1_000, published: metrics.published });
   const scheduler = new Scheduler({
     pool,
@@ -85,6 +87,7 @@ export function createApp(config: Config, deps: AppDeps): App {
     jobMaxRecipients: config.TERN_QUEUE_JOB_MAX_RECIPIENTS,
     batch: config.TERN_QUEUE_DISPATCH_BATCH,
     inlineBodyMax: config.TERN_QUEUE_INLINE_BODY_MAX,
+    bodyCache,
     leaseS: config.TERN_QUEUE_LEASE_S,
     intervalMs: config.TERN_QUEUE_SCHEDULE_INTERVAL_MS,
     dispatched: metrics.dispatched,
@@ -104,6 +107,7 @@ export function createApp(config: Config, deps: AppDeps): App {
     leaseS: config.TERN_QUEUE_LEASE_S,
     jobMaxRecipients: config.TERN_QUEUE_JOB_MAX_RECIPIENTS,
     inlineBodyMax: config.TERN_QUEUE_INLINE_BODY_MAX,
+    bodyCache,
     metrics,
     onOutbox: handoff,
     onQueued: () => scheduler.wake(),
@@ -122,6 +126,7 @@ export function createApp(config: Config, deps: AppDeps): App {
       jobMaxRecipients: config.TERN_QUEUE_JOB_MAX_RECIPIENTS,
       batch: config.TERN_QUEUE_DISPATCH_BATCH,
       inlineBodyMax: config.TERN_QUEUE_INLINE_BODY_MAX,
+      bodyCache,
       leaseS: config.TERN_QUEUE_LEASE_S,
       dispatched: metrics.dispatched,
     },

@@ -57,6 +57,12 @@ const schema = z.object({
    * the destinations' slots; TERN_JOBS holds at most 4 GiB.
    */
   TERN_QUEUE_INLINE_BODY_MAX: nonNegativeInt(128 * 1024),
+  /**
+   * Bytes of bodies kept in memory for messages that got no slot at their
+   * commit, so the scheduler does not read them back (see body-cache.ts);
+   * oldest dropped first. 0 = none kept.
+   */
+  TERN_QUEUE_BODY_CACHE_BYTES: nonNegativeInt(64 * 1024 * 1024),
   /** Recipients claimed per scheduler pass. */
   TERN_QUEUE_DISPATCH_BATCH: positiveInt(1000),
   /** Scheduler poll interval (it is also woken by commits and results). */

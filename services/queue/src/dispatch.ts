@@ -10,7 +10,8 @@ import type { Counter } from './metrics';
 import { packBytes, q, tx } from './db';
 import { newId, recipientId } from './ids';
 import { S } from './model';
-import { insertGrantedOutboxSql, outboxColumns, outboxIdsSql, stored, type OutboxRow, type StoredOutboxRow } from './outbox';
+import type { BodyCache } from './body-cache';
+import { insertGrantedOutboxSql, ordinalsByDestination, outboxColumns, outboxIdsSql, stored, type OutboxRow, type StoredOutboxRow } from './outbox';
 import type { RouteTable } from './routes';
 
 /** SQL: destination row `d` can take a job now (room under its limit, or dead and due for its one probe). */
@@ -197,7 +198,38 @@ export function reserveSlotsSql(l: DestinationLimits, o: { skipLocked: boolean; 
        AND ${lockDestinationsSql('$1', o.skipLocked)}
        AND ${room}
        AND (${l.ratePerMin} = 0 OR ${tokens} >= t.n)
-     RETURNING d.name`;
+     RETURNING d.name, t.n AS granted`;
+}
+
+/**
+ * The group commit's slots as two CTEs, `s` (the destination rows, locked
+ * in name order, with the slots each can give: `k`) and `g` (the slots
+ * taken: name, granted). Unlike reserveSlotsSql a destination gives what it
+ * has free, up to what is wanted: all-or-nothing made a group commit that
+ * wanted more slots than were free (at 50 sessions a batch can hold 50
+ * messages for one destination while its concurrency limit is still
+ * growing) leave every message of it to the scheduler, whose passes read
+ * the bodies back and kept taking the slots the next commits needed (64k-50:
+ * 1,500 messages queued, end to end halved). `s` reads the rows FOR UPDATE,
+ * so `k` comes from their latest committed version, and `g` adds exactly
+ * `k`. $1 names, $2 slots wanted per name (as reserveSlotsSql); `after`:
+ * CTEs to run before the rows are locked (ctesFirstSql).
+ */
+export function takeFreeSlotsSql(l: DestinationLimits, o: { skipLocked: boolean; after: string[] }): string {
+  const tokens = tokensNowSql(l);
+  const free = `LEAST(t.n, d.concurrency_limit - d.inflight, CASE WHEN ${l.ratePerMin} = 0 THEN t.n ELSE floor(${tokens})::int END)`;
+  return `s AS (
+       SELECT d.name, ${free} AS k
+       FROM destinations d JOIN unnest($1::text[], $2::int[]) AS t(name, n) ON d.name = t.name
+       WHERE ${ctesFirstSql(...o.after)} AND NOT d.suspended AND d.dead_until IS NULL AND ${free} > 0
+       ORDER BY d.name
+       FOR UPDATE OF d${o.skipLocked ? ' SKIP LOCKED' : ''}),
+     g AS (
+       UPDATE destinations d SET inflight = d.inflight + s.k,
+              tokens = CASE WHEN ${l.ratePerMin} = 0 THEN d.tokens ELSE ${tokens} - s.k END,
+              tokens_at = now(), updated_at = now()
+       FROM s WHERE d.name = s.name
+       RETURNING d.name, s.k AS granted)`;
 }
 
 /** Per destination, the concurrency feedback of job ends: reached, failed at it, the last error. */
@@ -286,24 +318,28 @@ interface MessageRow {
   envelope: Buffer;
   size: number;
   trace: Record<string, string> | null;
+  inline: boolean;
   body: Buffer | null;
 }
 
 /** The messages of claimed recipients; bodies up to `inlineBodyMax` bytes (one row) come along for the job. */
-export async function loadJobMessages(c: PoolClient, ids: string[], inlineBodyMax = 0): Promise<Map<string, JobMessage>> {
+export async function loadJobMessages(c: PoolClient, ids: string[], inlineBodyMax = 0, cache?: BodyCache): Promise<Map<string, JobMessage>> {
+  const cached = cache ? ids.filter((id) => cache.has(id)) : [];
   const { rows } = await q<MessageRow>(
     c,
     'tern_load_job_messages',
-    `SELECT m.id, m.envelope, m.size, m.trace,
-            CASE WHEN m.size <= $2 AND NOT m.body_removed THEN (SELECT data FROM body_chunks b WHERE b.message_id = m.id AND b.seq = 0) END AS body
+    `SELECT m.id, m.envelope, m.size, m.trace, m.size <= $2 AND NOT m.body_removed AS inline,
+            CASE WHEN m.size <= $2 AND NOT m.body_removed AND NOT m.id = ANY($3::text[])
+                 THEN (SELECT data FROM body_chunks b WHERE b.message_id = m.id AND b.seq = 0) END AS body
        FROM messages m WHERE m.id = ANY($1::text[])`,
-    [ids, inlineBodyMax],
+    [ids, inlineBodyMax, cached],
   );
   return new Map(
     rows.map((r) => {
       const size = Number(r.size);
       // A body of several rows (spilled) is never inline: the first row alone is not the body.
-      const body = r.body && r.body.length === size ? r.body : undefined;
+      const read = (r.inline ? (r.body ?? cache?.get(r.id)) : undefined) ?? undefined;
+      const body = read && read.length === size ? read : undefined;
       return [r.id, { id: r.id, envelope: Envelope.decode(r.envelope), size, trace: r.trace, body }];
     }),
   );
@@ -317,6 +353,7 @@ export interface SchedulerOptions {
   jobMaxRecipients: number;
   batch: number;
   inlineBodyMax: number;
+  bodyCache?: BodyCache;
   leaseS: number;
   intervalMs: number;
   dispatched: Counter;
@@ -469,6 +506,8 @@ export interface DispatchSettings {
   batch: number;
   /** Bodies up to this size travel in the job (0 = never). */
   inlineBodyMax: number;
+  /** Bodies of queued messages kept at their commit (not read back when here). */
+  bodyCache?: BodyCache;
 }
 
 /**
@@ -547,7 +586,19 @@ export async function dispatchDue(c: PoolClient, o: DispatchSettings, leaseExpir
     if (list) list.push(r);
     else msgs.set(r.message_id, [r]);
   }
-  const loaded = await loadJobMessages(c, [...new Set(claimed.map((r) => r.message_id))], o.inlineBodyMax);
+  // Only the messages that can have a job now are loaded (with their
+  // bodies): a few rows per job are claimed, and loading every claimed
+  // message read up to four bodies back per job sent.
+  const wantedIds = new Set<string>();
+  for (const [dest, msgs] of byDest) {
+    let cap = caps.get(dest) ?? 0;
+    for (const [mid, rcpts] of msgs) {
+      if (cap <= 0) break;
+      wantedIds.add(mid);
+      cap -= Math.ceil(rcpts.length / o.jobMaxRecipients);
+    }
+  }
+  const loaded = await loadJobMessages(c, [...wantedIds], o.inlineBodyMax, o.bodyCache);
   const built: BuiltJob[] = [];
   const used = new Map<string, number>();
   for (const [dest, msgs] of byDest) {
@@ -588,15 +639,17 @@ export async function dispatchDue(c: PoolClient, o: DispatchSettings, leaseExpir
        UPDATE recipients r SET state = ${S.inflight}, job_id = t.j, lease_expires_at = $7, updated_at = now()
        FROM unnest($3::text[], $4::int[], $5::text[], $6::text[]) AS t(m, i, j, d)
        WHERE r.message_id = t.m AND r.idx = t.i AND t.d IN (SELECT name FROM g)),
-     o AS (${insertGrantedOutboxSql({ subjects: 8, msgIds: 9, packed: 10, offsets: 11, lengths: 12, traces: 13, destinations: 14, bodyOf: 15 })})
+     o AS (${insertGrantedOutboxSql({ subjects: 8, msgIds: 9, packed: 10, offsets: 11, lengths: 12, traces: 13, destinations: 14, bodyOf: 15, ordinals: 16 })})
      SELECT (SELECT array_agg(name) FROM g) AS granted, ${outboxIdsSql('o')} AS outbox`,
     [
       uNames, uNames.map((n) => used.get(n)!),
       rc.m, rc.i, rc.j, rc.d, leaseExpiresAt,
       ob.subjects, ob.msgIds, payloads.packed, payloads.offsets, payloads.lengths, ob.traces, built.map((b) => b.destination), ob.bodyOf,
+      ordinalsByDestination(built.map((b) => b.destination)),
     ],
   );
   const granted = new Set(rows[0]?.granted ?? []);
   const jobs = built.filter((b) => granted.has(b.destination));
+  for (const b of jobs) o.bodyCache?.delete(b.messageId);
   return { built: jobs, outbox: stored(jobs.map((b) => b.outbox), rows[0]?.outbox ?? []) };
 }

@@ -11,10 +11,11 @@ import { extractContext, injectContext, type Logger } from '@tern/telemetry';
 import type { Counter, Histogram } from './metrics';
 import { Batcher } from '@tern/runtime';
 import { intArrayLiteral, isLockTimeout, packBytes, q, tx } from './db';
-import { buildJobs, ensureDestinations, reserveSlots, reserveSlotsSql, type BuiltJob, type DestinationLimits, type JobRcpt } from './dispatch';
+import { buildJobs, ensureDestinations, reserveSlots, takeFreeSlotsSql, type BuiltJob, type DestinationLimits, type JobRcpt } from './dispatch';
+import type { BodyCache } from './body-cache';
 import { newId } from './ids';
 import { destinationOf, S } from './model';
-import { insertGrantedOutboxSql, insertOutbox, outboxColumns, outboxIdsSql, stored, type StoredOutboxRow } from './outbox';
+import { insertGrantedOutboxSql, insertOutbox, ordinalsByDestination, outboxColumns, outboxIdsSql, stored, type StoredOutboxRow } from './outbox';
 import type { RouteTable } from './routes';
 
 /** Size of a spilled body row. */
@@ -55,6 +56,8 @@ export interface EnqueueOptions {
   jobMaxRecipients: number;
   /** Bodies up to this size travel in the job (DeliveryJob.body; 0 = never). */
   inlineBodyMax: number;
+  /** Where the bodies of messages left queued (no slot at their commit) wait for the scheduler. */
+  bodyCache?: BodyCache;
   metrics: { messages: Counter; batch: Histogram };
   /** Outbox rows were committed (handed to the relay when given). */
   onOutbox(rows?: StoredOutboxRow[]): void;
@@ -520,7 +523,7 @@ export class Enqueuer {
     const wanted = new Map<string, number>();
     const jobs: BuiltJob[] = [];
     const jobOf = new Map<string, string>();
-    const rc = { m: [] as string[], i: [] as number[], a: [] as string[], d: [] as string[], o: [] as string[], n: [] as string[], held: [] as boolean[], j: [] as (string | null)[] };
+    const rc = { m: [] as string[], i: [] as number[], a: [] as string[], d: [] as string[], o: [] as string[], n: [] as string[], held: [] as boolean[], j: [] as (string | null)[], k: [] as (number | null)[] };
     for (const item of items) {
       if (!item.header.hold) {
         for (const [d, rcpts] of recipientsByDestination(item.header)) {
@@ -545,10 +548,14 @@ export class Enqueuer {
       });
     }
     const names = [...wanted.keys()].sort();
+    // A destination may grant fewer slots than wanted: its first jobs (by ordinal) get them.
+    const ordinals = ordinalsByDestination(jobs.map((b) => b.destination));
+    const ordinalOf = new Map(jobs.map((b, n) => [b.jobId, ordinals[n]!]));
+    rc.k = rc.j.map((j) => (j ? ordinalOf.get(j)! : null));
     const ob = outboxColumns(jobs.map((b) => b.outbox));
     const bodies = packBytes(items.map((i) => i.body!));
     const payloads = packBytes(ob.payloads);
-    const { rows } = await q<{ granted: string[] | null; queued: number; outbox: Array<{ id: number; msg_id: string }> | null }>(
+    const { rows } = await q<{ granted: Record<string, number> | null; queued: number; outbox: Array<{ id: number; msg_id: string }> | null }>(
       this.o.pool,
       skipLocked ? 'tern_enq_one_skip' : 'tern_enq_one',
       `WITH m AS (
@@ -560,18 +567,19 @@ export class Enqueuer {
          INSERT INTO body_chunks (message_id, seq, data)
          SELECT i, 0, substring($31::bytea from bo + 1 for bl) FROM unnest($3::text[], $27::int[], $28::int[]) AS x(i, bo, bl)
          RETURNING 1),
-       g AS (${reserveSlotsSql(l, { skipLocked, probe: false, after: ['m', 'b'] })}),
+       ${takeFreeSlotsSql(l, { skipLocked, after: ['m', 'b'] })},
        r AS (
          INSERT INTO recipients (message_id, idx, address, domain, orcpt, notify, state, created_at, expires_at, next_attempt_at, job_id, lease_expires_at)
          SELECT x.m, x.i, x.a, x.d, x.o, x.n::smallint[],
-                CASE WHEN x.h THEN ${S.held} WHEN x.j IS NOT NULL AND x.d IN (SELECT name FROM g) THEN ${S.inflight} ELSE ${S.queued} END,
+                CASE WHEN x.h THEN ${S.held} WHEN x.granted THEN ${S.inflight} ELSE ${S.queued} END,
                 $9, $19, CASE WHEN x.h THEN NULL ELSE $9 END,
-                CASE WHEN x.d IN (SELECT name FROM g) THEN x.j END,
-                CASE WHEN x.j IS NOT NULL AND x.d IN (SELECT name FROM g) THEN $20::timestamptz END
-         FROM unnest($12::text[], $13::int[], $14::text[], $15::text[], $16::text[], $17::text[], $18::bool[], $21::text[]) AS x(m, i, a, d, o, n, h, j)
+                CASE WHEN x.granted THEN x.j END,
+                CASE WHEN x.granted THEN $20::timestamptz END
+         FROM (SELECT u.*, u.j IS NOT NULL AND u.k <= (SELECT g.granted FROM g WHERE g.name = u.d) AS granted
+               FROM unnest($12::text[], $13::int[], $14::text[], $15::text[], $16::text[], $17::text[], $18::bool[], $21::text[], $32::int[]) AS u(m, i, a, d, o, n, h, j, k)) x
          RETURNING state),
-       o AS (${insertGrantedOutboxSql({ subjects: 22, msgIds: 23, packed: 24, offsets: 29, lengths: 30, traces: 25, destinations: 26, bodyOf: 11 })})
-       SELECT (SELECT array_agg(name) FROM g) AS granted, (SELECT count(*)::int FROM r WHERE state = ${S.queued}) AS queued,
+       o AS (${insertGrantedOutboxSql({ subjects: 22, msgIds: 23, packed: 24, offsets: 29, lengths: 30, traces: 25, destinations: 26, bodyOf: 11, ordinals: 33 })})
+       SELECT (SELECT json_object_agg(name, granted) FROM g) AS granted, (SELECT count(*)::int FROM r WHERE state = ${S.queued}) AS queued,
               ${outboxIdsSql('o')} AS outbox`,
       [
         names,
@@ -607,11 +615,20 @@ export class Enqueuer {
         // The bodies last: node-pg's Bind buffer grows by half its size plus
         // what is added, so anything after the bodies copied them again.
         bodies.packed,
+        rc.k,
+        ordinals,
       ],
     );
-    const granted = new Set(rows[0]?.granted ?? []);
-    if (jobs.some((b) => granted.has(b.destination))) {
-      this.o.onOutbox(stored(jobs.filter((b) => granted.has(b.destination)).map((b) => b.outbox), rows[0]?.outbox ?? []));
+    // Jobs that got a slot: their ordinal within their destination is at most what it granted.
+    const granted = rows[0]?.granted ?? {};
+    const sent = jobs.filter((b, n) => ordinals[n]! <= (granted[b.destination] ?? 0));
+    if (sent.length) this.o.onOutbox(stored(sent.map((b) => b.outbox), rows[0]?.outbox ?? []));
+    if (sent.length < jobs.length && this.o.bodyCache) {
+      const bodyOf = new Map(items.map((i) => [i.queueId, i.body]));
+      jobs.forEach((b, n) => {
+        const body = bodyOf.get(b.messageId);
+        if (ordinals[n]! > (granted[b.destination] ?? 0) && body && body.length <= this.o.inlineBodyMax) this.o.bodyCache!.put(b.messageId, body);
+      });
     }
     if ((rows[0]?.queued ?? 0) > 0) this.o.onQueued();
     return items.map((i) => ({ queueId: i.queueId, duplicate: false }));

@@ -78,11 +78,15 @@ export interface OutboxParams {
 /**
  * SQL inserting outbox rows from their columns as parameters, returning their
  * ids (for `stored`). With `granted`, for statements that take slots and
- * write jobs at once (the body of a CTE): only the rows whose destination
- * (parameter `granted.destinations`, one per row) is in CTE `g`, the slots granted.
+ * write jobs at once (the body of a CTE): only the rows of jobs that got a
+ * slot in CTE `g` (name, granted): the job's destination (parameter
+ * `granted.destinations`) granted at least its ordinal among the jobs of
+ * that destination in the statement (parameter `granted.ordinals`, 1-based).
  */
-function insertOutboxSql(p: OutboxParams, granted?: { destinations: number }): string {
-  const d = granted ? { param: `, $${granted.destinations}::text[]`, col: ', d', where: '\n       WHERE x.d IN (SELECT name FROM g)' } : { param: '', col: '', where: '' };
+function insertOutboxSql(p: OutboxParams, granted?: { destinations: number; ordinals: number }): string {
+  const d = granted
+    ? { param: `, $${granted.destinations}::text[], $${granted.ordinals}::int[]`, col: ', d, k', where: '\n       WHERE x.k <= (SELECT g.granted FROM g WHERE g.name = x.d)' }
+    : { param: '', col: '', where: '' };
   return `INSERT INTO outbox (subject, msg_id, payload, trace, body_of)
        SELECT x.s, x.m, substring($${p.packed}::bytea from x.po + 1 for x.pl), x.t::jsonb, x.b
        FROM unnest($${p.subjects}::text[], $${p.msgIds}::text[], $${p.offsets}::int[], $${p.lengths}::int[], $${p.traces}::text[], $${p.bodyOf}::text[]${d.param})
@@ -90,9 +94,19 @@ function insertOutboxSql(p: OutboxParams, granted?: { destinations: number }): s
        RETURNING id, msg_id`;
 }
 
-/** insertOutboxSql for the rows of the destinations granted in CTE `g`; `outboxIdsSql` selects their ids. */
-export function insertGrantedOutboxSql(p: OutboxParams & { destinations: number }): string {
-  return insertOutboxSql(p, { destinations: p.destinations });
+/** insertOutboxSql for the rows of the jobs granted a slot in CTE `g`; `outboxIdsSql` selects their ids. */
+export function insertGrantedOutboxSql(p: OutboxParams & { destinations: number; ordinals: number }): string {
+  return insertOutboxSql(p, { destinations: p.destinations, ordinals: p.ordinals });
+}
+
+/** Each job's 1-based ordinal among the jobs of its destination, in order (for insertGrantedOutboxSql and partial grants). */
+export function ordinalsByDestination(destinations: string[]): number[] {
+  const seen = new Map<string, number>();
+  return destinations.map((d) => {
+    const k = (seen.get(d) ?? 0) + 1;
+    seen.set(d, k);
+    return k;
+  });
 }
 
 /** The ids of the rows inserted by the CTE `cte` (insertGrantedOutboxSql), as JSON for `stored`. */

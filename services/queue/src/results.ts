@@ -10,6 +10,7 @@ import { AttemptOutcome, DeliveryResult, DeliveryResults, DsnNotify, ReportKind,
 import type { Logger } from '@tern/telemetry';
 import type { Counter } from './metrics';
 import { Batcher } from '@tern/runtime';
+import type { BodyCache } from './body-cache';
 import { q, tx } from './db';
 import { ctesFirstSql, dispatchDue, dueAtSql, feedbackByDestination, lockDestinationsSql, releaseSetSql, type DestinationLimits, type JobEnd } from './dispatch';
 import { parseRecipientId } from './ids';
@@ -29,7 +30,7 @@ export interface ResultsOptions {
   batchDelayMs: number;
   applied: Counter;
   /** Dispatch of the next jobs for the destinations whose slots a batch gives back. */
-  dispatch: { routes: RouteTable; jobMaxRecipients: number; batch: number; inlineBodyMax: number; leaseS: number; dispatched: Counter };
+  dispatch: { routes: RouteTable; jobMaxRecipients: number; batch: number; inlineBodyMax: number; bodyCache?: BodyCache; leaseS: number; dispatched: Counter };
   /** Outbox rows were committed (handed to the relay when given). */
   onOutbox(rows?: StoredOutboxRow[]): void;
   onSlotsFreed(): void;

@@ -24,7 +24,13 @@ test('per-destination job slots: 5 growing to 100 by default', () => {
   assert.equal(loadConfig({ ...base, TERN_QUEUE_DEST_CONCURRENCY_MAX: '50' }).TERN_QUEUE_DEST_CONCURRENCY_MAX, 50);
 });
 
+test('bodies of queued messages: 64 MiB kept by default, 0 keeps none', () => {
+  assert.equal(loadConfig(base).TERN_QUEUE_BODY_CACHE_BYTES, 64 * 1024 * 1024);
+  assert.equal(loadConfig({ ...base, TERN_QUEUE_BODY_CACHE_BYTES: '0' }).TERN_QUEUE_BODY_CACHE_BYTES, 0);
+});
+
 test('bad values are refused naming the variable', () => {
+  assert.match(problems({ TERN_QUEUE_BODY_CACHE_BYTES: '-1' }).join(), /^TERN_QUEUE_BODY_CACHE_BYTES: /);
   assert.match(problems({ TERN_QUEUE_DEST_CONCURRENCY_MAX: '0' }).join(), /^TERN_QUEUE_DEST_CONCURRENCY_MAX: /);
   assert.match(problems({ TERN_QUEUE_DEST_CONCURRENCY_INIT: 'many' }).join(), /^TERN_QUEUE_DEST_CONCURRENCY_INIT: /);
 });

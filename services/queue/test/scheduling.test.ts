@@ -34,6 +34,55 @@ describe('scheduling', () => {
     }
   };
 
+  it('a group commit that wants more slots than are free takes those that are; the rest of its messages wait queued', async () => {
+    // No scheduler: what is inflight was granted by the group commits themselves.
+    const app = await startQueue(db.url, nats.url, { TERN_QUEUE_DEST_CONCURRENCY_INIT: '3', TERN_QUEUE_DEST_CONCURRENCY_MAX: '3' }, { disable: ['scheduler'] });
+    const c = queueClient(app.grpcPort);
+    try {
+      await c.enqueue(header({}, ['first@part.example']), body(100)); // creates the destination row, takes 1 of 3 slots
+      const b = body(200);
+      const res = await c.enqueueBatch({ messages: [1, 2, 3, 4, 5].map((i) => ({ header: header({}, [`r${i}@part.example`]), body: b, commit: { size: b.length } })) });
+      assert.ok(res.outcomes.every((o) => o.errorCode === 0));
+      const states = (await db.query(`SELECT state, count(*)::int AS n FROM queue.recipients WHERE domain = 'part.example' GROUP BY state ORDER BY state`)).rows;
+      assert.deepEqual(states, [
+        { state: RecipientState.RECIPIENT_STATE_QUEUED, n: 3 },
+        { state: RecipientState.RECIPIENT_STATE_INFLIGHT, n: 3 },
+      ]);
+      const d = (await db.query(`SELECT inflight FROM queue.destinations WHERE name = 'part.example'`)).rows[0];
+      assert.equal(d.inflight, 3, 'the two free slots were taken');
+      const jobs = await delivery.jobsWhere((j) => j.destination === 'part.example', 4, 1500);
+      assert.equal(jobs.length, 3, 'a job for each slot, none for the queued messages');
+      for (const j of jobs) await delivery.result(j, AttemptOutcome.ATTEMPT_OUTCOME_DELIVERED, { code: 250 });
+    } finally {
+      c.close();
+      await app.stop();
+    }
+  });
+
+  it('a message left queued at its commit keeps its body in memory: its later job carries it without reading it back', async () => {
+    const app = await startQueue(db.url, nats.url, { TERN_QUEUE_DEST_CONCURRENCY_INIT: '1', TERN_QUEUE_DEST_CONCURRENCY_MAX: '1' }, { disable: ['scheduler'] });
+    const c = queueClient(app.grpcPort);
+    try {
+      await c.enqueue(header({}, ['one@cache.example']), body(100)); // the only slot
+      const b = body(3000, 'k');
+      const [queued] = (await c.enqueueBatch({ messages: [{ header: header({}, ['two@cache.example']), body: b, commit: { size: b.length } }] })).outcomes;
+      assert.equal(queued!.errorCode, 0);
+      const st = (await db.query(`SELECT state FROM queue.recipients WHERE message_id = $1`, [queued!.queueId])).rows[0];
+      assert.equal(st.state, RecipientState.RECIPIENT_STATE_QUEUED, 'no slot at its commit');
+      // Its stored body gone: a job built from a read-back would have none.
+      await db.query(`DELETE FROM queue.body_chunks WHERE message_id = $1`, [queued!.queueId]);
+      const [first] = await delivery.jobsWhere((j) => j.destination === 'cache.example', 1, 1500);
+      await delivery.result(first!, AttemptOutcome.ATTEMPT_OUTCOME_DELIVERED, { code: 250 }); // frees the slot: the result applier dispatches the queued message
+      const [second] = await delivery.jobsWhere((j) => j.queueId === queued!.queueId, 1, 3000);
+      assert.ok(second, 'the queued message was dispatched');
+      assert.ok(Buffer.from(second!.body).equals(b), 'with its body, from memory');
+      await delivery.result(second!, AttemptOutcome.ATTEMPT_OUTCOME_DELIVERED, { code: 250 });
+    } finally {
+      c.close();
+      await app.stop();
+    }
+  });
+
   it('never has more jobs in flight for a destination than its limit', async () => {
     await withQueue({ TERN_QUEUE_DEST_CONCURRENCY_INIT: '2', TERN_QUEUE_DEST_CONCURRENCY_MAX: '2' }, async (_app, c) => {
       for (let i = 0; i < 6; i++) await c.enqueue(header({}, [`r${i}@conc.example`]), body(100));
