@@ -78,6 +78,9 @@ export function createApp(config: Config, deps: AppDeps): App {
   // Rows a commit just wrote go straight to the relay (no reading back).
   const handoff = (rows?: StoredOutboxRow[]) => (rows?.length ? relay.handoff(rows) : relay.wake());
   const bodyCache = new BodyCache(config.TERN_QUEUE_BODY_CACHE_BYTES);
+  meter
+    .createObservableGauge('tern_queue_body_cache_bytes', { description: 'Bytes of bodies of queued messages kept in memory for their first dispatch (TERN_QUEUE_BODY_CACHE_BYTES)', unit: 'By' })
+    .addCallback((r) => r.observe(bodyCache.bytes));
   const relay = new Relay({ pool, bus: lazyBus, logger, tracer, batch: 500, pollMs: 1_000, published: metrics.published });
   const scheduler = new Scheduler({
     pool,
