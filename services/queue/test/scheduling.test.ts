@@ -59,6 +59,34 @@ describe('scheduling', () => {
     }
   });
 
+  it('a group commit takes no more jobs than a rate-limited destination has tokens for', async () => {
+    // 24 a minute: a burst of 4 tokens, refilled at 0.4 a second; slots are not the limit here.
+    const app = await startQueue(
+      db.url,
+      nats.url,
+      { TERN_QUEUE_DEST_RATE_PER_MIN: '24', TERN_QUEUE_DEST_CONCURRENCY_INIT: '10', TERN_QUEUE_DEST_CONCURRENCY_MAX: '10' },
+      { disable: ['scheduler'] },
+    );
+    const c = queueClient(app.grpcPort);
+    try {
+      await c.enqueue(header({}, ['first@rate.example']), body(100)); // 1 of the 4 tokens
+      const b = body(200);
+      await c.enqueueBatch({ messages: [1, 2, 3, 4, 5].map((i) => ({ header: header({}, [`r${i}@rate.example`]), body: b, commit: { size: b.length } })) });
+      const states = (await db.query(`SELECT state, count(*)::int AS n FROM queue.recipients WHERE domain = 'rate.example' GROUP BY state ORDER BY state`)).rows;
+      assert.deepEqual(states, [
+        { state: RecipientState.RECIPIENT_STATE_QUEUED, n: 2 },
+        { state: RecipientState.RECIPIENT_STATE_INFLIGHT, n: 4 },
+      ]);
+      const d = (await db.query(`SELECT inflight, tokens FROM queue.destinations WHERE name = 'rate.example'`)).rows[0];
+      assert.equal(d.inflight, 4);
+      assert.ok(d.tokens < 1, `tokens left: ${d.tokens}`);
+      for (const j of await delivery.jobsWhere((j) => j.destination === 'rate.example', 5, 1500)) await delivery.result(j, AttemptOutcome.ATTEMPT_OUTCOME_DELIVERED, { code: 250 });
+    } finally {
+      c.close();
+      await app.stop();
+    }
+  });
+
   it('a message left queued at its commit keeps its body in memory: its later job carries it without reading it back', async () => {
     const app = await startQueue(db.url, nats.url, { TERN_QUEUE_DEST_CONCURRENCY_INIT: '1', TERN_QUEUE_DEST_CONCURRENCY_MAX: '1' }, { disable: ['scheduler'] });
     const c = queueClient(app.grpcPort);
