@@ -69,6 +69,16 @@ async function until(what: string, ok: () => boolean, ms = 3000): Promise<void> 
 
 const senders = (r: Received) => r.req.messages.map((m) => m.header!.envelope!.sender);
 
+/** A message from `sender` goes in a batch on the second stream opened, and gets its answer. */
+async function sentOnNewStream(q: Awaited<ReturnType<typeof slowQueue>>, b: EnqueueBatcher, sender: string): Promise<void> {
+  const outcome = b.add(msg(sender));
+  await until(`the batch of ${sender}`, () => q.received.some((r) => senders(r)[0] === sender));
+  const r = q.received.find((x) => senders(x)[0] === sender)!;
+  assert.equal(r.stream, 1, 'on a new stream');
+  r.answer();
+  assert.equal((await outcome).queueId, `q-${sender}`);
+}
+
 describe('EnqueueBatcher', () => {
   it('with one batch in flight, the messages ready meanwhile go together in the next batch, on the same stream', async () => {
     const q = await slowQueue();
@@ -113,11 +123,7 @@ describe('EnqueueBatcher', () => {
     assert.equal((await a).queueId, 'q-a');
     q.calls[0]!.emit('error', { code: grpc.status.UNAVAILABLE, details: 'database down', metadata: new grpc.Metadata() });
     await assert.rejects(c, (err: Error & { code?: number }) => err.code === grpc.status.UNAVAILABLE && /database down/.test(err.message));
-    const d = b.add(msg('d'));
-    await until('the next batch', () => q.received.length === 3);
-    assert.equal(q.received[2]!.stream, 1, 'on a new stream');
-    q.received[2]!.answer();
-    assert.equal((await d).queueId, 'q-d');
+    await sentOnNewStream(q, b, 'd');
   });
 
   it('a stream the queue ends with OK: its unanswered batches were not read and go again on a new stream', async () => {
@@ -149,11 +155,7 @@ describe('EnqueueBatcher', () => {
     const started = Date.now();
     await assert.rejects(b.add(msg('a')), (err: Error & { code?: number }) => err.code === grpc.status.DEADLINE_EXCEEDED);
     assert.ok(Date.now() - started >= 290);
-    const c = b.add(msg('c'));
-    await until('the next batch', () => q.received.length === 2);
-    assert.equal(q.received[1]!.stream, 1, 'on a new stream');
-    q.received[1]!.answer();
-    assert.equal((await c).queueId, 'q-c');
+    await sentOnNewStream(q, b, 'c');
   });
 
   it('after streamBatches batches the stream is half-closed and the next batch opens another', async () => {

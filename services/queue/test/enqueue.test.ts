@@ -6,6 +6,16 @@ import { EnqueueStreamRequest, MessageOrigin, RecipientState, type EnqueueStream
 import type { App } from '../src/app';
 import { body, createDatabase, eventually, FakeDelivery, header, queueClient, startNats, startQueue, type QueueClient } from './helpers';
 
+/** An EnqueueStream on `client`, with the answers as they come and its final status. */
+function openEnqueueStream(client: QueueClient) {
+  const call = (client.raw.enqueueStream as (o: object) => grpc.ClientDuplexStream<EnqueueStreamRequest, EnqueueStreamResponse>).call(client.raw, {});
+  const answers: EnqueueStreamResponse[] = [];
+  call.on('data', (r: EnqueueStreamResponse) => answers.push(r));
+  const status = new Promise<grpc.StatusObject>((resolve) => call.on('status', resolve));
+  call.on('error', () => undefined);
+  return { call, answers, status };
+}
+
 describe('enqueue', () => {
   let db: Awaited<ReturnType<typeof createDatabase>>;
   let nats: Awaited<ReturnType<typeof startNats>>;
@@ -91,11 +101,7 @@ describe('enqueue', () => {
   });
 
   it('EnqueueStream answers each request with its seq once its messages are committed; the stream ends OK after the client half-closes', async () => {
-    const call = (client.raw.enqueueStream as (o: object) => grpc.ClientDuplexStream<EnqueueStreamRequest, EnqueueStreamResponse>).call(client.raw, {});
-    const answers: EnqueueStreamResponse[] = [];
-    call.on('data', (r: EnqueueStreamResponse) => answers.push(r));
-    const status = new Promise<grpc.StatusObject>((resolve) => call.on('status', resolve));
-    call.on('error', () => undefined);
+    const { call, answers, status } = openEnqueueStream(client);
     const b = body(500);
     call.write(EnqueueStreamRequest.fromPartial({ seq: 7, messages: [{ header: header({}, ['s1@stream.example']), body: b, commit: { size: b.length } }] }));
     call.write(
@@ -127,11 +133,7 @@ describe('enqueue', () => {
     const other = await startQueue(db.url, nats.url, { TERN_SHUTDOWN_GRACE_MS: '10000' });
     const c2 = queueClient(other.grpcPort);
     try {
-      const call = (c2.raw.enqueueStream as (o: object) => grpc.ClientDuplexStream<EnqueueStreamRequest, EnqueueStreamResponse>).call(c2.raw, {});
-      const answers: EnqueueStreamResponse[] = [];
-      call.on('data', (r: EnqueueStreamResponse) => answers.push(r));
-      const status = new Promise<grpc.StatusObject>((resolve) => call.on('status', resolve));
-      call.on('error', () => undefined);
+      const { call, answers, status } = openEnqueueStream(c2);
       const b = body(300);
       call.write(EnqueueStreamRequest.fromPartial({ seq: 1, messages: [{ header: header({}, ['down@stream.example']), body: b, commit: { size: b.length } }] }));
       await eventually(async () => answers.length, (n) => n === 1);

@@ -23,8 +23,8 @@ describe('scheduling', () => {
     await db?.drop();
   });
 
-  const withQueue = async (env: Record<string, string>, fn: (app: App, c: QueueClient) => Promise<void>) => {
-    const app = await startQueue(db.url, nats.url, { TERN_QUEUE_SCHEDULE_INTERVAL_MS: '100', ...env });
+  const withQueue = async (env: Record<string, string>, fn: (app: App, c: QueueClient) => Promise<void>, opts: Parameters<typeof startQueue>[3] = {}) => {
+    const app = await startQueue(db.url, nats.url, { TERN_QUEUE_SCHEDULE_INTERVAL_MS: '100', ...env }, opts);
     const c = queueClient(app.grpcPort);
     try {
       await fn(app, c);
@@ -36,9 +36,8 @@ describe('scheduling', () => {
 
   it('a group commit that wants more slots than are free takes those that are; the rest of its messages wait queued', async () => {
     // No scheduler: what is inflight was granted by the group commits themselves.
-    const app = await startQueue(db.url, nats.url, { TERN_QUEUE_DEST_CONCURRENCY_INIT: '3', TERN_QUEUE_DEST_CONCURRENCY_MAX: '3' }, { disable: ['scheduler'] });
-    const c = queueClient(app.grpcPort);
-    try {
+    const env = { TERN_QUEUE_DEST_CONCURRENCY_INIT: '3', TERN_QUEUE_DEST_CONCURRENCY_MAX: '3' };
+    await withQueue(env, async (_app, c) => {
       await c.enqueue(header({}, ['first@part.example']), body(100)); // creates the destination row, takes 1 of 3 slots
       const b = body(200);
       const res = await c.enqueueBatch({ messages: [1, 2, 3, 4, 5].map((i) => ({ header: header({}, [`r${i}@part.example`]), body: b, commit: { size: b.length } })) });
@@ -53,22 +52,13 @@ describe('scheduling', () => {
       const jobs = await delivery.jobsWhere((j) => j.destination === 'part.example', 4, 1500);
       assert.equal(jobs.length, 3, 'a job for each slot, none for the queued messages');
       for (const j of jobs) await delivery.result(j, AttemptOutcome.ATTEMPT_OUTCOME_DELIVERED, { code: 250 });
-    } finally {
-      c.close();
-      await app.stop();
-    }
+    }, { disable: ['scheduler'] });
   });
 
   it('a group commit takes no more jobs than a rate-limited destination has tokens for', async () => {
     // 24 a minute: a burst of 4 tokens, refilled at 0.4 a second; slots are not the limit here.
-    const app = await startQueue(
-      db.url,
-      nats.url,
-      { TERN_QUEUE_DEST_RATE_PER_MIN: '24', TERN_QUEUE_DEST_CONCURRENCY_INIT: '10', TERN_QUEUE_DEST_CONCURRENCY_MAX: '10' },
-      { disable: ['scheduler'] },
-    );
-    const c = queueClient(app.grpcPort);
-    try {
+    const env = { TERN_QUEUE_DEST_RATE_PER_MIN: '24', TERN_QUEUE_DEST_CONCURRENCY_INIT: '10', TERN_QUEUE_DEST_CONCURRENCY_MAX: '10' };
+    await withQueue(env, async (_app, c) => {
       await c.enqueue(header({}, ['first@rate.example']), body(100)); // 1 of the 4 tokens
       const b = body(200);
       await c.enqueueBatch({ messages: [1, 2, 3, 4, 5].map((i) => ({ header: header({}, [`r${i}@rate.example`]), body: b, commit: { size: b.length } })) });
@@ -81,16 +71,11 @@ describe('scheduling', () => {
       assert.equal(d.inflight, 4);
       assert.ok(d.tokens < 1, `tokens left: ${d.tokens}`);
       for (const j of await delivery.jobsWhere((j) => j.destination === 'rate.example', 5, 1500)) await delivery.result(j, AttemptOutcome.ATTEMPT_OUTCOME_DELIVERED, { code: 250 });
-    } finally {
-      c.close();
-      await app.stop();
-    }
+    }, { disable: ['scheduler'] });
   });
 
   it('a message left queued at its commit keeps its body in memory: its later job carries it without reading it back', async () => {
-    const app = await startQueue(db.url, nats.url, { TERN_QUEUE_DEST_CONCURRENCY_INIT: '1', TERN_QUEUE_DEST_CONCURRENCY_MAX: '1' }, { disable: ['scheduler'] });
-    const c = queueClient(app.grpcPort);
-    try {
+    await withQueue({ TERN_QUEUE_DEST_CONCURRENCY_INIT: '1', TERN_QUEUE_DEST_CONCURRENCY_MAX: '1' }, async (_app, c) => {
       await c.enqueue(header({}, ['one@cache.example']), body(100)); // the only slot
       const b = body(3000, 'k');
       const [queued] = (await c.enqueueBatch({ messages: [{ header: header({}, ['two@cache.example']), body: b, commit: { size: b.length } }] })).outcomes;
@@ -105,10 +90,7 @@ describe('scheduling', () => {
       assert.ok(second, 'the queued message was dispatched');
       assert.ok(Buffer.from(second!.body).equals(b), 'with its body, from memory');
       await delivery.result(second!, AttemptOutcome.ATTEMPT_OUTCOME_DELIVERED, { code: 250 });
-    } finally {
-      c.close();
-      await app.stop();
-    }
+    }, { disable: ['scheduler'] });
   });
 
   it('never has more jobs in flight for a destination than its limit', async () => {
