@@ -39,6 +39,21 @@ export function parseEnv<S extends z.ZodObject>(schema: S, env: Env = process.en
 }
 
 /**
+ * What is wrong with a configuration: runs `load` and returns each problem
+ * of its ConfigError as "VARIABLE: message" ([] when it loads). Other
+ * errors are thrown. For checks and tests of a service's settings.
+ */
+export function configProblems(load: () => unknown): string[] {
+  try {
+    load();
+  } catch (err) {
+    if (!(err instanceof ConfigError)) throw err;
+    return err.problems.map((p) => `${p.variable}: ${p.message}`);
+  }
+  return [];
+}
+
+/**
  * Runs `load` and, on a ConfigError, prints it and exits with status 78
  * (EX_CONFIG) — the process must not start half-configured.
  */

@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { z, parseEnv, ConfigError, hostPort, positiveInt, csv, bool } from '../src/index';
+import { z, parseEnv, ConfigError, configProblems, hostPort, positiveInt, csv, bool } from '../src/index';
 
 const schema = z.object({
   TERN_GRPC_LISTEN: hostPort('0.0.0.0:7003'),
@@ -38,4 +38,12 @@ test('a bad variable is reported by name with the value given', () => {
 
 test('an empty string counts as unset', () => {
   assert.throws(() => parseEnv(schema, { TERN_DATABASE_URL: '' }), /TERN_DATABASE_URL: .*unset/);
+});
+
+test('configProblems: each problem as "VARIABLE: message", none for a good configuration, other errors thrown', () => {
+  assert.deepEqual(configProblems(() => parseEnv(schema, { TERN_DATABASE_URL: 'postgres://x' })), []);
+  assert.deepEqual(configProblems(() => parseEnv(schema, { TERN_DATABASE_URL: 'postgres://x', TERN_MAX: '0' })), [
+    'TERN_MAX: Too small: expected number to be >0 (got "0")',
+  ]);
+  assert.throws(() => configProblems(() => JSON.parse('{')), SyntaxError);
 });

@@ -116,7 +116,7 @@ export interface ServerOptions {
  */
 export const HTTP2_WINDOW_BYTES = 4 * 1024 * 1024;
 
-/** The grpc-js server internals the window needs (see raiseServerWindow); absent if a grpc-js upgrade renamed them. */
+/** The grpc-js server internals the window needs (GrpcServer's constructor and listen); absent if a grpc-js upgrade renamed them. */
 interface ServerInternals {
   commonServerOptions?: { settings?: Record<string, number> };
   http2Servers?: Map<{ on(event: 'session', f: (s: { setLocalWindowSize(n: number): void }) => void): void }, unknown>;

@@ -6,20 +6,12 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
-import { ConfigError } from '@tern/config';
+import { configProblems } from '@tern/config';
 import { loadConfig } from '../src/config';
 
 const base = { TERN_NATS_URL: 'nats://127.0.0.1:4222', TERN_QUEUE_ADDR: '127.0.0.1:7003' };
 
-function problems(env: Record<string, string>): string[] {
-  try {
-    loadConfig({ ...base, ...env });
-  } catch (err) {
-    assert.ok(err instanceof ConfigError, String(err));
-    return err.problems.map((p) => `${p.variable}: ${p.message}`);
-  }
-  return [];
-}
+const problems = (env: Record<string, string>): string[] => configProblems(() => loadConfig({ ...base, ...env }));
 
 test('defaults', () => {
   const c = loadConfig(base);

@@ -11,7 +11,7 @@
 // together, measured on this machine), and the call is on every message's
 // path to its 250.
 import { context, ROOT_CONTEXT } from '@opentelemetry/api';
-import { grpc } from '@tern/grpc';
+import { grpc, grpcError } from '@tern/grpc';
 import type { EnqueueMessage, EnqueueOutcome, EnqueueStreamRequest, EnqueueStreamResponse } from '@tern/proto';
 import { call, type QueueClient } from './clients';
 
@@ -97,8 +97,8 @@ interface Batch {
   reject(err: Error): void;
   timer: NodeJS.Timeout;
   deadline: number;
-  /** Times it was sent again after a stream ended with it unread. */
-  resent: number;
+  /** Times it was sent (again after a stream ended with it unread). */
+  sends: number;
   stream?: OpenStream;
 }
 
@@ -144,7 +144,7 @@ export class EnqueueStreamClient {
         resolve,
         reject,
         deadline: Date.now() + this.o.deadlineMs,
-        resent: 0,
+        sends: 0,
         timer: setTimeout(() => this.expire(batch), this.o.deadlineMs),
       };
       this.dispatch(batch);
@@ -159,7 +159,7 @@ export class EnqueueStreamClient {
   }
 
   private dispatch(batch: Batch): void {
-    if (++batch.resent > MAX_SENDS) {
+    if (++batch.sends > MAX_SENDS) {
       return this.fail(batch, new Error(`EnqueueStream: the queue ended ${MAX_SENDS} streams without reading this batch`));
     }
     if (Date.now() < this.unaryUntil) {
@@ -203,17 +203,13 @@ export class EnqueueStreamClient {
       for (const b of left) this.dispatch(b);
       return;
     }
-    const err = Object.assign(new Error(`EnqueueStream failed: ${grpc.status[status.code] ?? status.code}: ${status.details}`), {
-      code: status.code,
-      details: status.details,
-      metadata: status.metadata,
-    });
+    const err = grpcError(status.code, `EnqueueStream: ${status.details}`);
     for (const b of left) this.fail(b, err);
   }
 
   private expire(batch: Batch): void {
     const s = batch.stream;
-    this.fail(batch, Object.assign(new Error(`EnqueueStream: no answer within ${this.o.deadlineMs} ms`), { code: grpc.status.DEADLINE_EXCEEDED, details: `no answer within ${this.o.deadlineMs} ms` }));
+    this.fail(batch, grpcError(grpc.status.DEADLINE_EXCEEDED, `EnqueueStream: no answer within ${this.o.deadlineMs} ms`));
     if (s) {
       if (this.current === s) this.current = undefined;
       s.call.cancel();

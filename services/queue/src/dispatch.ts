@@ -175,17 +175,15 @@ export function lockDestinationsSql(names: string, skipLocked = false): string {
 }
 
 /**
- * Takes slots as SQL ($1 destination names, $2 jobs wanted per name; returns
- * the names granted): a destination gets all its jobs or none, under its
- * concurrency limit and rate, not suspended. `skipLocked`: a row held by
- * another transaction is not waited for (enqueue, after a lock timeout: see
- * reserveSlots).
+ * Takes slots as SQL ($1 destination names, $2 jobs wanted per name;
+ * returns the names granted, each with `granted` = its jobs wanted): a
+ * destination gets all its jobs or none, under its concurrency limit and
+ * rate, not suspended. `skipLocked`: a row held by another transaction is
+ * not waited for (enqueue, after a lock timeout: see reserveSlots).
  * `probe`: a dead destination due for its probe takes one job (dispatch;
  * new messages for a dead destination wait for the scheduler instead).
- * `after`: other CTEs of the statement to run BEFORE the destination rows
- * are locked (see ctesFirstSql).
  */
-export function reserveSlotsSql(l: DestinationLimits, o: { skipLocked: boolean; probe: boolean; after?: string[] }): string {
+export function reserveSlotsSql(l: DestinationLimits, o: { skipLocked: boolean; probe: boolean }): string {
   const tokens = tokensNowSql(l);
   const room = o.probe
     ? '((d.dead_until IS NULL AND d.inflight + t.n <= d.concurrency_limit) OR (d.dead_until <= now() AND d.inflight = 0 AND t.n = 1))'
@@ -194,7 +192,7 @@ export function reserveSlotsSql(l: DestinationLimits, o: { skipLocked: boolean; 
         tokens = CASE WHEN ${l.ratePerMin} = 0 THEN d.tokens ELSE ${tokens} - t.n END,
         tokens_at = now(), updated_at = now()
      FROM unnest($1::text[], $2::int[]) AS t(name, n)
-     WHERE ${o.after?.length ? `${ctesFirstSql(...o.after)} AND ` : ''}d.name = t.name AND NOT d.suspended
+     WHERE d.name = t.name AND NOT d.suspended
        AND ${lockDestinationsSql('$1', o.skipLocked)}
        AND ${room}
        AND (${l.ratePerMin} = 0 OR ${tokens} >= t.n)
@@ -338,7 +336,7 @@ export async function loadJobMessages(c: PoolClient, ids: string[], inlineBodyMa
     rows.map((r) => {
       const size = Number(r.size);
       // A body of several rows (spilled) is never inline: the first row alone is not the body.
-      const read = (r.inline ? (r.body ?? cache?.get(r.id)) : undefined) ?? undefined;
+      const read = r.inline ? (r.body ?? cache?.get(r.id)) : undefined;
       const body = read && read.length === size ? read : undefined;
       return [r.id, { id: r.id, envelope: Envelope.decode(r.envelope), size, trace: r.trace, body }];
     }),

@@ -621,13 +621,14 @@ export class Enqueuer {
     );
     // Jobs that got a slot: their ordinal within their destination is at most what it granted.
     const granted = rows[0]?.granted ?? {};
-    const sent = jobs.filter((b, n) => ordinals[n]! <= (granted[b.destination] ?? 0));
+    const gotSlot = jobs.map((b, n) => ordinals[n]! <= (granted[b.destination] ?? 0));
+    const sent = jobs.filter((_b, n) => gotSlot[n]);
     if (sent.length) this.o.onOutbox(stored(sent.map((b) => b.outbox), rows[0]?.outbox ?? []));
     if (sent.length < jobs.length && this.o.bodyCache) {
       const bodyOf = new Map(items.map((i) => [i.queueId, i.body]));
       jobs.forEach((b, n) => {
         const body = bodyOf.get(b.messageId);
-        if (ordinals[n]! > (granted[b.destination] ?? 0) && body && body.length <= this.o.inlineBodyMax) this.o.bodyCache!.put(b.messageId, body);
+        if (!gotSlot[n] && body && body.length <= this.o.inlineBodyMax) this.o.bodyCache!.put(b.messageId, body);
       });
     }
     if ((rows[0]?.queued ?? 0) > 0) this.o.onQueued();

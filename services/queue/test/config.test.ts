@@ -2,20 +2,12 @@
 // naming the variable (ConfigError, exit 78 from main.ts).
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { ConfigError } from '@tern/config';
+import { configProblems } from '@tern/config';
 import { loadConfig } from '../src/config';
 
 const base = { TERN_DATABASE_URL: 'postgres://tern:tern@127.0.0.1:5432/tern', TERN_NATS_URL: 'nats://127.0.0.1:4222' };
 
-function problems(env: Record<string, string>): string[] {
-  try {
-    loadConfig({ ...base, ...env });
-  } catch (err) {
-    assert.ok(err instanceof ConfigError, String(err));
-    return err.problems.map((p) => `${p.variable}: ${p.message}`);
-  }
-  return [];
-}
+const problems = (env: Record<string, string>): string[] => configProblems(() => loadConfig({ ...base, ...env }));
 
 test('per-destination job slots: 5 growing to 100 by default', () => {
   const c = loadConfig(base);
