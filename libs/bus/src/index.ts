@@ -112,7 +112,11 @@ export class Bus {
         subjects: spec.subjects,
         retention: RetentionPolicy.Workqueue,
         storage: StorageType.File,
-        discard: DiscardPolicy.Old,
+        // A full stream refuses the publish (the outbox row stays, the
+        // result's job is retried) instead of dropping its oldest message:
+        // with Old a backlog past the bound silently lost results and
+        // report requests (I2).
+        discard: DiscardPolicy.New,
         duplicate_window: nanos(spec.duplicateWindowMs),
         max_msgs: spec.maxMessages,
         max_bytes: spec.maxBytes,

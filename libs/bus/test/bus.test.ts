@@ -5,8 +5,8 @@ import { trace, context } from '@opentelemetry/api';
 import { createTelemetry } from '@tern/telemetry';
 import { startNats, type NatsServerHandle } from '@tern/devkit';
 import { headers as natsHeaders } from '@nats-io/nats-core';
-import { DiscardPolicy } from '@nats-io/jetstream';
-import { Bus, JetStreamPublisher, SUBJECTS, jobSubject, type BusMessage } from '../src/index';
+import { DiscardPolicy, RetentionPolicy } from '@nats-io/jetstream';
+import { Bus, JetStreamPublisher, STREAMS, SUBJECTS, jobSubject, type BusMessage } from '../src/index';
 
 let nats: NatsServerHandle;
 let url: string;
@@ -197,4 +197,29 @@ test('publish: the stream stores it and says so, and a subject no stream takes, 
     sub.unsubscribe();
   }
   await bus.close();
+});
+
+test('every stream refuses publishes past its bound rather than dropping stored messages, also one created before with discard old', async () => {
+  const bus = await connect('bus-test-discard');
+  // As an older release created it: discard old.
+  await bus.jsm.streams.add({ name: STREAMS.reports.name, subjects: [...STREAMS.reports.subjects], retention: RetentionPolicy.Workqueue, discard: DiscardPolicy.Old, max_msgs: 5 }).catch(async () => {
+    await bus.jsm.streams.update(STREAMS.reports.name, { subjects: [...STREAMS.reports.subjects], discard: DiscardPolicy.Old, max_msgs: 5 });
+  });
+  await bus.ensureTopology([]);
+  for (const spec of Object.values(STREAMS)) {
+    const info = await bus.jsm.streams.info(spec.name);
+    assert.equal(info.config.discard, DiscardPolicy.New, `${spec.name}: discard`);
+    assert.equal(info.config.max_msgs, spec.maxMessages, `${spec.name}: max_msgs`);
+  }
+  // The bound holds: with the stream lowered to 2 messages, the third publish fails and the first two stay.
+  await bus.jsm.streams.purge(STREAMS.reports.name);
+  await bus.jsm.streams.update(STREAMS.reports.name, { subjects: [...STREAMS.reports.subjects], max_msgs: 2 });
+  await bus.publish(SUBJECTS.reports, Buffer.from('r1'), { msgId: 'discard-1' });
+  await bus.publish(SUBJECTS.reports, Buffer.from('r2'), { msgId: 'discard-2' });
+  await assert.rejects(bus.publish(SUBJECTS.reports, Buffer.from('r3'), { msgId: 'discard-3' }), /maximum messages exceeded/);
+  const kept = await bus.jsm.streams.info(STREAMS.reports.name);
+  assert.equal(kept.state.messages, 2);
+  assert.equal(kept.state.first_seq, kept.state.last_seq - 1, 'the first two are the ones kept');
+  await bus.jsm.streams.purge(STREAMS.reports.name);
+  await bus.ensureTopology([]); // back to the real bound for the tests after this one
 });
