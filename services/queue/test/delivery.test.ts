@@ -93,6 +93,9 @@ describe('dispatch and results', () => {
     const attempts = await db.query('SELECT count(*)::int AS n FROM queue.attempts WHERE message_id = ANY($1)', [[a.queueId, b.queueId]]);
     assert.equal(attempts.rows[0].n, 3, 'one attempt per recipient, none from the replay');
     assert.equal((await db.query('SELECT inflight FROM queue.destinations WHERE name = $1', ['batched.example'])).rows[0].inflight, 0, 'no slot given back twice');
+    // Acked one behind (HeldAck): the last one too, once nothing follows it.
+    const left = await eventually(() => delivery.bus.jsm.streams.info('TERN_RESULTS').then((i) => i.state.messages), (n) => n === 0, 3_000);
+    assert.equal(left, 0, 'every result message acked');
   });
 
   it('a message is done (its body may go) only when its last job settles; each job gives its slot back once', async () => {
