@@ -198,9 +198,6 @@ export class Relay {
       for (const id of ids) this.inHandoff.delete(id);
     };
     const p = (async () => {
-      // Publish on the next turn: the committer's own answer (the group
-      // commit's gRPC response, on the path of every SMTP 250) is written first.
-      await new Promise((r) => setImmediate(r));
       const results = await Promise.allSettled(
         rows.map((r) => this.publish(r.subject, r.msgId, withBody(r.payload, r.body?.data), { ...(r.trace ?? {}) }, r.span, r.attrs ?? {})),
       );
