@@ -14,6 +14,13 @@ const CR = 0x0d;
 const LF = 0x0a;
 const DOT = 0x2e;
 
+/** "\n." : where a line starting with a dot begins (stuffed dot or the end marker). */
+const LF_DOT = Buffer.from('\n.', 'latin1');
+/** A CR not followed by LF, an LF not preceded by CR. */
+const BARE_LINE_ENDING = /\r(?!\n)|(?<!\r)\n/;
+/** Shorter runs of lines are walked: the regular expression's setup would cost more. */
+const FAST_LINES_MIN = 256;
+
 const enum State {
   /** At the start of a line (after CR LF, or at the start of the body). */
   LineStart,
@@ -57,6 +64,47 @@ export class BodyDecoder {
     this.maxContent = limits.maxLineLength > 0 ? limits.maxLineLength - 2 : Number.MAX_SAFE_INTEGER;
   }
 
+  /**
+   * Whether feed() passes runs of ordinary lines with cleanLinesEnd (true)
+   * or walks every line (false: only for tests, which compare the two).
+   */
+  static fastLines = true;
+
+  /**
+   * From a line start `i`, the end (just after its LF) of the longest run of
+   * whole lines that need nothing but passing on: no line starting with "."
+   * (DATA), every line ending CR LF with no other CR or LF, none longer than
+   * allowed. `i` when there is no such run or it is too short to be worth it;
+   * feed() then walks the lines one by one, and finds and records any
+   * violation itself. A 64 KiB body is ~860 lines; walking them cost two
+   * native searches and a few state changes each (0.15 ms, a sixth of
+   * ingress's CPU per message at 64 KiB); this is one search for "\n.", one
+   * regular expression over a latin1 view and a stride of about a line limit
+   * between line length checks (~0.05 ms).
+   */
+  private cleanLinesEnd(buf: Buffer, i: number): number {
+    let limit = buf.length;
+    if (this.dotStuffed) {
+      const dotLine = buf.indexOf(LF_DOT, i);
+      if (dotLine !== -1) limit = dotLine + 1;
+    }
+    const stop = buf.lastIndexOf(LF, limit - 1) + 1;
+    if (stop - i < FAST_LINES_MIN) return i;
+    if (BARE_LINE_ENDING.test(buf.toString('latin1', i, stop))) return i;
+    if (this.limits.maxLineLength > 0) {
+      // Line by line only every ~maxLineLength bytes: from a line start p,
+      // the last LF at or before p + maxContent + 1 ends a line that fits
+      // (CR LF pairs are known good here); none there means one does not.
+      const reach = this.maxContent + 1;
+      for (let p = i; stop - p > reach + 1; ) {
+        const lf = buf.lastIndexOf(LF, p + reach);
+        if (lf < p) return i;
+        p = lf + 1;
+      }
+    }
+    return stop;
+  }
+
   private violate(v: Violation): void {
     if (this.violation === undefined) this.violation = v;
   }
@@ -90,7 +138,7 @@ export class BodyDecoder {
 
     scan: while (i < n) {
       switch (this.state) {
-        case State.LineStart:
+        case State.LineStart: {
           if (dot && buf[i] === DOT) {
             flush(i);
             i++;
@@ -98,8 +146,14 @@ export class BodyDecoder {
             this.state = State.Dot;
             continue;
           }
+          const clean = BodyDecoder.fastLines && this.violation === undefined ? this.cleanLinesEnd(buf, i) : i;
+          if (clean > i) {
+            i = clean; // still at a line start
+            continue;
+          }
           this.state = State.InLine;
           continue;
+        }
         case State.Dot:
           if (buf[i] === CR) {
             this.state = State.DotCr;

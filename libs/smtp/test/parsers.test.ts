@@ -234,6 +234,65 @@ test('DATA decoder: random bodies round-trip through dot-stuffing in random piec
   }
 });
 
+test('DATA and BDAT decoders: passing runs of ordinary lines at once changes no outcome', () => {
+  let seed = 7;
+  const rnd = (n: number) => {
+    seed = (seed * 1103515245 + 12345) & 0x7fffffff;
+    return (seed >>> 8) % n; // the low bits of this generator cycle
+  };
+  // Mostly ordinary lines (so that long runs take the fast path), with now
+  // and then a dot line, the end marker, a bare CR or LF, a NUL or a line
+  // over the limit, anywhere in the body and across piece boundaries.
+  let anomalies = true;
+  const line = () => {
+    const r = rnd(anomalies ? 100 : 25);
+    if (r < 3) return '.' + 'd'.repeat(rnd(80)) + '\r\n';
+    if (r === 3) return 'M'.repeat(997 + rnd(2)) + '\r\n'; // at the limit: fine
+    if (anomalies && r === 4) return 'x'.repeat(rnd(40)) + '\n';
+    if (anomalies && r === 5) return 'y'.repeat(rnd(40)) + '\r' + 'z'.repeat(rnd(3)) + '\r\n';
+    if (anomalies && r === 6) return 'n\0' + 'm'.repeat(rnd(40)) + '\r\n';
+    if (anomalies && r === 7) return 'L'.repeat(999 + rnd(20)) + '\r\n';
+    if (anomalies && r === 8) return '.\r\n';
+    return 'a'.repeat(rnd(120)) + '\r\n';
+  };
+  const run = (wire: Buffer, cuts: number[], dot: boolean, maxLineLength: number, fast: boolean) => {
+    BodyDecoder.fastLines = fast;
+    try {
+      const d = new BodyDecoder(dot, { maxLineLength, maxSize: 200_000, rejectNul: true });
+      const out: Buffer[] = [];
+      let end = -1;
+      let at = 0;
+      for (const cut of [...cuts, wire.length]) {
+        const e = d.feed(wire.subarray(at, cut), (seg) => out.push(Buffer.from(seg)));
+        if (e >= 0) {
+          end = at + e;
+          break;
+        }
+        at = cut;
+      }
+      return { end, violation: d.violation, size: d.size, seen: d.seen, body: d.violation ? '' : Buffer.concat(out).toString('latin1') };
+    } finally {
+      BodyDecoder.fastLines = true;
+    }
+  };
+  let fastRuns = 0;
+  for (let round = 0; round < 400; round++) {
+    let body = '';
+    anomalies = rnd(100) < 50;
+    const lines = 1 + rnd(300);
+    for (let k = 0; k < lines; k++) body += line();
+    const wire = Buffer.from(body + (rnd(4) ? '.\r\n' : ''), 'latin1');
+    const cuts = [...new Set(Array.from({ length: rnd(6) }, () => rnd(wire.length)))].sort((a, b) => a - b).filter((c) => c > 0);
+    const dot = rnd(5) !== 0;
+    const maxLineLength = rnd(6) === 0 ? 0 : 1000;
+    const walked = run(wire, cuts, dot, maxLineLength, false);
+    const fast = run(wire, cuts, dot, maxLineLength, true);
+    assert.deepEqual(fast, walked, `round ${round}`);
+    if (!walked.violation && walked.size > 4096) fastRuns++;
+  }
+  assert.ok(fastRuns > 50, `enough clean long bodies to exercise the fast path (${fastRuns})`);
+});
+
 test('PROXY header parsing and CIDR sets', () => {
   const v1 = parseProxyHeader(Buffer.from('PROXY TCP4 1.2.3.4 5.6.7.8 1000 25\r\nEHLO'));
   assert.deepEqual(v1, { status: 'ok', consumed: 36, source: { address: '1.2.3.4', port: 1000 }, destination: { address: '5.6.7.8', port: 25 } });
