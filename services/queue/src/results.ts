@@ -82,7 +82,7 @@ export class HeldAck {
     this.held = msg;
     previous?.ack();
     if (this.timer) this.timer.refresh();
-    else this.timer = setTimeout(() => this.release(), this.holdMs);
+    else this.timer = setTimeout(() => this.release(), this.holdMs).unref(); // stop() releases; a lost ack is a redelivery
   }
 
   /** Acks the held message now. */
