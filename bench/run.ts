@@ -358,9 +358,12 @@ function machine(): Record<string, unknown> {
 
 async function main(): Promise<void> {
   fs.mkdirSync(OUT_DIR, { recursive: true });
-  const pidFile = path.join(OUT_DIR, 'pids');
-  await reapStale(pidFile);
-  setPidFile(pidFile);
+  // One pid file per bench run: another run going on at the same time keeps
+  // its processes (an A/B of two builds side by side in one machine phase,
+  // `--only tern`: Postfix's listener address is fixed); those of a run that
+  // died are stopped.
+  await reapStale(OUT_DIR);
+  setPidFile(path.join(OUT_DIR, `pids.${process.pid}`));
   const workDir = fs.mkdtempSync(path.join(os.tmpdir(), 'tern-bench-'));
   fs.chmodSync(workDir, 0o755);
   workDirToRemove = workDir;

@@ -8,6 +8,7 @@
 // the next run (only those pids, and only if they still look like ours).
 import { spawn, type ChildProcess, type SpawnOptions } from 'node:child_process';
 import fs from 'node:fs';
+import path from 'node:path';
 import { sleep } from './util';
 
 export const CLK_TCK = 100; // getconf CLK_TCK on Linux x86_64/arm64
@@ -36,8 +37,35 @@ function writePidFile(): void {
   }
 }
 
-/** Stops leftovers of a previous bench run that died without cleaning up. */
-export async function reapStale(file: string): Promise<void> {
+/** True while `pid` is a running bench (run.ts), not a reused pid. */
+function benchAlive(pid: number): boolean {
+  try {
+    return /bench\/run\.ts/.test(fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').replace(/\0/g, ' '));
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Stops leftovers of bench runs that died without cleaning up: the pids in
+ * `dir`'s pid files (`pids.<bench pid>`; `pids` from older benches) whose
+ * bench is gone. A run still going on keeps its processes.
+ */
+export async function reapStale(dir: string): Promise<void> {
+  let names: string[] = [];
+  try {
+    names = fs.readdirSync(dir).filter((n) => n === 'pids' || /^pids\.\d+$/.test(n));
+  } catch {
+    return;
+  }
+  for (const name of names) {
+    const owner = Number(name.split('.')[1] ?? 0);
+    if (owner && owner !== process.pid && benchAlive(owner)) continue;
+    await reapPidFile(path.join(dir, name));
+  }
+}
+
+async function reapPidFile(file: string): Promise<void> {
   let text = '';
   try {
     text = fs.readFileSync(file, 'utf8');
@@ -138,7 +166,8 @@ export function killAllSync(): void {
     tryKill(pid, 'SIGKILL');
   }
   managed.clear();
-  writePidFile();
+  // Nothing of this run is left to stop.
+  if (pidFile) fs.rmSync(pidFile, { force: true });
 }
 
 export function alive(pid: number): boolean {
