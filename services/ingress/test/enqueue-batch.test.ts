@@ -70,6 +70,17 @@ async function until(what: string, ok: () => boolean, ms = 3000): Promise<void> 
 const senders = (r: Received) => r.req.messages.map((m) => m.header!.envelope!.sender);
 
 /** A message from `sender` goes in a batch on the second stream opened, and gets its answer. */
+/** Messages a and c in two batches on one stream, a's answered, c's not. */
+async function twoBatchesFirstAnswered() {
+    const q = await slowQueue();
+    const b = new EnqueueBatcher(q.client, { maxCalls: 2, maxMessages: 64, deadlineMs: 5000 });
+    const a = b.add(msg('a'));
+    const c = b.add(msg('c'));
+    await until('two batches', () => q.received.length === 2);
+    q.received[0]!.answer();
+  return { q, b, a, c };
+}
+
 async function sentOnNewStream(q: Awaited<ReturnType<typeof slowQueue>>, b: EnqueueBatcher, sender: string): Promise<void> {
   const outcome = b.add(msg(sender));
   await until(`the batch of ${sender}`, () => q.received.some((r) => senders(r)[0] === sender));
@@ -114,12 +125,7 @@ describe('EnqueueBatcher', () => {
   });
 
   it('a stream that fails fails its unanswered batches; the next batch opens a new stream', async () => {
-    const q = await slowQueue();
-    const b = new EnqueueBatcher(q.client, { maxCalls: 2, maxMessages: 64, deadlineMs: 5000 });
-    const a = b.add(msg('a'));
-    const c = b.add(msg('c'));
-    await until('two batches', () => q.received.length === 2);
-    q.received[0]!.answer();
+    const { q, b, a, c } = await twoBatchesFirstAnswered();
     assert.equal((await a).queueId, 'q-a');
     q.calls[0]!.emit('error', { code: grpc.status.UNAVAILABLE, details: 'database down', metadata: new grpc.Metadata() });
     await assert.rejects(c, (err: Error & { code?: number }) => err.code === grpc.status.UNAVAILABLE && /database down/.test(err.message));
@@ -127,12 +133,7 @@ describe('EnqueueBatcher', () => {
   });
 
   it('a stream the queue ends with OK: its unanswered batches were not read and go again on a new stream', async () => {
-    const q = await slowQueue();
-    const b = new EnqueueBatcher(q.client, { maxCalls: 2, maxMessages: 64, deadlineMs: 5000 });
-    const a = b.add(msg('a'));
-    const c = b.add(msg('c'));
-    await until('two batches', () => q.received.length === 2);
-    q.received[0]!.answer();
+    const { q, b, a, c } = await twoBatchesFirstAnswered();
     q.calls[0]!.end(); // what closeStreams does once every request it read is answered
     await until('the batch sent again', () => q.received.length === 3);
     assert.equal(q.received[2]!.stream, 1);

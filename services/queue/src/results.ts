@@ -68,8 +68,9 @@ export const RESULT_ACK_HOLD_MS = 200;
  * applied within milliseconds, so acking each at once emptied TERN_RESULTS
  * between most batches (12 block files a second at 4k-10; nats-server's
  * share of Tern's CPU there 11.0% -> 10.3% with this). Holding one keeps the
- * block in use while results flow. A held ack lost in a crash only means a redelivery, which
- * applies nothing twice (only recipients still inflight under the job change).
+ * block in use while results flow. A held ack lost in a crash only means a
+ * redelivery, which applies nothing twice (only recipients still inflight
+ * under the job change).
  */
 export class HeldAck {
   private held: { ack(): void } | undefined;
