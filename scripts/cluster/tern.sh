@@ -1,0 +1,158 @@
+# Tern in the local cluster: its Postgres (on the host, reached by the pods
+# as an external database), its Secrets, the helm release, and the demo
+# (a sink for `.test` on the host, one message through). Sourced by
+# scripts/cluster/cluster.sh.
+
+RELEASE=tern
+NAMESPACE=tern
+HELM="$TERN_ROOT/.tern/bin/helm"
+helm_() { "$HELM" --kubeconfig "$KUBECONFIG_FILE" "$@"; }
+
+tern_image_env() {
+  local env="$TERN_ROOT/.tern/image/image.env"
+  [[ -f "$env" ]] || tern_die cluster "no $env: \`npm run image\` did not write it"
+  # shellcheck disable=SC1090
+  source "$env"
+  [[ -n "${TERN_IMAGE_REPOSITORY:-}" && -n "${TERN_IMAGE_TAG:-}" && -f "${TERN_IMAGE_ARCHIVE:-}" ]] ||
+    tern_die cluster "$env lacks TERN_IMAGE_REPOSITORY, TERN_IMAGE_TAG or an existing TERN_IMAGE_ARCHIVE"
+}
+
+tern_image_import() {
+  tern_image_env
+  image_import "$TERN_IMAGE_ARCHIVE" "$TERN_IMAGE_REPOSITORY:$TERN_IMAGE_TAG"
+}
+
+# ---- Postgres on the host --------------------------------------------------------
+
+pg_bindir_() {
+  local d
+  for d in $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V -r); do
+    [[ -x "$d/postgres" && -x "$d/initdb" ]] && { echo "$d"; return 0; }
+  done
+  return 1
+}
+
+as_postgres() { setpriv --reuid=postgres --regid=postgres --init-groups "$@"; }
+
+cluster_postgres_up() {
+  local bin dir="$CLUSTER_DIR/postgres"
+  bin="$(pg_bindir_)" || { tern_apt_install cluster postgresql; bin="$(pg_bindir_)"; }
+  id -u postgres >/dev/null 2>&1 || useradd --system --home-dir /var/lib/postgresql --shell /bin/bash --user-group postgres
+  mkdir -p "$dir"
+  chown postgres: "$dir"
+  chmod 700 "$dir"
+  as_postgres test -w "$dir" ||
+    tern_die cluster "the postgres user cannot write $dir (a parent directory it cannot enter?); move the checkout or open its parents (chmod o+x)"
+  local pw_file="$CLUSTER_DIR/postgres-password"
+  [[ -s "$pw_file" ]] || { openssl rand -hex 16 >"$pw_file"; chmod 600 "$pw_file"; }
+  if [[ ! -f "$dir/data/PG_VERSION" ]]; then
+    (cd "$dir" && as_postgres "$bin/initdb" -D "$dir/data" -U postgres --auth-local=peer --auth-host=scram-sha-256 -E UTF8 --no-locale >"$CLUSTER_LOGS/initdb.log" 2>&1) ||
+      tern_die cluster "initdb failed; see $CLUSTER_LOGS/initdb.log"
+    printf 'host all all %s scram-sha-256\n' "$POD_CIDR" >>"$dir/data/pg_hba.conf"
+  fi
+  if ! daemon_running postgres; then
+    (cd "$dir" && start_daemon postgres setpriv --reuid=postgres --regid=postgres --init-groups \
+      "$bin/postgres" -D "$dir/data" -p "$CLUSTER_PG_PORT" -c "listen_addresses=$BRIDGE_ADDR" \
+      -c "unix_socket_directories=$dir" -c max_connections=200 -c shared_buffers=128MB)
+  fi
+  wait_for 30 "Postgres" as_postgres "$bin/pg_isready" -q -h "$dir" -p "$CLUSTER_PG_PORT"
+  local pw
+  pw="$(cat "$pw_file")"
+  as_postgres "$bin/psql" -h "$dir" -p "$CLUSTER_PG_PORT" -U postgres -d postgres -XAtq -v ON_ERROR_STOP=1 >/dev/null <<SQL
+DO \$\$ BEGIN
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'tern') THEN CREATE ROLE tern LOGIN; END IF;
+END \$\$;
+ALTER ROLE tern PASSWORD '$pw';
+SELECT 'CREATE DATABASE tern OWNER tern' WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = 'tern')
+\gexec
+SQL
+}
+
+cluster_postgres_down() { stop_daemon postgres 20; }
+
+cluster_pg_url() { printf 'postgres://tern:%s@%s:%s/tern?sslmode=disable' "$(cat "$CLUSTER_DIR/postgres-password")" "$BRIDGE_ADDR" "$CLUSTER_PG_PORT"; }
+
+# ---- the release -----------------------------------------------------------------
+
+admin_token() {
+  local f="$CLUSTER_DIR/admin-token"
+  [[ -s "$f" ]] || { openssl rand -base64 24 | tr -d '\n=' | tr '+/' '-_' >"$f"; echo >>"$f"; chmod 600 "$f"; }
+  tr -d '\n' <"$f"
+}
+
+# The Secrets a user creates before `helm install` (the chart reads existing
+# ones by default): Postgres and NATS URLs, the operators' tokens, and the
+# SMTP certificate (self-signed here).
+tern_secrets_up() {
+  kubectl_ create namespace "$NAMESPACE" --dry-run=client -o yaml | kubectl_ apply -f - >/dev/null
+  local tls="$CLUSTER_PKI/smtp"
+  if [[ ! -f "$tls.crt" ]]; then
+    openssl req -x509 -newkey rsa:2048 -nodes -days 825 -subj "/CN=mx.tern.test" \
+      -addext "subjectAltName=DNS:mx.tern.test" -keyout "$tls.key" -out "$tls.crt" 2>/dev/null
+  fi
+  {
+    kubectl_ -n "$NAMESPACE" create secret generic tern-postgres --from-literal=url="$(cluster_pg_url)" --dry-run=client -o yaml
+    echo ---
+    kubectl_ -n "$NAMESPACE" create secret generic tern-nats --from-literal=url=nats://nats.nats.svc.cluster.local:4222 --dry-run=client -o yaml
+    echo ---
+    kubectl_ -n "$NAMESPACE" create secret generic tern-admin-tokens --from-literal=tokens="operator:$(admin_token)" --dry-run=client -o yaml
+    echo ---
+    kubectl_ -n "$NAMESPACE" create secret tls tern-tls --cert "$tls.crt" --key "$tls.key" --dry-run=client -o yaml
+  } | kubectl_ apply -f - >/dev/null
+}
+
+# helm install (or upgrade, when the release is there) with the local
+# values and the image just built; extra arguments go to helm.
+tern_release_up() {
+  tern_image_env
+  tern_secrets_up
+  local verb=install
+  helm_ -n "$NAMESPACE" status "$RELEASE" >/dev/null 2>&1 && verb=upgrade
+  helm_ "$verb" "$RELEASE" "$TERN_ROOT/charts/tern" -n "$NAMESPACE" --wait --timeout 10m \
+    -f "$HERE/values-local.yaml" \
+    --set "image.repository=$TERN_IMAGE_REPOSITORY" --set "image.tag=$TERN_IMAGE_TAG" \
+    --set "delivery.networkPolicy.extraEgressPorts[0]=$DEMO_SINK_PORT" \
+    "$@" >"$CLUSTER_LOGS/helm.log" 2>&1 || {
+    tail -n 20 "$CLUSTER_LOGS/helm.log" >&2
+    kubectl_ -n "$NAMESPACE" get pods -o wide >&2 || true
+    tern_die cluster "helm $verb failed (log: $CLUSTER_LOGS/helm.log; kubectl --kubeconfig $KUBECONFIG_FILE -n $NAMESPACE describe pods)"
+  }
+}
+
+service_ip() { kubectl_ -n "$NAMESPACE" get service "$1" -o jsonpath='{.spec.clusterIP}'; }
+
+# The CLI against the admin Service (the host reaches ClusterIPs directly).
+tern_cli() {
+  TERN_ADMIN_ADDR="$(service_ip tern-admin):7000" TERN_ADMIN_TOKEN_FILE="$CLUSTER_DIR/admin-token" \
+    node --import tsx "$TERN_ROOT/cli/src/main.ts" "$@"
+}
+
+demo_up() {
+  if ! daemon_running demo-sink; then
+    start_daemon demo-sink node --import tsx "$HERE/demo-sink.ts" "$BRIDGE_ADDR" "$DEMO_SINK_PORT" "$CLUSTER_DIR/sink"
+    wait_for 30 "the demo sink" tern_tcp_open "$BRIDGE_ADDR" "$DEMO_SINK_PORT"
+  fi
+  tern_cli route set .test --kind smarthost --target "$BRIDGE_ADDR:$DEMO_SINK_PORT" --tls-policy none >/dev/null
+  node --import tsx "$HERE/demo-send.ts" "$(service_ip tern-smtp)" 25 "$CLUSTER_DIR/sink"
+}
+
+cluster_summary() {
+  local smtp admin
+  smtp="$(service_ip tern-smtp 2>/dev/null || true)"
+  admin="$(service_ip tern-admin 2>/dev/null || true)"
+  cat <<EOF
+
+Tern runs in the local cluster (namespace $NAMESPACE, release $RELEASE):
+  kubectl          export KUBECONFIG=$KUBECONFIG_FILE   (kubectl: $K8S_BIN/kubectl)
+  SMTP (MX)        ${smtp:-?}:25   (Service tern-smtp; the host reaches ClusterIPs directly)
+  admin API        ${admin:-?}:7000   (token in $CLUSTER_DIR/admin-token)
+  demo sink        $BRIDGE_ADDR:$DEMO_SINK_PORT   (every .test domain; messages in $CLUSTER_DIR/sink/)
+  Postgres         $BRIDGE_ADDR:$CLUSTER_PG_PORT   (on the host; URL in Secret tern/tern-postgres)
+
+Try it:
+  swaks --server ${smtp:-?}:25 --from you@sender.test --to friend@example.test
+  TERN_ADMIN_ADDR=${admin:-?}:7000 TERN_ADMIN_TOKEN_FILE=$CLUSTER_DIR/admin-token npx tern queue ls
+  kubectl -n $NAMESPACE port-forward svc/tern-admin 7000:7000   (the way to reach it from another machine)
+  npm run cluster -- down
+EOF
+}
