@@ -42,30 +42,8 @@ RUN groupadd --system --gid 10001 tern \
  && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin tern
 WORKDIR /app
 COPY --from=build /out/ /app/
-COPY <<'SH' /usr/local/bin/tern-entry
-#!/bin/sh
-# tern-entry <service> [args...]: starts one Tern process as PID 1 (exec), so
-# SIGTERM reaches Node directly and graceful shutdown runs.
-set -e
-service="${1:-}"
-[ $# -gt 0 ] && shift
-case "$service" in
-  ingress|policy|queue|delivery|bounce|admin)
-    # The V8 heap flags: SERVICE_NODE_FLAGS in libs/devkit/src/harness.ts says why.
-    exec node --enable-source-maps --max-semi-space-size=8 --heap-growing-percent=200 "/app/services/$service/dist/main.js" "$@" ;;
-  migrate)
-    exec node --enable-source-maps /app/libs/db/dist/migrate.js "$@" ;;
-  tern|cli)
-    exec node --enable-source-maps /app/cli/dist/tern.js "$@" ;;
-  -h|--help|help)
-    echo "usage: tern-entry <ingress|policy|queue|delivery|bounce|admin|migrate|tern> [args...]"
-    exit 0 ;;
-  *)
-    echo "usage: tern-entry <ingress|policy|queue|delivery|bounce|admin|migrate|tern> [args...]" >&2
-    [ -z "$service" ] || echo "tern-entry: unknown service \"$service\"" >&2
-    exit 64 ;;
-esac
-SH
+# The entry point is one file shared with scripts/image.sh (the buildah build).
+COPY scripts/image/tern-entry /usr/local/bin/tern-entry
 RUN chmod 0755 /usr/local/bin/tern-entry
 USER 10001:10001
 EXPOSE 2525 2587 2465 7000 7001 7002 7003 7004 7005 9100 9101 9102 9103 9104 9105
