@@ -9,6 +9,11 @@
 #           `helm install --wait` (namespace tern, release tern), routes mail
 #           for `.test` to a demo sink and sends one message through.
 #           Idempotent: on a running cluster it upgrades the release.
+#   up --no-release
+#           the same without Tern: the cluster, NATS, Postgres, the images
+#           and the Secrets a user makes before `helm install` (what the
+#           cluster tests start from). On a running cluster it uninstalls the
+#           release and empties Postgres and NATS.
 #   down    stops and removes everything `up` made, on and off the work dir;
 #           the build caches (~/.cache/tern) stay.
 #   status  what runs.
@@ -57,6 +62,8 @@ node_ready() {
 }
 
 cluster_up() {
+  local with_release=1
+  [[ "${1:-}" == --no-release ]] && with_release=0
   need_root up
   mkdir -p "$CLUSTER_RUN" "$CLUSTER_LOGS"
   if ! daemon_running kube-apiserver; then
@@ -96,11 +103,18 @@ cluster_up() {
   step "CoreDNS and NATS ready"
   cluster_postgres_up
   step "Postgres on the host at $BRIDGE_ADDR:$CLUSTER_PG_PORT"
-  tern_release_up
-  step "Tern installed (helm release tern, namespace tern)"
-  demo_up
-  step "done"
-  cluster_summary
+  tern_secrets_up
+  cluster_env_write
+  if ((with_release)); then
+    tern_release_up
+    step "Tern installed (helm release tern, namespace tern)"
+    demo_up
+    step "done"
+    cluster_summary
+  else
+    tern_state_reset
+    step "done: no Tern release; Postgres and NATS are empty"
+  fi
 }
 
 system_addons_up() {
@@ -187,7 +201,7 @@ cluster_status() {
 }
 
 case "${1:-}" in
-  up) cluster_up ;;
+  up) cluster_up "${2:-}" ;;
   down) cluster_down ;;
   status) cluster_status ;;
   *)

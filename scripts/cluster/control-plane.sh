@@ -61,7 +61,7 @@ containerd_up() {
 version = 2
 root = "$CLUSTER_DIR/containerd/root"
 state = "/run/tern-containerd"
-disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.internal.v1.opt", "io.containerd.grpc.v1.introspection"]
+disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.internal.v1.opt"]
 [grpc]
   address = "$CONTAINERD_SOCK"
 [plugins."io.containerd.grpc.v1.cri"]
@@ -131,6 +131,7 @@ apiserver_up() {
     --service-account-key-file "$p/sa.pub" --service-account-signing-key-file "$p/sa.key" \
     --service-account-issuer https://kubernetes.default.svc.cluster.local \
     --authorization-mode Node,RBAC --allow-privileged=true \
+    --kubelet-preferred-address-types InternalIP \
     --profiling=false --v=1
 }
 

@@ -5,37 +5,43 @@
 
 # ---- guard: no packet of the cluster's range leaves the machine ----------------
 
-# A mangle chain hooked first into PREROUTING and POSTROUTING: traffic of
-# 198.18.0.0/15 may cross only lo, the pods' bridge and its veth ports; on any
-# other interface it is dropped. POSTROUTING's mangle runs before nat's, so a
-# pod's packet is caught before any masquerade could hide its source.
+# Two mangle chains, hooked first into PREROUTING (by input interface) and
+# POSTROUTING (by output interface): traffic of 198.18.0.0/15 may cross only
+# lo, the pods' bridge and its veth ports; on any other interface it is
+# dropped. POSTROUTING's mangle runs before nat's, so a pod's packet is
+# caught before any masquerade could hide its source.
+GUARD_CHAINS=(PREROUTING:TERN-GUARD-IN:-i POSTROUTING:TERN-GUARD-OUT:-o)
+
 guard_up() {
-  iptables -w -t mangle -N TERN-GUARD 2>/dev/null || iptables -w -t mangle -F TERN-GUARD
-  local dir
-  for dir in -i -o; do
-    iptables -w -t mangle -A TERN-GUARD "$dir" lo -j RETURN
-    iptables -w -t mangle -A TERN-GUARD "$dir" "$BRIDGE" -j RETURN
-    iptables -w -t mangle -A TERN-GUARD "$dir" veth+ -j RETURN
-  done
-  iptables -w -t mangle -A TERN-GUARD -s "$GUARD_RANGE" -j DROP
-  iptables -w -t mangle -A TERN-GUARD -d "$GUARD_RANGE" -j DROP
-  local chain
-  for chain in PREROUTING POSTROUTING; do
-    iptables -w -t mangle -C "$chain" -j TERN-GUARD 2>/dev/null || iptables -w -t mangle -I "$chain" 1 -j TERN-GUARD
+  local spec hook chain dir
+  for spec in "${GUARD_CHAINS[@]}"; do
+    IFS=: read -r hook chain dir <<<"$spec"
+    iptables -w -t mangle -N "$chain" 2>/dev/null || iptables -w -t mangle -F "$chain"
+    iptables -w -t mangle -A "$chain" "$dir" lo -j RETURN
+    iptables -w -t mangle -A "$chain" "$dir" "$BRIDGE" -j RETURN
+    iptables -w -t mangle -A "$chain" "$dir" veth+ -j RETURN
+    iptables -w -t mangle -A "$chain" -s "$GUARD_RANGE" -j DROP
+    iptables -w -t mangle -A "$chain" -d "$GUARD_RANGE" -j DROP
+    iptables -w -t mangle -C "$hook" -j "$chain" 2>/dev/null || iptables -w -t mangle -I "$hook" 1 -j "$chain"
   done
 }
 
 guard_present() {
-  iptables -w -t mangle -C PREROUTING -j TERN-GUARD 2>/dev/null && iptables -w -t mangle -C POSTROUTING -j TERN-GUARD 2>/dev/null
+  local spec hook chain dir
+  for spec in "${GUARD_CHAINS[@]}"; do
+    IFS=: read -r hook chain dir <<<"$spec"
+    iptables -w -t mangle -C "$hook" -j "$chain" 2>/dev/null || return 1
+  done
 }
 
 guard_down() {
-  local chain
-  for chain in PREROUTING POSTROUTING; do
-    while iptables -w -t mangle -D "$chain" -j TERN-GUARD 2>/dev/null; do :; done
+  local spec hook chain dir
+  for spec in "${GUARD_CHAINS[@]}"; do
+    IFS=: read -r hook chain dir <<<"$spec"
+    while iptables -w -t mangle -D "$hook" -j "$chain" 2>/dev/null; do :; done
+    iptables -w -t mangle -F "$chain" 2>/dev/null || true
+    iptables -w -t mangle -X "$chain" 2>/dev/null || true
   done
-  iptables -w -t mangle -F TERN-GUARD 2>/dev/null || true
-  iptables -w -t mangle -X TERN-GUARD 2>/dev/null || true
 }
 
 # ---- network -------------------------------------------------------------------

@@ -77,7 +77,8 @@ image_import() {
   if "${ctr_[@]}" image ls -q 2>/dev/null | grep -qxF "$ref" && [[ "$archive" -ot "$CLUSTER_RUN/imported-$(basename "$archive")" ]]; then
     return 0
   fi
-  "${ctr_[@]}" image import --no-unpack=false --all-platforms --index-name "$ref" "$archive" >/dev/null
+  "${ctr_[@]}" image import "$archive" >/dev/null
+  "${ctr_[@]}" image ls -q | grep -qxF "$ref" || tern_die cluster "$archive did not import as $ref"
   touch "$CLUSTER_RUN/imported-$(basename "$archive")"
 }
 

@@ -105,7 +105,6 @@ tern_secrets_up() {
 # values and the image just built; extra arguments go to helm.
 tern_release_up() {
   tern_image_env
-  tern_secrets_up
   local verb=install
   helm_ -n "$NAMESPACE" status "$RELEASE" >/dev/null 2>&1 && verb=upgrade
   helm_ "$verb" "$RELEASE" "$TERN_ROOT/charts/tern" -n "$NAMESPACE" --wait --timeout 10m \
@@ -117,6 +116,50 @@ tern_release_up() {
     kubectl_ -n "$NAMESPACE" get pods -o wide >&2 || true
     tern_die cluster "helm $verb failed (log: $CLUSTER_LOGS/helm.log; kubectl --kubeconfig $KUBECONFIG_FILE -n $NAMESPACE describe pods)"
   }
+}
+
+# Without a release, Postgres and NATS as a first install finds them: the
+# release uninstalled, its database and NATS's store emptied.
+tern_state_reset() {
+  stop_daemon demo-sink 5
+  if helm_ -n "$NAMESPACE" status "$RELEASE" >/dev/null 2>&1; then
+    helm_ -n "$NAMESPACE" uninstall "$RELEASE" --wait --timeout 5m >/dev/null
+  fi
+  kubectl_ -n "$NAMESPACE" delete jobs,pods --all --wait=true --timeout 120s >/dev/null 2>&1 || true
+  local bin dir="$CLUSTER_DIR/postgres"
+  bin="$(pg_bindir_)"
+  as_postgres "$bin/psql" -h "$dir" -p "$CLUSTER_PG_PORT" -U postgres -d postgres -XAtq -v ON_ERROR_STOP=1 >/dev/null <<SQL
+DROP DATABASE IF EXISTS tern WITH (FORCE);
+CREATE DATABASE tern OWNER tern;
+SQL
+  if [[ -n "$(ls -A "$CLUSTER_DIR/volumes/nats-0" 2>/dev/null)" ]]; then
+    kubectl_ -n nats scale statefulset nats --replicas 0 >/dev/null
+    kubectl_ -n nats wait --for=delete pod/nats-0 --timeout 60s >/dev/null 2>&1 || true
+    find "$CLUSTER_DIR/volumes/nats-0" -mindepth 1 -delete
+    kubectl_ -n nats scale statefulset nats --replicas 1 >/dev/null
+    kubectl_ -n nats rollout status statefulset/nats --timeout 120s >/dev/null
+  fi
+}
+
+# What the cluster tests and other tools need to find the cluster (sourced
+# by tests/cluster; one NAME=value a line).
+cluster_env_write() {
+  tern_image_env
+  cat >"$CLUSTER_DIR/env" <<EOF
+KUBECONFIG=$KUBECONFIG_FILE
+KUBECTL=$K8S_BIN/kubectl
+HELM=$HELM
+CHART=$TERN_ROOT/charts/tern
+VALUES=$HERE/values-local.yaml
+NAMESPACE=$NAMESPACE
+RELEASE=$RELEASE
+IMAGE_REPOSITORY=$TERN_IMAGE_REPOSITORY
+IMAGE_TAG=$TERN_IMAGE_TAG
+ADMIN_TOKEN_FILE=$CLUSTER_DIR/admin-token
+HOST_ADDR=$BRIDGE_ADDR
+SINK_PORT=$DEMO_SINK_PORT
+NODE_NAME=$NODE_NAME
+EOF
 }
 
 service_ip() { kubectl_ -n "$NAMESPACE" get service "$1" -o jsonpath='{.spec.clusterIP}'; }

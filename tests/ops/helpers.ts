@@ -14,8 +14,11 @@ export interface TernResult {
   stderr: string;
 }
 
+/** Where the CLI connects: a Platform, or any admin API (a port-forward into a cluster). */
+export type AdminTarget = Pick<Platform, 'adminAddr' | 'adminToken'>;
+
 /** Runs `tern ARGS` against the platform's admin API; never throws on a non-zero exit. */
-export function ternRaw(platform: Platform, args: string[], opts: { stdin?: string; env?: Record<string, string> } = {}): Promise<TernResult> {
+export function ternRaw(platform: AdminTarget, args: string[], opts: { stdin?: string; env?: Record<string, string> } = {}): Promise<TernResult> {
   const root = repoRoot();
   return new Promise((resolve, reject) => {
     const child = spawn(path.join(root, 'node_modules/.bin/node'), [path.join(root, 'cli/bin/tern.js'), ...args], {
@@ -34,14 +37,14 @@ export function ternRaw(platform: Platform, args: string[], opts: { stdin?: stri
 }
 
 /** Runs `tern ARGS`; asserts exit 0 and returns stdout. */
-export async function tern(platform: Platform, ...args: string[]): Promise<string> {
+export async function tern(platform: AdminTarget, ...args: string[]): Promise<string> {
   const r = await ternRaw(platform, args);
   assert.equal(r.code, 0, `tern ${args.join(' ')} exited ${r.code}: ${r.stderr}${r.stdout}`);
   return r.stdout;
 }
 
 /** Runs `tern --json ARGS` and parses the output. */
-export async function ternJson<T = Record<string, unknown>>(platform: Platform, ...args: string[]): Promise<T> {
+export async function ternJson<T = Record<string, unknown>>(platform: AdminTarget, ...args: string[]): Promise<T> {
   const out = await tern(platform, '--json', ...args);
   try {
     return JSON.parse(out) as T;
@@ -179,9 +182,9 @@ export class RawSmtp {
     }
   }
 
-  async command(line: string): Promise<SmtpReply> {
+  async command(line: string, timeoutMs?: number): Promise<SmtpReply> {
     this.sock.write(`${line}\r\n`);
-    return this.reply();
+    return this.reply(timeoutMs);
   }
 
   close(): void {
