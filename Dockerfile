@@ -2,6 +2,9 @@
 # The one Tern image: every service, the migrate command and the tern CLI.
 #   docker build -t tern .
 #   docker run tern <ingress|policy|queue|delivery|bounce|admin|migrate|tern ...>
+# `npm run image` (scripts/image.sh) runs this build where Docker runs; without
+# Docker it makes the same /app, user and entry point with buildah, on a base
+# debootstrapped from Debian instead of ${NODE_IMAGE} (docs/operating.md).
 # The entry point `tern-entry` takes the service name as its first argument;
 # a pod sets only `args: ["<service>"]` (charts/tern). Runs as uid 10001 on
 # unprivileged ports: SMTP 2525/2587/2465, gRPC 7000-7005, metrics 9100-9105.
@@ -27,17 +30,20 @@ RUN npm run build \
  && test -f libs/db/dist/migrate.js && test -f cli/dist/tern.js
 # Production dependencies only (the bundles keep npm packages external).
 RUN npm prune --omit=dev
-# The runtime tree: manifests, bundles, migrations and node_modules; no sources.
+# The runtime tree: manifests, bundles, migrations and node_modules; no sources
+# (and no tests workspace, so its link in node_modules/@tern goes).
 RUN mkdir -p /out \
  && cp -a package.json node_modules /out/ \
  && for d in libs/* services/* cli; do \
       mkdir -p "/out/$d"; cp "$d/package.json" "/out/$d/"; \
       for sub in dist migrations node_modules; do [ -e "$d/$sub" ] && cp -a "$d/$sub" "/out/$d/" || true; done; \
-    done
+    done \
+ && rm -f /out/node_modules/@tern/tests
 
 # ---- runtime ------------------------------------------------------------------
 FROM ${NODE_IMAGE}
 ENV NODE_ENV=production
+# (scripts/image.sh runs these two commands in its base too.)
 RUN groupadd --system --gid 10001 tern \
  && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin tern
 WORKDIR /app
