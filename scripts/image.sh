@@ -16,7 +16,10 @@
 #          (node_modules/node) as /usr/local/bin/node, the user tern
 #          (uid/gid 10001), docs/man/locales/apt lists trimmed. Cached under
 #          ${XDG_CACHE_HOME:-~/.cache}/tern/image keyed by Node version and
-#          BASE_RECIPE, so other clones on the machine reuse it.
+#          BASE_RECIPE, so other clones on the machine reuse it. It holds
+#          the bookworm release as the mirror has it (debootstrap takes no
+#          bookworm-security/-updates) until the key changes or the cache
+#          is deleted.
 #   /app   what the Dockerfile's build stage puts in /out: `npm run build`,
 #          the CLI bundle, production dependencies (`npm ci --omit=dev` in a
 #          staging directory, never in the developer's node_modules), each
