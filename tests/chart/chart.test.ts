@@ -125,11 +125,15 @@ test('every pod is hardened: non-root, read-only root, no capabilities, no escal
   assert.equal(sa.automountServiceAccountToken, false);
 });
 
-test("probes are native gRPC health checks on each service's gRPC port", () => {
+test("probes are native gRPC health checks on each service's gRPC port: readiness asks \"readiness\", startup and liveness ask \"liveness\"", () => {
+  // The services answer "readiness" as /readyz (dependencies included) and
+  // "liveness" as /healthz (never a dependency): a queue that is down must
+  // take ingress out of its Service, not restart it (libs/grpc GrpcServer).
+  const names = { startup: 'liveness', readiness: 'readiness', liveness: 'liveness' };
   for (const s of SERVICES) {
     const c = container(deployment(defaults, s));
-    for (const [kind, probe] of [['startup', c.startupProbe], ['readiness', c.readinessProbe], ['liveness', c.livenessProbe]] as Array<[string, Probe | undefined]>) {
-      assert.deepEqual(probe?.grpc, { port: PORTS[s].grpc }, `${s} ${kind} probe`);
+    for (const [kind, probe] of [['startup', c.startupProbe], ['readiness', c.readinessProbe], ['liveness', c.livenessProbe]] as Array<[keyof typeof names, Probe | undefined]>) {
+      assert.deepEqual(probe?.grpc, { port: PORTS[s].grpc, service: names[kind] }, `${s} ${kind} probe`);
       assert.equal(probe?.httpGet, undefined);
     }
     assert.equal(env(c, 'TERN_GRPC_LISTEN')?.value, `0.0.0.0:${PORTS[s].grpc}`);
@@ -142,6 +146,7 @@ test('under mTLS the probes move to HTTP /healthz and /readyz (the kubelet gRPC 
   const objs = render({ grpcTls: { enabled: true } });
   for (const s of SERVICES) {
     const c = container(deployment(objs, s));
+    assert.deepEqual(c.startupProbe?.httpGet, { path: '/healthz', port: 'metrics' });
     assert.deepEqual(c.readinessProbe?.httpGet, { path: '/readyz', port: 'metrics' });
     assert.deepEqual(c.livenessProbe?.httpGet, { path: '/healthz', port: 'metrics' });
     assert.equal(env(c, 'TERN_GRPC_TLS_CERT_FILE')?.value, '/etc/tern/grpc-tls/tls.crt');

@@ -270,8 +270,13 @@ adminTokens: /etc/tern/admin-tokens
 
 {{/*
 Probes. Every service serves grpc.health.v1 on its gRPC port, so the kubelet
-asks it natively. The kubelet's gRPC probe has no TLS: under grpcTls the same
-checks go to /healthz and /readyz on the metrics port instead.
+asks it natively, naming what it asks: "readiness" (the same answer as the
+empty name, the service's own gRPC names and /readyz: started, dependencies
+reachable, not draining) for the readiness probe, "liveness" (SERVING while
+the process answers, dependencies or not, like /healthz) for the startup and
+liveness probes, so that a dependency down takes a pod out of its Service
+without restarting it. The kubelet's gRPC probe has no TLS: under grpcTls the
+same checks go to /healthz and /readyz on the metrics port instead.
 */}}
 {{- define "tern.probes" -}}
 {{- $c := include "tern.component" . | fromYaml }}
@@ -280,6 +285,7 @@ startupProbe:
   {{- if $grpc }}
   grpc:
     port: {{ int $c.grpcPort }}
+    service: liveness
   {{- else }}
   httpGet:
     path: /healthz
@@ -292,6 +298,7 @@ readinessProbe:
   {{- if $grpc }}
   grpc:
     port: {{ int $c.grpcPort }}
+    service: readiness
   {{- else }}
   httpGet:
     path: /readyz
@@ -304,6 +311,7 @@ livenessProbe:
   {{- if $grpc }}
   grpc:
     port: {{ int $c.grpcPort }}
+    service: liveness
   {{- else }}
   httpGet:
     path: /healthz

@@ -101,7 +101,26 @@ export interface ServerOptions {
   tls?: TlsFiles;
   /** Interceptors run before every handler (e.g. admin authentication). */
   interceptors?: grpc.ServerInterceptor[];
+  /**
+   * The service's readiness checks (its dependencies, e.g. "queue
+   * reachable"); cheap, synchronous. Default: none. Readiness is this and
+   * serve() called and drain() not (see GrpcServer.ready).
+   */
+  ready?: () => boolean;
+  /** How often readiness is re-evaluated for health Watch streams, ms (default 1000). */
+  readyPollMs?: number;
 }
+
+/**
+ * grpc.health.v1 service names. The empty name, READINESS_SERVICE and every
+ * service the server carries (e.g. tern.v1.QueueService) answer readiness:
+ * the same value as /readyz (GrpcServer.ready). LIVENESS_SERVICE answers
+ * SERVING while the process answers at all, like /healthz: it never depends
+ * on a dependency, so a liveness probe does not restart a pod whose queue or
+ * database is down.
+ */
+export const READINESS_SERVICE = 'readiness';
+export const LIVENESS_SERVICE = 'liveness';
 
 /**
  * HTTP/2 receive window of every Tern gRPC server and client, per stream
@@ -122,12 +141,23 @@ interface ServerInternals {
   http2Servers?: Map<{ on(event: 'session', f: (s: { setLocalWindowSize(n: number): void }) => void): void }, unknown>;
 }
 
-/** A gRPC server with health (grpc.health.v1) and reflection. */
+/**
+ * A gRPC server with health (grpc.health.v1) and reflection, and the one
+ * place a service's readiness is decided: ready() serves /readyz and sets the
+ * health status of "", READINESS_SERVICE and the added services, so the HTTP
+ * and the gRPC answers cannot differ. A health Check (or List, or a new
+ * Watch) evaluates readiness at once; open Watch streams hear of a change
+ * within `readyPollMs`.
+ */
 export class GrpcServer {
   readonly server: grpc.Server;
-  readonly health = new HealthImplementation({ '': 'NOT_SERVING' });
-  private readonly serviceNames: string[] = [''];
+  private readonly health = new HealthImplementation({ '': 'NOT_SERVING', [READINESS_SERVICE]: 'NOT_SERVING', [LIVENESS_SERVICE]: 'SERVING' });
+  private readonly serviceNames: string[] = ['', READINESS_SERVICE];
   private boundPort = 0;
+  /** starting: until serve(); draining: from drain() (shutdown) on. */
+  private phase: 'starting' | 'serving' | 'draining' = 'starting';
+  private published: ServingStatus = 'NOT_SERVING';
+  private pollTimer: NodeJS.Timeout | undefined;
 
   constructor(private readonly opts: ServerOptions) {
     this.server = new grpc.Server({
@@ -142,7 +172,18 @@ export class GrpcServer {
     const inner = this.server as unknown as ServerInternals;
     if (inner.commonServerOptions) inner.commonServerOptions.settings = { ...inner.commonServerOptions.settings, initialWindowSize: HTTP2_WINDOW_BYTES };
     else opts.logger.warn({}, 'grpc-js internals changed: HTTP/2 receive window left at 64 KiB (see HTTP2_WINDOW_BYTES)');
-    this.health.addToServer(this.server);
+    // The health service's handlers, each evaluating readiness first so
+    // that what they read is current (not as old as the last poll).
+    const server = this.server;
+    const refreshing = (handler: AnyHandler) =>
+      ((...args: unknown[]) => {
+        this.ready();
+        return handler(...args);
+      }) as grpc.UntypedHandleCall;
+    this.health.addToServer({
+      addService: (definition: grpc.ServiceDefinition, impl: Record<string, AnyHandler>) =>
+        server.addService(definition, Object.fromEntries(Object.entries(impl).map(([name, handler]) => [name, refreshing(handler)]))),
+    } as unknown as grpc.Server);
     const pkg = protoLoader.loadFileDescriptorSetFromBuffer(descriptorSet);
     new ReflectionService(pkg).addToServer(this.server);
   }
@@ -150,6 +191,7 @@ export class GrpcServer {
   add<T extends object>(fullName: string, definition: grpc.ServiceDefinition, impl: T): this {
     this.server.addService(definition, traced(definition, impl, this.opts.tracer));
     this.serviceNames.push(fullName);
+    this.health.setStatus(fullName, this.published);
     return this;
   }
 
@@ -169,13 +211,63 @@ export class GrpcServer {
     return this.boundPort;
   }
 
-  setStatus(status: ServingStatus): void {
+  /**
+   * The service has started: from now on readiness is the `ready` option's
+   * checks, re-evaluated every `readyPollMs` (and at every ready() call).
+   */
+  serve(): void {
+    if (this.phase !== 'starting') return;
+    this.phase = 'serving';
+    this.ready();
+    const tick = () => {
+      this.pollTimer = setTimeout(() => {
+        this.ready();
+        if (this.phase === 'serving') tick();
+      }, this.opts.readyPollMs ?? 1_000);
+      this.pollTimer.unref();
+    };
+    tick();
+  }
+
+  /** Not ready from now on, whatever the checks say (shutdown: the load balancer stops sending work). */
+  drain(): void {
+    this.phase = 'draining';
+    clearTimeout(this.pollTimer);
+    this.pollTimer = undefined;
+    this.publish('NOT_SERVING');
+  }
+
+  /**
+   * Readiness, what /readyz answers: serve() called, drain() not, and the
+   * `ready` checks pass. Sets the health status of "", READINESS_SERVICE and
+   * the added services to match (watchers hear only of changes).
+   */
+  ready(): boolean {
+    let ok = false;
+    if (this.phase === 'serving') {
+      try {
+        ok = this.opts.ready?.() ?? true;
+      } catch (err) {
+        this.opts.logger.warn({ err: (err as Error).message }, 'readiness check failed; not ready');
+      }
+    }
+    const status: ServingStatus = ok ? 'SERVING' : 'NOT_SERVING';
+    if (status !== this.published && this.phase === 'serving') {
+      this.opts.logger[ok ? 'info' : 'warn']({ ready: ok }, ok ? 'ready (gRPC health SERVING, /readyz 200)' : 'not ready (gRPC health NOT_SERVING, /readyz 503)');
+    }
+    this.publish(status);
+    return ok;
+  }
+
+  private publish(status: ServingStatus): void {
+    if (status === this.published) return;
+    this.published = status;
     for (const name of this.serviceNames) this.health.setStatus(name, status);
   }
 
-  /** NOT_SERVING, then let in-flight calls finish for up to `graceMs`, then cut. */
+  /** drain(), then let in-flight calls finish for up to `graceMs`, then cut. */
   async shutdown(graceMs: number): Promise<void> {
-    this.setStatus('NOT_SERVING');
+    this.drain();
     await new Promise<void>((resolve) => {
       const timer = setTimeout(() => {
         this.opts.logger.warn({ graceMs }, 'gRPC calls still running after the grace period; cancelling them');

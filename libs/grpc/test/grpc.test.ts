@@ -37,8 +37,8 @@ const EchoClientCtor = grpc.makeGenericClientConstructor(echoDefinition, 'Echo')
 
 const servers: GrpcServer[] = [];
 
-async function startReplica(name: string): Promise<GrpcServer> {
-  const server = new GrpcServer({ logger, tracer: telemetry.tracer });
+async function startReplica(name: string, ready?: () => boolean): Promise<GrpcServer> {
+  const server = new GrpcServer({ logger, tracer: telemetry.tracer, ready, readyPollMs: 50 });
   server.add('test.Echo', echoDefinition, {
     echo(call: grpc.ServerUnaryCall<Buffer, Buffer>, cb: grpc.sendUnaryData<Buffer>) {
       const traceId = trace.getSpan(context.active())?.spanContext().traceId ?? '';
@@ -46,7 +46,7 @@ async function startReplica(name: string): Promise<GrpcServer> {
     },
   });
   await server.listen('127.0.0.1', 0);
-  server.setStatus('SERVING');
+  server.serve();
   servers.push(server);
   return server;
 }
@@ -68,29 +68,82 @@ after(async () => {
   await telemetry.shutdown();
 });
 
-test('grpc.health.v1 answers SERVING; shutdown lets a call in flight finish', async () => {
-  const HealthClient = grpc.makeGenericClientConstructor(healthService, 'Health');
-  const server = await startReplica('health');
-  const client = new HealthClient(`127.0.0.1:${server.port}`, grpc.credentials.createInsecure()) as unknown as grpc.Client & {
-    check(req: { service: string }, cb: (err: grpc.ServiceError | null, res: { status: string }) => void): void;
-  };
+type HealthClient = grpc.Client & {
+  check(req: { service: string }, cb: (err: grpc.ServiceError | null, res: { status: string }) => void): void;
+  watch(req: { service: string }): grpc.ClientReadableStream<{ status: string }>;
+};
+
+function healthClient(port: number): { client: HealthClient; check(service: string): Promise<string> } {
+  const Ctor = grpc.makeGenericClientConstructor(healthService, 'Health');
+  const client = new Ctor(`127.0.0.1:${port}`, grpc.credentials.createInsecure()) as unknown as HealthClient;
   const check = (service: string) =>
     new Promise<string>((resolve, reject) => client.check({ service }, (err, res) => (err ? reject(err) : resolve(res.status))));
-  assert.equal(await check(''), 'SERVING');
-  assert.equal(await check('test.Echo'), 'SERVING');
-  // setStatus('NOT_SERVING') is what the health service answers.
-  server.setStatus('NOT_SERVING');
-  assert.equal(await check(''), 'NOT_SERVING');
-  server.setStatus('SERVING');
-  // A call in flight when shutdown starts is let finish.
+  return { client, check };
+}
+
+test('grpc.health.v1 is readiness ("", "readiness", each service) and liveness ("liveness"); shutdown lets a call in flight finish', async () => {
+  let depsOk = true;
+  const server = new GrpcServer({ logger, tracer: telemetry.tracer, ready: () => depsOk, readyPollMs: 50 });
+  server.add('test.Echo', echoDefinition, {
+    echo(call: grpc.ServerUnaryCall<Buffer, Buffer>, cb: grpc.sendUnaryData<Buffer>) {
+      setTimeout(() => cb(null, Buffer.from('health')), Number(call.request.toString() || 0));
+    },
+  });
+  await server.listen('127.0.0.1', 0);
+  servers.push(server);
+  const { client, check } = healthClient(server.port);
+  // Listening but not started: alive, not ready.
+  assert.equal(await check('liveness'), 'SERVING');
+  for (const name of ['', 'readiness', 'test.Echo']) assert.equal(await check(name), 'NOT_SERVING', `"${name}" before serve()`);
+  assert.equal(server.ready(), false);
+  server.serve();
+  for (const name of ['', 'readiness', 'test.Echo', 'liveness']) assert.equal(await check(name), 'SERVING', `"${name}" after serve()`);
+  assert.equal(server.ready(), true);
+  // A failing check shows in the very next Check (no poll to wait for), on every readiness name; liveness stays.
+  const watched: string[] = [];
+  const watch = client.watch({ service: '' });
+  watch.on('data', (m: { status: string }) => watched.push(m.status));
+  watch.on('error', () => {});
+  const until = async (what: string, done: () => boolean) => {
+    const deadline = Date.now() + 2_000;
+    while (!done()) {
+      assert.ok(Date.now() < deadline, `${what}: watch saw ${watched.join(',')}`);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  };
+  await until('watch started', () => watched.length > 0);
+  depsOk = false;
+  for (const name of ['', 'readiness', 'test.Echo']) assert.equal(await check(name), 'NOT_SERVING', `"${name}" with a dependency down`);
+  assert.equal(await check('liveness'), 'SERVING', 'liveness does not follow dependencies');
+  assert.equal(server.ready(), false);
+  // Back: the poll tells the Watch stream without anyone asking.
+  depsOk = true;
+  await until('ready again', () => watched.length >= 3);
+  assert.deepEqual(watched, ['SERVING', 'NOT_SERVING', 'SERVING'], 'a Watch hears each change once');
+  watch.cancel();
+  // A call in flight when shutdown starts is let finish; readiness is gone from the start, checks passing or not.
   const echo = createClient(EchoClientCtor, `127.0.0.1:${server.port}`, { deadlineMs: 5_000 });
   const running = call(echo, 300);
   await new Promise((r) => setTimeout(r, 50));
   const stopping = server.shutdown(5_000);
-  assert.match(await running, /^health /, 'the call in flight finished during the graceful shutdown');
+  assert.equal(server.ready(), false, 'not ready while draining');
+  assert.match(await running, /^health/, 'the call in flight finished during the graceful shutdown');
   await stopping;
   client.close();
   echo.close();
+});
+
+test('drain() alone: NOT_SERVING at once and for good, liveness SERVING', async () => {
+  const server = await startReplica('drain', () => true);
+  const { client, check } = healthClient(server.port);
+  assert.equal(await check(''), 'SERVING');
+  server.drain();
+  assert.equal(await check(''), 'NOT_SERVING');
+  assert.equal(await check('test.Echo'), 'NOT_SERVING');
+  assert.equal(await check('liveness'), 'SERVING');
+  await new Promise((r) => setTimeout(r, 120));
+  assert.equal(await check('readiness'), 'NOT_SERVING', 'the poll does not bring readiness back');
+  client.close();
 });
 
 test('a call without its own deadline gets the client default: DEADLINE_EXCEEDED, not a hang', async () => {

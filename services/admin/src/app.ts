@@ -66,7 +66,6 @@ export function createApp(config: Config, deps: AppDeps): App {
     }),
   );
   let metricsServer: http.Server | undefined;
-  let serving = false;
 
   return {
     tokens,
@@ -76,18 +75,16 @@ export function createApp(config: Config, deps: AppDeps): App {
     async start() {
       tokens.start();
       if (!deps.noMetricsServer) {
-        metricsServer = await deps.telemetry.serveMetrics(config.TERN_METRICS_LISTEN.host, config.TERN_METRICS_LISTEN.port, () => serving);
+        metricsServer = await deps.telemetry.serveMetrics(config.TERN_METRICS_LISTEN.host, config.TERN_METRICS_LISTEN.port, () => grpcServer.ready());
       }
       const port = await grpcServer.listen(config.TERN_GRPC_LISTEN.host, config.TERN_GRPC_LISTEN.port);
-      grpcServer.setStatus('SERVING');
-      serving = true;
+      grpcServer.serve();
       logger.info(
         { grpc: port, queue: config.TERN_QUEUE_ADDR, policy: config.TERN_POLICY_ADDR, tls: Boolean(tls), mtls: Boolean(tls?.caFile), operators: tokens.names() },
         'admin serving',
       );
     },
     async stop() {
-      serving = false;
       await grpcServer.shutdown(config.TERN_SHUTDOWN_GRACE_MS);
       tokens.stop();
       owners.queue.client.close();

@@ -59,11 +59,11 @@ export function createApp(config: Config, deps: AppDeps): App {
     },
   };
 
-  const grpcServer = new GrpcServer({ logger, tracer });
-  let metricsServer: http.Server | undefined;
   let bus: Bus | undefined;
+  // Readiness (/readyz and gRPC health alike): consuming, NATS connection not closed, not stopping.
+  const grpcServer = new GrpcServer({ logger, tracer, ready: () => bus !== undefined && !bus.nc.isClosed() });
+  let metricsServer: http.Server | undefined;
   let consumption: Consumption | undefined;
-  let serving = false;
   const ports: App['ports'] = { grpc: 0 };
 
   async function handle(msg: BusMessage): Promise<void> {
@@ -153,7 +153,7 @@ export function createApp(config: Config, deps: AppDeps): App {
     }
   }
 
-  const isReady = () => serving && bus !== undefined && !bus.nc.isClosed();
+  const isReady = () => grpcServer.ready();
 
   return {
     get ports() {
@@ -170,17 +170,15 @@ export function createApp(config: Config, deps: AppDeps): App {
       bus = await Bus.connect({ url: config.TERN_NATS_URL, name: `tern-bounce-${config.TERN_HOSTNAME}`, logger });
       await bus.ensureTopology(['bounce']);
       consumption = bus.consume('bounce', handle, { concurrency: config.TERN_BOUNCE_CONCURRENCY, retryDelayMs: config.TERN_BOUNCE_RETRY_MIN_MS });
-      serving = true;
-      grpcServer.setStatus('SERVING');
+      grpcServer.serve();
       logger.info(
         { grpc: ports.grpc, metrics: ports.metrics, nats: config.TERN_NATS_URL, queue: config.TERN_QUEUE_ADDR, reporting_mta: config.reportingMta, postmaster_copy: config.TERN_POSTMASTER_COPY },
         'bounce serving',
       );
     },
     async stop() {
-      // Health first, then stop taking requests and let the ones in flight finish.
-      serving = false;
-      grpcServer.setStatus('NOT_SERVING');
+      // Not ready first, then stop taking requests and let the ones in flight finish.
+      grpcServer.drain();
       await consumption?.stop();
       await bus?.close();
       await grpcServer.shutdown(1_000);

@@ -72,12 +72,12 @@ export function createApp(config: Config, deps: AppDeps): App {
     .createObservableGauge('tern_delivery_session_waits', { description: 'Jobs that waited for a session because their peer had TERN_SMTP_MAX_SESSIONS_PER_PEER open' })
     .addCallback((o) => o.observe(pool.waited));
 
-  const grpcServer = new GrpcServer({ logger, tracer });
-  let metricsServer: http.Server | undefined;
   let bus: Bus | undefined;
+  // Readiness (/readyz and gRPC health alike): consuming, NATS connection not closed, not stopping.
+  const grpcServer = new GrpcServer({ logger, tracer, ready: () => bus !== undefined && !bus.nc.isClosed() });
+  let metricsServer: http.Server | undefined;
   let results: ResultPublisher | undefined;
   let consumption: Consumption | undefined;
-  let serving = false;
 
   async function handle(msg: BusMessage): Promise<void> {
     let job: DeliveryJob;
@@ -135,18 +135,16 @@ export function createApp(config: Config, deps: AppDeps): App {
 
   return {
     async start() {
-      metricsServer = await deps.telemetry.serveMetrics(config.TERN_METRICS_LISTEN.host, config.TERN_METRICS_LISTEN.port, () => serving);
+      metricsServer = await deps.telemetry.serveMetrics(config.TERN_METRICS_LISTEN.host, config.TERN_METRICS_LISTEN.port, () => grpcServer.ready());
       await grpcServer.listen(config.TERN_GRPC_LISTEN.host, config.TERN_GRPC_LISTEN.port);
       bus = await Bus.connect({ url: config.TERN_NATS_URL, name: `tern-delivery-${os.hostname()}-${process.pid}`, logger });
       await bus.ensureTopology(['delivery']);
       results = new ResultPublisher(bus, { maxResults: config.TERN_RESULT_BATCH_MAX, delayMs: config.TERN_RESULT_BATCH_DELAY_MS });
       consumption = bus.consume('delivery', handle, { concurrency: config.TERN_CONCURRENCY, retryDelayMs: 10_000 });
-      serving = true;
-      grpcServer.setStatus('SERVING');
+      grpcServer.serve();
     },
     async stop() {
-      serving = false;
-      grpcServer.setStatus('NOT_SERVING');
+      grpcServer.drain();
       // Stop taking jobs and finish the ones in hand (the runtime's grace timer bounds it);
       // jobs fetched but not started are redelivered after the ack wait.
       await consumption?.stop();

@@ -141,9 +141,9 @@ export function createApp(config: Config, deps: AppDeps): App {
     }
   }
 
-  const grpcServer = new GrpcServer({ logger, tracer });
+  // Readiness (/readyz and gRPC health alike): started, not stopping, queue reachable.
+  const grpcServer = new GrpcServer({ logger, tracer, ready: () => queueStatus.reachable });
   let metricsServer: http.Server | undefined;
-  let serving = false;
   let statusTimer: NodeJS.Timeout | undefined;
   const ports = { grpc: 0 } as App['ports'];
 
@@ -152,10 +152,10 @@ export function createApp(config: Config, deps: AppDeps): App {
     get ports() {
       return ports;
     },
-    ready: () => serving && queueStatus.reachable,
+    ready: () => grpcServer.ready(),
     async start() {
       if (!deps.noMetricsServer) {
-        metricsServer = await deps.telemetry.serveMetrics(config.TERN_METRICS_LISTEN.host, config.TERN_METRICS_LISTEN.port, () => serving && queueStatus.reachable);
+        metricsServer = await deps.telemetry.serveMetrics(config.TERN_METRICS_LISTEN.host, config.TERN_METRICS_LISTEN.port, () => grpcServer.ready());
       }
       ports.grpc = await grpcServer.listen(config.TERN_GRPC_LISTEN.host, config.TERN_GRPC_LISTEN.port);
       tls?.start(config.TERN_TLS_RELOAD_MS);
@@ -165,8 +165,7 @@ export function createApp(config: Config, deps: AppDeps): App {
       for (const [name, server] of Object.entries(servers)) {
         if (server) ports[name as 'smtp'] = await server.listen();
       }
-      grpcServer.setStatus('SERVING');
-      serving = true;
+      grpcServer.serve();
       logger.info(
         {
           smtp: ports.smtp,
@@ -181,9 +180,8 @@ export function createApp(config: Config, deps: AppDeps): App {
       );
     },
     async stop() {
-      // Health first, so the load balancer stops sending new sessions.
-      serving = false;
-      grpcServer.setStatus('NOT_SERVING');
+      // Not ready first, so the load balancer stops sending new sessions.
+      grpcServer.drain();
       const grace = Math.max(1_000, config.TERN_SHUTDOWN_GRACE_MS - 3_000);
       await Promise.all(Object.values(servers).map((s) => s?.close(grace)));
       if (statusTimer) clearInterval(statusTimer);

@@ -108,7 +108,8 @@ export function createApp(config: Config, deps: AppDeps): App {
   const suppressions = new SuppressionStore(pool);
   if (config.TERN_SUPPRESSION_ENFORCE) hooks.push(suppressionHook(suppressions));
 
-  const grpcServer = new GrpcServer({ logger, tracer });
+  // Readiness (/readyz and gRPC health alike): started (policy data loaded), not stopping.
+  const grpcServer = new GrpcServer({ logger, tracer, ready: () => cache.ready });
   grpcServer.add(
     'tern.v1.PolicyService',
     PolicyServiceService,
@@ -126,10 +127,10 @@ export function createApp(config: Config, deps: AppDeps): App {
       limiter.startCleanup();
       greylist?.startCleanup();
       if (!deps.noMetricsServer) {
-        metricsServer = await deps.telemetry.serveMetrics(config.TERN_METRICS_LISTEN.host, config.TERN_METRICS_LISTEN.port, () => cache.ready);
+        metricsServer = await deps.telemetry.serveMetrics(config.TERN_METRICS_LISTEN.host, config.TERN_METRICS_LISTEN.port, () => grpcServer.ready());
       }
       const port = await grpcServer.listen(config.TERN_GRPC_LISTEN.host, config.TERN_GRPC_LISTEN.port);
-      grpcServer.setStatus('SERVING');
+      grpcServer.serve();
       logger.info({ grpc: port, trustedNetworks: config.TERN_TRUSTED_NETWORKS.map(([a, b]) => `${a.toString()}/${b}`) }, 'policy serving');
     },
     async stop() {

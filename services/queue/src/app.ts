@@ -1,7 +1,7 @@
 // Wires the queue service: Postgres pool, NATS bus (topology + the `queue`
 // results consumer), the group-commit enqueuer, outbox relay, scheduler,
-// housekeeping, gRPC server (health SERVING once ready) and /metrics.
-// Shutdown: health NOT_SERVING, stop gRPC (in-flight Enqueues finish),
+// housekeeping, gRPC server (health SERVING while ready) and /metrics.
+// Shutdown: not ready (health NOT_SERVING, /readyz 503), stop gRPC (in-flight Enqueues finish),
 // stop loops and the consumer (in-flight results committed and acked),
 // drain NATS, end the pool.
 import type http from 'node:http';
@@ -171,10 +171,10 @@ export function createApp(config: Config, deps: AppDeps): App {
     },
   };
 
-  const grpcServer = new GrpcServer({ logger, tracer });
+  // Readiness (/readyz and gRPC health alike): started, not stopping, Postgres answering (the status count every 2 s).
+  const grpcServer = new GrpcServer({ logger, tracer, ready: () => !dbError });
   grpcServer.add('tern.v1.QueueService', QueueServiceBodyService, createQueueService({ pool, opsPool, logger, enqueuer, ops, status }));
   let metricsServer: http.Server | undefined;
-  let ready = false;
 
   return {
     parts: { relay, scheduler, results, housekeeping, enqueuer, ops },
@@ -196,16 +196,14 @@ export function createApp(config: Config, deps: AppDeps): App {
       if (!disabled.has('results')) results.start();
       if (!disabled.has('housekeeping')) housekeeping.start();
       if (!deps.noMetricsServer) {
-        metricsServer = await deps.telemetry.serveMetrics(config.TERN_METRICS_LISTEN.host, config.TERN_METRICS_LISTEN.port, () => ready && !dbError);
+        metricsServer = await deps.telemetry.serveMetrics(config.TERN_METRICS_LISTEN.host, config.TERN_METRICS_LISTEN.port, () => grpcServer.ready());
       }
       const port = await grpcServer.listen(config.TERN_GRPC_LISTEN.host, config.TERN_GRPC_LISTEN.port);
-      ready = true;
-      grpcServer.setStatus('SERVING');
+      grpcServer.serve();
       logger.info({ grpc: port }, 'queue serving');
     },
     async stop() {
-      ready = false;
-      grpcServer.setStatus('NOT_SERVING');
+      grpcServer.drain();
       // shutdown() refuses new calls at once; the open EnqueueStreams then end
       // as soon as what they read is answered (their clients send the rest elsewhere).
       const served = grpcServer.shutdown(config.TERN_SHUTDOWN_GRACE_MS);
