@@ -56,7 +56,11 @@ LABELS=(
   "org.opencontainers.image.version=$APP_VERSION"
 )
 started=$SECONDS
-mkdir -p "$OUT"
+mkdir -p "$OUT" "$CACHE"
+# One build at a time per machine (the tests and the cluster both run this;
+# they share the staging tree, the buildah storage and the archive).
+exec 9>"$CACHE/.lock"
+flock 9
 
 write_env() { # <tag> <format>
   local tmp="$OUT/image.env.tmp"
