@@ -134,7 +134,7 @@ apiVersion: v1
 kind: PersistentVolume
 metadata: {name: tern-local-nats-0}
 spec:
-  capacity: {storage: 4Gi}
+  capacity: {storage: 10Gi}
   accessModes: [ReadWriteOnce]
   persistentVolumeReclaimPolicy: Retain
   storageClassName: tern-local

@@ -107,7 +107,7 @@ tern_release_up() {
   tern_image_env
   local verb=install
   helm_ -n "$NAMESPACE" status "$RELEASE" >/dev/null 2>&1 && verb=upgrade
-  helm_ "$verb" "$RELEASE" "$TERN_ROOT/charts/tern" -n "$NAMESPACE" --wait --timeout 10m \
+  helm_ "$verb" "$RELEASE" "$TERN_ROOT/charts/tern" -n "$NAMESPACE" --wait --timeout 5m \
     -f "$HERE/values-local.yaml" \
     --set "image.repository=$TERN_IMAGE_REPOSITORY" --set "image.tag=$TERN_IMAGE_TAG" \
     --set "delivery.networkPolicy.extraEgressPorts[0]=$DEMO_SINK_PORT" \
@@ -164,9 +164,15 @@ EOF
 
 service_ip() { kubectl_ -n "$NAMESPACE" get service "$1" -o jsonpath='{.spec.clusterIP}'; }
 
-# The CLI against the admin Service (the host reaches ClusterIPs directly).
+# A Ready pod of a component (the gRPC Services are headless: no ClusterIP).
+pod_ip() {
+  kubectl_ -n "$NAMESPACE" get pods -l "app.kubernetes.io/instance=$RELEASE,app.kubernetes.io/component=$1" \
+    --field-selector status.phase=Running -o jsonpath='{.items[0].status.podIP}'
+}
+
+# The CLI against an admin pod (the host, being the node, reaches pod addresses directly).
 tern_cli() {
-  TERN_ADMIN_ADDR="$(service_ip tern-admin):7000" TERN_ADMIN_TOKEN_FILE="$CLUSTER_DIR/admin-token" \
+  TERN_ADMIN_ADDR="$(pod_ip admin):7000" TERN_ADMIN_TOKEN_FILE="$CLUSTER_DIR/admin-token" \
     node --import tsx "$TERN_ROOT/cli/src/main.ts" "$@"
 }
 
@@ -180,22 +186,21 @@ demo_up() {
 }
 
 cluster_summary() {
-  local smtp admin
+  local smtp
   smtp="$(service_ip tern-smtp 2>/dev/null || true)"
-  admin="$(service_ip tern-admin 2>/dev/null || true)"
   cat <<EOF
 
 Tern runs in the local cluster (namespace $NAMESPACE, release $RELEASE):
   kubectl          export KUBECONFIG=$KUBECONFIG_FILE   (kubectl: $K8S_BIN/kubectl)
   SMTP (MX)        ${smtp:-?}:25   (Service tern-smtp; the host reaches ClusterIPs directly)
-  admin API        ${admin:-?}:7000   (token in $CLUSTER_DIR/admin-token)
+  admin API        kubectl -n $NAMESPACE port-forward svc/tern-admin 7000:7000   (token in $CLUSTER_DIR/admin-token)
   demo sink        $BRIDGE_ADDR:$DEMO_SINK_PORT   (every .test domain; messages in $CLUSTER_DIR/sink/)
   Postgres         $BRIDGE_ADDR:$CLUSTER_PG_PORT   (on the host; URL in Secret tern/tern-postgres)
 
 Try it:
   swaks --server ${smtp:-?}:25 --from you@sender.test --to friend@example.test
-  TERN_ADMIN_ADDR=${admin:-?}:7000 TERN_ADMIN_TOKEN_FILE=$CLUSTER_DIR/admin-token npx tern queue ls
-  kubectl -n $NAMESPACE port-forward svc/tern-admin 7000:7000   (the way to reach it from another machine)
+  kubectl -n $NAMESPACE port-forward svc/tern-admin 7000:7000 &
+  TERN_ADMIN_ADDR=127.0.0.1:7000 TERN_ADMIN_TOKEN_FILE=$CLUSTER_DIR/admin-token npx tern queue ls
   npm run cluster -- down
 EOF
 }
