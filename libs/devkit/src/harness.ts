@@ -387,7 +387,7 @@ export type Readiness = 'grpc' | 'http' | 'none';
 export interface StartServiceOptions {
   /** How to wait for readiness: gRPC health Check (default), GET /healthz on the metrics address, or not at all. */
   readiness?: Readiness;
-  /** gRPC health service name to check (default "" = the whole server). */
+  /** gRPC health service name to check (default "": the service's readiness, what /readyz says; "liveness" answers as soon as the gRPC server listens). */
   healthService?: string;
   timeoutMs?: number;
   /** Script to run instead of services/<name>/dist/main.js (absolute or relative to the repo root). */
