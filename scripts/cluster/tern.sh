@@ -125,7 +125,7 @@ tern_state_reset() {
   if helm_ -n "$NAMESPACE" status "$RELEASE" >/dev/null 2>&1; then
     helm_ -n "$NAMESPACE" uninstall "$RELEASE" --wait --timeout 5m >/dev/null
   fi
-  kubectl_ -n "$NAMESPACE" delete jobs,pods --all --wait=true --timeout 120s >/dev/null 2>&1 || true
+  kubectl_ -n "$NAMESPACE" delete jobs,pods,events --all --wait=true --timeout 120s >/dev/null 2>&1 || true
   local bin dir="$CLUSTER_DIR/postgres"
   bin="$(pg_bindir_)"
   as_postgres "$bin/psql" -h "$dir" -p "$CLUSTER_PG_PORT" -U postgres -d postgres -XAtq -v ON_ERROR_STOP=1 >/dev/null <<SQL

@@ -147,11 +147,15 @@ export class RawSmtp {
     w?.();
   }
 
-  static async connect(host: string, port: number, localAddress = '127.0.0.1'): Promise<{ client: RawSmtp; greeting: SmtpReply }> {
+  static async connect(host: string, port: number, localAddress = '127.0.0.1', timeoutMs = 15_000): Promise<{ client: RawSmtp; greeting: SmtpReply }> {
     const sock = net.connect({ host, port, localAddress });
     await new Promise<void>((resolve, reject) => {
-      sock.once('connect', resolve);
-      sock.once('error', reject);
+      const t = setTimeout(() => {
+        sock.destroy();
+        reject(new Error(`no connection to ${host}:${port} within ${timeoutMs} ms`));
+      }, timeoutMs);
+      sock.once('connect', () => (clearTimeout(t), resolve()));
+      sock.once('error', (err) => (clearTimeout(t), reject(err)));
     });
     const client = new RawSmtp(sock);
     const greeting = await client.reply();
