@@ -159,6 +159,7 @@ teardown() {
   cgroups_down
   iptables_cleanup
   network_down
+  containerd_run_down
   rm -rf /run/tern-containerd /run/tern-buildah
   # What the cluster wrote on the work dir (the Go and image caches are elsewhere).
   if [[ -d "$CLUSTER_DIR" ]]; then

@@ -54,12 +54,18 @@ network_up() {
   ip link set "$BRIDGE" up
   ip addr replace "$NODE_IP/32" dev lo
   ip route replace "$SERVICE_CIDR" dev "$BRIDGE" src "$BRIDGE_ADDR"
+  # Bridged pod-to-pod traffic must pass iptables (Service NAT); the value
+  # found is put back by network_down.
+  local saved="$CLUSTER_RUN/bridge-nf-call-iptables"
+  [[ -f "$saved" ]] || cat /proc/sys/net/bridge/bridge-nf-call-iptables >"$saved"
   echo 1 >/proc/sys/net/bridge/bridge-nf-call-iptables
   echo 1 >/proc/sys/net/ipv4/ip_forward
 }
 
 network_down() {
   echo 0 >/proc/sys/net/ipv4/ip_forward
+  local saved="$CLUSTER_RUN/bridge-nf-call-iptables"
+  if [[ -f "$saved" ]]; then cat "$saved" >/proc/sys/net/bridge/bridge-nf-call-iptables; fi
   ip route del "$SERVICE_CIDR" 2>/dev/null || true
   ip addr del "$NODE_IP/32" dev lo 2>/dev/null || true
   if ip link show "$BRIDGE" >/dev/null 2>&1; then ip link del "$BRIDGE"; fi
@@ -69,7 +75,9 @@ network_down() {
     [[ -e "$ns" ]] || continue
     ip netns delete "$(basename "$ns")" 2>/dev/null || { umount "$ns" 2>/dev/null; rm -f "$ns"; }
   done
-  rm -rf /var/lib/cni/networks/"$CNI_NETWORK" /var/lib/cni/results/"$CNI_NETWORK"-* 2>/dev/null || true
+  # libcni's cache of what it attached (containerd names its loopback
+  # attachment cni-loopback).
+  rm -rf /var/lib/cni/networks/"$CNI_NETWORK" /var/lib/cni/results/"$CNI_NETWORK"-* /var/lib/cni/results/cni-loopback-* 2>/dev/null || true
   rmdir /var/lib/cni/networks /var/lib/cni/results /var/lib/cni 2>/dev/null || true
 }
 
@@ -139,6 +147,16 @@ containers_down() {
     # shellcheck disable=SC2086
     kill -9 $pids 2>/dev/null || true
   fi
+}
+
+# containerd 1.6 keeps shim sockets and runc's state under /run/containerd
+# whatever its configured state dir; the k8s.io namespace there is ours when
+# no other containerd runs.
+containerd_run_down() {
+  pgrep -x containerd >/dev/null && return 0
+  rm -rf /run/containerd/runc/k8s.io
+  rm -f /run/containerd/s/* 2>/dev/null || true
+  rmdir /run/containerd/runc /run/containerd/s /run/containerd 2>/dev/null || true
 }
 
 # Every mount under the cluster's directories (the kubelet's volumes, the

@@ -39,7 +39,9 @@ nats_binary() {
   local tmp
   tmp="$(mktemp -d)"
   tern_log cluster "building a static nats-server $NATS_SERVER_VERSION (first run on this machine: ~1 min)" >&2
-  GOFLAGS=-buildvcs=false GOBIN="$tmp" CGO_ENABLED=0 go install -trimpath -ldflags "-s -w" \
+  local go_=go
+  tern_have go || go_=/usr/local/go/bin/go
+  GOFLAGS=-buildvcs=false GOBIN="$tmp" CGO_ENABLED=0 "$go_" install -trimpath -ldflags "-s -w" \
     "github.com/nats-io/nats-server/v2@$NATS_SERVER_VERSION" >&2
   mv "$tmp/nats-server" "$out"
   rm -rf "$tmp"
@@ -73,13 +75,18 @@ images_build() {
 # image_import <archive> <name:tag>: into the node's containerd, unless that
 # exact image (same digest) is there already.
 image_import() {
-  local archive="$1" ref="$2" ctr_=(ctr --address "$CONTAINERD_SOCK" -n k8s.io)
-  if "${ctr_[@]}" image ls -q 2>/dev/null | grep -qxF "$ref" && [[ "$archive" -ot "$CLUSTER_RUN/imported-$(basename "$archive")" ]]; then
+  local archive="$1" ref="$2" ctr_=(ctr --address "$CONTAINERD_SOCK" -n k8s.io) have
+  local stamp
+  stamp="$CLUSTER_RUN/imported-$(basename "$archive")"
+  # (The list is read whole first: `grep -q` on a pipe would SIGPIPE ctr under pipefail.)
+  have="$("${ctr_[@]}" image ls -q 2>/dev/null || true)"
+  if grep -qxF "$ref" <<<"$have" && [[ "$archive" -ot "$stamp" ]]; then
     return 0
   fi
   "${ctr_[@]}" image import "$archive" >/dev/null
-  "${ctr_[@]}" image ls -q | grep -qxF "$ref" || tern_die cluster "$archive did not import as $ref"
-  touch "$CLUSTER_RUN/imported-$(basename "$archive")"
+  have="$("${ctr_[@]}" image ls -q)"
+  grep -qxF "$ref" <<<"$have" || tern_die cluster "$archive did not import as $ref"
+  touch "$stamp"
 }
 
 images_import() {
