@@ -38,11 +38,21 @@ cluster_postgres_up() {
   local bin dir="$CLUSTER_DIR/postgres"
   bin="$(pg_bindir_)" || { tern_apt_install cluster postgresql; bin="$(pg_bindir_)"; }
   id -u postgres >/dev/null 2>&1 || useradd --system --home-dir /var/lib/postgresql --shell /bin/bash --user-group postgres
-  mkdir -p "$dir"
-  chown postgres: "$dir"
-  chmod 700 "$dir"
-  as_postgres test -w "$dir" ||
-    tern_die cluster "the postgres user cannot write $dir (a parent directory it cannot enter?); move the checkout or open its parents (chmod o+x)"
+  [[ -L "$dir" ]] || mkdir -p "$dir"
+  chown postgres: "$dir/."
+  chmod 700 "$dir/."
+  if ! as_postgres test -w "$dir/."; then
+    # A checkout under a directory the postgres user cannot enter (root's
+    # home): the data lives under /var/lib/tern instead, linked from here.
+    local real
+    real="/var/lib/tern/cluster-pg-$(printf '%s' "$TERN_ROOT" | cksum | cut -d' ' -f1)"
+    mkdir -p "$real"
+    chown postgres: "$real"
+    chmod 700 "$real"
+    rmdir "$dir" 2>/dev/null || true
+    ln -sfn "$real" "$dir"
+  fi
+  dir="$(cd "$dir" && pwd -P)"
   local pw_file="$CLUSTER_DIR/postgres-password"
   [[ -s "$pw_file" ]] || { openssl rand -hex 16 >"$pw_file"; chmod 600 "$pw_file"; }
   if [[ ! -f "$dir/data/PG_VERSION" ]]; then
@@ -68,7 +78,14 @@ SELECT 'CREATE DATABASE tern OWNER tern' WHERE NOT EXISTS (SELECT FROM pg_databa
 SQL
 }
 
-cluster_postgres_down() { stop_daemon postgres 20; }
+cluster_postgres_down() {
+  stop_daemon postgres 20
+  local link="$CLUSTER_DIR/postgres"
+  if [[ -L "$link" ]]; then
+    rm -rf "$(readlink "$link")"
+    rm -f "$link"
+  fi
+}
 
 cluster_pg_url() { printf 'postgres://tern:%s@%s:%s/tern?sslmode=disable' "$(cat "$CLUSTER_DIR/postgres-password")" "$BRIDGE_ADDR" "$CLUSTER_PG_PORT"; }
 
@@ -126,8 +143,9 @@ tern_state_reset() {
     helm_ -n "$NAMESPACE" uninstall "$RELEASE" --wait --timeout 5m >/dev/null
   fi
   kubectl_ -n "$NAMESPACE" delete jobs,pods,events --all --wait=true --timeout 120s >/dev/null 2>&1 || true
-  local bin dir="$CLUSTER_DIR/postgres"
+  local bin dir
   bin="$(pg_bindir_)"
+  dir="$(cd "$CLUSTER_DIR/postgres" && pwd -P)"
   as_postgres "$bin/psql" -h "$dir" -p "$CLUSTER_PG_PORT" -U postgres -d postgres -XAtq -v ON_ERROR_STOP=1 >/dev/null <<SQL
 DROP DATABASE IF EXISTS tern WITH (FORCE);
 CREATE DATABASE tern OWNER tern;
