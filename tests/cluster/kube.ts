@@ -183,6 +183,8 @@ export interface LoadReport {
   noReply: string[];
   /** Replies of class 5: what must never be seen. */
   fiveXX: string[];
+  /** Each distinct 4xx/5xx reply (command and first line), with how many times it was seen. */
+  refusals: Record<string, number>;
   sessions: number;
 }
 
@@ -213,7 +215,7 @@ export interface LoadOptions {
  * refused or broken, never assumed delivered.
  */
 export class SmtpLoad {
-  readonly report: LoadReport = { sent: [], classes: { '2xx': 0, '3xx': 0, '4xx': 0, '5xx': 0 }, noReply: [], fiveXX: [], sessions: 0 };
+  readonly report: LoadReport = { sent: [], classes: { '2xx': 0, '3xx': 0, '4xx': 0, '5xx': 0 }, noReply: [], fiveXX: [], refusals: {}, sessions: 0 };
   private n = 0;
   private running = true;
   private readonly retryQueue: Sent[] = [];
@@ -260,6 +262,8 @@ export class SmtpLoad {
     const cls = `${Math.floor(r.code / 100)}xx`;
     this.report.classes[cls] = (this.report.classes[cls] ?? 0) + 1;
     if (r.code >= 400) {
+      const key = `${what}: ${r.lines[0]?.replace(/queued as \S+/, 'queued as ...')}`;
+      this.report.refusals[key] = (this.report.refusals[key] ?? 0) + 1;
       s?.trouble.push(`${what}: ${r.lines.join(' | ')}`);
       if (r.code >= 500) this.report.fiveXX.push(`${what} ${s?.rcpt ?? ''}: ${r.lines.join(' | ')}`);
     }
@@ -368,5 +372,12 @@ export async function waitDelivered(sink: SmtpSink, accepted: Sent[], timeoutMs:
 
 export function summarize(r: LoadReport): string {
   const by = (o: Sent['outcome']) => r.sent.filter((s) => s.outcome === o).length;
-  return `${r.sent.length} messages (${by('accepted')} accepted, ${by('refused')} refused, ${by('broken')} without a reply) over ${r.sessions} sessions; replies ${JSON.stringify(r.classes)}; ${r.noReply.length} failures without a reply`;
+  const refusals = Object.entries(r.refusals)
+    .sort((a, b) => b[1] - a[1])
+    .map(([reply, n]) => `${n}x ${reply}`)
+    .join('; ');
+  return (
+    `${r.sent.length} messages (${by('accepted')} accepted, ${by('refused')} refused, ${by('broken')} without a reply) over ${r.sessions} sessions; ` +
+    `replies ${JSON.stringify(r.classes)}; ${r.noReply.length} failures without a reply${refusals ? `; refusals: ${refusals}` : ''}`
+  );
 }
