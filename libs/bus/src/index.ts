@@ -70,6 +70,26 @@ export interface Consumption {
   stop(): Promise<void>;
 }
 
+/** Every stream's max_bytes together: what JetStream must be able to reserve. */
+export const STREAMS_MAX_BYTES = (Object.values(STREAMS) as StreamSpec[]).reduce((sum, spec) => sum + spec.maxBytes, 0);
+
+const gib = (bytes: number) => `${(bytes / 1024 ** 3).toFixed(bytes % 1024 ** 3 ? 1 : 0)} GiB`;
+
+/**
+ * JetStream reserves a stream's max_bytes from its file store when the
+ * stream is made; a server with less says only "insufficient storage
+ * resources". The operator needs the figure and the setting.
+ */
+function storageError(spec: StreamSpec, err: unknown): unknown {
+  if (!/insufficient (storage )?resources/i.test((err as Error)?.message ?? '')) return err;
+  return new Error(
+    `NATS JetStream cannot reserve ${gib(spec.maxBytes)} for stream ${spec.name}: ${(err as Error).message}. ` +
+      `Tern's streams reserve ${gib(STREAMS_MAX_BYTES)} of file storage together: raise the server's jetstream max_file_store ` +
+      '(and its volume) to at least that, or free what other streams reserve, then restart this service',
+    { cause: err },
+  );
+}
+
 export class Bus {
   private constructor(
     readonly nc: NatsConnection,
@@ -127,12 +147,12 @@ export class Bus {
         const { name: _n, retention: _r, storage: _s, ...mutable } = config;
         await this.jsm.streams.update(spec.name, mutable);
       } catch (err) {
-        if (!isNotFound(err)) throw err;
+        if (!isNotFound(err)) throw storageError(spec, err);
         try {
           await this.jsm.streams.add(config);
         } catch (addErr) {
           // Another pod created it in the meantime.
-          if (!/already in use|exists/i.test((addErr as Error).message)) throw addErr;
+          if (!/already in use|exists/i.test((addErr as Error).message)) throw storageError(spec, addErr);
         }
       }
     }

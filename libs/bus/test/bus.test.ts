@@ -1,12 +1,15 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import pino from 'pino';
 import { trace, context } from '@opentelemetry/api';
 import { createTelemetry } from '@tern/telemetry';
 import { startNats, type NatsServerHandle } from '@tern/devkit';
 import { headers as natsHeaders } from '@nats-io/nats-core';
 import { DiscardPolicy, RetentionPolicy } from '@nats-io/jetstream';
-import { Bus, JetStreamPublisher, STREAMS, SUBJECTS, jobSubject, type BusMessage } from '../src/index';
+import { Bus, JetStreamPublisher, STREAMS, STREAMS_MAX_BYTES, SUBJECTS, jobSubject, type BusMessage } from '../src/index';
 
 let nats: NatsServerHandle;
 let url: string;
@@ -222,4 +225,24 @@ test('every stream refuses publishes past its bound rather than dropping stored 
   assert.equal(kept.state.first_seq, kept.state.last_seq - 1, 'the first two are the ones kept');
   await bus.jsm.streams.purge(STREAMS.reports.name);
   await bus.ensureTopology([]); // back to the real bound for the tests after this one
+});
+
+test('a NATS server whose file store is smaller than the streams reserve: the error names the stream, the sizes and the setting', async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tern-nats-small-'));
+  const conf = path.join(dir, 'small.conf');
+  fs.writeFileSync(conf, 'jetstream { max_file_store: 1GB }\n');
+  const small = await startNats({ args: ['-c', conf] });
+  const bus = await Bus.connect({ url: small.url, name: 'bus-small', logger });
+  try {
+    await assert.rejects(bus.ensureTopology(), (err: Error) => {
+      assert.match(err.message, /NATS JetStream cannot reserve 4 GiB for stream TERN_JOBS: .*insufficient storage resources/);
+      assert.match(err.message, /reserve 7 GiB of file storage together: raise the server's jetstream max_file_store/);
+      assert.equal(STREAMS_MAX_BYTES, 7 * 1024 ** 3);
+      return true;
+    });
+  } finally {
+    await bus.close();
+    await small.close();
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
 });
