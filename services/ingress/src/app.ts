@@ -8,7 +8,8 @@ import type { Telemetry } from '@tern/telemetry';
 import { policyClient, queueClient } from './clients';
 import type { Config } from './config';
 import { EnqueueBatcher } from './enqueue-batch';
-import { createHooks, DecisionCache, QueueStatusCache, type IngressMetrics } from './hooks';
+import { createHooks, DecisionCache, QueueStatusCache } from './hooks';
+import type { IngressMetrics } from './metrics';
 import { TlsContextManager } from './tls';
 
 export interface AppDeps {

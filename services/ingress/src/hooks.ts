@@ -29,35 +29,22 @@ import {
   type SmtpReply,
 } from '@tern/proto';
 import { isPositive, SmtpDataError, type Envelope, type Reply, type SmtpHooks, type SmtpSession } from '@tern/smtp';
-import { context, injectContext, trace, SpanStatusCode, type Context, type Logger, type Span, type Tracer } from '@tern/telemetry';
-import { SpanKind, type Counter, type Histogram } from '@opentelemetry/api';
+import { context, injectContext, trace, type Logger, type Tracer } from '@tern/telemetry';
+import { SpanKind } from '@opentelemetry/api';
 import { call, type PolicyClient, type QueueClient } from './clients';
 import { HeaderScanner, messageId, protocolName, receivedHeader, rfc5322Date } from './headers';
 import { headerLines, MessageCheck, type MessageCheckSettings } from './messagecheck';
 import { commandHooks, type CommandSettings } from './commands';
 import type { EnqueueBatcher } from './enqueue-batch';
+import type { IngressMetrics } from './metrics';
+import { IngressReplies } from './replies';
+import { ctxOf, endTx, st } from './session-state';
 
 /** The batch path's body field: the pieces travel in bodyParts. */
 const EMPTY_BODY = Buffer.alloc(0);
 
 /** Body chunk size in Enqueue requests. */
 const CHUNK = 64 * 1024;
-
-export const IngressReplies = {
-  policyUnavailable: { code: 451, enhanced: '4.3.0', text: 'Error: temporary policy failure, try again later' },
-  queueUnavailable: { code: 451, enhanced: '4.3.0', text: 'Error: queue unavailable, try again later' },
-  queueFull: { code: 452, enhanced: '4.3.1', text: 'Insufficient system storage' },
-  enqueueFailed: { code: 451, enhanced: '4.3.0', text: 'Error: queue file write error, try again later' },
-  authUnavailable: { code: 454, enhanced: '4.7.0', text: 'Temporary authentication failure' },
-} satisfies Record<string, Reply>;
-
-export interface IngressMetrics {
-  sessions: Counter;
-  decisions: Counter;
-  messages: Counter;
-  bytes: Counter;
-  enqueueSeconds: Histogram;
-}
 
 /** QueueService.Status, shared by all sessions, refreshed at most every `ttlMs`. */
 export class QueueStatusCache {
@@ -187,17 +174,6 @@ const NOTIFY: Record<string, DsnNotify> = {
   DELAY: DsnNotify.DSN_NOTIFY_DELAY,
 };
 
-interface SessionState {
-  span?: Span;
-  ctx?: Context;
-  clientName?: string;
-  hold?: boolean;
-  tx?: Span;
-  txCtx?: Context;
-}
-
-const st = (s: SmtpSession) => s.state as SessionState;
-
 function toReply(r: SmtpReply | undefined): Reply | undefined {
   if (!r || !r.code) return undefined;
   return { code: r.code, enhanced: r.enhanced || undefined, text: r.text || 'Ok' } as Reply;
@@ -297,8 +273,6 @@ function abortEnqueue(writer: grpc.ClientWritableStream<EnqueueRequest>): void {
 export function createHooks(deps: HooksDeps, submission: boolean): SmtpHooks {
   const { logger, tracer, policy, queue, metrics, hostname } = deps;
 
-  const ctxOf = (s: SmtpSession): Context => st(s).txCtx ?? st(s).ctx ?? context.active();
-
   async function check(stage: CheckStage, stageName: string, s: SmtpSession, extra: Partial<CheckRequest>): Promise<{ reply: Reply | undefined; hold: boolean; res?: CheckResponse }> {
     const req = CheckRequest.fromPartial({ stage, session: sessionInfo(s, hostname), ...extra });
     const cache = deps.decisions;
@@ -323,15 +297,6 @@ export function createHooks(deps: HooksDeps, submission: boolean): SmtpHooks {
       logger.warn({ stage: stageName, session_id: s.id, err: (err as Error).message }, 'policy check failed; answering 451 4.3.0');
       return { reply: IngressReplies.policyUnavailable, hold: false };
     }
-  }
-
-  function endTx(s: SmtpSession, error?: string): void {
-    const state = st(s);
-    if (!state.tx) return;
-    if (error) state.tx.setStatus({ code: SpanStatusCode.ERROR, message: error });
-    state.tx.end();
-    state.tx = undefined;
-    state.txCtx = undefined;
   }
 
   const hooks: SmtpHooks = {
