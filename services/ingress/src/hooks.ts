@@ -3,28 +3,20 @@
 // 4xx, never an accept. A small message is held whole and sent with others
 // in one QueueService.EnqueueBatch call; a bigger one is streamed to Enqueue
 // as it arrives. The 250 is given only with the queue id of the commit (I1).
-import dns from 'node:dns';
 import { once } from 'node:events';
 import type { Readable } from 'node:stream';
 import { grpc, isGrpcError } from '@tern/grpc';
 import {
   AuthenticateRequest,
-  BodyType,
   CheckRequest,
   CheckStage,
-  DsnNotify,
-  DsnRet,
   EnqueueCommit,
   EnqueueHeader,
   EnqueueRequest,
-  Listener,
   MessageOrigin,
   PolicyAction,
-  SessionInfo,
   type CheckResponse,
   type EnqueueResponse,
-  type Envelope as ProtoEnvelope,
-  type EnvelopeRecipient,
   type EnqueueMessageParts,
   type SmtpReply,
 } from '@tern/proto';
@@ -32,10 +24,11 @@ import { isPositive, SmtpDataError, type Envelope, type Reply, type SmtpHooks, t
 import { context, injectContext, trace, type Logger, type Tracer } from '@tern/telemetry';
 import { SpanKind } from '@opentelemetry/api';
 import { call, type PolicyClient, type QueueClient } from './clients';
-import { HeaderScanner, messageId, protocolName, receivedHeader, rfc5322Date } from './headers';
+import { HeaderScanner, messageId, receivedHeader, rfc5322Date } from './headers';
 import { headerLines, MessageCheck, type MessageCheckSettings } from './messagecheck';
 import { commandHooks, type CommandSettings } from './commands';
 import type { EnqueueBatcher } from './enqueue-batch';
+import { reverseName, sessionInfo, toProtoEnvelope, toProtoRecipients } from './envelope';
 import type { IngressMetrics } from './metrics';
 import { IngressReplies } from './replies';
 import { ctxOf, endTx, st } from './session-state';
@@ -161,19 +154,6 @@ export interface HooksDeps {
   enqueueBatch?: { batcher: EnqueueBatcher; bodyMax: number };
 }
 
-const LISTENERS: Record<string, Listener> = {
-  mx: Listener.LISTENER_MX,
-  submission: Listener.LISTENER_SUBMISSION,
-  submissions: Listener.LISTENER_SUBMISSIONS,
-};
-
-const NOTIFY: Record<string, DsnNotify> = {
-  NEVER: DsnNotify.DSN_NOTIFY_NEVER,
-  SUCCESS: DsnNotify.DSN_NOTIFY_SUCCESS,
-  FAILURE: DsnNotify.DSN_NOTIFY_FAILURE,
-  DELAY: DsnNotify.DSN_NOTIFY_DELAY,
-};
-
 function toReply(r: SmtpReply | undefined): Reply | undefined {
   if (!r || !r.code) return undefined;
   return { code: r.code, enhanced: r.enhanced || undefined, text: r.text || 'Ok' } as Reply;
@@ -200,64 +180,6 @@ export function decisionReply(res: Pick<CheckResponse, 'action' | 'reply'>): { r
     default:
       // An answer we cannot read is not an accept.
       return { reply: IngressReplies.policyUnavailable, hold: false };
-  }
-}
-
-export function sessionInfo(s: SmtpSession, hostname: string): SessionInfo {
-  return SessionInfo.fromPartial({
-    sessionId: s.id,
-    clientAddress: s.clientAddress,
-    clientPort: s.clientPort,
-    clientName: st(s).clientName ?? '',
-    heloName: s.heloName ?? '',
-    listener: LISTENERS[s.listener] ?? Listener.LISTENER_UNSPECIFIED,
-    tls: s.tls ? { used: true, version: s.tls.protocol, cipher: s.tls.cipher, verified: false } : undefined,
-    authUser: s.user ?? '',
-    serverName: hostname,
-  });
-}
-
-export function toProtoEnvelope(s: SmtpSession, e: Envelope, arrival: Date): ProtoEnvelope {
-  const p = e.mailFrom.params;
-  return {
-    sender: e.mailFrom.address,
-    envid: p.envid ?? '',
-    ret: p.ret === 'FULL' ? DsnRet.DSN_RET_FULL : p.ret === 'HDRS' ? DsnRet.DSN_RET_HDRS : DsnRet.DSN_RET_UNSPECIFIED,
-    smtputf8: p.smtputf8,
-    bodyType: p.body === '8BITMIME' ? BodyType.BODY_TYPE_8BITMIME : p.body === 'BINARYMIME' ? BodyType.BODY_TYPE_BINARYMIME : BodyType.BODY_TYPE_UNSPECIFIED,
-    requiretls: p.requiretls,
-    clientAddress: s.clientAddress,
-    clientName: st(s).clientName ?? '',
-    heloName: s.heloName ?? '',
-    authUser: s.user ?? '',
-    arrivalTime: arrival,
-    protocol: protocolName(s, e),
-    listener: LISTENERS[s.listener] ?? Listener.LISTENER_UNSPECIFIED,
-    declaredSize: p.size ?? 0,
-  };
-}
-
-export function toProtoRecipients(e: Envelope): EnvelopeRecipient[] {
-  return e.rcptTo.map((r) => ({
-    address: r.address,
-    orcpt: r.params.orcpt ? `${r.params.orcpt.type};${r.params.orcpt.address}` : '',
-    notify: (r.params.notify ?? []).map((n) => NOTIFY[n]!),
-  }));
-}
-
-async function reverseName(ip: string, timeoutMs: number): Promise<string | undefined> {
-  const resolver = new dns.promises.Resolver({ timeout: timeoutMs, tries: 1 });
-  try {
-    const names = await resolver.reverse(ip);
-    const name = names[0];
-    if (!name) return undefined;
-    // Forward-confirmed only (Postfix's "unknown" otherwise).
-    const addrs = ip.includes(':') ? await resolver.resolve6(name) : await resolver.resolve4(name);
-    return addrs.includes(ip) ? name.replace(/\.$/, '') : undefined;
-  } catch {
-    return undefined;
-  } finally {
-    resolver.cancel();
   }
 }
 

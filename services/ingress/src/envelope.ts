@@ -1,0 +1,84 @@
+// What ingress tells policy and the queue about a session and a message, in
+// their protobuf form: SessionInfo (every policy call), the Envelope and its
+// recipients (the Enqueue header), and the client's name that goes in both,
+// looked up (forward-confirmed) when reverse DNS is on.
+import dns from 'node:dns';
+import { BodyType, DsnNotify, DsnRet, Listener, SessionInfo, type Envelope as ProtoEnvelope, type EnvelopeRecipient } from '@tern/proto';
+import type { Envelope, SmtpSession } from '@tern/smtp';
+import { protocolName } from './headers';
+import { st } from './session-state';
+
+const LISTENERS: Record<string, Listener> = {
+  mx: Listener.LISTENER_MX,
+  submission: Listener.LISTENER_SUBMISSION,
+  submissions: Listener.LISTENER_SUBMISSIONS,
+};
+
+const NOTIFY: Record<string, DsnNotify> = {
+  NEVER: DsnNotify.DSN_NOTIFY_NEVER,
+  SUCCESS: DsnNotify.DSN_NOTIFY_SUCCESS,
+  FAILURE: DsnNotify.DSN_NOTIFY_FAILURE,
+  DELAY: DsnNotify.DSN_NOTIFY_DELAY,
+};
+
+/** The session as policy sees it (in every call ingress makes to policy). */
+export function sessionInfo(s: SmtpSession, hostname: string): SessionInfo {
+  return SessionInfo.fromPartial({
+    sessionId: s.id,
+    clientAddress: s.clientAddress,
+    clientPort: s.clientPort,
+    clientName: st(s).clientName ?? '',
+    heloName: s.heloName ?? '',
+    listener: LISTENERS[s.listener] ?? Listener.LISTENER_UNSPECIFIED,
+    tls: s.tls ? { used: true, version: s.tls.protocol, cipher: s.tls.cipher, verified: false } : undefined,
+    authUser: s.user ?? '',
+    serverName: hostname,
+  });
+}
+
+/** The Enqueue header's envelope: MAIL FROM and its parameters, the client, the protocol and the arrival time. */
+export function toProtoEnvelope(s: SmtpSession, e: Envelope, arrival: Date): ProtoEnvelope {
+  const p = e.mailFrom.params;
+  return {
+    sender: e.mailFrom.address,
+    envid: p.envid ?? '',
+    ret: p.ret === 'FULL' ? DsnRet.DSN_RET_FULL : p.ret === 'HDRS' ? DsnRet.DSN_RET_HDRS : DsnRet.DSN_RET_UNSPECIFIED,
+    smtputf8: p.smtputf8,
+    bodyType: p.body === '8BITMIME' ? BodyType.BODY_TYPE_8BITMIME : p.body === 'BINARYMIME' ? BodyType.BODY_TYPE_BINARYMIME : BodyType.BODY_TYPE_UNSPECIFIED,
+    requiretls: p.requiretls,
+    clientAddress: s.clientAddress,
+    clientName: st(s).clientName ?? '',
+    heloName: s.heloName ?? '',
+    authUser: s.user ?? '',
+    arrivalTime: arrival,
+    protocol: protocolName(s, e),
+    listener: LISTENERS[s.listener] ?? Listener.LISTENER_UNSPECIFIED,
+    declaredSize: p.size ?? 0,
+  };
+}
+
+/** The Enqueue header's recipients, with ORCPT as `type;decoded-address` and NOTIFY. */
+export function toProtoRecipients(e: Envelope): EnvelopeRecipient[] {
+  return e.rcptTo.map((r) => ({
+    address: r.address,
+    orcpt: r.params.orcpt ? `${r.params.orcpt.type};${r.params.orcpt.address}` : '',
+    notify: (r.params.notify ?? []).map((n) => NOTIFY[n]!),
+  }));
+}
+
+/** The client's name by PTR, when that name resolves back to the address; undefined otherwise. */
+export async function reverseName(ip: string, timeoutMs: number): Promise<string | undefined> {
+  const resolver = new dns.promises.Resolver({ timeout: timeoutMs, tries: 1 });
+  try {
+    const names = await resolver.reverse(ip);
+    const name = names[0];
+    if (!name) return undefined;
+    // Forward-confirmed only (Postfix's "unknown" otherwise).
+    const addrs = ip.includes(':') ? await resolver.resolve6(name) : await resolver.resolve4(name);
+    return addrs.includes(ip) ? name.replace(/\.$/, '') : undefined;
+  } catch {
+    return undefined;
+  } finally {
+    resolver.cancel();
+  }
+}
