@@ -8,7 +8,8 @@ import type { Telemetry } from '@tern/telemetry';
 import { policyClient, queueClient } from './clients';
 import type { Config } from './config';
 import { EnqueueBatcher } from './enqueue-batch';
-import { createHooks, DecisionCache, QueueStatusCache } from './hooks';
+import { createHooks, QueueStatusCache } from './hooks';
+import { DecisionCache } from './policy-check';
 import type { IngressMetrics } from './metrics';
 import { TlsContextManager } from './tls';
 

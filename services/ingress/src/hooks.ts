@@ -8,28 +8,24 @@ import type { Readable } from 'node:stream';
 import { grpc, isGrpcError } from '@tern/grpc';
 import {
   AuthenticateRequest,
-  CheckRequest,
   CheckStage,
   EnqueueCommit,
   EnqueueHeader,
   EnqueueRequest,
   MessageOrigin,
-  PolicyAction,
-  type CheckResponse,
   type EnqueueResponse,
   type EnqueueMessageParts,
-  type SmtpReply,
 } from '@tern/proto';
 import { isPositive, SmtpDataError, type Envelope, type Reply, type SmtpHooks, type SmtpSession } from '@tern/smtp';
 import { context, injectContext, trace, type Logger, type Tracer } from '@tern/telemetry';
 import { SpanKind } from '@opentelemetry/api';
-import { call, type PolicyClient, type QueueClient } from './clients';
+import { call, type QueueClient } from './clients';
 import { HeaderScanner, messageId, receivedHeader, rfc5322Date } from './headers';
 import { headerLines, MessageCheck, type MessageCheckSettings } from './messagecheck';
 import { commandHooks, type CommandSettings } from './commands';
 import type { EnqueueBatcher } from './enqueue-batch';
 import { reverseName, sessionInfo, toProtoEnvelope, toProtoRecipients } from './envelope';
-import type { IngressMetrics } from './metrics';
+import { checkPolicy, decisionReply, toReply, type PolicyCheckDeps } from './policy-check';
 import { IngressReplies } from './replies';
 import { ctxOf, endTx, st } from './session-state';
 
@@ -81,106 +77,18 @@ export class QueueStatusCache {
   }
 }
 
-/**
- * Accepts that policy marked reusable (CheckResponse.cache_ms): they depend
- * only on the request (minus session id and client port) and policy data, so
- * an identical request within cache_ms gets the same answer without a call.
- * Bounded: the oldest entries go first.
- */
-export class DecisionCache {
-  private readonly entries = new Map<string, { res: CheckResponse; until: number }>();
-  hits = 0;
-
-  constructor(private readonly max = 10_000) {}
-
-  /**
-   * Every field of the request but session.session_id and
-   * session.client_port, in one JSON array (a test fails when a field is
-   * added to CheckRequest or SessionInfo and not here). Encoding the
-   * request with protobuf for the key was ~3% of ingress' CPU: it is built
-   * at every stage of every session.
-   */
-  static key(req: CheckRequest): string {
-    const s = req.session;
-    const t = s?.tls;
-    return JSON.stringify([
-      req.stage,
-      s ? [s.clientAddress, s.clientName, s.heloName, s.listener, t ? [t.used, t.version, t.cipher, t.verified] : null, s.authUser, s.serverName] : null,
-      req.sender,
-      req.recipient,
-      req.recipients,
-      req.declaredSize,
-      req.smtputf8,
-    ]);
-  }
-
-  get(key: string, now = Date.now()): CheckResponse | undefined {
-    const e = this.entries.get(key);
-    if (!e) return undefined;
-    if (e.until <= now) {
-      this.entries.delete(key);
-      return undefined;
-    }
-    this.hits++;
-    return e.res;
-  }
-
-  set(key: string, res: CheckResponse, now = Date.now()): void {
-    if (!res.cacheMs || res.action !== PolicyAction.POLICY_ACTION_ACCEPT) return;
-    this.entries.delete(key);
-    this.entries.set(key, { res, until: now + res.cacheMs });
-    while (this.entries.size > this.max) this.entries.delete(this.entries.keys().next().value!);
-  }
-}
-
-export interface HooksDeps {
-  hostname: string;
-  logger: Logger;
+export interface HooksDeps extends PolicyCheckDeps {
   tracer: Tracer;
-  policy: PolicyClient;
   queue: QueueClient;
   queueStatus: QueueStatusCache;
-  metrics: IngressMetrics;
-  policyDeadlineMs: number;
   commitTimeoutMs: number;
   reverseDns: { timeoutMs: number } | undefined;
-  /** Reusable policy accepts; none when absent. */
-  decisions?: DecisionCache;
   /** End-of-data checks (policy CheckMessage); none when absent. */
   messageChecks?: MessageCheckSettings;
   /** VRFY, EXPN, ETRN; all answered by the engine's defaults when absent. */
   commands?: CommandSettings;
   /** Messages whose stored form is at most `bodyMax` bytes go whole through EnqueueBatch; none when absent. */
   enqueueBatch?: { batcher: EnqueueBatcher; bodyMax: number };
-}
-
-function toReply(r: SmtpReply | undefined): Reply | undefined {
-  if (!r || !r.code) return undefined;
-  return { code: r.code, enhanced: r.enhanced || undefined, text: r.text || 'Ok' } as Reply;
-}
-
-/** A policy decision as the reply to give (undefined = standard accept). */
-export function decisionReply(res: Pick<CheckResponse, 'action' | 'reply'>): { reply: Reply | undefined; hold: boolean } {
-  const given = toReply(res.reply);
-  switch (res.action) {
-    case PolicyAction.POLICY_ACTION_ACCEPT:
-      return { reply: given && isPositive(given) ? given : undefined, hold: false };
-    case PolicyAction.POLICY_ACTION_HOLD:
-      return { reply: given && isPositive(given) ? given : undefined, hold: true };
-    case PolicyAction.POLICY_ACTION_REJECT:
-      return {
-        reply: given && given.code >= 500 && given.code < 600 ? given : { code: 554, enhanced: '5.7.1', text: given?.text ?? 'Rejected by policy' },
-        hold: false,
-      };
-    case PolicyAction.POLICY_ACTION_DEFER:
-      return {
-        reply: given && given.code >= 400 && given.code < 500 ? given : { code: 450, enhanced: '4.7.1', text: given?.text ?? 'Try again later' },
-        hold: false,
-      };
-    default:
-      // An answer we cannot read is not an accept.
-      return { reply: IngressReplies.policyUnavailable, hold: false };
-  }
 }
 
 /**
@@ -195,32 +103,6 @@ function abortEnqueue(writer: grpc.ClientWritableStream<EnqueueRequest>): void {
 export function createHooks(deps: HooksDeps, submission: boolean): SmtpHooks {
   const { logger, tracer, policy, queue, metrics, hostname } = deps;
 
-  async function check(stage: CheckStage, stageName: string, s: SmtpSession, extra: Partial<CheckRequest>): Promise<{ reply: Reply | undefined; hold: boolean; res?: CheckResponse }> {
-    const req = CheckRequest.fromPartial({ stage, session: sessionInfo(s, hostname), ...extra });
-    const cache = deps.decisions;
-    const key = cache ? DecisionCache.key(req) : '';
-    try {
-      let res = cache?.get(key);
-      if (!res) {
-        res = await context.with(ctxOf(s), () => call(policy.check, policy, req, deps.policyDeadlineMs));
-        cache?.set(key, res);
-      }
-      const d = decisionReply(res);
-      metrics.decisions.add(1, { stage: stageName, result: d.reply && !isPositive(d.reply) ? String(d.reply.code)[0] + 'xx' : 'accept' });
-      if (d.reply && !isPositive(d.reply)) {
-        logger.info(
-          { event: 'smtp_reject', stage: stageName, session_id: s.id, client: s.clientAddress, reason: res.reason, reply: `${d.reply.code} ${d.reply.enhanced ?? ''}`, sender: extra.sender, recipient: extra.recipient },
-          `${stageName} refused by policy`,
-        );
-      }
-      return { ...d, res };
-    } catch (err) {
-      metrics.decisions.add(1, { stage: stageName, result: 'policy_error' });
-      logger.warn({ stage: stageName, session_id: s.id, err: (err as Error).message }, 'policy check failed; answering 451 4.3.0');
-      return { reply: IngressReplies.policyUnavailable, hold: false };
-    }
-  }
-
   const hooks: SmtpHooks = {
     async onConnect(s) {
       const span = tracer.startSpan('smtp.session', {
@@ -231,13 +113,13 @@ export function createHooks(deps: HooksDeps, submission: boolean): SmtpHooks {
       st(s).ctx = trace.setSpan(context.active(), span);
       metrics.sessions.add(1, { listener: s.listener });
       if (deps.reverseDns) st(s).clientName = await reverseName(s.clientAddress, deps.reverseDns.timeoutMs);
-      const d = await check(CheckStage.CHECK_STAGE_CONNECT, 'connect', s, {});
+      const d = await checkPolicy(deps, CheckStage.CHECK_STAGE_CONNECT, 'connect', s, {});
       if (d.hold) st(s).hold = true;
       return d.reply;
     },
 
     async onHelo(s, name) {
-      const d = await check(CheckStage.CHECK_STAGE_HELO, 'helo', s, {});
+      const d = await checkPolicy(deps, CheckStage.CHECK_STAGE_HELO, 'helo', s, {});
       void name;
       if (d.hold) st(s).hold = true;
       return d.reply;
@@ -249,7 +131,7 @@ export function createHooks(deps: HooksDeps, submission: boolean): SmtpHooks {
       const tx = tracer.startSpan('smtp.transaction', { attributes: { 'smtp.session_id': s.id, 'smtp.sender': from.address } }, state.ctx);
       state.tx = tx;
       state.txCtx = trace.setSpan(state.ctx ?? context.active(), tx);
-      const d = await check(CheckStage.CHECK_STAGE_MAIL, 'mail', s, {
+      const d = await checkPolicy(deps, CheckStage.CHECK_STAGE_MAIL, 'mail', s, {
         sender: from.address,
         declaredSize: from.params.size ?? 0,
         smtputf8: from.params.smtputf8,
@@ -263,7 +145,7 @@ export function createHooks(deps: HooksDeps, submission: boolean): SmtpHooks {
     },
 
     async onRcptTo(s, rcpt, envelope) {
-      const d = await check(CheckStage.CHECK_STAGE_RCPT, 'rcpt', s, {
+      const d = await checkPolicy(deps, CheckStage.CHECK_STAGE_RCPT, 'rcpt', s, {
         sender: envelope.mailFrom.address,
         recipient: rcpt.address,
         recipients: envelope.rcptTo.map((r) => r.address),

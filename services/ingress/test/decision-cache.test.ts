@@ -1,9 +1,9 @@
-// DecisionCache.key (services/ingress/src/hooks.ts): two requests share a
+// DecisionCache.key (services/ingress/src/policy-check.ts): two requests share a
 // key exactly when they differ at most in the session's id and client port.
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { CheckRequest, CheckResponse, CheckStage, Listener, PolicyAction, SessionInfo } from '@tern/proto';
-import { DecisionCache } from '../src/hooks';
+import { DecisionCache } from '../src/policy-check';
 
 const base = (): CheckRequest =>
   CheckRequest.fromPartial({
