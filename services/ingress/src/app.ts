@@ -8,9 +8,10 @@ import type { Telemetry } from '@tern/telemetry';
 import { policyClient, queueClient } from './clients';
 import type { Config } from './config';
 import { EnqueueBatcher } from './enqueue-batch';
-import { createHooks, QueueStatusCache } from './hooks';
-import { DecisionCache } from './policy-check';
+import { createHooks } from './hooks';
 import type { IngressMetrics } from './metrics';
+import { DecisionCache } from './policy-check';
+import { QueueStatusCache } from './queue-gate';
 import { TlsContextManager } from './tls';
 
 export interface AppDeps {

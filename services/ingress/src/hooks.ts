@@ -17,7 +17,7 @@ import {
   type EnqueueMessageParts,
 } from '@tern/proto';
 import { isPositive, SmtpDataError, type Envelope, type Reply, type SmtpHooks, type SmtpSession } from '@tern/smtp';
-import { context, injectContext, trace, type Logger, type Tracer } from '@tern/telemetry';
+import { context, injectContext, trace, type Tracer } from '@tern/telemetry';
 import { SpanKind } from '@opentelemetry/api';
 import { call, type QueueClient } from './clients';
 import { HeaderScanner, messageId, receivedHeader, rfc5322Date } from './headers';
@@ -25,6 +25,7 @@ import { headerLines, MessageCheck, type MessageCheckSettings } from './messagec
 import { commandHooks, type CommandSettings } from './commands';
 import type { EnqueueBatcher } from './enqueue-batch';
 import { reverseName, sessionInfo, toProtoEnvelope, toProtoRecipients } from './envelope';
+import { QueueStatusCache } from './queue-gate';
 import { checkPolicy, decisionReply, toReply, type PolicyCheckDeps } from './policy-check';
 import { IngressReplies } from './replies';
 import { ctxOf, endTx, st } from './session-state';
@@ -34,48 +35,6 @@ const EMPTY_BODY = Buffer.alloc(0);
 
 /** Body chunk size in Enqueue requests. */
 const CHUNK = 64 * 1024;
-
-/** QueueService.Status, shared by all sessions, refreshed at most every `ttlMs`. */
-export class QueueStatusCache {
-  private value: { accepting: boolean; reason: string; reachable: boolean; at: number } | undefined;
-  private inflight: Promise<void> | undefined;
-
-  constructor(
-    private readonly queue: QueueClient,
-    private readonly ttlMs: number,
-    private readonly deadlineMs: number,
-    private readonly logger: Logger,
-  ) {}
-
-  /** Last known reachability (for readiness). */
-  get reachable(): boolean {
-    return this.value?.reachable ?? true;
-  }
-
-  refresh(): Promise<void> {
-    this.inflight ??= call(this.queue.status, this.queue, {}, this.deadlineMs)
-      .then(
-        (res) => {
-          if (this.value && !this.value.accepting && res.accepting) this.logger.info('queue accepting again');
-          if (!res.accepting && (this.value?.accepting ?? true)) this.logger.warn({ reason: res.reason }, 'queue not accepting; answering 452 4.3.1');
-          this.value = { accepting: res.accepting, reason: res.reason, reachable: true, at: Date.now() };
-        },
-        (err: unknown) => {
-          if (this.value?.reachable ?? true) this.logger.warn({ err: (err as Error).message }, 'queue status unreachable; answering 451 4.3.0');
-          this.value = { accepting: false, reason: 'unreachable', reachable: false, at: Date.now() };
-        },
-      )
-      .finally(() => {
-        this.inflight = undefined;
-      });
-    return this.inflight;
-  }
-
-  async get(): Promise<{ accepting: boolean; reachable: boolean; reason: string }> {
-    if (!this.value || Date.now() - this.value.at > this.ttlMs) await this.refresh();
-    return this.value!;
-  }
-}
 
 export interface HooksDeps extends PolicyCheckDeps {
   tracer: Tracer;
@@ -181,10 +140,7 @@ export function createHooks(deps: HooksDeps, submission: boolean): SmtpHooks {
     },
 
     async onDataStart(s) {
-      const status = await context.with(ctxOf(s), () => deps.queueStatus.get());
-      if (!status.reachable) return IngressReplies.queueUnavailable;
-      if (!status.accepting) return IngressReplies.queueFull;
-      return undefined;
+      return context.with(ctxOf(s), () => deps.queueStatus.gate());
     },
 
     async onData(s, envelope, stream) {
