@@ -77,9 +77,15 @@ export async function startPrivatePostgres(opts: { logFile?: string } = {}): Pro
   const socketDir = path.join(root, 'sock');
   fs.mkdirSync(dataDir);
   fs.mkdirSync(socketDir);
-  const logFile = opts.logFile ?? path.join(root, 'postgres.log');
-  fs.mkdirSync(path.dirname(logFile), { recursive: true });
+  // The server writes its log inside its own directory (the postgres user
+  // may not reach a checkout under root's home); opts.logFile links to it.
+  const logFile = path.join(root, 'postgres.log');
   fs.writeFileSync(logFile, '');
+  if (opts.logFile) {
+    fs.mkdirSync(path.dirname(opts.logFile), { recursive: true });
+    fs.rmSync(opts.logFile, { force: true });
+    fs.symlinkSync(logFile, opts.logFile);
+  }
   if (ids) {
     for (const p of [root, dataDir, socketDir, logFile]) fs.chownSync(p, ids.uid, ids.gid);
   }
@@ -156,6 +162,11 @@ export async function startPrivatePostgres(opts: { logFile?: string } = {}): Pro
     },
     async close() {
       await stop('fast').catch(() => stop('immediate'));
+      if (opts.logFile) {
+        // The log outlives the server's directory, for the test's post-mortem.
+        fs.rmSync(opts.logFile, { force: true });
+        fs.copyFileSync(logFile, opts.logFile);
+      }
       fs.rmSync(root, { recursive: true, force: true });
     },
   };
