@@ -1,0 +1,351 @@
+// The submission of one message to the queue, from the 354 to the reply to
+// its end of data. A message that stays within the batch limit is held whole
+// and, at its end, handed to the EnqueueBatcher (enqueue-batch.ts); one that
+// outgrows it (every message, with batching off) opens a QueueService.Enqueue
+// stream: header, what was held, then body chunks as the client sends them.
+// Ingress adds Received (and, on submission listeners, a missing Message-ID
+// and Date) on top. Where the listener has end-of-data checks the body, as
+// sent, is teed to policy's CheckMessage and its verdict awaited before the
+// commit. Only the commit marker makes the queue store the message, and only
+// its queue id gives the 250 (I1); any failure before that is a 4xx.
+import { once } from 'node:events';
+import type { Readable } from 'node:stream';
+import { grpc, isGrpcError } from '@tern/grpc';
+import { EnqueueCommit, EnqueueHeader, EnqueueRequest, MessageOrigin, type EnqueueMessageParts, type EnqueueResponse } from '@tern/proto';
+import { isPositive, SmtpDataError, type Envelope, type Reply, type SmtpSession } from '@tern/smtp';
+import { injectContext, type Logger } from '@tern/telemetry';
+import type { PolicyClient, QueueClient } from './clients';
+import type { EnqueueBatcher } from './enqueue-batch';
+import { sessionInfo, toProtoEnvelope, toProtoRecipients } from './envelope';
+import { HeaderScanner, messageId, receivedHeader, rfc5322Date } from './headers';
+import { headerLines, MessageCheck, type MessageCheckSettings } from './messagecheck';
+import type { IngressMetrics } from './metrics';
+import { decisionReply } from './policy-check';
+import type { QueueStatusCache } from './queue-gate';
+import { IngressReplies } from './replies';
+import { endTx, st } from './session-state';
+
+/** The batch path's body field: the pieces travel in bodyParts. */
+const EMPTY_BODY = Buffer.alloc(0);
+
+/** Body chunk size in Enqueue requests. */
+const CHUNK = 64 * 1024;
+
+export interface MessageSubmissionDeps {
+  hostname: string;
+  logger: Logger;
+  policy: PolicyClient;
+  queue: QueueClient;
+  queueStatus: QueueStatusCache;
+  metrics: IngressMetrics;
+  commitTimeoutMs: number;
+  /** End-of-data checks (policy CheckMessage); none when absent. */
+  messageChecks?: MessageCheckSettings;
+  /** Messages whose stored form is at most `bodyMax` bytes go whole through EnqueueBatch; none when absent. */
+  enqueueBatch?: { batcher: EnqueueBatcher; bodyMax: number };
+}
+
+/**
+ * Abandons an Enqueue. The queue stores a message only after the explicit
+ * `commit` request, which an aborted submission never sends, so a cancel
+ * (which grpc-js may show the server as a plain end of stream) stores nothing.
+ */
+function abortEnqueue(writer: grpc.ClientWritableStream<EnqueueRequest>): void {
+  writer.cancel();
+}
+
+/**
+ * One message: made at the 354 (it opens the end-of-data check, if any),
+ * then `submit` reads the body and gives the reply to its end of data.
+ */
+export class MessageSubmission {
+  private readonly started: number;
+  private readonly arrival: Date;
+  private hold: boolean;
+  private readonly check: MessageCheck | undefined;
+  private readonly sizeLimit: number;
+  private readonly header: EnqueueHeader;
+  private readonly batchMax: number;
+  private held: Buffer[] = [];
+  private heldBytes = 0;
+  private settled = false;
+  private failure: Error | undefined;
+  private writer: grpc.ClientWritableStream<EnqueueRequest> | undefined;
+  private result: Promise<EnqueueResponse> | undefined;
+  /** Octets given to the queue (with the lines ingress adds). */
+  private sent = 0;
+  /** Octets the client sent. */
+  private size = 0;
+
+  constructor(
+    private readonly deps: MessageSubmissionDeps,
+    private readonly s: SmtpSession,
+    private readonly envelope: Envelope,
+    private readonly submission: boolean,
+  ) {
+    this.started = performance.now();
+    this.arrival = new Date();
+    this.hold = Boolean(st(s).hold || envelope.state.hold);
+    // The body as the client sent it also goes to policy's end-of-data
+    // checks, unless policy said at RCPT that for every recipient they would
+    // only compare the size (a trusted network, say): then ingress compares
+    // it with the smallest limit itself and spares streaming the body twice.
+    const checked = deps.messageChecks?.listeners.has(s.listener) ?? false;
+    const sizeOnly = checked && envelope.rcptTo.every((r) => r.state?.sizeOnly === true);
+    this.check =
+      checked && !sizeOnly
+        ? new MessageCheck(deps.policy, { session: sessionInfo(s, deps.hostname), sender: envelope.mailFrom.address, recipients: envelope.rcptTo.map((r) => r.address) })
+        : undefined;
+    this.sizeLimit = sizeOnly ? Math.min(...envelope.rcptTo.map((r) => Number(r.state?.maxSize) || Infinity)) : Infinity;
+    this.header = EnqueueHeader.fromPartial({
+      envelope: toProtoEnvelope(s, envelope, this.arrival),
+      recipients: toProtoRecipients(envelope),
+      origin: MessageOrigin.MESSAGE_ORIGIN_SMTP,
+      hold: this.hold,
+    });
+    // A message that stays small is held here whole and goes through
+    // EnqueueBatch at the end; one that outgrows `batchMax` opens an Enqueue
+    // stream (header, what was held, then the rest as it arrives).
+    this.batchMax = deps.enqueueBatch?.bodyMax ?? 0;
+  }
+
+  /** Reads the body to its end and submits it: the reply to the end of data. */
+  async submit(stream: Readable): Promise<Reply> {
+    const { s } = this;
+    try {
+      // Batching off: the stream opens at once, as the body starts.
+      if (!this.batchMax) await this.openStream();
+      await this.readBody(stream);
+      if (this.failure) throw this.failure;
+      let prepend: Buffer | undefined;
+      if (this.size > this.sizeLimit) return this.refuseOverSize();
+      if (this.check) {
+        const verdict = await this.endOfDataCheck(this.check);
+        if (verdict.refusal) {
+          if (this.writer) abortEnqueue(this.writer);
+          endTx(s, `end of data refused: ${verdict.refusal.code}`);
+          return verdict.refusal;
+        }
+        prepend = verdict.prepend;
+        this.hold = this.hold || verdict.hold;
+      }
+      if (this.failure) throw this.failure;
+      return this.queued(await this.commit(prepend));
+    } catch (err) {
+      return this.failed(err);
+    }
+  }
+
+  /** The body, Received and the submission headers on top, to the queue (held or streamed) and to the end-of-data check. */
+  private async readBody(stream: Readable): Promise<void> {
+    const { s, envelope, check } = this;
+    const { hostname } = this.deps;
+    const received = receivedHeader({ session: s, envelope, hostname, clientName: st(s).clientName, date: this.arrival });
+    let prefix: Buffer | undefined = Buffer.from(received, 'utf8');
+    const scanner = this.submission ? new HeaderScanner() : undefined;
+    const submissionHeaders = (): Buffer => {
+      let extra = '';
+      if (!scanner!.hasMessageId) extra += `Message-ID: ${messageId(s, envelope, hostname)}\r\n`;
+      if (!scanner!.hasDate) extra += `Date: ${rfc5322Date(this.arrival)}\r\n`;
+      return Buffer.from(extra, 'latin1');
+    };
+    for await (const piece of stream) {
+      let chunk = piece as Buffer;
+      this.size += chunk.length;
+      const teed = check?.write(chunk);
+      if (scanner && !scanner.done) {
+        if (!scanner.push(chunk)) {
+          if (teed) await teed;
+          continue;
+        }
+        chunk = Buffer.concat([submissionHeaders(), scanner.take()]);
+      }
+      if (prefix) {
+        // Its own piece: joined to the first chunk it copied that chunk (up to 64 KiB).
+        await this.writeBody(prefix);
+        prefix = undefined;
+      }
+      await this.writeBody(chunk);
+      if (teed) await teed;
+    }
+    if (scanner && !scanner.done) {
+      scanner.finish();
+      await this.writeBody(Buffer.concat([prefix ?? Buffer.alloc(0), submissionHeaders(), scanner.take()]));
+      prefix = undefined;
+    }
+    if (prefix) await this.writeBody(prefix);
+  }
+
+  /** Holds `buf` while the message fits the batch limit; otherwise streams it (opening the stream the first time). */
+  private async writeBody(buf: Buffer): Promise<void> {
+    this.sent += buf.length;
+    if (!this.writer && this.heldBytes + buf.length <= this.batchMax) {
+      this.held.push(buf);
+      this.heldBytes += buf.length;
+      return;
+    }
+    if (!this.writer) await this.openStream();
+    await this.streamBody(buf);
+  }
+
+  /** Opens the Enqueue stream and sends the header and what was held. */
+  private async openStream(): Promise<void> {
+    this.result = new Promise<EnqueueResponse>((resolve, reject) => {
+      // No deadline on the stream itself: the client's pace is bounded by the
+      // engine's data timeout, the commit by commitTimeoutMs (commit).
+      this.writer = this.deps.queue.enqueue(new grpc.Metadata(), { deadline: Infinity }, (err, res) => {
+        this.settled = true;
+        if (err) {
+          this.failure = err;
+          reject(err);
+        } else resolve(res);
+      });
+    });
+    this.result.catch(() => undefined);
+    this.writer!.on('error', () => undefined);
+    await this.write(EnqueueRequest.fromPartial({ header: this.header }));
+    const pieces = this.held;
+    this.held = [];
+    this.heldBytes = 0;
+    for (const p of pieces) await this.streamBody(p);
+  }
+
+  private async streamBody(buf: Buffer): Promise<void> {
+    for (let i = 0; i < buf.length; i += CHUNK) await this.write(EnqueueRequest.fromPartial({ chunk: buf.subarray(i, i + CHUNK) }));
+  }
+
+  /** One request on the Enqueue stream, waiting while the stream is full. */
+  private async write(req: EnqueueRequest): Promise<void> {
+    if (this.failure) throw this.failure;
+    if (!this.writer!.write(req)) {
+      await Promise.race([once(this.writer!, 'drain'), this.result]);
+    }
+  }
+
+  /** Over the smallest size limit of the recipients (checks that would only compare sizes): 552, nothing stored. */
+  private refuseOverSize(): Reply {
+    const { s } = this;
+    const { logger, metrics } = this.deps;
+    if (this.writer) abortEnqueue(this.writer);
+    metrics.decisions.add(1, { stage: 'data', result: '5xx' });
+    metrics.messages.add(1, { listener: s.listener, result: 'policy_5xx' });
+    logger.info({ event: 'smtp_reject', stage: 'data', session_id: s.id, client: s.clientAddress, reason: 'message_too_large', reply: '552 5.3.4' }, 'message over the recipients\' size limit; nothing stored');
+    endTx(s, 'end of data refused: 552');
+    return { code: 552, enhanced: '5.3.4', text: 'Message size exceeds fixed limit' };
+  }
+
+  /**
+   * The CheckMessage verdict: a refusal to give (REJECT 5xx, DEFER 4xx, no
+   * verdict 451 4.3.0: never an accept), or the header lines to store on top
+   * and whether to hold.
+   */
+  private async endOfDataCheck(check: MessageCheck): Promise<{ refusal?: Reply; prepend?: Buffer; hold: boolean }> {
+    const { s } = this;
+    const { logger, metrics } = this.deps;
+    let res;
+    try {
+      res = await check.result(this.deps.messageChecks!.timeoutMs);
+    } catch (err) {
+      check.cancel();
+      metrics.decisions.add(1, { stage: 'data', result: 'policy_error' });
+      metrics.messages.add(1, { listener: s.listener, result: 'policy_error' });
+      const detail = isGrpcError(err) ? `${grpc.status[err.code]}: ${err.details}` : (err as Error).message;
+      logger.warn({ stage: 'data', session_id: s.id, err: detail }, 'CheckMessage failed; answering 451 4.3.0, nothing stored');
+      return { refusal: IngressReplies.policyUnavailable, hold: false };
+    }
+    const d = decisionReply(res);
+    const refused = d.reply && !isPositive(d.reply);
+    metrics.decisions.add(1, { stage: 'data', result: refused ? String(d.reply!.code)[0] + 'xx' : 'accept' });
+    if (refused) {
+      metrics.messages.add(1, { listener: s.listener, result: `policy_${String(d.reply!.code)[0]}xx` });
+      logger.info(
+        { event: 'smtp_reject', stage: 'data', session_id: s.id, client: s.clientAddress, reason: res.reason, reply: `${d.reply!.code} ${d.reply!.enhanced ?? ''}` },
+        'message refused by policy at end of data; nothing stored',
+      );
+      return { refusal: d.reply, hold: false };
+    }
+    const lines = res.addHeaders.length ? headerLines(res.addHeaders) : undefined;
+    return { prepend: lines?.length ? lines : undefined, hold: d.hold };
+  }
+
+  /** Sends the commit marker (streamed) or the whole message (batched); the queue's answer, within commitTimeoutMs. */
+  private async commit(prepend: Buffer | undefined): Promise<EnqueueResponse> {
+    const { commitTimeoutMs } = this.deps;
+    // The commit marker: only now may the queue store the message.
+    const commit = EnqueueCommit.fromPartial({ size: this.sent, prepend, hold: this.hold });
+    let committed: Promise<EnqueueResponse>;
+    if (this.writer) {
+      await this.write(EnqueueRequest.fromPartial({ commit }));
+      this.writer.end();
+      committed = this.result!;
+    } else {
+      // The pieces as they arrived: the request's encoding joins them, once.
+      const message: EnqueueMessageParts = { header: this.header, body: EMPTY_BODY, bodyParts: this.held, commit, trace: injectContext() };
+      committed = this.deps.enqueueBatch!.batcher.add(message).then((o) => {
+        this.settled = true;
+        if (o.errorCode) throw new Error(`EnqueueBatch refused the message: ${grpc.status[o.errorCode] ?? o.errorCode}: ${o.error}`);
+        return { queueId: o.queueId, size: o.size };
+      });
+      committed.catch(() => undefined);
+    }
+    let timer: NodeJS.Timeout | undefined;
+    return Promise.race([
+      committed,
+      new Promise<never>((_r, reject) => {
+        timer = setTimeout(() => reject(new Error(`queue did not commit within ${commitTimeoutMs} ms`)), commitTimeoutMs);
+      }),
+    ]).finally(() => clearTimeout(timer));
+  }
+
+  /** Stored: counted, logged with the queue id, and 250. */
+  private queued(res: EnqueueResponse): Reply {
+    const { s, envelope, size } = this;
+    const { logger, metrics } = this.deps;
+    const seconds = (performance.now() - this.started) / 1000;
+    metrics.enqueueSeconds.record(seconds, { listener: s.listener });
+    metrics.messages.add(1, { listener: s.listener, result: 'queued' });
+    metrics.bytes.add(size, { listener: s.listener });
+    const tx = st(s).tx;
+    tx?.setAttribute('tern.queue_id', res.queueId);
+    tx?.setAttribute('smtp.size', size);
+    tx?.setAttribute('smtp.recipients', envelope.rcptTo.length);
+    logger.info(
+      {
+        event: 'smtp_queued',
+        queue_id: res.queueId,
+        session_id: s.id,
+        listener: s.listener,
+        client: s.clientAddress,
+        sender: envelope.mailFrom.address,
+        recipients: envelope.rcptTo.length,
+        size,
+        hold: this.hold,
+        ms: Math.round(seconds * 1000),
+      },
+      `queued as ${res.queueId}`,
+    );
+    endTx(s);
+    return { code: 250, enhanced: '2.0.0', text: `Ok: queued as ${res.queueId}` };
+  }
+
+  /** Not stored: the engine's refusal of the data (bare CR/LF, size, ...) or, for any other failure, 451 4.3.0. */
+  private failed(err: unknown): Reply {
+    const { s } = this;
+    const { logger, metrics } = this.deps;
+    if (this.writer && !this.settled) abortEnqueue(this.writer);
+    this.check?.cancel();
+    if (err instanceof SmtpDataError) {
+      metrics.messages.add(1, { listener: s.listener, result: err.violation });
+      endTx(s, `data refused: ${err.violation}`);
+      logger.info({ event: 'smtp_data_refused', session_id: s.id, client: s.clientAddress, violation: err.violation }, 'message data refused');
+      return err.reply;
+    }
+    metrics.messages.add(1, { listener: s.listener, result: 'enqueue_error' });
+    const detail = isGrpcError(err) ? `${grpc.status[err.code]}: ${err.details}` : (err as Error).message;
+    endTx(s, `enqueue failed: ${detail}`);
+    logger.warn({ event: 'smtp_enqueue_failed', session_id: s.id, client: s.clientAddress, err: detail }, 'enqueue failed; answering 451 4.3.0');
+    // Make the next DATA re-check the queue.
+    void this.deps.queueStatus.refresh();
+    return IngressReplies.enqueueFailed;
+  }
+}
