@@ -307,12 +307,42 @@ export interface ClientOptions {
   tls?: TlsFiles;
 }
 
+/**
+ * Calls sent again, to another replica, when the one that had them goes
+ * away (UNAVAILABLE: a pod draining in a rolling upgrade, or gone): reads,
+ * and policy's verdicts (a repeated Check at most counts a client twice
+ * toward a rate limit). Never Enqueue or anything that writes: a retry
+ * could store a message twice.
+ */
+export const RETRIED_METHODS: readonly { service: string; method: string }[] = [
+  { service: 'tern.v1.PolicyService', method: 'Check' },
+  { service: 'tern.v1.PolicyService', method: 'Authenticate' },
+  { service: 'tern.v1.PolicyService', method: 'LookupRecipient' },
+  { service: 'tern.v1.QueueService', method: 'Status' },
+];
+
+export const CLIENT_SERVICE_CONFIG = {
+  // Spread calls over every address the target resolves to (a headless
+  // Service in Kubernetes lists each replica), not just the first.
+  loadBalancingConfig: [{ round_robin: {} }],
+  methodConfig: [
+    {
+      name: RETRIED_METHODS,
+      retryPolicy: { maxAttempts: 3, initialBackoff: '0.05s', maxBackoff: '0.5s', backoffMultiplier: 2, retryableStatusCodes: ['UNAVAILABLE'] },
+    },
+  ],
+};
+
 export function createClient<C>(Ctor: ClientCtor<C>, target: string, opts: ClientOptions): C {
   return new Ctor(target, channelCredentials(opts.tls), {
     interceptors: [clientInterceptor(opts.deadlineMs)],
-    // Spread calls over every address the target resolves to (a headless
-    // Service in Kubernetes lists each replica), not just the first.
-    'grpc.service_config': JSON.stringify({ loadBalancingConfig: [{ round_robin: {} }] }),
+    'grpc.service_config': JSON.stringify(CLIENT_SERVICE_CONFIG),
+    // A replica gone (its connection failed) makes the channel resolve the
+    // name again; grpc-js waits 30 s between resolutions by default, long
+    // enough after one pod replacement for the next one to leave the
+    // channel with no known live replica (seen in a drain: every ingress
+    // pod unready at once).
+    'grpc.dns_min_time_between_resolutions_ms': 1_000,
     'grpc.keepalive_time_ms': 30_000,
     'grpc.keepalive_timeout_ms': 10_000,
     'grpc.max_receive_message_length': 8 * 1024 * 1024,

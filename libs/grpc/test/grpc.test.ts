@@ -2,13 +2,14 @@
 // deadlines, trace context across the call, round_robin over replicas, and a
 // shutdown that lets a running call finish.
 import http2 from 'node:http2';
+import net from 'node:net';
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { context, trace } from '@opentelemetry/api';
 import pino from 'pino';
 import { service as healthService } from 'grpc-health-check';
 import { createTelemetry } from '@tern/telemetry';
-import { GrpcServer, HTTP2_WINDOW_BYTES, createClient, grpc, unary } from '../src/index';
+import { GrpcServer, HTTP2_WINDOW_BYTES, RETRIED_METHODS, createClient, grpc, unary } from '../src/index';
 
 const telemetry = createTelemetry({ service: 'grpc-test', logLevel: 'silent' });
 const logger = pino({ level: 'silent' });
@@ -205,4 +206,66 @@ test('the server advertises HTTP2_WINDOW_BYTES for each stream and opens the con
   } finally {
     client.close();
   }
+});
+
+test('a call listed in RETRIED_METHODS that is cut by a replica going away is sent to another one; other calls are not sent twice', async () => {
+  // Two replicas; once both are connected, `leaving` stops answering and is
+  // shut down with calls in flight (a pod killed or cut off mid-call).
+  const statusPath = `/${RETRIED_METHODS.find((m) => m.method === 'Status')!.service}/Status`;
+  const definition = (path: string): grpc.ServiceDefinition => ({ call: { ...echoDefinition.echo!, path } });
+  type GenericClient = grpc.Client & {
+    call(req: Buffer, md: grpc.Metadata, opts: Partial<grpc.CallOptions>, cb: (err: grpc.ServiceError | null, res: Buffer) => void): void;
+  };
+  const scenario = async (path: string) => {
+    const seen = { leaving: 0, staying: 0 };
+    let hang = false;
+    const replica = async (name: 'leaving' | 'staying') => {
+      const server = new GrpcServer({ logger, tracer: telemetry.tracer });
+      server.add('generic', definition(path), {
+        call(_call: grpc.ServerUnaryCall<Buffer, Buffer>, cb: grpc.sendUnaryData<Buffer>) {
+          seen[name]++;
+          if (!(hang && name === 'leaving')) cb(null, Buffer.from(name));
+        },
+      });
+      await server.listen('127.0.0.1', 0);
+      server.serve();
+      servers.push(server);
+      return server;
+    };
+    const [leaving, staying] = [await replica('leaving'), await replica('staying')];
+    // `leaving` is reached through a relay whose connections are cut as a
+    // dead pod's are (the client sees the connection drop, not a reply).
+    const sockets = new Set<net.Socket>();
+    const relay = net.createServer((inbound) => {
+      const outbound = net.connect(leaving.port, '127.0.0.1');
+      for (const [a, b] of [[inbound, outbound], [outbound, inbound]] as const) {
+        sockets.add(a);
+        a.pipe(b);
+        a.on('error', () => b.destroy());
+        a.on('close', () => b.destroy());
+      }
+    });
+    await new Promise<void>((r) => relay.listen(0, '127.0.0.1', r));
+    const relayPort = (relay.address() as net.AddressInfo).port;
+    const Ctor = grpc.makeGenericClientConstructor(definition(path), 'Generic') as unknown as new (...a: ConstructorParameters<typeof EchoClientCtor>) => GenericClient;
+    const client = createClient(Ctor, `ipv4:127.0.0.1:${relayPort},127.0.0.1:${staying.port}`, { deadlineMs: 5_000 });
+    const one = () => new Promise<string>((resolve) => client.call(Buffer.alloc(0), new grpc.Metadata(), {}, (err, res) => resolve(err ? `error ${err.code}` : res.toString())));
+    // Until both replicas are connected, round_robin has only one to pick.
+    for (let i = 0; i < 50 && seen.leaving === 0; i++) await one();
+    hang = true;
+    const before = seen.leaving;
+    const results = Promise.all(Array.from({ length: 20 }, one));
+    while (seen.leaving === before) await new Promise((r) => setTimeout(r, 5));
+    relay.close();
+    for (const socket of sockets) socket.destroy();
+    const out = await results;
+    client.close();
+    await Promise.all([leaving.shutdown(100), staying.shutdown(100)]);
+    return out;
+  };
+
+  const retried = await scenario(statusPath);
+  assert.deepEqual(new Set(retried), new Set(['staying']), `every Status call is answered, by the replica that stayed: ${retried.join(', ')}`);
+  const once = await scenario('/test.Echo/Write');
+  assert.ok(once.some((r) => r.startsWith('error')), `a method not listed is not sent again: ${once.join(', ')}`);
 });

@@ -25,8 +25,15 @@ export class QueueStatusCache {
     return this.value?.reachable ?? true;
   }
 
+  /**
+   * One refresh asks twice before calling the queue unreachable: the first
+   * call can meet a replica that is gone without a word (a killed pod; the
+   * deadline runs out), the second goes to another one.
+   */
   refresh(): Promise<void> {
-    this.inflight ??= call(this.queue.status, this.queue, {}, this.deadlineMs)
+    const ask = () => call(this.queue.status, this.queue, {}, this.deadlineMs);
+    this.inflight ??= ask()
+      .catch(ask)
       .then(
         (res) => {
           if (this.value && !this.value.accepting && res.accepting) this.logger.info('queue accepting again');
