@@ -12,7 +12,7 @@ import { GrpcServer } from '@tern/grpc';
 import { QueueServiceBodyService } from '@tern/proto';
 import type { Telemetry } from '@tern/telemetry';
 import type { Config } from './config';
-import type { DestinationLimits } from './dispatch';
+import type { DestinationLimits } from './destination';
 import { Scheduler } from './dispatch';
 import { Enqueuer } from './enqueue';
 import { countPending, Housekeeping } from './housekeeping';

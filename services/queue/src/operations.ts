@@ -28,8 +28,7 @@ import {
 } from '@tern/proto';
 import type { Logger } from '@tern/telemetry';
 import { tx } from './db';
-import type { DestinationLimits } from './dispatch';
-import { burstOf } from './dispatch';
+import { burstOf, type DestinationLimits } from './destination';
 import { idFloor, isQueueId } from './ids';
 import { RCPT_COLS, toRecipientStatus } from './messages';
 import { PENDING_SQL, S } from './model';
