@@ -101,6 +101,18 @@ async function* readBody(deps: WorkerDeps, queueId: string): AsyncGenerator<Buff
   }
 }
 
+const NON_ASCII = /[\u0080-\u{10ffff}]/u;
+
+/**
+ * Does the message need SMTPUTF8 (RFC 6531 3.2): UTF-8 in the sender, a
+ * recipient of this job, or the header section? (ORCPT and ENVID travel as
+ * xtext, which is ASCII; UTF-8 in the body is a matter of 8BITMIME.)
+ */
+async function needsSmtputf8(job: DeliveryJob, source: () => AsyncIterable<Buffer>): Promise<boolean> {
+  if (NON_ASCII.test(job.envelope?.sender ?? '') || job.recipients.some((r) => NON_ASCII.test(r.address))) return true;
+  return NON_ASCII.test(await readHeaderSection(source()));
+}
+
 /** Where one job goes: hosts in order, how to speak to them, what TLS they must give. */
 interface Plan {
   hops: NextHop[];
@@ -180,6 +192,8 @@ export async function deliver(deps: WorkerDeps, job: DeliveryJob): Promise<Deliv
   const env = job.envelope;
   const ret = env?.ret === DsnRet.DSN_RET_FULL ? 'FULL' : env?.ret === DsnRet.DSN_RET_HDRS ? 'HDRS' : '';
   const bodyType = env?.bodyType === BodyType.BODY_TYPE_8BITMIME ? '8BITMIME' : env?.bodyType === BodyType.BODY_TYPE_BINARYMIME ? 'BINARYMIME' : '7BIT';
+  // Asked at most once, and only of a next hop without SMTPUTF8.
+  let utf8Needed: Promise<boolean> | undefined;
   let lastFailure: SessionError | undefined;
   let tlsFailures = 0;
   let failures = 0;
@@ -256,9 +270,23 @@ export async function deliver(deps: WorkerDeps, job: DeliveryJob): Promise<Deliv
             deps.pool.release(client, opts, true);
             return { ...all(syntheticReply(554, '5.6.3', `${hop.name} does not support BINARYMIME (with CHUNKING), which this message needs; conversion is not supported`)), ...remote };
           }
-          if (env?.smtputf8 && !client.extensions.has('SMTPUTF8')) {
-            deps.pool.release(client, opts, true);
-            return { ...all(syntheticReply(553, '5.6.7', `${hop.name} does not support SMTPUTF8, which this message needs`)), ...remote };
+          // RFC 6531 3.2: a message sent with SMTPUTF8 needs it at the next
+          // hop only when its envelope or header section really has UTF-8;
+          // otherwise it goes without the parameter (what Postfix does
+          // unless strict_smtputf8).
+          const smtputf8 = !!env?.smtputf8 && client.extensions.has('SMTPUTF8');
+          if (env?.smtputf8 && !smtputf8) {
+            let needed: boolean;
+            try {
+              needed = await (utf8Needed ??= needsSmtputf8(job, source));
+            } catch (err) {
+              deps.pool.release(client, opts, true);
+              throw err; // BodyUnavailableError: the job is tried again later
+            }
+            if (needed) {
+              deps.pool.release(client, opts, true);
+              return { ...all(syntheticReply(553, '5.6.7', `${hop.name} does not support SMTPUTF8, which this message needs (UTF-8 in its envelope or header section)`)), ...remote };
+            }
           }
           let tx: TransactionResult;
           try {
@@ -267,7 +295,7 @@ export async function deliver(deps: WorkerDeps, job: DeliveryJob): Promise<Deliv
               recipients: job.recipients.map((r) => ({ address: r.address, orcpt: r.orcpt, notify: r.notify.map((n) => NOTIFY_WORD[n]).filter((w): w is string => !!w) })),
               size,
               bodyType,
-              smtputf8: !!env?.smtputf8,
+              smtputf8,
               requiretls: p.requiretls,
               ret,
               envid: env?.envid ?? '',
