@@ -4,8 +4,9 @@
 // (jobs in flight under a concurrency limit, a token bucket for the rate),
 // taking slots (the group commit, a dispatch), giving them back with
 // concurrency feedback (a result batch, an expired lease), a dead
-// destination's suspension and its probe, and the lock order (name order)
-// that every statement locking several rows keeps. The scheduler
+// destination's suspension and its probe, an operator's suspend and resume,
+// the recount of jobs in flight (housekeeping), and the lock order (name
+// order) that every statement locking several rows keeps. The scheduler
 // (dispatch.ts) and the result applier (results.ts) compose these into their
 // statements; Postfix's qmgr likewise keeps its per-destination queue and
 // its feedback (qmgr_queue.c, qmgr_feedback.c) apart from the scheduler.
@@ -47,6 +48,45 @@ export async function ensureDestinations(c: PoolClient, names: string[], l: Dest
     `INSERT INTO destinations (name, concurrency_limit, tokens)
      SELECT n, $2, $3 FROM unnest($1::text[]) AS t(n) ORDER BY n ON CONFLICT (name) DO NOTHING`,
     [names, l.initialConcurrency, burstOf(l)],
+  );
+}
+
+/** An operator's suspension: no dispatch to the destination until resumed (its row is made if missing). */
+export async function suspendDestination(c: PoolClient, name: string, l: DestinationLimits, reason: string, operator: string): Promise<void> {
+  await c.query(
+    `INSERT INTO destinations (name, concurrency_limit, tokens, suspended, suspended_reason, suspended_by) VALUES ($1, $2, $3, true, $4, $5)
+         ON CONFLICT (name) DO UPDATE SET suspended = true, suspended_reason = $4, suspended_by = $5, updated_at = now()`,
+    [name, l.initialConcurrency, burstOf(l), reason, operator],
+  );
+}
+
+/** An operator's resume: not suspended, not dead, its failures forgotten, its limit at least the initial one. */
+export async function resumeDestination(c: PoolClient, name: string, l: DestinationLimits): Promise<void> {
+  await c.query(
+    `UPDATE destinations SET suspended = false, suspended_reason = '', suspended_by = '', dead_until = NULL, failures = 0,
+            concurrency_limit = GREATEST(concurrency_limit, $2), updated_at = now() WHERE name = $1`,
+    [name, l.initialConcurrency],
+  );
+}
+
+/**
+ * Recounts inflight jobs per destination from the inflight recipients (a
+ * safety net: every transition keeps the counter, this repairs drift). The
+ * rows are locked first, in name order as every writer does, and counted
+ * in a second statement (a snapshot taken after the locks), so the count
+ * is consistent; a row another transaction holds is left for the next run.
+ */
+export async function recountInflight(c: PoolClient): Promise<void> {
+  const { rows } = await c.query<{ name: string }>(
+    `SELECT name FROM destinations
+         WHERE inflight <> 0 OR name IN (SELECT DISTINCT domain FROM recipients WHERE state = ${S.inflight})
+         ORDER BY name FOR UPDATE SKIP LOCKED`,
+  );
+  if (!rows.length) return;
+  await c.query(
+    `UPDATE destinations x SET inflight = (SELECT count(DISTINCT job_id) FROM recipients r WHERE r.domain = x.name AND r.state = ${S.inflight})
+         WHERE x.name = ANY($1::text[])`,
+    [rows.map((r) => r.name)],
   );
 }
 

@@ -7,6 +7,7 @@ import { pg, type Pool } from '@tern/db';
 import { ReportKind } from '@tern/proto';
 import type { Logger } from '@tern/telemetry';
 import { tx } from './db';
+import { recountInflight } from './destination';
 import { S, PENDING_SQL } from './model';
 import { insertOutbox } from './outbox';
 import { buildReports, type ReportSubject } from './reports';
@@ -248,26 +249,9 @@ export class Housekeeping {
     return total;
   }
 
-  /**
-   * Recounts inflight jobs per destination (a safety net: every transition
-   * keeps the counter, this repairs drift). The destination row is locked
-   * first, as every writer does, so the count is consistent.
-   */
+  /** Recounts inflight jobs per destination (a safety net: every transition keeps the counter, this repairs drift). */
   async reconcile(): Promise<void> {
-    await tx(this.o.pool, async (c) => {
-      // Lock first, count in a second statement (a snapshot taken after the locks).
-      const { rows } = await c.query<{ name: string }>(
-        `SELECT name FROM destinations
-         WHERE inflight <> 0 OR name IN (SELECT DISTINCT domain FROM recipients WHERE state = ${S.inflight})
-         ORDER BY name FOR UPDATE SKIP LOCKED`,
-      );
-      if (!rows.length) return;
-      await c.query(
-        `UPDATE destinations x SET inflight = (SELECT count(DISTINCT job_id) FROM recipients r WHERE r.domain = x.name AND r.state = ${S.inflight})
-         WHERE x.name = ANY($1::text[])`,
-        [rows.map((r) => r.name)],
-      );
-    });
+    await tx(this.o.pool, recountInflight);
   }
 }
 

@@ -28,7 +28,7 @@ import {
 } from '@tern/proto';
 import type { Logger } from '@tern/telemetry';
 import { tx } from './db';
-import { burstOf, type DestinationLimits } from './destination';
+import { resumeDestination, suspendDestination, type DestinationLimits } from './destination';
 import { idFloor, isQueueId } from './ids';
 import { RCPT_COLS, toRecipientStatus } from './messages';
 import { PENDING_SQL, S } from './model';
@@ -265,11 +265,7 @@ export class Operations {
     const name = normaliseDestination(req.destination);
     if (!req.operator.trim()) throw grpcError(grpc.status.INVALID_ARGUMENT, 'operator: required');
     await tx(this.o.pool, async (c) => {
-      await c.query(
-        `INSERT INTO destinations (name, concurrency_limit, tokens, suspended, suspended_reason, suspended_by) VALUES ($1, $2, $3, true, $4, $5)
-         ON CONFLICT (name) DO UPDATE SET suspended = true, suspended_reason = $4, suspended_by = $5, updated_at = now()`,
-        [name, this.o.limits.initialConcurrency, burstOf(this.o.limits), req.reason.trim(), req.operator.trim()],
-      );
+      await suspendDestination(c, name, this.o.limits, req.reason.trim(), req.operator.trim());
       await c.query(`INSERT INTO operator_events (subject, operator, action, reason) VALUES ($1, $2, 'suspend', $3)`, [name, req.operator.trim(), req.reason.trim()]);
     });
     this.o.logger.info({ destination: name, operator: req.operator, reason: req.reason }, 'destination suspended');
@@ -280,11 +276,7 @@ export class Operations {
     const name = normaliseDestination(req.destination);
     if (!req.operator.trim()) throw grpcError(grpc.status.INVALID_ARGUMENT, 'operator: required');
     await tx(this.o.pool, async (c) => {
-      await c.query(
-        `UPDATE destinations SET suspended = false, suspended_reason = '', suspended_by = '', dead_until = NULL, failures = 0,
-            concurrency_limit = GREATEST(concurrency_limit, $2), updated_at = now() WHERE name = $1`,
-        [name, this.o.limits.initialConcurrency],
-      );
+      await resumeDestination(c, name, this.o.limits);
       await c.query(`INSERT INTO operator_events (subject, operator, action) VALUES ($1, $2, 'resume')`, [name, req.operator.trim()]);
     });
     this.o.logger.info({ destination: name, operator: req.operator }, 'destination resumed');
