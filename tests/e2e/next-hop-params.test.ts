@@ -102,3 +102,27 @@ test('SMTPUTF8 is passed on to a next hop that offers it', async () => {
   assert.equal(msg!.mailParams.SMTPUTF8, true);
   assert.deepEqual(msg!.rcptTo, ['j\u00f6rg@modern.test']);
 });
+
+test('ORCPT reaches a next hop without SMTPUTF8 as xtext of its UTF-8 bytes, a utf-8 ORCPT as utf-8-addr-xtext (RFC 6533)', async () => {
+  legacyMx.reset();
+  await sendRaw(
+    'MAIL FROM:<alice@sender.test> ENVID=env+2Bid+3D1',
+    ['RCPT TO:<erin@legacy.test> NOTIFY=FAILURE ORCPT=rfc822;j+C3+BCrgen+E2+82+AC@legacy.test', 'RCPT TO:<fred@legacy.test> ORCPT=utf-8;j\\x{FC}rgen\\x{1F600}@legacy.test'],
+    'From: alice@sender.test\r\nTo: erin@legacy.test, fred@legacy.test\r\nSubject: orcpt\r\n\r\nHello.\r\n',
+  );
+  const [msg] = await legacyMx.waitForMessages(1, 20_000);
+  assert.equal(msg!.mailParams.ENVID, 'env+2Bid+3D1');
+  assert.equal(msg!.mailParams.SMTPUTF8, undefined);
+  const byRcpt = Object.fromEntries(msg!.rcptTo.map((r, i) => [r, msg!.rcptParams[i]!]));
+  assert.equal(byRcpt['erin@legacy.test']!.ORCPT, 'rfc822;j+C3+BCrgen+E2+82+AC@legacy.test', 'xtext of the UTF-8 bytes, as the client sent it');
+  assert.equal(byRcpt['erin@legacy.test']!.NOTIFY, 'FAILURE');
+  assert.equal(byRcpt['fred@legacy.test']!.ORCPT, 'utf-8;j\\x{FC}rgen\\x{1F600}@legacy.test', 'utf-8-addr-xtext: ASCII only, without SMTPUTF8');
+});
+
+test('a utf-8 ORCPT reaches a next hop in an SMTPUTF8 transaction as utf-8-addr-unitext (RFC 6533)', async () => {
+  modernMx.reset();
+  await sendRaw('MAIL FROM:<alice@sender.test> SMTPUTF8', ['RCPT TO:<gina@modern.test> ORCPT=utf-8;j\\x{FC}rgen\\x{2B}x\\x{1F600}@modern.test'], 'From: alice@sender.test\r\nTo: gina@modern.test\r\nSubject: orcpt utf-8\r\n\r\nHello.\r\n');
+  const [msg] = await modernMx.waitForMessages(1, 20_000);
+  assert.equal(msg!.mailParams.SMTPUTF8, true);
+  assert.equal(msg!.rcptParams[0]!.ORCPT, 'utf-8;j\u00fcrgen\\x{2B}x\u{1F600}@modern.test', 'UTF-8 as is; "+" still escaped');
+});

@@ -23,5 +23,5 @@ export {
   type ReturnMode,
   type ReturnPolicy,
 } from './report';
-export { isPrintableAscii, utf8AddrEncode, xtextDecode, xtextEncode } from './xtext';
+export { isPrintableAscii, orcptParam, utf8AddrEncode, xtextDecode, xtextEncode } from './xtext';
 export { rfc5322Date } from './format';

@@ -1,5 +1,7 @@
 // xtext (RFC 3461 section 4) and the RFC 6533 utf-8 address forms, for the
-// ENVID and ORCPT values that travel from the SMTP envelope into a report.
+// ENVID and ORCPT values that travel from the SMTP envelope into a report or
+// on to the next hop (delivery's MAIL and RCPT parameters). The one encoder
+// of them in Tern.
 
 /** Encodes a value as xtext: "+" "=" controls, space and non-ASCII become "+XX" (UTF-8 bytes). */
 export function xtextEncode(value: string): string {
@@ -50,4 +52,19 @@ export function utf8AddrEncode(value: string, unicode: boolean): string {
     else out += `\\x{${cp.toString(16).toUpperCase()}}`;
   }
   return out;
+}
+
+/**
+ * An ORCPT as stored ("type;decoded-address") as the value of the ORCPT
+ * parameter to a next hop: a utf-8 address (RFC 6533 3) as
+ * utf-8-addr-unitext in a transaction that uses SMTPUTF8, else as
+ * utf-8-addr-xtext (ASCII only); any other type as xtext of the address'
+ * UTF-8 bytes (RFC 3461 4). Undefined for a value without a type.
+ */
+export function orcptParam(orcpt: string, smtputf8: boolean): string | undefined {
+  const semi = orcpt.indexOf(';');
+  if (semi <= 0 || semi === orcpt.length - 1) return undefined;
+  const type = orcpt.slice(0, semi);
+  const address = orcpt.slice(semi + 1);
+  return type.toLowerCase() === 'utf-8' ? `${type};${utf8AddrEncode(address, smtputf8)}` : `${type};${xtextEncode(address)}`;
 }

@@ -11,6 +11,7 @@ import {
   buildReport,
   NoReportError,
   openOriginal,
+  orcptParam,
   recipientsOwedReport,
   reportOwed,
   reportToBuffer,
@@ -480,6 +481,16 @@ test('ENVID and ORCPT round trip through xtext', async () => {
   assert.throws(() => xtextDecode('a+2'), /invalid xtext/);
   assert.throws(() => xtextDecode('a=b'), /invalid xtext/);
   assert.equal(xtextDecode(xtextEncode('ü +=\u0001')), 'ü +=\u0001');
+});
+
+test('a non-ASCII ORCPT as the ORCPT parameter to a next hop: xtext of UTF-8 bytes, RFC 6533 utf-8 forms', () => {
+  // rfc822: every byte of the UTF-8 form escaped (never a UTF-16 code unit such as "+FC" or "+20AC").
+  assert.equal(orcptParam('rfc822;j\u00fcrgen\u20ac@example.org', false), 'rfc822;j+C3+BCrgen+E2+82+AC@example.org');
+  assert.equal(xtextDecode(orcptParam('rfc822;j\u00fcrgen\u20ac@example.org', true)!.slice('rfc822;'.length)), 'j\u00fcrgen\u20ac@example.org');
+  // utf-8 (RFC 6533 3): utf-8-addr-xtext without SMTPUTF8, utf-8-addr-unitext with it; "+", "=" and "\\" always escaped.
+  assert.equal(orcptParam('utf-8;j\u00fcrgen+x\u{1F600}@example.org', false), 'utf-8;j\\x{FC}rgen\\x{2B}x\\x{1F600}@example.org');
+  assert.equal(orcptParam('utf-8;j\u00fcrgen+x\u{1F600}@example.org', true), 'utf-8;j\u00fcrgen\\x{2B}x\u{1F600}@example.org');
+  assert.equal(orcptParam('no-type', false), undefined);
 });
 
 test('the original is streamed: the report starts before the source is read, and a large body never sits in memory', async () => {

@@ -35,7 +35,6 @@ export {
 } from './address';
 export {
   decodeXtext,
-  encodeXtext,
   parseMailParams,
   parseRcptParams,
   type BodyType,

@@ -63,16 +63,6 @@ export function decodeXtext(s: string): string | undefined {
   return bytes.toString('utf8');
 }
 
-/** Encodes a string as xtext. */
-export function encodeXtext(s: string): string {
-  let out = '';
-  for (const byte of Buffer.from(s, 'utf8')) {
-    if (byte >= 33 && byte <= 126 && byte !== 0x2b && byte !== 0x3d) out += String.fromCharCode(byte);
-    else out += `+${byte.toString(16).toUpperCase().padStart(2, '0')}`;
-  }
-  return out;
-}
-
 /** Decodes utf-8-addr-unitext (RFC 6533): UTF-8 plus "\x{HEX}" escapes. */
 function decodeUnitext(s: string): string | undefined {
   // eslint-disable-next-line no-control-regex

@@ -4,7 +4,6 @@ import {
   BodyDecoder,
   decodeXtext,
   detectRoutingTrick,
-  encodeXtext,
   formatReply,
   parseAddress,
   parseMailParams,
@@ -143,7 +142,7 @@ test('MAIL and RCPT parameters', () => {
   assert.equal(decodeXtext('a+3Db'), 'a=b');
   assert.equal(decodeXtext('a+3db'), undefined, 'hex must be upper case');
   assert.equal(decodeXtext('a=b'), undefined);
-  assert.equal(decodeXtext(encodeXtext('x=y+z é')), 'x=y+z é');
+  assert.equal(decodeXtext('x+3Dy+2Bz+20+C3+A9'), 'x=y+z é', 'escapes are UTF-8 bytes');
 });
 
 test('reply formatting', () => {

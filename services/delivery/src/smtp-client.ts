@@ -5,6 +5,7 @@
 // connections are reused.
 import net from 'node:net';
 import tls from 'node:tls';
+import { orcptParam, xtextEncode } from '@tern/dsn';
 import type { SmtpReply, TlsInfo } from '@tern/proto';
 import { daneVerify, type Tlsa } from './dane';
 
@@ -410,11 +411,12 @@ export class SmtpClient {
     if (req.smtputf8) mailLine += ' SMTPUTF8';
     if (req.requiretls) mailLine += ' REQUIRETLS';
     if (dsn && req.ret) mailLine += ` RET=${req.ret}`;
-    if (dsn && req.envid) mailLine += ` ENVID=${xtext(req.envid)}`;
+    if (dsn && req.envid) mailLine += ` ENVID=${xtextEncode(req.envid)}`;
     const rcptLines = req.recipients.map((r) => {
       let line = `RCPT TO:<${r.address}>`;
       if (dsn && r.notify.length) line += ` NOTIFY=${r.notify.join(',')}`;
-      if (dsn && r.orcpt) line += ` ORCPT=${r.orcpt.replace(/^([^;]+);(.*)$/, (_m, t: string, a: string) => `${t};${xtext(a)}`)}`;
+      const orcpt = dsn && r.orcpt ? orcptParam(r.orcpt, req.smtputf8) : undefined;
+      if (orcpt) line += ` ORCPT=${orcpt}`;
       return line;
     });
 
@@ -631,11 +633,6 @@ function certCovers(cert: tls.PeerCertificate, name: string): boolean {
     return certNames.some((c) => c.toLowerCase() === name.toLowerCase() || nameMatches(name, c));
   }
   return certNames.some((c) => nameMatches(c, name));
-}
-
-/** RFC 3461 xtext. */
-function xtext(s: string): string {
-  return s.replace(/[^!-*,-<>-~]/g, (c) => `+${c.charCodeAt(0).toString(16).toUpperCase().padStart(2, '0')}`);
 }
 
 const CR = 13;
