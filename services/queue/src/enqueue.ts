@@ -12,7 +12,7 @@ import type { Counter, Histogram } from './metrics';
 import { Batcher } from '@tern/runtime';
 import { intArrayLiteral, isLockTimeout, packBytes, q, tx } from './db';
 import { ensureDestinations, reserveSlots, takeFreeSlotsSql, type DestinationLimits } from './destination';
-import { buildJobs, type BuiltJob, type JobRcpt } from './dispatch';
+import { buildJobs, type BuiltJob, type JobRcpt } from './jobs';
 import type { BodyCache } from './body-cache';
 import { newId } from './ids';
 import { destinationOf, S } from './model';
