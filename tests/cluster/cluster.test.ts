@@ -12,6 +12,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { SmtpSink } from '@tern/devkit';
 import { adminCli, clusterEnv, Kube, metricSum, podReady, scrape, sleep, SmtpLoad, summarize, waitDelivered, type Pod } from './kube';
+import { FlowRecorder, judge, type NetworkPolicy } from './netpol';
 
 const env = clusterEnv();
 const kube = new Kube(env);
@@ -35,6 +36,8 @@ const TEST_VALUES = [
 
 let sink: SmtpSink;
 let smtpIp: string;
+/** Every connection made during the stories, for the NetworkPolicy check at the end. */
+const flows = new FlowRecorder(kube);
 
 /**
  * The stories build on each other (one release): after one fails, the next
@@ -85,9 +88,11 @@ describe('Tern on a real Kubernetes cluster', { concurrency: 1 }, () => {
     const existing = await kube.kubectlRaw(['-n', ns, 'get', 'deployments', '-l', `app.kubernetes.io/instance=${release}`, '-o', 'name']);
     assert.equal(existing.stdout.trim(), '', `the cluster has a release already: start from \`npm run cluster -- up --no-release\`, which removes it`);
     sink = await new SmtpSink({ host: env.HOST_ADDR, port: Number(env.SINK_PORT), hostname: 'mx.sink.test' }).start();
+    await flows.start();
   });
 
   after(async () => {
+    await flows.stop();
     await sink?.close();
   });
 
@@ -237,5 +242,37 @@ describe('Tern on a real Kubernetes cluster', { concurrency: 1 }, () => {
     assert.match(drain.stdout + drain.stderr, /disruption budget/i, 'drain was refused by a PodDisruptionBudget');
     assert.deepEqual(lows, [], 'no Deployment went below its budget during the drain');
     await waitPodsReady(replicas, 180_000);
+  });
+  story('NetworkPolicies: every connection the platform made in these stories is one its policies admit', async () => {
+    await flows.stop();
+    const policies = (await kube.json<{ items: NetworkPolicy[] }>('get', 'networkpolicies', '-A')).items;
+    assert.equal(policies.filter((p) => p.metadata.namespace === ns).length, COMPONENTS.length, 'one NetworkPolicy per service');
+    const nsList = await kube.json<{ items: { metadata: { name: string; labels?: Record<string, string> } }[] }>('get', 'namespaces');
+    const namespaces = new Map(nsList.items.map((n) => [n.metadata.name, n.metadata.labels ?? {}]));
+    const opts = { namespace: ns, nodeAddresses: [env.HOST_ADDR, '198.19.255.1'], clientPorts: [2525, 2587, 2465] };
+    const verdicts = judge(flows.flows.values(), flows.pods, namespaces, policies, opts);
+
+    // What the platform must have done, so that the check is not vacuous.
+    const seen = (what: RegExp) => verdicts.some((v) => what.test(`${v.from} -> ${v.to}`));
+    for (const expected of [
+      /tern\/tern-ingress-\S+ -> tern\/tern-policy-\S+:7002\/tcp/,
+      /tern\/tern-ingress-\S+ -> tern\/tern-queue-\S+:7003\/tcp/,
+      /tern\/tern-queue-\S+ -> 198\.18\.0\.1:5433\/tcp/,
+      /tern\/tern-queue-\S+ -> nats\/nats-0:4222\/tcp/,
+      /tern\/tern-delivery-\S+ -> 198\.18\.0\.1:\d+\/tcp/,
+      /tern\/tern-\w+-\S+ -> kube-system\/coredns-\S+:53\/udp/,
+      /198\.18\.0\.1 -> tern\/tern-ingress-\S+:2525\/tcp/,
+    ]) {
+      assert.ok(seen(expected), `a connection ${expected} was made: ${verdicts.map((v) => `${v.from} -> ${v.to}`).slice(0, 40).join('; ')}`);
+    }
+    // And the judge refuses what the policies do not admit.
+    const delivery = [...flows.pods.entries()].find(([, p]) => p.namespace === ns && p.labels['app.kubernetes.io/component'] === 'delivery')!;
+    const policy = [...flows.pods.entries()].find(([, p]) => p.namespace === ns && p.labels['app.kubernetes.io/component'] === 'policy')!;
+    const probe = judge([{ proto: 'tcp', src: delivery[0], dst: policy[0], dport: 7002 }], flows.pods, namespaces, policies, opts);
+    assert.ok(probe[0]?.refused, 'delivery may not call policy (nothing of delivery needs it)');
+
+    const refused = verdicts.filter((v) => v.refused).map((v) => `${v.from} -> ${v.to}: ${v.refused}`);
+    process.stdout.write(`# NetworkPolicies: ${verdicts.length} distinct connections judged, ${refused.length} refused\n`);
+    assert.deepEqual([...new Set(refused)], [], 'every connection the platform made is admitted by the NetworkPolicies');
   });
 });
