@@ -1,26 +1,7 @@
-// Entry point: the only place that reads process.env and installs signal handlers.
-import { loadOrExit } from '@tern/config';
-import { runService } from '@tern/runtime';
-import { createTelemetry } from '@tern/telemetry';
+// Entry point: libs/runtime's defineService reads the environment (and only
+// it), sets up telemetry and runs the app until SIGTERM.
+import { defineService } from '@tern/runtime';
 import { createApp } from './app';
 import { loadConfig } from './config';
 
-const config = loadOrExit('ingress', () => loadConfig(process.env));
-const telemetry = createTelemetry({
-  service: 'ingress',
-  logLevel: config.TERN_LOG_LEVEL,
-  otlpEndpoint: config.OTEL_EXPORTER_OTLP_ENDPOINT,
-  serviceNameOverride: process.env.OTEL_SERVICE_NAME,
-});
-
-runService({
-  service: 'ingress',
-  logger: telemetry.logger,
-  graceMs: config.TERN_SHUTDOWN_GRACE_MS,
-  async start() {
-    const app = createApp(config, { telemetry });
-    await app.start();
-    return app;
-  },
-  flush: () => telemetry.shutdown(),
-});
+defineService({ name: 'ingress', loadConfig, createApp });
