@@ -4,9 +4,11 @@
 #  1. values.schema.json and the README values table are up to date with their
 #     generators (tests/chart/tools/values-schema.mjs, values-doc.mjs);
 #  2. `helm lint --strict` with the default values and with each
-#     charts/tern/ci/*-values.yaml (production-like, and the other branches);
-#  3. `helm template` of each, for every Kubernetes version in
-#     TERN_KUBE_VERSIONS (the newest release and the oldest the chart supports);
+#     charts/tern/ci/*-values.yaml (production-like, and the other branches),
+#  3. and `helm template` of each, for every Kubernetes version in
+#     TERN_KUBE_VERSIONS (default: the newest release and the oldest the
+#     chart supports, from tests/chart/kube-versions.json), always passed as
+#     --kube-version: the version built into the helm binary decides nothing;
 #  4. every rendered object validated by kubeconform against strict JSON
 #     Schemas of that Kubernetes release: unknown fields, wrong types, missing
 #     required fields and kinds the release does not serve all fail.
@@ -31,7 +33,6 @@ cd "$(dirname "$0")/.."
 ROOT="$PWD"
 BIN="$ROOT/.tern/bin"
 CHART="charts/tern"
-KUBE_VERSIONS="${TERN_KUBE_VERSIONS:-1.37.2 1.30.14}"
 KUBECONFORM_VERSION=v0.8.0
 PROMETHEUS_OPERATOR_VERSION=v0.85.0
 KEDA_VERSION=v2.21.0
@@ -39,6 +40,7 @@ CERT_MANAGER_VERSION=v1.21.2
 
 NODE="$ROOT/node_modules/.bin/node"
 [[ -x "$NODE" ]] || NODE="$(command -v node)"
+KUBE_VERSIONS="${TERN_KUBE_VERSIONS:-$("$NODE" -p 'const v = require("./tests/chart/kube-versions.json"); `${v.newest} ${v.oldest}`')}"
 HELM="$BIN/helm"
 if [[ ! -x "$HELM" ]]; then
   echo "chart-check: $HELM is missing; run: bash scripts/install-helm.sh" >&2
@@ -74,9 +76,11 @@ value_sets=("")
 for f in "$CHART"/ci/*-values.yaml; do value_sets+=("$f"); done
 
 echo "chart-check: helm lint --strict"
-for f in "${value_sets[@]}"; do
-  "$HELM" lint --strict "$CHART" ${f:+-f "$f"} --quiet >"$OUT/lint.log" 2>&1 || { cat "$OUT/lint.log" >&2; echo "chart-check: helm lint failed with ${f:-default values}" >&2; exit 1; }
-  echo "  ok: ${f:-default values}"
+for kv in $KUBE_VERSIONS; do
+  for f in "${value_sets[@]}"; do
+    "$HELM" lint --strict "$CHART" --kube-version "$kv" ${f:+-f "$f"} --quiet >"$OUT/lint.log" 2>&1 || { cat "$OUT/lint.log" >&2; echo "chart-check: helm lint failed for Kubernetes $kv with ${f:-default values}" >&2; exit 1; }
+    echo "  ok: Kubernetes $kv, ${f:-default values}"
+  done
 done
 
 echo "chart-check: CRD specifications"

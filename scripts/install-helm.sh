@@ -4,8 +4,13 @@
 #
 # - Fast and idempotent: when .tern/bin/helm already answers with the pinned
 #   version, it does nothing.
-# - A helm v3 already on PATH is reused (linked into .tern/bin), unless
-#   TERN_HELM_BUILD=1 asks for the pinned build.
+# - A helm v3 already on PATH is reused (linked into .tern/bin) if it renders
+#   charts/tern as it is (`helm template`, no --kube-version): a helm built
+#   without its version flags assumes Kubernetes v1.20, which the chart's
+#   kubeVersion refuses, and is passed over. TERN_HELM_BUILD=1 always asks for
+#   the pinned build.
+# - The Go toolchain is `go` on PATH, else /usr/local/go/bin/go; TERN_GO names
+#   another (empty: none).
 # - Otherwise Helm is built from source with the Go toolchain through the Go
 #   module proxy (`go install helm.sh/helm/v3/cmd/helm@$HELM_VERSION`): no
 #   release tarball is downloaded, so this works where only package registries
@@ -34,15 +39,24 @@ fi
 if [[ "${TERN_HELM_BUILD:-0}" != 1 ]]; then
   existing="$(PATH="${PATH//$BIN:/}" command -v helm || true)"
   if [[ -n "$existing" && "$existing" != "$BIN/helm" ]] && "$existing" version --short 2>/dev/null | grep -q '^v3\.'; then
-    ln -sf "$existing" "$BIN/helm"
-    echo "install-helm: using $existing ($("$existing" version --short)) via $BIN/helm"
-    # No stamp: a later run checks PATH again (cheap) instead of trusting a stale link.
-    exit 0
+    if why="$("$existing" template tern charts/tern --namespace mail 2>&1 >/dev/null)"; then
+      ln -sf "$existing" "$BIN/helm"
+      echo "install-helm: using $existing ($("$existing" version --short)) via $BIN/helm"
+      # No stamp: a later run checks PATH again (cheap) instead of trusting a stale link.
+      exit 0
+    fi
+    echo "install-helm: not using $existing ($("$existing" version --short)): it cannot render charts/tern ($(echo "$why" | grep -m1 -i error || echo "$why" | head -n1)); building the pinned helm $HELM_VERSION instead"
   fi
 fi
+# A link to a helm from PATH made by an earlier run is replaced by the build.
+[[ -L "$BIN/helm" ]] && rm -f "$BIN/helm"
 
-GO="$(command -v go || true)"
-[[ -z "$GO" && -x /usr/local/go/bin/go ]] && GO=/usr/local/go/bin/go
+if [[ -n "${TERN_GO+set}" ]]; then
+  GO="$TERN_GO"
+else
+  GO="$(command -v go || true)"
+  [[ -z "$GO" && -x /usr/local/go/bin/go ]] && GO=/usr/local/go/bin/go
+fi
 if [[ -z "$GO" ]]; then
   echo "install-helm: helm is missing and there is no Go toolchain to build it; install Go (https://go.dev/dl) or put a Helm 3 binary on PATH, then run this again" >&2
   exit 1

@@ -1,6 +1,9 @@
 // Renders charts/tern with `helm template` and parses the objects, for the
-// chart tests. Helm comes from .tern/bin (scripts/install-helm.sh) or PATH;
-// without it every test fails and says how to install it.
+// chart tests. Helm comes from TERN_HELM, .tern/bin (scripts/install-helm.sh) or PATH;
+// without it every test fails and says how to install it. Every render names
+// its Kubernetes version (`--kube-version`, the newest in kube-versions.json
+// unless a test asks for another): a helm's built-in default (v1.20 for one
+// built without its version flags) must not decide what the tests see.
 import { execFileSync, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -11,6 +14,8 @@ export const ROOT = path.resolve(__dirname, '../..');
 export const CHART = path.join(ROOT, 'charts/tern');
 export const RELEASE = 'tern';
 export const NAMESPACE = 'mail';
+/** The oldest and newest Kubernetes releases the chart is rendered for ("1.27.16"). */
+export const KUBE_VERSIONS = JSON.parse(fs.readFileSync(path.join(__dirname, 'kube-versions.json'), 'utf8')) as { oldest: string; newest: string };
 
 export interface Meta {
   name: string;
@@ -129,6 +134,7 @@ export const PORTS: Record<ServiceName, { grpc: number; metrics: number }> = {
 let helmPath: string | undefined;
 export function helm(): string {
   if (helmPath) return helmPath;
+  if (process.env.TERN_HELM) return (helmPath = process.env.TERN_HELM);
   const local = path.join(ROOT, '.tern/bin/helm');
   if (fs.existsSync(local)) return (helmPath = local);
   const which = spawnSync('sh', ['-c', 'command -v helm'], { encoding: 'utf8' });
@@ -149,13 +155,19 @@ function valuesArgs(values: object | undefined, files: string[]): { args: string
 
 export interface RenderOptions {
   files?: string[];
+  /** `--kube-version`; default KUBE_VERSIONS.newest. */
+  kubeVersion?: string;
+}
+
+function templateArgs(args: string[], opts: RenderOptions): string[] {
+  return ['template', RELEASE, CHART, '--namespace', NAMESPACE, '--kube-version', opts.kubeVersion ?? KUBE_VERSIONS.newest, ...args];
 }
 
 /** `helm template` with the given values; throws with helm's message on failure. */
 export function render(values?: object, opts: RenderOptions = {}): K8sObject[] {
   const { args, cleanup } = valuesArgs(values, opts.files ?? []);
   try {
-    const out = execFileSync(helm(), ['template', RELEASE, CHART, '--namespace', NAMESPACE, ...args], {
+    const out = execFileSync(helm(), templateArgs(args, opts), {
       encoding: 'utf8',
       maxBuffer: 64 * 1024 * 1024,
       stdio: ['ignore', 'pipe', 'pipe'],
@@ -172,7 +184,7 @@ export function render(values?: object, opts: RenderOptions = {}): K8sObject[] {
 export function renderError(values: object, opts: RenderOptions = {}): string {
   const { args, cleanup } = valuesArgs(values, opts.files ?? []);
   try {
-    const r = spawnSync(helm(), ['template', RELEASE, CHART, '--namespace', NAMESPACE, ...args], { encoding: 'utf8' });
+    const r = spawnSync(helm(), templateArgs(args, opts), { encoding: 'utf8' });
     if (r.error) throw r.error;
     if (r.status === 0) throw new Error(`helm template succeeded, but these values should have been refused: ${JSON.stringify(values)}`);
     return r.stderr;
