@@ -7,7 +7,7 @@ import { AsyncLocalStorageContextManager } from '@opentelemetry/context-async-ho
 import { W3CTraceContextPropagator } from '@opentelemetry/core';
 import { resourceFromAttributes } from '@opentelemetry/resources';
 import { AlwaysOffSampler, BatchSpanProcessor, RandomIdGenerator, TracerProvider, type SpanProcessor } from '@opentelemetry/sdk-trace';
-import { MeterProvider } from '@opentelemetry/sdk-metrics';
+import { AggregationType, InstrumentType, MeterProvider } from '@opentelemetry/sdk-metrics';
 import { OTLPTraceExporter } from '@opentelemetry/exporter-trace-otlp-http';
 import { PrometheusExporter } from '@opentelemetry/exporter-prometheus';
 import pino, { type Logger } from 'pino';
@@ -36,6 +36,9 @@ export interface Telemetry {
 
 let installed = false;
 
+/** Bucket bounds of every histogram in seconds: from half a millisecond (a cached policy check) to five minutes (a slow delivery). */
+export const SECONDS_BUCKETS: readonly number[] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300];
+
 export function createTelemetry(opts: TelemetryOptions): Telemetry {
   const serviceName = opts.serviceNameOverride ?? `tern-${opts.service}`;
   const resource = resourceFromAttributes({
@@ -60,7 +63,20 @@ export function createTelemetry(opts: TelemetryOptions): Telemetry {
   // The exporter serves nothing itself: /metrics is routed by our own server,
   // next to the health endpoints.
   const prometheus = new PrometheusExporter({ preventServerStart: true });
-  const meterProvider = new MeterProvider({ resource, readers: [prometheus] });
+  const meterProvider = new MeterProvider({
+    resource,
+    readers: [prometheus],
+    // Durations are recorded in seconds (unit "s"); the SDK's default bounds
+    // (0, 5, 10, ... 10000) are for milliseconds and put every observation
+    // in the first bucket.
+    views: [
+      {
+        instrumentType: InstrumentType.HISTOGRAM,
+        instrumentUnit: 's',
+        aggregation: { type: AggregationType.EXPLICIT_BUCKET_HISTOGRAM, options: { boundaries: [...SECONDS_BUCKETS] } },
+      },
+    ],
+  });
 
   if (!installed) {
     // Globals: one provider per process. Tests that create several telemetry
