@@ -2,7 +2,7 @@
 // built into the helm binary. A helm built without its version flags assumes
 // Kubernetes v1.20, which the chart's kubeVersion refuses: install-helm must
 // not adopt such a helm from PATH, and the chart tests name their version.
-import { test } from 'node:test';
+import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
@@ -11,6 +11,11 @@ import path from 'node:path';
 import { parse } from 'yaml';
 import { CHART, helm, KUBE_VERSIONS, render, renderError, ROOT } from './render';
 
+const scratch: string[] = [];
+after(() => {
+  for (const dir of scratch) fs.rmSync(dir, { recursive: true, force: true });
+});
+
 /**
  * A directory with `helm`: the real one, but (when `builtIn` is given)
  * assuming that Kubernetes version whenever `--kube-version` is not passed,
@@ -18,6 +23,7 @@ import { CHART, helm, KUBE_VERSIONS, render, renderError, ROOT } from './render'
  */
 function fakeHelm(builtIn?: string): string {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tern-fake-helm-'));
+  scratch.push(dir);
   const script = builtIn
     ? `#!/usr/bin/env bash
 case "$1" in
@@ -35,6 +41,7 @@ exec ${JSON.stringify(helm())} "$@"
 /** scripts/install-helm.sh run in a copy of the repository's relevant parts, with `pathDir` first on PATH and no Go toolchain. */
 function installHelmIn(pathDir: string): { code: number | null; out: string; bin: string } {
   const root = fs.mkdtempSync(path.join(os.tmpdir(), 'tern-install-helm-'));
+  scratch.push(root);
   fs.mkdirSync(path.join(root, 'scripts'));
   fs.copyFileSync(path.join(ROOT, 'scripts/install-helm.sh'), path.join(root, 'scripts/install-helm.sh'));
   fs.cpSync(CHART, path.join(root, 'charts/tern'), { recursive: true });
