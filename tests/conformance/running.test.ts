@@ -210,8 +210,10 @@ test('limits: recipients (452 4.5.3), message size (552 5.3.4), errors (421 4.7.
   for (let i = 0; i < LIMITS.perClient; i++) open.push(await session('127.0.0.5'));
   // The gauge the chart's autoscaler can use counts them.
   const metrics = await (await fetch(`http://${platform.services.ingress.metricsAddr}/metrics`)).text();
-  const active = /^tern_ingress_active_sessions\{[^}]*listener="smtp"[^}]*\} (\d+)/m.exec(metrics);
-  assert.ok(active, `tern_ingress_active_sessions{listener="smtp"} is exported:\n${metrics.split('\n').filter((l) => l.includes('session')).join('\n')}`);
+  // Every ingress metric names the MX listener alike ("mx", as in tern_ingress_sessions_total).
+  const active = /^tern_ingress_active_sessions\{[^}]*listener="mx"[^}]*\} (\d+)/m.exec(metrics);
+  assert.ok(active, `tern_ingress_active_sessions{listener="mx"} is exported:\n${metrics.split('\n').filter((l) => l.includes('session')).join('\n')}`);
+  assert.match(metrics, /^tern_ingress_sessions_total\{[^}]*listener="mx"[^}]*\} \d+/m, 'sessions_total names the same listener');
   assert.ok(Number(active[1]) >= LIMITS.perClient, `active sessions ${active[1]}`);
   const over = await RawClient.connect(platform.smtpPort, platform.smtpHost, '127.0.0.5');
   assert.match((await over.read()).raw, /^421 4\.7\.0 .*too many connections from 127\.0\.0\.5/);

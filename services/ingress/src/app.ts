@@ -88,8 +88,8 @@ export function createApp(config: Config, deps: AppDeps): App {
     limiter,
     logger,
   };
-  const servers: Record<'smtp' | 'submission' | 'submissions', SmtpServer | undefined> = {
-    smtp: undefined,
+  const servers: Record<'mx' | 'submission' | 'submissions', SmtpServer | undefined> = {
+    mx: undefined,
     submission: undefined,
     submissions: undefined,
   };
@@ -101,7 +101,7 @@ export function createApp(config: Config, deps: AppDeps): App {
       for (const [listener, server] of Object.entries(servers)) if (server) result.observe(server.sessionCount, { listener });
     });
   if (config.TERN_SMTP_LISTEN) {
-    servers.smtp = new SmtpServer(
+    servers.mx = new SmtpServer(
       {
         ...common,
         name: 'mx',
@@ -166,7 +166,7 @@ export function createApp(config: Config, deps: AppDeps): App {
       statusTimer = setInterval(() => void queueStatus.refresh(), config.TERN_QUEUE_STATUS_CACHE_MS);
       statusTimer.unref();
       for (const [name, server] of Object.entries(servers)) {
-        if (server) ports[name as 'smtp'] = await server.listen();
+        if (server) ports[name === 'mx' ? 'smtp' : (name as 'submission' | 'submissions')] = await server.listen();
       }
       grpcServer.serve();
       logger.info(
