@@ -6,7 +6,7 @@
 // acknowledged only after COMMIT.
 import { SUBJECTS, type Bus, type BusMessage, type Consumption } from '@tern/bus';
 import type { Pool, PoolClient } from '@tern/db';
-import { AttemptOutcome, DeliveryResult, DeliveryResults, DsnNotify, ReportKind, type SmtpReply } from '@tern/proto';
+import { AttemptOutcome, DeliveryResult, DeliveryResults, ReportKind } from '@tern/proto';
 import type { Logger } from '@tern/telemetry';
 import type { Counter } from './metrics';
 import { Batcher } from '@tern/runtime';
@@ -15,9 +15,10 @@ import { q, tx } from './db';
 import { ctesFirstSql, dueAtSql, feedbackByDestination, lockDestinationsSql, releaseSetSql, type DestinationLimits, type JobEnd } from './destination';
 import { dispatchDue } from './dispatch';
 import { parseRecipientId } from './ids';
-import { backoffMs, S, statusOf, PENDING_SQL, type BackoffSettings } from './model';
+import { S, PENDING_SQL, type BackoffSettings } from './model';
 import { insertOutbox, type OutboxRow, type StoredOutboxRow } from './outbox';
 import { buildReports, type ReportSubject } from './reports';
+import { jobFeedback, settleRecipient } from './settle';
 import type { RouteTable } from './routes';
 
 export interface ResultsOptions {
@@ -55,8 +56,6 @@ interface ActiveRow {
   size: number;
   trace: Record<string, string> | null;
 }
-
-const replyText = (r: SmtpReply | undefined) => (r ? [r.code || '', r.enhanced, r.text].filter(Boolean).join(' ') : '');
 
 /** How long the last applied result message may wait for its ack (HeldAck). */
 export const RESULT_ACK_HOLD_MS = 200;
@@ -188,50 +187,30 @@ export class ResultApplier {
         counts[k.result]!++;
         const reply = k.rr.reply;
         const code = reply?.code ?? 0;
-        let state: number;
-        let next: Date | null = null;
-        const subject: ReportSubject = {
-          messageId: row.message_id,
-          sender: row.sender,
-          origin: row.origin,
-          envelope: row.envelope,
-          size: Number(row.size),
-          trace: row.trace,
-          idx: row.idx,
-          address: row.address,
-          orcpt: row.orcpt,
-          notify: row.notify,
-          status: statusOf(code, reply?.enhanced ?? '', '5.0.0'),
-          remoteMta: res.remoteHost,
-          diagnostic: reply,
-          lastAttemptAt: res.startedAt ?? now,
-          willRetryUntil: undefined,
-        };
-        switch (k.rr.outcome) {
-          case AttemptOutcome.ATTEMPT_OUTCOME_DELIVERED:
-            if (!k.rr.remoteDsn && row.notify.includes(DsnNotify.DSN_NOTIFY_SUCCESS)) {
-              state = S.relayed;
-              relayedSubjects.push({ ...subject, status: statusOf(code, reply?.enhanced ?? '', '2.0.0') });
-            } else state = S.delivered;
-            break;
-          case AttemptOutcome.ATTEMPT_OUTCOME_RELAYED:
-            state = S.relayed;
-            relayedSubjects.push({ ...subject, status: statusOf(code, reply?.enhanced ?? '', '2.0.0') });
-            break;
-          case AttemptOutcome.ATTEMPT_OUTCOME_FAILED:
-            state = S.failed;
-            failedSubjects.push(subject);
-            break;
-          default: {
-            if (now.getTime() >= new Date(row.expires_at).getTime()) {
-              state = S.expired;
-              failedSubjects.push({ ...subject, status: statusOf(code, reply?.enhanced ?? '', '4.4.7') });
-            } else {
-              state = S.deferred;
-              const at = now.getTime() + backoffMs(row.attempt_count + 1, this.o.backoff);
-              next = new Date(Math.min(at, new Date(row.expires_at).getTime()));
-            }
-          }
+        const { state, nextAttemptAt: next, report } = settleRecipient(
+          { notify: row.notify, attemptCount: row.attempt_count, expiresAt: row.expires_at },
+          k.rr,
+          now,
+          this.o.backoff,
+        );
+        if (report) {
+          (report.kind === ReportKind.REPORT_KIND_RELAYED ? relayedSubjects : failedSubjects).push({
+            messageId: row.message_id,
+            sender: row.sender,
+            origin: row.origin,
+            envelope: row.envelope,
+            size: Number(row.size),
+            trace: row.trace,
+            idx: row.idx,
+            address: row.address,
+            orcpt: row.orcpt,
+            notify: row.notify,
+            status: report.status,
+            remoteMta: res.remoteHost,
+            diagnostic: reply,
+            lastAttemptAt: res.startedAt ?? now,
+            willRetryUntil: undefined,
+          });
         }
         upd.tid.push(row.tid);
         upd.s.push(state);
@@ -257,15 +236,7 @@ export class ResultApplier {
         att.w.push(res.worker);
         if (!seenJobs.has(row.job_id)) {
           seenJobs.add(row.job_id);
-          const problem = res.destinationFailure || res.recipients.some((r) => r.outcome !== AttemptOutcome.ATTEMPT_OUTCOME_DELIVERED && r.outcome !== AttemptOutcome.ATTEMPT_OUTCOME_RELAYED);
-          const bad = res.destinationFailure ? reply : res.recipients.find((r) => r.reply && r.reply.code >= 400)?.reply;
-          jobEnds.push({
-            jobId: row.job_id,
-            destination: row.domain,
-            ok: !res.destinationFailure,
-            failed: res.destinationFailure,
-            error: problem ? replyText(bad) || 'delivery failed' : '',
-          });
+          jobEnds.push({ jobId: row.job_id, destination: row.domain, ...jobFeedback(res, reply) });
         }
       }
       // Per destination: concurrency feedback (the last error wins); per job: its destination.
