@@ -11,6 +11,7 @@ export PATH="$PWD/node_modules/.bin:$PATH"   # Node 24 from the node@24 devDepen
 bash scripts/system-deps.sh
 bash scripts/provision.sh
 bash scripts/install-helm.sh
+bash scripts/install-grpcurl.sh
 echo "== contracts: regenerate and compare"
 bash scripts/generate-proto.sh --check
 echo "== typecheck, lint, build"

@@ -3,12 +3,12 @@
 // and W3C trace context carried in metadata both ways (invariant I6).
 import fs from 'node:fs';
 import * as grpc from '@grpc/grpc-js';
-import * as protoLoader from '@grpc/proto-loader';
+import type { PackageDefinition } from '@grpc/proto-loader';
 import { ReflectionService } from '@grpc/reflection';
 import { HealthImplementation } from 'grpc-health-check';
 import { context, propagation, trace, SpanKind, SpanStatusCode, type Tracer } from '@opentelemetry/api';
 import type { Logger } from '@tern/telemetry';
-import { descriptorSet } from '@tern/proto';
+import { BinaryReader, WireType, descriptorSet } from '@tern/proto';
 
 export { grpc };
 export type ServingStatus = 'SERVING' | 'NOT_SERVING';
@@ -135,6 +135,55 @@ export const LIVENESS_SERVICE = 'liveness';
  */
 export const HTTP2_WINDOW_BYTES = 4 * 1024 * 1024;
 
+/** The standard health service every GrpcServer carries. */
+export const HEALTH_SERVICE = 'grpc.health.v1.Health';
+/** The reflection services every GrpcServer carries (@grpc/reflection serves both versions; grpcurl asks v1 first). */
+export const REFLECTION_SERVICES: readonly string[] = ['grpc.reflection.v1.ServerReflection', 'grpc.reflection.v1alpha.ServerReflection'];
+
+/** One file of a FileDescriptorSet: its name, the services it declares (full names) and its FileDescriptorProto as encoded. */
+export interface DescriptorFile {
+  name: string;
+  services: string[];
+  proto: Uint8Array;
+}
+
+/**
+ * The files of a FileDescriptorSet (default: @tern/proto's, which is every
+ * file of proto/ with its imports: google/protobuf/*, and gRPC's health and
+ * reflection contracts), each kept as encoded: reflection hands them out
+ * byte for byte, as buf built them.
+ */
+export function descriptorFiles(set: Uint8Array = descriptorSet): DescriptorFile[] {
+  const files: DescriptorFile[] = [];
+  const each = (bytes: Uint8Array, visit: (field: number, r: BinaryReader) => boolean) => {
+    const r = new BinaryReader(bytes);
+    while (r.pos < r.len) {
+      const [field, wire] = r.tag();
+      if (wire !== WireType.LengthDelimited || !visit(field, r)) r.skip(wire, field);
+    }
+  };
+  // FileDescriptorSet.file = 1; FileDescriptorProto.name = 1, package = 2, service = 6; ServiceDescriptorProto.name = 1.
+  each(set, (field, r) => {
+    if (field !== 1) return false;
+    const proto = r.bytes();
+    let name = '';
+    let pkg = '';
+    const services: string[] = [];
+    each(proto, (f, fr) => {
+      if (f === 1) name = fr.string();
+      else if (f === 2) pkg = fr.string();
+      else if (f === 6) each(fr.bytes(), (sf, sr) => sf === 1 && services.push(sr.string()) > 0);
+      else return false;
+      return true;
+    });
+    files.push({ name, services: services.map((svc) => (pkg ? `${pkg}.${svc}` : svc)), proto });
+    return true;
+  });
+  return files;
+}
+
+let builtInFiles: DescriptorFile[] | undefined;
+
 /** The grpc-js server internals the window needs (GrpcServer's constructor and listen); absent if a grpc-js upgrade renamed them. */
 interface ServerInternals {
   commonServerOptions?: { settings?: Record<string, number> };
@@ -148,11 +197,19 @@ interface ServerInternals {
  * and the gRPC answers cannot differ. A health Check (or List, or a new
  * Watch) evaluates readiness at once; open Watch streams hear of a change
  * within `readyPollMs`.
+ *
+ * Reflection (v1 and v1alpha) lists exactly what this server serves: the
+ * services added (add(), before listen()), grpc.health.v1.Health and
+ * reflection itself; it describes them from @tern/proto's descriptor set,
+ * every imported file included, so grpcurl needs no .proto files.
  */
 export class GrpcServer {
   readonly server: grpc.Server;
   private readonly health = new HealthImplementation({ '': 'NOT_SERVING', [READINESS_SERVICE]: 'NOT_SERVING', [LIVENESS_SERVICE]: 'SERVING' });
   private readonly serviceNames: string[] = ['', READINESS_SERVICE];
+  /** Full names of the services added (from their method paths), for reflection. */
+  private readonly served = new Set<string>();
+  private reflecting = false;
   private boundPort = 0;
   /** starting: until serve(); draining: from drain() (shutdown) on. */
   private phase: 'starting' | 'serving' | 'draining' = 'starting';
@@ -184,18 +241,37 @@ export class GrpcServer {
       addService: (definition: grpc.ServiceDefinition, impl: Record<string, AnyHandler>) =>
         server.addService(definition, Object.fromEntries(Object.entries(impl).map(([name, handler]) => [name, refreshing(handler)]))),
     } as unknown as grpc.Server);
-    const pkg = protoLoader.loadFileDescriptorSetFromBuffer(descriptorSet);
-    new ReflectionService(pkg).addToServer(this.server);
   }
 
   add<T extends object>(fullName: string, definition: grpc.ServiceDefinition, impl: T): this {
+    if (this.reflecting) throw new Error(`GrpcServer.add(${fullName}) after listen(): reflection would not list it`);
     this.server.addService(definition, traced(definition, impl, this.opts.tracer));
+    for (const method of Object.values(definition)) this.served.add(method.path.split('/')[1]!);
     this.serviceNames.push(fullName);
     this.health.setStatus(fullName, this.published);
     return this;
   }
 
+  /**
+   * Reflection over the services added so far, health and reflection (once,
+   * at listen()). The descriptor files go to @grpc/reflection as they are
+   * (it reads only `fileDescriptorProtos` of the package definition), not
+   * through proto-loader, whose rebuilt files lost google/protobuf/timestamp.proto.
+   */
+  private addReflection(): void {
+    if (this.reflecting) return;
+    this.reflecting = true;
+    builtInFiles ??= descriptorFiles();
+    const described = new Set(builtInFiles.flatMap((f) => f.services));
+    const listed = [...this.served, HEALTH_SERVICE, ...REFLECTION_SERVICES];
+    const undescribed = listed.filter((name) => !described.has(name));
+    if (undescribed.length > 0) this.opts.logger.warn({ services: undescribed }, 'gRPC services missing from the descriptor set: reflection does not list them');
+    const pkg = Object.fromEntries(builtInFiles.map((f) => [f.name, { fileDescriptorProtos: [f.proto] }])) as unknown as PackageDefinition;
+    new ReflectionService(pkg, { services: listed.filter((name) => described.has(name)) }).addToServer(this.server);
+  }
+
   async listen(host: string, port: number): Promise<number> {
+    this.addReflection();
     this.boundPort = await new Promise<number>((resolve, reject) => {
       this.server.bindAsync(`${host.includes(':') ? `[${host}]` : host}:${port}`, serverCredentials(this.opts.tls), (err, bound) =>
         err ? reject(err) : resolve(bound),

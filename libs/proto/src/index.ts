@@ -7,7 +7,7 @@ export * from './gen/tern/v1/events';
 export * from './gen/tern/v1/admin';
 export { Timestamp } from './gen/google/protobuf/timestamp';
 export { descriptorSet } from './gen/descriptor';
-// The protobuf wire writer the generated code uses, for the rare field written by hand.
-export { BinaryWriter, WireType } from '@bufbuild/protobuf/wire';
+// The protobuf wire reader and writer the generated code uses, for the rare field read or written by hand.
+export { BinaryReader, BinaryWriter, WireType } from '@bufbuild/protobuf/wire';
 // Messages with bodies encoded without the generated encoder's extra copies.
 export { appendBytesField, decodeEnqueueBatch, decodeEnqueueStream, encodeEnqueueBatch, encodeEnqueueStream, QueueServiceBodyClient, QueueServiceBodyService, type EnqueueMessageParts } from './bodies';
