@@ -79,6 +79,7 @@ export function createApp(config: Config, deps: AppDeps): App {
     reverseDns: config.TERN_REVERSE_DNS ? { timeoutMs: config.TERN_REVERSE_DNS_TIMEOUT_MS } : undefined,
     messageChecks: config.TERN_MESSAGE_CHECKS.size ? { listeners: config.TERN_MESSAGE_CHECKS, timeoutMs: config.TERN_MESSAGE_CHECK_TIMEOUT_MS } : undefined,
     commands: { vrfy: config.TERN_VRFY, expn: config.TERN_EXPN, etrn: config.TERN_ETRN },
+    maxRecipients: config.TERN_MAX_RECIPIENTS,
     enqueueBatch: batcher ? { bodyMax: config.TERN_ENQUEUE_BATCH_BODY_MAX, batcher } : undefined,
   };
   const common = {

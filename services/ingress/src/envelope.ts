@@ -4,7 +4,7 @@
 // looked up (forward-confirmed) when reverse DNS is on.
 import dns from 'node:dns';
 import { BodyType, DsnNotify, DsnRet, Listener, SessionInfo, type Envelope as ProtoEnvelope, type EnvelopeRecipient } from '@tern/proto';
-import type { Envelope, SmtpSession } from '@tern/smtp';
+import type { Envelope, RcptTo, SmtpSession } from '@tern/smtp';
 import { protocolName } from './headers';
 import { st } from './session-state';
 
@@ -57,13 +57,52 @@ export function toProtoEnvelope(s: SmtpSession, e: Envelope, arrival: Date): Pro
   };
 }
 
-/** The Enqueue header's recipients, with ORCPT as `type;decoded-address` and NOTIFY. */
+/**
+ * The addresses an accepted RCPT stands for in the stored message: the
+ * targets of the virtual alias it is (policy's expansion at RCPT,
+ * CheckResponse.alias_targets, kept in `rcpt.state.aliasTargets`), else itself.
+ */
+export function storedAddresses(r: RcptTo): readonly string[] {
+  const targets = r.state?.aliasTargets as readonly string[] | undefined;
+  return targets?.length ? targets : [r.address];
+}
+
+/** Duplicates are the same address but for case. */
+const recipientKey = (address: string) => address.toLowerCase();
+
+/** How many recipients these RCPTs store, duplicates after alias expansion counted once. */
+export function storedCount(rcpts: readonly RcptTo[]): number {
+  const keys = new Set<string>();
+  for (const r of rcpts) for (const a of storedAddresses(r)) keys.add(recipientKey(a));
+  return keys.size;
+}
+
+/** `type;address` for an original address: utf-8 when it has non-ASCII characters (RFC 6533), else rfc822. */
+const orcptOf = (address: string) => `${/[^ -~]/.test(address) ? 'utf-8' : 'rfc822'};${address}`;
+
+/**
+ * The Enqueue header's recipients, with ORCPT as `type;decoded-address` and
+ * NOTIFY. An alias is stored as its targets, each with the client's ORCPT,
+ * else the alias's own address as ORCPT (`rfc822;<alias>`), and the alias's
+ * NOTIFY; an address met twice (two aliases, or an alias and a RCPT naming
+ * the same target) is stored once, the first time it is met.
+ */
 export function toProtoRecipients(e: Envelope): EnvelopeRecipient[] {
-  return e.rcptTo.map((r) => ({
-    address: r.address,
-    orcpt: r.params.orcpt ? `${r.params.orcpt.type};${r.params.orcpt.address}` : '',
-    notify: (r.params.notify ?? []).map((n) => NOTIFY[n]!),
-  }));
+  const out: EnvelopeRecipient[] = [];
+  const seen = new Set<string>();
+  for (const r of e.rcptTo) {
+    const given = r.params.orcpt ? `${r.params.orcpt.type};${r.params.orcpt.address}` : '';
+    const notify = (r.params.notify ?? []).map((n) => NOTIFY[n]!);
+    const targets = storedAddresses(r);
+    const expanded = targets.length !== 1 || targets[0] !== r.address;
+    for (const address of targets) {
+      const key = recipientKey(address);
+      if (seen.has(key)) continue;
+      seen.add(key);
+      out.push({ address, orcpt: given || (expanded ? orcptOf(r.address) : ''), notify: [...notify] });
+    }
+  }
+  return out;
 }
 
 /** The client's name by PTR, when that name resolves back to the address; undefined otherwise. */

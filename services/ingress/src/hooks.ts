@@ -7,12 +7,12 @@
 // span and each transaction a child span (session-state.ts), and every call
 // is made in their trace context.
 import { AuthenticateRequest, CheckStage } from '@tern/proto';
-import { isPositive, type SmtpHooks } from '@tern/smtp';
+import { isPositive, Replies, type SmtpHooks } from '@tern/smtp';
 import { context, trace, type Tracer } from '@tern/telemetry';
 import { SpanKind } from '@opentelemetry/api';
 import { call } from './clients';
 import { commandHooks, type CommandSettings } from './commands';
-import { reverseName, sessionInfo } from './envelope';
+import { reverseName, sessionInfo, storedCount } from './envelope';
 import { MessageSubmission, type MessageSubmissionDeps } from './message-submission';
 import { checkPolicy, toReply, type PolicyCheckDeps } from './policy-check';
 import { IngressReplies } from './replies';
@@ -23,6 +23,8 @@ export interface HooksDeps extends PolicyCheckDeps, MessageSubmissionDeps {
   reverseDns: { timeoutMs: number } | undefined;
   /** VRFY, EXPN, ETRN; all answered by the engine's defaults when absent. */
   commands?: CommandSettings;
+  /** Recipients per message after alias expansion (TERN_MAX_RECIPIENTS); no limit when absent. */
+  maxRecipients?: number;
 }
 
 export function createHooks(deps: HooksDeps, submission: boolean): SmtpHooks {
@@ -78,12 +80,26 @@ export function createHooks(deps: HooksDeps, submission: boolean): SmtpHooks {
         smtputf8: envelope.mailFrom.params.smtputf8,
       });
       if (d.reply && !isPositive(d.reply)) return d.reply;
+      const aliasTargets = d.res?.aliasTargets ?? [];
       rcpt.state = {
         local: d.res?.localRecipient ?? false,
         // What policy's end-of-data check would do for this recipient (see MessageSubmission).
         sizeOnly: d.res?.messageCheckSizeOnly ?? false,
         maxSize: d.res?.maxMessageSize ?? 0,
+        // A virtual alias: the message is stored for these instead (envelope.ts toProtoRecipients).
+        aliasTargets: aliasTargets.length ? aliasTargets : undefined,
       };
+      // The recipients-per-message limit holds for what is stored, after alias expansion.
+      const stored = storedCount([...envelope.rcptTo, rcpt]);
+      if (deps.maxRecipients && stored > deps.maxRecipients) {
+        rcpt.state = undefined;
+        metrics.decisions.add(1, { stage: 'rcpt', result: '4xx' });
+        logger.info(
+          { event: 'smtp_reject', stage: 'rcpt', session_id: s.id, client: s.clientAddress, reason: 'too_many_recipients_after_expansion', reply: '452 4.5.3', recipient: rcpt.address, stored, alias_targets: aliasTargets.length },
+          'recipient refused: the message would have too many recipients after alias expansion',
+        );
+        return Replies.tooManyRecipients;
+      }
       if (d.hold) envelope.state.hold = true;
       return d.reply;
     },

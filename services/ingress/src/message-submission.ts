@@ -308,7 +308,7 @@ export class MessageSubmission {
     const tx = st(s).tx;
     tx?.setAttribute('tern.queue_id', res.queueId);
     tx?.setAttribute('smtp.size', size);
-    tx?.setAttribute('smtp.recipients', envelope.rcptTo.length);
+    tx?.setAttribute('smtp.recipients', this.header.recipients.length);
     logger.info(
       {
         event: 'smtp_queued',
@@ -317,7 +317,7 @@ export class MessageSubmission {
         listener: s.listener,
         client: s.clientAddress,
         sender: envelope.mailFrom.address,
-        recipients: envelope.rcptTo.length,
+        recipients: this.header.recipients.length,
         size,
         hold: this.hold,
         ms: Math.round(seconds * 1000),

@@ -53,6 +53,8 @@ export function createApp(config: Config, deps: AppDeps): App {
       trustedNetworks: config.TERN_TRUSTED_NETWORKS,
       recipientDelimiter: config.TERN_RECIPIENT_DELIMITER,
       maxMessageSize: config.TERN_MAX_MESSAGE_SIZE,
+      aliasMaxDepth: config.TERN_ALIAS_MAX_DEPTH,
+      aliasMaxTargets: config.TERN_ALIAS_MAX_TARGETS,
     },
     () => cache.snapshot,
   );

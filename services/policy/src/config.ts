@@ -56,6 +56,10 @@ const schema = z.object({
   TERN_POLICY_DECISION_CACHE_MS: nonNegativeInt(1_000),
   /** Sub-addressing: user+tag@domain is checked as user@domain too ("" = off). */
   TERN_RECIPIENT_DELIMITER: z.string().max(1).default('+'),
+  /** Virtual aliases: nested aliases followed before a recipient is refused (451 4.3.5). */
+  TERN_ALIAS_MAX_DEPTH: positiveInt(10),
+  /** Virtual aliases: addresses one recipient may expand to before it is refused (452 4.5.3). */
+  TERN_ALIAS_MAX_TARGETS: positiveInt(1000),
   /** Largest message accepted, when a domain sets no smaller limit. */
   TERN_MAX_MESSAGE_SIZE: positiveInt(50 * 1024 * 1024),
   /** DNS servers for SPF/DKIM/DMARC/DNSBL lookups ("ip" or "ip:port"); empty = system resolver. */

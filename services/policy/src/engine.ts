@@ -5,6 +5,7 @@
 // relay attempts unless the client may relay.
 import { CheckStage, Listener, type CheckRequest, type SessionInfo } from '@tern/proto';
 import { addressKey, detectRoutingTrick, formatAddress, parseAddress, type Address } from './address';
+import { expand, resolve } from './aliases';
 import type { Snapshot } from './cache';
 import { inNetworks, type Network } from './networks';
 import { accept, refuse, type Decision } from './replies';
@@ -14,6 +15,10 @@ export interface EngineOptions {
   trustedNetworks: readonly Network[];
   recipientDelimiter: string;
   maxMessageSize: number;
+  /** Nested aliases followed before a recipient is refused (TERN_ALIAS_MAX_DEPTH). */
+  aliasMaxDepth?: number;
+  /** Addresses one recipient may expand to (TERN_ALIAS_MAX_TARGETS). */
+  aliasMaxTargets?: number;
 }
 
 /** What the engine knows about the client, derived once per request. */
@@ -137,7 +142,8 @@ export class Engine {
   /**
    * VRFY, EXPN and ETRN: what the data says of an address, or of a bare
    * domain, with no side effects. A local address exists when an enabled
-   * mailbox, an alias or the domain's catch-all takes it (as at RCPT).
+   * mailbox, an alias or the domain's catch-all takes it (as at RCPT); with
+   * `expand`, an alias's (or the catch-all's) targets, one level.
    */
   lookup(raw: string, expand: boolean): { domainKind: 'local' | 'relay' | undefined; exists: boolean; address: string; targets: string[] } {
     const snap = this.snapshot();
@@ -151,38 +157,48 @@ export class Engine {
     const domain = snap.domains.get(addr.domain);
     const key = addressKey(addr);
     if (domain?.kind !== 'local') return { domainKind: domain?.kind, exists: false, address: key, targets: [] };
-    const local = key.slice(0, key.lastIndexOf('@'));
-    const d = this.opts.recipientDelimiter;
-    const candidates = [key];
-    if (d && local.includes(d) && !local.startsWith(d)) candidates.push(`${local.slice(0, local.indexOf(d))}@${addr.domain}`);
-    for (const k of candidates) {
-      const enabled = snap.mailboxes.get(k);
-      if (enabled === true) return { domainKind: 'local', exists: true, address: k, targets: [] };
-      const alias = snap.aliases.get(k);
-      if (alias) return { domainKind: 'local', exists: true, address: k, targets: expand ? [...alias.targets] : [] };
-      if (enabled === false) return { domainKind: 'local', exists: false, address: k, targets: [] };
+    const r = resolve(key, snap, this.opts.recipientDelimiter);
+    switch (r.kind) {
+      case 'mailbox':
+        return { domainKind: 'local', exists: r.enabled, address: r.address, targets: [] };
+      case 'alias':
+      case 'catch_all':
+        return { domainKind: 'local', exists: true, address: r.address, targets: expand ? [...r.targets] : [] };
+      default:
+        return { domainKind: 'local', exists: key.slice(0, key.lastIndexOf('@')) === 'postmaster', address: key, targets: [] };
     }
-    const catchAll = domain.catchAll;
-    if (catchAll) return { domainKind: 'local', exists: true, address: key, targets: expand ? [catchAll] : [] };
-    return { domainKind: 'local', exists: local === 'postmaster', address: key, targets: [] };
   }
 
+  /**
+   * A recipient at a local domain: a mailbox is accepted as it is; an alias
+   * (or the catch-all that takes it) is accepted with its expansion, the
+   * addresses to store instead (aliases.ts); a loop without a final address,
+   * aliases nested too deep or an expansion too long are refused here, at RCPT.
+   */
   private localRecipient(addr: Address, shown: string, snap: Snapshot): Decision {
     const key = addressKey(addr);
-    const candidates = [key];
-    const d = this.opts.recipientDelimiter;
-    const local = key.slice(0, key.lastIndexOf('@'));
-    if (d && local.includes(d) && !local.startsWith(d)) candidates.push(`${local.slice(0, local.indexOf(d))}@${addr.domain}`);
-    for (const k of candidates) {
-      const enabled = snap.mailboxes.get(k);
-      if (enabled === true) return accept('local_mailbox', true);
-      if (snap.aliases.has(k)) return accept('local_alias', true);
-      if (enabled === false) {
-        return refuse('mailbox_disabled', 550, '5.2.1', `${shown}: Recipient address rejected: Mailbox disabled`);
+    const r = resolve(key, snap, this.opts.recipientDelimiter);
+    if (r.kind === 'mailbox') {
+      if (r.enabled) return accept('local_mailbox', true);
+      return refuse('mailbox_disabled', 550, '5.2.1', `${shown}: Recipient address rejected: Mailbox disabled`);
+    }
+    if (r.kind === 'none') {
+      if (key.slice(0, key.lastIndexOf('@')) === 'postmaster') return accept('postmaster', true);
+      return refuse('unknown_user', 550, '5.1.1', `${shown}: Recipient address rejected: User unknown in local recipient table`);
+    }
+    const maxDepth = this.opts.aliasMaxDepth ?? 10;
+    const maxTargets = this.opts.aliasMaxTargets ?? 1000;
+    const x = expand(r.address, r.targets, snap, { maxDepth, maxTargets, recipientDelimiter: this.opts.recipientDelimiter });
+    if (!x.ok) {
+      switch (x.error) {
+        case 'loop':
+          return refuse('alias_loop', 550, '5.4.6', `${shown}: Recipient address rejected: alias loop with no final address (${x.chain.join(' -> ')})`);
+        case 'too_deep':
+          return refuse('alias_too_deep', 451, '4.3.5', `${shown}: Recipient address rejected: aliases nested more than ${maxDepth} deep (${x.chain.join(' -> ')})`);
+        case 'too_many':
+          return refuse('alias_too_many', 452, '4.5.3', `${shown}: Recipient address rejected: alias expands to more than ${x.limit} addresses`);
       }
     }
-    if (snap.domains.get(addr.domain)?.catchAll) return accept('catch_all', true);
-    if (local === 'postmaster') return accept('postmaster', true);
-    return refuse('unknown_user', 550, '5.1.1', `${shown}: Recipient address rejected: User unknown in local recipient table`);
+    return { ...accept(r.kind === 'alias' ? 'local_alias' : 'catch_all', true), aliasTargets: x.targets };
   }
 }

@@ -8,6 +8,8 @@ export interface Decision {
   /** Machine reason for logs and metrics. */
   reason: string;
   localRecipient?: boolean;
+  /** RCPT accept of an alias: the addresses to store instead of the recipient (CheckResponse.alias_targets). */
+  aliasTargets?: string[];
 }
 
 export const reply = (code: number, enhanced: string, text: string): SmtpReply => ({ code, enhanced, text });

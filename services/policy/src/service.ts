@@ -26,6 +26,7 @@ import { actionName, reply, type Decision } from './replies';
 import type { PolicyStore } from './store';
 import type { SuppressionStore } from './suppression';
 import {
+  aliasAddress,
   domainName,
   mailboxAddress,
   toDomain,
@@ -148,7 +149,8 @@ export function createPolicyService(deps: ServiceDeps): PolicyServiceServer {
   async function check(req: CheckRequest): Promise<CheckResponse> {
     const t0 = performance.now();
     const client = engine.client(req.session);
-    let decision = engine.decide(req, client);
+    const builtIn = engine.decide(req, client);
+    let decision = builtIn;
     for (const hook of deps.hooks ?? []) {
       const next = await hook(req, client, decision);
       if (next) decision = next;
@@ -167,6 +169,9 @@ export function createPolicyService(deps: ServiceDeps): PolicyServiceServer {
       reason: decision.reason,
       localRecipient: decision.localRecipient ?? false,
       cacheMs: cacheable ? deps.decisionCacheMs! : 0,
+      // The expansion is the built-in rules' (a hook that accepts or holds does not undo it).
+      aliasTargets:
+        decision.action === PolicyAction.POLICY_ACTION_ACCEPT || decision.action === PolicyAction.POLICY_ACTION_HOLD ? (builtIn.aliasTargets ?? []) : [],
       ...(req.stage === CheckStage.CHECK_STAGE_RCPT && decision.action === PolicyAction.POLICY_ACTION_ACCEPT
         ? endOfData(req, client)
         : { messageCheckSizeOnly: false, maxMessageSize: 0 }),
@@ -306,7 +311,7 @@ export function createPolicyService(deps: ServiceDeps): PolicyServiceServer {
       return { alias: { address: row.address, targets: row.targets } };
     }),
     deleteAlias: unary('DeleteAlias', async (req) => {
-      const address = mailboxAddress('address', req.address);
+      const address = aliasAddress('address', req.address);
       const deleted = await store.deleteAlias(address, op(req.operator));
       if (deleted) await changed('alias', 'delete', address, op(req.operator));
       return { deleted };

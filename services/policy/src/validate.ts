@@ -50,6 +50,16 @@ export function mailboxAddress(field: string, raw: string): string {
   return address;
 }
 
+/** An alias's address: a mailbox address, or "@domain" for the domain's catch-all alias. */
+export function aliasAddress(field: string, raw: string): string {
+  if (!raw) throw invalid(field, 'required');
+  const s = raw.trim();
+  if (s.startsWith('@')) return '@' + domainName(field, s.slice(1));
+  const address = normalizeMailboxAddress(s);
+  if (!address) throw invalid(field, `${JSON.stringify(raw)} is neither a mailbox address (local@domain) nor an @domain catch-all`);
+  return address;
+}
+
 export const domainOf = (address: string) => address.slice(address.lastIndexOf('@') + 1);
 
 export function validateDomain(d: Domain | undefined): DomainRow {
@@ -76,11 +86,12 @@ export function validateMailbox(m: Mailbox | undefined): MailboxRow {
 
 export function validateAlias(a: Alias | undefined): AliasRow {
   if (!a) throw invalid('alias', 'required');
-  const address = mailboxAddress('alias.address', a.address);
+  const address = aliasAddress('alias.address', a.address);
   if (a.targets.length === 0) throw invalid('alias.targets', 'at least one target is required');
   if (a.targets.length > MAX_TARGETS) throw invalid('alias.targets', `at most ${MAX_TARGETS} targets`);
+  // An alias may name itself among its targets: the address then keeps its
+  // mail besides the others (Postfix: `a -> a, b` delivers to both).
   const targets = [...new Set(a.targets.map((t, i) => mailboxAddress(`alias.targets[${i}]`, t)))];
-  if (targets.includes(address)) throw invalid('alias.targets', `an alias cannot point to itself (${address})`);
   return { address, domain: domainOf(address), targets };
 }
 

@@ -233,6 +233,14 @@ export interface CheckResponse {
    * limit, else the global one); 0 = no limit given.
    */
   maxMessageSize: number;
+  /**
+   * RCPT stage, accept: the recipient is a virtual alias (an exact alias, or
+   * a catch-all that took it) and these are the addresses the message is
+   * stored for instead of it: the alias expanded recursively, in order,
+   * without duplicates (lower-cased domain). Empty: store the recipient as
+   * given (a mailbox, a relay or remote address, or no alias applies).
+   */
+  aliasTargets: string[];
 }
 
 export interface CheckMessageHeader {
@@ -966,6 +974,7 @@ function createBaseCheckResponse(): CheckResponse {
     cacheMs: 0,
     messageCheckSizeOnly: false,
     maxMessageSize: 0,
+    aliasTargets: [],
   };
 }
 
@@ -991,6 +1000,9 @@ export const CheckResponse: MessageFns<CheckResponse> = {
     }
     if (message.maxMessageSize !== 0) {
       writer.uint32(56).uint64(message.maxMessageSize);
+    }
+    for (const v of message.aliasTargets) {
+      writer.uint32(66).string(v!);
     }
     return writer;
   },
@@ -1064,6 +1076,14 @@ export const CheckResponse: MessageFns<CheckResponse> = {
             message.maxMessageSize = longToNumber(reader.uint64());
             continue;
           }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.aliasTargets.push(reader.string());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1101,6 +1121,11 @@ export const CheckResponse: MessageFns<CheckResponse> = {
         : isSet(object.max_message_size)
         ? globalThis.Number(object.max_message_size)
         : 0,
+      aliasTargets: globalThis.Array.isArray(object?.aliasTargets)
+        ? object.aliasTargets.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.alias_targets)
+        ? object.alias_targets.map((e: any) => globalThis.String(e))
+        : [],
     };
   },
 
@@ -1127,6 +1152,9 @@ export const CheckResponse: MessageFns<CheckResponse> = {
     if (message.maxMessageSize !== 0) {
       obj.maxMessageSize = Math.round(message.maxMessageSize);
     }
+    if (message.aliasTargets?.length) {
+      obj.aliasTargets = message.aliasTargets;
+    }
     return obj;
   },
 
@@ -1144,6 +1172,7 @@ export const CheckResponse: MessageFns<CheckResponse> = {
     message.cacheMs = object.cacheMs ?? 0;
     message.messageCheckSizeOnly = object.messageCheckSizeOnly ?? false;
     message.maxMessageSize = object.maxMessageSize ?? 0;
+    message.aliasTargets = object.aliasTargets?.map((e) => e) || [];
     return message;
   },
 };
