@@ -22,6 +22,17 @@ export async function tx<T>(pool: Pool, fn: (c: PoolClient) => Promise<T>, attem
   }
 }
 
+/**
+ * Rows as named column arrays, the parameters of a statement's
+ * `unnest($1::..[], $2::..[], ...)`: `columns(rows, 'a', 'b')` is
+ * `{ a: rows.map((r) => r.a), b: rows.map((r) => r.b) }`.
+ */
+export function columns<R extends object, K extends keyof R>(rows: readonly R[], ...fields: K[]): { [F in K]: Array<R[F]> } {
+  const out = {} as { [F in K]: Array<R[F]> };
+  for (const f of fields) out[f] = rows.map((r) => r[f]);
+  return out;
+}
+
 /** A Postgres array literal of integers, for `$n::smallint[]` inside unnest of text[]. */
 export function intArrayLiteral(values: readonly number[]): string {
   return `{${values.join(',')}}`;

@@ -11,7 +11,7 @@
 // statements; Postfix's qmgr likewise keeps its per-destination queue and
 // its feedback (qmgr_queue.c, qmgr_feedback.c) apart from the scheduler.
 import type { Pool, PoolClient } from '@tern/db';
-import { q } from './db';
+import { columns, q } from './db';
 import { S } from './model';
 
 export interface DestinationLimits {
@@ -259,8 +259,17 @@ export interface JobEnd {
   error: string;
 }
 
-/** Per destination, the concurrency feedback of job ends: reached, failed at it, the last error. */
-export function feedbackByDestination(ends: JobEnd[]): Map<string, { ok: number; failed: number; err: string }> {
+/**
+ * Per destination, in name order (the lock order), the concurrency feedback
+ * of job ends as the columns of a statement's `t`: name, ok (jobs that
+ * reached it), failed (jobs that failed at it), err (the last error, or '').
+ */
+export function feedbackColumns(ends: JobEnd[]): { name: string[]; ok: number[]; failed: number[]; err: string[] } {
+  const per = feedbackByDestination(ends);
+  return columns([...per.keys()].sort().map((name) => ({ name, ...per.get(name)! })), 'name', 'ok', 'failed', 'err');
+}
+
+function feedbackByDestination(ends: JobEnd[]): Map<string, { ok: number; failed: number; err: string }> {
   const per = new Map<string, { ok: number; failed: number; err: string }>();
   for (const e of ends) {
     const p = per.get(e.destination) ?? { ok: 0, failed: 0, err: '' };
@@ -288,7 +297,7 @@ export async function releaseJobs(c: PoolClient, ends: JobEnd[], l: DestinationL
     [jobIds],
   );
   const finished = new Set(rows.map((r) => r.job_id));
-  const per = feedbackByDestination(ends);
+  const feedback = feedbackColumns(ends);
   const jobs = new Map<string, number>();
   const seen = new Set<string>();
   for (const e of ends) {
@@ -297,15 +306,13 @@ export async function releaseJobs(c: PoolClient, ends: JobEnd[], l: DestinationL
       jobs.set(e.destination, (jobs.get(e.destination) ?? 0) + 1);
     }
   }
-  const names = [...per.keys()].sort();
-  const v = names.map((n) => per.get(n)!);
   await q(
     c,
     'tern_release_dests',
     `UPDATE destinations d SET ${releaseSetSql('t.jobs', '$6', '$7', '$8')}
      FROM unnest($1::text[], $2::int[], $3::int[], $4::int[], $5::text[]) AS t(name, jobs, ok, failed, err)
      WHERE d.name = t.name AND ${lockDestinationsSql('$1')}`,
-    [names, names.map((n) => jobs.get(n) ?? 0), v.map((x) => x.ok), v.map((x) => x.failed), v.map((x) => x.err), l.maxConcurrency, l.failuresToSuspend, l.probeS],
+    [feedback.name, feedback.name.map((n) => jobs.get(n) ?? 0), feedback.ok, feedback.failed, feedback.err, l.maxConcurrency, l.failuresToSuspend, l.probeS],
   );
 }
 

@@ -9,7 +9,7 @@
 import type { Pool, PoolClient } from '@tern/db';
 import type { Logger } from '@tern/telemetry';
 import type { Counter } from './metrics';
-import { packBytes, q, tx } from './db';
+import { columns, packBytes, q, tx } from './db';
 import { anyDestinationDue, dueDestinations, jobsTakeable, releaseJobs, reserveSlotsSql, type DestinationLimits } from './destination';
 import { buildJobs, loadJobMessages, type BuiltJob } from './jobs';
 import { S } from './model';
@@ -253,15 +253,10 @@ export async function dispatchDue(c: PoolClient, o: DispatchSettings, leaseExpir
   }
   if (!built.length) return none;
   const uNames = [...used.keys()].sort();
-  const rc = { m: [] as string[], i: [] as number[], j: [] as string[], d: [] as string[] };
-  for (const job of built) {
-    for (const idx of job.idxs) {
-      rc.m.push(job.messageId);
-      rc.i.push(idx);
-      rc.j.push(job.jobId);
-      rc.d.push(job.destination);
-    }
-  }
+  const recipientCols = columns(
+    built.flatMap((job) => job.idxs.map((idx) => ({ messageId: job.messageId, idx, jobId: job.jobId, destination: job.destination }))),
+    'messageId', 'idx', 'jobId', 'destination',
+  );
   const ob = outboxColumns(built.map((b) => b.outbox));
   const payloads = packBytes(ob.payloads);
   // Slots are taken where they are still free (another replica, or a group
@@ -279,7 +274,7 @@ export async function dispatchDue(c: PoolClient, o: DispatchSettings, leaseExpir
      SELECT (SELECT array_agg(name) FROM g) AS granted, ${outboxIdsSql('o')} AS outbox`,
     [
       uNames, uNames.map((n) => used.get(n)!),
-      rc.m, rc.i, rc.j, rc.d, leaseExpiresAt,
+      recipientCols.messageId, recipientCols.idx, recipientCols.jobId, recipientCols.destination, leaseExpiresAt,
       ob.subjects, ob.msgIds, payloads.packed, payloads.offsets, payloads.lengths, ob.traces, built.map((b) => b.destination), ob.bodyOf,
       ordinalsByDestination(built.map((b) => b.destination)),
     ],

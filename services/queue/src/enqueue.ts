@@ -10,7 +10,7 @@ import { EnqueueHeader, Envelope, MessageOrigin, type EnqueueBatchRequest, type 
 import { extractContext, injectContext, type Logger } from '@tern/telemetry';
 import type { Counter, Histogram } from './metrics';
 import { Batcher } from '@tern/runtime';
-import { intArrayLiteral, isLockTimeout, packBytes, q, tx } from './db';
+import { columns, intArrayLiteral, isLockTimeout, packBytes, q, tx } from './db';
 import { ensureDestinations, reserveSlots, takeFreeSlotsSql, type DestinationLimits } from './destination';
 import { buildJobs, type BuiltJob, type JobRcpt } from './jobs';
 import type { BodyCache } from './body-cache';
@@ -447,35 +447,22 @@ export class Enqueuer {
           }
         });
 
-        const cols = {
-          m: [] as string[],
-          i: [] as number[],
-          a: [] as string[],
-          d: [] as string[],
-          o: [] as string[],
-          n: [] as string[],
-          s: [] as number[],
-          na: [] as (Date | null)[],
-          j: [] as (string | null)[],
-          l: [] as (Date | null)[],
-        };
+        const recipients: Array<NewRecipient & { state: number; nextAttemptAt: Date | null; jobId: string | null; leaseExpiresAt: Date | null }> = [];
         for (const item of live) {
           item.header.recipients.forEach((r, idx) => {
             const job = jobOf.get(`${item.queueId}.${idx}`) ?? null;
             const state = item.header.hold ? S.held : job ? S.inflight : S.queued;
             if (state === S.queued) queued++;
-            cols.m.push(item.queueId);
-            cols.i.push(idx);
-            cols.a.push(r.address);
-            cols.d.push(destinationOf(r.address));
-            cols.o.push(r.orcpt);
-            cols.n.push(intArrayLiteral(r.notify));
-            cols.s.push(state);
-            cols.na.push(state === S.held ? null : now);
-            cols.j.push(job);
-            cols.l.push(job ? leaseExpiresAt : null);
+            recipients.push({
+              ...newRecipient(item, r, idx),
+              state,
+              nextAttemptAt: state === S.held ? null : now,
+              jobId: job,
+              leaseExpiresAt: job ? leaseExpiresAt : null,
+            });
           });
         }
+        const recipientCols = columns(recipients, 'messageId', 'idx', 'address', 'domain', 'orcpt', 'notify', 'state', 'nextAttemptAt', 'jobId', 'leaseExpiresAt');
         await q(
           c,
           'tern_enq_recipients',
@@ -483,7 +470,10 @@ export class Enqueuer {
            SELECT m, i, a, d, o, n::smallint[], s, $11, $12, na, j, l
            FROM unnest($1::text[], $2::int[], $3::text[], $4::text[], $5::text[], $6::text[], $7::smallint[], $8::timestamptz[], $9::text[], $10::timestamptz[])
              AS x(m, i, a, d, o, n, s, na, j, l)`,
-          [cols.m, cols.i, cols.a, cols.d, cols.o, cols.n, cols.s, cols.na, cols.j, cols.l, now, expires],
+          [
+            recipientCols.messageId, recipientCols.idx, recipientCols.address, recipientCols.domain, recipientCols.orcpt, recipientCols.notify,
+            recipientCols.state, recipientCols.nextAttemptAt, recipientCols.jobId, recipientCols.leaseExpiresAt, now, expires,
+          ],
         );
         committed = await insertOutbox(c, jobs.map((b) => b.outbox));
         outboxRows = jobs.length;
@@ -524,7 +514,7 @@ export class Enqueuer {
     const wanted = new Map<string, number>();
     const jobs: BuiltJob[] = [];
     const jobOf = new Map<string, string>();
-    const rc = { m: [] as string[], i: [] as number[], a: [] as string[], d: [] as string[], o: [] as string[], n: [] as string[], held: [] as boolean[], j: [] as (string | null)[], k: [] as (number | null)[] };
+    const recipients: Array<NewRecipient & { held: boolean; jobId: string | null }> = [];
     for (const item of items) {
       if (!item.header.hold) {
         for (const [d, rcpts] of recipientsByDestination(item.header)) {
@@ -538,21 +528,15 @@ export class Enqueuer {
         }
       }
       item.header.recipients.forEach((r, idx) => {
-        rc.m.push(item.queueId);
-        rc.i.push(idx);
-        rc.a.push(r.address);
-        rc.d.push(destinationOf(r.address));
-        rc.o.push(r.orcpt);
-        rc.n.push(intArrayLiteral(r.notify));
-        rc.held.push(item.header.hold);
-        rc.j.push(jobOf.get(`${item.queueId}.${idx}`) ?? null);
+        recipients.push({ ...newRecipient(item, r, idx), held: item.header.hold, jobId: jobOf.get(`${item.queueId}.${idx}`) ?? null });
       });
     }
     const names = [...wanted.keys()].sort();
     // A destination may grant fewer slots than wanted: its first jobs (by ordinal) get them.
     const ordinals = ordinalsByDestination(jobs.map((b) => b.destination));
     const ordinalOf = new Map(jobs.map((b, n) => [b.jobId, ordinals[n]!]));
-    rc.k = rc.j.map((j) => (j ? ordinalOf.get(j)! : null));
+    const recipientCols = columns(recipients, 'messageId', 'idx', 'address', 'domain', 'orcpt', 'notify', 'held', 'jobId');
+    const ordinalOfRecipient = recipientCols.jobId.map((j) => (j ? ordinalOf.get(j)! : null));
     const ob = outboxColumns(jobs.map((b) => b.outbox));
     const bodies = packBytes(items.map((i) => i.body!));
     const payloads = packBytes(ob.payloads);
@@ -594,16 +578,16 @@ export class Enqueuer {
         now,
         items.map((i) => i.header.recipients.length),
         ob.bodyOf,
-        rc.m,
-        rc.i,
-        rc.a,
-        rc.d,
-        rc.o,
-        rc.n,
-        rc.held,
+        recipientCols.messageId,
+        recipientCols.idx,
+        recipientCols.address,
+        recipientCols.domain,
+        recipientCols.orcpt,
+        recipientCols.notify,
+        recipientCols.held,
         expires,
         leaseExpiresAt,
-        rc.j,
+        recipientCols.jobId,
         ob.subjects,
         ob.msgIds,
         payloads.packed,
@@ -616,7 +600,7 @@ export class Enqueuer {
         // The bodies last: node-pg's Bind buffer grows by half its size plus
         // what is added, so anything after the bodies copied them again.
         bodies.packed,
-        rc.k,
+        ordinalOfRecipient,
         ordinals,
       ],
     );
@@ -635,6 +619,20 @@ export class Enqueuer {
     if ((rows[0]?.queued ?? 0) > 0) this.o.onQueued();
     return items.map((i) => ({ queueId: i.queueId, duplicate: false }));
   }
+}
+
+/** The columns of a new recipient that every group commit inserts as they are (notify as an array literal: intArrayLiteral). */
+interface NewRecipient {
+  messageId: string;
+  idx: number;
+  address: string;
+  domain: string;
+  orcpt: string;
+  notify: string;
+}
+
+function newRecipient(item: EnqueueItem, r: EnqueueHeader['recipients'][number], idx: number): NewRecipient {
+  return { messageId: item.queueId, idx, address: r.address, domain: destinationOf(r.address), orcpt: r.orcpt, notify: intArrayLiteral(r.notify) };
 }
 
 /** A message's recipients grouped by destination, as the recipients of first-attempt jobs. */

@@ -11,8 +11,8 @@ import type { Logger } from '@tern/telemetry';
 import type { Counter } from './metrics';
 import { Batcher } from '@tern/runtime';
 import type { BodyCache } from './body-cache';
-import { q, tx } from './db';
-import { ctesFirstSql, dueAtSql, feedbackByDestination, lockDestinationsSql, releaseSetSql, type DestinationLimits, type JobEnd } from './destination';
+import { columns, q, tx } from './db';
+import { ctesFirstSql, dueAtSql, feedbackColumns, lockDestinationsSql, releaseSetSql, type DestinationLimits, type JobEnd } from './destination';
 import { dispatchDue } from './dispatch';
 import { parseRecipientId } from './ids';
 import { S, PENDING_SQL, type BackoffSettings } from './model';
@@ -55,6 +55,36 @@ interface ActiveRow {
   envelope: Buffer;
   size: number;
   trace: Record<string, string> | null;
+}
+
+/** A recipient's new state: the rows of tern_results_apply's `u` ($1-$6). */
+interface RecipientUpdate {
+  tid: string;
+  state: number;
+  nextAttemptAt: Date | null;
+  code: number;
+  enhanced: string;
+  text: string;
+}
+
+/** One attempt: the rows of tern_results_apply's `a` ($7-$22, the columns of `attempts`). */
+interface AttemptRow {
+  messageId: string;
+  idx: number;
+  jobId: string;
+  startedAt: Date;
+  durationMs: number;
+  remoteHost: string;
+  remoteIp: string;
+  code: number;
+  enhanced: string;
+  text: string;
+  outcome: number;
+  tlsUsed: boolean;
+  tlsVersion: string;
+  tlsCipher: string;
+  tlsVerified: boolean;
+  worker: string;
 }
 
 /** How long the last applied result message may wait for its ack (HeldAck). */
@@ -146,18 +176,18 @@ export class ResultApplier {
       committed = [];
       due = [];
       // Unique (message, idx, job) keys, first result wins.
-      const keyed = new Map<string, { result: number; rr: DeliveryResult['recipients'][number]; m: string; i: number; j: string }>();
+      const keyed = new Map<string, { result: number; rr: DeliveryResult['recipients'][number]; messageId: string; idx: number; jobId: string }>();
       results.forEach((res, n) => {
         for (const rr of res.recipients) {
           const id = parseRecipientId(rr.recipientId);
           if (!id) continue;
           const k = `${id.queueId}.${id.idx}.${res.jobId}`;
-          if (!keyed.has(k)) keyed.set(k, { result: n, rr, m: id.queueId, i: id.idx, j: res.jobId });
+          if (!keyed.has(k)) keyed.set(k, { result: n, rr, messageId: id.queueId, idx: id.idx, jobId: res.jobId });
         }
       });
       const counts = results.map(() => 0);
       if (!keyed.size) return counts;
-      const keys = [...keyed.values()];
+      const keys = columns([...keyed.values()], 'messageId', 'idx', 'jobId');
       const { rows } = await q<ActiveRow>(
         c,
         'tern_results_active',
@@ -168,15 +198,12 @@ export class ResultApplier {
          JOIN messages m ON m.id = r.message_id
          ORDER BY r.message_id, r.idx
          FOR UPDATE OF r, m`,
-        [keys.map((k) => k.m), keys.map((k) => k.i), keys.map((k) => k.j)],
+        [keys.messageId, keys.idx, keys.jobId],
       );
       if (!rows.length) return counts;
 
-      const upd = { tid: [] as string[], s: [] as number[], na: [] as (Date | null)[], c: [] as number[], e: [] as string[], x: [] as string[] };
-      const att = {
-        m: [] as string[], i: [] as number[], j: [] as string[], st: [] as Date[], d: [] as number[], h: [] as string[], ip: [] as string[],
-        c: [] as number[], e: [] as string[], x: [] as string[], o: [] as number[], tu: [] as boolean[], tv: [] as string[], tc: [] as string[], tver: [] as boolean[], w: [] as string[],
-      };
+      const updates: RecipientUpdate[] = [];
+      const attempts: AttemptRow[] = [];
       const jobEnds: JobEnd[] = [];
       const seenJobs = new Set<string>();
       const failedSubjects: ReportSubject[] = [];
@@ -212,37 +239,41 @@ export class ResultApplier {
             willRetryUntil: undefined,
           });
         }
-        upd.tid.push(row.tid);
-        upd.s.push(state);
-        upd.na.push(next);
-        upd.c.push(code);
-        upd.e.push(reply?.enhanced ?? '');
-        upd.x.push((reply?.text ?? '').slice(0, 2000));
-        att.m.push(row.message_id);
-        att.i.push(row.idx);
-        att.j.push(row.job_id);
-        att.st.push(res.startedAt ?? now);
-        att.d.push(res.durationMs);
-        att.h.push(res.remoteHost);
-        att.ip.push(res.remoteIp);
-        att.c.push(code);
-        att.e.push(reply?.enhanced ?? '');
-        att.x.push((reply?.text ?? '').slice(0, 2000));
-        att.o.push(k.rr.outcome || AttemptOutcome.ATTEMPT_OUTCOME_DEFERRED);
-        att.tu.push(res.tls?.used ?? false);
-        att.tv.push(res.tls?.version ?? '');
-        att.tc.push(res.tls?.cipher ?? '');
-        att.tver.push(res.tls?.verified ?? false);
-        att.w.push(res.worker);
+        const enhanced = reply?.enhanced ?? '';
+        const text = (reply?.text ?? '').slice(0, 2000);
+        updates.push({ tid: row.tid, state, nextAttemptAt: next, code, enhanced, text });
+        attempts.push({
+          messageId: row.message_id,
+          idx: row.idx,
+          jobId: row.job_id,
+          startedAt: res.startedAt ?? now,
+          durationMs: res.durationMs,
+          remoteHost: res.remoteHost,
+          remoteIp: res.remoteIp,
+          code,
+          enhanced,
+          text,
+          outcome: k.rr.outcome || AttemptOutcome.ATTEMPT_OUTCOME_DEFERRED,
+          tlsUsed: res.tls?.used ?? false,
+          tlsVersion: res.tls?.version ?? '',
+          tlsCipher: res.tls?.cipher ?? '',
+          tlsVerified: res.tls?.verified ?? false,
+          worker: res.worker,
+        });
         if (!seenJobs.has(row.job_id)) {
           seenJobs.add(row.job_id);
           jobEnds.push({ jobId: row.job_id, destination: row.domain, ...jobFeedback(res, reply) });
         }
       }
       // Per destination: concurrency feedback (the last error wins); per job: its destination.
-      const per = feedbackByDestination(jobEnds);
-      const dNames = [...per.keys()].sort();
-      const dv = dNames.map((n) => per.get(n)!);
+      const feedback = feedbackColumns(jobEnds);
+      const updated = columns(updates, 'tid', 'state', 'nextAttemptAt', 'code', 'enhanced', 'text');
+      const attempted = columns(
+        attempts,
+        'messageId', 'idx', 'jobId', 'startedAt', 'durationMs', 'remoteHost', 'remoteIp', 'code', 'enhanced', 'text',
+        'outcome', 'tlsUsed', 'tlsVersion', 'tlsCipher', 'tlsVerified', 'worker',
+      );
+      const ended = columns(jobEnds, 'jobId', 'destination');
       const l = this.o.limits;
       // ONE statement for the state change: recipients, their attempts, the
       // messages now done, and the slots of the jobs now finished given
@@ -294,10 +325,12 @@ export class ResultApplier {
          SELECT array_agg(rel.name) AS due FROM rel
          WHERE ${dueAtSql('rel.name')}`,
         [
-          upd.tid, upd.s, upd.na, upd.c, upd.e, upd.x,
-          att.m, att.i, att.j, att.st, att.d, att.h, att.ip, att.c, att.e, att.x, att.o, att.tu, att.tv, att.tc, att.tver, att.w,
-          jobEnds.map((e) => e.jobId), jobEnds.map((e) => e.destination),
-          dNames, dv.map((x) => x.ok), dv.map((x) => x.failed), dv.map((x) => x.err),
+          updated.tid, updated.state, updated.nextAttemptAt, updated.code, updated.enhanced, updated.text,
+          attempted.messageId, attempted.idx, attempted.jobId, attempted.startedAt, attempted.durationMs, attempted.remoteHost, attempted.remoteIp,
+          attempted.code, attempted.enhanced, attempted.text, attempted.outcome,
+          attempted.tlsUsed, attempted.tlsVersion, attempted.tlsCipher, attempted.tlsVerified, attempted.worker,
+          ended.jobId, ended.destination,
+          feedback.name, feedback.ok, feedback.failed, feedback.err,
           l.maxConcurrency, l.failuresToSuspend, l.probeS,
         ],
       );
@@ -309,7 +342,7 @@ export class ResultApplier {
       reports = outbox.length;
       ends = jobEnds.length;
       due = (relRows[0]?.due ?? []).sort();
-      for (let n = 0; n < upd.s.length; n++) this.o.applied.add(1, { state: String(upd.s[n]) });
+      for (const r of updates) this.o.applied.add(1, { state: String(r.state) });
       return counts;
     });
     if (reports) this.o.onOutbox(committed);
