@@ -397,9 +397,9 @@ export function buildProgram(io: Io): Command {
     );
   alias
     .command('add')
-    .description('add or replace an alias')
-    .argument('<address>', 'alias address at a local domain')
-    .argument('<targets...>', 'where its mail goes (addresses)')
+    .description('add or replace an alias: mail to it is stored and delivered for its targets (expanded recursively at RCPT, each address once, the alias kept as ORCPT)')
+    .argument('<address>', 'alias address at a local domain, or @domain for the catch-all (addresses that are neither a mailbox nor an alias)')
+    .argument('<targets...>', 'where its mail goes: addresses, local or elsewhere, other aliases included; the alias\'s own address keeps a copy')
     .action(
       run(async (ctx, address: string, targets: string[]) => {
         const res = await ctx.api.putAlias({ alias: { address, targets: targets.flatMap((t) => t.split(',')).map((t) => t.trim()).filter(Boolean) } });
@@ -411,7 +411,7 @@ export function buildProgram(io: Io): Command {
     .command('rm')
     .alias('remove')
     .description('remove an alias')
-    .argument('<address>', 'alias address')
+    .argument('<address>', 'alias address, or @domain')
     .action(
       run(async (ctx, address: string) => {
         const res = await ctx.api.deleteAlias({ address });

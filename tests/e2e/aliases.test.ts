@@ -146,7 +146,7 @@ test('a nested alias is expanded recursively; the client\'s ORCPT and NOTIFY are
   assert.deepEqual(await delivered(remoteMx, 'to all', 1), [{ rcpt: 'carol@remote.test', orcpt: 'rfc822;everyone@example.test', notify: 'SUCCESS,FAILURE' }]);
 });
 
-test('an alias that names itself keeps its own address besides the others (a -> a, b)', async () => {
+test('an alias that names itself keeps its own address besides the others (a -> a, b), for a mailbox too', async () => {
   await alias('keep@example.test', 'keep@example.test', 'alice@example.test');
   const id = await send(['<keep@example.test>'], 'to keep');
   assert.deepEqual(await stored(id), ['alice@example.test', 'keep@example.test']);
@@ -157,6 +157,15 @@ test('an alias that names itself keeps its own address besides the others (a -> 
       ['keep@example.test', 'rfc822;keep@example.test'],
     ],
   );
+  // A mailbox that is also an alias: the alias applies (Postfix aliases first), and the mailbox keeps its copy.
+  await tern(platform, 'mailbox', 'add', 'erin@example.test');
+  await alias('erin@example.test', 'erin@example.test', 'dave@example.test');
+  const copied = await waitFor('the alias over the mailbox in policy', async () => {
+    const qid = await send(['<erin@example.test>'], `to erin ${Date.now()}`);
+    const rcpts = await stored(qid);
+    return rcpts.length === 2 ? rcpts : undefined;
+  }, 5_000, 200);
+  assert.deepEqual(copied, ['dave@example.test', 'erin@example.test']);
 });
 
 test('a loop of aliases with no final address is refused at RCPT (550 5.4.6, naming the loop); nested too deep is refused (451 4.3.5)', async () => {

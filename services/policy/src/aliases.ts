@@ -4,10 +4,13 @@
 //
 // Resolution of one address, first match wins: for the address itself, then
 // for `user@domain` when it is `user+ext@domain` (the recipient delimiter),
-// an enabled mailbox, an alias, a disabled mailbox; then the `@domain`
-// catch-all alias; then the domain's catch_all address. A mailbox or an exact alias therefore always wins over
-// the catch-all (unlike Postfix, where an `@domain` entry also captures
-// mailboxes that are not listed as `user@domain user@domain`).
+// an alias, then a mailbox (enabled or disabled); then the `@domain`
+// catch-all alias; then the domain's catch_all address. An alias applies
+// before a mailbox of the same address, as in Postfix (virtual aliasing comes
+// first): `a -> a, b` keeps mailbox a's mail and copies it to b. A mailbox or
+// an exact alias always wins over the catch-all (unlike Postfix, where an
+// `@domain` entry also captures mailboxes that are not listed as
+// `user@domain user@domain`).
 //
 // Expansion: each target that resolves to an alias is expanded in turn, up to
 // `maxDepth` nested aliases; an alias that names itself among its targets
@@ -59,11 +62,10 @@ export function resolve(key: string, snap: Snapshot, delimiter: string): Resolut
   const domain = snap.domains.get(domainOf(key));
   if (domain?.kind !== 'local') return { kind: 'none', address: key };
   for (const k of candidates(key, delimiter)) {
-    const enabled = snap.mailboxes.get(k);
-    if (enabled === true) return { kind: 'mailbox', address: k, enabled };
     const alias = snap.aliases.get(k);
     if (alias) return { kind: 'alias', address: k, targets: alias.targets };
-    if (enabled === false) return { kind: 'mailbox', address: k, enabled };
+    const enabled = snap.mailboxes.get(k);
+    if (enabled !== undefined) return { kind: 'mailbox', address: k, enabled };
   }
   const catchAll = snap.aliases.get(`@${domain.name}`);
   if (catchAll) return { kind: 'catch_all', address: key, targets: catchAll.targets };
