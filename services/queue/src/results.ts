@@ -2,8 +2,11 @@
 // tern.results, several per message on tern.results.batch) are applied in batches,
 // idempotently (only recipients still inflight under the result's job
 // change), with an attempt row each, destination feedback, the next attempt
-// by backoff, and report requests in the same transaction. NATS messages are
-// acknowledged only after COMMIT.
+// by backoff, and report requests in the same transaction. What each result
+// means (new state, backoff, report, feedback) is decided in settle.ts; this
+// file reads and locks the recipients, writes the decisions in one statement
+// and dispatches into the slots given back. NATS messages are acknowledged
+// only after COMMIT.
 import { SUBJECTS, type Bus, type BusMessage, type Consumption } from '@tern/bus';
 import type { Pool, PoolClient } from '@tern/db';
 import { AttemptOutcome, DeliveryResult, DeliveryResults, ReportKind } from '@tern/proto';
@@ -96,9 +99,8 @@ export const RESULT_ACK_HOLD_MS = 200;
  * message at its ack, and a file stream whose last block empties replaces
  * the block file (a create and an unlink, nats-server #6789); results are
  * applied within milliseconds, so acking each at once emptied TERN_RESULTS
- * between most batches (12 block files a second at 4k-10; nats-server's
- * share of Tern's CPU there 11.0% -> 10.3% with this). Holding one keeps the
- * block in use while results flow. A held ack lost in a crash only means a
+ * between most batches (docs/performance.md). Holding one keeps the block
+ * in use while results flow. A held ack lost in a crash only means a
  * redelivery, which applies nothing twice (only recipients still inflight
  * under the job change).
  */
@@ -283,7 +285,7 @@ export class ResultApplier {
       // are found by their row addresses (tids, from the locking select;
       // "= ANY" makes it a TID scan whatever the table's size: a join on the
       // key, or on the tid alone, let the planner scan the whole table while
-      // it was small, 0.25-0.5 ms a batch in the bench). Destination rows are locked
+      // it was small). Destination rows are locked
       // last and briefly (they are shared by every dispatching transaction
       // and by the group commit, which waits for them): the attempts and
       // "done" are written before (the one-time filter below runs them
@@ -372,8 +374,8 @@ export class ResultApplier {
  * Marks messages whose recipients are all final (their bodies can go after the
  * grace period). The pending check is a per-message subplan on the primary
  * key on purpose: written as NOT EXISTS, the planner turned it into an anti
- * join that read every pending recipient of the queue (3.7 ms per call on a
- * queue of a few thousand, growing with the queue; 0.4 ms this way).
+ * join that read every pending recipient of the queue, a cost that grows
+ * with the queue (docs/performance.md).
  */
 export async function markDone(c: PoolClient, ids: string[]): Promise<void> {
   if (!ids.length) return;
