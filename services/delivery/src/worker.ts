@@ -65,6 +65,19 @@ const NOTIFY_WORD: Partial<Record<DsnNotify, string>> = {
   [DsnNotify.DSN_NOTIFY_DELAY]: 'DELAY',
 };
 
+/**
+ * The NOTIFY keywords to send with a recipient. On a final delivery (LMTP)
+ * the "delivered" report is Tern's (the queue sends it, RFC 3461 6.2), so
+ * SUCCESS is not passed on: a DSN-capable LMTP server would report it a
+ * second time; NOTIFY=SUCCESS alone becomes NEVER.
+ */
+export function notifyWords(notify: readonly DsnNotify[], finalDelivery: boolean): string[] {
+  const words = notify.map((n) => NOTIFY_WORD[n]).filter((w): w is string => !!w);
+  if (!finalDelivery || !words.includes('SUCCESS')) return words;
+  const rest = words.filter((w) => w !== 'SUCCESS');
+  return rest.length ? rest : ['NEVER'];
+}
+
 const TLS_MODE: Partial<Record<TlsPolicy, TlsMode>> = {
   [TlsPolicy.TLS_POLICY_UNSPECIFIED]: 'may',
   [TlsPolicy.TLS_POLICY_NONE]: 'none',
@@ -161,7 +174,7 @@ export async function deliver(deps: WorkerDeps, job: DeliveryJob): Promise<Deliv
   };
   const all = (reply: SmtpReply, destinationFailure = false): DeliveryResult => ({
     ...base,
-    recipients: job.recipients.map((r) => ({ recipientId: r.recipientId, outcome: outcomeOf(reply.code), reply, remoteDsn: false })),
+    recipients: job.recipients.map((r) => ({ recipientId: r.recipientId, outcome: outcomeOf(reply.code), reply, remoteDsn: false, finalDelivery: false })),
     destinationFailure,
     durationMs: Date.now() - startedAt.getTime(),
   });
@@ -292,7 +305,7 @@ export async function deliver(deps: WorkerDeps, job: DeliveryJob): Promise<Deliv
           try {
             tx = await client.send({
               sender: env?.sender ?? '',
-              recipients: job.recipients.map((r) => ({ address: r.address, orcpt: r.orcpt, notify: r.notify.map((n) => NOTIFY_WORD[n]).filter((w): w is string => !!w) })),
+              recipients: job.recipients.map((r) => ({ address: r.address, orcpt: r.orcpt, notify: notifyWords(r.notify, p.lmtp) })),
               size,
               bodyType,
               smtputf8,
@@ -314,6 +327,8 @@ export async function deliver(deps: WorkerDeps, job: DeliveryJob): Promise<Deliv
             return { ...all(err.reply, true), ...remote };
           }
           const remoteDsn = client.extensions.has('DSN');
+          // An LMTP route is a final delivery: the queue reports "delivered" itself.
+          const finalDelivery = p.lmtp;
           deps.pool.release(client, opts, !tx.broken);
           const recipients: RecipientResult[] = job.recipients.map((r, i) => {
             const rcpt = tx.rcpts[i] ?? tx.mail;
@@ -321,7 +336,7 @@ export async function deliver(deps: WorkerDeps, job: DeliveryJob): Promise<Deliv
             if (tx.mail.code < 200 || tx.mail.code >= 300) reply = tx.mail;
             else if (rcpt.code < 200 || rcpt.code >= 300) reply = rcpt;
             else reply = tx.data?.[i] ?? tx.broken?.reply ?? syntheticReply(451, '4.3.0', 'no reply at end of data');
-            return { recipientId: r.recipientId, outcome: outcomeOf(reply.code), reply, remoteDsn };
+            return { recipientId: r.recipientId, outcome: outcomeOf(reply.code), reply, remoteDsn, finalDelivery };
           });
           return { ...base, ...remote, recipients, destinationFailure: !!tx.broken, durationMs: Date.now() - startedAt.getTime() };
         }

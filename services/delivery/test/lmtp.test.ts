@@ -7,7 +7,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, beforeEach, test } from 'node:test';
 import { forwardUnixSocket, Harness, type DnsServer, type SmtpSink, type UnixForward } from '@tern/devkit';
-import { AttemptOutcome, RouteKind, type DeliveryResult } from '@tern/proto';
+import { AttemptOutcome, DsnNotify, RouteKind, type DeliveryResult } from '@tern/proto';
 import { deliver } from '../src/worker';
 import { makeDeps, makeJob } from './helpers';
 
@@ -48,6 +48,18 @@ test('LMTP over TCP: LHLO, and each recipient gets its own reply after the data'
   assert.equal(lmtp.connections[0]!.commands[0], 'LHLO');
   assert.deepEqual(lmtp.messages.map((m) => m.rcptTo[0]).sort(), ['ann@local.test', 'eve@local.test']);
   assert.equal(r!.remoteIp, lmtp.host);
+});
+
+test('LMTP is a final delivery: the result says so, and NOTIFY=SUCCESS is not passed on (the queue reports "delivered" itself)', async () => {
+  const job = makeJob(bodies, ['ann@local.test', 'eve@local.test'], {
+    route: { domain: 'local.test', kind: RouteKind.ROUTE_KIND_LMTP, target: `${lmtp.host}:${lmtp.port}` } as never,
+  });
+  job.recipients[0]!.notify = [DsnNotify.DSN_NOTIFY_SUCCESS, DsnNotify.DSN_NOTIFY_FAILURE];
+  job.recipients[1]!.notify = [DsnNotify.DSN_NOTIFY_SUCCESS];
+  const r = await deliver(deps(), job);
+  assert.deepEqual(r!.recipients.map((x) => [x.outcome, x.remoteDsn, x.finalDelivery]), [[DELIVERED, true, true], [DELIVERED, true, true]]);
+  const notify = lmtp.messages.flatMap((m) => m.rcptTo.map((to, i) => [to, m.rcptParams[i]?.NOTIFY]));
+  assert.deepEqual(notify.sort(), [['ann@local.test', 'FAILURE'], ['eve@local.test', 'NEVER']]);
 });
 
 test('LMTP over a unix socket', async () => {

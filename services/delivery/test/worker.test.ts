@@ -394,6 +394,7 @@ describe('extensions', () => {
     assert.equal(m.rcptParams[0]!.NOTIFY, 'SUCCESS,FAILURE');
     assert.equal(m.rcptParams[0]!.ORCPT, 'rfc822;x+2By@ext.test');
     assert.equal(r!.recipients[0]!.remoteDsn, true);
+    assert.equal(r!.recipients[0]!.finalDelivery, false, 'an MX is not a final delivery');
 
     const nodsn = await harness.startSink({ host: '127.0.4.10', port, hostname: 'nodsn.sink.test', dsn: false });
     dns.mx('nodsn.test', 'mx.nodsn.test').a('mx.nodsn.test', '127.0.4.10');

@@ -210,6 +210,7 @@ export class ResultApplier {
       const seenJobs = new Set<string>();
       const failedSubjects: ReportSubject[] = [];
       const relayedSubjects: ReportSubject[] = [];
+      const deliveredSubjects: ReportSubject[] = [];
       for (const row of rows) {
         const k = keyed.get(`${row.message_id}.${row.idx}.${row.job_id}`)!;
         const res = results[k.result]!;
@@ -223,7 +224,8 @@ export class ResultApplier {
           this.o.backoff,
         );
         if (report) {
-          (report.kind === ReportKind.REPORT_KIND_RELAYED ? relayedSubjects : failedSubjects).push({
+          const subjects = report.kind === ReportKind.REPORT_KIND_RELAYED ? relayedSubjects : report.kind === ReportKind.REPORT_KIND_DELIVERED ? deliveredSubjects : failedSubjects;
+          subjects.push({
             messageId: row.message_id,
             sender: row.sender,
             origin: row.origin,
@@ -339,6 +341,7 @@ export class ResultApplier {
       const outbox: OutboxRow[] = [
         ...buildReports(ReportKind.REPORT_KIND_FAILED, failedSubjects),
         ...buildReports(ReportKind.REPORT_KIND_RELAYED, relayedSubjects),
+        ...buildReports(ReportKind.REPORT_KIND_DELIVERED, deliveredSubjects),
       ];
       committed = await insertOutbox(c, outbox);
       reports = outbox.length;

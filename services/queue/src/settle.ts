@@ -1,7 +1,8 @@
 // Settling: what one delivery result means for the queue, decided without
 // the database. settleRecipient turns a recipient's outcome into its new
 // state (delivered, relayed, failed, deferred with the next attempt by
-// backoff, or expired past its lifetime) and the report it is a subject of;
+// backoff, or expired past its lifetime) and the report it is a subject of
+// (failed, relayed, or delivered for a final delivery asked NOTIFY=SUCCESS);
 // jobFeedback turns a job's result into its destination's concurrency
 // feedback. results.ts applies both in one statement per batch; kept apart
 // here, the rules can be read and tested on their own.
@@ -20,6 +21,12 @@ export interface RecipientOutcome {
   outcome: AttemptOutcome;
   /** The next hop had DSN (RFC 3461): NOTIFY went on with the recipient, so success is the next hop's to report. */
   remoteDsn: boolean;
+  /**
+   * The next hop was a final delivery (an LMTP route): success is Tern's to
+   * report ("delivered"), whatever the next hop's DSN. Absent from results
+   * of delivery pods that predate it (false).
+   */
+  finalDelivery?: boolean;
   reply: SmtpReply | undefined;
 }
 
@@ -29,16 +36,18 @@ export interface Settlement {
   nextAttemptAt: Date | null;
   /**
    * The report the recipient is a subject of, with its RFC 3463 status:
-   * FAILED (failed, expired) or RELAYED. buildReports keeps it only where
-   * NOTIFY and the sender allow one.
+   * FAILED (failed, expired), RELAYED or DELIVERED. buildReports keeps it
+   * only where NOTIFY and the sender allow one.
    */
-  report: { kind: ReportKind.REPORT_KIND_FAILED | ReportKind.REPORT_KIND_RELAYED; status: string } | undefined;
+  report: { kind: ReportKind.REPORT_KIND_FAILED | ReportKind.REPORT_KIND_RELAYED | ReportKind.REPORT_KIND_DELIVERED; status: string } | undefined;
 }
 
 /**
- * The new state of a recipient from its outcome: delivered (relayed when it
- * asked NOTIFY=SUCCESS and the next hop had no DSN to pass it on),
- * relayed, failed, or, for a deferral (or an outcome not given), expired
+ * The new state of a recipient from its outcome: delivered (RFC 3461 for a
+ * recipient that asked NOTIFY=SUCCESS: a final delivery, LMTP, is reported
+ * "delivered" by Tern whether or not the next hop had DSN; a relay to a next
+ * hop with DSN passed the request on, so no report; to one without DSN,
+ * "relayed"), relayed, failed, or, for a deferral (or an outcome not given), expired
  * once `now` has reached its lifetime and deferred otherwise, due again
  * after the backoff of its next attempt but not after its lifetime.
  */
@@ -47,9 +56,14 @@ export function settleRecipient(r: InflightRecipient, o: RecipientOutcome, now: 
   const enhanced = o.reply?.enhanced ?? '';
   const relayed = (): Settlement => ({ state: S.relayed, nextAttemptAt: null, report: { kind: ReportKind.REPORT_KIND_RELAYED, status: statusOf(code, enhanced, '2.0.0') } });
   switch (o.outcome) {
-    case AttemptOutcome.ATTEMPT_OUTCOME_DELIVERED:
-      if (!o.remoteDsn && r.notify.includes(DsnNotify.DSN_NOTIFY_SUCCESS)) return relayed();
+    case AttemptOutcome.ATTEMPT_OUTCOME_DELIVERED: {
+      const success = r.notify.includes(DsnNotify.DSN_NOTIFY_SUCCESS);
+      if (success && o.finalDelivery) {
+        return { state: S.delivered, nextAttemptAt: null, report: { kind: ReportKind.REPORT_KIND_DELIVERED, status: statusOf(code, enhanced, '2.0.0') } };
+      }
+      if (success && !o.remoteDsn) return relayed();
       return { state: S.delivered, nextAttemptAt: null, report: undefined };
+    }
     case AttemptOutcome.ATTEMPT_OUTCOME_RELAYED:
       return relayed();
     case AttemptOutcome.ATTEMPT_OUTCOME_FAILED:

@@ -116,8 +116,8 @@ describe('dispatch and results', () => {
     const [first, second] = two.recipients;
     await delivery.result(two, AttemptOutcome.ATTEMPT_OUTCOME_DELIVERED, { code: 250 }, {
       recipients: [
-        { recipientId: first!.recipientId, outcome: AttemptOutcome.ATTEMPT_OUTCOME_DELIVERED, reply: { code: 250, enhanced: '2.0.0', text: 'ok' }, remoteDsn: true },
-        { recipientId: second!.recipientId, outcome: AttemptOutcome.ATTEMPT_OUTCOME_DEFERRED, reply: { code: 451, enhanced: '4.3.0', text: 'later' }, remoteDsn: true },
+        { recipientId: first!.recipientId, outcome: AttemptOutcome.ATTEMPT_OUTCOME_DELIVERED, reply: { code: 250, enhanced: '2.0.0', text: 'ok' }, remoteDsn: true, finalDelivery: false },
+        { recipientId: second!.recipientId, outcome: AttemptOutcome.ATTEMPT_OUTCOME_DEFERRED, reply: { code: 451, enhanced: '4.3.0', text: 'later' }, remoteDsn: true, finalDelivery: false },
       ],
     });
     await eventually(() => slots('done-two.example'), (n) => n === 0);
@@ -188,8 +188,8 @@ describe('dispatch and results', () => {
     const t0 = Date.now();
     await delivery.result(job, AttemptOutcome.ATTEMPT_OUTCOME_DEFERRED, { code: 0 }, {
       recipients: [
-        { recipientId: job.recipients[0]!.recipientId, outcome: AttemptOutcome.ATTEMPT_OUTCOME_DEFERRED, reply: { code: 451, enhanced: '4.2.1', text: 'try later' }, remoteDsn: false },
-        { recipientId: job.recipients[1]!.recipientId, outcome: AttemptOutcome.ATTEMPT_OUTCOME_DELIVERED, reply: { code: 250, enhanced: '2.0.0', text: 'ok' }, remoteDsn: false },
+        { recipientId: job.recipients[0]!.recipientId, outcome: AttemptOutcome.ATTEMPT_OUTCOME_DEFERRED, reply: { code: 451, enhanced: '4.2.1', text: 'try later' }, remoteDsn: false, finalDelivery: false },
+        { recipientId: job.recipients[1]!.recipientId, outcome: AttemptOutcome.ATTEMPT_OUTCOME_DELIVERED, reply: { code: 250, enhanced: '2.0.0', text: 'ok' }, remoteDsn: false, finalDelivery: false },
       ],
     });
     const r = await eventually(() => states(res.queueId), (x) => x[0]?.state === RecipientState.RECIPIENT_STATE_DEFERRED);

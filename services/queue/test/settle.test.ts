@@ -17,7 +17,7 @@ const rcpt = (o: { notify?: number[]; attemptCount?: number; expiresAt?: Date } 
   expiresAt: o.expiresAt ?? inFuture(86_400),
 });
 const reply = (code: number, enhanced = '', text = ''): SmtpReply => ({ code, enhanced, text });
-const outcome = (o: AttemptOutcome, r?: SmtpReply, remoteDsn = false) => ({ outcome: o, reply: r, remoteDsn });
+const outcome = (o: AttemptOutcome, r?: SmtpReply, remoteDsn = false, finalDelivery = false) => ({ outcome: o, reply: r, remoteDsn, finalDelivery });
 const settle = (r: ReturnType<typeof rcpt>, o: ReturnType<typeof outcome>) => settleRecipient(r, o, now, backoff, even);
 
 test('a delivered recipient is delivered, with no report and no next attempt', () => {
@@ -37,6 +37,28 @@ test('a delivered recipient that asked NOTIFY=SUCCESS is relayed with a report, 
   });
   assert.equal(settle(success, outcome(AttemptOutcome.ATTEMPT_OUTCOME_DELIVERED, reply(250), true)).state, S.delivered);
   assert.equal(settle(success, outcome(AttemptOutcome.ATTEMPT_OUTCOME_DELIVERED, reply(250), true)).report, undefined);
+});
+
+test('a final delivery (LMTP) of a recipient that asked NOTIFY=SUCCESS is delivered with a "delivered" report, whether or not the next hop had DSN', () => {
+  const success = rcpt({ notify: [DsnNotify.DSN_NOTIFY_SUCCESS, DsnNotify.DSN_NOTIFY_FAILURE] });
+  for (const remoteDsn of [true, false]) {
+    assert.deepEqual(settle(success, outcome(AttemptOutcome.ATTEMPT_OUTCOME_DELIVERED, reply(250, '2.0.0', 'ok'), remoteDsn, true)), {
+      state: S.delivered,
+      nextAttemptAt: null,
+      report: { kind: ReportKind.REPORT_KIND_DELIVERED, status: '2.0.0' },
+    }, `remoteDsn ${remoteDsn}`);
+    // The status from the reply's class when it has no enhanced code.
+    assert.deepEqual(settle(success, outcome(AttemptOutcome.ATTEMPT_OUTCOME_DELIVERED, reply(250), remoteDsn, true)).report, { kind: ReportKind.REPORT_KIND_DELIVERED, status: '2.0.0' });
+  }
+  // Without SUCCESS: delivered, no report (a FAILURE-only or default NOTIFY asks nothing of a success).
+  for (const notify of [[], [DsnNotify.DSN_NOTIFY_FAILURE], [DsnNotify.DSN_NOTIFY_NEVER]]) {
+    assert.deepEqual(settle(rcpt({ notify }), outcome(AttemptOutcome.ATTEMPT_OUTCOME_DELIVERED, reply(250, '2.0.0'), false, true)), { state: S.delivered, nextAttemptAt: null, report: undefined });
+  }
+  // A final delivery that was not a success is settled as any other.
+  assert.equal(settle(success, outcome(AttemptOutcome.ATTEMPT_OUTCOME_FAILED, reply(550, '5.1.1'), true, true)).report?.kind, ReportKind.REPORT_KIND_FAILED);
+  assert.equal(settle(success, outcome(AttemptOutcome.ATTEMPT_OUTCOME_DEFERRED, reply(452, '4.2.2'), true, true)).state, S.deferred);
+  // A result without the field (a delivery pod that predates it) is not final: today's rule.
+  assert.equal(settleRecipient(success, { outcome: AttemptOutcome.ATTEMPT_OUTCOME_DELIVERED, reply: reply(250), remoteDsn: false }, now, backoff, even).report?.kind, ReportKind.REPORT_KIND_RELAYED);
 });
 
 test('a relayed recipient is relayed with a report; its status comes from the basic code, else 2.0.0', () => {

@@ -102,6 +102,12 @@ export interface RecipientResult {
     | undefined;
   /** The next hop had DSN (RFC 3461); without it, a NOTIFY=SUCCESS recipient is "relayed". */
   remoteDsn: boolean;
+  /**
+   * The next hop was a final delivery (an LMTP route: the mailbox store, not
+   * another MTA): a NOTIFY=SUCCESS recipient is "delivered", reported by Tern
+   * whether or not the next hop had DSN.
+   */
+  finalDelivery: boolean;
 }
 
 /** The outcome of one DeliveryJob (subject tern.results). */
@@ -537,7 +543,7 @@ export const DeliveryJob: MessageFns<DeliveryJob> = {
 };
 
 function createBaseRecipientResult(): RecipientResult {
-  return { recipientId: "", outcome: 0, reply: undefined, remoteDsn: false };
+  return { recipientId: "", outcome: 0, reply: undefined, remoteDsn: false, finalDelivery: false };
 }
 
 export const RecipientResult: MessageFns<RecipientResult> = {
@@ -553,6 +559,9 @@ export const RecipientResult: MessageFns<RecipientResult> = {
     }
     if (message.remoteDsn !== false) {
       writer.uint32(32).bool(message.remoteDsn);
+    }
+    if (message.finalDelivery !== false) {
+      writer.uint32(40).bool(message.finalDelivery);
     }
     return writer;
   },
@@ -602,6 +611,14 @@ export const RecipientResult: MessageFns<RecipientResult> = {
             message.remoteDsn = reader.bool();
             continue;
           }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.finalDelivery = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -628,6 +645,11 @@ export const RecipientResult: MessageFns<RecipientResult> = {
         : isSet(object.remote_dsn)
         ? globalThis.Boolean(object.remote_dsn)
         : false,
+      finalDelivery: isSet(object.finalDelivery)
+        ? globalThis.Boolean(object.finalDelivery)
+        : isSet(object.final_delivery)
+        ? globalThis.Boolean(object.final_delivery)
+        : false,
     };
   },
 
@@ -645,6 +667,9 @@ export const RecipientResult: MessageFns<RecipientResult> = {
     if (message.remoteDsn !== false) {
       obj.remoteDsn = message.remoteDsn;
     }
+    if (message.finalDelivery !== false) {
+      obj.finalDelivery = message.finalDelivery;
+    }
     return obj;
   },
 
@@ -659,6 +684,7 @@ export const RecipientResult: MessageFns<RecipientResult> = {
       ? SmtpReply.fromPartial(object.reply)
       : undefined;
     message.remoteDsn = object.remoteDsn ?? false;
+    message.finalDelivery = object.finalDelivery ?? false;
     return message;
   },
 };
