@@ -10,6 +10,13 @@ export interface Reply {
   enhanced?: string;
   /** One line, or several for a multi-line reply. Must not contain CR or LF. */
   text: string | readonly string[];
+  /**
+   * A 4xx for a reason of the server's, not the client's (a dependency
+   * down, the queue full): it does not count toward the session's error
+   * limit (SmtpLimits.maxErrors); unavailableCloseMs bounds how long a
+   * session keeps getting them.
+   */
+  ourFault?: boolean;
 }
 
 const ENHANCED = /^[245]\.\d{1,3}\.\d{1,3}$/;
@@ -33,11 +40,12 @@ export function normalizeReply(r: Reply, withEnhanced = true): Reply {
   const klass = Math.floor(code / 100);
   const rawLines = typeof r.text === 'string' ? [r.text] : r.text.length > 0 ? r.text : [''];
   const lines = rawLines.map((l) => l.replace(/[\r\n\0]+/g, ' '));
-  if (!withEnhanced || klass === 3) return { code, text: lines };
+  const ourFault = r.ourFault && klass === 4 ? { ourFault: true } : {};
+  if (!withEnhanced || klass === 3) return { code, text: lines, ...ourFault };
   let enhanced = r.enhanced;
   if (enhanced === undefined || !ENHANCED.test(enhanced)) enhanced = `${klass}.0.0`;
   else if (enhanced[0] !== String(klass)) enhanced = `${klass}${enhanced.slice(1)}`;
-  return { code, enhanced, text: lines };
+  return { code, enhanced, text: lines, ...ourFault };
 }
 
 /** Wire form: "250-first\r\n250 last\r\n", enhanced code after the reply code. */
@@ -119,7 +127,7 @@ export const Replies = {
   nulInData: reply(554, '5.6.0', 'Error: NUL character received in message data'),
   textLineTooLong: reply(554, '5.6.0', 'Error: message line too long (limit 1000 octets including CRLF)'),
   nonAsciiAddress: reply(553, '5.6.7', 'Error: non-ASCII address requires SMTPUTF8'),
-  hookFailed: reply(451, '4.3.0', 'Error: internal error, try again later'),
+  hookFailed: { ...reply(451, '4.3.0', 'Error: internal error, try again later'), ourFault: true },
   pregreet: reply(554, '5.5.0', 'Error: SMTP protocol synchronization (talked before greeting)'),
   pipelining: reply(554, '5.5.0', 'Error: SMTP protocol synchronization (improper command pipelining)'),
   startTlsUnavailable: reply(454, '4.7.0', 'TLS not available due to local problem'),

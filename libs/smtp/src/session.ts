@@ -124,6 +124,8 @@ export class Session {
   private busy = false;
   private out = '';
   private errors = 0;
+  /** When the current run of ourFault replies (with no 2xx since) began. */
+  private unavailableSince: number | undefined;
   private pipelining = false;
   private skipLine = false;
   private auth: AuthState | undefined;
@@ -326,15 +328,31 @@ export class Session {
     this.sock.write(s);
   }
 
-  /** Queues a reply; counts errors and closes after too many. */
+  /**
+   * Queues a reply; counts the client's errors and closes after too many.
+   * Our own transient failures are not the client's errors: a session that
+   * gets nothing else for unavailableCloseMs is closed with 421 4.3.0.
+   */
   private send(r: Reply): void {
     this.write(formatReply(r));
-    if (r.code >= 400 && r.code !== 421) {
-      this.errors++;
-      if (this.errors >= this.ctx.limits.maxErrors) {
-        this.endReason = 'too many errors';
-        this.closeWith(closing(this.ctx.hostname, '4.7.0', 'Error: too many errors'));
+    if (r.code < 400) {
+      if (r.code < 300) this.unavailableSince = undefined;
+      return;
+    }
+    if (r.code === 421) return;
+    if (r.ourFault) {
+      const now = Date.now();
+      this.unavailableSince ??= now;
+      if (now - this.unavailableSince >= this.ctx.limits.unavailableCloseMs) {
+        this.endReason = 'service unavailable';
+        this.closeWith(closing(this.ctx.hostname, '4.3.0', 'Error: service temporarily unavailable, try again later'));
       }
+      return;
+    }
+    this.errors++;
+    if (this.errors >= this.ctx.limits.maxErrors) {
+      this.endReason = 'too many errors';
+      this.closeWith(closing(this.ctx.hostname, '4.7.0', 'Error: too many errors'));
     }
   }
 

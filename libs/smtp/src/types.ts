@@ -15,8 +15,10 @@ export interface SmtpLimits {
   maxMessageSize: number;
   /** Recipients per transaction; more get 452 4.5.3. */
   maxRecipients: number;
-  /** 4xx/5xx replies per session before 421 4.7.0 and close. */
+  /** 4xx/5xx replies per session before 421 4.7.0 and close (replies marked ourFault do not count). */
   maxErrors: number;
+  /** A session that has had only ourFault 4xx replies (no 2xx) for this long is closed with 421 4.3.0 (ms). */
+  unavailableCloseMs: number;
   /** Concurrent sessions on this server (or the shared limiter). */
   maxSessions: number;
   /** Concurrent sessions per client IP. */
@@ -39,6 +41,7 @@ export const DEFAULT_LIMITS: SmtpLimits = {
   maxMessageSize: 10_240_000,
   maxRecipients: 100,
   maxErrors: 20,
+  unavailableCloseMs: 60_000,
   maxSessions: 2000,
   maxSessionsPerClient: 50,
   commandTimeoutMs: 300_000,

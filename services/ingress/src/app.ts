@@ -53,6 +53,7 @@ export function createApp(config: Config, deps: AppDeps): App {
     maxMessageSize: config.TERN_MAX_MESSAGE_SIZE,
     maxRecipients: config.TERN_MAX_RECIPIENTS,
     maxErrors: config.TERN_MAX_ERRORS,
+    unavailableCloseMs: config.TERN_UNAVAILABLE_CLOSE_MS,
     maxSessions: config.TERN_MAX_SESSIONS,
     maxSessionsPerClient: config.TERN_MAX_SESSIONS_PER_CLIENT,
     commandTimeoutMs: config.TERN_SMTP_COMMAND_TIMEOUT_MS,

@@ -92,6 +92,7 @@ const schema = z.object({
   TERN_MAX_RECIPIENTS: positiveInt(100),
   /** 4xx/5xx replies per session before 421 and disconnect. */
   TERN_MAX_ERRORS: positiveInt(20),
+  TERN_UNAVAILABLE_CLOSE_MS: positiveInt(60_000),
   /** Concurrent SMTP sessions per pod (all listeners together). */
   TERN_MAX_SESSIONS: positiveInt(2_000),
   TERN_MAX_SESSIONS_PER_CLIENT: positiveInt(50),
