@@ -14,6 +14,8 @@
 #
 # Usage: bash scripts/install-grpcurl.sh      (prints the grpcurl path and version)
 set -euo pipefail
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$(dirname "$0")/.."
 GRPCURL_VERSION="${GRPCURL_VERSION:-v1.9.3}"
 BIN="$PWD/.tern/bin"
@@ -25,12 +27,7 @@ if [[ -x "$BIN/grpcurl" && -f "$STAMP" && "$(cat "$STAMP")" == "$GRPCURL_VERSION
   exit 0
 fi
 
-if [[ -n "${TERN_GO+set}" ]]; then
-  GO="$TERN_GO"
-else
-  GO="$(command -v go || true)"
-  [[ -z "$GO" && -x /usr/local/go/bin/go ]] && GO=/usr/local/go/bin/go
-fi
+GO="$(tern_go || true)"
 if [[ -z "$GO" ]]; then
   echo "install-grpcurl: grpcurl is missing and there is no Go toolchain to build it; install Go (https://go.dev/dl) or put grpcurl at $BIN/grpcurl, then run this again" >&2
   exit 1

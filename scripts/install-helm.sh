@@ -18,6 +18,8 @@
 #
 # Usage: bash scripts/install-helm.sh      (prints the helm path and version)
 set -euo pipefail
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$(dirname "$0")/.."
 HELM_VERSION="${HELM_VERSION:-v3.22.0}"
 # Bumped when the way helm is built changes, so an older build is replaced.
@@ -51,12 +53,7 @@ fi
 # A link to a helm from PATH made by an earlier run is replaced by the build.
 [[ -L "$BIN/helm" ]] && rm -f "$BIN/helm"
 
-if [[ -n "${TERN_GO+set}" ]]; then
-  GO="$TERN_GO"
-else
-  GO="$(command -v go || true)"
-  [[ -z "$GO" && -x /usr/local/go/bin/go ]] && GO=/usr/local/go/bin/go
-fi
+GO="$(tern_go || true)"
 if [[ -z "$GO" ]]; then
   echo "install-helm: helm is missing and there is no Go toolchain to build it; install Go (https://go.dev/dl) or put a Helm 3 binary on PATH, then run this again" >&2
   exit 1

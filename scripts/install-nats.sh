@@ -32,8 +32,7 @@ if [[ -x "$BIN/nats-server" && -f "$STAMP" && "$(cat "$STAMP")" == "$NATS_SERVER
   exit 0
 fi
 
-GO="$(command -v go || true)"
-[[ -z "$GO" && -x /usr/local/go/bin/go ]] && GO=/usr/local/go/bin/go
+GO="$(tern_go || true)"
 if [[ -n "$GO" ]]; then
   tern_log nats "building nats-server $NATS_SERVER_VERSION with $("$GO" version | awk '{print $3}') (first run only, about a minute)"
   rm -f "$BIN/nats-server" "$STAMP"

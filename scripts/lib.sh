@@ -22,6 +22,9 @@
 #   tern_url_host <url>, tern_url_port <url> <default>
 #                                host and port of scheme://[user[:pw]@]host[:port][/...]
 #   tern_is_loopback <host>      true for localhost, 127.0.0.0/8, ::1
+#   tern_go                      path of the Go toolchain that builds our tools
+#                                (TERN_GO, else go on PATH, else
+#                                /usr/local/go/bin/go); false when there is none
 
 TERN_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
@@ -98,4 +101,15 @@ tern_url_port() {
 
 tern_is_loopback() {
   [[ "$1" == localhost || "$1" == 127.* || "$1" == ::1 ]]
+}
+
+tern_go() {
+  local go
+  if [[ -n "${TERN_GO+set}" ]]; then
+    go="$TERN_GO"
+  else
+    go="$(command -v go || true)"
+    [[ -z "$go" && -x /usr/local/go/bin/go ]] && go=/usr/local/go/bin/go
+  fi
+  [[ -n "$go" ]] && printf '%s\n' "$go"
 }

@@ -12,9 +12,7 @@ set -euo pipefail
 # shellcheck source=scripts/cluster/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
-GO="$(command -v go || true)"
-[[ -z "$GO" && -x /usr/local/go/bin/go ]] && GO=/usr/local/go/bin/go
-[[ -n "$GO" ]] || tern_die cluster "Go is needed to build Kubernetes $K8S_VERSION and CoreDNS; install Go (https://go.dev/dl) and run this again"
+GO="$(tern_go)" || tern_die cluster "Go is needed to build Kubernetes $K8S_VERSION and CoreDNS; install Go (https://go.dev/dl) and run this again"
 export GOFLAGS=-mod=mod GOWORK=off CGO_ENABLED=0 GOTOOLCHAIN=local
 
 k8s_bins=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl)

@@ -39,8 +39,8 @@ nats_binary() {
   local tmp
   tmp="$(mktemp -d)"
   tern_log cluster "building a static nats-server $NATS_SERVER_VERSION (first run on this machine: ~1 min)" >&2
-  local go_=go
-  tern_have go || go_=/usr/local/go/bin/go
+  local go_
+  go_="$(tern_go)" || tern_die cluster "Go is needed to build nats-server $NATS_SERVER_VERSION; install Go (https://go.dev/dl) and run this again"
   GOFLAGS=-buildvcs=false GOBIN="$tmp" CGO_ENABLED=0 "$go_" install -trimpath -ldflags "-s -w" \
     "github.com/nats-io/nats-server/v2@$NATS_SERVER_VERSION" >&2
   mv "$tmp/nats-server" "$out"

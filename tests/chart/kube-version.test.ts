@@ -43,7 +43,7 @@ function installHelmIn(pathDir: string): { code: number | null; out: string; bin
   const root = fs.mkdtempSync(path.join(os.tmpdir(), 'tern-install-helm-'));
   scratch.push(root);
   fs.mkdirSync(path.join(root, 'scripts'));
-  fs.copyFileSync(path.join(ROOT, 'scripts/install-helm.sh'), path.join(root, 'scripts/install-helm.sh'));
+  for (const script of ['install-helm.sh', 'lib.sh']) fs.copyFileSync(path.join(ROOT, 'scripts', script), path.join(root, 'scripts', script));
   fs.cpSync(CHART, path.join(root, 'charts/tern'), { recursive: true });
   const r = spawnSync('bash', [path.join(root, 'scripts/install-helm.sh')], {
     encoding: 'utf8',
