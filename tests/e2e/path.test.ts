@@ -163,6 +163,17 @@ test('a 550 from the recipient MX produces one RFC 3464 report, delivered to the
   assert.ok(services.has('tern-bounce'));
 });
 
+test('after deliveries: results applied are labelled by state name, delivery\'s connection counts are counters', async () => {
+  const queue = await (await fetch(`http://${platform.services.queue.metricsAddr}/metrics`)).text();
+  assert.match(queue, /^tern_queue_results_applied_total\{[^}]*state="delivered"[^}]*\} [1-9]/m, queue.split('\n').filter((l) => l.includes('results_applied')).join('\n'));
+  assert.doesNotMatch(queue, /^tern_queue_results_applied_total\{[^}]*state="\d+"/m, 'no state given as a number');
+  const delivery = await (await fetch(`http://${platform.services.delivery.metricsAddr}/metrics`)).text();
+  for (const name of ['tern_delivery_connections_opened_total', 'tern_delivery_connections_reused_total', 'tern_delivery_session_waits_total']) {
+    assert.match(delivery, new RegExp(`^# TYPE ${name} counter$`, 'm'), `${name} is a counter`);
+  }
+  assert.match(delivery, /^tern_delivery_connections_opened_total(\{[^}]*\})? [1-9]/m, 'a connection was opened');
+});
+
 test('an untrusted client may not relay to a foreign domain (554 5.7.1)', async () => {
   await assert.rejects(
     smtp('127.0.0.2').sendMail({

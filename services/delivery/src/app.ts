@@ -62,14 +62,15 @@ export function createApp(config: Config, deps: AppDeps): App {
     recipients: meter.createCounter('tern_delivery_recipients_total', { description: 'Recipient results by outcome' }),
     seconds: meter.createHistogram('tern_delivery_job_seconds', { description: 'Job taken to result published, seconds', unit: 's' }),
   };
+  // The pool counts these since start: counters, read when scraped.
   meter
-    .createObservableGauge('tern_delivery_connections_opened', { description: 'SMTP connections opened (reused ones are not counted)' })
+    .createObservableCounter('tern_delivery_connections_opened_total', { description: 'SMTP connections opened (reused ones are not counted)' })
     .addCallback((o) => o.observe(pool.opened));
   meter
-    .createObservableGauge('tern_delivery_connections_reused', { description: 'Transactions that took an idle SMTP/LMTP session instead of a new connection' })
+    .createObservableCounter('tern_delivery_connections_reused_total', { description: 'Transactions that took an idle SMTP/LMTP session instead of a new connection' })
     .addCallback((o) => o.observe(pool.reused));
   meter
-    .createObservableGauge('tern_delivery_session_waits', { description: 'Jobs that waited for a session because their peer had TERN_SMTP_MAX_SESSIONS_PER_PEER open' })
+    .createObservableCounter('tern_delivery_session_waits_total', { description: 'Jobs that waited for a session because their peer had TERN_SMTP_MAX_SESSIONS_PER_PEER open' })
     .addCallback((o) => o.observe(pool.waited));
 
   let bus: Bus | undefined;

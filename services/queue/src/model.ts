@@ -16,6 +16,12 @@ export const S = {
   relayed: RecipientState.RECIPIENT_STATE_RELAYED,
 } as const;
 
+/** The name of a stored state ("delivered"), for metric labels and logs. */
+const STATE_NAMES = new Map<number, string>(Object.entries(S).map(([name, n]) => [n, name]));
+export function stateName(state: number): string {
+  return STATE_NAMES.get(state) ?? `state_${state}`;
+}
+
 /** States that still need work (the message's body must be kept). */
 export const PENDING_STATES: readonly number[] = [S.queued, S.inflight, S.deferred, S.held];
 export const FINAL_STATES: readonly number[] = [S.delivered, S.failed, S.expired, S.deleted, S.relayed];

@@ -18,7 +18,7 @@ import { columns, q, tx } from './db';
 import { ctesFirstSql, dueAtSql, feedbackColumns, lockDestinationsSql, releaseSetSql, type DestinationLimits, type JobEnd } from './destination';
 import { dispatchDue } from './dispatch';
 import { parseRecipientId } from './ids';
-import { S, PENDING_SQL, type BackoffSettings } from './model';
+import { S, PENDING_SQL, stateName, type BackoffSettings } from './model';
 import { insertOutbox, type OutboxRow, type StoredOutboxRow } from './outbox';
 import { buildReports, type ReportSubject } from './reports';
 import { jobFeedback, settleRecipient } from './settle';
@@ -347,7 +347,7 @@ export class ResultApplier {
       reports = outbox.length;
       ends = jobEnds.length;
       due = (relRows[0]?.due ?? []).sort();
-      for (const r of updates) this.o.applied.add(1, { state: String(r.state) });
+      for (const r of updates) this.o.applied.add(1, { state: stateName(r.state) });
       return counts;
     });
     if (reports) this.o.onOutbox(committed);
