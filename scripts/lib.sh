@@ -22,6 +22,17 @@
 #   tern_url_host <url>, tern_url_port <url> <default>
 #                                host and port of scheme://[user[:pw]@]host[:port][/...]
 #   tern_is_loopback <host>      true for localhost, 127.0.0.0/8, ::1
+#   tern_pg_bindir               the newest /usr/lib/postgresql/*/bin with the
+#                                server programs; false when there is none
+#   tern_pg_install <tag>        Debian's postgresql, for its binaries only (the
+#                                package's own cluster stays stopped, start manual)
+#   tern_pg_dirs <path> <name>   (root) makes <path> a directory the postgres
+#                                user owns; where that user cannot reach it (a
+#                                checkout under /root), <path> becomes a link to
+#                                /var/lib/tern/<name>-<checksum of TERN_ROOT>.
+#                                Sets TERN_PG_REAL (the real directory) and
+#                                TERN_PG_SOCK (it, or a /tmp directory when a
+#                                socket path under it would be too long)
 #   tern_go                      path of the Go toolchain that builds our tools
 #                                (TERN_GO, else go on PATH, else
 #                                /usr/local/go/bin/go); false when there is none
@@ -112,4 +123,52 @@ tern_go() {
     [[ -z "$go" && -x /usr/local/go/bin/go ]] && go=/usr/local/go/bin/go
   fi
   [[ -n "$go" ]] && printf '%s\n' "$go"
+}
+
+tern_pg_bindir() {
+  local d best=""
+  for d in /usr/lib/postgresql/*/bin; do
+    [[ -x "$d/pg_ctl" && -x "$d/initdb" && -x "$d/postgres" ]] || continue
+    if [[ -z "$best" ]] || (( ${d//[^0-9]/} > ${best//[^0-9]/} )); then best="$d"; fi
+  done
+  [[ -n "$best" ]] || return 1
+  printf '%s\n' "$best"
+}
+
+tern_pg_install() {
+  local before after c
+  before="$(ls -d /etc/postgresql/*/* 2>/dev/null || true)"
+  tern_apt_install "$1" postgresql
+  after="$(ls -d /etc/postgresql/*/* 2>/dev/null || true)"
+  for c in $after; do
+    if ! grep -qxF "$c" <<<"$before" && [[ -f "$c/start.conf" ]]; then
+      echo manual >"$c/start.conf"
+    fi
+  done
+}
+
+tern_pg_dirs() {
+  local path="$1" name="$2" sum
+  sum="$(printf '%s' "$TERN_ROOT" | cksum | cut -d' ' -f1)"
+  if [[ ! -L "$path" ]]; then mkdir -p "$path"; fi
+  if tern_is_root; then
+    chown postgres: "$path/." 2>/dev/null || true
+    chmod 700 "$path/."
+    if ! runuser -u postgres -- test -w "$path/." 2>/dev/null; then
+      local real="/var/lib/tern/$name-$sum"
+      mkdir -p "$real"
+      chown postgres: "$real"
+      chmod 700 "$real"
+      if [[ ! -L "$path" ]]; then rmdir "$path" 2>/dev/null || mv "$path" "$path.unreachable.$$"; fi
+      ln -sfn "$real" "$path"
+    fi
+  fi
+  TERN_PG_REAL="$(cd "$path" && pwd -P)"
+  TERN_PG_SOCK="$TERN_PG_REAL"
+  # A unix socket path is limited to 107 bytes.
+  if (( ${#TERN_PG_SOCK} + 16 > 100 )); then
+    TERN_PG_SOCK="/tmp/tern-$name-$sum"
+    mkdir -p "$TERN_PG_SOCK"
+    if tern_is_root; then chown postgres: "$TERN_PG_SOCK"; fi
+  fi
 }

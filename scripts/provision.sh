@@ -79,30 +79,6 @@ pg_reuse() { # <probe output> <what>
   tern_log postgres "$2 PostgreSQL $version at $PG_DB_URL (admin $PG_URL)$note"
 }
 
-pg_bindir() {
-  local d best=""
-  for d in /usr/lib/postgresql/*/bin; do
-    [[ -x "$d/pg_ctl" && -x "$d/initdb" && -x "$d/postgres" ]] || continue
-    if [[ -z "$best" ]] || (( ${d//[^0-9]/} > ${best//[^0-9]/} )); then best="$d"; fi
-  done
-  [[ -n "$best" ]] || return 1
-  printf '%s\n' "$best"
-}
-
-# Installs Debian's postgresql for its binaries only: the default cluster the
-# package creates is left stopped and set to manual start.
-pg_install() {
-  local before after c
-  before="$(ls -d /etc/postgresql/*/* 2>/dev/null || true)"
-  tern_apt_install postgres postgresql
-  after="$(ls -d /etc/postgresql/*/* 2>/dev/null || true)"
-  for c in $after; do
-    if ! grep -qxF "$c" <<<"$before" && [[ -f "$c/start.conf" ]]; then
-      echo manual >"$c/start.conf"
-    fi
-  done
-}
-
 PG_RUN=()     # prefix to run Postgres programs as their owner
 PG_SUPER=""   # bootstrap superuser of the local cluster (peer auth on the socket)
 pg_prepare_user() {
@@ -119,32 +95,11 @@ pg_prepare_user() {
   fi
 }
 
-# .tern/pg must be reachable by the postgres user; a checkout under a private
-# home (e.g. /root) is not, so then .tern/pg becomes a link to a directory
-# under /var/lib/tern.
+# .tern/pg must be reachable by the postgres user (tern_pg_dirs).
 pg_prepare_dirs() {
-  if [[ ! -L "$PG_ROOT" ]]; then mkdir -p "$PG_ROOT"; fi
-  if tern_is_root; then
-    chown postgres: "$PG_ROOT/." 2>/dev/null || true
-    chmod 700 "$PG_ROOT/."
-    if ! "${PG_RUN[@]}" test -w "$PG_ROOT/." 2>/dev/null; then
-      local real
-      real="/var/lib/tern/pg-$(printf '%s' "$TERN_ROOT" | cksum | cut -d' ' -f1)"
-      mkdir -p "$real"
-      chown postgres: "$real"
-      chmod 700 "$real"
-      if [[ ! -L "$PG_ROOT" ]]; then rmdir "$PG_ROOT" 2>/dev/null || mv "$PG_ROOT" "$PG_ROOT.unreachable.$$"; fi
-      ln -sfn "$real" "$PG_ROOT"
-    fi
-  fi
-  PG_REAL="$(cd "$PG_ROOT" && pwd -P)"
-  PG_SOCK="$PG_REAL"
-  # A unix socket path is limited to 107 bytes.
-  if (( ${#PG_SOCK} + 16 > 100 )); then
-    PG_SOCK="/tmp/tern-pg-$(printf '%s' "$TERN_ROOT" | cksum | cut -d' ' -f1)"
-    mkdir -p "$PG_SOCK"
-    tern_is_root && chown postgres: "$PG_SOCK"
-  fi
+  tern_pg_dirs "$PG_ROOT" pg
+  PG_REAL="$TERN_PG_REAL"
+  PG_SOCK="$TERN_PG_SOCK"
 }
 
 pg_local_psql() {
@@ -153,7 +108,7 @@ pg_local_psql() {
 
 pg_start_local() {
   local did="started"
-  PG_BIN="$(pg_bindir)" || { pg_install; PG_BIN="$(pg_bindir)" || tern_die postgres "no Postgres binaries in /usr/lib/postgresql/*/bin after installing postgresql"; }
+  PG_BIN="$(tern_pg_bindir)" || { tern_pg_install postgres; PG_BIN="$(tern_pg_bindir)" || tern_die postgres "no Postgres binaries in /usr/lib/postgresql/*/bin after installing postgresql"; }
   pg_prepare_user
   pg_prepare_dirs
   local data="$PG_REAL/data" log="$PG_REAL/postgres.log"
@@ -222,10 +177,10 @@ provision_postgres() {
     if tern_tcp_open "$PG_HOST" "$PG_PORT"; then
       # A server is there (e.g. a CI service container): a client will do.
       tern_apt_install postgres postgresql-client
-    elif tern_is_loopback "$PG_HOST" && ! pg_bindir >/dev/null; then
-      pg_install
+    elif tern_is_loopback "$PG_HOST" && ! tern_pg_bindir >/dev/null; then
+      tern_pg_install postgres
     fi
-    tern_have psql || PATH="$PATH:$(pg_bindir 2>/dev/null || echo /nonexistent)"
+    tern_have psql || PATH="$PATH:$(tern_pg_bindir 2>/dev/null || echo /nonexistent)"
     tern_have psql || tern_die postgres "psql is missing; install postgresql-client"
   fi
   if pg_probe; then

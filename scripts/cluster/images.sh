@@ -31,21 +31,14 @@ C
   echo "$out"
 }
 
-# A static nats-server of the pinned version (scripts/install-nats.sh builds
-# the host's; a scratch image needs one without cgo).
+# The pinned nats-server that scripts/install-nats.sh builds for the tests
+# (Go, CGO_ENABLED=0: static, fit for a scratch image).
 nats_binary() {
-  local out="$TERN_CLUSTER_CACHE/nats-server-$NATS_SERVER_VERSION"
-  [[ -x "$out" ]] && { echo "$out"; return; }
-  local tmp
-  tmp="$(mktemp -d)"
-  tern_log cluster "building a static nats-server $NATS_SERVER_VERSION (first run on this machine: ~1 min)" >&2
-  local go_
-  go_="$(tern_go)" || tern_die cluster "Go is needed to build nats-server $NATS_SERVER_VERSION; install Go (https://go.dev/dl) and run this again"
-  GOFLAGS=-buildvcs=false GOBIN="$tmp" CGO_ENABLED=0 "$go_" install -trimpath -ldflags "-s -w" \
-    "github.com/nats-io/nats-server/v2@$NATS_SERVER_VERSION" >&2
-  mv "$tmp/nats-server" "$out"
-  rm -rf "$tmp"
-  echo "$out"
+  local bin="$TERN_ROOT/.tern/bin/nats-server"
+  bash "$TERN_ROOT/scripts/install-nats.sh" >&2
+  [[ -f "$bin" && ! -L "$bin" ]] ||
+    tern_die cluster "$bin is a link to another nats-server (TERN_NATS_SERVER_BIN, or no Go); the cluster's NATS image needs the pinned static build: unset TERN_NATS_SERVER_BIN and run again"
+  echo "$bin"
 }
 
 buildah_() { buildah --storage-driver vfs --root "$IMAGE_CACHE/storage" --runroot /run/tern-buildah "$@"; }
@@ -67,9 +60,12 @@ scratch_image() {
 
 images_build() {
   mkdir -p "$IMAGE_CACHE"
-  scratch_image "$PAUSE_IMAGE" "$IMAGE_CACHE/pause.oci.tar" "$(pause_binary)" /pause
+  local pause nats
+  pause="$(pause_binary)" || exit 1
+  nats="$(nats_binary)" || exit 1
+  scratch_image "$PAUSE_IMAGE" "$IMAGE_CACHE/pause.oci.tar" "$pause" /pause
   scratch_image "$COREDNS_IMAGE" "$IMAGE_CACHE/coredns-$COREDNS_VERSION.oci.tar" "$K8S_BIN/coredns" /coredns
-  scratch_image "$NATS_IMAGE" "$IMAGE_CACHE/nats-$NATS_SERVER_VERSION.oci.tar" "$(nats_binary)" /nats-server
+  scratch_image "$NATS_IMAGE" "$IMAGE_CACHE/nats-$NATS_SERVER_VERSION.oci.tar" "$nats" /nats-server
 }
 
 # image_import <archive> <name:tag>: into the node's containerd, unless that

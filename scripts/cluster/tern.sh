@@ -24,35 +24,15 @@ tern_image_import() {
 
 # ---- Postgres on the host --------------------------------------------------------
 
-pg_bindir_() {
-  local d
-  for d in $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V -r); do
-    [[ -x "$d/postgres" && -x "$d/initdb" ]] && { echo "$d"; return 0; }
-  done
-  return 1
-}
-
 as_postgres() { setpriv --reuid=postgres --regid=postgres --init-groups "$@"; }
 
 cluster_postgres_up() {
-  local bin dir="$CLUSTER_DIR/postgres"
-  bin="$(pg_bindir_)" || { tern_apt_install cluster postgresql; bin="$(pg_bindir_)"; }
+  local bin dir sock
+  bin="$(tern_pg_bindir)" || { tern_pg_install cluster; bin="$(tern_pg_bindir)"; }
   id -u postgres >/dev/null 2>&1 || useradd --system --home-dir /var/lib/postgresql --shell /bin/bash --user-group postgres
-  [[ -L "$dir" ]] || mkdir -p "$dir"
-  chown postgres: "$dir/."
-  chmod 700 "$dir/."
-  if ! as_postgres test -w "$dir/."; then
-    # A checkout under a directory the postgres user cannot enter (root's
-    # home): the data lives under /var/lib/tern instead, linked from here.
-    local real
-    real="/var/lib/tern/cluster-pg-$(printf '%s' "$TERN_ROOT" | cksum | cut -d' ' -f1)"
-    mkdir -p "$real"
-    chown postgres: "$real"
-    chmod 700 "$real"
-    rmdir "$dir" 2>/dev/null || true
-    ln -sfn "$real" "$dir"
-  fi
-  dir="$(cd "$dir" && pwd -P)"
+  tern_pg_dirs "$CLUSTER_DIR/postgres" cluster-pg
+  dir="$TERN_PG_REAL"
+  sock="$TERN_PG_SOCK"
   local pw_file="$CLUSTER_DIR/postgres-password"
   [[ -s "$pw_file" ]] || { openssl rand -hex 16 >"$pw_file"; chmod 600 "$pw_file"; }
   if [[ ! -f "$dir/data/PG_VERSION" ]]; then
@@ -63,12 +43,12 @@ cluster_postgres_up() {
   if ! daemon_running postgres; then
     (cd "$dir" && start_daemon postgres setpriv --reuid=postgres --regid=postgres --init-groups \
       "$bin/postgres" -D "$dir/data" -p "$CLUSTER_PG_PORT" -c "listen_addresses=$BRIDGE_ADDR" \
-      -c "unix_socket_directories=$dir" -c max_connections=200 -c shared_buffers=128MB)
+      -c "unix_socket_directories=$sock" -c max_connections=200 -c shared_buffers=128MB)
   fi
-  wait_for 30 "Postgres" as_postgres "$bin/pg_isready" -q -h "$dir" -p "$CLUSTER_PG_PORT"
+  wait_for 30 "Postgres" as_postgres "$bin/pg_isready" -q -h "$sock" -p "$CLUSTER_PG_PORT"
   local pw
   pw="$(cat "$pw_file")"
-  as_postgres "$bin/psql" -h "$dir" -p "$CLUSTER_PG_PORT" -U postgres -d postgres -XAtq -v ON_ERROR_STOP=1 >/dev/null <<SQL
+  as_postgres "$bin/psql" -h "$sock" -p "$CLUSTER_PG_PORT" -U postgres -d postgres -XAtq -v ON_ERROR_STOP=1 >/dev/null <<SQL
 DO \$\$ BEGIN
   IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'tern') THEN CREATE ROLE tern LOGIN; END IF;
 END \$\$;
@@ -85,6 +65,7 @@ cluster_postgres_down() {
     rm -rf "$(readlink "$link")"
     rm -f "$link"
   fi
+  rm -rf "/tmp/tern-cluster-pg-$(printf '%s' "$TERN_ROOT" | cksum | cut -d' ' -f1)"   # tern_pg_dirs' socket directory, if it made one
 }
 
 cluster_pg_url() { printf 'postgres://tern:%s@%s:%s/tern?sslmode=disable' "$(cat "$CLUSTER_DIR/postgres-password")" "$BRIDGE_ADDR" "$CLUSTER_PG_PORT"; }
@@ -143,10 +124,10 @@ tern_state_reset() {
     helm_ -n "$NAMESPACE" uninstall "$RELEASE" --wait --timeout 5m >/dev/null
   fi
   kubectl_ -n "$NAMESPACE" delete jobs,pods,events --all --wait=true --timeout 120s >/dev/null 2>&1 || true
-  local bin dir
-  bin="$(pg_bindir_)"
-  dir="$(cd "$CLUSTER_DIR/postgres" && pwd -P)"
-  as_postgres "$bin/psql" -h "$dir" -p "$CLUSTER_PG_PORT" -U postgres -d postgres -XAtq -v ON_ERROR_STOP=1 >/dev/null <<SQL
+  local bin
+  bin="$(tern_pg_bindir)"
+  tern_pg_dirs "$CLUSTER_DIR/postgres" cluster-pg
+  as_postgres "$bin/psql" -h "$TERN_PG_SOCK" -p "$CLUSTER_PG_PORT" -U postgres -d postgres -XAtq -v ON_ERROR_STOP=1 >/dev/null <<SQL
 DROP DATABASE IF EXISTS tern WITH (FORCE);
 CREATE DATABASE tern OWNER tern;
 SQL
