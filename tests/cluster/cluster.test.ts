@@ -11,7 +11,8 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { SmtpSink } from '@tern/devkit';
-import { adminCli, clusterEnv, Kube, metricSum, podReady, scrape, sleep, SmtpLoad, summarize, waitDelivered, type Pod } from './kube';
+import { metricSum } from '../ops/helpers';
+import { adminCli, clusterEnv, Kube, podReady, scrape, sleep, SmtpLoad, summarize, waitDelivered, type Pod } from './kube';
 import { FlowRecorder, judge, type NetworkPolicy } from './netpol';
 
 const env = clusterEnv();

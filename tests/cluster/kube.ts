@@ -5,7 +5,6 @@
 import assert from 'node:assert/strict';
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
-import http from 'node:http';
 import path from 'node:path';
 import { repoRoot, type SmtpSink } from '@tern/devkit';
 import { RawSmtp, sleep, ternRaw, type AdminTarget, type SmtpReply } from '../ops/helpers';
@@ -138,28 +137,9 @@ export async function adminCli(kube: Kube): Promise<AdminTarget & { run: (...arg
   };
 }
 
-/** One scrape of a pod's /metrics; the value of `name` summed over its series. */
-export function scrape(ip: string, port: number): Promise<string> {
-  return new Promise((resolve, reject) => {
-    http
-      .get({ host: ip, port, path: '/metrics', timeout: 5000 }, (res) => {
-        let body = '';
-        res.setEncoding('utf8').on('data', (d: string) => (body += d));
-        res.on('end', () => resolve(body));
-      })
-      .on('error', reject)
-      .on('timeout', function (this: http.ClientRequest) {
-        this.destroy(new Error(`GET http://${ip}:${port}/metrics timed out`));
-      });
-  });
-}
-
-export function metricSum(text: string, name: string): number {
-  let sum = 0;
-  for (const line of text.split('\n')) {
-    if (line.startsWith(`${name} `) || line.startsWith(`${name}{`)) sum += Number(line.slice(line.lastIndexOf(' ') + 1));
-  }
-  return sum;
+/** The text of a pod's /metrics (the host reaches pod addresses directly). */
+export async function scrape(ip: string, port: number): Promise<string> {
+  return (await fetch(`http://${ip}:${port}/metrics`, { signal: AbortSignal.timeout(5000) })).text();
 }
 
 // ---------------------------------------------------------------- SMTP load

@@ -10,6 +10,7 @@ import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import { Harness, type ServiceHandle } from '@tern/devkit';
 import { assertConverged, converge, expectedFate, Load, startWorld, summary, type World } from './scenario';
+import { metricSum } from '../ops/helpers';
 
 const harness = new Harness({ name: 'crash-replicas' });
 let world: World;
@@ -95,10 +96,6 @@ test('two queue replicas under load never dispatch one recipient twice', async (
 /** A few counters from a queue replica's /metrics (summed over labels). */
 async function counters(svc: ServiceHandle): Promise<Record<string, number>> {
   const text = await (await fetch(`http://${svc.metricsAddr}/metrics`)).text();
-  const out: Record<string, number> = {};
-  for (const name of ['tern_queue_messages_enqueued_total', 'tern_queue_jobs_dispatched_total', 'tern_queue_outbox_published_total', 'tern_queue_results_applied_total']) {
-    out[name] = 0;
-    for (const m of text.matchAll(new RegExp(`^${name}(?:\\{[^}]*\\})? (\\S+)`, 'gm'))) out[name] += Number(m[1]);
-  }
-  return out;
+  const names = ['tern_queue_messages_enqueued_total', 'tern_queue_jobs_dispatched_total', 'tern_queue_outbox_published_total', 'tern_queue_results_applied_total'];
+  return Object.fromEntries(names.map((name) => [name, metricSum(text, name)]));
 }

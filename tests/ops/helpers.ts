@@ -216,6 +216,15 @@ export async function rcptReply(platform: Platform, opts: { from: string; rcpt: 
 }
 
 /** The policy service's decision counters from /metrics: `reason` -> count (summed over stage/action). */
+/** A metric's value summed over its series, from the text of a /metrics scrape (0 when absent). */
+export function metricSum(text: string, name: string): number {
+  let sum = 0;
+  for (const line of text.split('\n')) {
+    if (line.startsWith(`${name} `) || line.startsWith(`${name}{`)) sum += Number(line.slice(line.lastIndexOf(' ') + 1));
+  }
+  return sum;
+}
+
 export async function policyDecisions(platform: Platform): Promise<Map<string, number>> {
   const res = await fetch(`http://${platform.services.policy.metricsAddr}/metrics`);
   const text = await res.text();
