@@ -63,7 +63,11 @@ node_ready() {
 
 cluster_up() {
   local with_release=1
-  [[ "${1:-}" == --no-release ]] && with_release=0
+  case "${1:-}" in
+    "") ;;
+    --no-release) with_release=0 ;;
+    *) tern_die cluster "up: unknown option \"$1\" (usage: npm run cluster -- up [--no-release])" ;;
+  esac
   need_root up
   mkdir -p "$CLUSTER_RUN" "$CLUSTER_LOGS"
   if ! daemon_running kube-apiserver; then
@@ -202,11 +206,11 @@ cluster_status() {
 }
 
 case "${1:-}" in
-  up) cluster_up "${2:-}" ;;
+  up) shift; cluster_up "$@" ;;
   down) cluster_down ;;
   status) cluster_status ;;
   *)
-    echo "usage: npm run cluster -- <up|down|status>" >&2
+    echo "usage: npm run cluster -- <up [--no-release]|down|status>" >&2
     exit 64
     ;;
 esac
