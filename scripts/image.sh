@@ -155,8 +155,14 @@ apt_mirror() {
 
 # ---- the base rootfs (cached) -------------------------------------------------------
 node_arch="$(node -p 'process.platform + "-" + process.arch')"
-NODE_BIN="$TERN_ROOT/node_modules/node/node_modules/node-$node_arch/bin/node"
-[[ -x "$NODE_BIN" ]] || tern_die "$T" "no Node binary at $NODE_BIN (the node@24 devDependency's platform package)"
+# The node@24 devDependency's binary: its platform package, or the same file
+# hard-linked as node/bin/node (an `npm install` after `npm ci` can drop the
+# platform package and leave the link; a shell stub there is not a binary).
+NODE_BIN=""
+for candidate in "$TERN_ROOT/node_modules/node/node_modules/node-$node_arch/bin/node" "$TERN_ROOT/node_modules/node/bin/node"; do
+  if [[ -x "$candidate" && "$(head -c 4 "$candidate")" == $'\x7fELF' ]]; then NODE_BIN="$candidate"; break; fi
+done
+[[ -n "$NODE_BIN" ]] || tern_die "$T" "no Node binary in node_modules/node (the node@24 devDependency): run npm ci"
 NODE_VERSION="$("$NODE_BIN" --version)"
 [[ "$NODE_VERSION" == v24.* ]] || tern_die "$T" "$NODE_BIN is Node $NODE_VERSION, not 24"
 pinned="v$(node -p 'require("./node_modules/node/package.json").version')"
