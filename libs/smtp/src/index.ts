@@ -3,6 +3,7 @@
 // STARTTLS, AUTH PLAIN/LOGIN, REQUIRETLS) and the address/parameter parsers
 // other services reuse. See README.md for the hook API.
 export { SmtpServer } from './server';
+export { COUNTED_VERBS, SmtpStats, type CountedVerb } from './stats';
 export { SmtpDataError } from './session';
 export {
   ConnectionLimiter,

@@ -6,11 +6,14 @@ import net from 'node:net';
 import { CidrSet, normalizeIp } from './proxy';
 import { closing, formatReply } from './reply';
 import { Session, type SessionContext } from './session';
+import { SmtpStats } from './stats';
 import { ConnectionLimiter, DEFAULT_LIMITS, type SmtpHooks, type SmtpLimits, type SmtpServerOptions } from './types';
 
 export class SmtpServer {
   readonly limits: SmtpLimits;
   readonly limiter: ConnectionLimiter;
+  /** Commands and replies of this listener's sessions, for metrics. */
+  readonly stats = new SmtpStats();
   private readonly server: net.Server;
   private readonly sessions = new Set<Session>();
   private readonly ctx: SessionContext;
@@ -39,6 +42,7 @@ export class SmtpServer {
       limiter: this.limiter,
       logger: options.logger,
       closing: () => this.closingState,
+      stats: this.stats,
       ended: (s) => {
         this.sessions.delete(s);
         if (this.sessions.size === 0) this.drained?.();

@@ -11,6 +11,7 @@ import { parsePath } from './address';
 import { BodyDecoder, type Violation } from './body';
 import { parseMailParams, parseRcptParams } from './params';
 import { normalizeIp, parseProxyHeader } from './proxy';
+import type { SmtpStats } from './stats';
 import { closing, formatReply, isPositive, normalizeReply, reply, Replies, type Reply } from './reply';
 import type { AuthRequest, Envelope, MailFrom, RcptTo, SmtpHooks, SmtpLimits, SmtpLogger, SmtpSession, TlsInfo } from './types';
 import type { ConnectionLimiter } from './types';
@@ -52,6 +53,7 @@ export interface SessionContext {
   /** The server is shutting down gracefully. */
   closing: () => boolean;
   ended: (s: Session) => void;
+  stats: SmtpStats;
 }
 
 const enum Mode {
@@ -318,6 +320,7 @@ export class Session {
   // ---------------------------------------------------------------- output
 
   private write(s: string): void {
+    this.ctx.stats.reply(s);
     this.out += s;
   }
 
@@ -517,6 +520,7 @@ export class Session {
     const sp = line.indexOf(' ');
     const verb = (sp < 0 ? line : line.slice(0, sp)).toUpperCase();
     const arg = sp < 0 ? '' : line.slice(sp + 1);
+    this.ctx.stats.command(verb);
 
     // RFC 2920: without PIPELINING (no EHLO yet, or HELO) a client must wait
     // for each reply, and EHLO/HELO always end a group. Input already queued
