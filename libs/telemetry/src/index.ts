@@ -10,6 +10,7 @@ import { AlwaysOffSampler, BatchSpanProcessor, RandomIdGenerator, TracerProvider
 import { AggregationType, InstrumentType, MeterProvider } from '@opentelemetry/sdk-metrics';
 import { OTLPTraceExporter } from '@opentelemetry/exporter-trace-otlp-http';
 import { PrometheusExporter } from '@opentelemetry/exporter-prometheus';
+import { registerRuntimeMetrics } from './runtime-metrics';
 import pino, { type Logger } from 'pino';
 
 export type { Logger, Span, Tracer, Meter, Context };
@@ -113,6 +114,7 @@ export function createTelemetry(opts: TelemetryOptions): Telemetry {
 
   const tracer = spanProcessors.length ? tracerProvider.getTracer(serviceName) : new IdOnlyTracer();
   const meter = meterProvider.getMeter(serviceName);
+  registerRuntimeMetrics(meter);
 
   return {
     logger,
