@@ -121,9 +121,17 @@ const NON_ASCII = /[\u0080-\u{10ffff}]/u;
  * recipient of this job, or the header section? (ORCPT and ENVID travel as
  * xtext, which is ASCII; UTF-8 in the body is a matter of 8BITMIME.)
  */
-async function needsSmtputf8(job: DeliveryJob, source: () => AsyncIterable<Buffer>): Promise<boolean> {
+async function needsSmtputf8(job: DeliveryJob, header: () => Promise<string>): Promise<boolean> {
   if (NON_ASCII.test(job.envelope?.sender ?? '') || job.recipients.some((r) => NON_ASCII.test(r.address))) return true;
-  return NON_ASCII.test(await readHeaderSection(source()));
+  return NON_ASCII.test(await header());
+}
+
+/** RFC 8689 3: "TLS-Required: No" (the only value defined), field name and value in any case, folded or not. */
+const TLS_REQUIRED_NO = /^TLS-Required:[ \t]*No[ \t]*$/im;
+
+/** Does the header section say TLS-Required: No (the sender prefers delivery to TLS requirements)? */
+export function tlsOptional(headerSection: string): boolean {
+  return TLS_REQUIRED_NO.test(headerSection.replace(/\r/g, '').replace(/\n[ \t]+/g, ' '));
 }
 
 /** Where one job goes: hosts in order, how to speak to them, what TLS they must give. */
@@ -179,19 +187,23 @@ export async function deliver(deps: WorkerDeps, job: DeliveryJob): Promise<Deliv
     durationMs: Date.now() - startedAt.getTime(),
   });
 
-  const planned = await plan(deps, job);
-  if ('reply' in planned) return all(planned.reply, planned.temporary);
-  const p = planned;
-
   // The body: from the job when small, else streamed from the queue (again for each pass).
   const inline = job.body.length ? Buffer.from(job.body.buffer, job.body.byteOffset, job.body.byteLength) : undefined;
   const source = (): AsyncIterable<Buffer> => (inline ? inlineBody(inline) : readBody(deps, job.queueId));
+  // The header section, read at most once and only when something needs it.
+  let headerRead: Promise<string> | undefined;
+  const header = (): Promise<string> => (headerRead ??= readHeaderSection(source()));
+
+  const planned = await plan(deps, job, header);
+  if ('reply' in planned) return all(planned.reply, planned.temporary);
+  const p = planned;
+
   // DKIM: signed as it leaves (the signature covers exactly what is sent),
   // in a pass of its own so that a big body is streamed, never held.
   let signature: Buffer | undefined;
   if (deps.dkim?.size) {
     try {
-      const key = deps.dkim.keyFor(fromDomain(await readHeaderSection(source())));
+      const key = deps.dkim.keyFor(fromDomain(await header()));
       if (key) signature = Buffer.from(await deps.dkim.sign(key, inline ?? source()), 'latin1');
     } catch (err) {
       if (err instanceof BodyUnavailableError) throw err;
@@ -291,7 +303,7 @@ export async function deliver(deps: WorkerDeps, job: DeliveryJob): Promise<Deliv
           if (env?.smtputf8 && !smtputf8) {
             let needed: boolean;
             try {
-              needed = await (utf8Needed ??= needsSmtputf8(job, source));
+              needed = await (utf8Needed ??= needsSmtputf8(job, header));
             } catch (err) {
               deps.pool.release(client, opts, true);
               throw err; // BodyUnavailableError: the job is tried again later
@@ -352,16 +364,25 @@ export async function deliver(deps: WorkerDeps, job: DeliveryJob): Promise<Deliv
 }
 
 /** Next hops and TLS requirements of a job, or the reply that ends it at once. */
-async function plan(deps: WorkerDeps, job: DeliveryJob): Promise<Plan | { reply: SmtpReply; temporary: boolean }> {
+async function plan(deps: WorkerDeps, job: DeliveryJob, header: () => Promise<string>): Promise<Plan | { reply: SmtpReply; temporary: boolean }> {
   const route: Route | undefined = job.route;
   const requiretls = !!job.envelope?.requiretls;
   // An unknown policy value (a newer admin API) is treated as the default, opportunistic TLS.
   let tls: TlsMode = (route && TLS_MODE[route.tls]) || 'may';
   // REQUIRETLS: verified TLS whatever the route says (RFC 8689 4.2.1).
   if (requiretls) tls = 'verify';
+  // RFC 8689 4.2.2: a message marked "TLS-Required: No" is delivered even
+  // where a TLS policy (route, MTA-STS, DANE) would stop it: opportunistic
+  // TLS instead. The REQUIRETLS parameter wins over the field (RFC 8689 3).
+  // The header is read only when a requirement is in play.
+  const relaxed = async (): Promise<boolean> => !requiretls && tlsOptional(await header());
+  if ((tls === 'encrypt' || tls === 'verify') && (await relaxed())) tls = 'may';
   const fromResolution = (r: Resolution, lmtp: boolean): Plan | { reply: SmtpReply; temporary: boolean } =>
     r.ok ? { hops: r.hops, lmtp, tls, requiretls } : { reply: r.reply, temporary: r.temporary };
 
+  // A smart host or LMTP server is named by the operator's route, not by a
+  // DNS MX lookup: its name needs no DNSSEC or MTA-STS to be trusted
+  // (REQUIRETLS then verifies the certificate against it).
   if (route && (route.kind === RouteKind.ROUTE_KIND_SMARTHOST || route.kind === RouteKind.ROUTE_KIND_LMTP) && route.target) {
     const lmtp = route.kind === RouteKind.ROUTE_KIND_LMTP;
     const t = parseTarget(route.target, lmtp ? 24 : 25);
@@ -383,22 +404,39 @@ async function plan(deps: WorkerDeps, job: DeliveryJob): Promise<Plan | { reply:
     return { reply: syntheticReply(451, '4.3.5', `route for ${job.destination} is of an unknown kind (${route.kind})`), temporary: true };
   }
   const resolution = await deps.resolver.resolve(job.destination);
-  // MTA-STS and DANE apply to MX delivery whose TLS the operator has not set by route.
-  if (!resolution.ok || (route && route.tls !== TlsPolicy.TLS_POLICY_UNSPECIFIED)) return fromResolution(resolution, false);
+  if (!resolution.ok) return fromResolution(resolution, false);
+  const literal = job.destination.startsWith('[');
+  // MTA-STS and DANE apply to MX delivery whose TLS the operator has not set
+  // by route, and to every REQUIRETLS message (which must authenticate its MX).
+  if (literal || (!requiretls && route && route.tls !== TlsPolicy.TLS_POLICY_UNSPECIFIED)) return fromResolution(resolution, false);
   let hops = resolution.hops;
   const policy = deps.mtaSts ? await deps.mtaSts.policyFor(job.destination) : undefined;
-  if (policy?.mode === 'enforce') {
+  const enforced = policy?.mode === 'enforce';
+  // RFC 8689 4.2.1: the next hop of a REQUIRETLS message must come from an
+  // authenticated MX lookup, DNSSEC-validated (AD from the resolver) or
+  // confirmed by an MTA-STS policy in enforce mode; else an attacker who
+  // forged the MX could present a valid certificate for his own host.
+  if (requiretls && !resolution.secure && !enforced) {
+    return {
+      reply: syntheticReply(550, '5.7.10', `REQUIRETLS: the MX hosts of ${job.destination} cannot be authenticated (the MX lookup was not DNSSEC-validated and the domain has no MTA-STS policy in enforce mode); the message was not sent`),
+      temporary: false,
+    };
+  }
+  if (enforced) {
     // RFC 8461 4.1, 5: only the MX hosts the policy names, only over TLS valid for the MX name; failures wait.
+    if (await relaxed()) return { hops, lmtp: false, tls, requiretls };
     hops = hops.filter((h) => mxAllowed(policy, h.name));
     if (!hops.length) {
-      return { reply: syntheticReply(451, '4.7.5', `MTA-STS policy of ${job.destination} (enforce) names none of its MX hosts (${resolution.hops.map((h) => h.name).join(', ')})`), temporary: true };
+      const names = resolution.hops.map((h) => h.name).join(', ');
+      if (requiretls) return { reply: syntheticReply(550, '5.7.10', `REQUIRETLS: the MTA-STS policy of ${job.destination} names none of its MX hosts (${names})`), temporary: false };
+      return { reply: syntheticReply(451, '4.7.5', `MTA-STS policy of ${job.destination} (enforce) names none of its MX hosts (${names})`), temporary: true };
     }
     tls = 'verify';
   }
   if (deps.dane && resolution.secure) {
     // RFC 7672 2.2: under a DNSSEC-validated MX RRset, each host's secure TLSA records decide its TLS.
     const dane = deps.dane;
-    hops = await Promise.all(
+    const daned = await Promise.all(
       hops.map(async (h) => {
         const a = await dane.tlsa(h.name, h.port);
         if (a.kind === 'records') return { ...h, dane: a.records };
@@ -406,6 +444,8 @@ async function plan(deps: WorkerDeps, job: DeliveryJob): Promise<Plan | { reply:
         return h;
       }),
     );
+    // TLS-Required: No sets DANE aside (opportunistic TLS on every host).
+    if (!(daned.some((h) => h.dane || h.unusable) && (await relaxed()))) hops = daned;
   }
   return { hops, lmtp: false, tls, requiretls };
 }
