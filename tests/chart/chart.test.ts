@@ -310,6 +310,20 @@ test('rollouts lose nothing: shutdown grace in the env, preStop sleep, and a ter
   assert.match(renderError({ ingress: { terminationGracePeriodSeconds: 30 } }), /killed mid-shutdown/);
 });
 
+test('ingress: terminationGracePeriodSeconds covers preStop + TERN_SHUTDOWN_GRACE_MS + the 5 s a process may take after its grace, with margin', () => {
+  const pod = (objs: ReturnType<typeof render>) => deployment(objs, 'ingress').spec!.template!.spec;
+  const grace = Number(env(container(deployment(defaults, 'ingress')), 'TERN_SHUTDOWN_GRACE_MS')?.value) / 1000;
+  const preStop = Number(container(deployment(defaults, 'ingress')).lifecycle?.preStop?.exec?.command?.[1]);
+  assert.ok((pod(defaults).terminationGracePeriodSeconds ?? 0) >= preStop + grace + 10);
+  // preStop + grace alone leaves no time to close the sessions still open after the grace.
+  assert.match(renderError({ ingress: { terminationGracePeriodSeconds: 15 + 120 } }), /preStopSleepSeconds \+ shutdown\.graceSeconds \+ 10 s of closing \(145\)/);
+  assert.match(renderError({ ingress: { terminationGracePeriodSeconds: 15 + 120 + 9 } }), /killed mid-shutdown/);
+  assert.equal(pod(render({ ingress: { terminationGracePeriodSeconds: 15 + 120 + 10 } })).terminationGracePeriodSeconds, 145);
+  const custom = render({ ingress: { shutdown: { graceSeconds: 30, preStopSleepSeconds: 5 } } });
+  assert.equal(env(container(deployment(custom, 'ingress')), 'TERN_SHUTDOWN_GRACE_MS')?.value, '30000');
+  assert.equal(pod(custom).terminationGracePeriodSeconds, 5 + 30 + 15);
+});
+
 function ports(rule: { ports?: Array<{ port?: number | string }> }): Array<number | string | undefined> {
   return (rule.ports ?? []).map((p) => p.port);
 }

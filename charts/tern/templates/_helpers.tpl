@@ -339,8 +339,10 @@ livenessProbe:
 {{- $c := include "tern.component" . | fromYaml }}
 {{- $name := include "tern.componentName" . }}
 {{- $grace := include "tern.terminationGrace" . | int }}
-{{- if lt $grace (add (int $v.shutdown.preStopSleepSeconds) (int $v.shutdown.graceSeconds)) }}
-{{- fail (printf "%s.terminationGracePeriodSeconds (%d) is shorter than shutdown.preStopSleepSeconds + shutdown.graceSeconds (%d): the pod would be killed mid-shutdown. Raise it or leave it null." .component $grace (add (int $v.shutdown.preStopSleepSeconds) (int $v.shutdown.graceSeconds))) }}
+{{- /* After its grace a process may take 5 s more to close what is left (libs/runtime SHUTDOWN_TAIL_MS); 5 s margin on top. */}}
+{{- $needed := add (int $v.shutdown.preStopSleepSeconds) (int $v.shutdown.graceSeconds) 10 }}
+{{- if lt $grace $needed }}
+{{- fail (printf "%s.terminationGracePeriodSeconds (%d) is shorter than shutdown.preStopSleepSeconds + shutdown.graceSeconds + 10 s of closing (%d): the pod would be killed mid-shutdown. Raise it or leave it null." .component $grace $needed) }}
 {{- end }}
 {{- $doc := include "tern.deploymentBase" . | fromYaml }}
 {{- if hasKey $doc "Error" }}

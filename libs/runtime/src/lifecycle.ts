@@ -3,6 +3,15 @@
 // (running -> stopping -> stopped), and exit.
 import type { Logger } from '@tern/telemetry';
 
+/**
+ * How long after the grace period a stopping service may still take to close
+ * what was left (ingress: 421 to the SMTP sessions still open, then up to 2 s
+ * for them to close; gRPC, telemetry flush) before the process exits anyway.
+ * The chart requires terminationGracePeriodSeconds >= preStop + grace + 10 s
+ * (this and a margin).
+ */
+const SHUTDOWN_TAIL_MS = 5_000;
+
 export interface RunningApp {
   /** Stop taking work, finish or hand back in-flight work, close dependencies. */
   stop(): Promise<void>;
@@ -27,11 +36,12 @@ export function runService(opts: RunOptions): void {
     state = 'stopping';
     logger.info({ reason, graceMs: opts.graceMs }, `${opts.service} stopping`);
     // The grace timer bounds the whole sequence; a stuck dependency must not
-    // keep a pod in Terminating forever.
+    // keep a pod in Terminating forever. The app may use all of graceMs for
+    // work in flight (ingress: transactions in progress), so the tail comes on top.
     const timer = setTimeout(() => {
       logger.error({ graceMs: opts.graceMs }, `${opts.service} did not stop within the grace period; exiting`);
       process.exit(code || 1);
-    }, opts.graceMs + 2_000);
+    }, opts.graceMs + SHUTDOWN_TAIL_MS);
     timer.unref();
     try {
       await app?.stop();

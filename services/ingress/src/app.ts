@@ -187,8 +187,12 @@ export function createApp(config: Config, deps: AppDeps): App {
     async stop() {
       // Not ready first, so the load balancer stops sending new sessions.
       grpcServer.drain();
-      const grace = Math.max(1_000, config.TERN_SHUTDOWN_GRACE_MS - 3_000);
-      await Promise.all(Object.values(servers).map((s) => s?.close(grace)));
+      // Transactions in progress get the whole grace period, so a client
+      // mid-body need not resend; closing the rest (421, 2 s) fits in
+      // libs/runtime's tail after the grace. policy, queue and the batcher
+      // close only once every session is gone: a transaction that ends in
+      // time still gets its 250.
+      await Promise.all(Object.values(servers).map((s) => s?.close(config.TERN_SHUTDOWN_GRACE_MS)));
       if (statusTimer) clearInterval(statusTimer);
       tls?.stop();
       await grpcServer.shutdown(1_000);
