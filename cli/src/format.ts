@@ -145,7 +145,8 @@ export function formatMessage(m: MessageDetail, now: Date): string {
   field('Queue ID', m.queueId);
   field('Arrived', e?.arrivalTime ? `${iso(e.arrivalTime)} (${age(e.arrivalTime, now)} ago)` : `${iso(m.createdAt)} (${age(m.createdAt, now)} ago)`);
   field('Origin', enumName(MessageOrigin, 'MESSAGE_ORIGIN_', m.origin));
-  field('Size', `${bytes(m.size)} (${m.size} bytes)${m.bodyRemoved ? ', body removed' : ''}`);
+  // Under 1 KiB the rounded form would only repeat the count.
+  field('Size', `${m.size < 1024 ? `${m.size} bytes` : `${bytes(m.size)} (${m.size} bytes)`}${m.bodyRemoved ? ', body removed' : ''}`);
   field('Sender', `<${e?.sender ?? ''}>`);
   if (e) {
     const client = [e.clientName, e.clientAddress ? `[${e.clientAddress}]` : ''].filter(Boolean).join(' ');

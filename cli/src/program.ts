@@ -120,7 +120,7 @@ export function buildProgram(io: Io): Command {
   message
     .command('show')
     .description('envelope, per-recipient state and attempt history')
-    .argument('<id>', 'queue ID (from "250 2.0.0 Ok: queued as <ID>")')
+    .argument('<id>', 'queue ID: 16 letters and digits (from "250 2.0.0 Ok: queued as <ID>", or tern queue ls)')
     .option('--headers', 'also print the header section')
     .action(
       run(async (ctx, id: string, o: { headers?: boolean }) => {
@@ -237,18 +237,19 @@ export function buildProgram(io: Io): Command {
     );
   destination
     .command('suspend')
-    .description('stop delivering to a destination until resumed')
+    .description('stop delivering to a destination until resumed; a name the queue has never had mail for is refused unless --force')
     .argument('<destination>', 'destination name, e.g. example.com')
     .option('--reason <text>', 'why (recorded with your operator name)')
+    .option('--force', 'suspend it even though the queue has never had mail for it (ahead of its first message)')
     .action(
-      run(async (ctx, name: string, o: { reason?: string }) => {
-        const res = await ctx.api.suspendDestination({ destination: name, reason: o.reason ?? '' });
+      run(async (ctx, name: string, o: { reason?: string; force?: boolean }) => {
+        const res = await ctx.api.suspendDestination({ destination: name, reason: o.reason ?? '', force: Boolean(o.force) });
         ctx.out(ctx.json ? f.json(res.destination ? Destination.toJSON(res.destination) : {}) : `Suspended ${name}.\n`);
       }),
     );
   destination
     .command('resume')
-    .description('resume delivery to a suspended destination')
+    .description('resume delivery to a suspended destination (one the queue knows)')
     .argument('<destination>', 'destination name')
     .action(
       run(async (ctx, name: string) => {

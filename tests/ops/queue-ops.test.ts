@@ -116,11 +116,12 @@ const carolIds: string[] = []; // carol@sender.test -> held.test and paused.test
 const RAW_BODY = 'Line one of the body.\r\nLine two, with trailing spaces   \r\n\r\n.leading dot\r\n';
 
 test('tern destination suspend keeps new mail queued; destination ls shows it suspended with the reason', async () => {
-  const suspended = await ternJson<Destination>(platform, 'destination', 'suspend', 'held.test', '--reason', 'receiver maintenance');
+  // --force: the queue has had no mail for them yet (a name it never saw is refused otherwise).
+  const suspended = await ternJson<Destination>(platform, 'destination', 'suspend', 'held.test', '--force', '--reason', 'receiver maintenance');
   assert.equal(suspended.name, 'held.test');
   assert.equal(suspended.suspended, true);
   assert.equal(suspended.suspendedReason, 'receiver maintenance');
-  await tern(platform, 'destination', 'suspend', 'Paused.Test.', '--reason', 'second one');
+  await tern(platform, 'destination', 'suspend', 'Paused.Test.', '--force', '--reason', 'second one');
 
   for (let i = 1; i <= 5; i++) heldIds.push(await send(platform, 'alice@sender.test', [`user${i}@held.test`], `held ${i}`, RAW_BODY));
   carolIds.push(await send(platform, 'carol@sender.test', ['user6@held.test'], 'carol 1'));
@@ -238,7 +239,7 @@ test('tern message show prints the envelope and recipients; tern message downloa
   assert.ok(raw.subarray(0, headers.length).equals(headers), '--headers-only is a prefix of the message');
   assert.ok(!headers.toString().includes('Line one'), '--headers-only stops before the body');
 
-  const missing = await ternRaw(platform, ['message', 'show', '0000000000000000000000']);
+  const missing = await ternRaw(platform, ['message', 'show', '0000000000000000']);
   assert.equal(missing.code, 5, `unknown message: exit 5 (${missing.stderr})`);
   assert.match(missing.stderr, /^tern: /);
 });

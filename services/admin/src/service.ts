@@ -61,7 +61,7 @@ export function describeChange(method: UnaryName, req: Req): Record<string, unkn
       };
     }
     case 'suspendDestination':
-      return { destination: r.destination, reason: r.reason };
+      return { destination: r.destination, reason: r.reason, force: r.force || undefined };
     case 'resumeDestination':
       return { destination: r.destination };
     case 'putRoute':

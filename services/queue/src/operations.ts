@@ -261,20 +261,37 @@ export class Operations {
     return rows[0] ? toDestination(rows[0]) : { name, suspended: false, suspendedReason: '', concurrencyLimit: this.o.limits.initialConcurrency, inflight: 0, lastError: '' };
   }
 
+  /**
+   * Refuses a destination the queue has never had mail for: its row is made
+   * at the first enqueue and kept, so none means a name no message was ever
+   * queued for, most likely a typo; suspending it would pass for done while
+   * the real destination's mail goes on.
+   */
+  private async known(name: string, next: string): Promise<void> {
+    const { rows } = await this.o.pool.query('SELECT 1 FROM destinations WHERE name = $1', [name]);
+    if (rows.length) return;
+    throw grpcError(
+      grpc.status.NOT_FOUND,
+      `destination "${name}": the queue has never had mail for it (a typo?); check the name with tern destination ls or tern queue summary${next}`,
+    );
+  }
+
   async suspend(req: SuspendDestinationRequest): Promise<SuspendDestinationResponse> {
     const name = normaliseDestination(req.destination);
     if (!req.operator.trim()) throw grpcError(grpc.status.INVALID_ARGUMENT, 'operator: required');
+    if (!req.force) await this.known(name, ', or suspend it ahead of its first message with force (tern destination suspend --force)');
     await tx(this.o.pool, async (c) => {
       await suspendDestination(c, name, this.o.limits, req.reason.trim(), req.operator.trim());
       await c.query(`INSERT INTO operator_events (subject, operator, action, reason) VALUES ($1, $2, 'suspend', $3)`, [name, req.operator.trim(), req.reason.trim()]);
     });
-    this.o.logger.info({ destination: name, operator: req.operator, reason: req.reason }, 'destination suspended');
+    this.o.logger.info({ destination: name, operator: req.operator, reason: req.reason, force: req.force || undefined }, 'destination suspended');
     return { destination: await this.destination(name) };
   }
 
   async resume(req: ResumeDestinationRequest): Promise<ResumeDestinationResponse> {
     const name = normaliseDestination(req.destination);
     if (!req.operator.trim()) throw grpcError(grpc.status.INVALID_ARGUMENT, 'operator: required');
+    await this.known(name, '');
     await tx(this.o.pool, async (c) => {
       await resumeDestination(c, name, this.o.limits);
       await c.query(`INSERT INTO operator_events (subject, operator, action) VALUES ($1, $2, 'resume')`, [name, req.operator.trim()]);

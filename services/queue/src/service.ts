@@ -4,6 +4,7 @@ import type { QueueServiceServer } from '@tern/proto';
 import type { Logger } from '@tern/telemetry';
 import { readBodyHandler } from './body';
 import type { Enqueuer } from './enqueue';
+import { isQueueId } from './ids';
 import { getMessage } from './messages';
 import type { Operations } from './operations';
 import type { Pool } from '@tern/db';
@@ -47,7 +48,15 @@ export function createQueueService(d: ServiceDeps): QueueServiceServer {
     enqueueStream: d.enqueuer.streamHandler,
     readBody: readBodyHandler(d.pool, logger),
     getMessage: unary(logger, 'GetMessage', async (req) => {
-      const message = await getMessage(d.opsPool, req.queueId.trim(), req.includeHeaders);
+      // Crockford base32 reads the same in either case; anything else is no queue id at all.
+      const id = req.queueId.trim().toUpperCase();
+      if (!isQueueId(id)) {
+        throw grpcError(
+          grpc.status.INVALID_ARGUMENT,
+          `queue_id: "${req.queueId}" is not a queue id (16 letters and digits, as in "250 2.0.0 Ok: queued as 01JD4Z8X2K7Q9M3R"; see tern queue ls)`,
+        );
+      }
+      const message = await getMessage(d.opsPool, id, req.includeHeaders);
       if (!message) throw grpcError(grpc.status.NOT_FOUND, `no message with queue id "${req.queueId}"`);
       return { message };
     }),

@@ -230,7 +230,8 @@ describe('enqueue', () => {
     assert.equal(message!.recipients[0]!.state, RecipientState.RECIPIENT_STATE_HELD);
     assert.equal(message!.recipients[0]!.destination, 'held.example');
     assert.ok(message!.headers.includes('Subject: test held'));
-    await assert.rejects(client.getMessage({ queueId: 'NOPE' }), (e: grpc.ServiceError) => e.code === grpc.status.NOT_FOUND);
+    await assert.rejects(client.getMessage({ queueId: '0000000000000000' }), (e: grpc.ServiceError) => e.code === grpc.status.NOT_FOUND);
+    await assert.rejects(client.getMessage({ queueId: 'NOPE' }), (e: grpc.ServiceError) => e.code === grpc.status.INVALID_ARGUMENT && /queue_id: "NOPE" is not a queue id/.test(e.details));
   });
 
   it('Status accepts below the high-water mark', async () => {

@@ -92,7 +92,12 @@ describe('operations', () => {
   });
 
   it('suspends and resumes a destination, with the operator recorded', async () => {
-    const s = await client.suspendDestination({ destination: 'Paused.Example', operator: 'carol', reason: 'maintenance' });
+    await assert.rejects(
+      client.suspendDestination({ destination: 'paused.example', operator: 'carol', reason: 'maintenance' }),
+      (e: grpc.ServiceError) => e.code === grpc.status.NOT_FOUND && /destination "paused\.example": the queue has never had mail for it/.test(e.details),
+    );
+    await assert.rejects(client.resumeDestination({ destination: 'paused.example', operator: 'carol' }), (e: grpc.ServiceError) => e.code === grpc.status.NOT_FOUND);
+    const s = await client.suspendDestination({ destination: 'Paused.Example', operator: 'carol', reason: 'maintenance', force: true });
     assert.equal(s.destination!.name, 'paused.example');
     assert.equal(s.destination!.suspended, true);
     const res = await client.enqueue(header({}, ['p@paused.example']), body(100));

@@ -154,7 +154,7 @@ describe('scheduling', () => {
 
   it('expires recipients past their lifetime with a failure report, and warns of delays where NOTIFY=DELAY', async () => {
     await withQueue({ TERN_QUEUE_LIFETIME_S: '2', TERN_QUEUE_DELAY_WARNING_S: '1' }, async (app, c) => {
-      await c.suspendDestination({ destination: 'slow.example', operator: 'test' });
+      await c.suspendDestination({ destination: 'slow.example', operator: 'test', force: true });
       const exp = await c.enqueue(header({}, ['e@slow.example']), body(100));
       const del = await c.enqueue(
         { ...header({}, []), recipients: [{ address: 'w@late.example', orcpt: '', notify: [DsnNotify.DSN_NOTIFY_DELAY, DsnNotify.DSN_NOTIFY_FAILURE] }] },

@@ -584,12 +584,20 @@ export interface SuspendDestinationRequest {
   destination: string;
   operator: string;
   reason: string;
+  /**
+   * Suspend a destination the queue has never had mail for (ahead of its
+   * first message). Without it such a name is refused (NOT_FOUND), so that a
+   * typo does not pass for a suspension while the real destination's mail
+   * goes on.
+   */
+  force: boolean;
 }
 
 export interface SuspendDestinationResponse {
   destination: Destination | undefined;
 }
 
+/** A destination the queue has never had mail for is refused (NOT_FOUND). */
 export interface ResumeDestinationRequest {
   destination: string;
   operator: string;
@@ -4094,7 +4102,7 @@ export const Destination: MessageFns<Destination> = {
 };
 
 function createBaseSuspendDestinationRequest(): SuspendDestinationRequest {
-  return { destination: "", operator: "", reason: "" };
+  return { destination: "", operator: "", reason: "", force: false };
 }
 
 export const SuspendDestinationRequest: MessageFns<SuspendDestinationRequest> = {
@@ -4107,6 +4115,9 @@ export const SuspendDestinationRequest: MessageFns<SuspendDestinationRequest> = 
     }
     if (message.reason !== "") {
       writer.uint32(26).string(message.reason);
+    }
+    if (message.force !== false) {
+      writer.uint32(32).bool(message.force);
     }
     return writer;
   },
@@ -4148,6 +4159,14 @@ export const SuspendDestinationRequest: MessageFns<SuspendDestinationRequest> = 
             message.reason = reader.string();
             continue;
           }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.force = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -4165,6 +4184,7 @@ export const SuspendDestinationRequest: MessageFns<SuspendDestinationRequest> = 
       destination: isSet(object.destination) ? globalThis.String(object.destination) : "",
       operator: isSet(object.operator) ? globalThis.String(object.operator) : "",
       reason: isSet(object.reason) ? globalThis.String(object.reason) : "",
+      force: isSet(object.force) ? globalThis.Boolean(object.force) : false,
     };
   },
 
@@ -4179,6 +4199,9 @@ export const SuspendDestinationRequest: MessageFns<SuspendDestinationRequest> = 
     if (message.reason !== "") {
       obj.reason = message.reason;
     }
+    if (message.force !== false) {
+      obj.force = message.force;
+    }
     return obj;
   },
 
@@ -4190,6 +4213,7 @@ export const SuspendDestinationRequest: MessageFns<SuspendDestinationRequest> = 
     message.destination = object.destination ?? "";
     message.operator = object.operator ?? "";
     message.reason = object.reason ?? "";
+    message.force = object.force ?? false;
     return message;
   },
 };

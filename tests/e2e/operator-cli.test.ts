@@ -1,0 +1,86 @@
+// Issue 26 items 8, 9 and 11: the `tern` CLI as an operator runs it, against
+// the real admin service in front of queue and policy (all six services as
+// processes). Mail is kept in the queue by suspending its destination.
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { Harness, startPlatform, type Platform, type SmtpSink } from '@tern/devkit';
+import { send, tern, ternJson, ternRaw, waitFor } from '../ops/helpers';
+
+const harness = new Harness({ name: 'e2e-operator-cli' });
+let platform: Platform;
+let mx: SmtpSink;
+
+interface Listing {
+  messages?: { queueId: string; sender?: string; recipients?: { address: string; state?: string }[] }[];
+  nextPageToken?: string;
+}
+interface Destination {
+  name: string;
+  suspended?: boolean;
+  suspendedReason?: string;
+}
+
+before(async () => {
+  const db = await harness.createTestDatabase();
+  await harness.runMigrate(db.url, { entry: 'libs/db/dist/migrate.js' });
+  const nats = await harness.startNats();
+  const port = await harness.freePort('127.0.0.90');
+  mx = await harness.startSink({ host: '127.0.0.90', port, hostname: 'mx.known.test' });
+  const dns = await harness.startDns({ host: '127.0.0.1' });
+  for (const d of ['known.test', 'sent.test', 'waiting.test', 'everything.test']) dns.mx(d, 'mx.known.test');
+  dns.a('mx.known.test', '127.0.0.90');
+  platform = await startPlatform(harness, { databaseUrl: db.url, natsUrl: nats.url, dnsServer: dns.address, remoteSmtpPort: port });
+});
+
+after(() => harness.close());
+
+const destinations = async () => new Map(((await ternJson<{ destinations?: Destination[] }>(platform, 'destination', 'ls')).destinations ?? []).map((d) => [d.name, d]));
+
+test('item 11: destination suspend refuses a name the queue never had mail for, naming it and --force; --force suspends ahead of the mail', async () => {
+  const typo = await ternRaw(platform, ['destination', 'suspend', 'nosuch.test', '--reason', 'maintenance']);
+  assert.equal(typo.code, 5, `exit 5, not found: ${typo.stderr}`);
+  assert.match(typo.stderr, /^tern: destination "nosuch\.test": the queue has never had mail for it/);
+  assert.match(typo.stderr, /tern destination ls/);
+  assert.match(typo.stderr, /--force/);
+  assert.equal(typo.stdout, '');
+  assert.equal((await destinations()).has('nosuch.test'), false, 'nothing was suspended');
+
+  const resume = await ternRaw(platform, ['destination', 'resume', 'nosuch.test']);
+  assert.equal(resume.code, 5, `resume of an unknown name: exit 5 (${resume.stderr})`);
+  assert.match(resume.stderr, /destination "nosuch\.test": the queue has never had mail for it/);
+
+  const forced = await ternJson<Destination>(platform, 'destination', 'suspend', 'Waiting.Test.', '--force', '--reason', 'receiver migrating');
+  assert.deepEqual([forced.name, forced.suspended, forced.suspendedReason], ['waiting.test', true, 'receiver migrating']);
+  const id = await send(platform, 'ops@sender.test', ['someone@waiting.test'], 'waits for resume');
+  assert.equal((await destinations()).get('waiting.test')?.suspended, true);
+
+  // A destination with mail needs no --force.
+  await send(platform, 'ops@sender.test', ['first@known.test'], 'known first');
+  await waitFor('the first known.test message delivered', async () => (mx.messagesFor('first@known.test').length ? true : undefined), 30_000);
+  const known = await ternRaw(platform, ['destination', 'suspend', 'known.test', '--reason', 'checking']);
+  assert.equal(known.code, 0, known.stderr);
+  assert.equal(known.stdout, 'Suspended known.test.\n');
+  await tern(platform, 'destination', 'resume', 'known.test');
+
+  const shown = await ternJson<{ recipients?: { state?: string }[] }>(platform, 'message', 'show', id);
+  assert.equal(shown.recipients?.[0]?.state, 'RECIPIENT_STATE_QUEUED', 'the forced suspension holds the mail that came after it');
+});
+
+test('item 11: message show names the queue id format for a malformed id; an unknown well-formed id is not found; the size is said once', async () => {
+  const bad = await ternRaw(platform, ['message', 'show', 'NOTANID']);
+  assert.equal(bad.code, 1, bad.stderr);
+  assert.match(bad.stderr, /queue_id: "NOTANID" is not a queue id \(16 letters and digits, as in "250 2\.0\.0 Ok: queued as [0-9A-Z]{16}"/);
+  assert.doesNotMatch(bad.stderr, /no message/);
+
+  const unknown = await ternRaw(platform, ['message', 'show', '0000000000000000']);
+  assert.equal(unknown.code, 5, unknown.stderr);
+  assert.match(unknown.stderr, /no message with queue id "0000000000000000"/);
+
+  const id = await send(platform, 'ops@sender.test', ['size@known.test'], 'size line');
+  const human = await tern(platform, 'message', 'show', id.toLowerCase());
+  const size = /^Size: +(.*)$/m.exec(human)?.[1];
+  assert.ok(size, human);
+  assert.match(size, /^\d+ bytes$/, `a small message's size once, in bytes: "${size}"`);
+  const json = await ternJson<{ size?: string | number }>(platform, 'message', 'show', id);
+  assert.equal(size, `${json.size} bytes`);
+});
