@@ -4,7 +4,7 @@
 // other services reuse. See README.md for the hook API.
 export { SmtpServer } from './server';
 export { COUNTED_VERBS, SmtpStats, type CountedVerb } from './stats';
-export { SmtpDataError } from './session';
+export { SmtpDataError } from './data';
 export {
   ConnectionLimiter,
   DEFAULT_LIMITS,

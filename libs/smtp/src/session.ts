@@ -3,18 +3,18 @@
 // (a hook that is still running holds the commands behind it, so replies to
 // a pipelined batch come back in order); replies are batched into one write
 // per burst of input. Message data goes to the service as a bounded stream.
-import crypto from 'node:crypto';
 import type net from 'node:net';
-import { Readable } from 'node:stream';
 import tls from 'node:tls';
 import { parsePath } from './address';
-import { BodyDecoder, type Violation } from './body';
+import { bdatCommand, bdatStep, type BdatChunk } from './bdat';
+import { abortData, dataCommand, dataStep, type DataTransfer } from './data';
 import { parseMailParams, parseRcptParams } from './params';
 import { normalizeIp, parseProxyHeader } from './proxy';
-import type { SmtpStats } from './stats';
-import { closing, formatReply, isPositive, normalizeReply, reply, Replies, type Reply } from './reply';
-import type { AuthRequest, Envelope, MailFrom, RcptTo, SmtpHooks, SmtpLimits, SmtpLogger, SmtpSession, TlsInfo } from './types';
-import type { ConnectionLimiter } from './types';
+import { closing, formatReply, isPositive, reply, Replies, type Reply } from './reply';
+import { Mode, nextId, type SessionContext } from './session-context';
+import type { AuthRequest, MailFrom, RcptTo, SmtpSession, TlsInfo } from './types';
+
+export type { SessionContext } from './session-context';
 
 const LF = 0x0a;
 const CR = 0x0d;
@@ -22,65 +22,6 @@ const CR = 0x0d;
 const AUTH_LINE_LIMIT = 12_288;
 /** Input we hold while a hook runs before we stop reading the socket. */
 const MAX_PENDING_INPUT = 64 * 1024;
-/** Data stream buffer handed to the service. */
-const STREAM_HWM = 64 * 1024;
-
-/** Thrown into the data stream when the engine refuses the message data. */
-export class SmtpDataError extends Error {
-  constructor(
-    readonly violation: Violation | 'aborted',
-    readonly reply: Reply,
-  ) {
-    super(`message data refused: ${violation}`);
-    this.name = 'SmtpDataError';
-  }
-}
-
-/** What a session needs from its server. */
-export interface SessionContext {
-  name: string;
-  hostname: string;
-  banner: string;
-  hooks: SmtpHooks;
-  limits: SmtpLimits;
-  implicitTls: boolean;
-  secureContext: (() => tls.SecureContext) | undefined;
-  requireTlsForAuth: boolean;
-  authRequired: boolean;
-  isTrustedProxy: (address: string) => boolean;
-  limiter: ConnectionLimiter;
-  logger: SmtpLogger | undefined;
-  /** The server is shutting down gracefully. */
-  closing: () => boolean;
-  ended: (s: Session) => void;
-  stats: SmtpStats;
-}
-
-const enum Mode {
-  Proxy,
-  Handshake,
-  PreGreeting,
-  Command,
-  Auth,
-  Data,
-  Bdat,
-  Closing,
-  Closed,
-}
-
-const idPrefix = crypto.randomBytes(3).toString('hex');
-let idCounter = 0;
-function nextId(): string {
-  idCounter = (idCounter + 1) % 0x7fffffff;
-  return `${idPrefix}${Date.now().toString(36).slice(-5)}${idCounter.toString(36).padStart(4, '0')}`.toUpperCase();
-}
-
-const VIOLATION_REPLIES: Record<Violation, Reply> = {
-  bare_line_ending: Replies.bareLineEnding,
-  nul: Replies.nulInData,
-  line_too_long: Replies.textLineTooLong,
-  size: Replies.messageTooBig,
-};
 
 function cipherBits(name: string): number | undefined {
   const m = /AES[_-]?(128|256)|CHACHA20|CAMELLIA[_-]?(128|256)/i.exec(name);
@@ -89,59 +30,41 @@ function cipherBits(name: string): number | undefined {
   return Number(m[1] ?? m[2]);
 }
 
-interface DataTransfer {
-  decoder: BodyDecoder | undefined; // undefined: BINARYMIME (no text checks)
-  stream: Readable;
-  /** The hook's promise settled (before or after the end). */
-  settled: boolean;
-  result: Reply | undefined;
-  failed: boolean;
-  promise: Promise<void>;
-  /** push(null) done. */
-  ended: boolean;
-  /** The engine aborted the stream. */
-  aborted: boolean;
-  size: number;
-}
-
-interface BdatChunk {
-  remaining: number;
-  last: boolean;
-  /** Reply to give after the chunk is consumed instead of processing it. */
-  refuse: Reply | undefined;
-  /** Close the session after refusing (unrecoverable). */
-  fatal: boolean;
-}
-
 type AuthState =
   | { mech: 'PLAIN' }
   | { mech: 'LOGIN'; step: 'user' }
   | { mech: 'LOGIN'; step: 'pass'; username: string };
 
+/**
+ * The session's state and its input loop. The fields and methods that are not
+ * private are the engine's own, shared with the files that handle commands
+ * and message data (data.ts, bdat.ts, ...); Session is not exported from the
+ * package.
+ */
 export class Session {
   readonly info: SmtpSession;
-  private sock: net.Socket;
-  private mode: Mode = Mode.Command;
-  private inBuf: Buffer | null = null;
-  private busy = false;
+  sock: net.Socket;
+  mode: Mode = Mode.Command;
+  inBuf: Buffer | null = null;
+  busy = false;
   private out = '';
   private errors = 0;
   /** When the current run of ourFault replies (with no 2xx since) began. */
   private unavailableSince: number | undefined;
-  private pipelining = false;
-  private skipLine = false;
-  private auth: AuthState | undefined;
-  private data: DataTransfer | undefined;
-  private bdat: BdatChunk | undefined;
+  pipelining = false;
+  skipLine = false;
+  auth: AuthState | undefined;
+  data: DataTransfer | undefined;
+  bdat: BdatChunk | undefined;
   private clientSlot: string | undefined;
   private paused = false;
-  private backpressure = false;
+  backpressure = false;
   private closeTimer: NodeJS.Timeout | undefined;
-  private seq = 0;
-  private endReason = 'closed';
+  seq = 0;
+  endReason = 'closed';
 
   constructor(
-    private readonly ctx: SessionContext,
+    readonly ctx: SessionContext,
     socket: net.Socket,
   ) {
     this.sock = socket;
@@ -256,21 +179,21 @@ export class Session {
   }
 
   destroy(): void {
-    this.abortData('aborted');
+    abortData(this, 'aborted');
     this.sock.destroy();
   }
 
   private readonly onError = (err: Error): void => {
     this.endReason = `socket error: ${err.message}`;
     this.ctx.logger?.debug({ session: this.info.id, err: err.message }, 'smtp socket error');
-    this.abortData('aborted');
+    abortData(this, 'aborted');
   };
 
   private readonly onClose = (): void => {
     if (this.mode === Mode.Closed) return;
     this.mode = Mode.Closed;
     if (this.closeTimer) clearTimeout(this.closeTimer);
-    this.abortData('aborted');
+    abortData(this, 'aborted');
     this.ctx.limiter.releaseTotal();
     if (this.clientSlot !== undefined) this.ctx.limiter.releaseClient(this.clientSlot);
     this.ctx.ended(this);
@@ -304,9 +227,9 @@ export class Session {
    * gets 5 s to read the reply and close first (a reply to a client that is
    * still sending could be lost to our reset).
    */
-  private closeWith(r: Reply | undefined, final = false): void {
+  closeWith(r: Reply | undefined, final = false): void {
     if (this.mode === Mode.Closing || this.mode === Mode.Closed) return;
-    this.abortData('aborted');
+    abortData(this, 'aborted');
     if (r) this.write(formatReply(r));
     this.flush();
     this.mode = Mode.Closing;
@@ -319,12 +242,12 @@ export class Session {
 
   // ---------------------------------------------------------------- output
 
-  private write(s: string): void {
+  write(s: string): void {
     this.ctx.stats.reply(s);
     this.out += s;
   }
 
-  private flush(): void {
+  flush(): void {
     if (this.out.length === 0 || this.sock.destroyed) return;
     const s = this.out;
     this.out = '';
@@ -336,7 +259,7 @@ export class Session {
    * Our own transient failures are not the client's errors: a session that
    * gets nothing else for unavailableCloseMs is closed with 421 4.3.0.
    */
-  private send(r: Reply): void {
+  send(r: Reply): void {
     this.write(formatReply(r));
     if (r.code < 400) {
       if (r.code < 300) this.unavailableSince = undefined;
@@ -374,7 +297,7 @@ export class Session {
     else this.updateFlow();
   };
 
-  private updateFlow(): void {
+  updateFlow(): void {
     const shouldPause =
       this.backpressure || (this.busy && this.inBuf !== null && this.inBuf.length > MAX_PENDING_INPUT);
     if (shouldPause && !this.paused) {
@@ -387,15 +310,15 @@ export class Session {
   }
 
   /** Processes buffered input until it runs out or a hook is pending. */
-  private pump(): void {
+  pump(): void {
     while (this.inBuf !== null && !this.busy) {
       const mode = this.mode;
       if (mode === Mode.Command || mode === Mode.Auth) {
         if (!this.commandStep()) break;
       } else if (mode === Mode.Data) {
-        this.dataStep();
+        dataStep(this);
       } else if (mode === Mode.Bdat) {
-        this.bdatStep();
+        bdatStep(this);
       } else if (mode === Mode.Proxy) {
         if (!this.proxyStep()) break;
       } else break;
@@ -404,7 +327,7 @@ export class Session {
     this.updateFlow();
   }
 
-  private take(n: number): Buffer {
+  take(n: number): Buffer {
     const buf = this.inBuf!;
     if (n >= buf.length) {
       this.inBuf = null;
@@ -550,9 +473,9 @@ export class Session {
       case 'RCPT':
         return this.rcpt(arg);
       case 'DATA':
-        return this.dataCommand(arg);
+        return dataCommand(this, arg);
       case 'BDAT':
-        return this.bdatCommand(arg);
+        return bdatCommand(this, arg);
       case 'RSET':
         if (arg) return this.send(Replies.syntaxNoArgs);
         this.resetTransaction();
@@ -586,7 +509,7 @@ export class Session {
   }
 
   /** Runs a hook; a throw or rejection becomes `undefined` + failed flag. */
-  private safe<T>(fn: () => Promise<T>): Promise<T | undefined> {
+  safe<T>(fn: () => Promise<T>): Promise<T | undefined> {
     try {
       return fn().catch((err: unknown) => {
         this.ctx.logger?.warn({ session: this.info.id, err: (err as Error)?.message ?? String(err) }, 'smtp hook failed');
@@ -601,7 +524,7 @@ export class Session {
    * Awaits a hook with the session busy (input queues up behind it), then
    * continues with `then`; a failed hook gets 451 4.3.0.
    */
-  private await<T>(fn: () => Promise<T>, then: (v: T) => void, onFail?: () => void): void {
+  await<T>(fn: () => Promise<T>, then: (v: T) => void, onFail?: () => void): void {
     this.busy = true;
     this.updateFlow();
     this.safe(fn).then(
@@ -621,9 +544,9 @@ export class Session {
     );
   }
 
-  private resetTransaction(): void {
+  resetTransaction(): void {
     const env = this.info.envelope;
-    this.abortData('aborted');
+    abortData(this, 'aborted');
     this.data = undefined;
     if (env) {
       this.info.envelope = undefined;
@@ -920,305 +843,6 @@ export class Session {
         this.send(refusal);
       },
     );
-  }
-
-  // ---------------------------------------------------------------- DATA / BDAT
-
-  private dataCommand(arg: string): void {
-    const env = this.info.envelope;
-    if (!env) return this.send(Replies.needMail);
-    if (env.rcptTo.length === 0) return this.send(reply(554, '5.5.1', 'Error: no valid recipients'));
-    if (arg) return this.send(Replies.syntaxData);
-    if (env.chunking || env.mailFrom.params.body === 'BINARYMIME') return this.send(Replies.dataAfterBdat);
-    const go = () => {
-      this.write(formatReply(Replies.startData, false));
-      this.startTransfer(env, new BodyDecoder(true, this.bodyLimits()));
-      this.mode = Mode.Data;
-      this.sock.setTimeout(this.ctx.limits.dataTimeoutMs);
-    };
-    const hook = this.ctx.hooks.onDataStart;
-    if (!hook) return go();
-    this.await(
-      () => hook.call(this.ctx.hooks, this.info, env),
-      (r) => {
-        if (r && !isPositive(r)) return this.send(r);
-        go();
-      },
-    );
-  }
-
-  private bodyLimits() {
-    return { maxLineLength: this.ctx.limits.maxTextLine, maxSize: this.ctx.limits.maxMessageSize, rejectNul: true };
-  }
-
-  private startTransfer(env: Envelope, decoder: BodyDecoder | undefined): void {
-    const stream = new Readable({
-      highWaterMark: STREAM_HWM,
-      read: () => {
-        if (this.backpressure) {
-          this.backpressure = false;
-          this.updateFlow();
-        }
-      },
-    });
-    // The engine may destroy the stream with an error nobody listens for.
-    stream.on('error', () => {});
-    const t: DataTransfer = {
-      decoder,
-      stream,
-      settled: false,
-      result: undefined,
-      failed: false,
-      ended: false,
-      aborted: false,
-      size: 0,
-      promise: Promise.resolve(),
-    };
-    const hook = this.ctx.hooks.onData;
-    t.promise = this.safe(() => hook.call(this.ctx.hooks, this.info, env, stream)).then(
-      (r) => {
-        t.settled = true;
-        t.result = r;
-        this.onTransferSettled(t);
-      },
-      () => {
-        t.settled = true;
-        t.failed = true;
-        this.onTransferSettled(t);
-      },
-    );
-    this.data = t;
-  }
-
-  private onTransferSettled(t: DataTransfer): void {
-    // A hook that finished before the end of data reads no more: stop feeding it.
-    if (!t.ended && this.backpressure && this.data === t) {
-      this.backpressure = false;
-      this.updateFlow();
-    }
-  }
-
-  private pushBody(t: DataTransfer, segments: Buffer[]): void {
-    if (t.settled || t.aborted || segments.length === 0) return;
-    const buf = segments.length === 1 ? segments[0]! : Buffer.concat(segments);
-    t.size += buf.length;
-    if (!t.stream.push(buf) && !this.backpressure) {
-      this.backpressure = true;
-    }
-  }
-
-  private failTransfer(t: DataTransfer, violation: Violation | 'aborted', r: Reply): void {
-    if (t.aborted) return;
-    t.aborted = true;
-    if (this.backpressure) this.backpressure = false;
-    t.stream.destroy(new SmtpDataError(violation, r));
-  }
-
-  /** Connection lost, RSET, shutdown: the message must not be stored. */
-  private abortData(reason: 'aborted'): void {
-    const t = this.data;
-    if (!t || t.ended) return;
-    this.failTransfer(t, reason, Replies.hookFailed);
-    t.ended = true;
-  }
-
-  private dataStep(): void {
-    const t = this.data!;
-    const decoder = t.decoder!;
-    const buf = this.inBuf!;
-    const segments: Buffer[] = [];
-    const end = decoder.feed(buf, (s) => segments.push(s));
-    this.pushBody(t, segments);
-    if (decoder.violation !== undefined) this.failTransfer(t, decoder.violation, VIOLATION_REPLIES[decoder.violation]);
-    if (end < 0) {
-      this.inBuf = null;
-      return;
-    }
-    this.inBuf = end < buf.length ? buf.subarray(end) : null;
-    this.mode = Mode.Command;
-    this.sock.setTimeout(this.ctx.limits.commandTimeoutMs);
-    this.finishTransfer(t, decoder.violation);
-  }
-
-  /** End of data (DATA) or of the LAST chunk: wait for the hook, reply, close the transaction. */
-  private finishTransfer(t: DataTransfer, violation: Violation | undefined): void {
-    if (violation === undefined && !t.aborted) {
-      if (t.settled) {
-        // The hook answered before the end of data: whatever it said, it
-        // did not see the whole message, so it cannot be a success.
-        t.aborted = true;
-      } else {
-        t.ended = true;
-        t.stream.push(null);
-      }
-    }
-    const early = t.aborted && violation === undefined;
-    t.ended = true;
-    this.busy = true;
-    this.updateFlow();
-    void t.promise.then(() => {
-      if (this.mode === Mode.Closing || this.mode === Mode.Closed) return;
-      this.busy = false;
-      let r: Reply;
-      if (violation !== undefined) r = VIOLATION_REPLIES[violation];
-      else if (t.failed || !t.result) r = Replies.hookFailed;
-      else if (early && isPositive(t.result)) r = Replies.hookFailed;
-      else r = t.result;
-      const env = this.info.envelope;
-      this.data = undefined;
-      this.info.envelope = undefined;
-      if (isPositive(r)) this.info.transactions++;
-      else if (env) {
-        try {
-          this.ctx.hooks.onReset?.(this.info, env);
-        } catch {
-          // observer only
-        }
-      }
-      this.send(normalizeReply(r));
-      if (this.ctx.closing() && this.mode === Mode.Command) {
-        this.endReason = 'server shutdown';
-        this.closeWith(closing(this.ctx.hostname, '4.3.2', 'Service shutting down, closing transmission channel'));
-        return;
-      }
-      this.pump();
-    });
-  }
-
-  private bdatCommand(arg: string): void {
-    const m = /^(\d{1,15})(?: +(LAST))? *$/i.exec(arg);
-    if (!m) {
-      // Without a valid size the octets that follow cannot be skipped.
-      this.endReason = 'bad BDAT syntax';
-      return this.closeWith(Replies.syntaxBdat);
-    }
-    const size = Number(m[1]);
-    const last = m[2] !== undefined;
-    const env = this.info.envelope;
-    const max = this.ctx.limits.maxMessageSize;
-    let refuse: Reply | undefined;
-    let fatal = false;
-    if (!env) refuse = Replies.needMail;
-    else if (env.rcptTo.length === 0) refuse = reply(554, '5.5.1', 'Error: no valid recipients');
-    else if ((this.data?.size ?? 0) + size > max) {
-      refuse = Replies.messageTooBig;
-      // Skipping gigabytes to stay in sync is not worth it.
-      fatal = size > max * 2 + 1_048_576;
-    }
-    const chunk: BdatChunk = { remaining: size, last, refuse, fatal };
-    if (fatal) {
-      this.failBdatTransaction();
-      this.endReason = 'BDAT too large';
-      return this.closeWith(Replies.messageTooBig);
-    }
-    // The chunk's octets follow the command whatever we decide: from here on
-    // the session is in BDAT mode until they are consumed.
-    this.bdat = chunk;
-    this.mode = Mode.Bdat;
-    this.sock.setTimeout(this.ctx.limits.dataTimeoutMs);
-    const enter = () => {
-      if (!chunk.refuse && env && !this.data) {
-        env.chunking = true;
-        const binary = env.mailFrom.params.body === 'BINARYMIME';
-        this.startTransfer(env, binary ? undefined : new BodyDecoder(false, this.bodyLimits()));
-      }
-      if (size === 0) this.bdatChunkDone();
-    };
-    const hook = this.ctx.hooks.onDataStart;
-    if (refuse || !env || this.data || !hook) return enter();
-    this.await(
-      () => hook.call(this.ctx.hooks, this.info, env),
-      (r) => {
-        if (r && !isPositive(r)) chunk.refuse = r;
-        enter();
-      },
-      () => {
-        chunk.refuse = Replies.hookFailed;
-        enter();
-      },
-    );
-  }
-
-  private bdatStep(): void {
-    const chunk = this.bdat!;
-    const buf = this.take(Math.min(chunk.remaining, this.inBuf!.length));
-    chunk.remaining -= buf.length;
-    const t = this.data;
-    if (!chunk.refuse && t && !t.aborted) {
-      if (t.decoder) {
-        const segments: Buffer[] = [];
-        t.decoder.feed(buf, (s) => segments.push(s));
-        this.pushBody(t, segments);
-        if (t.decoder.violation !== undefined) this.failTransfer(t, t.decoder.violation, VIOLATION_REPLIES[t.decoder.violation]);
-      } else if (t.size + buf.length > this.ctx.limits.maxMessageSize) {
-        this.failTransfer(t, 'size', Replies.messageTooBig);
-        chunk.refuse = Replies.messageTooBig;
-      } else this.pushBody(t, [buf]);
-    }
-    if (chunk.remaining === 0) this.bdatChunkDone();
-  }
-
-  private failBdatTransaction(): void {
-    const t = this.data;
-    if (t && !t.ended) this.failTransfer(t, 'aborted', Replies.hookFailed);
-    if (t) t.ended = true;
-    const env = this.info.envelope;
-    this.data = undefined;
-    this.info.envelope = undefined;
-    if (env) {
-      try {
-        this.ctx.hooks.onReset?.(this.info, env);
-      } catch {
-        // observer only
-      }
-    }
-  }
-
-  private bdatChunkDone(): void {
-    const chunk = this.bdat!;
-    this.bdat = undefined;
-    this.mode = Mode.Command;
-    this.sock.setTimeout(this.ctx.limits.commandTimeoutMs);
-    const t = this.data;
-    if (chunk.refuse) {
-      // RFC 3030: a failed chunk fails the transaction; later chunks get 503.
-      if (this.info.envelope) this.failBdatTransaction();
-      return this.send(chunk.refuse);
-    }
-    if (!t) return this.send(Replies.needMail);
-    const violation = t.decoder?.violation;
-    if (violation !== undefined || t.aborted) {
-      // Wait for the hook to see the abort, then refuse the transaction.
-      const r = violation !== undefined ? VIOLATION_REPLIES[violation] : Replies.messageTooBig;
-      return this.finishRefused(t, r);
-    }
-    if (t.settled) {
-      // The service gave up before the last chunk.
-      const r = t.failed || !t.result || isPositive(t.result) ? Replies.hookFailed : t.result;
-      return this.finishRefused(t, r);
-    }
-    if (!chunk.last) return this.send(reply(250, '2.0.0', `Ok: ${t.size} octets received`));
-    t.decoder?.finish();
-    const v = t.decoder?.violation;
-    if (v !== undefined) {
-      this.failTransfer(t, v, VIOLATION_REPLIES[v]);
-      return this.finishRefused(t, VIOLATION_REPLIES[v]);
-    }
-    this.finishTransfer(t, undefined);
-  }
-
-  private finishRefused(t: DataTransfer, r: Reply): void {
-    if (!t.aborted) this.failTransfer(t, 'aborted', r);
-    t.ended = true;
-    this.busy = true;
-    this.updateFlow();
-    void t.promise.then(() => {
-      if (this.mode === Mode.Closing || this.mode === Mode.Closed) return;
-      this.busy = false;
-      this.failBdatTransaction();
-      this.send(r);
-      this.pump();
-    });
   }
 }
 
