@@ -4,15 +4,16 @@
 // a pipelined batch come back in order); replies are batched into one write
 // per burst of input. Message data goes to the service as a bounded stream.
 import type net from 'node:net';
-import tls from 'node:tls';
 import { parsePath } from './address';
+import { authCommand, authResponse, type AuthState } from './auth';
 import { bdatCommand, bdatStep, type BdatChunk } from './bdat';
 import { abortData, dataCommand, dataStep, type DataTransfer } from './data';
 import { parseMailParams, parseRcptParams } from './params';
 import { normalizeIp, parseProxyHeader } from './proxy';
 import { closing, formatReply, isPositive, reply, Replies, type Reply } from './reply';
 import { Mode, nextId, type SessionContext } from './session-context';
-import type { AuthRequest, MailFrom, RcptTo, SmtpSession, TlsInfo } from './types';
+import { startTls, upgrade } from './starttls';
+import type { MailFrom, RcptTo, SmtpSession } from './types';
 
 export type { SessionContext } from './session-context';
 
@@ -22,18 +23,6 @@ const CR = 0x0d;
 const AUTH_LINE_LIMIT = 12_288;
 /** Input we hold while a hook runs before we stop reading the socket. */
 const MAX_PENDING_INPUT = 64 * 1024;
-
-function cipherBits(name: string): number | undefined {
-  const m = /AES[_-]?(128|256)|CHACHA20|CAMELLIA[_-]?(128|256)/i.exec(name);
-  if (!m) return undefined;
-  if (/CHACHA20/i.test(m[0])) return 256;
-  return Number(m[1] ?? m[2]);
-}
-
-type AuthState =
-  | { mech: 'PLAIN' }
-  | { mech: 'LOGIN'; step: 'user' }
-  | { mech: 'LOGIN'; step: 'pass'; username: string };
 
 /**
  * The session's state and its input loop. The fields and methods that are not
@@ -57,7 +46,7 @@ export class Session {
   data: DataTransfer | undefined;
   bdat: BdatChunk | undefined;
   private clientSlot: string | undefined;
-  private paused = false;
+  paused = false;
   backpressure = false;
   private closeTimer: NodeJS.Timeout | undefined;
   seq = 0;
@@ -103,14 +92,14 @@ export class Session {
     this.afterProxy();
   }
 
-  private attach(sock: net.Socket): void {
+  attach(sock: net.Socket): void {
     sock.on('data', this.onData);
     sock.on('error', this.onError);
     sock.on('close', this.onClose);
     sock.on('timeout', this.onTimeout);
   }
 
-  private detach(sock: net.Socket): void {
+  detach(sock: net.Socket): void {
     sock.off('data', this.onData);
     sock.off('error', this.onError);
     sock.off('close', this.onClose);
@@ -126,13 +115,13 @@ export class Session {
     }
     this.clientSlot = ip;
     if (this.ctx.implicitTls) {
-      this.upgrade(true);
+      upgrade(this, true);
       return;
     }
     this.beginSession();
   }
 
-  private beginSession(): void {
+  beginSession(): void {
     this.mode = Mode.PreGreeting;
     this.busy = true;
     this.sock.setTimeout(this.ctx.limits.commandTimeoutMs);
@@ -430,7 +419,7 @@ export class Session {
       }
     }
     if (this.mode === Mode.Auth) {
-      this.authResponse(text);
+      authResponse(this, text);
       return true;
     }
     this.command(text);
@@ -494,9 +483,9 @@ export class Session {
       case 'ETRN':
         return this.etrn(arg);
       case 'STARTTLS':
-        return this.startTls(arg);
+        return startTls(this, arg);
       case 'AUTH':
-        return this.authCommand(arg);
+        return authCommand(this, arg);
       case 'TURN':
       case 'ATRN':
       case 'SEND':
@@ -581,11 +570,11 @@ export class Session {
     );
   }
 
-  private get secure(): boolean {
+  get secure(): boolean {
     return this.info.tls !== undefined;
   }
 
-  private get authOffered(): boolean {
+  get authOffered(): boolean {
     return this.ctx.hooks.onAuth !== undefined && (this.secure || !this.ctx.requireTlsForAuth);
   }
 
@@ -705,149 +694,4 @@ export class Session {
       (r) => this.send(r ?? reply(250, '2.0.0', 'Queuing started')),
     );
   }
-
-  // ---------------------------------------------------------------- STARTTLS / AUTH
-
-  private startTls(arg: string): void {
-    if (this.secure) return this.send(Replies.tlsActive);
-    if (!this.ctx.secureContext) return this.send(Replies.notImplemented);
-    if (arg) return this.send(reply(501, '5.5.4', 'Syntax: STARTTLS'));
-    if (this.info.envelope) return this.send(Replies.inTransaction);
-    if (!this.info.heloName) return this.send(Replies.sendHeloFirst);
-    // Plaintext pipelined after STARTTLS must not be carried into the TLS
-    // session (CVE-2011-0411): it is dropped.
-    this.inBuf = null;
-    this.send(Replies.readyTls);
-    this.flush();
-    this.upgrade(false);
-  }
-
-  private upgrade(implicit: boolean): void {
-    let context: tls.SecureContext;
-    try {
-      context = this.ctx.secureContext!();
-    } catch (err) {
-      this.ctx.logger?.warn({ session: this.info.id, err: (err as Error).message }, 'no TLS context');
-      if (implicit) return this.destroy();
-      return this.send(Replies.startTlsUnavailable);
-    }
-    const raw = this.sock;
-    this.mode = Mode.Handshake;
-    this.busy = true;
-    this.detach(raw);
-    raw.pause();
-    raw.setTimeout(0);
-    const sock = new tls.TLSSocket(raw, { isServer: true, secureContext: context, requestCert: false });
-    this.sock = sock;
-    this.paused = false;
-    this.attach(sock);
-    sock.setTimeout(this.ctx.limits.handshakeTimeoutMs);
-    sock.once('secure', () => {
-      const cipher = sock.getCipher();
-      const info: TlsInfo = { protocol: sock.getProtocol() ?? 'unknown', cipher: cipher?.standardName ?? cipher?.name ?? 'unknown', implicit };
-      const bits = cipherBits(info.cipher);
-      if (bits !== undefined) info.bits = bits;
-      this.info.tls = info;
-      if (implicit) {
-        this.busy = false;
-        this.beginSession();
-        return;
-      }
-      // RFC 3207: forget everything learned before TLS.
-      this.info.heloName = undefined;
-      this.info.esmtp = false;
-      this.pipelining = false;
-      this.mode = Mode.Command;
-      this.busy = false;
-      this.sock.setTimeout(this.ctx.limits.commandTimeoutMs);
-      this.pump();
-    });
-  }
-
-  private authCommand(arg: string): void {
-    if (!this.ctx.hooks.onAuth) return this.send(Replies.authNotAvailable);
-    if (!this.info.heloName || !this.info.esmtp) return this.send(Replies.sendHeloFirst);
-    if (this.info.user) return this.send(Replies.alreadyAuthenticated);
-    if (this.info.envelope) return this.send(Replies.inTransaction);
-    if (!this.authOffered) return this.send(Replies.authNeedsTls);
-    const parts = arg.split(' ');
-    const mech = (parts[0] ?? '').toUpperCase();
-    if (!mech || parts.length > 2) return this.send(Replies.syntaxAuth);
-    const initial = parts[1];
-    if (mech === 'PLAIN') {
-      if (initial === undefined) {
-        this.mode = Mode.Auth;
-        this.auth = { mech: 'PLAIN' };
-        this.write('334 \r\n');
-        return;
-      }
-      return this.authPlain(initial);
-    }
-    if (mech === 'LOGIN') {
-      this.mode = Mode.Auth;
-      if (initial === undefined) {
-        this.auth = { mech: 'LOGIN', step: 'user' };
-        this.write('334 VXNlcm5hbWU6\r\n');
-        return;
-      }
-      const user = decodeBase64(initial);
-      if (user === undefined) {
-        this.mode = Mode.Command;
-        return this.send(Replies.authBadBase64);
-      }
-      this.auth = { mech: 'LOGIN', step: 'pass', username: user };
-      this.write('334 UGFzc3dvcmQ6\r\n');
-      return;
-    }
-    this.send(Replies.authUnknownMech);
-  }
-
-  private authResponse(line: string): void {
-    const state = this.auth;
-    this.mode = Mode.Command;
-    this.auth = undefined;
-    if (!state) return this.send(Replies.authAborted);
-    if (line === '*') return this.send(Replies.authAborted);
-    if (state.mech === 'PLAIN') return this.authPlain(line);
-    const value = decodeBase64(line);
-    if (value === undefined) return this.send(Replies.authBadBase64);
-    if (state.step === 'user') {
-      this.mode = Mode.Auth;
-      this.auth = { mech: 'LOGIN', step: 'pass', username: value };
-      this.write('334 UGFzc3dvcmQ6\r\n');
-      return;
-    }
-    this.authVerify({ mechanism: 'LOGIN', username: state.username, password: value, authzid: '' });
-  }
-
-  private authPlain(b64: string): void {
-    const decoded = b64 === '=' ? '' : decodeBase64(b64);
-    if (decoded === undefined) return this.send(Replies.authBadBase64);
-    const parts = decoded.split('\0');
-    if (parts.length !== 3 || !parts[1]) return this.send(Replies.authFailed);
-    const [authzid, username, password] = parts as [string, string, string];
-    if (authzid && authzid !== username) return this.send(Replies.authFailed);
-    this.authVerify({ mechanism: 'PLAIN', username, password, authzid });
-  }
-
-  private authVerify(req: AuthRequest): void {
-    const hook = this.ctx.hooks.onAuth!;
-    this.await(
-      () => hook.call(this.ctx.hooks, this.info, req),
-      (r) => {
-        if (r.ok) {
-          this.info.user = r.user;
-          return this.send(Replies.authOk);
-        }
-        const refusal = r.reply && !isPositive(r.reply) ? r.reply : Replies.authFailed;
-        this.send(refusal);
-      },
-    );
-  }
-}
-
-function decodeBase64(s: string): string | undefined {
-  if (s.length % 4 !== 0 || !/^[A-Za-z0-9+/]*={0,2}$/.test(s)) return undefined;
-  const text = Buffer.from(s, 'base64').toString('utf8');
-  return text.includes('\ufffd') ? undefined : text;
 }
