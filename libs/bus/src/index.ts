@@ -19,13 +19,30 @@ import {
 import { context, propagation, type Context } from '@opentelemetry/api';
 import type { Logger } from '@tern/telemetry';
 import { JetStreamPublisher } from './publisher';
-import { CONSUMERS, STREAMS, type ConsumerName, type StreamSpec } from './topology';
+import { CONSUMERS, STREAMS, type ConsumerName, type ConsumerSpec, type StreamSpec } from './topology';
 
 export * from './topology';
 export { JetStreamPublisher } from './publisher';
 
 /** How long a publish waits for its PubAck. */
 const PUBLISH_TIMEOUT_MS = 10_000;
+
+export interface StreamBacklog {
+  stream: string;
+  messages: number;
+  bytes: number;
+}
+
+export interface ConsumerBacklog {
+  stream: string;
+  consumer: string;
+  /** Messages not yet delivered to the consumer. */
+  pending: number;
+  /** Delivered and not yet acknowledged. */
+  ackPending: number;
+  /** Delivered more than once and not yet acknowledged. */
+  redelivered: number;
+}
 
 export interface BusOptions {
   url: string;
@@ -122,6 +139,33 @@ export class Bus {
     for await (const s of this.nc.status()) {
       if (s.type === 'disconnect' || s.type === 'reconnect') this.logger.warn({ nats: s.type }, `NATS ${s.type}`);
     }
+  }
+
+  /**
+   * What each stream holds and each durable consumer has yet to take or to
+   * acknowledge, from the JetStream API (for metrics). A stream or consumer
+   * that does not exist yet is left out.
+   */
+  async backlog(): Promise<{ streams: StreamBacklog[]; consumers: ConsumerBacklog[] }> {
+    const streams: StreamBacklog[] = [];
+    const consumers: ConsumerBacklog[] = [];
+    for (const spec of Object.values(STREAMS) as StreamSpec[]) {
+      try {
+        const info = await this.jsm.streams.info(spec.name);
+        streams.push({ stream: spec.name, messages: info.state.messages, bytes: info.state.bytes });
+      } catch {
+        // not created yet
+      }
+    }
+    for (const spec of Object.values(CONSUMERS) as ConsumerSpec[]) {
+      try {
+        const info = await this.jsm.consumers.info(spec.stream, spec.durable);
+        consumers.push({ stream: spec.stream, consumer: spec.durable, pending: info.num_pending, ackPending: info.num_ack_pending, redelivered: info.num_redelivered });
+      } catch {
+        // not created yet
+      }
+    }
+    return { streams, consumers };
   }
 
   /** Creates or updates every stream and the named consumers. Safe to run from every pod. */

@@ -15,7 +15,9 @@ import type { Config } from './config';
 import type { DestinationLimits } from './destination';
 import { Scheduler } from './dispatch';
 import { Enqueuer } from './enqueue';
-import { countPending, Housekeeping } from './housekeeping';
+import { QueueDepth } from './depth';
+import { Housekeeping } from './housekeeping';
+import { createQueueMetrics } from './metrics';
 import { Operations } from './operations';
 import { Relay, type StoredOutboxRow } from './outbox';
 import { ResultApplier } from './results';
@@ -59,13 +61,7 @@ export function createApp(config: Config, deps: AppDeps): App {
   };
   const backoff = { minS: config.TERN_QUEUE_BACKOFF_MIN_S, maxS: config.TERN_QUEUE_BACKOFF_MAX_S, jitter: config.TERN_QUEUE_BACKOFF_JITTER };
 
-  const metrics = {
-    messages: meter.createCounter('tern_queue_messages_enqueued_total', { description: 'Messages committed by Enqueue' }),
-    batch: meter.createHistogram('tern_queue_commit_batch_size', { description: 'Messages per group commit' }),
-    published: meter.createCounter('tern_queue_outbox_published_total', { description: 'Outbox rows published to JetStream' }),
-    dispatched: meter.createCounter('tern_queue_jobs_dispatched_total', { description: 'Delivery jobs dispatched by the scheduler' }),
-    applied: meter.createCounter('tern_queue_results_applied_total', { description: 'Recipient results applied, by new state' }),
-  };
+  const metrics = createQueueMetrics(meter, config.TERN_QUEUE_METRICS_TOP_DESTINATIONS);
 
   let bus: Bus | undefined;
   const busRef = () => {
@@ -93,7 +89,7 @@ export function createApp(config: Config, deps: AppDeps): App {
     bodyCache,
     leaseS: config.TERN_QUEUE_LEASE_S,
     intervalMs: config.TERN_QUEUE_SCHEDULE_INTERVAL_MS,
-    dispatched: metrics.dispatched,
+    metrics,
     onOutbox: handoff,
   });
   const enqueuer = new Enqueuer({
@@ -123,7 +119,7 @@ export function createApp(config: Config, deps: AppDeps): App {
     backoff,
     batchMax: config.TERN_QUEUE_RESULT_BATCH,
     batchDelayMs: config.TERN_QUEUE_RESULT_DELAY_MS,
-    applied: metrics.applied,
+    metrics,
     dispatch: {
       routes,
       jobMaxRecipients: config.TERN_QUEUE_JOB_MAX_RECIPIENTS,
@@ -131,7 +127,6 @@ export function createApp(config: Config, deps: AppDeps): App {
       inlineBodyMax: config.TERN_QUEUE_INLINE_BODY_MAX,
       bodyCache,
       leaseS: config.TERN_QUEUE_LEASE_S,
-      dispatched: metrics.dispatched,
     },
     onOutbox: handoff,
     onSlotsFreed: () => scheduler.wake(),
@@ -144,35 +139,25 @@ export function createApp(config: Config, deps: AppDeps): App {
     bodyGraceS: config.TERN_QUEUE_BODY_GRACE_S,
     retentionS: config.TERN_QUEUE_RETENTION_S,
     intervalMs: 5_000,
+    metrics,
     onOutbox: () => relay.wake(),
   });
   const ops = new Operations({ pool: opsPool, logger, routes, limits, onOutbox: () => relay.wake(), onDue: () => scheduler.wake() });
 
-  // Status: the unfinished-recipient count against the high-water mark,
-  // refreshed in the background (a count on every call would be too slow).
-  let pending = 0;
-  let dbError: string | undefined = 'not checked yet';
-  let statusTimer: NodeJS.Timeout | undefined;
-  const refreshStatus = async () => {
-    try {
-      pending = await countPending(opsPool);
-      dbError = undefined;
-    } catch (err) {
-      dbError = (err as Error).message;
-    }
-  };
-  const status = {
-    status() {
-      if (dbError) return { accepting: false, reason: `Postgres unreachable: ${dbError}`, queuedRecipients: pending };
-      if (pending >= config.TERN_QUEUE_HIGH_WATER) {
-        return { accepting: false, reason: `over the high-water mark (${pending} >= ${config.TERN_QUEUE_HIGH_WATER} unfinished recipients)`, queuedRecipients: pending };
-      }
-      return { accepting: true, reason: '', queuedRecipients: pending };
-    },
-  };
+  // Status (accepting, against the high-water mark) and the depth gauges, from one background sample.
+  const depth = new QueueDepth({
+    pool: opsPool,
+    logger,
+    bus: () => bus,
+    highWater: config.TERN_QUEUE_HIGH_WATER,
+    topDestinations: config.TERN_QUEUE_METRICS_TOP_DESTINATIONS,
+    minIntervalMs: 2_000,
+  });
+  depth.observe(meter);
+  const status = { status: () => depth.status() };
 
   // Readiness (/readyz and gRPC health alike): started, not stopping, Postgres answering (the status count every 2 s).
-  const grpcServer = new GrpcServer({ logger, tracer, ready: () => !dbError });
+  const grpcServer = new GrpcServer({ logger, tracer, ready: () => depth.healthy });
   grpcServer.add('tern.v1.QueueService', QueueServiceBodyService, createQueueService({ pool, opsPool, logger, enqueuer, ops, status }));
   let metricsServer: http.Server | undefined;
 
@@ -184,11 +169,8 @@ export function createApp(config: Config, deps: AppDeps): App {
     async start() {
       await routes.load();
       routes.start();
-      await refreshStatus();
-      const tick = () => {
-        statusTimer = setTimeout(() => void refreshStatus().finally(() => statusTimer && tick()), 2_000);
-      };
-      tick();
+      await depth.refresh();
+      depth.start();
       bus = await Bus.connect({ url: config.TERN_NATS_URL, name: `tern-queue-${config.TERN_HOSTNAME}`, logger });
       await bus.ensureTopology(['queue']);
       if (!disabled.has('relay')) relay.start();
@@ -214,8 +196,7 @@ export function createApp(config: Config, deps: AppDeps): App {
       await Promise.all([scheduler.stop(), housekeeping.stop()]);
       await relay.stop();
       routes.stop();
-      clearTimeout(statusTimer);
-      statusTimer = undefined;
+      depth.stop();
       await bus?.close();
       await new Promise<void>((resolve) => (metricsServer ? metricsServer.close(() => resolve()) : resolve()));
       await Promise.all([pool.end(), opsPool.end()]);

@@ -103,6 +103,8 @@ const schema = z.object({
   TERN_QUEUE_RETENTION_S: positiveInt(7 * 86400),
   /** Housekeeping batch size (body removal, purge, expiry). */
   TERN_QUEUE_HOUSEKEEPING_BATCH: positiveInt(1000),
+  /** Destinations with series of their own in the per-destination metrics (the busiest; the rest are "other"). */
+  TERN_QUEUE_METRICS_TOP_DESTINATIONS: nonNegativeInt(20),
 });
 
 export type Config = z.infer<typeof schema>;

@@ -8,7 +8,7 @@
 // ends it is due again.
 import type { Pool, PoolClient } from '@tern/db';
 import type { Logger } from '@tern/telemetry';
-import type { Counter } from './metrics';
+import type { QueueMetrics } from './metrics';
 import { columns, packBytes, q, tx } from './db';
 import { anyDestinationDue, dueDestinations, jobsTakeable, releaseJobs, reserveSlotsSql, type DestinationLimits } from './destination';
 import { buildJobs, loadJobMessages, type BuiltJob } from './jobs';
@@ -28,7 +28,7 @@ export interface SchedulerOptions {
   bodyCache?: BodyCache;
   leaseS: number;
   intervalMs: number;
-  dispatched: Counter;
+  metrics: Pick<QueueMetrics, 'dispatched' | 'dispatchLag'>;
   /** Outbox rows were committed (handed to the relay when given). */
   onOutbox(rows?: StoredOutboxRow[]): void;
 }
@@ -41,6 +41,8 @@ interface ClaimRow {
   orcpt: string;
   notify: number[];
   attempt_count: number;
+  /** Seconds since the recipient became due. */
+  due_lag_s: number;
 }
 
 /**
@@ -141,11 +143,17 @@ export class Scheduler {
     if (jobs.length) {
       this.o.onOutbox(outbox);
       const n = jobs.reduce((a, j) => a + j.idxs.length, 0);
-      this.o.dispatched.add(jobs.length);
+      countDispatched(this.o.metrics, jobs);
       return n;
     }
     return 0;
   }
+}
+
+/** Counts jobs a claim dispatched, with how long their recipients had been due. */
+export function countDispatched(m: Pick<QueueMetrics, 'dispatched' | 'dispatchLag'>, jobs: BuiltJob[]): void {
+  m.dispatched.add(jobs.length);
+  for (const j of jobs) if (j.dueLagS !== undefined) m.dispatchLag.record(j.dueLagS);
 }
 
 export interface DispatchSettings {
@@ -203,10 +211,10 @@ export async function dispatchDue(c: PoolClient, o: DispatchSettings, leaseExpir
   const { rows: claimed } = await q<ClaimRow>(
     c,
     'tern_claim_due',
-    `SELECT r.message_id, r.idx, r.address, r.domain, r.orcpt, r.notify, r.attempt_count
+    `SELECT r.message_id, r.idx, r.address, r.domain, r.orcpt, r.notify, r.attempt_count, extract(epoch FROM now() - r.next_attempt_at)::float8 AS due_lag_s
      FROM unnest($1::text[], $2::int[]) AS d(name, lim)
      CROSS JOIN LATERAL (
-       SELECT message_id, idx, address, domain, orcpt, notify, attempt_count FROM recipients
+       SELECT message_id, idx, address, domain, orcpt, notify, attempt_count, next_attempt_at FROM recipients
        WHERE domain = d.name AND state IN (${S.queued}, ${S.deferred}) AND next_attempt_at <= now() AND expires_at > now()
        ORDER BY next_attempt_at LIMIT d.lim
        FOR UPDATE SKIP LOCKED) r`,
@@ -243,9 +251,10 @@ export async function dispatchDue(c: PoolClient, o: DispatchSettings, leaseExpir
       const msg = loaded.get(mid);
       if (!msg || cap <= 0) continue;
       const jobRcpts = rcpts.map((r) => ({ idx: r.idx, address: r.address, orcpt: r.orcpt, notify: r.notify, attemptCount: r.attempt_count }));
+      const dueLagS = Math.max(0, ...rcpts.map((r) => r.due_lag_s));
       for (const job of buildJobs(msg, dest, jobRcpts, o.jobMaxRecipients, leaseExpiresAt, o.routes)) {
         if (cap <= 0) break;
-        built.push(job);
+        built.push({ ...job, dueLagS });
         cap--;
         used.set(dest, (used.get(dest) ?? 0) + 1);
       }

@@ -8,7 +8,7 @@ import type { Pool, PoolClient } from '@tern/db';
 import { grpc, grpcError } from '@tern/grpc';
 import { EnqueueHeader, Envelope, MessageOrigin, type EnqueueBatchRequest, type EnqueueCommit, type EnqueueBatchResponse, type EnqueueMessage, type EnqueueOutcome, type EnqueueStreamRequest, type EnqueueStreamResponse, type EnqueueRequest, type EnqueueResponse } from '@tern/proto';
 import { extractContext, injectContext, type Logger } from '@tern/telemetry';
-import type { Counter, Histogram } from './metrics';
+import type { QueueMetrics } from './metrics';
 import { Batcher } from '@tern/runtime';
 import { columns, intArrayLiteral, isLockTimeout, packBytes, q, tx } from './db';
 import { ensureDestinations, reserveSlots, takeFreeSlotsSql, type DestinationLimits } from './destination';
@@ -59,7 +59,7 @@ export interface EnqueueOptions {
   inlineBodyMax: number;
   /** Where the bodies of messages left queued (no slot at their commit) wait for the scheduler. */
   bodyCache?: BodyCache;
-  metrics: { messages: Counter; batch: Histogram };
+  metrics: Pick<QueueMetrics, 'messages' | 'recipientsEnqueued' | 'batch' | 'destinations'>;
   /** Outbox rows were committed (handed to the relay when given). */
   onOutbox(rows?: StoredOutboxRow[]): void;
   onQueued(): void;
@@ -290,7 +290,11 @@ export class Enqueuer {
   /** A committed message into the group commit (commit.hold holds it too); counted unless it was a duplicate. */
   private async store(queueId: string, header: EnqueueHeader, commit: EnqueueCommit, body: Buffer | null, size: number, trace: Record<string, string>): Promise<EnqueueResult> {
     const res = await this.batcher.add({ queueId, header: commit.hold && !header.hold ? { ...header, hold: true } : header, body, size, trace });
-    if (!res.duplicate) this.o.metrics.messages.add(1, { origin: MessageOrigin[header.origin] ?? 'unknown' });
+    if (!res.duplicate) {
+      const m = this.o.metrics;
+      m.messages.add(1, { origin: MessageOrigin[header.origin] ?? 'unknown' });
+      for (const r of header.recipients) m.recipientsEnqueued.add(1, { destination: m.destinations.label(destinationOf(r.address)) });
+    }
     return res;
   }
 

@@ -8,7 +8,8 @@ import { ReportKind } from '@tern/proto';
 import type { Logger } from '@tern/telemetry';
 import { tx } from './db';
 import { recountInflight } from './destination';
-import { S, PENDING_SQL } from './model';
+import { destinationOf, S } from './model';
+import type { QueueMetrics } from './metrics';
 import { insertOutbox } from './outbox';
 import { buildReports, type ReportSubject } from './reports';
 import { markDone } from './results';
@@ -21,6 +22,7 @@ export interface HousekeepingOptions {
   bodyGraceS: number;
   retentionS: number;
   intervalMs: number;
+  metrics: Pick<QueueMetrics, 'expired' | 'destinations'>;
   onOutbox(): void;
 }
 
@@ -137,6 +139,7 @@ export class Housekeeping {
   /** Recipients past their lifetime: expired, with a failure report. */
   async expire(): Promise<number> {
     let reports = 0;
+    let expiredAddresses: string[] = [];
     const n = await tx(this.o.pool, async (c) => {
       const { rows } = await c.query<SubjectRow>(
         `SELECT ${SUBJECT_COLS} FROM recipients r JOIN messages m ON m.id = r.message_id
@@ -154,8 +157,11 @@ export class Housekeeping {
       const out = buildReports(ReportKind.REPORT_KIND_FAILED, rows.map((r) => subjectOf(r, '4.4.7')));
       await insertOutbox(c, out);
       reports = out.length;
+      expiredAddresses = rows.map((r) => r.address);
       return rows.length;
     });
+    const m = this.o.metrics;
+    for (const a of expiredAddresses) m.expired.add(1, { destination: m.destinations.label(destinationOf(a)) });
     if (n) this.o.logger.info({ recipients: n, reports }, 'recipients expired');
     if (reports) this.o.onOutbox();
     return n;
@@ -253,10 +259,4 @@ export class Housekeeping {
   async reconcile(): Promise<void> {
     await tx(this.o.pool, recountInflight);
   }
-}
-
-/** Unfinished recipients (for the high-water mark). */
-export async function countPending(pool: Pool): Promise<number> {
-  const { rows } = await pool.query<{ n: number }>(`SELECT count(*)::bigint AS n FROM recipients WHERE state IN ${PENDING_SQL}`);
-  return Number(rows[0]?.n ?? 0);
 }

@@ -37,6 +37,8 @@ export interface BuiltJob {
   messageId: string;
   idxs: number[];
   outbox: OutboxRow;
+  /** Claimed by a dispatch pass: seconds its recipients had been due (metrics). */
+  dueLagS?: number;
 }
 
 /** Splits one message's recipients for one destination into jobs of at most `max`. */

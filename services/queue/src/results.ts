@@ -11,12 +11,12 @@ import { SUBJECTS, type Bus, type BusMessage, type Consumption } from '@tern/bus
 import type { Pool, PoolClient } from '@tern/db';
 import { AttemptOutcome, DeliveryResult, DeliveryResults, ReportKind } from '@tern/proto';
 import type { Logger } from '@tern/telemetry';
-import type { Counter } from './metrics';
+import type { QueueMetrics } from './metrics';
 import { Batcher } from '@tern/runtime';
 import type { BodyCache } from './body-cache';
 import { columns, q, tx } from './db';
 import { ctesFirstSql, dueAtSql, feedbackColumns, lockDestinationsSql, releaseSetSql, type DestinationLimits, type JobEnd } from './destination';
-import { dispatchDue } from './dispatch';
+import { countDispatched, dispatchDue } from './dispatch';
 import { parseRecipientId } from './ids';
 import { S, PENDING_SQL, stateName, type BackoffSettings } from './model';
 import { insertOutbox, type OutboxRow, type StoredOutboxRow } from './outbox';
@@ -33,9 +33,9 @@ export interface ResultsOptions {
   batchMax: number;
   /** How long the first result of a batch waits for others. */
   batchDelayMs: number;
-  applied: Counter;
+  metrics: Pick<QueueMetrics, 'applied' | 'resultLag' | 'destinations' | 'dispatched' | 'dispatchLag'>;
   /** Dispatch of the next jobs for the destinations whose slots a batch gives back. */
-  dispatch: { routes: RouteTable; jobMaxRecipients: number; batch: number; inlineBodyMax: number; bodyCache?: BodyCache; leaseS: number; dispatched: Counter };
+  dispatch: { routes: RouteTable; jobMaxRecipients: number; batch: number; inlineBodyMax: number; bodyCache?: BodyCache; leaseS: number };
   /** Outbox rows were committed (handed to the relay when given). */
   onOutbox(rows?: StoredOutboxRow[]): void;
   onSlotsFreed(): void;
@@ -68,6 +68,9 @@ interface RecipientUpdate {
   code: number;
   enhanced: string;
   text: string;
+  /** Metrics only (not a column): the recipient's destination and when its attempt ended (ms). */
+  destination: string;
+  attemptEndedMs: number;
 }
 
 /** One attempt: the rows of tern_results_apply's `a` ($7-$22, the columns of `attempts`). */
@@ -245,7 +248,7 @@ export class ResultApplier {
         }
         const enhanced = reply?.enhanced ?? '';
         const text = (reply?.text ?? '').slice(0, 2000);
-        updates.push({ tid: row.tid, state, nextAttemptAt: next, code, enhanced, text });
+        updates.push({ tid: row.tid, state, nextAttemptAt: next, code, enhanced, text, destination: row.domain, attemptEndedMs: (res.startedAt ?? now).getTime() + res.durationMs });
         attempts.push({
           messageId: row.message_id,
           idx: row.idx,
@@ -347,7 +350,12 @@ export class ResultApplier {
       reports = outbox.length;
       ends = jobEnds.length;
       due = (relRows[0]?.due ?? []).sort();
-      for (const r of updates) this.o.applied.add(1, { state: stateName(r.state) });
+      const m = this.o.metrics;
+      const committedAt = Date.now();
+      for (const r of updates) {
+        m.applied.add(1, { state: stateName(r.state), destination: m.destinations.label(r.destination) });
+        m.resultLag.record(Math.max(0, committedAt - r.attemptEndedMs) / 1000);
+      }
       return counts;
     });
     if (reports) this.o.onOutbox(committed);
@@ -360,7 +368,7 @@ export class ResultApplier {
         const next = await tx(this.o.pool, (c) => dispatchDue(c, { ...this.o.dispatch, limits: this.o.limits }, leaseExpiresAt, due));
         jobs = next.built.length;
         if (jobs) {
-          this.o.dispatch.dispatched.add(jobs);
+          countDispatched(this.o.metrics, next.built);
           this.o.onOutbox(next.outbox);
         }
       } catch (err) {
