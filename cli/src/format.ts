@@ -90,15 +90,16 @@ function stateCounts(recipients: RecipientStatus[]): string {
   return [...counts].map(([s, n]) => `${n} ${s}`).join(', ') || '-';
 }
 
-export function formatMessageList(messages: MessageSummary[], nextPageToken: string, now: Date): string {
-  if (messages.length === 0) return 'No messages match.\n';
+/** `pending`: the listing is `queue ls` without --state, which the output says, with the way to history. */
+export function formatMessageList(messages: MessageSummary[], nextPageToken: string, now: Date, pending = false): string {
+  if (messages.length === 0) return pending ? 'No messages with recipients still to do (history: --state final or --state all).\n' : 'No messages match.\n';
   const rows = messages.map((m) => {
     const first = m.recipients[0]?.address ?? '';
     const more = m.recipientCount > 1 ? ` (+${m.recipientCount - 1})` : '';
     return [m.queueId, age(m.createdAt, now), bytes(m.size), sender(m.sender), `${first}${more}` || '-', stateCounts(m.recipients)];
   });
   let out = table(['QUEUE ID', 'AGE', 'SIZE', 'SENDER', 'RECIPIENTS', 'STATE'], rows);
-  out += `\n${messages.length} message${messages.length === 1 ? '' : 's'}`;
+  out += `\n${messages.length} message${messages.length === 1 ? '' : 's'}${pending ? ' with recipients still to do, newest first' : ', newest first'}`;
   out += nextPageToken ? `; more with --page-token ${nextPageToken}\n` : '\n';
   return out;
 }

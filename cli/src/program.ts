@@ -68,11 +68,15 @@ interface Optionable {
   option(flags: string, description: string, parser?: (value: string, previous: string[]) => string[]): unknown;
 }
 
-function filterOptions(cmd: Optionable): void {
+function filterOptions(cmd: Optionable, stateDefault = ''): void {
   cmd.option('--sender <address>', 'sender address (exact)');
   cmd.option('--recipient <address>', 'recipient address (exact)');
   cmd.option('--domain <domain>', 'recipient domain (destination)');
-  cmd.option('--state <states>', `recipient state, comma-separated or repeated: ${STATE_NAMES.join(', ')}`, collect);
+  cmd.option(
+    '--state <states>',
+    `recipient state, comma-separated or repeated: ${STATE_NAMES.join(', ')}; or pending (queued, inflight, deferred, held), final (the others), all${stateDefault}`,
+    collect,
+  );
   cmd.option('--older-than <age>', 'only messages older than this (90s, 15m, 2h, 5d)');
   cmd.option('--newer-than <age>', 'only messages newer than this');
 }
@@ -172,14 +176,16 @@ export function buildProgram(io: Io): Command {
   const ls = queue
     .command('ls')
     .alias('list')
-    .description('messages, newest first, with keyset paging')
+    .description(
+      'messages newest first, a page at a time; by default those with recipients not yet final (--state pending: queued, inflight, deferred, held), showing those recipients; --state final or all for delivered and failed history',
+    )
     .option('--limit <n>', 'page size (1-1000)', '50')
-    .option('--page-token <token>', 'continue from a previous page');
-  filterOptions(ls as unknown as Optionable);
+    .option('--page-token <token>', 'the next (older) page: the token a previous page printed');
+  filterOptions(ls as unknown as Optionable, ' (default pending)');
   ls.action(
     run(async (ctx, o: FilterOptions & { limit?: string; pageToken?: string }) => {
       const res = await ctx.api.listMessages(listRequest(o));
-      ctx.out(ctx.json ? f.json(ListMessagesResponse.toJSON(res)) : f.formatMessageList(res.messages, res.nextPageToken, ctx.io.now()));
+      ctx.out(ctx.json ? f.json(ListMessagesResponse.toJSON(res)) : f.formatMessageList(res.messages, res.nextPageToken, ctx.io.now(), !o.state?.length));
     }),
   );
   queue

@@ -45,14 +45,23 @@ export const STATE_NAMES = Object.keys(RecipientState)
   .filter((k) => k.startsWith('RECIPIENT_STATE_') && k !== 'RECIPIENT_STATE_UNSPECIFIED')
   .map((k) => k.slice('RECIPIENT_STATE_'.length).toLowerCase());
 
+const S = RecipientState;
+/** Names for several states at once: what is still to do, what is done, everything. */
+export const STATE_GROUPS: Record<string, RecipientState[]> = {
+  pending: [S.RECIPIENT_STATE_QUEUED, S.RECIPIENT_STATE_INFLIGHT, S.RECIPIENT_STATE_DEFERRED, S.RECIPIENT_STATE_HELD],
+  final: [S.RECIPIENT_STATE_DELIVERED, S.RECIPIENT_STATE_RELAYED, S.RECIPIENT_STATE_FAILED, S.RECIPIENT_STATE_EXPIRED, S.RECIPIENT_STATE_DELETED],
+};
+STATE_GROUPS.all = [...STATE_GROUPS.pending!, ...STATE_GROUPS.final!];
+
 export function parseStates(values: string[]): RecipientState[] {
   const out: RecipientState[] = [];
   for (const name of values.flatMap((v) => v.split(',')).map((s) => s.trim().toLowerCase()).filter(Boolean)) {
+    const group = STATE_GROUPS[name];
     const state = RecipientState[`RECIPIENT_STATE_${name.toUpperCase()}` as keyof typeof RecipientState] as RecipientState | undefined;
-    if (state === undefined || typeof state !== 'number' || state === RecipientState.RECIPIENT_STATE_UNSPECIFIED) {
-      throw new UsageError(`--state: "${name}" is not a state (one of ${STATE_NAMES.join(', ')})`);
+    if (!group && (state === undefined || typeof state !== 'number' || state === RecipientState.RECIPIENT_STATE_UNSPECIFIED)) {
+      throw new UsageError(`--state: "${name}" is not a state (one of ${STATE_NAMES.join(', ')}, or ${Object.keys(STATE_GROUPS).join(', ')})`);
     }
-    if (!out.includes(state)) out.push(state);
+    for (const s of group ?? [state!]) if (!out.includes(s)) out.push(s);
   }
   return out;
 }
@@ -89,10 +98,15 @@ export interface ListOptions extends FilterOptions {
   pageToken?: string;
 }
 
+/**
+ * `queue ls`: without --state, the messages with recipients still to do
+ * (pending), as mailq shows; delivered history (kept for days) only when asked.
+ */
 export function listRequest(o: ListOptions): ListMessagesRequest {
   const limit = o.limit === undefined ? 50 : Number(o.limit);
   if (!Number.isInteger(limit) || limit < 1 || limit > 1000) throw new UsageError(`--limit: expected a whole number from 1 to 1000 (got "${o.limit}")`);
-  return { filter: buildFilter(o), pageSize: limit, pageToken: o.pageToken ?? '' };
+  const filter = buildFilter({ ...o, state: o.state?.length ? o.state : ['pending'] });
+  return { filter, pageSize: limit, pageToken: o.pageToken ?? '' };
 }
 
 export const ACTIONS = ['hold', 'release', 'retry', 'delete', 'bounce'] as const;

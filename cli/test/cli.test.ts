@@ -162,7 +162,7 @@ describe('tern CLI', () => {
       assert.match(lines[0]!, /^QUEUE ID +AGE +SIZE +SENDER +RECIPIENTS +STATE$/);
       assert.match(lines[1]!, /^QX7ABC +2h +2\.0 KiB +alice@sender\.test +bob@example\.test \(\+1\) +1 deferred, 1 delivered$/);
       assert.match(lines[2]!, /^QY8DEF +1m +512 B +<> +x@other\.test +1 held$/);
-      assert.match(r.stdout, /2 messages; more with --page-token CURSOR2/);
+      assert.match(r.stdout, /2 messages, newest first; more with --page-token CURSOR2/);
       const req = queue.last('listMessages')!.request as { filter: Record<string, unknown>; pageSize: number };
       assert.equal(req.pageSize, 20);
       assert.equal(req.filter.domain, 'example.test');
@@ -177,6 +177,12 @@ describe('tern CLI', () => {
       assert.equal(res.messages.length, 2);
       assert.equal(res.nextPageToken, 'CURSOR2');
       assert.equal(queue.last('listMessages')!.request.pageToken, 'CURSOR1');
+      const req = queue.last('listMessages')!.request as { filter: { states: number[] } };
+      assert.deepEqual(
+        req.filter.states,
+        [RecipientState.RECIPIENT_STATE_QUEUED, RecipientState.RECIPIENT_STATE_INFLIGHT, RecipientState.RECIPIENT_STATE_DEFERRED, RecipientState.RECIPIENT_STATE_HELD],
+        'without --state: the recipients not yet final',
+      );
     });
 
     it('summary prints destinations by state', async () => {

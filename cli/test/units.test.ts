@@ -40,7 +40,15 @@ describe('requests', () => {
   });
 
   it('maps list and action requests', () => {
-    assert.deepEqual(listRequest({ limit: '10', pageToken: 'abc' }), { filter: undefined, pageSize: 10, pageToken: 'abc' });
+    const pending = [RecipientState.RECIPIENT_STATE_QUEUED, RecipientState.RECIPIENT_STATE_INFLIGHT, RecipientState.RECIPIENT_STATE_DEFERRED, RecipientState.RECIPIENT_STATE_HELD];
+    assert.deepEqual(listRequest({ limit: '10', pageToken: 'abc' }), {
+      filter: { sender: '', recipient: '', domain: '', states: pending, minAgeSeconds: 0, maxAgeSeconds: 0 },
+      pageSize: 10,
+      pageToken: 'abc',
+    });
+    assert.deepEqual(listRequest({ state: ['held'] }).filter?.states, [RecipientState.RECIPIENT_STATE_HELD]);
+    assert.equal(parseStates(['all']).length, 9);
+    assert.deepEqual(parseStates(['final', 'delivered']), parseStates(['final']));
     assert.throws(() => listRequest({ limit: '0' }), /--limit/);
     const one = actionRequest('retry', 'Q1', {});
     assert.equal(one.action, QueueAction.QUEUE_ACTION_RETRY);

@@ -27,7 +27,7 @@ before(async () => {
   const port = await harness.freePort('127.0.0.90');
   mx = await harness.startSink({ host: '127.0.0.90', port, hostname: 'mx.known.test' });
   const dns = await harness.startDns({ host: '127.0.0.1' });
-  for (const d of ['known.test', 'sent.test', 'waiting.test', 'everything.test']) dns.mx(d, 'mx.known.test');
+  for (const d of ['known.test', 'sent.test', 'waiting.test', 'listing.test', 'everything.test']) dns.mx(d, 'mx.known.test');
   dns.a('mx.known.test', '127.0.0.90');
   platform = await startPlatform(harness, { databaseUrl: db.url, natsUrl: nats.url, dnsServer: dns.address, remoteSmtpPort: port });
 });
@@ -83,4 +83,54 @@ test('item 11: message show names the queue id format for a malformed id; an unk
   assert.match(size, /^\d+ bytes$/, `a small message's size once, in bytes: "${size}"`);
   const json = await ternJson<{ size?: string | number }>(platform, 'message', 'show', id);
   assert.equal(size, `${json.size} bytes`);
+});
+
+const PENDING = ['RECIPIENT_STATE_QUEUED', 'RECIPIENT_STATE_INFLIGHT', 'RECIPIENT_STATE_DEFERRED', 'RECIPIENT_STATE_HELD'];
+const ids = (l: Listing) => (l.messages ?? []).map((m) => m.queueId);
+const descending = (list: string[]) => list.every((id, i) => i === 0 || list[i - 1]! > id);
+
+test('item 9: queue ls lists the messages with recipients not yet final, newest first; --state chooses; pages go older', async () => {
+  const delivered = await send(platform, 'lister@sender.test', ['done@sent.test'], 'delivered history');
+  await waitFor('the history message delivered', async () => (mx.messagesFor('done@sent.test').length ? true : undefined), 30_000);
+  await tern(platform, 'destination', 'suspend', 'listing.test', '--force', '--reason', 'keep the listing still');
+  const queued: string[] = [];
+  for (let i = 1; i <= 3; i++) queued.push(await send(platform, 'lister@sender.test', [`user${i}@listing.test`], `listing ${i}`));
+
+  const byDefault = await ternJson<Listing>(platform, 'queue', 'ls');
+  const listed = ids(byDefault);
+  assert.deepEqual(listed.slice(0, 3), [...queued].reverse(), `newest first: ${listed.join(' ')}`);
+  assert.ok(descending(listed), `in descending queue-id order: ${listed.join(' ')}`);
+  assert.ok(!listed.includes(delivered), 'delivered history is not listed by default');
+  for (const m of byDefault.messages ?? []) {
+    for (const r of m.recipients ?? []) assert.ok(PENDING.includes(r.state ?? ''), `${m.queueId}: ${r.address} is ${r.state}`);
+  }
+  const bySender = ids(await ternJson<Listing>(platform, 'queue', 'ls', '--sender', 'lister@sender.test'));
+  assert.deepEqual(bySender, [...queued].reverse(), 'a filter keeps the default state and the order');
+
+  const history = ids(await ternJson<Listing>(platform, 'queue', 'ls', '--state', 'all', '--sender', 'lister@sender.test'));
+  assert.deepEqual(history, [...queued].reverse().concat(delivered), '--state all adds the delivered one, still newest first');
+  assert.deepEqual(ids(await ternJson<Listing>(platform, 'queue', 'ls', '--state', 'final')), ids(await ternJson<Listing>(platform, 'queue', 'ls', '--state', 'delivered,relayed,failed,expired,deleted')));
+  assert.ok(ids(await ternJson<Listing>(platform, 'queue', 'ls', '--state', 'delivered')).includes(delivered));
+  assert.deepEqual(ids(await ternJson<Listing>(platform, 'queue', 'ls', '--state', 'queued', '--domain', 'listing.test')), [...queued].reverse());
+
+  // Pages of one: newest to oldest, each message once, the same as one page.
+  const seen: string[] = [];
+  let token = '';
+  for (let pages = 0; ; pages++) {
+    assert.ok(pages <= listed.length, 'paging ends');
+    const page = await ternJson<Listing>(platform, 'queue', 'ls', '--limit', '1', ...(token ? ['--page-token', token] : []));
+    seen.push(...ids(page));
+    token = page.nextPageToken ?? '';
+    if (!token) break;
+  }
+  assert.deepEqual(seen, listed);
+
+  const human = await tern(platform, 'queue', 'ls');
+  assert.match(human, /with recipients still to do, newest first/);
+  assert.ok(human.indexOf(queued[2]!) < human.indexOf(queued[0]!), 'the newest is printed first');
+  const help = await ternRaw(platform, ['queue', 'ls', '--help']);
+  assert.match(help.stdout.replace(/\s+/g, ' '), /newest first.*recipients not yet final/);
+  const bad = await ternRaw(platform, ['queue', 'ls', '--state', 'lost']);
+  assert.equal(bad.code, 2);
+  assert.match(bad.stderr, /--state: "lost" is not a state \(one of queued, .*, or pending, final, all\)/);
 });

@@ -169,7 +169,7 @@ test('tern queue ls filters by sender, recipient, domain and state', async () =>
   assert.match(bad.stderr, /^tern: --state: "lost" is not a state/);
 });
 
-test('tern queue ls pages with --limit and --page-token (keyset: every message once, in queue-id order)', async () => {
+test('tern queue ls pages with --limit and --page-token (keyset: every message once, newest first)', async () => {
   const all = [...heldIds, ...carolIds];
   for (const filter of [['--domain', 'held.test'], ['--sender', 'alice@sender.test']]) {
     const seen: string[] = [];
@@ -185,7 +185,7 @@ test('tern queue ls pages with --limit and --page-token (keyset: every message o
       assert.ok(pages < 10, 'paging ends');
     } while (token);
     const expected = filter[0] === '--sender' ? heldIds : all;
-    assert.deepEqual(seen, [...expected].sort(), `every message once, in order (${filter.join(' ')})`);
+    assert.deepEqual(seen, [...expected].sort().reverse(), `every message once, newest first (${filter.join(' ')})`);
     assert.equal(new Set(seen).size, seen.length, `no message twice (${filter.join(' ')})`);
   }
   const bad = await ternRaw(platform, ['queue', 'ls', '--page-token', 'not-a-token']);
@@ -335,13 +335,13 @@ test('delete one message and by filter: recorded, no report, gone from the pendi
   );
   // A delete sends no report to the sender.
   await new Promise((r) => setTimeout(r, 1_500));
-  assert.deepEqual(ids(await ls('--recipient', 'carol@sender.test')), []);
+  assert.deepEqual(ids(await ls('--recipient', 'carol@sender.test', '--state', 'all')), []);
 });
 
 /** The reports (null sender) queued to `sender`, found through the CLI once there are `n`, with their text. */
 async function reportsTo(sender: string, n: number): Promise<{ id: string; text: string }[]> {
   const found = await waitFor(`${n} report(s) to ${sender}`, async () => {
-    const l = ((await ls('--recipient', sender)).messages ?? []).filter((m) => !m.sender);
+    const l = ((await ls('--recipient', sender, '--state', 'all')).messages ?? []).filter((m) => !m.sender);
     return l.length >= n ? l : undefined;
   });
   return Promise.all(found.map(async (m) => ({ id: m.queueId, text: (await ternBytes(platform, 'message', 'download', m.queueId)).toString('utf8') })));

@@ -92,32 +92,42 @@ function recipientConds(f: MessageFilter, p: Params): string[] {
 export class Operations {
   constructor(private readonly o: OperationsOptions) {}
 
+  /**
+   * Messages newest first (queue ids sort by time), a page at a time: the
+   * token is the last id of a page and the next page holds older ones.
+   * Driven by the most selective index the filter allows: the recipient's
+   * address or domain, else the sender, else the recipient state; without a
+   * filter, the messages themselves.
+   */
   async listMessages(req: ListMessagesRequest): Promise<ListMessagesResponse> {
     const pageSize = Math.min(MAX_PAGE, req.pageSize || 50);
     const f = req.filter ?? { sender: '', recipient: '', domain: '', states: [], minAgeSeconds: 0, maxAgeSeconds: 0 };
     if (req.pageToken && !isQueueId(req.pageToken)) throw grpcError(grpc.status.INVALID_ARGUMENT, 'page_token: not a token from a previous response');
-    const states = validStates(f.states, 'filter.states');
+    // Every state named is no restriction at all (and needs no per-state scan).
+    const named = validStates(f.states, 'filter.states');
+    const states = ALL_STATES.every((s) => named.includes(s)) ? [] : [...new Set(named)];
     const p = new Params();
     let sql: string;
-    const rcptFilter = Boolean(f.domain || f.recipient || states.length);
-    if (rcptFilter) {
+    if (f.domain || f.recipient || (states.length && !f.sender)) {
       // One ordered, limited scan per state (each on an index ending in
       // message_id), merged: the first page is fast whatever the queue size.
       const conds = recipientConds(f, p);
-      if (req.pageToken) conds.push(`r.message_id > ${p.add(req.pageToken)}`);
+      if (req.pageToken) conds.push(`r.message_id < ${p.add(req.pageToken)}`);
       const lim = p.add(pageSize + 1);
       const parts = (states.length ? states : ALL_STATES).map(
-        (s) => `(SELECT DISTINCT r.message_id FROM recipients r WHERE r.state = ${s}${conds.map((c) => ` AND ${c}`).join('')} ORDER BY r.message_id LIMIT ${lim})`,
+        (s) => `(SELECT DISTINCT r.message_id FROM recipients r WHERE r.state = ${s}${conds.map((c) => ` AND ${c}`).join('')} ORDER BY r.message_id DESC LIMIT ${lim})`,
       );
-      sql = `SELECT DISTINCT message_id AS id FROM (${parts.join(' UNION ALL ')}) x ORDER BY 1 LIMIT ${lim}`;
+      sql = `SELECT DISTINCT message_id AS id FROM (${parts.join(' UNION ALL ')}) x ORDER BY 1 DESC LIMIT ${lim}`;
     } else {
       const conds: string[] = [];
-      if (f.sender) conds.push(`sender = ${p.add(f.sender.trim())}`);
-      if (f.minAgeSeconds) conds.push(`id < ${p.add(idFloor(Date.now() - Number(f.minAgeSeconds) * 1000))}`);
-      if (f.maxAgeSeconds) conds.push(`id >= ${p.add(idFloor(Date.now() - Number(f.maxAgeSeconds) * 1000))}`);
-      if (req.pageToken) conds.push(`id > ${p.add(req.pageToken)}`);
-      sql = `SELECT id FROM messages ${conds.length ? `WHERE ${conds.join(' AND ')}` : ''} ORDER BY sender, id LIMIT ${p.add(pageSize + 1)}`;
-      if (!f.sender) sql = sql.replace('ORDER BY sender, id', 'ORDER BY id');
+      if (f.sender) conds.push(`m.sender = ${p.add(f.sender.trim())}`);
+      if (f.minAgeSeconds) conds.push(`m.id < ${p.add(idFloor(Date.now() - Number(f.minAgeSeconds) * 1000))}`);
+      if (f.maxAgeSeconds) conds.push(`m.id >= ${p.add(idFloor(Date.now() - Number(f.maxAgeSeconds) * 1000))}`);
+      if (req.pageToken) conds.push(`m.id < ${p.add(req.pageToken)}`);
+      if (states.length) conds.push(`EXISTS (SELECT 1 FROM recipients r WHERE r.message_id = m.id AND r.state = ANY(${p.add(states)}::smallint[]))`);
+      // (sender, id) walks the sender's index backwards; the sender is fixed, so this is id order.
+      const order = f.sender ? 'm.sender DESC, m.id DESC' : 'm.id DESC';
+      sql = `SELECT m.id FROM messages m ${conds.length ? `WHERE ${conds.join(' AND ')}` : ''} ORDER BY ${order} LIMIT ${p.add(pageSize + 1)}`;
     }
     const { rows } = await this.o.pool.query<{ id: string }>(sql, p.values);
     const more = rows.length > pageSize;

@@ -32,14 +32,15 @@ describe('operations', () => {
     await db?.drop();
   });
 
-  it('lists by domain and state with keyset paging', async () => {
+  it('lists by domain and state with keyset paging, newest first', async () => {
+    const newest = [...held].reverse();
     const p1 = await client.listMessages({ filter: { domain: 'ops.example', states: [RecipientState.RECIPIENT_STATE_HELD] }, pageSize: 2 });
-    assert.deepEqual(p1.messages.map((m) => m.queueId), held.slice(0, 2));
+    assert.deepEqual(p1.messages.map((m) => m.queueId), newest.slice(0, 2));
     assert.ok(p1.nextPageToken);
     assert.equal(p1.messages[0]!.recipients.length, 1, 'only the matching recipients');
     assert.equal(p1.messages[0]!.recipientCount, 2);
     const p2 = await client.listMessages({ filter: { domain: 'ops.example', states: [RecipientState.RECIPIENT_STATE_HELD] }, pageSize: 2, pageToken: p1.nextPageToken });
-    assert.deepEqual(p2.messages.map((m) => m.queueId), held.slice(2));
+    assert.deepEqual(p2.messages.map((m) => m.queueId), newest.slice(2));
     assert.equal(p2.nextPageToken, '');
     const bySender = await client.listMessages({ filter: { sender: 'other@origin.example' } });
     assert.equal(bySender.messages.length, 1);
@@ -47,6 +48,13 @@ describe('operations', () => {
     assert.deepEqual(byRcpt.messages.map((m) => m.queueId), [held[1]]);
     const all = await client.listMessages({});
     assert.equal(all.messages.length, 4);
+    assert.deepEqual(all.messages.slice(1).map((m) => m.queueId), newest, 'newest first without a filter too');
+    // By sender and state: the sender's index, newest first, pages by the same token.
+    const s1 = await client.listMessages({ filter: { sender: 'sender@origin.example', states: [RecipientState.RECIPIENT_STATE_HELD] }, pageSize: 2 });
+    assert.deepEqual(s1.messages.map((m) => m.queueId), newest.slice(0, 2));
+    const s2 = await client.listMessages({ filter: { sender: 'sender@origin.example', states: [RecipientState.RECIPIENT_STATE_HELD] }, pageSize: 2, pageToken: s1.nextPageToken });
+    assert.deepEqual(s2.messages.map((m) => m.queueId), newest.slice(2));
+    assert.equal((await client.listMessages({ filter: { sender: 'sender@origin.example', states: [RecipientState.RECIPIENT_STATE_DELIVERED] } })).messages.length, 0);
     const old = await client.listMessages({ filter: { minAgeSeconds: 3600 } });
     assert.equal(old.messages.length, 0);
     const young = await client.listMessages({ filter: { maxAgeSeconds: 3600 } });
