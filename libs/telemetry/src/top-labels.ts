@@ -42,7 +42,7 @@ export class TopLabels {
     return e.count - e.error >= this.threshold ? key : OTHER_LABEL;
   }
 
-  /** Label for `key` without counting it (for gauges). */
+  /** Label for `key` without counting it (results of what was counted at enqueue, gauges). */
   peek(key: string): string {
     const e = this.counts.get(key);
     return this.topN > 0 && e && e.count - e.error >= this.threshold ? key : OTHER_LABEL;

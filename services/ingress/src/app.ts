@@ -9,7 +9,7 @@ import { policyClient, queueClient } from './clients';
 import type { Config } from './config';
 import { EnqueueBatcher } from './enqueue-batch';
 import { createHooks } from './hooks';
-import type { IngressMetrics } from './metrics';
+import { observeSmtpTraffic, type IngressMetrics } from './metrics';
 import { DecisionCache } from './policy-check';
 import { QueueStatusCache } from './queue-gate';
 import { TlsContextManager } from './tls';
@@ -102,6 +102,7 @@ export function createApp(config: Config, deps: AppDeps): App {
     .addCallback((result) => {
       for (const [listener, server] of Object.entries(servers)) if (server) result.observe(server.sessionCount, { listener });
     });
+  observeSmtpTraffic(meter, servers);
   if (config.TERN_SMTP_LISTEN) {
     servers.mx = new SmtpServer(
       {

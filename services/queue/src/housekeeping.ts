@@ -161,7 +161,7 @@ export class Housekeeping {
       return rows.length;
     });
     const m = this.o.metrics;
-    for (const a of expiredAddresses) m.expired.add(1, { destination: m.destinations.label(destinationOf(a)) });
+    for (const a of expiredAddresses) m.expired.add(1, { destination: m.destinations.peek(destinationOf(a)) });
     if (n) this.o.logger.info({ recipients: n, reports }, 'recipients expired');
     if (reports) this.o.onOutbox();
     return n;

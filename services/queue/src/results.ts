@@ -353,7 +353,7 @@ export class ResultApplier {
       const m = this.o.metrics;
       const committedAt = Date.now();
       for (const r of updates) {
-        m.applied.add(1, { state: stateName(r.state), destination: m.destinations.label(r.destination) });
+        m.applied.add(1, { state: stateName(r.state), destination: m.destinations.peek(r.destination) });
         m.resultLag.record(Math.max(0, committedAt - r.attemptEndedMs) / 1000);
       }
       return counts;
