@@ -207,9 +207,9 @@ export function buildProgram(io: Io): Command {
   for (const action of ACTIONS) {
     const cmd = queue
       .command(action)
-      .description(`${actionHelp[action]}: one message by ID, or every message the filter selects`)
+      .description(`${actionHelp[action]}: one message by ID, every message the filter selects, or --all; --dry-run first counts what would change`)
       .argument('[id]', 'queue ID')
-      .option('--all', 'every message in the queue (instead of an ID or a filter)')
+      .option('--all', 'every message in the queue (instead of an ID or a filter); recorded on each message it changes')
       .option('--dry-run', 'count what would change, change nothing')
       .option('--reason <text>', 'why (recorded with your operator name)');
     filterOptions(cmd as unknown as Optionable);
@@ -218,7 +218,7 @@ export function buildProgram(io: Io): Command {
         const req = actionRequest(action, id, o);
         const res = await ctx.api.applyAction(req);
         if (ctx.json) {
-          ctx.out(f.json({ action, queueId: req.queueId || undefined, messages: res.messages, recipients: res.recipients, dryRun: res.dryRun }));
+          ctx.out(f.json({ action, queueId: req.queueId || undefined, all: req.all || undefined, messages: res.messages, recipients: res.recipients, dryRun: res.dryRun }));
         } else {
           ctx.out(f.formatAction(action, res));
         }

@@ -137,14 +137,13 @@ export function actionRequest(action: ActionName, id: string | undefined, o: Act
   return {
     action: ACTION_CODES[action],
     queueId: id ?? '',
-    filter: id === undefined ? (filter ?? emptyFilter()) : undefined,
+    filter,
+    all: Boolean(o.all),
     dryRun: Boolean(o.dryRun),
     operator: '',
     reason: o.reason ?? '',
   };
 }
-
-const emptyFilter = (): MessageFilter => ({ sender: '', recipient: '', domain: '', states: [], minAgeSeconds: 0, maxAgeSeconds: 0 });
 
 function enumValue<E extends Record<string, string | number>>(e: E, prefix: string, value: string, option: string): E[keyof E] {
   const key = `${prefix}${value.trim().toUpperCase()}`;

@@ -57,7 +57,9 @@ describe('requests', () => {
     const all = actionRequest('release', undefined, { all: true, dryRun: true });
     assert.equal(all.queueId, '');
     assert.equal(all.dryRun, true);
-    assert.deepEqual(all.filter?.states, []);
+    assert.equal(all.all, true, '--all is sent as the explicit flag');
+    assert.equal(all.filter, undefined, 'not as an empty filter, which the queue refuses');
+    assert.equal(actionRequest('hold', undefined, { domain: 'x.test' }).all, false);
     assert.throws(() => actionRequest('delete', undefined, {}), /which messages/);
     assert.throws(() => actionRequest('delete', 'Q1', { all: true }), /not both/);
   });

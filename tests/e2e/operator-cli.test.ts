@@ -134,3 +134,46 @@ test('item 9: queue ls lists the messages with recipients not yet final, newest 
   assert.equal(bad.code, 2);
   assert.match(bad.stderr, /--state: "lost" is not a state \(one of queued, .*, or pending, final, all\)/);
 });
+
+interface ActionResult {
+  action: string;
+  all?: boolean;
+  messages?: number | string;
+  recipients?: number | string;
+  dryRun?: boolean;
+}
+
+test('item 8: queue hold/release --all act on every message: dry run first, then recorded with operator and reason', async () => {
+  // Mail waiting at suspended destinations (earlier tests' too): queued recipients, held by nothing yet.
+  await tern(platform, 'destination', 'suspend', 'everything.test', '--force');
+  const mine = [await send(platform, 'all@sender.test', ['a@everything.test', 'b@everything.test'], 'all 1'), await send(platform, 'all@sender.test', ['c@everything.test'], 'all 2')];
+  const queued = await ternJson<Listing>(platform, 'queue', 'ls', '--state', 'queued,deferred', '--limit', '1000');
+  const messages = (queued.messages ?? []).length;
+  const recipients = (queued.messages ?? []).reduce((n, m) => n + (m.recipients ?? []).length, 0);
+  assert.ok(messages >= 2 && recipients >= 3, `mail to act on: ${messages} messages, ${recipients} recipients`);
+
+  const dry = await ternJson<ActionResult>(platform, 'queue', 'hold', '--all', '--dry-run');
+  assert.deepEqual([Number(dry.messages), Number(dry.recipients), dry.dryRun, dry.all], [messages, recipients, true, true]);
+  assert.equal(ids(await ternJson<Listing>(platform, 'queue', 'ls', '--state', 'held')).length, 0, 'a dry run changes nothing');
+
+  const held = await ternJson<ActionResult>(platform, 'queue', 'hold', '--all', '--reason', 'incident 42');
+  assert.deepEqual([Number(held.messages), Number(held.recipients), held.dryRun ?? false], [messages, recipients, false]);
+  assert.deepEqual(ids(await ternJson<Listing>(platform, 'queue', 'ls', '--state', 'queued,deferred')), [], 'nothing left to hold');
+  const shown = await ternJson<{ operatorEvents?: { operator?: string; action?: string; reason?: string }[] }>(platform, 'message', 'show', mine[0]!);
+  assert.deepEqual(
+    (shown.operatorEvents ?? []).map((e) => [e.operator, e.action, e.reason]),
+    [['operator', 'hold', 'incident 42']],
+  );
+
+  const human = await tern(platform, 'queue', 'release', '--all', '--dry-run');
+  assert.match(human, new RegExp(`${messages} messages?.*${recipients} recipients?`));
+  const released = await ternJson<ActionResult>(platform, 'queue', 'release', '--all', '--reason', 'incident over');
+  assert.deepEqual([Number(released.messages), Number(released.recipients)], [messages, recipients]);
+  assert.deepEqual(ids(await ternJson<Listing>(platform, 'queue', 'ls', '--state', 'held')), []);
+
+  const both = await ternRaw(platform, ['queue', 'delete', '--all', '--domain', 'everything.test']);
+  assert.equal(both.code, 2, both.stderr);
+  assert.match(both.stderr, /--all selects every message/);
+  const help = await ternRaw(platform, ['queue', 'delete', '--help']);
+  assert.match(help.stdout.replace(/\s+/g, ' '), /--all +every message in the queue/);
+});

@@ -55,7 +55,8 @@ export function describeChange(method: UnaryName, req: Req): Record<string, unkn
       return {
         action: QueueAction[a.action]?.replace(/^QUEUE_ACTION_/, '').toLowerCase() ?? String(a.action),
         queueId: a.queueId || undefined,
-        filter: a.queueId ? undefined : a.filter,
+        filter: a.queueId || a.all ? undefined : a.filter,
+        all: a.all || undefined,
         dryRun: a.dryRun,
         reason: a.reason,
       };

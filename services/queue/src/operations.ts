@@ -181,15 +181,17 @@ export class Operations {
     const spec = ACTIONS[req.action];
     if (!spec) throw grpcError(grpc.status.INVALID_ARGUMENT, 'action: must be HOLD, RELEASE, RETRY, DELETE or BOUNCE');
     const byId = req.queueId.trim();
-    if (byId && !isEmptyFilter(req.filter)) throw grpcError(grpc.status.INVALID_ARGUMENT, 'queue_id, filter: give exactly one of them');
-    if (!byId && isEmptyFilter(req.filter)) {
-      throw grpcError(grpc.status.INVALID_ARGUMENT, 'filter: give a queue_id or at least one filter field (sender, recipient, domain, states, age)');
+    const given = [byId ? 'queue_id' : '', isEmptyFilter(req.filter) ? '' : 'filter', req.all ? 'all' : ''].filter(Boolean);
+    if (given.length > 1) throw grpcError(grpc.status.INVALID_ARGUMENT, `${given.join(', ')}: give exactly one of them`);
+    if (!given.length) {
+      throw grpcError(grpc.status.INVALID_ARGUMENT, 'filter: give a queue_id, at least one filter field (sender, recipient, domain, states, age), or all for every message');
     }
     if (!req.operator.trim()) throw grpcError(grpc.status.INVALID_ARGUMENT, 'operator: required (who is acting, recorded with the action)');
     const p = new Params();
     let conds: string[];
     let from = spec.from;
     if (byId) conds = [`r.message_id = ${p.add(byId)}`];
+    else if (req.all) conds = [];
     else {
       const f = req.filter!;
       conds = recipientConds(f, p);
@@ -237,7 +239,7 @@ export class Operations {
       await c.query(
         `INSERT INTO operator_events (message_id, operator, action, reason, detail)
          SELECT m, $2, $3, $4, $5::jsonb FROM unnest($1::text[]) AS t(m)`,
-        [ids, operator, spec.name, reason, JSON.stringify({ filter: byId ? undefined : req.filter, recipients: rows.length })],
+        [ids, operator, spec.name, reason, JSON.stringify({ filter: byId || req.all ? undefined : req.filter, all: req.all || undefined, recipients: rows.length })],
       );
       if (req.action === QueueAction.QUEUE_ACTION_DELETE || req.action === QueueAction.QUEUE_ACTION_BOUNCE) await markDone(c, ids);
       if (req.action === QueueAction.QUEUE_ACTION_BOUNCE) {
@@ -260,7 +262,7 @@ export class Operations {
       }
       return { messages: ids.length, recipients: rows.length };
     });
-    this.o.logger.info({ action: spec.name, operator, reason, queue_id: byId || undefined, ...result }, 'queue action applied');
+    this.o.logger.info({ action: spec.name, operator, reason, queue_id: byId || undefined, all: req.all || undefined, ...result }, 'queue action applied');
     if (reports) this.o.onOutbox();
     if (req.action === QueueAction.QUEUE_ACTION_RELEASE || req.action === QueueAction.QUEUE_ACTION_RETRY) this.o.onDue();
     return { ...result, dryRun: false };

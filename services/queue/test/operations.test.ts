@@ -72,6 +72,13 @@ describe('operations', () => {
   it('bulk actions count first with dry_run, then act and record operator and reason', async () => {
     await assert.rejects(client.applyAction({ action: QueueAction.QUEUE_ACTION_RELEASE, operator: 'alice' }), (e: grpc.ServiceError) => e.code === grpc.status.INVALID_ARGUMENT && /filter/.test(e.details));
     await assert.rejects(client.applyAction({ action: QueueAction.QUEUE_ACTION_RELEASE, queueId: held[0], filter: { domain: 'x' }, operator: 'alice' }), (e: grpc.ServiceError) => e.code === grpc.status.INVALID_ARGUMENT);
+    await assert.rejects(
+      client.applyAction({ action: QueueAction.QUEUE_ACTION_RELEASE, filter: { domain: 'x' }, all: true, operator: 'alice' }),
+      (e: grpc.ServiceError) => e.code === grpc.status.INVALID_ARGUMENT && /filter, all: give exactly one of them/.test(e.details),
+    );
+    // all: every message, here the three held ones (their six recipients).
+    const every = await client.applyAction({ action: QueueAction.QUEUE_ACTION_RELEASE, all: true, dryRun: true, operator: 'alice' });
+    assert.deepEqual([Number(every.messages), Number(every.recipients), every.dryRun], [3, 6, true]);
     const dry = await client.applyAction({ action: QueueAction.QUEUE_ACTION_DELETE, filter: { domain: 'side.example' }, dryRun: true, operator: 'alice' });
     assert.equal(Number(dry.messages), 3);
     assert.equal(Number(dry.recipients), 3);

@@ -557,12 +557,18 @@ export interface QueueSummaryResponse {
 
 export interface ApplyActionRequest {
   action: QueueAction;
-  /** Exactly one of queue_id or filter. */
+  /** Exactly one of queue_id, a filter with at least one field, or all. */
   queueId: string;
   filter: MessageFilter | undefined;
   dryRun: boolean;
   operator: string;
   reason: string;
+  /**
+   * Every message in the queue (the recipients in the states the action
+   * applies to). An explicit flag: an empty filter is refused, so a filter
+   * left out by mistake never acts on the whole queue.
+   */
+  all: boolean;
 }
 
 export interface ApplyActionResponse {
@@ -3677,7 +3683,7 @@ export const QueueSummaryResponse: MessageFns<QueueSummaryResponse> = {
 };
 
 function createBaseApplyActionRequest(): ApplyActionRequest {
-  return { action: 0, queueId: "", filter: undefined, dryRun: false, operator: "", reason: "" };
+  return { action: 0, queueId: "", filter: undefined, dryRun: false, operator: "", reason: "", all: false };
 }
 
 export const ApplyActionRequest: MessageFns<ApplyActionRequest> = {
@@ -3699,6 +3705,9 @@ export const ApplyActionRequest: MessageFns<ApplyActionRequest> = {
     }
     if (message.reason !== "") {
       writer.uint32(50).string(message.reason);
+    }
+    if (message.all !== false) {
+      writer.uint32(56).bool(message.all);
     }
     return writer;
   },
@@ -3764,6 +3773,14 @@ export const ApplyActionRequest: MessageFns<ApplyActionRequest> = {
             message.reason = reader.string();
             continue;
           }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.all = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3792,6 +3809,7 @@ export const ApplyActionRequest: MessageFns<ApplyActionRequest> = {
         : false,
       operator: isSet(object.operator) ? globalThis.String(object.operator) : "",
       reason: isSet(object.reason) ? globalThis.String(object.reason) : "",
+      all: isSet(object.all) ? globalThis.Boolean(object.all) : false,
     };
   },
 
@@ -3815,6 +3833,9 @@ export const ApplyActionRequest: MessageFns<ApplyActionRequest> = {
     if (message.reason !== "") {
       obj.reason = message.reason;
     }
+    if (message.all !== false) {
+      obj.all = message.all;
+    }
     return obj;
   },
 
@@ -3831,6 +3852,7 @@ export const ApplyActionRequest: MessageFns<ApplyActionRequest> = {
     message.dryRun = object.dryRun ?? false;
     message.operator = object.operator ?? "";
     message.reason = object.reason ?? "";
+    message.all = object.all ?? false;
     return message;
   },
 };
