@@ -2,11 +2,11 @@
 // exported over OTLP/HTTP, metrics for Prometheus on /metrics, and pino JSON
 // logs that carry the active trace and span ids.
 import http from 'node:http';
-import { context, metrics, ROOT_CONTEXT, propagation, trace, SpanStatusCode, TraceFlags, type Span, type SpanOptions, type Tracer, type Meter, type Context } from '@opentelemetry/api';
+import { context, createContextKey, metrics, ROOT_CONTEXT, propagation, trace, SpanStatusCode, TraceFlags, type Span, type SpanOptions, type Tracer, type Meter, type Context } from '@opentelemetry/api';
 import { AsyncLocalStorageContextManager } from '@opentelemetry/context-async-hooks';
 import { W3CTraceContextPropagator } from '@opentelemetry/core';
 import { resourceFromAttributes } from '@opentelemetry/resources';
-import { AlwaysOffSampler, BatchSpanProcessor, RandomIdGenerator, TracerProvider, type SpanProcessor } from '@opentelemetry/sdk-trace';
+import { AlwaysOffSampler, AlwaysOnSampler, BatchSpanProcessor, ParentBasedSampler, RandomIdGenerator, TracerProvider, type SpanProcessor } from '@opentelemetry/sdk-trace';
 import { AggregationType, InstrumentType, MeterProvider } from '@opentelemetry/sdk-metrics';
 import { OTLPTraceExporter } from '@opentelemetry/exporter-trace-otlp-http';
 import { PrometheusExporter } from '@opentelemetry/exporter-prometheus';
@@ -60,7 +60,13 @@ export function createTelemetry(opts: TelemetryOptions): Telemetry {
   // NATS headers and queue rows) and appear in the logs, so log lines of one
   // message still join up; only the span bookkeeping (attributes, events,
   // timing) is skipped.
-  const tracerProvider = new TracerProvider({ resource, spanProcessors, ...(spanProcessors.length ? {} : { sampler: new AlwaysOffSampler() }) });
+  //
+  // With an exporter, a span follows its parent's decision and a root is
+  // sampled: a call carrying a not-sampled traceparent (a background poll,
+  // see untraced()) records nothing on the server either, rather than
+  // starting a root trace there.
+  const sampler = spanProcessors.length ? new ParentBasedSampler({ root: new AlwaysOnSampler() }) : new AlwaysOffSampler();
+  const tracerProvider = new TracerProvider({ resource, spanProcessors, sampler });
   // The exporter serves nothing itself: /metrics is routed by our own server,
   // next to the health endpoints.
   const prometheus = new PrometheusExporter({ preventServerStart: true });
@@ -103,9 +109,12 @@ export function createTelemetry(opts: TelemetryOptions): Telemetry {
     base: { service: opts.service, pid: process.pid },
     timestamp: pino.stdTimeFunctions.isoTime,
     formatters: { level: (label) => ({ level: label }) },
-    // Every line logged inside a span carries its ids, so logs join traces.
+    // Every line logged inside a span carries its ids, so logs join traces;
+    // background work (untraced()) has no trace to join.
     mixin() {
-      const span = trace.getSpan(context.active());
+      const active = context.active();
+      if (active.getValue(UNTRACED) === true) return {};
+      const span = trace.getSpan(active);
       if (!span) return {};
       const sc = span.spanContext();
       return { trace_id: sc.traceId, span_id: sc.spanId };
@@ -179,6 +188,29 @@ export class IdOnlyTracer implements Tracer {
     const span = this.startSpan(name, options, parent);
     return context.with(trace.setSpan(parent, span), fn as (span: Span) => ReturnType<F>, undefined, span);
   }
+}
+
+const UNTRACED = createContextKey('tern.untraced');
+const backgroundIds = new RandomIdGenerator();
+
+/**
+ * The context for work done for no message: a background poll, reload,
+ * scheduler or housekeeping pass, a long-lived stream shared by messages.
+ * Its active span is a not-sampled one with fresh ids, so spans started in it
+ * record nothing, the calls it makes carry a not-sampled `traceparent` (the
+ * server's ParentBased sampler then records nothing either, where a call
+ * without one would start a root trace there), and log lines made in it carry
+ * no trace id. Suppressing tracing (@opentelemetry/core suppressTracing)
+ * would send no traceparent at all, and the server would start a root.
+ */
+export function untracedContext(): Context {
+  const sc = { traceId: backgroundIds.generateTraceId(), spanId: backgroundIds.generateSpanId(), traceFlags: TraceFlags.NONE };
+  return trace.setSpanContext(ROOT_CONTEXT, sc).setValue(UNTRACED, true);
+}
+
+/** Runs `fn` in a fresh untracedContext() (background work: no span anywhere, no trace id in its logs). */
+export function untraced<T>(fn: () => T): T {
+  return context.with(untracedContext(), fn);
 }
 
 /**

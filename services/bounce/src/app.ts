@@ -7,7 +7,7 @@ import type http from 'node:http';
 import { Bus, type BusMessage, type Consumption } from '@tern/bus';
 import { GrpcServer } from '@tern/grpc';
 import { ReportKind, ReportRequest } from '@tern/proto';
-import { withSpan, type Telemetry } from '@tern/telemetry';
+import { context, SpanStatusCode, trace, type Span, type Telemetry } from '@tern/telemetry';
 import { queueClient, type QueueClient } from './clients';
 import { SuppressionFeed } from './suppression';
 import type { Config } from './config';
@@ -73,24 +73,37 @@ export function createApp(config: Config, deps: AppDeps): App {
     } catch (err) {
       // Not a ReportRequest at all: no retry can help; say so loudly.
       metrics.reports.add(1, { result: 'abandoned', reason: 'undecodable' });
-      logger.error({ event: 'report_undecodable', msg_id: msg.msgId, err: (err as Error).message, bytes: msg.data.length }, 'undecodable report request dropped');
+      context.with(msg.ctx, () =>
+        logger.error({ event: 'report_undecodable', msg_id: msg.msgId, err: (err as Error).message, bytes: msg.data.length }, 'undecodable report request dropped'),
+      );
       // No reason text: nats-server before 2.10.4 ignores a "+TERM <reason>" ack.
       msg.term('');
       return;
     }
     const kind = ReportKind[req.kind] ?? String(req.kind);
+    // Everything done for the request runs in its message's trace (from the
+    // NATS headers), inside the report's span: the Suppress call, ReadBody,
+    // Enqueue, and every log line (trace_id next to queue_id).
+    const span = tracer.startSpan(
+      'bounce.report',
+      { attributes: { 'tern.queue_id': req.queueId, 'tern.event_id': req.eventId, 'tern.report.kind': kind, 'tern.report.recipients': req.recipients.length, 'messaging.delivery_count': msg.deliveryCount } },
+      msg.ctx,
+    );
+    try {
+      await context.with(trace.setSpan(msg.ctx, span), () => report(msg, req, kind, span));
+    } finally {
+      span.end();
+    }
+  }
+
+  /** One decoded request, in its trace: feed the suppression list, make and enqueue the report, then ack, nak or term. */
+  async function report(msg: BusMessage, req: ReportRequest, kind: string, span: Span): Promise<void> {
     const started = performance.now();
     // Long reports (a big original) keep the ack timer from running out.
     const keepAlive = setInterval(() => msg.working(), 20_000);
     try {
       await suppressionFeed?.feed(req);
-      const outcome = await withSpan(
-        tracer,
-        'bounce.report',
-        { 'tern.queue_id': req.queueId, 'tern.event_id': req.eventId, 'tern.report.kind': kind, 'tern.report.recipients': req.recipients.length, 'messaging.delivery_count': msg.deliveryCount },
-        (span) => processReport(req, reportDeps, span),
-        msg.ctx,
-      );
+      const outcome = await processReport(req, reportDeps, span);
       if (outcome.result === 'dropped') {
         metrics.reports.add(1, { result: 'dropped', reason: outcome.reason, kind });
         logger.info(
@@ -123,6 +136,8 @@ export function createApp(config: Config, deps: AppDeps): App {
       );
     } catch (err) {
       const detail = describeError(err);
+      span.recordException(err as Error);
+      span.setStatus({ code: SpanStatusCode.ERROR, message: detail });
       if (isPermanent(err) && msg.deliveryCount >= config.TERN_BOUNCE_MAX_ATTEMPTS) {
         metrics.reports.add(1, { result: 'abandoned', reason: 'refused', kind });
         logger.error(

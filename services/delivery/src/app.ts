@@ -9,7 +9,7 @@ import os from 'node:os';
 import { Bus, type BusMessage, type Consumption } from '@tern/bus';
 import { createClient, GrpcServer } from '@tern/grpc';
 import { DeliveryJob, AttemptOutcome, QueueServiceClient } from '@tern/proto';
-import { withSpan, type Telemetry } from '@tern/telemetry';
+import { context, withSpan, type Telemetry } from '@tern/telemetry';
 import type { Config } from './config';
 import { DaneResolver } from './dane';
 import { DkimSigner, parseDkimKeys } from './dkim';
@@ -127,7 +127,10 @@ export function createApp(config: Config, deps: AppDeps): App {
     } catch (err) {
       // Ours, not the destination's (queue unreachable, NATS publish failed): redeliver the job later.
       const delay = err instanceof BodyUnavailableError ? 5_000 : 10_000;
-      logger.warn({ queue_id: job.queueId, job_id: job.jobId, err: (err as Error).message, retry_ms: delay }, 'delivery job failed on our side; it will be retried');
+      // Outside the attempt's span (it has ended), still in the message's trace.
+      context.with(msg.ctx, () =>
+        logger.warn({ queue_id: job.queueId, job_id: job.jobId, err: (err as Error).message, retry_ms: delay }, 'delivery job failed on our side; it will be retried'),
+      );
       msg.nak(delay);
     } finally {
       clearInterval(progress);

@@ -10,9 +10,9 @@
 // 0.5 ms more CPU than a message on an open stream (client and server
 // together, measured on this machine), and the call is on every message's
 // path to its 250.
-import { context, ROOT_CONTEXT } from '@opentelemetry/api';
 import { grpc, grpcError } from '@tern/grpc';
 import type { EnqueueMessage, EnqueueOutcome, EnqueueStreamRequest, EnqueueStreamResponse } from '@tern/proto';
+import { untraced } from '@tern/telemetry';
 import { call, type QueueClient } from './clients';
 
 export interface EnqueueBatcherOptions {
@@ -164,7 +164,8 @@ export class EnqueueStreamClient {
     }
     if (Date.now() < this.unaryUntil) {
       batch.stream = undefined;
-      call(this.queue.enqueueBatch, this.queue, { messages: batch.messages }, Math.max(1, batch.deadline - Date.now())).then(
+      // Its messages carry their own traces; the call belongs to none of them (as the stream, below).
+      untraced(() => call(this.queue.enqueueBatch, this.queue, { messages: batch.messages }, Math.max(1, batch.deadline - Date.now()))).then(
         (res) => this.settle(batch, res.outcomes),
         (err: Error) => this.fail(batch, err),
       );
@@ -180,8 +181,10 @@ export class EnqueueStreamClient {
   private streamForNext(): OpenStream {
     if (this.current && Date.now() - this.current.openedAt > this.o.maxAgeMs) this.close();
     if (this.current) return this.current;
-    // Each message carries its own trace context; the stream belongs to no session's trace.
-    const c = context.with(ROOT_CONTEXT, () => this.queue.enqueueStream({ deadline: Infinity }));
+    // Each message carries its own trace context; the stream belongs to no
+    // message's trace and is no trace of its own (a root span on the queue
+    // for every stream): a not-sampled traceparent, see untracedContext.
+    const c = untraced(() => this.queue.enqueueStream({ deadline: Infinity }));
     const s: OpenStream = { call: c, pending: new Map(), sent: 0, openedAt: Date.now() };
     c.on('data', (res: EnqueueStreamResponse) => {
       const batch = s.pending.get(res.seq);

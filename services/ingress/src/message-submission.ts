@@ -13,7 +13,8 @@ import type { Readable } from 'node:stream';
 import { grpc, isGrpcError } from '@tern/grpc';
 import { EnqueueCommit, EnqueueHeader, EnqueueRequest, MessageOrigin, type EnqueueMessageParts, type EnqueueResponse } from '@tern/proto';
 import { isPositive, SmtpDataError, type Envelope, type Reply, type SmtpSession } from '@tern/smtp';
-import { injectContext, type Logger } from '@tern/telemetry';
+import { SpanKind } from '@opentelemetry/api';
+import { context, injectContext, SpanStatusCode, trace, type Logger, type Tracer } from '@tern/telemetry';
 import type { PolicyClient, QueueClient } from './clients';
 import type { EnqueueBatcher } from './enqueue-batch';
 import { sessionInfo, toProtoEnvelope, toProtoRecipients } from './envelope';
@@ -34,6 +35,7 @@ const CHUNK = 64 * 1024;
 export interface MessageSubmissionDeps {
   hostname: string;
   logger: Logger;
+  tracer: Tracer;
   policy: PolicyClient;
   queue: QueueClient;
   queueStatus: QueueStatusCache;
@@ -279,14 +281,28 @@ export class MessageSubmission {
       this.writer.end();
       committed = this.result!;
     } else {
+      // The message's own span for its enqueue: the batch and the stream it
+      // travels on belong to no one message (enqueue-batch.ts). The queue's
+      // spans of the message (dispatch, report) continue from it.
+      const span = this.deps.tracer.startSpan('queue.enqueue', {
+        kind: SpanKind.CLIENT,
+        attributes: { 'rpc.system': 'grpc', 'rpc.service': 'tern.v1.QueueService', 'rpc.method': 'EnqueueStream' },
+      });
       // The pieces as they arrived: the request's encoding joins them, once.
-      const message: EnqueueMessageParts = { header: this.header, body: EMPTY_BODY, bodyParts: this.held, commit, trace: injectContext() };
+      const message: EnqueueMessageParts = { header: this.header, body: EMPTY_BODY, bodyParts: this.held, commit, trace: injectContext(trace.setSpan(context.active(), span)) };
       committed = this.deps.enqueueBatch!.batcher.add(message).then((o) => {
         this.settled = true;
         if (o.errorCode) throw new Error(`EnqueueBatch refused the message: ${grpc.status[o.errorCode] ?? o.errorCode}: ${o.error}`);
+        span.setAttribute('tern.queue_id', o.queueId);
         return { queueId: o.queueId, size: o.size };
       });
-      committed.catch(() => undefined);
+      committed.then(
+        () => span.end(),
+        (err: Error) => {
+          span.setStatus({ code: SpanStatusCode.ERROR, message: err.message });
+          span.end();
+        },
+      );
     }
     let timer: NodeJS.Timeout | undefined;
     return Promise.race([

@@ -2,9 +2,11 @@
 // a message, and answers 4xx when it is over its high-water mark or cannot
 // be reached, rather than buffering (I4). One QueueService.Status answer is
 // shared by all sessions, refreshed in the background (app.ts) and when an
-// enqueue fails; whether it came is the pod's readiness.
+// enqueue fails; whether it came is the pod's readiness. The refresh is
+// background work, for no one message: it is traced by nobody (untraced), so
+// neither ingress nor the queue makes a root trace of every poll.
 import type { Reply } from '@tern/smtp';
-import type { Logger } from '@tern/telemetry';
+import { untraced, type Logger } from '@tern/telemetry';
 import { call, type QueueClient } from './clients';
 import { IngressReplies } from './replies';
 
@@ -31,8 +33,13 @@ export class QueueStatusCache {
    * deadline runs out), the second goes to another one.
    */
   refresh(): Promise<void> {
+    this.inflight ??= untraced(() => this.ask());
+    return this.inflight;
+  }
+
+  private ask(): Promise<void> {
     const ask = () => call(this.queue.status, this.queue, {}, this.deadlineMs);
-    this.inflight ??= ask()
+    return ask()
       .catch(ask)
       .then(
         (res) => {
@@ -48,7 +55,6 @@ export class QueueStatusCache {
       .finally(() => {
         this.inflight = undefined;
       });
-    return this.inflight;
   }
 
   async get(): Promise<{ accepting: boolean; reachable: boolean; reason: string }> {

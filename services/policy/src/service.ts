@@ -337,7 +337,7 @@ export function createPolicyService(deps: ServiceDeps): PolicyServiceServer {
       const added = await deps.suppressions.add(req.suppressions, op(req.operator));
       metrics.changes.add(req.suppressions.length, { entity: 'suppression', action: 'put' });
       logger.info(
-        { event: 'policy_change', entity: 'suppression', action: 'put', added, addresses: req.suppressions.map((x) => x.address), operator: op(req.operator) },
+        { event: 'policy_change', entity: 'suppression', action: 'put', added, addresses: req.suppressions.map((x) => x.address), operator: op(req.operator), queue_id: onlyQueueId(req.suppressions) },
         `suppression put ${req.suppressions.length} (${added} new)`,
       );
       return { added };
@@ -353,4 +353,10 @@ export function createPolicyService(deps: ServiceDeps): PolicyServiceServer {
       return { deleted };
     }),
   };
+}
+
+/** The message a Suppress call is for (bounce sends one per failed message), so its log line carries queue_id; none for an operator's list. */
+function onlyQueueId(suppressions: { queueId: string }[]): string | undefined {
+  const ids = new Set(suppressions.map((s) => s.queueId).filter(Boolean));
+  return ids.size === 1 ? [...ids][0] : undefined;
 }
