@@ -25,3 +25,4 @@ export {
 } from './report';
 export { isPrintableAscii, orcptParam, utf8AddrEncode, xtextDecode, xtextEncode } from './xtext';
 export { rfc5322Date } from './format';
+export { backsOffDestination, BOUNCE_CLASSES, classifyReply, isBounceClass, MAX_RULE_PATTERN, suppressesAddress, validateBounceRule, type BounceClass, type BounceRule, type ClassifiedReply } from './classify';
