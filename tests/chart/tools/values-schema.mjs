@@ -179,6 +179,14 @@ const schema = {
       scrapeTimeout: str({ pattern: '^$|^[0-9]+(ms|s|m|h)$' }),
       labels: stringMap(),
     }),
+    dashboards: obj({
+      enabled: bool(),
+      label: str({ minLength: 1 }),
+      labelValue: str(),
+      labels: stringMap(),
+      annotations: stringMap(),
+      namespace: str(),
+    }),
     migrate: obj({
       enabled: bool(),
       backoffLimit: int(0),
