@@ -12,7 +12,7 @@ import { GrpcServer } from '@tern/grpc';
 import { QueueServiceBodyService } from '@tern/proto';
 import type { Telemetry } from '@tern/telemetry';
 import type { Config } from './config';
-import type { DestinationLimits } from './destination';
+import { destinationLimits } from './destination';
 import { Scheduler } from './dispatch';
 import { Enqueuer } from './enqueue';
 import { QueueDepth } from './depth';
@@ -52,13 +52,7 @@ export function createApp(config: Config, deps: AppDeps): App {
   const pool = createPool({ url: withSearchPath(config.TERN_DATABASE_URL, { genericPlans: true, lockTimeoutMs: config.TERN_QUEUE_LOCK_TIMEOUT_MS }), max: config.TERN_DATABASE_POOL_MAX, applicationName: 'tern-queue', logger });
   const opsPool = createPool({ url: withSearchPath(config.TERN_DATABASE_URL), max: OPS_POOL_MAX, applicationName: 'tern-queue-ops', logger });
   const routes = new RouteTable(opsPool, logger);
-  const limits: DestinationLimits = {
-    initialConcurrency: Math.min(config.TERN_QUEUE_DEST_CONCURRENCY_INIT, config.TERN_QUEUE_DEST_CONCURRENCY_MAX),
-    maxConcurrency: config.TERN_QUEUE_DEST_CONCURRENCY_MAX,
-    ratePerMin: config.TERN_QUEUE_DEST_RATE_PER_MIN,
-    failuresToSuspend: config.TERN_QUEUE_DEST_FAILURES_TO_SUSPEND,
-    probeS: config.TERN_QUEUE_DEST_PROBE_S,
-  };
+  const limits = destinationLimits(config);
   const backoff = { minS: config.TERN_QUEUE_BACKOFF_MIN_S, maxS: config.TERN_QUEUE_BACKOFF_MAX_S, jitter: config.TERN_QUEUE_BACKOFF_JITTER };
 
   const metrics = createQueueMetrics(meter, config.TERN_QUEUE_METRICS_TOP_DESTINATIONS);

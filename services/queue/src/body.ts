@@ -4,12 +4,22 @@ import type { Pool } from '@tern/db';
 import { grpc, grpcError } from '@tern/grpc';
 import type { ReadBodyRequest, ReadBodyResponse } from '@tern/proto';
 import type { Logger } from '@tern/telemetry';
-import { q } from './db';
+import { q, statement } from './db';
 
 const PIECE = 64 * 1024;
 
 /** Body rows read per query (each at most SPILL_CHUNK). */
 const ROWS = 2;
+
+/** The message's body_removed and its first body rows. */
+const BODY_FIRST = statement(
+  'tern_body_first',
+  `SELECT m.body_removed, c.seq, c.data FROM messages m
+       LEFT JOIN LATERAL (SELECT seq, data FROM body_chunks WHERE message_id = m.id ORDER BY seq LIMIT ${ROWS}) c ON true
+      WHERE m.id = $1 ORDER BY c.seq`,
+);
+
+const BODY_NEXT = statement('tern_body_next', `SELECT seq, data FROM body_chunks WHERE message_id = $1 AND seq > $2 ORDER BY seq LIMIT ${ROWS}`);
 
 /**
  * Iterates a message's body rows in order; undefined when the message is
@@ -20,10 +30,7 @@ const ROWS = 2;
 export async function bodyRows(pool: Pool, queueId: string): Promise<AsyncGenerator<Buffer> | undefined> {
   const first = await q<{ body_removed: boolean; seq: number | null; data: Buffer | null }>(
     pool,
-    'tern_body_first',
-    `SELECT m.body_removed, c.seq, c.data FROM messages m
-       LEFT JOIN LATERAL (SELECT seq, data FROM body_chunks WHERE message_id = m.id ORDER BY seq LIMIT ${ROWS}) c ON true
-      WHERE m.id = $1 ORDER BY c.seq`,
+    BODY_FIRST,
     [queueId],
   );
   if (!first.rows.length || first.rows[0]!.body_removed) return undefined;
@@ -39,8 +46,7 @@ export async function bodyRows(pool: Pool, queueId: string): Promise<AsyncGenera
       if (page.length < ROWS) return;
       const r = await q<{ seq: number; data: Buffer }>(
         pool,
-        'tern_body_next',
-        `SELECT seq, data FROM body_chunks WHERE message_id = $1 AND seq > $2 ORDER BY seq LIMIT ${ROWS}`,
+        BODY_NEXT,
         [queueId, seq],
       );
       page = r.rows;

@@ -1,6 +1,7 @@
 // Transactions with a retry on deadlock / serialization failure (two
 // replicas touching the same destination rows in different orders).
 import { withTransaction, pg, type Pool, type PoolClient } from '@tern/db';
+import type { DestinationLimits } from './destination';
 
 const RETRYABLE = new Set(['40P01', '40001']);
 /** SQLSTATE lock_not_available: a wait for a lock ran past lock_timeout. */
@@ -45,12 +46,49 @@ export function parseIntArray(v: unknown): number[] {
 }
 
 /**
- * A named (prepared) statement: parsed and planned once per connection
- * instead of on every call. For the statements on the per-message path
- * (their text must not vary).
+ * A named (prepared) statement of the message path: parsed and planned once
+ * per connection instead of on every call, so its text must not vary with a
+ * call's data. A text that pastes in the destination limits (settings of the
+ * process) is a function of them, built at each call. Every statement is
+ * registered under its name when its module loads: `npm run sql:snapshot`
+ * writes each one's final text to services/queue/sql/<name>.sql and
+ * test/sql-snapshots.test.ts fails when the code and those files differ, so
+ * a change to a statement shows in review as SQL.
  */
-export function q<R extends pg.QueryResultRow = pg.QueryResultRow>(c: Pool | PoolClient, name: string, text: string, values: unknown[] = []): Promise<pg.QueryResult<R>> {
-  return c.query<R>({ name, text, values });
+export interface Statement {
+  readonly name: string;
+  readonly text: string;
+  /** Only `statement` makes one, so every statement q runs is registered. */
+  readonly [REGISTERED]: true;
+}
+
+declare const REGISTERED: unique symbol;
+
+const STATEMENTS = new Map<string, { text: (l: DestinationLimits) => string; usesLimits: boolean }>();
+
+export function statement(name: string, text: string): Statement;
+export function statement(name: string, text: (l: DestinationLimits) => string): (l: DestinationLimits) => Statement;
+export function statement(name: string, text: string | ((l: DestinationLimits) => string)): Statement | ((l: DestinationLimits) => Statement) {
+  // node-pg refuses one name prepared with two texts on a connection.
+  if (STATEMENTS.has(name)) throw new Error(`statement ${name} is defined twice`);
+  if (typeof text === 'string') {
+    STATEMENTS.set(name, { text: () => text, usesLimits: false });
+    return { name, text } as Statement;
+  }
+  STATEMENTS.set(name, { text, usesLimits: true });
+  return (l) => ({ name, text: text(l) }) as Statement;
+}
+
+/**
+ * Every statement registered so far (by the modules loaded) with its final
+ * text under the limits `l`, and whether the text depends on them.
+ */
+export function registeredStatements(l: DestinationLimits): Array<{ name: string; text: string; usesLimits: boolean }> {
+  return [...STATEMENTS].map(([name, s]) => ({ name, text: s.text(l), usesLimits: s.usesLimits }));
+}
+
+export function q<R extends pg.QueryResultRow = pg.QueryResultRow>(c: Pool | PoolClient, s: Statement, values: unknown[] = []): Promise<pg.QueryResult<R>> {
+  return c.query<R>({ name: s.name, text: s.text, values });
 }
 
 // No binary result format here: node-pg decodes every result field as UTF-8

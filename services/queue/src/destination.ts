@@ -11,7 +11,8 @@
 // statements; Postfix's qmgr likewise keeps its per-destination queue and
 // its feedback (qmgr_queue.c, qmgr_feedback.c) apart from the scheduler.
 import type { Pool, PoolClient } from '@tern/db';
-import { columns, q } from './db';
+import type { Config } from './config';
+import { columns, q, statement } from './db';
 import { S } from './model';
 
 export interface DestinationLimits {
@@ -21,6 +22,17 @@ export interface DestinationLimits {
   ratePerMin: number;
   failuresToSuspend: number;
   probeS: number;
+}
+
+/** The limits the settings give (the initial concurrency at most the maximum). */
+export function destinationLimits(config: Config): DestinationLimits {
+  return {
+    initialConcurrency: Math.min(config.TERN_QUEUE_DEST_CONCURRENCY_INIT, config.TERN_QUEUE_DEST_CONCURRENCY_MAX),
+    maxConcurrency: config.TERN_QUEUE_DEST_CONCURRENCY_MAX,
+    ratePerMin: config.TERN_QUEUE_DEST_RATE_PER_MIN,
+    failuresToSuspend: config.TERN_QUEUE_DEST_FAILURES_TO_SUSPEND,
+    probeS: config.TERN_QUEUE_DEST_PROBE_S,
+  };
 }
 
 /** SQL: destination row `d` can take a job now (room under its limit, or dead and due for its one probe). */
@@ -39,16 +51,16 @@ export function tokensNowSql(l: DestinationLimits, alias = 'd'): string {
   return `LEAST(${burstOf(l)}, ${alias}.tokens + EXTRACT(EPOCH FROM (now() - ${alias}.tokens_at)) * ${l.ratePerMin} / 60.0)`;
 }
 
+const ENSURE_DESTS = statement(
+  'tern_ensure_dests',
+  `INSERT INTO destinations (name, concurrency_limit, tokens)
+     SELECT n, $2, $3 FROM unnest($1::text[]) AS t(n) ORDER BY n ON CONFLICT (name) DO NOTHING`,
+);
+
 /** Makes sure every destination has its row (the scheduler works from them). */
 export async function ensureDestinations(c: PoolClient, names: string[], l: DestinationLimits): Promise<void> {
   if (!names.length) return;
-  await q(
-    c,
-    'tern_ensure_dests',
-    `INSERT INTO destinations (name, concurrency_limit, tokens)
-     SELECT n, $2, $3 FROM unnest($1::text[]) AS t(n) ORDER BY n ON CONFLICT (name) DO NOTHING`,
-    [names, l.initialConcurrency, burstOf(l)],
-  );
+  await q(c, ENSURE_DESTS, [names, l.initialConcurrency, burstOf(l)]);
 }
 
 /** An operator's suspension: no dispatch to the destination until resumed (its row is made if missing). */
@@ -99,17 +111,18 @@ export interface DueDestination {
   tokens: number;
 }
 
-/** Is any recipient due at a destination that could take a job now (committed state, no locks)? */
-export async function anyDestinationDue(pool: Pool): Promise<boolean> {
-  const { rows } = await q(
-    pool,
-    'tern_anything_due',
-    `SELECT 1 FROM destinations d
+const ANYTHING_DUE = statement(
+  'tern_anything_due',
+  `SELECT 1 FROM destinations d
        WHERE NOT d.suspended
          AND ${HAS_ROOM_SQL}
          AND ${dueAtSql('d.name')}
        LIMIT 1`,
-  );
+);
+
+/** Is any recipient due at a destination that could take a job now (committed state, no locks)? */
+export async function anyDestinationDue(pool: Pool): Promise<boolean> {
+  const { rows } = await q(pool, ANYTHING_DUE);
   return rows.length > 0;
 }
 
@@ -120,21 +133,25 @@ export async function anyDestinationDue(pool: Pool): Promise<boolean> {
  * statement that takes the slots decides (reserveSlotsSql).
  */
 export async function dueDestinations(c: PoolClient, l: DestinationLimits, only?: string[]): Promise<DueDestination[]> {
+  const { rows } = await q<DueDestination>(c, (only ? DUE_DESTS_ONLY : DUE_DESTS)(l), only ? [only] : []);
+  return rows;
+}
+
+/** dueDestinations' statement; `only`: those named by $1. */
+function dueDestinationsSql(l: DestinationLimits, only: boolean): string {
   const tokens = tokensNowSql(l);
-  const { rows } = await c.query<DueDestination>({
-    name: only ? 'tern_due_dests_only' : 'tern_due_dests',
-    text: `SELECT d.name, d.inflight, d.concurrency_limit, d.dead_until IS NOT NULL AS dead, ${tokens} AS tokens
+  return `SELECT d.name, d.inflight, d.concurrency_limit, d.dead_until IS NOT NULL AS dead, ${tokens} AS tokens
      FROM destinations d
      WHERE NOT d.suspended ${only ? 'AND d.name = ANY($1::text[])' : ''}
        AND ${HAS_ROOM_SQL}
        AND (${l.ratePerMin} = 0 OR ${tokens} >= 1)
        AND ${dueAtSql('d.name')}
      ORDER BY d.updated_at
-     LIMIT 500`,
-    values: only ? [only] : [],
-  });
-  return rows;
+     LIMIT 500`;
 }
+
+const DUE_DESTS = statement('tern_due_dests', (l) => dueDestinationsSql(l, false));
+const DUE_DESTS_ONLY = statement('tern_due_dests_only', (l) => dueDestinationsSql(l, true));
 
 /** How many jobs a due destination can take now: its free slots (one probe when dead), within its tokens. */
 export function jobsTakeable(d: DueDestination, l: DestinationLimits): number {
@@ -162,14 +179,12 @@ export function jobsTakeable(d: DueDestination, l: DestinationLimits): number {
 export async function reserveSlots(c: PoolClient, wanted: Map<string, number>, l: DestinationLimits, skipLocked = false): Promise<Set<string>> {
   if (!wanted.size) return new Set();
   const names = [...wanted.keys()].sort();
-  const { rows } = await q<{ name: string }>(
-    c,
-    skipLocked ? 'tern_reserve_slots_skip' : 'tern_reserve_slots',
-    reserveSlotsSql(l, { skipLocked, probe: false }),
-    [names, names.map((n) => wanted.get(n)!)],
-  );
+  const { rows } = await q<{ name: string }>(c, (skipLocked ? RESERVE_SLOTS_SKIP : RESERVE_SLOTS)(l), [names, names.map((n) => wanted.get(n)!)]);
   return new Set(rows.map((r) => r.name));
 }
+
+const RESERVE_SLOTS = statement('tern_reserve_slots', (l) => reserveSlotsSql(l, { skipLocked: false, probe: false }));
+const RESERVE_SLOTS_SKIP = statement('tern_reserve_slots_skip', (l) => reserveSlotsSql(l, { skipLocked: true, probe: false }));
 
 /**
  * A condition that is always true and makes the named data-modifying CTEs
@@ -289,13 +304,7 @@ function feedbackByDestination(ends: JobEnd[]): Map<string, { ok: number; failed
 export async function releaseJobs(c: PoolClient, ends: JobEnd[], l: DestinationLimits): Promise<void> {
   if (!ends.length) return;
   const jobIds = [...new Set(ends.map((e) => e.jobId))];
-  const { rows } = await q<{ job_id: string }>(
-    c,
-    'tern_release_finished',
-    `SELECT j AS job_id FROM unnest($1::text[]) AS t(j)
-     WHERE NOT EXISTS (SELECT 1 FROM recipients r WHERE r.job_id = t.j AND r.state = ${S.inflight})`,
-    [jobIds],
-  );
+  const { rows } = await q<{ job_id: string }>(c, RELEASE_FINISHED, [jobIds]);
   const finished = new Set(rows.map((r) => r.job_id));
   const feedback = feedbackColumns(ends);
   const jobs = new Map<string, number>();
@@ -306,15 +315,22 @@ export async function releaseJobs(c: PoolClient, ends: JobEnd[], l: DestinationL
       jobs.set(e.destination, (jobs.get(e.destination) ?? 0) + 1);
     }
   }
-  await q(
-    c,
-    'tern_release_dests',
-    `UPDATE destinations d SET ${releaseSetSql('t.jobs', '$6', '$7', '$8')}
+  await q(c, RELEASE_DESTS, [feedback.name, feedback.name.map((n) => jobs.get(n) ?? 0), feedback.ok, feedback.failed, feedback.err, l.maxConcurrency, l.failuresToSuspend, l.probeS]);
+}
+
+/** The jobs among $1 with no inflight recipient left. */
+const RELEASE_FINISHED = statement(
+  'tern_release_finished',
+  `SELECT j AS job_id FROM unnest($1::text[]) AS t(j)
+     WHERE NOT EXISTS (SELECT 1 FROM recipients r WHERE r.job_id = t.j AND r.state = ${S.inflight})`,
+);
+
+const RELEASE_DESTS = statement(
+  'tern_release_dests',
+  `UPDATE destinations d SET ${releaseSetSql('t.jobs', '$6', '$7', '$8')}
      FROM unnest($1::text[], $2::int[], $3::int[], $4::int[], $5::text[]) AS t(name, jobs, ok, failed, err)
      WHERE d.name = t.name AND ${lockDestinationsSql('$1')}`,
-    [feedback.name, feedback.name.map((n) => jobs.get(n) ?? 0), feedback.ok, feedback.failed, feedback.err, l.maxConcurrency, l.failuresToSuspend, l.probeS],
-  );
-}
+);
 
 /**
  * The SET list that gives slots back to a destination row `d` with

@@ -9,7 +9,7 @@
 import type { Pool, PoolClient } from '@tern/db';
 import type { Logger } from '@tern/telemetry';
 import type { QueueMetrics } from './metrics';
-import { columns, packBytes, q, tx } from './db';
+import { columns, packBytes, q, statement, tx } from './db';
 import { anyDestinationDue, dueDestinations, jobsTakeable, releaseJobs, reserveSlotsSql, type DestinationLimits } from './destination';
 import { buildJobs, loadJobMessages, type BuiltJob } from './jobs';
 import { S } from './model';
@@ -168,6 +168,30 @@ export interface DispatchSettings {
   bodyCache?: BodyCache;
 }
 
+/** Due recipients of each destination $1, at most $2 of it, locked (SKIP LOCKED: another pass has them). */
+const CLAIM_DUE = statement(
+  'tern_claim_due',
+  `SELECT r.message_id, r.idx, r.address, r.domain, r.orcpt, r.notify, r.attempt_count, extract(epoch FROM now() - r.next_attempt_at)::float8 AS due_lag_s
+     FROM unnest($1::text[], $2::int[]) AS d(name, lim)
+     CROSS JOIN LATERAL (
+       SELECT message_id, idx, address, domain, orcpt, notify, attempt_count, next_attempt_at FROM recipients
+       WHERE domain = d.name AND state IN (${S.queued}, ${S.deferred}) AND next_attempt_at <= now() AND expires_at > now()
+       ORDER BY next_attempt_at LIMIT d.lim
+       FOR UPDATE SKIP LOCKED) r`,
+);
+
+/** A pass's last statement: the slots where still free, the recipients of the granted jobs inflight, their outbox rows. */
+const DISPATCH_TAKE = statement(
+  'tern_dispatch_take',
+  (l) => `WITH g AS (${reserveSlotsSql(l, { skipLocked: false, probe: true })}),
+     u AS (
+       UPDATE recipients r SET state = ${S.inflight}, job_id = t.j, lease_expires_at = $7, updated_at = now()
+       FROM unnest($3::text[], $4::int[], $5::text[], $6::text[]) AS t(m, i, j, d)
+       WHERE r.message_id = t.m AND r.idx = t.i AND t.d IN (SELECT name FROM g)),
+     o AS (${insertGrantedOutboxSql({ subjects: 8, msgIds: 9, packed: 10, offsets: 11, lengths: 12, traces: 13, destinations: 14, bodyOf: 15, ordinals: 16 })})
+     SELECT (SELECT array_agg(name) FROM g) AS granted, ${outboxIdsSql('o')} AS outbox`,
+);
+
 /**
  * Claims due recipients of destinations with free slots (all of them, or
  * those in `only`), marks them inflight under new jobs, takes the slots and
@@ -208,18 +232,7 @@ export async function dispatchDue(c: PoolClient, o: DispatchSettings, leaseExpir
   // message: claim a few rows per job (recipients of one message are due
   // together and sit together in the index), not cap x job size rows, most
   // of which would be read and locked for nothing.
-  const { rows: claimed } = await q<ClaimRow>(
-    c,
-    'tern_claim_due',
-    `SELECT r.message_id, r.idx, r.address, r.domain, r.orcpt, r.notify, r.attempt_count, extract(epoch FROM now() - r.next_attempt_at)::float8 AS due_lag_s
-     FROM unnest($1::text[], $2::int[]) AS d(name, lim)
-     CROSS JOIN LATERAL (
-       SELECT message_id, idx, address, domain, orcpt, notify, attempt_count, next_attempt_at FROM recipients
-       WHERE domain = d.name AND state IN (${S.queued}, ${S.deferred}) AND next_attempt_at <= now() AND expires_at > now()
-       ORDER BY next_attempt_at LIMIT d.lim
-       FOR UPDATE SKIP LOCKED) r`,
-    [names, limits],
-  );
+  const { rows: claimed } = await q<ClaimRow>(c, CLAIM_DUE, [names, limits]);
   if (!claimed.length) return none;
   // Group by destination then message, keeping the due order.
   const byDest = new Map<string, Map<string, ClaimRow[]>>();
@@ -273,14 +286,7 @@ export async function dispatchDue(c: PoolClient, o: DispatchSettings, leaseExpir
   // all its jobs or none, and the recipients of one that gets none stay due.
   const { rows } = await q<{ granted: string[] | null; outbox: Array<{ id: number; msg_id: string }> | null }>(
     c,
-    'tern_dispatch_take',
-    `WITH g AS (${reserveSlotsSql(l, { skipLocked: false, probe: true })}),
-     u AS (
-       UPDATE recipients r SET state = ${S.inflight}, job_id = t.j, lease_expires_at = $7, updated_at = now()
-       FROM unnest($3::text[], $4::int[], $5::text[], $6::text[]) AS t(m, i, j, d)
-       WHERE r.message_id = t.m AND r.idx = t.i AND t.d IN (SELECT name FROM g)),
-     o AS (${insertGrantedOutboxSql({ subjects: 8, msgIds: 9, packed: 10, offsets: 11, lengths: 12, traces: 13, destinations: 14, bodyOf: 15, ordinals: 16 })})
-     SELECT (SELECT array_agg(name) FROM g) AS granted, ${outboxIdsSql('o')} AS outbox`,
+    DISPATCH_TAKE(l),
     [
       uNames, uNames.map((n) => used.get(n)!),
       recipientCols.messageId, recipientCols.idx, recipientCols.jobId, recipientCols.destination, leaseExpiresAt,

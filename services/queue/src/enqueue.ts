@@ -10,7 +10,7 @@ import { EnqueueHeader, Envelope, MessageOrigin, type EnqueueBatchRequest, type 
 import { extractContext, injectContext, type Logger } from '@tern/telemetry';
 import type { QueueMetrics } from './metrics';
 import { Batcher } from '@tern/runtime';
-import { columns, intArrayLiteral, isLockTimeout, packBytes, q, tx } from './db';
+import { columns, intArrayLiteral, isLockTimeout, packBytes, q, statement, tx } from './db';
 import { ensureDestinations, reserveSlots, takeFreeSlotsSql, type DestinationLimits } from './destination';
 import { buildJobs, type BuiltJob, type JobRcpt } from './jobs';
 import type { BodyCache } from './body-cache';
@@ -64,6 +64,59 @@ export interface EnqueueOptions {
   onOutbox(rows?: StoredOutboxRow[]): void;
   onQueued(): void;
 }
+
+// The group commit's statements (flushWith; flushOne: ENQ_ONE).
+const ENQ_MESSAGES = statement(
+  'tern_enq_messages',
+  `INSERT INTO messages (id, idempotency_key, sender, envelope, origin, size, trace, rcpt_count, created_at)
+         SELECT i, NULLIF(k, ''), s, e, o, z, t::jsonb, n, $9 FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::smallint[], $6::bigint[], $7::text[], $8::int[])
+           AS x(i, k, s, e, o, z, t, n)
+         ON CONFLICT (idempotency_key) DO NOTHING RETURNING id`,
+);
+
+const ENQ_BODIES = statement(
+  'tern_enq_bodies',
+  `INSERT INTO body_chunks (message_id, seq, data)
+             SELECT m, 0, substring($2::bytea from o + 1 for l) FROM unnest($1::text[], $3::int[], $4::int[]) AS x(m, o, l)`,
+);
+
+const ENQ_RECIPIENTS = statement(
+  'tern_enq_recipients',
+  `INSERT INTO recipients (message_id, idx, address, domain, orcpt, notify, state, created_at, expires_at, next_attempt_at, job_id, lease_expires_at)
+           SELECT m, i, a, d, o, n::smallint[], s, $11, $12, na, j, l
+           FROM unnest($1::text[], $2::int[], $3::text[], $4::text[], $5::text[], $6::text[], $7::smallint[], $8::timestamptz[], $9::text[], $10::timestamptz[])
+             AS x(m, i, a, d, o, n, s, na, j, l)`,
+);
+
+/** flushOne's statement; `skipLocked`: see flush. */
+function enqueueOneSql(l: DestinationLimits, skipLocked: boolean): string {
+  return `WITH m AS (
+         INSERT INTO messages (id, sender, envelope, origin, size, trace, rcpt_count, created_at)
+         SELECT i, s, e, o, z, t::jsonb, n, $9 FROM unnest($3::text[], $4::text[], $5::bytea[], $6::smallint[], $7::bigint[], $8::text[], $10::int[])
+           AS x(i, s, e, o, z, t, n)
+         RETURNING 1),
+       b AS (
+         INSERT INTO body_chunks (message_id, seq, data)
+         SELECT i, 0, substring($31::bytea from bo + 1 for bl) FROM unnest($3::text[], $27::int[], $28::int[]) AS x(i, bo, bl)
+         RETURNING 1),
+       ${takeFreeSlotsSql(l, { skipLocked, after: ['m', 'b'] })},
+       r AS (
+         INSERT INTO recipients (message_id, idx, address, domain, orcpt, notify, state, created_at, expires_at, next_attempt_at, job_id, lease_expires_at)
+         SELECT x.m, x.i, x.a, x.d, x.o, x.n::smallint[],
+                CASE WHEN x.h THEN ${S.held} WHEN x.granted THEN ${S.inflight} ELSE ${S.queued} END,
+                $9, $19, CASE WHEN x.h THEN NULL ELSE $9 END,
+                CASE WHEN x.granted THEN x.j END,
+                CASE WHEN x.granted THEN $20::timestamptz END
+         FROM (SELECT u.*, u.j IS NOT NULL AND u.k <= (SELECT g.granted FROM g WHERE g.name = u.d) AS granted
+               FROM unnest($12::text[], $13::int[], $14::text[], $15::text[], $16::text[], $17::text[], $18::bool[], $21::text[], $32::int[]) AS u(m, i, a, d, o, n, h, j, k)) x
+         RETURNING state),
+       o AS (${insertGrantedOutboxSql({ subjects: 22, msgIds: 23, packed: 24, offsets: 29, lengths: 30, traces: 25, destinations: 26, bodyOf: 11, ordinals: 33 })})
+       SELECT (SELECT json_object_agg(name, granted) FROM g) AS granted, (SELECT count(*)::int FROM r WHERE state = ${S.queued}) AS queued,
+              ${outboxIdsSql('o')} AS outbox`;
+}
+
+const ENQ_ONE = statement('tern_enq_one', (l) => enqueueOneSql(l, false));
+const ENQ_ONE_SKIP = statement('tern_enq_one_skip', (l) => enqueueOneSql(l, true));
 
 export class Enqueuer {
   readonly batcher: Batcher<EnqueueItem, EnqueueResult>;
@@ -376,11 +429,7 @@ export class Enqueuer {
       committed = [];
       const ins = await q<{ id: string }>(
         c,
-        'tern_enq_messages',
-        `INSERT INTO messages (id, idempotency_key, sender, envelope, origin, size, trace, rcpt_count, created_at)
-         SELECT i, NULLIF(k, ''), s, e, o, z, t::jsonb, n, $9 FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::smallint[], $6::bigint[], $7::text[], $8::int[])
-           AS x(i, k, s, e, o, z, t, n)
-         ON CONFLICT (idempotency_key) DO NOTHING RETURNING id`,
+        ENQ_MESSAGES,
         [
           items.map((i) => i.queueId),
           items.map((i) => i.header.idempotencyKey),
@@ -415,9 +464,7 @@ export class Enqueuer {
           const bodies = packBytes(inMem.map((i) => i.body!));
           await q(
             c,
-            'tern_enq_bodies',
-            `INSERT INTO body_chunks (message_id, seq, data)
-             SELECT m, 0, substring($2::bytea from o + 1 for l) FROM unnest($1::text[], $3::int[], $4::int[]) AS x(m, o, l)`,
+            ENQ_BODIES,
             [inMem.map((i) => i.queueId), bodies.packed, bodies.offsets, bodies.lengths],
           );
         }
@@ -469,11 +516,7 @@ export class Enqueuer {
         const recipientCols = columns(recipients, 'messageId', 'idx', 'address', 'domain', 'orcpt', 'notify', 'state', 'nextAttemptAt', 'jobId', 'leaseExpiresAt');
         await q(
           c,
-          'tern_enq_recipients',
-          `INSERT INTO recipients (message_id, idx, address, domain, orcpt, notify, state, created_at, expires_at, next_attempt_at, job_id, lease_expires_at)
-           SELECT m, i, a, d, o, n::smallint[], s, $11, $12, na, j, l
-           FROM unnest($1::text[], $2::int[], $3::text[], $4::text[], $5::text[], $6::text[], $7::smallint[], $8::timestamptz[], $9::text[], $10::timestamptz[])
-             AS x(m, i, a, d, o, n, s, na, j, l)`,
+          ENQ_RECIPIENTS,
           [
             recipientCols.messageId, recipientCols.idx, recipientCols.address, recipientCols.domain, recipientCols.orcpt, recipientCols.notify,
             recipientCols.state, recipientCols.nextAttemptAt, recipientCols.jobId, recipientCols.leaseExpiresAt, now, expires,
@@ -546,30 +589,7 @@ export class Enqueuer {
     const payloads = packBytes(ob.payloads);
     const { rows } = await q<{ granted: Record<string, number> | null; queued: number; outbox: Array<{ id: number; msg_id: string }> | null }>(
       this.o.pool,
-      skipLocked ? 'tern_enq_one_skip' : 'tern_enq_one',
-      `WITH m AS (
-         INSERT INTO messages (id, sender, envelope, origin, size, trace, rcpt_count, created_at)
-         SELECT i, s, e, o, z, t::jsonb, n, $9 FROM unnest($3::text[], $4::text[], $5::bytea[], $6::smallint[], $7::bigint[], $8::text[], $10::int[])
-           AS x(i, s, e, o, z, t, n)
-         RETURNING 1),
-       b AS (
-         INSERT INTO body_chunks (message_id, seq, data)
-         SELECT i, 0, substring($31::bytea from bo + 1 for bl) FROM unnest($3::text[], $27::int[], $28::int[]) AS x(i, bo, bl)
-         RETURNING 1),
-       ${takeFreeSlotsSql(l, { skipLocked, after: ['m', 'b'] })},
-       r AS (
-         INSERT INTO recipients (message_id, idx, address, domain, orcpt, notify, state, created_at, expires_at, next_attempt_at, job_id, lease_expires_at)
-         SELECT x.m, x.i, x.a, x.d, x.o, x.n::smallint[],
-                CASE WHEN x.h THEN ${S.held} WHEN x.granted THEN ${S.inflight} ELSE ${S.queued} END,
-                $9, $19, CASE WHEN x.h THEN NULL ELSE $9 END,
-                CASE WHEN x.granted THEN x.j END,
-                CASE WHEN x.granted THEN $20::timestamptz END
-         FROM (SELECT u.*, u.j IS NOT NULL AND u.k <= (SELECT g.granted FROM g WHERE g.name = u.d) AS granted
-               FROM unnest($12::text[], $13::int[], $14::text[], $15::text[], $16::text[], $17::text[], $18::bool[], $21::text[], $32::int[]) AS u(m, i, a, d, o, n, h, j, k)) x
-         RETURNING state),
-       o AS (${insertGrantedOutboxSql({ subjects: 22, msgIds: 23, packed: 24, offsets: 29, lengths: 30, traces: 25, destinations: 26, bodyOf: 11, ordinals: 33 })})
-       SELECT (SELECT json_object_agg(name, granted) FROM g) AS granted, (SELECT count(*)::int FROM r WHERE state = ${S.queued}) AS queued,
-              ${outboxIdsSql('o')} AS outbox`,
+      (skipLocked ? ENQ_ONE_SKIP : ENQ_ONE)(l),
       [
         names,
         names.map((n) => wanted.get(n)!),

@@ -9,7 +9,7 @@ import { jobSubject } from '@tern/bus';
 import type { PoolClient } from '@tern/db';
 import { DeliveryJob, Envelope, JobRecipient } from '@tern/proto';
 import type { BodyCache } from './body-cache';
-import { q } from './db';
+import { q, statement } from './db';
 import { newId, recipientId } from './ids';
 import type { OutboxRow } from './outbox';
 import type { RouteTable } from './routes';
@@ -97,16 +97,20 @@ interface MessageRow {
   body: Buffer | null;
 }
 
+const LOAD_JOB_MESSAGES = statement(
+  'tern_load_job_messages',
+  `SELECT m.id, m.envelope, m.size, m.trace, m.size <= $2 AND NOT m.body_removed AS inline,
+            CASE WHEN m.size <= $2 AND NOT m.body_removed AND NOT m.id = ANY($3::text[])
+                 THEN (SELECT data FROM body_chunks b WHERE b.message_id = m.id AND b.seq = 0) END AS body
+       FROM messages m WHERE m.id = ANY($1::text[])`,
+);
+
 /** The messages of claimed recipients; bodies up to `inlineBodyMax` bytes (one row) come along for the job. */
 export async function loadJobMessages(c: PoolClient, ids: string[], inlineBodyMax = 0, cache?: BodyCache): Promise<Map<string, JobMessage>> {
   const cached = cache ? ids.filter((id) => cache.has(id)) : [];
   const { rows } = await q<MessageRow>(
     c,
-    'tern_load_job_messages',
-    `SELECT m.id, m.envelope, m.size, m.trace, m.size <= $2 AND NOT m.body_removed AS inline,
-            CASE WHEN m.size <= $2 AND NOT m.body_removed AND NOT m.id = ANY($3::text[])
-                 THEN (SELECT data FROM body_chunks b WHERE b.message_id = m.id AND b.seq = 0) END AS body
-       FROM messages m WHERE m.id = ANY($1::text[])`,
+    LOAD_JOB_MESSAGES,
     [ids, inlineBodyMax, cached],
   );
   return new Map(

@@ -8,9 +8,8 @@ import { extractContext, withSpan, type Logger, type Tracer } from '@tern/teleme
 import type { Counter } from './metrics';
 import { appendBytesField } from '@tern/proto';
 import { Batcher } from '@tern/runtime';
-import { packBytes, q, tx } from './db';
+import { packBytes, q, statement, tx } from './db';
 
-const DELETE_SQL = 'DELETE FROM outbox WHERE id = ANY($1::bigint[])';
 
 export interface OutboxRow {
   subject: string;
@@ -112,18 +111,31 @@ export function ordinalsByDestination(destinations: string[]): number[] {
 /** The ids of the rows inserted by the CTE `cte` (insertGrantedOutboxSql), as JSON for `stored`. */
 export const outboxIdsSql = (cte: string): string => `(SELECT json_agg(json_build_object('id', id, 'msg_id', msg_id)) FROM ${cte})`;
 
+const OUTBOX_INSERT = statement('tern_outbox_insert', insertOutboxSql({ subjects: 1, msgIds: 2, packed: 3, traces: 4, offsets: 5, lengths: 6, bodyOf: 7 }));
+
 export async function insertOutbox(c: PoolClient, rows: OutboxRow[]): Promise<StoredOutboxRow[]> {
   if (!rows.length) return [];
   const cols = outboxColumns(rows);
   const payloads = packBytes(cols.payloads);
   const { rows: ids } = await q<{ id: string; msg_id: string }>(
     c,
-    'tern_outbox_insert',
-    insertOutboxSql({ subjects: 1, msgIds: 2, packed: 3, traces: 4, offsets: 5, lengths: 6, bodyOf: 7 }),
+    OUTBOX_INSERT,
     [cols.subjects, cols.msgIds, payloads.packed, cols.traces, payloads.offsets, payloads.lengths, cols.bodyOf],
   );
   return stored(rows, ids);
 }
+
+const OUTBOX_DELETE = statement('tern_outbox_delete', 'DELETE FROM outbox WHERE id = ANY($1::bigint[])');
+
+/** A relay pass's rows ($1 at most, none of those in $2: in a hand-off), locked, with the bodies their jobs were stored without. */
+const OUTBOX_SELECT = statement(
+  'tern_outbox_select',
+  `SELECT o.id, o.subject, o.msg_id, o.payload, o.trace,
+                CASE WHEN o.body_of IS NOT NULL THEN
+                  (SELECT b.data FROM body_chunks b WHERE b.message_id = o.body_of AND b.seq = 0
+                     AND NOT EXISTS (SELECT 1 FROM body_chunks b1 WHERE b1.message_id = o.body_of AND b1.seq = 1)) END AS body
+         FROM outbox o WHERE o.id <> ALL($2::bigint[]) ORDER BY o.id LIMIT $1 FOR UPDATE OF o SKIP LOCKED`,
+);
 
 export interface RelayOptions {
   pool: Pool;
@@ -160,7 +172,7 @@ export class Relay {
     delayMs: 50,
     concurrency: 1,
     flush: async (batches) => {
-      await q(this.o.pool, 'tern_outbox_delete', DELETE_SQL, [batches.flat()]);
+      await q(this.o.pool, OUTBOX_DELETE, [batches.flat()]);
       return batches.map(() => undefined);
     },
   });
@@ -274,12 +286,7 @@ export class Relay {
       // row only (a spilled body never travels in a job), none if removed.
       const { rows } = await q<{ id: number; subject: string; msg_id: string; payload: Buffer; trace: Record<string, unknown> | null; body: Buffer | null }>(
         c,
-        'tern_outbox_select',
-        `SELECT o.id, o.subject, o.msg_id, o.payload, o.trace,
-                CASE WHEN o.body_of IS NOT NULL THEN
-                  (SELECT b.data FROM body_chunks b WHERE b.message_id = o.body_of AND b.seq = 0
-                     AND NOT EXISTS (SELECT 1 FROM body_chunks b1 WHERE b1.message_id = o.body_of AND b1.seq = 1)) END AS body
-         FROM outbox o WHERE o.id <> ALL($2::bigint[]) ORDER BY o.id LIMIT $1 FOR UPDATE OF o SKIP LOCKED`,
+        OUTBOX_SELECT,
         [this.o.batch, [...this.inHandoff]],
       );
       if (!rows.length) return 0;
@@ -296,7 +303,7 @@ export class Relay {
           );
         }),
       );
-      await q(c, 'tern_outbox_delete', DELETE_SQL, [rows.map((r) => r.id)]);
+      await q(c, OUTBOX_DELETE, [rows.map((r) => r.id)]);
       this.o.published.add(rows.length);
       return rows.length;
     });

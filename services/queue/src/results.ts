@@ -14,7 +14,7 @@ import type { Logger } from '@tern/telemetry';
 import type { QueueMetrics } from './metrics';
 import { Batcher } from '@tern/runtime';
 import type { BodyCache } from './body-cache';
-import { columns, q, tx } from './db';
+import { columns, q, statement, tx } from './db';
 import { ctesFirstSql, dueAtSql, feedbackColumns, lockDestinationsSql, releaseSetSql, type DestinationLimits, type JobEnd } from './destination';
 import { countDispatched, dispatchDue } from './dispatch';
 import { parseRecipientId } from './ids';
@@ -131,6 +131,54 @@ export class HeldAck {
   }
 }
 
+/** The batch's recipients still inflight under the result's job ($1-$3: message, idx, job), locked with their messages. */
+const RESULTS_ACTIVE = statement(
+  'tern_results_active',
+  `SELECT r.ctid::text AS tid, r.message_id, r.idx, r.job_id, r.address, r.domain, r.orcpt, r.notify, r.attempt_count, r.expires_at,
+                m.sender, m.origin, m.envelope, m.size, m.trace
+         FROM unnest($1::text[], $2::int[], $3::text[]) AS t(m, i, j)
+         JOIN recipients r ON r.message_id = t.m AND r.idx = t.i AND r.job_id = t.j AND r.state = ${S.inflight}
+         JOIN messages m ON m.id = r.message_id
+         ORDER BY r.message_id, r.idx
+         FOR UPDATE OF r, m`,
+);
+
+/** The state change of a result batch, in one statement (see ResultApplier.flush). */
+const RESULTS_APPLY = statement(
+  'tern_results_apply',
+  `WITH u AS (
+           UPDATE recipients r SET state = t.s, next_attempt_at = t.na, job_id = NULL, lease_expires_at = NULL,
+               attempt_count = r.attempt_count + 1, last_code = t.c, last_enhanced = t.e, last_text = t.x, updated_at = now()
+           FROM unnest($1::tid[], $2::smallint[], $3::timestamptz[], $4::int[], $5::text[], $6::text[]) AS t(tid, s, na, c, e, x)
+           WHERE r.ctid = ANY($1::tid[]) AND r.ctid = t.tid
+           RETURNING r.message_id, r.idx, r.state),
+         a AS (
+           INSERT INTO attempts (message_id, idx, job_id, started_at, duration_ms, remote_host, remote_ip, code, enhanced, text, outcome, tls_used, tls_version, tls_cipher, tls_verified, worker)
+           SELECT * FROM unnest($7::text[], $8::int[], $9::text[], $10::timestamptz[], $11::int[], $12::text[], $13::text[], $14::int[], $15::text[], $16::text[],
+                                $17::smallint[], $18::bool[], $19::text[], $20::text[], $21::bool[], $22::text[])
+           RETURNING 1),
+         done AS (
+           UPDATE messages m SET done_at = now()
+           WHERE m.id IN (SELECT message_id FROM u) AND m.done_at IS NULL
+             AND NOT EXISTS (SELECT 1 FROM u WHERE u.message_id = m.id AND u.state IN ${PENDING_SQL})
+             AND (SELECT count(*) FROM recipients r WHERE r.message_id = m.id AND r.state IN ${PENDING_SQL}
+                    AND NOT EXISTS (SELECT 1 FROM u WHERE u.message_id = r.message_id AND u.idx = r.idx)) = 0
+           RETURNING 1),
+         fin AS (
+           SELECT DISTINCT t.j, t.d FROM unnest($23::text[], $24::text[]) AS t(j, d)
+           WHERE NOT EXISTS (SELECT 1 FROM recipients r WHERE r.job_id = t.j AND r.state = ${S.inflight}
+                               AND NOT EXISTS (SELECT 1 FROM u WHERE u.message_id = r.message_id AND u.idx = r.idx))),
+         rel AS (
+           UPDATE destinations d SET ${releaseSetSql('(SELECT count(*) FROM fin WHERE fin.d = d.name)', '$29', '$30', '$31')}
+           FROM unnest($25::text[], $26::int[], $27::int[], $28::text[]) AS t(name, ok, failed, err)
+           WHERE ${ctesFirstSql('a', 'done')}
+             AND d.name = t.name
+             AND ${lockDestinationsSql('$25')}
+           RETURNING d.name)
+         SELECT array_agg(rel.name) AS due FROM rel
+         WHERE ${dueAtSql('rel.name')}`,
+);
+
 export class ResultApplier {
   readonly batcher: Batcher<DeliveryResult, number>;
   private consumption: Consumption | undefined;
@@ -195,14 +243,7 @@ export class ResultApplier {
       const keys = columns([...keyed.values()], 'messageId', 'idx', 'jobId');
       const { rows } = await q<ActiveRow>(
         c,
-        'tern_results_active',
-        `SELECT r.ctid::text AS tid, r.message_id, r.idx, r.job_id, r.address, r.domain, r.orcpt, r.notify, r.attempt_count, r.expires_at,
-                m.sender, m.origin, m.envelope, m.size, m.trace
-         FROM unnest($1::text[], $2::int[], $3::text[]) AS t(m, i, j)
-         JOIN recipients r ON r.message_id = t.m AND r.idx = t.i AND r.job_id = t.j AND r.state = ${S.inflight}
-         JOIN messages m ON m.id = r.message_id
-         ORDER BY r.message_id, r.idx
-         FOR UPDATE OF r, m`,
+        RESULTS_ACTIVE,
         [keys.messageId, keys.idx, keys.jobId],
       );
       if (!rows.length) return counts;
@@ -299,38 +340,7 @@ export class ResultApplier {
       // have due recipients waiting, the only ones worth a dispatch.
       const { rows: relRows } = await q<{ due: string[] | null }>(
         c,
-        'tern_results_apply',
-        `WITH u AS (
-           UPDATE recipients r SET state = t.s, next_attempt_at = t.na, job_id = NULL, lease_expires_at = NULL,
-               attempt_count = r.attempt_count + 1, last_code = t.c, last_enhanced = t.e, last_text = t.x, updated_at = now()
-           FROM unnest($1::tid[], $2::smallint[], $3::timestamptz[], $4::int[], $5::text[], $6::text[]) AS t(tid, s, na, c, e, x)
-           WHERE r.ctid = ANY($1::tid[]) AND r.ctid = t.tid
-           RETURNING r.message_id, r.idx, r.state),
-         a AS (
-           INSERT INTO attempts (message_id, idx, job_id, started_at, duration_ms, remote_host, remote_ip, code, enhanced, text, outcome, tls_used, tls_version, tls_cipher, tls_verified, worker)
-           SELECT * FROM unnest($7::text[], $8::int[], $9::text[], $10::timestamptz[], $11::int[], $12::text[], $13::text[], $14::int[], $15::text[], $16::text[],
-                                $17::smallint[], $18::bool[], $19::text[], $20::text[], $21::bool[], $22::text[])
-           RETURNING 1),
-         done AS (
-           UPDATE messages m SET done_at = now()
-           WHERE m.id IN (SELECT message_id FROM u) AND m.done_at IS NULL
-             AND NOT EXISTS (SELECT 1 FROM u WHERE u.message_id = m.id AND u.state IN ${PENDING_SQL})
-             AND (SELECT count(*) FROM recipients r WHERE r.message_id = m.id AND r.state IN ${PENDING_SQL}
-                    AND NOT EXISTS (SELECT 1 FROM u WHERE u.message_id = r.message_id AND u.idx = r.idx)) = 0
-           RETURNING 1),
-         fin AS (
-           SELECT DISTINCT t.j, t.d FROM unnest($23::text[], $24::text[]) AS t(j, d)
-           WHERE NOT EXISTS (SELECT 1 FROM recipients r WHERE r.job_id = t.j AND r.state = ${S.inflight}
-                               AND NOT EXISTS (SELECT 1 FROM u WHERE u.message_id = r.message_id AND u.idx = r.idx))),
-         rel AS (
-           UPDATE destinations d SET ${releaseSetSql('(SELECT count(*) FROM fin WHERE fin.d = d.name)', '$29', '$30', '$31')}
-           FROM unnest($25::text[], $26::int[], $27::int[], $28::text[]) AS t(name, ok, failed, err)
-           WHERE ${ctesFirstSql('a', 'done')}
-             AND d.name = t.name
-             AND ${lockDestinationsSql('$25')}
-           RETURNING d.name)
-         SELECT array_agg(rel.name) AS due FROM rel
-         WHERE ${dueAtSql('rel.name')}`,
+        RESULTS_APPLY,
         [
           updated.tid, updated.state, updated.nextAttemptAt, updated.code, updated.enhanced, updated.text,
           attempted.messageId, attempted.idx, attempted.jobId, attempted.startedAt, attempted.durationMs, attempted.remoteHost, attempted.remoteIp,
@@ -388,13 +398,17 @@ export class ResultApplier {
  * join that read every pending recipient of the queue, a cost that grows
  * with the queue (docs/performance.md).
  */
+const MARK_DONE = statement(
+  'tern_mark_done',
+  `UPDATE messages m SET done_at = now() WHERE m.id = ANY($1::text[]) AND m.done_at IS NULL
+       AND (SELECT count(*) FROM recipients r WHERE r.message_id = m.id AND r.state IN ${PENDING_SQL}) = 0`,
+);
+
 export async function markDone(c: PoolClient, ids: string[]): Promise<void> {
   if (!ids.length) return;
   await q(
     c,
-    'tern_mark_done',
-    `UPDATE messages m SET done_at = now() WHERE m.id = ANY($1::text[]) AND m.done_at IS NULL
-       AND (SELECT count(*) FROM recipients r WHERE r.message_id = m.id AND r.state IN ${PENDING_SQL}) = 0`,
+    MARK_DONE,
     [ids],
   );
 }
