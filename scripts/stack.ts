@@ -12,6 +12,25 @@ const DNS_PORT = Number(process.env.TERN_DEMO_DNS_PORT ?? 5353);
 const SINK_PORT = Number(process.env.TERN_DEMO_SINK_PORT ?? 2526);
 const SMTP_PORT = Number(process.env.TERN_DEMO_SMTP_PORT ?? 2525);
 
+/**
+ * OTEL_EXPORTER_OTLP_ENDPOINT, checked: the OTLP/HTTP base URL every service
+ * exports its traces to (each appends /v1/traces), e.g. Jaeger all-in-one's
+ * http://127.0.0.1:4318; unset or empty: no export.
+ */
+function otlpEndpoint(value: string | undefined): string | undefined {
+  if (!value) return undefined;
+  let url: URL | undefined;
+  try {
+    url = new URL(value);
+  } catch {
+    // reported below
+  }
+  if (url?.protocol !== 'http:' && url?.protocol !== 'https:') {
+    throw new Error(`OTEL_EXPORTER_OTLP_ENDPOINT: "${value}" is not an http(s) URL; give the OTLP/HTTP base URL of a collector, e.g. http://127.0.0.1:4318 (Jaeger all-in-one), or unset it`);
+  }
+  return value;
+}
+
 function adminToken(file: string): string {
   if (fs.existsSync(file)) return fs.readFileSync(file, 'utf8').trim();
   const token = crypto.randomBytes(24).toString('base64url');
@@ -24,6 +43,7 @@ async function main(): Promise<void> {
   const databaseUrl = process.env.TERN_DATABASE_URL;
   const natsUrl = process.env.TERN_NATS_URL;
   if (!databaseUrl || !natsUrl) throw new Error('TERN_DATABASE_URL and TERN_NATS_URL must be set (scripts/start.sh sets them)');
+  const traces = otlpEndpoint(process.env.OTEL_EXPORTER_OTLP_ENDPOINT);
   const sinkDir = path.join(root, '.tern', 'sink');
   fs.mkdirSync(sinkDir, { recursive: true });
 
@@ -53,6 +73,8 @@ async function main(): Promise<void> {
       adminToken: token,
       standardPorts: true,
       hostname: 'mx.tern.test',
+      // The harness gives services none of this process's environment: passed on by name.
+      otlpEndpoint: traces,
     });
 
     process.stdout.write(
@@ -64,6 +86,7 @@ async function main(): Promise<void> {
         `  demo DNS         ${dns.address}   (every domain under .test -> the demo sink)`,
         `  demo sink        ${sink.address}   (messages in .tern/sink/)`,
         `  logs             ${harness.logDir}/`,
+        `  traces           ${traces ? `${traces} (OTLP/HTTP)` : 'not exported (set OTEL_EXPORTER_OTLP_ENDPOINT, docs/operating.md "Seeing a trace")'}`,
         '',
         'Sending a demo message...',
         '',
@@ -99,4 +122,7 @@ async function main(): Promise<void> {
   }
 }
 
-void main();
+main().catch((err: Error) => {
+  process.stderr.write(`npm start failed: ${err.message}\n`);
+  process.exit(1);
+});

@@ -4,11 +4,17 @@
 // one that bounces (its report delivered to the sender's MX) each make one
 // trace, from the SMTP session to the report's delivery; background polls
 // make none; and every log line written for a message, read from the
-// services' stdout, carries its trace_id and queue_id.
+// services' stdout, carries its trace_id and queue_id. And `npm start`
+// (scripts/stack.ts) passes OTEL_EXPORTER_OTLP_ENDPOINT to every service.
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { Harness, startPlatform, SERVICE_NAMES, type CollectedSpan, type OtlpReceiver, type Platform, type SmtpSink } from '@tern/devkit';
-import { send } from '../ops/helpers';
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import net from 'node:net';
+import path from 'node:path';
+import nodemailer from 'nodemailer';
+import { Harness, nodeBinary, repoRoot, startPlatform, SERVICE_NAMES, STANDARD_PORTS, type CollectedSpan, type OtlpReceiver, type Platform, type SmtpSink } from '@tern/devkit';
+import { send, ternRaw } from '../ops/helpers';
 
 const harness = new Harness({ name: 'e2e-tracing' });
 let platform: Platform;
@@ -203,4 +209,65 @@ test('over the whole run, stopped and flushed, the only root spans are the messa
     [delivered?.traceId, bounced?.traceId].sort(),
     'the roots are the two messages\' sessions',
   );
+});
+
+/** Whether something listens on 127.0.0.1:`port`. */
+function listening(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = net.connect({ host: '127.0.0.1', port });
+    s.once('connect', () => (s.destroy(), resolve(true)));
+    s.once('error', () => resolve(false));
+  });
+}
+
+test('npm start (scripts/stack.ts) passes OTEL_EXPORTER_OTLP_ENDPOINT to every service: all six export spans', async (t) => {
+  // npm start listens on the documented ports; a developer's own npm start would hold them.
+  const ports = Object.values(STANDARD_PORTS).flatMap((p) => [p.grpc, p.metrics]);
+  const busy = (await Promise.all(ports.map(async (p) => ((await listening(p)) ? p : 0)))).filter(Boolean);
+  if (busy.length) return t.skip(`ports ${busy.join(', ')} are in use (a running npm start?)`);
+  const db = await harness.createTestDatabase();
+  await harness.runMigrate(db.url, { entry: 'libs/db/dist/migrate.js' });
+  const nats = await harness.startNats();
+  const receiver = await harness.startOtlp();
+  const smtpPort = await harness.freePort();
+  const root = repoRoot();
+  const child = spawn(nodeBinary(), ['--import', 'tsx', 'scripts/stack.ts'], {
+    cwd: root,
+    env: {
+      ...process.env,
+      TERN_DATABASE_URL: db.url,
+      TERN_NATS_URL: nats.url,
+      TERN_DEMO_DNS_PORT: String(await harness.freePort()),
+      TERN_DEMO_SINK_PORT: String(await harness.freePort()),
+      TERN_DEMO_SMTP_PORT: String(smtpPort),
+      OTEL_EXPORTER_OTLP_ENDPOINT: receiver.endpoint,
+    },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  harness.defer(async () => {
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGINT');
+    await exited;
+  }, 'stop npm start');
+  let out = '';
+  child.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
+  child.stderr.setEncoding('utf8').on('data', (d: string) => (out += d));
+  // Its demo message is delivered once it prints how to stop it.
+  await Promise.race([
+    new Promise<void>((resolve) => child.stdout.on('data', () => out.includes('Ctrl-C stops everything') && resolve())),
+    exited.then(() => assert.fail(`npm start exited: ${out}`)),
+  ]);
+
+  // A bounce (bounce's spans) and an operator's call (admin's).
+  const transport = nodemailer.createTransport({ host: '127.0.0.1', port: smtpPort, secure: false, ignoreTLS: true, name: 'client.example' } as Parameters<typeof nodemailer.createTransport>[0]);
+  const info = await transport.sendMail({ envelope: { from: 'you@sender.test', to: ['permfail@example.test'] }, raw: 'Subject: bounce me\r\n\r\nno such user\r\n' });
+  transport.close();
+  const queueId = /queued as (\S+)/.exec(info.response)?.[1] ?? '';
+  const token = fs.readFileSync(path.join(root, '.tern', 'admin-token'), 'utf8').trim();
+  const shown = await ternRaw({ adminAddr: `127.0.0.1:${STANDARD_PORTS.admin.grpc}`, adminToken: token }, ['message', 'show', queueId]);
+  assert.equal(shown.code, 0, shown.stderr);
+
+  const every = ['tern-ingress', 'tern-policy', 'tern-queue', 'tern-delivery', 'tern-bounce', 'tern-admin'];
+  await receiver.waitFor(() => every.every((n) => receiver.spans.some((s) => s.serviceName === n)), 30_000);
+  assert.match(out, new RegExp(`traces +${receiver.endpoint.replace(/[.]/g, '\\.')} \\(OTLP/HTTP\\)`), 'it says where traces go');
 });
