@@ -35,7 +35,7 @@ export interface Connection {
   tlsServerName?: string;
 }
 
-/** The token in a file: its first line that is not blank or a comment; "name:token" lines give the token. */
+/** The token in a file: its first line that is not blank or a comment; "name:token" and "name:token:role" lines give the token. */
 export function tokenFromFile(file: string, label: string): string {
   let text: string;
   try {
@@ -48,7 +48,7 @@ export function tokenFromFile(file: string, label: string): string {
     .map((l) => l.trim())
     .find((l) => l !== '' && !l.startsWith('#'));
   if (!line) throw new UsageError(`the token file ${file} (${label}) is empty`);
-  const named = /^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}:(\S+)$/.exec(line);
+  const named = /^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}:(\S+?)(:(viewer|operator|admin))?$/.exec(line);
   return named ? named[1]! : line;
 }
 

@@ -45,6 +45,7 @@ export function createApp(config: Config, deps: AppDeps): App {
       authInterceptor({
         lookup: (token) => tokens.lookup(token),
         certAuth: config.TERN_ADMIN_CERT_AUTH,
+        certRole: config.TERN_ADMIN_CERT_ROLE,
         logger,
         onResult: (result) => authResults.add(1, { result }),
       }),

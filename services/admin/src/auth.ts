@@ -5,9 +5,11 @@
 // that key is dropped first, so the name cannot be spoofed.
 import { grpc } from '@tern/grpc';
 import type { Logger } from '@tern/telemetry';
+import { isRole, roleRank, type Caller, type Role } from './tokens';
 
-/** Metadata key the interceptor sets for the handlers (never trusted from a client). */
+/** Metadata keys the interceptor sets for the handlers (never trusted from a client). */
 export const OPERATOR_KEY = 'x-tern-operator';
+export const ROLE_KEY = 'x-tern-role';
 
 export const UNAUTHENTICATED_MESSAGE = 'missing or invalid bearer token';
 
@@ -15,9 +17,11 @@ export const UNAUTHENTICATED_MESSAGE = 'missing or invalid bearer token';
 const EXEMPT = ['/grpc.health.v1.', '/grpc.reflection.'];
 
 export interface AuthOptions {
-  lookup(token: string): string | undefined;
+  lookup(token: string): Caller | undefined;
   /** Accept a verified client certificate's CN as the operator when no token is sent. */
   certAuth: boolean;
+  /** The role of an operator known by certificate. */
+  certRole: Role;
   logger: Logger;
   onResult?(result: 'ok' | 'missing' | 'invalid'): void;
 }
@@ -39,8 +43,9 @@ export function authInterceptor(opts: AuthOptions): grpc.ServerInterceptor {
         next({
           onReceiveMetadata(metadata, mdNext) {
             metadata.remove(OPERATOR_KEY);
+            metadata.remove(ROLE_KEY);
             const values = metadata.get('authorization');
-            let operator: string | undefined;
+            let operator: Caller | undefined;
             let result: 'ok' | 'missing' | 'invalid' = 'missing';
             if (values.length === 1) {
               const match = BEARER.exec(String(values[0]));
@@ -49,8 +54,11 @@ export function authInterceptor(opts: AuthOptions): grpc.ServerInterceptor {
             } else if (values.length > 1) {
               result = 'invalid';
             } else if (opts.certAuth) {
-              operator = certificateOperator(call);
-              if (operator) result = 'ok';
+              const name = certificateOperator(call);
+              if (name) {
+                operator = { name, role: opts.certRole };
+                result = 'ok';
+              }
             }
             opts.onResult?.(result);
             if (!operator) {
@@ -59,7 +67,8 @@ export function authInterceptor(opts: AuthOptions): grpc.ServerInterceptor {
               return;
             }
             metadata.remove('authorization');
-            metadata.set(OPERATOR_KEY, operator);
+            metadata.set(OPERATOR_KEY, operator.name);
+            metadata.set(ROLE_KEY, operator.role);
             mdNext(metadata);
           },
         });
@@ -72,4 +81,16 @@ export function authInterceptor(opts: AuthOptions): grpc.ServerInterceptor {
 export function operatorOf(call: { metadata: grpc.Metadata }): string | undefined {
   const v = call.metadata.get(OPERATOR_KEY);
   return v.length === 1 && typeof v[0] === 'string' && v[0] !== '' ? v[0] : undefined;
+}
+
+/** The role of that operator (viewer when the interceptor set none). */
+export function roleOf(call: { metadata: grpc.Metadata }): Role {
+  const v = call.metadata.get(ROLE_KEY);
+  return v.length === 1 && typeof v[0] === 'string' && isRole(v[0]) ? v[0] : 'viewer';
+}
+
+/** Why `role` may not call `method`, naming the role needed and the next step; undefined when it may. */
+export function deniedReason(method: string, operator: string, role: Role, needed: Role): string | undefined {
+  if (roleRank(role) >= roleRank(needed)) return undefined;
+  return `${method} needs the ${needed} role; ${operator} has ${role} (give ${operator} a token with role ${needed} or admin: name:token:${needed} in TERN_ADMIN_TOKENS_FILE)`;
 }

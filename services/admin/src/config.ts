@@ -1,14 +1,14 @@
 // Process settings of the admin service, read once from the environment.
 // Keys are the variable names, so a bad value is reported by its name.
 import { bool, commonSchema, ConfigError, grpcTarget, parseEnv, positiveInt, z } from '@tern/config';
-import { parseTokens, readTokensFile, type TokenEntry } from './tokens';
+import { parseTokens, readTokensFile, ROLES, type TokenEntry } from './tokens';
 
 const schema = z.object({
   ...commonSchema({ grpcPort: 7000, metricsPort: 9100 }),
   /** The owners admin forwards to. */
   TERN_QUEUE_ADDR: grpcTarget(),
   TERN_POLICY_ADDR: grpcTarget(),
-  /** File of `name:token` lines; re-read when it changes. */
+  /** File of `name:token[:role]` lines (role viewer, operator or admin; default admin); re-read when it changes. */
   TERN_ADMIN_TOKENS_FILE: z
     .string()
     .optional()
@@ -20,7 +20,7 @@ const schema = z.object({
         ctx.addIssue({ code: 'custom', message: (err as Error).message });
       }
     }),
-  /** `name:token,name:token` (for tests and simple setups; prefer the file). */
+  /** `name:token[:role],...` (for tests and simple setups; prefer the file). */
   TERN_ADMIN_TOKENS: z
     .string()
     .optional()
@@ -40,6 +40,8 @@ const schema = z.object({
    * operator) from a caller that sends no bearer token.
    */
   TERN_ADMIN_CERT_AUTH: bool(false),
+  /** Role of an operator known by certificate (viewer, operator or admin). */
+  TERN_ADMIN_CERT_ROLE: z.enum(ROLES).default('admin'),
   /** Deadline of a forwarded unary call. */
   TERN_ADMIN_FORWARD_DEADLINE_MS: positiveInt(10_000),
   /** Deadline of a forwarded ReadBody stream (a large message over a slow link). */

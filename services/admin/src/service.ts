@@ -5,7 +5,8 @@
 import { grpc, grpcError } from '@tern/grpc';
 import { type AdminServiceServer, type AdminServiceService, type ApplyActionRequest, QueueAction } from '@tern/proto';
 import type { Logger, Meter } from '@tern/telemetry';
-import { operatorOf, UNAUTHENTICATED_MESSAGE } from './auth';
+import { deniedReason, operatorOf, roleOf, UNAUTHENTICATED_MESSAGE } from './auth';
+import type { Role } from './tokens';
 import { mapOwnerError, type Owner, type OwnerName, streamMethod, unaryMethod } from './owners';
 
 type UnaryName = Exclude<keyof typeof AdminServiceService, 'readBody'>;
@@ -13,36 +14,41 @@ type UnaryName = Exclude<keyof typeof AdminServiceService, 'readBody'>;
 interface Route {
   owner: OwnerName;
   mutating: boolean;
+  /** The least role that may call it: viewer reads; operator acts on mail; admin changes configuration. */
+  role: Role;
 }
 
-/** Which owner answers each RPC, and whether it changes anything. */
+/** Which owner answers each RPC, whether it changes anything, and who may call it. */
 export const ROUTES: Record<UnaryName, Route> = {
-  getMessage: { owner: 'queue', mutating: false },
-  listMessages: { owner: 'queue', mutating: false },
-  queueSummary: { owner: 'queue', mutating: false },
-  applyAction: { owner: 'queue', mutating: true },
-  suspendDestination: { owner: 'queue', mutating: true },
-  resumeDestination: { owner: 'queue', mutating: true },
-  listDestinations: { owner: 'queue', mutating: false },
-  listRoutes: { owner: 'queue', mutating: false },
-  putRoute: { owner: 'queue', mutating: true },
-  deleteRoute: { owner: 'queue', mutating: true },
-  listDomains: { owner: 'policy', mutating: false },
-  putDomain: { owner: 'policy', mutating: true },
-  deleteDomain: { owner: 'policy', mutating: true },
-  listMailboxes: { owner: 'policy', mutating: false },
-  putMailbox: { owner: 'policy', mutating: true },
-  deleteMailbox: { owner: 'policy', mutating: true },
-  listAliases: { owner: 'policy', mutating: false },
-  putAlias: { owner: 'policy', mutating: true },
-  deleteAlias: { owner: 'policy', mutating: true },
-  listUsers: { owner: 'policy', mutating: false },
-  putUser: { owner: 'policy', mutating: true },
-  deleteUser: { owner: 'policy', mutating: true },
-  suppress: { owner: 'policy', mutating: true },
-  listSuppressions: { owner: 'policy', mutating: false },
-  deleteSuppression: { owner: 'policy', mutating: true },
+  getMessage: { owner: 'queue', mutating: false, role: 'viewer' },
+  listMessages: { owner: 'queue', mutating: false, role: 'viewer' },
+  queueSummary: { owner: 'queue', mutating: false, role: 'viewer' },
+  applyAction: { owner: 'queue', mutating: true, role: 'operator' },
+  suspendDestination: { owner: 'queue', mutating: true, role: 'operator' },
+  resumeDestination: { owner: 'queue', mutating: true, role: 'operator' },
+  listDestinations: { owner: 'queue', mutating: false, role: 'viewer' },
+  listRoutes: { owner: 'queue', mutating: false, role: 'viewer' },
+  putRoute: { owner: 'queue', mutating: true, role: 'admin' },
+  deleteRoute: { owner: 'queue', mutating: true, role: 'admin' },
+  listDomains: { owner: 'policy', mutating: false, role: 'viewer' },
+  putDomain: { owner: 'policy', mutating: true, role: 'admin' },
+  deleteDomain: { owner: 'policy', mutating: true, role: 'admin' },
+  listMailboxes: { owner: 'policy', mutating: false, role: 'viewer' },
+  putMailbox: { owner: 'policy', mutating: true, role: 'admin' },
+  deleteMailbox: { owner: 'policy', mutating: true, role: 'admin' },
+  listAliases: { owner: 'policy', mutating: false, role: 'viewer' },
+  putAlias: { owner: 'policy', mutating: true, role: 'admin' },
+  deleteAlias: { owner: 'policy', mutating: true, role: 'admin' },
+  listUsers: { owner: 'policy', mutating: false, role: 'viewer' },
+  putUser: { owner: 'policy', mutating: true, role: 'admin' },
+  deleteUser: { owner: 'policy', mutating: true, role: 'admin' },
+  suppress: { owner: 'policy', mutating: true, role: 'operator' },
+  listSuppressions: { owner: 'policy', mutating: false, role: 'viewer' },
+  deleteSuppression: { owner: 'policy', mutating: true, role: 'operator' },
 };
+
+/** A message's content is more than its envelope: reading it is an operator's act. */
+const READ_BODY_ROLE: Role = 'operator';
 
 type Req = Record<string, unknown>;
 
@@ -117,6 +123,13 @@ export function createAdminService(deps: AdminServiceDeps): AdminServiceServer {
       return;
     }
     const route = ROUTES[method];
+    const denied = deniedReason(method, operator, roleOf(call), route.role);
+    if (denied) {
+      count(method, grpc.status.PERMISSION_DENIED);
+      logger.warn({ event: 'admin_denied', method, operator, role: roleOf(call), needed: route.role }, denied);
+      callback(grpcError(grpc.status.PERMISSION_DENIED, denied));
+      return;
+    }
     const owner = owners[route.owner];
     const request: Req = route.mutating ? { ...call.request, operator } : call.request;
     const started = Date.now();
@@ -149,6 +162,13 @@ export function createAdminService(deps: AdminServiceDeps): AdminServiceServer {
     if (!operator) {
       count('readBody', grpc.status.UNAUTHENTICATED);
       call.emit('error', unauthenticated());
+      return;
+    }
+    const denied = deniedReason('readBody', operator, roleOf(call), READ_BODY_ROLE);
+    if (denied) {
+      count('readBody', grpc.status.PERMISSION_DENIED);
+      logger.warn({ event: 'admin_denied', method: 'readBody', operator, role: roleOf(call), needed: READ_BODY_ROLE }, denied);
+      call.emit('error', grpcError(grpc.status.PERMISSION_DENIED, denied));
       return;
     }
     const owner = owners.queue;

@@ -1,13 +1,34 @@
-// Operator tokens: `name:token` entries from TERN_ADMIN_TOKENS_FILE (one a
-// line, re-read when the file changes) and TERN_ADMIN_TOKENS (comma-separated).
+// Operator tokens: `name:token[:role]` entries from TERN_ADMIN_TOKENS_FILE
+// (one a line, re-read when the file changes) and TERN_ADMIN_TOKENS
+// (comma-separated). The role (viewer, operator, admin) says what the token
+// may do; an entry without one is admin, as every token was before roles.
 // A presented token is compared with every known one in constant time.
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import type { Logger } from '@tern/telemetry';
 
+/** What a token may do, each role including the ones before it. */
+export const ROLES = ['viewer', 'operator', 'admin'] as const;
+export type Role = (typeof ROLES)[number];
+
+export function roleRank(role: Role): number {
+  return ROLES.indexOf(role);
+}
+
+export function isRole(s: string): s is Role {
+  return (ROLES as readonly string[]).includes(s);
+}
+
 export interface TokenEntry {
   name: string;
   token: string;
+  role: Role;
+}
+
+/** Who a presented token (or client certificate) belongs to. */
+export interface Caller {
+  name: string;
+  role: Role;
 }
 
 const NAME = /^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$/;
@@ -30,13 +51,21 @@ export function parseTokens(text: string, separator: 'line' | 'comma'): TokenEnt
       throw new Error(`${what} ${i + 1}: expected name:token`);
     }
     const name = entry.slice(0, colon).trim();
-    const token = entry.slice(colon + 1).trim();
+    let token = entry.slice(colon + 1).trim();
+    let role: Role = 'admin';
+    const last = token.lastIndexOf(':');
+    if (last > 0 && isRole(token.slice(last + 1).trim())) {
+      role = token.slice(last + 1).trim() as Role;
+      token = token.slice(0, last).trim();
+    } else if (last > 0 && /^[a-z]+$/.test(token.slice(last + 1)) && token.slice(last + 1).length <= 10) {
+      throw new Error(`${what} ${i + 1}: role "${token.slice(last + 1)}" of "${name}" is not one of ${ROLES.join(', ')}`);
+    }
     if (!NAME.test(name)) throw new Error(`${what} ${i + 1}: operator name "${name}" must be letters, digits, . _ @ - (at most 64)`);
     if (/\s/.test(token)) throw new Error(`${what} ${i + 1}: the token of "${name}" contains whitespace`);
     const other = seen.get(token);
     if (other !== undefined) throw new Error(`${what} ${i + 1}: "${name}" has the same token as "${other}"`);
     seen.set(token, name);
-    out.push({ name, token });
+    out.push({ name, token, role });
   });
   return out;
 }
@@ -60,6 +89,7 @@ const digest = (token: string) => crypto.createHash('sha256').update(token, 'utf
 
 interface Known {
   name: string;
+  role: Role;
   digest: Buffer;
   source: 'file' | 'env';
 }
@@ -79,7 +109,7 @@ export class TokenStore {
   private watching = false;
 
   constructor(private readonly opts: TokenStoreOptions) {
-    this.fromEnv = opts.inline.map((e) => ({ name: e.name, digest: digest(e.token), source: 'env' as const }));
+    this.fromEnv = opts.inline.map((e) => ({ name: e.name, role: e.role, digest: digest(e.token), source: 'env' as const }));
     this.known = this.fromEnv;
   }
 
@@ -114,12 +144,12 @@ export class TokenStore {
     }
   }
 
-  /** The operator name for `token`, or undefined. Every entry is compared, in constant time. */
-  lookup(token: string): string | undefined {
+  /** The operator and role of `token`, or undefined. Every entry is compared, in constant time. */
+  lookup(token: string): Caller | undefined {
     const d = digest(token);
-    let found: string | undefined;
+    let found: Caller | undefined;
     for (const k of this.known) {
-      if (crypto.timingSafeEqual(d, k.digest) && found === undefined) found = k.name;
+      if (crypto.timingSafeEqual(d, k.digest) && found === undefined) found = { name: k.name, role: k.role };
     }
     return found;
   }
@@ -133,7 +163,7 @@ export class TokenStore {
   }
 
   private setFile(entries: TokenEntry[]): void {
-    this.fromFile = entries.map((e) => ({ name: e.name, digest: digest(e.token), source: 'file' as const }));
+    this.fromFile = entries.map((e) => ({ name: e.name, role: e.role, digest: digest(e.token), source: 'file' as const }));
     this.known = [...this.fromFile, ...this.fromEnv];
   }
 }

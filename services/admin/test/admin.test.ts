@@ -328,9 +328,16 @@ describe('admin service', () => {
 
     it('parses token lists and refuses duplicates', () => {
       assert.deepEqual(parseTokens(' a:x , b:y ', 'comma'), [
-        { name: 'a', token: 'x' },
-        { name: 'b', token: 'y' },
+        { name: 'a', token: 'x', role: 'admin' },
+        { name: 'b', token: 'y', role: 'admin' },
       ]);
+      assert.deepEqual(parseTokens('ro:t1:viewer\nops:t:2:operator\nroot:t3:admin\nold:a:b:C1', 'line'), [
+        { name: 'ro', token: 't1', role: 'viewer' },
+        { name: 'ops', token: 't:2', role: 'operator' },
+        { name: 'root', token: 't3', role: 'admin' },
+        { name: 'old', token: 'a:b:C1', role: 'admin' },
+      ]);
+      assert.throws(() => parseTokens('ro:t1:reader', 'line'), /line 1: role "reader" of "ro" is not one of viewer, operator, admin/);
       assert.throws(() => parseTokens('a:x\nb:x', 'line'), /line 2: "b" has the same token as "a"/);
     });
   });
