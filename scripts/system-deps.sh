@@ -2,7 +2,9 @@
 # Installs the Debian tools the test suite and the benchmark drive as real
 # peers (swaks and Python's smtplib as SMTP clients, openssl for test
 # certificates, Postfix's smtp-source/smtp-sink for the benchmark, knot and
-# unbound for the DANE tests: a signed zone behind a validating resolver). Idempotent
+# unbound for the DANE tests: a signed zone behind a validating resolver; Debian's
+# prometheus for promtool and a real Prometheus in tests/observability, through
+# scripts/install-prometheus.sh, its daemon never left running). Idempotent
 # and quick when everything is present. Postgres and NATS are provision.sh's.
 set -euo pipefail
 need=()
@@ -35,5 +37,8 @@ if (( ${#need[@]} )); then
   for svc in knot unbound; do
     if [[ " ${need[*]} " == *" $svc "* ]]; then (service "$svc" stop >/dev/null 2>&1 || true); fi
   done
+fi
+if [[ "${TERN_WITH_PROMETHEUS:-1}" == 1 ]]; then
+  bash "$(dirname "${BASH_SOURCE[0]}")/install-prometheus.sh" >/dev/null
 fi
 echo "system-deps: ok"

@@ -76,3 +76,35 @@ test('every dashboard is importable: a unique uid, a Prometheus data source vari
     }
   }
 });
+
+interface Rule {
+  alert?: string;
+  expr: string;
+  labels?: Record<string, string>;
+  annotations?: Record<string, string>;
+}
+
+test('prometheusRule.enabled renders a PrometheusRule whose selector labels, alert labels and thresholds come from values', () => {
+  const objs = render({
+    prometheusRule: { enabled: true, labels: { release: 'prometheus' }, alertLabels: { team: 'mail' }, thresholds: { deferralRatio: 0.3, natsConsumerPending: 500 } },
+  });
+  const [rule, ...more] = findAll(objs, 'PrometheusRule');
+  assert.equal(more.length, 0);
+  assert.equal(rule!.apiVersion, 'monitoring.coreos.com/v1');
+  assert.equal(rule!.metadata.namespace, NAMESPACE);
+  assert.equal(rule!.metadata.labels?.release, 'prometheus');
+  const rules = (rule as unknown as { spec: { groups: Array<{ rules: Rule[] }> } }).spec.groups.flatMap((g) => g.rules);
+  for (const r of rules) {
+    assert.equal(r.labels?.team, 'mail', `${r.alert}: alert labels`);
+    assert.match(r.expr, new RegExp(`namespace="${NAMESPACE}"`), `${r.alert}: limited to the release's namespace`);
+  }
+  const byName = (n: string) => rules.find((r) => r.alert === n)!;
+  assert.match(byName('TernDestinationDeferralRatioHigh').expr, /> 0\.3\)/);
+  assert.match(byName('TernNatsConsumerBacklog').expr, /> 500$/);
+  assert.deepEqual(
+    rules.filter((r) => r.alert === 'TernServiceAbsent').map((r) => r.labels?.job),
+    ['admin', 'ingress', 'policy', 'queue', 'delivery', 'bounce'],
+    'one absence alert per service',
+  );
+  assert.match(renderError({ prometheusRule: { enabled: true, thresholds: { deferralRatio: 2 } } }), /deferralRatio/, 'a ratio over 1 is refused');
+});
