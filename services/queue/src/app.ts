@@ -46,8 +46,8 @@ export function createApp(config: Config, deps: AppDeps): App {
   // ReadBody) runs a fixed set of prepared statements whose generic plans
   // are right for every batch; left to choose, Postgres re-planned them on
   // every call for small batches (its custom plans, costed for 4 rows
-  // instead of the generic 10, always looked cheaper): a fifth of its CPU
-  // at 10 sessions. Operator and housekeeping queries keep plans made for
+  // instead of the generic 10, always looked cheaper; docs/performance.md).
+  // Operator and housekeeping queries keep plans made for
   // their parameters (a generic plan of a filtered listing can be poor).
   const pool = createPool({ url: withSearchPath(config.TERN_DATABASE_URL, { genericPlans: true, lockTimeoutMs: config.TERN_QUEUE_LOCK_TIMEOUT_MS }), max: config.TERN_DATABASE_POOL_MAX, applicationName: 'tern-queue', logger });
   const opsPool = createPool({ url: withSearchPath(config.TERN_DATABASE_URL), max: OPS_POOL_MAX, applicationName: 'tern-queue-ops', logger });

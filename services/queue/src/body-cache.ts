@@ -1,11 +1,10 @@
 // Bodies of just-committed messages whose first jobs got no slot: they wait
 // queued for the scheduler, which would otherwise read each body back from
 // Postgres as hex text (node-pg has no safe binary results) to put it in the
-// job. At 64 KiB that read-back cost the queue more CPU than the rest of the
-// message's handling, which held the slots longer, which queued more
-// messages: once the slots ran short (a concurrency limit still growing
-// under 50 sessions) the queue did not recover (64k-50 in `npm run bench`:
-// 1,500 messages queued, end to end halved). Kept here, bounded by bytes
+// job. For big bodies that read-back cost the queue more CPU than the rest
+// of the message's handling, which held the slots longer, which queued more
+// messages: once the slots ran short (a concurrency limit still growing) the
+// queue did not recover (docs/performance.md). Kept here, bounded by bytes
 // (oldest dropped first), each body leaves once a job of its message is
 // dispatched. A body another replica dispatches, or one dropped, is read
 // back as before.

@@ -51,10 +51,10 @@ const schema = z.object({
    * Bodies up to this size travel inside the DeliveryJob (delivery then does
    * not read them back with ReadBody); bigger ones are read. 0 = never.
    * The outbox row keeps the job without its body (written once, to
-   * body_chunks), so the cost of inlining is NATS carrying it: for 64 KiB
-   * messages inline cut accept-to-delivery p50 from ~400 to ~40 ms and CPU
-   * per message by a tenth in `npm run bench`. In flight, jobs are bounded by
-   * the destinations' slots; TERN_JOBS holds at most 4 GiB.
+   * body_chunks), so the cost of inlining is NATS carrying it, far less
+   * than a ReadBody per job (docs/performance.md, Why the code is as it
+   * is). In flight, jobs are bounded by the destinations' slots; TERN_JOBS
+   * holds at most 4 GiB.
    */
   TERN_QUEUE_INLINE_BODY_MAX: nonNegativeInt(128 * 1024),
   /**
@@ -72,9 +72,8 @@ const schema = z.object({
   /**
    * ... gathered for up to this many milliseconds after the first one
    * waiting. Delays only the bookkeeping (the message is already at the
-   * remote MX) and a slot's return; 20 against 5 ms halved the result
-   * transactions per message at 10 sessions (Postgres CPU per message -12%,
-   * the queue's -5% in `npm run bench`).
+   * remote MX) and a slot's return; a longer wait means fewer, larger
+   * result transactions (docs/performance.md).
    */
   TERN_QUEUE_RESULT_DELAY_MS: nonNegativeInt(20),
   /** Jobs in flight per destination: start ... */
@@ -84,11 +83,10 @@ const schema = z.object({
    * dispatch commit to the result commit (durable hand-offs both ways), so
    * this bounds the jobs in that pipeline for one destination, across all
    * delivery pods; sessions are fewer, and each delivery pod caps its own
-   * per peer (TERN_SMTP_MAX_SESSIONS_PER_PEER, 20). At 50 the slots ran out
-   * at 50 sessions in `npm run bench` (a slot is held 90 ms and more under
-   * load) and most messages waited for a second transaction that read their
-   * bodies back: 100 raised 64k-50 from 320-325 to 339-440 msgs/s with a
-   * third less queue CPU per message (session 9).
+   * per peer (TERN_SMTP_MAX_SESSIONS_PER_PEER, 20). Too low a maximum runs
+   * out of slots under many sessions (a slot is held through both
+   * hand-offs), and the messages without one wait for a second transaction
+   * that reads their bodies back (docs/performance.md).
    */
   TERN_QUEUE_DEST_CONCURRENCY_MAX: positiveInt(100),
   /** Jobs started per destination per minute; 0 = no limit. */

@@ -162,10 +162,10 @@ export class Relay {
   /**
    * Deletes published rows. Hand-offs come one per commit; those that finish
    * within 50 ms of each other, or while a DELETE is in flight, go together
-   * in one statement (at 10 sessions a DELETE per group commit was a sixth
-   * of the queue's statements). A row left a moment longer is at worst
-   * published again by a pass, and JetStream drops the duplicate (its
-   * window is minutes).
+   * in one statement (a DELETE per group commit was a large share of the
+   * queue's statements: docs/performance.md). A row left a moment longer
+   * is at worst published again by a pass, and JetStream drops the
+   * duplicate (its window is minutes).
    */
   private readonly deletes = new Batcher<number[], void>({
     maxItems: 256,
