@@ -4,11 +4,10 @@
 // Why not js.publish(): it goes through nc.request(), which per publish
 // builds a promise, a timer, a random token and, once the ack has arrived,
 // an Error (with its stack) only to "cancel" the finished request; and it
-// decodes the ack with a fresh TextDecoder. perf put that Error alone at
-// 3-5% of the queue's and delivery's CPU (one publish per job, one per
-// result). The protocol is the same: a publish with a reply subject; the
-// stream answers a PubAck or an error document, the server a 503 status
-// when no stream takes the subject.
+// decodes the ack with a fresh TextDecoder, for every job and every result
+// published (docs/performance.md). The protocol is the same: a publish with
+// a reply subject; the stream answers a PubAck or an error document, the
+// server a 503 status when no stream takes the subject.
 import { createInbox, type MsgHdrs, type Msg, type NatsConnection, type Subscription } from '@nats-io/nats-core';
 import type { PubAck } from '@nats-io/jetstream';
 
