@@ -127,9 +127,8 @@ export const LIVENESS_SERVICE = 'liveness';
  * and per connection. Node's default is 64 KiB, and grpc-js' server has no
  * option to raise it (its client has `grpc-node.flow_control_window`): a
  * batch of four 64 KiB messages (256 KiB) then waited for four or more
- * WINDOW_UPDATEs, each a wake-up of the busy receiver and of the sender
- * (64k-10 in `npm run bench`: ingress' EnqueueStream round trip 13-16 ms ->
- * 9.5-10 ms with the queue's window at 4 MiB, +15-30% end to end). The
+ * WINDOW_UPDATEs, each a wake-up of the busy receiver and of the sender,
+ * on every message's path to its 250 (docs/performance.md). The
  * window bounds what a peer may send ahead of what is read: at most this
  * much per connection.
  */
@@ -430,8 +429,8 @@ export function createClient<C>(Ctor: ClientCtor<C>, target: string, opts: Clien
  * Promise form of a unary call on a ts-proto grpc-js client. grpc-js builds
  * an Error on every call only to append the caller's stack to a failure;
  * with no frames to capture it costs next to nothing (capturing them was
- * about 1% of ingress' CPU: a call per message and per uncached policy
- * check). A failure still carries its status and details.
+ * a cost on every call: one per message and per uncached policy check;
+ * docs/performance.md). A failure still carries its status and details.
  */
 export function unary<Req, Res>(
   fn: (req: Req, md: grpc.Metadata, opts: Partial<grpc.CallOptions>, cb: (err: grpc.ServiceError | null, res: Res) => void) => unknown,
