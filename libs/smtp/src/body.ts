@@ -76,11 +76,11 @@ export class BodyDecoder {
    * (DATA), every line ending CR LF with no other CR or LF, none longer than
    * allowed. `i` when there is no such run or it is too short to be worth it;
    * feed() then walks the lines one by one, and finds and records any
-   * violation itself. A 64 KiB body is ~860 lines; walking them costs two
-   * native searches and a few state changes each (0.09-0.13 ms per body in
-   * reads of 64 KiB down to 1.4 KiB); this is one search for "\n.", one
-   * regular expression over a latin1 view and a stride of about a line limit
-   * between line length checks per read (0.045-0.105 ms).
+   * violation itself. Walking the lines costs two native searches and a few
+   * state changes per line (a 64 KiB body is ~860 lines); this is one search
+   * for "\n.", one regular expression over a latin1 view and a stride of
+   * about a line limit between line length checks per read, about half the
+   * cost (docs/performance.md).
    */
   private cleanLinesEnd(buf: Buffer, i: number): number {
     let limit = buf.length;

@@ -197,7 +197,7 @@ export class Session {
    * (`final`) the socket is closed as soon as the 221 is written, as Postfix
    * does: many clients close with a reset once they have sent QUIT, which an
    * open socket would take as an error (an exception with its stack per
-   * session, 4% of ingress' CPU under smtp-source). Otherwise the client
+   * session: docs/performance.md). Otherwise the client
    * gets 5 s to read the reply and close first (a reply to a client that is
    * still sending could be lost to our reset).
    */
