@@ -26,7 +26,8 @@ import { fromDomain, readHeaderSection, type DkimSigner } from './dkim';
 import { mxAllowed, type MtaStsPolicies } from './mta-sts';
 import type { NextHop, NextHopResolver, Resolution } from './nexthop';
 import type { ConnectionPool } from './pool';
-import { SessionError, StaleSessionError, syntheticReply, type ConnectOptions, type SmtpClient, type TlsMode, type TransactionResult } from './smtp-client';
+import { convert as convertMime, DowngradeError, scan as scanMime, type DowngradePlan } from './downgrade';
+import { SessionError, StaleSessionError, syntheticReply, type ConnectOptions, type SmtpClient, type TlsMode, type TransactionRequest, type TransactionResult } from './smtp-client';
 
 export interface WorkerDeps {
   logger: Logger;
@@ -134,6 +135,44 @@ export function tlsOptional(headerSection: string): boolean {
   return TLS_REQUIRED_NO.test(headerSection.replace(/\r/g, '').replace(/\n[ \t]+/g, ' '));
 }
 
+/** An 8-bit message prepared for a next hop without 8BITMIME. */
+type Downgraded =
+  | { kind: 'asis' } // nothing 8-bit in it after all
+  | { kind: 'converted'; plan: DowngradePlan; size: number; signature?: Buffer }
+  | { kind: 'impossible'; why: string }
+  | { kind: 'failed'; reply: SmtpReply }; // DKIM signing of the converted message failed
+
+/**
+ * Scans the message (what to convert), then converts it once to count its
+ * size and, with a DKIM key, to sign what will be sent; the transaction
+ * converts it again. Three streamed reads, only for this rare case.
+ */
+async function prepareDowngrade(
+  source: () => AsyncIterable<Buffer>,
+  sign: (message: AsyncIterable<Buffer>) => Promise<Buffer | SmtpReply | undefined>,
+  allow8bitHeaders: boolean,
+): Promise<Downgraded> {
+  let plan: DowngradePlan;
+  try {
+    plan = await scanMime(source(), { allow8bitHeaders });
+  } catch (err) {
+    if (err instanceof DowngradeError) return { kind: 'impossible', why: err.message };
+    throw err;
+  }
+  if (!plan.changed) return { kind: 'asis' };
+  let size = 0;
+  async function* counted(): AsyncGenerator<Buffer> {
+    for await (const chunk of convertMime(source(), plan)) {
+      size += chunk.length;
+      yield chunk;
+    }
+  }
+  const signed = await sign(counted());
+  if (signed === undefined) for await (const _ of counted()) void _;
+  else if (!Buffer.isBuffer(signed)) return { kind: 'failed', reply: signed };
+  return { kind: 'converted', plan, size: size + (signed?.length ?? 0), signature: signed };
+}
+
 /** Where one job goes: hosts in order, how to speak to them, what TLS they must give. */
 interface Plan {
   hops: NextHop[];
@@ -200,19 +239,33 @@ export async function deliver(deps: WorkerDeps, job: DeliveryJob): Promise<Deliv
 
   // DKIM: signed as it leaves (the signature covers exactly what is sent),
   // in a pass of its own so that a big body is streamed, never held.
-  let signature: Buffer | undefined;
-  if (deps.dkim?.size) {
+  const dkim = deps.dkim;
+  const key = dkim?.size ? dkim.keyFor(fromDomain(await header())) : undefined;
+  const sign = async (message: Buffer | AsyncIterable<Buffer>): Promise<Buffer | SmtpReply | undefined> => {
+    if (!key || !dkim) return undefined;
     try {
-      const key = deps.dkim.keyFor(fromDomain(await header()));
-      if (key) signature = Buffer.from(await deps.dkim.sign(key, inline ?? source()), 'latin1');
+      return Buffer.from(await dkim.sign(key, message), 'latin1');
     } catch (err) {
       if (err instanceof BodyUnavailableError) throw err;
       // Not the destination's fault and not the message's: retry later rather than send it unsigned.
       deps.logger.error({ queue_id: job.queueId, err: (err as Error).message }, 'DKIM signing failed');
-      return all(syntheticReply(451, '4.3.0', `DKIM signing failed: ${(err as Error).message}`));
+      return syntheticReply(451, '4.3.0', `DKIM signing failed: ${(err as Error).message}`);
     }
-  }
+  };
+  const signed = await sign(inline ?? source());
+  if (signed && !Buffer.isBuffer(signed)) return all(signed);
+  const signature = signed;
   const size = job.size + (signature?.length ?? 0);
+
+  // RFC 6152 3: an 8-bit message goes to a next hop without 8BITMIME only
+  // converted to 7 bit (downgrade.ts), signed after conversion. Prepared at
+  // most once per job (per whether 8-bit headers may pass: SMTPUTF8).
+  const downgrades = new Map<boolean, Promise<Downgraded>>();
+  const downgrade = (allow8bitHeaders: boolean): Promise<Downgraded> => {
+    let d = downgrades.get(allow8bitHeaders);
+    if (!d) downgrades.set(allow8bitHeaders, (d = prepareDowngrade(source, sign, allow8bitHeaders)));
+    return d;
+  };
 
   const env = job.envelope;
   const ret = env?.ret === DsnRet.DSN_RET_FULL ? 'FULL' : env?.ret === DsnRet.DSN_RET_HDRS ? 'HDRS' : '';
@@ -285,11 +338,6 @@ export async function deliver(deps: WorkerDeps, job: DeliveryJob): Promise<Deliv
             continue endpoints;
           }
           // Checks that fail before anything is sent.
-          const sizeLimit = Number(client.extensions.get('SIZE') || 0);
-          if (sizeLimit > 0 && size > sizeLimit) {
-            deps.pool.release(client, opts, true);
-            return { ...all(syntheticReply(552, '5.3.4', `message size ${size} exceeds the size limit of ${sizeLimit} bytes at ${hop.name}`)), ...remote };
-          }
           if (bodyType === 'BINARYMIME' && !(client.extensions.has('CHUNKING') && client.extensions.has('BINARYMIME'))) {
             // RFC 3030 3: a binary body cannot be sent with DATA, and Tern does not convert it.
             deps.pool.release(client, opts, true);
@@ -313,18 +361,38 @@ export async function deliver(deps: WorkerDeps, job: DeliveryJob): Promise<Deliv
               return { ...all(syntheticReply(553, '5.6.7', `${hop.name} does not support SMTPUTF8, which this message needs (UTF-8 in its envelope or header section)`)), ...remote };
             }
           }
+          // What goes: the message as it is, or converted to 7 bit for a next hop without 8BITMIME.
+          let out: { size: number; signature?: Buffer; body: () => AsyncIterable<Buffer>; bodyType: TransactionRequest['bodyType'] } = { size, signature, body: source, bodyType };
+          if (bodyType === '8BITMIME' && !client.extensions.has('8BITMIME')) {
+            let d: Downgraded;
+            try {
+              d = await downgrade(smtputf8);
+            } catch (err) {
+              deps.pool.release(client, opts, true);
+              throw err; // BodyUnavailableError: the job is tried again later
+            }
+            if (d.kind === 'impossible' || d.kind === 'failed') deps.pool.release(client, opts, true);
+            if (d.kind === 'impossible') return { ...all(syntheticReply(554, '5.6.3', `${hop.name} does not support 8BITMIME, and this message cannot be converted to 7 bit: ${d.why}`)), ...remote };
+            if (d.kind === 'failed') return { ...all(d.reply), ...remote };
+            if (d.kind === 'converted') out = { size: d.size, signature: d.signature, body: () => convertMime(source(), d.plan), bodyType: '7BIT' };
+          }
+          const sizeLimit = Number(client.extensions.get('SIZE') || 0);
+          if (sizeLimit > 0 && out.size > sizeLimit) {
+            deps.pool.release(client, opts, true);
+            return { ...all(syntheticReply(552, '5.3.4', `message size ${out.size} exceeds the size limit of ${sizeLimit} bytes at ${hop.name}`)), ...remote };
+          }
           let tx: TransactionResult;
           try {
             tx = await client.send({
               sender: env?.sender ?? '',
               recipients: job.recipients.map((r) => ({ address: r.address, orcpt: r.orcpt, notify: notifyWords(r.notify, p.lmtp) })),
-              size,
-              bodyType,
+              size: out.size,
+              bodyType: out.bodyType,
               smtputf8,
               requiretls: p.requiretls,
               ret,
               envid: env?.envid ?? '',
-              body: signature ? prefixed(signature, source()) : source(),
+              body: out.signature ? prefixed(out.signature, out.body()) : out.body(),
             });
           } catch (err) {
             deps.pool.discard(client, opts);
