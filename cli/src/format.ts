@@ -281,8 +281,8 @@ export const json = (value: unknown) => JSON.stringify(value, null, 2) + '\n';
 export function formatSuppressions(ss: Suppression[], nextPageToken: string): string {
   if (ss.length === 0) return 'No suppressed addresses.\n';
   const out = table(
-    ['ADDRESS', 'SINCE', 'QUEUE ID', 'REASON'],
-    ss.map((x) => [x.address, x.createdAt ? x.createdAt.toISOString().replace(/\.\d+Z$/, 'Z') : '-', x.queueId || '-', x.reason || '-']),
+    ['ADDRESS', 'SINCE', 'EXPIRES', 'QUEUE ID', 'REASON'],
+    ss.map((x) => [x.address, iso(x.createdAt), iso(x.expiresAt), x.queueId || '-', x.reason || '-']),
   );
   return nextPageToken ? `${out}\nMore: --page-token ${nextPageToken}\n` : out;
 }

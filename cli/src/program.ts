@@ -471,11 +471,13 @@ export function buildProgram(io: Io): Command {
   // ---- suppression list
   const suppression = program
     .command('suppression')
-    .description('recipients whose delivery failed permanently; authenticated submission to them is refused');
+    .description(
+      "recipients a remote server refused as addresses (5.1.1, 5.1.3, 5.1.6), or listed by hand; refused at RCPT for the senders policy's TERN_SUPPRESSION_ENFORCE names (default: authenticated and trusted clients) until they expire (TERN_SUPPRESSION_KEEP_S, 30 days)",
+    );
   suppression
     .command('ls')
     .alias('list')
-    .description('suppressed addresses, in address order')
+    .description('suppressed addresses not yet expired, in address order')
     .option('--domain <domain>', 'only this domain')
     .option('--limit <n>', 'page size (default 100, at most 1000)')
     .option('--page-token <token>', 'continue from a previous page')
@@ -489,7 +491,7 @@ export function buildProgram(io: Io): Command {
     );
   suppression
     .command('add')
-    .description('suppress an address by hand')
+    .description('suppress an address by hand (for TERN_SUPPRESSION_KEEP_S, like the others)')
     .argument('<address>', 'recipient address')
     .option('--reason <text>', 'why (shown in the refusal)', '')
     .action(

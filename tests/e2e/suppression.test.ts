@@ -1,7 +1,7 @@
 // Issue 6, the suppression list end to end: a hard failure (550 at the
 // recipient's MX) reaches policy's list through bounce; authenticated
-// submission to that address is then refused at RCPT; the MX listener is not
-// affected; an operator removes the entry with the CLI and mail flows again.
+// submission to that address is then refused at RCPT (and from a trusted
+// network); an operator removes the entry with the CLI and mail flows again.
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import nodemailer from 'nodemailer';
@@ -79,8 +79,9 @@ test('a hard failure is suppressed: submission to it gets 550 5.1.1 at RCPT unti
   // The case of the local part or domain does not get around it.
   await assert.rejects(submit('PERMFAIL-GONE@Dest.Test', 'third try'), (err: { responseCode?: number }) => err.responseCode === 550);
 
-  // Mail from the internet (MX listener, no login) is not the submitter's list: it is accepted.
-  assert.ok(await send(platform, 'someone@elsewhere.test', ['permfail-gone@dest.test'], 'inbound'));
+  // A trusted-network client (send() comes from 127.0.0.1) is refused too: TERN_SUPPRESSION_ENFORCE's
+  // default covers every sender that may relay (tests/e2e/suppression-feed.test.ts has the MX listener).
+  await assert.rejects(send(platform, 'someone@elsewhere.test', ['permfail-gone@dest.test'], 'trusted'), (err: { responseCode?: number }) => err.responseCode === 550);
 
   // The operator clears it; the next submission is accepted at once.
   const human = await tern(platform, 'suppression', 'ls', '--domain', 'dest.test');

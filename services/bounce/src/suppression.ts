@@ -1,23 +1,43 @@
-// Feeds policy's suppression list: every recipient of a FAILED report whose
-// status is permanent (5.x.x) is listed, so that authenticated submission to
-// it is refused from then on. Best effort: the list is advice, the report is
-// the obligation, so a policy outage is logged and counted and the report goes
-// on. A redelivered request feeds again, which only refreshes the entries.
-import { PolicyServiceClient, ReportKind, SuppressRequest, type ReportRequest, type Suppression } from '@tern/proto';
+// Feeds policy's suppression list with the recipients a remote server
+// refused permanently as addresses: a 5xx reply with one of SUPPRESSED_STATUSES
+// (the mailbox does not exist, its address is bad, it has moved), so that
+// sending to them stops where policy enforces the list. Policy blocks (5.7.x),
+// size refusals (5.3.4), other 5.x.x, an operator's bounce and an expiry say
+// nothing about the address and list nothing. The recipients of a failed
+// report and its `unreported` ones (NOTIFY=NEVER, the null sender: no report,
+// but the same refusal) are fed alike. Best effort: the list is advice, the
+// report is the obligation, so a policy outage is logged and counted and the
+// report goes on. A redelivered request feeds again, which only refreshes
+// the entries.
+import { PolicyServiceClient, ReportKind, SuppressRequest, type ReportRecipient, type ReportRequest, type Suppression } from '@tern/proto';
 import { createClient, unary } from '@tern/grpc';
 import type { Logger, Meter } from '@tern/telemetry';
 
-/** The recipients a failed-delivery report proves undeliverable. */
+/**
+ * RFC 3463 statuses that prove the address itself bad: 5.1.1 bad destination
+ * mailbox, 5.1.3 bad destination address syntax, 5.1.6 mailbox moved with no
+ * forwarding address. Not 5.1.2 (a host or domain that does not resolve) or
+ * 5.1.10 (null MX): facts about a domain, read from DNS rather than said by
+ * its server, and a domain's DNS gets fixed; not 5.1.0 (unspecified), which
+ * servers also give for sender problems.
+ */
+export const SUPPRESSED_STATUSES: readonly string[] = ['5.1.1', '5.1.3', '5.1.6'];
+
+/** A remote server (a reply came from one) refused the address for good. */
+function refusedAddress(r: ReportRecipient): boolean {
+  return r.action === 'failed' && r.remoteMta !== '' && (r.diagnostic?.code ?? 0) >= 500 && SUPPRESSED_STATUSES.includes(r.status);
+}
+
+/** The recipients a failed-delivery request proves to be bad addresses. */
 export function hardFailures(req: ReportRequest): Suppression[] {
   if (req.kind !== ReportKind.REPORT_KIND_FAILED) return [];
-  return req.recipients
-    .filter((r) => r.action === 'failed' && r.status.startsWith('5.'))
-    .map((r) => ({
-      address: r.address,
-      reason: r.diagnostic ? `${r.diagnostic.code} ${r.diagnostic.enhanced} ${r.diagnostic.text}`.replace(/\s+/g, ' ').trim() : `status ${r.status}`,
-      queueId: req.queueId,
-      createdAt: undefined,
-    }));
+  return [...req.recipients, ...req.unreported].filter(refusedAddress).map((r) => ({
+    address: r.address,
+    reason: r.diagnostic ? `${r.diagnostic.code} ${r.diagnostic.enhanced} ${r.diagnostic.text}`.replace(/\s+/g, ' ').trim() : `status ${r.status}`,
+    queueId: req.queueId,
+    createdAt: undefined,
+    expiresAt: undefined,
+  }));
 }
 
 export class SuppressionFeed {

@@ -107,8 +107,8 @@ export function createApp(config: Config, deps: AppDeps): App {
       })
     : undefined;
   if (greylist) hooks.push(greylist.hook);
-  const suppressions = new SuppressionStore(pool);
-  if (config.TERN_SUPPRESSION_ENFORCE) hooks.push(suppressionHook(suppressions));
+  const suppressions = new SuppressionStore(pool, config.TERN_SUPPRESSION_KEEP_S);
+  if (config.TERN_SUPPRESSION_ENFORCE.size) hooks.push(suppressionHook(suppressions, config.TERN_SUPPRESSION_ENFORCE));
 
   // Readiness (/readyz and gRPC health alike): started (policy data loaded), not stopping.
   const grpcServer = new GrpcServer({ logger, tracer, ready: () => cache.ready });
@@ -128,6 +128,7 @@ export function createApp(config: Config, deps: AppDeps): App {
       await cache.start();
       limiter.startCleanup();
       greylist?.startCleanup();
+      suppressions.startSweep(config.TERN_SUPPRESSION_SWEEP_MS, (err) => logger.warn({ err: err.message }, 'removing expired suppressions failed; the next sweep tries again'));
       if (!deps.noMetricsServer) {
         metricsServer = await deps.telemetry.serveMetrics(config.TERN_METRICS_LISTEN.host, config.TERN_METRICS_LISTEN.port, () => grpcServer.ready());
       }
@@ -140,6 +141,7 @@ export function createApp(config: Config, deps: AppDeps): App {
       await cache.stop();
       limiter.stop();
       greylist?.stop();
+      suppressions.stop();
       delegation?.close();
       await new Promise<void>((resolve) => (metricsServer ? metricsServer.close(() => resolve()) : resolve()));
       await pool.end();

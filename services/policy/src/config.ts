@@ -33,6 +33,10 @@ const rate = () =>
       }
     });
 
+/** Clients the suppression list can be enforced for (TERN_SUPPRESSION_ENFORCE). */
+export const SUPPRESSION_SCOPES = ['authenticated', 'trusted', 'all'] as const;
+export type SuppressionScope = (typeof SUPPRESSION_SCOPES)[number];
+
 const STAGES: Record<string, CheckStage> = {
   connect: CheckStage.CHECK_STAGE_CONNECT,
   helo: CheckStage.CHECK_STAGE_HELO,
@@ -102,8 +106,34 @@ const schema = z.object({
 
   /** A hard SPF fail at MAIL: "reject" (550 5.7.23) or "none" (only reported in Authentication-Results). */
   TERN_SPF_FAIL_ACTION: z.enum(['reject', 'none']).default('reject'),
-  /** Refuse authenticated submission, at RCPT, to addresses on the suppression list (550 5.1.1). */
-  TERN_SUPPRESSION_ENFORCE: bool(true),
+  /**
+   * Whose RCPTs the suppression list refuses (550 5.1.1): a comma list of
+   * authenticated (SMTP AUTH users), trusted (clients in
+   * TERN_TRUSTED_NETWORKS), all (every client, the MX listener too); none.
+   * Default: every sender that may relay, i.e. mail going out. true and false
+   * (the earlier form) mean the default and none.
+   */
+  TERN_SUPPRESSION_ENFORCE: z
+    .string()
+    .default('authenticated,trusted')
+    .transform((value, ctx) => {
+      const v = value.trim().toLowerCase();
+      if (['true', '1', 'yes', 'on'].includes(v)) return new Set<SuppressionScope>(['authenticated', 'trusted']);
+      if (['false', '0', 'no', 'off', 'none', ''].includes(v)) return new Set<SuppressionScope>();
+      const out = new Set<SuppressionScope>();
+      for (const name of v.split(',').map((x) => x.trim()).filter(Boolean)) {
+        if (!(SUPPRESSION_SCOPES as readonly string[]).includes(name)) {
+          ctx.addIssue({ code: 'custom', message: `"${name}" is not one of ${SUPPRESSION_SCOPES.join(', ')}, none` });
+          return z.NEVER;
+        }
+        out.add(name as SuppressionScope);
+      }
+      return out;
+    }),
+  /** How long a suppression lasts from its last listing (30 days); then it is neither enforced nor listed, and removed. */
+  TERN_SUPPRESSION_KEEP_S: positiveInt(30 * 86400),
+  /** How often expired suppressions are removed. */
+  TERN_SUPPRESSION_SWEEP_MS: positiveInt(60_000),
   /** Refuse messages failing DMARC whose domain publishes p=reject. */
   TERN_DMARC_ENFORCE: bool(true),
   /** ARC sealers (domains) whose valid chain overrides a DMARC reject. */

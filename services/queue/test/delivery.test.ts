@@ -153,7 +153,7 @@ describe('dispatch and results', () => {
     assert.ok(rep.eventId.startsWith(res.queueId));
   });
 
-  it('no report for the null sender, a report message, or NOTIFY=NEVER', async () => {
+  it('no report for the null sender, a report message, or NOTIFY=NEVER; their remote 5xx refusals go to bounce as unreported (the suppression feed)', async () => {
     const a = await client.enqueue(header({ envelope: { sender: '' } }, ['n1@never.example']), body(100));
     const b = await client.enqueue(header({ origin: MessageOrigin.MESSAGE_ORIGIN_REPORT, envelope: { sender: 'x@y.example' } }, ['n2@never.example']), body(100));
     const c = await client.enqueue(
@@ -165,8 +165,16 @@ describe('dispatch and results', () => {
     assert.equal(jobs.length, 3);
     for (const j of jobs) await delivery.result(j, AttemptOutcome.ATTEMPT_OUTCOME_FAILED, { code: 550, text: 'no' });
     for (const id of ids) await eventually(() => states(id), (r) => r[0]?.state === RecipientState.RECIPIENT_STATE_FAILED);
-    const reports = (await delivery.reports(1, 1500)).filter((r) => ids.has(r.queueId));
-    assert.equal(reports.length, 0);
+    const reports = (await delivery.reports(3)).filter((r) => ids.has(r.queueId));
+    assert.equal(reports.length, 3);
+    for (const r of reports) {
+      assert.deepEqual(r.recipients, [], `${r.queueId}: no recipient owed a report`);
+      assert.deepEqual(
+        r.unreported.map((u) => [u.address, u.action, u.diagnostic?.code, u.remoteMta]),
+        [[r.envelope?.sender === '' ? 'n1@never.example' : r.unreported[0]!.address, 'failed', 550, 'mx.dest.example']],
+      );
+    }
+    assert.deepEqual(reports.map((r) => r.unreported[0]!.address).sort(), ['n1@never.example', 'n2@never.example', 'n3@never.example']);
   });
 
   it('a 4xx defers that recipient with backoff; NOTIFY=SUCCESS on a relay without DSN is reported as relayed', async () => {

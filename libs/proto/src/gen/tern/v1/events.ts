@@ -165,6 +165,13 @@ export interface ReportRequest {
   envelope: Envelope | undefined;
   recipients: ReportRecipient[];
   size: number;
+  /**
+   * Recipients a remote server refused permanently (5xx) who are owed no
+   * report (NOTIFY=NEVER, the null sender, a report's own recipients): for
+   * bounce's suppression feed only, never reported. A request with only
+   * these has no recipients, and bounce makes no report of it.
+   */
+  unreported: ReportRecipient[];
 }
 
 function createBaseJobRecipient(): JobRecipient {
@@ -1236,7 +1243,7 @@ export const ReportRecipient: MessageFns<ReportRecipient> = {
 };
 
 function createBaseReportRequest(): ReportRequest {
-  return { eventId: "", queueId: "", kind: 0, envelope: undefined, recipients: [], size: 0 };
+  return { eventId: "", queueId: "", kind: 0, envelope: undefined, recipients: [], size: 0, unreported: [] };
 }
 
 export const ReportRequest: MessageFns<ReportRequest> = {
@@ -1258,6 +1265,9 @@ export const ReportRequest: MessageFns<ReportRequest> = {
     }
     if (message.size !== 0) {
       writer.uint32(48).uint64(message.size);
+    }
+    for (const v of message.unreported) {
+      ReportRecipient.encode(v!, writer.uint32(58).fork()).join();
     }
     return writer;
   },
@@ -1323,6 +1333,14 @@ export const ReportRequest: MessageFns<ReportRequest> = {
             message.size = longToNumber(reader.uint64());
             continue;
           }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.unreported.push(ReportRecipient.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1353,6 +1371,9 @@ export const ReportRequest: MessageFns<ReportRequest> = {
         ? object.recipients.map((e: any) => ReportRecipient.fromJSON(e))
         : [],
       size: isSet(object.size) ? globalThis.Number(object.size) : 0,
+      unreported: globalThis.Array.isArray(object?.unreported)
+        ? object.unreported.map((e: any) => ReportRecipient.fromJSON(e))
+        : [],
     };
   },
 
@@ -1376,6 +1397,9 @@ export const ReportRequest: MessageFns<ReportRequest> = {
     if (message.size !== 0) {
       obj.size = Math.round(message.size);
     }
+    if (message.unreported?.length) {
+      obj.unreported = message.unreported.map((e) => ReportRecipient.toJSON(e));
+    }
     return obj;
   },
 
@@ -1392,6 +1416,7 @@ export const ReportRequest: MessageFns<ReportRequest> = {
       : undefined;
     message.recipients = object.recipients?.map((e) => ReportRecipient.fromPartial(e)) || [];
     message.size = object.size ?? 0;
+    message.unreported = object.unreported?.map((e) => ReportRecipient.fromPartial(e)) || [];
     return message;
   },
 };

@@ -437,7 +437,13 @@ export interface Suppression {
   reason: string;
   /** The message whose delivery failed (empty when added by an operator). */
   queueId: string;
+  /**
+   * Listed (or last refreshed) at; the entry ends at expires_at
+   * (TERN_SUPPRESSION_KEEP_S later): from then on it is neither enforced nor
+   * listed, and housekeeping removes it.
+   */
   createdAt: Date | undefined;
+  expiresAt: Date | undefined;
 }
 
 export interface SuppressRequest {
@@ -4097,7 +4103,7 @@ export const DeleteUserResponse: MessageFns<DeleteUserResponse> = {
 };
 
 function createBaseSuppression(): Suppression {
-  return { address: "", reason: "", queueId: "", createdAt: undefined };
+  return { address: "", reason: "", queueId: "", createdAt: undefined, expiresAt: undefined };
 }
 
 export const Suppression: MessageFns<Suppression> = {
@@ -4113,6 +4119,9 @@ export const Suppression: MessageFns<Suppression> = {
     }
     if (message.createdAt !== undefined) {
       Timestamp.encode(toTimestamp(message.createdAt), writer.uint32(34).fork()).join();
+    }
+    if (message.expiresAt !== undefined) {
+      Timestamp.encode(toTimestamp(message.expiresAt), writer.uint32(42).fork()).join();
     }
     return writer;
   },
@@ -4162,6 +4171,14 @@ export const Suppression: MessageFns<Suppression> = {
             message.createdAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
             continue;
           }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.expiresAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -4188,6 +4205,11 @@ export const Suppression: MessageFns<Suppression> = {
         : isSet(object.created_at)
         ? fromJsonTimestamp(object.created_at)
         : undefined,
+      expiresAt: isSet(object.expiresAt)
+        ? fromJsonTimestamp(object.expiresAt)
+        : isSet(object.expires_at)
+        ? fromJsonTimestamp(object.expires_at)
+        : undefined,
     };
   },
 
@@ -4205,6 +4227,9 @@ export const Suppression: MessageFns<Suppression> = {
     if (message.createdAt !== undefined) {
       obj.createdAt = message.createdAt.toISOString();
     }
+    if (message.expiresAt !== undefined) {
+      obj.expiresAt = message.expiresAt.toISOString();
+    }
     return obj;
   },
 
@@ -4217,6 +4242,7 @@ export const Suppression: MessageFns<Suppression> = {
     message.reason = object.reason ?? "";
     message.queueId = object.queueId ?? "";
     message.createdAt = object.createdAt ?? undefined;
+    message.expiresAt = object.expiresAt ?? undefined;
     return message;
   },
 };
