@@ -6,12 +6,11 @@
 // has process and Node runtime metrics.
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { Harness, startPlatform, type Platform, type SmtpSink, type DnsServer } from '@tern/devkit';
+import { Harness, startPlatform, type Platform, type DnsServer } from '@tern/devkit';
 import { RawSmtp, send, tern, waitFor } from '../ops/helpers';
 
 const harness = new Harness({ name: 'e2e-metrics' });
 let platform: Platform;
-let sink: SmtpSink;
 let dns: DnsServer;
 
 before(async () => {
@@ -19,7 +18,7 @@ before(async () => {
   await harness.runMigrate(db.url, { entry: 'libs/db/dist/migrate.js' });
   const nats = await harness.startNats();
   const port = await harness.freePort('127.0.0.10');
-  sink = await harness.startSink({ host: '127.0.0.10', port, hostname: 'mx.dest.test' });
+  await harness.startSink({ host: '127.0.0.10', port, hostname: 'mx.dest.test' });
   dns = await harness.startDns({ host: '127.0.0.1' });
   for (const d of ['busy.test', 'slow.test', 'held.test']) dns.mx(d, 'mx.dest.test');
   dns.a('mx.dest.test', '127.0.0.10');
