@@ -105,6 +105,7 @@ export function commandHooks(deps: CommandDeps, settings: CommandSettings, submi
             action: QueueAction.QUEUE_ACTION_RETRY,
             queueId: '',
             filter: { sender: '', recipient: '', domain, states: [RecipientState.RECIPIENT_STATE_DEFERRED], minAgeSeconds: 0, maxAgeSeconds: 0 },
+            all: false,
             dryRun: false,
             operator: `etrn [${s.clientAddress}]`,
             reason: `ETRN ${node}`,
