@@ -5,7 +5,8 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import type { Harness, ServiceHandle } from './harness';
+import type { Harness } from './harness';
+import type { ServiceHandle } from './services';
 import { selfSignedCert } from './tls';
 
 export const SERVICE_NAMES = ['policy', 'queue', 'delivery', 'bounce', 'admin', 'ingress'] as const;
