@@ -17,7 +17,7 @@ import * as grpc from '@grpc/grpc-js';
 import { Harness, startPlatform, type DnsServer, type Platform, type ServiceHandle, type SmtpSink } from '@tern/devkit';
 import { AdminServiceClient, PutRouteRequest, RouteKind, TlsPolicy } from '@tern/proto';
 
-const harness = new Harness({ name: 'delivery-two-processes' });
+const harness = new Harness({ name: 'delivery-replicas' });
 const SOURCE = { d1: '127.0.4.51', d2: '127.0.4.52' };
 let platform: Platform;
 let dns: DnsServer;
