@@ -162,7 +162,7 @@ export function createTelemetry(opts: TelemetryOptions): Telemetry {
  * trace id at a root), as the SDK's tracer with an always-off sampler makes
  * them, without the rest of the SDK's per-span work (copying and cleaning
  * the attributes, asking the sampler, counting the span in its own metrics),
- * which was 1.3-2.4% of each Node service's perf samples at 4k-10.
+ * a cost on every span for nothing (docs/performance.md).
  */
 export class IdOnlyTracer implements Tracer {
   private readonly ids = new RandomIdGenerator();

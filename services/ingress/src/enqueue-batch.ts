@@ -6,10 +6,9 @@
 // stream, metadata, three requests) each.
 //
 // The batches travel on one long-lived EnqueueStream (EnqueueStreamClient):
-// a request per batch, answered by its seq. A unary call costs grpc-js about
-// 0.5 ms more CPU than a message on an open stream (client and server
-// together, measured on this machine), and the call is on every message's
-// path to its 250.
+// a request per batch, answered by its seq. A unary call costs grpc-js
+// more CPU than a message on an open stream (client and server together;
+// docs/performance.md), and the call is on every message's path to its 250.
 import { grpc, grpcError } from '@tern/grpc';
 import type { EnqueueMessage, EnqueueOutcome, EnqueueStreamRequest, EnqueueStreamResponse } from '@tern/proto';
 import { untraced } from '@tern/telemetry';
