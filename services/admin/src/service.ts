@@ -45,6 +45,9 @@ export const ROUTES: Record<UnaryName, Route> = {
   suppress: { owner: 'policy', mutating: true, role: 'operator' },
   listSuppressions: { owner: 'policy', mutating: false, role: 'viewer' },
   deleteSuppression: { owner: 'policy', mutating: true, role: 'operator' },
+  listMilters: { owner: 'policy', mutating: false, role: 'viewer' },
+  putMilter: { owner: 'policy', mutating: true, role: 'admin' },
+  deleteMilter: { owner: 'policy', mutating: true, role: 'admin' },
 };
 
 /** A message's content is more than its envelope: reading it is an operator's act. */
@@ -94,6 +97,10 @@ export function describeChange(method: UnaryName, req: Req): Record<string, unkn
       return { addresses: ((req.suppressions as { address?: string }[] | undefined) ?? []).map((x) => x.address) };
     case 'deleteSuppression':
       return { address: r.address };
+    case 'putMilter':
+      return { milter: r.milter };
+    case 'deleteMilter':
+      return { name: r.name };
     default:
       return {};
   }

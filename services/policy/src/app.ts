@@ -13,6 +13,7 @@ import { createDns } from './dns';
 import { Dnsbl } from './dnsbl';
 import { Engine } from './engine';
 import { Greylist } from './greylist';
+import { MilterStore } from './milters';
 import { MessageAuth } from './messageauth';
 import { RateLimiter } from './ratelimit';
 import { createPolicyService, type CheckHook } from './service';
@@ -115,7 +116,7 @@ export function createApp(config: Config, deps: AppDeps): App {
   grpcServer.add(
     'tern.v1.PolicyService',
     PolicyServiceService,
-    createPolicyService({ store, suppressions, cache, engine, logger, meter, hooks, messageChecker: messageAuth, authGuard: limiter, decisionCacheMs: config.TERN_POLICY_DECISION_CACHE_MS }),
+    createPolicyService({ store, suppressions, milters: new MilterStore(pool), cache, engine, logger, meter, hooks, messageChecker: messageAuth, authGuard: limiter, decisionCacheMs: config.TERN_POLICY_DECISION_CACHE_MS }),
   );
   let metricsServer: http.Server | undefined;
 

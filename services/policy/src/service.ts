@@ -1,5 +1,5 @@
 // PolicyService over gRPC: decisions (Check, CheckMessage, Authenticate) and
-// the management RPCs for domains, mailboxes, aliases and users.
+// the management RPCs for domains, mailboxes, aliases, users and milters.
 import { grpc, grpcError } from '@tern/grpc';
 import {
   CheckStage,
@@ -23,6 +23,7 @@ import { stageName, type Client, type Engine } from './engine';
 import { PolicyError } from './errors';
 import { hashPassword, verifyPassword } from './passwords';
 import { actionName, reply, type Decision } from './replies';
+import { milterName, toMilter, validateMilter, type MilterStore } from './milters';
 import type { PolicyStore } from './store';
 import type { SuppressionStore } from './suppression';
 import {
@@ -60,6 +61,7 @@ export interface MessageChecker {
 export interface ServiceDeps {
   store: PolicyStore;
   suppressions: SuppressionStore;
+  milters: MilterStore;
   cache: PolicyCache;
   engine: Engine;
   logger: Logger;
@@ -350,6 +352,19 @@ export function createPolicyService(deps: ServiceDeps): PolicyServiceServer {
     deleteSuppression: unary('DeleteSuppression', async (req) => {
       const deleted = await deps.suppressions.delete(req.address);
       if (deleted) await changed('suppression', 'delete', req.address, op(req.operator));
+      return { deleted };
+    }),
+
+    listMilters: unary('ListMilters', async () => ({ milters: (await deps.milters.list()).map(toMilter) })),
+    putMilter: unary('PutMilter', async (req) => {
+      const row = await deps.milters.put(validateMilter(req.milter), op(req.operator));
+      await changed('milter', 'put', row.name, op(req.operator));
+      return { milter: toMilter(row) };
+    }),
+    deleteMilter: unary('DeleteMilter', async (req) => {
+      const name = milterName('name', req.name);
+      const deleted = await deps.milters.delete(name, op(req.operator));
+      if (deleted) await changed('milter', 'delete', name, op(req.operator));
       return { deleted };
     }),
   };

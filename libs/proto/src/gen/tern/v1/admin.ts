@@ -26,6 +26,8 @@ import {
   DeleteDomainResponse,
   DeleteMailboxRequest,
   DeleteMailboxResponse,
+  DeleteMilterRequest,
+  DeleteMilterResponse,
   DeleteSuppressionRequest,
   DeleteSuppressionResponse,
   DeleteUserRequest,
@@ -36,6 +38,8 @@ import {
   ListDomainsResponse,
   ListMailboxesRequest,
   ListMailboxesResponse,
+  ListMiltersRequest,
+  ListMiltersResponse,
   ListSuppressionsRequest,
   ListSuppressionsResponse,
   ListUsersRequest,
@@ -46,6 +50,8 @@ import {
   PutDomainResponse,
   PutMailboxRequest,
   PutMailboxResponse,
+  PutMilterRequest,
+  PutMilterResponse,
   PutUserRequest,
   PutUserResponse,
   SuppressRequest,
@@ -333,6 +339,34 @@ export const AdminServiceService = {
       bufferView(DeleteSuppressionResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): DeleteSuppressionResponse => DeleteSuppressionResponse.decode(value),
   },
+  listMilters: {
+    path: "/tern.v1.AdminService/ListMilters" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ListMiltersRequest): Buffer => bufferView(ListMiltersRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ListMiltersRequest => ListMiltersRequest.decode(value),
+    responseSerialize: (value: ListMiltersResponse): Buffer => bufferView(ListMiltersResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ListMiltersResponse => ListMiltersResponse.decode(value),
+  },
+  putMilter: {
+    path: "/tern.v1.AdminService/PutMilter" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: PutMilterRequest): Buffer => bufferView(PutMilterRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): PutMilterRequest => PutMilterRequest.decode(value),
+    responseSerialize: (value: PutMilterResponse): Buffer => bufferView(PutMilterResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): PutMilterResponse => PutMilterResponse.decode(value),
+  },
+  deleteMilter: {
+    path: "/tern.v1.AdminService/DeleteMilter" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: DeleteMilterRequest): Buffer => bufferView(DeleteMilterRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): DeleteMilterRequest => DeleteMilterRequest.decode(value),
+    responseSerialize: (value: DeleteMilterResponse): Buffer =>
+      bufferView(DeleteMilterResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): DeleteMilterResponse => DeleteMilterResponse.decode(value),
+  },
 } as const;
 
 export interface AdminServiceServer extends UntypedServiceImplementation {
@@ -362,6 +396,9 @@ export interface AdminServiceServer extends UntypedServiceImplementation {
   suppress: handleUnaryCall<SuppressRequest, SuppressResponse>;
   listSuppressions: handleUnaryCall<ListSuppressionsRequest, ListSuppressionsResponse>;
   deleteSuppression: handleUnaryCall<DeleteSuppressionRequest, DeleteSuppressionResponse>;
+  listMilters: handleUnaryCall<ListMiltersRequest, ListMiltersResponse>;
+  putMilter: handleUnaryCall<PutMilterRequest, PutMilterResponse>;
+  deleteMilter: handleUnaryCall<DeleteMilterRequest, DeleteMilterResponse>;
 }
 
 export interface AdminServiceClient extends Client {
@@ -745,6 +782,51 @@ export interface AdminServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: DeleteSuppressionResponse) => void,
+  ): ClientUnaryCall;
+  listMilters(
+    request: ListMiltersRequest,
+    callback: (error: ServiceError | null, response: ListMiltersResponse) => void,
+  ): ClientUnaryCall;
+  listMilters(
+    request: ListMiltersRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ListMiltersResponse) => void,
+  ): ClientUnaryCall;
+  listMilters(
+    request: ListMiltersRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ListMiltersResponse) => void,
+  ): ClientUnaryCall;
+  putMilter(
+    request: PutMilterRequest,
+    callback: (error: ServiceError | null, response: PutMilterResponse) => void,
+  ): ClientUnaryCall;
+  putMilter(
+    request: PutMilterRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: PutMilterResponse) => void,
+  ): ClientUnaryCall;
+  putMilter(
+    request: PutMilterRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: PutMilterResponse) => void,
+  ): ClientUnaryCall;
+  deleteMilter(
+    request: DeleteMilterRequest,
+    callback: (error: ServiceError | null, response: DeleteMilterResponse) => void,
+  ): ClientUnaryCall;
+  deleteMilter(
+    request: DeleteMilterRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: DeleteMilterResponse) => void,
+  ): ClientUnaryCall;
+  deleteMilter(
+    request: DeleteMilterRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: DeleteMilterResponse) => void,
   ): ClientUnaryCall;
 }
 

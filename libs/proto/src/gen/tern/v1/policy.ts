@@ -163,6 +163,51 @@ export function domainKindToJSON(object: DomainKind): string {
   }
 }
 
+export enum MilterDefaultAction {
+  /** MILTER_DEFAULT_ACTION_UNSPECIFIED - Taken as TEMPFAIL. */
+  MILTER_DEFAULT_ACTION_UNSPECIFIED = 0,
+  /** MILTER_DEFAULT_ACTION_TEMPFAIL - 451 4.7.1: the client retries later (Postfix's default). */
+  MILTER_DEFAULT_ACTION_TEMPFAIL = 1,
+  /** MILTER_DEFAULT_ACTION_ACCEPT - As if the milter had accepted: the message goes on without it. */
+  MILTER_DEFAULT_ACTION_ACCEPT = 2,
+  /** MILTER_DEFAULT_ACTION_REJECT - 550 5.7.1: refused. */
+  MILTER_DEFAULT_ACTION_REJECT = 3,
+}
+
+export function milterDefaultActionFromJSON(object: any): MilterDefaultAction {
+  switch (object) {
+    case 0:
+    case "MILTER_DEFAULT_ACTION_UNSPECIFIED":
+      return MilterDefaultAction.MILTER_DEFAULT_ACTION_UNSPECIFIED;
+    case 1:
+    case "MILTER_DEFAULT_ACTION_TEMPFAIL":
+      return MilterDefaultAction.MILTER_DEFAULT_ACTION_TEMPFAIL;
+    case 2:
+    case "MILTER_DEFAULT_ACTION_ACCEPT":
+      return MilterDefaultAction.MILTER_DEFAULT_ACTION_ACCEPT;
+    case 3:
+    case "MILTER_DEFAULT_ACTION_REJECT":
+      return MilterDefaultAction.MILTER_DEFAULT_ACTION_REJECT;
+    default:
+      throw new globalThis.Error("Unrecognized enum value " + object + " for enum MilterDefaultAction");
+  }
+}
+
+export function milterDefaultActionToJSON(object: MilterDefaultAction): string {
+  switch (object) {
+    case MilterDefaultAction.MILTER_DEFAULT_ACTION_UNSPECIFIED:
+      return "MILTER_DEFAULT_ACTION_UNSPECIFIED";
+    case MilterDefaultAction.MILTER_DEFAULT_ACTION_TEMPFAIL:
+      return "MILTER_DEFAULT_ACTION_TEMPFAIL";
+    case MilterDefaultAction.MILTER_DEFAULT_ACTION_ACCEPT:
+      return "MILTER_DEFAULT_ACTION_ACCEPT";
+    case MilterDefaultAction.MILTER_DEFAULT_ACTION_REJECT:
+      return "MILTER_DEFAULT_ACTION_REJECT";
+    default:
+      throw new globalThis.Error("Unrecognized enum value " + object + " for enum MilterDefaultAction");
+  }
+}
+
 /** What ingress knows of the session when it asks. */
 export interface SessionInfo {
   sessionId: string;
@@ -475,6 +520,58 @@ export interface DeleteSuppressionRequest {
 }
 
 export interface DeleteSuppressionResponse {
+  deleted: boolean;
+}
+
+/**
+ * A content filter ingress consults at the end of data, over the milter
+ * protocol (version 6, as Sendmail and Postfix speak it): rspamd's proxy in
+ * milter mode, clamav-milter, OpenDKIM. Milters run in `order` (then name),
+ * each seeing the message as the ones before it left it.
+ */
+export interface Milter {
+  /** 1-64 of a-z, 0-9, '.', '_', '-'; starts with a letter or digit. */
+  name: string;
+  /** "host:port" (IPv6 as "[::1]:11332") or "unix:/path/to/socket". */
+  address: string;
+  /** The listeners whose messages it sees; at least one. */
+  listeners: Listener[];
+  /** Time to open the connection (default 10000). */
+  connectTimeoutMs: number;
+  /** Time for each answer (default 30000); a milter's "progress" restarts it. */
+  commandTimeoutMs: number;
+  /** Time for the whole conversation of one message (default 300000). */
+  totalTimeoutMs: number;
+  /** What a milter that fails (down, timeout, protocol error) means. */
+  defaultAction: MilterDefaultAction;
+  /** Position in the chain: lower first. */
+  order: number;
+}
+
+export interface ListMiltersRequest {
+}
+
+export interface ListMiltersResponse {
+  /** In chain order. */
+  milters: Milter[];
+}
+
+export interface PutMilterRequest {
+  milter: Milter | undefined;
+  operator: string;
+}
+
+export interface PutMilterResponse {
+  /** As stored, defaults filled in. */
+  milter: Milter | undefined;
+}
+
+export interface DeleteMilterRequest {
+  name: string;
+  operator: string;
+}
+
+export interface DeleteMilterResponse {
   deleted: boolean;
 }
 
@@ -4749,6 +4846,657 @@ export const DeleteSuppressionResponse: MessageFns<DeleteSuppressionResponse> = 
   },
 };
 
+function createBaseMilter(): Milter {
+  return {
+    name: "",
+    address: "",
+    listeners: [],
+    connectTimeoutMs: 0,
+    commandTimeoutMs: 0,
+    totalTimeoutMs: 0,
+    defaultAction: 0,
+    order: 0,
+  };
+}
+
+export const Milter: MessageFns<Milter> = {
+  encode(message: Milter, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.address !== "") {
+      writer.uint32(18).string(message.address);
+    }
+    if (message.listeners.length !== 0) {
+      writer.uint32(26).fork();
+      for (const v of message.listeners) {
+        writer.int32(v);
+      }
+      writer.join();
+    }
+    if (message.connectTimeoutMs !== 0) {
+      writer.uint32(32).uint32(message.connectTimeoutMs);
+    }
+    if (message.commandTimeoutMs !== 0) {
+      writer.uint32(40).uint32(message.commandTimeoutMs);
+    }
+    if (message.totalTimeoutMs !== 0) {
+      writer.uint32(48).uint32(message.totalTimeoutMs);
+    }
+    if (message.defaultAction !== 0) {
+      writer.uint32(56).int32(message.defaultAction);
+    }
+    if (message.order !== 0) {
+      writer.uint32(64).int32(message.order);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): Milter {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseMilter();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.address = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag === 24) {
+              message.listeners.push(reader.int32() as any);
+
+              continue;
+            }
+
+            if (tag === 26) {
+              const end2 = reader.uint32() + reader.pos;
+              while (reader.pos < end2) {
+                message.listeners.push(reader.int32() as any);
+              }
+
+              continue;
+            }
+
+            break;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.connectTimeoutMs = reader.uint32();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.commandTimeoutMs = reader.uint32();
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.totalTimeoutMs = reader.uint32();
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.defaultAction = reader.int32() as any;
+            continue;
+          }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.order = reader.int32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): Milter {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      address: isSet(object.address) ? globalThis.String(object.address) : "",
+      listeners: globalThis.Array.isArray(object?.listeners)
+        ? object.listeners.map((e: any) => listenerFromJSON(e))
+        : [],
+      connectTimeoutMs: isSet(object.connectTimeoutMs)
+        ? globalThis.Number(object.connectTimeoutMs)
+        : isSet(object.connect_timeout_ms)
+        ? globalThis.Number(object.connect_timeout_ms)
+        : 0,
+      commandTimeoutMs: isSet(object.commandTimeoutMs)
+        ? globalThis.Number(object.commandTimeoutMs)
+        : isSet(object.command_timeout_ms)
+        ? globalThis.Number(object.command_timeout_ms)
+        : 0,
+      totalTimeoutMs: isSet(object.totalTimeoutMs)
+        ? globalThis.Number(object.totalTimeoutMs)
+        : isSet(object.total_timeout_ms)
+        ? globalThis.Number(object.total_timeout_ms)
+        : 0,
+      defaultAction: isSet(object.defaultAction)
+        ? milterDefaultActionFromJSON(object.defaultAction)
+        : isSet(object.default_action)
+        ? milterDefaultActionFromJSON(object.default_action)
+        : 0,
+      order: isSet(object.order) ? globalThis.Number(object.order) : 0,
+    };
+  },
+
+  toJSON(message: Milter): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.address !== "") {
+      obj.address = message.address;
+    }
+    if (message.listeners?.length) {
+      obj.listeners = message.listeners.map((e) => listenerToJSON(e));
+    }
+    if (message.connectTimeoutMs !== 0) {
+      obj.connectTimeoutMs = Math.round(message.connectTimeoutMs);
+    }
+    if (message.commandTimeoutMs !== 0) {
+      obj.commandTimeoutMs = Math.round(message.commandTimeoutMs);
+    }
+    if (message.totalTimeoutMs !== 0) {
+      obj.totalTimeoutMs = Math.round(message.totalTimeoutMs);
+    }
+    if (message.defaultAction !== 0) {
+      obj.defaultAction = milterDefaultActionToJSON(message.defaultAction);
+    }
+    if (message.order !== 0) {
+      obj.order = Math.round(message.order);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<Milter>, I>>(base?: I): Milter {
+    return Milter.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<Milter>, I>>(object: I): Milter {
+    const message = createBaseMilter();
+    message.name = object.name ?? "";
+    message.address = object.address ?? "";
+    message.listeners = object.listeners?.map((e) => e) || [];
+    message.connectTimeoutMs = object.connectTimeoutMs ?? 0;
+    message.commandTimeoutMs = object.commandTimeoutMs ?? 0;
+    message.totalTimeoutMs = object.totalTimeoutMs ?? 0;
+    message.defaultAction = object.defaultAction ?? 0;
+    message.order = object.order ?? 0;
+    return message;
+  },
+};
+
+function createBaseListMiltersRequest(): ListMiltersRequest {
+  return {};
+}
+
+export const ListMiltersRequest: MessageFns<ListMiltersRequest> = {
+  encode(_: ListMiltersRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListMiltersRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListMiltersRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): ListMiltersRequest {
+    return {};
+  },
+
+  toJSON(_: ListMiltersRequest): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ListMiltersRequest>, I>>(base?: I): ListMiltersRequest {
+    return ListMiltersRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ListMiltersRequest>, I>>(_: I): ListMiltersRequest {
+    const message = createBaseListMiltersRequest();
+    return message;
+  },
+};
+
+function createBaseListMiltersResponse(): ListMiltersResponse {
+  return { milters: [] };
+}
+
+export const ListMiltersResponse: MessageFns<ListMiltersResponse> = {
+  encode(message: ListMiltersResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.milters) {
+      Milter.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListMiltersResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListMiltersResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.milters.push(Milter.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListMiltersResponse {
+    return {
+      milters: globalThis.Array.isArray(object?.milters) ? object.milters.map((e: any) => Milter.fromJSON(e)) : [],
+    };
+  },
+
+  toJSON(message: ListMiltersResponse): unknown {
+    const obj: any = {};
+    if (message.milters?.length) {
+      obj.milters = message.milters.map((e) => Milter.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ListMiltersResponse>, I>>(base?: I): ListMiltersResponse {
+    return ListMiltersResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ListMiltersResponse>, I>>(object: I): ListMiltersResponse {
+    const message = createBaseListMiltersResponse();
+    message.milters = object.milters?.map((e) => Milter.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBasePutMilterRequest(): PutMilterRequest {
+  return { milter: undefined, operator: "" };
+}
+
+export const PutMilterRequest: MessageFns<PutMilterRequest> = {
+  encode(message: PutMilterRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.milter !== undefined) {
+      Milter.encode(message.milter, writer.uint32(10).fork()).join();
+    }
+    if (message.operator !== "") {
+      writer.uint32(18).string(message.operator);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PutMilterRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePutMilterRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.milter = Milter.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.operator = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PutMilterRequest {
+    return {
+      milter: isSet(object.milter) ? Milter.fromJSON(object.milter) : undefined,
+      operator: isSet(object.operator) ? globalThis.String(object.operator) : "",
+    };
+  },
+
+  toJSON(message: PutMilterRequest): unknown {
+    const obj: any = {};
+    if (message.milter !== undefined) {
+      obj.milter = Milter.toJSON(message.milter);
+    }
+    if (message.operator !== "") {
+      obj.operator = message.operator;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PutMilterRequest>, I>>(base?: I): PutMilterRequest {
+    return PutMilterRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PutMilterRequest>, I>>(object: I): PutMilterRequest {
+    const message = createBasePutMilterRequest();
+    message.milter = (object.milter !== undefined && object.milter !== null)
+      ? Milter.fromPartial(object.milter)
+      : undefined;
+    message.operator = object.operator ?? "";
+    return message;
+  },
+};
+
+function createBasePutMilterResponse(): PutMilterResponse {
+  return { milter: undefined };
+}
+
+export const PutMilterResponse: MessageFns<PutMilterResponse> = {
+  encode(message: PutMilterResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.milter !== undefined) {
+      Milter.encode(message.milter, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PutMilterResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePutMilterResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.milter = Milter.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PutMilterResponse {
+    return { milter: isSet(object.milter) ? Milter.fromJSON(object.milter) : undefined };
+  },
+
+  toJSON(message: PutMilterResponse): unknown {
+    const obj: any = {};
+    if (message.milter !== undefined) {
+      obj.milter = Milter.toJSON(message.milter);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PutMilterResponse>, I>>(base?: I): PutMilterResponse {
+    return PutMilterResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PutMilterResponse>, I>>(object: I): PutMilterResponse {
+    const message = createBasePutMilterResponse();
+    message.milter = (object.milter !== undefined && object.milter !== null)
+      ? Milter.fromPartial(object.milter)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseDeleteMilterRequest(): DeleteMilterRequest {
+  return { name: "", operator: "" };
+}
+
+export const DeleteMilterRequest: MessageFns<DeleteMilterRequest> = {
+  encode(message: DeleteMilterRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.operator !== "") {
+      writer.uint32(18).string(message.operator);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DeleteMilterRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDeleteMilterRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.operator = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DeleteMilterRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      operator: isSet(object.operator) ? globalThis.String(object.operator) : "",
+    };
+  },
+
+  toJSON(message: DeleteMilterRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.operator !== "") {
+      obj.operator = message.operator;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DeleteMilterRequest>, I>>(base?: I): DeleteMilterRequest {
+    return DeleteMilterRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DeleteMilterRequest>, I>>(object: I): DeleteMilterRequest {
+    const message = createBaseDeleteMilterRequest();
+    message.name = object.name ?? "";
+    message.operator = object.operator ?? "";
+    return message;
+  },
+};
+
+function createBaseDeleteMilterResponse(): DeleteMilterResponse {
+  return { deleted: false };
+}
+
+export const DeleteMilterResponse: MessageFns<DeleteMilterResponse> = {
+  encode(message: DeleteMilterResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.deleted !== false) {
+      writer.uint32(8).bool(message.deleted);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DeleteMilterResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDeleteMilterResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.deleted = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DeleteMilterResponse {
+    return { deleted: isSet(object.deleted) ? globalThis.Boolean(object.deleted) : false };
+  },
+
+  toJSON(message: DeleteMilterResponse): unknown {
+    const obj: any = {};
+    if (message.deleted !== false) {
+      obj.deleted = message.deleted;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DeleteMilterResponse>, I>>(base?: I): DeleteMilterResponse {
+    return DeleteMilterResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DeleteMilterResponse>, I>>(object: I): DeleteMilterResponse {
+    const message = createBaseDeleteMilterResponse();
+    message.deleted = object.deleted ?? false;
+    return message;
+  },
+};
+
 /**
  * Policy decides who may send what. Ingress asks at every stage of the SMTP
  * dialogue; each decision carries the reply to give. Policy also owns the
@@ -4954,6 +5702,38 @@ export const PolicyServiceService = {
       bufferView(DeleteSuppressionResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): DeleteSuppressionResponse => DeleteSuppressionResponse.decode(value),
   },
+  /**
+   * Content filters (milters) for ingress' end of data; ingress reads the
+   * list every few seconds (TERN_MILTER_REFRESH_MS).
+   */
+  listMilters: {
+    path: "/tern.v1.PolicyService/ListMilters" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ListMiltersRequest): Buffer => bufferView(ListMiltersRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ListMiltersRequest => ListMiltersRequest.decode(value),
+    responseSerialize: (value: ListMiltersResponse): Buffer => bufferView(ListMiltersResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ListMiltersResponse => ListMiltersResponse.decode(value),
+  },
+  putMilter: {
+    path: "/tern.v1.PolicyService/PutMilter" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: PutMilterRequest): Buffer => bufferView(PutMilterRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): PutMilterRequest => PutMilterRequest.decode(value),
+    responseSerialize: (value: PutMilterResponse): Buffer => bufferView(PutMilterResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): PutMilterResponse => PutMilterResponse.decode(value),
+  },
+  deleteMilter: {
+    path: "/tern.v1.PolicyService/DeleteMilter" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: DeleteMilterRequest): Buffer => bufferView(DeleteMilterRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): DeleteMilterRequest => DeleteMilterRequest.decode(value),
+    responseSerialize: (value: DeleteMilterResponse): Buffer =>
+      bufferView(DeleteMilterResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): DeleteMilterResponse => DeleteMilterResponse.decode(value),
+  },
 } as const;
 
 export interface PolicyServiceServer extends UntypedServiceImplementation {
@@ -4991,6 +5771,13 @@ export interface PolicyServiceServer extends UntypedServiceImplementation {
   suppress: handleUnaryCall<SuppressRequest, SuppressResponse>;
   listSuppressions: handleUnaryCall<ListSuppressionsRequest, ListSuppressionsResponse>;
   deleteSuppression: handleUnaryCall<DeleteSuppressionRequest, DeleteSuppressionResponse>;
+  /**
+   * Content filters (milters) for ingress' end of data; ingress reads the
+   * list every few seconds (TERN_MILTER_REFRESH_MS).
+   */
+  listMilters: handleUnaryCall<ListMiltersRequest, ListMiltersResponse>;
+  putMilter: handleUnaryCall<PutMilterRequest, PutMilterResponse>;
+  deleteMilter: handleUnaryCall<DeleteMilterRequest, DeleteMilterResponse>;
 }
 
 export interface PolicyServiceClient extends Client {
@@ -5294,6 +6081,55 @@ export interface PolicyServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: DeleteSuppressionResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Content filters (milters) for ingress' end of data; ingress reads the
+   * list every few seconds (TERN_MILTER_REFRESH_MS).
+   */
+  listMilters(
+    request: ListMiltersRequest,
+    callback: (error: ServiceError | null, response: ListMiltersResponse) => void,
+  ): ClientUnaryCall;
+  listMilters(
+    request: ListMiltersRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ListMiltersResponse) => void,
+  ): ClientUnaryCall;
+  listMilters(
+    request: ListMiltersRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ListMiltersResponse) => void,
+  ): ClientUnaryCall;
+  putMilter(
+    request: PutMilterRequest,
+    callback: (error: ServiceError | null, response: PutMilterResponse) => void,
+  ): ClientUnaryCall;
+  putMilter(
+    request: PutMilterRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: PutMilterResponse) => void,
+  ): ClientUnaryCall;
+  putMilter(
+    request: PutMilterRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: PutMilterResponse) => void,
+  ): ClientUnaryCall;
+  deleteMilter(
+    request: DeleteMilterRequest,
+    callback: (error: ServiceError | null, response: DeleteMilterResponse) => void,
+  ): ClientUnaryCall;
+  deleteMilter(
+    request: DeleteMilterRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: DeleteMilterResponse) => void,
+  ): ClientUnaryCall;
+  deleteMilter(
+    request: DeleteMilterRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: DeleteMilterResponse) => void,
   ): ClientUnaryCall;
 }
 
