@@ -6,15 +6,19 @@
 //    to it in Prometheus;
 //  - the rules load and evaluate with no error;
 //  - every metric a dashboard or a rule names exists in the services'
-//    /metrics (traffic in the test produces the ones that need it).
+//    /metrics (traffic in the test produces the ones that need it);
+//  - docs/metrics.md and docs/operating.md name only metrics that exist, and
+//    docs/metrics.md lists every one.
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
 import pg from 'pg';
 import * as grpc from '@grpc/grpc-js';
 import { Harness, startPlatform, type Platform, type SmtpSink, type TestDatabase } from '@tern/devkit';
 import { AuthenticateRequest, PolicyServiceClient, RecipientState } from '@tern/proto';
 import { send, tern, waitFor } from '../ops/helpers';
-import { NAMESPACE } from '../chart/render';
+import { NAMESPACE, ROOT } from '../chart/render';
 import { metricNames } from './promql';
 import { sampleNames, startPrometheus, type Prometheus } from './prometheus';
 import { dashboardQueries, renderedRuleGroups, substituteGrafanaVariables, type RuleGroup } from './rules';
@@ -203,4 +207,26 @@ test('every metric the dashboards and rules name exists in the services\' /metri
   for (const q of dashboardQueries()) {
     await assert.doesNotReject(prom.query(substituteGrafanaVariables(q.expr, { namespace: NAMESPACE })), `${q.dashboard} / ${q.panel}: ${q.expr}`);
   }
+});
+
+/** Metric names written in a document: tern_*, nodejs_*, process_* and target_info wherever they stand. */
+function namesInDoc(file: string): Set<string> {
+  const text = fs.readFileSync(path.join(ROOT, file), 'utf8');
+  return new Set([...text.matchAll(/\b(?:(?:tern|nodejs|process)_[a-z0-9_]*[a-z0-9]|target_info)\b/g)].map((m) => m[0]));
+}
+
+/** A name as written (a histogram by its base name) is exposed. */
+const exposed = (scraped: Set<string>, name: string) => scraped.has(name) || scraped.has(`${name}_bucket`) || scraped.has(`${name}_count`);
+
+test('every metric docs/metrics.md and docs/operating.md name exists in the scrapes, and docs/metrics.md lists every metric exposed', async () => {
+  // Runs after the traffic of the test above, so counters with labels exist.
+  const scraped = await scrapeAll();
+  for (const doc of ['docs/metrics.md', 'docs/operating.md']) {
+    const names = namesInDoc(doc);
+    assert.ok(names.size > (doc === 'docs/metrics.md' ? 50 : 10), `${doc} names metrics (${names.size})`);
+    assert.deepEqual([...names].filter((n) => !exposed(scraped, n)), [], `${doc}: named but not exposed by any service`);
+  }
+  const catalog = namesInDoc('docs/metrics.md');
+  const undocumented = [...scraped].filter((n) => !catalog.has(n) && !catalog.has(n.replace(/_(bucket|sum|count)$/, '')));
+  assert.deepEqual(undocumented, [], 'exposed but missing from docs/metrics.md');
 });
