@@ -5,6 +5,10 @@ import os from 'node:os';
 import { z } from 'zod';
 
 export { z };
+export { KekError, keyEncryptionKey, seal, unseal } from './kek';
+
+/** Variables whose value is a secret: an error about one never shows the value. */
+const SECRET_VARIABLE = /_(KEK|SECRET|PASSWORD|TOKEN)$/;
 
 export class ConfigError extends Error {
   constructor(
@@ -31,7 +35,7 @@ export function parseEnv<S extends z.ZodObject>(schema: S, env: Env = process.en
   const problems = result.error.issues.map((issue) => {
     const variable = String(issue.path[0] ?? '(environment)');
     const given = cleaned[variable];
-    const shown = given === undefined ? 'unset' : `"${given}"`;
+    const shown = given === undefined ? 'unset' : SECRET_VARIABLE.test(variable) ? 'a value, not shown' : `"${given}"`;
     return { variable, message: `${issue.message} (got ${shown})` };
   });
   const lines = problems.map((p) => `  ${p.variable}: ${p.message}`).join('\n');

@@ -48,6 +48,12 @@ export const ROUTES: Record<UnaryName, Route> = {
   listMilters: { owner: 'policy', mutating: false, role: 'viewer' },
   putMilter: { owner: 'policy', mutating: true, role: 'admin' },
   deleteMilter: { owner: 'policy', mutating: true, role: 'admin' },
+  generateDkimKey: { owner: 'policy', mutating: true, role: 'admin' },
+  importDkimKey: { owner: 'policy', mutating: true, role: 'admin' },
+  listDkimKeys: { owner: 'policy', mutating: false, role: 'viewer' },
+  rotateDkimKey: { owner: 'policy', mutating: true, role: 'admin' },
+  activateDkimKey: { owner: 'policy', mutating: true, role: 'admin' },
+  retireDkimKey: { owner: 'policy', mutating: true, role: 'admin' },
 };
 
 /** A message's content is more than its envelope: reading it is an operator's act. */
@@ -97,6 +103,14 @@ export function describeChange(method: UnaryName, req: Req): Record<string, unkn
       return { addresses: ((req.suppressions as { address?: string }[] | undefined) ?? []).map((x) => x.address) };
     case 'deleteSuppression':
       return { address: r.address };
+    // Never the private key of an import or rotation.
+    case 'generateDkimKey':
+    case 'rotateDkimKey':
+    case 'importDkimKey':
+      return { domain: r.domain, selector: r.selector, algorithm: r.algorithm, afterSeconds: r.afterSeconds, imported: typeof r.privateKeyPem === 'string' && r.privateKeyPem !== '' };
+    case 'activateDkimKey':
+    case 'retireDkimKey':
+      return { domain: r.domain, selector: r.selector };
     case 'putMilter':
       return { milter: r.milter };
     case 'deleteMilter':

@@ -13,6 +13,7 @@ import { createDns } from './dns';
 import { Dnsbl } from './dnsbl';
 import { Engine } from './engine';
 import { Greylist } from './greylist';
+import { DkimKeyStore } from './dkim-keys';
 import { MilterStore } from './milters';
 import { MessageAuth } from './messageauth';
 import { RateLimiter } from './ratelimit';
@@ -111,12 +112,14 @@ export function createApp(config: Config, deps: AppDeps): App {
   const suppressions = new SuppressionStore(pool, config.TERN_SUPPRESSION_KEEP_S);
   if (config.TERN_SUPPRESSION_ENFORCE.size) hooks.push(suppressionHook(suppressions, config.TERN_SUPPRESSION_ENFORCE));
 
+  const dkimKeys = new DkimKeyStore(pool, config.TERN_DKIM_KEK);
+
   // Readiness (/readyz and gRPC health alike): started (policy data loaded), not stopping.
   const grpcServer = new GrpcServer({ logger, tracer, ready: () => cache.ready });
   grpcServer.add(
     'tern.v1.PolicyService',
     PolicyServiceService,
-    createPolicyService({ store, suppressions, milters: new MilterStore(pool), cache, engine, logger, meter, hooks, messageChecker: messageAuth, authGuard: limiter, decisionCacheMs: config.TERN_POLICY_DECISION_CACHE_MS }),
+    createPolicyService({ store, suppressions, milters: new MilterStore(pool), dkimKeys, cache, engine, logger, meter, hooks, messageChecker: messageAuth, authGuard: limiter, decisionCacheMs: config.TERN_POLICY_DECISION_CACHE_MS }),
   );
   let metricsServer: http.Server | undefined;
 
@@ -126,6 +129,9 @@ export function createApp(config: Config, deps: AppDeps): App {
       return grpcServer.port;
     },
     async start() {
+      // Stored DKIM keys must open with TERN_DKIM_KEK, or policy does not start (naming the variable).
+      const sealed = await dkimKeys.checkKek();
+      if (sealed) logger.info({ keys: sealed }, 'stored DKIM keys open with TERN_DKIM_KEK');
       await cache.start();
       limiter.startCleanup();
       greylist?.startCleanup();

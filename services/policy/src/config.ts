@@ -1,7 +1,7 @@
 // Process settings of the policy service, read once from the environment.
 // Keys are the variable names, so a bad value is reported by its name.
 import { CheckStage } from '@tern/proto';
-import { bool, commonSchema, csv, hostPort, nonNegativeInt, parseEnv, positiveInt, postgresUrl, z } from '@tern/config';
+import { bool, commonSchema, csv, hostPort, keyEncryptionKey, nonNegativeInt, parseEnv, positiveInt, postgresUrl, z } from '@tern/config';
 import { parseZones } from './dnsbl';
 import { parseNetworks } from './networks';
 import { parseRate } from './ratelimit';
@@ -79,6 +79,13 @@ const schema = z.object({
       return z.NEVER;
     }
   }),
+
+  /**
+   * Key-encryption key of the DKIM private keys stored through the admin API
+   * (base64 of 32 bytes, from a Secret; delivery has the same). Without it
+   * keys cannot be added; with keys stored, a missing or other key stops the start.
+   */
+  TERN_DKIM_KEK: keyEncryptionKey().optional(),
 
   TERN_LIMIT_CONNECTIONS_PER_IP: rate(),
   TERN_LIMIT_MESSAGES_PER_IP: rate(),

@@ -23,6 +23,7 @@ import { stageName, type Client, type Engine } from './engine';
 import { PolicyError } from './errors';
 import { hashPassword, verifyPassword } from './passwords';
 import { actionName, reply, type Decision } from './replies';
+import { dkimKeyHandlers, type DkimKeyStore } from './dkim-keys';
 import { milterName, toMilter, validateMilter, type MilterStore } from './milters';
 import type { PolicyStore } from './store';
 import type { SuppressionStore } from './suppression';
@@ -62,6 +63,7 @@ export interface ServiceDeps {
   store: PolicyStore;
   suppressions: SuppressionStore;
   milters: MilterStore;
+  dkimKeys: DkimKeyStore;
   cache: PolicyCache;
   engine: Engine;
   logger: Logger;
@@ -367,6 +369,8 @@ export function createPolicyService(deps: ServiceDeps): PolicyServiceServer {
       if (deleted) await changed('milter', 'delete', name, op(req.operator));
       return { deleted };
     }),
+
+    ...dkimKeyHandlers(deps.dkimKeys, unary, logger),
   };
 }
 

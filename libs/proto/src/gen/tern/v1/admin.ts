@@ -20,6 +20,8 @@ import {
   type UntypedServiceImplementation,
 } from "@grpc/grpc-js";
 import {
+  ActivateDkimKeyRequest,
+  ActivateDkimKeyResponse,
   DeleteAliasRequest,
   DeleteAliasResponse,
   DeleteDomainRequest,
@@ -32,8 +34,14 @@ import {
   DeleteSuppressionResponse,
   DeleteUserRequest,
   DeleteUserResponse,
+  GenerateDkimKeyRequest,
+  GenerateDkimKeyResponse,
+  ImportDkimKeyRequest,
+  ImportDkimKeyResponse,
   ListAliasesRequest,
   ListAliasesResponse,
+  ListDkimKeysRequest,
+  ListDkimKeysResponse,
   ListDomainsRequest,
   ListDomainsResponse,
   ListMailboxesRequest,
@@ -54,6 +62,10 @@ import {
   PutMilterResponse,
   PutUserRequest,
   PutUserResponse,
+  RetireDkimKeyRequest,
+  RetireDkimKeyResponse,
+  RotateDkimKeyRequest,
+  RotateDkimKeyResponse,
   SuppressRequest,
   SuppressResponse,
 } from "./policy";
@@ -367,6 +379,68 @@ export const AdminServiceService = {
       bufferView(DeleteMilterResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): DeleteMilterResponse => DeleteMilterResponse.decode(value),
   },
+  generateDkimKey: {
+    path: "/tern.v1.AdminService/GenerateDkimKey" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GenerateDkimKeyRequest): Buffer =>
+      bufferView(GenerateDkimKeyRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GenerateDkimKeyRequest => GenerateDkimKeyRequest.decode(value),
+    responseSerialize: (value: GenerateDkimKeyResponse): Buffer =>
+      bufferView(GenerateDkimKeyResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GenerateDkimKeyResponse => GenerateDkimKeyResponse.decode(value),
+  },
+  importDkimKey: {
+    path: "/tern.v1.AdminService/ImportDkimKey" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ImportDkimKeyRequest): Buffer => bufferView(ImportDkimKeyRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ImportDkimKeyRequest => ImportDkimKeyRequest.decode(value),
+    responseSerialize: (value: ImportDkimKeyResponse): Buffer =>
+      bufferView(ImportDkimKeyResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ImportDkimKeyResponse => ImportDkimKeyResponse.decode(value),
+  },
+  listDkimKeys: {
+    path: "/tern.v1.AdminService/ListDkimKeys" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ListDkimKeysRequest): Buffer => bufferView(ListDkimKeysRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ListDkimKeysRequest => ListDkimKeysRequest.decode(value),
+    responseSerialize: (value: ListDkimKeysResponse): Buffer =>
+      bufferView(ListDkimKeysResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ListDkimKeysResponse => ListDkimKeysResponse.decode(value),
+  },
+  rotateDkimKey: {
+    path: "/tern.v1.AdminService/RotateDkimKey" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: RotateDkimKeyRequest): Buffer => bufferView(RotateDkimKeyRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): RotateDkimKeyRequest => RotateDkimKeyRequest.decode(value),
+    responseSerialize: (value: RotateDkimKeyResponse): Buffer =>
+      bufferView(RotateDkimKeyResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): RotateDkimKeyResponse => RotateDkimKeyResponse.decode(value),
+  },
+  activateDkimKey: {
+    path: "/tern.v1.AdminService/ActivateDkimKey" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ActivateDkimKeyRequest): Buffer =>
+      bufferView(ActivateDkimKeyRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ActivateDkimKeyRequest => ActivateDkimKeyRequest.decode(value),
+    responseSerialize: (value: ActivateDkimKeyResponse): Buffer =>
+      bufferView(ActivateDkimKeyResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ActivateDkimKeyResponse => ActivateDkimKeyResponse.decode(value),
+  },
+  retireDkimKey: {
+    path: "/tern.v1.AdminService/RetireDkimKey" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: RetireDkimKeyRequest): Buffer => bufferView(RetireDkimKeyRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): RetireDkimKeyRequest => RetireDkimKeyRequest.decode(value),
+    responseSerialize: (value: RetireDkimKeyResponse): Buffer =>
+      bufferView(RetireDkimKeyResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): RetireDkimKeyResponse => RetireDkimKeyResponse.decode(value),
+  },
 } as const;
 
 export interface AdminServiceServer extends UntypedServiceImplementation {
@@ -399,6 +473,12 @@ export interface AdminServiceServer extends UntypedServiceImplementation {
   listMilters: handleUnaryCall<ListMiltersRequest, ListMiltersResponse>;
   putMilter: handleUnaryCall<PutMilterRequest, PutMilterResponse>;
   deleteMilter: handleUnaryCall<DeleteMilterRequest, DeleteMilterResponse>;
+  generateDkimKey: handleUnaryCall<GenerateDkimKeyRequest, GenerateDkimKeyResponse>;
+  importDkimKey: handleUnaryCall<ImportDkimKeyRequest, ImportDkimKeyResponse>;
+  listDkimKeys: handleUnaryCall<ListDkimKeysRequest, ListDkimKeysResponse>;
+  rotateDkimKey: handleUnaryCall<RotateDkimKeyRequest, RotateDkimKeyResponse>;
+  activateDkimKey: handleUnaryCall<ActivateDkimKeyRequest, ActivateDkimKeyResponse>;
+  retireDkimKey: handleUnaryCall<RetireDkimKeyRequest, RetireDkimKeyResponse>;
 }
 
 export interface AdminServiceClient extends Client {
@@ -827,6 +907,96 @@ export interface AdminServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: DeleteMilterResponse) => void,
+  ): ClientUnaryCall;
+  generateDkimKey(
+    request: GenerateDkimKeyRequest,
+    callback: (error: ServiceError | null, response: GenerateDkimKeyResponse) => void,
+  ): ClientUnaryCall;
+  generateDkimKey(
+    request: GenerateDkimKeyRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GenerateDkimKeyResponse) => void,
+  ): ClientUnaryCall;
+  generateDkimKey(
+    request: GenerateDkimKeyRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GenerateDkimKeyResponse) => void,
+  ): ClientUnaryCall;
+  importDkimKey(
+    request: ImportDkimKeyRequest,
+    callback: (error: ServiceError | null, response: ImportDkimKeyResponse) => void,
+  ): ClientUnaryCall;
+  importDkimKey(
+    request: ImportDkimKeyRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ImportDkimKeyResponse) => void,
+  ): ClientUnaryCall;
+  importDkimKey(
+    request: ImportDkimKeyRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ImportDkimKeyResponse) => void,
+  ): ClientUnaryCall;
+  listDkimKeys(
+    request: ListDkimKeysRequest,
+    callback: (error: ServiceError | null, response: ListDkimKeysResponse) => void,
+  ): ClientUnaryCall;
+  listDkimKeys(
+    request: ListDkimKeysRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ListDkimKeysResponse) => void,
+  ): ClientUnaryCall;
+  listDkimKeys(
+    request: ListDkimKeysRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ListDkimKeysResponse) => void,
+  ): ClientUnaryCall;
+  rotateDkimKey(
+    request: RotateDkimKeyRequest,
+    callback: (error: ServiceError | null, response: RotateDkimKeyResponse) => void,
+  ): ClientUnaryCall;
+  rotateDkimKey(
+    request: RotateDkimKeyRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: RotateDkimKeyResponse) => void,
+  ): ClientUnaryCall;
+  rotateDkimKey(
+    request: RotateDkimKeyRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: RotateDkimKeyResponse) => void,
+  ): ClientUnaryCall;
+  activateDkimKey(
+    request: ActivateDkimKeyRequest,
+    callback: (error: ServiceError | null, response: ActivateDkimKeyResponse) => void,
+  ): ClientUnaryCall;
+  activateDkimKey(
+    request: ActivateDkimKeyRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ActivateDkimKeyResponse) => void,
+  ): ClientUnaryCall;
+  activateDkimKey(
+    request: ActivateDkimKeyRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ActivateDkimKeyResponse) => void,
+  ): ClientUnaryCall;
+  retireDkimKey(
+    request: RetireDkimKeyRequest,
+    callback: (error: ServiceError | null, response: RetireDkimKeyResponse) => void,
+  ): ClientUnaryCall;
+  retireDkimKey(
+    request: RetireDkimKeyRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: RetireDkimKeyResponse) => void,
+  ): ClientUnaryCall;
+  retireDkimKey(
+    request: RetireDkimKeyRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: RetireDkimKeyResponse) => void,
   ): ClientUnaryCall;
 }
 

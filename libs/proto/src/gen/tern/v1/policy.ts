@@ -208,6 +208,87 @@ export function milterDefaultActionToJSON(object: MilterDefaultAction): string {
   }
 }
 
+export enum DkimAlgorithm {
+  DKIM_ALGORITHM_UNSPECIFIED = 0,
+  /** DKIM_ALGORITHM_RSA - rsa-sha256. */
+  DKIM_ALGORITHM_RSA = 1,
+  /** DKIM_ALGORITHM_ED25519 - ed25519-sha256 (RFC 8463). */
+  DKIM_ALGORITHM_ED25519 = 2,
+}
+
+export function dkimAlgorithmFromJSON(object: any): DkimAlgorithm {
+  switch (object) {
+    case 0:
+    case "DKIM_ALGORITHM_UNSPECIFIED":
+      return DkimAlgorithm.DKIM_ALGORITHM_UNSPECIFIED;
+    case 1:
+    case "DKIM_ALGORITHM_RSA":
+      return DkimAlgorithm.DKIM_ALGORITHM_RSA;
+    case 2:
+    case "DKIM_ALGORITHM_ED25519":
+      return DkimAlgorithm.DKIM_ALGORITHM_ED25519;
+    default:
+      throw new globalThis.Error("Unrecognized enum value " + object + " for enum DkimAlgorithm");
+  }
+}
+
+export function dkimAlgorithmToJSON(object: DkimAlgorithm): string {
+  switch (object) {
+    case DkimAlgorithm.DKIM_ALGORITHM_UNSPECIFIED:
+      return "DKIM_ALGORITHM_UNSPECIFIED";
+    case DkimAlgorithm.DKIM_ALGORITHM_RSA:
+      return "DKIM_ALGORITHM_RSA";
+    case DkimAlgorithm.DKIM_ALGORITHM_ED25519:
+      return "DKIM_ALGORITHM_ED25519";
+    default:
+      throw new globalThis.Error("Unrecognized enum value " + object + " for enum DkimAlgorithm");
+  }
+}
+
+export enum DkimKeyState {
+  DKIM_KEY_STATE_UNSPECIFIED = 0,
+  /** DKIM_KEY_STATE_PUBLISHED - Its TXT record is to be published; it signs from activate_at. */
+  DKIM_KEY_STATE_PUBLISHED = 1,
+  /** DKIM_KEY_STATE_ACTIVE - Delivery signs with it (one per domain and algorithm). */
+  DKIM_KEY_STATE_ACTIVE = 2,
+  /** DKIM_KEY_STATE_RETIRED - Signs no more; its private key is erased. */
+  DKIM_KEY_STATE_RETIRED = 3,
+}
+
+export function dkimKeyStateFromJSON(object: any): DkimKeyState {
+  switch (object) {
+    case 0:
+    case "DKIM_KEY_STATE_UNSPECIFIED":
+      return DkimKeyState.DKIM_KEY_STATE_UNSPECIFIED;
+    case 1:
+    case "DKIM_KEY_STATE_PUBLISHED":
+      return DkimKeyState.DKIM_KEY_STATE_PUBLISHED;
+    case 2:
+    case "DKIM_KEY_STATE_ACTIVE":
+      return DkimKeyState.DKIM_KEY_STATE_ACTIVE;
+    case 3:
+    case "DKIM_KEY_STATE_RETIRED":
+      return DkimKeyState.DKIM_KEY_STATE_RETIRED;
+    default:
+      throw new globalThis.Error("Unrecognized enum value " + object + " for enum DkimKeyState");
+  }
+}
+
+export function dkimKeyStateToJSON(object: DkimKeyState): string {
+  switch (object) {
+    case DkimKeyState.DKIM_KEY_STATE_UNSPECIFIED:
+      return "DKIM_KEY_STATE_UNSPECIFIED";
+    case DkimKeyState.DKIM_KEY_STATE_PUBLISHED:
+      return "DKIM_KEY_STATE_PUBLISHED";
+    case DkimKeyState.DKIM_KEY_STATE_ACTIVE:
+      return "DKIM_KEY_STATE_ACTIVE";
+    case DkimKeyState.DKIM_KEY_STATE_RETIRED:
+      return "DKIM_KEY_STATE_RETIRED";
+    default:
+      throw new globalThis.Error("Unrecognized enum value " + object + " for enum DkimKeyState");
+  }
+}
+
 /** What ingress knows of the session when it asks. */
 export interface SessionInfo {
   sessionId: string;
@@ -573,6 +654,139 @@ export interface DeleteMilterRequest {
 
 export interface DeleteMilterResponse {
   deleted: boolean;
+}
+
+/** A DKIM key as the admin API shows it: the public half only. */
+export interface DkimKey {
+  /** The signing domain (d=), A-label. */
+  domain: string;
+  selector: string;
+  algorithm: DkimAlgorithm;
+  /** RSA modulus length; 0 for Ed25519. */
+  bits: number;
+  state: DkimKeyState;
+  /**
+   * The TXT record to publish: "<selector>._domainkey.<domain>" and
+   * "v=DKIM1; k=<rsa|ed25519>; p=<public key>".
+   */
+  dnsName: string;
+  dnsValue: string;
+  createdAt: Date | undefined;
+  createdBy: string;
+  /** Published: when it will sign; active: since when it signs. */
+  activateAt: Date | undefined;
+  retiredAt: Date | undefined;
+}
+
+export interface GenerateDkimKeyRequest {
+  domain: string;
+  selector: string;
+  /** UNSPECIFIED means RSA. */
+  algorithm: DkimAlgorithm;
+  /** RSA: 2048 (when 0), 3072 or 4096. */
+  bits: number;
+  /** Seconds before it signs (its record published meanwhile); 0: at once. */
+  afterSeconds: number;
+  operator: string;
+}
+
+export interface GenerateDkimKeyResponse {
+  key: DkimKey | undefined;
+}
+
+export interface ImportDkimKeyRequest {
+  domain: string;
+  selector: string;
+  /** PEM (PKCS#8 or PKCS#1, unencrypted): RSA of 1024 bits or more, or Ed25519. */
+  privateKeyPem: string;
+  afterSeconds: number;
+  operator: string;
+}
+
+export interface ImportDkimKeyResponse {
+  key: DkimKey | undefined;
+}
+
+export interface ListDkimKeysRequest {
+  /** Only this domain. */
+  domain: string;
+  includeRetired: boolean;
+}
+
+export interface ListDkimKeysResponse {
+  keys: DkimKey[];
+}
+
+export interface RotateDkimKeyRequest {
+  domain: string;
+  /** The new key's selector (a new one: resolvers may still hold the old record). */
+  selector: string;
+  /** Which active key to replace; UNSPECIFIED: the domain's only one. */
+  algorithm: DkimAlgorithm;
+  /** RSA bits of the new key; 0: as the current one. */
+  bits: number;
+  /**
+   * Seconds before the new key signs and the current one is retired; unset:
+   * 172800 (48 h, for the new record to reach resolvers).
+   */
+  afterSeconds?:
+    | number
+    | undefined;
+  /** Import this key (PEM) instead of generating one. */
+  privateKeyPem: string;
+  operator: string;
+}
+
+export interface RotateDkimKeyResponse {
+  /** The new key (published, or active when after_seconds was 0). */
+  key:
+    | DkimKey
+    | undefined;
+  /** The key it replaces (retired when after_seconds was 0). */
+  current: DkimKey | undefined;
+}
+
+export interface ActivateDkimKeyRequest {
+  domain: string;
+  selector: string;
+  operator: string;
+}
+
+export interface ActivateDkimKeyResponse {
+  key:
+    | DkimKey
+    | undefined;
+  /** The key of the same algorithm it replaced, now retired. */
+  retired: DkimKey | undefined;
+}
+
+export interface RetireDkimKeyRequest {
+  domain: string;
+  selector: string;
+  operator: string;
+}
+
+export interface RetireDkimKeyResponse {
+  key: DkimKey | undefined;
+}
+
+export interface GetDkimSigningKeysRequest {
+}
+
+export interface DkimSigningKey {
+  domain: string;
+  selector: string;
+  algorithm: DkimAlgorithm;
+  /**
+   * The private key (PKCS#8 PEM) sealed with TERN_DKIM_KEK: AES-256-GCM,
+   * version byte, IV, tag, ciphertext; associated data
+   * "dkim:<domain>:<selector>" (libs/config seal).
+   */
+  sealedPrivateKey: Buffer;
+}
+
+export interface GetDkimSigningKeysResponse {
+  keys: DkimSigningKey[];
 }
 
 function createBaseSessionInfo(): SessionInfo {
@@ -5497,6 +5711,1713 @@ export const DeleteMilterResponse: MessageFns<DeleteMilterResponse> = {
   },
 };
 
+function createBaseDkimKey(): DkimKey {
+  return {
+    domain: "",
+    selector: "",
+    algorithm: 0,
+    bits: 0,
+    state: 0,
+    dnsName: "",
+    dnsValue: "",
+    createdAt: undefined,
+    createdBy: "",
+    activateAt: undefined,
+    retiredAt: undefined,
+  };
+}
+
+export const DkimKey: MessageFns<DkimKey> = {
+  encode(message: DkimKey, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.domain !== "") {
+      writer.uint32(10).string(message.domain);
+    }
+    if (message.selector !== "") {
+      writer.uint32(18).string(message.selector);
+    }
+    if (message.algorithm !== 0) {
+      writer.uint32(24).int32(message.algorithm);
+    }
+    if (message.bits !== 0) {
+      writer.uint32(32).uint32(message.bits);
+    }
+    if (message.state !== 0) {
+      writer.uint32(40).int32(message.state);
+    }
+    if (message.dnsName !== "") {
+      writer.uint32(50).string(message.dnsName);
+    }
+    if (message.dnsValue !== "") {
+      writer.uint32(58).string(message.dnsValue);
+    }
+    if (message.createdAt !== undefined) {
+      Timestamp.encode(toTimestamp(message.createdAt), writer.uint32(66).fork()).join();
+    }
+    if (message.createdBy !== "") {
+      writer.uint32(74).string(message.createdBy);
+    }
+    if (message.activateAt !== undefined) {
+      Timestamp.encode(toTimestamp(message.activateAt), writer.uint32(82).fork()).join();
+    }
+    if (message.retiredAt !== undefined) {
+      Timestamp.encode(toTimestamp(message.retiredAt), writer.uint32(90).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DkimKey {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDkimKey();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.domain = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.selector = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.algorithm = reader.int32() as any;
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.bits = reader.uint32();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.state = reader.int32() as any;
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.dnsName = reader.string();
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.dnsValue = reader.string();
+            continue;
+          }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.createdAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.createdBy = reader.string();
+            continue;
+          }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            message.activateAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 11: {
+            if (tag !== 90) {
+              break;
+            }
+
+            message.retiredAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DkimKey {
+    return {
+      domain: isSet(object.domain) ? globalThis.String(object.domain) : "",
+      selector: isSet(object.selector) ? globalThis.String(object.selector) : "",
+      algorithm: isSet(object.algorithm) ? dkimAlgorithmFromJSON(object.algorithm) : 0,
+      bits: isSet(object.bits) ? globalThis.Number(object.bits) : 0,
+      state: isSet(object.state) ? dkimKeyStateFromJSON(object.state) : 0,
+      dnsName: isSet(object.dnsName)
+        ? globalThis.String(object.dnsName)
+        : isSet(object.dns_name)
+        ? globalThis.String(object.dns_name)
+        : "",
+      dnsValue: isSet(object.dnsValue)
+        ? globalThis.String(object.dnsValue)
+        : isSet(object.dns_value)
+        ? globalThis.String(object.dns_value)
+        : "",
+      createdAt: isSet(object.createdAt)
+        ? fromJsonTimestamp(object.createdAt)
+        : isSet(object.created_at)
+        ? fromJsonTimestamp(object.created_at)
+        : undefined,
+      createdBy: isSet(object.createdBy)
+        ? globalThis.String(object.createdBy)
+        : isSet(object.created_by)
+        ? globalThis.String(object.created_by)
+        : "",
+      activateAt: isSet(object.activateAt)
+        ? fromJsonTimestamp(object.activateAt)
+        : isSet(object.activate_at)
+        ? fromJsonTimestamp(object.activate_at)
+        : undefined,
+      retiredAt: isSet(object.retiredAt)
+        ? fromJsonTimestamp(object.retiredAt)
+        : isSet(object.retired_at)
+        ? fromJsonTimestamp(object.retired_at)
+        : undefined,
+    };
+  },
+
+  toJSON(message: DkimKey): unknown {
+    const obj: any = {};
+    if (message.domain !== "") {
+      obj.domain = message.domain;
+    }
+    if (message.selector !== "") {
+      obj.selector = message.selector;
+    }
+    if (message.algorithm !== 0) {
+      obj.algorithm = dkimAlgorithmToJSON(message.algorithm);
+    }
+    if (message.bits !== 0) {
+      obj.bits = Math.round(message.bits);
+    }
+    if (message.state !== 0) {
+      obj.state = dkimKeyStateToJSON(message.state);
+    }
+    if (message.dnsName !== "") {
+      obj.dnsName = message.dnsName;
+    }
+    if (message.dnsValue !== "") {
+      obj.dnsValue = message.dnsValue;
+    }
+    if (message.createdAt !== undefined) {
+      obj.createdAt = message.createdAt.toISOString();
+    }
+    if (message.createdBy !== "") {
+      obj.createdBy = message.createdBy;
+    }
+    if (message.activateAt !== undefined) {
+      obj.activateAt = message.activateAt.toISOString();
+    }
+    if (message.retiredAt !== undefined) {
+      obj.retiredAt = message.retiredAt.toISOString();
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DkimKey>, I>>(base?: I): DkimKey {
+    return DkimKey.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DkimKey>, I>>(object: I): DkimKey {
+    const message = createBaseDkimKey();
+    message.domain = object.domain ?? "";
+    message.selector = object.selector ?? "";
+    message.algorithm = object.algorithm ?? 0;
+    message.bits = object.bits ?? 0;
+    message.state = object.state ?? 0;
+    message.dnsName = object.dnsName ?? "";
+    message.dnsValue = object.dnsValue ?? "";
+    message.createdAt = object.createdAt ?? undefined;
+    message.createdBy = object.createdBy ?? "";
+    message.activateAt = object.activateAt ?? undefined;
+    message.retiredAt = object.retiredAt ?? undefined;
+    return message;
+  },
+};
+
+function createBaseGenerateDkimKeyRequest(): GenerateDkimKeyRequest {
+  return { domain: "", selector: "", algorithm: 0, bits: 0, afterSeconds: 0, operator: "" };
+}
+
+export const GenerateDkimKeyRequest: MessageFns<GenerateDkimKeyRequest> = {
+  encode(message: GenerateDkimKeyRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.domain !== "") {
+      writer.uint32(10).string(message.domain);
+    }
+    if (message.selector !== "") {
+      writer.uint32(18).string(message.selector);
+    }
+    if (message.algorithm !== 0) {
+      writer.uint32(24).int32(message.algorithm);
+    }
+    if (message.bits !== 0) {
+      writer.uint32(32).uint32(message.bits);
+    }
+    if (message.afterSeconds !== 0) {
+      writer.uint32(40).uint32(message.afterSeconds);
+    }
+    if (message.operator !== "") {
+      writer.uint32(50).string(message.operator);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GenerateDkimKeyRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGenerateDkimKeyRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.domain = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.selector = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.algorithm = reader.int32() as any;
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.bits = reader.uint32();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.afterSeconds = reader.uint32();
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.operator = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GenerateDkimKeyRequest {
+    return {
+      domain: isSet(object.domain) ? globalThis.String(object.domain) : "",
+      selector: isSet(object.selector) ? globalThis.String(object.selector) : "",
+      algorithm: isSet(object.algorithm) ? dkimAlgorithmFromJSON(object.algorithm) : 0,
+      bits: isSet(object.bits) ? globalThis.Number(object.bits) : 0,
+      afterSeconds: isSet(object.afterSeconds)
+        ? globalThis.Number(object.afterSeconds)
+        : isSet(object.after_seconds)
+        ? globalThis.Number(object.after_seconds)
+        : 0,
+      operator: isSet(object.operator) ? globalThis.String(object.operator) : "",
+    };
+  },
+
+  toJSON(message: GenerateDkimKeyRequest): unknown {
+    const obj: any = {};
+    if (message.domain !== "") {
+      obj.domain = message.domain;
+    }
+    if (message.selector !== "") {
+      obj.selector = message.selector;
+    }
+    if (message.algorithm !== 0) {
+      obj.algorithm = dkimAlgorithmToJSON(message.algorithm);
+    }
+    if (message.bits !== 0) {
+      obj.bits = Math.round(message.bits);
+    }
+    if (message.afterSeconds !== 0) {
+      obj.afterSeconds = Math.round(message.afterSeconds);
+    }
+    if (message.operator !== "") {
+      obj.operator = message.operator;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GenerateDkimKeyRequest>, I>>(base?: I): GenerateDkimKeyRequest {
+    return GenerateDkimKeyRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GenerateDkimKeyRequest>, I>>(object: I): GenerateDkimKeyRequest {
+    const message = createBaseGenerateDkimKeyRequest();
+    message.domain = object.domain ?? "";
+    message.selector = object.selector ?? "";
+    message.algorithm = object.algorithm ?? 0;
+    message.bits = object.bits ?? 0;
+    message.afterSeconds = object.afterSeconds ?? 0;
+    message.operator = object.operator ?? "";
+    return message;
+  },
+};
+
+function createBaseGenerateDkimKeyResponse(): GenerateDkimKeyResponse {
+  return { key: undefined };
+}
+
+export const GenerateDkimKeyResponse: MessageFns<GenerateDkimKeyResponse> = {
+  encode(message: GenerateDkimKeyResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.key !== undefined) {
+      DkimKey.encode(message.key, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GenerateDkimKeyResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGenerateDkimKeyResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.key = DkimKey.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GenerateDkimKeyResponse {
+    return { key: isSet(object.key) ? DkimKey.fromJSON(object.key) : undefined };
+  },
+
+  toJSON(message: GenerateDkimKeyResponse): unknown {
+    const obj: any = {};
+    if (message.key !== undefined) {
+      obj.key = DkimKey.toJSON(message.key);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GenerateDkimKeyResponse>, I>>(base?: I): GenerateDkimKeyResponse {
+    return GenerateDkimKeyResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GenerateDkimKeyResponse>, I>>(object: I): GenerateDkimKeyResponse {
+    const message = createBaseGenerateDkimKeyResponse();
+    message.key = (object.key !== undefined && object.key !== null) ? DkimKey.fromPartial(object.key) : undefined;
+    return message;
+  },
+};
+
+function createBaseImportDkimKeyRequest(): ImportDkimKeyRequest {
+  return { domain: "", selector: "", privateKeyPem: "", afterSeconds: 0, operator: "" };
+}
+
+export const ImportDkimKeyRequest: MessageFns<ImportDkimKeyRequest> = {
+  encode(message: ImportDkimKeyRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.domain !== "") {
+      writer.uint32(10).string(message.domain);
+    }
+    if (message.selector !== "") {
+      writer.uint32(18).string(message.selector);
+    }
+    if (message.privateKeyPem !== "") {
+      writer.uint32(26).string(message.privateKeyPem);
+    }
+    if (message.afterSeconds !== 0) {
+      writer.uint32(32).uint32(message.afterSeconds);
+    }
+    if (message.operator !== "") {
+      writer.uint32(42).string(message.operator);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ImportDkimKeyRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseImportDkimKeyRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.domain = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.selector = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.privateKeyPem = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.afterSeconds = reader.uint32();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.operator = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ImportDkimKeyRequest {
+    return {
+      domain: isSet(object.domain) ? globalThis.String(object.domain) : "",
+      selector: isSet(object.selector) ? globalThis.String(object.selector) : "",
+      privateKeyPem: isSet(object.privateKeyPem)
+        ? globalThis.String(object.privateKeyPem)
+        : isSet(object.private_key_pem)
+        ? globalThis.String(object.private_key_pem)
+        : "",
+      afterSeconds: isSet(object.afterSeconds)
+        ? globalThis.Number(object.afterSeconds)
+        : isSet(object.after_seconds)
+        ? globalThis.Number(object.after_seconds)
+        : 0,
+      operator: isSet(object.operator) ? globalThis.String(object.operator) : "",
+    };
+  },
+
+  toJSON(message: ImportDkimKeyRequest): unknown {
+    const obj: any = {};
+    if (message.domain !== "") {
+      obj.domain = message.domain;
+    }
+    if (message.selector !== "") {
+      obj.selector = message.selector;
+    }
+    if (message.privateKeyPem !== "") {
+      obj.privateKeyPem = message.privateKeyPem;
+    }
+    if (message.afterSeconds !== 0) {
+      obj.afterSeconds = Math.round(message.afterSeconds);
+    }
+    if (message.operator !== "") {
+      obj.operator = message.operator;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ImportDkimKeyRequest>, I>>(base?: I): ImportDkimKeyRequest {
+    return ImportDkimKeyRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ImportDkimKeyRequest>, I>>(object: I): ImportDkimKeyRequest {
+    const message = createBaseImportDkimKeyRequest();
+    message.domain = object.domain ?? "";
+    message.selector = object.selector ?? "";
+    message.privateKeyPem = object.privateKeyPem ?? "";
+    message.afterSeconds = object.afterSeconds ?? 0;
+    message.operator = object.operator ?? "";
+    return message;
+  },
+};
+
+function createBaseImportDkimKeyResponse(): ImportDkimKeyResponse {
+  return { key: undefined };
+}
+
+export const ImportDkimKeyResponse: MessageFns<ImportDkimKeyResponse> = {
+  encode(message: ImportDkimKeyResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.key !== undefined) {
+      DkimKey.encode(message.key, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ImportDkimKeyResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseImportDkimKeyResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.key = DkimKey.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ImportDkimKeyResponse {
+    return { key: isSet(object.key) ? DkimKey.fromJSON(object.key) : undefined };
+  },
+
+  toJSON(message: ImportDkimKeyResponse): unknown {
+    const obj: any = {};
+    if (message.key !== undefined) {
+      obj.key = DkimKey.toJSON(message.key);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ImportDkimKeyResponse>, I>>(base?: I): ImportDkimKeyResponse {
+    return ImportDkimKeyResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ImportDkimKeyResponse>, I>>(object: I): ImportDkimKeyResponse {
+    const message = createBaseImportDkimKeyResponse();
+    message.key = (object.key !== undefined && object.key !== null) ? DkimKey.fromPartial(object.key) : undefined;
+    return message;
+  },
+};
+
+function createBaseListDkimKeysRequest(): ListDkimKeysRequest {
+  return { domain: "", includeRetired: false };
+}
+
+export const ListDkimKeysRequest: MessageFns<ListDkimKeysRequest> = {
+  encode(message: ListDkimKeysRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.domain !== "") {
+      writer.uint32(10).string(message.domain);
+    }
+    if (message.includeRetired !== false) {
+      writer.uint32(16).bool(message.includeRetired);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListDkimKeysRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListDkimKeysRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.domain = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.includeRetired = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListDkimKeysRequest {
+    return {
+      domain: isSet(object.domain) ? globalThis.String(object.domain) : "",
+      includeRetired: isSet(object.includeRetired)
+        ? globalThis.Boolean(object.includeRetired)
+        : isSet(object.include_retired)
+        ? globalThis.Boolean(object.include_retired)
+        : false,
+    };
+  },
+
+  toJSON(message: ListDkimKeysRequest): unknown {
+    const obj: any = {};
+    if (message.domain !== "") {
+      obj.domain = message.domain;
+    }
+    if (message.includeRetired !== false) {
+      obj.includeRetired = message.includeRetired;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ListDkimKeysRequest>, I>>(base?: I): ListDkimKeysRequest {
+    return ListDkimKeysRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ListDkimKeysRequest>, I>>(object: I): ListDkimKeysRequest {
+    const message = createBaseListDkimKeysRequest();
+    message.domain = object.domain ?? "";
+    message.includeRetired = object.includeRetired ?? false;
+    return message;
+  },
+};
+
+function createBaseListDkimKeysResponse(): ListDkimKeysResponse {
+  return { keys: [] };
+}
+
+export const ListDkimKeysResponse: MessageFns<ListDkimKeysResponse> = {
+  encode(message: ListDkimKeysResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.keys) {
+      DkimKey.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListDkimKeysResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListDkimKeysResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.keys.push(DkimKey.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListDkimKeysResponse {
+    return { keys: globalThis.Array.isArray(object?.keys) ? object.keys.map((e: any) => DkimKey.fromJSON(e)) : [] };
+  },
+
+  toJSON(message: ListDkimKeysResponse): unknown {
+    const obj: any = {};
+    if (message.keys?.length) {
+      obj.keys = message.keys.map((e) => DkimKey.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ListDkimKeysResponse>, I>>(base?: I): ListDkimKeysResponse {
+    return ListDkimKeysResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ListDkimKeysResponse>, I>>(object: I): ListDkimKeysResponse {
+    const message = createBaseListDkimKeysResponse();
+    message.keys = object.keys?.map((e) => DkimKey.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseRotateDkimKeyRequest(): RotateDkimKeyRequest {
+  return { domain: "", selector: "", algorithm: 0, bits: 0, afterSeconds: undefined, privateKeyPem: "", operator: "" };
+}
+
+export const RotateDkimKeyRequest: MessageFns<RotateDkimKeyRequest> = {
+  encode(message: RotateDkimKeyRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.domain !== "") {
+      writer.uint32(10).string(message.domain);
+    }
+    if (message.selector !== "") {
+      writer.uint32(18).string(message.selector);
+    }
+    if (message.algorithm !== 0) {
+      writer.uint32(24).int32(message.algorithm);
+    }
+    if (message.bits !== 0) {
+      writer.uint32(32).uint32(message.bits);
+    }
+    if (message.afterSeconds !== undefined) {
+      writer.uint32(40).uint32(message.afterSeconds);
+    }
+    if (message.privateKeyPem !== "") {
+      writer.uint32(50).string(message.privateKeyPem);
+    }
+    if (message.operator !== "") {
+      writer.uint32(58).string(message.operator);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RotateDkimKeyRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRotateDkimKeyRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.domain = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.selector = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.algorithm = reader.int32() as any;
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.bits = reader.uint32();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.afterSeconds = reader.uint32();
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.privateKeyPem = reader.string();
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.operator = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RotateDkimKeyRequest {
+    return {
+      domain: isSet(object.domain) ? globalThis.String(object.domain) : "",
+      selector: isSet(object.selector) ? globalThis.String(object.selector) : "",
+      algorithm: isSet(object.algorithm) ? dkimAlgorithmFromJSON(object.algorithm) : 0,
+      bits: isSet(object.bits) ? globalThis.Number(object.bits) : 0,
+      afterSeconds: isSet(object.afterSeconds)
+        ? globalThis.Number(object.afterSeconds)
+        : isSet(object.after_seconds)
+        ? globalThis.Number(object.after_seconds)
+        : undefined,
+      privateKeyPem: isSet(object.privateKeyPem)
+        ? globalThis.String(object.privateKeyPem)
+        : isSet(object.private_key_pem)
+        ? globalThis.String(object.private_key_pem)
+        : "",
+      operator: isSet(object.operator) ? globalThis.String(object.operator) : "",
+    };
+  },
+
+  toJSON(message: RotateDkimKeyRequest): unknown {
+    const obj: any = {};
+    if (message.domain !== "") {
+      obj.domain = message.domain;
+    }
+    if (message.selector !== "") {
+      obj.selector = message.selector;
+    }
+    if (message.algorithm !== 0) {
+      obj.algorithm = dkimAlgorithmToJSON(message.algorithm);
+    }
+    if (message.bits !== 0) {
+      obj.bits = Math.round(message.bits);
+    }
+    if (message.afterSeconds !== undefined) {
+      obj.afterSeconds = Math.round(message.afterSeconds);
+    }
+    if (message.privateKeyPem !== "") {
+      obj.privateKeyPem = message.privateKeyPem;
+    }
+    if (message.operator !== "") {
+      obj.operator = message.operator;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<RotateDkimKeyRequest>, I>>(base?: I): RotateDkimKeyRequest {
+    return RotateDkimKeyRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<RotateDkimKeyRequest>, I>>(object: I): RotateDkimKeyRequest {
+    const message = createBaseRotateDkimKeyRequest();
+    message.domain = object.domain ?? "";
+    message.selector = object.selector ?? "";
+    message.algorithm = object.algorithm ?? 0;
+    message.bits = object.bits ?? 0;
+    message.afterSeconds = object.afterSeconds ?? undefined;
+    message.privateKeyPem = object.privateKeyPem ?? "";
+    message.operator = object.operator ?? "";
+    return message;
+  },
+};
+
+function createBaseRotateDkimKeyResponse(): RotateDkimKeyResponse {
+  return { key: undefined, current: undefined };
+}
+
+export const RotateDkimKeyResponse: MessageFns<RotateDkimKeyResponse> = {
+  encode(message: RotateDkimKeyResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.key !== undefined) {
+      DkimKey.encode(message.key, writer.uint32(10).fork()).join();
+    }
+    if (message.current !== undefined) {
+      DkimKey.encode(message.current, writer.uint32(18).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RotateDkimKeyResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRotateDkimKeyResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.key = DkimKey.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.current = DkimKey.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RotateDkimKeyResponse {
+    return {
+      key: isSet(object.key) ? DkimKey.fromJSON(object.key) : undefined,
+      current: isSet(object.current) ? DkimKey.fromJSON(object.current) : undefined,
+    };
+  },
+
+  toJSON(message: RotateDkimKeyResponse): unknown {
+    const obj: any = {};
+    if (message.key !== undefined) {
+      obj.key = DkimKey.toJSON(message.key);
+    }
+    if (message.current !== undefined) {
+      obj.current = DkimKey.toJSON(message.current);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<RotateDkimKeyResponse>, I>>(base?: I): RotateDkimKeyResponse {
+    return RotateDkimKeyResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<RotateDkimKeyResponse>, I>>(object: I): RotateDkimKeyResponse {
+    const message = createBaseRotateDkimKeyResponse();
+    message.key = (object.key !== undefined && object.key !== null) ? DkimKey.fromPartial(object.key) : undefined;
+    message.current = (object.current !== undefined && object.current !== null)
+      ? DkimKey.fromPartial(object.current)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseActivateDkimKeyRequest(): ActivateDkimKeyRequest {
+  return { domain: "", selector: "", operator: "" };
+}
+
+export const ActivateDkimKeyRequest: MessageFns<ActivateDkimKeyRequest> = {
+  encode(message: ActivateDkimKeyRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.domain !== "") {
+      writer.uint32(10).string(message.domain);
+    }
+    if (message.selector !== "") {
+      writer.uint32(18).string(message.selector);
+    }
+    if (message.operator !== "") {
+      writer.uint32(26).string(message.operator);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ActivateDkimKeyRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseActivateDkimKeyRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.domain = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.selector = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.operator = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ActivateDkimKeyRequest {
+    return {
+      domain: isSet(object.domain) ? globalThis.String(object.domain) : "",
+      selector: isSet(object.selector) ? globalThis.String(object.selector) : "",
+      operator: isSet(object.operator) ? globalThis.String(object.operator) : "",
+    };
+  },
+
+  toJSON(message: ActivateDkimKeyRequest): unknown {
+    const obj: any = {};
+    if (message.domain !== "") {
+      obj.domain = message.domain;
+    }
+    if (message.selector !== "") {
+      obj.selector = message.selector;
+    }
+    if (message.operator !== "") {
+      obj.operator = message.operator;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ActivateDkimKeyRequest>, I>>(base?: I): ActivateDkimKeyRequest {
+    return ActivateDkimKeyRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ActivateDkimKeyRequest>, I>>(object: I): ActivateDkimKeyRequest {
+    const message = createBaseActivateDkimKeyRequest();
+    message.domain = object.domain ?? "";
+    message.selector = object.selector ?? "";
+    message.operator = object.operator ?? "";
+    return message;
+  },
+};
+
+function createBaseActivateDkimKeyResponse(): ActivateDkimKeyResponse {
+  return { key: undefined, retired: undefined };
+}
+
+export const ActivateDkimKeyResponse: MessageFns<ActivateDkimKeyResponse> = {
+  encode(message: ActivateDkimKeyResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.key !== undefined) {
+      DkimKey.encode(message.key, writer.uint32(10).fork()).join();
+    }
+    if (message.retired !== undefined) {
+      DkimKey.encode(message.retired, writer.uint32(18).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ActivateDkimKeyResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseActivateDkimKeyResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.key = DkimKey.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.retired = DkimKey.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ActivateDkimKeyResponse {
+    return {
+      key: isSet(object.key) ? DkimKey.fromJSON(object.key) : undefined,
+      retired: isSet(object.retired) ? DkimKey.fromJSON(object.retired) : undefined,
+    };
+  },
+
+  toJSON(message: ActivateDkimKeyResponse): unknown {
+    const obj: any = {};
+    if (message.key !== undefined) {
+      obj.key = DkimKey.toJSON(message.key);
+    }
+    if (message.retired !== undefined) {
+      obj.retired = DkimKey.toJSON(message.retired);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ActivateDkimKeyResponse>, I>>(base?: I): ActivateDkimKeyResponse {
+    return ActivateDkimKeyResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ActivateDkimKeyResponse>, I>>(object: I): ActivateDkimKeyResponse {
+    const message = createBaseActivateDkimKeyResponse();
+    message.key = (object.key !== undefined && object.key !== null) ? DkimKey.fromPartial(object.key) : undefined;
+    message.retired = (object.retired !== undefined && object.retired !== null)
+      ? DkimKey.fromPartial(object.retired)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseRetireDkimKeyRequest(): RetireDkimKeyRequest {
+  return { domain: "", selector: "", operator: "" };
+}
+
+export const RetireDkimKeyRequest: MessageFns<RetireDkimKeyRequest> = {
+  encode(message: RetireDkimKeyRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.domain !== "") {
+      writer.uint32(10).string(message.domain);
+    }
+    if (message.selector !== "") {
+      writer.uint32(18).string(message.selector);
+    }
+    if (message.operator !== "") {
+      writer.uint32(26).string(message.operator);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RetireDkimKeyRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRetireDkimKeyRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.domain = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.selector = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.operator = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RetireDkimKeyRequest {
+    return {
+      domain: isSet(object.domain) ? globalThis.String(object.domain) : "",
+      selector: isSet(object.selector) ? globalThis.String(object.selector) : "",
+      operator: isSet(object.operator) ? globalThis.String(object.operator) : "",
+    };
+  },
+
+  toJSON(message: RetireDkimKeyRequest): unknown {
+    const obj: any = {};
+    if (message.domain !== "") {
+      obj.domain = message.domain;
+    }
+    if (message.selector !== "") {
+      obj.selector = message.selector;
+    }
+    if (message.operator !== "") {
+      obj.operator = message.operator;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<RetireDkimKeyRequest>, I>>(base?: I): RetireDkimKeyRequest {
+    return RetireDkimKeyRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<RetireDkimKeyRequest>, I>>(object: I): RetireDkimKeyRequest {
+    const message = createBaseRetireDkimKeyRequest();
+    message.domain = object.domain ?? "";
+    message.selector = object.selector ?? "";
+    message.operator = object.operator ?? "";
+    return message;
+  },
+};
+
+function createBaseRetireDkimKeyResponse(): RetireDkimKeyResponse {
+  return { key: undefined };
+}
+
+export const RetireDkimKeyResponse: MessageFns<RetireDkimKeyResponse> = {
+  encode(message: RetireDkimKeyResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.key !== undefined) {
+      DkimKey.encode(message.key, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RetireDkimKeyResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRetireDkimKeyResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.key = DkimKey.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RetireDkimKeyResponse {
+    return { key: isSet(object.key) ? DkimKey.fromJSON(object.key) : undefined };
+  },
+
+  toJSON(message: RetireDkimKeyResponse): unknown {
+    const obj: any = {};
+    if (message.key !== undefined) {
+      obj.key = DkimKey.toJSON(message.key);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<RetireDkimKeyResponse>, I>>(base?: I): RetireDkimKeyResponse {
+    return RetireDkimKeyResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<RetireDkimKeyResponse>, I>>(object: I): RetireDkimKeyResponse {
+    const message = createBaseRetireDkimKeyResponse();
+    message.key = (object.key !== undefined && object.key !== null) ? DkimKey.fromPartial(object.key) : undefined;
+    return message;
+  },
+};
+
+function createBaseGetDkimSigningKeysRequest(): GetDkimSigningKeysRequest {
+  return {};
+}
+
+export const GetDkimSigningKeysRequest: MessageFns<GetDkimSigningKeysRequest> = {
+  encode(_: GetDkimSigningKeysRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetDkimSigningKeysRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetDkimSigningKeysRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): GetDkimSigningKeysRequest {
+    return {};
+  },
+
+  toJSON(_: GetDkimSigningKeysRequest): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetDkimSigningKeysRequest>, I>>(base?: I): GetDkimSigningKeysRequest {
+    return GetDkimSigningKeysRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetDkimSigningKeysRequest>, I>>(_: I): GetDkimSigningKeysRequest {
+    const message = createBaseGetDkimSigningKeysRequest();
+    return message;
+  },
+};
+
+function createBaseDkimSigningKey(): DkimSigningKey {
+  return { domain: "", selector: "", algorithm: 0, sealedPrivateKey: Buffer.alloc(0) };
+}
+
+export const DkimSigningKey: MessageFns<DkimSigningKey> = {
+  encode(message: DkimSigningKey, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.domain !== "") {
+      writer.uint32(10).string(message.domain);
+    }
+    if (message.selector !== "") {
+      writer.uint32(18).string(message.selector);
+    }
+    if (message.algorithm !== 0) {
+      writer.uint32(24).int32(message.algorithm);
+    }
+    if (message.sealedPrivateKey.length !== 0) {
+      writer.uint32(34).bytes(message.sealedPrivateKey);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DkimSigningKey {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDkimSigningKey();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.domain = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.selector = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.algorithm = reader.int32() as any;
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.sealedPrivateKey = Buffer.from(reader.bytes());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DkimSigningKey {
+    return {
+      domain: isSet(object.domain) ? globalThis.String(object.domain) : "",
+      selector: isSet(object.selector) ? globalThis.String(object.selector) : "",
+      algorithm: isSet(object.algorithm) ? dkimAlgorithmFromJSON(object.algorithm) : 0,
+      sealedPrivateKey: isSet(object.sealedPrivateKey)
+        ? Buffer.from(bytesFromBase64(object.sealedPrivateKey))
+        : isSet(object.sealed_private_key)
+        ? Buffer.from(bytesFromBase64(object.sealed_private_key))
+        : Buffer.alloc(0),
+    };
+  },
+
+  toJSON(message: DkimSigningKey): unknown {
+    const obj: any = {};
+    if (message.domain !== "") {
+      obj.domain = message.domain;
+    }
+    if (message.selector !== "") {
+      obj.selector = message.selector;
+    }
+    if (message.algorithm !== 0) {
+      obj.algorithm = dkimAlgorithmToJSON(message.algorithm);
+    }
+    if (message.sealedPrivateKey.length !== 0) {
+      obj.sealedPrivateKey = base64FromBytes(message.sealedPrivateKey);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DkimSigningKey>, I>>(base?: I): DkimSigningKey {
+    return DkimSigningKey.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DkimSigningKey>, I>>(object: I): DkimSigningKey {
+    const message = createBaseDkimSigningKey();
+    message.domain = object.domain ?? "";
+    message.selector = object.selector ?? "";
+    message.algorithm = object.algorithm ?? 0;
+    message.sealedPrivateKey = object.sealedPrivateKey ?? Buffer.alloc(0);
+    return message;
+  },
+};
+
+function createBaseGetDkimSigningKeysResponse(): GetDkimSigningKeysResponse {
+  return { keys: [] };
+}
+
+export const GetDkimSigningKeysResponse: MessageFns<GetDkimSigningKeysResponse> = {
+  encode(message: GetDkimSigningKeysResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.keys) {
+      DkimSigningKey.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetDkimSigningKeysResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetDkimSigningKeysResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.keys.push(DkimSigningKey.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetDkimSigningKeysResponse {
+    return {
+      keys: globalThis.Array.isArray(object?.keys) ? object.keys.map((e: any) => DkimSigningKey.fromJSON(e)) : [],
+    };
+  },
+
+  toJSON(message: GetDkimSigningKeysResponse): unknown {
+    const obj: any = {};
+    if (message.keys?.length) {
+      obj.keys = message.keys.map((e) => DkimSigningKey.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetDkimSigningKeysResponse>, I>>(base?: I): GetDkimSigningKeysResponse {
+    return GetDkimSigningKeysResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetDkimSigningKeysResponse>, I>>(object: I): GetDkimSigningKeysResponse {
+    const message = createBaseGetDkimSigningKeysResponse();
+    message.keys = object.keys?.map((e) => DkimSigningKey.fromPartial(e)) || [];
+    return message;
+  },
+};
+
 /**
  * Policy decides who may send what. Ingress asks at every stage of the SMTP
  * dialogue; each decision carries the reply to give. Policy also owns the
@@ -5734,6 +7655,91 @@ export const PolicyServiceService = {
       bufferView(DeleteMilterResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): DeleteMilterResponse => DeleteMilterResponse.decode(value),
   },
+  /**
+   * DKIM signing keys: delivery signs with the active ones. The private key
+   * is stored sealed under TERN_DKIM_KEK and no call here returns it.
+   */
+  generateDkimKey: {
+    path: "/tern.v1.PolicyService/GenerateDkimKey" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GenerateDkimKeyRequest): Buffer =>
+      bufferView(GenerateDkimKeyRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GenerateDkimKeyRequest => GenerateDkimKeyRequest.decode(value),
+    responseSerialize: (value: GenerateDkimKeyResponse): Buffer =>
+      bufferView(GenerateDkimKeyResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GenerateDkimKeyResponse => GenerateDkimKeyResponse.decode(value),
+  },
+  importDkimKey: {
+    path: "/tern.v1.PolicyService/ImportDkimKey" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ImportDkimKeyRequest): Buffer => bufferView(ImportDkimKeyRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ImportDkimKeyRequest => ImportDkimKeyRequest.decode(value),
+    responseSerialize: (value: ImportDkimKeyResponse): Buffer =>
+      bufferView(ImportDkimKeyResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ImportDkimKeyResponse => ImportDkimKeyResponse.decode(value),
+  },
+  listDkimKeys: {
+    path: "/tern.v1.PolicyService/ListDkimKeys" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ListDkimKeysRequest): Buffer => bufferView(ListDkimKeysRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ListDkimKeysRequest => ListDkimKeysRequest.decode(value),
+    responseSerialize: (value: ListDkimKeysResponse): Buffer =>
+      bufferView(ListDkimKeysResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ListDkimKeysResponse => ListDkimKeysResponse.decode(value),
+  },
+  /**
+   * Publishes a new key for the domain that signs after a delay (or when
+   * activated), retiring the current one then.
+   */
+  rotateDkimKey: {
+    path: "/tern.v1.PolicyService/RotateDkimKey" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: RotateDkimKeyRequest): Buffer => bufferView(RotateDkimKeyRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): RotateDkimKeyRequest => RotateDkimKeyRequest.decode(value),
+    responseSerialize: (value: RotateDkimKeyResponse): Buffer =>
+      bufferView(RotateDkimKeyResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): RotateDkimKeyResponse => RotateDkimKeyResponse.decode(value),
+  },
+  activateDkimKey: {
+    path: "/tern.v1.PolicyService/ActivateDkimKey" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ActivateDkimKeyRequest): Buffer =>
+      bufferView(ActivateDkimKeyRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ActivateDkimKeyRequest => ActivateDkimKeyRequest.decode(value),
+    responseSerialize: (value: ActivateDkimKeyResponse): Buffer =>
+      bufferView(ActivateDkimKeyResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ActivateDkimKeyResponse => ActivateDkimKeyResponse.decode(value),
+  },
+  retireDkimKey: {
+    path: "/tern.v1.PolicyService/RetireDkimKey" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: RetireDkimKeyRequest): Buffer => bufferView(RetireDkimKeyRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): RetireDkimKeyRequest => RetireDkimKeyRequest.decode(value),
+    responseSerialize: (value: RetireDkimKeyResponse): Buffer =>
+      bufferView(RetireDkimKeyResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): RetireDkimKeyResponse => RetireDkimKeyResponse.decode(value),
+  },
+  /**
+   * For delivery (admin does not route it): the active keys, sealed;
+   * delivery opens them with the same TERN_DKIM_KEK.
+   */
+  getDkimSigningKeys: {
+    path: "/tern.v1.PolicyService/GetDkimSigningKeys" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetDkimSigningKeysRequest): Buffer =>
+      bufferView(GetDkimSigningKeysRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetDkimSigningKeysRequest => GetDkimSigningKeysRequest.decode(value),
+    responseSerialize: (value: GetDkimSigningKeysResponse): Buffer =>
+      bufferView(GetDkimSigningKeysResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GetDkimSigningKeysResponse => GetDkimSigningKeysResponse.decode(value),
+  },
 } as const;
 
 export interface PolicyServiceServer extends UntypedServiceImplementation {
@@ -5778,6 +7784,25 @@ export interface PolicyServiceServer extends UntypedServiceImplementation {
   listMilters: handleUnaryCall<ListMiltersRequest, ListMiltersResponse>;
   putMilter: handleUnaryCall<PutMilterRequest, PutMilterResponse>;
   deleteMilter: handleUnaryCall<DeleteMilterRequest, DeleteMilterResponse>;
+  /**
+   * DKIM signing keys: delivery signs with the active ones. The private key
+   * is stored sealed under TERN_DKIM_KEK and no call here returns it.
+   */
+  generateDkimKey: handleUnaryCall<GenerateDkimKeyRequest, GenerateDkimKeyResponse>;
+  importDkimKey: handleUnaryCall<ImportDkimKeyRequest, ImportDkimKeyResponse>;
+  listDkimKeys: handleUnaryCall<ListDkimKeysRequest, ListDkimKeysResponse>;
+  /**
+   * Publishes a new key for the domain that signs after a delay (or when
+   * activated), retiring the current one then.
+   */
+  rotateDkimKey: handleUnaryCall<RotateDkimKeyRequest, RotateDkimKeyResponse>;
+  activateDkimKey: handleUnaryCall<ActivateDkimKeyRequest, ActivateDkimKeyResponse>;
+  retireDkimKey: handleUnaryCall<RetireDkimKeyRequest, RetireDkimKeyResponse>;
+  /**
+   * For delivery (admin does not route it): the active keys, sealed;
+   * delivery opens them with the same TERN_DKIM_KEK.
+   */
+  getDkimSigningKeys: handleUnaryCall<GetDkimSigningKeysRequest, GetDkimSigningKeysResponse>;
 }
 
 export interface PolicyServiceClient extends Client {
@@ -6130,6 +8155,123 @@ export interface PolicyServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: DeleteMilterResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * DKIM signing keys: delivery signs with the active ones. The private key
+   * is stored sealed under TERN_DKIM_KEK and no call here returns it.
+   */
+  generateDkimKey(
+    request: GenerateDkimKeyRequest,
+    callback: (error: ServiceError | null, response: GenerateDkimKeyResponse) => void,
+  ): ClientUnaryCall;
+  generateDkimKey(
+    request: GenerateDkimKeyRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GenerateDkimKeyResponse) => void,
+  ): ClientUnaryCall;
+  generateDkimKey(
+    request: GenerateDkimKeyRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GenerateDkimKeyResponse) => void,
+  ): ClientUnaryCall;
+  importDkimKey(
+    request: ImportDkimKeyRequest,
+    callback: (error: ServiceError | null, response: ImportDkimKeyResponse) => void,
+  ): ClientUnaryCall;
+  importDkimKey(
+    request: ImportDkimKeyRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ImportDkimKeyResponse) => void,
+  ): ClientUnaryCall;
+  importDkimKey(
+    request: ImportDkimKeyRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ImportDkimKeyResponse) => void,
+  ): ClientUnaryCall;
+  listDkimKeys(
+    request: ListDkimKeysRequest,
+    callback: (error: ServiceError | null, response: ListDkimKeysResponse) => void,
+  ): ClientUnaryCall;
+  listDkimKeys(
+    request: ListDkimKeysRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ListDkimKeysResponse) => void,
+  ): ClientUnaryCall;
+  listDkimKeys(
+    request: ListDkimKeysRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ListDkimKeysResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Publishes a new key for the domain that signs after a delay (or when
+   * activated), retiring the current one then.
+   */
+  rotateDkimKey(
+    request: RotateDkimKeyRequest,
+    callback: (error: ServiceError | null, response: RotateDkimKeyResponse) => void,
+  ): ClientUnaryCall;
+  rotateDkimKey(
+    request: RotateDkimKeyRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: RotateDkimKeyResponse) => void,
+  ): ClientUnaryCall;
+  rotateDkimKey(
+    request: RotateDkimKeyRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: RotateDkimKeyResponse) => void,
+  ): ClientUnaryCall;
+  activateDkimKey(
+    request: ActivateDkimKeyRequest,
+    callback: (error: ServiceError | null, response: ActivateDkimKeyResponse) => void,
+  ): ClientUnaryCall;
+  activateDkimKey(
+    request: ActivateDkimKeyRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ActivateDkimKeyResponse) => void,
+  ): ClientUnaryCall;
+  activateDkimKey(
+    request: ActivateDkimKeyRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ActivateDkimKeyResponse) => void,
+  ): ClientUnaryCall;
+  retireDkimKey(
+    request: RetireDkimKeyRequest,
+    callback: (error: ServiceError | null, response: RetireDkimKeyResponse) => void,
+  ): ClientUnaryCall;
+  retireDkimKey(
+    request: RetireDkimKeyRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: RetireDkimKeyResponse) => void,
+  ): ClientUnaryCall;
+  retireDkimKey(
+    request: RetireDkimKeyRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: RetireDkimKeyResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * For delivery (admin does not route it): the active keys, sealed;
+   * delivery opens them with the same TERN_DKIM_KEK.
+   */
+  getDkimSigningKeys(
+    request: GetDkimSigningKeysRequest,
+    callback: (error: ServiceError | null, response: GetDkimSigningKeysResponse) => void,
+  ): ClientUnaryCall;
+  getDkimSigningKeys(
+    request: GetDkimSigningKeysRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GetDkimSigningKeysResponse) => void,
+  ): ClientUnaryCall;
+  getDkimSigningKeys(
+    request: GetDkimSigningKeysRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GetDkimSigningKeysResponse) => void,
   ): ClientUnaryCall;
 }
 
