@@ -42,6 +42,7 @@ export function createApp(config: Config, deps: AppDeps): App {
     config.TERN_TLS_CERT_FILE && config.TERN_TLS_KEY_FILE
       ? new TlsContextManager(config.TERN_TLS_CERT_FILE, config.TERN_TLS_KEY_FILE, logger)
       : undefined;
+  tls?.observe(meter);
   const metrics: IngressMetrics = {
     sessions: meter.createCounter('tern_ingress_sessions_total', { description: 'SMTP sessions started' }),
     decisions: meter.createCounter('tern_ingress_policy_decisions_total', { description: 'Policy answers by stage and result' }),
