@@ -15,7 +15,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import pg from 'pg';
 import * as grpc from '@grpc/grpc-js';
-import { Harness, startPlatform, type Platform, type SmtpSink, type TestDatabase } from '@tern/devkit';
+import { Harness, startPlatform, submissionListener, type Platform, type SmtpSink, type TestDatabase } from '@tern/devkit';
 import { AuthenticateRequest, PolicyServiceClient, RecipientState } from '@tern/proto';
 import { send, tern, waitFor } from '../ops/helpers';
 import { NAMESPACE, ROOT } from '../chart/render';
@@ -46,13 +46,18 @@ before(async () => {
   const dns = await harness.startDns({ host: '127.0.0.1' });
   for (const d of ['ok.test', 'defer.test', 'queued.test', 'sender.test']) dns.mx(d, 'mx.obs.test');
   dns.a('mx.obs.test', '127.0.0.30').mx('slow.test', 'mx.slow.test').a('mx.slow.test', '127.0.0.31');
+  // A submission listener gives ingress a certificate (whose expiry is a metric).
+  const submission = await submissionListener(harness);
   platform = await startPlatform(harness, {
     databaseUrl: db.url,
     natsUrl: nats.url,
     dnsServer: dns.address,
     remoteSmtpPort: port,
-    // Deferred recipients stay deferred for the test: the first retry is far away.
-    env: { queue: { TERN_QUEUE_BACKOFF_MIN_S: '600', TERN_QUEUE_BACKOFF_MAX_S: '3600' } },
+    env: {
+      // Deferred recipients stay deferred for the test: the first retry is far away.
+      queue: { TERN_QUEUE_BACKOFF_MIN_S: '600', TERN_QUEUE_BACKOFF_MAX_S: '3600' },
+      ingress: submission.env,
+    },
   });
   prom = await startPrometheus(harness, platform, { namespace: NAMESPACE, groups });
 });

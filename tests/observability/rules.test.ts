@@ -198,3 +198,29 @@ test('the queue refusing mail, an old deferred recipient and a stuck outbox aler
 function annotationsOf(alert: string): Record<string, string> {
   return groups.flatMap((g) => g.rules).find((r) => r.alert === alert)!.annotations!;
 }
+
+test('an SMTP certificate within the expiry window alerts for its pod; one renewed far ahead does not', () => {
+  const day = 86400;
+  const r = promtoolTest('tls', {
+    interval: '1m',
+    input_series: [
+      // promtool's clock starts at the epoch: these expire 10 and 60 days after it.
+      { series: `tern_ingress_tls_certificate_expiry_timestamp_seconds{${ns},job="ingress",pod="ingress-0"}`, values: `${10 * day}x200` },
+      { series: `tern_ingress_tls_certificate_expiry_timestamp_seconds{${ns},job="ingress",pod="ingress-1"}`, values: `${60 * day}x200` },
+    ],
+    alert_rule_test: [
+      { eval_time: '30m', alertname: 'TernTlsCertificateExpiring', exp_alerts: [] },
+      {
+        eval_time: '2h',
+        alertname: 'TernTlsCertificateExpiring',
+        exp_alerts: [
+          {
+            exp_labels: { severity: 'warning', pod: 'ingress-0' },
+            exp_annotations: { ...annotationsOf('TernTlsCertificateExpiring'), summary: 'The SMTP certificate of ingress pod ingress-0 expires in 9d 22h 0m 0s.' },
+          },
+        ],
+      },
+    ],
+  });
+  assert.ok(r.ok, r.out);
+});

@@ -205,6 +205,7 @@ const schema = {
         natsConsumerPending: int(1),
         eventLoopDelaySeconds: { type: 'number', exclusiveMinimum: 0 },
         serviceDownFor: str({ pattern: '^[0-9]+(s|m|h|d)$' }),
+        tlsCertificateExpiryDays: int(1),
       }),
     }),
     migrate: obj({
