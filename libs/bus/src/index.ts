@@ -174,13 +174,15 @@ export class Bus {
       const config = {
         name: spec.name,
         subjects: spec.subjects,
-        retention: RetentionPolicy.Workqueue,
+        retention: spec.log ? RetentionPolicy.Limits : RetentionPolicy.Workqueue,
         storage: StorageType.File,
-        // A full stream refuses the publish (the outbox row stays, the
+        // A full work queue refuses the publish (the outbox row stays, the
         // result's job is retried) instead of dropping its oldest message:
         // with Old a backlog past the bound silently lost results and
-        // report requests (I2).
-        discard: DiscardPolicy.New,
+        // report requests (I2). A log (events) drops its oldest instead, so
+        // mail never waits for its readers.
+        discard: spec.log ? DiscardPolicy.Old : DiscardPolicy.New,
+        ...(spec.log ? { max_age: nanos(spec.log.maxAgeMs) } : {}),
         duplicate_window: nanos(spec.duplicateWindowMs),
         max_msgs: spec.maxMessages,
         max_bytes: spec.maxBytes,

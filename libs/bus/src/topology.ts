@@ -17,7 +17,15 @@ export const SUBJECTS = {
   /** DeliveryResults: the results of several jobs in one message (what delivery publishes). */
   resultsBatch: 'tern.results.batch',
   reports: 'tern.reports',
+  /** Lifecycle events, tern.events.<type> (received, delivered, ...): see proto/tern/v1/lifecycle.proto. */
+  eventsPrefix: 'tern.events',
+  eventsAll: 'tern.events.>',
 } as const;
+
+/** The subject of lifecycle events of one type ("delivered"). */
+export function eventSubject(type: string): string {
+  return `${SUBJECTS.eventsPrefix}.${type}`;
+}
 
 export interface StreamSpec {
   name: string;
@@ -27,12 +35,20 @@ export interface StreamSpec {
   /** Bound on stored messages (I4): publishers get an error beyond it. */
   maxMessages: number;
   maxBytes: number;
+  /**
+   * A log read by any number of consumers (limits retention): the oldest
+   * messages go when a bound is reached or they pass `maxAgeMs`. Without it
+   * the stream is a work queue that refuses publishes when full.
+   */
+  log?: { maxAgeMs: number };
 }
 
 export const STREAMS = {
   jobs: { name: 'TERN_JOBS', subjects: [SUBJECTS.jobsAll], duplicateWindowMs: 10 * 60_000, maxMessages: 5_000_000, maxBytes: 4 * 1024 ** 3 },
   results: { name: 'TERN_RESULTS', subjects: [SUBJECTS.results, SUBJECTS.resultsBatch], duplicateWindowMs: 10 * 60_000, maxMessages: 5_000_000, maxBytes: 2 * 1024 ** 3 },
   reports: { name: 'TERN_REPORTS', subjects: [SUBJECTS.reports], duplicateWindowMs: 10 * 60_000, maxMessages: 1_000_000, maxBytes: 1024 ** 3 },
+  // Mail never waits for a reader of events: when full, the oldest go.
+  events: { name: 'TERN_EVENTS', subjects: [SUBJECTS.eventsAll], duplicateWindowMs: 10 * 60_000, maxMessages: 5_000_000, maxBytes: 1024 ** 3, log: { maxAgeMs: 7 * 86_400_000 } },
 } as const satisfies Record<string, StreamSpec>;
 
 export interface ConsumerSpec {

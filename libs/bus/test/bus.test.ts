@@ -202,7 +202,7 @@ test('publish: the stream stores it and says so, and a subject no stream takes, 
   await bus.close();
 });
 
-test('every stream refuses publishes past its bound rather than dropping stored messages, also one created before with discard old', async () => {
+test('every work-queue stream refuses publishes past its bound rather than dropping stored messages, also one created before with discard old; the events log drops its oldest', async () => {
   const bus = await connect('bus-test-discard');
   // As an older release created it: discard old.
   await bus.jsm.streams.add({ name: STREAMS.reports.name, subjects: [...STREAMS.reports.subjects], retention: RetentionPolicy.Workqueue, discard: DiscardPolicy.Old, max_msgs: 5 }).catch(async () => {
@@ -211,7 +211,9 @@ test('every stream refuses publishes past its bound rather than dropping stored 
   await bus.ensureTopology([]);
   for (const spec of Object.values(STREAMS)) {
     const info = await bus.jsm.streams.info(spec.name);
-    assert.equal(info.config.discard, DiscardPolicy.New, `${spec.name}: discard`);
+    const log = 'log' in spec;
+    assert.equal(info.config.discard, log ? DiscardPolicy.Old : DiscardPolicy.New, `${spec.name}: discard`);
+    assert.equal(info.config.retention, log ? RetentionPolicy.Limits : RetentionPolicy.Workqueue, `${spec.name}: retention`);
     assert.equal(info.config.max_msgs, spec.maxMessages, `${spec.name}: max_msgs`);
   }
   // The bound holds: with the stream lowered to 2 messages, the third publish fails and the first two stay.
@@ -236,8 +238,8 @@ test('a NATS server whose file store is smaller than the streams reserve: the er
   try {
     await assert.rejects(bus.ensureTopology(), (err: Error) => {
       assert.match(err.message, /NATS JetStream cannot reserve 4 GiB for stream TERN_JOBS: .*insufficient storage resources/);
-      assert.match(err.message, /reserve 7 GiB of file storage together: raise the server's jetstream max_file_store/);
-      assert.equal(STREAMS_MAX_BYTES, 7 * 1024 ** 3);
+      assert.match(err.message, /reserve 8 GiB of file storage together: raise the server's jetstream max_file_store/);
+      assert.equal(STREAMS_MAX_BYTES, 8 * 1024 ** 3);
       return true;
     });
   } finally {

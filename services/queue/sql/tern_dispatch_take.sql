@@ -17,6 +17,6 @@ WITH g AS (UPDATE destinations d SET inflight = d.inflight + t.n,
        SELECT x.s, x.m, substring($10::bytea from x.po + 1 for x.pl), x.t::jsonb, x.b
        FROM unnest($8::text[], $9::text[], $11::int[], $12::int[], $13::text[], $15::text[], $14::text[], $16::int[])
          AS x(s, m, po, pl, t, b, d, k)
-       WHERE x.k <= (SELECT g.granted FROM g WHERE g.name = x.d)
+       WHERE x.d IS NULL OR x.k <= (SELECT g.granted FROM g WHERE g.name = x.d)
        RETURNING id, msg_id)
      SELECT (SELECT array_agg(name) FROM g) AS granted, (SELECT json_agg(json_build_object('id', id, 'msg_id', msg_id)) FROM o) AS outbox

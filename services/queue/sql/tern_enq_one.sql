@@ -35,7 +35,7 @@ WITH m AS (
        SELECT x.s, x.m, substring($24::bytea from x.po + 1 for x.pl), x.t::jsonb, x.b
        FROM unnest($22::text[], $23::text[], $29::int[], $30::int[], $25::text[], $11::text[], $26::text[], $33::int[])
          AS x(s, m, po, pl, t, b, d, k)
-       WHERE x.k <= (SELECT g.granted FROM g WHERE g.name = x.d)
+       WHERE x.d IS NULL OR x.k <= (SELECT g.granted FROM g WHERE g.name = x.d)
        RETURNING id, msg_id)
        SELECT (SELECT json_object_agg(name, granted) FROM g) AS granted, (SELECT count(*)::int FROM r WHERE state = 1) AS queued,
               (SELECT json_agg(json_build_object('id', id, 'msg_id', msg_id)) FROM o) AS outbox

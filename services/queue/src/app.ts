@@ -17,6 +17,7 @@ import { Scheduler } from './dispatch';
 import { Enqueuer } from './enqueue';
 import { QueueDepth } from './depth';
 import { Housekeeping } from './housekeeping';
+import type { EventSettings } from './events';
 import { createQueueMetrics } from './metrics';
 import { Operations } from './operations';
 import { Relay, type StoredOutboxRow } from './outbox';
@@ -56,6 +57,7 @@ export function createApp(config: Config, deps: AppDeps): App {
   const backoff = { minS: config.TERN_QUEUE_BACKOFF_MIN_S, maxS: config.TERN_QUEUE_BACKOFF_MAX_S, jitter: config.TERN_QUEUE_BACKOFF_JITTER };
 
   const metrics = createQueueMetrics(meter, config.TERN_QUEUE_METRICS_TOP_DESTINATIONS);
+  const events: EventSettings = { enabled: config.TERN_QUEUE_EVENTS, format: config.TERN_EVENTS_FORMAT };
 
   let bus: Bus | undefined;
   const busRef = () => {
@@ -102,6 +104,7 @@ export function createApp(config: Config, deps: AppDeps): App {
     inlineBodyMax: config.TERN_QUEUE_INLINE_BODY_MAX,
     bodyCache,
     metrics,
+    events,
     onOutbox: handoff,
     onQueued: () => scheduler.wake(),
   });
@@ -114,6 +117,7 @@ export function createApp(config: Config, deps: AppDeps): App {
     batchMax: config.TERN_QUEUE_RESULT_BATCH,
     batchDelayMs: config.TERN_QUEUE_RESULT_DELAY_MS,
     metrics,
+    events,
     dispatch: {
       routes,
       jobMaxRecipients: config.TERN_QUEUE_JOB_MAX_RECIPIENTS,
@@ -134,9 +138,10 @@ export function createApp(config: Config, deps: AppDeps): App {
     retentionS: config.TERN_QUEUE_RETENTION_S,
     intervalMs: 5_000,
     metrics,
+    events,
     onOutbox: () => relay.wake(),
   });
-  const ops = new Operations({ pool: opsPool, logger, routes, limits, onOutbox: () => relay.wake(), onDue: () => scheduler.wake() });
+  const ops = new Operations({ pool: opsPool, logger, routes, limits, events, onOutbox: () => relay.wake(), onDue: () => scheduler.wake() });
 
   // Status (accepting, against the high-water mark) and the depth gauges, from one background sample.
   const depth = new QueueDepth({

@@ -1,6 +1,6 @@
 // Process settings of the queue service, read once from the environment.
 // Keys are the variable names, so a bad value is reported by its name.
-import { commonSchema, nonNegativeInt, parseEnv, positiveInt, postgresUrl, natsUrl, z } from '@tern/config';
+import { bool, commonSchema, nonNegativeInt, parseEnv, positiveInt, postgresUrl, natsUrl, z } from '@tern/config';
 
 const schema = z.object({
   ...commonSchema({ grpcPort: 7003, metricsPort: 9103 }),
@@ -101,6 +101,10 @@ const schema = z.object({
   TERN_QUEUE_RETENTION_S: positiveInt(7 * 86400),
   /** Housekeeping batch size (body removal, purge, expiry). */
   TERN_QUEUE_HOUSEKEEPING_BATCH: positiveInt(1000),
+  /** Write lifecycle events (received, delivered, deferred, ...) to the TERN_EVENTS stream. */
+  TERN_QUEUE_EVENTS: bool(true),
+  /** Lifecycle event payloads: protobuf (LifecycleEvents) or its proto3 JSON. */
+  TERN_EVENTS_FORMAT: z.enum(['protobuf', 'json']).default('protobuf'),
   /** Destinations with series of their own in the per-destination metrics (the busiest; the rest are "other"). */
   TERN_QUEUE_METRICS_TOP_DESTINATIONS: nonNegativeInt(20),
 });

@@ -6,9 +6,10 @@
 // and only after COMMIT does each caller get its queue id (invariant I1).
 import type { Pool, PoolClient } from '@tern/db';
 import { grpc, grpcError } from '@tern/grpc';
-import { EnqueueHeader, Envelope, MessageOrigin, type EnqueueBatchRequest, type EnqueueCommit, type EnqueueBatchResponse, type EnqueueMessage, type EnqueueOutcome, type EnqueueStreamRequest, type EnqueueStreamResponse, type EnqueueRequest, type EnqueueResponse } from '@tern/proto';
+import { EnqueueHeader, Envelope, LifecycleEventType, MessageOrigin, type EnqueueBatchRequest, type EnqueueCommit, type EnqueueBatchResponse, type EnqueueMessage, type EnqueueOutcome, type EnqueueStreamRequest, type EnqueueStreamResponse, type EnqueueRequest, type EnqueueResponse } from '@tern/proto';
 import { extractContext, injectContext, type Logger } from '@tern/telemetry';
 import type { QueueMetrics } from './metrics';
+import { eventRows, type EventInput, type EventSettings } from './events';
 import { Batcher } from '@tern/runtime';
 import { columns, intArrayLiteral, isLockTimeout, packBytes, q, statement, tx } from './db';
 import { ensureDestinations, reserveSlots, takeFreeSlotsSql, type DestinationLimits } from './destination';
@@ -60,6 +61,8 @@ export interface EnqueueOptions {
   /** Where the bodies of messages left queued (no slot at their commit) wait for the scheduler. */
   bodyCache?: BodyCache;
   metrics: Pick<QueueMetrics, 'messages' | 'recipientsEnqueued' | 'batch' | 'destinations'>;
+  /** Lifecycle events written with each commit. */
+  events: EventSettings;
   /** Outbox rows were committed (handed to the relay when given). */
   onOutbox(rows?: StoredOutboxRow[]): void;
   onQueued(): void;
@@ -522,8 +525,9 @@ export class Enqueuer {
             recipientCols.state, recipientCols.nextAttemptAt, recipientCols.jobId, recipientCols.leaseExpiresAt, now, expires,
           ],
         );
-        committed = await insertOutbox(c, jobs.map((b) => b.outbox));
-        outboxRows = jobs.length;
+        const events = eventRows(this.o.events, live.flatMap((i) => receivedEvents(i)), now);
+        committed = await insertOutbox(c, [...jobs.map((b) => b.outbox), ...events]);
+        outboxRows = jobs.length + events.length;
       }
       return items.map((i): EnqueueResult => {
         if (stored.has(i.queueId)) return { queueId: i.queueId, duplicate: false };
@@ -584,7 +588,9 @@ export class Enqueuer {
     const ordinalOf = new Map(jobs.map((b, n) => [b.jobId, ordinals[n]!]));
     const recipientCols = columns(recipients, 'messageId', 'idx', 'address', 'domain', 'orcpt', 'notify', 'held', 'jobId');
     const ordinalOfRecipient = recipientCols.jobId.map((j) => (j ? ordinalOf.get(j)! : null));
-    const ob = outboxColumns(jobs.map((b) => b.outbox));
+    // Lifecycle events ride in the same statement: rows without a destination, always inserted.
+    const events = eventRows(this.o.events, items.flatMap((i) => receivedEvents(i)), now);
+    const ob = outboxColumns([...jobs.map((b) => b.outbox), ...events]);
     const bodies = packBytes(items.map((i) => i.body!));
     const payloads = packBytes(ob.payloads);
     const { rows } = await q<{ granted: Record<string, number> | null; queued: number; outbox: Array<{ id: number; msg_id: string }> | null }>(
@@ -616,7 +622,7 @@ export class Enqueuer {
         ob.msgIds,
         payloads.packed,
         ob.traces,
-        jobs.map((b) => b.destination),
+        [...jobs.map((b): string | null => b.destination), ...events.map(() => null)],
         bodies.offsets,
         bodies.lengths,
         payloads.offsets,
@@ -625,14 +631,14 @@ export class Enqueuer {
         // what is added, so anything after the bodies copied them again.
         bodies.packed,
         ordinalOfRecipient,
-        ordinals,
+        [...ordinals, ...events.map(() => null)],
       ],
     );
     // Jobs that got a slot: their ordinal within their destination is at most what it granted.
     const granted = rows[0]?.granted ?? {};
     const gotSlot = jobs.map((b, n) => ordinals[n]! <= (granted[b.destination] ?? 0));
     const sent = jobs.filter((_b, n) => gotSlot[n]);
-    if (sent.length) this.o.onOutbox(stored(sent.map((b) => b.outbox), rows[0]?.outbox ?? []));
+    if (sent.length || events.length) this.o.onOutbox(stored([...sent.map((b) => b.outbox), ...events], rows[0]?.outbox ?? []));
     if (sent.length < jobs.length && this.o.bodyCache) {
       const bodyOf = new Map(items.map((i) => [i.queueId, i.body]));
       jobs.forEach((b, n) => {
@@ -670,4 +676,12 @@ function recipientsByDestination(h: EnqueueHeader): Map<string, JobRcpt[]> {
     else byDest.set(d, [rcpt]);
   });
   return byDest;
+}
+
+/** A stored message's events: received, and held when it was stored held. */
+function receivedEvents(i: EnqueueItem): EventInput[] {
+  const base = { queueId: i.queueId, sender: i.header.envelope!.sender, trace: i.trace };
+  const received: EventInput = { ...base, type: LifecycleEventType.LIFECYCLE_EVENT_TYPE_RECEIVED, recipients: i.header.recipients.map((r) => r.address), size: i.size };
+  if (!i.header.hold) return [received];
+  return [received, { ...base, type: LifecycleEventType.LIFECYCLE_EVENT_TYPE_HELD, recipients: i.header.recipients.map((r) => r.address), operator: 'policy', reason: 'held when received' }];
 }

@@ -4,12 +4,14 @@
 // counters. Each step works in bounded batches with SKIP LOCKED, so several
 // replicas can run it at once.
 import { pg, type Pool } from '@tern/db';
-import { ReportKind } from '@tern/proto';
+import { LifecycleEventType, ReportKind } from '@tern/proto';
 import type { Logger } from '@tern/telemetry';
 import { tx } from './db';
 import { recountInflight } from './destination';
 import { destinationOf, S } from './model';
 import type { QueueMetrics } from './metrics';
+import { eventRows, type EventSettings } from './events';
+import { classifyReply } from '@tern/dsn';
 import { insertOutbox } from './outbox';
 import { buildReports, type ReportSubject } from './reports';
 import { markDone } from './results';
@@ -23,6 +25,7 @@ export interface HousekeepingOptions {
   retentionS: number;
   intervalMs: number;
   metrics: Pick<QueueMetrics, 'expired' | 'destinations'>;
+  events: EventSettings;
   onOutbox(): void;
 }
 
@@ -155,7 +158,20 @@ export class Housekeeping {
       );
       await markDone(c, [...new Set(rows.map((r) => r.message_id))]);
       const out = buildReports(ReportKind.REPORT_KIND_FAILED, rows.map((r) => subjectOf(r, '4.4.7')));
-      await insertOutbox(c, out);
+      const expiredEvents = eventRows(
+        this.o.events,
+        rows.map((r) => ({
+          type: LifecycleEventType.LIFECYCLE_EVENT_TYPE_EXPIRED,
+          queueId: r.message_id,
+          sender: r.sender,
+          recipient: r.address,
+          destination: destinationOf(r.address),
+          reply: r.last_code ? { code: r.last_code, enhanced: r.last_enhanced ?? '', text: r.last_text ?? '' } : undefined,
+          bounceClass: r.last_code ? classifyReply({ code: r.last_code, enhanced: r.last_enhanced ?? '', text: r.last_text ?? '' }) : 'other',
+          trace: r.trace,
+        })),
+      );
+      await insertOutbox(c, [...out, ...expiredEvents]);
       reports = out.length;
       expiredAddresses = rows.map((r) => r.address);
       return rows.length;
@@ -163,7 +179,7 @@ export class Housekeeping {
     const m = this.o.metrics;
     for (const a of expiredAddresses) m.expired.add(1, { destination: m.destinations.peek(destinationOf(a)) });
     if (n) this.o.logger.info({ recipients: n, reports }, 'recipients expired');
-    if (reports) this.o.onOutbox();
+    if (n) this.o.onOutbox();
     return n;
   }
 

@@ -4,6 +4,7 @@
 import type { Pool } from '@tern/db';
 import { grpc, grpcError } from '@tern/grpc';
 import {
+  LifecycleEventType,
   QueueAction,
   ReportKind,
   Route,
@@ -33,6 +34,7 @@ import { idFloor, isQueueId } from './ids';
 import { RCPT_COLS, toRecipientStatus } from './messages';
 import { PENDING_SQL, S } from './model';
 import { insertOutbox } from './outbox';
+import { eventRows, type EventSettings } from './events';
 import { buildReports, type ReportSubject } from './reports';
 import { markDone } from './results';
 import { rowToRoute, validateRoute, type RouteRow, type RouteTable } from './routes';
@@ -42,9 +44,18 @@ export interface OperationsOptions {
   logger: Logger;
   routes: RouteTable;
   limits: DestinationLimits;
+  events: EventSettings;
   onOutbox(): void;
   onDue(): void;
 }
+
+/** The lifecycle event of an operator's action (retry changes no state: none). */
+const ACTION_EVENTS = new Map<QueueAction, LifecycleEventType>([
+  [QueueAction.QUEUE_ACTION_HOLD, LifecycleEventType.LIFECYCLE_EVENT_TYPE_HELD],
+  [QueueAction.QUEUE_ACTION_RELEASE, LifecycleEventType.LIFECYCLE_EVENT_TYPE_RELEASED],
+  [QueueAction.QUEUE_ACTION_DELETE, LifecycleEventType.LIFECYCLE_EVENT_TYPE_DELETED],
+  [QueueAction.QUEUE_ACTION_BOUNCE, LifecycleEventType.LIFECYCLE_EVENT_TYPE_BOUNCED],
+]);
 
 const ALL_STATES = [S.queued, S.inflight, S.deferred, S.delivered, S.failed, S.held, S.expired, S.deleted, S.relayed];
 const MAX_PAGE = 1000;
@@ -228,14 +239,26 @@ export class Operations {
         default:
           set = `state = ${S.failed}, next_attempt_at = NULL, last_code = 550, last_enhanced = '5.0.0', last_text = ${p.add(`bounced by ${operator}${reason ? `: ${reason}` : ''}`)}`;
       }
-      const { rows } = await c.query<{ message_id: string; idx: number }>(
-        `WITH t AS (SELECT r.message_id, r.idx FROM recipients r WHERE ${where} ORDER BY r.message_id, r.idx FOR UPDATE)
+      const { rows } = await c.query<{ message_id: string; idx: number; address: string; domain: string; sender: string; trace: Record<string, string> | null }>(
+        `WITH t AS (SELECT r.message_id, r.idx, m.sender, m.trace FROM recipients r JOIN messages m ON m.id = r.message_id
+                    WHERE ${where} ORDER BY r.message_id, r.idx FOR UPDATE OF r)
          UPDATE recipients r SET ${set}, updated_at = now() FROM t WHERE r.message_id = t.message_id AND r.idx = t.idx
-         RETURNING r.message_id, r.idx`,
+         RETURNING r.message_id, r.idx, r.address, r.domain, t.sender, t.trace`,
         p.values,
       );
       const ids = [...new Set(rows.map((r) => r.message_id))];
       if (!ids.length) return { messages: 0, recipients: 0 };
+      const eventType = ACTION_EVENTS.get(req.action);
+      if (eventType !== undefined) {
+        const events = eventRows(
+          this.o.events,
+          rows.map((r) => ({ type: eventType, queueId: r.message_id, sender: r.sender, recipient: r.address, destination: r.domain, operator, reason, trace: r.trace })),
+        );
+        if (events.length) {
+          await insertOutbox(c, events);
+          reports += events.length;
+        }
+      }
       await c.query(
         `INSERT INTO operator_events (message_id, operator, action, reason, detail)
          SELECT m, $2, $3, $4, $5::jsonb FROM unnest($1::text[]) AS t(m)`,
@@ -258,7 +281,7 @@ export class Operations {
         }));
         const out = buildReports(ReportKind.REPORT_KIND_FAILED, subjects);
         await insertOutbox(c, out);
-        reports = out.length;
+        reports += out.length;
       }
       return { messages: ids.length, recipients: rows.length };
     });

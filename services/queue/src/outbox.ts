@@ -24,7 +24,7 @@ export interface OutboxRow {
   body?: { of: string; data: Uint8Array };
   /** W3C trace context to continue (the message's Enqueue call). */
   trace: Record<string, string> | null;
-  /** Span name for the publish, e.g. queue.dispatch. */
+  /** Span name for the publish, e.g. queue.dispatch; '' = no span (lifecycle events belong to no one message's trace). */
   span: string;
   attrs?: Record<string, string | number>;
 }
@@ -81,10 +81,11 @@ export interface OutboxParams {
  * slot in CTE `g` (name, granted): the job's destination (parameter
  * `granted.destinations`) granted at least its ordinal among the jobs of
  * that destination in the statement (parameter `granted.ordinals`, 1-based).
+ * A row without a destination (a lifecycle event) is always inserted.
  */
 function insertOutboxSql(p: OutboxParams, granted?: { destinations: number; ordinals: number }): string {
   const d = granted
-    ? { param: `, $${granted.destinations}::text[], $${granted.ordinals}::int[]`, col: ', d, k', where: '\n       WHERE x.k <= (SELECT g.granted FROM g WHERE g.name = x.d)' }
+    ? { param: `, $${granted.destinations}::text[], $${granted.ordinals}::int[]`, col: ', d, k', where: '\n       WHERE x.d IS NULL OR x.k <= (SELECT g.granted FROM g WHERE g.name = x.d)' }
     : { param: '', col: '', where: '' };
   return `INSERT INTO outbox (subject, msg_id, payload, trace, body_of)
        SELECT x.s, x.m, substring($${p.packed}::bytea from x.po + 1 for x.pl), x.t::jsonb, x.b
@@ -236,6 +237,7 @@ export class Relay {
   }
 
   private publish(subject: string, msgId: string, payload: Uint8Array, carrier: Record<string, string>, span: string, attrs: Record<string, string | number>): Promise<unknown> {
+    if (span === '') return this.o.bus.publish(subject, payload, { msgId });
     return withSpan(
       this.o.tracer,
       span,

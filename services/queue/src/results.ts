@@ -9,9 +9,11 @@
 // only after COMMIT.
 import { SUBJECTS, type Bus, type BusMessage, type Consumption } from '@tern/bus';
 import type { Pool, PoolClient } from '@tern/db';
-import { AttemptOutcome, DeliveryResult, DeliveryResults, ReportKind } from '@tern/proto';
+import { AttemptOutcome, DeliveryResult, DeliveryResults, LifecycleEventType, ReportKind } from '@tern/proto';
+import { classifyReply } from '@tern/dsn';
 import type { Logger } from '@tern/telemetry';
 import type { QueueMetrics } from './metrics';
+import { eventRows, type EventInput, type EventSettings } from './events';
 import { Batcher } from '@tern/runtime';
 import type { BodyCache } from './body-cache';
 import { columns, q, statement, tx } from './db';
@@ -24,6 +26,15 @@ import { buildReports, type ReportSubject } from './reports';
 import { jobFeedback, settleRecipient } from './settle';
 import type { RouteTable } from './routes';
 
+/** The lifecycle event of a recipient's new state after a result (none while it stays queued). */
+const RESULT_EVENTS = new Map<number, LifecycleEventType>([
+  [S.delivered, LifecycleEventType.LIFECYCLE_EVENT_TYPE_DELIVERED],
+  [S.relayed, LifecycleEventType.LIFECYCLE_EVENT_TYPE_RELAYED],
+  [S.deferred, LifecycleEventType.LIFECYCLE_EVENT_TYPE_DEFERRED],
+  [S.failed, LifecycleEventType.LIFECYCLE_EVENT_TYPE_BOUNCED],
+  [S.expired, LifecycleEventType.LIFECYCLE_EVENT_TYPE_EXPIRED],
+]);
+
 export interface ResultsOptions {
   pool: Pool;
   bus: Bus;
@@ -34,6 +45,7 @@ export interface ResultsOptions {
   /** How long the first result of a batch waits for others. */
   batchDelayMs: number;
   metrics: Pick<QueueMetrics, 'applied' | 'resultLag' | 'destinations' | 'dispatched' | 'dispatchLag'>;
+  events: EventSettings;
   /** Dispatch of the next jobs for the destinations whose slots a batch gives back. */
   dispatch: { routes: RouteTable; jobMaxRecipients: number; batch: number; inlineBodyMax: number; bodyCache?: BodyCache; leaseS: number };
   /** Outbox rows were committed (handed to the relay when given). */
@@ -255,6 +267,7 @@ export class ResultApplier {
       const failedSubjects: ReportSubject[] = [];
       const relayedSubjects: ReportSubject[] = [];
       const deliveredSubjects: ReportSubject[] = [];
+      const lifecycle: EventInput[] = [];
       for (const row of rows) {
         const k = keyed.get(`${row.message_id}.${row.idx}.${row.job_id}`)!;
         const res = results[k.result]!;
@@ -289,6 +302,22 @@ export class ResultApplier {
         }
         const enhanced = reply?.enhanced ?? '';
         const text = (reply?.text ?? '').slice(0, 2000);
+        const eventType = RESULT_EVENTS.get(state);
+        if (eventType !== undefined && this.o.events.enabled) {
+          const failed = eventType !== LifecycleEventType.LIFECYCLE_EVENT_TYPE_DELIVERED && eventType !== LifecycleEventType.LIFECYCLE_EVENT_TYPE_RELAYED;
+          lifecycle.push({
+            type: eventType,
+            queueId: row.message_id,
+            sender: row.sender,
+            recipient: row.address,
+            destination: row.domain,
+            reply,
+            remoteHost: res.remoteHost,
+            bounceClass: failed && reply ? classifyReply({ code, enhanced, text }) : '',
+            attemptCount: row.attempt_count + 1,
+            trace: row.trace,
+          });
+        }
         updates.push({ tid: row.tid, state, nextAttemptAt: next, code, enhanced, text, destination: row.domain, attemptEndedMs: (res.startedAt ?? now).getTime() + res.durationMs });
         attempts.push({
           messageId: row.message_id,
@@ -355,6 +384,7 @@ export class ResultApplier {
         ...buildReports(ReportKind.REPORT_KIND_FAILED, failedSubjects),
         ...buildReports(ReportKind.REPORT_KIND_RELAYED, relayedSubjects),
         ...buildReports(ReportKind.REPORT_KIND_DELIVERED, deliveredSubjects),
+        ...eventRows(this.o.events, lifecycle, now),
       ];
       committed = await insertOutbox(c, outbox);
       reports = outbox.length;
