@@ -253,4 +253,4 @@ export function extractContext(carrier: Record<string, string | undefined>): Con
     keys: (c) => Object.keys(c),
   });
 }
-export { OTHER_LABEL, TopLabels } from './top-labels';
+export { enumLabel, OTHER_LABEL, TopLabels } from './top-labels';

@@ -54,3 +54,9 @@ export class TopLabels {
     this.threshold = Math.max(MIN_VOLUME, sorted[this.topN - 1] ?? 0);
   }
 }
+
+/** A protobuf enum value as a metric label: `MESSAGE_ORIGIN_SMTP` with prefix `MESSAGE_ORIGIN_` is `smtp`. */
+export function enumLabel(name: string | undefined, prefix: string): string {
+  if (!name) return 'unknown';
+  return (name.startsWith(prefix) ? name.slice(prefix.length) : name).toLowerCase();
+}

@@ -7,7 +7,7 @@ import type http from 'node:http';
 import { Bus, type BusMessage, type Consumption } from '@tern/bus';
 import { GrpcServer } from '@tern/grpc';
 import { ReportKind, ReportRequest } from '@tern/proto';
-import { context, SpanStatusCode, trace, type Span, type Telemetry } from '@tern/telemetry';
+import { context, enumLabel, SpanStatusCode, trace, type Span, type Telemetry } from '@tern/telemetry';
 import { queueClient, type QueueClient } from './clients';
 import { SuppressionFeed } from './suppression';
 import type { Config } from './config';
@@ -80,7 +80,7 @@ export function createApp(config: Config, deps: AppDeps): App {
       msg.term('');
       return;
     }
-    const kind = ReportKind[req.kind] ?? String(req.kind);
+    const kind = enumLabel(ReportKind[req.kind], 'REPORT_KIND_');
     // Everything done for the request runs in its message's trace (from the
     // NATS headers), inside the report's span: the Suppress call, ReadBody,
     // Enqueue, and every log line (trace_id next to queue_id).

@@ -7,7 +7,7 @@
 import type { Pool, PoolClient } from '@tern/db';
 import { grpc, grpcError } from '@tern/grpc';
 import { EnqueueHeader, Envelope, LifecycleEventType, MessageOrigin, type EnqueueBatchRequest, type EnqueueCommit, type EnqueueBatchResponse, type EnqueueMessage, type EnqueueOutcome, type EnqueueStreamRequest, type EnqueueStreamResponse, type EnqueueRequest, type EnqueueResponse } from '@tern/proto';
-import { extractContext, injectContext, type Logger } from '@tern/telemetry';
+import { enumLabel, extractContext, injectContext, type Logger } from '@tern/telemetry';
 import type { QueueMetrics } from './metrics';
 import { eventRows, type EventInput, type EventSettings } from './events';
 import { Batcher } from '@tern/runtime';
@@ -348,7 +348,7 @@ export class Enqueuer {
     const res = await this.batcher.add({ queueId, header: commit.hold && !header.hold ? { ...header, hold: true } : header, body, size, trace });
     if (!res.duplicate) {
       const m = this.o.metrics;
-      m.messages.add(1, { origin: MessageOrigin[header.origin] ?? 'unknown' });
+      m.messages.add(1, { origin: enumLabel(MessageOrigin[header.origin], 'MESSAGE_ORIGIN_') });
       for (const r of header.recipients) m.recipientsEnqueued.add(1, { destination: m.destinations.label(destinationOf(r.address)) });
     }
     return res;
