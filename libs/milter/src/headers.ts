@@ -17,28 +17,28 @@ const FIELD = /^([!-9;-~]+)[ \t]*:/;
 
 /**
  * The fields at the start of `buf` and where the body starts (after the
- * blank line, or at the first line that is not a field). Only whole lines
+ * blank line, `blankLine` true, or at the first line that is not a field). Only whole lines
  * count: a line cut off at the end of `buf` is left to the body.
  */
-export function parseHeaderSection(buf: Buffer): { fields: HeaderField[]; bodyStart: number } {
+export function parseHeaderSection(buf: Buffer): { fields: HeaderField[]; bodyStart: number; blankLine: boolean } {
   const fields: HeaderField[] = [];
   let pos = 0;
   for (;;) {
     const eol = buf.indexOf('\r\n', pos);
-    if (eol < 0) return { fields, bodyStart: pos };
-    if (eol === pos) return { fields, bodyStart: pos + 2 };
+    if (eol < 0) return { fields, bodyStart: pos, blankLine: false };
+    if (eol === pos) return { fields, bodyStart: pos + 2, blankLine: true };
     const first = buf[pos];
     if (first === 0x20 || first === 0x09) {
       const last = fields[fields.length - 1];
       // A continuation with no field before it: not a header section.
-      if (!last) return { fields, bodyStart: pos };
+      if (!last) return { fields, bodyStart: pos, blankLine: false };
       const line = buf.toString('latin1', pos, eol + 2);
       last.raw += `\r\n${line.slice(0, -2)}`;
       last.original += line;
     } else {
       const line = buf.toString('latin1', pos, eol + 2);
       const m = FIELD.exec(line);
-      if (!m) return { fields, bodyStart: pos };
+      if (!m) return { fields, bodyStart: pos, blankLine: false };
       fields.push({ name: m[1]!, raw: line.slice(m[0].length, -2), original: line });
     }
     pos = eol + 2;

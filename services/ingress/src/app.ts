@@ -9,6 +9,7 @@ import { policyClient, queueClient } from './clients';
 import type { Config } from './config';
 import { EnqueueBatcher } from './enqueue-batch';
 import { createHooks } from './hooks';
+import { MilterDirectory } from './milters';
 import { observeSmtpTraffic, type IngressMetrics } from './metrics';
 import { DecisionCache } from './policy-check';
 import { QueueStatusCache } from './queue-gate';
@@ -26,6 +27,8 @@ export interface App {
   /** Bound ports (useful with port 0 in tests); undefined when a listener is not running. */
   readonly ports: { smtp?: number; submission?: number; submissions?: number; grpc: number };
   readonly tls: TlsContextManager | undefined;
+  /** The milter chain as last read from policy (refresh() reads it now). */
+  readonly milters: MilterDirectory;
   /** Ready: listening, not stopping, queue reachable. */
   ready(): boolean;
 }
@@ -61,6 +64,18 @@ export function createApp(config: Config, deps: AppDeps): App {
     dataTimeoutMs: config.TERN_SMTP_DATA_TIMEOUT_MS,
     greetingDelayMs: config.TERN_GREETING_DELAY_MS,
   };
+  // The milter chain, read from policy every few seconds.
+  const milterDirectory = new MilterDirectory(policy, config.TERN_MILTER_REFRESH_MS, config.TERN_POLICY_DEADLINE_MS, logger);
+  const milters = {
+    directory: milterDirectory,
+    metrics: {
+      calls: meter.createCounter('tern_ingress_milter_calls_total', { description: 'Milter conversations by milter and result (accept, reject, tempfail, discard, error)' }),
+      seconds: meter.createHistogram('tern_ingress_milter_seconds', { description: 'One milter conversation (connect to final answer), seconds', unit: 's' }),
+    },
+    spoolDir: config.TERN_MILTER_SPOOL_DIR,
+    spoolMemory: config.TERN_MILTER_SPOOL_MEMORY,
+    maxBody: config.TERN_MAX_MESSAGE_SIZE,
+  };
   const limiter = new ConnectionLimiter(config.TERN_MAX_SESSIONS, config.TERN_MAX_SESSIONS_PER_CLIENT);
   // Policy accepts marked reusable (cache_ms) are given again without a call.
   const decisions = new DecisionCache();
@@ -83,6 +98,7 @@ export function createApp(config: Config, deps: AppDeps): App {
     commands: { vrfy: config.TERN_VRFY, expn: config.TERN_EXPN, etrn: config.TERN_ETRN },
     maxRecipients: config.TERN_MAX_RECIPIENTS,
     enqueueBatch: batcher ? { bodyMax: config.TERN_ENQUEUE_BATCH_BODY_MAX, batcher } : undefined,
+    milters,
   };
   const common = {
     hostname: config.TERN_HOSTNAME,
@@ -156,6 +172,7 @@ export function createApp(config: Config, deps: AppDeps): App {
 
   return {
     tls,
+    milters: milterDirectory,
     get ports() {
       return ports;
     },
@@ -167,6 +184,7 @@ export function createApp(config: Config, deps: AppDeps): App {
       ports.grpc = await grpcServer.listen(config.TERN_GRPC_LISTEN.host, config.TERN_GRPC_LISTEN.port);
       tls?.start(config.TERN_TLS_RELOAD_MS);
       await queueStatus.refresh();
+      milterDirectory.start();
       statusTimer = setInterval(() => void queueStatus.refresh(), config.TERN_QUEUE_STATUS_CACHE_MS);
       statusTimer.unref();
       for (const [name, server] of Object.entries(servers)) {
@@ -196,6 +214,7 @@ export function createApp(config: Config, deps: AppDeps): App {
       // time still gets its 250.
       await Promise.all(Object.values(servers).map((s) => s?.close(config.TERN_SHUTDOWN_GRACE_MS)));
       if (statusTimer) clearInterval(statusTimer);
+      milterDirectory.stop();
       tls?.stop();
       await grpcServer.shutdown(1_000);
       batcher?.close();

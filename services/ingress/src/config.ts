@@ -1,6 +1,7 @@
 // Process settings of the ingress service, read once from the environment.
 // Keys are the variable names, so a bad value is reported by its name.
 import fs from 'node:fs';
+import os from 'node:os';
 import tls from 'node:tls';
 import { bool, commonSchema, ConfigError, csv, grpcTarget, hostPort, nonNegativeInt, parseEnv, positiveInt, z } from '@tern/config';
 import { CidrSet } from '@tern/smtp';
@@ -70,6 +71,12 @@ const schema = z.object({
     }),
   /** After the end of data, how long to wait for the CheckMessage verdict (then 451 4.3.0). */
   TERN_MESSAGE_CHECK_TIMEOUT_MS: positiveInt(30_000),
+  /** How often the milter chain is read from policy (PolicyService.ListMilters): a change applies within this. */
+  TERN_MILTER_REFRESH_MS: positiveInt(5_000),
+  /** A message waiting for the milters stays in memory up to this many octets, past that in a file in TERN_MILTER_SPOOL_DIR. */
+  TERN_MILTER_SPOOL_MEMORY: nonNegativeInt(128 * 1024),
+  /** Directory of those files (each unlinked as soon as it is opened). */
+  TERN_MILTER_SPOOL_DIR: z.string().default(os.tmpdir()),
   /** VRFY answered from policy's data (250 / 550 5.1.1); off: 252 2.5.0. */
   TERN_VRFY: bool(false),
   /** EXPN for authenticated users on the submission listeners; off: 502 5.5.1. */
@@ -129,6 +136,11 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
         problems.push({ variable: 'TERN_TLS_CERT_FILE', message: `certificate and key do not load: ${(err as Error).message}` });
       }
     }
+  }
+  try {
+    fs.accessSync(config.TERN_MILTER_SPOOL_DIR, fs.constants.W_OK);
+  } catch {
+    problems.push({ variable: 'TERN_MILTER_SPOOL_DIR', message: `cannot write to ${config.TERN_MILTER_SPOOL_DIR} (messages waiting for milters go there)` });
   }
   if (problems.length > 0) {
     const lines = problems.map((p) => `  ${p.variable}: ${p.message}`).join('\n');

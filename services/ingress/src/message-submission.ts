@@ -6,8 +6,11 @@
 // Ingress adds Received (and, on submission listeners, a missing Message-ID
 // and Date) on top. Where the listener has end-of-data checks the body, as
 // sent, is teed to policy's CheckMessage and its verdict awaited before the
-// commit. Only the commit marker makes the queue store the message, and only
-// its queue id gives the 250 (I1); any failure before that is a 4xx.
+// commit. Where milters apply to the listener the message is spooled instead
+// (spool.ts), the milter chain runs over it (milters.ts), and what comes out
+// goes to the queue. Only the commit marker makes the queue store the
+// message, and only its queue id gives the 250 (I1); any failure before that
+// is a 4xx.
 import { once } from 'node:events';
 import type { Readable } from 'node:stream';
 import { grpc, isGrpcError } from '@tern/grpc';
@@ -21,10 +24,13 @@ import { sessionInfo, toProtoEnvelope, toProtoRecipients } from './envelope';
 import { HeaderScanner, messageId, receivedHeader, rfc5322Date } from './headers';
 import { headerLines, MessageCheck, type MessageCheckSettings } from './messagecheck';
 import type { IngressMetrics } from './metrics';
+import { runMilterChain, type MilterDef, type MilterDirectory, type MilterMetrics } from './milters';
 import { decisionReply } from './policy-check';
 import type { QueueStatusCache } from './queue-gate';
 import { IngressReplies } from './replies';
 import { endTx, st } from './session-state';
+import { Spool } from './spool';
+import { serializeHeaders } from '@tern/milter';
 
 /** The batch path's body field: the pieces travel in bodyParts. */
 const EMPTY_BODY = Buffer.alloc(0);
@@ -45,6 +51,18 @@ export interface MessageSubmissionDeps {
   messageChecks?: MessageCheckSettings;
   /** Messages whose stored form is at most `bodyMax` bytes go whole through EnqueueBatch; none when absent. */
   enqueueBatch?: { batcher: EnqueueBatcher; bodyMax: number };
+  /** Content filters at the end of data; none when absent. */
+  milters?: MilterSettings;
+}
+
+export interface MilterSettings {
+  directory: MilterDirectory;
+  metrics: MilterMetrics;
+  /** Where a message bigger than `spoolMemory` waits for the milters (TERN_MILTER_SPOOL_DIR). */
+  spoolDir: string;
+  spoolMemory: number;
+  /** Largest replacement body a milter may give (TERN_MAX_MESSAGE_SIZE). */
+  maxBody: number;
 }
 
 /**
@@ -68,6 +86,11 @@ export class MessageSubmission {
   private readonly sizeLimit: number;
   private readonly header: EnqueueHeader;
   private readonly batchMax: number;
+  /** The milter chain of this listener: the message waits in `spool` until it answered. */
+  private readonly milters: readonly MilterDef[] | undefined;
+  /** The chain was never read from policy: nothing is stored (451). */
+  private readonly miltersUnknown: boolean;
+  private spool: Spool | undefined;
   private held: Buffer[] = [];
   private heldBytes = 0;
   private settled = false;
@@ -109,14 +132,19 @@ export class MessageSubmission {
     // EnqueueBatch at the end; one that outgrows `batchMax` opens an Enqueue
     // stream (header, what was held, then the rest as it arrives).
     this.batchMax = deps.enqueueBatch?.bodyMax ?? 0;
+    const chain = deps.milters?.directory.forListener(s.listener);
+    this.miltersUnknown = deps.milters !== undefined && chain === undefined;
+    this.milters = chain?.length ? chain : undefined;
+    if (this.milters) this.spool = new Spool(deps.milters!.spoolDir, deps.milters!.spoolMemory);
   }
 
   /** Reads the body to its end and submits it: the reply to the end of data. */
   async submit(stream: Readable): Promise<Reply> {
     const { s } = this;
     try {
-      // Batching off: the stream opens at once, as the body starts.
-      if (!this.batchMax) await this.openStream();
+      // Batching off: the stream opens at once, as the body starts (with
+      // milters only once they answered).
+      if (!this.batchMax && !this.spool) await this.openStream();
       await this.readBody(stream);
       if (this.failure) throw this.failure;
       let prepend: Buffer | undefined;
@@ -131,11 +159,91 @@ export class MessageSubmission {
         prepend = verdict.prepend;
         this.hold = this.hold || verdict.hold;
       }
+      if (this.miltersUnknown) return this.refuse(IngressReplies.policyUnavailable, 'milters_unknown', 'the milter chain is not known yet (policy ListMilters not answered); nothing stored');
+      if (this.spool) {
+        const refusal = await this.filter();
+        if (refusal) return refusal;
+      }
       if (this.failure) throw this.failure;
       return this.queued(await this.commit(prepend));
     } catch (err) {
       return this.failed(err);
+    } finally {
+      void this.spool?.close();
     }
+  }
+
+  /**
+   * Runs the milter chain over the spooled message, then gives the queue
+   * what came out (through writeBody, as if it had just arrived). A reply
+   * when the message is not to be stored: a milter's refusal, or a discard
+   * (250, nothing stored).
+   */
+  private async filter(): Promise<Reply | undefined> {
+    const { s, envelope } = this;
+    const { logger, hostname } = this.deps;
+    const settings = this.deps.milters!;
+    const spool = this.spool!;
+    const out = await runMilterChain(
+      this.milters!,
+      {
+        hostname,
+        listener: s.listener,
+        messageId: `${s.id}.${envelope.seq}`,
+        client: { name: st(s).clientName ?? `[${s.clientAddress}]`, address: s.clientAddress, port: s.clientPort },
+        helo: s.heloName ?? '',
+        tls: s.tls ? { protocol: s.tls.protocol, cipher: s.tls.cipher, bits: s.tls.bits } : undefined,
+        authUser: s.user,
+        sender: this.header.envelope!.sender,
+        recipients: this.header.recipients,
+        spool,
+        spoolDir: settings.spoolDir,
+        spoolMemory: settings.spoolMemory,
+        maxBody: settings.maxBody,
+      },
+      settings.metrics,
+      logger,
+    );
+    if (out.kind === 'refuse') return this.refuse(out.reply, 'milter', out.why, out.milter);
+    const discard = (why: string, milter?: string): Reply => {
+      this.deps.metrics.messages.add(1, { listener: s.listener, result: 'milter_discard' });
+      logger.info({ event: 'smtp_discarded', session_id: s.id, client: s.clientAddress, sender: envelope.mailFrom.address, milter, reason: why }, `message discarded: ${why}; nothing stored`);
+      endTx(s);
+      // As Sendmail and Postfix do: the client is not told.
+      return { code: 250, enhanced: '2.0.0', text: 'Ok' };
+    };
+    if (out.kind === 'discard') return discard(out.why, out.milter);
+    try {
+      if (out.recipients.length === 0) return discard('the milters removed every recipient');
+      this.header.envelope!.sender = out.sender;
+      this.header.recipients = out.recipients;
+      if (out.quarantine.length) {
+        this.hold = true;
+        logger.info({ event: 'milter_quarantine', session_id: s.id, reasons: out.quarantine }, 'a milter quarantined the message: stored held');
+      }
+      // From here on writeBody goes to the queue.
+      this.spool = undefined;
+      this.sent = 0;
+      if (!this.batchMax) await this.openStream();
+      await this.writeBody(serializeHeaders(out.headers));
+      if (out.blankLine) await this.writeBody(Buffer.from('\r\n'));
+      for await (const chunk of out.body.read(out.bodyStart)) await this.writeBody(chunk);
+      return undefined;
+    } finally {
+      await spool.close();
+      await Promise.all(out.extra.map((x) => x.close()));
+    }
+  }
+
+  /** Not stored, with `reply` (4xx or 5xx): counted, logged. */
+  private refuse(reply: Reply, result: string, why: string, milter?: string): Reply {
+    const { s } = this;
+    const { logger, metrics } = this.deps;
+    if (this.writer) abortEnqueue(this.writer);
+    metrics.messages.add(1, { listener: s.listener, result: `${result}_${String(reply.code)[0]}xx` });
+    logger.info({ event: 'smtp_reject', stage: 'data', session_id: s.id, client: s.clientAddress, reason: result, milter, reply: `${reply.code} ${reply.enhanced ?? ''}`.trim(), detail: why }, `message refused at end of data: ${why}; nothing stored`);
+    endTx(s, `end of data refused: ${reply.code}`);
+    return reply;
   }
 
   /** The body, Received and the submission headers on top, to the queue (held or streamed) and to the end-of-data check. */
@@ -180,6 +288,7 @@ export class MessageSubmission {
 
   /** Holds `buf` while the message fits the batch limit; otherwise streams it (opening the stream the first time). */
   private async writeBody(buf: Buffer): Promise<void> {
+    if (this.spool) return this.spool.write(buf);
     this.sent += buf.length;
     if (!this.writer && this.heldBytes + buf.length <= this.batchMax) {
       this.held.push(buf);

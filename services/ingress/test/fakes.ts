@@ -6,6 +6,7 @@ import {
   AuthenticateResponse,
   CheckMessageResponse,
   CheckResponse,
+  ListMiltersResponse,
   EnqueueBatchResponse,
   EnqueueResponse,
   EnqueueStreamResponse,
@@ -23,6 +24,7 @@ import {
   type EnqueueOutcome,
   type EnqueueRequest,
   type EnqueueStreamRequest,
+  type Milter,
 } from '@tern/proto';
 import { createTelemetry } from '@tern/telemetry';
 import { createApp, type App } from '../src/app';
@@ -66,6 +68,8 @@ export class FakePolicy {
   decideMessage: (header: CheckMessageHeader | undefined, body: Buffer) => Partial<CheckMessageResponse> | Promise<Partial<CheckMessageResponse>> = () => ({
     action: PolicyAction.POLICY_ACTION_ACCEPT,
   });
+  /** ListMilters answers this list; 'unimplemented' (the default) answers UNIMPLEMENTED (no milters), 'down' UNAVAILABLE. */
+  milters: Partial<Milter>[] | 'unimplemented' | 'down' = 'unimplemented';
   private server = new grpc.Server();
   port = 0;
 
@@ -105,6 +109,14 @@ export class FakePolicy {
               }
             })();
           });
+        },
+        listMilters: (_call: unknown, cb: grpc.sendUnaryData<ListMiltersResponse>) => {
+          if (this.milters === 'unimplemented' || this.milters === 'down') {
+            const code = this.milters === 'down' ? grpc.status.UNAVAILABLE : grpc.status.UNIMPLEMENTED;
+            cb({ code, details: 'fake', metadata: new grpc.Metadata() } as grpc.ServiceError, null);
+            return;
+          }
+          cb(null, ListMiltersResponse.fromPartial({ milters: this.milters }));
         },
         authenticate: (call: grpc.ServerUnaryCall<AuthenticateRequest, AuthenticateResponse>, cb: grpc.sendUnaryData<AuthenticateResponse>) => {
           this.auths.push(call.request);
@@ -316,8 +328,9 @@ export interface Harness {
 }
 
 /** Fake policy + queue and an ingress app on free loopback ports. */
-export async function startIngress(env: Record<string, string> = {}): Promise<Harness> {
+export async function startIngress(env: Record<string, string> = {}, setup?: (policy: FakePolicy) => void): Promise<Harness> {
   const policy = await new FakePolicy().start();
+  setup?.(policy);
   const queue = await new FakeQueue().start();
   const config = loadConfig({
     TERN_SMTP_LISTEN: '127.0.0.1:0',
