@@ -14,7 +14,7 @@ case "${OTEL_EXPORTER_OTLP_ENDPOINT:-}" in
 esac
 bash scripts/ensure-deps.sh
 export PATH="$PWD/node_modules/.bin:$PATH"   # Node 24 from the node@24 devDependency
-TERN_WITH_POSTFIX=0 TERN_WITH_DNSSEC=0 bash scripts/system-deps.sh
+TERN_WITH_POSTFIX=0 TERN_WITH_DNSSEC=0 TERN_WITH_PROMETHEUS=0 bash scripts/system-deps.sh
 bash scripts/provision.sh
 echo "build: bundling the services"
 turbo run build --output-logs=errors-only >/dev/null
