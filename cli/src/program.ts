@@ -22,6 +22,7 @@ import {
   User,
 } from '@tern/proto';
 import { connect, type AdminApi, type Connection, type ConnectionOptions, resolveConnection, DEFAULT_ADDR } from './client';
+import { registerDkimCommands } from './dkim';
 import { CliError, EXIT } from './errors';
 import * as f from './format';
 import { passwordFromPrompt, passwordFromStdin } from './password';
@@ -511,6 +512,9 @@ export function buildProgram(io: Io): Command {
         deleted(ctx, 'suppression of', address, res.deleted);
       }),
     );
+
+  // ---- DKIM keys (cli/src/dkim.ts)
+  registerDkimCommands(program as unknown as Command, run);
 
   return program as unknown as Command;
 }

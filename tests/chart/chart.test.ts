@@ -158,7 +158,7 @@ test('under mTLS the probes move to HTTP /healthz and /readyz (the kubelet gRPC 
 });
 
 /** Names of variables whose values are secrets. */
-const SECRET_VARS = ['TERN_DATABASE_URL', 'TERN_NATS_URL', 'TERN_ADMIN_TOKENS'];
+const SECRET_VARS = ['TERN_DATABASE_URL', 'TERN_NATS_URL', 'TERN_ADMIN_TOKENS', 'TERN_DKIM_KEK'];
 
 test('no secret reaches a pod as a plain env value: URLs come from secretKeyRef, tokens and keys as files', () => {
   const password = 'S3cretPassw0rd';
@@ -200,7 +200,7 @@ test('each service gets only the dependencies it uses, at addresses of Services 
     ingress: ['TERN_QUEUE_ADDR', 'TERN_POLICY_ADDR'],
     policy: ['TERN_DATABASE_URL'],
     queue: ['TERN_DATABASE_URL', 'TERN_NATS_URL'],
-    delivery: ['TERN_NATS_URL', 'TERN_QUEUE_ADDR'],
+    delivery: ['TERN_NATS_URL', 'TERN_QUEUE_ADDR', 'TERN_POLICY_ADDR'], // policy: the admin API's DKIM keys
     bounce: ['TERN_NATS_URL', 'TERN_QUEUE_ADDR', 'TERN_POLICY_ADDR'], // policy: the suppression list feed
     admin: ['TERN_QUEUE_ADDR', 'TERN_POLICY_ADDR'],
   };
@@ -217,6 +217,24 @@ test('each service gets only the dependencies it uses, at addresses of Services 
       assert.ok(svc.spec?.ports?.some((p) => p.port === Number(m[2]) && p.name === 'grpc'), `${addr} is a gRPC port of ${m[1]}`);
     }
   }
+});
+
+test("the DKIM key-encryption key reaches policy and delivery only, from an optional Secret; delivery may call policy", () => {
+  for (const [values, name, key] of [
+    [{}, `${RELEASE}-dkim-kek`, 'kek'],
+    [{ dkim: { kekSecret: { name: 'my-kek', key: 'k' } } }, 'my-kek', 'k'],
+  ] as const) {
+    const objs = render(values);
+    for (const s of SERVICES) {
+      const e = env(container(deployment(objs, s)), 'TERN_DKIM_KEK');
+      if (s === 'policy' || s === 'delivery') assert.deepEqual(e?.valueFrom?.secretKeyRef, { name, key, optional: true }, s);
+      else assert.equal(e, undefined, `${s} has no TERN_DKIM_KEK`);
+    }
+  }
+  assert.match(renderError({ config: { env: { TERN_DKIM_KEK: 'AAAA' } } }), /TERN_DKIM_KEK/);
+  const np = find(render({ networkPolicy: { enabled: true } }), 'NetworkPolicy', `${RELEASE}-policy`);
+  const from = JSON.stringify(np.spec?.ingress);
+  assert.match(from, /"app.kubernetes.io\/component":"delivery"/, 'policy lets delivery in');
 });
 
 test('the migrations run as a pre-install/pre-upgrade hook Job with the migrate command', () => {
@@ -328,12 +346,12 @@ function ports(rule: { ports?: Array<{ port?: number | string }> }): Array<numbe
   return (rule.ports ?? []).map((p) => p.port);
 }
 
-test('NetworkPolicy: delivery reaches only SMTP ports, HTTPS for MTA-STS, DNS, NATS and the queue; SMTP comes in from anywhere', () => {
+test('NetworkPolicy: delivery reaches only SMTP ports, HTTPS for MTA-STS, DNS, NATS, the queue and policy; SMTP comes in from anywhere', () => {
   const np = find(defaults, 'NetworkPolicy', `${RELEASE}-delivery`);
   const egress = np.spec?.egress ?? [];
   const open = egress.filter((r) => !r.to);
   const reached = new Set(egress.flatMap(ports));
-  assert.deepEqual([...reached].sort(), [25, 443, 4222, 465, 53, 587, 7003].sort());
+  assert.deepEqual([...reached].sort(), [25, 443, 4222, 465, 53, 587, 7002, 7003].sort());
   assert.equal(env(container(deployment(defaults, 'delivery')), 'TERN_MTA_STS')?.value, 'true');
   // Without MTA-STS, no HTTPS egress, and delivery is told so.
   const noSts = render({ delivery: { mtaSts: false } });
@@ -342,6 +360,7 @@ test('NetworkPolicy: delivery reaches only SMTP ports, HTTPS for MTA-STS, DNS, N
   assert.equal(env(container(deployment(noSts, 'delivery')), 'TERN_MTA_STS')?.value, 'false');
   const queueRule = egress.find((r) => ports(r).includes(7003));
   assert.ok(queueRule?.to, 'the queue port only towards queue pods');
+  assert.ok(egress.find((r) => ports(r).includes(7002))?.to, 'the policy port (DKIM keys) only towards policy pods');
   assert.ok(open.some((r) => ports(r).includes(25) && ports(r).includes(465) && ports(r).includes(587)), 'SMTP anywhere');
   assert.deepEqual(np.spec?.policyTypes, ['Ingress', 'Egress']);
 

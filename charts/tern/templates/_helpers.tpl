@@ -41,7 +41,7 @@ admin:    {grpcPort: 7000, metricsPort: 9100, database: false, nats: false, call
 ingress:  {grpcPort: 7001, metricsPort: 9101, database: false, nats: false, callsQueue: true,  callsPolicy: true,  mailName: true}
 policy:   {grpcPort: 7002, metricsPort: 9102, database: true,  nats: false, callsQueue: false, callsPolicy: false, mailName: false}
 queue:    {grpcPort: 7003, metricsPort: 9103, database: true,  nats: true,  callsQueue: false, callsPolicy: false, mailName: false}
-delivery: {grpcPort: 7004, metricsPort: 9104, database: false, nats: true,  callsQueue: true,  callsPolicy: false, mailName: true}
+delivery: {grpcPort: 7004, metricsPort: 9104, database: false, nats: true,  callsQueue: true,  callsPolicy: true,  mailName: true}
 bounce:   {grpcPort: 7005, metricsPort: 9105, database: false, nats: true,  callsQueue: true,  callsPolicy: true,  mailName: true}
 {{- end }}
 
@@ -107,6 +107,9 @@ annotations:
 {{- define "tern.postgresSecretName" -}}
 {{- .Values.postgres.secret.name | default (printf "%s-postgres" (include "tern.fullname" .)) }}
 {{- end }}
+{{- define "tern.dkimKekSecretName" -}}
+{{- .Values.dkim.kekSecret.name | default (printf "%s-dkim-kek" (include "tern.fullname" .)) }}
+{{- end }}
 {{- define "tern.natsSecretName" -}}
 {{- .Values.nats.secret.name | default (printf "%s-nats" (include "tern.fullname" .)) }}
 {{- end }}
@@ -157,6 +160,10 @@ adminTokens: /etc/tern/admin-tokens
 {{- end }}
 {{- if $c.nats }}
 {{- $env = append $env (dict "name" "TERN_NATS_URL" "valueFrom" (dict "secretKeyRef" (dict "name" (include "tern.natsSecretName" $ctx) "key" $ctx.Values.nats.secret.key))) }}
+{{- end }}
+{{- if or (eq .component "policy") (eq .component "delivery") }}
+{{- /* Optional: without the Secret no key can be added, and stored keys stop the start (the services say so naming TERN_DKIM_KEK). */}}
+{{- $env = append $env (dict "name" "TERN_DKIM_KEK" "valueFrom" (dict "secretKeyRef" (dict "name" (include "tern.dkimKekSecretName" $ctx) "key" $ctx.Values.dkim.kekSecret.key "optional" true))) }}
 {{- end }}
 {{- if $c.callsQueue }}
 {{- $env = append $env (dict "name" "TERN_QUEUE_ADDR" "value" (include "tern.grpcAddr" (dict "ctx" $ctx "component" "queue"))) }}
@@ -616,7 +623,7 @@ NetworkPolicy of a component: who may call it, and what it may reach.
 {{- $np := $ctx.Values.networkPolicy }}
 {{- if $np.enabled }}
 {{- $c := include "tern.component" . | fromYaml }}
-{{- $callers := dict "policy" (list "ingress" "admin" "bounce") "queue" (list "ingress" "delivery" "bounce" "admin") }}
+{{- $callers := dict "policy" (list "ingress" "delivery" "admin" "bounce") "queue" (list "ingress" "delivery" "bounce" "admin") }}
 apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
 metadata:

@@ -85,6 +85,8 @@ export async function startPlatform(harness: Harness, opts: PlatformOptions): Pr
       TERN_QUEUE_ADDR: grpc.queue,
       TERN_DNS_SERVERS: opts.dnsServer,
       TERN_SMTP_PORT: String(opts.remoteSmtpPort),
+      // The admin API's DKIM keys (GetDkimSigningKeys), as the chart wires it.
+      TERN_POLICY_ADDR: grpc.policy,
     },
     bounce: { TERN_NATS_URL: opts.natsUrl, TERN_QUEUE_ADDR: grpc.queue, TERN_POLICY_ADDR: grpc.policy },
     admin: { TERN_QUEUE_ADDR: grpc.queue, TERN_POLICY_ADDR: grpc.policy, TERN_ADMIN_TOKENS: `operator:${adminToken}` },

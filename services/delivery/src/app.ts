@@ -8,11 +8,12 @@ import type http from 'node:http';
 import os from 'node:os';
 import { Bus, type BusMessage, type Consumption } from '@tern/bus';
 import { createClient, GrpcServer } from '@tern/grpc';
-import { DeliveryJob, AttemptOutcome, QueueServiceClient } from '@tern/proto';
+import { DeliveryJob, AttemptOutcome, PolicyServiceClient, QueueServiceClient } from '@tern/proto';
 import { context, withSpan, type Telemetry } from '@tern/telemetry';
 import type { Config } from './config';
 import { DaneResolver } from './dane';
 import { DkimSigner, parseDkimKeys } from './dkim';
+import { DkimRefresh } from './dkim-refresh';
 import { MtaStsPolicies } from './mta-sts';
 import { NextHopResolver } from './nexthop';
 import { ConnectionPool } from './pool';
@@ -52,10 +53,15 @@ export function createApp(config: Config, deps: AppDeps): App {
     dataEndTimeoutMs: config.TERN_SMTP_DATA_END_TIMEOUT_MS,
     queueDeadlineMs: config.TERN_QUEUE_DEADLINE_MS,
     tlsCa: readCa(config.TERN_SMTP_TLS_CA_FILE),
-    dkim: dkimSigner(config.TERN_DKIM_KEYS),
+    dkim: dkimSigner(config.TERN_DKIM_KEYS, Boolean(config.TERN_POLICY_ADDR)),
     // Read at each use, so that a rotated secret is picked up without a restart.
     secretsDir: config.TERN_SMTP_AUTH_SECRETS_DIR,
   };
+  // The admin API's DKIM keys, from policy, next to (and before) the files' keys.
+  const policy = config.TERN_POLICY_ADDR ? createClient(PolicyServiceClient, config.TERN_POLICY_ADDR, { deadlineMs: 0 }) : undefined;
+  const dkimRefresh = policy
+    ? new DkimRefresh({ policy, kek: config.TERN_DKIM_KEK, signer: worker.dkim!, intervalMs: config.TERN_DKIM_REFRESH_MS, deadlineMs: 5_000, logger })
+    : undefined;
   if (config.TERN_DANE) worker.dane = new DaneResolver({ servers: config.TERN_DNS_SERVERS, timeoutMs: config.TERN_DNS_TIMEOUT_MS });
   if (config.TERN_MTA_STS) worker.mtaSts = new MtaStsPolicies({ resolver, logger, port: config.TERN_MTA_STS_PORT, ca: worker.tlsCa, timeoutMs: 30_000 });
   const metrics = {
@@ -75,7 +81,7 @@ export function createApp(config: Config, deps: AppDeps): App {
 
   let bus: Bus | undefined;
   // Readiness (/readyz and gRPC health alike): consuming, NATS connection not closed, not stopping.
-  const grpcServer = new GrpcServer({ logger, tracer, ready: () => bus !== undefined && !bus.nc.isClosed() });
+  const grpcServer = new GrpcServer({ logger, tracer, ready: () => bus !== undefined && !bus.nc.isClosed() && (dkimRefresh?.loaded ?? true) });
   let metricsServer: http.Server | undefined;
   let results: ResultPublisher | undefined;
   let consumption: Consumption | undefined;
@@ -143,6 +149,8 @@ export function createApp(config: Config, deps: AppDeps): App {
       await grpcServer.listen(config.TERN_GRPC_LISTEN.host, config.TERN_GRPC_LISTEN.port);
       bus = await Bus.connect({ url: config.TERN_NATS_URL, name: `tern-delivery-${os.hostname()}-${process.pid}`, logger });
       await bus.ensureTopology(['delivery']);
+      // No job before the DKIM keys are in: a message must not leave unsigned because policy was slow.
+      await dkimRefresh?.start();
       results = new ResultPublisher(bus, { maxResults: config.TERN_RESULT_BATCH_MAX, delayMs: config.TERN_RESULT_BATCH_DELAY_MS });
       consumption = bus.consume('delivery', handle, { concurrency: config.TERN_CONCURRENCY, retryDelayMs: 10_000 });
       grpcServer.serve();
@@ -151,11 +159,13 @@ export function createApp(config: Config, deps: AppDeps): App {
       grpcServer.drain();
       // Stop taking jobs and finish the ones in hand (the runtime's grace timer bounds it);
       // jobs fetched but not started are redelivered after the ack wait.
+      dkimRefresh?.stop();
       await consumption?.stop();
       await results?.drain();
       await pool.close();
       await bus?.close();
       queue.close();
+      policy?.close();
       await grpcServer.shutdown(2_000);
       await new Promise<void>((resolve) => (metricsServer ? metricsServer.close(() => resolve()) : resolve()));
     },
@@ -172,9 +182,9 @@ function readCa(file: string | undefined): Buffer | undefined {
   }
 }
 
-/** Keys read and checked once at start; a bad entry stops the process naming the variable. */
-function dkimSigner(entries: string[]): DkimSigner | undefined {
-  if (!entries.length) return undefined;
+/** File keys read and checked once at start (a bad entry stops the process naming the variable); with policy, the API's keys join them. */
+function dkimSigner(entries: string[], fromApi: boolean): DkimSigner | undefined {
+  if (!entries.length) return fromApi ? new DkimSigner() : undefined;
   try {
     return new DkimSigner(parseDkimKeys(entries, (file) => fs.readFileSync(file, 'utf8')));
   } catch (err) {

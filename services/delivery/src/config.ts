@@ -1,7 +1,7 @@
 // Process settings of the delivery service, read once from the environment.
 // Keys are the variable names, so a bad value is reported by its name.
 import fs from 'node:fs';
-import { bool, commonSchema, csv, grpcTarget, natsUrl, nonNegativeInt, parseEnv, positiveInt, z } from '@tern/config';
+import { bool, commonSchema, csv, grpcTarget, keyEncryptionKey, natsUrl, nonNegativeInt, parseEnv, positiveInt, z } from '@tern/config';
 import { parseDkimKeys } from './dkim';
 
 /** A file the process can read now (a missing CA or key file stops the start, naming the variable). */
@@ -67,8 +67,9 @@ const schema = z.object({
    */
   TERN_DANE: bool(true),
   /**
-   * DKIM signing keys, "domain:selector:/path/to/key.pem" comma separated
-   * (messages whose From: domain, or a parent of it, has a key are signed).
+   * DKIM signing keys from files, "domain:selector:/path/to/key.pem" comma
+   * separated (messages whose From: domain, or a parent of it, has a key are
+   * signed). A domain with a key in the admin API signs with that one instead.
    */
   TERN_DKIM_KEYS: csv([]).superRefine((entries, ctx) => {
     try {
@@ -77,6 +78,19 @@ const schema = z.object({
       ctx.addIssue({ code: 'custom', message: (err as Error).message });
     }
   }),
+  /**
+   * Policy's address: the DKIM keys managed through the admin API come from
+   * it (GetDkimSigningKeys). Unset: only TERN_DKIM_KEYS signs.
+   */
+  TERN_POLICY_ADDR: grpcTarget().optional(),
+  /**
+   * Key-encryption key of the admin API's DKIM keys (base64 of 32 bytes, from
+   * a Secret; the same as policy's). Needed once the API has a key: without
+   * it, or with another one, the process does not start.
+   */
+  TERN_DKIM_KEK: keyEncryptionKey().optional(),
+  /** How often the admin API's DKIM keys are asked of policy (changes sign within this). */
+  TERN_DKIM_REFRESH_MS: positiveInt(2_000),
   /** Deadline of a ReadBody stream from the queue. */
   TERN_QUEUE_DEADLINE_MS: positiveInt(120_000),
   /**

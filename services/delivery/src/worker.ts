@@ -240,11 +240,11 @@ export async function deliver(deps: WorkerDeps, job: DeliveryJob): Promise<Deliv
   // DKIM: signed as it leaves (the signature covers exactly what is sent),
   // in a pass of its own so that a big body is streamed, never held.
   const dkim = deps.dkim;
-  const key = dkim?.size ? dkim.keyFor(fromDomain(await header())) : undefined;
+  const keys = dkim?.size ? dkim.keysFor(fromDomain(await header())) : [];
   const sign = async (message: Buffer | AsyncIterable<Buffer>): Promise<Buffer | SmtpReply | undefined> => {
-    if (!key || !dkim) return undefined;
+    if (!keys.length || !dkim) return undefined;
     try {
-      return Buffer.from(await dkim.sign(key, message), 'latin1');
+      return Buffer.from(await dkim.sign(keys, message), 'latin1');
     } catch (err) {
       if (err instanceof BodyUnavailableError) throw err;
       // Not the destination's fault and not the message's: retry later rather than send it unsigned.

@@ -193,7 +193,7 @@ export class DkimKeyStore {
     if (!rows.length) return 0;
     if (!this.kek) {
       throw new KekMismatchError(
-        `TERN_DKIM_KEK: not set, but ${rows.length} DKIM keys are stored sealed with a key-encryption key; set it to that key (base64 of 32 bytes, from the Secret it was made for, the same as delivery's)`,
+        `TERN_DKIM_KEK: not set, but ${rows.length === 1 ? '1 DKIM key is' : `${rows.length} DKIM keys are`} stored sealed with a key-encryption key; set it to that key (base64 of 32 bytes, from the Secret it was made for, the same as delivery's)`,
       );
     }
     for (const r of rows) {

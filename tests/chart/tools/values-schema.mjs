@@ -33,6 +33,7 @@ const cidr = () => str({ pattern: '^[0-9a-fA-F:.]+/[0-9]{1,3}$' });
 // look-ahead: Go's regexp, which Helm validates with, has none.)
 const SECRET_NAMES = [
   '^TERN_(DATABASE|NATS)_URL$',
+  '^TERN_DKIM_KEK$',
   '(PASSWORD|PASSWD|SECRET|TOKEN|CREDENTIAL)([A-Za-z0-9_]*([^E]|[^L]E|[^I]LE|[^F]ILE|[^_]FILE))?$',
 ];
 const secretName = { anyOf: SECRET_NAMES.map((pattern) => ({ pattern })) };
@@ -145,6 +146,7 @@ const schema = {
     }),
     postgres: obj({ secret: secretRef('postgres://') }),
     nats: obj({ secret: secretRef('nats://') }),
+    dkim: obj({ kekSecret: obj({ name: str({ description: 'Secret with the DKIM key-encryption key' }), key: str({ minLength: 1 }) }) }),
     tls: obj({
       enabled: bool(),
       secretName: str(),
