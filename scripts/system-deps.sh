@@ -4,7 +4,9 @@
 # certificates, Postfix's smtp-source/smtp-sink for the benchmark, knot and
 # unbound for the DANE tests: a signed zone behind a validating resolver; Debian's
 # prometheus for promtool and a real Prometheus in tests/observability, through
-# scripts/install-prometheus.sh, its daemon never left running). Idempotent
+# scripts/install-prometheus.sh, its daemon never left running); rspamd as a
+# real milter (tests/e2e/milter-rspamd.test.ts runs its own instance; the
+# package's daemon is stopped right after install). Idempotent
 # and quick when everything is present. Postgres and NATS are provision.sh's.
 set -euo pipefail
 need=()
@@ -17,6 +19,9 @@ fi
 if [[ "${TERN_WITH_DNSSEC:-1}" == 1 ]]; then
   [[ -x /usr/sbin/knotd && -x /usr/sbin/keymgr ]] || need+=(knot)
   [[ -x /usr/sbin/unbound ]] || need+=(unbound)
+fi
+if [[ "${TERN_WITH_RSPAMD:-1}" == 1 ]]; then
+  [[ -x /usr/bin/rspamd ]] || need+=(rspamd)
 fi
 if (( ${#need[@]} )); then
   if [[ $(id -u) -ne 0 ]]; then
@@ -34,7 +39,7 @@ if (( ${#need[@]} )); then
   if [[ " ${need[*]} " == *" postfix "* ]]; then
     (postfix stop >/dev/null 2>&1 || true)
   fi
-  for svc in knot unbound; do
+  for svc in knot unbound rspamd; do
     if [[ " ${need[*]} " == *" $svc "* ]]; then (service "$svc" stop >/dev/null 2>&1 || true); fi
   done
 fi

@@ -23,6 +23,7 @@ import {
 } from '@tern/proto';
 import { connect, type AdminApi, type Connection, type ConnectionOptions, resolveConnection, DEFAULT_ADDR } from './client';
 import { registerDkimCommands } from './dkim';
+import { registerMilterCommands } from './milter';
 import { CliError, EXIT } from './errors';
 import * as f from './format';
 import { passwordFromPrompt, passwordFromStdin } from './password';
@@ -515,6 +516,9 @@ export function buildProgram(io: Io): Command {
 
   // ---- DKIM keys (cli/src/dkim.ts)
   registerDkimCommands(program as unknown as Command, run);
+
+  // ---- milters (cli/src/milter.ts)
+  registerMilterCommands(program as unknown as Command, run);
 
   return program as unknown as Command;
 }
