@@ -1,6 +1,7 @@
 // gRPC plumbing shared by every service: a server with the standard health
 // service, reflection and graceful shutdown; clients with default deadlines;
-// and W3C trace context carried in metadata both ways (invariant I6).
+// W3C trace context carried in metadata both ways (invariant I6); and the
+// named errors that decide a call's status (errors.ts).
 import fs from 'node:fs';
 import * as grpc from '@grpc/grpc-js';
 import type { PackageDefinition } from '@grpc/proto-loader';
@@ -9,8 +10,11 @@ import { HealthImplementation } from 'grpc-health-check';
 import { context, propagation, trace, SpanKind, SpanStatusCode, type Tracer } from '@opentelemetry/api';
 import type { Logger } from '@tern/telemetry';
 import { BinaryReader, WireType, descriptorSet } from '@tern/proto';
+import { errorMessage, part, type Part } from '@tern/runtime';
+import { statusError } from './errors';
 
 export { grpc };
+export * from './errors';
 export type ServingStatus = 'SERVING' | 'NOT_SERVING';
 
 export interface TlsFiles {
@@ -323,7 +327,7 @@ export class GrpcServer {
       try {
         ok = this.opts.ready?.() ?? true;
       } catch (err) {
-        this.opts.logger.warn({ err: (err as Error).message }, 'readiness check failed; not ready');
+        this.opts.logger.warn({ err: errorMessage(err) }, 'readiness check failed; not ready');
       }
     }
     const status: ServingStatus = ok ? 'SERVING' : 'NOT_SERVING';
@@ -338,6 +342,26 @@ export class GrpcServer {
     if (status === this.published) return;
     this.published = status;
     for (const name of this.serviceNames) this.health.setStatus(name, status);
+  }
+
+  /**
+   * The listener as a part of its service (libs/runtime Components): start
+   * listens on host:port, drain is shutdown(graceMs), close cuts every call.
+   */
+  listener(host: string, port: number, graceMs: number): Part {
+    return part('gRPC listener', {
+      start: () => this.listen(host, port),
+      drain: () => this.shutdown(graceMs),
+      close: () => this.server.forceShutdown(),
+    });
+  }
+
+  /**
+   * Readiness as a part, added last: start is serve() (ready from now on),
+   * drain is drain(), so not ready is the first step of every stop.
+   */
+  readiness(): Part {
+    return part('readiness', { start: () => this.serve(), drain: () => this.drain() });
   }
 
   /** drain(), then let in-flight calls finish for up to `graceMs`, then cut. */
@@ -449,15 +473,11 @@ export function unary<Req, Res>(
   });
 }
 
-/** An error for a gRPC callback: `status` with a message that names the cause. */
+/**
+ * An error for a gRPC callback: `status` with a message that names the
+ * cause. Prefer a named error (errors.ts, a service's own errors.ts): this
+ * is statusError, for code that has only the status.
+ */
 export function grpcError(code: grpc.status, message: string): grpc.ServiceError {
-  const err = new Error(message) as grpc.ServiceError;
-  err.code = code;
-  err.details = message;
-  err.metadata = new grpc.Metadata();
-  return err;
-}
-
-export function isGrpcError(err: unknown): err is grpc.ServiceError {
-  return typeof err === 'object' && err !== null && 'code' in err && typeof (err as { code: unknown }).code === 'number';
+  return statusError(code, message);
 }

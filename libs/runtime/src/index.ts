@@ -1,5 +1,11 @@
 // Process lifecycle shared by every service: the entry point (defineService),
-// start and graceful stop (runService), and the micro-batcher.
+// start and graceful stop (runService), one lifecycle for a service's parts
+// (Components: started in order, drained in reverse), the wake/poll loop of
+// background workers, and the micro-batcher.
 export { runService, type RunningApp, type RunOptions } from './lifecycle';
 export { defineService, type CommonConfig, type ServiceDefinition } from './service';
+export { Components, Part, part, together, type Lifecycle, type LifecycleState, type PartSteps } from './components';
+export { HttpServerPart } from './http-part';
+export { PollLoop, pollBackoffMs, type PollLoopOptions } from './poll-loop';
+export { ClosedError, StartError, errorMessage } from './errors';
 export { Batcher, type BatcherOptions } from './batcher';
