@@ -2,10 +2,11 @@
 // with a deadline and passes the response through. Mutating requests get the
 // authenticated operator stamped into `operator` (a client's value is
 // overwritten) and are logged as one JSON line with operator and reason.
-import { grpc, grpcError } from '@tern/grpc';
+import { grpc } from '@tern/grpc';
 import { type AdminServiceServer, type AdminServiceService, type ApplyActionRequest, QueueAction } from '@tern/proto';
 import type { Logger, Meter } from '@tern/telemetry';
-import { deniedReason, operatorOf, roleOf, UNAUTHENTICATED_MESSAGE } from './auth';
+import { deniedReason, operatorOf, roleOf } from './auth';
+import { NoOperatorError, RoleDeniedError } from './errors';
 import type { Role } from './tokens';
 import { mapOwnerError, type Owner, type OwnerName, streamMethod, unaryMethod } from './owners';
 
@@ -30,6 +31,9 @@ export const ROUTES: Record<UnaryName, Route> = {
   listRoutes: { owner: 'queue', mutating: false, role: 'viewer' },
   putRoute: { owner: 'queue', mutating: true, role: 'admin' },
   deleteRoute: { owner: 'queue', mutating: true, role: 'admin' },
+  listBounceRules: { owner: 'queue', mutating: false, role: 'viewer' },
+  putBounceRule: { owner: 'queue', mutating: true, role: 'admin' },
+  deleteBounceRule: { owner: 'queue', mutating: true, role: 'admin' },
   listDomains: { owner: 'policy', mutating: false, role: 'viewer' },
   putDomain: { owner: 'policy', mutating: true, role: 'admin' },
   deleteDomain: { owner: 'policy', mutating: true, role: 'admin' },
@@ -84,6 +88,10 @@ export function describeChange(method: UnaryName, req: Req): Record<string, unkn
       return { route: r.route };
     case 'deleteRoute':
       return { domain: r.domain };
+    case 'putBounceRule':
+      return { rule: r.rule };
+    case 'deleteBounceRule':
+      return { name: r.name };
     case 'putDomain':
       return { domain: r.domain };
     case 'deleteDomain':
@@ -133,14 +141,12 @@ export function createAdminService(deps: AdminServiceDeps): AdminServiceServer {
   const calls = deps.meter.createCounter('tern_admin_calls_total', { description: 'Admin API calls by method and result code' });
   const count = (method: string, code: grpc.status) => calls.add(1, { method, code: grpc.status[code] ?? String(code) });
 
-  const unauthenticated = () => grpcError(grpc.status.UNAUTHENTICATED, UNAUTHENTICATED_MESSAGE);
-
   const handler = (method: UnaryName): grpc.handleUnaryCall<Req, unknown> => (call, callback) => {
     const operator = operatorOf(call);
     // The interceptor always sets it; refuse rather than forward anonymously.
     if (!operator) {
       count(method, grpc.status.UNAUTHENTICATED);
-      callback(unauthenticated());
+      callback(new NoOperatorError());
       return;
     }
     const route = ROUTES[method];
@@ -148,7 +154,7 @@ export function createAdminService(deps: AdminServiceDeps): AdminServiceServer {
     if (denied) {
       count(method, grpc.status.PERMISSION_DENIED);
       logger.warn({ event: 'admin_denied', method, operator, role: roleOf(call), needed: route.role }, denied);
-      callback(grpcError(grpc.status.PERMISSION_DENIED, denied));
+      callback(new RoleDeniedError(denied));
       return;
     }
     const owner = owners[route.owner];
@@ -182,14 +188,14 @@ export function createAdminService(deps: AdminServiceDeps): AdminServiceServer {
     const operator = operatorOf(call);
     if (!operator) {
       count('readBody', grpc.status.UNAUTHENTICATED);
-      call.emit('error', unauthenticated());
+      call.emit('error', new NoOperatorError());
       return;
     }
     const denied = deniedReason('readBody', operator, roleOf(call), READ_BODY_ROLE);
     if (denied) {
       count('readBody', grpc.status.PERMISSION_DENIED);
       logger.warn({ event: 'admin_denied', method: 'readBody', operator, role: roleOf(call), needed: READ_BODY_ROLE }, denied);
-      call.emit('error', grpcError(grpc.status.PERMISSION_DENIED, denied));
+      call.emit('error', new RoleDeniedError(denied));
       return;
     }
     const owner = owners.queue;

@@ -1,6 +1,7 @@
 // Feeds policy's suppression list with the recipients a remote server
-// refused permanently as addresses: a 5xx reply with one of SUPPRESSED_STATUSES
-// (the mailbox does not exist, its address is bad, it has moved), so that
+// refused permanently as addresses: a 5xx reply the queue classed
+// user_unknown (or, from a queue that gives no class, one of
+// SUPPRESSED_STATUSES: the mailbox does not exist, its address is bad, it has moved), so that
 // sending to them stops where policy enforces the list. Policy blocks (5.7.x),
 // size refusals (5.3.4), other 5.x.x, an operator's bounce and an expiry say
 // nothing about the address and list nothing. The recipients of a failed
@@ -9,6 +10,7 @@
 // report is the obligation, so a policy outage is logged and counted and the
 // report goes on. A redelivered request feeds again, which only refreshes
 // the entries.
+import { isBounceClass, suppressesAddress } from '@tern/dsn';
 import { PolicyServiceClient, ReportKind, SuppressRequest, type ReportRecipient, type ReportRequest, type Suppression } from '@tern/proto';
 import { createClient, unary } from '@tern/grpc';
 import type { Logger, Meter } from '@tern/telemetry';
@@ -23,9 +25,16 @@ import type { Logger, Meter } from '@tern/telemetry';
  */
 export const SUPPRESSED_STATUSES: readonly string[] = ['5.1.1', '5.1.3', '5.1.6'];
 
-/** A remote server (a reply came from one) refused the address for good. */
+/**
+ * A remote server (a reply came from one) refused the address for good: by
+ * the bounce class the queue gave the failure (its operator's rules and
+ * libs/dsn's, which read the text as well as the code), or, from a queue
+ * that gives none, by the status alone.
+ */
 function refusedAddress(r: ReportRecipient): boolean {
-  return r.action === 'failed' && r.remoteMta !== '' && (r.diagnostic?.code ?? 0) >= 500 && SUPPRESSED_STATUSES.includes(r.status);
+  if (r.action !== 'failed' || r.remoteMta === '' || (r.diagnostic?.code ?? 0) < 500) return false;
+  if (r.bounceClass) return isBounceClass(r.bounceClass) && suppressesAddress(r.bounceClass);
+  return SUPPRESSED_STATUSES.includes(r.status);
 }
 
 /** The recipients a failed-delivery request proves to be bad addresses. */

@@ -6,9 +6,9 @@ WITH u AS (
            WHERE r.ctid = ANY($1::tid[]) AND r.ctid = t.tid
            RETURNING r.message_id, r.idx, r.state),
          a AS (
-           INSERT INTO attempts (message_id, idx, job_id, started_at, duration_ms, remote_host, remote_ip, code, enhanced, text, outcome, tls_used, tls_version, tls_cipher, tls_verified, worker)
+           INSERT INTO attempts (message_id, idx, job_id, started_at, duration_ms, remote_host, remote_ip, code, enhanced, text, outcome, tls_used, tls_version, tls_cipher, tls_verified, worker, bounce_class)
            SELECT * FROM unnest($7::text[], $8::int[], $9::text[], $10::timestamptz[], $11::int[], $12::text[], $13::text[], $14::int[], $15::text[], $16::text[],
-                                $17::smallint[], $18::bool[], $19::text[], $20::text[], $21::bool[], $22::text[])
+                                $17::smallint[], $18::bool[], $19::text[], $20::text[], $21::bool[], $22::text[], $32::text[])
            RETURNING 1),
          done AS (
            UPDATE messages m SET done_at = now()

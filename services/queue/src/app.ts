@@ -18,6 +18,7 @@ import { Enqueuer } from './enqueue';
 import { QueueDepth } from './depth';
 import { Housekeeping } from './housekeeping';
 import type { EventSettings } from './events';
+import { BounceRules } from './bounce-rules';
 import { createQueueMetrics } from './metrics';
 import { Operations } from './operations';
 import { Relay, type StoredOutboxRow } from './outbox';
@@ -53,6 +54,7 @@ export function createApp(config: Config, deps: AppDeps): App {
   const pool = createPool({ url: withSearchPath(config.TERN_DATABASE_URL, { genericPlans: true, lockTimeoutMs: config.TERN_QUEUE_LOCK_TIMEOUT_MS }), max: config.TERN_DATABASE_POOL_MAX, applicationName: 'tern-queue', logger });
   const opsPool = createPool({ url: withSearchPath(config.TERN_DATABASE_URL), max: OPS_POOL_MAX, applicationName: 'tern-queue-ops', logger });
   const routes = new RouteTable(opsPool, logger);
+  const bounceRules = new BounceRules(opsPool, logger);
   const limits = destinationLimits(config);
   const backoff = { minS: config.TERN_QUEUE_BACKOFF_MIN_S, maxS: config.TERN_QUEUE_BACKOFF_MAX_S, jitter: config.TERN_QUEUE_BACKOFF_JITTER };
 
@@ -118,6 +120,7 @@ export function createApp(config: Config, deps: AppDeps): App {
     batchDelayMs: config.TERN_QUEUE_RESULT_DELAY_MS,
     metrics,
     events,
+    classify: (reply) => bounceRules.classify(reply),
     dispatch: {
       routes,
       jobMaxRecipients: config.TERN_QUEUE_JOB_MAX_RECIPIENTS,
@@ -139,6 +142,7 @@ export function createApp(config: Config, deps: AppDeps): App {
     intervalMs: 5_000,
     metrics,
     events,
+    classify: (reply) => bounceRules.classify(reply),
     onOutbox: () => relay.wake(),
   });
   const ops = new Operations({ pool: opsPool, logger, routes, limits, events, onOutbox: () => relay.wake(), onDue: () => scheduler.wake() });
@@ -157,7 +161,7 @@ export function createApp(config: Config, deps: AppDeps): App {
 
   // Readiness (/readyz and gRPC health alike): started, not stopping, Postgres answering (the status count every 2 s).
   const grpcServer = new GrpcServer({ logger, tracer, ready: () => depth.healthy });
-  grpcServer.add('tern.v1.QueueService', QueueServiceBodyService, createQueueService({ pool, opsPool, logger, enqueuer, ops, status }));
+  grpcServer.add('tern.v1.QueueService', QueueServiceBodyService, createQueueService({ pool, opsPool, logger, enqueuer, ops, bounceRules, status }));
   let metricsServer: http.Server | undefined;
 
   return {
@@ -168,6 +172,8 @@ export function createApp(config: Config, deps: AppDeps): App {
     async start() {
       await routes.load();
       routes.start();
+      await bounceRules.load();
+      bounceRules.start();
       await depth.refresh();
       depth.start();
       bus = await Bus.connect({ url: config.TERN_NATS_URL, name: `tern-queue-${config.TERN_HOSTNAME}`, logger });
@@ -195,6 +201,7 @@ export function createApp(config: Config, deps: AppDeps): App {
       await Promise.all([scheduler.stop(), housekeeping.stop()]);
       await relay.stop();
       routes.stop();
+      bounceRules.stop();
       depth.stop();
       await bus?.close();
       await new Promise<void>((resolve) => (metricsServer ? metricsServer.close(() => resolve()) : resolve()));

@@ -11,7 +11,7 @@ import { recountInflight } from './destination';
 import { destinationOf, S } from './model';
 import type { QueueMetrics } from './metrics';
 import { eventRows, type EventSettings } from './events';
-import { classifyReply } from '@tern/dsn';
+import type { BounceClass, ClassifiedReply } from '@tern/dsn';
 import { insertOutbox } from './outbox';
 import { buildReports, type ReportSubject } from './reports';
 import { markDone } from './results';
@@ -26,6 +26,8 @@ export interface HousekeepingOptions {
   intervalMs: number;
   metrics: Pick<QueueMetrics, 'expired' | 'destinations'>;
   events: EventSettings;
+  /** The class of a failure reply (operator rules, then libs/dsn's). */
+  classify(reply: ClassifiedReply): BounceClass;
   onOutbox(): void;
 }
 
@@ -167,7 +169,7 @@ export class Housekeeping {
           recipient: r.address,
           destination: destinationOf(r.address),
           reply: r.last_code ? { code: r.last_code, enhanced: r.last_enhanced ?? '', text: r.last_text ?? '' } : undefined,
-          bounceClass: r.last_code ? classifyReply({ code: r.last_code, enhanced: r.last_enhanced ?? '', text: r.last_text ?? '' }) : 'other',
+          bounceClass: r.last_code ? this.o.classify({ code: r.last_code, enhanced: r.last_enhanced ?? '', text: r.last_text ?? '' }) : 'other',
           trace: r.trace,
         })),
       );

@@ -42,6 +42,7 @@ interface AttemptRow {
   tls_cipher: string;
   tls_verified: boolean;
   worker: string;
+  bounce_class: string;
 }
 
 export function toRecipientStatus(r: RcptRow, attempts: Attempt[] = []): RecipientStatus {
@@ -86,6 +87,7 @@ export async function getMessage(pool: Pool, queueId: string, includeHeaders: bo
       outcome: a.outcome,
       tls: { used: a.tls_used, version: a.tls_version, cipher: a.tls_cipher, verified: a.tls_verified },
       worker: a.worker,
+      bounceClass: a.bounce_class,
     });
   }
   return MessageDetail.fromPartial({

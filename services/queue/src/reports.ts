@@ -24,6 +24,8 @@ export interface ReportSubject {
   diagnostic: SmtpReply | undefined;
   lastAttemptAt: Date | undefined;
   willRetryUntil: Date | undefined;
+  /** What the failure means (libs/dsn classify); absent where no server's reply was classified. */
+  bounceClass?: string;
 }
 
 /**
@@ -62,6 +64,7 @@ export function buildReports(kind: ReportKind, subjects: ReportSubject[]): Outbo
       diagnostic: s.diagnostic,
       lastAttemptAt: s.lastAttemptAt,
       willRetryUntil: s.willRetryUntil,
+      bounceClass: s.bounceClass ?? '',
     });
     const req = ReportRequest.fromPartial({
       eventId,

@@ -10,7 +10,7 @@
 import { SUBJECTS, type Bus, type BusMessage, type Consumption } from '@tern/bus';
 import type { Pool, PoolClient } from '@tern/db';
 import { AttemptOutcome, DeliveryResult, DeliveryResults, LifecycleEventType, ReportKind } from '@tern/proto';
-import { classifyReply } from '@tern/dsn';
+import { backsOffDestination, type BounceClass, type ClassifiedReply } from '@tern/dsn';
 import type { Logger } from '@tern/telemetry';
 import type { QueueMetrics } from './metrics';
 import { eventRows, type EventInput, type EventSettings } from './events';
@@ -46,6 +46,8 @@ export interface ResultsOptions {
   batchDelayMs: number;
   metrics: Pick<QueueMetrics, 'applied' | 'resultLag' | 'destinations' | 'dispatched' | 'dispatchLag'>;
   events: EventSettings;
+  /** The class of a failure reply (operator rules, then libs/dsn's). */
+  classify(reply: ClassifiedReply): BounceClass;
   /** Dispatch of the next jobs for the destinations whose slots a batch gives back. */
   dispatch: { routes: RouteTable; jobMaxRecipients: number; batch: number; inlineBodyMax: number; bodyCache?: BodyCache; leaseS: number };
   /** Outbox rows were committed (handed to the relay when given). */
@@ -103,6 +105,8 @@ interface AttemptRow {
   tlsCipher: string;
   tlsVerified: boolean;
   worker: string;
+  /** '' unless the attempt failed. */
+  bounceClass: string;
 }
 
 /** How long the last applied result message may wait for its ack (HeldAck). */
@@ -165,9 +169,9 @@ const RESULTS_APPLY = statement(
            WHERE r.ctid = ANY($1::tid[]) AND r.ctid = t.tid
            RETURNING r.message_id, r.idx, r.state),
          a AS (
-           INSERT INTO attempts (message_id, idx, job_id, started_at, duration_ms, remote_host, remote_ip, code, enhanced, text, outcome, tls_used, tls_version, tls_cipher, tls_verified, worker)
+           INSERT INTO attempts (message_id, idx, job_id, started_at, duration_ms, remote_host, remote_ip, code, enhanced, text, outcome, tls_used, tls_version, tls_cipher, tls_verified, worker, bounce_class)
            SELECT * FROM unnest($7::text[], $8::int[], $9::text[], $10::timestamptz[], $11::int[], $12::text[], $13::text[], $14::int[], $15::text[], $16::text[],
-                                $17::smallint[], $18::bool[], $19::text[], $20::text[], $21::bool[], $22::text[])
+                                $17::smallint[], $18::bool[], $19::text[], $20::text[], $21::bool[], $22::text[], $32::text[])
            RETURNING 1),
          done AS (
            UPDATE messages m SET done_at = now()
@@ -280,6 +284,8 @@ export class ResultApplier {
           now,
           this.o.backoff,
         );
+        // The class of a failure, by the operator's rules and libs/dsn's: on the attempt, in the report and the event.
+        const bounceClass = state !== S.delivered && state !== S.relayed && code >= 400 ? this.o.classify({ code, enhanced: reply?.enhanced ?? '', text: (reply?.text ?? '').slice(0, 2000) }) : '';
         if (report) {
           const subjects = report.kind === ReportKind.REPORT_KIND_RELAYED ? relayedSubjects : report.kind === ReportKind.REPORT_KIND_DELIVERED ? deliveredSubjects : failedSubjects;
           subjects.push({
@@ -298,6 +304,7 @@ export class ResultApplier {
             diagnostic: reply,
             lastAttemptAt: res.startedAt ?? now,
             willRetryUntil: undefined,
+            bounceClass,
           });
         }
         const enhanced = reply?.enhanced ?? '';
@@ -313,7 +320,7 @@ export class ResultApplier {
             destination: row.domain,
             reply,
             remoteHost: res.remoteHost,
-            bounceClass: failed && reply ? classifyReply({ code, enhanced, text }) : '',
+            bounceClass: failed ? bounceClass : '',
             attemptCount: row.attempt_count + 1,
             trace: row.trace,
           });
@@ -336,10 +343,11 @@ export class ResultApplier {
           tlsCipher: res.tls?.cipher ?? '',
           tlsVerified: res.tls?.verified ?? false,
           worker: res.worker,
+          bounceClass,
         });
         if (!seenJobs.has(row.job_id)) {
           seenJobs.add(row.job_id);
-          jobEnds.push({ jobId: row.job_id, destination: row.domain, ...jobFeedback(res, reply) });
+          jobEnds.push({ jobId: row.job_id, destination: row.domain, ...jobFeedback(res, reply, (r) => backsOffDestination(this.o.classify(r))) });
         }
       }
       // Per destination: concurrency feedback (the last error wins); per job: its destination.
@@ -348,7 +356,7 @@ export class ResultApplier {
       const attempted = columns(
         attempts,
         'messageId', 'idx', 'jobId', 'startedAt', 'durationMs', 'remoteHost', 'remoteIp', 'code', 'enhanced', 'text',
-        'outcome', 'tlsUsed', 'tlsVersion', 'tlsCipher', 'tlsVerified', 'worker',
+        'outcome', 'tlsUsed', 'tlsVersion', 'tlsCipher', 'tlsVerified', 'worker', 'bounceClass',
       );
       const ended = columns(jobEnds, 'jobId', 'destination');
       const l = this.o.limits;
@@ -378,6 +386,7 @@ export class ResultApplier {
           ended.jobId, ended.destination,
           feedback.name, feedback.ok, feedback.failed, feedback.err,
           l.maxConcurrency, l.failuresToSuspend, l.probeS,
+          attempted.bounceClass,
         ],
       );
       const outbox: OutboxRow[] = [

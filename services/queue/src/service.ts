@@ -6,6 +6,7 @@ import { readBodyHandler } from './body';
 import type { Enqueuer } from './enqueue';
 import { isQueueId } from './ids';
 import { getMessage } from './messages';
+import type { BounceRules } from './bounce-rules';
 import type { Operations } from './operations';
 import type { Pool } from '@tern/db';
 
@@ -21,6 +22,7 @@ export interface ServiceDeps {
   logger: Logger;
   enqueuer: Enqueuer;
   ops: Operations;
+  bounceRules: BounceRules;
   status: StatusSource;
 }
 
@@ -69,6 +71,9 @@ export function createQueueService(d: ServiceDeps): QueueServiceServer {
     listRoutes: unary(logger, 'ListRoutes', () => ops.listRoutes()),
     putRoute: unary(logger, 'PutRoute', (req) => ops.putRoute(req)),
     deleteRoute: unary(logger, 'DeleteRoute', (req) => ops.deleteRoute(req)),
+    listBounceRules: unary(logger, 'ListBounceRules', async () => ({ rules: d.bounceRules.list() })),
+    putBounceRule: unary(logger, 'PutBounceRule', async (req) => ({ rule: await d.bounceRules.put(req) })),
+    deleteBounceRule: unary(logger, 'DeleteBounceRule', async (req) => ({ deleted: await d.bounceRules.delete(req) })),
     status: unary(logger, 'Status', async () => d.status.status()),
   };
 }

@@ -88,8 +88,16 @@ const replyText = (r: SmtpReply | undefined) => (r ? [r.code || '', r.enhanced, 
  * first recipient settled); where a recipient was not delivered, the first
  * reply of 400 or more; '' where every recipient was delivered or relayed.
  */
-export function jobFeedback(res: Pick<DeliveryResult, 'destinationFailure' | 'recipients'>, reply: SmtpReply | undefined): { ok: boolean; failed: boolean; error: string } {
+export function jobFeedback(
+  res: Pick<DeliveryResult, 'destinationFailure' | 'recipients'>,
+  reply: SmtpReply | undefined,
+  blocksDestination: (reply: SmtpReply) => boolean = () => false,
+): { ok: boolean; failed: boolean; error: string } {
   const problem = res.destinationFailure || res.recipients.some((r) => r.outcome !== AttemptOutcome.ATTEMPT_OUTCOME_DELIVERED && r.outcome !== AttemptOutcome.ATTEMPT_OUTCOME_RELAYED);
-  const bad = res.destinationFailure ? reply : res.recipients.find((r) => r.reply && r.reply.code >= 400)?.reply;
-  return { ok: !res.destinationFailure, failed: res.destinationFailure, error: problem ? replyText(bad) || 'delivery failed' : '' };
+  // A reputation block or rate limit concerns the destination, not these
+  // recipients: it backs off the destination as a failure to reach it would.
+  const blocked = res.recipients.find((r) => r.reply && r.reply.code >= 400 && blocksDestination(r.reply))?.reply;
+  const failed = res.destinationFailure || blocked !== undefined;
+  const bad = res.destinationFailure ? reply : (blocked ?? res.recipients.find((r) => r.reply && r.reply.code >= 400)?.reply);
+  return { ok: !failed, failed, error: problem ? replyText(bad) || 'delivery failed' : '' };
 }

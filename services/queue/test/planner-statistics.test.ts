@@ -93,7 +93,7 @@ describe('planner statistics', () => {
         `INSERT INTO messages (id, sender, envelope, origin, size, rcpt_count)
            SELECT 'n' || n, 'a@b.example', '\\x', 1, 100, 1 FROM generate_series(1, 40000) AS n`,
       );
-      const hk = new Housekeeping({ pool, logger: telemetry.logger, batch: 10, delayWarningS: 0, bodyGraceS: 0, retentionS: 0, intervalMs: 1000, metrics: createQueueMetrics(telemetry.meter, 0), events: { enabled: false, format: 'protobuf' }, onOutbox() {} });
+      const hk = new Housekeeping({ pool, logger: telemetry.logger, batch: 10, delayWarningS: 0, bodyGraceS: 0, retentionS: 0, intervalMs: 1000, metrics: createQueueMetrics(telemetry.meter, 0), events: { enabled: false, format: 'protobuf' }, classify: () => 'other', onOutbox() {} });
       assert.deepEqual(await hk.refreshStatistics(), [], 'nothing asked of Postgres');
       assert.deepEqual(await app.parts.housekeeping.refreshStatistics(), ['messages'], 'the owner does it');
     } finally {

@@ -72,16 +72,22 @@ import {
 import {
   ApplyActionRequest,
   ApplyActionResponse,
+  DeleteBounceRuleRequest,
+  DeleteBounceRuleResponse,
   DeleteRouteRequest,
   DeleteRouteResponse,
   GetMessageRequest,
   GetMessageResponse,
+  ListBounceRulesRequest,
+  ListBounceRulesResponse,
   ListDestinationsRequest,
   ListDestinationsResponse,
   ListMessagesRequest,
   ListMessagesResponse,
   ListRoutesRequest,
   ListRoutesResponse,
+  PutBounceRuleRequest,
+  PutBounceRuleResponse,
   PutRouteRequest,
   PutRouteResponse,
   QueueSummaryRequest,
@@ -208,6 +214,38 @@ export const AdminServiceService = {
     requestDeserialize: (value: Buffer): DeleteRouteRequest => DeleteRouteRequest.decode(value),
     responseSerialize: (value: DeleteRouteResponse): Buffer => bufferView(DeleteRouteResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): DeleteRouteResponse => DeleteRouteResponse.decode(value),
+  },
+  listBounceRules: {
+    path: "/tern.v1.AdminService/ListBounceRules" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ListBounceRulesRequest): Buffer =>
+      bufferView(ListBounceRulesRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ListBounceRulesRequest => ListBounceRulesRequest.decode(value),
+    responseSerialize: (value: ListBounceRulesResponse): Buffer =>
+      bufferView(ListBounceRulesResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ListBounceRulesResponse => ListBounceRulesResponse.decode(value),
+  },
+  putBounceRule: {
+    path: "/tern.v1.AdminService/PutBounceRule" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: PutBounceRuleRequest): Buffer => bufferView(PutBounceRuleRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): PutBounceRuleRequest => PutBounceRuleRequest.decode(value),
+    responseSerialize: (value: PutBounceRuleResponse): Buffer =>
+      bufferView(PutBounceRuleResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): PutBounceRuleResponse => PutBounceRuleResponse.decode(value),
+  },
+  deleteBounceRule: {
+    path: "/tern.v1.AdminService/DeleteBounceRule" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: DeleteBounceRuleRequest): Buffer =>
+      bufferView(DeleteBounceRuleRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): DeleteBounceRuleRequest => DeleteBounceRuleRequest.decode(value),
+    responseSerialize: (value: DeleteBounceRuleResponse): Buffer =>
+      bufferView(DeleteBounceRuleResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): DeleteBounceRuleResponse => DeleteBounceRuleResponse.decode(value),
   },
   listDomains: {
     path: "/tern.v1.AdminService/ListDomains" as const,
@@ -455,6 +493,9 @@ export interface AdminServiceServer extends UntypedServiceImplementation {
   listRoutes: handleUnaryCall<ListRoutesRequest, ListRoutesResponse>;
   putRoute: handleUnaryCall<PutRouteRequest, PutRouteResponse>;
   deleteRoute: handleUnaryCall<DeleteRouteRequest, DeleteRouteResponse>;
+  listBounceRules: handleUnaryCall<ListBounceRulesRequest, ListBounceRulesResponse>;
+  putBounceRule: handleUnaryCall<PutBounceRuleRequest, PutBounceRuleResponse>;
+  deleteBounceRule: handleUnaryCall<DeleteBounceRuleRequest, DeleteBounceRuleResponse>;
   listDomains: handleUnaryCall<ListDomainsRequest, ListDomainsResponse>;
   putDomain: handleUnaryCall<PutDomainRequest, PutDomainResponse>;
   deleteDomain: handleUnaryCall<DeleteDomainRequest, DeleteDomainResponse>;
@@ -637,6 +678,51 @@ export interface AdminServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: DeleteRouteResponse) => void,
+  ): ClientUnaryCall;
+  listBounceRules(
+    request: ListBounceRulesRequest,
+    callback: (error: ServiceError | null, response: ListBounceRulesResponse) => void,
+  ): ClientUnaryCall;
+  listBounceRules(
+    request: ListBounceRulesRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ListBounceRulesResponse) => void,
+  ): ClientUnaryCall;
+  listBounceRules(
+    request: ListBounceRulesRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ListBounceRulesResponse) => void,
+  ): ClientUnaryCall;
+  putBounceRule(
+    request: PutBounceRuleRequest,
+    callback: (error: ServiceError | null, response: PutBounceRuleResponse) => void,
+  ): ClientUnaryCall;
+  putBounceRule(
+    request: PutBounceRuleRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: PutBounceRuleResponse) => void,
+  ): ClientUnaryCall;
+  putBounceRule(
+    request: PutBounceRuleRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: PutBounceRuleResponse) => void,
+  ): ClientUnaryCall;
+  deleteBounceRule(
+    request: DeleteBounceRuleRequest,
+    callback: (error: ServiceError | null, response: DeleteBounceRuleResponse) => void,
+  ): ClientUnaryCall;
+  deleteBounceRule(
+    request: DeleteBounceRuleRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: DeleteBounceRuleResponse) => void,
+  ): ClientUnaryCall;
+  deleteBounceRule(
+    request: DeleteBounceRuleRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: DeleteBounceRuleResponse) => void,
   ): ClientUnaryCall;
   listDomains(
     request: ListDomainsRequest,

@@ -150,7 +150,16 @@ export interface ReportRecipient {
   /** The remote's reply, "smtp; 550 5.1.1 ..." */
   diagnostic: SmtpReply | undefined;
   lastAttemptAt: Date | undefined;
-  willRetryUntil: Date | undefined;
+  willRetryUntil:
+    | Date
+    | undefined;
+  /**
+   * What the failure means (libs/dsn classify: user_unknown, mailbox_full,
+   * policy, reputation, ...); empty when no server's reply was classified
+   * (an operator's bounce, our own refusal). Only user_unknown from a
+   * remote server puts the address on the suppression list.
+   */
+  bounceClass: string;
 }
 
 /**
@@ -1048,6 +1057,7 @@ function createBaseReportRecipient(): ReportRecipient {
     diagnostic: undefined,
     lastAttemptAt: undefined,
     willRetryUntil: undefined,
+    bounceClass: "",
   };
 }
 
@@ -1076,6 +1086,9 @@ export const ReportRecipient: MessageFns<ReportRecipient> = {
     }
     if (message.willRetryUntil !== undefined) {
       Timestamp.encode(toTimestamp(message.willRetryUntil), writer.uint32(66).fork()).join();
+    }
+    if (message.bounceClass !== "") {
+      writer.uint32(74).string(message.bounceClass);
     }
     return writer;
   },
@@ -1157,6 +1170,14 @@ export const ReportRecipient: MessageFns<ReportRecipient> = {
             message.willRetryUntil = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
             continue;
           }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.bounceClass = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1191,6 +1212,11 @@ export const ReportRecipient: MessageFns<ReportRecipient> = {
         : isSet(object.will_retry_until)
         ? fromJsonTimestamp(object.will_retry_until)
         : undefined,
+      bounceClass: isSet(object.bounceClass)
+        ? globalThis.String(object.bounceClass)
+        : isSet(object.bounce_class)
+        ? globalThis.String(object.bounce_class)
+        : "",
     };
   },
 
@@ -1220,6 +1246,9 @@ export const ReportRecipient: MessageFns<ReportRecipient> = {
     if (message.willRetryUntil !== undefined) {
       obj.willRetryUntil = message.willRetryUntil.toISOString();
     }
+    if (message.bounceClass !== "") {
+      obj.bounceClass = message.bounceClass;
+    }
     return obj;
   },
 
@@ -1238,6 +1267,7 @@ export const ReportRecipient: MessageFns<ReportRecipient> = {
       : undefined;
     message.lastAttemptAt = object.lastAttemptAt ?? undefined;
     message.willRetryUntil = object.willRetryUntil ?? undefined;
+    message.bounceClass = object.bounceClass ?? "";
     return message;
   },
 };

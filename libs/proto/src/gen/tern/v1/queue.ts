@@ -461,6 +461,8 @@ export interface Attempt {
     | undefined;
   /** Delivery pod that made the attempt. */
   worker: string;
+  /** What a failure meant, when the attempt failed (libs/dsn classify). */
+  bounceClass: string;
 }
 
 export interface RecipientStatus {
@@ -654,6 +656,50 @@ export interface DeleteRouteRequest {
 }
 
 export interface DeleteRouteResponse {
+  deleted: boolean;
+}
+
+/**
+ * A rule classifying failure replies: matches when the reply's code starts
+ * with code_prefix (an enhanced code prefix such as "5.7." or a basic code
+ * such as "554"; empty = any) and its text matches pattern (a regular
+ * expression, case-insensitive; empty = any). Rules are checked in name
+ * order, before the built-in ones.
+ */
+export interface BounceRule {
+  name: string;
+  codePrefix: string;
+  pattern: string;
+  /**
+   * user_unknown, mailbox_full, policy, reputation, message_too_large,
+   * dns_failure, tls_failure, rate_limited or other.
+   */
+  bounceClass: string;
+  description: string;
+}
+
+export interface ListBounceRulesRequest {
+}
+
+export interface ListBounceRulesResponse {
+  rules: BounceRule[];
+}
+
+export interface PutBounceRuleRequest {
+  rule: BounceRule | undefined;
+  operator: string;
+}
+
+export interface PutBounceRuleResponse {
+  rule: BounceRule | undefined;
+}
+
+export interface DeleteBounceRuleRequest {
+  name: string;
+  operator: string;
+}
+
+export interface DeleteBounceRuleResponse {
   deleted: boolean;
 }
 
@@ -1949,6 +1995,7 @@ function createBaseAttempt(): Attempt {
     outcome: 0,
     tls: undefined,
     worker: "",
+    bounceClass: "",
   };
 }
 
@@ -1977,6 +2024,9 @@ export const Attempt: MessageFns<Attempt> = {
     }
     if (message.worker !== "") {
       writer.uint32(66).string(message.worker);
+    }
+    if (message.bounceClass !== "") {
+      writer.uint32(74).string(message.bounceClass);
     }
     return writer;
   },
@@ -2058,6 +2108,14 @@ export const Attempt: MessageFns<Attempt> = {
             message.worker = reader.string();
             continue;
           }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.bounceClass = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2096,6 +2154,11 @@ export const Attempt: MessageFns<Attempt> = {
       outcome: isSet(object.outcome) ? attemptOutcomeFromJSON(object.outcome) : 0,
       tls: isSet(object.tls) ? TlsInfo.fromJSON(object.tls) : undefined,
       worker: isSet(object.worker) ? globalThis.String(object.worker) : "",
+      bounceClass: isSet(object.bounceClass)
+        ? globalThis.String(object.bounceClass)
+        : isSet(object.bounce_class)
+        ? globalThis.String(object.bounce_class)
+        : "",
     };
   },
 
@@ -2125,6 +2188,9 @@ export const Attempt: MessageFns<Attempt> = {
     if (message.worker !== "") {
       obj.worker = message.worker;
     }
+    if (message.bounceClass !== "") {
+      obj.bounceClass = message.bounceClass;
+    }
     return obj;
   },
 
@@ -2143,6 +2209,7 @@ export const Attempt: MessageFns<Attempt> = {
     message.outcome = object.outcome ?? 0;
     message.tls = (object.tls !== undefined && object.tls !== null) ? TlsInfo.fromPartial(object.tls) : undefined;
     message.worker = object.worker ?? "";
+    message.bounceClass = object.bounceClass ?? "";
     return message;
   },
 };
@@ -5166,6 +5233,576 @@ export const DeleteRouteResponse: MessageFns<DeleteRouteResponse> = {
   },
 };
 
+function createBaseBounceRule(): BounceRule {
+  return { name: "", codePrefix: "", pattern: "", bounceClass: "", description: "" };
+}
+
+export const BounceRule: MessageFns<BounceRule> = {
+  encode(message: BounceRule, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.codePrefix !== "") {
+      writer.uint32(18).string(message.codePrefix);
+    }
+    if (message.pattern !== "") {
+      writer.uint32(26).string(message.pattern);
+    }
+    if (message.bounceClass !== "") {
+      writer.uint32(34).string(message.bounceClass);
+    }
+    if (message.description !== "") {
+      writer.uint32(42).string(message.description);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): BounceRule {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseBounceRule();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.codePrefix = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.pattern = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.bounceClass = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.description = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): BounceRule {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      codePrefix: isSet(object.codePrefix)
+        ? globalThis.String(object.codePrefix)
+        : isSet(object.code_prefix)
+        ? globalThis.String(object.code_prefix)
+        : "",
+      pattern: isSet(object.pattern) ? globalThis.String(object.pattern) : "",
+      bounceClass: isSet(object.bounceClass)
+        ? globalThis.String(object.bounceClass)
+        : isSet(object.bounce_class)
+        ? globalThis.String(object.bounce_class)
+        : "",
+      description: isSet(object.description) ? globalThis.String(object.description) : "",
+    };
+  },
+
+  toJSON(message: BounceRule): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.codePrefix !== "") {
+      obj.codePrefix = message.codePrefix;
+    }
+    if (message.pattern !== "") {
+      obj.pattern = message.pattern;
+    }
+    if (message.bounceClass !== "") {
+      obj.bounceClass = message.bounceClass;
+    }
+    if (message.description !== "") {
+      obj.description = message.description;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<BounceRule>, I>>(base?: I): BounceRule {
+    return BounceRule.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<BounceRule>, I>>(object: I): BounceRule {
+    const message = createBaseBounceRule();
+    message.name = object.name ?? "";
+    message.codePrefix = object.codePrefix ?? "";
+    message.pattern = object.pattern ?? "";
+    message.bounceClass = object.bounceClass ?? "";
+    message.description = object.description ?? "";
+    return message;
+  },
+};
+
+function createBaseListBounceRulesRequest(): ListBounceRulesRequest {
+  return {};
+}
+
+export const ListBounceRulesRequest: MessageFns<ListBounceRulesRequest> = {
+  encode(_: ListBounceRulesRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListBounceRulesRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListBounceRulesRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): ListBounceRulesRequest {
+    return {};
+  },
+
+  toJSON(_: ListBounceRulesRequest): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ListBounceRulesRequest>, I>>(base?: I): ListBounceRulesRequest {
+    return ListBounceRulesRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ListBounceRulesRequest>, I>>(_: I): ListBounceRulesRequest {
+    const message = createBaseListBounceRulesRequest();
+    return message;
+  },
+};
+
+function createBaseListBounceRulesResponse(): ListBounceRulesResponse {
+  return { rules: [] };
+}
+
+export const ListBounceRulesResponse: MessageFns<ListBounceRulesResponse> = {
+  encode(message: ListBounceRulesResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.rules) {
+      BounceRule.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListBounceRulesResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListBounceRulesResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.rules.push(BounceRule.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListBounceRulesResponse {
+    return {
+      rules: globalThis.Array.isArray(object?.rules) ? object.rules.map((e: any) => BounceRule.fromJSON(e)) : [],
+    };
+  },
+
+  toJSON(message: ListBounceRulesResponse): unknown {
+    const obj: any = {};
+    if (message.rules?.length) {
+      obj.rules = message.rules.map((e) => BounceRule.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ListBounceRulesResponse>, I>>(base?: I): ListBounceRulesResponse {
+    return ListBounceRulesResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ListBounceRulesResponse>, I>>(object: I): ListBounceRulesResponse {
+    const message = createBaseListBounceRulesResponse();
+    message.rules = object.rules?.map((e) => BounceRule.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBasePutBounceRuleRequest(): PutBounceRuleRequest {
+  return { rule: undefined, operator: "" };
+}
+
+export const PutBounceRuleRequest: MessageFns<PutBounceRuleRequest> = {
+  encode(message: PutBounceRuleRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.rule !== undefined) {
+      BounceRule.encode(message.rule, writer.uint32(10).fork()).join();
+    }
+    if (message.operator !== "") {
+      writer.uint32(18).string(message.operator);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PutBounceRuleRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePutBounceRuleRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.rule = BounceRule.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.operator = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PutBounceRuleRequest {
+    return {
+      rule: isSet(object.rule) ? BounceRule.fromJSON(object.rule) : undefined,
+      operator: isSet(object.operator) ? globalThis.String(object.operator) : "",
+    };
+  },
+
+  toJSON(message: PutBounceRuleRequest): unknown {
+    const obj: any = {};
+    if (message.rule !== undefined) {
+      obj.rule = BounceRule.toJSON(message.rule);
+    }
+    if (message.operator !== "") {
+      obj.operator = message.operator;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PutBounceRuleRequest>, I>>(base?: I): PutBounceRuleRequest {
+    return PutBounceRuleRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PutBounceRuleRequest>, I>>(object: I): PutBounceRuleRequest {
+    const message = createBasePutBounceRuleRequest();
+    message.rule = (object.rule !== undefined && object.rule !== null)
+      ? BounceRule.fromPartial(object.rule)
+      : undefined;
+    message.operator = object.operator ?? "";
+    return message;
+  },
+};
+
+function createBasePutBounceRuleResponse(): PutBounceRuleResponse {
+  return { rule: undefined };
+}
+
+export const PutBounceRuleResponse: MessageFns<PutBounceRuleResponse> = {
+  encode(message: PutBounceRuleResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.rule !== undefined) {
+      BounceRule.encode(message.rule, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PutBounceRuleResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePutBounceRuleResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.rule = BounceRule.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PutBounceRuleResponse {
+    return { rule: isSet(object.rule) ? BounceRule.fromJSON(object.rule) : undefined };
+  },
+
+  toJSON(message: PutBounceRuleResponse): unknown {
+    const obj: any = {};
+    if (message.rule !== undefined) {
+      obj.rule = BounceRule.toJSON(message.rule);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PutBounceRuleResponse>, I>>(base?: I): PutBounceRuleResponse {
+    return PutBounceRuleResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PutBounceRuleResponse>, I>>(object: I): PutBounceRuleResponse {
+    const message = createBasePutBounceRuleResponse();
+    message.rule = (object.rule !== undefined && object.rule !== null)
+      ? BounceRule.fromPartial(object.rule)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseDeleteBounceRuleRequest(): DeleteBounceRuleRequest {
+  return { name: "", operator: "" };
+}
+
+export const DeleteBounceRuleRequest: MessageFns<DeleteBounceRuleRequest> = {
+  encode(message: DeleteBounceRuleRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.operator !== "") {
+      writer.uint32(18).string(message.operator);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DeleteBounceRuleRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDeleteBounceRuleRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.operator = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DeleteBounceRuleRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      operator: isSet(object.operator) ? globalThis.String(object.operator) : "",
+    };
+  },
+
+  toJSON(message: DeleteBounceRuleRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.operator !== "") {
+      obj.operator = message.operator;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DeleteBounceRuleRequest>, I>>(base?: I): DeleteBounceRuleRequest {
+    return DeleteBounceRuleRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DeleteBounceRuleRequest>, I>>(object: I): DeleteBounceRuleRequest {
+    const message = createBaseDeleteBounceRuleRequest();
+    message.name = object.name ?? "";
+    message.operator = object.operator ?? "";
+    return message;
+  },
+};
+
+function createBaseDeleteBounceRuleResponse(): DeleteBounceRuleResponse {
+  return { deleted: false };
+}
+
+export const DeleteBounceRuleResponse: MessageFns<DeleteBounceRuleResponse> = {
+  encode(message: DeleteBounceRuleResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.deleted !== false) {
+      writer.uint32(8).bool(message.deleted);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DeleteBounceRuleResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDeleteBounceRuleResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.deleted = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DeleteBounceRuleResponse {
+    return { deleted: isSet(object.deleted) ? globalThis.Boolean(object.deleted) : false };
+  },
+
+  toJSON(message: DeleteBounceRuleResponse): unknown {
+    const obj: any = {};
+    if (message.deleted !== false) {
+      obj.deleted = message.deleted;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DeleteBounceRuleResponse>, I>>(base?: I): DeleteBounceRuleResponse {
+    return DeleteBounceRuleResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DeleteBounceRuleResponse>, I>>(object: I): DeleteBounceRuleResponse {
+    const message = createBaseDeleteBounceRuleResponse();
+    message.deleted = object.deleted ?? false;
+    return message;
+  },
+};
+
 function createBaseStatusRequest(): StatusRequest {
   return {};
 }
@@ -5498,6 +6135,39 @@ export const QueueServiceService = {
     responseSerialize: (value: DeleteRouteResponse): Buffer => bufferView(DeleteRouteResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): DeleteRouteResponse => DeleteRouteResponse.decode(value),
   },
+  /** Operator rules classifying failure replies, checked before the built-in ones. */
+  listBounceRules: {
+    path: "/tern.v1.QueueService/ListBounceRules" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ListBounceRulesRequest): Buffer =>
+      bufferView(ListBounceRulesRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ListBounceRulesRequest => ListBounceRulesRequest.decode(value),
+    responseSerialize: (value: ListBounceRulesResponse): Buffer =>
+      bufferView(ListBounceRulesResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ListBounceRulesResponse => ListBounceRulesResponse.decode(value),
+  },
+  putBounceRule: {
+    path: "/tern.v1.QueueService/PutBounceRule" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: PutBounceRuleRequest): Buffer => bufferView(PutBounceRuleRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): PutBounceRuleRequest => PutBounceRuleRequest.decode(value),
+    responseSerialize: (value: PutBounceRuleResponse): Buffer =>
+      bufferView(PutBounceRuleResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): PutBounceRuleResponse => PutBounceRuleResponse.decode(value),
+  },
+  deleteBounceRule: {
+    path: "/tern.v1.QueueService/DeleteBounceRule" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: DeleteBounceRuleRequest): Buffer =>
+      bufferView(DeleteBounceRuleRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): DeleteBounceRuleRequest => DeleteBounceRuleRequest.decode(value),
+    responseSerialize: (value: DeleteBounceRuleResponse): Buffer =>
+      bufferView(DeleteBounceRuleResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): DeleteBounceRuleResponse => DeleteBounceRuleResponse.decode(value),
+  },
   /** Whether the queue takes new messages (below its high-water mark). */
   status: {
     path: "/tern.v1.QueueService/Status" as const,
@@ -5557,6 +6227,10 @@ export interface QueueServiceServer extends UntypedServiceImplementation {
   listRoutes: handleUnaryCall<ListRoutesRequest, ListRoutesResponse>;
   putRoute: handleUnaryCall<PutRouteRequest, PutRouteResponse>;
   deleteRoute: handleUnaryCall<DeleteRouteRequest, DeleteRouteResponse>;
+  /** Operator rules classifying failure replies, checked before the built-in ones. */
+  listBounceRules: handleUnaryCall<ListBounceRulesRequest, ListBounceRulesResponse>;
+  putBounceRule: handleUnaryCall<PutBounceRuleRequest, PutBounceRuleResponse>;
+  deleteBounceRule: handleUnaryCall<DeleteBounceRuleRequest, DeleteBounceRuleResponse>;
   /** Whether the queue takes new messages (below its high-water mark). */
   status: handleUnaryCall<StatusRequest, StatusResponse>;
 }
@@ -5786,6 +6460,52 @@ export interface QueueServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: DeleteRouteResponse) => void,
+  ): ClientUnaryCall;
+  /** Operator rules classifying failure replies, checked before the built-in ones. */
+  listBounceRules(
+    request: ListBounceRulesRequest,
+    callback: (error: ServiceError | null, response: ListBounceRulesResponse) => void,
+  ): ClientUnaryCall;
+  listBounceRules(
+    request: ListBounceRulesRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ListBounceRulesResponse) => void,
+  ): ClientUnaryCall;
+  listBounceRules(
+    request: ListBounceRulesRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ListBounceRulesResponse) => void,
+  ): ClientUnaryCall;
+  putBounceRule(
+    request: PutBounceRuleRequest,
+    callback: (error: ServiceError | null, response: PutBounceRuleResponse) => void,
+  ): ClientUnaryCall;
+  putBounceRule(
+    request: PutBounceRuleRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: PutBounceRuleResponse) => void,
+  ): ClientUnaryCall;
+  putBounceRule(
+    request: PutBounceRuleRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: PutBounceRuleResponse) => void,
+  ): ClientUnaryCall;
+  deleteBounceRule(
+    request: DeleteBounceRuleRequest,
+    callback: (error: ServiceError | null, response: DeleteBounceRuleResponse) => void,
+  ): ClientUnaryCall;
+  deleteBounceRule(
+    request: DeleteBounceRuleRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: DeleteBounceRuleResponse) => void,
+  ): ClientUnaryCall;
+  deleteBounceRule(
+    request: DeleteBounceRuleRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: DeleteBounceRuleResponse) => void,
   ): ClientUnaryCall;
   /** Whether the queue takes new messages (below its high-water mark). */
   status(
