@@ -21,6 +21,9 @@ import {
   Reply,
 } from './protocol';
 
+/** Answers read ahead of their use, at most (then the socket waits). */
+const QUEUE_BYTES = 256 * 1024;
+
 export interface MilterTimeouts {
   /** Opening the connection. */
   connectMs: number;
@@ -83,6 +86,8 @@ function storedRaw(value: string, leadingSpace: boolean): string {
 export class MilterSession {
   private readonly decoder = new PacketDecoder();
   private readonly packets: Packet[] = [];
+  /** Octets in `packets`: past QUEUE_BYTES the socket is paused (a milter that talks ahead, e.g. REPLBODY, waits). */
+  private queued = 0;
   private waiter: { resolve: (p: Packet) => void; reject: (e: Error) => void } | undefined;
   private failure: Error | undefined;
   private negotiatedFlags: Negotiated = { version: 0, actions: 0, protocol: 0 };
@@ -94,13 +99,15 @@ export class MilterSession {
   ) {
     socket.on('data', (chunk: Buffer) => {
       try {
-        for (const p of this.decoder.push(chunk)) this.packets.push(p);
+        for (const p of this.decoder.push(chunk)) {
+          this.packets.push(p);
+          this.queued += p.data.length;
+        }
       } catch (err) {
         this.destroy(err as Error);
         return;
       }
-      // Bounded: a milter that talks ahead (REPLBODY) waits while we catch up.
-      if (this.packets.length > 16) socket.pause();
+      if (this.queued > QUEUE_BYTES) socket.pause();
       this.deliver();
     });
     socket.on('error', (err) => this.fail(new MilterError('closed', `milter ${address}: ${err.message}`, { cause: err })));
@@ -154,17 +161,19 @@ export class MilterSession {
     if (!this.waiter || !this.packets.length) return;
     const w = this.waiter;
     this.waiter = undefined;
-    w.resolve(this.packets.shift()!);
-    if (this.packets.length <= 4) this.socket.resume();
+    w.resolve(this.take());
+  }
+
+  private take(): Packet {
+    const p = this.packets.shift()!;
+    this.queued -= p.data.length;
+    if (this.queued <= QUEUE_BYTES) this.socket.resume();
+    return p;
   }
 
   /** The next packet, within the command timeout. */
   private next(): Promise<Packet> {
-    if (this.packets.length) {
-      const p = this.packets.shift()!;
-      if (this.packets.length <= 4) this.socket.resume();
-      return Promise.resolve(p);
-    }
+    if (this.packets.length) return Promise.resolve(this.take());
     if (this.failure) return Promise.reject(this.failure);
     return new Promise<Packet>((resolve, reject) => {
       const timer = setTimeout(() => {
