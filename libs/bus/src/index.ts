@@ -2,6 +2,7 @@
 // idempotently, publish with Nats-Msg-Id and W3C trace context, and consume
 // with bounded concurrency, surviving NATS restarts.
 import { connect } from '@nats-io/transport-node';
+import { Part, part } from '@tern/runtime';
 import { headers as natsHeaders, nanos, type NatsConnection, type MsgHdrs } from '@nats-io/nats-core';
 import {
   jetstream,
@@ -352,4 +353,45 @@ function isNotFound(err: unknown): boolean {
 
 function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
+}
+
+/**
+ * The NATS connection as a part of its service (libs/runtime Components):
+ * start connects and ensures the topology with the service's consumers,
+ * drain flushes what was published and closes. `bus` is the connection
+ * once started (before: an error saying so, never a half-made Bus).
+ */
+export class BusPart extends Part {
+  private connected: Bus | undefined;
+
+  constructor(opts: BusOptions, consumers: ConsumerName[]) {
+    super('NATS', {
+      start: async () => {
+        this.connected = await Bus.connect(opts);
+        await this.connected.ensureTopology(consumers);
+      },
+      drain: () => this.connected?.close(),
+    });
+  }
+
+  get bus(): Bus {
+    if (!this.connected) throw new Error('NATS is not connected yet (the service has not started)');
+    return this.connected;
+  }
+
+  /** Connected and not closed (it stays open while it reconnects): what delivery and bounce call ready. */
+  get open(): boolean {
+    return this.connected !== undefined && !this.connected.nc.isClosed();
+  }
+
+  /** A durable consumer as a part: start consumes, drain lets running handlers finish (Consumption.stop). */
+  consumer(name: ConsumerName, handler: (msg: BusMessage) => Promise<void>, opts: ConsumeOptions): Part {
+    let consumption: Consumption | undefined;
+    return part(`consumer ${name}`, {
+      start: () => {
+        consumption = this.bus.consume(name, handler, opts);
+      },
+      drain: () => consumption?.stop(),
+    });
+  }
 }

@@ -1,9 +1,9 @@
 // Wires the admin service: operator tokens, the authentication interceptor,
 // clients of the owners (queue, policy), and the gRPC server. Admin owns no
 // data; it is ready as soon as it listens.
-import type http from 'node:http';
 import { GrpcServer, type TlsFiles } from '@tern/grpc';
 import { AdminServiceService } from '@tern/proto';
+import { Components, HttpServerPart, part } from '@tern/runtime';
 import type { Telemetry } from '@tern/telemetry';
 import { authInterceptor } from './auth';
 import type { Config } from './config';
@@ -66,7 +66,16 @@ export function createApp(config: Config, deps: AppDeps): App {
       meter,
     }),
   );
-  let metricsServer: http.Server | undefined;
+  // Started in this order, stopped in reverse: not ready first, then the
+  // listener (calls in flight finish), the owners' clients, the token reload.
+  const parts = new Components(logger);
+  parts.add('tokens', part('tokens', { start: () => tokens.start(), drain: () => tokens.stop() }));
+  parts.add('owners', part('owner clients', { drain: () => Object.values(owners).forEach((o) => o.client.close()) }));
+  if (!deps.noMetricsServer) {
+    parts.add('metrics', new HttpServerPart('metrics', () => deps.telemetry.serveMetrics(config.TERN_METRICS_LISTEN.host, config.TERN_METRICS_LISTEN.port, () => grpcServer.ready())));
+  }
+  parts.add('grpc', grpcServer.listener(config.TERN_GRPC_LISTEN.host, config.TERN_GRPC_LISTEN.port, config.TERN_SHUTDOWN_GRACE_MS));
+  parts.add('readiness', grpcServer.readiness());
 
   return {
     tokens,
@@ -74,23 +83,12 @@ export function createApp(config: Config, deps: AppDeps): App {
       return grpcServer.port;
     },
     async start() {
-      tokens.start();
-      if (!deps.noMetricsServer) {
-        metricsServer = await deps.telemetry.serveMetrics(config.TERN_METRICS_LISTEN.host, config.TERN_METRICS_LISTEN.port, () => grpcServer.ready());
-      }
-      const port = await grpcServer.listen(config.TERN_GRPC_LISTEN.host, config.TERN_GRPC_LISTEN.port);
-      grpcServer.serve();
+      await parts.start();
       logger.info(
-        { grpc: port, queue: config.TERN_QUEUE_ADDR, policy: config.TERN_POLICY_ADDR, tls: Boolean(tls), mtls: Boolean(tls?.caFile), operators: tokens.names() },
+        { grpc: grpcServer.port, queue: config.TERN_QUEUE_ADDR, policy: config.TERN_POLICY_ADDR, tls: Boolean(tls), mtls: Boolean(tls?.caFile), operators: tokens.names() },
         'admin serving',
       );
     },
-    async stop() {
-      await grpcServer.shutdown(config.TERN_SHUTDOWN_GRACE_MS);
-      tokens.stop();
-      owners.queue.client.close();
-      owners.policy.client.close();
-      await new Promise<void>((resolve) => (metricsServer ? metricsServer.close(() => resolve()) : resolve()));
-    },
+    stop: () => parts.stop(),
   };
 }

@@ -1,6 +1,8 @@
 // Clients of the services admin forwards to, and the mapping of their errors
 // to what an operator should see.
-import { createClient, grpc, grpcError, isGrpcError, type TlsFiles } from '@tern/grpc';
+import { createClient, grpc, isGrpcError, statusError, type TlsFiles } from '@tern/grpc';
+import { errorMessage } from '@tern/runtime';
+import { OwnerCallError, OwnerCancelledError, OwnerRefusedAdminError, OwnerTimeoutError, OwnerUnimplementedError, OwnerUnreachableError } from './errors';
 import { PolicyServiceClient, QueueServiceClient } from '@tern/proto';
 
 export type OwnerName = 'queue' | 'policy';
@@ -70,30 +72,30 @@ export function mapOwnerError(owner: Owner, method: string, err: unknown, deadli
     return e;
   };
   if (!isGrpcError(err)) {
-    return tag(grpcError(grpc.status.INTERNAL, `${owner.name} service at ${owner.address}: ${(err as Error)?.message ?? String(err)}`));
+    return tag(new OwnerCallError(owner.name, owner.address, errorMessage(err), err));
   }
   const details = err.details ?? err.message;
-  if (PASS_THROUGH.has(err.code)) return tag(grpcError(err.code, details));
+  if (PASS_THROUGH.has(err.code)) return tag(statusError(err.code, details));
   const where = `the ${owner.name} service at ${owner.address}`;
   switch (err.code) {
     case grpc.status.UNAVAILABLE:
-      return tag(grpcError(grpc.status.UNAVAILABLE, `${where} is unreachable (${transportCause(details)})`));
+      return tag(new OwnerUnreachableError(where, transportCause(details)));
     case grpc.status.DEADLINE_EXCEEDED: {
       const state = owner.client.getChannel().getConnectivityState(false);
       if (state !== grpc.connectivityState.READY && state !== grpc.connectivityState.IDLE) {
-        return tag(grpcError(grpc.status.UNAVAILABLE, `${where} is unreachable (no connection within ${deadlineMs} ms)`));
+        return tag(new OwnerUnreachableError(where, `no connection within ${deadlineMs} ms`));
       }
-      return tag(grpcError(grpc.status.DEADLINE_EXCEEDED, `${where} did not answer ${method} within ${deadlineMs} ms`));
+      return tag(new OwnerTimeoutError(where, method, deadlineMs));
     }
     case grpc.status.UNIMPLEMENTED:
-      return tag(grpcError(grpc.status.UNIMPLEMENTED, `${where} does not implement ${method} (${details})`));
+      return tag(new OwnerUnimplementedError(where, method, details));
     case grpc.status.CANCELLED:
-      return tag(grpcError(grpc.status.CANCELLED, `${where}: call cancelled`));
+      return tag(new OwnerCancelledError(where));
     case grpc.status.UNAUTHENTICATED:
     case grpc.status.PERMISSION_DENIED:
       // Admin's own credentials towards the owner were refused: not the operator's token.
-      return tag(grpcError(grpc.status.INTERNAL, `${where} refused admin's call (${grpc.status[err.code]}: ${details})`));
+      return tag(new OwnerRefusedAdminError(where, grpc.status[err.code], details));
     default:
-      return tag(grpcError(err.code, `${where}: ${details}`));
+      return tag(statusError(err.code, `${where}: ${details}`));
   }
 }
