@@ -5,6 +5,7 @@ export * from './gen/tern/v1/policy';
 export * from './gen/tern/v1/queue';
 export * from './gen/tern/v1/events';
 export * from './gen/tern/v1/lifecycle';
+export * from './gen/tern/v1/webhooks';
 export * from './gen/tern/v1/admin';
 export { Timestamp } from './gen/google/protobuf/timestamp';
 export { descriptorSet } from './gen/descriptor';
