@@ -193,7 +193,7 @@ export function formatMessage(m: MessageDetail, now: Date): string {
         attempts.map(({ r, a }) => [
           iso(a.startedAt),
           r.address,
-          enumName(AttemptOutcome, 'ATTEMPT_OUTCOME_', a.outcome),
+          enumName(AttemptOutcome, 'ATTEMPT_OUTCOME_', a.outcome) + (a.bounceClass ? ` (${a.bounceClass})` : ''),
           [a.remoteHost, a.remoteIp ? `[${a.remoteIp}]` : ''].filter(Boolean).join(' ') || '-',
           a.tls?.used ? `${a.tls.version}${a.tls.verified ? ' verified' : ''}` : 'no',
           `${a.durationMs} ms`,

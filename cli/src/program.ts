@@ -24,6 +24,7 @@ import {
 import { connect, type AdminApi, type Connection, type ConnectionOptions, resolveConnection, DEFAULT_ADDR } from './client';
 import { registerDkimCommands } from './dkim';
 import { registerMilterCommands } from './milter';
+import { registerBounceRuleCommands } from './bounce-rule';
 import { CliError, EXIT } from './errors';
 import * as f from './format';
 import { passwordFromPrompt, passwordFromStdin } from './password';
@@ -519,6 +520,8 @@ export function buildProgram(io: Io): Command {
 
   // ---- milters (cli/src/milter.ts)
   registerMilterCommands(program as unknown as Command, run);
+  // ---- bounce classification rules (cli/src/bounce-rule.ts)
+  registerBounceRuleCommands(program as unknown as Command, run);
 
   return program as unknown as Command;
 }
