@@ -58,6 +58,9 @@ export const ROUTES: Record<UnaryName, Route> = {
   rotateDkimKey: { owner: 'policy', mutating: true, role: 'admin' },
   activateDkimKey: { owner: 'policy', mutating: true, role: 'admin' },
   retireDkimKey: { owner: 'policy', mutating: true, role: 'admin' },
+  listRateLimits: { owner: 'policy', mutating: false, role: 'viewer' },
+  putRateLimit: { owner: 'policy', mutating: true, role: 'admin' },
+  deleteRateLimit: { owner: 'policy', mutating: true, role: 'admin' },
 };
 
 /** A message's content is more than its envelope: reading it is an operator's act. */
@@ -116,6 +119,10 @@ export function describeChange(method: UnaryName, req: Req): Record<string, unkn
     case 'rotateDkimKey':
     case 'importDkimKey':
       return { domain: r.domain, selector: r.selector, algorithm: r.algorithm, afterSeconds: r.afterSeconds, imported: typeof r.privateKeyPem === 'string' && r.privateKeyPem !== '' };
+    case 'putRateLimit':
+      return { limit: r.limit };
+    case 'deleteRateLimit':
+      return { kind: r.kind, match: r.match };
     case 'activateDkimKey':
     case 'retireDkimKey':
       return { domain: r.domain, selector: r.selector };

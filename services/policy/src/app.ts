@@ -14,6 +14,7 @@ import { Dnsbl } from './dnsbl';
 import { Engine } from './engine';
 import { Greylist } from './greylist';
 import { DkimKeyStore } from './dkim-keys';
+import { RateLimitRules } from './limits';
 import { MilterStore } from './milters';
 import { MessageAuth } from './messageauth';
 import { RateLimiter } from './ratelimit';
@@ -48,6 +49,8 @@ export function createApp(config: Config, deps: AppDeps): App {
     onReload: (s, ms) => {
       snapshots.record(ms / 1000);
       logger.debug({ domains: s.domains.size, mailboxes: s.mailboxes.size, aliases: s.aliases.size, users: s.users.size, ms }, 'policy data loaded');
+      // The rate-limit rules follow the same notifications (their table NOTIFYs too).
+      rateLimits.load().catch((err: Error) => logger.warn({ err: err.message }, 'rate-limit rules not reloaded; the next reload tries again'));
     },
   });
   const engine = new Engine(
@@ -63,7 +66,8 @@ export function createApp(config: Config, deps: AppDeps): App {
 
   // Checks after the built-in rules, in this order; each acts only on an accept.
   const hooks: CheckHook[] = [];
-  const limiter = new RateLimiter(pool, {
+  // The TERN_LIMIT_* variables are the defaults under the admin API's rules (limits.ts).
+  const rateLimits = new RateLimitRules(pool, {
     connectionsPerIp: config.TERN_LIMIT_CONNECTIONS_PER_IP,
     messagesPerIp: config.TERN_LIMIT_MESSAGES_PER_IP,
     messagesPerUser: config.TERN_LIMIT_MESSAGES_PER_USER,
@@ -72,6 +76,7 @@ export function createApp(config: Config, deps: AppDeps): App {
     recipientsPerSenderDomain: config.TERN_LIMIT_RECIPIENTS_PER_SENDER_DOMAIN,
     authFailuresPerIp: config.TERN_LIMIT_AUTH_FAILURES_PER_IP,
   });
+  const limiter = new RateLimiter(pool, rateLimits);
   hooks.push(Object.assign(limiter.hook, { pure: limiter.pure }));
   const dns = createDns(config.TERN_DNS_SERVERS, config.TERN_DNS_TIMEOUT_MS);
   if (config.TERN_DNSBL_ZONES.length) {
@@ -119,7 +124,7 @@ export function createApp(config: Config, deps: AppDeps): App {
   grpcServer.add(
     'tern.v1.PolicyService',
     PolicyServiceService,
-    createPolicyService({ store, suppressions, milters: new MilterStore(pool), dkimKeys, cache, engine, logger, meter, hooks, messageChecker: messageAuth, authGuard: limiter, decisionCacheMs: config.TERN_POLICY_DECISION_CACHE_MS }),
+    createPolicyService({ store, suppressions, milters: new MilterStore(pool), dkimKeys, rateLimits, cache, engine, logger, meter, hooks, messageChecker: messageAuth, authGuard: limiter, decisionCacheMs: config.TERN_POLICY_DECISION_CACHE_MS }),
   );
   let metricsServer: http.Server | undefined;
 
@@ -132,6 +137,7 @@ export function createApp(config: Config, deps: AppDeps): App {
       // Stored DKIM keys must open with TERN_DKIM_KEK, or policy does not start (naming the variable).
       const sealed = await dkimKeys.checkKek();
       if (sealed) logger.info({ keys: sealed }, 'stored DKIM keys open with TERN_DKIM_KEK');
+      await rateLimits.load();
       await cache.start();
       limiter.startCleanup();
       greylist?.startCleanup();

@@ -6,6 +6,7 @@ import type { Pool } from '@tern/db';
 import { CheckStage, PolicyAction, type CheckRequest } from '@tern/proto';
 import { parseAddress } from './address';
 import type { Client } from './engine';
+import type { LimitKind } from './limits';
 import { refuse, type Decision } from './replies';
 
 export interface Rate {
@@ -38,17 +39,32 @@ export interface RateLimits {
   authFailuresPerIp?: Rate;
 }
 
+/** Where a limit comes from: the admin API's rules over the TERN_LIMIT_* defaults (limits.ts). */
+export interface LimitSource {
+  rate(kind: LimitKind, subject: string | undefined): Rate | undefined;
+}
+
+const FIELDS: Record<LimitKind, keyof RateLimits> = {
+  connections_per_ip: 'connectionsPerIp',
+  messages_per_ip: 'messagesPerIp',
+  messages_per_user: 'messagesPerUser',
+  recipients_per_user: 'recipientsPerUser',
+  messages_per_sender_domain: 'messagesPerSenderDomain',
+  recipients_per_sender_domain: 'recipientsPerSenderDomain',
+  auth_failures_per_ip: 'authFailuresPerIp',
+};
+
 export class RateLimiter {
   private cleanupTimer: NodeJS.Timeout | undefined;
+  private readonly source: LimitSource;
 
+  /** `limits` alone: fixed limits (the variables); with `source`, its answer (rules, then those defaults). */
   constructor(
     private readonly pool: Pool,
-    private readonly limits: RateLimits,
+    limits: RateLimits | LimitSource,
     private readonly now: () => number = Date.now,
-  ) {}
-
-  get enabled(): boolean {
-    return Object.values(this.limits).some(Boolean);
+  ) {
+    this.source = 'rate' in limits && typeof limits.rate === 'function' ? (limits as LimitSource) : { rate: (kind) => (limits as RateLimits)[FIELDS[kind]] };
   }
 
   /** Counts `n` events for `key`; true when the sliding-window estimate exceeds the limit. */
@@ -87,12 +103,12 @@ export class RateLimiter {
 
   /** AUTH brute-force guard: true when the client already failed too often. */
   async authBlocked(ip: string): Promise<boolean> {
-    const rate = this.limits.authFailuresPerIp;
+    const rate = this.source.rate('auth_failures_per_ip', ip);
     return rate ? (await this.peek(`authfail:ip:${ip}`, rate)) >= rate.limit : false;
   }
 
   async authFailed(ip: string): Promise<void> {
-    const rate = this.limits.authFailuresPerIp;
+    const rate = this.source.rate('auth_failures_per_ip', ip);
     if (rate) await this.hit(`authfail:ip:${ip}`, rate);
   }
 
@@ -122,25 +138,25 @@ export class RateLimiter {
   pure = (req: CheckRequest, client: Client): boolean => this.checks(req, client).every(([, rate]) => !rate);
 
   private checks(req: CheckRequest, client: Client): Array<[string, Rate | undefined, () => Decision]> {
-    const L = this.limits;
+    const L = (kind: LimitKind, subject: string | undefined) => this.source.rate(kind, subject);
     const ip = client.address;
     const user = client.user?.username;
     const senderDomain = req.sender ? parseAddress(req.sender)?.domain : undefined;
     const checks: Array<[string, Rate | undefined, () => Decision]> = [];
     if (req.stage === CheckStage.CHECK_STAGE_CONNECT && !client.trusted) {
-      checks.push([`conn:ip:${ip}`, L.connectionsPerIp, () => refuse('rate_limit_connections_ip', 421, '4.7.0', `Error: too many connections from ${ip}`)]);
+      checks.push([`conn:ip:${ip}`, L('connections_per_ip', ip), () => refuse('rate_limit_connections_ip', 421, '4.7.0', `Error: too many connections from ${ip}`)]);
     }
     if (req.stage === CheckStage.CHECK_STAGE_MAIL) {
       if (!client.trusted && !user) {
-        checks.push([`msg:ip:${ip}`, L.messagesPerIp, () => refuse('rate_limit_messages_ip', 450, '4.7.1', `Error: too much mail from ${ip}`)]);
+        checks.push([`msg:ip:${ip}`, L('messages_per_ip', ip), () => refuse('rate_limit_messages_ip', 450, '4.7.1', `Error: too much mail from ${ip}`)]);
       }
       if (user) {
-        checks.push([`msg:user:${user}`, L.messagesPerUser, () => refuse('rate_limit_messages_user', 450, '4.7.1', `Error: too much mail from user ${user}`)]);
+        checks.push([`msg:user:${user}`, L('messages_per_user', user), () => refuse('rate_limit_messages_user', 450, '4.7.1', `Error: too much mail from user ${user}`)]);
       }
       if (senderDomain) {
         checks.push([
           `msg:dom:${senderDomain}`,
-          L.messagesPerSenderDomain,
+          L('messages_per_sender_domain', senderDomain),
           () => refuse('rate_limit_messages_sender_domain', 450, '4.7.1', `Error: too much mail from sender domain ${senderDomain}`),
         ]);
       }
@@ -150,14 +166,14 @@ export class RateLimiter {
       if (user) {
         checks.push([
           `rcpt:user:${user}`,
-          L.recipientsPerUser,
+          L('recipients_per_user', user),
           () => refuse('rate_limit_recipients_user', 450, '4.7.1', `<${to}>: Recipient address rejected: too many recipients from user ${user}`),
         ]);
       }
       if (senderDomain) {
         checks.push([
           `rcpt:dom:${senderDomain}`,
-          L.recipientsPerSenderDomain,
+          L('recipients_per_sender_domain', senderDomain),
           () => refuse('rate_limit_recipients_sender_domain', 450, '4.7.1', `<${to}>: Recipient address rejected: too many recipients from sender domain ${senderDomain}`),
         ]);
       }

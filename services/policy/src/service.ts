@@ -24,6 +24,7 @@ import { PolicyError } from './errors';
 import { hashPassword, verifyPassword } from './passwords';
 import { actionName, reply, type Decision } from './replies';
 import { dkimKeyHandlers, type DkimKeyStore } from './dkim-keys';
+import { rateLimitHandlers, type RateLimitRules } from './limits';
 import { milterName, toMilter, validateMilter, type MilterStore } from './milters';
 import type { PolicyStore } from './store';
 import type { SuppressionStore } from './suppression';
@@ -64,6 +65,7 @@ export interface ServiceDeps {
   suppressions: SuppressionStore;
   milters: MilterStore;
   dkimKeys: DkimKeyStore;
+  rateLimits: RateLimitRules;
   cache: PolicyCache;
   engine: Engine;
   logger: Logger;
@@ -371,6 +373,7 @@ export function createPolicyService(deps: ServiceDeps): PolicyServiceServer {
     }),
 
     ...dkimKeyHandlers(deps.dkimKeys, unary, logger),
+    ...rateLimitHandlers(deps.rateLimits, unary, logger),
   };
 }
 

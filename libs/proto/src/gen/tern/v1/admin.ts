@@ -30,6 +30,8 @@ import {
   DeleteMailboxResponse,
   DeleteMilterRequest,
   DeleteMilterResponse,
+  DeleteRateLimitRequest,
+  DeleteRateLimitResponse,
   DeleteSuppressionRequest,
   DeleteSuppressionResponse,
   DeleteUserRequest,
@@ -48,6 +50,8 @@ import {
   ListMailboxesResponse,
   ListMiltersRequest,
   ListMiltersResponse,
+  ListRateLimitsRequest,
+  ListRateLimitsResponse,
   ListSuppressionsRequest,
   ListSuppressionsResponse,
   ListUsersRequest,
@@ -60,6 +64,8 @@ import {
   PutMailboxResponse,
   PutMilterRequest,
   PutMilterResponse,
+  PutRateLimitRequest,
+  PutRateLimitResponse,
   PutUserRequest,
   PutUserResponse,
   RetireDkimKeyRequest,
@@ -479,6 +485,38 @@ export const AdminServiceService = {
       bufferView(RetireDkimKeyResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): RetireDkimKeyResponse => RetireDkimKeyResponse.decode(value),
   },
+  listRateLimits: {
+    path: "/tern.v1.AdminService/ListRateLimits" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ListRateLimitsRequest): Buffer =>
+      bufferView(ListRateLimitsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ListRateLimitsRequest => ListRateLimitsRequest.decode(value),
+    responseSerialize: (value: ListRateLimitsResponse): Buffer =>
+      bufferView(ListRateLimitsResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ListRateLimitsResponse => ListRateLimitsResponse.decode(value),
+  },
+  putRateLimit: {
+    path: "/tern.v1.AdminService/PutRateLimit" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: PutRateLimitRequest): Buffer => bufferView(PutRateLimitRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): PutRateLimitRequest => PutRateLimitRequest.decode(value),
+    responseSerialize: (value: PutRateLimitResponse): Buffer =>
+      bufferView(PutRateLimitResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): PutRateLimitResponse => PutRateLimitResponse.decode(value),
+  },
+  deleteRateLimit: {
+    path: "/tern.v1.AdminService/DeleteRateLimit" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: DeleteRateLimitRequest): Buffer =>
+      bufferView(DeleteRateLimitRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): DeleteRateLimitRequest => DeleteRateLimitRequest.decode(value),
+    responseSerialize: (value: DeleteRateLimitResponse): Buffer =>
+      bufferView(DeleteRateLimitResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): DeleteRateLimitResponse => DeleteRateLimitResponse.decode(value),
+  },
 } as const;
 
 export interface AdminServiceServer extends UntypedServiceImplementation {
@@ -520,6 +558,9 @@ export interface AdminServiceServer extends UntypedServiceImplementation {
   rotateDkimKey: handleUnaryCall<RotateDkimKeyRequest, RotateDkimKeyResponse>;
   activateDkimKey: handleUnaryCall<ActivateDkimKeyRequest, ActivateDkimKeyResponse>;
   retireDkimKey: handleUnaryCall<RetireDkimKeyRequest, RetireDkimKeyResponse>;
+  listRateLimits: handleUnaryCall<ListRateLimitsRequest, ListRateLimitsResponse>;
+  putRateLimit: handleUnaryCall<PutRateLimitRequest, PutRateLimitResponse>;
+  deleteRateLimit: handleUnaryCall<DeleteRateLimitRequest, DeleteRateLimitResponse>;
 }
 
 export interface AdminServiceClient extends Client {
@@ -1083,6 +1124,51 @@ export interface AdminServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: RetireDkimKeyResponse) => void,
+  ): ClientUnaryCall;
+  listRateLimits(
+    request: ListRateLimitsRequest,
+    callback: (error: ServiceError | null, response: ListRateLimitsResponse) => void,
+  ): ClientUnaryCall;
+  listRateLimits(
+    request: ListRateLimitsRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ListRateLimitsResponse) => void,
+  ): ClientUnaryCall;
+  listRateLimits(
+    request: ListRateLimitsRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ListRateLimitsResponse) => void,
+  ): ClientUnaryCall;
+  putRateLimit(
+    request: PutRateLimitRequest,
+    callback: (error: ServiceError | null, response: PutRateLimitResponse) => void,
+  ): ClientUnaryCall;
+  putRateLimit(
+    request: PutRateLimitRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: PutRateLimitResponse) => void,
+  ): ClientUnaryCall;
+  putRateLimit(
+    request: PutRateLimitRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: PutRateLimitResponse) => void,
+  ): ClientUnaryCall;
+  deleteRateLimit(
+    request: DeleteRateLimitRequest,
+    callback: (error: ServiceError | null, response: DeleteRateLimitResponse) => void,
+  ): ClientUnaryCall;
+  deleteRateLimit(
+    request: DeleteRateLimitRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: DeleteRateLimitResponse) => void,
+  ): ClientUnaryCall;
+  deleteRateLimit(
+    request: DeleteRateLimitRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: DeleteRateLimitResponse) => void,
   ): ClientUnaryCall;
 }
 

@@ -289,6 +289,78 @@ export function dkimKeyStateToJSON(object: DkimKeyState): string {
   }
 }
 
+export enum RateLimitKind {
+  RATE_LIMIT_KIND_UNSPECIFIED = 0,
+  /** RATE_LIMIT_KIND_CONNECTIONS_PER_IP - Connections per client address (CONNECT; trusted networks exempt): 421 4.7.0. */
+  RATE_LIMIT_KIND_CONNECTIONS_PER_IP = 1,
+  /** RATE_LIMIT_KIND_MESSAGES_PER_IP - Messages per client address (MAIL; unauthenticated, untrusted clients): 450 4.7.1. */
+  RATE_LIMIT_KIND_MESSAGES_PER_IP = 2,
+  /** RATE_LIMIT_KIND_MESSAGES_PER_USER - Messages per submission user (MAIL). */
+  RATE_LIMIT_KIND_MESSAGES_PER_USER = 3,
+  /** RATE_LIMIT_KIND_RECIPIENTS_PER_USER - Recipients per submission user (RCPT). */
+  RATE_LIMIT_KIND_RECIPIENTS_PER_USER = 4,
+  /** RATE_LIMIT_KIND_MESSAGES_PER_SENDER_DOMAIN - Messages per sender domain (MAIL). */
+  RATE_LIMIT_KIND_MESSAGES_PER_SENDER_DOMAIN = 5,
+  /** RATE_LIMIT_KIND_RECIPIENTS_PER_SENDER_DOMAIN - Recipients per sender domain (RCPT). */
+  RATE_LIMIT_KIND_RECIPIENTS_PER_SENDER_DOMAIN = 6,
+  /** RATE_LIMIT_KIND_AUTH_FAILURES_PER_IP - Failed AUTH attempts per client address: beyond it logins are refused (454 4.7.0). */
+  RATE_LIMIT_KIND_AUTH_FAILURES_PER_IP = 7,
+}
+
+export function rateLimitKindFromJSON(object: any): RateLimitKind {
+  switch (object) {
+    case 0:
+    case "RATE_LIMIT_KIND_UNSPECIFIED":
+      return RateLimitKind.RATE_LIMIT_KIND_UNSPECIFIED;
+    case 1:
+    case "RATE_LIMIT_KIND_CONNECTIONS_PER_IP":
+      return RateLimitKind.RATE_LIMIT_KIND_CONNECTIONS_PER_IP;
+    case 2:
+    case "RATE_LIMIT_KIND_MESSAGES_PER_IP":
+      return RateLimitKind.RATE_LIMIT_KIND_MESSAGES_PER_IP;
+    case 3:
+    case "RATE_LIMIT_KIND_MESSAGES_PER_USER":
+      return RateLimitKind.RATE_LIMIT_KIND_MESSAGES_PER_USER;
+    case 4:
+    case "RATE_LIMIT_KIND_RECIPIENTS_PER_USER":
+      return RateLimitKind.RATE_LIMIT_KIND_RECIPIENTS_PER_USER;
+    case 5:
+    case "RATE_LIMIT_KIND_MESSAGES_PER_SENDER_DOMAIN":
+      return RateLimitKind.RATE_LIMIT_KIND_MESSAGES_PER_SENDER_DOMAIN;
+    case 6:
+    case "RATE_LIMIT_KIND_RECIPIENTS_PER_SENDER_DOMAIN":
+      return RateLimitKind.RATE_LIMIT_KIND_RECIPIENTS_PER_SENDER_DOMAIN;
+    case 7:
+    case "RATE_LIMIT_KIND_AUTH_FAILURES_PER_IP":
+      return RateLimitKind.RATE_LIMIT_KIND_AUTH_FAILURES_PER_IP;
+    default:
+      throw new globalThis.Error("Unrecognized enum value " + object + " for enum RateLimitKind");
+  }
+}
+
+export function rateLimitKindToJSON(object: RateLimitKind): string {
+  switch (object) {
+    case RateLimitKind.RATE_LIMIT_KIND_UNSPECIFIED:
+      return "RATE_LIMIT_KIND_UNSPECIFIED";
+    case RateLimitKind.RATE_LIMIT_KIND_CONNECTIONS_PER_IP:
+      return "RATE_LIMIT_KIND_CONNECTIONS_PER_IP";
+    case RateLimitKind.RATE_LIMIT_KIND_MESSAGES_PER_IP:
+      return "RATE_LIMIT_KIND_MESSAGES_PER_IP";
+    case RateLimitKind.RATE_LIMIT_KIND_MESSAGES_PER_USER:
+      return "RATE_LIMIT_KIND_MESSAGES_PER_USER";
+    case RateLimitKind.RATE_LIMIT_KIND_RECIPIENTS_PER_USER:
+      return "RATE_LIMIT_KIND_RECIPIENTS_PER_USER";
+    case RateLimitKind.RATE_LIMIT_KIND_MESSAGES_PER_SENDER_DOMAIN:
+      return "RATE_LIMIT_KIND_MESSAGES_PER_SENDER_DOMAIN";
+    case RateLimitKind.RATE_LIMIT_KIND_RECIPIENTS_PER_SENDER_DOMAIN:
+      return "RATE_LIMIT_KIND_RECIPIENTS_PER_SENDER_DOMAIN";
+    case RateLimitKind.RATE_LIMIT_KIND_AUTH_FAILURES_PER_IP:
+      return "RATE_LIMIT_KIND_AUTH_FAILURES_PER_IP";
+    default:
+      throw new globalThis.Error("Unrecognized enum value " + object + " for enum RateLimitKind");
+  }
+}
+
 /** What ingress knows of the session when it asks. */
 export interface SessionInfo {
   sessionId: string;
@@ -787,6 +859,58 @@ export interface DkimSigningKey {
 
 export interface GetDkimSigningKeysResponse {
   keys: DkimSigningKey[];
+}
+
+/**
+ * A rate-limit rule. For a request the most specific rule of its kind holds
+ * (the user or domain; the longest network holding the client address), then
+ * the kind's rule for everyone, then the TERN_LIMIT_* variable of the kind.
+ */
+export interface RateLimit {
+  kind: RateLimitKind;
+  /**
+   * Who it is for: "" everyone; a network (CIDR, or one address) for the
+   * *_PER_IP kinds, a user name for *_PER_USER, a domain for
+   * *_PER_SENDER_DOMAIN. Each client, user or domain is counted on its own.
+   */
+  match: string;
+  /** Events allowed per window; 0: no limit for those it matches. */
+  limit: number;
+  /** 1 to 604800 (7 days). */
+  windowSeconds: number;
+  updatedAt:
+    | Date
+    | undefined;
+  /** The operator; for a default (ListRateLimitsResponse.defaults), the variable. */
+  updatedBy: string;
+}
+
+export interface ListRateLimitsRequest {
+}
+
+export interface ListRateLimitsResponse {
+  limits: RateLimit[];
+  /** The TERN_LIMIT_* variables of the answering pod: what holds where no rule applies. */
+  defaults: RateLimit[];
+}
+
+export interface PutRateLimitRequest {
+  limit: RateLimit | undefined;
+  operator: string;
+}
+
+export interface PutRateLimitResponse {
+  limit: RateLimit | undefined;
+}
+
+export interface DeleteRateLimitRequest {
+  kind: RateLimitKind;
+  match: string;
+  operator: string;
+}
+
+export interface DeleteRateLimitResponse {
+  deleted: boolean;
 }
 
 function createBaseSessionInfo(): SessionInfo {
@@ -7418,6 +7542,630 @@ export const GetDkimSigningKeysResponse: MessageFns<GetDkimSigningKeysResponse> 
   },
 };
 
+function createBaseRateLimit(): RateLimit {
+  return { kind: 0, match: "", limit: 0, windowSeconds: 0, updatedAt: undefined, updatedBy: "" };
+}
+
+export const RateLimit: MessageFns<RateLimit> = {
+  encode(message: RateLimit, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.kind !== 0) {
+      writer.uint32(8).int32(message.kind);
+    }
+    if (message.match !== "") {
+      writer.uint32(18).string(message.match);
+    }
+    if (message.limit !== 0) {
+      writer.uint32(24).uint32(message.limit);
+    }
+    if (message.windowSeconds !== 0) {
+      writer.uint32(32).uint32(message.windowSeconds);
+    }
+    if (message.updatedAt !== undefined) {
+      Timestamp.encode(toTimestamp(message.updatedAt), writer.uint32(42).fork()).join();
+    }
+    if (message.updatedBy !== "") {
+      writer.uint32(50).string(message.updatedBy);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RateLimit {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRateLimit();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.kind = reader.int32() as any;
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.match = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.limit = reader.uint32();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.windowSeconds = reader.uint32();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.updatedAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.updatedBy = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RateLimit {
+    return {
+      kind: isSet(object.kind) ? rateLimitKindFromJSON(object.kind) : 0,
+      match: isSet(object.match) ? globalThis.String(object.match) : "",
+      limit: isSet(object.limit) ? globalThis.Number(object.limit) : 0,
+      windowSeconds: isSet(object.windowSeconds)
+        ? globalThis.Number(object.windowSeconds)
+        : isSet(object.window_seconds)
+        ? globalThis.Number(object.window_seconds)
+        : 0,
+      updatedAt: isSet(object.updatedAt)
+        ? fromJsonTimestamp(object.updatedAt)
+        : isSet(object.updated_at)
+        ? fromJsonTimestamp(object.updated_at)
+        : undefined,
+      updatedBy: isSet(object.updatedBy)
+        ? globalThis.String(object.updatedBy)
+        : isSet(object.updated_by)
+        ? globalThis.String(object.updated_by)
+        : "",
+    };
+  },
+
+  toJSON(message: RateLimit): unknown {
+    const obj: any = {};
+    if (message.kind !== 0) {
+      obj.kind = rateLimitKindToJSON(message.kind);
+    }
+    if (message.match !== "") {
+      obj.match = message.match;
+    }
+    if (message.limit !== 0) {
+      obj.limit = Math.round(message.limit);
+    }
+    if (message.windowSeconds !== 0) {
+      obj.windowSeconds = Math.round(message.windowSeconds);
+    }
+    if (message.updatedAt !== undefined) {
+      obj.updatedAt = message.updatedAt.toISOString();
+    }
+    if (message.updatedBy !== "") {
+      obj.updatedBy = message.updatedBy;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<RateLimit>, I>>(base?: I): RateLimit {
+    return RateLimit.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<RateLimit>, I>>(object: I): RateLimit {
+    const message = createBaseRateLimit();
+    message.kind = object.kind ?? 0;
+    message.match = object.match ?? "";
+    message.limit = object.limit ?? 0;
+    message.windowSeconds = object.windowSeconds ?? 0;
+    message.updatedAt = object.updatedAt ?? undefined;
+    message.updatedBy = object.updatedBy ?? "";
+    return message;
+  },
+};
+
+function createBaseListRateLimitsRequest(): ListRateLimitsRequest {
+  return {};
+}
+
+export const ListRateLimitsRequest: MessageFns<ListRateLimitsRequest> = {
+  encode(_: ListRateLimitsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListRateLimitsRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListRateLimitsRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): ListRateLimitsRequest {
+    return {};
+  },
+
+  toJSON(_: ListRateLimitsRequest): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ListRateLimitsRequest>, I>>(base?: I): ListRateLimitsRequest {
+    return ListRateLimitsRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ListRateLimitsRequest>, I>>(_: I): ListRateLimitsRequest {
+    const message = createBaseListRateLimitsRequest();
+    return message;
+  },
+};
+
+function createBaseListRateLimitsResponse(): ListRateLimitsResponse {
+  return { limits: [], defaults: [] };
+}
+
+export const ListRateLimitsResponse: MessageFns<ListRateLimitsResponse> = {
+  encode(message: ListRateLimitsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.limits) {
+      RateLimit.encode(v!, writer.uint32(10).fork()).join();
+    }
+    for (const v of message.defaults) {
+      RateLimit.encode(v!, writer.uint32(18).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListRateLimitsResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListRateLimitsResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.limits.push(RateLimit.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.defaults.push(RateLimit.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListRateLimitsResponse {
+    return {
+      limits: globalThis.Array.isArray(object?.limits) ? object.limits.map((e: any) => RateLimit.fromJSON(e)) : [],
+      defaults: globalThis.Array.isArray(object?.defaults)
+        ? object.defaults.map((e: any) => RateLimit.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: ListRateLimitsResponse): unknown {
+    const obj: any = {};
+    if (message.limits?.length) {
+      obj.limits = message.limits.map((e) => RateLimit.toJSON(e));
+    }
+    if (message.defaults?.length) {
+      obj.defaults = message.defaults.map((e) => RateLimit.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ListRateLimitsResponse>, I>>(base?: I): ListRateLimitsResponse {
+    return ListRateLimitsResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ListRateLimitsResponse>, I>>(object: I): ListRateLimitsResponse {
+    const message = createBaseListRateLimitsResponse();
+    message.limits = object.limits?.map((e) => RateLimit.fromPartial(e)) || [];
+    message.defaults = object.defaults?.map((e) => RateLimit.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBasePutRateLimitRequest(): PutRateLimitRequest {
+  return { limit: undefined, operator: "" };
+}
+
+export const PutRateLimitRequest: MessageFns<PutRateLimitRequest> = {
+  encode(message: PutRateLimitRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.limit !== undefined) {
+      RateLimit.encode(message.limit, writer.uint32(10).fork()).join();
+    }
+    if (message.operator !== "") {
+      writer.uint32(18).string(message.operator);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PutRateLimitRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePutRateLimitRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.limit = RateLimit.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.operator = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PutRateLimitRequest {
+    return {
+      limit: isSet(object.limit) ? RateLimit.fromJSON(object.limit) : undefined,
+      operator: isSet(object.operator) ? globalThis.String(object.operator) : "",
+    };
+  },
+
+  toJSON(message: PutRateLimitRequest): unknown {
+    const obj: any = {};
+    if (message.limit !== undefined) {
+      obj.limit = RateLimit.toJSON(message.limit);
+    }
+    if (message.operator !== "") {
+      obj.operator = message.operator;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PutRateLimitRequest>, I>>(base?: I): PutRateLimitRequest {
+    return PutRateLimitRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PutRateLimitRequest>, I>>(object: I): PutRateLimitRequest {
+    const message = createBasePutRateLimitRequest();
+    message.limit = (object.limit !== undefined && object.limit !== null)
+      ? RateLimit.fromPartial(object.limit)
+      : undefined;
+    message.operator = object.operator ?? "";
+    return message;
+  },
+};
+
+function createBasePutRateLimitResponse(): PutRateLimitResponse {
+  return { limit: undefined };
+}
+
+export const PutRateLimitResponse: MessageFns<PutRateLimitResponse> = {
+  encode(message: PutRateLimitResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.limit !== undefined) {
+      RateLimit.encode(message.limit, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PutRateLimitResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePutRateLimitResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.limit = RateLimit.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PutRateLimitResponse {
+    return { limit: isSet(object.limit) ? RateLimit.fromJSON(object.limit) : undefined };
+  },
+
+  toJSON(message: PutRateLimitResponse): unknown {
+    const obj: any = {};
+    if (message.limit !== undefined) {
+      obj.limit = RateLimit.toJSON(message.limit);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PutRateLimitResponse>, I>>(base?: I): PutRateLimitResponse {
+    return PutRateLimitResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PutRateLimitResponse>, I>>(object: I): PutRateLimitResponse {
+    const message = createBasePutRateLimitResponse();
+    message.limit = (object.limit !== undefined && object.limit !== null)
+      ? RateLimit.fromPartial(object.limit)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseDeleteRateLimitRequest(): DeleteRateLimitRequest {
+  return { kind: 0, match: "", operator: "" };
+}
+
+export const DeleteRateLimitRequest: MessageFns<DeleteRateLimitRequest> = {
+  encode(message: DeleteRateLimitRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.kind !== 0) {
+      writer.uint32(8).int32(message.kind);
+    }
+    if (message.match !== "") {
+      writer.uint32(18).string(message.match);
+    }
+    if (message.operator !== "") {
+      writer.uint32(26).string(message.operator);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DeleteRateLimitRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDeleteRateLimitRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.kind = reader.int32() as any;
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.match = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.operator = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DeleteRateLimitRequest {
+    return {
+      kind: isSet(object.kind) ? rateLimitKindFromJSON(object.kind) : 0,
+      match: isSet(object.match) ? globalThis.String(object.match) : "",
+      operator: isSet(object.operator) ? globalThis.String(object.operator) : "",
+    };
+  },
+
+  toJSON(message: DeleteRateLimitRequest): unknown {
+    const obj: any = {};
+    if (message.kind !== 0) {
+      obj.kind = rateLimitKindToJSON(message.kind);
+    }
+    if (message.match !== "") {
+      obj.match = message.match;
+    }
+    if (message.operator !== "") {
+      obj.operator = message.operator;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DeleteRateLimitRequest>, I>>(base?: I): DeleteRateLimitRequest {
+    return DeleteRateLimitRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DeleteRateLimitRequest>, I>>(object: I): DeleteRateLimitRequest {
+    const message = createBaseDeleteRateLimitRequest();
+    message.kind = object.kind ?? 0;
+    message.match = object.match ?? "";
+    message.operator = object.operator ?? "";
+    return message;
+  },
+};
+
+function createBaseDeleteRateLimitResponse(): DeleteRateLimitResponse {
+  return { deleted: false };
+}
+
+export const DeleteRateLimitResponse: MessageFns<DeleteRateLimitResponse> = {
+  encode(message: DeleteRateLimitResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.deleted !== false) {
+      writer.uint32(8).bool(message.deleted);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DeleteRateLimitResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDeleteRateLimitResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.deleted = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DeleteRateLimitResponse {
+    return { deleted: isSet(object.deleted) ? globalThis.Boolean(object.deleted) : false };
+  },
+
+  toJSON(message: DeleteRateLimitResponse): unknown {
+    const obj: any = {};
+    if (message.deleted !== false) {
+      obj.deleted = message.deleted;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DeleteRateLimitResponse>, I>>(base?: I): DeleteRateLimitResponse {
+    return DeleteRateLimitResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DeleteRateLimitResponse>, I>>(object: I): DeleteRateLimitResponse {
+    const message = createBaseDeleteRateLimitResponse();
+    message.deleted = object.deleted ?? false;
+    return message;
+  },
+};
+
 /**
  * Policy decides who may send what. Ingress asks at every stage of the SMTP
  * dialogue; each decision carries the reply to give. Policy also owns the
@@ -7740,6 +8488,42 @@ export const PolicyServiceService = {
       bufferView(GetDkimSigningKeysResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): GetDkimSigningKeysResponse => GetDkimSigningKeysResponse.decode(value),
   },
+  /**
+   * Rate-limit rules over the TERN_LIMIT_* defaults; every policy pod
+   * applies a change within moments (the rules reload with the policy data).
+   */
+  listRateLimits: {
+    path: "/tern.v1.PolicyService/ListRateLimits" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ListRateLimitsRequest): Buffer =>
+      bufferView(ListRateLimitsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ListRateLimitsRequest => ListRateLimitsRequest.decode(value),
+    responseSerialize: (value: ListRateLimitsResponse): Buffer =>
+      bufferView(ListRateLimitsResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ListRateLimitsResponse => ListRateLimitsResponse.decode(value),
+  },
+  putRateLimit: {
+    path: "/tern.v1.PolicyService/PutRateLimit" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: PutRateLimitRequest): Buffer => bufferView(PutRateLimitRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): PutRateLimitRequest => PutRateLimitRequest.decode(value),
+    responseSerialize: (value: PutRateLimitResponse): Buffer =>
+      bufferView(PutRateLimitResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): PutRateLimitResponse => PutRateLimitResponse.decode(value),
+  },
+  deleteRateLimit: {
+    path: "/tern.v1.PolicyService/DeleteRateLimit" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: DeleteRateLimitRequest): Buffer =>
+      bufferView(DeleteRateLimitRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): DeleteRateLimitRequest => DeleteRateLimitRequest.decode(value),
+    responseSerialize: (value: DeleteRateLimitResponse): Buffer =>
+      bufferView(DeleteRateLimitResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): DeleteRateLimitResponse => DeleteRateLimitResponse.decode(value),
+  },
 } as const;
 
 export interface PolicyServiceServer extends UntypedServiceImplementation {
@@ -7803,6 +8587,13 @@ export interface PolicyServiceServer extends UntypedServiceImplementation {
    * delivery opens them with the same TERN_DKIM_KEK.
    */
   getDkimSigningKeys: handleUnaryCall<GetDkimSigningKeysRequest, GetDkimSigningKeysResponse>;
+  /**
+   * Rate-limit rules over the TERN_LIMIT_* defaults; every policy pod
+   * applies a change within moments (the rules reload with the policy data).
+   */
+  listRateLimits: handleUnaryCall<ListRateLimitsRequest, ListRateLimitsResponse>;
+  putRateLimit: handleUnaryCall<PutRateLimitRequest, PutRateLimitResponse>;
+  deleteRateLimit: handleUnaryCall<DeleteRateLimitRequest, DeleteRateLimitResponse>;
 }
 
 export interface PolicyServiceClient extends Client {
@@ -8272,6 +9063,55 @@ export interface PolicyServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: GetDkimSigningKeysResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Rate-limit rules over the TERN_LIMIT_* defaults; every policy pod
+   * applies a change within moments (the rules reload with the policy data).
+   */
+  listRateLimits(
+    request: ListRateLimitsRequest,
+    callback: (error: ServiceError | null, response: ListRateLimitsResponse) => void,
+  ): ClientUnaryCall;
+  listRateLimits(
+    request: ListRateLimitsRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ListRateLimitsResponse) => void,
+  ): ClientUnaryCall;
+  listRateLimits(
+    request: ListRateLimitsRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ListRateLimitsResponse) => void,
+  ): ClientUnaryCall;
+  putRateLimit(
+    request: PutRateLimitRequest,
+    callback: (error: ServiceError | null, response: PutRateLimitResponse) => void,
+  ): ClientUnaryCall;
+  putRateLimit(
+    request: PutRateLimitRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: PutRateLimitResponse) => void,
+  ): ClientUnaryCall;
+  putRateLimit(
+    request: PutRateLimitRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: PutRateLimitResponse) => void,
+  ): ClientUnaryCall;
+  deleteRateLimit(
+    request: DeleteRateLimitRequest,
+    callback: (error: ServiceError | null, response: DeleteRateLimitResponse) => void,
+  ): ClientUnaryCall;
+  deleteRateLimit(
+    request: DeleteRateLimitRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: DeleteRateLimitResponse) => void,
+  ): ClientUnaryCall;
+  deleteRateLimit(
+    request: DeleteRateLimitRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: DeleteRateLimitResponse) => void,
   ): ClientUnaryCall;
 }
 
