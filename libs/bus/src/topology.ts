@@ -67,6 +67,12 @@ export const CONSUMERS = {
   queue: { stream: STREAMS.results.name, durable: 'queue', ackWaitMs: 60_000, maxAckPending: 20_000 },
   /** Bounce pods share it to build reports. */
   bounce: { stream: STREAMS.reports.name, durable: 'bounce', ackWaitMs: 2 * 60_000, maxAckPending: 1_000 },
+  /**
+   * Webhooks pods share it to queue webhook deliveries, every subject of
+   * TERN_EVENTS (tern.events.>) from the start of the stream. It is one
+   * reader of the log among any: the queue never waits for it.
+   */
+  webhooks: { stream: STREAMS.events.name, durable: 'webhooks', ackWaitMs: 60_000, maxAckPending: 1_000 },
 } as const satisfies Record<string, ConsumerSpec>;
 
 export type ConsumerName = keyof typeof CONSUMERS;

@@ -5,7 +5,7 @@ import path from 'node:path';
 import { migrate } from './index';
 
 // Owners in dependency order. Each service keeps its SQL next to its code.
-const OWNERS = ['policy', 'queue'];
+const OWNERS = ['policy', 'queue', 'webhooks'];
 
 function repoRoot(): string {
   // Bundled: libs/db/dist/migrate.js; from source: libs/db/src/migrate-main.ts.
