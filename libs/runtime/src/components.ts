@@ -59,19 +59,19 @@ export class Part implements Lifecycle {
   }
 
   drain(): Promise<void> {
-    this.stopping ??= this.stop(this.steps.drain ?? this.steps.close);
+    this.stopping ??= this.finish(this.steps.drain ?? this.steps.close);
     return this.stopping;
   }
 
   close(): Promise<void> {
     if (this.current === 'closed' && this.stoppedCleanly) return Promise.resolve();
     // A drain under way is cut short: close's own step runs beside it.
-    const closing = this.stop(this.steps.close ?? this.steps.drain);
+    const closing = this.finish(this.steps.close ?? this.steps.drain);
     this.stopping ??= closing;
     return closing;
   }
 
-  private async stop(step: (() => unknown) | undefined): Promise<void> {
+  private async finish(step: (() => unknown) | undefined): Promise<void> {
     const started = this.current !== 'new';
     this.current = 'draining';
     try {

@@ -51,7 +51,7 @@ export class PollLoop extends Part {
 
   /** Between start() and drain(). */
   get running(): boolean {
-    return this.state === 'running';
+    return this.state === 'starting' || this.state === 'running';
   }
 
   /** Run a pass at once (now, or right after the one under way). */

@@ -1,26 +1,24 @@
-// Wires the queue service: Postgres pool, NATS bus (topology + the `queue`
-// results consumer), the group-commit enqueuer, outbox relay, scheduler,
-// housekeeping, gRPC server (health SERVING while ready) and /metrics.
-// Shutdown: not ready (health NOT_SERVING, /readyz 503), stop gRPC (in-flight Enqueues finish),
-// stop loops and the consumer (in-flight results committed and acked),
-// drain NATS, end the pool.
-import type http from 'node:http';
-import { Bus } from '@tern/bus';
+// Wires the queue service from its compiled options (options.ts): Postgres
+// pools, NATS (topology + the `queue` results consumer), the group-commit
+// enqueuer, outbox relay, scheduler, housekeeping, gRPC server (health
+// SERVING while ready) and /metrics, as parts started in order and stopped
+// in reverse (libs/runtime Components; the order is in createApp).
+import { BusPart } from '@tern/bus';
 import { BodyCache } from './body-cache';
 import { createPool } from '@tern/db';
 import { GrpcServer } from '@tern/grpc';
 import { QueueServiceBodyService } from '@tern/proto';
+import { Components, HttpServerPart, part, together } from '@tern/runtime';
 import type { Telemetry } from '@tern/telemetry';
 import type { Config } from './config';
-import { destinationLimits } from './destination';
 import { Scheduler } from './dispatch';
 import { Enqueuer } from './enqueue';
 import { QueueDepth } from './depth';
 import { Housekeeping } from './housekeeping';
-import type { EventSettings } from './events';
 import { BounceRules } from './bounce-rules';
 import { createQueueMetrics } from './metrics';
 import { Operations } from './operations';
+import { compileOptions } from './options';
 import { Relay, type StoredOutboxRow } from './outbox';
 import { ResultApplier } from './results';
 import { RouteTable } from './routes';
@@ -38,11 +36,12 @@ export interface App {
   start(): Promise<void>;
   stop(): Promise<void>;
   readonly grpcPort: number;
-  readonly parts: { relay: Relay; scheduler: Scheduler; results: ResultApplier; housekeeping: Housekeeping; enqueuer: Enqueuer; ops: Operations };
+  readonly parts: { relay: Relay; scheduler: Scheduler; results: ResultApplier | undefined; housekeeping: Housekeeping; enqueuer: Enqueuer; ops: Operations };
 }
 
 export function createApp(config: Config, deps: AppDeps): App {
   const { logger, tracer, meter } = deps.telemetry;
+  const o = compileOptions(config);
   const disabled = new Set(deps.disable ?? []);
   // Two pools. The message path (enqueue, results, dispatch, relay,
   // ReadBody) runs a fixed set of prepared statements whose generic plans
@@ -51,167 +50,113 @@ export function createApp(config: Config, deps: AppDeps): App {
   // instead of the generic 10, always looked cheaper; docs/performance.md).
   // Operator and housekeeping queries keep plans made for
   // their parameters (a generic plan of a filtered listing can be poor).
-  const pool = createPool({ url: withSearchPath(config.TERN_DATABASE_URL, { genericPlans: true, lockTimeoutMs: config.TERN_QUEUE_LOCK_TIMEOUT_MS }), max: config.TERN_DATABASE_POOL_MAX, applicationName: 'tern-queue', logger });
-  const opsPool = createPool({ url: withSearchPath(config.TERN_DATABASE_URL), max: OPS_POOL_MAX, applicationName: 'tern-queue-ops', logger });
+  const pool = createPool({ url: withSearchPath(o.database.url, { genericPlans: true, lockTimeoutMs: o.database.lockTimeoutMs }), max: o.database.poolMax, applicationName: 'tern-queue', logger });
+  const opsPool = createPool({ url: withSearchPath(o.database.url), max: o.database.opsPoolMax, applicationName: 'tern-queue-ops', logger });
   const routes = new RouteTable(opsPool, logger);
   const bounceRules = new BounceRules(opsPool, logger);
-  const limits = destinationLimits(config);
-  const backoff = { minS: config.TERN_QUEUE_BACKOFF_MIN_S, maxS: config.TERN_QUEUE_BACKOFF_MAX_S, jitter: config.TERN_QUEUE_BACKOFF_JITTER };
+  const nats = new BusPart({ url: o.nats.url, name: o.nats.name, logger }, ['queue']);
 
-  const metrics = createQueueMetrics(meter, config.TERN_QUEUE_METRICS_TOP_DESTINATIONS);
-  const events: EventSettings = { enabled: config.TERN_QUEUE_EVENTS, format: config.TERN_EVENTS_FORMAT };
-
-  let bus: Bus | undefined;
-  const busRef = () => {
-    if (!bus) throw new Error('NATS is not connected yet');
-    return bus;
-  };
-  // Late-bound: the bus exists after start().
-  const lazyBus = new Proxy({} as Bus, { get: (_t, k) => Reflect.get(busRef(), k as keyof Bus, busRef()) });
+  const metrics = createQueueMetrics(meter, o.topDestinations);
 
   // Rows a commit just wrote go straight to the relay (no reading back).
   const handoff = (rows?: StoredOutboxRow[]) => (rows?.length ? relay.handoff(rows) : relay.wake());
-  const bodyCache = new BodyCache(config.TERN_QUEUE_BODY_CACHE_BYTES);
+  const bodyCache = new BodyCache(o.bodyCacheBytes);
   meter
     .createObservableGauge('tern_queue_body_cache_bytes', { description: 'Bytes of bodies of queued messages kept in memory for their first dispatch (TERN_QUEUE_BODY_CACHE_BYTES)', unit: 'By' })
     .addCallback((r) => r.observe(bodyCache.bytes));
-  const relay = new Relay({ pool, bus: lazyBus, logger, tracer, batch: 500, pollMs: 1_000, published: metrics.published });
-  const scheduler = new Scheduler({
-    pool,
-    logger,
-    routes,
-    limits,
-    jobMaxRecipients: config.TERN_QUEUE_JOB_MAX_RECIPIENTS,
-    batch: config.TERN_QUEUE_DISPATCH_BATCH,
-    inlineBodyMax: config.TERN_QUEUE_INLINE_BODY_MAX,
-    bodyCache,
-    leaseS: config.TERN_QUEUE_LEASE_S,
-    intervalMs: config.TERN_QUEUE_SCHEDULE_INTERVAL_MS,
-    metrics,
-    onOutbox: handoff,
-  });
-  const enqueuer = new Enqueuer({
-    pool,
-    logger,
-    routes,
-    limits,
-    memoryBodyMax: config.TERN_QUEUE_MEMORY_BODY_MAX,
-    maxMessageSize: config.TERN_QUEUE_MAX_MESSAGE_SIZE,
-    maxRecipients: config.TERN_QUEUE_MAX_RECIPIENTS,
-    batchMax: config.TERN_QUEUE_COMMIT_BATCH,
-    batchDelayMs: config.TERN_QUEUE_COMMIT_DELAY_MS,
-    lifetimeS: config.TERN_QUEUE_LIFETIME_S,
-    leaseS: config.TERN_QUEUE_LEASE_S,
-    jobMaxRecipients: config.TERN_QUEUE_JOB_MAX_RECIPIENTS,
-    inlineBodyMax: config.TERN_QUEUE_INLINE_BODY_MAX,
-    bodyCache,
-    metrics,
-    events,
-    onOutbox: handoff,
-    onQueued: () => scheduler.wake(),
-  });
-  const results = new ResultApplier({
-    pool,
-    bus: lazyBus,
-    logger,
-    limits,
-    backoff,
-    batchMax: config.TERN_QUEUE_RESULT_BATCH,
-    batchDelayMs: config.TERN_QUEUE_RESULT_DELAY_MS,
-    metrics,
-    events,
-    classify: (reply) => bounceRules.classify(reply),
-    dispatch: {
-      routes,
-      jobMaxRecipients: config.TERN_QUEUE_JOB_MAX_RECIPIENTS,
-      batch: config.TERN_QUEUE_DISPATCH_BATCH,
-      inlineBodyMax: config.TERN_QUEUE_INLINE_BODY_MAX,
-      bodyCache,
-      leaseS: config.TERN_QUEUE_LEASE_S,
-    },
-    onOutbox: handoff,
-    onSlotsFreed: () => scheduler.wake(),
-  });
-  const housekeeping = new Housekeeping({
-    pool: opsPool,
-    logger,
-    batch: config.TERN_QUEUE_HOUSEKEEPING_BATCH,
-    delayWarningS: config.TERN_QUEUE_DELAY_WARNING_S,
-    bodyGraceS: config.TERN_QUEUE_BODY_GRACE_S,
-    retentionS: config.TERN_QUEUE_RETENTION_S,
-    intervalMs: 5_000,
-    metrics,
-    events,
-    classify: (reply) => bounceRules.classify(reply),
-    onOutbox: () => relay.wake(),
-  });
-  const ops = new Operations({ pool: opsPool, logger, routes, limits, events, onOutbox: () => relay.wake(), onDue: () => scheduler.wake() });
+  const relay = new Relay({ ...o.relay, pool, bus: () => nats.bus, logger, tracer, published: metrics.published });
+  const scheduler = new Scheduler({ ...o.dispatch, pool, logger, routes, bodyCache, metrics, onOutbox: handoff });
+  const enqueuer = new Enqueuer({ ...o.enqueue, pool, logger, routes, bodyCache, metrics, onOutbox: handoff, onQueued: () => scheduler.wake() });
+  // Made once NATS is connected (it consumes from the start).
+  let results: ResultApplier | undefined;
+  const housekeeping = new Housekeeping({ ...o.housekeeping, pool: opsPool, logger, metrics, classify: (reply) => bounceRules.classify(reply), onOutbox: () => relay.wake() });
+  const ops = new Operations({ ...o.operations, pool: opsPool, logger, routes, onOutbox: () => relay.wake(), onDue: () => scheduler.wake() });
 
   // Status (accepting, against the high-water mark) and the depth gauges, from one background sample.
-  const depth = new QueueDepth({
-    pool: opsPool,
-    logger,
-    bus: () => bus,
-    highWater: config.TERN_QUEUE_HIGH_WATER,
-    topDestinations: config.TERN_QUEUE_METRICS_TOP_DESTINATIONS,
-    minIntervalMs: 2_000,
-  });
+  const depth = new QueueDepth({ ...o.depth, pool: opsPool, logger, bus: () => (nats.open ? nats.bus : undefined) });
   depth.observe(meter);
   const status = { status: () => depth.status() };
 
   // Readiness (/readyz and gRPC health alike): started, not stopping, Postgres answering (the status count every 2 s).
   const grpcServer = new GrpcServer({ logger, tracer, ready: () => depth.healthy });
   grpcServer.add('tern.v1.QueueService', QueueServiceBodyService, createQueueService({ pool, opsPool, logger, enqueuer, ops, bounceRules, status }));
-  let metricsServer: http.Server | undefined;
+
+  // Started in this order, stopped in reverse: not ready first; the gRPC
+  // listener (in-flight Enqueues finish; open EnqueueStreams end once what
+  // they read is answered, their clients send the rest elsewhere); the
+  // group commit's last batch; the results consumer (in-flight results
+  // committed and acked); the loops; the relay; NATS; the pools last.
+  const parts = new Components(logger);
+  parts.add('pools', part('pools', { drain: () => Promise.all([pool.end(), opsPool.end()]) }));
+  parts.add('nats', nats);
+  parts.add('routes', part('routes', { start: async () => (await routes.load(), routes.start()), drain: () => routes.stop() }));
+  parts.add('bounce rules', part('bounce rules', { start: async () => (await bounceRules.load(), bounceRules.start()), drain: () => bounceRules.stop() }));
+  parts.add('depth', part('depth', { start: async () => (await depth.refresh(), depth.start()), drain: () => depth.stop() }));
+  if (!deps.noMetricsServer) {
+    parts.add('metrics', new HttpServerPart('metrics', () => deps.telemetry.serveMetrics(o.listen.metrics.host, o.listen.metrics.port, () => grpcServer.ready())));
+  }
+  if (!disabled.has('relay')) parts.add('relay', relay);
+  const loops = [...(disabled.has('scheduler') ? [] : [scheduler]), ...(disabled.has('housekeeping') ? [] : [part('housekeeping', { start: () => housekeeping.start(), drain: () => housekeeping.stop() })])];
+  parts.add('loops', together('scheduler and housekeeping', loops));
+  if (!disabled.has('results')) {
+    parts.add(
+      'results',
+      part('results', {
+        start: () => {
+          results = new ResultApplier({
+            ...o.results,
+            pool,
+            bus: nats.bus,
+            logger,
+            metrics,
+            classify: (reply) => bounceRules.classify(reply),
+            dispatch: { ...o.dispatch, routes, bodyCache },
+            onOutbox: handoff,
+            onSlotsFreed: () => scheduler.wake(),
+          });
+          results.start();
+        },
+        drain: () => results?.stop(),
+      }),
+    );
+  }
+  parts.add('group commit', part('group commit', { drain: () => enqueuer.batcher.drain() }));
+  parts.add(
+    'grpc',
+    part('gRPC listener', {
+      start: () => grpcServer.listen(o.listen.grpc.host, o.listen.grpc.port),
+      drain: async () => {
+        // shutdown() refuses new calls at once; then the open EnqueueStreams are told to end.
+        const served = grpcServer.shutdown(o.listen.graceMs);
+        enqueuer.closeStreams();
+        await served;
+      },
+      close: () => grpcServer.server.forceShutdown(),
+    }),
+  );
+  parts.add('readiness', grpcServer.readiness());
 
   return {
-    parts: { relay, scheduler, results, housekeeping, enqueuer, ops },
+    parts: {
+      relay,
+      scheduler,
+      get results() {
+        return results;
+      },
+      housekeeping,
+      enqueuer,
+      ops,
+    },
     get grpcPort() {
       return grpcServer.port;
     },
     async start() {
-      await routes.load();
-      routes.start();
-      await bounceRules.load();
-      bounceRules.start();
-      await depth.refresh();
-      depth.start();
-      bus = await Bus.connect({ url: config.TERN_NATS_URL, name: `tern-queue-${config.TERN_HOSTNAME}`, logger });
-      await bus.ensureTopology(['queue']);
-      if (!disabled.has('relay')) relay.start();
-      if (!disabled.has('scheduler')) scheduler.start();
-      if (!disabled.has('results')) results.start();
-      if (!disabled.has('housekeeping')) housekeeping.start();
-      if (!deps.noMetricsServer) {
-        metricsServer = await deps.telemetry.serveMetrics(config.TERN_METRICS_LISTEN.host, config.TERN_METRICS_LISTEN.port, () => grpcServer.ready());
-      }
-      const port = await grpcServer.listen(config.TERN_GRPC_LISTEN.host, config.TERN_GRPC_LISTEN.port);
-      grpcServer.serve();
-      logger.info({ grpc: port }, 'queue serving');
+      await parts.start();
+      logger.info({ grpc: grpcServer.port }, 'queue serving');
     },
-    async stop() {
-      grpcServer.drain();
-      // shutdown() refuses new calls at once; the open EnqueueStreams then end
-      // as soon as what they read is answered (their clients send the rest elsewhere).
-      const served = grpcServer.shutdown(config.TERN_SHUTDOWN_GRACE_MS);
-      enqueuer.closeStreams();
-      await served;
-      await enqueuer.batcher.drain();
-      await results.stop();
-      await Promise.all([scheduler.stop(), housekeeping.stop()]);
-      await relay.stop();
-      routes.stop();
-      bounceRules.stop();
-      depth.stop();
-      await bus?.close();
-      await new Promise<void>((resolve) => (metricsServer ? metricsServer.close(() => resolve()) : resolve()));
-      await Promise.all([pool.end(), opsPool.end()]);
-    },
+    stop: () => parts.stop(),
   };
 }
-
-/** Connections of the operator and housekeeping pool. */
-const OPS_POOL_MAX = 4;
 
 /**
  * Every table lives in the queue schema: connections look there first (a

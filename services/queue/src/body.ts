@@ -1,7 +1,9 @@
 // Reading stored bodies: row by row (each at most SPILL_CHUNK), streamed
 // with backpressure, so memory stays bounded whatever the size (I4).
 import type { Pool } from '@tern/db';
-import { grpc, grpcError } from '@tern/grpc';
+import type { grpc } from '@tern/grpc';
+import { errorMessage } from '@tern/runtime';
+import { BodyNotFoundError, BodyReadError } from './errors';
 import type { ReadBodyRequest, ReadBodyResponse } from '@tern/proto';
 import type { Logger } from '@tern/telemetry';
 import { q, statement } from './db';
@@ -98,7 +100,7 @@ export function readBodyHandler(pool: Pool, logger: Logger) {
     try {
       const rows = await bodyRows(pool, queueId);
       if (!rows) {
-        call.emit('error', grpcError(grpc.status.NOT_FOUND, `no stored body for queue id "${queueId}" (unknown, or removed after delivery)`));
+        call.emit('error', new BodyNotFoundError(queueId));
         return;
       }
       const scanner = headersOnly ? new HeaderEnd() : undefined;
@@ -123,8 +125,8 @@ export function readBodyHandler(pool: Pool, logger: Logger) {
       }
       call.end();
     } catch (err) {
-      logger.error({ err: (err as Error).message, queue_id: queueId }, 'ReadBody failed');
-      call.emit('error', grpcError(grpc.status.UNAVAILABLE, `reading the body failed: ${(err as Error).message}`));
+      logger.error({ err: errorMessage(err), queue_id: queueId }, 'ReadBody failed');
+      call.emit('error', new BodyReadError(errorMessage(err), err));
     }
   };
 }

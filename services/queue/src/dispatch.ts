@@ -7,6 +7,7 @@
 // `inflight` under a job id with a lease; without a result before the lease
 // ends it is due again.
 import type { Pool, PoolClient } from '@tern/db';
+import { Part, PollLoop, errorMessage } from '@tern/runtime';
 import type { Logger } from '@tern/telemetry';
 import type { QueueMetrics } from './metrics';
 import { columns, packBytes, q, statement, tx } from './db';
@@ -17,16 +18,12 @@ import type { BodyCache } from './body-cache';
 import { insertGrantedOutboxSql, ordinalsByDestination, outboxColumns, outboxIdsSql, stored, type StoredOutboxRow } from './outbox';
 import type { RouteTable } from './routes';
 
-export interface SchedulerOptions {
+export interface SchedulerOptions extends DispatchSettings {
   pool: Pool;
   logger: Logger;
-  routes: RouteTable;
-  limits: DestinationLimits;
-  jobMaxRecipients: number;
-  batch: number;
-  inlineBodyMax: number;
-  bodyCache?: BodyCache;
+  /** A dispatched job's lease (TERN_QUEUE_LEASE_S). */
   leaseS: number;
+  /** Poll interval; lease expiry is checked this often too. */
   intervalMs: number;
   metrics: Pick<QueueMetrics, 'dispatched' | 'dispatchLag'>;
   /** Outbox rows were committed (handed to the relay when given). */
@@ -50,59 +47,32 @@ interface ClaimRow {
  * destinations with free slots and writes their jobs to the outbox. Woken by
  * commits that make work due or free slots; polls otherwise.
  */
-export class Scheduler {
-  private stopped = false;
-  private woken = false;
-  private wakeUp: (() => void) | undefined;
-  private loop: Promise<void> | undefined;
+export class Scheduler extends Part {
+  private readonly loop: PollLoop;
+  private lastLeaseCheck = 0;
 
-  constructor(private readonly o: SchedulerOptions) {}
-
-  start(): void {
-    this.loop = this.run();
+  constructor(private readonly o: SchedulerOptions) {
+    const loop = new PollLoop({
+      name: 'scheduler',
+      intervalMs: o.intervalMs,
+      pass: () => this.pass(),
+      onError: (err) => o.logger.warn({ err: errorMessage(err) }, 'scheduler pass failed; retrying'),
+    });
+    super('scheduler', { start: () => loop.start(), drain: () => loop.drain() });
+    this.loop = loop;
   }
 
   wake(): void {
-    this.woken = true;
-    this.wakeUp?.();
+    this.loop.wake();
   }
 
-  async stop(): Promise<void> {
-    this.stopped = true;
-    this.wakeUp?.();
-    await this.loop;
-  }
-
-  private async run(): Promise<void> {
-    let failures = 0;
-    let lastLeaseCheck = 0;
-    while (!this.stopped) {
-      this.woken = false;
-      let n = 0;
-      try {
-        if (Date.now() - lastLeaseCheck >= this.o.intervalMs) {
-          lastLeaseCheck = Date.now();
-          await this.expireLeases();
-        }
-        n = await this.dispatchPass();
-        failures = 0;
-      } catch (err) {
-        failures++;
-        this.o.logger.warn({ err: (err as Error).message }, 'scheduler pass failed; retrying');
-      }
-      if (this.stopped) break;
-      if (failures === 0 && (n > 0 || this.woken)) continue;
-      const wait = failures ? Math.min(10_000, 250 * 2 ** failures) : this.o.intervalMs;
-      await new Promise<void>((resolve) => {
-        const t = setTimeout(done, wait);
-        function done() {
-          clearTimeout(t);
-          resolve();
-        }
-        this.wakeUp = done;
-      });
-      this.wakeUp = undefined;
+  /** Expires leases (every intervalMs), then dispatches; more when it dispatched any. */
+  private async pass(): Promise<boolean> {
+    if (Date.now() - this.lastLeaseCheck >= this.o.intervalMs) {
+      this.lastLeaseCheck = Date.now();
+      await this.expireLeases();
     }
+    return (await this.dispatchPass()) > 0;
   }
 
   /** Recipients whose job has no result by the end of its lease are due again. */

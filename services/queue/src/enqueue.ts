@@ -5,12 +5,13 @@
 // recipients, and the outbox rows of their first jobs) in one transaction,
 // and only after COMMIT does each caller get its queue id (invariant I1).
 import type { Pool, PoolClient } from '@tern/db';
-import { grpc, grpcError } from '@tern/grpc';
+import { grpc } from '@tern/grpc';
+import { EnqueueStreamError, InvalidArgumentError, InvalidFieldError, MessageTooLargeError, NotCommittedError, StorageError } from './errors';
 import { EnqueueHeader, Envelope, LifecycleEventType, MessageOrigin, type EnqueueBatchRequest, type EnqueueCommit, type EnqueueBatchResponse, type EnqueueMessage, type EnqueueOutcome, type EnqueueStreamRequest, type EnqueueStreamResponse, type EnqueueRequest, type EnqueueResponse } from '@tern/proto';
 import { enumLabel, extractContext, injectContext, type Logger } from '@tern/telemetry';
 import type { QueueMetrics } from './metrics';
 import { eventRows, type EventInput, type EventSettings } from './events';
-import { Batcher } from '@tern/runtime';
+import { Batcher, errorMessage } from '@tern/runtime';
 import { columns, intArrayLiteral, isLockTimeout, packBytes, q, statement, tx } from './db';
 import { ensureDestinations, reserveSlots, takeFreeSlotsSql, type DestinationLimits } from './destination';
 import { buildJobs, type BuiltJob, type JobRcpt } from './jobs';
@@ -176,21 +177,21 @@ export class Enqueuer {
     const handle = async (req: EnqueueRequest) => {
       if (finished) return;
       if (req.header) {
-        if (header) return finish(grpcError(grpc.status.INVALID_ARGUMENT, 'a second header in one Enqueue stream'));
+        if (header) return finish(new EnqueueStreamError('a second header in one Enqueue stream'));
         const problem = this.validateHeader(req.header);
-        if (problem) return finish(grpcError(grpc.status.INVALID_ARGUMENT, problem));
+        if (problem) return finish(new InvalidArgumentError(problem));
         header = req.header;
         queueId = newId();
         return;
       }
-      if (!header) return finish(grpcError(grpc.status.INVALID_ARGUMENT, 'the first Enqueue request must carry the header'));
+      if (!header) return finish(new EnqueueStreamError('the first Enqueue request must carry the header'));
       if (req.commit) {
         if (req.commit.size !== size) {
-          return finish(grpcError(grpc.status.INVALID_ARGUMENT, `commit size ${req.commit.size} does not match the ${size} bytes received`));
+          return finish(new EnqueueStreamError(`commit size ${req.commit.size} does not match the ${size} bytes received`));
         }
         // Lines known only at the end (Authentication-Results) go ahead of the body and count in its size.
         const prepend = req.commit.prepend;
-        if (prepend.length > MAX_PREPEND) return finish(grpcError(grpc.status.INVALID_ARGUMENT, `commit.prepend: at most ${MAX_PREPEND} bytes`));
+        if (prepend.length > MAX_PREPEND) return finish(new InvalidFieldError('commit.prepend', `at most ${MAX_PREPEND} bytes`));
         if (spilled) {
           await spill(this.o.pool, true);
           // Into the first row, so that every reader still finds the message from seq 0.
@@ -206,7 +207,7 @@ export class Enqueuer {
       if (req.chunk && req.chunk.length) {
         size += req.chunk.length;
         if (size > this.o.maxMessageSize) {
-          return finish(grpcError(grpc.status.RESOURCE_EXHAUSTED, `message exceeds the maximum size of ${this.o.maxMessageSize} bytes`));
+          return finish(new MessageTooLargeError(this.o.maxMessageSize));
         }
         const buf = Buffer.from(req.chunk);
         if (!spilled && size <= this.o.memoryBodyMax) {
@@ -232,7 +233,7 @@ export class Enqueuer {
         .then(() => handle(req))
         .catch((err: Error) => {
           this.o.logger.error({ err: err.message, queue_id: queueId }, 'enqueue failed');
-          finish(grpcError(grpc.status.UNAVAILABLE, `queue storage failed: ${err.message}`));
+          finish(new StorageError(err.message, err));
         })
         .finally(() => call.resume());
     });
@@ -240,7 +241,7 @@ export class Enqueuer {
     // (and its stack) only when there is still someone to tell.
     const abandon = (why: string) => {
       void chain.then(() => {
-        if (!finished) finish(grpcError(grpc.status.CANCELLED, why));
+        if (!finished) finish(new NotCommittedError(why));
       });
     };
     call.on('end', () => abandon('stream ended without commit; nothing stored'));
@@ -336,8 +337,8 @@ export class Enqueuer {
           const res = await this.store(newId(), header, m.commit!, body, total, trace);
           return { queueId: res.queueId, size: total, errorCode: 0, error: '' };
         } catch (err) {
-          this.o.logger.error({ err: (err as Error).message }, 'enqueue failed');
-          return refused(grpc.status.UNAVAILABLE, `queue storage failed: ${(err as Error).message}`);
+          this.o.logger.error({ err: errorMessage(err) }, 'enqueue failed');
+          return refused(grpc.status.UNAVAILABLE, `queue storage failed: ${errorMessage(err)}`);
         }
       }),
     );

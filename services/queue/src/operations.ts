@@ -2,7 +2,7 @@
 // filters and keyset paging, bulk actions with a dry run and an operator
 // record, destinations (suspend/resume/list) and routes.
 import type { Pool } from '@tern/db';
-import { grpc, grpcError } from '@tern/grpc';
+import { InvalidArgumentError, InvalidFieldError, UnknownDestinationError } from './errors';
 import {
   LifecycleEventType,
   QueueAction,
@@ -79,7 +79,7 @@ class Params {
 
 function validStates(states: number[], field: string): number[] {
   for (const s of states) {
-    if (!ALL_STATES.includes(s as (typeof ALL_STATES)[number])) throw grpcError(grpc.status.INVALID_ARGUMENT, `${field}: unknown recipient state ${s}`);
+    if (!ALL_STATES.includes(s as (typeof ALL_STATES)[number])) throw new InvalidFieldError(field, `unknown recipient state ${s}`);
   }
   return states;
 }
@@ -113,7 +113,7 @@ export class Operations {
   async listMessages(req: ListMessagesRequest): Promise<ListMessagesResponse> {
     const pageSize = Math.min(MAX_PAGE, req.pageSize || 50);
     const f = req.filter ?? { sender: '', recipient: '', domain: '', states: [], minAgeSeconds: 0, maxAgeSeconds: 0 };
-    if (req.pageToken && !isQueueId(req.pageToken)) throw grpcError(grpc.status.INVALID_ARGUMENT, 'page_token: not a token from a previous response');
+    if (req.pageToken && !isQueueId(req.pageToken)) throw new InvalidFieldError('page_token', 'not a token from a previous response');
     // Every state named is no restriction at all (and needs no per-state scan).
     const named = validStates(f.states, 'filter.states');
     const states = ALL_STATES.every((s) => named.includes(s)) ? [] : [...new Set(named)];
@@ -190,14 +190,14 @@ export class Operations {
 
   async applyAction(req: ApplyActionRequest): Promise<ApplyActionResponse> {
     const spec = ACTIONS[req.action];
-    if (!spec) throw grpcError(grpc.status.INVALID_ARGUMENT, 'action: must be HOLD, RELEASE, RETRY, DELETE or BOUNCE');
+    if (!spec) throw new InvalidFieldError('action', 'must be HOLD, RELEASE, RETRY, DELETE or BOUNCE');
     const byId = req.queueId.trim();
     const given = [byId ? 'queue_id' : '', isEmptyFilter(req.filter) ? '' : 'filter', req.all ? 'all' : ''].filter(Boolean);
-    if (given.length > 1) throw grpcError(grpc.status.INVALID_ARGUMENT, `${given.join(', ')}: give exactly one of them`);
+    if (given.length > 1) throw new InvalidFieldError(given.join(', '), 'give exactly one of them');
     if (!given.length) {
-      throw grpcError(grpc.status.INVALID_ARGUMENT, 'filter: give a queue_id, at least one filter field (sender, recipient, domain, states, age), or all for every message');
+      throw new InvalidFieldError('filter', 'give a queue_id, at least one filter field (sender, recipient, domain, states, age), or all for every message');
     }
-    if (!req.operator.trim()) throw grpcError(grpc.status.INVALID_ARGUMENT, 'operator: required (who is acting, recorded with the action)');
+    if (!req.operator.trim()) throw new InvalidFieldError('operator', 'required (who is acting, recorded with the action)');
     const p = new Params();
     let conds: string[];
     let from = spec.from;
@@ -305,15 +305,12 @@ export class Operations {
   private async known(name: string, next: string): Promise<void> {
     const { rows } = await this.o.pool.query('SELECT 1 FROM destinations WHERE name = $1', [name]);
     if (rows.length) return;
-    throw grpcError(
-      grpc.status.NOT_FOUND,
-      `destination "${name}": the queue has never had mail for it (a typo?); check the name with tern destination ls or tern queue summary${next}`,
-    );
+    throw new UnknownDestinationError(name, next);
   }
 
   async suspend(req: SuspendDestinationRequest): Promise<SuspendDestinationResponse> {
     const name = normaliseDestination(req.destination);
-    if (!req.operator.trim()) throw grpcError(grpc.status.INVALID_ARGUMENT, 'operator: required');
+    if (!req.operator.trim()) throw new InvalidFieldError('operator', 'required');
     if (!req.force) await this.known(name, ', or suspend it ahead of its first message with force (tern destination suspend --force)');
     await tx(this.o.pool, async (c) => {
       await suspendDestination(c, name, this.o.limits, req.reason.trim(), req.operator.trim());
@@ -325,7 +322,7 @@ export class Operations {
 
   async resume(req: ResumeDestinationRequest): Promise<ResumeDestinationResponse> {
     const name = normaliseDestination(req.destination);
-    if (!req.operator.trim()) throw grpcError(grpc.status.INVALID_ARGUMENT, 'operator: required');
+    if (!req.operator.trim()) throw new InvalidFieldError('operator', 'required');
     await this.known(name, '');
     await tx(this.o.pool, async (c) => {
       await resumeDestination(c, name, this.o.limits);
@@ -353,8 +350,8 @@ export class Operations {
 
   async putRoute(req: PutRouteRequest): Promise<PutRouteResponse> {
     const problem = validateRoute(req.route);
-    if (problem) throw grpcError(grpc.status.INVALID_ARGUMENT, problem);
-    if (!req.operator.trim()) throw grpcError(grpc.status.INVALID_ARGUMENT, 'operator: required');
+    if (problem) throw new InvalidArgumentError(problem);
+    if (!req.operator.trim()) throw new InvalidFieldError('operator', 'required');
     const r = req.route!;
     const route = Route.fromPartial({ ...r, domain: r.domain.trim().toLowerCase().replace(/\.$/, ''), target: r.target.trim() });
     await tx(this.o.pool, async (c) => {
@@ -375,8 +372,8 @@ export class Operations {
 
   async deleteRoute(req: DeleteRouteRequest): Promise<DeleteRouteResponse> {
     const domain = req.domain.trim().toLowerCase();
-    if (!domain) throw grpcError(grpc.status.INVALID_ARGUMENT, 'domain: required');
-    if (!req.operator.trim()) throw grpcError(grpc.status.INVALID_ARGUMENT, 'operator: required');
+    if (!domain) throw new InvalidFieldError('domain', 'required');
+    if (!req.operator.trim()) throw new InvalidFieldError('operator', 'required');
     const deleted = await tx(this.o.pool, async (c) => {
       const r = await c.query('DELETE FROM routes WHERE domain = $1', [domain]);
       if (r.rowCount) await c.query(`INSERT INTO operator_events (subject, operator, action) VALUES ($1, $2, 'delete_route')`, [domain, req.operator.trim()]);
@@ -411,7 +408,7 @@ function toDestination(r: DestRow): Destination {
 
 function normaliseDestination(d: string): string {
   const name = d.trim().toLowerCase().replace(/^@/, '').replace(/\.$/, '');
-  if (!name || !/^[^\s@]+$/.test(name)) throw grpcError(grpc.status.INVALID_ARGUMENT, `destination: "${d}" is not a domain`);
+  if (!name || !/^[^\s@]+$/.test(name)) throw new InvalidFieldError('destination', `"${d}" is not a domain`);
   return name;
 }
 

@@ -7,7 +7,7 @@ import type { Pool, PoolClient } from '@tern/db';
 import { extractContext, withSpan, type Logger, type Tracer } from '@tern/telemetry';
 import type { Counter } from './metrics';
 import { appendBytesField } from '@tern/proto';
-import { Batcher } from '@tern/runtime';
+import { Batcher, Part, PollLoop, errorMessage } from '@tern/runtime';
 import { packBytes, q, statement, tx } from './db';
 
 
@@ -140,7 +140,8 @@ const OUTBOX_SELECT = statement(
 
 export interface RelayOptions {
   pool: Pool;
-  bus: Bus;
+  /** The NATS connection, once the service has connected (the relay publishes only after start). */
+  bus: () => Bus;
   logger: Logger;
   tracer: Tracer;
   batch: number;
@@ -148,11 +149,8 @@ export interface RelayOptions {
   published: Counter;
 }
 
-export class Relay {
-  private stopped = false;
-  private wakeUp: (() => void) | undefined;
-  private woken = false;
-  private loop: Promise<void> | undefined;
+export class Relay extends Part {
+  private readonly loop: PollLoop;
   private readonly handoffs = new Set<Promise<void>>();
   /**
    * Rows a hand-off of this process is publishing or deleting: its passes
@@ -178,20 +176,34 @@ export class Relay {
     },
   });
 
-  constructor(private readonly o: RelayOptions) {}
-
-  start(): void {
-    this.loop = this.run();
+  constructor(private readonly o: RelayOptions) {
+    // A failing NATS is not retried once per commit: wakes wait for the backoff.
+    const loop = new PollLoop({
+      name: 'outbox relay',
+      intervalMs: o.pollMs,
+      wakeDuringBackoff: false,
+      pass: async () => (await this.pass()) >= o.batch,
+      onError: (err) => o.logger.warn({ err: errorMessage(err) }, 'outbox relay pass failed; retrying'),
+    });
+    super('outbox relay', {
+      start: () => loop.start(),
+      drain: async () => {
+        const stopped = loop.drain();
+        await Promise.allSettled([...this.handoffs]);
+        await stopped;
+      },
+    });
+    this.loop = loop;
   }
 
+  /** Started and not stopping: hand-offs are taken. */
   private get running(): boolean {
-    return this.loop !== undefined && !this.stopped;
+    return (this.state === 'starting' || this.state === 'running') && this.loop.running;
   }
 
   /** Something was committed to the outbox: publish now. */
   wake(): void {
-    this.woken = true;
-    this.wakeUp?.();
+    this.loop.wake();
   }
 
   /**
@@ -237,48 +249,14 @@ export class Relay {
   }
 
   private publish(subject: string, msgId: string, payload: Uint8Array, carrier: Record<string, string>, span: string, attrs: Record<string, string | number>): Promise<unknown> {
-    if (span === '') return this.o.bus.publish(subject, payload, { msgId });
+    if (span === '') return this.o.bus().publish(subject, payload, { msgId });
     return withSpan(
       this.o.tracer,
       span,
       { 'messaging.destination': subject, 'messaging.message.id': msgId, ...attrs },
-      () => this.o.bus.publish(subject, payload, { msgId }),
+      () => this.o.bus().publish(subject, payload, { msgId }),
       extractContext(carrier),
     );
-  }
-
-  async stop(): Promise<void> {
-    this.stopped = true;
-    this.wakeUp?.();
-    await Promise.allSettled([...this.handoffs]);
-    await this.loop;
-  }
-
-  private async run(): Promise<void> {
-    let failures = 0;
-    while (!this.stopped) {
-      this.woken = false;
-      let n = 0;
-      try {
-        n = await this.pass();
-        failures = 0;
-      } catch (err) {
-        failures++;
-        this.o.logger.warn({ err: (err as Error).message }, 'outbox relay pass failed; retrying');
-      }
-      if (this.stopped) break;
-      if (n >= this.o.batch || (this.woken && failures === 0)) continue;
-      const wait = failures ? Math.min(10_000, 250 * 2 ** failures) : this.o.pollMs;
-      await new Promise<void>((resolve) => {
-        const t = setTimeout(done, wait);
-        function done() {
-          clearTimeout(t);
-          resolve();
-        }
-        this.wakeUp = failures ? undefined : done;
-      });
-      this.wakeUp = undefined;
-    }
   }
 
   /** Publishes one batch; returns how many rows it published. */

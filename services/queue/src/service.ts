@@ -1,5 +1,7 @@
 // The QueueService gRPC implementation: thin handlers over the modules.
-import { grpc, grpcError, isGrpcError } from '@tern/grpc';
+import { isGrpcError, toServiceError, type grpc } from '@tern/grpc';
+import { errorMessage } from '@tern/runtime';
+import { InvalidFieldError, MessageNotFoundError, RpcFailedError } from './errors';
 import type { QueueServiceServer } from '@tern/proto';
 import type { Logger } from '@tern/telemetry';
 import { readBodyHandler } from './body';
@@ -28,15 +30,14 @@ export interface ServiceDeps {
 
 type Unary<Req, Res> = (call: grpc.ServerUnaryCall<Req, Res>, cb: grpc.sendUnaryData<Res>) => void;
 
-/** Runs an async unary handler; errors become gRPC statuses (INVALID_ARGUMENT etc. pass through). */
+/** Runs an async unary handler; a named error answers with its status, anything else UNAVAILABLE (RpcFailedError). */
 function unary<Req, Res>(logger: Logger, name: string, fn: (req: Req) => Promise<Res>): Unary<Req, Res> {
   return (call, cb) => {
     fn(call.request).then(
       (res) => cb(null, res),
       (err: unknown) => {
-        if (isGrpcError(err)) return cb(err);
-        logger.error({ err: (err as Error).message, rpc: name }, 'queue RPC failed');
-        cb(grpcError(grpc.status.UNAVAILABLE, `${name} failed: ${(err as Error).message}`));
+        if (!isGrpcError(err)) logger.error({ err: errorMessage(err), rpc: name }, 'queue RPC failed');
+        cb(toServiceError(err, (message, cause) => new RpcFailedError(name, message, cause)));
       },
     );
   };
@@ -53,13 +54,10 @@ export function createQueueService(d: ServiceDeps): QueueServiceServer {
       // Crockford base32 reads the same in either case; anything else is no queue id at all.
       const id = req.queueId.trim().toUpperCase();
       if (!isQueueId(id)) {
-        throw grpcError(
-          grpc.status.INVALID_ARGUMENT,
-          `queue_id: "${req.queueId}" is not a queue id (16 letters and digits, as in "250 2.0.0 Ok: queued as 01JD4Z8X2K7Q9M3R"; see tern queue ls)`,
-        );
+        throw new InvalidFieldError('queue_id', `"${req.queueId}" is not a queue id (16 letters and digits, as in "250 2.0.0 Ok: queued as 01JD4Z8X2K7Q9M3R"; see tern queue ls)`);
       }
       const message = await getMessage(d.opsPool, id, req.includeHeaders);
-      if (!message) throw grpcError(grpc.status.NOT_FOUND, `no message with queue id "${req.queueId}"`);
+      if (!message) throw new MessageNotFoundError(req.queueId);
       return { message };
     }),
     listMessages: unary(logger, 'ListMessages', (req) => ops.listMessages(req)),

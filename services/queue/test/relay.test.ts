@@ -43,7 +43,7 @@ describe('outbox relay', () => {
     };
     const relay = new Relay({
       pool: db.pool,
-      bus: slowBus,
+      bus: () => slowBus,
       logger: pino({ level: 'silent' }),
       tracer: telemetry.tracer,
       batch: 100,
@@ -52,12 +52,12 @@ describe('outbox relay', () => {
     });
     const rows: OutboxRow[] = [1, 2, 3, 4].map((n) => ({ subject: jobSubject('relay.test'), msgId: `job-relay-${n}`, payload: Buffer.from(`job ${n}`), trace: null, span: 'queue.dispatch' }));
     const stored = await tx(db.pool, (c) => insertOutbox(c, rows));
-    relay.start();
+    void relay.start();
     relay.handoff(stored);
     try {
       await eventually(async () => (await db.query('SELECT count(*)::int AS n FROM outbox')).rows[0].n, (n) => n === 0);
     } finally {
-      await relay.stop();
+      await relay.drain();
     }
     assert.deepEqual([...published].sort(), ['job-relay-1', 'job-relay-2', 'job-relay-3', 'job-relay-4'], 'each row published once, the failed one by a pass');
     const info = await bus.jsm.streams.info('TERN_JOBS');
