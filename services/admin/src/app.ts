@@ -54,6 +54,7 @@ export function createApp(config: Config, deps: AppDeps): App {
   const owners = {
     queue: connectOwner('queue', config.TERN_QUEUE_ADDR, config.TERN_ADMIN_FORWARD_DEADLINE_MS),
     policy: connectOwner('policy', config.TERN_POLICY_ADDR, config.TERN_ADMIN_FORWARD_DEADLINE_MS),
+    ...(config.TERN_WEBHOOKS_ADDR ? { webhooks: connectOwner('webhooks', config.TERN_WEBHOOKS_ADDR, config.TERN_ADMIN_FORWARD_DEADLINE_MS) } : {}),
   };
   grpcServer.add(
     'tern.v1.AdminService',
@@ -85,7 +86,7 @@ export function createApp(config: Config, deps: AppDeps): App {
     async start() {
       await parts.start();
       logger.info(
-        { grpc: grpcServer.port, queue: config.TERN_QUEUE_ADDR, policy: config.TERN_POLICY_ADDR, tls: Boolean(tls), mtls: Boolean(tls?.caFile), operators: tokens.names() },
+        { grpc: grpcServer.port, queue: config.TERN_QUEUE_ADDR, policy: config.TERN_POLICY_ADDR, webhooks: config.TERN_WEBHOOKS_ADDR, tls: Boolean(tls), mtls: Boolean(tls?.caFile), operators: tokens.names() },
         'admin serving',
       );
     },

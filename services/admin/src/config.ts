@@ -8,6 +8,8 @@ const schema = z.object({
   /** The owners admin forwards to. */
   TERN_QUEUE_ADDR: grpcTarget(),
   TERN_POLICY_ADDR: grpcTarget(),
+  /** The webhooks service; unset: the webhook calls fail naming this variable. */
+  TERN_WEBHOOKS_ADDR: grpcTarget().optional(),
   /** File of `name:token[:role]` lines (role viewer, operator or admin; default admin); re-read when it changes. */
   TERN_ADMIN_TOKENS_FILE: z
     .string()

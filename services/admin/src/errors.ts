@@ -1,7 +1,7 @@
 // What an operator's call fails with, by name; the gRPC status of each is its
 // base class's (libs/grpc errors.ts). Owner errors name the owner and its
 // address, so the operator knows which service to look at.
-import { CancelledError, DeadlineExceededError, InternalError, PermissionDeniedError, UnauthenticatedError, UnavailableError, UnimplementedError } from '@tern/grpc';
+import { CancelledError, DeadlineExceededError, FailedPreconditionError, InternalError, PermissionDeniedError, UnauthenticatedError, UnavailableError, UnimplementedError } from '@tern/grpc';
 import { UNAUTHENTICATED_MESSAGE } from './auth';
 
 /** No operator on the call (the interceptor sets one for every valid token or certificate). */
@@ -44,6 +44,14 @@ export class OwnerCancelledError extends CancelledError {
   override readonly name = 'OwnerCancelledError';
   constructor(where: string) {
     super(`${where}: call cancelled`);
+  }
+}
+
+/** An optional owner (webhooks) whose address admin was not given. */
+export class OwnerNotConfiguredError extends FailedPreconditionError {
+  override readonly name = 'OwnerNotConfiguredError';
+  constructor(owner: string, variable: string) {
+    super(`admin has no ${owner} service to forward to: set ${variable} on admin (the chart does when ${owner}.enabled)`);
   }
 }
 

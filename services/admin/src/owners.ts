@@ -3,9 +3,9 @@
 import { createClient, grpc, isGrpcError, statusError, type TlsFiles } from '@tern/grpc';
 import { errorMessage } from '@tern/runtime';
 import { OwnerCallError, OwnerCancelledError, OwnerRefusedAdminError, OwnerTimeoutError, OwnerUnimplementedError, OwnerUnreachableError } from './errors';
-import { PolicyServiceClient, QueueServiceClient } from '@tern/proto';
+import { PolicyServiceClient, QueueServiceClient, WebhookServiceClient } from '@tern/proto';
 
-export type OwnerName = 'queue' | 'policy';
+export type OwnerName = 'queue' | 'policy' | 'webhooks';
 
 /** Trailing-metadata key naming the owner an error came from (the CLI reads it). */
 export const OWNER_KEY = 'tern-owner';
@@ -20,7 +20,9 @@ export function connectOwner(name: OwnerName, address: string, deadlineMs: numbe
   const client: grpc.Client =
     name === 'queue'
       ? createClient(QueueServiceClient, address, { deadlineMs, tls })
-      : createClient(PolicyServiceClient, address, { deadlineMs, tls });
+      : name === 'policy'
+        ? createClient(PolicyServiceClient, address, { deadlineMs, tls })
+        : createClient(WebhookServiceClient, address, { deadlineMs, tls });
   return { name, address, client };
 }
 

@@ -6,7 +6,7 @@ import { grpc } from '@tern/grpc';
 import { type AdminServiceServer, type AdminServiceService, type ApplyActionRequest, QueueAction } from '@tern/proto';
 import type { Logger, Meter } from '@tern/telemetry';
 import { deniedReason, operatorOf, roleOf } from './auth';
-import { NoOperatorError, RoleDeniedError } from './errors';
+import { NoOperatorError, OwnerNotConfiguredError, RoleDeniedError } from './errors';
 import type { Role } from './tokens';
 import { mapOwnerError, type Owner, type OwnerName, streamMethod, unaryMethod } from './owners';
 
@@ -61,6 +61,13 @@ export const ROUTES: Record<UnaryName, Route> = {
   listRateLimits: { owner: 'policy', mutating: false, role: 'viewer' },
   putRateLimit: { owner: 'policy', mutating: true, role: 'admin' },
   deleteRateLimit: { owner: 'policy', mutating: true, role: 'admin' },
+  createWebhookEndpoint: { owner: 'webhooks', mutating: true, role: 'admin' },
+  listWebhookEndpoints: { owner: 'webhooks', mutating: false, role: 'viewer' },
+  getWebhookEndpoint: { owner: 'webhooks', mutating: false, role: 'viewer' },
+  updateWebhookEndpoint: { owner: 'webhooks', mutating: true, role: 'admin' },
+  deleteWebhookEndpoint: { owner: 'webhooks', mutating: true, role: 'admin' },
+  resumeWebhookEndpoint: { owner: 'webhooks', mutating: true, role: 'admin' },
+  listWebhookDeliveries: { owner: 'webhooks', mutating: false, role: 'viewer' },
 };
 
 /** A message's content is more than its envelope: reading it is an operator's act. */
@@ -130,13 +137,22 @@ export function describeChange(method: UnaryName, req: Req): Record<string, unkn
       return { milter: r.milter };
     case 'deleteMilter':
       return { name: r.name };
+    // Never the secret (it is in Create's response, which summarize leaves out).
+    case 'createWebhookEndpoint':
+      return { url: r.url, eventTypes: r.eventTypes, batch: r.batch };
+    case 'updateWebhookEndpoint':
+      return { id: r.id, url: r.url, eventTypes: r.setEventTypes ? r.eventTypes : undefined, batch: r.batch };
+    case 'deleteWebhookEndpoint':
+    case 'resumeWebhookEndpoint':
+      return { id: r.id };
     default:
       return {};
   }
 }
 
 export interface AdminServiceDeps {
-  owners: Record<OwnerName, Owner>;
+  /** webhooks is optional (TERN_WEBHOOKS_ADDR). */
+  owners: Record<Exclude<OwnerName, 'webhooks'>, Owner> & { webhooks?: Owner };
   deadlineMs: number;
   streamDeadlineMs: number;
   logger: Logger;
@@ -165,6 +181,12 @@ export function createAdminService(deps: AdminServiceDeps): AdminServiceServer {
       return;
     }
     const owner = owners[route.owner];
+    if (!owner) {
+      const err = new OwnerNotConfiguredError(route.owner, 'TERN_WEBHOOKS_ADDR');
+      count(method, err.code);
+      callback(err);
+      return;
+    }
     const request: Req = route.mutating ? { ...call.request, operator } : call.request;
     const started = Date.now();
     unaryMethod(owner, method)(request, new grpc.Metadata(), { deadline: Date.now() + deps.deadlineMs }, (err, res) => {

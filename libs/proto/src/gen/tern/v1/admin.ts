@@ -105,12 +105,28 @@ import {
   SuspendDestinationRequest,
   SuspendDestinationResponse,
 } from "./queue";
+import {
+  CreateWebhookEndpointRequest,
+  CreateWebhookEndpointResponse,
+  DeleteWebhookEndpointRequest,
+  DeleteWebhookEndpointResponse,
+  GetWebhookEndpointRequest,
+  GetWebhookEndpointResponse,
+  ListWebhookDeliveriesRequest,
+  ListWebhookDeliveriesResponse,
+  ListWebhookEndpointsRequest,
+  ListWebhookEndpointsResponse,
+  ResumeWebhookEndpointRequest,
+  ResumeWebhookEndpointResponse,
+  UpdateWebhookEndpointRequest,
+  UpdateWebhookEndpointResponse,
+} from "./webhooks";
 
 /**
  * The operator's API. Every call needs credentials (a bearer token in the
  * `authorization` metadata, or a client certificate under mTLS); the operator's
  * name is recorded with every change. Admin owns no data: it forwards to the
- * owning service (queue, policy).
+ * owning service (queue, policy, webhooks).
  */
 export type AdminServiceService = typeof AdminServiceService;
 export const AdminServiceService = {
@@ -517,6 +533,84 @@ export const AdminServiceService = {
       bufferView(DeleteRateLimitResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): DeleteRateLimitResponse => DeleteRateLimitResponse.decode(value),
   },
+  /** Webhook endpoints and their deliveries (the webhooks service). */
+  createWebhookEndpoint: {
+    path: "/tern.v1.AdminService/CreateWebhookEndpoint" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: CreateWebhookEndpointRequest): Buffer =>
+      bufferView(CreateWebhookEndpointRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): CreateWebhookEndpointRequest => CreateWebhookEndpointRequest.decode(value),
+    responseSerialize: (value: CreateWebhookEndpointResponse): Buffer =>
+      bufferView(CreateWebhookEndpointResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): CreateWebhookEndpointResponse => CreateWebhookEndpointResponse.decode(value),
+  },
+  listWebhookEndpoints: {
+    path: "/tern.v1.AdminService/ListWebhookEndpoints" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ListWebhookEndpointsRequest): Buffer =>
+      bufferView(ListWebhookEndpointsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ListWebhookEndpointsRequest => ListWebhookEndpointsRequest.decode(value),
+    responseSerialize: (value: ListWebhookEndpointsResponse): Buffer =>
+      bufferView(ListWebhookEndpointsResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ListWebhookEndpointsResponse => ListWebhookEndpointsResponse.decode(value),
+  },
+  getWebhookEndpoint: {
+    path: "/tern.v1.AdminService/GetWebhookEndpoint" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetWebhookEndpointRequest): Buffer =>
+      bufferView(GetWebhookEndpointRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetWebhookEndpointRequest => GetWebhookEndpointRequest.decode(value),
+    responseSerialize: (value: GetWebhookEndpointResponse): Buffer =>
+      bufferView(GetWebhookEndpointResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GetWebhookEndpointResponse => GetWebhookEndpointResponse.decode(value),
+  },
+  updateWebhookEndpoint: {
+    path: "/tern.v1.AdminService/UpdateWebhookEndpoint" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: UpdateWebhookEndpointRequest): Buffer =>
+      bufferView(UpdateWebhookEndpointRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): UpdateWebhookEndpointRequest => UpdateWebhookEndpointRequest.decode(value),
+    responseSerialize: (value: UpdateWebhookEndpointResponse): Buffer =>
+      bufferView(UpdateWebhookEndpointResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): UpdateWebhookEndpointResponse => UpdateWebhookEndpointResponse.decode(value),
+  },
+  deleteWebhookEndpoint: {
+    path: "/tern.v1.AdminService/DeleteWebhookEndpoint" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: DeleteWebhookEndpointRequest): Buffer =>
+      bufferView(DeleteWebhookEndpointRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): DeleteWebhookEndpointRequest => DeleteWebhookEndpointRequest.decode(value),
+    responseSerialize: (value: DeleteWebhookEndpointResponse): Buffer =>
+      bufferView(DeleteWebhookEndpointResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): DeleteWebhookEndpointResponse => DeleteWebhookEndpointResponse.decode(value),
+  },
+  resumeWebhookEndpoint: {
+    path: "/tern.v1.AdminService/ResumeWebhookEndpoint" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ResumeWebhookEndpointRequest): Buffer =>
+      bufferView(ResumeWebhookEndpointRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ResumeWebhookEndpointRequest => ResumeWebhookEndpointRequest.decode(value),
+    responseSerialize: (value: ResumeWebhookEndpointResponse): Buffer =>
+      bufferView(ResumeWebhookEndpointResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ResumeWebhookEndpointResponse => ResumeWebhookEndpointResponse.decode(value),
+  },
+  listWebhookDeliveries: {
+    path: "/tern.v1.AdminService/ListWebhookDeliveries" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ListWebhookDeliveriesRequest): Buffer =>
+      bufferView(ListWebhookDeliveriesRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ListWebhookDeliveriesRequest => ListWebhookDeliveriesRequest.decode(value),
+    responseSerialize: (value: ListWebhookDeliveriesResponse): Buffer =>
+      bufferView(ListWebhookDeliveriesResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ListWebhookDeliveriesResponse => ListWebhookDeliveriesResponse.decode(value),
+  },
 } as const;
 
 export interface AdminServiceServer extends UntypedServiceImplementation {
@@ -561,6 +655,14 @@ export interface AdminServiceServer extends UntypedServiceImplementation {
   listRateLimits: handleUnaryCall<ListRateLimitsRequest, ListRateLimitsResponse>;
   putRateLimit: handleUnaryCall<PutRateLimitRequest, PutRateLimitResponse>;
   deleteRateLimit: handleUnaryCall<DeleteRateLimitRequest, DeleteRateLimitResponse>;
+  /** Webhook endpoints and their deliveries (the webhooks service). */
+  createWebhookEndpoint: handleUnaryCall<CreateWebhookEndpointRequest, CreateWebhookEndpointResponse>;
+  listWebhookEndpoints: handleUnaryCall<ListWebhookEndpointsRequest, ListWebhookEndpointsResponse>;
+  getWebhookEndpoint: handleUnaryCall<GetWebhookEndpointRequest, GetWebhookEndpointResponse>;
+  updateWebhookEndpoint: handleUnaryCall<UpdateWebhookEndpointRequest, UpdateWebhookEndpointResponse>;
+  deleteWebhookEndpoint: handleUnaryCall<DeleteWebhookEndpointRequest, DeleteWebhookEndpointResponse>;
+  resumeWebhookEndpoint: handleUnaryCall<ResumeWebhookEndpointRequest, ResumeWebhookEndpointResponse>;
+  listWebhookDeliveries: handleUnaryCall<ListWebhookDeliveriesRequest, ListWebhookDeliveriesResponse>;
 }
 
 export interface AdminServiceClient extends Client {
@@ -1169,6 +1271,112 @@ export interface AdminServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: DeleteRateLimitResponse) => void,
+  ): ClientUnaryCall;
+  /** Webhook endpoints and their deliveries (the webhooks service). */
+  createWebhookEndpoint(
+    request: CreateWebhookEndpointRequest,
+    callback: (error: ServiceError | null, response: CreateWebhookEndpointResponse) => void,
+  ): ClientUnaryCall;
+  createWebhookEndpoint(
+    request: CreateWebhookEndpointRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: CreateWebhookEndpointResponse) => void,
+  ): ClientUnaryCall;
+  createWebhookEndpoint(
+    request: CreateWebhookEndpointRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: CreateWebhookEndpointResponse) => void,
+  ): ClientUnaryCall;
+  listWebhookEndpoints(
+    request: ListWebhookEndpointsRequest,
+    callback: (error: ServiceError | null, response: ListWebhookEndpointsResponse) => void,
+  ): ClientUnaryCall;
+  listWebhookEndpoints(
+    request: ListWebhookEndpointsRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ListWebhookEndpointsResponse) => void,
+  ): ClientUnaryCall;
+  listWebhookEndpoints(
+    request: ListWebhookEndpointsRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ListWebhookEndpointsResponse) => void,
+  ): ClientUnaryCall;
+  getWebhookEndpoint(
+    request: GetWebhookEndpointRequest,
+    callback: (error: ServiceError | null, response: GetWebhookEndpointResponse) => void,
+  ): ClientUnaryCall;
+  getWebhookEndpoint(
+    request: GetWebhookEndpointRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GetWebhookEndpointResponse) => void,
+  ): ClientUnaryCall;
+  getWebhookEndpoint(
+    request: GetWebhookEndpointRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GetWebhookEndpointResponse) => void,
+  ): ClientUnaryCall;
+  updateWebhookEndpoint(
+    request: UpdateWebhookEndpointRequest,
+    callback: (error: ServiceError | null, response: UpdateWebhookEndpointResponse) => void,
+  ): ClientUnaryCall;
+  updateWebhookEndpoint(
+    request: UpdateWebhookEndpointRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: UpdateWebhookEndpointResponse) => void,
+  ): ClientUnaryCall;
+  updateWebhookEndpoint(
+    request: UpdateWebhookEndpointRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: UpdateWebhookEndpointResponse) => void,
+  ): ClientUnaryCall;
+  deleteWebhookEndpoint(
+    request: DeleteWebhookEndpointRequest,
+    callback: (error: ServiceError | null, response: DeleteWebhookEndpointResponse) => void,
+  ): ClientUnaryCall;
+  deleteWebhookEndpoint(
+    request: DeleteWebhookEndpointRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: DeleteWebhookEndpointResponse) => void,
+  ): ClientUnaryCall;
+  deleteWebhookEndpoint(
+    request: DeleteWebhookEndpointRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: DeleteWebhookEndpointResponse) => void,
+  ): ClientUnaryCall;
+  resumeWebhookEndpoint(
+    request: ResumeWebhookEndpointRequest,
+    callback: (error: ServiceError | null, response: ResumeWebhookEndpointResponse) => void,
+  ): ClientUnaryCall;
+  resumeWebhookEndpoint(
+    request: ResumeWebhookEndpointRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ResumeWebhookEndpointResponse) => void,
+  ): ClientUnaryCall;
+  resumeWebhookEndpoint(
+    request: ResumeWebhookEndpointRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ResumeWebhookEndpointResponse) => void,
+  ): ClientUnaryCall;
+  listWebhookDeliveries(
+    request: ListWebhookDeliveriesRequest,
+    callback: (error: ServiceError | null, response: ListWebhookDeliveriesResponse) => void,
+  ): ClientUnaryCall;
+  listWebhookDeliveries(
+    request: ListWebhookDeliveriesRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ListWebhookDeliveriesResponse) => void,
+  ): ClientUnaryCall;
+  listWebhookDeliveries(
+    request: ListWebhookDeliveriesRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ListWebhookDeliveriesResponse) => void,
   ): ClientUnaryCall;
 }
 
