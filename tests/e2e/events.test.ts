@@ -1,8 +1,8 @@
 // Lifecycle events through the running platform: an external reader with
 // its own durable consumer on TERN_EVENTS sees each state change of a
 // message once: received, delivered (with the remote host and reply),
-// deferred and bounced (with the bounce class), held, released and deleted
-// by an operator (with who and why).
+// deferred and bounced (with the bounce class), suppressed (by bounce's
+// feed), held, released and deleted by an operator (with who and why).
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { connect } from '@nats-io/transport-node';
@@ -97,6 +97,12 @@ test('deferred and bounced carry the reply and the bounce class', async () => {
   assert.equal(b!.reply?.code, 550);
   assert.equal(b!.reply?.enhanced, '5.1.1');
   assert.equal(b!.bounceClass, 'user_unknown');
+  // Bounce lists the dead address and says so once.
+  const suppressed = (await until(bounced, [T.LIFECYCLE_EVENT_TYPE_SUPPRESSED])).filter((e) => e.type === T.LIFECYCLE_EVENT_TYPE_SUPPRESSED);
+  assert.equal(suppressed.length, 1);
+  assert.equal(suppressed[0]!.recipient, 'permfail@dest.test');
+  assert.match(suppressed[0]!.reason, /550/);
+  assert.ok(subjects.includes('tern.events.suppressed'));
 });
 
 test('operator actions: held, released, deleted, with who and why', async () => {

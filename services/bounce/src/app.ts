@@ -40,7 +40,15 @@ export function createApp(config: Config, deps: AppDeps): App {
     seconds: meter.createHistogram('tern_bounce_report_seconds', { description: 'Request received to report committed, seconds', unit: 's' }),
   };
   const suppressionFeed =
-    config.TERN_POLICY_ADDR && config.TERN_BOUNCE_SUPPRESS_HARD_FAILURES ? new SuppressionFeed(config.TERN_POLICY_ADDR, 10_000, logger, meter) : undefined;
+    config.TERN_POLICY_ADDR && config.TERN_BOUNCE_SUPPRESS_HARD_FAILURES
+      ? new SuppressionFeed(
+          config.TERN_POLICY_ADDR,
+          10_000,
+          logger,
+          meter,
+          config.TERN_BOUNCE_EVENTS ? { publish: (subject, data, msgId) => nats.bus.publish(subject, data, { msgId }), format: config.TERN_EVENTS_FORMAT } : undefined,
+        )
+      : undefined;
   const reportDeps: ReportDeps = {
     queue,
     logger,

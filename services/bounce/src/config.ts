@@ -21,6 +21,10 @@ const schema = z.object({
   TERN_POLICY_ADDR: grpcTarget().optional(),
   /** Add permanently failed recipients (5.x.x) to policy's suppression list. */
   TERN_BOUNCE_SUPPRESS_HARD_FAILURES: bool(true),
+  /** Publish a `suppressed` lifecycle event (TERN_EVENTS) for each address the feed lists. */
+  TERN_BOUNCE_EVENTS: bool(true),
+  /** Lifecycle event payloads, as the queue writes them: protobuf or json. */
+  TERN_EVENTS_FORMAT: z.enum(['protobuf', 'json']).default('protobuf'),
   /** Reporting-MTA, From domain and Message-ID domain of reports; default TERN_HOSTNAME. */
   TERN_REPORTING_MTA: hostname().optional(),
   /** From address of reports; default MAILER-DAEMON@<reporting MTA>. */

@@ -11,7 +11,8 @@
 // report goes on. A redelivered request feeds again, which only refreshes
 // the entries.
 import { isBounceClass, suppressesAddress } from '@tern/dsn';
-import { PolicyServiceClient, ReportKind, SuppressRequest, type ReportRecipient, type ReportRequest, type Suppression } from '@tern/proto';
+import { eventSubject } from '@tern/bus';
+import { LifecycleEvent, LifecycleEvents, LifecycleEventType, PolicyServiceClient, ReportKind, SuppressRequest, type ReportRecipient, type ReportRequest, type Suppression } from '@tern/proto';
 import { createClient, unary } from '@tern/grpc';
 import type { Logger, Meter } from '@tern/telemetry';
 
@@ -58,6 +59,8 @@ export class SuppressionFeed {
     private readonly deadlineMs: number,
     private readonly logger: Logger,
     meter: Meter,
+    /** Publishes the `suppressed` lifecycle events (TERN_EVENTS) in the queue's format; absent = none. */
+    private readonly events?: { publish(subject: string, data: Uint8Array, msgId: string): Promise<unknown>; format: 'protobuf' | 'json' },
   ) {
     this.client = createClient(PolicyServiceClient, target, { deadlineMs });
     this.fed = meter.createCounter('tern_bounce_suppressions_total', { description: 'Hard-failed recipients sent to the suppression list, by result' });
@@ -72,12 +75,44 @@ export class SuppressionFeed {
       });
       this.fed.add(suppressions.length, { result: 'ok' });
       this.logger.info({ event: 'suppressions_fed', queue_id: req.queueId, addresses: suppressions.map((s) => s.address), added: res.added }, 'hard failures added to the suppression list');
+      await this.announce(req, suppressions);
     } catch (err) {
       this.fed.add(suppressions.length, { result: 'error' });
       this.logger.warn(
         { event: 'suppressions_feed_failed', queue_id: req.queueId, addresses: suppressions.map((s) => s.address), err: (err as Error).message },
         'could not add hard failures to the suppression list (policy unreachable?); the report goes on',
       );
+    }
+  }
+
+  /**
+   * One `suppressed` event per address, after policy listed it. The event id
+   * comes from the report request's, so a redelivered request republishes
+   * the same ids (JetStream drops them within its duplicate window). Best
+   * effort, like the feed: a failure is logged, the report goes on.
+   */
+  private async announce(req: ReportRequest, suppressions: Suppression[]): Promise<void> {
+    if (!this.events) return;
+    const events = suppressions.map((s) =>
+      LifecycleEvent.fromPartial({
+        eventId: `${req.eventId}.suppressed.${s.address}`,
+        type: LifecycleEventType.LIFECYCLE_EVENT_TYPE_SUPPRESSED,
+        at: new Date(),
+        queueId: req.queueId,
+        sender: req.envelope?.sender ?? '',
+        recipient: s.address,
+        destination: s.address.slice(s.address.lastIndexOf('@') + 1).toLowerCase(),
+        reason: s.reason,
+        operator: 'bounce',
+        bounceClass: 'user_unknown',
+      }),
+    );
+    try {
+      const batch = LifecycleEvents.fromPartial({ events });
+      const data = this.events.format === 'json' ? Buffer.from(JSON.stringify(LifecycleEvents.toJSON(batch)), 'utf8') : LifecycleEvents.encode(batch).finish();
+      await this.events.publish(eventSubject('suppressed'), data, `ev-${events[0]!.eventId}`);
+    } catch (err) {
+      this.logger.warn({ event: 'suppressed_event_failed', queue_id: req.queueId, err: (err as Error).message }, 'could not publish the suppressed events');
     }
   }
 
