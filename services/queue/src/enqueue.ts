@@ -10,7 +10,7 @@ import { EnqueueStreamError, InvalidArgumentError, InvalidFieldError, MessageToo
 import { EnqueueHeader, Envelope, LifecycleEventType, MessageOrigin, type EnqueueBatchRequest, type EnqueueCommit, type EnqueueBatchResponse, type EnqueueMessage, type EnqueueOutcome, type EnqueueStreamRequest, type EnqueueStreamResponse, type EnqueueRequest, type EnqueueResponse } from '@tern/proto';
 import { enumLabel, extractContext, injectContext, type Logger } from '@tern/telemetry';
 import type { QueueMetrics } from './metrics';
-import { eventRows, type EventInput, type EventSettings } from './events';
+import { eventRows, type EventInput } from './events';
 import { Batcher, errorMessage } from '@tern/runtime';
 import { columns, intArrayLiteral, isLockTimeout, packBytes, q, statement, tx } from './db';
 import { ensureDestinations, reserveSlots, takeFreeSlotsSql, type DestinationLimits } from './destination';
@@ -19,6 +19,7 @@ import type { BodyCache } from './body-cache';
 import { newId } from './ids';
 import { destinationOf, S } from './model';
 import { insertGrantedOutboxSql, insertOutbox, ordinalsByDestination, outboxColumns, outboxIdsSql, stored, type StoredOutboxRow } from './outbox';
+import type { EnqueueSettings } from './options';
 import type { RouteTable } from './routes';
 
 /** Size of a spilled body row. */
@@ -44,26 +45,13 @@ export interface EnqueueResult {
   duplicate: boolean;
 }
 
-export interface EnqueueOptions {
+export interface EnqueueOptions extends EnqueueSettings {
   pool: Pool;
   logger: Logger;
   routes: RouteTable;
-  limits: DestinationLimits;
-  memoryBodyMax: number;
-  maxMessageSize: number;
-  maxRecipients: number;
-  batchMax: number;
-  batchDelayMs: number;
-  lifetimeS: number;
-  leaseS: number;
-  jobMaxRecipients: number;
-  /** Bodies up to this size travel in the job (DeliveryJob.body; 0 = never). */
-  inlineBodyMax: number;
   /** Where the bodies of messages left queued (no slot at their commit) wait for the scheduler. */
   bodyCache?: BodyCache;
   metrics: Pick<QueueMetrics, 'messages' | 'recipientsEnqueued' | 'batch' | 'destinations'>;
-  /** Lifecycle events written with each commit. */
-  events: EventSettings;
   /** Outbox rows were committed (handed to the relay when given). */
   onOutbox(rows?: StoredOutboxRow[]): void;
   onQueued(): void;

@@ -11,6 +11,23 @@ import type { BackoffSettings } from './model';
 /** Connections of the operator and housekeeping pool. */
 const OPS_POOL_MAX = 4;
 
+/** The enqueuer's section (EnqueueOptions adds its collaborators). */
+export interface EnqueueSettings {
+  memoryBodyMax: number;
+  maxMessageSize: number;
+  maxRecipients: number;
+  batchMax: number;
+  batchDelayMs: number;
+  lifetimeS: number;
+  leaseS: number;
+  jobMaxRecipients: number;
+  /** Bodies up to this size travel in the job (DeliveryJob.body; 0 = never). */
+  inlineBodyMax: number;
+  limits: DestinationLimits;
+  /** Lifecycle events written with each commit. */
+  events: EventSettings;
+}
+
 export interface QueueOptions {
   database: { url: string; poolMax: number; opsPoolMax: number; lockTimeoutMs: number };
   nats: { url: string; name: string };
@@ -19,19 +36,7 @@ export interface QueueOptions {
   bodyCacheBytes: number;
   /** The busiest destinations with metric series of their own. */
   topDestinations: number;
-  enqueue: {
-    memoryBodyMax: number;
-    maxMessageSize: number;
-    maxRecipients: number;
-    batchMax: number;
-    batchDelayMs: number;
-    lifetimeS: number;
-    leaseS: number;
-    jobMaxRecipients: number;
-    inlineBodyMax: number;
-    limits: DestinationLimits;
-    events: EventSettings;
-  };
+  enqueue: EnqueueSettings;
   /** The scheduler's; `batch`, `jobMaxRecipients`, `inlineBodyMax`, `leaseS` and `limits` are also the result applier's dispatch into freed slots. */
   dispatch: { limits: DestinationLimits; jobMaxRecipients: number; batch: number; inlineBodyMax: number; leaseS: number; intervalMs: number };
   results: { limits: DestinationLimits; backoff: BackoffSettings; batchMax: number; batchDelayMs: number; events: EventSettings };
