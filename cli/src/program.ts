@@ -23,6 +23,7 @@ import {
 } from '@tern/proto';
 import { connect, type AdminApi, type Connection, type ConnectionOptions, resolveConnection, DEFAULT_ADDR } from './client';
 import { registerDkimCommands } from './dkim';
+import { registerLimitCommands } from './limit';
 import { registerMilterCommands } from './milter';
 import { registerBounceRuleCommands } from './bounce-rule';
 import { CliError, EXIT } from './errors';
@@ -517,6 +518,8 @@ export function buildProgram(io: Io): Command {
 
   // ---- DKIM keys (cli/src/dkim.ts)
   registerDkimCommands(program as unknown as Command, run);
+  // ---- rate limits (cli/src/limit.ts)
+  registerLimitCommands(program as unknown as Command, run);
 
   // ---- milters (cli/src/milter.ts)
   registerMilterCommands(program as unknown as Command, run);
