@@ -38,6 +38,14 @@ function adminToken(file: string): string {
   return token;
 }
 
+/** The local key-encryption key of DKIM keys made with `tern dkim generate` (a Secret in the chart). */
+function dkimKek(file: string): string {
+  if (fs.existsSync(file)) return fs.readFileSync(file, 'utf8').trim();
+  const kek = crypto.randomBytes(32).toString('base64');
+  fs.writeFileSync(file, `${kek}\n`, { mode: 0o600 });
+  return kek;
+}
+
 async function main(): Promise<void> {
   const root = repoRoot();
   const databaseUrl = process.env.TERN_DATABASE_URL;
@@ -64,6 +72,7 @@ async function main(): Promise<void> {
     dns.mailSuffix('test', { address: '127.0.0.1' });
     const sink = await harness.startSink({ host: '127.0.0.1', port: SINK_PORT, hostname: 'mx.sink.test', dir: sinkDir });
     const token = adminToken(path.join(root, '.tern', 'admin-token'));
+    const kek = dkimKek(path.join(root, '.tern', 'dkim-kek'));
     const platform = await startPlatform(harness, {
       databaseUrl,
       natsUrl,
@@ -75,6 +84,7 @@ async function main(): Promise<void> {
       hostname: 'mx.tern.test',
       // The harness gives services none of this process's environment: passed on by name.
       otlpEndpoint: traces,
+      env: { policy: { TERN_DKIM_KEK: kek }, delivery: { TERN_DKIM_KEK: kek } },
     });
 
     process.stdout.write(
