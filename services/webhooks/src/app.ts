@@ -13,7 +13,6 @@ import type { Telemetry } from '@tern/telemetry';
 import type { AddressRules } from './address';
 import type { Config } from './config';
 import { decodeEvents } from './events';
-import { createAgents } from './post';
 import { Sender } from './sender';
 import { createWebhookService } from './service';
 import { WebhookStore } from './store';
@@ -63,7 +62,6 @@ export function createApp(config: Config, deps: AppDeps): App {
       ...rules,
       connectTimeoutMs: config.TERN_WEBHOOKS_CONNECT_TIMEOUT_MS,
       timeoutMs: config.TERN_WEBHOOKS_TIMEOUT_MS,
-      agents: createAgents(config.TERN_WEBHOOKS_ENDPOINT_CONCURRENCY, config.TERN_WEBHOOKS_CONCURRENCY),
     },
     metrics,
     logger,

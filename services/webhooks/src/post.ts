@@ -13,7 +13,11 @@ const RESPONSE_READ_MAX = 64 * 1024;
 export interface PostOptions extends AddressRules {
   connectTimeoutMs: number;
   timeoutMs: number;
-  agents: { http: http.Agent; https: https.Agent };
+}
+
+export interface Agents {
+  http: http.Agent;
+  https: https.Agent;
 }
 
 export interface PostResult {
@@ -25,12 +29,17 @@ export interface PostResult {
   refused?: boolean;
 }
 
-export function createAgents(perEndpoint: number, total: number): PostOptions['agents'] {
-  const o = { keepAlive: true, maxSockets: perEndpoint, maxTotalSockets: total, maxFreeSockets: perEndpoint, timeout: 60_000 };
+/**
+ * Keep-alive connections of one endpoint. Each endpoint has its own: an
+ * agent's socket limit is per origin, and endpoints on one origin (or a
+ * hanging one) must not wait for each other's sockets.
+ */
+export function createAgents(sockets: number): Agents {
+  const o = { keepAlive: true, maxSockets: sockets, maxFreeSockets: sockets, timeout: 60_000 };
   return { http: new http.Agent(o), https: new https.Agent(o) };
 }
 
-export function post(url: URL, headers: Record<string, string>, body: Buffer, o: PostOptions): Promise<PostResult> {
+export function post(url: URL, headers: Record<string, string>, body: Buffer, o: PostOptions, agents: Agents): Promise<PostResult> {
   const host = url.hostname.replace(/^\[(.*)\]$/, '$1');
   // An IP literal never goes through lookup: checked here.
   if (net.isIP(host)) {
@@ -52,7 +61,7 @@ export function post(url: URL, headers: Record<string, string>, body: Buffer, o:
       url,
       {
         method: 'POST',
-        agent: secure ? o.agents.https : o.agents.http,
+        agent: secure ? agents.https : agents.http,
         lookup: guardedLookup(url.protocol, o) as unknown as net.LookupFunction,
         headers: {
           'content-type': 'application/json',

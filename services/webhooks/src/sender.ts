@@ -12,7 +12,7 @@ import type { Logger, Meter } from '@tern/telemetry';
 
 type Counter = ReturnType<Meter['createCounter']>;
 type Histogram = ReturnType<Meter['createHistogram']>;
-import { post, type PostOptions, type PostResult } from './post';
+import { createAgents, post, type Agents, type PostOptions, type PostResult } from './post';
 import { batchId, signedHeaders } from './sign';
 import type { ClaimedDelivery, SendableEndpoint, WebhookStore } from './store';
 
@@ -49,6 +49,8 @@ export class Sender {
   private endpoints = new Map<string, SendableEndpoint>();
   private inflight = 0;
   private readonly perEndpoint = new Map<string, number>();
+  /** Each endpoint's own connections (post.ts says why). */
+  private readonly agents = new Map<string, Agents>();
   private readonly running = new Set<Promise<void>>();
   private timer: NodeJS.Timeout | undefined;
   private ticking = false;
@@ -88,6 +90,10 @@ export class Sender {
     this.stopped = true;
     clearTimeout(this.timer);
     await Promise.allSettled([...this.running]);
+    for (const a of this.agents.values()) {
+      a.http.destroy();
+      a.https.destroy();
+    }
   }
 
   private schedule(ms: number): void {
@@ -103,6 +109,12 @@ export class Sender {
       if (Date.now() - this.lastRefresh >= 250) {
         this.endpoints = new Map((await this.store.sendableEndpoints()).map((e) => [e.id, e]));
         this.lastRefresh = Date.now();
+        for (const [id, a] of this.agents) {
+          if (this.endpoints.has(id)) continue;
+          a.http.destroy();
+          a.https.destroy();
+          this.agents.delete(id);
+        }
       }
       await this.fill();
     } catch (err) {
@@ -201,7 +213,9 @@ export class Sender {
     const webhookId = batch ? batchId(endpoint.id, items.map((d) => d.event_id)) : items[0]!.event_id;
     const body = Buffer.from(batch ? `[${items.map((d) => d.payload).join(',')}]` : items[0]!.payload, 'utf8');
     const started = performance.now();
-    const result: PostResult = await post(new URL(endpoint.url), signedHeaders(endpoint.secretBytes, webhookId, body), body, this.postOptions);
+    let agents = this.agents.get(endpoint.id);
+    if (!agents) this.agents.set(endpoint.id, (agents = createAgents(this.s.endpointConcurrency)));
+    const result: PostResult = await post(new URL(endpoint.url), signedHeaders(endpoint.secretBytes, webhookId, body), body, this.postOptions, agents);
     const seconds = (performance.now() - started) / 1000;
     const ok = result.status >= 200 && result.status < 300;
     this.metrics.attemptSeconds.record(seconds, { result: ok ? 'success' : 'failure' });

@@ -37,6 +37,7 @@ export class Receiver {
   private readonly secrets = new Map<string, string>();
   /** Per path: the statuses to answer next, in order ("hang" never answers); then 200. */
   private readonly plans = new Map<string, Array<number | 'hang'>>();
+  private readonly perId = new Map<string, { n: number; status: number }>();
   /** Per path: the answer once its plan is used up (default 200). */
   private readonly fixed = new Map<string, number | 'hang'>();
   private readonly hung = new Set<http.ServerResponse>();
@@ -62,6 +63,11 @@ export class Receiver {
     this.plans.set(path, [...answers]);
   }
 
+  /** Each webhook-id at `path` gets `status` to its first `n` attempts, then 200. */
+  failFirst(path: string, n: number, status: number): void {
+    this.perId.set(path, { n, status });
+  }
+
   /** Answers `status` from now on (a plan of one, repeated). */
   always(path: string, status: number | 'hang'): void {
     this.plans.delete(path);
@@ -81,7 +87,9 @@ export class Receiver {
       const id = String(req.headers['webhook-id'] ?? '');
       const ts = String(req.headers['webhook-timestamp'] ?? '');
       const sig = String(req.headers['webhook-signature'] ?? '');
-      const answer = this.plans.get(path)?.shift() ?? this.fixed.get(path) ?? 200;
+      const per = this.perId.get(path);
+      const earlier = this.requests.filter((r) => r.path === path && r.id === id).length;
+      const answer = per && earlier < per.n ? per.status : (this.plans.get(path)?.shift() ?? this.fixed.get(path) ?? 200);
       let json: unknown;
       try {
         json = JSON.parse(body);

@@ -246,10 +246,10 @@ test('the SSRF guard: private, loopback and link-local addresses are refused unl
   for (const ip of ['8.8.8.8', '1.1.1.1', '2606:4700::1111']) assert.equal(isPublicAddress(ip), true, ip);
   // At request time too: a name that resolves to loopback is refused before any connection.
   const before = receiver.requests.length;
-  const agents = createAgents(1, 1);
-  const viaName = await post(new URL(`http://localhost:${receiver.port}/ssrf`), {}, Buffer.from('{}'), { allowHttp: true, allowPrivate: false, connectTimeoutMs: 1000, timeoutMs: 1000, agents });
+  const agents = createAgents(1);
+  const viaName = await post(new URL(`http://localhost:${receiver.port}/ssrf`), {}, Buffer.from('{}'), { allowHttp: true, allowPrivate: false, connectTimeoutMs: 1000, timeoutMs: 1000 }, agents);
   assert.equal(viaName.refused, true, viaName.error);
-  const viaIp = await post(new URL(receiver.url('/ssrf')), {}, Buffer.from('{}'), { allowHttp: true, allowPrivate: false, connectTimeoutMs: 1000, timeoutMs: 1000, agents });
+  const viaIp = await post(new URL(receiver.url('/ssrf')), {}, Buffer.from('{}'), { allowHttp: true, allowPrivate: false, connectTimeoutMs: 1000, timeoutMs: 1000 }, agents);
   assert.equal(viaIp.refused, true, viaIp.error);
   assert.equal(receiver.requests.length, before, 'no request reached the receiver');
 });
