@@ -61,6 +61,10 @@ export const ROUTES: Record<UnaryName, Route> = {
   listRateLimits: { owner: 'policy', mutating: false, role: 'viewer' },
   putRateLimit: { owner: 'policy', mutating: true, role: 'admin' },
   deleteRateLimit: { owner: 'policy', mutating: true, role: 'admin' },
+  listRewrites: { owner: 'policy', mutating: false, role: 'viewer' },
+  putRewrite: { owner: 'policy', mutating: true, role: 'admin' },
+  deleteRewrite: { owner: 'policy', mutating: true, role: 'admin' },
+  srsStatus: { owner: 'policy', mutating: false, role: 'viewer' },
   createWebhookEndpoint: { owner: 'webhooks', mutating: true, role: 'admin' },
   listWebhookEndpoints: { owner: 'webhooks', mutating: false, role: 'viewer' },
   getWebhookEndpoint: { owner: 'webhooks', mutating: false, role: 'viewer' },
@@ -129,6 +133,10 @@ export function describeChange(method: UnaryName, req: Req): Record<string, unkn
     case 'putRateLimit':
       return { limit: r.limit };
     case 'deleteRateLimit':
+      return { kind: r.kind, match: r.match };
+    case 'putRewrite':
+      return { rewrite: r.rewrite };
+    case 'deleteRewrite':
       return { kind: r.kind, match: r.match };
     case 'activateDkimKey':
     case 'retireDkimKey':

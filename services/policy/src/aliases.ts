@@ -19,6 +19,11 @@
 // target is final (a mailbox, an unknown address of a local domain, or an
 // address elsewhere, which is relayed). The result is in order, without
 // duplicates, and at most `maxTargets` long.
+//
+// Address extensions propagate (Postfix propagate_unmatched_extensions, its
+// default for virtual): when `user+ext@domain` resolves by `user@domain`'s
+// alias or by the catch-all, the extension the lookup did not match is added
+// to each target: `user@d -> t@e` sends mail for `user+tag@d` to `t+tag@e`.
 import type { Snapshot } from './cache';
 
 export interface AliasOptions {
@@ -33,8 +38,8 @@ export interface AliasOptions {
 /** What policy data says an address (a lookup key: lower-cased, canonical domain) is. */
 export type Resolution =
   | { kind: 'mailbox'; address: string; enabled: boolean }
-  | { kind: 'alias'; address: string; targets: readonly string[] }
-  | { kind: 'catch_all'; address: string; targets: readonly string[] }
+  | { kind: 'alias'; address: string; targets: readonly string[]; ext: string }
+  | { kind: 'catch_all'; address: string; targets: readonly string[]; ext: string }
   | { kind: 'none'; address: string };
 
 export type Expansion =
@@ -49,27 +54,45 @@ export type Expansion =
 
 const domainOf = (key: string) => key.slice(key.lastIndexOf('@') + 1);
 
-/** The candidates for an address: itself, then `user@domain` for `user+ext@domain`. */
-function candidates(key: string, delimiter: string): string[] {
+/** The extension of `user+ext@domain` ("+ext"), or "". */
+export function extensionOf(key: string, delimiter: string): string {
+  const local = key.slice(0, key.lastIndexOf('@'));
+  const d = delimiter ? local.indexOf(delimiter) : -1;
+  return d > 0 ? local.slice(d) : '';
+}
+
+/** `target` with the extension `ext` added to its local part (nothing when ext is ""). */
+export function withExtension(target: string, ext: string): string {
+  if (!ext) return target;
+  const at = target.lastIndexOf('@');
+  return `${target.slice(0, at)}${ext}${target.slice(at)}`;
+}
+
+/** The candidates for an address: itself, then `user@domain` for `user+ext@domain` (with the extension it leaves unmatched). */
+function candidates(key: string, delimiter: string): Array<[string, string]> {
+  const ext = extensionOf(key, delimiter);
+  if (!ext) return [[key, '']];
   const at = key.lastIndexOf('@');
-  const local = key.slice(0, at);
-  if (!delimiter || !local.includes(delimiter) || local.startsWith(delimiter)) return [key];
-  return [key, `${local.slice(0, local.indexOf(delimiter))}${key.slice(at)}`];
+  return [
+    [key, ''],
+    [`${key.slice(0, at - ext.length)}${key.slice(at)}`, ext],
+  ];
 }
 
 /** How `key` resolves in the policy data (see the top of this file). Only local domains have aliases or catch-alls. */
 export function resolve(key: string, snap: Snapshot, delimiter: string): Resolution {
   const domain = snap.domains.get(domainOf(key));
   if (domain?.kind !== 'local') return { kind: 'none', address: key };
-  for (const k of candidates(key, delimiter)) {
+  for (const [k, ext] of candidates(key, delimiter)) {
     const alias = snap.aliases.get(k);
-    if (alias) return { kind: 'alias', address: k, targets: alias.targets };
+    if (alias) return { kind: 'alias', address: k, targets: alias.targets, ext };
     const enabled = snap.mailboxes.get(k);
     if (enabled !== undefined) return { kind: 'mailbox', address: k, enabled };
   }
+  const ext = extensionOf(key, delimiter);
   const catchAll = snap.aliases.get(`@${domain.name}`);
-  if (catchAll) return { kind: 'catch_all', address: key, targets: catchAll.targets };
-  if (domain.catchAll) return { kind: 'catch_all', address: key, targets: [domain.catchAll] };
+  if (catchAll) return { kind: 'catch_all', address: key, targets: catchAll.targets, ext };
+  if (domain.catchAll) return { kind: 'catch_all', address: key, targets: [domain.catchAll], ext };
   return { kind: 'none', address: key };
 }
 
@@ -80,11 +103,11 @@ class TooMany {}
 
 /**
  * Expands `start` (an address that resolved to an alias or a catch-all with
- * these `targets`) into the final addresses. Each alias is expanded once
- * (a second path to it adds nothing new), so the work is bounded by the
- * number of aliases, whatever their shape.
+ * these `targets`, leaving the extension `ext` unmatched) into the final
+ * addresses. Each alias is expanded once (a second path to it adds nothing
+ * new), so the work is bounded by the number of aliases, whatever their shape.
  */
-export function expand(start: string, targets: readonly string[], snap: Snapshot, opts: AliasOptions): Expansion {
+export function expand(start: string, targets: readonly string[], snap: Snapshot, opts: AliasOptions, ext = ''): Expansion {
   const out: string[] = [];
   const emitted = new Set<string>();
   const expanded = new Set<string>();
@@ -111,16 +134,16 @@ export function expand(start: string, targets: readonly string[], snap: Snapshot
     if (path.length + 1 > opts.maxDepth) throw new TooDeep([...path, key]);
     expanded.add(key);
     for (const t of r.targets) {
-      if (t === key) emit(key);
-      else visit(t, [...path, key]);
+      if (t === key) emit(withExtension(key, r.ext));
+      else visit(withExtension(t, r.ext), [...path, key]);
     }
   };
 
   try {
     expanded.add(start);
     for (const t of targets) {
-      if (t === start) emit(start);
-      else visit(t, [start]);
+      if (t === start) emit(withExtension(start, ext));
+      else visit(withExtension(t, ext), [start]);
     }
   } catch (err) {
     if (err instanceof TooDeep) return { ok: false, error: 'too_deep', chain: err.chain };

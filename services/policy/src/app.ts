@@ -15,6 +15,8 @@ import { Engine } from './engine';
 import { Greylist } from './greylist';
 import { DkimKeyStore } from './dkim-keys';
 import { RateLimitRules } from './limits';
+import { RewriteRules } from './rewrites';
+import { Srs } from './srs';
 import { MilterStore } from './milters';
 import { MessageAuth } from './messageauth';
 import { RateLimiter } from './ratelimit';
@@ -51,8 +53,13 @@ export function createApp(config: Config, deps: AppDeps): App {
       logger.debug({ domains: s.domains.size, mailboxes: s.mailboxes.size, aliases: s.aliases.size, users: s.users.size, ms }, 'policy data loaded');
       // The rate-limit rules follow the same notifications (their table NOTIFYs too).
       rateLimits.load().catch((err: Error) => logger.warn({ err: err.message }, 'rate-limit rules not reloaded; the next reload tries again'));
+      rewrites.load().catch((err: Error) => logger.warn({ err: err.message }, 'rewrite rules not reloaded; the next reload tries again'));
     },
   });
+  const rewrites = new RewriteRules(pool, config.TERN_RECIPIENT_DELIMITER);
+  const srs = config.TERN_SRS_DOMAIN
+    ? new Srs({ domain: config.TERN_SRS_DOMAIN, secrets: config.TERN_SRS_SECRETS, maxAgeDays: config.TERN_SRS_MAX_AGE_DAYS })
+    : undefined;
   const engine = new Engine(
     {
       trustedNetworks: config.TERN_TRUSTED_NETWORKS,
@@ -60,6 +67,8 @@ export function createApp(config: Config, deps: AppDeps): App {
       maxMessageSize: config.TERN_MAX_MESSAGE_SIZE,
       aliasMaxDepth: config.TERN_ALIAS_MAX_DEPTH,
       aliasMaxTargets: config.TERN_ALIAS_MAX_TARGETS,
+      rewrites,
+      srs,
     },
     () => cache.snapshot,
   );
@@ -124,7 +133,7 @@ export function createApp(config: Config, deps: AppDeps): App {
   grpcServer.add(
     'tern.v1.PolicyService',
     PolicyServiceService,
-    createPolicyService({ store, suppressions, milters: new MilterStore(pool), dkimKeys, rateLimits, cache, engine, logger, meter, hooks, messageChecker: messageAuth, authGuard: limiter, decisionCacheMs: config.TERN_POLICY_DECISION_CACHE_MS }),
+    createPolicyService({ store, suppressions, milters: new MilterStore(pool), dkimKeys, rateLimits, rewrites, srs, cache, engine, logger, meter, hooks, messageChecker: messageAuth, authGuard: limiter, decisionCacheMs: config.TERN_POLICY_DECISION_CACHE_MS }),
   );
   let metricsServer: http.Server | undefined;
 
@@ -138,6 +147,7 @@ export function createApp(config: Config, deps: AppDeps): App {
       const sealed = await dkimKeys.checkKek();
       if (sealed) logger.info({ keys: sealed }, 'stored DKIM keys open with TERN_DKIM_KEK');
       await rateLimits.load();
+      await rewrites.load();
       await cache.start();
       limiter.startCleanup();
       greylist?.startCleanup();

@@ -1,7 +1,8 @@
 // Process settings of the policy service, read once from the environment.
 // Keys are the variable names, so a bad value is reported by its name.
 import { CheckStage } from '@tern/proto';
-import { bool, commonSchema, csv, hostPort, keyEncryptionKey, nonNegativeInt, parseEnv, positiveInt, postgresUrl, z } from '@tern/config';
+import { bool, commonSchema, ConfigError, csv, hostPort, keyEncryptionKey, nonNegativeInt, parseEnv, positiveInt, postgresUrl, z } from '@tern/config';
+import { normalizeDomain } from './address';
 import { parseZones } from './dnsbl';
 import { parseNetworks } from './networks';
 import { parseRate } from './ratelimit';
@@ -64,6 +65,24 @@ const schema = z.object({
   TERN_ALIAS_MAX_DEPTH: positiveInt(10),
   /** Virtual aliases: addresses one recipient may expand to before it is refused (452 4.5.3). */
   TERN_ALIAS_MAX_TARGETS: positiveInt(1000),
+  /**
+   * Sender Rewriting Scheme: the domain of the SRS addresses written for mail
+   * forwarded to remote alias targets (its MX must be this Tern, so that
+   * bounces come back); unset = SRS off.
+   */
+  TERN_SRS_DOMAIN: z
+    .string()
+    .default('')
+    .transform((value, ctx) => {
+      if (!value) return '';
+      const d = normalizeDomain(value);
+      if (!d) ctx.addIssue({ code: 'custom', message: `"${value}" is not a domain name` });
+      return d ?? '';
+    }),
+  /** SRS secrets, comma-separated (from a Secret): the first signs, every one verifies (rotation). Required with TERN_SRS_DOMAIN. */
+  TERN_SRS_SECRETS: csv(),
+  /** Days an SRS0 address is honoured by the reverse rewrite. */
+  TERN_SRS_MAX_AGE_DAYS: positiveInt(21),
   /** Largest message accepted, when a domain sets no smaller limit. */
   TERN_MAX_MESSAGE_SIZE: positiveInt(50 * 1024 * 1024),
   /** DNS servers for SPF/DKIM/DMARC/DNSBL lookups ("ip" or "ip:port"); empty = system resolver. */
@@ -172,5 +191,16 @@ const schema = z.object({
 export type Config = z.infer<typeof schema>;
 
 export function loadConfig(env: Record<string, string | undefined> = process.env): Config {
-  return parseEnv(schema, env);
+  const config = parseEnv(schema, env);
+  if (config.TERN_SRS_DOMAIN && config.TERN_SRS_SECRETS.length === 0) {
+    throw new ConfigError('invalid configuration:\n  TERN_SRS_SECRETS: required with TERN_SRS_DOMAIN (one secret or more, comma-separated; the first signs)', [
+      { variable: 'TERN_SRS_SECRETS', message: 'required with TERN_SRS_DOMAIN (one secret or more, comma-separated; the first signs)' },
+    ]);
+  }
+  if (config.TERN_SRS_SECRETS.some((s) => s.length < 16)) {
+    throw new ConfigError('invalid configuration:\n  TERN_SRS_SECRETS: each secret needs at least 16 characters', [
+      { variable: 'TERN_SRS_SECRETS', message: 'each secret needs at least 16 characters' },
+    ]);
+  }
+  return config;
 }

@@ -3,13 +3,15 @@
 // open to anyone, everything else only to trusted networks and to
 // authenticated users who may relay; routing tricks in the local part are
 // relay attempts unless the client may relay.
-import { CheckStage, Listener, type CheckRequest, type SessionInfo } from '@tern/proto';
+import { CheckStage, Listener, PolicyAction, type CheckRequest, type SessionInfo } from '@tern/proto';
 import { addressKey, detectRoutingTrick, formatAddress, parseAddress, type Address } from './address';
 import { expand, resolve } from './aliases';
 import type { Snapshot } from './cache';
 import { inNetworks, type Network } from './networks';
 import { accept, refuse, type Decision } from './replies';
-import type { UserRow } from './validate';
+import type { RewriteRules } from './rewrites';
+import { isSrsLocal, type Srs } from './srs';
+import { domainOf, type UserRow } from './validate';
 
 export interface EngineOptions {
   trustedNetworks: readonly Network[];
@@ -19,6 +21,10 @@ export interface EngineOptions {
   aliasMaxDepth?: number;
   /** Addresses one recipient may expand to (TERN_ALIAS_MAX_TARGETS). */
   aliasMaxTargets?: number;
+  /** Canonical maps, masquerading, bcc maps (policy data: rewrites.ts); none when absent. */
+  rewrites?: RewriteRules;
+  /** Sender Rewriting Scheme for mail forwarded to remote alias targets (TERN_SRS_*); off when absent. */
+  srs?: Srs;
 }
 
 /** What the engine knows about the client, derived once per request. */
@@ -97,10 +103,33 @@ export class Engine {
       return refuse('bad_sender_syntax', 501, '5.1.7', 'Bad sender address syntax');
     }
     if (client.user) {
-      if (sender === '' || this.ownsSender(client.user, sender)) return accept('sender_owned');
+      if (sender === '' || this.ownsSender(client.user, sender)) return this.senderRewrites(accept('sender_owned'), sender);
       return refuse('sender_not_owned', 553, '5.7.1', `${formatAddress(sender)}: Sender address rejected: not owned by user ${client.user.username}`);
     }
-    return accept(client.trusted ? 'trusted_network' : 'ok');
+    return this.senderRewrites(accept(client.trusted ? 'trusted_network' : 'ok'), sender);
+  }
+
+  /** The envelope sender as stored: through the sender canonical maps and masquerading (rewrites.ts); "" stays "". */
+  storedSender(sender: string): string {
+    const addr = sender === '' ? null : parseAddress(sender);
+    if (!addr || addr.quoted || detectRoutingTrick(sender)) return sender;
+    const key = addressKey(addr);
+    const out = this.opts.rewrites?.rewrite(key, 'sender') ?? key;
+    return out === key ? sender : out;
+  }
+
+  /** A MAIL accept with what the rewrite rules do to this sender: its stored form, its archive copy, header rewriting. */
+  private senderRewrites(d: Decision, sender: string): Decision {
+    const rules = this.opts.rewrites;
+    if (!rules?.count) return d;
+    const stored = this.storedSender(sender);
+    const bcc = stored ? rules.bcc(stored.toLowerCase(), 'sender') : undefined;
+    return {
+      ...d,
+      senderRewrite: stored !== sender ? stored : undefined,
+      bcc: bcc ? [bcc] : undefined,
+      rewriteHeaders: rules.headerRules,
+    };
   }
 
   ownsSender(user: UserRow, sender: string): boolean {
@@ -125,6 +154,9 @@ export class Engine {
     if (!addr) return refuse('bad_recipient_syntax', 501, '5.1.3', 'Bad recipient address syntax');
 
     const snap = this.snapshot();
+    // A bounce (or reply) to an address we wrote with SRS: back to the original sender.
+    const srs = this.opts.srs;
+    if (srs && addr.domain === srs.domain && !addr.quoted && isSrsLocal(addr.local)) return this.srsReverse(addr.local, shown, srs);
     const domain = snap.domains.get(addr.domain);
     if (domain) {
       const limit = domain.maxMessageSize || this.opts.maxMessageSize;
@@ -132,11 +164,68 @@ export class Engine {
         return refuse('message_too_large', 552, '5.3.4', `${shown}: Message size exceeds fixed limit for ${domain.name}`);
       }
     }
-    if (domain?.kind === 'local') return this.localRecipient(addr, shown, snap);
-    if (domain?.kind === 'relay') return accept('relay_domain');
-    if (client.trusted) return accept('trusted_network');
-    if (client.user?.mayRelay) return accept('authenticated_relay');
-    return relayDenied('relay_denied');
+    // Recipient canonical maps: relay control and the size above go by the
+    // address given; what is stored is the rewritten one, expanded as an
+    // alias target would be (virtual aliasing comes after canonical, as in Postfix).
+    const key = addressKey(addr);
+    const canonical = addr.quoted ? key : (this.opts.rewrites?.rewrite(key, 'recipient') ?? key);
+    let d: Decision;
+    if (domain?.kind === 'local') d = canonical !== key ? this.rewritten(key, canonical, shown, snap) : this.localRecipient(addr, shown, snap);
+    else if (domain?.kind === 'relay' || client.trusted || client.user?.mayRelay) {
+      const reason = domain?.kind === 'relay' ? 'relay_domain' : client.trusted ? 'trusted_network' : 'authenticated_relay';
+      d = canonical !== key ? this.rewritten(key, canonical, shown, snap) : accept(reason);
+    } else return relayDenied('relay_denied');
+    if (d.action !== PolicyAction.POLICY_ACTION_ACCEPT) return d;
+    const bcc = this.opts.rewrites?.bcc(canonical, 'recipient');
+    if (bcc) d = { ...d, bcc: [bcc] };
+    return this.forward(d, req.sender, snap);
+  }
+
+  /** A recipient a canonical map rewrote: stored as the rewritten address, expanded like an alias target. */
+  private rewritten(key: string, canonical: string, shown: string, snap: Snapshot): Decision {
+    const x = expand(key, [canonical], snap, {
+      maxDepth: this.opts.aliasMaxDepth ?? 10,
+      maxTargets: this.opts.aliasMaxTargets ?? 1000,
+      recipientDelimiter: this.opts.recipientDelimiter,
+    });
+    if (!x.ok) return this.expansionRefused(x, shown);
+    const local = x.targets.every((t) => snap.domains.get(domainOf(t))?.kind === 'local');
+    return { ...accept('recipient_canonical', local), aliasTargets: x.targets };
+  }
+
+  /**
+   * SRS for a recipient accepted with alias targets: the targets outside
+   * our domains are forwarded with the SRS form of the (stored) sender, so
+   * that SPF at their destination checks our domain. The null sender and
+   * senders of our own domains are left as they are.
+   */
+  private forward(d: Decision, sender: string, snap: Snapshot): Decision {
+    const srs = this.opts.srs;
+    if (!srs || !d.aliasTargets?.length || sender === '') return d;
+    const stored = this.storedSender(sender);
+    const from = parseAddress(stored);
+    if (!from || from.quoted || snap.domains.has(from.domain) || from.domain === srs.domain) return d;
+    const remote = d.aliasTargets.filter((t) => {
+      const dom = domainOf(t);
+      return !snap.domains.has(dom) && dom !== srs.domain;
+    });
+    if (!remote.length) return d;
+    const srsSender = srs.forward(from.local, from.domain);
+    return srsSender ? { ...d, srsTargets: remote, srsSender } : d;
+  }
+
+  /**
+   * RCPT to an SRS address of ours: accepted for the address it stands for
+   * when its hash verifies and (SRS0) it is within the maximum age. A
+   * forged, damaged or expired one is no address of ours: 550 5.1.1, what
+   * Postfix answers behind postsrsd (the reverse lookup finds nothing and
+   * the address is then an unknown user of the SRS domain).
+   */
+  private srsReverse(local: string, shown: string, srs: Srs): Decision {
+    const r = srs.reverse(local);
+    if (r.ok) return { ...accept('srs_reverse'), aliasTargets: [r.address] };
+    const why = { syntax: 'not a valid SRS address', hash: 'SRS address with an invalid hash', expired: 'SRS address expired' }[r.why];
+    return refuse(`srs_${r.why}`, 550, '5.1.1', `${shown}: Recipient address rejected: ${why}`);
   }
 
   /**
@@ -188,17 +277,19 @@ export class Engine {
     }
     const maxDepth = this.opts.aliasMaxDepth ?? 10;
     const maxTargets = this.opts.aliasMaxTargets ?? 1000;
-    const x = expand(r.address, r.targets, snap, { maxDepth, maxTargets, recipientDelimiter: this.opts.recipientDelimiter });
-    if (!x.ok) {
-      switch (x.error) {
-        case 'loop':
-          return refuse('alias_loop', 550, '5.4.6', `${shown}: Recipient address rejected: alias loop with no final address (${x.chain.join(' -> ')})`);
-        case 'too_deep':
-          return refuse('alias_too_deep', 451, '4.3.5', `${shown}: Recipient address rejected: aliases nested more than ${maxDepth} deep (${x.chain.join(' -> ')})`);
-        case 'too_many':
-          return refuse('alias_too_many', 452, '4.5.3', `${shown}: Recipient address rejected: alias expands to more than ${x.limit} addresses`);
-      }
-    }
+    const x = expand(r.address, r.targets, snap, { maxDepth, maxTargets, recipientDelimiter: this.opts.recipientDelimiter }, r.ext);
+    if (!x.ok) return this.expansionRefused(x, shown);
     return { ...accept(r.kind === 'alias' ? 'local_alias' : 'catch_all', true), aliasTargets: x.targets };
+  }
+
+  private expansionRefused(x: Exclude<ReturnType<typeof expand>, { ok: true }>, shown: string): Decision {
+    switch (x.error) {
+      case 'loop':
+        return refuse('alias_loop', 550, '5.4.6', `${shown}: Recipient address rejected: alias loop with no final address (${x.chain.join(' -> ')})`);
+      case 'too_deep':
+        return refuse('alias_too_deep', 451, '4.3.5', `${shown}: Recipient address rejected: aliases nested more than ${this.opts.aliasMaxDepth ?? 10} deep (${x.chain.join(' -> ')})`);
+      case 'too_many':
+        return refuse('alias_too_many', 452, '4.5.3', `${shown}: Recipient address rejected: alias expands to more than ${x.limit} addresses`);
+    }
   }
 }

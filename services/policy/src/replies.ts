@@ -8,8 +8,17 @@ export interface Decision {
   /** Machine reason for logs and metrics. */
   reason: string;
   localRecipient?: boolean;
-  /** RCPT accept of an alias: the addresses to store instead of the recipient (CheckResponse.alias_targets). */
+  /** RCPT accept of an alias (or a recipient canonical rewrite): the addresses to store instead of the recipient (CheckResponse.alias_targets). */
   aliasTargets?: string[];
+  /** MAIL accept: the envelope sender to store instead (sender canonical maps, masquerading). */
+  senderRewrite?: string;
+  /** MAIL (sender_bcc) and RCPT (recipient_bcc) accept: archive addresses to add as recipients. */
+  bcc?: string[];
+  /** MAIL accept: some rule rewrites header addresses (ingress asks RewriteAddresses at end of data). */
+  rewriteHeaders?: boolean;
+  /** RCPT accept: those of aliasTargets forwarded with the SRS sender srsSender. */
+  srsTargets?: string[];
+  srsSender?: string;
 }
 
 export const reply = (code: number, enhanced: string, text: string): SmtpReply => ({ code, enhanced, text });

@@ -25,6 +25,8 @@ import { hashPassword, verifyPassword } from './passwords';
 import { actionName, reply, type Decision } from './replies';
 import { dkimKeyHandlers, type DkimKeyStore } from './dkim-keys';
 import { rateLimitHandlers, type RateLimitRules } from './limits';
+import { rewriteHandlers, type RewriteRules } from './rewrites';
+import type { Srs } from './srs';
 import { milterName, toMilter, validateMilter, type MilterStore } from './milters';
 import type { PolicyStore } from './store';
 import type { SuppressionStore } from './suppression';
@@ -66,6 +68,9 @@ export interface ServiceDeps {
   milters: MilterStore;
   dkimKeys: DkimKeyStore;
   rateLimits: RateLimitRules;
+  rewrites: RewriteRules;
+  /** Sender Rewriting Scheme; off when absent. */
+  srs?: Srs;
   cache: PolicyCache;
   engine: Engine;
   logger: Logger;
@@ -169,6 +174,8 @@ export function createPolicyService(deps: ServiceDeps): PolicyServiceServer {
       (deps.decisionCacheMs ?? 0) > 0 &&
       decision.action === PolicyAction.POLICY_ACTION_ACCEPT &&
       (deps.hooks ?? []).every((h) => h.pure?.(req, client) ?? false);
+    // The rewrites are the built-in rules' too, like the expansion below.
+    const taken = decision.action === PolicyAction.POLICY_ACTION_ACCEPT || decision.action === PolicyAction.POLICY_ACTION_HOLD;
     return {
       action: decision.action,
       reply: decision.reply,
@@ -176,8 +183,12 @@ export function createPolicyService(deps: ServiceDeps): PolicyServiceServer {
       localRecipient: decision.localRecipient ?? false,
       cacheMs: cacheable ? deps.decisionCacheMs! : 0,
       // The expansion is the built-in rules' (a hook that accepts or holds does not undo it).
-      aliasTargets:
-        decision.action === PolicyAction.POLICY_ACTION_ACCEPT || decision.action === PolicyAction.POLICY_ACTION_HOLD ? (builtIn.aliasTargets ?? []) : [],
+      aliasTargets: taken ? (builtIn.aliasTargets ?? []) : [],
+      senderRewrite: taken ? (builtIn.senderRewrite ?? '') : '',
+      bcc: taken ? (builtIn.bcc ?? []) : [],
+      rewriteHeaders: taken ? (builtIn.rewriteHeaders ?? false) : false,
+      srsTargets: taken ? (builtIn.srsTargets ?? []) : [],
+      srsSender: taken ? (builtIn.srsSender ?? '') : '',
       ...(req.stage === CheckStage.CHECK_STAGE_RCPT && decision.action === PolicyAction.POLICY_ACTION_ACCEPT
         ? endOfData(req, client)
         : { messageCheckSizeOnly: false, maxMessageSize: 0 }),
@@ -374,6 +385,19 @@ export function createPolicyService(deps: ServiceDeps): PolicyServiceServer {
 
     ...dkimKeyHandlers(deps.dkimKeys, unary, logger),
     ...rateLimitHandlers(deps.rateLimits, unary, logger),
+    ...rewriteHandlers(deps.rewrites, unary, logger),
+    srsStatus: unary('SrsStatus', async () => {
+      const srs = deps.srs;
+      if (!srs) return { enabled: false, domain: '', secrets: 0, maxAgeDays: 0, hashLength: 0, example: '' };
+      return {
+        enabled: true,
+        domain: srs.domain,
+        secrets: srs.opts.secrets.length,
+        maxAgeDays: srs.opts.maxAgeDays,
+        hashLength: srs.opts.hashLength ?? 4,
+        example: srs.forward('user', 'example.com') ?? '',
+      };
+    }),
   };
 }
 

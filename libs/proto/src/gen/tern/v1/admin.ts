@@ -32,6 +32,8 @@ import {
   DeleteMilterResponse,
   DeleteRateLimitRequest,
   DeleteRateLimitResponse,
+  DeleteRewriteRequest,
+  DeleteRewriteResponse,
   DeleteSuppressionRequest,
   DeleteSuppressionResponse,
   DeleteUserRequest,
@@ -52,6 +54,8 @@ import {
   ListMiltersResponse,
   ListRateLimitsRequest,
   ListRateLimitsResponse,
+  ListRewritesRequest,
+  ListRewritesResponse,
   ListSuppressionsRequest,
   ListSuppressionsResponse,
   ListUsersRequest,
@@ -66,12 +70,16 @@ import {
   PutMilterResponse,
   PutRateLimitRequest,
   PutRateLimitResponse,
+  PutRewriteRequest,
+  PutRewriteResponse,
   PutUserRequest,
   PutUserResponse,
   RetireDkimKeyRequest,
   RetireDkimKeyResponse,
   RotateDkimKeyRequest,
   RotateDkimKeyResponse,
+  SrsStatusRequest,
+  SrsStatusResponse,
   SuppressRequest,
   SuppressResponse,
 } from "./policy";
@@ -533,6 +541,44 @@ export const AdminServiceService = {
       bufferView(DeleteRateLimitResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): DeleteRateLimitResponse => DeleteRateLimitResponse.decode(value),
   },
+  listRewrites: {
+    path: "/tern.v1.AdminService/ListRewrites" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ListRewritesRequest): Buffer => bufferView(ListRewritesRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ListRewritesRequest => ListRewritesRequest.decode(value),
+    responseSerialize: (value: ListRewritesResponse): Buffer =>
+      bufferView(ListRewritesResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ListRewritesResponse => ListRewritesResponse.decode(value),
+  },
+  putRewrite: {
+    path: "/tern.v1.AdminService/PutRewrite" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: PutRewriteRequest): Buffer => bufferView(PutRewriteRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): PutRewriteRequest => PutRewriteRequest.decode(value),
+    responseSerialize: (value: PutRewriteResponse): Buffer => bufferView(PutRewriteResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): PutRewriteResponse => PutRewriteResponse.decode(value),
+  },
+  deleteRewrite: {
+    path: "/tern.v1.AdminService/DeleteRewrite" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: DeleteRewriteRequest): Buffer => bufferView(DeleteRewriteRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): DeleteRewriteRequest => DeleteRewriteRequest.decode(value),
+    responseSerialize: (value: DeleteRewriteResponse): Buffer =>
+      bufferView(DeleteRewriteResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): DeleteRewriteResponse => DeleteRewriteResponse.decode(value),
+  },
+  srsStatus: {
+    path: "/tern.v1.AdminService/SrsStatus" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: SrsStatusRequest): Buffer => bufferView(SrsStatusRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): SrsStatusRequest => SrsStatusRequest.decode(value),
+    responseSerialize: (value: SrsStatusResponse): Buffer => bufferView(SrsStatusResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): SrsStatusResponse => SrsStatusResponse.decode(value),
+  },
   /** Webhook endpoints and their deliveries (the webhooks service). */
   createWebhookEndpoint: {
     path: "/tern.v1.AdminService/CreateWebhookEndpoint" as const,
@@ -655,6 +701,10 @@ export interface AdminServiceServer extends UntypedServiceImplementation {
   listRateLimits: handleUnaryCall<ListRateLimitsRequest, ListRateLimitsResponse>;
   putRateLimit: handleUnaryCall<PutRateLimitRequest, PutRateLimitResponse>;
   deleteRateLimit: handleUnaryCall<DeleteRateLimitRequest, DeleteRateLimitResponse>;
+  listRewrites: handleUnaryCall<ListRewritesRequest, ListRewritesResponse>;
+  putRewrite: handleUnaryCall<PutRewriteRequest, PutRewriteResponse>;
+  deleteRewrite: handleUnaryCall<DeleteRewriteRequest, DeleteRewriteResponse>;
+  srsStatus: handleUnaryCall<SrsStatusRequest, SrsStatusResponse>;
   /** Webhook endpoints and their deliveries (the webhooks service). */
   createWebhookEndpoint: handleUnaryCall<CreateWebhookEndpointRequest, CreateWebhookEndpointResponse>;
   listWebhookEndpoints: handleUnaryCall<ListWebhookEndpointsRequest, ListWebhookEndpointsResponse>;
@@ -1271,6 +1321,66 @@ export interface AdminServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: DeleteRateLimitResponse) => void,
+  ): ClientUnaryCall;
+  listRewrites(
+    request: ListRewritesRequest,
+    callback: (error: ServiceError | null, response: ListRewritesResponse) => void,
+  ): ClientUnaryCall;
+  listRewrites(
+    request: ListRewritesRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ListRewritesResponse) => void,
+  ): ClientUnaryCall;
+  listRewrites(
+    request: ListRewritesRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ListRewritesResponse) => void,
+  ): ClientUnaryCall;
+  putRewrite(
+    request: PutRewriteRequest,
+    callback: (error: ServiceError | null, response: PutRewriteResponse) => void,
+  ): ClientUnaryCall;
+  putRewrite(
+    request: PutRewriteRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: PutRewriteResponse) => void,
+  ): ClientUnaryCall;
+  putRewrite(
+    request: PutRewriteRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: PutRewriteResponse) => void,
+  ): ClientUnaryCall;
+  deleteRewrite(
+    request: DeleteRewriteRequest,
+    callback: (error: ServiceError | null, response: DeleteRewriteResponse) => void,
+  ): ClientUnaryCall;
+  deleteRewrite(
+    request: DeleteRewriteRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: DeleteRewriteResponse) => void,
+  ): ClientUnaryCall;
+  deleteRewrite(
+    request: DeleteRewriteRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: DeleteRewriteResponse) => void,
+  ): ClientUnaryCall;
+  srsStatus(
+    request: SrsStatusRequest,
+    callback: (error: ServiceError | null, response: SrsStatusResponse) => void,
+  ): ClientUnaryCall;
+  srsStatus(
+    request: SrsStatusRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: SrsStatusResponse) => void,
+  ): ClientUnaryCall;
+  srsStatus(
+    request: SrsStatusRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: SrsStatusResponse) => void,
   ): ClientUnaryCall;
   /** Webhook endpoints and their deliveries (the webhooks service). */
   createWebhookEndpoint(

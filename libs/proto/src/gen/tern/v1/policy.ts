@@ -361,6 +361,108 @@ export function rateLimitKindToJSON(object: RateLimitKind): string {
   }
 }
 
+export enum RewriteKind {
+  REWRITE_KIND_UNSPECIFIED = 0,
+  /** REWRITE_KIND_SENDER_CANONICAL - Postfix sender_canonical_maps: envelope sender (and header senders with headers). */
+  REWRITE_KIND_SENDER_CANONICAL = 1,
+  /** REWRITE_KIND_RECIPIENT_CANONICAL - Postfix recipient_canonical_maps: envelope recipients (and header recipients with headers). */
+  REWRITE_KIND_RECIPIENT_CANONICAL = 2,
+  /** REWRITE_KIND_CANONICAL - Postfix canonical_maps: both, after the specific map. */
+  REWRITE_KIND_CANONICAL = 3,
+  /** REWRITE_KIND_MASQUERADE - Postfix masquerade_domains: senders at subdomains of `match` are shortened to it. */
+  REWRITE_KIND_MASQUERADE = 4,
+  /** REWRITE_KIND_SENDER_BCC - Postfix sender_bcc_maps: mail from `match` is copied to `target`. */
+  REWRITE_KIND_SENDER_BCC = 5,
+  /** REWRITE_KIND_RECIPIENT_BCC - Postfix recipient_bcc_maps: mail to `match` is copied to `target`. */
+  REWRITE_KIND_RECIPIENT_BCC = 6,
+}
+
+export function rewriteKindFromJSON(object: any): RewriteKind {
+  switch (object) {
+    case 0:
+    case "REWRITE_KIND_UNSPECIFIED":
+      return RewriteKind.REWRITE_KIND_UNSPECIFIED;
+    case 1:
+    case "REWRITE_KIND_SENDER_CANONICAL":
+      return RewriteKind.REWRITE_KIND_SENDER_CANONICAL;
+    case 2:
+    case "REWRITE_KIND_RECIPIENT_CANONICAL":
+      return RewriteKind.REWRITE_KIND_RECIPIENT_CANONICAL;
+    case 3:
+    case "REWRITE_KIND_CANONICAL":
+      return RewriteKind.REWRITE_KIND_CANONICAL;
+    case 4:
+    case "REWRITE_KIND_MASQUERADE":
+      return RewriteKind.REWRITE_KIND_MASQUERADE;
+    case 5:
+    case "REWRITE_KIND_SENDER_BCC":
+      return RewriteKind.REWRITE_KIND_SENDER_BCC;
+    case 6:
+    case "REWRITE_KIND_RECIPIENT_BCC":
+      return RewriteKind.REWRITE_KIND_RECIPIENT_BCC;
+    default:
+      throw new globalThis.Error("Unrecognized enum value " + object + " for enum RewriteKind");
+  }
+}
+
+export function rewriteKindToJSON(object: RewriteKind): string {
+  switch (object) {
+    case RewriteKind.REWRITE_KIND_UNSPECIFIED:
+      return "REWRITE_KIND_UNSPECIFIED";
+    case RewriteKind.REWRITE_KIND_SENDER_CANONICAL:
+      return "REWRITE_KIND_SENDER_CANONICAL";
+    case RewriteKind.REWRITE_KIND_RECIPIENT_CANONICAL:
+      return "REWRITE_KIND_RECIPIENT_CANONICAL";
+    case RewriteKind.REWRITE_KIND_CANONICAL:
+      return "REWRITE_KIND_CANONICAL";
+    case RewriteKind.REWRITE_KIND_MASQUERADE:
+      return "REWRITE_KIND_MASQUERADE";
+    case RewriteKind.REWRITE_KIND_SENDER_BCC:
+      return "REWRITE_KIND_SENDER_BCC";
+    case RewriteKind.REWRITE_KIND_RECIPIENT_BCC:
+      return "REWRITE_KIND_RECIPIENT_BCC";
+    default:
+      throw new globalThis.Error("Unrecognized enum value " + object + " for enum RewriteKind");
+  }
+}
+
+export enum AddressRole {
+  ADDRESS_ROLE_UNSPECIFIED = 0,
+  /** ADDRESS_ROLE_SENDER - From, Sender, Reply-To. */
+  ADDRESS_ROLE_SENDER = 1,
+  /** ADDRESS_ROLE_RECIPIENT - To, Cc. */
+  ADDRESS_ROLE_RECIPIENT = 2,
+}
+
+export function addressRoleFromJSON(object: any): AddressRole {
+  switch (object) {
+    case 0:
+    case "ADDRESS_ROLE_UNSPECIFIED":
+      return AddressRole.ADDRESS_ROLE_UNSPECIFIED;
+    case 1:
+    case "ADDRESS_ROLE_SENDER":
+      return AddressRole.ADDRESS_ROLE_SENDER;
+    case 2:
+    case "ADDRESS_ROLE_RECIPIENT":
+      return AddressRole.ADDRESS_ROLE_RECIPIENT;
+    default:
+      throw new globalThis.Error("Unrecognized enum value " + object + " for enum AddressRole");
+  }
+}
+
+export function addressRoleToJSON(object: AddressRole): string {
+  switch (object) {
+    case AddressRole.ADDRESS_ROLE_UNSPECIFIED:
+      return "ADDRESS_ROLE_UNSPECIFIED";
+    case AddressRole.ADDRESS_ROLE_SENDER:
+      return "ADDRESS_ROLE_SENDER";
+    case AddressRole.ADDRESS_ROLE_RECIPIENT:
+      return "ADDRESS_ROLE_RECIPIENT";
+    default:
+      throw new globalThis.Error("Unrecognized enum value " + object + " for enum AddressRole");
+  }
+}
+
 /** What ingress knows of the session when it asks. */
 export interface SessionInfo {
   sessionId: string;
@@ -437,8 +539,34 @@ export interface CheckResponse {
    * stored for instead of it: the alias expanded recursively, in order,
    * without duplicates (lower-cased domain). Empty: store the recipient as
    * given (a mailbox, a relay or remote address, or no alias applies).
+   * Also set for a recipient a recipient canonical map rewrote (the
+   * rewritten address, expanded as an alias target would be) and for an SRS
+   * address of ours (the address it stands for).
    */
   aliasTargets: string[];
+  /**
+   * MAIL stage, accept: the envelope sender to store instead of the one
+   * given (sender canonical maps, masquerading); empty = as given.
+   */
+  senderRewrite: string;
+  /**
+   * MAIL (sender_bcc) and RCPT (recipient_bcc) stages, accept: archive
+   * addresses to store as added recipients (NOTIFY=NEVER, in no header).
+   */
+  bcc: string[];
+  /**
+   * MAIL stage, accept: some rewrite rule asks for header rewriting; at end
+   * of data the caller sends the header addresses (From, Sender, Reply-To,
+   * To, Cc) to RewriteAddresses and stores the header section rewritten.
+   */
+  rewriteHeaders: boolean;
+  /**
+   * RCPT stage, accept: those of alias_targets (remote targets of an alias,
+   * the sender not of our domains) that are forwarded with the envelope
+   * sender srs_sender (Sender Rewriting Scheme) instead of the message's.
+   */
+  srsTargets: string[];
+  srsSender: string;
 }
 
 export interface CheckMessageHeader {
@@ -911,6 +1039,76 @@ export interface DeleteRateLimitRequest {
 
 export interface DeleteRateLimitResponse {
   deleted: boolean;
+}
+
+export interface Rewrite {
+  kind: RewriteKind;
+  /** An address or @domain (masquerade: a domain). */
+  match: string;
+  /**
+   * Canonical: an address, or for an @domain match an @domain that keeps
+   * the local part; bcc: the archive address; masquerade: empty.
+   */
+  target: string;
+  /** Canonical and masquerade: header addresses too, not only the envelope. */
+  headers: boolean;
+  updatedAt: Date | undefined;
+  updatedBy: string;
+}
+
+export interface ListRewritesRequest {
+}
+
+export interface ListRewritesResponse {
+  rewrites: Rewrite[];
+}
+
+export interface PutRewriteRequest {
+  rewrite: Rewrite | undefined;
+  operator: string;
+}
+
+export interface PutRewriteResponse {
+  rewrite: Rewrite | undefined;
+}
+
+export interface DeleteRewriteRequest {
+  kind: RewriteKind;
+  match: string;
+  operator: string;
+}
+
+export interface DeleteRewriteResponse {
+  deleted: boolean;
+}
+
+export interface AddressToRewrite {
+  address: string;
+  role: AddressRole;
+}
+
+export interface RewriteAddressesRequest {
+  /** At most 1000. */
+  addresses: AddressToRewrite[];
+}
+
+export interface RewriteAddressesResponse {
+  /** In the order asked; an address no rule changes comes back as given. */
+  addresses: string[];
+}
+
+export interface SrsStatusRequest {
+}
+
+export interface SrsStatusResponse {
+  enabled: boolean;
+  domain: string;
+  /** How many secrets verify (the first signs). */
+  secrets: number;
+  maxAgeDays: number;
+  hashLength: number;
+  /** An SRS0 address written now, for a sample sender (empty when off). */
+  example: string;
 }
 
 function createBaseSessionInfo(): SessionInfo {
@@ -1416,6 +1614,11 @@ function createBaseCheckResponse(): CheckResponse {
     messageCheckSizeOnly: false,
     maxMessageSize: 0,
     aliasTargets: [],
+    senderRewrite: "",
+    bcc: [],
+    rewriteHeaders: false,
+    srsTargets: [],
+    srsSender: "",
   };
 }
 
@@ -1444,6 +1647,21 @@ export const CheckResponse: MessageFns<CheckResponse> = {
     }
     for (const v of message.aliasTargets) {
       writer.uint32(66).string(v!);
+    }
+    if (message.senderRewrite !== "") {
+      writer.uint32(74).string(message.senderRewrite);
+    }
+    for (const v of message.bcc) {
+      writer.uint32(82).string(v!);
+    }
+    if (message.rewriteHeaders !== false) {
+      writer.uint32(88).bool(message.rewriteHeaders);
+    }
+    for (const v of message.srsTargets) {
+      writer.uint32(98).string(v!);
+    }
+    if (message.srsSender !== "") {
+      writer.uint32(106).string(message.srsSender);
     }
     return writer;
   },
@@ -1525,6 +1743,46 @@ export const CheckResponse: MessageFns<CheckResponse> = {
             message.aliasTargets.push(reader.string());
             continue;
           }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.senderRewrite = reader.string();
+            continue;
+          }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            message.bcc.push(reader.string());
+            continue;
+          }
+          case 11: {
+            if (tag !== 88) {
+              break;
+            }
+
+            message.rewriteHeaders = reader.bool();
+            continue;
+          }
+          case 12: {
+            if (tag !== 98) {
+              break;
+            }
+
+            message.srsTargets.push(reader.string());
+            continue;
+          }
+          case 13: {
+            if (tag !== 106) {
+              break;
+            }
+
+            message.srsSender = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1567,6 +1825,29 @@ export const CheckResponse: MessageFns<CheckResponse> = {
         : globalThis.Array.isArray(object?.alias_targets)
         ? object.alias_targets.map((e: any) => globalThis.String(e))
         : [],
+      senderRewrite: isSet(object.senderRewrite)
+        ? globalThis.String(object.senderRewrite)
+        : isSet(object.sender_rewrite)
+        ? globalThis.String(object.sender_rewrite)
+        : "",
+      bcc: globalThis.Array.isArray(object?.bcc)
+        ? object.bcc.map((e: any) => globalThis.String(e))
+        : [],
+      rewriteHeaders: isSet(object.rewriteHeaders)
+        ? globalThis.Boolean(object.rewriteHeaders)
+        : isSet(object.rewrite_headers)
+        ? globalThis.Boolean(object.rewrite_headers)
+        : false,
+      srsTargets: globalThis.Array.isArray(object?.srsTargets)
+        ? object.srsTargets.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.srs_targets)
+        ? object.srs_targets.map((e: any) => globalThis.String(e))
+        : [],
+      srsSender: isSet(object.srsSender)
+        ? globalThis.String(object.srsSender)
+        : isSet(object.srs_sender)
+        ? globalThis.String(object.srs_sender)
+        : "",
     };
   },
 
@@ -1596,6 +1877,21 @@ export const CheckResponse: MessageFns<CheckResponse> = {
     if (message.aliasTargets?.length) {
       obj.aliasTargets = message.aliasTargets;
     }
+    if (message.senderRewrite !== "") {
+      obj.senderRewrite = message.senderRewrite;
+    }
+    if (message.bcc?.length) {
+      obj.bcc = message.bcc;
+    }
+    if (message.rewriteHeaders !== false) {
+      obj.rewriteHeaders = message.rewriteHeaders;
+    }
+    if (message.srsTargets?.length) {
+      obj.srsTargets = message.srsTargets;
+    }
+    if (message.srsSender !== "") {
+      obj.srsSender = message.srsSender;
+    }
     return obj;
   },
 
@@ -1614,6 +1910,11 @@ export const CheckResponse: MessageFns<CheckResponse> = {
     message.messageCheckSizeOnly = object.messageCheckSizeOnly ?? false;
     message.maxMessageSize = object.maxMessageSize ?? 0;
     message.aliasTargets = object.aliasTargets?.map((e) => e) || [];
+    message.senderRewrite = object.senderRewrite ?? "";
+    message.bcc = object.bcc?.map((e) => e) || [];
+    message.rewriteHeaders = object.rewriteHeaders ?? false;
+    message.srsTargets = object.srsTargets?.map((e) => e) || [];
+    message.srsSender = object.srsSender ?? "";
     return message;
   },
 };
@@ -8166,6 +8467,1044 @@ export const DeleteRateLimitResponse: MessageFns<DeleteRateLimitResponse> = {
   },
 };
 
+function createBaseRewrite(): Rewrite {
+  return { kind: 0, match: "", target: "", headers: false, updatedAt: undefined, updatedBy: "" };
+}
+
+export const Rewrite: MessageFns<Rewrite> = {
+  encode(message: Rewrite, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.kind !== 0) {
+      writer.uint32(8).int32(message.kind);
+    }
+    if (message.match !== "") {
+      writer.uint32(18).string(message.match);
+    }
+    if (message.target !== "") {
+      writer.uint32(26).string(message.target);
+    }
+    if (message.headers !== false) {
+      writer.uint32(32).bool(message.headers);
+    }
+    if (message.updatedAt !== undefined) {
+      Timestamp.encode(toTimestamp(message.updatedAt), writer.uint32(42).fork()).join();
+    }
+    if (message.updatedBy !== "") {
+      writer.uint32(50).string(message.updatedBy);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): Rewrite {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRewrite();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.kind = reader.int32() as any;
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.match = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.target = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.headers = reader.bool();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.updatedAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.updatedBy = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): Rewrite {
+    return {
+      kind: isSet(object.kind) ? rewriteKindFromJSON(object.kind) : 0,
+      match: isSet(object.match) ? globalThis.String(object.match) : "",
+      target: isSet(object.target) ? globalThis.String(object.target) : "",
+      headers: isSet(object.headers) ? globalThis.Boolean(object.headers) : false,
+      updatedAt: isSet(object.updatedAt)
+        ? fromJsonTimestamp(object.updatedAt)
+        : isSet(object.updated_at)
+        ? fromJsonTimestamp(object.updated_at)
+        : undefined,
+      updatedBy: isSet(object.updatedBy)
+        ? globalThis.String(object.updatedBy)
+        : isSet(object.updated_by)
+        ? globalThis.String(object.updated_by)
+        : "",
+    };
+  },
+
+  toJSON(message: Rewrite): unknown {
+    const obj: any = {};
+    if (message.kind !== 0) {
+      obj.kind = rewriteKindToJSON(message.kind);
+    }
+    if (message.match !== "") {
+      obj.match = message.match;
+    }
+    if (message.target !== "") {
+      obj.target = message.target;
+    }
+    if (message.headers !== false) {
+      obj.headers = message.headers;
+    }
+    if (message.updatedAt !== undefined) {
+      obj.updatedAt = message.updatedAt.toISOString();
+    }
+    if (message.updatedBy !== "") {
+      obj.updatedBy = message.updatedBy;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<Rewrite>, I>>(base?: I): Rewrite {
+    return Rewrite.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<Rewrite>, I>>(object: I): Rewrite {
+    const message = createBaseRewrite();
+    message.kind = object.kind ?? 0;
+    message.match = object.match ?? "";
+    message.target = object.target ?? "";
+    message.headers = object.headers ?? false;
+    message.updatedAt = object.updatedAt ?? undefined;
+    message.updatedBy = object.updatedBy ?? "";
+    return message;
+  },
+};
+
+function createBaseListRewritesRequest(): ListRewritesRequest {
+  return {};
+}
+
+export const ListRewritesRequest: MessageFns<ListRewritesRequest> = {
+  encode(_: ListRewritesRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListRewritesRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListRewritesRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): ListRewritesRequest {
+    return {};
+  },
+
+  toJSON(_: ListRewritesRequest): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ListRewritesRequest>, I>>(base?: I): ListRewritesRequest {
+    return ListRewritesRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ListRewritesRequest>, I>>(_: I): ListRewritesRequest {
+    const message = createBaseListRewritesRequest();
+    return message;
+  },
+};
+
+function createBaseListRewritesResponse(): ListRewritesResponse {
+  return { rewrites: [] };
+}
+
+export const ListRewritesResponse: MessageFns<ListRewritesResponse> = {
+  encode(message: ListRewritesResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.rewrites) {
+      Rewrite.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListRewritesResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListRewritesResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.rewrites.push(Rewrite.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListRewritesResponse {
+    return {
+      rewrites: globalThis.Array.isArray(object?.rewrites) ? object.rewrites.map((e: any) => Rewrite.fromJSON(e)) : [],
+    };
+  },
+
+  toJSON(message: ListRewritesResponse): unknown {
+    const obj: any = {};
+    if (message.rewrites?.length) {
+      obj.rewrites = message.rewrites.map((e) => Rewrite.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ListRewritesResponse>, I>>(base?: I): ListRewritesResponse {
+    return ListRewritesResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ListRewritesResponse>, I>>(object: I): ListRewritesResponse {
+    const message = createBaseListRewritesResponse();
+    message.rewrites = object.rewrites?.map((e) => Rewrite.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBasePutRewriteRequest(): PutRewriteRequest {
+  return { rewrite: undefined, operator: "" };
+}
+
+export const PutRewriteRequest: MessageFns<PutRewriteRequest> = {
+  encode(message: PutRewriteRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.rewrite !== undefined) {
+      Rewrite.encode(message.rewrite, writer.uint32(10).fork()).join();
+    }
+    if (message.operator !== "") {
+      writer.uint32(18).string(message.operator);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PutRewriteRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePutRewriteRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.rewrite = Rewrite.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.operator = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PutRewriteRequest {
+    return {
+      rewrite: isSet(object.rewrite) ? Rewrite.fromJSON(object.rewrite) : undefined,
+      operator: isSet(object.operator) ? globalThis.String(object.operator) : "",
+    };
+  },
+
+  toJSON(message: PutRewriteRequest): unknown {
+    const obj: any = {};
+    if (message.rewrite !== undefined) {
+      obj.rewrite = Rewrite.toJSON(message.rewrite);
+    }
+    if (message.operator !== "") {
+      obj.operator = message.operator;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PutRewriteRequest>, I>>(base?: I): PutRewriteRequest {
+    return PutRewriteRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PutRewriteRequest>, I>>(object: I): PutRewriteRequest {
+    const message = createBasePutRewriteRequest();
+    message.rewrite = (object.rewrite !== undefined && object.rewrite !== null)
+      ? Rewrite.fromPartial(object.rewrite)
+      : undefined;
+    message.operator = object.operator ?? "";
+    return message;
+  },
+};
+
+function createBasePutRewriteResponse(): PutRewriteResponse {
+  return { rewrite: undefined };
+}
+
+export const PutRewriteResponse: MessageFns<PutRewriteResponse> = {
+  encode(message: PutRewriteResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.rewrite !== undefined) {
+      Rewrite.encode(message.rewrite, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PutRewriteResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePutRewriteResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.rewrite = Rewrite.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PutRewriteResponse {
+    return { rewrite: isSet(object.rewrite) ? Rewrite.fromJSON(object.rewrite) : undefined };
+  },
+
+  toJSON(message: PutRewriteResponse): unknown {
+    const obj: any = {};
+    if (message.rewrite !== undefined) {
+      obj.rewrite = Rewrite.toJSON(message.rewrite);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PutRewriteResponse>, I>>(base?: I): PutRewriteResponse {
+    return PutRewriteResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PutRewriteResponse>, I>>(object: I): PutRewriteResponse {
+    const message = createBasePutRewriteResponse();
+    message.rewrite = (object.rewrite !== undefined && object.rewrite !== null)
+      ? Rewrite.fromPartial(object.rewrite)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseDeleteRewriteRequest(): DeleteRewriteRequest {
+  return { kind: 0, match: "", operator: "" };
+}
+
+export const DeleteRewriteRequest: MessageFns<DeleteRewriteRequest> = {
+  encode(message: DeleteRewriteRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.kind !== 0) {
+      writer.uint32(8).int32(message.kind);
+    }
+    if (message.match !== "") {
+      writer.uint32(18).string(message.match);
+    }
+    if (message.operator !== "") {
+      writer.uint32(26).string(message.operator);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DeleteRewriteRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDeleteRewriteRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.kind = reader.int32() as any;
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.match = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.operator = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DeleteRewriteRequest {
+    return {
+      kind: isSet(object.kind) ? rewriteKindFromJSON(object.kind) : 0,
+      match: isSet(object.match) ? globalThis.String(object.match) : "",
+      operator: isSet(object.operator) ? globalThis.String(object.operator) : "",
+    };
+  },
+
+  toJSON(message: DeleteRewriteRequest): unknown {
+    const obj: any = {};
+    if (message.kind !== 0) {
+      obj.kind = rewriteKindToJSON(message.kind);
+    }
+    if (message.match !== "") {
+      obj.match = message.match;
+    }
+    if (message.operator !== "") {
+      obj.operator = message.operator;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DeleteRewriteRequest>, I>>(base?: I): DeleteRewriteRequest {
+    return DeleteRewriteRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DeleteRewriteRequest>, I>>(object: I): DeleteRewriteRequest {
+    const message = createBaseDeleteRewriteRequest();
+    message.kind = object.kind ?? 0;
+    message.match = object.match ?? "";
+    message.operator = object.operator ?? "";
+    return message;
+  },
+};
+
+function createBaseDeleteRewriteResponse(): DeleteRewriteResponse {
+  return { deleted: false };
+}
+
+export const DeleteRewriteResponse: MessageFns<DeleteRewriteResponse> = {
+  encode(message: DeleteRewriteResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.deleted !== false) {
+      writer.uint32(8).bool(message.deleted);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DeleteRewriteResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDeleteRewriteResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.deleted = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DeleteRewriteResponse {
+    return { deleted: isSet(object.deleted) ? globalThis.Boolean(object.deleted) : false };
+  },
+
+  toJSON(message: DeleteRewriteResponse): unknown {
+    const obj: any = {};
+    if (message.deleted !== false) {
+      obj.deleted = message.deleted;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DeleteRewriteResponse>, I>>(base?: I): DeleteRewriteResponse {
+    return DeleteRewriteResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DeleteRewriteResponse>, I>>(object: I): DeleteRewriteResponse {
+    const message = createBaseDeleteRewriteResponse();
+    message.deleted = object.deleted ?? false;
+    return message;
+  },
+};
+
+function createBaseAddressToRewrite(): AddressToRewrite {
+  return { address: "", role: 0 };
+}
+
+export const AddressToRewrite: MessageFns<AddressToRewrite> = {
+  encode(message: AddressToRewrite, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.address !== "") {
+      writer.uint32(10).string(message.address);
+    }
+    if (message.role !== 0) {
+      writer.uint32(16).int32(message.role);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AddressToRewrite {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAddressToRewrite();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.address = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.role = reader.int32() as any;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): AddressToRewrite {
+    return {
+      address: isSet(object.address) ? globalThis.String(object.address) : "",
+      role: isSet(object.role) ? addressRoleFromJSON(object.role) : 0,
+    };
+  },
+
+  toJSON(message: AddressToRewrite): unknown {
+    const obj: any = {};
+    if (message.address !== "") {
+      obj.address = message.address;
+    }
+    if (message.role !== 0) {
+      obj.role = addressRoleToJSON(message.role);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<AddressToRewrite>, I>>(base?: I): AddressToRewrite {
+    return AddressToRewrite.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<AddressToRewrite>, I>>(object: I): AddressToRewrite {
+    const message = createBaseAddressToRewrite();
+    message.address = object.address ?? "";
+    message.role = object.role ?? 0;
+    return message;
+  },
+};
+
+function createBaseRewriteAddressesRequest(): RewriteAddressesRequest {
+  return { addresses: [] };
+}
+
+export const RewriteAddressesRequest: MessageFns<RewriteAddressesRequest> = {
+  encode(message: RewriteAddressesRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.addresses) {
+      AddressToRewrite.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RewriteAddressesRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRewriteAddressesRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.addresses.push(AddressToRewrite.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RewriteAddressesRequest {
+    return {
+      addresses: globalThis.Array.isArray(object?.addresses)
+        ? object.addresses.map((e: any) => AddressToRewrite.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: RewriteAddressesRequest): unknown {
+    const obj: any = {};
+    if (message.addresses?.length) {
+      obj.addresses = message.addresses.map((e) => AddressToRewrite.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<RewriteAddressesRequest>, I>>(base?: I): RewriteAddressesRequest {
+    return RewriteAddressesRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<RewriteAddressesRequest>, I>>(object: I): RewriteAddressesRequest {
+    const message = createBaseRewriteAddressesRequest();
+    message.addresses = object.addresses?.map((e) => AddressToRewrite.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseRewriteAddressesResponse(): RewriteAddressesResponse {
+  return { addresses: [] };
+}
+
+export const RewriteAddressesResponse: MessageFns<RewriteAddressesResponse> = {
+  encode(message: RewriteAddressesResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.addresses) {
+      writer.uint32(10).string(v!);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RewriteAddressesResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRewriteAddressesResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.addresses.push(reader.string());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RewriteAddressesResponse {
+    return {
+      addresses: globalThis.Array.isArray(object?.addresses)
+        ? object.addresses.map((e: any) => globalThis.String(e))
+        : [],
+    };
+  },
+
+  toJSON(message: RewriteAddressesResponse): unknown {
+    const obj: any = {};
+    if (message.addresses?.length) {
+      obj.addresses = message.addresses;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<RewriteAddressesResponse>, I>>(base?: I): RewriteAddressesResponse {
+    return RewriteAddressesResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<RewriteAddressesResponse>, I>>(object: I): RewriteAddressesResponse {
+    const message = createBaseRewriteAddressesResponse();
+    message.addresses = object.addresses?.map((e) => e) || [];
+    return message;
+  },
+};
+
+function createBaseSrsStatusRequest(): SrsStatusRequest {
+  return {};
+}
+
+export const SrsStatusRequest: MessageFns<SrsStatusRequest> = {
+  encode(_: SrsStatusRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SrsStatusRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSrsStatusRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): SrsStatusRequest {
+    return {};
+  },
+
+  toJSON(_: SrsStatusRequest): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SrsStatusRequest>, I>>(base?: I): SrsStatusRequest {
+    return SrsStatusRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SrsStatusRequest>, I>>(_: I): SrsStatusRequest {
+    const message = createBaseSrsStatusRequest();
+    return message;
+  },
+};
+
+function createBaseSrsStatusResponse(): SrsStatusResponse {
+  return { enabled: false, domain: "", secrets: 0, maxAgeDays: 0, hashLength: 0, example: "" };
+}
+
+export const SrsStatusResponse: MessageFns<SrsStatusResponse> = {
+  encode(message: SrsStatusResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.enabled !== false) {
+      writer.uint32(8).bool(message.enabled);
+    }
+    if (message.domain !== "") {
+      writer.uint32(18).string(message.domain);
+    }
+    if (message.secrets !== 0) {
+      writer.uint32(24).uint32(message.secrets);
+    }
+    if (message.maxAgeDays !== 0) {
+      writer.uint32(32).uint32(message.maxAgeDays);
+    }
+    if (message.hashLength !== 0) {
+      writer.uint32(40).uint32(message.hashLength);
+    }
+    if (message.example !== "") {
+      writer.uint32(50).string(message.example);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SrsStatusResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSrsStatusResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.enabled = reader.bool();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.domain = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.secrets = reader.uint32();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.maxAgeDays = reader.uint32();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.hashLength = reader.uint32();
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.example = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SrsStatusResponse {
+    return {
+      enabled: isSet(object.enabled) ? globalThis.Boolean(object.enabled) : false,
+      domain: isSet(object.domain) ? globalThis.String(object.domain) : "",
+      secrets: isSet(object.secrets) ? globalThis.Number(object.secrets) : 0,
+      maxAgeDays: isSet(object.maxAgeDays)
+        ? globalThis.Number(object.maxAgeDays)
+        : isSet(object.max_age_days)
+        ? globalThis.Number(object.max_age_days)
+        : 0,
+      hashLength: isSet(object.hashLength)
+        ? globalThis.Number(object.hashLength)
+        : isSet(object.hash_length)
+        ? globalThis.Number(object.hash_length)
+        : 0,
+      example: isSet(object.example) ? globalThis.String(object.example) : "",
+    };
+  },
+
+  toJSON(message: SrsStatusResponse): unknown {
+    const obj: any = {};
+    if (message.enabled !== false) {
+      obj.enabled = message.enabled;
+    }
+    if (message.domain !== "") {
+      obj.domain = message.domain;
+    }
+    if (message.secrets !== 0) {
+      obj.secrets = Math.round(message.secrets);
+    }
+    if (message.maxAgeDays !== 0) {
+      obj.maxAgeDays = Math.round(message.maxAgeDays);
+    }
+    if (message.hashLength !== 0) {
+      obj.hashLength = Math.round(message.hashLength);
+    }
+    if (message.example !== "") {
+      obj.example = message.example;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SrsStatusResponse>, I>>(base?: I): SrsStatusResponse {
+    return SrsStatusResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SrsStatusResponse>, I>>(object: I): SrsStatusResponse {
+    const message = createBaseSrsStatusResponse();
+    message.enabled = object.enabled ?? false;
+    message.domain = object.domain ?? "";
+    message.secrets = object.secrets ?? 0;
+    message.maxAgeDays = object.maxAgeDays ?? 0;
+    message.hashLength = object.hashLength ?? 0;
+    message.example = object.example ?? "";
+    return message;
+  },
+};
+
 /**
  * Policy decides who may send what. Ingress asks at every stage of the SMTP
  * dialogue; each decision carries the reply to give. Policy also owns the
@@ -8524,6 +9863,64 @@ export const PolicyServiceService = {
       bufferView(DeleteRateLimitResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): DeleteRateLimitResponse => DeleteRateLimitResponse.decode(value),
   },
+  /**
+   * Address rewriting rules (canonical maps, masquerading, bcc maps); every
+   * policy pod applies a change within moments.
+   */
+  listRewrites: {
+    path: "/tern.v1.PolicyService/ListRewrites" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ListRewritesRequest): Buffer => bufferView(ListRewritesRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ListRewritesRequest => ListRewritesRequest.decode(value),
+    responseSerialize: (value: ListRewritesResponse): Buffer =>
+      bufferView(ListRewritesResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ListRewritesResponse => ListRewritesResponse.decode(value),
+  },
+  putRewrite: {
+    path: "/tern.v1.PolicyService/PutRewrite" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: PutRewriteRequest): Buffer => bufferView(PutRewriteRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): PutRewriteRequest => PutRewriteRequest.decode(value),
+    responseSerialize: (value: PutRewriteResponse): Buffer => bufferView(PutRewriteResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): PutRewriteResponse => PutRewriteResponse.decode(value),
+  },
+  deleteRewrite: {
+    path: "/tern.v1.PolicyService/DeleteRewrite" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: DeleteRewriteRequest): Buffer => bufferView(DeleteRewriteRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): DeleteRewriteRequest => DeleteRewriteRequest.decode(value),
+    responseSerialize: (value: DeleteRewriteResponse): Buffer =>
+      bufferView(DeleteRewriteResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): DeleteRewriteResponse => DeleteRewriteResponse.decode(value),
+  },
+  /**
+   * Header addresses through the rules that ask for headers (ingress, at
+   * end of data, when CheckResponse.rewrite_headers said so).
+   */
+  rewriteAddresses: {
+    path: "/tern.v1.PolicyService/RewriteAddresses" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: RewriteAddressesRequest): Buffer =>
+      bufferView(RewriteAddressesRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): RewriteAddressesRequest => RewriteAddressesRequest.decode(value),
+    responseSerialize: (value: RewriteAddressesResponse): Buffer =>
+      bufferView(RewriteAddressesResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): RewriteAddressesResponse => RewriteAddressesResponse.decode(value),
+  },
+  /** The Sender Rewriting Scheme settings of the answering pod (no secret). */
+  srsStatus: {
+    path: "/tern.v1.PolicyService/SrsStatus" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: SrsStatusRequest): Buffer => bufferView(SrsStatusRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): SrsStatusRequest => SrsStatusRequest.decode(value),
+    responseSerialize: (value: SrsStatusResponse): Buffer => bufferView(SrsStatusResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): SrsStatusResponse => SrsStatusResponse.decode(value),
+  },
 } as const;
 
 export interface PolicyServiceServer extends UntypedServiceImplementation {
@@ -8594,6 +9991,20 @@ export interface PolicyServiceServer extends UntypedServiceImplementation {
   listRateLimits: handleUnaryCall<ListRateLimitsRequest, ListRateLimitsResponse>;
   putRateLimit: handleUnaryCall<PutRateLimitRequest, PutRateLimitResponse>;
   deleteRateLimit: handleUnaryCall<DeleteRateLimitRequest, DeleteRateLimitResponse>;
+  /**
+   * Address rewriting rules (canonical maps, masquerading, bcc maps); every
+   * policy pod applies a change within moments.
+   */
+  listRewrites: handleUnaryCall<ListRewritesRequest, ListRewritesResponse>;
+  putRewrite: handleUnaryCall<PutRewriteRequest, PutRewriteResponse>;
+  deleteRewrite: handleUnaryCall<DeleteRewriteRequest, DeleteRewriteResponse>;
+  /**
+   * Header addresses through the rules that ask for headers (ingress, at
+   * end of data, when CheckResponse.rewrite_headers said so).
+   */
+  rewriteAddresses: handleUnaryCall<RewriteAddressesRequest, RewriteAddressesResponse>;
+  /** The Sender Rewriting Scheme settings of the answering pod (no secret). */
+  srsStatus: handleUnaryCall<SrsStatusRequest, SrsStatusResponse>;
 }
 
 export interface PolicyServiceClient extends Client {
@@ -9112,6 +10523,90 @@ export interface PolicyServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: DeleteRateLimitResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Address rewriting rules (canonical maps, masquerading, bcc maps); every
+   * policy pod applies a change within moments.
+   */
+  listRewrites(
+    request: ListRewritesRequest,
+    callback: (error: ServiceError | null, response: ListRewritesResponse) => void,
+  ): ClientUnaryCall;
+  listRewrites(
+    request: ListRewritesRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ListRewritesResponse) => void,
+  ): ClientUnaryCall;
+  listRewrites(
+    request: ListRewritesRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ListRewritesResponse) => void,
+  ): ClientUnaryCall;
+  putRewrite(
+    request: PutRewriteRequest,
+    callback: (error: ServiceError | null, response: PutRewriteResponse) => void,
+  ): ClientUnaryCall;
+  putRewrite(
+    request: PutRewriteRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: PutRewriteResponse) => void,
+  ): ClientUnaryCall;
+  putRewrite(
+    request: PutRewriteRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: PutRewriteResponse) => void,
+  ): ClientUnaryCall;
+  deleteRewrite(
+    request: DeleteRewriteRequest,
+    callback: (error: ServiceError | null, response: DeleteRewriteResponse) => void,
+  ): ClientUnaryCall;
+  deleteRewrite(
+    request: DeleteRewriteRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: DeleteRewriteResponse) => void,
+  ): ClientUnaryCall;
+  deleteRewrite(
+    request: DeleteRewriteRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: DeleteRewriteResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Header addresses through the rules that ask for headers (ingress, at
+   * end of data, when CheckResponse.rewrite_headers said so).
+   */
+  rewriteAddresses(
+    request: RewriteAddressesRequest,
+    callback: (error: ServiceError | null, response: RewriteAddressesResponse) => void,
+  ): ClientUnaryCall;
+  rewriteAddresses(
+    request: RewriteAddressesRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: RewriteAddressesResponse) => void,
+  ): ClientUnaryCall;
+  rewriteAddresses(
+    request: RewriteAddressesRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: RewriteAddressesResponse) => void,
+  ): ClientUnaryCall;
+  /** The Sender Rewriting Scheme settings of the answering pod (no secret). */
+  srsStatus(
+    request: SrsStatusRequest,
+    callback: (error: ServiceError | null, response: SrsStatusResponse) => void,
+  ): ClientUnaryCall;
+  srsStatus(
+    request: SrsStatusRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: SrsStatusResponse) => void,
+  ): ClientUnaryCall;
+  srsStatus(
+    request: SrsStatusRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: SrsStatusResponse) => void,
   ): ClientUnaryCall;
 }
 
