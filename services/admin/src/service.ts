@@ -61,6 +61,12 @@ export const ROUTES: Record<UnaryName, Route> = {
   listRateLimits: { owner: 'policy', mutating: false, role: 'viewer' },
   putRateLimit: { owner: 'policy', mutating: true, role: 'admin' },
   deleteRateLimit: { owner: 'policy', mutating: true, role: 'admin' },
+  listRelayRecipients: { owner: 'policy', mutating: false, role: 'viewer' },
+  putRelayRecipients: { owner: 'policy', mutating: true, role: 'admin' },
+  deleteRelayRecipients: { owner: 'policy', mutating: true, role: 'admin' },
+  listVerifiedRecipients: { owner: 'policy', mutating: false, role: 'viewer' },
+  // Forgetting a verification only makes the next RCPT ask again: an operator's act, like a suppression.
+  flushVerifiedRecipients: { owner: 'policy', mutating: true, role: 'operator' },
   listRewrites: { owner: 'policy', mutating: false, role: 'viewer' },
   putRewrite: { owner: 'policy', mutating: true, role: 'admin' },
   deleteRewrite: { owner: 'policy', mutating: true, role: 'admin' },
@@ -134,6 +140,16 @@ export function describeChange(method: UnaryName, req: Req): Record<string, unkn
       return { limit: r.limit };
     case 'deleteRateLimit':
       return { kind: r.kind, match: r.match };
+    case 'putRelayRecipients': {
+      const addresses = (req.addresses as string[] | undefined) ?? [];
+      return { entries: addresses.length, addresses: addresses.slice(0, 20), dryRun: r.dryRun };
+    }
+    case 'deleteRelayRecipients': {
+      const addresses = (req.addresses as string[] | undefined) ?? [];
+      return { domain: r.domain || undefined, entries: addresses.length || undefined, addresses: addresses.length ? addresses.slice(0, 20) : undefined, dryRun: r.dryRun };
+    }
+    case 'flushVerifiedRecipients':
+      return { address: r.address };
     case 'putRewrite':
       return { rewrite: r.rewrite };
     case 'deleteRewrite':
@@ -274,7 +290,7 @@ export function createAdminService(deps: AdminServiceDeps): AdminServiceServer {
 function summarize(res: unknown): Record<string, unknown> | undefined {
   if (typeof res !== 'object' || res === null) return undefined;
   const out: Record<string, unknown> = {};
-  for (const key of ['messages', 'recipients', 'dryRun', 'deleted']) {
+  for (const key of ['messages', 'recipients', 'dryRun', 'deleted', 'added', 'unchanged']) {
     if (key in res) out[key] = (res as Record<string, unknown>)[key];
   }
   return Object.keys(out).length > 0 ? out : undefined;

@@ -8,7 +8,7 @@ import type http from 'node:http';
 import os from 'node:os';
 import { Bus, type BusMessage, type Consumption } from '@tern/bus';
 import { createClient, GrpcServer } from '@tern/grpc';
-import { DeliveryJob, AttemptOutcome, PolicyServiceClient, QueueServiceClient } from '@tern/proto';
+import { DeliveryJob, DeliveryServiceService, AttemptOutcome, PolicyServiceClient, QueueServiceClient } from '@tern/proto';
 import { context, withSpan, type Telemetry } from '@tern/telemetry';
 import type { Config } from './config';
 import { DaneResolver } from './dane';
@@ -19,6 +19,7 @@ import { NextHopResolver } from './nexthop';
 import { ConnectionPool } from './pool';
 import { deliver, BodyUnavailableError, type WorkerDeps } from './worker';
 import { ResultPublisher } from './results';
+import { RouteCache, Verifier } from './verify';
 
 export interface AppDeps {
   telemetry: Pick<Telemetry, 'logger' | 'tracer' | 'meter' | 'serveMetrics'>;
@@ -79,9 +80,19 @@ export function createApp(config: Config, deps: AppDeps): App {
     .createObservableCounter('tern_delivery_session_waits_total', { description: 'Jobs that waited for a session because their peer had TERN_SMTP_MAX_SESSIONS_PER_PEER open' })
     .addCallback((o) => o.observe(pool.waited));
 
+  // Recipient verification for policy (relay domains with callout checks), on the gRPC port.
+  const routes = new RouteCache(queue, config.TERN_VERIFY_ROUTES_REFRESH_MS, logger);
+  const verifier = new Verifier(
+    worker,
+    routes,
+    { sender: config.TERN_VERIFY_SENDER, timeoutMs: config.TERN_VERIFY_TIMEOUT_MS, maxInflight: config.TERN_VERIFY_MAX_INFLIGHT, maxSessionsPerPeer: config.TERN_SMTP_MAX_SESSIONS_PER_PEER },
+    meter,
+  );
+
   let bus: Bus | undefined;
   // Readiness (/readyz and gRPC health alike): consuming, NATS connection not closed, not stopping.
   const grpcServer = new GrpcServer({ logger, tracer, ready: () => bus !== undefined && !bus.nc.isClosed() && (dkimRefresh?.loaded ?? true) });
+  grpcServer.add('tern.v1.DeliveryService', DeliveryServiceService, verifier.service());
   let metricsServer: http.Server | undefined;
   let results: ResultPublisher | undefined;
   let consumption: Consumption | undefined;
@@ -153,6 +164,7 @@ export function createApp(config: Config, deps: AppDeps): App {
       await dkimRefresh?.start();
       results = new ResultPublisher(bus, { maxResults: config.TERN_RESULT_BATCH_MAX, delayMs: config.TERN_RESULT_BATCH_DELAY_MS });
       consumption = bus.consume('delivery', handle, { concurrency: config.TERN_CONCURRENCY, retryDelayMs: 10_000 });
+      routes.start();
       grpcServer.serve();
     },
     async stop() {
@@ -160,6 +172,7 @@ export function createApp(config: Config, deps: AppDeps): App {
       // Stop taking jobs and finish the ones in hand (the runtime's grace timer bounds it);
       // jobs fetched but not started are redelivered after the ack wait.
       dkimRefresh?.stop();
+      routes.stop();
       await consumption?.stop();
       await results?.drain();
       await pool.close();

@@ -102,6 +102,19 @@ const schema = z.object({
   TERN_RESULT_BATCH_DELAY_MS: nonNegativeInt(10),
   /** Results per message at most. */
   TERN_RESULT_BATCH_MAX: positiveInt(64),
+  /**
+   * Recipient verification (VerifyRecipient, asked by policy for relay
+   * domains with callout checks): the MAIL FROM of the probe ("" = the null
+   * sender, <>), each connect and reply's timeout, verifications at once on
+   * this pod, and how often the queue's route table is read for them.
+   */
+  TERN_VERIFY_SENDER: z
+    .string()
+    .default('')
+    .refine((s) => s === '' || /^[^\s<>@]+@[^\s<>@]+$/.test(s), 'an address (local@domain), or empty for the null sender'),
+  TERN_VERIFY_TIMEOUT_MS: positiveInt(8_000),
+  TERN_VERIFY_MAX_INFLIGHT: positiveInt(20),
+  TERN_VERIFY_ROUTES_REFRESH_MS: positiveInt(5_000),
 });
 
 export type Config = z.infer<typeof schema>;

@@ -499,6 +499,27 @@ export class SmtpClient {
     return { mail, rcpts, data };
   }
 
+  /**
+   * Recipient verification (a callout): MAIL FROM and RCPT TO, then RSET;
+   * nothing is sent. The replies to MAIL and, when MAIL was taken, to RCPT;
+   * a broken session throws SessionError.
+   */
+  async probe(sender: string, recipient: string): Promise<{ mail: SmtpReply; rcpt?: SmtpReply }> {
+    this.lastUsed = Date.now();
+    if (this.resetDue) {
+      this.resetDue = false;
+      if (!(await this.reset())) throw new StaleSessionError(new Error('RSET refused or unanswered'));
+    }
+    // RFC 6531: a UTF-8 address needs SMTPUTF8 on MAIL (where offered; elsewhere the RCPT says what the server thinks).
+    const utf8 = /[\u0080-\u{10ffff}]/u.test(recipient) && this.extensions.has('SMTPUTF8');
+    const mail = await this.command(`MAIL FROM:<${sender}>${utf8 ? ' SMTPUTF8' : ''}`, 'mail');
+    if (!isOk(mail)) return { mail };
+    const rcpt = await this.command(`RCPT TO:<${recipient}>`, 'rcpt');
+    // Ends the transaction at once: the server must not keep a half-made one open.
+    await this.reset();
+    return { mail, rcpt };
+  }
+
   /** Dot-stuffed, with stray bare CR or LF repaired to CRLF (never pass on a smuggling vector). */
   private async writeBody(body: AsyncIterable<Buffer>): Promise<void> {
     const stuffer = new WireBody(true);

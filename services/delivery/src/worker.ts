@@ -174,7 +174,7 @@ async function prepareDowngrade(
 }
 
 /** Where one job goes: hosts in order, how to speak to them, what TLS they must give. */
-interface Plan {
+export interface Plan {
   hops: NextHop[];
   /** LMTP over a unix socket (hops then has one entry, with no addresses). */
   socketPath?: string;
@@ -431,8 +431,8 @@ export async function deliver(deps: WorkerDeps, job: DeliveryJob): Promise<Deliv
   return all(reply.code >= 500 ? syntheticReply(451, '4.4.1', reply.text) : reply, true);
 }
 
-/** Next hops and TLS requirements of a job, or the reply that ends it at once. */
-async function plan(deps: WorkerDeps, job: DeliveryJob, header: () => Promise<string>): Promise<Plan | { reply: SmtpReply; temporary: boolean }> {
+/** Next hops and TLS requirements of a job, or the reply that ends it at once (also a recipient verification's, verify.ts). */
+export async function plan(deps: WorkerDeps, job: DeliveryJob, header: () => Promise<string>): Promise<Plan | { reply: SmtpReply; temporary: boolean }> {
   const route: Route | undefined = job.route;
   const requiretls = !!job.envelope?.requiretls;
   // An unknown policy value (a newer admin API) is treated as the default, opportunistic TLS.

@@ -3,8 +3,8 @@
 // turns SERVING once the data is loaded.
 import type http from 'node:http';
 import { createPool } from '@tern/db';
-import { GrpcServer } from '@tern/grpc';
-import { PolicyServiceService } from '@tern/proto';
+import { createClient, GrpcServer } from '@tern/grpc';
+import { DeliveryServiceClient, PolicyServiceService } from '@tern/proto';
 import type { Telemetry } from '@tern/telemetry';
 import { PolicyCache } from './cache';
 import type { Config } from './config';
@@ -22,6 +22,8 @@ import { MessageAuth } from './messageauth';
 import { RateLimiter } from './ratelimit';
 import { createPolicyService, type CheckHook } from './service';
 import { SuppressionStore, suppressionHook } from './suppression';
+import { RelayRecipientStore } from './relay-recipients';
+import { recipientCheckHook, VerifyCache } from './verify';
 import { PolicyStore } from './store';
 
 export interface AppDeps {
@@ -125,6 +127,29 @@ export function createApp(config: Config, deps: AppDeps): App {
   if (greylist) hooks.push(greylist.hook);
   const suppressions = new SuppressionStore(pool, config.TERN_SUPPRESSION_KEEP_S);
   if (config.TERN_SUPPRESSION_ENFORCE.size) hooks.push(suppressionHook(suppressions, config.TERN_SUPPRESSION_ENFORCE));
+  // Relay domains' recipients (list or callout) last: a client refused by a cheaper check causes no callout.
+  const relayRecipients = new RelayRecipientStore(pool);
+  const verifyCache = new VerifyCache(pool);
+  const delivery = config.TERN_DELIVERY_ADDR ? createClient(DeliveryServiceClient, config.TERN_DELIVERY_ADDR, { deadlineMs: 0 }) : undefined;
+  hooks.push(
+    recipientCheckHook({
+      snapshot: () => cache.snapshot,
+      relayRecipients,
+      cache: verifyCache,
+      delivery,
+      counter: limiter,
+      options: {
+        positiveTtlS: config.TERN_VERIFY_POSITIVE_TTL_S,
+        negativeTtlS: config.TERN_VERIFY_NEGATIVE_TTL_S,
+        timeoutMs: config.TERN_VERIFY_TIMEOUT_MS,
+        maxInflight: config.TERN_VERIFY_MAX_INFLIGHT,
+        maxInflightPerDomain: config.TERN_VERIFY_MAX_INFLIGHT_PER_DOMAIN,
+        ratePerDomain: config.TERN_VERIFY_RATE_PER_DOMAIN,
+      },
+      logger,
+      meter,
+    }),
+  );
 
   const dkimKeys = new DkimKeyStore(pool, config.TERN_DKIM_KEK);
 
@@ -133,7 +158,7 @@ export function createApp(config: Config, deps: AppDeps): App {
   grpcServer.add(
     'tern.v1.PolicyService',
     PolicyServiceService,
-    createPolicyService({ store, suppressions, milters: new MilterStore(pool), dkimKeys, rateLimits, rewrites, srs, cache, engine, logger, meter, hooks, messageChecker: messageAuth, authGuard: limiter, decisionCacheMs: config.TERN_POLICY_DECISION_CACHE_MS }),
+    createPolicyService({ store, suppressions, relayRecipients, verifyCache, milters: new MilterStore(pool), dkimKeys, rateLimits, rewrites, srs, cache, engine, logger, meter, hooks, messageChecker: messageAuth, authGuard: limiter, decisionCacheMs: config.TERN_POLICY_DECISION_CACHE_MS }),
   );
   let metricsServer: http.Server | undefined;
 
@@ -152,6 +177,7 @@ export function createApp(config: Config, deps: AppDeps): App {
       limiter.startCleanup();
       greylist?.startCleanup();
       suppressions.startSweep(config.TERN_SUPPRESSION_SWEEP_MS, (err) => logger.warn({ err: err.message }, 'removing expired suppressions failed; the next sweep tries again'));
+      verifyCache.startSweep(60_000, (err) => logger.warn({ err: err.message }, 'removing expired verification results failed; the next sweep tries again'));
       if (!deps.noMetricsServer) {
         metricsServer = await deps.telemetry.serveMetrics(config.TERN_METRICS_LISTEN.host, config.TERN_METRICS_LISTEN.port, () => grpcServer.ready());
       }
@@ -165,6 +191,8 @@ export function createApp(config: Config, deps: AppDeps): App {
       limiter.stop();
       greylist?.stop();
       suppressions.stop();
+      verifyCache.stop();
+      delivery?.close();
       delegation?.close();
       await new Promise<void>((resolve) => (metricsServer ? metricsServer.close(() => resolve()) : resolve()));
       await pool.end();

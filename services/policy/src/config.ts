@@ -1,7 +1,7 @@
 // Process settings of the policy service, read once from the environment.
 // Keys are the variable names, so a bad value is reported by its name.
 import { CheckStage } from '@tern/proto';
-import { bool, commonSchema, ConfigError, csv, hostPort, keyEncryptionKey, nonNegativeInt, parseEnv, positiveInt, postgresUrl, z } from '@tern/config';
+import { bool, commonSchema, ConfigError, csv, grpcTarget, hostPort, keyEncryptionKey, nonNegativeInt, parseEnv, positiveInt, postgresUrl, z } from '@tern/config';
 import { normalizeDomain } from './address';
 import { parseZones } from './dnsbl';
 import { parseNetworks } from './networks';
@@ -105,6 +105,34 @@ const schema = z.object({
    * keys cannot be added; with keys stored, a missing or other key stops the start.
    */
   TERN_DKIM_KEK: keyEncryptionKey().optional(),
+
+  /**
+   * Delivery's gRPC address: relay domains whose recipient check is
+   * `callout` ask it to verify an address with the next hop
+   * (DeliveryService.VerifyRecipient). Unset: such RCPTs get 450 4.1.1.
+   */
+  TERN_DELIVERY_ADDR: grpcTarget().optional(),
+  /** How long a next hop's 2xx to a verified address is kept (Postfix address_verify_positive_expire_time: 31d). */
+  TERN_VERIFY_POSITIVE_TTL_S: positiveInt(7 * 86400),
+  /** How long a next hop's 5xx is kept (Postfix address_verify_negative_expire_time: 3d; shorter, so a new mailbox works soon). */
+  TERN_VERIFY_NEGATIVE_TTL_S: positiveInt(3 * 3600),
+  /** Deadline of one verification (the RCPT waits that long at most, then 450 4.1.1). */
+  TERN_VERIFY_TIMEOUT_MS: positiveInt(8_000),
+  /** Verifications in progress at once on this pod, and for one domain on this pod; more get 450 4.1.1. */
+  TERN_VERIFY_MAX_INFLIGHT: positiveInt(50),
+  TERN_VERIFY_MAX_INFLIGHT_PER_DOMAIN: positiveInt(5),
+  /** Verifications per domain across every policy pod (N/window or off); more get 450 4.1.1 with no callout. */
+  TERN_VERIFY_RATE_PER_DOMAIN: z
+    .string()
+    .default('120/1m')
+    .transform((value, ctx) => {
+      try {
+        return parseRate(value);
+      } catch (err) {
+        ctx.addIssue({ code: 'custom', message: (err as Error).message });
+        return z.NEVER;
+      }
+    }),
 
   TERN_LIMIT_CONNECTIONS_PER_IP: rate(),
   TERN_LIMIT_MESSAGES_PER_IP: rate(),

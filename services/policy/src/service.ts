@@ -26,6 +26,8 @@ import { actionName, reply, type Decision } from './replies';
 import { dkimKeyHandlers, type DkimKeyStore } from './dkim-keys';
 import { rateLimitHandlers, type RateLimitRules } from './limits';
 import { rewriteHandlers, type RewriteRules } from './rewrites';
+import type { RelayRecipientStore } from './relay-recipients';
+import { relayRecipientHandlers, type VerifyCache } from './verify';
 import type { Srs } from './srs';
 import { milterName, toMilter, validateMilter, type MilterStore } from './milters';
 import type { PolicyStore } from './store';
@@ -69,6 +71,8 @@ export interface ServiceDeps {
   dkimKeys: DkimKeyStore;
   rateLimits: RateLimitRules;
   rewrites: RewriteRules;
+  relayRecipients: RelayRecipientStore;
+  verifyCache: VerifyCache;
   /** Sender Rewriting Scheme; off when absent. */
   srs?: Srs;
   cache: PolicyCache;
@@ -386,6 +390,7 @@ export function createPolicyService(deps: ServiceDeps): PolicyServiceServer {
     ...dkimKeyHandlers(deps.dkimKeys, unary, logger),
     ...rateLimitHandlers(deps.rateLimits, unary, logger),
     ...rewriteHandlers(deps.rewrites, unary, logger),
+    ...relayRecipientHandlers(deps.relayRecipients, deps.verifyCache, unary, logger, deps.meter),
     srsStatus: unary('SrsStatus', async () => {
       const srs = deps.srs;
       if (!srs) return { enabled: false, domain: '', secrets: 0, maxAgeDays: 0, hashLength: 0, example: '' };

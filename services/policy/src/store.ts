@@ -3,6 +3,7 @@
 // every policy pod (see migrations/001_policy_data.sql).
 import { withTransaction, type Pool, type PoolClient } from '@tern/db';
 import { invalid, precondition } from './errors';
+import { refuseLocalWithRelayRecipients } from './relay-recipients';
 import type { AliasRow, DomainRow, MailboxRow, UserRow } from './validate';
 
 export const NOTIFY_CHANNEL = 'tern_policy_changed';
@@ -16,7 +17,7 @@ export interface PolicyData {
 
 type Queryable = Pick<PoolClient, 'query'>;
 
-const DOMAIN_COLS = 'name, kind, catch_all AS "catchAll", max_message_size AS "maxMessageSize"';
+const DOMAIN_COLS = 'name, kind, catch_all AS "catchAll", max_message_size AS "maxMessageSize", recipient_check AS "recipientCheck"';
 const USER_COLS =
   'username, password_hash AS "passwordHash", allowed_senders AS "allowedSenders", may_relay AS "mayRelay", enabled';
 
@@ -49,16 +50,20 @@ export class PolicyStore {
     return (await this.pool.query<DomainRow>(`SELECT ${DOMAIN_COLS} FROM policy.domains ORDER BY name`)).rows;
   }
 
-  async putDomain(d: DomainRow, operator: string): Promise<DomainRow> {
+  /** recipientCheck undefined: an existing relay domain keeps its mode; a local domain has none. */
+  async putDomain(d: Omit<DomainRow, 'recipientCheck'> & { recipientCheck: DomainRow['recipientCheck'] | undefined }, operator: string): Promise<DomainRow> {
     return withTransaction(this.pool, async (c) => {
       const row = await c.query<DomainRow>(
-        `INSERT INTO policy.domains (name, kind, catch_all, max_message_size) VALUES ($1, $2, $3, $4)
+        `INSERT INTO policy.domains (name, kind, catch_all, max_message_size, recipient_check) VALUES ($1, $2, $3, $4, COALESCE($5, 'none'))
          ON CONFLICT (name) DO UPDATE SET kind = EXCLUDED.kind, catch_all = EXCLUDED.catch_all,
-           max_message_size = EXCLUDED.max_message_size, updated_at = now()
+           max_message_size = EXCLUDED.max_message_size,
+           recipient_check = CASE WHEN EXCLUDED.kind = 'local' THEN 'none' ELSE COALESCE($5, policy.domains.recipient_check) END,
+           updated_at = now()
          RETURNING ${DOMAIN_COLS}`,
-        [d.name, d.kind, d.catchAll, d.maxMessageSize],
+        [d.name, d.kind, d.catchAll, d.maxMessageSize, d.recipientCheck ?? null],
       );
-      // After the row lock: a concurrent PutMailbox holding FOR SHARE has committed by now.
+      // After the row lock: a concurrent PutMailbox (or PutRelayRecipients) holding FOR SHARE has committed by now.
+      if (d.kind === 'local') await refuseLocalWithRelayRecipients(c, d.name);
       if (d.kind !== 'local') {
         const used = await c.query<{ n: number }>(
           'SELECT (SELECT count(*) FROM policy.mailboxes WHERE domain = $1) + (SELECT count(*) FROM policy.aliases WHERE domain = $1) AS n',

@@ -1,16 +1,19 @@
 // Validation and canonicalisation of operator-given policy data. Each error
 // names the field in the request, so the CLI can show what to fix.
-import { DomainKind, type Alias, type Domain, type Mailbox, type User } from '@tern/proto';
+import { DomainKind, RecipientCheck, type Alias, type Domain, type Mailbox, type User } from '@tern/proto';
 import { normalizeDomain, normalizeMailboxAddress } from './address';
 import { invalid } from './errors';
 
 export type Kind = 'local' | 'relay';
+/** How RCPT to a relay domain is checked: not at all, against the relay recipient list, or by a callout to the next hop. */
+export type RecipientCheckMode = 'none' | 'list' | 'callout';
 
 export interface DomainRow {
   name: string;
   kind: Kind;
   catchAll: string;
   maxMessageSize: number;
+  recipientCheck: RecipientCheckMode;
 }
 
 export interface MailboxRow {
@@ -62,7 +65,18 @@ export function aliasAddress(field: string, raw: string): string {
 
 export const domainOf = (address: string) => address.slice(address.lastIndexOf('@') + 1);
 
-export function validateDomain(d: Domain | undefined): DomainRow {
+const CHECK_MODES: Partial<Record<RecipientCheck, RecipientCheckMode>> = {
+  [RecipientCheck.RECIPIENT_CHECK_NONE]: 'none',
+  [RecipientCheck.RECIPIENT_CHECK_LIST]: 'list',
+  [RecipientCheck.RECIPIENT_CHECK_CALLOUT]: 'callout',
+};
+
+/**
+ * A domain to store. recipientCheck undefined (RECIPIENT_CHECK_UNSPECIFIED)
+ * keeps what an existing relay domain has (none for a new one), so that a
+ * put changing the size limit does not turn verification off.
+ */
+export function validateDomain(d: Domain | undefined): Omit<DomainRow, 'recipientCheck'> & { recipientCheck: RecipientCheckMode | undefined } {
   if (!d) throw invalid('domain', 'required');
   const name = domainName('domain.name', d.name);
   let kind: Kind;
@@ -75,7 +89,15 @@ export function validateDomain(d: Domain | undefined): DomainRow {
     catchAll = mailboxAddress('domain.catch_all', d.catchAll);
   }
   if (!Number.isSafeInteger(d.maxMessageSize) || d.maxMessageSize < 0) throw invalid('domain.max_message_size', 'must be a byte count');
-  return { name, kind, catchAll, maxMessageSize: d.maxMessageSize };
+  let recipientCheck: RecipientCheckMode | undefined;
+  if (d.recipientCheck !== RecipientCheck.RECIPIENT_CHECK_UNSPECIFIED) {
+    recipientCheck = CHECK_MODES[d.recipientCheck];
+    if (!recipientCheck) throw invalid('domain.recipient_check', 'must be RECIPIENT_CHECK_NONE, RECIPIENT_CHECK_LIST or RECIPIENT_CHECK_CALLOUT');
+    if (kind !== 'relay' && recipientCheck !== 'none') {
+      throw invalid('domain.recipient_check', 'only a relay domain checks its recipients this way (a local domain knows its mailboxes and aliases)');
+    }
+  }
+  return { name, kind, catchAll, maxMessageSize: d.maxMessageSize, recipientCheck };
 }
 
 export function validateMailbox(m: Mailbox | undefined): MailboxRow {
@@ -132,6 +154,8 @@ export function toDomain(row: DomainRow): Domain {
     kind: row.kind === 'local' ? DomainKind.DOMAIN_KIND_LOCAL : DomainKind.DOMAIN_KIND_RELAY,
     catchAll: row.catchAll,
     maxMessageSize: row.maxMessageSize,
+    recipientCheck:
+      row.recipientCheck === 'list' ? RecipientCheck.RECIPIENT_CHECK_LIST : row.recipientCheck === 'callout' ? RecipientCheck.RECIPIENT_CHECK_CALLOUT : RecipientCheck.RECIPIENT_CHECK_NONE,
   };
 }
 

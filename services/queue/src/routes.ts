@@ -2,7 +2,7 @@
 // sent with every delivery job. Cached in memory, reloaded every few seconds
 // so a change made through any replica is picked up by all.
 import type { Pool } from '@tern/db';
-import { Route, RouteKind, TlsPolicy } from '@tern/proto';
+import { matchRoute, Route, RouteKind, TlsPolicy } from '@tern/proto';
 import type { Logger } from '@tern/telemetry';
 
 export interface RouteRow {
@@ -46,15 +46,7 @@ export class RouteTable {
 
   /** The route of a destination: exact domain, then a parent ".example.com" entry, then "*". */
   match(destination: string): Route | undefined {
-    const exact = this.routes.get(destination);
-    if (exact) return exact;
-    let d = destination;
-    for (let dot = d.indexOf('.'); dot >= 0; dot = d.indexOf('.')) {
-      d = d.slice(dot + 1);
-      const parent = this.routes.get(`.${d}`);
-      if (parent) return parent;
-    }
-    return this.routes.get('*');
+    return matchRoute(this.routes, destination);
   }
 
   list(): Route[] {

@@ -32,12 +32,16 @@ import {
   DeleteMilterResponse,
   DeleteRateLimitRequest,
   DeleteRateLimitResponse,
+  DeleteRelayRecipientsRequest,
+  DeleteRelayRecipientsResponse,
   DeleteRewriteRequest,
   DeleteRewriteResponse,
   DeleteSuppressionRequest,
   DeleteSuppressionResponse,
   DeleteUserRequest,
   DeleteUserResponse,
+  FlushVerifiedRecipientsRequest,
+  FlushVerifiedRecipientsResponse,
   GenerateDkimKeyRequest,
   GenerateDkimKeyResponse,
   ImportDkimKeyRequest,
@@ -54,12 +58,16 @@ import {
   ListMiltersResponse,
   ListRateLimitsRequest,
   ListRateLimitsResponse,
+  ListRelayRecipientsRequest,
+  ListRelayRecipientsResponse,
   ListRewritesRequest,
   ListRewritesResponse,
   ListSuppressionsRequest,
   ListSuppressionsResponse,
   ListUsersRequest,
   ListUsersResponse,
+  ListVerifiedRecipientsRequest,
+  ListVerifiedRecipientsResponse,
   PutAliasRequest,
   PutAliasResponse,
   PutDomainRequest,
@@ -70,6 +78,8 @@ import {
   PutMilterResponse,
   PutRateLimitRequest,
   PutRateLimitResponse,
+  PutRelayRecipientsRequest,
+  PutRelayRecipientsResponse,
   PutRewriteRequest,
   PutRewriteResponse,
   PutUserRequest,
@@ -541,6 +551,63 @@ export const AdminServiceService = {
       bufferView(DeleteRateLimitResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): DeleteRateLimitResponse => DeleteRateLimitResponse.decode(value),
   },
+  listRelayRecipients: {
+    path: "/tern.v1.AdminService/ListRelayRecipients" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ListRelayRecipientsRequest): Buffer =>
+      bufferView(ListRelayRecipientsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ListRelayRecipientsRequest => ListRelayRecipientsRequest.decode(value),
+    responseSerialize: (value: ListRelayRecipientsResponse): Buffer =>
+      bufferView(ListRelayRecipientsResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ListRelayRecipientsResponse => ListRelayRecipientsResponse.decode(value),
+  },
+  putRelayRecipients: {
+    path: "/tern.v1.AdminService/PutRelayRecipients" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: PutRelayRecipientsRequest): Buffer =>
+      bufferView(PutRelayRecipientsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): PutRelayRecipientsRequest => PutRelayRecipientsRequest.decode(value),
+    responseSerialize: (value: PutRelayRecipientsResponse): Buffer =>
+      bufferView(PutRelayRecipientsResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): PutRelayRecipientsResponse => PutRelayRecipientsResponse.decode(value),
+  },
+  deleteRelayRecipients: {
+    path: "/tern.v1.AdminService/DeleteRelayRecipients" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: DeleteRelayRecipientsRequest): Buffer =>
+      bufferView(DeleteRelayRecipientsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): DeleteRelayRecipientsRequest => DeleteRelayRecipientsRequest.decode(value),
+    responseSerialize: (value: DeleteRelayRecipientsResponse): Buffer =>
+      bufferView(DeleteRelayRecipientsResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): DeleteRelayRecipientsResponse => DeleteRelayRecipientsResponse.decode(value),
+  },
+  listVerifiedRecipients: {
+    path: "/tern.v1.AdminService/ListVerifiedRecipients" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ListVerifiedRecipientsRequest): Buffer =>
+      bufferView(ListVerifiedRecipientsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ListVerifiedRecipientsRequest => ListVerifiedRecipientsRequest.decode(value),
+    responseSerialize: (value: ListVerifiedRecipientsResponse): Buffer =>
+      bufferView(ListVerifiedRecipientsResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ListVerifiedRecipientsResponse =>
+      ListVerifiedRecipientsResponse.decode(value),
+  },
+  flushVerifiedRecipients: {
+    path: "/tern.v1.AdminService/FlushVerifiedRecipients" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: FlushVerifiedRecipientsRequest): Buffer =>
+      bufferView(FlushVerifiedRecipientsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): FlushVerifiedRecipientsRequest => FlushVerifiedRecipientsRequest.decode(value),
+    responseSerialize: (value: FlushVerifiedRecipientsResponse): Buffer =>
+      bufferView(FlushVerifiedRecipientsResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): FlushVerifiedRecipientsResponse =>
+      FlushVerifiedRecipientsResponse.decode(value),
+  },
   listRewrites: {
     path: "/tern.v1.AdminService/ListRewrites" as const,
     requestStream: false as const,
@@ -701,6 +768,11 @@ export interface AdminServiceServer extends UntypedServiceImplementation {
   listRateLimits: handleUnaryCall<ListRateLimitsRequest, ListRateLimitsResponse>;
   putRateLimit: handleUnaryCall<PutRateLimitRequest, PutRateLimitResponse>;
   deleteRateLimit: handleUnaryCall<DeleteRateLimitRequest, DeleteRateLimitResponse>;
+  listRelayRecipients: handleUnaryCall<ListRelayRecipientsRequest, ListRelayRecipientsResponse>;
+  putRelayRecipients: handleUnaryCall<PutRelayRecipientsRequest, PutRelayRecipientsResponse>;
+  deleteRelayRecipients: handleUnaryCall<DeleteRelayRecipientsRequest, DeleteRelayRecipientsResponse>;
+  listVerifiedRecipients: handleUnaryCall<ListVerifiedRecipientsRequest, ListVerifiedRecipientsResponse>;
+  flushVerifiedRecipients: handleUnaryCall<FlushVerifiedRecipientsRequest, FlushVerifiedRecipientsResponse>;
   listRewrites: handleUnaryCall<ListRewritesRequest, ListRewritesResponse>;
   putRewrite: handleUnaryCall<PutRewriteRequest, PutRewriteResponse>;
   deleteRewrite: handleUnaryCall<DeleteRewriteRequest, DeleteRewriteResponse>;
@@ -1321,6 +1393,81 @@ export interface AdminServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: DeleteRateLimitResponse) => void,
+  ): ClientUnaryCall;
+  listRelayRecipients(
+    request: ListRelayRecipientsRequest,
+    callback: (error: ServiceError | null, response: ListRelayRecipientsResponse) => void,
+  ): ClientUnaryCall;
+  listRelayRecipients(
+    request: ListRelayRecipientsRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ListRelayRecipientsResponse) => void,
+  ): ClientUnaryCall;
+  listRelayRecipients(
+    request: ListRelayRecipientsRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ListRelayRecipientsResponse) => void,
+  ): ClientUnaryCall;
+  putRelayRecipients(
+    request: PutRelayRecipientsRequest,
+    callback: (error: ServiceError | null, response: PutRelayRecipientsResponse) => void,
+  ): ClientUnaryCall;
+  putRelayRecipients(
+    request: PutRelayRecipientsRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: PutRelayRecipientsResponse) => void,
+  ): ClientUnaryCall;
+  putRelayRecipients(
+    request: PutRelayRecipientsRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: PutRelayRecipientsResponse) => void,
+  ): ClientUnaryCall;
+  deleteRelayRecipients(
+    request: DeleteRelayRecipientsRequest,
+    callback: (error: ServiceError | null, response: DeleteRelayRecipientsResponse) => void,
+  ): ClientUnaryCall;
+  deleteRelayRecipients(
+    request: DeleteRelayRecipientsRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: DeleteRelayRecipientsResponse) => void,
+  ): ClientUnaryCall;
+  deleteRelayRecipients(
+    request: DeleteRelayRecipientsRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: DeleteRelayRecipientsResponse) => void,
+  ): ClientUnaryCall;
+  listVerifiedRecipients(
+    request: ListVerifiedRecipientsRequest,
+    callback: (error: ServiceError | null, response: ListVerifiedRecipientsResponse) => void,
+  ): ClientUnaryCall;
+  listVerifiedRecipients(
+    request: ListVerifiedRecipientsRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ListVerifiedRecipientsResponse) => void,
+  ): ClientUnaryCall;
+  listVerifiedRecipients(
+    request: ListVerifiedRecipientsRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ListVerifiedRecipientsResponse) => void,
+  ): ClientUnaryCall;
+  flushVerifiedRecipients(
+    request: FlushVerifiedRecipientsRequest,
+    callback: (error: ServiceError | null, response: FlushVerifiedRecipientsResponse) => void,
+  ): ClientUnaryCall;
+  flushVerifiedRecipients(
+    request: FlushVerifiedRecipientsRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: FlushVerifiedRecipientsResponse) => void,
+  ): ClientUnaryCall;
+  flushVerifiedRecipients(
+    request: FlushVerifiedRecipientsRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: FlushVerifiedRecipientsResponse) => void,
   ): ClientUnaryCall;
   listRewrites(
     request: ListRewritesRequest,

@@ -22,6 +22,7 @@ import {
 } from "@grpc/grpc-js";
 import { Timestamp } from "../../google/protobuf/timestamp";
 import { Listener, listenerFromJSON, listenerToJSON, SmtpReply, TlsInfo } from "./common";
+import { VerifyResult, verifyResultFromJSON, verifyResultToJSON } from "./delivery";
 
 export enum CheckStage {
   CHECK_STAGE_UNSPECIFIED = 0,
@@ -160,6 +161,57 @@ export function domainKindToJSON(object: DomainKind): string {
       return "DOMAIN_KIND_RELAY";
     default:
       throw new globalThis.Error("Unrecognized enum value " + object + " for enum DomainKind");
+  }
+}
+
+/** How RCPT to a relay domain is checked. */
+export enum RecipientCheck {
+  RECIPIENT_CHECK_UNSPECIFIED = 0,
+  /** RECIPIENT_CHECK_NONE - Every address is accepted (what the next hop refuses bounces). */
+  RECIPIENT_CHECK_NONE = 1,
+  /**
+   * RECIPIENT_CHECK_LIST - Only the relay recipient list's addresses (Postfix relay_recipient_maps);
+   * others get 550 5.1.1.
+   */
+  RECIPIENT_CHECK_LIST = 2,
+  /**
+   * RECIPIENT_CHECK_CALLOUT - The next hop is asked (Postfix reject_unverified_recipient), the answer
+   * cached: 5xx there is 550 5.1.1 here, no answer 450 4.1.1.
+   */
+  RECIPIENT_CHECK_CALLOUT = 3,
+}
+
+export function recipientCheckFromJSON(object: any): RecipientCheck {
+  switch (object) {
+    case 0:
+    case "RECIPIENT_CHECK_UNSPECIFIED":
+      return RecipientCheck.RECIPIENT_CHECK_UNSPECIFIED;
+    case 1:
+    case "RECIPIENT_CHECK_NONE":
+      return RecipientCheck.RECIPIENT_CHECK_NONE;
+    case 2:
+    case "RECIPIENT_CHECK_LIST":
+      return RecipientCheck.RECIPIENT_CHECK_LIST;
+    case 3:
+    case "RECIPIENT_CHECK_CALLOUT":
+      return RecipientCheck.RECIPIENT_CHECK_CALLOUT;
+    default:
+      throw new globalThis.Error("Unrecognized enum value " + object + " for enum RecipientCheck");
+  }
+}
+
+export function recipientCheckToJSON(object: RecipientCheck): string {
+  switch (object) {
+    case RecipientCheck.RECIPIENT_CHECK_UNSPECIFIED:
+      return "RECIPIENT_CHECK_UNSPECIFIED";
+    case RecipientCheck.RECIPIENT_CHECK_NONE:
+      return "RECIPIENT_CHECK_NONE";
+    case RecipientCheck.RECIPIENT_CHECK_LIST:
+      return "RECIPIENT_CHECK_LIST";
+    case RecipientCheck.RECIPIENT_CHECK_CALLOUT:
+      return "RECIPIENT_CHECK_CALLOUT";
+    default:
+      throw new globalThis.Error("Unrecognized enum value " + object + " for enum RecipientCheck");
   }
 }
 
@@ -630,6 +682,100 @@ export interface Domain {
   catchAll: string;
   /** Largest message accepted for this domain, 0 = the global limit. */
   maxMessageSize: number;
+  /**
+   * Relay domains: how RCPT is checked. UNSPECIFIED in a Put keeps what the
+   * domain has (NONE for a new one); a local domain is always NONE.
+   */
+  recipientCheck: RecipientCheck;
+}
+
+export interface RelayRecipient {
+  /** "user@domain", or "@domain" (every address of the domain). */
+  address: string;
+  createdAt: Date | undefined;
+  createdBy: string;
+}
+
+export interface ListRelayRecipientsRequest {
+  /** Only entries of this domain. */
+  domain: string;
+  /** Page size (default 100, at most 1000) and the token from the previous page. */
+  limit: number;
+  pageToken: string;
+}
+
+export interface ListRelayRecipientsResponse {
+  recipients: RelayRecipient[];
+  nextPageToken: string;
+}
+
+export interface PutRelayRecipientsRequest {
+  /**
+   * At most 10000 per call; each domain must be a relay domain. All or
+   * nothing: a bad entry refuses the call, naming it (addresses[i]).
+   */
+  addresses: string[];
+  /** Check and count only; nothing is written. */
+  dryRun: boolean;
+  operator: string;
+}
+
+export interface PutRelayRecipientsResponse {
+  /** Entries new to the list (with dry_run: that would be). */
+  added: number;
+  /** Entries already listed (left as they are). */
+  unchanged: number;
+  dryRun: boolean;
+}
+
+export interface DeleteRelayRecipientsRequest {
+  /** The entries to remove... */
+  addresses: string[];
+  /** ...or every entry of this domain (not both). */
+  domain: string;
+  dryRun: boolean;
+  operator: string;
+}
+
+export interface DeleteRelayRecipientsResponse {
+  /** Entries removed (with dry_run: that would be). */
+  deleted: number;
+  dryRun: boolean;
+}
+
+export interface VerifiedRecipient {
+  address: string;
+  /** OK or REJECT (temporary failures are never kept). */
+  result: VerifyResult;
+  /** The next hop's reply to RCPT. */
+  reply: SmtpReply | undefined;
+  remoteHost: string;
+  checkedAt:
+    | Date
+    | undefined;
+  /** TERN_VERIFY_POSITIVE_TTL_S or TERN_VERIFY_NEGATIVE_TTL_S after checked_at. */
+  expiresAt: Date | undefined;
+}
+
+export interface ListVerifiedRecipientsRequest {
+  domain: string;
+  limit: number;
+  pageToken: string;
+}
+
+export interface ListVerifiedRecipientsResponse {
+  recipients: VerifiedRecipient[];
+  nextPageToken: string;
+}
+
+export interface FlushVerifiedRecipientsRequest {
+  /** "user@domain", or "@domain" for every address of the domain. */
+  address: string;
+  operator: string;
+}
+
+export interface FlushVerifiedRecipientsResponse {
+  deleted: number;
 }
 
 export interface Mailbox {
@@ -2665,7 +2811,7 @@ export const AuthenticateResponse: MessageFns<AuthenticateResponse> = {
 };
 
 function createBaseDomain(): Domain {
-  return { name: "", kind: 0, catchAll: "", maxMessageSize: 0 };
+  return { name: "", kind: 0, catchAll: "", maxMessageSize: 0, recipientCheck: 0 };
 }
 
 export const Domain: MessageFns<Domain> = {
@@ -2681,6 +2827,9 @@ export const Domain: MessageFns<Domain> = {
     }
     if (message.maxMessageSize !== 0) {
       writer.uint32(32).uint64(message.maxMessageSize);
+    }
+    if (message.recipientCheck !== 0) {
+      writer.uint32(40).int32(message.recipientCheck);
     }
     return writer;
   },
@@ -2730,6 +2879,14 @@ export const Domain: MessageFns<Domain> = {
             message.maxMessageSize = longToNumber(reader.uint64());
             continue;
           }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.recipientCheck = reader.int32() as any;
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2756,6 +2913,11 @@ export const Domain: MessageFns<Domain> = {
         : isSet(object.max_message_size)
         ? globalThis.Number(object.max_message_size)
         : 0,
+      recipientCheck: isSet(object.recipientCheck)
+        ? recipientCheckFromJSON(object.recipientCheck)
+        : isSet(object.recipient_check)
+        ? recipientCheckFromJSON(object.recipient_check)
+        : 0,
     };
   },
 
@@ -2773,6 +2935,9 @@ export const Domain: MessageFns<Domain> = {
     if (message.maxMessageSize !== 0) {
       obj.maxMessageSize = Math.round(message.maxMessageSize);
     }
+    if (message.recipientCheck !== 0) {
+      obj.recipientCheck = recipientCheckToJSON(message.recipientCheck);
+    }
     return obj;
   },
 
@@ -2785,6 +2950,1257 @@ export const Domain: MessageFns<Domain> = {
     message.kind = object.kind ?? 0;
     message.catchAll = object.catchAll ?? "";
     message.maxMessageSize = object.maxMessageSize ?? 0;
+    message.recipientCheck = object.recipientCheck ?? 0;
+    return message;
+  },
+};
+
+function createBaseRelayRecipient(): RelayRecipient {
+  return { address: "", createdAt: undefined, createdBy: "" };
+}
+
+export const RelayRecipient: MessageFns<RelayRecipient> = {
+  encode(message: RelayRecipient, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.address !== "") {
+      writer.uint32(10).string(message.address);
+    }
+    if (message.createdAt !== undefined) {
+      Timestamp.encode(toTimestamp(message.createdAt), writer.uint32(18).fork()).join();
+    }
+    if (message.createdBy !== "") {
+      writer.uint32(26).string(message.createdBy);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RelayRecipient {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRelayRecipient();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.address = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.createdAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.createdBy = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RelayRecipient {
+    return {
+      address: isSet(object.address) ? globalThis.String(object.address) : "",
+      createdAt: isSet(object.createdAt)
+        ? fromJsonTimestamp(object.createdAt)
+        : isSet(object.created_at)
+        ? fromJsonTimestamp(object.created_at)
+        : undefined,
+      createdBy: isSet(object.createdBy)
+        ? globalThis.String(object.createdBy)
+        : isSet(object.created_by)
+        ? globalThis.String(object.created_by)
+        : "",
+    };
+  },
+
+  toJSON(message: RelayRecipient): unknown {
+    const obj: any = {};
+    if (message.address !== "") {
+      obj.address = message.address;
+    }
+    if (message.createdAt !== undefined) {
+      obj.createdAt = message.createdAt.toISOString();
+    }
+    if (message.createdBy !== "") {
+      obj.createdBy = message.createdBy;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<RelayRecipient>, I>>(base?: I): RelayRecipient {
+    return RelayRecipient.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<RelayRecipient>, I>>(object: I): RelayRecipient {
+    const message = createBaseRelayRecipient();
+    message.address = object.address ?? "";
+    message.createdAt = object.createdAt ?? undefined;
+    message.createdBy = object.createdBy ?? "";
+    return message;
+  },
+};
+
+function createBaseListRelayRecipientsRequest(): ListRelayRecipientsRequest {
+  return { domain: "", limit: 0, pageToken: "" };
+}
+
+export const ListRelayRecipientsRequest: MessageFns<ListRelayRecipientsRequest> = {
+  encode(message: ListRelayRecipientsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.domain !== "") {
+      writer.uint32(10).string(message.domain);
+    }
+    if (message.limit !== 0) {
+      writer.uint32(16).uint32(message.limit);
+    }
+    if (message.pageToken !== "") {
+      writer.uint32(26).string(message.pageToken);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListRelayRecipientsRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListRelayRecipientsRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.domain = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.limit = reader.uint32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.pageToken = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListRelayRecipientsRequest {
+    return {
+      domain: isSet(object.domain) ? globalThis.String(object.domain) : "",
+      limit: isSet(object.limit) ? globalThis.Number(object.limit) : 0,
+      pageToken: isSet(object.pageToken)
+        ? globalThis.String(object.pageToken)
+        : isSet(object.page_token)
+        ? globalThis.String(object.page_token)
+        : "",
+    };
+  },
+
+  toJSON(message: ListRelayRecipientsRequest): unknown {
+    const obj: any = {};
+    if (message.domain !== "") {
+      obj.domain = message.domain;
+    }
+    if (message.limit !== 0) {
+      obj.limit = Math.round(message.limit);
+    }
+    if (message.pageToken !== "") {
+      obj.pageToken = message.pageToken;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ListRelayRecipientsRequest>, I>>(base?: I): ListRelayRecipientsRequest {
+    return ListRelayRecipientsRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ListRelayRecipientsRequest>, I>>(object: I): ListRelayRecipientsRequest {
+    const message = createBaseListRelayRecipientsRequest();
+    message.domain = object.domain ?? "";
+    message.limit = object.limit ?? 0;
+    message.pageToken = object.pageToken ?? "";
+    return message;
+  },
+};
+
+function createBaseListRelayRecipientsResponse(): ListRelayRecipientsResponse {
+  return { recipients: [], nextPageToken: "" };
+}
+
+export const ListRelayRecipientsResponse: MessageFns<ListRelayRecipientsResponse> = {
+  encode(message: ListRelayRecipientsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.recipients) {
+      RelayRecipient.encode(v!, writer.uint32(10).fork()).join();
+    }
+    if (message.nextPageToken !== "") {
+      writer.uint32(18).string(message.nextPageToken);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListRelayRecipientsResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListRelayRecipientsResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.recipients.push(RelayRecipient.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.nextPageToken = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListRelayRecipientsResponse {
+    return {
+      recipients: globalThis.Array.isArray(object?.recipients)
+        ? object.recipients.map((e: any) => RelayRecipient.fromJSON(e))
+        : [],
+      nextPageToken: isSet(object.nextPageToken)
+        ? globalThis.String(object.nextPageToken)
+        : isSet(object.next_page_token)
+        ? globalThis.String(object.next_page_token)
+        : "",
+    };
+  },
+
+  toJSON(message: ListRelayRecipientsResponse): unknown {
+    const obj: any = {};
+    if (message.recipients?.length) {
+      obj.recipients = message.recipients.map((e) => RelayRecipient.toJSON(e));
+    }
+    if (message.nextPageToken !== "") {
+      obj.nextPageToken = message.nextPageToken;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ListRelayRecipientsResponse>, I>>(base?: I): ListRelayRecipientsResponse {
+    return ListRelayRecipientsResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ListRelayRecipientsResponse>, I>>(object: I): ListRelayRecipientsResponse {
+    const message = createBaseListRelayRecipientsResponse();
+    message.recipients = object.recipients?.map((e) => RelayRecipient.fromPartial(e)) || [];
+    message.nextPageToken = object.nextPageToken ?? "";
+    return message;
+  },
+};
+
+function createBasePutRelayRecipientsRequest(): PutRelayRecipientsRequest {
+  return { addresses: [], dryRun: false, operator: "" };
+}
+
+export const PutRelayRecipientsRequest: MessageFns<PutRelayRecipientsRequest> = {
+  encode(message: PutRelayRecipientsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.addresses) {
+      writer.uint32(10).string(v!);
+    }
+    if (message.dryRun !== false) {
+      writer.uint32(16).bool(message.dryRun);
+    }
+    if (message.operator !== "") {
+      writer.uint32(26).string(message.operator);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PutRelayRecipientsRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePutRelayRecipientsRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.addresses.push(reader.string());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.dryRun = reader.bool();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.operator = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PutRelayRecipientsRequest {
+    return {
+      addresses: globalThis.Array.isArray(object?.addresses)
+        ? object.addresses.map((e: any) => globalThis.String(e))
+        : [],
+      dryRun: isSet(object.dryRun)
+        ? globalThis.Boolean(object.dryRun)
+        : isSet(object.dry_run)
+        ? globalThis.Boolean(object.dry_run)
+        : false,
+      operator: isSet(object.operator) ? globalThis.String(object.operator) : "",
+    };
+  },
+
+  toJSON(message: PutRelayRecipientsRequest): unknown {
+    const obj: any = {};
+    if (message.addresses?.length) {
+      obj.addresses = message.addresses;
+    }
+    if (message.dryRun !== false) {
+      obj.dryRun = message.dryRun;
+    }
+    if (message.operator !== "") {
+      obj.operator = message.operator;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PutRelayRecipientsRequest>, I>>(base?: I): PutRelayRecipientsRequest {
+    return PutRelayRecipientsRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PutRelayRecipientsRequest>, I>>(object: I): PutRelayRecipientsRequest {
+    const message = createBasePutRelayRecipientsRequest();
+    message.addresses = object.addresses?.map((e) => e) || [];
+    message.dryRun = object.dryRun ?? false;
+    message.operator = object.operator ?? "";
+    return message;
+  },
+};
+
+function createBasePutRelayRecipientsResponse(): PutRelayRecipientsResponse {
+  return { added: 0, unchanged: 0, dryRun: false };
+}
+
+export const PutRelayRecipientsResponse: MessageFns<PutRelayRecipientsResponse> = {
+  encode(message: PutRelayRecipientsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.added !== 0) {
+      writer.uint32(8).uint32(message.added);
+    }
+    if (message.unchanged !== 0) {
+      writer.uint32(16).uint32(message.unchanged);
+    }
+    if (message.dryRun !== false) {
+      writer.uint32(24).bool(message.dryRun);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PutRelayRecipientsResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePutRelayRecipientsResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.added = reader.uint32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.unchanged = reader.uint32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.dryRun = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PutRelayRecipientsResponse {
+    return {
+      added: isSet(object.added) ? globalThis.Number(object.added) : 0,
+      unchanged: isSet(object.unchanged) ? globalThis.Number(object.unchanged) : 0,
+      dryRun: isSet(object.dryRun)
+        ? globalThis.Boolean(object.dryRun)
+        : isSet(object.dry_run)
+        ? globalThis.Boolean(object.dry_run)
+        : false,
+    };
+  },
+
+  toJSON(message: PutRelayRecipientsResponse): unknown {
+    const obj: any = {};
+    if (message.added !== 0) {
+      obj.added = Math.round(message.added);
+    }
+    if (message.unchanged !== 0) {
+      obj.unchanged = Math.round(message.unchanged);
+    }
+    if (message.dryRun !== false) {
+      obj.dryRun = message.dryRun;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PutRelayRecipientsResponse>, I>>(base?: I): PutRelayRecipientsResponse {
+    return PutRelayRecipientsResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PutRelayRecipientsResponse>, I>>(object: I): PutRelayRecipientsResponse {
+    const message = createBasePutRelayRecipientsResponse();
+    message.added = object.added ?? 0;
+    message.unchanged = object.unchanged ?? 0;
+    message.dryRun = object.dryRun ?? false;
+    return message;
+  },
+};
+
+function createBaseDeleteRelayRecipientsRequest(): DeleteRelayRecipientsRequest {
+  return { addresses: [], domain: "", dryRun: false, operator: "" };
+}
+
+export const DeleteRelayRecipientsRequest: MessageFns<DeleteRelayRecipientsRequest> = {
+  encode(message: DeleteRelayRecipientsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.addresses) {
+      writer.uint32(10).string(v!);
+    }
+    if (message.domain !== "") {
+      writer.uint32(18).string(message.domain);
+    }
+    if (message.dryRun !== false) {
+      writer.uint32(24).bool(message.dryRun);
+    }
+    if (message.operator !== "") {
+      writer.uint32(34).string(message.operator);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DeleteRelayRecipientsRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDeleteRelayRecipientsRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.addresses.push(reader.string());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.domain = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.dryRun = reader.bool();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.operator = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DeleteRelayRecipientsRequest {
+    return {
+      addresses: globalThis.Array.isArray(object?.addresses)
+        ? object.addresses.map((e: any) => globalThis.String(e))
+        : [],
+      domain: isSet(object.domain) ? globalThis.String(object.domain) : "",
+      dryRun: isSet(object.dryRun)
+        ? globalThis.Boolean(object.dryRun)
+        : isSet(object.dry_run)
+        ? globalThis.Boolean(object.dry_run)
+        : false,
+      operator: isSet(object.operator) ? globalThis.String(object.operator) : "",
+    };
+  },
+
+  toJSON(message: DeleteRelayRecipientsRequest): unknown {
+    const obj: any = {};
+    if (message.addresses?.length) {
+      obj.addresses = message.addresses;
+    }
+    if (message.domain !== "") {
+      obj.domain = message.domain;
+    }
+    if (message.dryRun !== false) {
+      obj.dryRun = message.dryRun;
+    }
+    if (message.operator !== "") {
+      obj.operator = message.operator;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DeleteRelayRecipientsRequest>, I>>(base?: I): DeleteRelayRecipientsRequest {
+    return DeleteRelayRecipientsRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DeleteRelayRecipientsRequest>, I>>(object: I): DeleteRelayRecipientsRequest {
+    const message = createBaseDeleteRelayRecipientsRequest();
+    message.addresses = object.addresses?.map((e) => e) || [];
+    message.domain = object.domain ?? "";
+    message.dryRun = object.dryRun ?? false;
+    message.operator = object.operator ?? "";
+    return message;
+  },
+};
+
+function createBaseDeleteRelayRecipientsResponse(): DeleteRelayRecipientsResponse {
+  return { deleted: 0, dryRun: false };
+}
+
+export const DeleteRelayRecipientsResponse: MessageFns<DeleteRelayRecipientsResponse> = {
+  encode(message: DeleteRelayRecipientsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.deleted !== 0) {
+      writer.uint32(8).uint32(message.deleted);
+    }
+    if (message.dryRun !== false) {
+      writer.uint32(16).bool(message.dryRun);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DeleteRelayRecipientsResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDeleteRelayRecipientsResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.deleted = reader.uint32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.dryRun = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DeleteRelayRecipientsResponse {
+    return {
+      deleted: isSet(object.deleted) ? globalThis.Number(object.deleted) : 0,
+      dryRun: isSet(object.dryRun)
+        ? globalThis.Boolean(object.dryRun)
+        : isSet(object.dry_run)
+        ? globalThis.Boolean(object.dry_run)
+        : false,
+    };
+  },
+
+  toJSON(message: DeleteRelayRecipientsResponse): unknown {
+    const obj: any = {};
+    if (message.deleted !== 0) {
+      obj.deleted = Math.round(message.deleted);
+    }
+    if (message.dryRun !== false) {
+      obj.dryRun = message.dryRun;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DeleteRelayRecipientsResponse>, I>>(base?: I): DeleteRelayRecipientsResponse {
+    return DeleteRelayRecipientsResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DeleteRelayRecipientsResponse>, I>>(
+    object: I,
+  ): DeleteRelayRecipientsResponse {
+    const message = createBaseDeleteRelayRecipientsResponse();
+    message.deleted = object.deleted ?? 0;
+    message.dryRun = object.dryRun ?? false;
+    return message;
+  },
+};
+
+function createBaseVerifiedRecipient(): VerifiedRecipient {
+  return { address: "", result: 0, reply: undefined, remoteHost: "", checkedAt: undefined, expiresAt: undefined };
+}
+
+export const VerifiedRecipient: MessageFns<VerifiedRecipient> = {
+  encode(message: VerifiedRecipient, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.address !== "") {
+      writer.uint32(10).string(message.address);
+    }
+    if (message.result !== 0) {
+      writer.uint32(16).int32(message.result);
+    }
+    if (message.reply !== undefined) {
+      SmtpReply.encode(message.reply, writer.uint32(26).fork()).join();
+    }
+    if (message.remoteHost !== "") {
+      writer.uint32(34).string(message.remoteHost);
+    }
+    if (message.checkedAt !== undefined) {
+      Timestamp.encode(toTimestamp(message.checkedAt), writer.uint32(42).fork()).join();
+    }
+    if (message.expiresAt !== undefined) {
+      Timestamp.encode(toTimestamp(message.expiresAt), writer.uint32(50).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): VerifiedRecipient {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseVerifiedRecipient();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.address = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.result = reader.int32() as any;
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.reply = SmtpReply.decode(reader, reader.uint32());
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.remoteHost = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.checkedAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.expiresAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): VerifiedRecipient {
+    return {
+      address: isSet(object.address) ? globalThis.String(object.address) : "",
+      result: isSet(object.result) ? verifyResultFromJSON(object.result) : 0,
+      reply: isSet(object.reply) ? SmtpReply.fromJSON(object.reply) : undefined,
+      remoteHost: isSet(object.remoteHost)
+        ? globalThis.String(object.remoteHost)
+        : isSet(object.remote_host)
+        ? globalThis.String(object.remote_host)
+        : "",
+      checkedAt: isSet(object.checkedAt)
+        ? fromJsonTimestamp(object.checkedAt)
+        : isSet(object.checked_at)
+        ? fromJsonTimestamp(object.checked_at)
+        : undefined,
+      expiresAt: isSet(object.expiresAt)
+        ? fromJsonTimestamp(object.expiresAt)
+        : isSet(object.expires_at)
+        ? fromJsonTimestamp(object.expires_at)
+        : undefined,
+    };
+  },
+
+  toJSON(message: VerifiedRecipient): unknown {
+    const obj: any = {};
+    if (message.address !== "") {
+      obj.address = message.address;
+    }
+    if (message.result !== 0) {
+      obj.result = verifyResultToJSON(message.result);
+    }
+    if (message.reply !== undefined) {
+      obj.reply = SmtpReply.toJSON(message.reply);
+    }
+    if (message.remoteHost !== "") {
+      obj.remoteHost = message.remoteHost;
+    }
+    if (message.checkedAt !== undefined) {
+      obj.checkedAt = message.checkedAt.toISOString();
+    }
+    if (message.expiresAt !== undefined) {
+      obj.expiresAt = message.expiresAt.toISOString();
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<VerifiedRecipient>, I>>(base?: I): VerifiedRecipient {
+    return VerifiedRecipient.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<VerifiedRecipient>, I>>(object: I): VerifiedRecipient {
+    const message = createBaseVerifiedRecipient();
+    message.address = object.address ?? "";
+    message.result = object.result ?? 0;
+    message.reply = (object.reply !== undefined && object.reply !== null)
+      ? SmtpReply.fromPartial(object.reply)
+      : undefined;
+    message.remoteHost = object.remoteHost ?? "";
+    message.checkedAt = object.checkedAt ?? undefined;
+    message.expiresAt = object.expiresAt ?? undefined;
+    return message;
+  },
+};
+
+function createBaseListVerifiedRecipientsRequest(): ListVerifiedRecipientsRequest {
+  return { domain: "", limit: 0, pageToken: "" };
+}
+
+export const ListVerifiedRecipientsRequest: MessageFns<ListVerifiedRecipientsRequest> = {
+  encode(message: ListVerifiedRecipientsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.domain !== "") {
+      writer.uint32(10).string(message.domain);
+    }
+    if (message.limit !== 0) {
+      writer.uint32(16).uint32(message.limit);
+    }
+    if (message.pageToken !== "") {
+      writer.uint32(26).string(message.pageToken);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListVerifiedRecipientsRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListVerifiedRecipientsRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.domain = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.limit = reader.uint32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.pageToken = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListVerifiedRecipientsRequest {
+    return {
+      domain: isSet(object.domain) ? globalThis.String(object.domain) : "",
+      limit: isSet(object.limit) ? globalThis.Number(object.limit) : 0,
+      pageToken: isSet(object.pageToken)
+        ? globalThis.String(object.pageToken)
+        : isSet(object.page_token)
+        ? globalThis.String(object.page_token)
+        : "",
+    };
+  },
+
+  toJSON(message: ListVerifiedRecipientsRequest): unknown {
+    const obj: any = {};
+    if (message.domain !== "") {
+      obj.domain = message.domain;
+    }
+    if (message.limit !== 0) {
+      obj.limit = Math.round(message.limit);
+    }
+    if (message.pageToken !== "") {
+      obj.pageToken = message.pageToken;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ListVerifiedRecipientsRequest>, I>>(base?: I): ListVerifiedRecipientsRequest {
+    return ListVerifiedRecipientsRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ListVerifiedRecipientsRequest>, I>>(
+    object: I,
+  ): ListVerifiedRecipientsRequest {
+    const message = createBaseListVerifiedRecipientsRequest();
+    message.domain = object.domain ?? "";
+    message.limit = object.limit ?? 0;
+    message.pageToken = object.pageToken ?? "";
+    return message;
+  },
+};
+
+function createBaseListVerifiedRecipientsResponse(): ListVerifiedRecipientsResponse {
+  return { recipients: [], nextPageToken: "" };
+}
+
+export const ListVerifiedRecipientsResponse: MessageFns<ListVerifiedRecipientsResponse> = {
+  encode(message: ListVerifiedRecipientsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.recipients) {
+      VerifiedRecipient.encode(v!, writer.uint32(10).fork()).join();
+    }
+    if (message.nextPageToken !== "") {
+      writer.uint32(18).string(message.nextPageToken);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListVerifiedRecipientsResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListVerifiedRecipientsResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.recipients.push(VerifiedRecipient.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.nextPageToken = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListVerifiedRecipientsResponse {
+    return {
+      recipients: globalThis.Array.isArray(object?.recipients)
+        ? object.recipients.map((e: any) => VerifiedRecipient.fromJSON(e))
+        : [],
+      nextPageToken: isSet(object.nextPageToken)
+        ? globalThis.String(object.nextPageToken)
+        : isSet(object.next_page_token)
+        ? globalThis.String(object.next_page_token)
+        : "",
+    };
+  },
+
+  toJSON(message: ListVerifiedRecipientsResponse): unknown {
+    const obj: any = {};
+    if (message.recipients?.length) {
+      obj.recipients = message.recipients.map((e) => VerifiedRecipient.toJSON(e));
+    }
+    if (message.nextPageToken !== "") {
+      obj.nextPageToken = message.nextPageToken;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ListVerifiedRecipientsResponse>, I>>(base?: I): ListVerifiedRecipientsResponse {
+    return ListVerifiedRecipientsResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ListVerifiedRecipientsResponse>, I>>(
+    object: I,
+  ): ListVerifiedRecipientsResponse {
+    const message = createBaseListVerifiedRecipientsResponse();
+    message.recipients = object.recipients?.map((e) => VerifiedRecipient.fromPartial(e)) || [];
+    message.nextPageToken = object.nextPageToken ?? "";
+    return message;
+  },
+};
+
+function createBaseFlushVerifiedRecipientsRequest(): FlushVerifiedRecipientsRequest {
+  return { address: "", operator: "" };
+}
+
+export const FlushVerifiedRecipientsRequest: MessageFns<FlushVerifiedRecipientsRequest> = {
+  encode(message: FlushVerifiedRecipientsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.address !== "") {
+      writer.uint32(10).string(message.address);
+    }
+    if (message.operator !== "") {
+      writer.uint32(18).string(message.operator);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): FlushVerifiedRecipientsRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseFlushVerifiedRecipientsRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.address = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.operator = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): FlushVerifiedRecipientsRequest {
+    return {
+      address: isSet(object.address) ? globalThis.String(object.address) : "",
+      operator: isSet(object.operator) ? globalThis.String(object.operator) : "",
+    };
+  },
+
+  toJSON(message: FlushVerifiedRecipientsRequest): unknown {
+    const obj: any = {};
+    if (message.address !== "") {
+      obj.address = message.address;
+    }
+    if (message.operator !== "") {
+      obj.operator = message.operator;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<FlushVerifiedRecipientsRequest>, I>>(base?: I): FlushVerifiedRecipientsRequest {
+    return FlushVerifiedRecipientsRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<FlushVerifiedRecipientsRequest>, I>>(
+    object: I,
+  ): FlushVerifiedRecipientsRequest {
+    const message = createBaseFlushVerifiedRecipientsRequest();
+    message.address = object.address ?? "";
+    message.operator = object.operator ?? "";
+    return message;
+  },
+};
+
+function createBaseFlushVerifiedRecipientsResponse(): FlushVerifiedRecipientsResponse {
+  return { deleted: 0 };
+}
+
+export const FlushVerifiedRecipientsResponse: MessageFns<FlushVerifiedRecipientsResponse> = {
+  encode(message: FlushVerifiedRecipientsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.deleted !== 0) {
+      writer.uint32(8).uint32(message.deleted);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): FlushVerifiedRecipientsResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseFlushVerifiedRecipientsResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.deleted = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): FlushVerifiedRecipientsResponse {
+    return { deleted: isSet(object.deleted) ? globalThis.Number(object.deleted) : 0 };
+  },
+
+  toJSON(message: FlushVerifiedRecipientsResponse): unknown {
+    const obj: any = {};
+    if (message.deleted !== 0) {
+      obj.deleted = Math.round(message.deleted);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<FlushVerifiedRecipientsResponse>, I>>(base?: I): FlushVerifiedRecipientsResponse {
+    return FlushVerifiedRecipientsResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<FlushVerifiedRecipientsResponse>, I>>(
+    object: I,
+  ): FlushVerifiedRecipientsResponse {
+    const message = createBaseFlushVerifiedRecipientsResponse();
+    message.deleted = object.deleted ?? 0;
     return message;
   },
 };
@@ -9864,6 +11280,71 @@ export const PolicyServiceService = {
     responseDeserialize: (value: Buffer): DeleteRateLimitResponse => DeleteRateLimitResponse.decode(value),
   },
   /**
+   * Relay recipients (relay domains with recipient_check LIST): the
+   * addresses that exist, "user@domain" or "@domain" for all of a domain.
+   */
+  listRelayRecipients: {
+    path: "/tern.v1.PolicyService/ListRelayRecipients" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ListRelayRecipientsRequest): Buffer =>
+      bufferView(ListRelayRecipientsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ListRelayRecipientsRequest => ListRelayRecipientsRequest.decode(value),
+    responseSerialize: (value: ListRelayRecipientsResponse): Buffer =>
+      bufferView(ListRelayRecipientsResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ListRelayRecipientsResponse => ListRelayRecipientsResponse.decode(value),
+  },
+  putRelayRecipients: {
+    path: "/tern.v1.PolicyService/PutRelayRecipients" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: PutRelayRecipientsRequest): Buffer =>
+      bufferView(PutRelayRecipientsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): PutRelayRecipientsRequest => PutRelayRecipientsRequest.decode(value),
+    responseSerialize: (value: PutRelayRecipientsResponse): Buffer =>
+      bufferView(PutRelayRecipientsResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): PutRelayRecipientsResponse => PutRelayRecipientsResponse.decode(value),
+  },
+  deleteRelayRecipients: {
+    path: "/tern.v1.PolicyService/DeleteRelayRecipients" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: DeleteRelayRecipientsRequest): Buffer =>
+      bufferView(DeleteRelayRecipientsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): DeleteRelayRecipientsRequest => DeleteRelayRecipientsRequest.decode(value),
+    responseSerialize: (value: DeleteRelayRecipientsResponse): Buffer =>
+      bufferView(DeleteRelayRecipientsResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): DeleteRelayRecipientsResponse => DeleteRelayRecipientsResponse.decode(value),
+  },
+  /**
+   * The recipient verification cache (relay domains with recipient_check
+   * CALLOUT): definite answers of next hops, shared by every policy pod.
+   */
+  listVerifiedRecipients: {
+    path: "/tern.v1.PolicyService/ListVerifiedRecipients" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ListVerifiedRecipientsRequest): Buffer =>
+      bufferView(ListVerifiedRecipientsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ListVerifiedRecipientsRequest => ListVerifiedRecipientsRequest.decode(value),
+    responseSerialize: (value: ListVerifiedRecipientsResponse): Buffer =>
+      bufferView(ListVerifiedRecipientsResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ListVerifiedRecipientsResponse =>
+      ListVerifiedRecipientsResponse.decode(value),
+  },
+  flushVerifiedRecipients: {
+    path: "/tern.v1.PolicyService/FlushVerifiedRecipients" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: FlushVerifiedRecipientsRequest): Buffer =>
+      bufferView(FlushVerifiedRecipientsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): FlushVerifiedRecipientsRequest => FlushVerifiedRecipientsRequest.decode(value),
+    responseSerialize: (value: FlushVerifiedRecipientsResponse): Buffer =>
+      bufferView(FlushVerifiedRecipientsResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): FlushVerifiedRecipientsResponse =>
+      FlushVerifiedRecipientsResponse.decode(value),
+  },
+  /**
    * Address rewriting rules (canonical maps, masquerading, bcc maps); every
    * policy pod applies a change within moments.
    */
@@ -9991,6 +11472,19 @@ export interface PolicyServiceServer extends UntypedServiceImplementation {
   listRateLimits: handleUnaryCall<ListRateLimitsRequest, ListRateLimitsResponse>;
   putRateLimit: handleUnaryCall<PutRateLimitRequest, PutRateLimitResponse>;
   deleteRateLimit: handleUnaryCall<DeleteRateLimitRequest, DeleteRateLimitResponse>;
+  /**
+   * Relay recipients (relay domains with recipient_check LIST): the
+   * addresses that exist, "user@domain" or "@domain" for all of a domain.
+   */
+  listRelayRecipients: handleUnaryCall<ListRelayRecipientsRequest, ListRelayRecipientsResponse>;
+  putRelayRecipients: handleUnaryCall<PutRelayRecipientsRequest, PutRelayRecipientsResponse>;
+  deleteRelayRecipients: handleUnaryCall<DeleteRelayRecipientsRequest, DeleteRelayRecipientsResponse>;
+  /**
+   * The recipient verification cache (relay domains with recipient_check
+   * CALLOUT): definite answers of next hops, shared by every policy pod.
+   */
+  listVerifiedRecipients: handleUnaryCall<ListVerifiedRecipientsRequest, ListVerifiedRecipientsResponse>;
+  flushVerifiedRecipients: handleUnaryCall<FlushVerifiedRecipientsRequest, FlushVerifiedRecipientsResponse>;
   /**
    * Address rewriting rules (canonical maps, masquerading, bcc maps); every
    * policy pod applies a change within moments.
@@ -10523,6 +12017,89 @@ export interface PolicyServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: DeleteRateLimitResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Relay recipients (relay domains with recipient_check LIST): the
+   * addresses that exist, "user@domain" or "@domain" for all of a domain.
+   */
+  listRelayRecipients(
+    request: ListRelayRecipientsRequest,
+    callback: (error: ServiceError | null, response: ListRelayRecipientsResponse) => void,
+  ): ClientUnaryCall;
+  listRelayRecipients(
+    request: ListRelayRecipientsRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ListRelayRecipientsResponse) => void,
+  ): ClientUnaryCall;
+  listRelayRecipients(
+    request: ListRelayRecipientsRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ListRelayRecipientsResponse) => void,
+  ): ClientUnaryCall;
+  putRelayRecipients(
+    request: PutRelayRecipientsRequest,
+    callback: (error: ServiceError | null, response: PutRelayRecipientsResponse) => void,
+  ): ClientUnaryCall;
+  putRelayRecipients(
+    request: PutRelayRecipientsRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: PutRelayRecipientsResponse) => void,
+  ): ClientUnaryCall;
+  putRelayRecipients(
+    request: PutRelayRecipientsRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: PutRelayRecipientsResponse) => void,
+  ): ClientUnaryCall;
+  deleteRelayRecipients(
+    request: DeleteRelayRecipientsRequest,
+    callback: (error: ServiceError | null, response: DeleteRelayRecipientsResponse) => void,
+  ): ClientUnaryCall;
+  deleteRelayRecipients(
+    request: DeleteRelayRecipientsRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: DeleteRelayRecipientsResponse) => void,
+  ): ClientUnaryCall;
+  deleteRelayRecipients(
+    request: DeleteRelayRecipientsRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: DeleteRelayRecipientsResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * The recipient verification cache (relay domains with recipient_check
+   * CALLOUT): definite answers of next hops, shared by every policy pod.
+   */
+  listVerifiedRecipients(
+    request: ListVerifiedRecipientsRequest,
+    callback: (error: ServiceError | null, response: ListVerifiedRecipientsResponse) => void,
+  ): ClientUnaryCall;
+  listVerifiedRecipients(
+    request: ListVerifiedRecipientsRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ListVerifiedRecipientsResponse) => void,
+  ): ClientUnaryCall;
+  listVerifiedRecipients(
+    request: ListVerifiedRecipientsRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ListVerifiedRecipientsResponse) => void,
+  ): ClientUnaryCall;
+  flushVerifiedRecipients(
+    request: FlushVerifiedRecipientsRequest,
+    callback: (error: ServiceError | null, response: FlushVerifiedRecipientsResponse) => void,
+  ): ClientUnaryCall;
+  flushVerifiedRecipients(
+    request: FlushVerifiedRecipientsRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: FlushVerifiedRecipientsResponse) => void,
+  ): ClientUnaryCall;
+  flushVerifiedRecipients(
+    request: FlushVerifiedRecipientsRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: FlushVerifiedRecipientsResponse) => void,
   ): ClientUnaryCall;
   /**
    * Address rewriting rules (canonical maps, masquerading, bcc maps); every
