@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1
 # The one Tern image: every service, the migrate command and the tern CLI.
 #   docker build -t tern .
-#   docker run tern <ingress|policy|queue|delivery|bounce|admin|migrate|tern ...>
+#   docker run tern <ingress|policy|queue|delivery|bounce|webhooks|admin|migrate|tern ...>
 # `npm run image` (scripts/image.sh) runs this build where Docker runs; without
 # Docker it makes the same /app, user and entry point with buildah, on a base
 # debootstrapped from Debian instead of ${NODE_IMAGE} (docs/operating.md).
@@ -26,7 +26,7 @@ RUN npm ci || npm install --no-save
 # libs/db/dist/migrate.js (esbuild; workspace libraries compiled in).
 RUN npm run build \
  && (cd cli && node ../scripts/bundle.mjs src/main.ts tern.js) \
- && for s in ingress policy queue delivery bounce admin; do test -f "services/$s/dist/main.js" || { echo "missing services/$s/dist/main.js" >&2; exit 1; }; done \
+ && for s in ingress policy queue delivery bounce webhooks admin; do test -f "services/$s/dist/main.js" || { echo "missing services/$s/dist/main.js" >&2; exit 1; }; done \
  && test -f libs/db/dist/migrate.js && test -f cli/dist/tern.js
 # Production dependencies only (the bundles keep npm packages external).
 RUN npm prune --omit=dev

@@ -233,7 +233,7 @@ done
 tern_log "$T" "app: npm run build, CLI bundle"
 npm run build --silent -- --output-logs=errors-only
 (cd cli && node ../scripts/bundle.mjs src/main.ts tern.js)
-for s in ingress policy queue delivery bounce admin; do
+for s in ingress policy queue delivery bounce webhooks admin; do
   [[ -f "services/$s/dist/main.js" ]] || tern_die "$T" "missing services/$s/dist/main.js"
 done
 [[ -f libs/db/dist/migrate.js && -f cli/dist/tern.js ]] || tern_die "$T" "missing libs/db/dist/migrate.js or cli/dist/tern.js"

@@ -25,6 +25,7 @@ import { connect, type AdminApi, type Connection, type ConnectionOptions, resolv
 import { registerDkimCommands } from './dkim';
 import { registerLimitCommands } from './limit';
 import { registerMilterCommands } from './milter';
+import { registerWebhookCommands } from './webhook';
 import { registerBounceRuleCommands } from './bounce-rule';
 import { CliError, EXIT } from './errors';
 import * as f from './format';
@@ -525,6 +526,9 @@ export function buildProgram(io: Io): Command {
   registerMilterCommands(program as unknown as Command, run);
   // ---- bounce classification rules (cli/src/bounce-rule.ts)
   registerBounceRuleCommands(program as unknown as Command, run);
+
+  // ---- webhook endpoints (cli/src/webhook.ts)
+  registerWebhookCommands(program as unknown as Command, run);
 
   return program as unknown as Command;
 }

@@ -30,6 +30,7 @@ const OWN: Record<ServiceName, string[]> = {
   queue: ['tern.v1.QueueService'],
   delivery: [],
   bounce: [],
+  webhooks: ['tern.v1.WebhookService'],
 };
 const ALWAYS = ['grpc.health.v1.Health', 'grpc.reflection.v1.ServerReflection', 'grpc.reflection.v1alpha.ServerReflection'];
 

@@ -17,6 +17,7 @@ import pg from 'pg';
 import * as grpc from '@grpc/grpc-js';
 import { Harness, startPlatform, submissionListener, type Platform, type SmtpSink, type TestDatabase } from '@tern/devkit';
 import { AuthenticateRequest, PolicyServiceClient, RecipientState } from '@tern/proto';
+import { Receiver } from '../../services/webhooks/test/receiver';
 import { send, tern, waitFor } from '../ops/helpers';
 import { NAMESPACE, ROOT } from '../chart/render';
 import { metricNames } from './promql';
@@ -60,6 +61,10 @@ before(async () => {
     },
   });
   prom = await startPrometheus(harness, platform, { namespace: NAMESPACE, groups });
+  // A webhook endpoint for the delivered events, so the webhooks service's counters and histogram have samples.
+  const receiver = await new Receiver().start();
+  harness.defer(() => receiver.close(), 'close the webhook receiver');
+  await tern(platform, 'webhook', 'add', receiver.url('/hook'), '--events', 'delivered');
 });
 
 after(async () => {
@@ -131,7 +136,7 @@ test('the chart\'s rules load in Prometheus and every one evaluates without erro
   const depth = panelQuery('queue.json', 'Recipients by state');
   await waitFor('Prometheus to see nothing queued', async () => (byState(await prom.query(depth)).queued === 0 ? true : undefined), 30_000);
   // Targets start one after another: judge the rules once every service has been scraped.
-  await waitFor('every service to be scraped', async () => ((await prom.query(`up{namespace="${NAMESPACE}"} == 1`)).length === 6 ? true : undefined), 30_000);
+  await waitFor('every service to be scraped', async () => ((await prom.query(`up{namespace="${NAMESPACE}"} == 1`)).length === Object.keys(platform.services).length ? true : undefined), 30_000);
   const allUpAt = Date.now();
   const rules = await waitFor(
     'every rule to have been evaluated since',

@@ -9,7 +9,7 @@ import type { Harness } from './harness';
 import type { ServiceHandle } from './services';
 import { selfSignedCert } from './tls';
 
-export const SERVICE_NAMES = ['policy', 'queue', 'delivery', 'bounce', 'admin', 'ingress'] as const;
+export const SERVICE_NAMES = ['policy', 'queue', 'delivery', 'bounce', 'webhooks', 'admin', 'ingress'] as const;
 export type ServiceName = (typeof SERVICE_NAMES)[number];
 
 export interface PlatformOptions {
@@ -32,7 +32,7 @@ export interface PlatformOptions {
   env?: Partial<Record<ServiceName, Record<string, string>>>;
   /** Start only these (default all), in dependency order. */
   only?: ServiceName[];
-  /** Listen on the documented ports (gRPC 7000-7005, metrics 9100-9105) instead of free ones. */
+  /** Listen on the documented ports (gRPC 7000-7006, metrics 9100-9106) instead of free ones. */
   standardPorts?: boolean;
 }
 
@@ -44,6 +44,7 @@ export const STANDARD_PORTS: Record<ServiceName, { grpc: number; metrics: number
   queue: { grpc: 7003, metrics: 9103 },
   delivery: { grpc: 7004, metrics: 9104 },
   bounce: { grpc: 7005, metrics: 9105 },
+  webhooks: { grpc: 7006, metrics: 9106 },
 };
 
 export interface Platform {
@@ -89,7 +90,9 @@ export async function startPlatform(harness: Harness, opts: PlatformOptions): Pr
       TERN_POLICY_ADDR: grpc.policy,
     },
     bounce: { TERN_NATS_URL: opts.natsUrl, TERN_QUEUE_ADDR: grpc.queue, TERN_POLICY_ADDR: grpc.policy },
-    admin: { TERN_QUEUE_ADDR: grpc.queue, TERN_POLICY_ADDR: grpc.policy, TERN_ADMIN_TOKENS: `operator:${adminToken}` },
+    // Receivers of tests and of npm start listen on loopback over plain HTTP.
+    webhooks: { TERN_DATABASE_URL: opts.databaseUrl, TERN_NATS_URL: opts.natsUrl, TERN_WEBHOOKS_ALLOW_HTTP: 'true', TERN_WEBHOOKS_ALLOW_PRIVATE: 'true' },
+    admin: { TERN_QUEUE_ADDR: grpc.queue, TERN_POLICY_ADDR: grpc.policy, TERN_WEBHOOKS_ADDR: grpc.webhooks, TERN_ADMIN_TOKENS: `operator:${adminToken}` },
     ingress: {
       TERN_POLICY_ADDR: grpc.policy,
       TERN_QUEUE_ADDR: grpc.queue,
