@@ -79,6 +79,8 @@ export async function startPlatform(harness: Harness, opts: PlatformOptions): Pr
       TERN_DATABASE_URL: opts.databaseUrl,
       TERN_TRUSTED_NETWORKS: opts.trustedNetworks ?? '127.0.0.1/32',
       TERN_DNS_SERVERS: opts.dnsServer,
+      // Recipient verification of relay domains (DeliveryService.VerifyRecipient), as the chart wires it.
+      TERN_DELIVERY_ADDR: grpc.delivery,
     },
     queue: { TERN_DATABASE_URL: opts.databaseUrl, TERN_NATS_URL: opts.natsUrl },
     delivery: {
