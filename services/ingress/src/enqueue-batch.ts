@@ -49,6 +49,14 @@ export class EnqueueBatcher {
     });
   }
 
+  /** Several messages that go in one batch (the parts of one split message), each with its own outcome. */
+  addAll(messages: EnqueueMessage[]): Promise<EnqueueOutcome>[] {
+    if (messages.length > this.o.maxMessages) return messages.map((m) => this.add(m));
+    const out = messages.map((message) => new Promise<EnqueueOutcome>((resolve, reject) => this.waiting.push({ message, resolve, reject })));
+    this.pump();
+    return out;
+  }
+
   /** Half-closes the stream (after the SMTP listeners closed: nothing is waiting any more). */
   close(): void {
     this.stream.close();

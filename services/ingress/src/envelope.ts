@@ -36,11 +36,11 @@ export function sessionInfo(s: SmtpSession, hostname: string): SessionInfo {
   });
 }
 
-/** The Enqueue header's envelope: MAIL FROM and its parameters, the client, the protocol and the arrival time. */
+/** The Enqueue header's envelope: MAIL FROM (as policy's sender canonical rules left it) and its parameters, the client, the protocol and the arrival time. */
 export function toProtoEnvelope(s: SmtpSession, e: Envelope, arrival: Date): ProtoEnvelope {
   const p = e.mailFrom.params;
   return {
-    sender: e.mailFrom.address,
+    sender: st(s).mail?.sender || e.mailFrom.address,
     envid: p.envid ?? '',
     ret: p.ret === 'FULL' ? DsnRet.DSN_RET_FULL : p.ret === 'HDRS' ? DsnRet.DSN_RET_HDRS : DsnRet.DSN_RET_UNSPECIFIED,
     smtputf8: p.smtputf8,
@@ -85,23 +85,67 @@ const orcptOf = (address: string) => `${/[^ -~]/.test(address) ? 'utf-8' : 'rfc8
  * NOTIFY. An alias is stored as its targets, each with the client's ORCPT,
  * else the alias's own address as ORCPT (`rfc822;<alias>`), and the alias's
  * NOTIFY; an address met twice (two aliases, or an alias and a RCPT naming
- * the same target) is stored once, the first time it is met.
+ * the same target) is stored once, the first time it is met. Archive copies
+ * (policy's bcc maps: `senderBcc` from MAIL, each RCPT's own) come last,
+ * with NOTIFY=NEVER: no report about them goes to the sender.
  */
-export function toProtoRecipients(e: Envelope): EnvelopeRecipient[] {
+export function toProtoRecipients(e: Envelope, senderBcc: readonly string[] = []): EnvelopeRecipient[] {
+  return storedRecipients(e, senderBcc).recipients;
+}
+
+/**
+ * toProtoRecipients, and which of them are forwarded with an SRS sender
+ * (address key -> SRS address; policy's srs_targets, the first RCPT that
+ * stored them deciding).
+ */
+export function storedRecipients(e: Envelope, senderBcc: readonly string[] = []): { recipients: EnvelopeRecipient[]; forwarded: Map<string, string> } {
   const out: EnvelopeRecipient[] = [];
+  const forwarded = new Map<string, string>();
   const seen = new Set<string>();
+  const bcc: string[] = [...senderBcc];
   for (const r of e.rcptTo) {
     const given = r.params.orcpt ? `${r.params.orcpt.type};${r.params.orcpt.address}` : '';
     const notify = (r.params.notify ?? []).map((n) => NOTIFY[n]!);
     const targets = storedAddresses(r);
     const expanded = targets.length !== 1 || targets[0] !== r.address;
+    const srsSender = r.state?.srsSender as string | undefined;
+    const srsTargets = new Set(((r.state?.srsTargets as string[] | undefined) ?? []).map(recipientKey));
     for (const address of targets) {
       const key = recipientKey(address);
       if (seen.has(key)) continue;
       seen.add(key);
       out.push({ address, orcpt: given || (expanded ? orcptOf(r.address) : ''), notify: [...notify] });
+      if (srsSender && srsTargets.has(key)) forwarded.set(key, srsSender);
     }
+    bcc.push(...((r.state?.bcc as string[] | undefined) ?? []));
   }
+  for (const address of bcc) {
+    const key = recipientKey(address);
+    if (seen.has(key)) continue;
+    seen.add(key);
+    out.push({ address, orcpt: '', notify: [DsnNotify.DSN_NOTIFY_NEVER] });
+  }
+  return { recipients: out, forwarded };
+}
+
+/**
+ * The messages one transaction is stored as: normally one; when some
+ * recipients are forwarded with an SRS sender and others are not, one for
+ * the others (the sender as stored) and one per SRS sender, with the same
+ * body. The queue keeps one envelope per message, and the MAIL FROM a
+ * recipient is delivered with is its message's.
+ */
+export function splitBySender<H extends { envelope?: ProtoEnvelope; recipients: EnvelopeRecipient[] }>(header: H, forwarded: ReadonlyMap<string, string>): H[] {
+  if (!forwarded.size) return [header];
+  const groups = new Map<string, EnvelopeRecipient[]>();
+  const own: EnvelopeRecipient[] = [];
+  for (const r of header.recipients) {
+    const srs = forwarded.get(recipientKey(r.address));
+    if (srs === undefined) own.push(r);
+    else groups.set(srs, [...(groups.get(srs) ?? []), r]);
+  }
+  const out: H[] = own.length ? [{ ...header, recipients: own }] : [];
+  for (const [sender, recipients] of groups) out.push({ ...header, envelope: { ...header.envelope!, sender }, recipients });
   return out;
 }
 

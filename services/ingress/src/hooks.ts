@@ -55,6 +55,7 @@ export function createHooks(deps: HooksDeps, submission: boolean): SmtpHooks {
     async onMailFrom(s, from) {
       endTx(s);
       const state = st(s);
+      state.mail = undefined;
       const tx = tracer.startSpan('smtp.transaction', { attributes: { 'smtp.session_id': s.id, 'smtp.sender': from.address } }, state.ctx);
       state.tx = tx;
       state.txCtx = trace.setSpan(state.ctx ?? context.active(), tx);
@@ -68,6 +69,10 @@ export function createHooks(deps: HooksDeps, submission: boolean): SmtpHooks {
         return d.reply;
       }
       state.hold = state.hold || d.hold;
+      const res = d.res;
+      if (res && (res.senderRewrite || res.bcc.length || res.rewriteHeaders)) {
+        state.mail = { sender: res.senderRewrite, bcc: res.bcc, headers: res.rewriteHeaders };
+      }
       return d.reply;
     },
 
@@ -88,6 +93,10 @@ export function createHooks(deps: HooksDeps, submission: boolean): SmtpHooks {
         maxSize: d.res?.maxMessageSize ?? 0,
         // A virtual alias: the message is stored for these instead (envelope.ts toProtoRecipients).
         aliasTargets: aliasTargets.length ? aliasTargets : undefined,
+        // Archive copies (recipient bcc maps), and the targets forwarded with an SRS sender.
+        bcc: d.res?.bcc.length ? d.res.bcc : undefined,
+        srsTargets: d.res?.srsTargets.length ? d.res.srsTargets : undefined,
+        srsSender: d.res?.srsSender || undefined,
       };
       // The recipients-per-message limit holds for what is stored, after alias expansion.
       const stored = storedCount([...envelope.rcptTo, rcpt]);

@@ -20,7 +20,8 @@ import { SpanKind } from '@opentelemetry/api';
 import { context, injectContext, SpanStatusCode, trace, type Logger, type Tracer } from '@tern/telemetry';
 import type { PolicyClient, QueueClient } from './clients';
 import type { EnqueueBatcher } from './enqueue-batch';
-import { sessionInfo, toProtoEnvelope, toProtoRecipients } from './envelope';
+import { sessionInfo, splitBySender, storedRecipients, toProtoEnvelope } from './envelope';
+import { rewriteHeaderSection } from './header-rewrite';
 import { HeaderScanner, messageId, receivedHeader, rfc5322Date } from './headers';
 import { headerLines, MessageCheck, type MessageCheckSettings } from './messagecheck';
 import type { IngressMetrics } from './metrics';
@@ -43,6 +44,8 @@ export interface MessageSubmissionDeps {
   logger: Logger;
   tracer: Tracer;
   policy: PolicyClient;
+  /** Deadline of a policy call (RewriteAddresses at the end of the header section). */
+  policyDeadlineMs: number;
   queue: QueueClient;
   queueStatus: QueueStatusCache;
   metrics: IngressMetrics;
@@ -97,6 +100,13 @@ export class MessageSubmission {
   private failure: Error | undefined;
   private writer: grpc.ClientWritableStream<EnqueueRequest> | undefined;
   private result: Promise<EnqueueResponse> | undefined;
+  /**
+   * Recipients forwarded with an SRS sender (address key -> SRS address);
+   * when others are not, the message is stored as more than one (envelope.ts
+   * splitBySender): `extra` holds the Enqueue streams of the others.
+   */
+  private readonly forwarded: Map<string, string>;
+  private extra: Array<{ writer: grpc.ClientWritableStream<EnqueueRequest>; result: Promise<EnqueueResponse> }> = [];
   /** Octets given to the queue (with the lines ingress adds). */
   private sent = 0;
   /** Octets the client sent. */
@@ -122,9 +132,11 @@ export class MessageSubmission {
         ? new MessageCheck(deps.policy, { session: sessionInfo(s, deps.hostname), sender: envelope.mailFrom.address, recipients: envelope.rcptTo.map((r) => r.address) })
         : undefined;
     this.sizeLimit = sizeOnly ? Math.min(...envelope.rcptTo.map((r) => Number(r.state?.maxSize) || Infinity)) : Infinity;
+    const stored = storedRecipients(envelope, st(s).mail?.bcc);
+    this.forwarded = stored.forwarded;
     this.header = EnqueueHeader.fromPartial({
       envelope: toProtoEnvelope(s, envelope, this.arrival),
-      recipients: toProtoRecipients(envelope),
+      recipients: stored.recipients,
       origin: MessageOrigin.MESSAGE_ORIGIN_SMTP,
       hold: this.hold,
     });
@@ -152,7 +164,7 @@ export class MessageSubmission {
       if (this.check) {
         const verdict = await this.endOfDataCheck(this.check);
         if (verdict.refusal) {
-          if (this.writer) abortEnqueue(this.writer);
+          this.abortStreams();
           endTx(s, `end of data refused: ${verdict.refusal.code}`);
           return verdict.refusal;
         }
@@ -235,11 +247,17 @@ export class MessageSubmission {
     }
   }
 
+  /** Abandons every Enqueue stream opened (nothing is stored without its commit marker). */
+  private abortStreams(): void {
+    if (this.writer) abortEnqueue(this.writer);
+    for (const x of this.extra) abortEnqueue(x.writer);
+  }
+
   /** Not stored, with `reply` (4xx or 5xx): counted, logged. */
   private refuse(reply: Reply, result: string, why: string, milter?: string): Reply {
     const { s } = this;
     const { logger, metrics } = this.deps;
-    if (this.writer) abortEnqueue(this.writer);
+    this.abortStreams();
     metrics.messages.add(1, { listener: s.listener, result: `${result}_${String(reply.code)[0]}xx` });
     logger.info({ event: 'smtp_reject', stage: 'data', session_id: s.id, client: s.clientAddress, reason: result, milter, reply: `${reply.code} ${reply.enhanced ?? ''}`.trim(), detail: why }, `message refused at end of data: ${why}; nothing stored`);
     endTx(s, `end of data refused: ${reply.code}`);
@@ -252,12 +270,21 @@ export class MessageSubmission {
     const { hostname } = this.deps;
     const received = receivedHeader({ session: s, envelope, hostname, clientName: st(s).clientName, date: this.arrival });
     let prefix: Buffer | undefined = Buffer.from(received, 'utf8');
-    const scanner = this.submission ? new HeaderScanner() : undefined;
+    // The header section is read whole first on submission listeners (a
+    // missing Message-ID or Date is added) and where policy's rules rewrite
+    // header addresses (st(s).mail.headers).
+    const rewrite = st(s).mail?.headers ?? false;
+    const scanner = this.submission || rewrite ? new HeaderScanner() : undefined;
     const submissionHeaders = (): Buffer => {
+      if (!this.submission) return Buffer.alloc(0);
       let extra = '';
       if (!scanner!.hasMessageId) extra += `Message-ID: ${messageId(s, envelope, hostname)}\r\n`;
       if (!scanner!.hasDate) extra += `Date: ${rfc5322Date(this.arrival)}\r\n`;
       return Buffer.from(extra, 'latin1');
+    };
+    const headerSection = async (): Promise<Buffer> => {
+      const head = scanner!.take();
+      return rewrite ? rewriteHeaderSection(head, this.deps.policy, this.deps.policyDeadlineMs) : head;
     };
     for await (const piece of stream) {
       let chunk = piece as Buffer;
@@ -268,7 +295,7 @@ export class MessageSubmission {
           if (teed) await teed;
           continue;
         }
-        chunk = Buffer.concat([submissionHeaders(), scanner.take()]);
+        chunk = Buffer.concat([submissionHeaders(), await headerSection()]);
       }
       if (prefix) {
         // Its own piece: joined to the first chunk it copied that chunk (up to 64 KiB).
@@ -280,7 +307,7 @@ export class MessageSubmission {
     }
     if (scanner && !scanner.done) {
       scanner.finish();
-      await this.writeBody(Buffer.concat([prefix ?? Buffer.alloc(0), submissionHeaders(), scanner.take()]));
+      await this.writeBody(Buffer.concat([prefix ?? Buffer.alloc(0), submissionHeaders(), await headerSection()]));
       prefix = undefined;
     }
     if (prefix) await this.writeBody(prefix);
@@ -299,22 +326,37 @@ export class MessageSubmission {
     await this.streamBody(buf);
   }
 
-  /** Opens the Enqueue stream and sends the header and what was held. */
+  /** Opens the Enqueue stream (one per part, see `forwarded`) and sends the header and what was held. */
   private async openStream(): Promise<void> {
-    this.result = new Promise<EnqueueResponse>((resolve, reject) => {
-      // No deadline on the stream itself: the client's pace is bounded by the
-      // engine's data timeout, the commit by commitTimeoutMs (commit).
-      this.writer = this.deps.queue.enqueue(new grpc.Metadata(), { deadline: Infinity }, (err, res) => {
-        this.settled = true;
-        if (err) {
-          this.failure = err;
-          reject(err);
-        } else resolve(res);
+    const [first, ...others] = splitBySender(this.header, this.forwarded);
+    const open = () => {
+      let writer!: grpc.ClientWritableStream<EnqueueRequest>;
+      const result = new Promise<EnqueueResponse>((resolve, reject) => {
+        // No deadline on the stream itself: the client's pace is bounded by the
+        // engine's data timeout, the commit by commitTimeoutMs (commit).
+        writer = this.deps.queue.enqueue(new grpc.Metadata(), { deadline: Infinity }, (err, res) => {
+          if (err) {
+            this.settled = true;
+            this.failure = err;
+            reject(err);
+          } else resolve(res);
+        });
       });
-    });
-    this.result.catch(() => undefined);
-    this.writer!.on('error', () => undefined);
-    await this.write(EnqueueRequest.fromPartial({ header: this.header }));
+      result.catch(() => undefined);
+      writer.on('error', () => undefined);
+      return { writer, result };
+    };
+    const main = open();
+    this.writer = main.writer;
+    this.result = main.result;
+    this.extra = others.map(() => open());
+    // Settled (for abort on failure) once every part is answered.
+    Promise.all([main.result, ...this.extra.map((x) => x.result)]).then(
+      () => (this.settled = true),
+      () => undefined,
+    );
+    await this.write(EnqueueRequest.fromPartial({ header: first }));
+    for (const [i, x] of this.extra.entries()) await this.write(EnqueueRequest.fromPartial({ header: others[i] }), x.writer);
     const pieces = this.held;
     this.held = [];
     this.heldBytes = 0;
@@ -322,14 +364,18 @@ export class MessageSubmission {
   }
 
   private async streamBody(buf: Buffer): Promise<void> {
-    for (let i = 0; i < buf.length; i += CHUNK) await this.write(EnqueueRequest.fromPartial({ chunk: buf.subarray(i, i + CHUNK) }));
+    for (let i = 0; i < buf.length; i += CHUNK) {
+      const req = EnqueueRequest.fromPartial({ chunk: buf.subarray(i, i + CHUNK) });
+      await this.write(req);
+      for (const x of this.extra) await this.write(req, x.writer);
+    }
   }
 
-  /** One request on the Enqueue stream, waiting while the stream is full. */
-  private async write(req: EnqueueRequest): Promise<void> {
+  /** One request on an Enqueue stream (the first by default), waiting while the stream is full. */
+  private async write(req: EnqueueRequest, writer = this.writer!): Promise<void> {
     if (this.failure) throw this.failure;
-    if (!this.writer!.write(req)) {
-      await Promise.race([once(this.writer!, 'drain'), this.result]);
+    if (!writer.write(req)) {
+      await Promise.race([once(writer, 'drain'), this.result]);
     }
   }
 
@@ -337,7 +383,7 @@ export class MessageSubmission {
   private refuseOverSize(): Reply {
     const { s } = this;
     const { logger, metrics } = this.deps;
-    if (this.writer) abortEnqueue(this.writer);
+    this.abortStreams();
     metrics.decisions.add(1, { stage: 'data', result: '5xx' });
     metrics.messages.add(1, { listener: s.listener, result: 'policy_5xx' });
     logger.info({ event: 'smtp_reject', stage: 'data', session_id: s.id, client: s.clientAddress, reason: 'message_too_large', reply: '552 5.3.4' }, 'message over the recipients\' size limit; nothing stored');
@@ -387,8 +433,10 @@ export class MessageSubmission {
     let committed: Promise<EnqueueResponse>;
     if (this.writer) {
       await this.write(EnqueueRequest.fromPartial({ commit }));
+      for (const x of this.extra) await this.write(EnqueueRequest.fromPartial({ commit }), x.writer);
       this.writer.end();
-      committed = this.result!;
+      for (const x of this.extra) x.writer.end();
+      committed = joinParts([this.result!, ...this.extra.map((x) => x.result)]);
     } else {
       // The message's own span for its enqueue: the batch and the stream it
       // travels on belong to no one message (enqueue-batch.ts). The queue's
@@ -398,12 +446,20 @@ export class MessageSubmission {
         attributes: { 'rpc.system': 'grpc', 'rpc.service': 'tern.v1.QueueService', 'rpc.method': 'EnqueueStream' },
       });
       // The pieces as they arrived: the request's encoding joins them, once.
-      const message: EnqueueMessageParts = { header: this.header, body: EMPTY_BODY, bodyParts: this.held, commit, trace: injectContext(trace.setSpan(context.active(), span)) };
-      committed = this.deps.enqueueBatch!.batcher.add(message).then((o) => {
+      // The parts of a split message go together, in one batch.
+      const traceCtx = injectContext(trace.setSpan(context.active(), span));
+      const messages: EnqueueMessageParts[] = splitBySender(this.header, this.forwarded).map((header) => ({ header, body: EMPTY_BODY, bodyParts: this.held, commit, trace: traceCtx }));
+      committed = joinParts(
+        this.deps.enqueueBatch!.batcher.addAll(messages).map((p) =>
+          p.then((o) => {
+            if (o.errorCode) throw new Error(`EnqueueBatch refused the message: ${grpc.status[o.errorCode] ?? o.errorCode}: ${o.error}`);
+            return { queueId: o.queueId, size: o.size };
+          }),
+        ),
+      ).then((res) => {
         this.settled = true;
-        if (o.errorCode) throw new Error(`EnqueueBatch refused the message: ${grpc.status[o.errorCode] ?? o.errorCode}: ${o.error}`);
-        span.setAttribute('tern.queue_id', o.queueId);
-        return { queueId: o.queueId, size: o.size };
+        span.setAttribute('tern.queue_id', res.queueId);
+        return res;
       });
       committed.then(
         () => span.end(),
@@ -457,7 +513,7 @@ export class MessageSubmission {
   private failed(err: unknown): Reply {
     const { s } = this;
     const { logger, metrics } = this.deps;
-    if (this.writer && !this.settled) abortEnqueue(this.writer);
+    if (!this.settled) this.abortStreams();
     this.check?.cancel();
     if (err instanceof SmtpDataError) {
       metrics.messages.add(1, { listener: s.listener, result: err.violation });
@@ -473,4 +529,15 @@ export class MessageSubmission {
     void this.deps.queueStatus.refresh();
     return IngressReplies.enqueueFailed;
   }
+}
+
+/**
+ * The answer for every part of a message: its queue ids, space-separated
+ * (the first is the one the client's 250 names first). One part refused
+ * fails the whole: the client gets 451 and sends again, and the parts that
+ * were stored may then be delivered twice (never lost).
+ */
+async function joinParts(parts: Promise<EnqueueResponse>[]): Promise<EnqueueResponse> {
+  const all = await Promise.all(parts);
+  return { queueId: all.map((r) => r.queueId).join(' '), size: all[0]!.size };
 }

@@ -1,7 +1,8 @@
 // What ingress keeps on an SMTP session (the engine's `session.state`): the
 // session's and the transaction's trace spans, with the contexts every policy
 // and queue call of that stage runs in (so traceparent reaches both), the
-// client's verified name, and a HOLD that policy gave at connect, HELO or MAIL.
+// client's verified name, a HOLD that policy gave at connect, HELO or MAIL,
+// and what policy said at MAIL about rewriting the transaction's addresses.
 import { context, SpanStatusCode, type Context, type Span } from '@tern/telemetry';
 import type { SmtpSession } from '@tern/smtp';
 
@@ -12,6 +13,15 @@ export interface SessionState {
   hold?: boolean;
   tx?: Span;
   txCtx?: Context;
+  /** The current transaction's MAIL answer: the sender to store, its archive copy, header rewriting (CheckResponse). */
+  mail?: MailRewrite;
+}
+
+export interface MailRewrite {
+  /** The envelope sender to store ("" = as given). */
+  sender: string;
+  bcc: readonly string[];
+  headers: boolean;
 }
 
 export const st = (s: SmtpSession) => s.state as SessionState;
