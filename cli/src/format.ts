@@ -16,6 +16,7 @@ import {
   type MessageDetail,
   MessageOrigin,
   type MessageSummary,
+  RecipientCheck,
   type RecipientStatus,
   RecipientState,
   type Route,
@@ -252,8 +253,15 @@ export function formatRoutes(routes: Route[]): string {
 export function formatDomains(ds: Domain[]): string {
   if (ds.length === 0) return 'No domains.\n';
   return table(
-    ['DOMAIN', 'KIND', 'CATCH-ALL', 'MAX SIZE'],
-    ds.map((d) => [d.name, enumName(DomainKind, 'DOMAIN_KIND_', d.kind), d.catchAll || '-', d.maxMessageSize ? bytes(d.maxMessageSize) : 'default']),
+    ['DOMAIN', 'KIND', 'CATCH-ALL', 'MAX SIZE', 'RECIPIENTS'],
+    ds.map((d) => [
+      d.name,
+      enumName(DomainKind, 'DOMAIN_KIND_', d.kind),
+      d.catchAll || '-',
+      d.maxMessageSize ? bytes(d.maxMessageSize) : 'default',
+      // How RCPT to a relay domain is checked (a local domain: its mailboxes and aliases).
+      d.kind === DomainKind.DOMAIN_KIND_RELAY ? enumName(RecipientCheck, 'RECIPIENT_CHECK_', d.recipientCheck || RecipientCheck.RECIPIENT_CHECK_NONE) : '-',
+    ]),
   );
 }
 

@@ -17,7 +17,9 @@ import {
   Alias,
   Destination,
   Domain,
+  DomainKind,
   Mailbox,
+  RecipientCheck,
   Route,
   User,
 } from '@tern/proto';
@@ -25,6 +27,7 @@ import { connect, type AdminApi, type Connection, type ConnectionOptions, resolv
 import { registerDkimCommands } from './dkim';
 import { registerLimitCommands } from './limit';
 import { registerMilterCommands } from './milter';
+import { registerRelayRecipientCommands } from './relay-recipient';
 import { registerWebhookCommands } from './webhook';
 import { registerBounceRuleCommands } from './bounce-rule';
 import { CliError, EXIT } from './errors';
@@ -338,11 +341,18 @@ export function buildProgram(io: Io): Command {
     .addOption(new Option('--kind <kind>', 'local or relay').choices(['local', 'relay']).default('local'))
     .option('--catch-all <address>', 'local domains: where mail for unknown users goes')
     .option('--max-size <size>', 'largest message for this domain (e.g. 25M); default the global limit')
+    .addOption(
+      new Option(
+        '--recipients <check>',
+        'relay domains: how RCPT is checked: none (accept all), list (tern relay-recipient), callout (ask the next hop, cached: tern verify); default: what the domain has, none for a new one',
+      ).choices(['none', 'list', 'callout']),
+    )
     .action(
-      run(async (ctx, name: string, o: { kind?: string; catchAll?: string; maxSize?: string }) => {
+      run(async (ctx, name: string, o: { kind?: string; catchAll?: string; maxSize?: string; recipients?: string }) => {
         const res = await ctx.api.putDomain({ domain: domainFromArgs(name, o) });
         const d = res.domain;
-        ctx.out(ctx.json ? f.json(d ? Domain.toJSON(d) : {}) : `Domain ${d?.name ?? name} (${o.kind ?? 'local'}) saved.\n`);
+        const check = d?.kind === DomainKind.DOMAIN_KIND_RELAY ? `, recipients: ${f.enumName(RecipientCheck, 'RECIPIENT_CHECK_', d.recipientCheck)}` : '';
+        ctx.out(ctx.json ? f.json(d ? Domain.toJSON(d) : {}) : `Domain ${d?.name ?? name} (${o.kind ?? 'local'}${check}) saved.\n`);
       }),
     );
   domain
@@ -526,6 +536,9 @@ export function buildProgram(io: Io): Command {
   registerMilterCommands(program as unknown as Command, run);
   // ---- bounce classification rules (cli/src/bounce-rule.ts)
   registerBounceRuleCommands(program as unknown as Command, run);
+
+  // ---- relay recipients and the verification cache (cli/src/relay-recipient.ts)
+  registerRelayRecipientCommands(program as unknown as Command, run);
 
   // ---- webhook endpoints (cli/src/webhook.ts)
   registerWebhookCommands(program as unknown as Command, run);

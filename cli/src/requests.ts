@@ -7,6 +7,7 @@ import {
   type ListMessagesRequest,
   type MessageFilter,
   QueueAction,
+  RecipientCheck,
   RecipientState,
   type Route,
   RouteKind,
@@ -182,6 +183,8 @@ export interface DomainOptions {
   kind?: string;
   catchAll?: string;
   maxSize?: string;
+  /** Relay domains: none, list or callout; unset keeps what the domain has. */
+  recipients?: string;
 }
 
 export function domainFromArgs(name: string, o: DomainOptions): Domain {
@@ -189,7 +192,14 @@ export function domainFromArgs(name: string, o: DomainOptions): Domain {
   if (o.catchAll && kind !== DomainKind.DOMAIN_KIND_LOCAL) throw new UsageError('--catch-all applies to local domains only');
   let maxMessageSize = 0;
   if (o.maxSize !== undefined) maxMessageSize = parseSize(o.maxSize, '--max-size');
-  return { name, kind, catchAll: o.catchAll ?? '', maxMessageSize };
+  let recipientCheck = RecipientCheck.RECIPIENT_CHECK_UNSPECIFIED;
+  if (o.recipients !== undefined) {
+    recipientCheck = enumValue(RecipientCheck, 'RECIPIENT_CHECK_', o.recipients, '--recipients') as RecipientCheck;
+    if (kind !== DomainKind.DOMAIN_KIND_RELAY && recipientCheck !== RecipientCheck.RECIPIENT_CHECK_NONE) {
+      throw new UsageError('--recipients applies to relay domains only (add --kind relay); a local domain knows its mailboxes and aliases');
+    }
+  }
+  return { name, kind, catchAll: o.catchAll ?? '', maxMessageSize, recipientCheck };
 }
 
 /** "10M", "512k", "1G" or bytes. */
