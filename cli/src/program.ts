@@ -28,6 +28,7 @@ import { registerDkimCommands } from './dkim';
 import { registerLimitCommands } from './limit';
 import { registerMilterCommands } from './milter';
 import { registerRelayRecipientCommands } from './relay-recipient';
+import { registerRewriteCommands } from './rewrite';
 import { registerWebhookCommands } from './webhook';
 import { registerBounceRuleCommands } from './bounce-rule';
 import { CliError, EXIT } from './errors';
@@ -542,6 +543,9 @@ export function buildProgram(io: Io): Command {
 
   // ---- webhook endpoints (cli/src/webhook.ts)
   registerWebhookCommands(program as unknown as Command, run);
+
+  // ---- address rewriting: canonical, masquerade, bcc, SRS (cli/src/rewrite.ts)
+  registerRewriteCommands(program as unknown as Command, run);
 
   return program as unknown as Command;
 }
