@@ -28,7 +28,7 @@ const OWN: Record<ServiceName, string[]> = {
   ingress: [],
   policy: ['tern.v1.PolicyService'],
   queue: ['tern.v1.QueueService'],
-  delivery: [],
+  delivery: ['tern.v1.DeliveryService'],
   bounce: [],
   webhooks: ['tern.v1.WebhookService'],
 };

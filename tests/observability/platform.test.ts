@@ -16,7 +16,7 @@ import path from 'node:path';
 import pg from 'pg';
 import * as grpc from '@grpc/grpc-js';
 import { Harness, startPlatform, submissionListener, type Platform, type SmtpSink, type TestDatabase } from '@tern/devkit';
-import { AuthenticateRequest, PolicyServiceClient, RecipientState } from '@tern/proto';
+import { AuthenticateRequest, CheckRequest, CheckStage, PolicyServiceClient, RecipientState } from '@tern/proto';
 import { Receiver } from '../../services/webhooks/test/receiver';
 import { send, tern, waitFor } from '../ops/helpers';
 import { NAMESPACE, ROOT } from '../chart/render';
@@ -45,7 +45,7 @@ before(async () => {
   slow = await harness.startSink({ host: '127.0.0.31', port, hostname: 'mx.slow.test' });
   slow.setBehaviour({ rcpt: 'hang' }); // a job that stays in flight
   const dns = await harness.startDns({ host: '127.0.0.1' });
-  for (const d of ['ok.test', 'defer.test', 'queued.test', 'sender.test']) dns.mx(d, 'mx.obs.test');
+  for (const d of ['ok.test', 'defer.test', 'queued.test', 'sender.test', 'verify.test']) dns.mx(d, 'mx.obs.test');
   dns.a('mx.obs.test', '127.0.0.30').mx('slow.test', 'mx.slow.test').a('mx.slow.test', '127.0.0.31');
   // A submission listener gives ingress a certificate (whose expiry is a metric).
   const submission = await submissionListener(harness);
@@ -176,6 +176,16 @@ async function moreTraffic(): Promise<void> {
         err ? reject(err) : resolve(),
       ),
     );
+    // A relay domain checked by callout: the first RCPT asks the MX through delivery, the second is a cache hit.
+    await tern(platform, 'domain', 'add', 'verify.test', '--kind', 'relay', '--recipients', 'callout');
+    for (let i = 0; i < 2; i++) {
+      await new Promise<void>((resolve, reject) =>
+        policy.check(
+          CheckRequest.fromPartial({ stage: CheckStage.CHECK_STAGE_RCPT, sender: 'a@ok.test', recipient: 'someone@verify.test', session: { sessionId: 'obs', clientAddress: '127.0.0.9' } }),
+          (err) => (err ? reject(err) : resolve()),
+        ),
+      );
+    }
   } finally {
     policy.close();
   }
