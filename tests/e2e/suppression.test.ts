@@ -70,6 +70,8 @@ test('a hard failure is suppressed: submission to it gets 550 5.1.1 at RCPT unti
   );
   assert.equal(listed.queueId, first, 'the entry names the message that failed');
   assert.match(listed.reason ?? '', /^550 5\.1\.1 /, 'and the remote reply');
+  // Ingress may reuse the first try's accept for TERN_POLICY_DECISION_CACHE_MS (1 s): a listing takes effect that much later.
+  await new Promise((r) => setTimeout(r, 1_100));
 
   await assert.rejects(submit('permfail-gone@dest.test', 'second try'), (err: { responseCode?: number; response?: string }) => {
     assert.equal(err.responseCode, 550, err.response);

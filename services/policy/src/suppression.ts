@@ -113,7 +113,10 @@ export function enforcedFor(client: Client, scopes: ReadonlySet<SuppressionScope
 
 /** The policy hook: an accepted recipient that is listed is refused, naming when and why; only at RCPT, for the clients in `scopes`. */
 export function suppressionHook(store: SuppressionStore, scopes: ReadonlySet<SuppressionScope>) {
-  // A decision the list can change is not cacheable (ingress reuses pure accepts).
+  // A listed address is refused, which is never reused. An accept is reused
+  // by ingress for TERN_POLICY_DECISION_CACHE_MS like any pure accept: an
+  // address listed meanwhile is refused that much later, and a relay sending
+  // the same recipients again and again is not one Postgres lookup per RCPT.
   const applies = (req: CheckRequest, client: Client) => req.stage === CheckStage.CHECK_STAGE_RCPT && enforcedFor(client, scopes);
   const hook = async (req: CheckRequest, client: Client, decision: Decision): Promise<Decision | undefined> => {
     if (!applies(req, client) || decision.action !== PolicyAction.POLICY_ACTION_ACCEPT) return undefined;
@@ -129,5 +132,5 @@ export function suppressionHook(store: SuppressionStore, scopes: ReadonlySet<Sup
       `${formatAddress(req.recipient)}: Recipient address rejected: delivery failed permanently on ${since}${hit.reason ? ` (${hit.reason})` : ''}; not sending again`,
     );
   };
-  return Object.assign(hook, { pure: (req: CheckRequest, client: Client) => !applies(req, client) });
+  return Object.assign(hook, { pure: () => true });
 }
