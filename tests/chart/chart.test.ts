@@ -2,6 +2,7 @@
 // values and asserts on the parsed objects (see render.ts).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { isDeepStrictEqual } from 'node:util';
 import {
   container,
   deployment,
@@ -91,7 +92,7 @@ test('every service has a PodDisruptionBudget by default, selecting its own pods
     assert.deepEqual(pdb.spec?.selector?.matchLabels, deployment(defaults, s).spec?.selector?.matchLabels);
   }
   const objs = render({ bounce: { pdb: { enabled: false } }, ingress: { pdb: { minAvailable: 2 } } });
-  assert.equal(findAll(objs, 'PodDisruptionBudget').length, 5);
+  assert.equal(findAll(objs, 'PodDisruptionBudget').length, SERVICES.length - 1);
   const ingress = find(objs, 'PodDisruptionBudget', `${RELEASE}-ingress`);
   assert.equal(ingress.spec?.minAvailable, 2);
   assert.equal(ingress.spec?.maxUnavailable, undefined);
@@ -104,7 +105,7 @@ function podSpecs(objs: K8sObject[]) {
 
 test('every pod is hardened: non-root, read-only root, no capabilities, no escalation, RuntimeDefault seccomp, no token', () => {
   const pods = podSpecs(defaults);
-  assert.equal(pods.length, 7, 'six Deployments and the migration Job');
+  assert.equal(pods.length, 8, 'seven Deployments and the migration Job');
   for (const { name, spec } of pods) {
     assert.equal(spec.securityContext?.runAsNonRoot, true, name);
     assert.equal(spec.securityContext?.seccompProfile?.type, 'RuntimeDefault', name);
@@ -158,7 +159,7 @@ test('under mTLS the probes move to HTTP /healthz and /readyz (the kubelet gRPC 
 });
 
 /** Names of variables whose values are secrets. */
-const SECRET_VARS = ['TERN_DATABASE_URL', 'TERN_NATS_URL', 'TERN_ADMIN_TOKENS', 'TERN_DKIM_KEK'];
+const SECRET_VARS = ['TERN_DATABASE_URL', 'TERN_NATS_URL', 'TERN_ADMIN_TOKENS', 'TERN_DKIM_KEK', 'TERN_WEBHOOKS_KEK'];
 
 test('no secret reaches a pod as a plain env value: URLs come from secretKeyRef, tokens and keys as files', () => {
   const password = 'S3cretPassw0rd';
@@ -202,13 +203,14 @@ test('each service gets only the dependencies it uses, at addresses of Services 
     queue: ['TERN_DATABASE_URL', 'TERN_NATS_URL'],
     delivery: ['TERN_NATS_URL', 'TERN_QUEUE_ADDR', 'TERN_POLICY_ADDR'], // policy: the admin API's DKIM keys
     bounce: ['TERN_NATS_URL', 'TERN_QUEUE_ADDR', 'TERN_POLICY_ADDR'], // policy: the suppression list feed
-    admin: ['TERN_QUEUE_ADDR', 'TERN_POLICY_ADDR'],
+    webhooks: ['TERN_DATABASE_URL', 'TERN_NATS_URL'],
+    admin: ['TERN_QUEUE_ADDR', 'TERN_POLICY_ADDR', 'TERN_WEBHOOKS_ADDR'],
   };
-  const deps = ['TERN_DATABASE_URL', 'TERN_NATS_URL', 'TERN_QUEUE_ADDR', 'TERN_POLICY_ADDR'];
+  const deps = ['TERN_DATABASE_URL', 'TERN_NATS_URL', 'TERN_QUEUE_ADDR', 'TERN_POLICY_ADDR', 'TERN_WEBHOOKS_ADDR'];
   for (const s of SERVICES) {
     const c = container(deployment(defaults, s));
     assert.deepEqual(deps.filter((d) => env(c, d)), wants[s], s);
-    for (const d of ['TERN_QUEUE_ADDR', 'TERN_POLICY_ADDR']) {
+    for (const d of ['TERN_QUEUE_ADDR', 'TERN_POLICY_ADDR', 'TERN_WEBHOOKS_ADDR']) {
       const addr = env(c, d)?.value;
       if (!addr) continue;
       const m = /^([a-z0-9-]+)\.mail\.svc:(\d+)$/.exec(addr);
@@ -390,6 +392,124 @@ test('the ServiceMonitor is behind a flag and scrapes /metrics on the metrics po
     for (const [k, v] of Object.entries(selector)) assert.equal(svc.metadata.labels?.[k], v, `${s} Service matches the selector`);
     assert.ok(svc.spec?.ports?.some((p) => p.name === 'metrics' && p.port === PORTS[s].metrics), `${s} metrics port`);
   }
+});
+
+test('webhooks: its own Deployment, headless Service (gRPC 7006, metrics 9106) and ServiceMonitor target, Postgres and NATS from the Secrets; admin calls it', () => {
+  const d = deployment(defaults, 'webhooks');
+  const c = container(d);
+  assert.deepEqual(c.args, ['webhooks']);
+  assert.equal(d.spec?.replicas, 1);
+  assert.deepEqual(
+    c.ports?.map((p) => [p.name, p.containerPort]),
+    [
+      ['grpc', 7006],
+      ['metrics', 9106],
+    ],
+  );
+  const svc = find(defaults, 'Service', `${RELEASE}-webhooks`);
+  assert.equal(svc.spec?.clusterIP, 'None');
+  assert.deepEqual(svc.spec?.selector, d.spec?.selector?.matchLabels);
+  assert.deepEqual(
+    svc.spec?.ports?.map((p) => [p.name, p.port]),
+    [
+      ['grpc', 7006],
+      ['metrics', 9106],
+    ],
+  );
+  assert.deepEqual(env(c, 'TERN_DATABASE_URL')?.valueFrom?.secretKeyRef, { name: `${RELEASE}-postgres`, key: 'url' });
+  assert.deepEqual(env(c, 'TERN_NATS_URL')?.valueFrom?.secretKeyRef, { name: `${RELEASE}-nats`, key: 'url' });
+  assert.equal(env(container(deployment(defaults, 'admin')), 'TERN_WEBHOOKS_ADDR')?.value, `${RELEASE}-webhooks.mail.svc:7006`);
+  assert.equal(env(c, 'TERN_HOSTNAME'), undefined, 'it speaks no SMTP');
+  // Scaled by its own values, like the others.
+  assert.equal(deployment(render({ webhooks: { replicas: 3 } }), 'webhooks').spec?.replicas, 3);
+  const hpa = find(render({ webhooks: { autoscaling: { enabled: true, maxReplicas: 5 } } }), 'HorizontalPodAutoscaler', `${RELEASE}-webhooks`);
+  assert.equal(hpa.spec?.maxReplicas, 5);
+});
+
+test('webhooks: the SSRF guard and https-only stay on unless the values turn them off', () => {
+  const c = container(deployment(defaults, 'webhooks'));
+  assert.equal(env(c, 'TERN_WEBHOOKS_ALLOW_HTTP')?.value, 'false');
+  assert.equal(env(c, 'TERN_WEBHOOKS_ALLOW_PRIVATE')?.value, 'false');
+  const open = container(deployment(render({ webhooks: { allowHttp: true, allowPrivate: true } }), 'webhooks'));
+  assert.equal(env(open, 'TERN_WEBHOOKS_ALLOW_HTTP')?.value, 'true');
+  assert.equal(env(open, 'TERN_WEBHOOKS_ALLOW_PRIVATE')?.value, 'true');
+  assert.match(renderError({ webhooks: { allowHttp: 'yes' } }), /allowHttp/);
+});
+
+test('webhooks: the key-encryption key of the signing secrets reaches webhooks only, from an optional Secret, never as a plain value', () => {
+  for (const [values, name, key] of [
+    [{}, `${RELEASE}-webhooks-kek`, 'kek'],
+    [{ webhooks: { kekSecret: { name: 'my-webhooks-kek', key: 'k' } } }, 'my-webhooks-kek', 'k'],
+  ] as const) {
+    const objs = render(values);
+    for (const s of SERVICES) {
+      const e = env(container(deployment(objs, s)), 'TERN_WEBHOOKS_KEK');
+      if (s === 'webhooks') assert.deepEqual(e?.valueFrom?.secretKeyRef, { name, key, optional: true }, s);
+      else assert.equal(e, undefined, `${s} has no TERN_WEBHOOKS_KEK`);
+    }
+  }
+  assert.match(renderError({ webhooks: { env: { TERN_WEBHOOKS_KEK: 'AAAA' } } }), /TERN_WEBHOOKS_KEK/);
+  assert.match(renderError({ config: { env: { TERN_WEBHOOKS_KEK: 'AAAA' } } }), /TERN_WEBHOOKS_KEK/);
+});
+
+test('NetworkPolicy: webhooks reaches HTTPS anywhere (and the extra ports or rules given), DNS, Postgres and NATS; only admin calls it; admin may reach it', () => {
+  const np = find(defaults, 'NetworkPolicy', `${RELEASE}-webhooks`);
+  const egress = np.spec?.egress ?? [];
+  assert.deepEqual([...new Set(egress.flatMap(ports))].sort(), [443, 4222, 5432, 53].sort());
+  const https = egress.find((r) => ports(r).includes(443));
+  assert.equal(https?.to, undefined, 'receivers may be anywhere');
+  assert.deepEqual(ports(https!), [443], 'HTTPS alone in that rule');
+  const grpc = np.spec?.ingress?.filter((r) => ports(r).includes(7006)) ?? [];
+  assert.equal(grpc.length, 1);
+  assert.deepEqual(grpc[0]!.from, [{ podSelector: { matchLabels: deployment(defaults, 'admin').spec?.selector?.matchLabels } }], 'only admin calls webhooks');
+  assert.ok(np.spec?.ingress?.some((r) => ports(r).includes(9106)), 'metrics are scraped');
+  assert.equal(np.spec?.ingress?.length, 2, 'metrics and admin only');
+
+  const admin = find(defaults, 'NetworkPolicy', `${RELEASE}-admin`);
+  const toWebhooks = admin.spec?.egress?.find((r) => ports(r).includes(7006));
+  assert.deepEqual(toWebhooks?.to, [{ podSelector: { matchLabels: deployment(defaults, 'webhooks').spec?.selector?.matchLabels } }]);
+  for (const s of SERVICES.filter((x) => x !== 'admin')) {
+    const other = find(defaults, 'NetworkPolicy', `${RELEASE}-${s}`);
+    assert.ok(!other.spec?.egress?.some((r) => ports(r).includes(7006)), `${s} does not reach webhooks`);
+  }
+
+  const rule = { to: [{ namespaceSelector: { matchLabels: { 'kubernetes.io/metadata.name': 'apps' } } }], ports: [{ protocol: 'TCP', port: 8080 }] };
+  const extra = find(render({ webhooks: { networkPolicy: { extraEgressPorts: [8443], extraEgress: [rule] } } }), 'NetworkPolicy', `${RELEASE}-webhooks`);
+  const open = extra.spec?.egress?.find((r) => ports(r).includes(443));
+  assert.deepEqual(ports(open!), [443, 8443], 'extra ports beside 443, anywhere');
+  assert.ok(extra.spec?.egress?.some((r) => isDeepStrictEqual(r, rule)), 'the extra rule as given');
+  const delivery = find(render({ webhooks: { networkPolicy: { extraEgress: [rule] } } }), 'NetworkPolicy', `${RELEASE}-delivery`);
+  assert.ok(!delivery.spec?.egress?.some((r) => ports(r).includes(8080)), 'webhooks.networkPolicy.extraEgress is for webhooks only');
+});
+
+test('webhooks: a PodDisruptionBudget that lets its single pod be evicted (a drain must not block on it)', () => {
+  const pdb = find(defaults, 'PodDisruptionBudget', `${RELEASE}-webhooks`);
+  assert.equal(deployment(defaults, 'webhooks').spec?.replicas, 1);
+  assert.equal(pdb.spec?.maxUnavailable, 1);
+  assert.equal(pdb.spec?.minAvailable, undefined, 'minAvailable 1 with one replica would refuse every eviction');
+  assert.deepEqual(pdb.spec?.selector?.matchLabels, deployment(defaults, 'webhooks').spec?.selector?.matchLabels);
+});
+
+test('webhooks.enabled false: no webhooks object at all, admin gets no TERN_WEBHOOKS_ADDR and no egress to it, alerts and certificate names leave it out', () => {
+  const objs = render({
+    webhooks: { enabled: false },
+    serviceMonitor: { enabled: true },
+    prometheusRule: { enabled: true },
+    grpcTls: { enabled: true, certManager: { enabled: true, issuerRef: { name: 'ca' } } },
+  });
+  const named = objs.filter((o) => o.metadata.name.includes('webhooks') || o.metadata.labels?.['app.kubernetes.io/component'] === 'webhooks');
+  assert.deepEqual(named.map((o) => `${o.kind}/${o.metadata.name}`), []);
+  assert.equal(findAll(objs, 'Deployment').length, SERVICES.length - 1);
+  const admin = container(deployment(objs, 'admin'));
+  assert.equal(env(admin, 'TERN_WEBHOOKS_ADDR'), undefined);
+  assert.ok(!find(objs, 'NetworkPolicy', `${RELEASE}-admin`).spec?.egress?.some((r) => ports(r).includes(7006)));
+  assert.ok(!JSON.stringify(objs).includes('webhooks'), 'nothing rendered mentions webhooks');
+  // The migrations still create its schema, so turning it on later needs nothing more.
+  assert.deepEqual(find(objs, 'Job', `${RELEASE}-migrate`).spec?.template?.spec.containers[0]?.args, ['migrate']);
+  // On (the default): the certificate names it, as admin's calls to it go through those names.
+  const on = find(render({ grpcTls: { enabled: true, certManager: { enabled: true, issuerRef: { name: 'ca' } } } }), 'Certificate', `${RELEASE}-grpc`);
+  assert.ok(on.spec?.dnsNames?.includes(`${RELEASE}-webhooks.mail.svc`), JSON.stringify(on.spec?.dnsNames));
+  assert.equal(on.spec?.dnsNames?.length, SERVICES.length * 3);
 });
 
 test('the merge escape hatch deep-merges into a Deployment without disturbing the rest', () => {

@@ -103,8 +103,10 @@ test('prometheusRule.enabled renders a PrometheusRule whose selector labels, ale
   assert.match(byName('TernNatsConsumerBacklog').expr, /> 500$/);
   assert.deepEqual(
     rules.filter((r) => r.alert === 'TernServiceAbsent').map((r) => r.labels?.job),
-    ['admin', 'ingress', 'policy', 'queue', 'delivery', 'bounce'],
+    ['admin', 'ingress', 'policy', 'queue', 'delivery', 'bounce', 'webhooks'],
     'one absence alert per service',
   );
+  const withoutWebhooks = (findAll(render({ prometheusRule: { enabled: true }, webhooks: { enabled: false } }), 'PrometheusRule')[0] as unknown as { spec: { groups: Array<{ rules: Rule[] }> } }).spec.groups.flatMap((g) => g.rules);
+  assert.ok(!withoutWebhooks.some((r) => r.labels?.job === 'webhooks' || r.expr.includes('webhooks')), 'no alert for a service the release does not run');
   assert.match(renderError({ prometheusRule: { enabled: true, thresholds: { deferralRatio: 2 } } }), /deferralRatio/, 'a ratio over 1 is refused');
 });

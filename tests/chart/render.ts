@@ -26,7 +26,7 @@ export interface Meta {
 export interface EnvVar {
   name: string;
   value?: string;
-  valueFrom?: { secretKeyRef?: { name: string; key: string } };
+  valueFrom?: { secretKeyRef?: { name: string; key: string; optional?: boolean } };
 }
 export interface Probe {
   grpc?: { port: number; service?: string };
@@ -119,7 +119,8 @@ export interface K8sObject {
   };
 }
 
-export const SERVICES = ['ingress', 'policy', 'queue', 'delivery', 'bounce', 'admin'] as const;
+/** The Deployments of the default values (webhooks is on unless `webhooks.enabled: false`). */
+export const SERVICES = ['ingress', 'policy', 'queue', 'delivery', 'bounce', 'webhooks', 'admin'] as const;
 export type ServiceName = (typeof SERVICES)[number];
 /** Ports from ARCHITECTURE.md. */
 export const PORTS: Record<ServiceName, { grpc: number; metrics: number }> = {
@@ -129,6 +130,7 @@ export const PORTS: Record<ServiceName, { grpc: number; metrics: number }> = {
   queue: { grpc: 7003, metrics: 9103 },
   delivery: { grpc: 7004, metrics: 9104 },
   bounce: { grpc: 7005, metrics: 9105 },
+  webhooks: { grpc: 7006, metrics: 9106 },
 };
 
 let helmPath: string | undefined;

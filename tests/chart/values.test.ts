@@ -37,10 +37,21 @@ test('a chart-made Secret needs its value: create without a URL fails', () => {
 });
 
 test('the production-like and alternative values files render', () => {
-  for (const f of ['charts/tern/ci/production-values.yaml', 'charts/tern/ci/alternatives-values.yaml']) {
+  // The alternatives turn webhooks off.
+  for (const [f, deployments] of [
+    ['charts/tern/ci/production-values.yaml', 7],
+    ['charts/tern/ci/alternatives-values.yaml', 6],
+  ] as const) {
     const objs = render(undefined, { files: [f] });
-    assert.ok(objs.filter((o) => o.kind === 'Deployment').length === 6, f);
+    assert.equal(objs.filter((o) => o.kind === 'Deployment').length, deployments, f);
   }
+});
+
+test('webhooks values are checked like the others: unknown keys, wrong types, ports out of range', () => {
+  assert.match(renderError({ webhooks: { enabeld: false } }), /enabeld/);
+  assert.match(renderError({ webhooks: { replicas: 'one' } }), /replicas/);
+  assert.match(renderError({ webhooks: { networkPolicy: { extraEgressPorts: [70000] } } }), /extraEgressPorts/);
+  assert.match(renderError({ webhooks: { kekSecret: { key: '' } } }), /key/);
 });
 
 test('values.schema.json and the README values table are regenerated from their sources', () => {

@@ -64,7 +64,7 @@ function promtoolTest(name: string, testCase: object): { ok: boolean; out: strin
 
 const ns = 'namespace="mail"';
 const up = (job: string, v: string) => ({ series: `up{${ns},job="${job}",pod="${job}-0"}`, values: v });
-const allUp = ['admin', 'ingress', 'policy', 'queue', 'delivery', 'bounce'].map((j) => up(j, '1x60'));
+const allUp = ['admin', 'ingress', 'policy', 'queue', 'delivery', 'bounce', 'webhooks'].map((j) => up(j, '1x60'));
 
 test('TernDeliveryStalled fires when recipients wait due and no result is applied, not while results come in', () => {
   const stalled = promtoolTest('stalled', {

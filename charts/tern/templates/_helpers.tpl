@@ -37,12 +37,26 @@ What the chart knows of each service: its ports (ARCHITECTURE.md) and what it
 talks to. Read with: $c := index (include "tern.components" . | fromYaml) "queue"
 */}}
 {{- define "tern.components" -}}
-admin:    {grpcPort: 7000, metricsPort: 9100, database: false, nats: false, callsQueue: true,  callsPolicy: true,  mailName: false}
-ingress:  {grpcPort: 7001, metricsPort: 9101, database: false, nats: false, callsQueue: true,  callsPolicy: true,  mailName: true}
-policy:   {grpcPort: 7002, metricsPort: 9102, database: true,  nats: false, callsQueue: false, callsPolicy: false, mailName: false}
-queue:    {grpcPort: 7003, metricsPort: 9103, database: true,  nats: true,  callsQueue: false, callsPolicy: false, mailName: false}
-delivery: {grpcPort: 7004, metricsPort: 9104, database: false, nats: true,  callsQueue: true,  callsPolicy: true,  mailName: true}
-bounce:   {grpcPort: 7005, metricsPort: 9105, database: false, nats: true,  callsQueue: true,  callsPolicy: true,  mailName: true}
+admin:    {grpcPort: 7000, metricsPort: 9100, database: false, nats: false, callsQueue: true,  callsPolicy: true,  callsWebhooks: true,  mailName: false}
+ingress:  {grpcPort: 7001, metricsPort: 9101, database: false, nats: false, callsQueue: true,  callsPolicy: true,  callsWebhooks: false, mailName: true}
+policy:   {grpcPort: 7002, metricsPort: 9102, database: true,  nats: false, callsQueue: false, callsPolicy: false, callsWebhooks: false, mailName: false}
+queue:    {grpcPort: 7003, metricsPort: 9103, database: true,  nats: true,  callsQueue: false, callsPolicy: false, callsWebhooks: false, mailName: false}
+delivery: {grpcPort: 7004, metricsPort: 9104, database: false, nats: true,  callsQueue: true,  callsPolicy: true,  callsWebhooks: false, mailName: true}
+bounce:   {grpcPort: 7005, metricsPort: 9105, database: false, nats: true,  callsQueue: true,  callsPolicy: true,  callsWebhooks: false, mailName: true}
+webhooks: {grpcPort: 7006, metricsPort: 9106, database: true,  nats: true,  callsQueue: false, callsPolicy: false, callsWebhooks: false, mailName: false}
+{{- end }}
+
+{{/*
+The components this release runs, in the order of the table above: every one
+but webhooks, which `webhooks.enabled` turns off. For the lists that name
+services (alerts, certificate names).
+*/}}
+{{- define "tern.enabledComponents" -}}
+{{- $out := list "admin" "ingress" "policy" "queue" "delivery" "bounce" }}
+{{- if .Values.webhooks.enabled }}
+{{- $out = append $out "webhooks" }}
+{{- end }}
+{{- toJson $out }}
 {{- end }}
 
 {{- define "tern.component" -}}
@@ -110,6 +124,9 @@ annotations:
 {{- define "tern.dkimKekSecretName" -}}
 {{- .Values.dkim.kekSecret.name | default (printf "%s-dkim-kek" (include "tern.fullname" .)) }}
 {{- end }}
+{{- define "tern.webhooksKekSecretName" -}}
+{{- .Values.webhooks.kekSecret.name | default (printf "%s-webhooks-kek" (include "tern.fullname" .)) }}
+{{- end }}
 {{- define "tern.natsSecretName" -}}
 {{- .Values.nats.secret.name | default (printf "%s-nats" (include "tern.fullname" .)) }}
 {{- end }}
@@ -170,6 +187,15 @@ adminTokens: /etc/tern/admin-tokens
 {{- end }}
 {{- if $c.callsPolicy }}
 {{- $env = append $env (dict "name" "TERN_POLICY_ADDR" "value" (include "tern.grpcAddr" (dict "ctx" $ctx "component" "policy"))) }}
+{{- end }}
+{{- if and $c.callsWebhooks $ctx.Values.webhooks.enabled }}
+{{- $env = append $env (dict "name" "TERN_WEBHOOKS_ADDR" "value" (include "tern.grpcAddr" (dict "ctx" $ctx "component" "webhooks"))) }}
+{{- end }}
+{{- if eq .component "webhooks" }}
+{{- /* Optional, as TERN_DKIM_KEK: without the Secret endpoint secrets are stored unsealed; once sealed ones are stored the service does not start without the same KEK (it says so naming TERN_WEBHOOKS_KEK). */}}
+{{- $env = append $env (dict "name" "TERN_WEBHOOKS_KEK" "valueFrom" (dict "secretKeyRef" (dict "name" (include "tern.webhooksKekSecretName" $ctx) "key" $v.kekSecret.key "optional" true))) }}
+{{- $env = append $env (dict "name" "TERN_WEBHOOKS_ALLOW_HTTP" "value" (ternary "true" "false" (eq (toString $v.allowHttp) "true"))) }}
+{{- $env = append $env (dict "name" "TERN_WEBHOOKS_ALLOW_PRIVATE" "value" (ternary "true" "false" (eq (toString $v.allowPrivate) "true"))) }}
 {{- end }}
 {{- if eq .component "ingress" }}
 {{- $env = append $env (dict "name" "TERN_SMTP_LISTEN" "value" "0.0.0.0:2525") }}
@@ -623,7 +649,7 @@ NetworkPolicy of a component: who may call it, and what it may reach.
 {{- $np := $ctx.Values.networkPolicy }}
 {{- if $np.enabled }}
 {{- $c := include "tern.component" . | fromYaml }}
-{{- $callers := dict "policy" (list "ingress" "delivery" "admin" "bounce") "queue" (list "ingress" "delivery" "bounce" "admin") }}
+{{- $callers := dict "policy" (list "ingress" "delivery" "admin" "bounce") "queue" (list "ingress" "delivery" "bounce" "admin") "webhooks" (list "admin") }}
 apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
 metadata:
@@ -705,6 +731,13 @@ spec:
       to:
         - {{ include "tern.peer" (dict "ctx" $ctx "component" "policy") | nindent 10 | trim }}
     {{- end }}
+    {{- if and $c.callsWebhooks $ctx.Values.webhooks.enabled }}
+    - ports:
+        - protocol: TCP
+          port: 7006
+      to:
+        - {{ include "tern.peer" (dict "ctx" $ctx "component" "webhooks") | nindent 10 | trim }}
+    {{- end }}
     {{- if eq .component "delivery" }}
     # Remote mail servers: SMTP (25), submissions (465), submission (587), anywhere.
     - ports:
@@ -723,6 +756,20 @@ spec:
         - protocol: TCP
           port: {{ int . }}
         {{- end }}
+    {{- end }}
+    {{- if eq .component "webhooks" }}
+    # Receivers' endpoints: HTTPS (443) and webhooks.networkPolicy.extraEgressPorts, anywhere
+    # (the service itself refuses private addresses unless webhooks.allowPrivate).
+    - ports:
+        - protocol: TCP
+          port: 443
+        {{- range $ctx.Values.webhooks.networkPolicy.extraEgressPorts }}
+        - protocol: TCP
+          port: {{ int . }}
+        {{- end }}
+    {{- with $ctx.Values.webhooks.networkPolicy.extraEgress }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
     {{- end }}
     {{- with $np.extraEgress }}
     {{- toYaml . | nindent 4 }}

@@ -34,6 +34,7 @@ const cidr = () => str({ pattern: '^[0-9a-fA-F:.]+/[0-9]{1,3}$' });
 const SECRET_NAMES = [
   '^TERN_(DATABASE|NATS)_URL$',
   '^TERN_DKIM_KEK$',
+  '^TERN_WEBHOOKS_KEK$',
   '(PASSWORD|PASSWD|SECRET|TOKEN|CREDENTIAL)([A-Za-z0-9_]*([^E]|[^L]E|[^I]LE|[^F]ILE|[^_]FILE))?$',
 ];
 const secretName = { anyOf: SECRET_NAMES.map((pattern) => ({ pattern })) };
@@ -267,6 +268,15 @@ const schema = {
       extra: { mtaSts: bool(), networkPolicy: obj({ extraEgressPorts: list(port()) }) },
     }),
     bounce: component({}),
+    webhooks: component({
+      extra: {
+        enabled: bool(),
+        kekSecret: obj({ name: str({ description: 'Secret with the webhooks key-encryption key' }), key: str({ minLength: 1 }) }),
+        allowHttp: bool(),
+        allowPrivate: bool(),
+        networkPolicy: obj({ extraEgressPorts: list(port()), extraEgress: list(k8s('NetworkPolicyEgressRule')) }),
+      },
+    }),
     admin: component({
       extra: {
         tokens: obj(
