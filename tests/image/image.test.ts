@@ -231,13 +231,16 @@ test('the rootfs: user tern 10001, tern-entry is scripts/image/tern-entry, @tern
   assert.equal(fs.readFileSync(entry, 'utf8'), fs.readFileSync(path.join(ROOT, 'scripts/image/tern-entry'), 'utf8'));
   assert.equal(fs.statSync(entry).mode & 0o777, 0o755);
   const app = path.join(rootfs, 'app');
-  for (const s of ['ingress', 'policy', 'queue', 'delivery', 'bounce', 'admin']) {
+  for (const s of ['ingress', 'policy', 'queue', 'delivery', 'bounce', 'webhooks', 'admin']) {
     assert.ok(fs.existsSync(path.join(app, 'services', s, 'dist/main.js')), `services/${s}/dist/main.js`);
     assert.ok(!fs.existsSync(path.join(app, 'services', s, 'src')), `services/${s}/src must not be in the image`);
   }
   assert.ok(fs.existsSync(path.join(app, 'libs/db/dist/migrate.js')));
   assert.ok(fs.existsSync(path.join(app, 'cli/dist/tern.js')));
-  assert.ok(fs.readdirSync(path.join(app, 'services/queue/migrations')).some((f) => f.endsWith('.sql')));
+  // The migrate command (the chart's hook Job) applies every owner's migrations (libs/db migrate-main.ts OWNERS).
+  for (const owner of ['policy', 'queue', 'webhooks']) {
+    assert.ok(fs.readdirSync(path.join(app, 'services', owner, 'migrations')).some((f) => f.endsWith('.sql')), `services/${owner}/migrations`);
+  }
   // Production dependencies only: the build, lint and codegen tools (root
   // devDependencies no workspace needs at run time) are not there. (esbuild
   // is: the CLI depends on tsx.)
@@ -267,7 +270,7 @@ test('node in the image is the Node 24 the repo pins (node@24)', () => {
 test('tern-entry as the image user: the default command prints usage and exits 0; an unknown name exits 64', () => {
   const help = inImage(undefined);
   assert.equal(help.status, 0, help.stderr);
-  assert.match(help.stdout, /^usage: tern-entry <ingress\|policy\|queue\|delivery\|bounce\|admin\|migrate\|tern>/);
+  assert.match(help.stdout, /^usage: tern-entry <ingress\|policy\|queue\|delivery\|bounce\|webhooks\|admin\|migrate\|tern>/);
   const bogus = inImage(['bogus']);
   assert.equal(bogus.status, 64);
   assert.match(bogus.stderr, /unknown service "bogus"/);
@@ -280,6 +283,7 @@ test('services and migrate start from the image and stop on a missing setting, n
     ['policy', 'TERN_DATABASE_URL'],
     ['queue', 'TERN_DATABASE_URL'],
     ['delivery', 'TERN_NATS_URL'],
+    ['webhooks', 'TERN_DATABASE_URL'],
     ['migrate', 'TERN_DATABASE_URL'],
   ] as const) {
     const r = inImage([name]);
