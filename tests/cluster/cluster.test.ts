@@ -7,10 +7,13 @@
 // --no-release`, which `npm test` and `npm run test:cluster` run first): the
 // node, NATS, Postgres, the images and the Secrets a user makes before
 // installing. The recipients' mail servers are one SMTP sink on the host at
-// the pods' bridge address, reached through a `.test` smart-host route.
+// the pods' bridge address, reached through a `.test` smart-host route; the
+// webhook receiver is an HTTP server there too.
 import assert from 'node:assert/strict';
+import crypto from 'node:crypto';
 import { after, before, describe, test } from 'node:test';
 import { SmtpSink } from '@tern/devkit';
+import { Receiver } from '../../services/webhooks/test/receiver';
 import { metricSum } from '../ops/helpers';
 import { adminCli, clusterEnv, Kube, podReady, scrape, sleep, SmtpLoad, summarize, waitDelivered, type Pod } from './kube';
 import { FlowRecorder, judge, type NetworkPolicy } from './netpol';
@@ -20,22 +23,28 @@ const kube = new Kube(env);
 const ns = env.NAMESPACE;
 const release = env.RELEASE;
 /** Deployments of the chart and their replicas after install (the chart's defaults). */
-const DEFAULT_REPLICAS: Record<string, number> = { ingress: 2, policy: 2, queue: 2, delivery: 2, bounce: 1, admin: 1 };
+const DEFAULT_REPLICAS: Record<string, number> = { ingress: 2, policy: 2, queue: 2, delivery: 2, bounce: 1, webhooks: 1, admin: 1 };
 const COMPONENTS = Object.keys(DEFAULT_REPLICAS);
 
 /**
  * Knobs of this test's release on top of the local values: a delivery job
  * whose pod was killed comes back after 20 s instead of 15 minutes, and
- * deferrals retry within seconds, so convergence fits in a test.
+ * deferrals retry within seconds, so convergence fits in a test. The webhook
+ * receiver is on the host's bridge address (reserved, 198.18.0.0/15) over
+ * http, which webhooks refuses unless told, as for a receiver inside a
+ * cluster.
  */
 const TEST_VALUES = [
   '--set-string', 'queue.env.TERN_QUEUE_LEASE_S=20',
   '--set-string', 'queue.env.TERN_QUEUE_BACKOFF_MIN_S=1',
   '--set-string', 'queue.env.TERN_QUEUE_BACKOFF_MAX_S=3',
   '--set-string', 'queue.env.TERN_QUEUE_DEST_PROBE_S=2',
+  '--set', 'webhooks.allowHttp=true',
+  '--set', 'webhooks.allowPrivate=true',
 ];
 
 let sink: SmtpSink;
+let receiver: Receiver;
 let smtpIp: string;
 /** Every connection made during the stories, for the NetworkPolicy check at the end. */
 const flows = new FlowRecorder(kube);
@@ -89,12 +98,17 @@ describe('Tern on a real Kubernetes cluster', { concurrency: 1 }, () => {
     const existing = await kube.kubectlRaw(['-n', ns, 'get', 'deployments', '-l', `app.kubernetes.io/instance=${release}`, '-o', 'name']);
     assert.equal(existing.stdout.trim(), '', `the cluster has a release already: start from \`npm run cluster -- up --no-release\`, which removes it`);
     sink = await new SmtpSink({ host: env.HOST_ADDR, port: Number(env.SINK_PORT), hostname: 'mx.sink.test' }).start();
+    receiver = await new Receiver().start(env.HOST_ADDR);
+    // The webhooks KEK Secret, made before installing as a user would (the chart reads it if it exists).
+    await kube.kubectl('-n', ns, 'delete', 'secret', `${release}-webhooks-kek`, '--ignore-not-found');
+    await kube.kubectl('-n', ns, 'create', 'secret', 'generic', `${release}-webhooks-kek`, `--from-literal=kek=${crypto.randomBytes(32).toString('base64')}`);
     await flows.start();
   });
 
   after(async () => {
     await flows.stop();
     await sink?.close();
+    await receiver?.close();
   });
 
   story('install: helm install --wait from nothing; the migration ran once; a message delivered, one bounced; the CLI shows both', async () => {
@@ -104,6 +118,7 @@ describe('Tern on a real Kubernetes cluster', { concurrency: 1 }, () => {
       '-f', env.VALUES,
       '--set', `image.repository=${env.IMAGE_REPOSITORY}`, '--set', `image.tag=${env.IMAGE_TAG}`,
       '--set', `delivery.networkPolicy.extraEgressPorts[0]=${env.SINK_PORT}`,
+      '--set', `webhooks.networkPolicy.extraEgressPorts[0]=${receiver.port}`,
       ...TEST_VALUES,
     );
     const installMs = Date.now() - started;
@@ -244,6 +259,39 @@ describe('Tern on a real Kubernetes cluster', { concurrency: 1 }, () => {
     assert.deepEqual(lows, [], 'no Deployment went below its budget during the drain');
     await waitPodsReady(replicas, 180_000);
   });
+  story('webhooks: an endpoint added with the CLI gets the delivered event of a message, signed with the secret it printed, sealed under the KEK Secret', async () => {
+    // The pod read the KEK Secret made before the install (its start line says how secrets are stored).
+    const logs = await kube.kubectl('-n', ns, 'logs', `deployment/${release}-webhooks`);
+    assert.match(logs, /"msg":"webhooks serving"/, logs.slice(-2000));
+    assert.match(logs, /"secrets":"sealed"/, 'TERN_WEBHOOKS_KEK reached the pod from the Secret');
+    const cli = await adminCli(kube);
+    try {
+      const path = '/cluster';
+      const added = await cli.run('webhook', 'add', `http://${env.HOST_ADDR}:${receiver.port}${path}`, '--events', 'delivered');
+      const secret = /^Signing secret: (whsec_\S+)$/m.exec(added)?.[1];
+      assert.ok(secret, `tern webhook add printed the secret: ${added}`);
+      receiver.secret(path, secret);
+
+      const l = load('webhook', { sessions: 1, messagesPerSession: 1, recipient: () => 'hook@example.test' });
+      l.start();
+      await l.done();
+      assert.equal(l.accepted.length, 1, summarize(l.report));
+      const queueId = l.accepted[0]!.queueId!;
+      type Event = { type: string; data: { queueId: string } };
+      const ours = () => receiver.of(path).find((r) => (r.json as Event | undefined)?.data?.queueId === queueId);
+      // The consumer may still be reading the earlier stories' events: the endpoint gets ours after them.
+      const deadline = Date.now() + 180_000;
+      while (!ours() && Date.now() < deadline) await sleep(500);
+      const got = ours();
+      assert.ok(got, `the delivered event of ${queueId} reached the receiver within 180 s (${receiver.of(path).length} requests there); tern webhook ls: ${await cli.run('webhook', 'ls')}`);
+      assert.equal((got.json as Event).type, 'message.delivered');
+      assert.equal(got.valid, true, 'its signature verifies with the secret tern webhook add printed');
+      assert.ok(receiver.of(path).every((r) => (r.json as Event).type === 'message.delivered'), 'only the event types it asked for');
+      assert.match(await cli.run('webhook', 'ls'), /active/);
+    } finally {
+      cli.stop();
+    }
+  });
   story('NetworkPolicies: every connection the platform made in these stories is one its policies admit', async () => {
     await flows.stop();
     const policies = (await kube.json<{ items: NetworkPolicy[] }>('get', 'networkpolicies', '-A')).items;
@@ -261,6 +309,9 @@ describe('Tern on a real Kubernetes cluster', { concurrency: 1 }, () => {
       /tern\/tern-queue-\S+ -> 198\.18\.0\.1:5433\/tcp/,
       /tern\/tern-queue-\S+ -> nats\/nats-0:4222\/tcp/,
       /tern\/tern-delivery-\S+ -> 198\.18\.0\.1:\d+\/tcp/,
+      /tern\/tern-admin-\S+ -> tern\/tern-webhooks-\S+:7006\/tcp/,
+      new RegExp(`tern\\/tern-webhooks-\\S+ -> 198\\.18\\.0\\.1:${receiver.port}\\/tcp`),
+      /tern\/tern-webhooks-\S+ -> nats\/nats-0:4222\/tcp/,
       /tern\/tern-\w+-\S+ -> kube-system\/coredns-\S+:53\/udp/,
       /198\.18\.0\.1 -> tern\/tern-ingress-\S+:2525\/tcp/,
     ]) {
@@ -269,8 +320,20 @@ describe('Tern on a real Kubernetes cluster', { concurrency: 1 }, () => {
     // And the judge refuses what the policies do not admit.
     const delivery = [...flows.pods.entries()].find(([, p]) => p.namespace === ns && p.labels['app.kubernetes.io/component'] === 'delivery')!;
     const policy = [...flows.pods.entries()].find(([, p]) => p.namespace === ns && p.labels['app.kubernetes.io/component'] === 'policy')!;
-    const probe = judge([{ proto: 'tcp', src: delivery[0], dst: policy[0], dport: 7002 }], flows.pods, namespaces, policies, opts);
-    assert.ok(probe[0]?.refused, 'delivery may not call policy (nothing of delivery needs it)');
+    const webhooks = [...flows.pods.entries()].find(([, p]) => p.namespace === ns && p.labels['app.kubernetes.io/component'] === 'webhooks')!;
+    // (delivery does call policy: the admin API's DKIM keys.)
+    const probes = judge(
+      [
+        { proto: 'tcp', src: delivery[0], dst: webhooks[0], dport: 7006 },
+        { proto: 'tcp', src: webhooks[0], dst: policy[0], dport: 7002 },
+      ],
+      flows.pods,
+      namespaces,
+      policies,
+      opts,
+    );
+    assert.ok(probes[0]?.refused, 'only admin may call webhooks');
+    assert.ok(probes[1]?.refused, 'webhooks may not call policy (it calls no other service)');
 
     const refused = verdicts.filter((v) => v.refused).map((v) => `${v.from} -> ${v.to}: ${v.refused}`);
     process.stdout.write(`# NetworkPolicies: ${verdicts.length} distinct connections judged, ${refused.length} refused\n`);
