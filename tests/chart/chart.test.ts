@@ -199,18 +199,18 @@ test('no secret reaches a pod as a plain env value: URLs come from secretKeyRef,
 test('each service gets only the dependencies it uses, at addresses of Services the chart makes', () => {
   const wants: Record<string, string[]> = {
     ingress: ['TERN_QUEUE_ADDR', 'TERN_POLICY_ADDR'],
-    policy: ['TERN_DATABASE_URL'],
+    policy: ['TERN_DATABASE_URL', 'TERN_DELIVERY_ADDR'], // delivery: recipient callouts of relay domains
     queue: ['TERN_DATABASE_URL', 'TERN_NATS_URL'],
     delivery: ['TERN_NATS_URL', 'TERN_QUEUE_ADDR', 'TERN_POLICY_ADDR'], // policy: the admin API's DKIM keys
     bounce: ['TERN_NATS_URL', 'TERN_QUEUE_ADDR', 'TERN_POLICY_ADDR'], // policy: the suppression list feed
     webhooks: ['TERN_DATABASE_URL', 'TERN_NATS_URL'],
     admin: ['TERN_QUEUE_ADDR', 'TERN_POLICY_ADDR', 'TERN_WEBHOOKS_ADDR'],
   };
-  const deps = ['TERN_DATABASE_URL', 'TERN_NATS_URL', 'TERN_QUEUE_ADDR', 'TERN_POLICY_ADDR', 'TERN_WEBHOOKS_ADDR'];
+  const deps = ['TERN_DATABASE_URL', 'TERN_NATS_URL', 'TERN_QUEUE_ADDR', 'TERN_POLICY_ADDR', 'TERN_DELIVERY_ADDR', 'TERN_WEBHOOKS_ADDR'];
   for (const s of SERVICES) {
     const c = container(deployment(defaults, s));
     assert.deepEqual(deps.filter((d) => env(c, d)), wants[s], s);
-    for (const d of ['TERN_QUEUE_ADDR', 'TERN_POLICY_ADDR', 'TERN_WEBHOOKS_ADDR']) {
+    for (const d of ['TERN_QUEUE_ADDR', 'TERN_POLICY_ADDR', 'TERN_DELIVERY_ADDR', 'TERN_WEBHOOKS_ADDR']) {
       const addr = env(c, d)?.value;
       if (!addr) continue;
       const m = /^([a-z0-9-]+)\.mail\.svc:(\d+)$/.exec(addr);
@@ -378,6 +378,27 @@ test('NetworkPolicy: delivery reaches only SMTP ports, HTTPS for MTA-STS, DNS, N
   assert.equal(findAll(render({ networkPolicy: { enabled: false } }), 'NetworkPolicy').length, 0);
   const extra = find(render({ delivery: { networkPolicy: { extraEgressPorts: [24] } } }), 'NetworkPolicy', `${RELEASE}-delivery`);
   assert.ok(extra.spec?.egress?.flatMap(ports).includes(24));
+});
+
+test('relay recipient callouts: policy gets TERN_DELIVERY_ADDR (delivery\'s gRPC port) and the NetworkPolicies let policy, and only policy, reach delivery on 7004', () => {
+  const policy = container(deployment(defaults, 'policy'));
+  assert.equal(env(policy, 'TERN_DELIVERY_ADDR')?.value, `${RELEASE}-delivery.mail.svc:7004`);
+  const svc = find(defaults, 'Service', `${RELEASE}-delivery`);
+  assert.ok(svc.spec?.ports?.some((p) => p.name === 'grpc' && p.port === 7004), 'delivery\'s Service serves gRPC on 7004');
+  for (const s of SERVICES.filter((x) => x !== 'policy')) assert.equal(env(container(deployment(defaults, s)), 'TERN_DELIVERY_ADDR'), undefined, `${s} has no TERN_DELIVERY_ADDR`);
+
+  const selector = (s: string) => [{ podSelector: { matchLabels: deployment(defaults, s as (typeof SERVICES)[number]).spec?.selector?.matchLabels } }];
+  const out = find(defaults, 'NetworkPolicy', `${RELEASE}-policy`).spec?.egress?.filter((r) => ports(r).includes(7004)) ?? [];
+  assert.equal(out.length, 1, 'one policy egress rule for 7004');
+  assert.deepEqual(ports(out[0]!), [7004]);
+  assert.deepEqual(out[0]!.to, selector('delivery'), 'policy reaches 7004 on delivery pods only');
+  const into = find(defaults, 'NetworkPolicy', `${RELEASE}-delivery`).spec?.ingress?.filter((r) => ports(r).includes(7004)) ?? [];
+  assert.equal(into.length, 1, 'one delivery ingress rule for 7004');
+  assert.deepEqual(into[0]!.from, selector('policy'), 'only policy calls delivery');
+  for (const s of SERVICES.filter((x) => x !== 'policy')) {
+    const np = find(defaults, 'NetworkPolicy', `${RELEASE}-${s}`);
+    assert.ok(!np.spec?.egress?.some((r) => ports(r).includes(7004)), `${s} does not reach delivery's gRPC port`);
+  }
 });
 
 test('the ServiceMonitor is behind a flag and scrapes /metrics on the metrics port every service exposes', () => {

@@ -321,11 +321,15 @@ describe('Tern on a real Kubernetes cluster', { concurrency: 1 }, () => {
     const delivery = [...flows.pods.entries()].find(([, p]) => p.namespace === ns && p.labels['app.kubernetes.io/component'] === 'delivery')!;
     const policy = [...flows.pods.entries()].find(([, p]) => p.namespace === ns && p.labels['app.kubernetes.io/component'] === 'policy')!;
     const webhooks = [...flows.pods.entries()].find(([, p]) => p.namespace === ns && p.labels['app.kubernetes.io/component'] === 'webhooks')!;
+    const ingress = [...flows.pods.entries()].find(([, p]) => p.namespace === ns && p.labels['app.kubernetes.io/component'] === 'ingress')!;
     // (delivery does call policy: the admin API's DKIM keys.)
     const probes = judge(
       [
         { proto: 'tcp', src: delivery[0], dst: webhooks[0], dport: 7006 },
         { proto: 'tcp', src: webhooks[0], dst: policy[0], dport: 7002 },
+        // Recipient callouts of relay domains: policy -> DeliveryService.VerifyRecipient; nobody else.
+        { proto: 'tcp', src: policy[0], dst: delivery[0], dport: 7004 },
+        { proto: 'tcp', src: ingress[0], dst: delivery[0], dport: 7004 },
       ],
       flows.pods,
       namespaces,
@@ -334,6 +338,8 @@ describe('Tern on a real Kubernetes cluster', { concurrency: 1 }, () => {
     );
     assert.ok(probes[0]?.refused, 'only admin may call webhooks');
     assert.ok(probes[1]?.refused, 'webhooks may not call policy (it calls no other service)');
+    assert.equal(probes[2]?.refused, undefined, 'policy may call delivery on 7004 (recipient callouts)');
+    assert.ok(probes[3]?.refused, 'only policy may call delivery');
 
     const refused = verdicts.filter((v) => v.refused).map((v) => `${v.from} -> ${v.to}: ${v.refused}`);
     process.stdout.write(`# NetworkPolicies: ${verdicts.length} distinct connections judged, ${refused.length} refused\n`);

@@ -34,16 +34,18 @@ and read that component's values from .Values.<component>.
 
 {{/*
 What the chart knows of each service: its ports (ARCHITECTURE.md) and what it
-talks to. Read with: $c := index (include "tern.components" . | fromYaml) "queue"
+talks to (policy calls delivery: DeliveryService.VerifyRecipient, the
+recipient callouts of relay domains). Read with:
+$c := index (include "tern.components" . | fromYaml) "queue"
 */}}
 {{- define "tern.components" -}}
-admin:    {grpcPort: 7000, metricsPort: 9100, database: false, nats: false, callsQueue: true,  callsPolicy: true,  callsWebhooks: true,  mailName: false}
-ingress:  {grpcPort: 7001, metricsPort: 9101, database: false, nats: false, callsQueue: true,  callsPolicy: true,  callsWebhooks: false, mailName: true}
-policy:   {grpcPort: 7002, metricsPort: 9102, database: true,  nats: false, callsQueue: false, callsPolicy: false, callsWebhooks: false, mailName: false}
-queue:    {grpcPort: 7003, metricsPort: 9103, database: true,  nats: true,  callsQueue: false, callsPolicy: false, callsWebhooks: false, mailName: false}
-delivery: {grpcPort: 7004, metricsPort: 9104, database: false, nats: true,  callsQueue: true,  callsPolicy: true,  callsWebhooks: false, mailName: true}
-bounce:   {grpcPort: 7005, metricsPort: 9105, database: false, nats: true,  callsQueue: true,  callsPolicy: true,  callsWebhooks: false, mailName: true}
-webhooks: {grpcPort: 7006, metricsPort: 9106, database: true,  nats: true,  callsQueue: false, callsPolicy: false, callsWebhooks: false, mailName: false}
+admin:    {grpcPort: 7000, metricsPort: 9100, database: false, nats: false, callsQueue: true,  callsPolicy: true,  callsDelivery: false, callsWebhooks: true,  mailName: false}
+ingress:  {grpcPort: 7001, metricsPort: 9101, database: false, nats: false, callsQueue: true,  callsPolicy: true,  callsDelivery: false, callsWebhooks: false, mailName: true}
+policy:   {grpcPort: 7002, metricsPort: 9102, database: true,  nats: false, callsQueue: false, callsPolicy: false, callsDelivery: true,  callsWebhooks: false, mailName: false}
+queue:    {grpcPort: 7003, metricsPort: 9103, database: true,  nats: true,  callsQueue: false, callsPolicy: false, callsDelivery: false, callsWebhooks: false, mailName: false}
+delivery: {grpcPort: 7004, metricsPort: 9104, database: false, nats: true,  callsQueue: true,  callsPolicy: true,  callsDelivery: false, callsWebhooks: false, mailName: true}
+bounce:   {grpcPort: 7005, metricsPort: 9105, database: false, nats: true,  callsQueue: true,  callsPolicy: true,  callsDelivery: false, callsWebhooks: false, mailName: true}
+webhooks: {grpcPort: 7006, metricsPort: 9106, database: true,  nats: true,  callsQueue: false, callsPolicy: false, callsDelivery: false, callsWebhooks: false, mailName: false}
 {{- end }}
 
 {{/*
@@ -187,6 +189,9 @@ adminTokens: /etc/tern/admin-tokens
 {{- end }}
 {{- if $c.callsPolicy }}
 {{- $env = append $env (dict "name" "TERN_POLICY_ADDR" "value" (include "tern.grpcAddr" (dict "ctx" $ctx "component" "policy"))) }}
+{{- end }}
+{{- if $c.callsDelivery }}
+{{- $env = append $env (dict "name" "TERN_DELIVERY_ADDR" "value" (include "tern.grpcAddr" (dict "ctx" $ctx "component" "delivery"))) }}
 {{- end }}
 {{- if and $c.callsWebhooks $ctx.Values.webhooks.enabled }}
 {{- $env = append $env (dict "name" "TERN_WEBHOOKS_ADDR" "value" (include "tern.grpcAddr" (dict "ctx" $ctx "component" "webhooks"))) }}
@@ -649,7 +654,7 @@ NetworkPolicy of a component: who may call it, and what it may reach.
 {{- $np := $ctx.Values.networkPolicy }}
 {{- if $np.enabled }}
 {{- $c := include "tern.component" . | fromYaml }}
-{{- $callers := dict "policy" (list "ingress" "delivery" "admin" "bounce") "queue" (list "ingress" "delivery" "bounce" "admin") "webhooks" (list "admin") }}
+{{- $callers := dict "policy" (list "ingress" "delivery" "admin" "bounce") "queue" (list "ingress" "delivery" "bounce" "admin") "delivery" (list "policy") "webhooks" (list "admin") }}
 apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
 metadata:
@@ -730,6 +735,14 @@ spec:
           port: 7002
       to:
         - {{ include "tern.peer" (dict "ctx" $ctx "component" "policy") | nindent 10 | trim }}
+    {{- end }}
+    {{- if $c.callsDelivery }}
+    # Recipient callouts of relay domains (DeliveryService.VerifyRecipient).
+    - ports:
+        - protocol: TCP
+          port: 7004
+      to:
+        - {{ include "tern.peer" (dict "ctx" $ctx "component" "delivery") | nindent 10 | trim }}
     {{- end }}
     {{- if and $c.callsWebhooks $ctx.Values.webhooks.enabled }}
     - ports:
