@@ -133,6 +133,7 @@ export interface Sent {
   n: number;
   sender: string;
   messageId: string;
+  /** The recipients the platform took (for an accepted message, those its RCPTs accepted). */
   rcpts: string[];
   /** accepted: 250 with a queue id; refused: 4xx/5xx; uncertain: the session ended without a reply to DATA. */
   outcome: 'accepted' | 'refused' | 'uncertain';
@@ -240,6 +241,11 @@ export class Load {
       if (m) {
         entry.outcome = 'accepted';
         entry.queueId = m[1];
+        // A recipient refused at RCPT (451 4.3.0 while policy cannot read its
+        // tables, e.g. Postgres recovering) stays the client's: nodemailer sends
+        // to the others and lists it in `rejected`.
+        const accepted = new Set((info.accepted as string[]).map((a) => a.toLowerCase()));
+        entry.rcpts = rcpts.filter((r) => accepted.has(r.toLowerCase()));
       }
     } catch (err) {
       const e = err as { responseCode?: number; response?: string; message: string; command?: string };
