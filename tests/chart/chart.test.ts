@@ -159,7 +159,7 @@ test('under mTLS the probes move to HTTP /healthz and /readyz (the kubelet gRPC 
 });
 
 /** Names of variables whose values are secrets. */
-const SECRET_VARS = ['TERN_DATABASE_URL', 'TERN_NATS_URL', 'TERN_ADMIN_TOKENS', 'TERN_DKIM_KEK', 'TERN_WEBHOOKS_KEK'];
+const SECRET_VARS = ['TERN_DATABASE_URL', 'TERN_NATS_URL', 'TERN_ADMIN_TOKENS', 'TERN_DKIM_KEK', 'TERN_WEBHOOKS_KEK', 'TERN_SRS_SECRETS'];
 
 test('no secret reaches a pod as a plain env value: URLs come from secretKeyRef, tokens and keys as files', () => {
   const password = 'S3cretPassw0rd';
@@ -167,6 +167,7 @@ test('no secret reaches a pod as a plain env value: URLs come from secretKeyRef,
     postgres: { secret: { create: true, url: `postgres://tern:${password}@pg:5432/tern` } },
     nats: { secret: { create: true, url: `nats://tern:${password}@nats:4222` } },
     admin: { tokens: { create: true, tokens: `ops:${password}` } },
+    srs: { domain: 'srs.example.com' },
   });
   for (const o of objs) {
     if (o.kind === 'Secret') continue;
@@ -237,6 +238,39 @@ test("the DKIM key-encryption key reaches policy and delivery only, from an opti
   const np = find(render({ networkPolicy: { enabled: true } }), 'NetworkPolicy', `${RELEASE}-policy`);
   const from = JSON.stringify(np.spec?.ingress);
   assert.match(from, /"app.kubernetes.io\/component":"delivery"/, 'policy lets delivery in');
+});
+
+test('SRS: srs.domain gives policy TERN_SRS_DOMAIN, TERN_SRS_MAX_AGE_DAYS and TERN_SRS_SECRETS from a Secret; off, nothing of it; never a plain value', () => {
+  const srsVars = (objs: K8sObject[], s: (typeof SERVICES)[number]) => (container(deployment(objs, s)).env ?? []).filter((e) => e.name.startsWith('TERN_SRS_'));
+  for (const s of SERVICES) assert.deepEqual(srsVars(defaults, s), [], `${s}: SRS is off by default`);
+  for (const [values, name, key, days] of [
+    [{ srs: { domain: 'srs.example.com' } }, `${RELEASE}-srs`, 'secrets', '21'],
+    [{ srs: { domain: 'srs.example.com', secretsSecret: { name: 'mail-srs', key: 'k' }, maxAgeDays: 30 } }, 'mail-srs', 'k', '30'],
+  ] as const) {
+    const objs = render(values);
+    const policy = container(deployment(objs, 'policy'));
+    assert.equal(env(policy, 'TERN_SRS_DOMAIN')?.value, 'srs.example.com');
+    assert.equal(env(policy, 'TERN_SRS_MAX_AGE_DAYS')?.value, days);
+    const secrets = env(policy, 'TERN_SRS_SECRETS');
+    assert.equal(secrets?.value, undefined, 'not a plain value');
+    // Not optional: SRS on without its secrets must not start; a missing Secret keeps the pod pending, naming it.
+    assert.deepEqual(secrets?.valueFrom?.secretKeyRef, { name, key });
+    for (const s of SERVICES.filter((x) => x !== 'policy')) assert.deepEqual(srsVars(objs, s), [], `${s} gets no SRS setting`);
+    assert.equal(findAll(objs, 'Secret').length, 0, 'the chart makes no SRS Secret: it is the operator\'s');
+  }
+  // A secretsSecret without a domain turns nothing on.
+  assert.deepEqual(srsVars(render({ srs: { secretsSecret: { name: 'mail-srs' } } }), 'policy'), []);
+  for (const values of [
+    { config: { env: { TERN_SRS_SECRETS: 'a-secret-of-sixteen-chars' } } },
+    { policy: { env: { TERN_SRS_SECRETS: 'a-secret-of-sixteen-chars' } } },
+  ]) {
+    assert.match(renderError(values), /TERN_SRS_SECRETS/, JSON.stringify(values));
+  }
+  assert.match(renderError({ policy: { extraEnv: [{ name: 'TERN_SRS_SECRETS', value: 'a-secret-of-sixteen-chars' }] } }), /extraEnv/);
+  assert.match(renderError({ srs: { domain: 'not a domain' } }), /domain/);
+  assert.match(renderError({ srs: { maxAgeDays: 0 } }), /maxAgeDays/);
+  assert.match(renderError({ srs: { secretsSecret: { key: '' } } }), /key/);
+  assert.match(renderError({ srs: { secret: 'x' } }), /secret/, 'a misspelled key is refused');
 });
 
 test('the migrations run as a pre-install/pre-upgrade hook Job with the migrate command', () => {

@@ -126,6 +126,9 @@ annotations:
 {{- define "tern.dkimKekSecretName" -}}
 {{- .Values.dkim.kekSecret.name | default (printf "%s-dkim-kek" (include "tern.fullname" .)) }}
 {{- end }}
+{{- define "tern.srsSecretName" -}}
+{{- .Values.srs.secretsSecret.name | default (printf "%s-srs" (include "tern.fullname" .)) }}
+{{- end }}
 {{- define "tern.webhooksKekSecretName" -}}
 {{- .Values.webhooks.kekSecret.name | default (printf "%s-webhooks-kek" (include "tern.fullname" .)) }}
 {{- end }}
@@ -183,6 +186,12 @@ adminTokens: /etc/tern/admin-tokens
 {{- if or (eq .component "policy") (eq .component "delivery") }}
 {{- /* Optional: without the Secret no key can be added, and stored keys stop the start (the services say so naming TERN_DKIM_KEK). */}}
 {{- $env = append $env (dict "name" "TERN_DKIM_KEK" "valueFrom" (dict "secretKeyRef" (dict "name" (include "tern.dkimKekSecretName" $ctx) "key" $ctx.Values.dkim.kekSecret.key "optional" true))) }}
+{{- end }}
+{{- if and (eq .component "policy") $ctx.Values.srs.domain }}
+{{- /* Not optional: SRS on without its secrets would not start (policy names TERN_SRS_SECRETS); a missing Secret keeps the pod from starting, naming it. */}}
+{{- $env = append $env (dict "name" "TERN_SRS_DOMAIN" "value" $ctx.Values.srs.domain) }}
+{{- $env = append $env (dict "name" "TERN_SRS_SECRETS" "valueFrom" (dict "secretKeyRef" (dict "name" (include "tern.srsSecretName" $ctx) "key" $ctx.Values.srs.secretsSecret.key))) }}
+{{- $env = append $env (dict "name" "TERN_SRS_MAX_AGE_DAYS" "value" (printf "%d" (int $ctx.Values.srs.maxAgeDays))) }}
 {{- end }}
 {{- if $c.callsQueue }}
 {{- $env = append $env (dict "name" "TERN_QUEUE_ADDR" "value" (include "tern.grpcAddr" (dict "ctx" $ctx "component" "queue"))) }}

@@ -35,6 +35,7 @@ const SECRET_NAMES = [
   '^TERN_(DATABASE|NATS)_URL$',
   '^TERN_DKIM_KEK$',
   '^TERN_WEBHOOKS_KEK$',
+  '^TERN_SRS_SECRETS$',
   '(PASSWORD|PASSWD|SECRET|TOKEN|CREDENTIAL)([A-Za-z0-9_]*([^E]|[^L]E|[^I]LE|[^F]ILE|[^_]FILE))?$',
 ];
 const secretName = { anyOf: SECRET_NAMES.map((pattern) => ({ pattern })) };
@@ -148,6 +149,11 @@ const schema = {
     postgres: obj({ secret: secretRef('postgres://') }),
     nats: obj({ secret: secretRef('nats://') }),
     dkim: obj({ kekSecret: obj({ name: str({ description: 'Secret with the DKIM key-encryption key' }), key: str({ minLength: 1 }) }) }),
+    srs: obj({
+      domain: str({ pattern: '^$|^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)+$' }),
+      secretsSecret: obj({ name: str({ description: 'Secret with the SRS secrets, comma-separated' }), key: str({ minLength: 1 }) }),
+      maxAgeDays: int(1),
+    }),
     tls: obj({
       enabled: bool(),
       secretName: str(),
