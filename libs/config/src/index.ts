@@ -3,9 +3,11 @@
 // the variable the operator has to fix.
 import os from 'node:os';
 import { z } from 'zod';
+import { redactUrl } from './redact';
 
 export { z };
 export { KekError, keyEncryptionKey, seal, unseal } from './kek';
+export { redactUrl };
 
 /** Variables whose value is a secret: an error about one never shows the value. */
 const SECRET_VARIABLE = /_(KEK|SECRET|PASSWORD|TOKEN)$/;
@@ -35,7 +37,8 @@ export function parseEnv<S extends z.ZodObject>(schema: S, env: Env = process.en
   const problems = result.error.issues.map((issue) => {
     const variable = String(issue.path[0] ?? '(environment)');
     const given = cleaned[variable];
-    const shown = given === undefined ? 'unset' : SECRET_VARIABLE.test(variable) ? 'a value, not shown' : `"${given}"`;
+    // A URL is shown without its password (TERN_DATABASE_URL, TERN_NATS_URL).
+    const shown = given === undefined ? 'unset' : SECRET_VARIABLE.test(variable) ? 'a value, not shown' : `"${redactUrl(given)}"`;
     return { variable, message: `${issue.message} (got ${shown})` };
   });
   const lines = problems.map((p) => `  ${p.variable}: ${p.message}`).join('\n');

@@ -15,7 +15,8 @@ function repoRoot(): string {
 async function main(): Promise<void> {
   const url = process.env.TERN_DATABASE_URL;
   if (!url || !/^postgres(ql)?:\/\//.test(url)) {
-    process.stderr.write('tern-migrate: TERN_DATABASE_URL must be a postgres:// URL (got ' + (url ? `"${url}"` : 'unset') + ')\n');
+    // The value is not echoed: a URL holds the database password.
+    process.stderr.write('tern-migrate: TERN_DATABASE_URL must be a postgres:// URL (got ' + (url ? 'a value that does not start with postgres://' : 'unset') + ')\n');
     process.exit(78);
   }
   const root = process.env.TERN_MIGRATIONS_ROOT ?? repoRoot();

@@ -2,6 +2,7 @@
 // with a deadline and passes the response through. Mutating requests get the
 // authenticated operator stamped into `operator` (a client's value is
 // overwritten) and are logged as one JSON line with operator and reason.
+import { redactUrl } from '@tern/config';
 import { grpc } from '@tern/grpc';
 import { type AdminServiceServer, type AdminServiceService, type ApplyActionRequest, QueueAction } from '@tern/proto';
 import type { Logger, Meter } from '@tern/telemetry';
@@ -162,10 +163,11 @@ export function describeChange(method: UnaryName, req: Req): Record<string, unkn
     case 'deleteMilter':
       return { name: r.name };
     // Never the secret (it is in Create's response, which summarize leaves out).
+    // A URL given with a password (refused by webhooks) is logged without it.
     case 'createWebhookEndpoint':
-      return { url: r.url, eventTypes: r.eventTypes, batch: r.batch };
+      return { url: typeof r.url === 'string' ? redactUrl(r.url) : r.url, eventTypes: r.eventTypes, batch: r.batch };
     case 'updateWebhookEndpoint':
-      return { id: r.id, url: r.url, eventTypes: r.setEventTypes ? r.eventTypes : undefined, batch: r.batch };
+      return { id: r.id, url: typeof r.url === 'string' ? redactUrl(r.url) : r.url, eventTypes: r.setEventTypes ? r.eventTypes : undefined, batch: r.batch };
     case 'deleteWebhookEndpoint':
     case 'resumeWebhookEndpoint':
       return { id: r.id };

@@ -4,6 +4,7 @@
 // queue committed the report, so a crash anywhere means a redelivery, and
 // the event id as idempotency key makes the second Enqueue a no-op.
 import { BusPart } from '@tern/bus';
+import { redactUrl } from '@tern/config';
 import { GrpcServer } from '@tern/grpc';
 import { Components, HttpServerPart, part } from '@tern/runtime';
 import type { Telemetry } from '@tern/telemetry';
@@ -100,7 +101,7 @@ export function createApp(config: Config, deps: AppDeps): App {
     async start() {
       await parts.start();
       logger.info(
-        { grpc: grpcServer.port, metrics: metricsServer?.port, nats: config.TERN_NATS_URL, queue: config.TERN_QUEUE_ADDR, reporting_mta: config.reportingMta, postmaster_copy: config.TERN_POSTMASTER_COPY },
+        { grpc: grpcServer.port, metrics: metricsServer?.port, nats: redactUrl(config.TERN_NATS_URL), queue: config.TERN_QUEUE_ADDR, reporting_mta: config.reportingMta, postmaster_copy: config.TERN_POSTMASTER_COPY },
         'bounce serving',
       );
     },

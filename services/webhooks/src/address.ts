@@ -7,6 +7,7 @@
 // are not public (a receiver inside the cluster, a test's own).
 import dns from 'node:dns';
 import net from 'node:net';
+import { redactUrl } from '@tern/config';
 
 export interface AddressRules {
   allowHttp: boolean;
@@ -76,7 +77,7 @@ export function checkEndpointUrl(value: string, rules: AddressRules): URL {
   try {
     url = new URL(value);
   } catch {
-    throw new Error(`url: "${value}" is not a URL (expected https://host/path)`);
+    throw new Error(`url: "${redactUrl(value)}" is not a URL (expected https://host/path)`);
   }
   if (url.protocol === 'http:') {
     if (!rules.allowHttp) {

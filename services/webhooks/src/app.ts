@@ -6,6 +6,7 @@
 // never waits for, so nothing here can slow mail.
 import type http from 'node:http';
 import { Bus, type BusMessage, type Consumption } from '@tern/bus';
+import { redactUrl } from '@tern/config';
 import { createPool, type Pool } from '@tern/db';
 import { GrpcServer } from '@tern/grpc';
 import { WebhookServiceService } from '@tern/proto';
@@ -165,7 +166,7 @@ export function createApp(config: Config, deps: AppDeps): App {
         {
           grpc: ports.grpc,
           metrics: ports.metrics,
-          nats: config.TERN_NATS_URL,
+          nats: redactUrl(config.TERN_NATS_URL),
           secrets: config.TERN_WEBHOOKS_KEK ? 'sealed' : 'stored unsealed (set TERN_WEBHOOKS_KEK to seal them)',
           allow_http: rules.allowHttp,
           allow_private: rules.allowPrivate,
