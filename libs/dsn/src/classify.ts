@@ -71,26 +71,27 @@ const EXACT_CODES: Array<[string, BounceClass]> = [
 
 /** Built-in text rules, most specific first (a blocklist reply often says 5.7.1 or even 5.1.1 too). */
 const TEXT_RULES: Array<[RegExp, BounceClass]> = [
-  [/spamhaus|barracuda|spamcop|sorbs|\brbl\b|dnsbl|blocklist|blacklist|block list|\blisted (at|in|on|by)\b|banned sending ip|poor reputation|ip reputation|sender reputation|\breputation\b/i, 'reputation'],
-  [/rate limit|ratelimit|too (quickly|fast)|too many (messages|connections|recipients|mails?)|throttl|unexpected volume|exceeded .*(rate|sending limit)|sending limit|try again later.*(volume|rate)/i, 'rate_limited'],
+  // Greylisting is a deliberate first refusal, not a verdict on anything.
+  [/greylist|graylist/i, 'other'],
+  [/spamhaus|barracuda|spamcop|sorbs|\brbl\b|dnsbl|blocklist|blacklist|block list|\blisted (at|in|on|by)\b|banned sending ip|poor reputation|ip reputation|sender reputation|\breputation\b|permanently deferred|not accepted from (this|your) ip/i, 'reputation'],
+  [/rate limit|ratelimit|too (quickly|fast)|too many (messages|connections|mails?\b|concurrent)|concurrent (server )?connections|throttl|unexpected volume|server busy|exceeded .*(rate|sending limit)|sending limit|try again later.*(volume|rate)/i, 'rate_limited'],
   [/mailbox (is )?full|over quota|quota exceeded|exceeded .*(storage|quota)|insufficient storage|mailbox size limit|out of storage/i, 'mailbox_full'],
   [/message (size )?(is )?too (big|large)|exceeds .*size|size (limit|exceeds)|message length exceeds/i, 'message_too_large'],
   [/\btls\b|starttls|certificate|x509|encryption required|handshake/i, 'tls_failure'],
-  [/host not found|domain not found|\bdomain\b[^.;]*\b(does not exist|not found)|no mx\b|nxdomain|name service error|dns (lookup|error|failure)|unrouteable|unroutable|no such domain/i, 'dns_failure'],
-  [/user unknown|unknown user|no such (user|mailbox|recipient|address)|mailbox (unavailable|not found|does not exist|disabled)|recipient (address )?(rejected|unknown|not found)|address (rejected|does not exist)|does not exist|invalid (recipient|mailbox)|account (is )?(disabled|inactive)|not a valid mailbox/i, 'user_unknown'],
-  [/spam|unsolicited|content|virus|malware|phish|policy|dmarc|\bspf\b|\bdkim\b|not authorized|relay (access )?denied|access denied/i, 'policy'],
+  [/user unknown|unknown user|no such (user|mailbox|recipient|address|account)|mailbox (is )?(unavailable|not found|does not exist|disabled)|recipient (unknown|not found)|address (does not exist)|user does not exist|does not exist|invalid (recipient|mailbox)|account (is )?(disabled|inactive)|doesn'?t have an? [\w.-]+ account|not a valid mailbox/i, 'user_unknown'],
+  [/host not found|domain not found|\bdomain\b[^.;]*\b(does not exist|not found)|no mx\b|nxdomain|name service error|dns (lookup|error|failure|query)|unrouteable|unroutable|no such domain/i, 'dns_failure'],
+  [/spam|unsolicited|content|virus|malware|phish|policy|dmarc|\bspf\b|\bdkim\b|not authorized|relay (access )?denied|access denied|authentication required|cannot find your hostname/i, 'policy'],
 ];
 
-/** Enhanced code classes when neither an exact code nor the text decided. */
-const CODE_CLASSES: Array<[string, BounceClass]> = [
-  ['.1.', 'user_unknown'], // addressing (X.1.2 bad system and X.1.10 null MX are DNS, above)
-  ['.2.', 'mailbox_full'],
-  ['.3.', 'other'],
-  ['.4.', 'other'],
-  ['.5.', 'other'],
-  ['.6.', 'other'],
-  ['.7.', 'policy'],
-];
+const USER_UNKNOWN_TEXT = TEXT_RULES.find(([, cls]) => cls === 'user_unknown')![0];
+
+/**
+ * Enhanced code classes when neither an exact code nor the text decided:
+ * a permanent X.7.x is a security or policy refusal; a temporary one
+ * (Gmail's 4.7.0 "try again later" among them) says too little. X.1.0 is
+ * given for sender problems too, so other X.1.x are not an unknown user.
+ */
+const CODE_CLASSES: Array<[string, BounceClass]> = [['5.2.', 'mailbox_full'], ['4.2.', 'mailbox_full'], ['5.7.', 'policy']];
 
 const compiled = new WeakMap<BounceRule, RegExp | null>();
 function patternOf(rule: BounceRule): RegExp | null {
@@ -117,12 +118,14 @@ export function classifyReply(reply: ClassifiedReply, rules: readonly BounceRule
     return rule.class;
   }
   const detail = reply.enhanced ? reply.enhanced.slice(reply.enhanced.indexOf('.')) : '';
-  if (detail === '.1.2' || detail === '.1.10' || detail === '.4.4' || detail === '.4.3') return 'dns_failure';
+  // X.1.10 is RFC 7505's null MX, but Microsoft also gives it for an unknown recipient: the text decides.
+  if (detail === '.1.2' || detail === '.1.10') return USER_UNKNOWN_TEXT.test(text) ? 'user_unknown' : 'dns_failure';
+  if (detail === '.4.4' || detail === '.4.3') return 'dns_failure';
   // 5.2.1 is a disabled mailbox; Gmail's 4.2.1 is a recipient receiving too fast (left to the text).
   if (reply.enhanced === '5.2.1') return 'user_unknown';
   for (const [suffix, cls] of EXACT_CODES) if (detail === suffix) return cls;
   for (const [re, cls] of TEXT_RULES) if (re.test(text)) return cls;
-  for (const [prefix, cls] of CODE_CLASSES) if (detail.startsWith(prefix)) return cls;
+  for (const [prefix, cls] of CODE_CLASSES) if (reply.enhanced.startsWith(prefix)) return cls;
   // RFC 5321's 552 is "exceeded storage allocation"; a bare 550 is too vague to call an address dead.
   if (reply.code === 552) return 'mailbox_full';
   return 'other';
