@@ -24,6 +24,7 @@ import {
   type VerifyRecipientResponse,
 } from '@tern/proto';
 import type { Logger, Meter } from '@tern/telemetry';
+import { NotAnAddressError, VerifyBusyError } from './errors';
 import { SessionError, syntheticReply, type ConnectOptions, type TlsMode } from './smtp-client';
 import { plan, type WorkerDeps } from './worker';
 
@@ -99,12 +100,12 @@ export class Verifier {
         const address = call.request.address.trim();
         const at = address.lastIndexOf('@');
         if (at < 1 || at === address.length - 1 || address.length > 320 || /[\s<>]/.test(address)) {
-          cb({ code: grpc.status.INVALID_ARGUMENT, details: `address: ${JSON.stringify(call.request.address)} is not an address (local@domain)` } as grpc.ServiceError);
+          cb(new NotAnAddressError(call.request.address));
           return;
         }
         if (this.inflight >= this.o.maxInflight) {
           this.counted.add(1, { result: 'busy' });
-          cb({ code: grpc.status.RESOURCE_EXHAUSTED, details: `${this.o.maxInflight} verifications in progress on this delivery pod (TERN_VERIFY_MAX_INFLIGHT)` } as grpc.ServiceError);
+          cb(new VerifyBusyError(this.o.maxInflight));
           return;
         }
         this.inflight++;
