@@ -224,3 +224,48 @@ test('an SMTP certificate within the expiry window alerts for its pod; one renew
   });
   assert.ok(r.ok, r.out);
 });
+
+test('a webhook endpoint suspended for 5 minutes alerts; dropped webhook deliveries alert by result; deliveries and retries alone do not', () => {
+  const webhooks = (name: string, labels: string, values: string) => ({ series: `${name}{${ns},job="webhooks",${labels}}`, values });
+  const r = promtoolTest('webhooks', {
+    interval: '1m',
+    input_series: [
+      // Both pods read the same endpoints from Postgres: one suspended from minute 11.
+      webhooks('tern_webhooks_endpoints', 'pod="webhooks-0",state="active"', '2x40'),
+      webhooks('tern_webhooks_endpoints', 'pod="webhooks-0",state="suspended"', '0x10 1x30'),
+      webhooks('tern_webhooks_endpoints', 'pod="webhooks-1",state="suspended"', '0x10 1x30'),
+      webhooks('tern_webhooks_deliveries_total', 'pod="webhooks-0",result="delivered"', '0+10x40'),
+      webhooks('tern_webhooks_deliveries_total', 'pod="webhooks-0",result="retry"', '0+3x40'),
+      // Expiries from minute 22.
+      webhooks('tern_webhooks_deliveries_total', 'pod="webhooks-0",result="expired"', '0x20 0+4x20'),
+      webhooks('tern_webhooks_deliveries_total', 'pod="webhooks-1",result="overflow"', '0x40'),
+    ],
+    alert_rule_test: [
+      { eval_time: '14m', alertname: 'TernWebhookEndpointSuspended', exp_alerts: [] },
+      {
+        eval_time: '17m',
+        alertname: 'TernWebhookEndpointSuspended',
+        exp_alerts: [{ exp_labels: { severity: 'warning' }, exp_annotations: { ...annotationsOf('TernWebhookEndpointSuspended'), summary: 'Webhook endpoints suspended: 1.' } }],
+      },
+      { eval_time: '20m', alertname: 'TernWebhookDeliveriesDropped', exp_alerts: [] },
+      {
+        eval_time: '25m',
+        alertname: 'TernWebhookDeliveriesDropped',
+        exp_alerts: [
+          {
+            exp_labels: { severity: 'warning', result: 'expired' },
+            exp_annotations: { ...annotationsOf('TernWebhookDeliveriesDropped'), summary: 'Webhook deliveries are being dropped (expired): their events will never reach the endpoint.' },
+          },
+        ],
+      },
+    ],
+  });
+  assert.ok(r.ok, r.out);
+  // The test can fail: an endpoint suspended is not a healthy state.
+  const wrong = promtoolTest('webhooks-wrong', {
+    interval: '1m',
+    input_series: [webhooks('tern_webhooks_endpoints', 'pod="webhooks-0",state="suspended"', '1x20')],
+    alert_rule_test: [{ eval_time: '10m', alertname: 'TernWebhookEndpointSuspended', exp_alerts: [] }],
+  });
+  assert.equal(wrong.ok, false, wrong.out);
+});
