@@ -1,9 +1,10 @@
 // Wires the ingress service: SMTP listeners (MX always; submission and
 // submissions when TLS is configured) on the @tern/smtp engine, clients of
-// policy and queue, gRPC health, /metrics. Ingress owns nothing durable.
-import type http from 'node:http';
+// policy and queue, gRPC health, /metrics, each a part started in order and
+// stopped in reverse (libs/runtime Components). Ingress owns nothing durable.
 import { GrpcServer } from '@tern/grpc';
-import { ConnectionLimiter, SmtpServer, type SmtpLimits } from '@tern/smtp';
+import { Components, HttpServerPart, part, together } from '@tern/runtime';
+import { ConnectionLimiter, SmtpServer } from '@tern/smtp';
 import type { Telemetry } from '@tern/telemetry';
 import { policyClient, queueClient } from './clients';
 import type { Config } from './config';
@@ -13,6 +14,7 @@ import { MilterDirectory } from './milters';
 import { observeSmtpTraffic, type IngressMetrics } from './metrics';
 import { DecisionCache } from './policy-check';
 import { QueueStatusCache } from './queue-gate';
+import { compileOptions } from './options';
 import { TlsContextManager } from './tls';
 
 export interface AppDeps {
@@ -35,16 +37,12 @@ export interface App {
 
 export function createApp(config: Config, deps: AppDeps): App {
   const { logger, tracer, meter } = deps.telemetry;
-  const policy = policyClient(config.TERN_POLICY_ADDR, config.TERN_POLICY_DEADLINE_MS);
-  const queue = queueClient(config.TERN_QUEUE_ADDR, config.TERN_QUEUE_STATUS_DEADLINE_MS);
-  const batcher = config.TERN_ENQUEUE_BATCH_BODY_MAX
-    ? new EnqueueBatcher(queue, { maxCalls: config.TERN_ENQUEUE_BATCH_CALLS, maxMessages: 64, deadlineMs: config.TERN_ENQUEUE_COMMIT_TIMEOUT_MS })
-    : undefined;
-  const queueStatus = new QueueStatusCache(queue, config.TERN_QUEUE_STATUS_CACHE_MS, config.TERN_QUEUE_STATUS_DEADLINE_MS, logger);
-  const tls =
-    config.TERN_TLS_CERT_FILE && config.TERN_TLS_KEY_FILE
-      ? new TlsContextManager(config.TERN_TLS_CERT_FILE, config.TERN_TLS_KEY_FILE, logger)
-      : undefined;
+  const o = compileOptions(config);
+  const policy = policyClient(o.policy.addr, o.policy.deadlineMs);
+  const queue = queueClient(o.queue.addr, o.queue.statusDeadlineMs);
+  const batcher = o.enqueueBatch ? new EnqueueBatcher(queue, o.enqueueBatch) : undefined;
+  const queueStatus = new QueueStatusCache(queue, o.queue.statusCacheMs, o.queue.statusDeadlineMs, logger);
+  const tls = o.tls ? new TlsContextManager(o.tls.certFile, o.tls.keyFile, logger) : undefined;
   tls?.observe(meter);
   const metrics: IngressMetrics = {
     sessions: meter.createCounter('tern_ingress_sessions_total', { description: 'SMTP sessions started' }),
@@ -53,60 +51,37 @@ export function createApp(config: Config, deps: AppDeps): App {
     bytes: meter.createCounter('tern_ingress_bytes_total', { description: 'Message octets queued' }),
     enqueueSeconds: meter.createHistogram('tern_ingress_enqueue_seconds', { description: 'End of 354 to queue commit, seconds', unit: 's' }),
   };
-  const limits: Partial<SmtpLimits> = {
-    maxMessageSize: config.TERN_MAX_MESSAGE_SIZE,
-    maxRecipients: config.TERN_MAX_RECIPIENTS,
-    maxErrors: config.TERN_MAX_ERRORS,
-    unavailableCloseMs: config.TERN_UNAVAILABLE_CLOSE_MS,
-    maxSessions: config.TERN_MAX_SESSIONS,
-    maxSessionsPerClient: config.TERN_MAX_SESSIONS_PER_CLIENT,
-    commandTimeoutMs: config.TERN_SMTP_COMMAND_TIMEOUT_MS,
-    dataTimeoutMs: config.TERN_SMTP_DATA_TIMEOUT_MS,
-    greetingDelayMs: config.TERN_GREETING_DELAY_MS,
-  };
   // The milter chain, read from policy every few seconds.
-  const milterDirectory = new MilterDirectory(policy, config.TERN_MILTER_REFRESH_MS, config.TERN_POLICY_DEADLINE_MS, logger);
+  const milterDirectory = new MilterDirectory(policy, o.milters.refreshMs, o.policy.deadlineMs, logger);
   const milters = {
     directory: milterDirectory,
     metrics: {
       calls: meter.createCounter('tern_ingress_milter_calls_total', { description: 'Milter conversations by milter and result (accept, reject, tempfail, discard, error)' }),
       seconds: meter.createHistogram('tern_ingress_milter_seconds', { description: 'One milter conversation (connect to final answer), seconds', unit: 's' }),
     },
-    spoolDir: config.TERN_MILTER_SPOOL_DIR,
-    spoolMemory: config.TERN_MILTER_SPOOL_MEMORY,
-    maxBody: config.TERN_MAX_MESSAGE_SIZE,
+    spoolDir: o.milters.spoolDir,
+    spoolMemory: o.milters.spoolMemory,
+    maxBody: o.milters.maxBody,
   };
-  const limiter = new ConnectionLimiter(config.TERN_MAX_SESSIONS, config.TERN_MAX_SESSIONS_PER_CLIENT);
+  const limiter = new ConnectionLimiter(o.sessions.max, o.sessions.perClient);
   // Policy accepts marked reusable (cache_ms) are given again without a call.
   const decisions = new DecisionCache();
   meter
     .createObservableCounter('tern_ingress_policy_cache_hits_total', { description: 'Policy checks answered from reusable accepts (CheckResponse.cache_ms)' })
     .addCallback((r) => r.observe(decisions.hits));
   const hookDeps = {
+    ...o.hooks,
     decisions,
-    hostname: config.TERN_HOSTNAME,
     logger,
     tracer,
     policy,
     queue,
     queueStatus,
     metrics,
-    policyDeadlineMs: config.TERN_POLICY_DEADLINE_MS,
-    commitTimeoutMs: config.TERN_ENQUEUE_COMMIT_TIMEOUT_MS,
-    reverseDns: config.TERN_REVERSE_DNS ? { timeoutMs: config.TERN_REVERSE_DNS_TIMEOUT_MS } : undefined,
-    messageChecks: config.TERN_MESSAGE_CHECKS.size ? { listeners: config.TERN_MESSAGE_CHECKS, timeoutMs: config.TERN_MESSAGE_CHECK_TIMEOUT_MS } : undefined,
-    commands: { vrfy: config.TERN_VRFY, expn: config.TERN_EXPN, etrn: config.TERN_ETRN },
-    maxRecipients: config.TERN_MAX_RECIPIENTS,
-    enqueueBatch: batcher ? { bodyMax: config.TERN_ENQUEUE_BATCH_BODY_MAX, batcher } : undefined,
+    enqueueBatch: batcher && o.enqueueBatch ? { bodyMax: o.enqueueBatch.bodyMax, batcher } : undefined,
     milters,
   };
-  const common = {
-    hostname: config.TERN_HOSTNAME,
-    proxyProtocolFrom: config.TERN_PROXY_PROTOCOL_CIDRS,
-    limits,
-    limiter,
-    logger,
-  };
+  const common = { ...o.smtp, limiter, logger };
   const servers: Record<'mx' | 'submission' | 'submissions', SmtpServer | undefined> = {
     mx: undefined,
     submission: undefined,
@@ -120,13 +95,13 @@ export function createApp(config: Config, deps: AppDeps): App {
       for (const [listener, server] of Object.entries(servers)) if (server) result.observe(server.sessionCount, { listener });
     });
   observeSmtpTraffic(meter, servers);
-  if (config.TERN_SMTP_LISTEN) {
+  if (o.listeners.mx) {
     servers.mx = new SmtpServer(
       {
         ...common,
         name: 'mx',
-        host: config.TERN_SMTP_LISTEN.host,
-        port: config.TERN_SMTP_LISTEN.port,
+        host: o.listeners.mx.host,
+        port: o.listeners.mx.port,
         ...(tls ? { tls: { secureContext: tls.current } } : {}),
       },
       createHooks(hookDeps, false),
@@ -135,26 +110,26 @@ export function createApp(config: Config, deps: AppDeps): App {
   if (tls) {
     // AUTH is offered on the submission listeners only.
     const submissionHooks = createHooks(hookDeps, true);
-    if (config.TERN_SUBMISSION_LISTEN) {
+    if (o.listeners.submission) {
       servers.submission = new SmtpServer(
         {
           ...common,
           name: 'submission',
-          host: config.TERN_SUBMISSION_LISTEN.host,
-          port: config.TERN_SUBMISSION_LISTEN.port,
+          host: o.listeners.submission.host,
+          port: o.listeners.submission.port,
           tls: { secureContext: tls.current },
           authRequired: true,
         },
         submissionHooks,
       );
     }
-    if (config.TERN_SUBMISSIONS_LISTEN) {
+    if (o.listeners.submissions) {
       servers.submissions = new SmtpServer(
         {
           ...common,
           name: 'submissions',
-          host: config.TERN_SUBMISSIONS_LISTEN.host,
-          port: config.TERN_SUBMISSIONS_LISTEN.port,
+          host: o.listeners.submissions.host,
+          port: o.listeners.submissions.port,
           tls: { secureContext: tls.current },
           implicitTls: true,
           authRequired: true,
@@ -166,9 +141,49 @@ export function createApp(config: Config, deps: AppDeps): App {
 
   // Readiness (/readyz and gRPC health alike): started, not stopping, queue reachable.
   const grpcServer = new GrpcServer({ logger, tracer, ready: () => queueStatus.reachable });
-  let metricsServer: http.Server | undefined;
-  let statusTimer: NodeJS.Timeout | undefined;
   const ports = { grpc: 0 } as App['ports'];
+  let statusTimer: NodeJS.Timeout | undefined;
+
+  // Started in this order, stopped in reverse. Not ready first, so the load
+  // balancer stops sending new sessions; then the SMTP listeners close
+  // together: transactions in progress get the whole grace period, so a
+  // client mid-body need not resend, and closing the rest (421, 2 s) fits
+  // in libs/runtime's tail after the grace. policy, queue and the batcher
+  // close last, once every session is gone: a transaction that ends in time
+  // still gets its 250.
+  const parts = new Components(logger);
+  parts.add('clients', part('clients', { drain: () => (batcher?.close(), policy.close(), queue.close()) }));
+  if (!deps.noMetricsServer) {
+    parts.add('metrics', new HttpServerPart('metrics', () => deps.telemetry.serveMetrics(o.listen.metrics.host, o.listen.metrics.port, () => grpcServer.ready())));
+  }
+  parts.add('grpc', grpcServer.listener(o.listen.grpc.host, o.listen.grpc.port, 1_000));
+  if (tls) parts.add('tls reload', part('TLS reload', { start: () => tls.start(o.tls!.reloadMs), drain: () => tls.stop() }));
+  parts.add(
+    'queue status',
+    part('queue status', {
+      start: async () => {
+        await queueStatus.refresh();
+        statusTimer = setInterval(() => void queueStatus.refresh(), o.queue.statusCacheMs);
+        statusTimer.unref();
+      },
+      drain: () => clearInterval(statusTimer),
+    }),
+  );
+  parts.add('milter refresh', part('milter refresh', { start: () => milterDirectory.start(), drain: () => milterDirectory.stop() }));
+  const listeners = (Object.entries(servers) as ['mx' | 'submission' | 'submissions', SmtpServer | undefined][]).flatMap(([name, server]) =>
+    server
+      ? [
+          part(`SMTP ${name}`, {
+            start: async () => {
+              ports[name === 'mx' ? 'smtp' : name] = await server.listen();
+            },
+            drain: () => server.close(o.listen.graceMs),
+          }),
+        ]
+      : [],
+  );
+  parts.add('smtp', together('SMTP listeners', listeners));
+  parts.add('readiness', grpcServer.readiness());
 
   return {
     tls,
@@ -178,19 +193,8 @@ export function createApp(config: Config, deps: AppDeps): App {
     },
     ready: () => grpcServer.ready(),
     async start() {
-      if (!deps.noMetricsServer) {
-        metricsServer = await deps.telemetry.serveMetrics(config.TERN_METRICS_LISTEN.host, config.TERN_METRICS_LISTEN.port, () => grpcServer.ready());
-      }
-      ports.grpc = await grpcServer.listen(config.TERN_GRPC_LISTEN.host, config.TERN_GRPC_LISTEN.port);
-      tls?.start(config.TERN_TLS_RELOAD_MS);
-      await queueStatus.refresh();
-      milterDirectory.start();
-      statusTimer = setInterval(() => void queueStatus.refresh(), config.TERN_QUEUE_STATUS_CACHE_MS);
-      statusTimer.unref();
-      for (const [name, server] of Object.entries(servers)) {
-        if (server) ports[name === 'mx' ? 'smtp' : (name as 'submission' | 'submissions')] = await server.listen();
-      }
-      grpcServer.serve();
+      await parts.start();
+      ports.grpc = grpcServer.port;
       logger.info(
         {
           smtp: ports.smtp,
@@ -198,29 +202,12 @@ export function createApp(config: Config, deps: AppDeps): App {
           submissions: ports.submissions,
           grpc: ports.grpc,
           tls: Boolean(tls),
-          policy: config.TERN_POLICY_ADDR,
-          queue: config.TERN_QUEUE_ADDR,
+          policy: o.policy.addr,
+          queue: o.queue.addr,
         },
         tls ? 'ingress serving' : 'ingress serving (no TLS configured: MX without STARTTLS, submission listeners off)',
       );
     },
-    async stop() {
-      // Not ready first, so the load balancer stops sending new sessions.
-      grpcServer.drain();
-      // Transactions in progress get the whole grace period, so a client
-      // mid-body need not resend; closing the rest (421, 2 s) fits in
-      // libs/runtime's tail after the grace. policy, queue and the batcher
-      // close only once every session is gone: a transaction that ends in
-      // time still gets its 250.
-      await Promise.all(Object.values(servers).map((s) => s?.close(config.TERN_SHUTDOWN_GRACE_MS)));
-      if (statusTimer) clearInterval(statusTimer);
-      milterDirectory.stop();
-      tls?.stop();
-      await grpcServer.shutdown(1_000);
-      batcher?.close();
-      policy.close();
-      queue.close();
-      await new Promise<void>((resolve) => (metricsServer ? metricsServer.close(() => resolve()) : resolve()));
-    },
+    stop: () => parts.stop(),
   };
 }
