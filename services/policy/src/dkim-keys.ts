@@ -38,7 +38,7 @@ import {
   type RotateDkimKeyResponse,
 } from '@tern/proto';
 import type { Logger } from '@tern/telemetry';
-import { invalid, PolicyError, precondition } from './errors';
+import { DkimKeyNotFoundError, DkimSelectorExistsError, invalid, precondition } from './errors';
 import { domainName } from './validate';
 
 const generateKeyPair = promisify(crypto.generateKeyPair);
@@ -258,10 +258,7 @@ export class DkimKeyStore {
     const kek = this.requireKek();
     const existing = await this.get(c, domain, selector);
     if (existing) {
-      throw new PolicyError(
-        grpc.status.ALREADY_EXISTS,
-        `selector ${selector} of ${domain} exists (${existing.state}); choose a new selector (a retired one is not reused: resolvers may still hold its record)`,
-      );
+      throw new DkimSelectorExistsError(domain, selector, existing.state);
     }
     const sealed = seal(kek, Buffer.from(m.pem), sealLabel(domain, selector));
     const res = await c.query<Row>(
@@ -374,7 +371,7 @@ export class DkimKeyStore {
     return withTransaction(this.pool, async (c) => {
       await this.lock(c, domain);
       const row = await this.get(c, domain, selector, true);
-      if (!row) throw new PolicyError(grpc.status.NOT_FOUND, `no DKIM key ${selector} for ${domain}; see tern dkim ls ${domain}`);
+      if (!row) throw new DkimKeyNotFoundError(domain, selector);
       if (row.state === 'retired') throw precondition(`the key ${selector} of ${domain} is retired (its private key is erased); generate a new one`);
       if (row.state === 'active') return { key: toKey(row), retired: undefined };
       const before = (await this.current(c, domain, row.algorithm)).active;
@@ -393,7 +390,7 @@ export class DkimKeyStore {
     return withTransaction(this.pool, async (c) => {
       await this.lock(c, domain);
       const row = await this.get(c, domain, selector, true);
-      if (!row) throw new PolicyError(grpc.status.NOT_FOUND, `no DKIM key ${selector} for ${domain}; see tern dkim ls ${domain}`);
+      if (!row) throw new DkimKeyNotFoundError(domain, selector);
       if (row.state === 'retired') return { key: toKey(row) };
       const res = await c.query<Row>(
         `UPDATE policy.dkim_keys SET state = 'retired', retired_at = now(), sealed_key = NULL WHERE domain = $1 AND selector = $2 RETURNING ${COLS}`,

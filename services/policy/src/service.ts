@@ -1,6 +1,7 @@
 // PolicyService over gRPC: decisions (Check, CheckMessage, Authenticate) and
 // the management RPCs for domains, mailboxes, aliases, users and milters.
-import { grpc, grpcError } from '@tern/grpc';
+import { grpc } from '@tern/grpc';
+import { errorMessage } from '@tern/runtime';
 import {
   CheckStage,
   Listener,
@@ -20,7 +21,7 @@ type Counter = ReturnType<Meter['createCounter']>;
 type Histogram = ReturnType<Meter['createHistogram']>;
 import type { PolicyCache } from './cache';
 import { stageName, type Client, type Engine } from './engine';
-import { PolicyError } from './errors';
+import { InvalidFieldError, RpcFailedError, StatusError, StillReferencedError } from './errors';
 import { hashPassword, verifyPassword } from './passwords';
 import { actionName, reply, type Decision } from './replies';
 import { dkimKeyHandlers, type DkimKeyStore } from './dkim-keys';
@@ -102,11 +103,11 @@ export class Metrics {
 }
 
 function toStatus(err: unknown, logger: Logger, what: string): grpc.ServiceError {
-  if (err instanceof PolicyError) return grpcError(err.code, err.message);
+  if (err instanceof StatusError) return err;
   const pgCode = (err as { code?: unknown }).code;
-  if (pgCode === '23503') return grpcError(grpc.status.FAILED_PRECONDITION, `${what}: still referenced by other policy data`);
+  if (pgCode === '23503') return new StillReferencedError(what, err);
   logger.error({ err: (err as Error).stack ?? String(err), rpc: what }, 'policy RPC failed');
-  return grpcError(grpc.status.UNAVAILABLE, `${what} failed: ${(err as Error).message}`);
+  return new RpcFailedError(what, errorMessage(err), err);
 }
 
 type Unary<Req, Res> = (call: grpc.ServerUnaryCall<Req, Res>, cb: grpc.sendUnaryData<Res>) => void;
@@ -219,7 +220,7 @@ export function createPolicyService(deps: ServiceDeps): PolicyServiceServer {
       let sessionId: string | undefined;
       (async () => {
         const first = await iterator.next();
-        if (first.done || !first.value.header) throw new PolicyError(grpc.status.INVALID_ARGUMENT, 'header: the first message must carry the header');
+        if (first.done || !first.value.header) throw new InvalidFieldError('header', 'the first message must carry the header');
         const head = first.value;
         sessionId = head.header?.session?.sessionId;
         const client = engine.client(head.header?.session);
@@ -258,7 +259,7 @@ export function createPolicyService(deps: ServiceDeps): PolicyServiceServer {
     },
 
     lookupRecipient: unary('LookupRecipient', async (req: LookupRecipientRequest): Promise<LookupRecipientResponse> => {
-      if (!req.address.trim() || req.address.length > 512) throw new PolicyError(grpc.status.INVALID_ARGUMENT, 'address: required, at most 512 characters');
+      if (!req.address.trim() || req.address.length > 512) throw new InvalidFieldError('address', 'required, at most 512 characters');
       const r = engine.lookup(req.address, req.expand);
       metrics.decisions.add(1, { stage: req.expand ? 'expn' : 'lookup', action: r.exists ? 'found' : 'not_found', reason: r.domainKind ?? 'foreign' });
       return {
