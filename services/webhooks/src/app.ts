@@ -2,14 +2,15 @@
 // TERN_EVENTS (each NATS message's deliveries written in one transaction,
 // then acked: at least once, a redelivery writes nothing twice), the sender
 // loop (sender.ts), the housekeeping sweep (expiry, history), WebhookService
-// on gRPC with health, and /metrics. The events stream is a log the queue
-// never waits for, so nothing here can slow mail.
-import type http from 'node:http';
-import { Bus, type BusMessage, type Consumption } from '@tern/bus';
+// on gRPC with health, and /metrics, each a part started in order and
+// stopped in reverse (libs/runtime Components). The events stream is a log
+// the queue never waits for, so nothing here can slow mail.
+import { BusPart, type BusMessage } from '@tern/bus';
 import { redactUrl } from '@tern/config';
 import { createPool, type Pool } from '@tern/db';
 import { GrpcServer } from '@tern/grpc';
 import { WebhookServiceService } from '@tern/proto';
+import { Components, errorMessage, HttpServerPart, part } from '@tern/runtime';
 import type { Telemetry } from '@tern/telemetry';
 import type { AddressRules } from './address';
 import type { Config } from './config';
@@ -77,29 +78,26 @@ export function createApp(config: Config, deps: AppDeps): App {
     r.observe(eps.filter((e) => e.state === 'suspended').length, { state: 'suspended' });
   });
 
-  let bus: Bus | undefined;
-  let consumption: Consumption | undefined;
+  const nats = new BusPart({ url: config.TERN_NATS_URL, name: `tern-webhooks-${config.TERN_HOSTNAME}`, logger }, ['webhooks']);
   let sweeper: NodeJS.Timeout | undefined;
   // Ready: consuming with NATS not closed, and Postgres answered the sender within 10 s.
   const grpcServer = new GrpcServer({
     logger,
     tracer,
-    ready: () => bus !== undefined && !bus.nc.isClosed() && Date.now() - sender.lastRefresh < Math.max(10_000, 3 * config.TERN_WEBHOOKS_POLL_MS),
+    ready: () => nats.open && Date.now() - sender.lastRefresh < Math.max(10_000, 3 * config.TERN_WEBHOOKS_POLL_MS),
   });
   grpcServer.add(
     'tern.v1.WebhookService',
     WebhookServiceService,
     createWebhookService({ store, rules, maxEndpoints: config.TERN_WEBHOOKS_MAX_ENDPOINTS, logger, changes: metrics.changes, wake: () => sender.wake() }),
   );
-  let metricsServer: http.Server | undefined;
-  const ports: App['ports'] = { grpc: 0 };
 
   async function handle(msg: BusMessage): Promise<void> {
     let events;
     try {
       events = decodeEvents(msg.data);
     } catch (err) {
-      logger.error({ event: 'webhook_event_undecodable', subject: msg.subject, bytes: msg.data.length, err: (err as Error).message }, 'undecodable lifecycle events message skipped');
+      logger.error({ event: 'webhook_event_undecodable', subject: msg.subject, bytes: msg.data.length, err: errorMessage(err) }, 'undecodable lifecycle events message skipped');
       msg.term('');
       return;
     }
@@ -136,36 +134,56 @@ export function createApp(config: Config, deps: AppDeps): App {
       }
       await store.purge(config.TERN_WEBHOOKS_HISTORY_S);
     } catch (err) {
-      logger.warn({ event: 'webhooks_sweep_failed', err: (err as Error).message }, 'webhooks housekeeping failed; trying again');
+      logger.warn({ event: 'webhooks_sweep_failed', err: errorMessage(err) }, 'webhooks housekeeping failed; trying again');
     }
   }
 
   const isReady = () => grpcServer.ready();
 
+  // Started in this order, stopped in reverse: not ready first; then no
+  // new sweeps, no new events (those in hand are committed and acked), the
+  // sender's requests in flight finish (bounded by their timeout), NATS,
+  // the gRPC listener, the pool and last /metrics.
+  const parts = new Components(logger);
+  const metricsServer = deps.noMetricsServer
+    ? undefined
+    : parts.add('metrics', new HttpServerPart('metrics', () => deps.telemetry.serveMetrics(config.TERN_METRICS_LISTEN.host, config.TERN_METRICS_LISTEN.port, isReady)));
+  parts.add('pool', part('Postgres pool', { drain: () => pool.end() }));
+  parts.add(
+    'secrets',
+    part('stored secrets', {
+      start: async () => {
+        const sealed = await store.checkSecrets();
+        if (sealed) logger.info({ endpoints: sealed }, 'stored webhook secrets open with TERN_WEBHOOKS_KEK');
+      },
+    }),
+  );
+  parts.add('grpc', grpcServer.listener(config.TERN_GRPC_LISTEN.host, config.TERN_GRPC_LISTEN.port, 1_000));
+  parts.add('nats', nats);
+  parts.add('sender', part('sender', { start: () => sender.start(), drain: () => sender.stop() }));
+  parts.add('consumer', nats.consumer('webhooks', handle, { concurrency: config.TERN_WEBHOOKS_CONSUMER_CONCURRENCY, retryDelayMs: 2_000 }));
+  parts.add(
+    'sweeper',
+    part('sweeper', {
+      start: () => {
+        sweeper = setInterval(() => void sweep(), SWEEP_MS);
+      },
+      drain: () => clearInterval(sweeper),
+    }),
+  );
+  parts.add('readiness', grpcServer.readiness());
+
   return {
     get ports() {
-      return ports;
+      return { grpc: grpcServer.port, metrics: metricsServer?.port };
     },
     ready: isReady,
     async start() {
-      const sealed = await store.checkSecrets();
-      if (sealed) logger.info({ endpoints: sealed }, 'stored webhook secrets open with TERN_WEBHOOKS_KEK');
-      if (!deps.noMetricsServer) {
-        metricsServer = await deps.telemetry.serveMetrics(config.TERN_METRICS_LISTEN.host, config.TERN_METRICS_LISTEN.port, isReady);
-        const addr = metricsServer.address();
-        if (addr && typeof addr === 'object') ports.metrics = addr.port;
-      }
-      ports.grpc = await grpcServer.listen(config.TERN_GRPC_LISTEN.host, config.TERN_GRPC_LISTEN.port);
-      bus = await Bus.connect({ url: config.TERN_NATS_URL, name: `tern-webhooks-${config.TERN_HOSTNAME}`, logger });
-      await bus.ensureTopology(['webhooks']);
-      consumption = bus.consume('webhooks', handle, { concurrency: config.TERN_WEBHOOKS_CONSUMER_CONCURRENCY, retryDelayMs: 2_000 });
-      sender.start();
-      sweeper = setInterval(() => void sweep(), SWEEP_MS);
-      grpcServer.serve();
+      await parts.start();
       logger.info(
         {
-          grpc: ports.grpc,
-          metrics: ports.metrics,
+          grpc: grpcServer.port,
+          metrics: metricsServer?.port,
           nats: redactUrl(config.TERN_NATS_URL),
           secrets: config.TERN_WEBHOOKS_KEK ? 'sealed' : 'stored unsealed (set TERN_WEBHOOKS_KEK to seal them)',
           allow_http: rules.allowHttp,
@@ -174,16 +192,6 @@ export function createApp(config: Config, deps: AppDeps): App {
         'webhooks serving',
       );
     },
-    async stop() {
-      // Not ready first; then no new events or requests; the requests in flight finish (bounded by their timeout).
-      grpcServer.drain();
-      clearInterval(sweeper);
-      await consumption?.stop();
-      await sender.stop();
-      await bus?.close();
-      await grpcServer.shutdown(1_000);
-      await pool.end();
-      await new Promise<void>((resolve) => (metricsServer ? metricsServer.close(() => resolve()) : resolve()));
-    },
+    stop: () => parts.stop(),
   };
 }

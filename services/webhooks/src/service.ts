@@ -2,7 +2,7 @@
 // their deliveries, for AdminService to forward to. Every bad field is
 // refused with INVALID_ARGUMENT naming it; changes are logged with the
 // operator. The secret leaves the service once, in the Create answer.
-import { grpc, grpcError } from '@tern/grpc';
+import type { grpc } from '@tern/grpc';
 import {
   WebhookDeliveryState,
   WebhookEndpointState,
@@ -11,7 +11,9 @@ import {
   type WebhookServiceServer,
 } from '@tern/proto';
 import type { Logger, Meter } from '@tern/telemetry';
+import { errorMessage } from '@tern/runtime';
 import { checkEndpointUrl, type AddressRules } from './address';
+import { EndpointNotFoundError, InvalidArgumentError, RpcFailedError, StatusError, TooManyEndpointsError } from './errors';
 import { normalizeEventTypes } from './events';
 import { newSecret } from './sign';
 import type { DeliveryRow, DeliveryState, EndpointRow, WebhookStore } from './store';
@@ -26,26 +28,17 @@ export interface ServiceDeps {
   wake(): void;
 }
 
-class Invalid extends Error {
-  constructor(
-    message: string,
-    readonly code: grpc.status = grpc.status.INVALID_ARGUMENT,
-  ) {
-    super(message);
-  }
-}
-
 const ID = /^wh_[a-z0-9]{20}$/;
 
 function endpointId(value: string): string {
-  if (!ID.test(value)) throw new Invalid(`id: "${value}" is not a webhook endpoint id (wh_ and 20 letters and digits; tern webhook ls lists them)`);
+  if (!ID.test(value)) throw new InvalidArgumentError(`id: "${value}" is not a webhook endpoint id (wh_ and 20 letters and digits; tern webhook ls lists them)`);
   return value;
 }
 
 function description(value: string): string {
-  if (value.length > 500) throw new Invalid('description: longer than 500 characters');
+  if (value.length > 500) throw new InvalidArgumentError('description: longer than 500 characters');
   // eslint-disable-next-line no-control-regex -- control characters are what is refused
-  if (/[\x00-\x1f\x7f]/.test(value)) throw new Invalid('description: holds control characters');
+  if (/[\x00-\x1f\x7f]/.test(value)) throw new InvalidArgumentError('description: holds control characters');
   return value;
 }
 
@@ -53,7 +46,7 @@ function eventTypes(value: string[]): string[] {
   try {
     return normalizeEventTypes(value);
   } catch (err) {
-    throw new Invalid((err as Error).message);
+    throw new InvalidArgumentError(errorMessage(err), { cause: err });
   }
 }
 
@@ -61,7 +54,7 @@ function url(value: string, rules: AddressRules): string {
   try {
     return checkEndpointUrl(value.trim(), rules).href;
   } catch (err) {
-    throw new Invalid((err as Error).message);
+    throw new InvalidArgumentError(errorMessage(err), { cause: err });
   }
 }
 
@@ -111,7 +104,7 @@ function toDelivery(r: DeliveryRow): WebhookDelivery {
 function deliveryState(s: WebhookDeliveryState): DeliveryState | undefined {
   for (const [name, value] of Object.entries(DELIVERY_STATES)) if (value === s) return name as DeliveryState;
   if (s === WebhookDeliveryState.WEBHOOK_DELIVERY_STATE_UNSPECIFIED) return undefined;
-  throw new Invalid(`state: unknown delivery state ${s}`);
+  throw new InvalidArgumentError(`state: unknown delivery state ${s}`);
 }
 
 type Unary<Req, Res> = (call: grpc.ServerUnaryCall<Req, Res>, cb: grpc.sendUnaryData<Res>) => void;
@@ -129,20 +122,20 @@ export function createWebhookService(deps: ServiceDeps): WebhookServiceServer {
       fn(call.request).then(
         (res) => cb(null, res),
         (err: unknown) => {
-          if (err instanceof Invalid) return cb(grpcError(err.code, err.message));
+          if (err instanceof StatusError) return cb(err);
           logger.error({ err: (err as Error).stack ?? String(err), rpc: name }, 'webhooks RPC failed');
-          cb(grpcError(grpc.status.UNAVAILABLE, `${name} failed: ${(err as Error).message}`));
+          cb(new RpcFailedError(name, errorMessage(err), err));
         },
       );
     };
-  const notFound = (id: string) => new Invalid(`no webhook endpoint ${id} (tern webhook ls lists them)`, grpc.status.NOT_FOUND);
+  const notFound = (id: string) => new EndpointNotFoundError(id);
 
   return {
     createWebhookEndpoint: unary('CreateWebhookEndpoint', async (req) => {
-      if (!req.url) throw new Invalid('url: required (https://host/path of the receiver)');
+      if (!req.url) throw new InvalidArgumentError('url: required (https://host/path of the receiver)');
       const fields = { url: url(req.url, deps.rules), description: description(req.description), eventTypes: eventTypes(req.eventTypes), batch: req.batch };
       if ((await store.countEndpoints()) >= deps.maxEndpoints) {
-        throw new Invalid(`there are already ${deps.maxEndpoints} webhook endpoints (TERN_WEBHOOKS_MAX_ENDPOINTS): remove one first`, grpc.status.RESOURCE_EXHAUSTED);
+        throw new TooManyEndpointsError(deps.maxEndpoints);
       }
       const secret = newSecret();
       const row = await store.createEndpoint({ ...fields, createdBy: op(req.operator), secret: secret.bytes });
@@ -184,10 +177,10 @@ export function createWebhookService(deps: ServiceDeps): WebhookServiceServer {
     listWebhookDeliveries: unary('ListWebhookDeliveries', async (req) => {
       const id = endpointId(req.endpointId);
       const limit = req.limit === 0 ? 50 : req.limit;
-      if (limit > 1000) throw new Invalid('limit: at most 1000');
+      if (limit > 1000) throw new InvalidArgumentError('limit: at most 1000');
       let beforeId: number | undefined;
       if (req.pageToken) {
-        if (!/^\d{1,18}$/.test(req.pageToken)) throw new Invalid(`page_token: "${req.pageToken}" is not a token a previous page gave`);
+        if (!/^\d{1,18}$/.test(req.pageToken)) throw new InvalidArgumentError(`page_token: "${req.pageToken}" is not a token a previous page gave`);
         beforeId = Number(req.pageToken);
       }
       if (!(await store.getEndpoint(id))) throw notFound(id);
