@@ -108,6 +108,34 @@ function storageError(spec: StreamSpec, err: unknown): unknown {
   );
 }
 
+/**
+ * The servers of a TERN_NATS_URL (one URL or a comma-separated list) and the
+ * credentials written in it: nats.js takes user and password (or a token,
+ * `nats://TOKEN@host`) only as options, not from a server URL, so
+ * `nats://tern:PASSWORD@nats:4222` would otherwise connect without them.
+ */
+export function natsServers(url: string): { servers: string[]; user?: string; pass?: string; token?: string } {
+  const servers: string[] = [];
+  let user: string | undefined;
+  let pass: string | undefined;
+  for (const raw of url.split(',').map((s) => s.trim()).filter(Boolean)) {
+    let u: URL;
+    try {
+      u = new URL(raw.includes('://') ? raw : `nats://${raw}`);
+    } catch {
+      servers.push(raw);
+      continue;
+    }
+    if (u.username && user === undefined) {
+      user = decodeURIComponent(u.username);
+      pass = u.password ? decodeURIComponent(u.password) : undefined;
+    }
+    servers.push(`${u.protocol}//${u.host}`);
+  }
+  if (user !== undefined && pass === undefined) return { servers, token: user };
+  return { servers, ...(user !== undefined ? { user, pass } : {}) };
+}
+
 export class Bus {
   private constructor(
     readonly nc: NatsConnection,
@@ -119,7 +147,7 @@ export class Bus {
 
   static async connect(opts: BusOptions): Promise<Bus> {
     const nc = await connect({
-      servers: opts.url,
+      ...natsServers(opts.url),
       name: opts.name,
       maxReconnectAttempts: -1,
       reconnectTimeWait: 500,

@@ -9,7 +9,7 @@ import { createTelemetry } from '@tern/telemetry';
 import { startNats, type NatsServerHandle } from '@tern/devkit';
 import { headers as natsHeaders } from '@nats-io/nats-core';
 import { DiscardPolicy, RetentionPolicy } from '@nats-io/jetstream';
-import { Bus, JetStreamPublisher, STREAMS, STREAMS_MAX_BYTES, SUBJECTS, jobSubject, type BusMessage } from '../src/index';
+import { Bus, JetStreamPublisher, STREAMS, STREAMS_MAX_BYTES, SUBJECTS, jobSubject, natsServers, type BusMessage } from '../src/index';
 
 let nats: NatsServerHandle;
 let url: string;
@@ -246,5 +246,23 @@ test('a NATS server whose file store is smaller than the streams reserve: the er
     await bus.close();
     await small.close();
     fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('credentials in TERN_NATS_URL log in: user and password, or a token (nats.js takes them only as options)', async () => {
+  assert.deepEqual(natsServers('nats://tern:p%40ss@nats.example:4222'), { servers: ['nats://nats.example:4222'], user: 'tern', pass: 'p@ss' });
+  assert.deepEqual(natsServers('nats://s3cret@a:4222, nats://b:4222'), { servers: ['nats://a:4222', 'nats://b:4222'], token: 's3cret' });
+  assert.deepEqual(natsServers('nats://a:4222'), { servers: ['nats://a:4222'] });
+  const secured = await startNats({ args: ['--user', 'tern', '--pass', 'right-password'] });
+  try {
+    // Without the credentials as options the server refuses each attempt and connect() keeps retrying: bounded here.
+    const bus = await Promise.race([
+      Bus.connect({ url: `nats://tern:right-password@${secured.host}:${secured.port}`, name: 'bus-auth', logger }),
+      new Promise<never>((_, reject) => setTimeout(() => reject(new Error('no connection within 10 s: the credentials in the URL were not used')), 10_000).unref()),
+    ]);
+    await bus.ensureTopology([]);
+    await bus.close();
+  } finally {
+    await secured.close();
   }
 });
