@@ -2,11 +2,11 @@
 // before libs/dsn's built-in ones. Cached in memory and reloaded every few
 // seconds, so a rule changed through any replica applies on all of them.
 import { classifyReply, validateBounceRule, type BounceClass, type BounceRule as DsnRule, type ClassifiedReply } from '@tern/dsn';
-import { grpc, grpcError } from '@tern/grpc';
 import type { Pool } from '@tern/db';
 import { BounceRule, type DeleteBounceRuleRequest, type PutBounceRuleRequest } from '@tern/proto';
 import type { Logger } from '@tern/telemetry';
 import { tx } from './db';
+import { InvalidArgumentError, InvalidFieldError } from './errors';
 
 interface RuleRow {
   name: string;
@@ -66,13 +66,13 @@ export class BounceRules {
 
   async put(req: PutBounceRuleRequest): Promise<BounceRule> {
     const r = req.rule;
-    if (!r) throw grpcError(grpc.status.INVALID_ARGUMENT, 'rule: required');
+    if (!r) throw new InvalidFieldError('rule', 'required');
     const name = r.name.trim().toLowerCase();
-    if (!NAME.test(name)) throw grpcError(grpc.status.INVALID_ARGUMENT, `rule.name: "${r.name}" must be 1-64 of a-z, 0-9, . _ - (rules are checked in name order)`);
-    if (!req.operator.trim()) throw grpcError(grpc.status.INVALID_ARGUMENT, 'operator: required (who is acting, recorded with the change)');
+    if (!NAME.test(name)) throw new InvalidFieldError('rule.name', `"${r.name}" must be 1-64 of a-z, 0-9, . _ - (rules are checked in name order)`);
+    if (!req.operator.trim()) throw new InvalidFieldError('operator', 'required (who is acting, recorded with the change)');
     const row: RuleRow = { name, code_prefix: r.codePrefix.trim(), pattern: r.pattern, bounce_class: r.bounceClass.trim(), description: r.description.trim() };
     const problem = validateBounceRule(toDsn(row));
-    if (problem) throw grpcError(grpc.status.INVALID_ARGUMENT, `rule.${problem.replace(/^class:/, 'bounce_class:')}`);
+    if (problem) throw new InvalidArgumentError(`rule.${problem.replace(/^class:/, 'bounce_class:')}`);
     await tx(this.pool, async (c) => {
       await c.query(
         `INSERT INTO bounce_rules (name, code_prefix, pattern, bounce_class, description) VALUES ($1, $2, $3, $4, $5)
@@ -87,8 +87,8 @@ export class BounceRules {
 
   async delete(req: DeleteBounceRuleRequest): Promise<boolean> {
     const name = req.name.trim().toLowerCase();
-    if (!name) throw grpcError(grpc.status.INVALID_ARGUMENT, 'name: required');
-    if (!req.operator.trim()) throw grpcError(grpc.status.INVALID_ARGUMENT, 'operator: required (who is acting, recorded with the change)');
+    if (!name) throw new InvalidFieldError('name', 'required');
+    if (!req.operator.trim()) throw new InvalidFieldError('operator', 'required (who is acting, recorded with the change)');
     const deleted = await tx(this.pool, async (c) => {
       const r = await c.query('DELETE FROM bounce_rules WHERE name = $1', [name]);
       const gone = (r.rowCount ?? 0) > 0;
