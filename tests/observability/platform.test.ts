@@ -16,6 +16,7 @@ import path from 'node:path';
 import pg from 'pg';
 import * as grpc from '@grpc/grpc-js';
 import { Harness, startPlatform, submissionListener, type Platform, type SmtpSink, type TestDatabase } from '@tern/devkit';
+import { FakeMilter } from '../../libs/milter/test/fake-milter';
 import { AuthenticateRequest, CheckRequest, CheckStage, PolicyServiceClient, RecipientState } from '@tern/proto';
 import { Receiver } from '../../services/webhooks/test/receiver';
 import { send, tern, waitFor } from '../ops/helpers';
@@ -57,10 +58,16 @@ before(async () => {
     env: {
       // Deferred recipients stay deferred for the test: the first retry is far away.
       queue: { TERN_QUEUE_BACKOFF_MIN_S: '600', TERN_QUEUE_BACKOFF_MAX_S: '3600' },
-      ingress: submission.env,
+      // The milter chain is read every second (so the milter below applies before the first message).
+      ingress: { ...submission.env, TERN_MILTER_REFRESH_MS: '1000' },
     },
   });
   prom = await startPrometheus(harness, platform, { namespace: NAMESPACE, groups });
+  // A milter that accepts everything on the MX listener, so the per-milter metrics have samples.
+  const milter = await new FakeMilter().start();
+  harness.defer(() => milter.stop(), 'stop the milter');
+  await tern(platform, 'milter', 'set', 'observe', milter.address, '--listeners', 'mx', '--default-action', 'accept');
+  await new Promise((r) => setTimeout(r, 2_000));
   // A webhook endpoint for the delivered events, so the webhooks service's counters and histogram have samples.
   const receiver = await new Receiver().start();
   harness.defer(() => receiver.close(), 'close the webhook receiver');
