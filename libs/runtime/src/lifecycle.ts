@@ -2,6 +2,7 @@
 // SIGTERM/SIGINT run the app's stop() once, bounded by a grace timer
 // (running -> stopping -> stopped), and exit.
 import type { Logger } from '@tern/telemetry';
+import { errorMessage } from './errors';
 
 /**
  * How long after the grace period a stopping service may still take to close
@@ -48,7 +49,7 @@ export function runService(opts: RunOptions): void {
       await opts.flush?.();
       logger.info(`${opts.service} stopped`);
     } catch (err) {
-      logger.error({ err: (err as Error).message }, 'error during shutdown');
+      logger.error({ err: errorMessage(err) }, 'error during shutdown');
       code = code || 1;
     }
     process.exit(code);

@@ -2,6 +2,7 @@
 // Keys are the variable names, so a bad value is reported by its name.
 import { bool, commonSchema, ConfigError, grpcTarget, parseEnv, positiveInt, z } from '@tern/config';
 import { parseTokens, readTokensFile, ROLES, type TokenEntry } from './tokens';
+import { errorMessage } from '@tern/runtime';
 
 const schema = z.object({
   ...commonSchema({ grpcPort: 7000, metricsPort: 9100 }),
@@ -19,7 +20,7 @@ const schema = z.object({
       try {
         readTokensFile(file);
       } catch (err) {
-        ctx.addIssue({ code: 'custom', message: (err as Error).message });
+        ctx.addIssue({ code: 'custom', message: errorMessage(err) });
       }
     }),
   /** `name:token[:role],...` (for tests and simple setups; prefer the file). */
@@ -31,7 +32,7 @@ const schema = z.object({
       try {
         return parseTokens(value, 'comma');
       } catch (err) {
-        ctx.addIssue({ code: 'custom', message: (err as Error).message });
+        ctx.addIssue({ code: 'custom', message: errorMessage(err) });
         return z.NEVER;
       }
     }),

@@ -6,6 +6,7 @@
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import type { Logger } from '@tern/telemetry';
+import { errorMessage } from '@tern/runtime';
 
 /** What a token may do, each role including the ones before it. */
 export const ROLES = ['viewer', 'operator', 'admin'] as const;
@@ -76,12 +77,12 @@ export function readTokensFile(file: string): TokenEntry[] {
   try {
     text = fs.readFileSync(file, 'utf8');
   } catch (err) {
-    throw new Error(`cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, { cause: err });
+    throw new Error(`cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? errorMessage(err)}`, { cause: err });
   }
   try {
     return parseTokens(text, 'line');
   } catch (err) {
-    throw new Error(`${file}: ${(err as Error).message}`, { cause: err });
+    throw new Error(`${file}: ${errorMessage(err)}`, { cause: err });
   }
 }
 
@@ -140,7 +141,7 @@ export class TokenStore {
       this.setFile(readTokensFile(this.opts.file));
       this.opts.logger.info({ event: 'admin_tokens_reloaded', operators: this.names() }, 'admin tokens reloaded');
     } catch (err) {
-      this.opts.logger.error({ event: 'admin_tokens_reload_failed', err: (err as Error).message }, 'admin tokens file is invalid; keeping the previous tokens');
+      this.opts.logger.error({ event: 'admin_tokens_reload_failed', err: errorMessage(err) }, 'admin tokens file is invalid; keeping the previous tokens');
     }
   }
 

@@ -3,6 +3,7 @@
 import fs from 'node:fs';
 import { bool, commonSchema, csv, grpcTarget, keyEncryptionKey, natsUrl, nonNegativeInt, parseEnv, positiveInt, z } from '@tern/config';
 import { parseDkimKeys } from './dkim';
+import { errorMessage } from '@tern/runtime';
 
 /** A file the process can read now (a missing CA or key file stops the start, naming the variable). */
 const readableFile = () =>
@@ -75,7 +76,7 @@ const schema = z.object({
     try {
       parseDkimKeys(entries, (file) => fs.readFileSync(file, 'utf8'));
     } catch (err) {
-      ctx.addIssue({ code: 'custom', message: (err as Error).message });
+      ctx.addIssue({ code: 'custom', message: errorMessage(err) });
     }
   }),
   /**

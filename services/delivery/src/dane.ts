@@ -11,6 +11,7 @@
 import crypto from 'node:crypto';
 import type tls from 'node:tls';
 import { DnsClient, RCODE, TYPE, type DnsAnswer } from './dns-client';
+import { errorMessage } from '@tern/runtime';
 
 export interface Tlsa {
   usage: number;
@@ -55,7 +56,7 @@ export class DaneResolver {
     try {
       a = await this.client.query(name, TYPE.TLSA);
     } catch (err) {
-      return { value: { kind: 'error', why: `TLSA lookup of ${name} failed: ${(err as Error).message}` }, ttl: 5 };
+      return { value: { kind: 'error', why: `TLSA lookup of ${name} failed: ${errorMessage(err)}` }, ttl: 5 };
     }
     if (a.rcode !== RCODE.NOERROR && a.rcode !== RCODE.NXDOMAIN) return { value: { kind: 'error', why: `TLSA lookup of ${name} failed (rcode ${a.rcode})` }, ttl: 5 };
     const tlsa = a.records.filter((r) => r.type === TYPE.TLSA && r.data.length > 3);

@@ -9,6 +9,7 @@ import { grpc, isGrpcError, unary } from '@tern/grpc';
 import { DkimAlgorithm, type DkimSigningKey, type PolicyServiceClient } from '@tern/proto';
 import type { Logger } from '@tern/telemetry';
 import { dkimPrivateKey, type DkimKey, type DkimSigner } from './dkim';
+import { errorMessage } from '@tern/runtime';
 
 /** Must match policy's (services/policy/src/dkim-keys.ts sealLabel). */
 const sealLabel = (domain: string, selector: string) => `dkim:${domain}:${selector}`;
@@ -56,7 +57,7 @@ export class DkimRefresh {
         break;
       } catch (err) {
         if (err instanceof DkimKeyError || this.stopped) throw err;
-        this.o.logger.warn({ err: (err as Error).message, retry_ms: this.o.intervalMs }, 'DKIM keys not loaded from policy yet; no job is taken until they are');
+        this.o.logger.warn({ err: errorMessage(err), retry_ms: this.o.intervalMs }, 'DKIM keys not loaded from policy yet; no job is taken until they are');
         await new Promise((r) => setTimeout(r, this.o.intervalMs));
         if (this.stopped) throw new Error('stopped before the DKIM keys were loaded', { cause: err });
       }
@@ -103,7 +104,7 @@ export class DkimRefresh {
       try {
         next.set(slot, this.open(k));
       } catch (err) {
-        problems.push((err as Error).message);
+        problems.push(errorMessage(err));
         const previous = this.current.get(slot);
         if (previous) next.set(slot, previous);
       }

@@ -11,6 +11,7 @@
 // fields present, and we oversign From (list it once more than it occurs,
 // RFC 6376 8.15), so that a From: added on the way invalidates the signature.
 import crypto from 'node:crypto';
+import { errorMessage } from '@tern/runtime';
 
 export type DkimAlgorithm = 'rsa' | 'ed25519';
 
@@ -88,7 +89,7 @@ export function parseDkimKeys(entries: string[], read: (file: string) => string)
       const key = dkimPrivateKey(read(file!));
       return { domain: normalizeDomain(domain!), selector: selector!, ...key, source: 'file' as const };
     } catch (err) {
-      throw new Error(`"${entry}": cannot use ${file} as a private key: ${(err as Error).message}`, { cause: err });
+      throw new Error(`"${entry}": cannot use ${file} as a private key: ${errorMessage(err)}`, { cause: err });
     }
   });
 }

@@ -15,6 +15,7 @@ import { parsePolicy, resolvePolicy } from 'mailauth/lib/mta-sts';
 import type { Logger } from '@tern/telemetry';
 import type { NextHopResolver } from './nexthop';
 import { nameMatches } from './smtp-client';
+import { errorMessage } from '@tern/runtime';
 
 export interface StsPolicy {
   id: string;
@@ -78,7 +79,7 @@ export class MtaStsPolicies {
       }
     } catch (err) {
       // DNS trouble: a cached policy stays in force until it expires (RFC 8461 5.1).
-      this.o.logger.info({ domain, err: (err as Error).message }, 'MTA-STS TXT lookup failed; using the cached policy if any');
+      this.o.logger.info({ domain, err: errorMessage(err) }, 'MTA-STS TXT lookup failed; using the cached policy if any');
       return valid;
     }
     if (!id) return valid; // no TXT record: a cached policy still holds until max_age (RFC 8461 5.1)
@@ -89,7 +90,7 @@ export class MtaStsPolicies {
       if (this.cache.size > 50_000) this.cache.delete(this.cache.keys().next().value as string);
       return policy;
     } catch (err) {
-      this.o.logger.warn({ domain, err: (err as Error).message }, 'MTA-STS policy fetch failed; using the cached policy if any');
+      this.o.logger.warn({ domain, err: errorMessage(err) }, 'MTA-STS policy fetch failed; using the cached policy if any');
       return valid;
     }
   }

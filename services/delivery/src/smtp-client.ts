@@ -8,6 +8,7 @@ import tls from 'node:tls';
 import { orcptParam, xtextEncode } from '@tern/dsn';
 import type { SmtpReply, TlsInfo } from '@tern/proto';
 import { daneVerify, type Tlsa } from './dane';
+import { errorMessage } from '@tern/runtime';
 
 export type Stage = 'connect' | 'greeting' | 'ehlo' | 'starttls' | 'auth' | 'mail' | 'rcpt' | 'data' | 'data-end' | 'rset';
 
@@ -39,7 +40,7 @@ export class SessionError extends Error {
  */
 export class StaleSessionError extends Error {
   constructor(override readonly cause: unknown) {
-    super(`reused session unusable at RSET: ${(cause as Error)?.message ?? String(cause)}`);
+    super(`reused session unusable at RSET: ${errorMessage(cause)}`);
     this.name = 'StaleSessionError';
   }
 }

@@ -27,6 +27,7 @@ import type { Logger, Meter } from '@tern/telemetry';
 import { NotAnAddressError, VerifyBusyError } from './errors';
 import { SessionError, syntheticReply, type ConnectOptions, type TlsMode } from './smtp-client';
 import { plan, type WorkerDeps } from './worker';
+import { errorMessage } from '@tern/runtime';
 
 /** The queue's route table, asked every few seconds (the queue owns it; jobs carry their route, a verification has none). */
 export class RouteCache {
@@ -139,7 +140,7 @@ export class Verifier {
     try {
       route = await this.routes.match(domain);
     } catch (err) {
-      return tempfail(syntheticReply(451, '4.3.0', `the route table could not be read from the queue: ${(err as Error).message}`));
+      return tempfail(syntheticReply(451, '4.3.0', `the route table could not be read from the queue: ${errorMessage(err)}`));
     }
     const job = DeliveryJob.fromPartial({ destination: domain, route });
     const p = await plan(this.worker, job, async () => '');

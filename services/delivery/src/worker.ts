@@ -28,6 +28,7 @@ import type { NextHop, NextHopResolver, Resolution } from './nexthop';
 import type { ConnectionPool } from './pool';
 import { convert as convertMime, DowngradeError, scan as scanMime, type DowngradePlan } from './downgrade';
 import { SessionError, StaleSessionError, syntheticReply, type ConnectOptions, type SmtpClient, type TlsMode, type TransactionRequest, type TransactionResult } from './smtp-client';
+import { errorMessage } from '@tern/runtime';
 
 export interface WorkerDeps {
   logger: Logger;
@@ -109,7 +110,7 @@ async function* readBody(deps: WorkerDeps, queueId: string): AsyncGenerator<Buff
   try {
     for await (const part of stream as AsyncIterable<{ chunk: Buffer }>) yield Buffer.from(part.chunk);
   } catch (err) {
-    throw new BodyUnavailableError(`reading the body of ${queueId} from the queue failed: ${(err as Error).message}`);
+    throw new BodyUnavailableError(`reading the body of ${queueId} from the queue failed: ${errorMessage(err)}`);
   } finally {
     stream.cancel();
   }
@@ -248,8 +249,8 @@ export async function deliver(deps: WorkerDeps, job: DeliveryJob): Promise<Deliv
     } catch (err) {
       if (err instanceof BodyUnavailableError) throw err;
       // Not the destination's fault and not the message's: retry later rather than send it unsigned.
-      deps.logger.error({ queue_id: job.queueId, err: (err as Error).message }, 'DKIM signing failed');
-      return syntheticReply(451, '4.3.0', `DKIM signing failed: ${(err as Error).message}`);
+      deps.logger.error({ queue_id: job.queueId, err: errorMessage(err) }, 'DKIM signing failed');
+      return syntheticReply(451, '4.3.0', `DKIM signing failed: ${errorMessage(err)}`);
     }
   };
   const signed = await sign(inline ?? source());

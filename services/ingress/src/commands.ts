@@ -8,6 +8,7 @@ import { reply, type Reply, type SmtpHooks, type SmtpSession } from '@tern/smtp'
 import type { Logger } from '@tern/telemetry';
 import { call, type PolicyClient, type QueueClient } from './clients';
 import type { SessionInfo } from '@tern/proto';
+import { errorMessage } from '@tern/runtime';
 
 export interface CommandSettings {
   vrfy: boolean;
@@ -51,7 +52,7 @@ export function commandHooks(deps: CommandDeps, settings: CommandSettings, submi
       try {
         res = await lookup(s, address, false);
       } catch (err) {
-        logger.warn({ session_id: s.id, err: (err as Error).message }, 'VRFY lookup failed; answering 451 4.3.0');
+        logger.warn({ session_id: s.id, err: errorMessage(err) }, 'VRFY lookup failed; answering 451 4.3.0');
         return lookupFailed;
       }
       logger.info({ event: 'smtp_vrfy', session_id: s.id, client: s.clientAddress, address, exists: res.exists }, 'VRFY');
@@ -70,7 +71,7 @@ export function commandHooks(deps: CommandDeps, settings: CommandSettings, submi
       try {
         res = await lookup(s, address, true);
       } catch (err) {
-        logger.warn({ session_id: s.id, err: (err as Error).message }, 'EXPN lookup failed; answering 451 4.3.0');
+        logger.warn({ session_id: s.id, err: errorMessage(err) }, 'EXPN lookup failed; answering 451 4.3.0');
         return lookupFailed;
       }
       logger.info({ event: 'smtp_expn', session_id: s.id, user: s.user, address, targets: res.targets.length }, 'EXPN');
@@ -90,7 +91,7 @@ export function commandHooks(deps: CommandDeps, settings: CommandSettings, submi
       try {
         res = await lookup(s, domain, false);
       } catch (err) {
-        logger.warn({ session_id: s.id, err: (err as Error).message }, 'ETRN lookup failed; answering 458 4.3.0');
+        logger.warn({ session_id: s.id, err: errorMessage(err) }, 'ETRN lookup failed; answering 458 4.3.0');
         return unable;
       }
       if (res.domainKind !== DomainKind.DOMAIN_KIND_RELAY) {
@@ -115,7 +116,7 @@ export function commandHooks(deps: CommandDeps, settings: CommandSettings, submi
         logger.info({ event: 'smtp_etrn', session_id: s.id, client: s.clientAddress, domain, recipients: r.recipients }, 'ETRN: queuing started');
         return reply(250, '2.0.0', 'Queuing started');
       } catch (err) {
-        logger.warn({ session_id: s.id, domain, err: (err as Error).message }, 'ETRN retry failed; answering 458 4.3.0');
+        logger.warn({ session_id: s.id, domain, err: errorMessage(err) }, 'ETRN retry failed; answering 458 4.3.0');
         return unable;
       }
     };

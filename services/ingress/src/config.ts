@@ -5,6 +5,7 @@ import os from 'node:os';
 import tls from 'node:tls';
 import { bool, commonSchema, ConfigError, csv, grpcTarget, hostPort, nonNegativeInt, parseEnv, positiveInt, z } from '@tern/config';
 import { CidrSet } from '@tern/smtp';
+import { errorMessage } from '@tern/runtime';
 
 /** A listener address, or "off" to not start it. */
 const listener = (fallback: string) =>
@@ -38,7 +39,7 @@ const schema = z.object({
     try {
       new CidrSet(list);
     } catch (err) {
-      ctx.addIssue({ code: 'custom', message: `not a CIDR list: ${(err as Error).message}` });
+      ctx.addIssue({ code: 'custom', message: `not a CIDR list: ${errorMessage(err)}` });
     }
   }),
   TERN_POLICY_ADDR: grpcTarget(),
@@ -133,7 +134,7 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
       try {
         tls.createSecureContext({ cert: fs.readFileSync(cert), key: fs.readFileSync(key) });
       } catch (err) {
-        problems.push({ variable: 'TERN_TLS_CERT_FILE', message: `certificate and key do not load: ${(err as Error).message}` });
+        problems.push({ variable: 'TERN_TLS_CERT_FILE', message: `certificate and key do not load: ${errorMessage(err)}` });
       }
     }
   }

@@ -17,6 +17,7 @@ import { MessageSubmission, type MessageSubmissionDeps } from './message-submiss
 import { checkPolicy, toReply, type PolicyCheckDeps } from './policy-check';
 import { IngressReplies } from './replies';
 import { ctxOf, endTx, st } from './session-state';
+import { errorMessage } from '@tern/runtime';
 
 export interface HooksDeps extends PolicyCheckDeps, MessageSubmissionDeps {
   tracer: Tracer;
@@ -125,7 +126,7 @@ export function createHooks(deps: HooksDeps, submission: boolean): SmtpHooks {
         logger.info({ event: 'smtp_auth_failed', session_id: s.id, client: s.clientAddress, user: req.username, mechanism: req.mechanism }, 'authentication failed');
         return reply && !isPositive(reply) ? { ok: false, reply } : { ok: false };
       } catch (err) {
-        logger.warn({ session_id: s.id, err: (err as Error).message }, 'policy Authenticate failed; answering 454 4.7.0');
+        logger.warn({ session_id: s.id, err: errorMessage(err) }, 'policy Authenticate failed; answering 454 4.7.0');
         return { ok: false, reply: IngressReplies.authUnavailable };
       }
     },

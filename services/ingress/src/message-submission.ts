@@ -32,6 +32,7 @@ import { IngressReplies } from './replies';
 import { endTx, st } from './session-state';
 import { Spool } from './spool';
 import { serializeHeaders } from '@tern/milter';
+import { errorMessage } from '@tern/runtime';
 
 /** The batch path's body field: the pieces travel in bodyParts. */
 const EMPTY_BODY = Buffer.alloc(0);
@@ -406,7 +407,7 @@ export class MessageSubmission {
       check.cancel();
       metrics.decisions.add(1, { stage: 'data', result: 'policy_error' });
       metrics.messages.add(1, { listener: s.listener, result: 'policy_error' });
-      const detail = isGrpcError(err) ? `${grpc.status[err.code]}: ${err.details}` : (err as Error).message;
+      const detail = isGrpcError(err) ? `${grpc.status[err.code]}: ${err.details}` : errorMessage(err);
       logger.warn({ stage: 'data', session_id: s.id, err: detail }, 'CheckMessage failed; answering 451 4.3.0, nothing stored');
       return { refusal: IngressReplies.policyUnavailable, hold: false };
     }
@@ -522,7 +523,7 @@ export class MessageSubmission {
       return err.reply;
     }
     metrics.messages.add(1, { listener: s.listener, result: 'enqueue_error' });
-    const detail = isGrpcError(err) ? `${grpc.status[err.code]}: ${err.details}` : (err as Error).message;
+    const detail = isGrpcError(err) ? `${grpc.status[err.code]}: ${err.details}` : errorMessage(err);
     endTx(s, `enqueue failed: ${detail}`);
     logger.warn({ event: 'smtp_enqueue_failed', session_id: s.id, client: s.clientAddress, err: detail }, 'enqueue failed; answering 451 4.3.0');
     // Make the next DATA re-check the queue.

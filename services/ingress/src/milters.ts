@@ -24,6 +24,7 @@ import { untraced, type Logger } from '@tern/telemetry';
 import type { Counter, Histogram } from '@opentelemetry/api';
 import { call, type PolicyClient } from './clients';
 import { Spool } from './spool';
+import { errorMessage } from '@tern/runtime';
 
 export type DefaultAction = 'tempfail' | 'accept' | 'reject';
 
@@ -113,7 +114,7 @@ export class MilterDirectory {
         this.list ??= [];
         return;
       }
-      if (!this.failing) this.logger.warn({ err: (err as Error).message, known: this.list !== undefined }, 'reading the milter chain from policy failed; keeping the last one (none known yet: messages get 451 4.3.0)');
+      if (!this.failing) this.logger.warn({ err: errorMessage(err), known: this.list !== undefined }, 'reading the milter chain from policy failed; keeping the last one (none known yet: messages get 451 4.3.0)');
       this.failing = true;
     }
   }

@@ -11,6 +11,7 @@ import { sessionInfo } from './envelope';
 import type { IngressMetrics } from './metrics';
 import { IngressReplies } from './replies';
 import { ctxOf } from './session-state';
+import { errorMessage } from '@tern/runtime';
 
 export interface PolicyCheckDeps {
   hostname: string;
@@ -134,7 +135,7 @@ export async function checkPolicy(deps: PolicyCheckDeps, stage: CheckStage, stag
     return { ...d, res };
   } catch (err) {
     metrics.decisions.add(1, { stage: stageName, result: 'policy_error' });
-    logger.warn({ stage: stageName, session_id: s.id, err: (err as Error).message }, 'policy check failed; answering 451 4.3.0');
+    logger.warn({ stage: stageName, session_id: s.id, err: errorMessage(err) }, 'policy check failed; answering 451 4.3.0');
     return { reply: IngressReplies.policyUnavailable, hold: false };
   }
 }

@@ -9,6 +9,7 @@ import type { Reply } from '@tern/smtp';
 import { untraced, type Logger } from '@tern/telemetry';
 import { call, type QueueClient } from './clients';
 import { IngressReplies } from './replies';
+import { errorMessage } from '@tern/runtime';
 
 /** QueueService.Status, shared by all sessions, refreshed at most every `ttlMs`. */
 export class QueueStatusCache {
@@ -48,7 +49,7 @@ export class QueueStatusCache {
           this.value = { accepting: res.accepting, reason: res.reason, reachable: true, at: Date.now() };
         },
         (err: unknown) => {
-          if (this.value?.reachable ?? true) this.logger.warn({ err: (err as Error).message }, 'queue status unreachable; answering 451 4.3.0');
+          if (this.value?.reachable ?? true) this.logger.warn({ err: errorMessage(err) }, 'queue status unreachable; answering 451 4.3.0');
           this.value = { accepting: false, reason: 'unreachable', reachable: false, at: Date.now() };
         },
       )

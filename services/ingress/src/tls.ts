@@ -7,6 +7,7 @@ import fs from 'node:fs';
 import tls from 'node:tls';
 import type { Meter } from '@opentelemetry/api';
 import type { Logger } from '@tern/telemetry';
+import { errorMessage } from '@tern/runtime';
 
 export class TlsContextManager {
   private context: tls.SecureContext;
@@ -63,7 +64,7 @@ export class TlsContextManager {
       this.logger.info({ cert: this.certFile, expires: new Date(this.expiresAtS * 1000).toISOString() }, 'TLS certificate reloaded');
       return true;
     } catch (err) {
-      this.logger.error({ cert: this.certFile, err: (err as Error).message }, 'TLS certificate reload failed; keeping the previous one');
+      this.logger.error({ cert: this.certFile, err: errorMessage(err) }, 'TLS certificate reload failed; keeping the previous one');
       return false;
     }
   }

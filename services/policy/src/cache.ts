@@ -7,6 +7,7 @@ import { pg } from '@tern/db';
 import type { Logger } from '@tern/telemetry';
 import { NOTIFY_CHANNEL, type PolicyData, type PolicyStore } from './store';
 import type { AliasRow, DomainRow, UserRow } from './validate';
+import { errorMessage } from '@tern/runtime';
 
 export class Snapshot {
   readonly domains = new Map<string, DomainRow>();
@@ -120,7 +121,7 @@ export class PolicyCache {
       await client.query(`LISTEN ${NOTIFY_CHANNEL}`);
       this.listening = true;
     } catch (err) {
-      lost((err as Error).message);
+      lost(errorMessage(err));
       if (!this.loaded) throw err;
     }
   }

@@ -6,6 +6,7 @@ import { normalizeDomain } from './address';
 import { parseZones } from './dnsbl';
 import { parseNetworks } from './networks';
 import { parseRate } from './ratelimit';
+import { errorMessage } from '@tern/runtime';
 
 const cidrList = (fallback: string) =>
   z
@@ -15,7 +16,7 @@ const cidrList = (fallback: string) =>
       try {
         return parseNetworks(value.split(',').map((s) => s.trim()).filter(Boolean));
       } catch (err) {
-        ctx.addIssue({ code: 'custom', message: (err as Error).message });
+        ctx.addIssue({ code: 'custom', message: errorMessage(err) });
         return z.NEVER;
       }
     });
@@ -29,7 +30,7 @@ const rate = () =>
       try {
         return value === undefined ? undefined : parseRate(value);
       } catch (err) {
-        ctx.addIssue({ code: 'custom', message: (err as Error).message });
+        ctx.addIssue({ code: 'custom', message: errorMessage(err) });
         return z.NEVER;
       }
     });
@@ -94,7 +95,7 @@ const schema = z.object({
     try {
       return parseZones(zones);
     } catch (err) {
-      ctx.addIssue({ code: 'custom', message: (err as Error).message });
+      ctx.addIssue({ code: 'custom', message: errorMessage(err) });
       return z.NEVER;
     }
   }),
@@ -129,7 +130,7 @@ const schema = z.object({
       try {
         return parseRate(value);
       } catch (err) {
-        ctx.addIssue({ code: 'custom', message: (err as Error).message });
+        ctx.addIssue({ code: 'custom', message: errorMessage(err) });
         return z.NEVER;
       }
     }),
@@ -147,7 +148,7 @@ const schema = z.object({
       try {
         return parseRate(value);
       } catch (err) {
-        ctx.addIssue({ code: 'custom', message: (err as Error).message });
+        ctx.addIssue({ code: 'custom', message: errorMessage(err) });
         return z.NEVER;
       }
     }),

@@ -8,6 +8,7 @@ import { CheckStage, PolicyAction, type CheckRequest } from '@tern/proto';
 import type { Logger } from '@tern/telemetry';
 import { stageName, type Client } from './engine';
 import { accept, refuse, type Decision } from './replies';
+import { errorMessage } from '@tern/runtime';
 
 export interface DelegationOptions {
   servers: Array<{ host: string; port: number }>;
@@ -131,7 +132,7 @@ class Connection {
       try {
         return await this.exchange(attrs);
       } catch (err) {
-        if (!reused || /no answer within/.test((err as Error).message)) throw err;
+        if (!reused || /no answer within/.test(errorMessage(err))) throw err;
         this.socket?.destroy();
         this.socket = undefined;
         return this.exchange(attrs);
@@ -249,7 +250,7 @@ export class Delegation {
       try {
         answer = await conn.ask(attrs);
       } catch (err) {
-        const d = this.defaultDecision(req, server, (err as Error).message);
+        const d = this.defaultDecision(req, server, errorMessage(err));
         if (d.action === PolicyAction.POLICY_ACTION_ACCEPT) continue;
         return d;
       }

@@ -40,6 +40,7 @@ import {
 import type { Logger } from '@tern/telemetry';
 import { DkimKeyNotFoundError, DkimSelectorExistsError, invalid, precondition } from './errors';
 import { domainName } from './validate';
+import { errorMessage } from '@tern/runtime';
 
 const generateKeyPair = promisify(crypto.generateKeyPair);
 
@@ -153,7 +154,7 @@ export function importKey(field: string, pem: string): KeyMaterial {
   try {
     key = crypto.createPrivateKey(pem);
   } catch (err) {
-    throw invalid(field, `not a private key in PEM (PKCS#8 or PKCS#1, unencrypted): ${(err as Error).message}`);
+    throw invalid(field, `not a private key in PEM (PKCS#8 or PKCS#1, unencrypted): ${errorMessage(err)}`);
   }
   const type = key.asymmetricKeyType;
   if (type !== 'rsa' && type !== 'ed25519') throw invalid(field, `a ${type} key cannot sign DKIM: use RSA or Ed25519`);

@@ -6,6 +6,7 @@ import type { Logger } from '@tern/telemetry';
 import type { Client } from './engine';
 import { parseIp } from './networks';
 import { refuse, type Decision } from './replies';
+import { errorMessage } from '@tern/runtime';
 
 export interface DnsblZone {
   zone: string;
@@ -70,7 +71,7 @@ export class Dnsbl {
     } catch (err) {
       const code = (err as { code?: string }).code;
       if (code !== 'ENOTFOUND' && code !== 'ENODATA') {
-        this.logger.warn({ zone: z.zone, err: (err as Error).message }, 'DNSBL lookup failed; treating as not listed');
+        this.logger.warn({ zone: z.zone, err: errorMessage(err) }, 'DNSBL lookup failed; treating as not listed');
       }
       return null;
     }

@@ -14,6 +14,7 @@ import type { Snapshot } from './cache';
 import type { Resolve } from './dns';
 import type { Client } from './engine';
 import { refuse, type Decision } from './replies';
+import { errorMessage } from '@tern/runtime';
 
 export interface MessageAuthOptions {
   resolver: Resolve;
@@ -76,7 +77,7 @@ export class MessageAuth {
         maxElapsedTime: this.opts.timeoutMs,
       });
     } catch (err) {
-      this.opts.logger.warn({ err: (err as Error).message }, 'SPF check failed');
+      this.opts.logger.warn({ err: errorMessage(err) }, 'SPF check failed');
       return undefined;
     }
     if (result.status.result !== 'fail') return undefined;
@@ -129,7 +130,7 @@ export class MessageAuth {
     } catch (err) {
       // Drain what is left so the client stream completes, then answer without results.
       stream.resume();
-      this.opts.logger.warn({ err: (err as Error).message }, 'message authentication failed');
+      this.opts.logger.warn({ err: errorMessage(err) }, 'message authentication failed');
       if (tooLarge) return this.tooLarge();
       return ok('auth_error', [{ name: 'Authentication-Results', value: `${this.opts.hostname}; none (temporary error)` }]);
     }

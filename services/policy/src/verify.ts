@@ -41,6 +41,7 @@ import type { Rate } from './ratelimit';
 import type { RelayRecipientStore } from './relay-recipients';
 import { refuse, type Decision } from './replies';
 import { domainName, domainOf, mailboxAddress } from './validate';
+import { errorMessage } from '@tern/runtime';
 
 export interface VerifyOptions {
   positiveTtlS: number;
@@ -247,7 +248,7 @@ export function recipientCheckHook(deps: RecipientCheckDeps) {
       try {
         listed = await deps.relayRecipients.listed(m.key);
       } catch (err) {
-        logger.warn({ err: (err as Error).message, recipient: m.key }, 'relay recipient lookup failed');
+        logger.warn({ err: errorMessage(err), recipient: m.key }, 'relay recipient lookup failed');
         return refuse('relay_recipient_lookup_failed', 451, '4.3.0', `${shown}: Temporary lookup failure`);
       }
       if (listed) return { ...decision, reason: 'relay_recipient' };
@@ -258,7 +259,7 @@ export function recipientCheckHook(deps: RecipientCheckDeps) {
       v = await verify(m.key, m.domain);
     } catch (err) {
       // The cache or the rate counters (Postgres) failed: no verdict either way.
-      logger.warn({ err: (err as Error).message, recipient: m.key }, 'recipient verification failed');
+      logger.warn({ err: errorMessage(err), recipient: m.key }, 'recipient verification failed');
       v = { result: 'tempfail', reply: { code: 450, enhanced: '4.1.1', text: 'verification state unavailable, try again later' }, remoteHost: '', source: 'limited' };
     }
     counted.add(1, { result: v.source === 'limited' ? 'limited' : `${v.source === 'cache' ? 'cache_hit' : 'callout'}_${v.result}` });

@@ -12,6 +12,7 @@ import type { Bus, ConsumerBacklog, StreamBacklog } from '@tern/bus';
 import type { Pool } from '@tern/db';
 import type { Logger } from '@tern/telemetry';
 import { PENDING_SQL, PENDING_STATES, stateName } from './model';
+import { errorMessage } from '@tern/runtime';
 
 export interface DepthOptions {
   pool: Pool;
@@ -113,7 +114,7 @@ export class QueueDepth {
         try {
           backlog = await bus.backlog();
         } catch (err) {
-          this.o.logger.warn({ err: (err as Error).message }, 'could not read the NATS stream backlog; the NATS gauges keep their last values');
+          this.o.logger.warn({ err: errorMessage(err) }, 'could not read the NATS stream backlog; the NATS gauges keep their last values');
         }
       }
       this.sample = {
@@ -129,7 +130,7 @@ export class QueueDepth {
       };
       this.dbError = undefined;
     } catch (err) {
-      this.dbError = (err as Error).message;
+      this.dbError = errorMessage(err);
     }
   }
 

@@ -14,7 +14,7 @@ import { backsOffDestination, type BounceClass, type ClassifiedReply } from '@te
 import type { Logger } from '@tern/telemetry';
 import type { QueueMetrics } from './metrics';
 import { eventRows, type EventInput, type EventSettings } from './events';
-import { Batcher } from '@tern/runtime';
+import { Batcher, errorMessage } from '@tern/runtime';
 import type { BodyCache } from './body-cache';
 import { columns, q, statement, tx } from './db';
 import { ctesFirstSql, dueAtSql, feedbackColumns, lockDestinationsSql, releaseSetSql, type DestinationLimits, type JobEnd } from './destination';
@@ -212,7 +212,7 @@ export class ResultApplier {
         try {
           results = msg.subject === SUBJECTS.resultsBatch ? DeliveryResults.decode(msg.data).results : [DeliveryResult.decode(msg.data)];
         } catch (err) {
-          this.o.logger.error({ err: (err as Error).message, subject: msg.subject }, 'undecodable delivery result message dropped');
+          this.o.logger.error({ err: errorMessage(err), subject: msg.subject }, 'undecodable delivery result message dropped');
           msg.term('undecodable DeliveryResult');
           return;
         }
@@ -421,7 +421,7 @@ export class ResultApplier {
           this.o.onOutbox(next.outbox);
         }
       } catch (err) {
-        this.o.logger.warn({ err: (err as Error).message, destinations: due }, 'dispatch after results failed; the scheduler takes over');
+        this.o.logger.warn({ err: errorMessage(err), destinations: due }, 'dispatch after results failed; the scheduler takes over');
       }
     }
     // Slots left free (nothing due here, or claimed by a scheduler pass): the scheduler looks again.
