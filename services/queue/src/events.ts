@@ -6,7 +6,7 @@
 // message.
 import crypto from 'node:crypto';
 import { eventSubject } from '@tern/bus';
-import { LifecycleEvent, LifecycleEvents, LifecycleEventType, type SmtpReply } from '@tern/proto';
+import { LifecycleEvents, LifecycleEventType, type LifecycleEvent, type SmtpReply } from '@tern/proto';
 import type { OutboxRow } from './outbox';
 
 export type EventFormat = 'protobuf' | 'json';
@@ -57,7 +57,8 @@ export function eventRows(settings: EventSettings, inputs: EventInput[], at = ne
   if (!settings.enabled || !inputs.length) return [];
   const byType = new Map<LifecycleEventType, LifecycleEvent[]>();
   for (const i of inputs) {
-    const e = LifecycleEvent.fromPartial({
+    // Every field given: an object literal costs a fraction of fromPartial's copy (one event per recipient per result).
+    const e: LifecycleEvent = {
       eventId: crypto.randomUUID(),
       type: i.type,
       at,
@@ -74,14 +75,14 @@ export function eventRows(settings: EventSettings, inputs: EventInput[], at = ne
       attemptCount: i.attemptCount ?? 0,
       size: i.size ?? 0,
       traceId: traceIdOf(i.trace),
-    });
+    };
     const list = byType.get(i.type);
     if (list) list.push(e);
     else byType.set(i.type, [e]);
   }
   const rows: OutboxRow[] = [];
   for (const [type, events] of byType) {
-    const batch = LifecycleEvents.fromPartial({ events });
+    const batch: LifecycleEvents = { events };
     const payload = settings.format === 'json' ? Buffer.from(JSON.stringify(LifecycleEvents.toJSON(batch)), 'utf8') : LifecycleEvents.encode(batch).finish();
     rows.push({ subject: eventSubject(eventTypeName(type)), msgId: `ev-${events[0]!.eventId}`, payload, trace: null, span: '' });
   }
