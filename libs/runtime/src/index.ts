@@ -3,7 +3,7 @@
 // (Components: started in order, drained in reverse), the wake/poll loop of
 // background workers, and the micro-batcher.
 export { runService, type RunningApp, type RunOptions } from './lifecycle';
-export { defineService, type CommonConfig, type ServiceDefinition } from './service';
+export { defineService, type AppDeps, type CommonConfig, type ServiceDefinition } from './service';
 export { Components, Part, part, together, type Lifecycle, type LifecycleState, type PartSteps } from './components';
 export { HttpServerPart } from './http-part';
 export { PollLoop, pollBackoffMs, type PollLoopOptions } from './poll-loop';

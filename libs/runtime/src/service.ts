@@ -13,6 +13,13 @@ export interface CommonConfig {
   OTEL_EXPORTER_OTLP_ENDPOINT?: string;
 }
 
+/** What a service's createApp gets besides its config (every app.ts takes this). */
+export interface AppDeps {
+  telemetry: Pick<Telemetry, 'logger' | 'tracer' | 'meter' | 'serveMetrics'>;
+  /** Tests: serve no /metrics endpoint. */
+  noMetricsServer?: boolean;
+}
+
 export interface ServiceDefinition<C extends CommonConfig> {
   /** ingress, policy, queue, delivery, bounce or admin: the log's service and the trace's `tern-<name>`. */
   name: string;

@@ -3,19 +3,14 @@
 // data; it is ready as soon as it listens.
 import { GrpcServer, type TlsFiles } from '@tern/grpc';
 import { AdminServiceService } from '@tern/proto';
-import { Components, HttpServerPart, part } from '@tern/runtime';
-import type { Telemetry } from '@tern/telemetry';
+import { Components, HttpServerPart, part, type AppDeps } from '@tern/runtime';
 import { authInterceptor } from './auth';
 import type { Config } from './config';
 import { connectOwner } from './owners';
 import { createAdminService } from './service';
 import { TokenStore } from './tokens';
 
-export interface AppDeps {
-  telemetry: Pick<Telemetry, 'logger' | 'tracer' | 'meter' | 'serveMetrics'>;
-  /** Tests: serve no /metrics endpoint. */
-  noMetricsServer?: boolean;
-}
+export type { AppDeps };
 
 export interface App {
   start(): Promise<void>;

@@ -8,8 +8,7 @@
 import { BusPart } from '@tern/bus';
 import { createClient, GrpcServer } from '@tern/grpc';
 import { DeliveryServiceService, PolicyServiceClient, QueueServiceClient } from '@tern/proto';
-import { Components, HttpServerPart, part } from '@tern/runtime';
-import type { Telemetry } from '@tern/telemetry';
+import { Components, HttpServerPart, part, type AppDeps } from '@tern/runtime';
 import type { Config } from './config';
 import { DaneResolver } from './dane';
 import { DkimRefresh } from './dkim-refresh';
@@ -22,9 +21,7 @@ import { ResultPublisher } from './results';
 import { RouteCache, Verifier } from './verify';
 import type { WorkerDeps } from './worker';
 
-export interface AppDeps {
-  telemetry: Pick<Telemetry, 'logger' | 'tracer' | 'meter' | 'serveMetrics'>;
-}
+export type { AppDeps };
 
 export interface App {
   start(): Promise<void>;

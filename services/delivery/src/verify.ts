@@ -25,8 +25,8 @@ import {
 } from '@tern/proto';
 import type { Logger, Meter } from '@tern/telemetry';
 import { NotAnAddressError, VerifyBusyError } from './errors';
-import { SessionError, syntheticReply, type ConnectOptions, type TlsMode } from './smtp-client';
-import { plan, type WorkerDeps } from './worker';
+import { SessionError, syntheticReply, type TlsMode } from './smtp-client';
+import { connectOptions, plan, type WorkerDeps } from './worker';
 import { errorMessage } from '@tern/runtime';
 
 /** The queue's route table, asked every few seconds (the queue owns it; jobs carry their route, a verification has none). */
@@ -162,22 +162,7 @@ export class Verifier {
           continue;
         }
         for (const address_ of p.socketPath ? [p.socketPath] : hop.addresses) {
-          const opts: ConnectOptions = {
-            address: p.socketPath ? '' : address_,
-            port: hop.port,
-            socketPath: p.socketPath,
-            hostName: hop.name,
-            heloName: w.heloName,
-            localAddress: p.socketPath ? undefined : w.localAddress,
-            connectTimeoutMs: Math.min(w.connectTimeoutMs, this.o.timeoutMs),
-            commandTimeoutMs: Math.min(w.commandTimeoutMs, this.o.timeoutMs),
-            dataEndTimeoutMs: Math.min(w.dataEndTimeoutMs, this.o.timeoutMs),
-            tls: mode,
-            ca: w.tlsCa,
-            lmtp: p.lmtp,
-            auth: p.auth,
-            dane: hop.dane,
-          };
+          const opts = connectOptions(w, p, hop, address_, mode, this.o.timeoutMs);
           const remoteHost = p.socketPath ? `unix:${p.socketPath}` : `${hop.name}[${address_}]`;
           if (w.pool.sessionsTo(opts) >= this.o.maxSessionsPerPeer) {
             last = tempfail(syntheticReply(451, '4.4.5', `${remoteHost} has ${this.o.maxSessionsPerPeer} sessions from this pod (TERN_SMTP_MAX_SESSIONS_PER_PEER); not verified now`), remoteHost);

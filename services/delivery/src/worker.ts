@@ -187,6 +187,30 @@ export interface Plan {
   auth?: { user: string; password: string };
 }
 
+/**
+ * How one attempt connects to one address of a next hop: a job's and a
+ * recipient verification's alike (verify.ts), so both reach a destination
+ * the same way. `capMs` bounds each timeout (the verification's deadline).
+ */
+export function connectOptions(deps: WorkerDeps, p: Plan, hop: NextHop, address: string, mode: TlsMode, capMs = Infinity): ConnectOptions {
+  return {
+    address: p.socketPath ? '' : address,
+    port: hop.port,
+    socketPath: p.socketPath,
+    hostName: hop.name,
+    heloName: deps.heloName,
+    localAddress: p.socketPath ? undefined : deps.localAddress,
+    connectTimeoutMs: Math.min(deps.connectTimeoutMs, capMs),
+    commandTimeoutMs: Math.min(deps.commandTimeoutMs, capMs),
+    dataEndTimeoutMs: Math.min(deps.dataEndTimeoutMs, capMs),
+    tls: mode,
+    ca: deps.tlsCa,
+    lmtp: p.lmtp,
+    auth: p.auth,
+    dane: hop.dane,
+  };
+}
+
 /** "host", "host:port", "[ip]:port", "[ipv6]:port", "unix:/path". */
 export function parseTarget(target: string, defaultPort: number): { host: string; port: number } | { socketPath: string } | undefined {
   const t = target.trim();
@@ -293,22 +317,7 @@ export async function deliver(deps: WorkerDeps, job: DeliveryJob): Promise<Deliv
       }
       const endpoints = p.socketPath ? [p.socketPath] : hop.addresses;
       endpoints: for (const address of endpoints) {
-        const opts: ConnectOptions = {
-          address: p.socketPath ? '' : address,
-          port: hop.port,
-          socketPath: p.socketPath,
-          hostName: hop.name,
-          heloName: deps.heloName,
-          localAddress: p.socketPath ? undefined : deps.localAddress,
-          connectTimeoutMs: deps.connectTimeoutMs,
-          commandTimeoutMs: deps.commandTimeoutMs,
-          dataEndTimeoutMs: deps.dataEndTimeoutMs,
-          tls: mode,
-          ca: deps.tlsCa,
-          lmtp: p.lmtp,
-          auth: p.auth,
-          dane: hop.dane,
-        };
+        const opts = connectOptions(deps, p, hop, address, mode);
         const remoteIp = p.socketPath ? '' : address;
         const remoteHost = p.socketPath ? `unix:${p.socketPath}` : hop.name;
         // The first try may reuse an idle session; a second one (after a stale one) opens a new session.

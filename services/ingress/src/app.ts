@@ -3,9 +3,8 @@
 // policy and queue, gRPC health, /metrics, each a part started in order and
 // stopped in reverse (libs/runtime Components). Ingress owns nothing durable.
 import { GrpcServer } from '@tern/grpc';
-import { Components, HttpServerPart, part, together } from '@tern/runtime';
+import { Components, HttpServerPart, part, together, type AppDeps } from '@tern/runtime';
 import { ConnectionLimiter, SmtpServer } from '@tern/smtp';
-import type { Telemetry } from '@tern/telemetry';
 import { policyClient, queueClient } from './clients';
 import type { Config } from './config';
 import { EnqueueBatcher } from './enqueue-batch';
@@ -17,11 +16,7 @@ import { QueueStatusCache } from './queue-gate';
 import { compileOptions } from './options';
 import { TlsContextManager } from './tls';
 
-export interface AppDeps {
-  telemetry: Pick<Telemetry, 'logger' | 'tracer' | 'meter' | 'serveMetrics'>;
-  /** Tests: serve no /metrics endpoint. */
-  noMetricsServer?: boolean;
-}
+export type { AppDeps };
 
 export interface App {
   start(): Promise<void>;

@@ -5,8 +5,7 @@
 import { createPool } from '@tern/db';
 import { createClient, GrpcServer } from '@tern/grpc';
 import { DeliveryServiceClient, PolicyServiceService } from '@tern/proto';
-import { Components, errorMessage, HttpServerPart, part } from '@tern/runtime';
-import type { Telemetry } from '@tern/telemetry';
+import { Components, errorMessage, HttpServerPart, part, type AppDeps } from '@tern/runtime';
 import { PolicyCache } from './cache';
 import type { Config } from './config';
 import { Delegation } from './delegation';
@@ -28,11 +27,7 @@ import { recipientCheckHook, VerifyCache } from './verify';
 import { PolicyStore } from './store';
 import { compileOptions } from './options';
 
-export interface AppDeps {
-  telemetry: Pick<Telemetry, 'logger' | 'tracer' | 'meter' | 'serveMetrics'>;
-  /** Tests: serve no /metrics endpoint. */
-  noMetricsServer?: boolean;
-}
+export type { AppDeps };
 
 export interface App {
   start(): Promise<void>;

@@ -35,6 +35,20 @@ const rate = () =>
       }
     });
 
+/** "N/window" (or "off") with a default when unset. */
+const rateOr = (fallback: string) =>
+  z
+    .string()
+    .default(fallback)
+    .transform((value, ctx) => {
+      try {
+        return parseRate(value);
+      } catch (err) {
+        ctx.addIssue({ code: 'custom', message: errorMessage(err) });
+        return z.NEVER;
+      }
+    });
+
 /** Clients the suppression list can be enforced for (TERN_SUPPRESSION_ENFORCE). */
 export const SUPPRESSION_SCOPES = ['authenticated', 'trusted', 'all'] as const;
 export type SuppressionScope = (typeof SUPPRESSION_SCOPES)[number];
@@ -123,17 +137,7 @@ const schema = z.object({
   TERN_VERIFY_MAX_INFLIGHT: positiveInt(50),
   TERN_VERIFY_MAX_INFLIGHT_PER_DOMAIN: positiveInt(5),
   /** Verifications per domain across every policy pod (N/window or off); more get 450 4.1.1 with no callout. */
-  TERN_VERIFY_RATE_PER_DOMAIN: z
-    .string()
-    .default('120/1m')
-    .transform((value, ctx) => {
-      try {
-        return parseRate(value);
-      } catch (err) {
-        ctx.addIssue({ code: 'custom', message: errorMessage(err) });
-        return z.NEVER;
-      }
-    }),
+  TERN_VERIFY_RATE_PER_DOMAIN: rateOr('120/1m'),
 
   TERN_LIMIT_CONNECTIONS_PER_IP: rate(),
   TERN_LIMIT_MESSAGES_PER_IP: rate(),
@@ -141,17 +145,7 @@ const schema = z.object({
   TERN_LIMIT_RECIPIENTS_PER_USER: rate(),
   TERN_LIMIT_MESSAGES_PER_SENDER_DOMAIN: rate(),
   TERN_LIMIT_RECIPIENTS_PER_SENDER_DOMAIN: rate(),
-  TERN_LIMIT_AUTH_FAILURES_PER_IP: z
-    .string()
-    .default('10/5m')
-    .transform((value, ctx) => {
-      try {
-        return parseRate(value);
-      } catch (err) {
-        ctx.addIssue({ code: 'custom', message: errorMessage(err) });
-        return z.NEVER;
-      }
-    }),
+  TERN_LIMIT_AUTH_FAILURES_PER_IP: rateOr('10/5m'),
 
   TERN_GREYLIST: bool(false),
   TERN_GREYLIST_DELAY_S: positiveInt(300),

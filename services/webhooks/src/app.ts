@@ -10,8 +10,7 @@ import { redactUrl } from '@tern/config';
 import { createPool, type Pool } from '@tern/db';
 import { GrpcServer } from '@tern/grpc';
 import { WebhookServiceService } from '@tern/proto';
-import { Components, errorMessage, HttpServerPart, part } from '@tern/runtime';
-import type { Telemetry } from '@tern/telemetry';
+import { Components, errorMessage, HttpServerPart, part, type AppDeps } from '@tern/runtime';
 import type { AddressRules } from './address';
 import type { Config } from './config';
 import { decodeEvents } from './events';
@@ -19,11 +18,7 @@ import { Sender } from './sender';
 import { createWebhookService } from './service';
 import { WebhookStore } from './store';
 
-export interface AppDeps {
-  telemetry: Pick<Telemetry, 'logger' | 'tracer' | 'meter' | 'serveMetrics'>;
-  /** Tests: serve no /metrics endpoint. */
-  noMetricsServer?: boolean;
-}
+export type { AppDeps };
 
 export interface App {
   start(): Promise<void>;
