@@ -226,6 +226,7 @@ test('5xx at DATA for several recipients: one report, each recipient with the re
       diagnostic: reply,
       lastAttemptAt: ATTEMPT,
       willRetryUntil: undefined,
+      bounceClass: '',
     })),
   });
   assert.equal(returnMode(req, { fullReturnLimit: 50_000 }), 'headers');
@@ -266,6 +267,7 @@ test('expiry: failed with the last temporary reply, or our own diagnostic when t
         diagnostic: { code: 451, enhanced: '4.3.0', text: 'Temporary local problem - please try later' },
         lastAttemptAt: ATTEMPT,
         willRetryUntil: undefined,
+        bounceClass: '',
       },
       {
         address: 'down@example.com',
@@ -276,6 +278,7 @@ test('expiry: failed with the last temporary reply, or our own diagnostic when t
         diagnostic: { code: 0, enhanced: '', text: 'connect to mx.example.com[198.51.100.7]:25: Connection refused' },
         lastAttemptAt: ATTEMPT,
         willRetryUntil: undefined,
+        bounceClass: '',
       },
     ],
   });
@@ -308,6 +311,7 @@ test('delay: Will-Retry-Until, warning text, headers only', async () => {
         diagnostic: { code: 452, enhanced: '4.2.2', text: 'Mailbox full' },
         lastAttemptAt: ATTEMPT,
         willRetryUntil: until,
+        bounceClass: '',
       },
     ],
   });
@@ -331,7 +335,7 @@ test('success (delivered) and relayed reports', async () => {
   const delivered = await make(
     baseRequest({
       kind: ReportKind.REPORT_KIND_DELIVERED,
-      recipients: [{ address: 'rcpt@example.net', orcpt: 'rfc822;rcpt@example.net', action: 'delivered', status: '2.0.0', remoteMta: 'mx1.example.net', diagnostic: { code: 250, enhanced: '2.0.0', text: 'Ok: queued as 4Xyz' }, lastAttemptAt: ATTEMPT, willRetryUntil: undefined }],
+      recipients: [{ address: 'rcpt@example.net', orcpt: 'rfc822;rcpt@example.net', action: 'delivered', status: '2.0.0', remoteMta: 'mx1.example.net', diagnostic: { code: 250, enhanced: '2.0.0', text: 'Ok: queued as 4Xyz' }, lastAttemptAt: ATTEMPT, willRetryUntil: undefined, bounceClass: '' }],
     }),
   );
   checkCommon(delivered, { subject: 'Successful Mail Delivery Report' });
@@ -348,7 +352,7 @@ test('success (delivered) and relayed reports', async () => {
   const relayed = await make(
     baseRequest({
       kind: ReportKind.REPORT_KIND_RELAYED,
-      recipients: [{ address: 'rcpt@example.net', orcpt: '', action: 'relayed', status: '', remoteMta: 'legacy.example.net', diagnostic: { code: 250, enhanced: '', text: 'OK' }, lastAttemptAt: ATTEMPT, willRetryUntil: undefined }],
+      recipients: [{ address: 'rcpt@example.net', orcpt: '', action: 'relayed', status: '', remoteMta: 'legacy.example.net', diagnostic: { code: 250, enhanced: '', text: 'OK' }, lastAttemptAt: ATTEMPT, willRetryUntil: undefined, bounceClass: '' }],
     }),
   );
   checkCommon(relayed, { subject: 'Mail Delivery Status Report' });
@@ -401,8 +405,8 @@ test('SMTPUTF8: RFC 6533 global types, utf-8 address type, raw UTF-8 kept', asyn
     size: Buffer.byteLength(orig),
     envelope: { ...baseRequest().envelope!, sender: 'jörg@bücher.example', smtputf8: true, bodyType: BodyType.BODY_TYPE_8BITMIME, envid: 'ümlaut-id' },
     recipients: [
-      { address: '用户@例子.广告', orcpt: 'utf-8;用户@例子.广告', action: 'failed', status: '5.1.1', remoteMta: 'mx.例子.广告', diagnostic: { code: 550, enhanced: '5.1.1', text: 'Benutzer unbekannt: 用户' }, lastAttemptAt: ATTEMPT, willRetryUntil: undefined },
-      { address: 'ascii@example.net', orcpt: '', action: 'failed', status: '5.1.1', remoteMta: 'mx.example.net', diagnostic: { code: 550, enhanced: '5.1.1', text: 'No such user' }, lastAttemptAt: ATTEMPT, willRetryUntil: undefined },
+      { address: '用户@例子.广告', orcpt: 'utf-8;用户@例子.广告', action: 'failed', status: '5.1.1', remoteMta: 'mx.例子.广告', diagnostic: { code: 550, enhanced: '5.1.1', text: 'Benutzer unbekannt: 用户' }, lastAttemptAt: ATTEMPT, willRetryUntil: undefined, bounceClass: '' },
+      { address: 'ascii@example.net', orcpt: '', action: 'failed', status: '5.1.1', remoteMta: 'mx.example.net', diagnostic: { code: 550, enhanced: '5.1.1', text: 'No such user' }, lastAttemptAt: ATTEMPT, willRetryUntil: undefined, bounceClass: '' },
     ],
   });
   const m = await make(req, { source: orig });
@@ -439,6 +443,7 @@ test('50 recipients in one report', async () => {
     diagnostic: { code: 550, enhanced: `5.1.${i % 10}`, text: `user${i} unknown` },
     lastAttemptAt: new Date(ATTEMPT.getTime() + i * 1000),
     willRetryUntil: undefined,
+    bounceClass: '',
   }));
   const m = await make(baseRequest({ recipients }));
   checkCommon(m, { subject: 'Undelivered Mail Returned to Sender' });
