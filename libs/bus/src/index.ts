@@ -2,7 +2,7 @@
 // idempotently, publish with Nats-Msg-Id and W3C trace context, and consume
 // with bounded concurrency, surviving NATS restarts.
 import { connect } from '@nats-io/transport-node';
-import { Part, part } from '@tern/runtime';
+import { errorMessage, Part, part } from '@tern/runtime';
 import { headers as natsHeaders, nanos, type NatsConnection, type MsgHdrs } from '@nats-io/nats-core';
 import {
   jetstream,
@@ -99,9 +99,9 @@ const gib = (bytes: number) => `${(bytes / 1024 ** 3).toFixed(bytes % 1024 ** 3 
  * resources". The operator needs the figure and the setting.
  */
 function storageError(spec: StreamSpec, err: unknown): unknown {
-  if (!/insufficient (storage )?resources/i.test((err as Error)?.message ?? '')) return err;
+  if (!/insufficient (storage )?resources/i.test(errorMessage(err))) return err;
   return new Error(
-    `NATS JetStream cannot reserve ${gib(spec.maxBytes)} for stream ${spec.name}: ${(err as Error).message}. ` +
+    `NATS JetStream cannot reserve ${gib(spec.maxBytes)} for stream ${spec.name}: ${errorMessage(err)}. ` +
       `Tern's streams reserve ${gib(STREAMS_MAX_BYTES)} of file storage together: raise the server's jetstream max_file_store ` +
       '(and its volume) to at least that, or free what other streams reserve, then restart this service',
     { cause: err },
@@ -227,7 +227,7 @@ export class Bus {
           await this.jsm.streams.add(config);
         } catch (addErr) {
           // Another pod created it in the meantime.
-          if (!/already in use|exists/i.test((addErr as Error).message)) throw storageError(spec, addErr);
+          if (!/already in use|exists/i.test(errorMessage(addErr))) throw storageError(spec, addErr);
         }
       }
     }
@@ -282,7 +282,7 @@ export class Bus {
       try {
         await handler(msg);
       } catch (err) {
-        this.logger.error({ err: (err as Error).message, consumer: spec.durable, subject: m.subject }, 'message handler failed; redelivering later');
+        this.logger.error({ err: errorMessage(err), consumer: spec.durable, subject: m.subject }, 'message handler failed; redelivering later');
         m.nak(retryDelayMs);
       }
     };
@@ -310,7 +310,7 @@ export class Bus {
           for (const m of handBack) m.nak();
         } catch (err) {
           if (stopping) break;
-          this.logger.warn({ err: (err as Error).message, consumer: spec.durable }, 'consumer interrupted; resubscribing');
+          this.logger.warn({ err: errorMessage(err), consumer: spec.durable }, 'consumer interrupted; resubscribing');
         }
         if (!stopping) await sleep(1_000);
       }
@@ -376,7 +376,7 @@ function toBusMessage(m: JsMsg): BusMessage {
 }
 
 function isNotFound(err: unknown): boolean {
-  return /not found/i.test((err as Error)?.message ?? '');
+  return /not found/i.test(errorMessage(err));
 }
 
 function sleep(ms: number): Promise<void> {

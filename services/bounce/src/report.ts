@@ -20,6 +20,7 @@ import {
 import { buildReport, openOriginal, returnMode, whyNoReport, type DsnAction, type NoReportReason, type OriginalMessage, type Report } from '@tern/dsn';
 import type { Logger, Span, Tracer } from '@tern/telemetry';
 import type { QueueClient } from './clients';
+import { errorMessage } from '@tern/runtime';
 
 const CHUNK = 64 * 1024;
 
@@ -58,7 +59,7 @@ export function isPermanent(err: unknown): boolean {
 }
 
 export function describeError(err: unknown): string {
-  return isGrpcError(err) ? `${grpc.status[err.code] ?? err.code}: ${err.details || err.message}` : (err as Error)?.message ?? String(err);
+  return isGrpcError(err) ? `${grpc.status[err.code] ?? err.code}: ${err.details || err.message}` : errorMessage(err);
 }
 
 /** Message-ID of the report: stable per event, so a rebuilt report is the same message. */

@@ -15,6 +15,7 @@ import { eventSubject } from '@tern/bus';
 import { LifecycleEvent, LifecycleEvents, LifecycleEventType, PolicyServiceClient, ReportKind, SuppressRequest, type ReportRecipient, type ReportRequest, type Suppression } from '@tern/proto';
 import { createClient, unary } from '@tern/grpc';
 import type { Logger, Meter } from '@tern/telemetry';
+import { errorMessage } from '@tern/runtime';
 
 /**
  * RFC 3463 statuses that prove the address itself bad: 5.1.1 bad destination
@@ -79,7 +80,7 @@ export class SuppressionFeed {
     } catch (err) {
       this.fed.add(suppressions.length, { result: 'error' });
       this.logger.warn(
-        { event: 'suppressions_feed_failed', queue_id: req.queueId, addresses: suppressions.map((s) => s.address), err: (err as Error).message },
+        { event: 'suppressions_feed_failed', queue_id: req.queueId, addresses: suppressions.map((s) => s.address), err: errorMessage(err) },
         'could not add hard failures to the suppression list (policy unreachable?); the report goes on',
       );
     }
@@ -112,7 +113,7 @@ export class SuppressionFeed {
       const data = this.events.format === 'json' ? Buffer.from(JSON.stringify(LifecycleEvents.toJSON(batch)), 'utf8') : LifecycleEvents.encode(batch).finish();
       await this.events.publish(eventSubject('suppressed'), data, `ev-${events[0]!.eventId}`);
     } catch (err) {
-      this.logger.warn({ event: 'suppressed_event_failed', queue_id: req.queueId, err: (err as Error).message }, 'could not publish the suppressed events');
+      this.logger.warn({ event: 'suppressed_event_failed', queue_id: req.queueId, err: errorMessage(err) }, 'could not publish the suppressed events');
     }
   }
 

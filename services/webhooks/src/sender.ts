@@ -15,6 +15,7 @@ type Histogram = ReturnType<Meter['createHistogram']>;
 import { createAgents, post, type Agents, type PostOptions, type PostResult } from './post';
 import { batchId, signedHeaders } from './sign';
 import type { ClaimedDelivery, SendableEndpoint, WebhookStore } from './store';
+import { errorMessage } from '@tern/runtime';
 
 export interface SenderSettings {
   concurrency: number;
@@ -118,7 +119,7 @@ export class Sender {
       }
       await this.fill();
     } catch (err) {
-      this.logger.warn({ event: 'webhooks_sender_failed', err: (err as Error).message }, 'looking for due webhook deliveries failed; trying again');
+      this.logger.warn({ event: 'webhooks_sender_failed', err: errorMessage(err) }, 'looking for due webhook deliveries failed; trying again');
     } finally {
       this.ticking = false;
       if (!this.stopped) this.schedule(this.again ? 0 : this.s.pollMs);
