@@ -147,6 +147,18 @@ test('a nested alias is expanded recursively; the client\'s ORCPT and NOTIFY are
   assert.deepEqual(await delivered(remoteMx, 'to all', 1), [{ rcpt: 'carol@remote.test', orcpt: 'rfc822;everyone@example.test', notify: 'SUCCESS,FAILURE' }]);
 });
 
+test('an alias with three targets (a local mailbox over LMTP, a remote address, a nested alias) reaches each target once, with the original recipient as ORCPT', async () => {
+  await alias('crew@example.test', 'dave@example.test');
+  await alias('trio@example.test', 'alice@example.test', 'zed@remote.test', 'crew@example.test');
+  const id = await send(['<trio@example.test>'], 'to trio');
+  assert.deepEqual(await stored(id), ['alice@example.test', 'dave@example.test', 'zed@remote.test']);
+  assert.deepEqual(await delivered(lmtp, 'to trio', 2), [
+    { rcpt: 'alice@example.test', orcpt: 'rfc822;trio@example.test', notify: undefined },
+    { rcpt: 'dave@example.test', orcpt: 'rfc822;trio@example.test', notify: undefined },
+  ]);
+  assert.deepEqual(await delivered(remoteMx, 'to trio', 1), [{ rcpt: 'zed@remote.test', orcpt: 'rfc822;trio@example.test', notify: undefined }]);
+});
+
 test('an alias that names itself keeps its own address besides the others (a -> a, b), for a mailbox too', async () => {
   await alias('keep@example.test', 'keep@example.test', 'alice@example.test');
   const id = await send(['<keep@example.test>'], 'to keep');
