@@ -6,8 +6,7 @@
 import { BusPart } from '@tern/bus';
 import { redactUrl } from '@tern/config';
 import { GrpcServer } from '@tern/grpc';
-import { Components, HttpServerPart, part } from '@tern/runtime';
-import type { Telemetry } from '@tern/telemetry';
+import { Components, HttpServerPart, part, type AppDeps } from '@tern/runtime';
 import { queueClient, type QueueClient } from './clients';
 import { SuppressionFeed } from './suppression';
 import type { Config } from './config';
@@ -16,11 +15,7 @@ import { reportRequestHandler, retryDelay } from './requests';
 
 export { retryDelay };
 
-export interface AppDeps {
-  telemetry: Pick<Telemetry, 'logger' | 'tracer' | 'meter' | 'serveMetrics'>;
-  /** Tests: serve no /metrics endpoint. */
-  noMetricsServer?: boolean;
-}
+export type { AppDeps };
 
 export interface App {
   start(): Promise<void>;

@@ -255,6 +255,14 @@ export class DkimKeyStore {
     return (await c.query<Row>(`SELECT ${COLS} FROM policy.dkim_keys WHERE domain = $1 AND selector = $2${lock ? ' FOR UPDATE' : ''}`, [domain, selector])).rows[0];
   }
 
+  /** The domain's keys locked (lock order: the domain first), and this key's row locked; an unknown key is NOT_FOUND. */
+  private async lockedKey(c: PoolClient, domain: string, selector: string): Promise<Row> {
+    await this.lock(c, domain);
+    const row = await this.get(c, domain, selector, true);
+    if (!row) throw new DkimKeyNotFoundError(domain, selector);
+    return row;
+  }
+
   private async insert(c: PoolClient, domain: string, selector: string, m: KeyMaterial, state: 'active' | 'published', after: number, operator: string): Promise<Row> {
     const kek = this.requireKek();
     const existing = await this.get(c, domain, selector);
@@ -370,9 +378,7 @@ export class DkimKeyStore {
     const domain = domainName('domain', req.domain);
     const selector = selectorName(req.selector);
     return withTransaction(this.pool, async (c) => {
-      await this.lock(c, domain);
-      const row = await this.get(c, domain, selector, true);
-      if (!row) throw new DkimKeyNotFoundError(domain, selector);
+      const row = await this.lockedKey(c, domain, selector);
       if (row.state === 'retired') throw precondition(`the key ${selector} of ${domain} is retired (its private key is erased); generate a new one`);
       if (row.state === 'active') return { key: toKey(row), retired: undefined };
       const before = (await this.current(c, domain, row.algorithm)).active;
@@ -389,9 +395,7 @@ export class DkimKeyStore {
     const domain = domainName('domain', req.domain);
     const selector = selectorName(req.selector);
     return withTransaction(this.pool, async (c) => {
-      await this.lock(c, domain);
-      const row = await this.get(c, domain, selector, true);
-      if (!row) throw new DkimKeyNotFoundError(domain, selector);
+      const row = await this.lockedKey(c, domain, selector);
       if (row.state === 'retired') return { key: toKey(row) };
       const res = await c.query<Row>(
         `UPDATE policy.dkim_keys SET state = 'retired', retired_at = now(), sealed_key = NULL WHERE domain = $1 AND selector = $2 RETURNING ${COLS}`,
