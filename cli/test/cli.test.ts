@@ -263,7 +263,7 @@ describe('tern CLI', () => {
       assert.equal(d.operator, 'alice');
       policy.responses.listDomains = { domains: [{ name: 'local.test', kind: DomainKind.DOMAIN_KIND_LOCAL, catchAll: 'bucket@local.test' }] };
       const ls = await tern(['domain', 'ls'], env);
-      assert.match(ls.stdout, /^DOMAIN +KIND +CATCH-ALL +MAX SIZE\nlocal\.test +local +bucket@local\.test +default\n$/);
+      assert.match(ls.stdout, /^DOMAIN +KIND +CATCH-ALL +MAX SIZE +RECIPIENTS\nlocal\.test +local +bucket@local\.test +default +-\n$/);
     });
 
     it('adds a user with the password from stdin', async () => {

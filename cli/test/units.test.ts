@@ -1,7 +1,7 @@
 // Argument-to-request mapping and formatting, without a server.
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { DomainKind, QueueAction, RecipientState, RouteKind, TlsPolicy } from '@tern/proto';
+import { DomainKind, QueueAction, RecipientCheck, RecipientState, RouteKind, TlsPolicy } from '@tern/proto';
 import { resolveConnection, tokenFromFile } from '../src/client';
 import { describeError, EXIT } from '../src/errors';
 import { age, formatAction, formatSummary, table } from '../src/format';
@@ -75,7 +75,15 @@ describe('requests', () => {
     });
     assert.throws(() => routeFromArgs('x', { kind: 'smarthost' }), /--target is required/);
     assert.throws(() => routeFromArgs('x', { kind: 'carrier-pigeon' }), /--kind: "carrier-pigeon" is not one of mx, smarthost, lmtp/);
-    assert.deepEqual(domainFromArgs('r.test', { kind: 'relay', maxSize: '10M' }), { name: 'r.test', kind: DomainKind.DOMAIN_KIND_RELAY, catchAll: '', maxMessageSize: 10 * 1024 * 1024 });
+    assert.deepEqual(domainFromArgs('r.test', { kind: 'relay', maxSize: '10M' }), {
+      name: 'r.test',
+      kind: DomainKind.DOMAIN_KIND_RELAY,
+      catchAll: '',
+      maxMessageSize: 10 * 1024 * 1024,
+      recipientCheck: RecipientCheck.RECIPIENT_CHECK_UNSPECIFIED,
+    });
+    assert.equal(domainFromArgs('r.test', { kind: 'relay', recipients: 'callout' }).recipientCheck, RecipientCheck.RECIPIENT_CHECK_CALLOUT);
+    assert.throws(() => domainFromArgs('l.test', { recipients: 'list' }), /--recipients applies to relay domains only/);
     assert.throws(() => domainFromArgs('r.test', { kind: 'relay', catchAll: 'a@r.test' }), /local domains only/);
     assert.equal(parseSize('512k', '--max-size'), 524288);
   });
