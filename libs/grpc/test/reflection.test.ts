@@ -96,7 +96,7 @@ test('a symbol comes with every file it depends on, google/protobuf/timestamp.pr
   const port = await server((s) => s.add('tern.v1.AdminService', AdminServiceService, stubs(AdminServiceService)));
   const files = fileNames(await ask(port, { fileContainingSymbol: 'tern.v1.AdminService' }));
   assert.equal(files[0], 'tern/v1/admin.proto');
-  assert.deepEqual(files.slice(1).sort(), ['google/protobuf/timestamp.proto', 'tern/v1/common.proto', 'tern/v1/policy.proto', 'tern/v1/queue.proto']);
+  assert.deepEqual(files.slice(1).sort(), ['google/protobuf/timestamp.proto', 'tern/v1/common.proto', 'tern/v1/delivery.proto', 'tern/v1/policy.proto', 'tern/v1/queue.proto', 'tern/v1/webhooks.proto']);
   assert.deepEqual(fileNames(await ask(port, { fileContainingSymbol: 'grpc.health.v1.Health' })), ['grpc/health/v1/health.proto']);
   assert.deepEqual(fileNames(await ask(port, { fileByFilename: 'google/protobuf/timestamp.proto' })), ['google/protobuf/timestamp.proto']);
   assert.equal((await ask(port, { fileContainingSymbol: 'no.Such' })).errorResponse?.errorCode, grpc.status.NOT_FOUND);
