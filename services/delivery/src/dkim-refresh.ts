@@ -7,7 +7,7 @@
 import { KekError, unseal } from '@tern/config';
 import { grpc, isGrpcError, unary } from '@tern/grpc';
 import { DkimAlgorithm, type DkimSigningKey, type PolicyServiceClient } from '@tern/proto';
-import type { Logger } from '@tern/telemetry';
+import { untraced, type Logger } from '@tern/telemetry';
 import { dkimPrivateKey, type DkimKey, type DkimSigner } from './dkim';
 import { errorMessage } from '@tern/runtime';
 
@@ -89,7 +89,8 @@ export class DkimRefresh {
   private async refresh(atStart: boolean): Promise<void> {
     let res: { keys: DkimSigningKey[] };
     try {
-      res = await unary(this.o.policy.getDkimSigningKeys.bind(this.o.policy), {}, { deadlineMs: this.o.deadlineMs });
+      // A background poll, for no one message: traced by nobody.
+      res = await untraced(() => unary(this.o.policy.getDkimSigningKeys.bind(this.o.policy), {}, { deadlineMs: this.o.deadlineMs }));
     } catch (err) {
       // A policy of a release without the key store (an upgrade under way): no API keys, as before.
       if (!isGrpcError(err) || err.code !== grpc.status.UNIMPLEMENTED) throw err;

@@ -23,7 +23,7 @@ import {
   type VerifyRecipientRequest,
   type VerifyRecipientResponse,
 } from '@tern/proto';
-import type { Logger, Meter } from '@tern/telemetry';
+import { untraced, type Logger, type Meter } from '@tern/telemetry';
 import { NotAnAddressError, VerifyBusyError } from './errors';
 import { SessionError, syntheticReply, type TlsMode } from './smtp-client';
 import { connectOptions, plan, type WorkerDeps } from './worker';
@@ -42,7 +42,8 @@ export class RouteCache {
   ) {}
 
   private load(): Promise<void> {
-    this.loading ??= unary(this.queue.listRoutes.bind(this.queue), {}, { deadlineMs: 5_000 })
+    // Background work for no one message (also when a verification waits for it): traced by nobody.
+    this.loading ??= untraced(() => unary(this.queue.listRoutes.bind(this.queue), {}, { deadlineMs: 5_000 }))
       .then((res) => {
         this.routes = new Map(res.routes.map((r) => [r.domain, r]));
       })
