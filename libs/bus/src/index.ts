@@ -23,6 +23,7 @@ import { JetStreamPublisher } from './publisher';
 import { CONSUMERS, STREAMS, type ConsumerName, type ConsumerSpec, type StreamSpec } from './topology';
 
 export * from './topology';
+export { encodeLifecycleEvents, EVENT_FORMATS, type EventFormat } from './events';
 export { JetStreamPublisher } from './publisher';
 
 /** How long a publish waits for its PubAck. */

@@ -1,6 +1,7 @@
 // Process settings of the bounce service, read once from the environment.
 // Keys are the variable names, so a bad value is reported by its name.
 import { bool, commonSchema, ConfigError, csv, grpcTarget, hostPort, natsUrl, parseEnv, positiveInt, z, type HostPort } from '@tern/config';
+import { EVENT_FORMATS } from '@tern/bus';
 import { DSN_ACTIONS, type DsnAction } from '@tern/dsn';
 
 const address = () => z.string().regex(/^[^\s<>@]+@[^\s<>@]+$/, 'expected an address like postmaster@example.com');
@@ -24,7 +25,7 @@ const schema = z.object({
   /** Publish a `suppressed` lifecycle event (TERN_EVENTS) for each address the feed lists. */
   TERN_BOUNCE_EVENTS: bool(true),
   /** Lifecycle event payloads, as the queue writes them: protobuf or json. */
-  TERN_EVENTS_FORMAT: z.enum(['protobuf', 'json']).default('protobuf'),
+  TERN_EVENTS_FORMAT: z.enum(EVENT_FORMATS).default('protobuf'),
   /** Reporting-MTA, From domain and Message-ID domain of reports; default TERN_HOSTNAME. */
   TERN_REPORTING_MTA: hostname().optional(),
   /** From address of reports; default MAILER-DAEMON@<reporting MTA>. */

@@ -11,8 +11,8 @@
 // report goes on. A redelivered request feeds again, which only refreshes
 // the entries.
 import { isBounceClass, suppressesAddress } from '@tern/dsn';
-import { eventSubject } from '@tern/bus';
-import { LifecycleEvent, LifecycleEvents, LifecycleEventType, PolicyServiceClient, ReportKind, SuppressRequest, type ReportRecipient, type ReportRequest, type Suppression } from '@tern/proto';
+import { encodeLifecycleEvents, eventSubject, type EventFormat } from '@tern/bus';
+import { LifecycleEvent, LifecycleEventType, PolicyServiceClient, ReportKind, SuppressRequest, type ReportRecipient, type ReportRequest, type Suppression } from '@tern/proto';
 import { createClient, unary } from '@tern/grpc';
 import type { Logger, Meter } from '@tern/telemetry';
 import { errorMessage } from '@tern/runtime';
@@ -61,7 +61,7 @@ export class SuppressionFeed {
     private readonly logger: Logger,
     meter: Meter,
     /** Publishes the `suppressed` lifecycle events (TERN_EVENTS) in the queue's format; absent = none. */
-    private readonly events?: { publish(subject: string, data: Uint8Array, msgId: string): Promise<unknown>; format: 'protobuf' | 'json' },
+    private readonly events?: { publish(subject: string, data: Uint8Array, msgId: string): Promise<unknown>; format: EventFormat },
   ) {
     this.client = createClient(PolicyServiceClient, target, { deadlineMs });
     this.fed = meter.createCounter('tern_bounce_suppressions_total', { description: 'Hard-failed recipients sent to the suppression list, by result' });
@@ -109,9 +109,7 @@ export class SuppressionFeed {
       }),
     );
     try {
-      const batch = LifecycleEvents.fromPartial({ events });
-      const data = this.events.format === 'json' ? Buffer.from(JSON.stringify(LifecycleEvents.toJSON(batch)), 'utf8') : LifecycleEvents.encode(batch).finish();
-      await this.events.publish(eventSubject('suppressed'), data, `ev-${events[0]!.eventId}`);
+      await this.events.publish(eventSubject('suppressed'), encodeLifecycleEvents(events, this.events.format), `ev-${events[0]!.eventId}`);
     } catch (err) {
       this.logger.warn({ event: 'suppressed_event_failed', queue_id: req.queueId, err: errorMessage(err) }, 'could not publish the suppressed events');
     }

@@ -1,6 +1,7 @@
 // Process settings of the queue service, read once from the environment.
 // Keys are the variable names, so a bad value is reported by its name.
 import { bool, commonSchema, nonNegativeInt, parseEnv, positiveInt, postgresUrl, natsUrl, z } from '@tern/config';
+import { EVENT_FORMATS } from '@tern/bus';
 
 const schema = z.object({
   ...commonSchema({ grpcPort: 7003, metricsPort: 9103 }),
@@ -104,7 +105,7 @@ const schema = z.object({
   /** Write lifecycle events (received, delivered, deferred, ...) to the TERN_EVENTS stream. */
   TERN_QUEUE_EVENTS: bool(true),
   /** Lifecycle event payloads: protobuf (LifecycleEvents) or its proto3 JSON. */
-  TERN_EVENTS_FORMAT: z.enum(['protobuf', 'json']).default('protobuf'),
+  TERN_EVENTS_FORMAT: z.enum(EVENT_FORMATS).default('protobuf'),
   /** Destinations with series of their own in the per-destination metrics (the busiest; the rest are "other"). */
   TERN_QUEUE_METRICS_TOP_DESTINATIONS: nonNegativeInt(20),
 });

@@ -5,11 +5,11 @@
 // per event type per transaction keeps the cost per group commit, not per
 // message.
 import crypto from 'node:crypto';
-import { eventSubject } from '@tern/bus';
-import { LifecycleEvents, LifecycleEventType, type LifecycleEvent, type SmtpReply } from '@tern/proto';
+import { encodeLifecycleEvents, eventSubject, type EventFormat } from '@tern/bus';
+import { LifecycleEventType, type LifecycleEvent, type SmtpReply } from '@tern/proto';
 import type { OutboxRow } from './outbox';
 
-export type EventFormat = 'protobuf' | 'json';
+export type { EventFormat };
 
 export interface EventSettings {
   /** Write lifecycle events at all (TERN_QUEUE_EVENTS). */
@@ -82,8 +82,7 @@ export function eventRows(settings: EventSettings, inputs: EventInput[], at = ne
   }
   const rows: OutboxRow[] = [];
   for (const [type, events] of byType) {
-    const batch: LifecycleEvents = { events };
-    const payload = settings.format === 'json' ? Buffer.from(JSON.stringify(LifecycleEvents.toJSON(batch)), 'utf8') : LifecycleEvents.encode(batch).finish();
+    const payload = encodeLifecycleEvents(events, settings.format);
     rows.push({ subject: eventSubject(eventTypeName(type)), msgId: `ev-${events[0]!.eventId}`, payload, trace: null, span: '' });
   }
   return rows;
