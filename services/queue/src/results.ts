@@ -9,7 +9,7 @@
 // only after COMMIT.
 import { SUBJECTS, type Bus, type BusMessage, type Consumption } from '@tern/bus';
 import type { Pool, PoolClient } from '@tern/db';
-import { AttemptOutcome, DeliveryResult, DeliveryResults, LifecycleEventType, ReportKind } from '@tern/proto';
+import { AttemptOutcome, DeliveryResult, DeliveryResults, LifecycleEventType, ReportKind, type SmtpReply } from '@tern/proto';
 import { backsOffDestination, type BounceClass, type ClassifiedReply } from '@tern/dsn';
 import type { Logger } from '@tern/telemetry';
 import type { QueueMetrics } from './metrics';
@@ -272,6 +272,13 @@ export class ResultApplier {
       const relayedSubjects: ReportSubject[] = [];
       const deliveredSubjects: ReportSubject[] = [];
       const lifecycle: EventInput[] = [];
+      // A reply is classed once: for its attempt, report and event, and again by the job's feedback.
+      const classes = new Map<SmtpReply, BounceClass>();
+      const classOf = (r: SmtpReply): BounceClass => {
+        let c = classes.get(r);
+        if (c === undefined) classes.set(r, (c = this.o.classify(r)));
+        return c;
+      };
       for (const row of rows) {
         const k = keyed.get(`${row.message_id}.${row.idx}.${row.job_id}`)!;
         const res = results[k.result]!;
@@ -285,7 +292,7 @@ export class ResultApplier {
           this.o.backoff,
         );
         // The class of a failure, by the operator's rules and libs/dsn's: on the attempt, in the report and the event.
-        const bounceClass = state !== S.delivered && state !== S.relayed && code >= 400 ? this.o.classify({ code, enhanced: reply?.enhanced ?? '', text: (reply?.text ?? '').slice(0, 2000) }) : '';
+        const bounceClass = reply && state !== S.delivered && state !== S.relayed && code >= 400 ? classOf(reply) : '';
         if (report) {
           const subjects = report.kind === ReportKind.REPORT_KIND_RELAYED ? relayedSubjects : report.kind === ReportKind.REPORT_KIND_DELIVERED ? deliveredSubjects : failedSubjects;
           subjects.push({
@@ -347,7 +354,7 @@ export class ResultApplier {
         });
         if (!seenJobs.has(row.job_id)) {
           seenJobs.add(row.job_id);
-          jobEnds.push({ jobId: row.job_id, destination: row.domain, ...jobFeedback(res, reply, (r) => backsOffDestination(this.o.classify(r))) });
+          jobEnds.push({ jobId: row.job_id, destination: row.domain, ...jobFeedback(res, reply, (r) => backsOffDestination(classOf(r))) });
         }
       }
       // Per destination: concurrency feedback (the last error wins); per job: its destination.
