@@ -27,12 +27,12 @@ import { untraced, type Logger, type Meter } from '@tern/telemetry';
 import { NotAnAddressError, VerifyBusyError } from './errors';
 import { SessionError, syntheticReply, type TlsMode } from './smtp-client';
 import { connectOptions, plan, type WorkerDeps } from './worker';
-import { errorMessage } from '@tern/runtime';
+import { errorMessage, repeatEvery, type Repeating } from '@tern/runtime';
 
 /** The queue's route table, asked every few seconds (the queue owns it; jobs carry their route, a verification has none). */
 export class RouteCache {
   private routes: Map<string, Route> | undefined;
-  private timer?: NodeJS.Timeout;
+  private refreshes?: Repeating;
   private loading?: Promise<void>;
 
   constructor(
@@ -52,14 +52,13 @@ export class RouteCache {
   }
 
   start(): void {
-    this.timer = setInterval(() => {
-      this.load().catch((err: Error) => this.logger.warn({ err: err.message }, 'route table not refreshed from the queue; keeping the previous one'));
-    }, this.refreshMs);
-    this.timer.unref();
+    this.refreshes = repeatEvery(this.refreshMs, () => this.load(), (err) =>
+      this.logger.warn({ err: errorMessage(err) }, 'route table not refreshed from the queue; keeping the previous one'),
+    );
   }
 
   stop(): void {
-    clearInterval(this.timer);
+    this.refreshes?.stop();
   }
 
   /** The route of a domain; the table is read once first if it never was (an error then says so). */

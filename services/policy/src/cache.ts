@@ -7,7 +7,7 @@ import { pg } from '@tern/db';
 import type { Logger } from '@tern/telemetry';
 import { NOTIFY_CHANNEL, type PolicyData, type PolicyStore } from './store';
 import type { AliasRow, DomainRow, UserRow } from './validate';
-import { errorMessage } from '@tern/runtime';
+import { errorMessage, repeatEvery, type Repeating } from '@tern/runtime';
 
 export class Snapshot {
   readonly domains = new Map<string, DomainRow>();
@@ -42,7 +42,7 @@ export class PolicyCache {
   private current = Snapshot.empty();
   private loaded = false;
   private listener: pg.Client | undefined;
-  private timer: NodeJS.Timeout | undefined;
+  private reloads: Repeating | undefined;
   private reconnectTimer: NodeJS.Timeout | undefined;
   private inFlight: Promise<void> | undefined;
   private again = false;
@@ -67,10 +67,9 @@ export class PolicyCache {
   async start(): Promise<void> {
     await this.listen();
     await this.reload();
-    this.timer = setInterval(() => {
-      this.reload().catch((err: Error) => this.opts.logger.warn({ err: err.message }, 'periodic policy reload failed'));
-    }, this.opts.reloadMs);
-    this.timer.unref();
+    this.reloads = repeatEvery(this.opts.reloadMs, () => this.reload(), (err) =>
+      this.opts.logger.warn({ err: errorMessage(err) }, 'periodic policy reload failed; keeping the previous data'),
+    );
   }
 
   /**
@@ -146,7 +145,7 @@ export class PolicyCache {
 
   async stop(): Promise<void> {
     this.stopped = true;
-    clearInterval(this.timer);
+    this.reloads?.stop();
     clearTimeout(this.reconnectTimer);
     const client = this.listener;
     this.listener = undefined;

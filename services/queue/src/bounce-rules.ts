@@ -4,6 +4,7 @@
 import { classifyReply, validateBounceRule, type BounceClass, type BounceRule as DsnRule, type ClassifiedReply } from '@tern/dsn';
 import type { Pool } from '@tern/db';
 import { BounceRule, type DeleteBounceRuleRequest, type PutBounceRuleRequest } from '@tern/proto';
+import { errorMessage, repeatEvery, type Repeating } from '@tern/runtime';
 import type { Logger } from '@tern/telemetry';
 import { tx } from './db';
 import { InvalidArgumentError, InvalidFieldError } from './errors';
@@ -24,7 +25,7 @@ const toDsn = (r: RuleRow): DsnRule => ({ codePrefix: r.code_prefix, pattern: r.
 export class BounceRules {
   private rows: RuleRow[] = [];
   private rules: DsnRule[] = [];
-  private timer: NodeJS.Timeout | undefined;
+  private reloads: Repeating | undefined;
 
   constructor(
     private readonly pool: Pool,
@@ -45,14 +46,11 @@ export class BounceRules {
   }
 
   start(): void {
-    this.timer = setInterval(() => {
-      this.load().catch((err: Error) => this.logger.warn({ err: err.message }, 'bounce rule reload failed; keeping the previous rules'));
-    }, this.reloadMs);
-    this.timer.unref();
+    this.reloads = repeatEvery(this.reloadMs, () => this.load(), (err) => this.logger.warn({ err: errorMessage(err) }, 'bounce rule reload failed; keeping the previous rules'));
   }
 
   stop(): void {
-    clearInterval(this.timer);
+    this.reloads?.stop();
   }
 
   /** The class of a failure reply, operator rules first. */

@@ -3,6 +3,7 @@
 // so a change made through any replica is picked up by all.
 import type { Pool } from '@tern/db';
 import { matchRoute, Route, RouteKind, TlsPolicy } from '@tern/proto';
+import { errorMessage, repeatEvery, type Repeating } from '@tern/runtime';
 import type { Logger } from '@tern/telemetry';
 
 export interface RouteRow {
@@ -20,7 +21,7 @@ export function rowToRoute(r: RouteRow): Route {
 
 export class RouteTable {
   private routes = new Map<string, Route>();
-  private timer: NodeJS.Timeout | undefined;
+  private reloads: Repeating | undefined;
 
   constructor(
     private readonly pool: Pool,
@@ -34,14 +35,11 @@ export class RouteTable {
   }
 
   start(): void {
-    this.timer = setInterval(() => {
-      this.load().catch((err: Error) => this.logger.warn({ err: err.message }, 'route reload failed; keeping the previous table'));
-    }, this.reloadMs);
-    this.timer.unref();
+    this.reloads = repeatEvery(this.reloadMs, () => this.load(), (err) => this.logger.warn({ err: errorMessage(err) }, 'route reload failed; keeping the previous table'));
   }
 
   stop(): void {
-    clearInterval(this.timer);
+    this.reloads?.stop();
   }
 
   /** The route of a destination: exact domain, then a parent ".example.com" entry, then "*". */
