@@ -289,6 +289,12 @@ export function splitAddress(address: string): { local: string; domain: string }
   return { local: address.slice(0, at), domain: address.slice(at + 1) };
 }
 
+/** The domain of an address, lowercased ("" without an "@"): a queue destination, a policy domain key. */
+export function domainOf(address: string): string {
+  const at = address.lastIndexOf('@');
+  return at < 0 ? '' : address.slice(at + 1).toLowerCase();
+}
+
 export type RoutingTrick = 'percent_hack' | 'bang_path' | 'quoted_at' | 'multiple_at' | 'source_route';
 
 /**

@@ -28,6 +28,7 @@ export {
   parseDomain,
   parsePath,
   splitAddress,
+  domainOf,
   type AddressOptions,
   type AddressResult,
   type ParsedAddress,

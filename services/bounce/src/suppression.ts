@@ -15,6 +15,7 @@ import { encodeLifecycleEvents, eventSubject, type EventFormat } from '@tern/bus
 import { LifecycleEvent, LifecycleEventType, PolicyServiceClient, ReportKind, SuppressRequest, type ReportRecipient, type ReportRequest, type Suppression } from '@tern/proto';
 import { createClient, unary } from '@tern/grpc';
 import type { Logger, Meter } from '@tern/telemetry';
+import { domainOf } from '@tern/smtp';
 import { errorMessage } from '@tern/runtime';
 
 /**
@@ -102,7 +103,7 @@ export class SuppressionFeed {
         queueId: req.queueId,
         sender: req.envelope?.sender ?? '',
         recipient: s.address,
-        destination: s.address.slice(s.address.lastIndexOf('@') + 1).toLowerCase(),
+        destination: domainOf(s.address),
         reason: s.reason,
         operator: 'bounce',
         bounceClass: 'user_unknown',

@@ -24,6 +24,7 @@
 // default for virtual): when `user+ext@domain` resolves by `user@domain`'s
 // alias or by the catch-all, the extension the lookup did not match is added
 // to each target: `user@d -> t@e` sends mail for `user+tag@d` to `t+tag@e`.
+import { domainOf } from '@tern/smtp';
 import type { Snapshot } from './cache';
 
 export interface AliasOptions {
@@ -52,7 +53,6 @@ export type Expansion =
   /** More than maxTargets addresses. */
   | { ok: false; error: 'too_many'; limit: number };
 
-const domainOf = (key: string) => key.slice(key.lastIndexOf('@') + 1);
 
 /** The extension of `user+ext@domain` ("+ext"), or "". */
 export function extensionOf(key: string, delimiter: string): string {

@@ -1,5 +1,6 @@
 // Validation and canonicalisation of operator-given policy data. Each error
 // names the field in the request, so the CLI can show what to fix.
+import { domainOf } from '@tern/smtp';
 import { DomainKind, RecipientCheck, type Alias, type Domain, type Mailbox, type User } from '@tern/proto';
 import { normalizeDomain, normalizeMailboxAddress } from './address';
 import { invalid } from './errors';
@@ -63,7 +64,7 @@ export function aliasAddress(field: string, raw: string): string {
   return address;
 }
 
-export const domainOf = (address: string) => address.slice(address.lastIndexOf('@') + 1);
+export { domainOf };
 
 const CHECK_MODES: Partial<Record<RecipientCheck, RecipientCheckMode>> = {
   [RecipientCheck.RECIPIENT_CHECK_NONE]: 'none',

@@ -2,6 +2,7 @@
 // destinations, backoff, and the report decision.
 import crypto from 'node:crypto';
 import { reportOwed as dsnReportOwed } from '@tern/dsn';
+import { domainOf } from '@tern/smtp';
 import { AttemptOutcome, MessageOrigin, RecipientState, ReportKind, type DsnNotify } from '@tern/proto';
 
 export const S = {
@@ -28,10 +29,7 @@ export const FINAL_STATES: readonly number[] = [S.delivered, S.failed, S.expired
 export const PENDING_SQL = `(${PENDING_STATES.join(',')})`;
 
 /** The destination of an address: its domain, lowercased (the job subject and the concurrency key). */
-export function destinationOf(address: string): string {
-  const at = address.lastIndexOf('@');
-  return (at >= 0 ? address.slice(at + 1) : '').toLowerCase();
-}
+export const destinationOf = domainOf;
 
 export interface BackoffSettings {
   minS: number;
