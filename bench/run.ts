@@ -204,8 +204,13 @@ async function runOne(mta: Mta, sc: Scenario, workDir: string, n: number): Promi
 
     if (warmup > 0) {
       log(`${mta.name} ${sc.name}: warm-up, ${warmup} messages`);
-      const w = await runSource({ host: mta.host, port: mta.port, sessions: sc.sessions, messages: warmup, size: sc.size, verbose: false, reuse: args.reuse, timeoutMs: 120_000 });
-      const ok = await waitDrained(mta, sink, 0, warmup - w.refused, Date.now() + 120_000);
+      // Verbose, so that a refusal (smtp-source -A goes on after one) is seen and named instead of a drain that never comes.
+      const w = await runSource({ host: mta.host, port: mta.port, sessions: sc.sessions, messages: warmup, size: sc.size, verbose: true, reuse: args.reuse, timeoutMs: 120_000 });
+      if (w.exitCode !== 0 || w.refused > 0) {
+        const refusals = Object.entries(w.refusals).map(([reply, count]) => `${count} x "${reply}"`).join(', ');
+        throw new Error(`warm-up refused: smtp-source exit ${w.exitCode}, ${w.refused} refusals (${refusals || 'none'}) ${w.stderrTail}; ${mta.logTail()}`);
+      }
+      const ok = await waitDrained(mta, sink, 0, warmup, Date.now() + 120_000);
       if (ok === undefined) throw new Error(`warm-up did not drain: sink has ${sink.messages} of ${warmup}, ${await mta.queued()} queued; ${mta.logTail()}`);
       sink.collect(true);
     }
