@@ -106,7 +106,7 @@ function toStatus(err: unknown, logger: Logger, what: string): grpc.ServiceError
   if (err instanceof StatusError) return err;
   const pgCode = (err as { code?: unknown }).code;
   if (pgCode === '23503') return new StillReferencedError(what, err);
-  logger.error({ err: (err as Error).stack ?? String(err), rpc: what }, 'policy RPC failed');
+  logger.error({ err: err instanceof Error ? err.stack : String(err), rpc: what }, 'policy RPC failed');
   return new RpcFailedError(what, errorMessage(err), err);
 }
 

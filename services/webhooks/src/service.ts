@@ -123,7 +123,7 @@ export function createWebhookService(deps: ServiceDeps): WebhookServiceServer {
         (res) => cb(null, res),
         (err: unknown) => {
           if (err instanceof StatusError) return cb(err);
-          logger.error({ err: (err as Error).stack ?? String(err), rpc: name }, 'webhooks RPC failed');
+          logger.error({ err: err instanceof Error ? err.stack : String(err), rpc: name }, 'webhooks RPC failed');
           cb(new RpcFailedError(name, errorMessage(err), err));
         },
       );
