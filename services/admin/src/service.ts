@@ -65,6 +65,7 @@ export const ROUTES: Record<UnaryName, Route> = {
   listRelayRecipients: { owner: 'policy', mutating: false, role: 'viewer' },
   putRelayRecipients: { owner: 'policy', mutating: true, role: 'admin' },
   deleteRelayRecipients: { owner: 'policy', mutating: true, role: 'admin' },
+  replaceRelayRecipients: { owner: 'policy', mutating: true, role: 'admin' },
   listVerifiedRecipients: { owner: 'policy', mutating: false, role: 'viewer' },
   // Forgetting a verification only makes the next RCPT ask again: an operator's act, like a suppression.
   flushVerifiedRecipients: { owner: 'policy', mutating: true, role: 'operator' },
@@ -148,6 +149,10 @@ export function describeChange(method: UnaryName, req: Req): Record<string, unkn
     case 'deleteRelayRecipients': {
       const addresses = (req.addresses as string[] | undefined) ?? [];
       return { domain: r.domain || undefined, entries: addresses.length || undefined, addresses: addresses.length ? addresses.slice(0, 20) : undefined, dryRun: r.dryRun };
+    }
+    case 'replaceRelayRecipients': {
+      const addresses = (req.addresses as string[] | undefined) ?? [];
+      return { domain: r.domain, entries: addresses.length, dryRun: r.dryRun, allowEmpty: r.allowEmpty || undefined };
     }
     case 'flushVerifiedRecipients':
       return { address: r.address };
@@ -292,7 +297,7 @@ export function createAdminService(deps: AdminServiceDeps): AdminServiceServer {
 function summarize(res: unknown): Record<string, unknown> | undefined {
   if (typeof res !== 'object' || res === null) return undefined;
   const out: Record<string, unknown> = {};
-  for (const key of ['messages', 'recipients', 'dryRun', 'deleted', 'added', 'unchanged']) {
+  for (const key of ['messages', 'recipients', 'dryRun', 'deleted', 'added', 'unchanged', 'removed', 'kept']) {
     if (key in res) out[key] = (res as Record<string, unknown>)[key];
   }
   return Object.keys(out).length > 0 ? out : undefined;

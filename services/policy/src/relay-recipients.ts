@@ -7,12 +7,25 @@
 // the mailbox servers behind the relay), so it is not in the in-memory
 // snapshot: one primary-key lookup per RCPT to such a domain.
 import { withTransaction, type Pool } from '@tern/db';
-import type { DeleteRelayRecipientsRequest, ListRelayRecipientsRequest, PutRelayRecipientsRequest, RelayRecipient } from '@tern/proto';
+import type {
+  DeleteRelayRecipientsRequest,
+  ListRelayRecipientsRequest,
+  PutRelayRecipientsRequest,
+  RelayRecipient,
+  ReplaceRelayRecipientsRequest,
+  ReplaceRelayRecipientsResponse,
+} from '@tern/proto';
 import { invalid, precondition } from './errors';
 import { domainName, domainOf, mailboxAddress } from './validate';
 
 /** Entries per Put or Delete call (an import goes in batches of this many). */
 export const MAX_BATCH = 10_000;
+
+/**
+ * Entries of one Replace (a domain's whole list in one call, so in one
+ * transaction): 100000 addresses of 64 bytes fit the 8 MiB gRPC message.
+ */
+export const MAX_REPLACE = 100_000;
 
 /** An entry as stored: "user@domain" (canonical), or "@domain". */
 export function relayRecipientEntry(field: string, raw: string): string {
@@ -105,6 +118,78 @@ export class RelayRecipientStore {
         ]);
       }
       return { deleted, dryRun: req.dryRun };
+    });
+  }
+
+  /**
+   * Replaces the list of one relay domain with `addresses` in one
+   * transaction (Postfix's postmap of a fresh export): entries not given are
+   * removed, new ones added, the rest kept as they are (their created_at
+   * and created_by too). With dryRun only the counts. An empty list is
+   * refused unless allowEmpty: an export that came out empty would otherwise
+   * wipe the list. The domain row is locked FOR UPDATE, so concurrent adds
+   * and replaces of the domain wait for this one.
+   */
+  async replace(req: ReplaceRelayRecipientsRequest, operator: string): Promise<ReplaceRelayRecipientsResponse> {
+    const domain = domainName('domain', req.domain);
+    if (!req.addresses.length && !req.allowEmpty) {
+      throw invalid('addresses', `empty: that would remove every entry of ${domain}; to do so, set allow_empty (tern relay-recipient import --replace --allow-empty) or use tern relay-recipient rm --domain ${domain}`);
+    }
+    if (req.addresses.length > MAX_REPLACE) throw invalid('addresses', `at most ${MAX_REPLACE} per replace (${req.addresses.length} given)`);
+    const entries = [
+      ...new Set(
+        req.addresses.map((a, i) => {
+          const e = relayRecipientEntry(`addresses[${i}]`, a);
+          const d = e.startsWith('@') ? e.slice(1) : domainOf(e);
+          if (d !== domain) throw invalid(`addresses[${i}]`, `${e} is not of ${domain} (a replace covers one domain; run one per domain)`);
+          return e;
+        }),
+      ),
+    ];
+    return withTransaction(this.pool, async (c) => {
+      const kind = await c.query<{ kind: string }>('SELECT kind FROM policy.domains WHERE name = $1 FOR UPDATE', [domain]);
+      if (kind.rows[0]?.kind !== 'relay') {
+        throw invalid(
+          'domain',
+          kind.rows.length
+            ? `${domain} is a local domain (its recipients are its mailboxes and aliases)`
+            : `${domain} is not a relay domain; add it first: tern domain add ${domain} --kind relay --recipients list`,
+        );
+      }
+      // Hash joins both ways: `<> ALL(array)` would compare every row with every entry.
+      const counts = await c.query<{ kept: number; removed: number }>(
+        `SELECT count(*) FILTER (WHERE n.a IS NOT NULL)::int AS kept, count(*) FILTER (WHERE n.a IS NULL)::int AS removed
+           FROM policy.relay_recipients r LEFT JOIN unnest($2::text[]) AS n(a) ON n.a = r.address
+          WHERE r.domain = $1`,
+        [domain, entries],
+      );
+      const kept = counts.rows[0]?.kept ?? 0;
+      const added = entries.length - kept;
+      let removed = counts.rows[0]?.removed ?? 0;
+      if (!req.dryRun && (added > 0 || removed > 0)) {
+        const gone = await c.query<{ n: number; sample: string[] | null }>(
+          `WITH d AS (
+             DELETE FROM policy.relay_recipients r WHERE r.domain = $1 AND NOT EXISTS (SELECT 1 FROM unnest($2::text[]) AS n(a) WHERE n.a = r.address)
+             RETURNING address)
+           SELECT count(*)::int AS n, (array_agg(address ORDER BY address))[1:100] AS sample FROM d`,
+          [domain, entries],
+        );
+        removed = gone.rows[0]?.n ?? 0;
+        const ins = await c.query<{ address: string }>(
+          `INSERT INTO policy.relay_recipients (address, domain, created_by)
+           SELECT a, $2, $3 FROM unnest($1::text[]) AS a
+           ON CONFLICT (address) DO NOTHING RETURNING address`,
+          [entries, domain, operator],
+        );
+        await c.query('INSERT INTO policy.audit (operator, action, entity, key, detail) VALUES ($1, $2, $3, $4, $5)', [
+          operator,
+          'replace',
+          'relay_recipient',
+          `@${domain} (all entries)`,
+          JSON.stringify({ added: ins.rowCount ?? 0, removed, kept, addedSample: ins.rows.slice(0, 100).map((r) => r.address), removedSample: gone.rows[0]?.sample ?? [] }),
+        ]);
+      }
+      return { added, removed, kept, dryRun: req.dryRun };
     });
   }
 

@@ -27,6 +27,7 @@ import {
   type ListRelayRecipientsRequest,
   type ListVerifiedRecipientsRequest,
   type PutRelayRecipientsRequest,
+  type ReplaceRelayRecipientsRequest,
   type SmtpReply,
   type VerifiedRecipient,
 } from '@tern/proto';
@@ -297,6 +298,11 @@ export function relayRecipientHandlers(store: RelayRecipientStore, cache: Verify
     deleteRelayRecipients: unary('DeleteRelayRecipients', async (req: DeleteRelayRecipientsRequest) => {
       const res = await store.delete(req, op(req.operator));
       if (!req.dryRun && res.deleted) log('relay_recipient', 'delete', req.domain ? `@${req.domain}` : req.addresses.join(',').slice(0, 200), req.operator, res);
+      return res;
+    }),
+    replaceRelayRecipients: unary('ReplaceRelayRecipients', async (req: ReplaceRelayRecipientsRequest) => {
+      const res = await store.replace(req, op(req.operator));
+      if (!req.dryRun && (res.added || res.removed)) log('relay_recipient', 'replace', `@${req.domain.trim().toLowerCase()}`, req.operator, { ...res });
       return res;
     }),
     listVerifiedRecipients: unary('ListVerifiedRecipients', (req: ListVerifiedRecipientsRequest) => cache.list(req.domain, req.limit, req.pageToken)),

@@ -84,6 +84,8 @@ import {
   PutRewriteResponse,
   PutUserRequest,
   PutUserResponse,
+  ReplaceRelayRecipientsRequest,
+  ReplaceRelayRecipientsResponse,
   RetireDkimKeyRequest,
   RetireDkimKeyResponse,
   RotateDkimKeyRequest,
@@ -584,6 +586,18 @@ export const AdminServiceService = {
       bufferView(DeleteRelayRecipientsResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): DeleteRelayRecipientsResponse => DeleteRelayRecipientsResponse.decode(value),
   },
+  replaceRelayRecipients: {
+    path: "/tern.v1.AdminService/ReplaceRelayRecipients" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ReplaceRelayRecipientsRequest): Buffer =>
+      bufferView(ReplaceRelayRecipientsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ReplaceRelayRecipientsRequest => ReplaceRelayRecipientsRequest.decode(value),
+    responseSerialize: (value: ReplaceRelayRecipientsResponse): Buffer =>
+      bufferView(ReplaceRelayRecipientsResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ReplaceRelayRecipientsResponse =>
+      ReplaceRelayRecipientsResponse.decode(value),
+  },
   listVerifiedRecipients: {
     path: "/tern.v1.AdminService/ListVerifiedRecipients" as const,
     requestStream: false as const,
@@ -771,6 +785,7 @@ export interface AdminServiceServer extends UntypedServiceImplementation {
   listRelayRecipients: handleUnaryCall<ListRelayRecipientsRequest, ListRelayRecipientsResponse>;
   putRelayRecipients: handleUnaryCall<PutRelayRecipientsRequest, PutRelayRecipientsResponse>;
   deleteRelayRecipients: handleUnaryCall<DeleteRelayRecipientsRequest, DeleteRelayRecipientsResponse>;
+  replaceRelayRecipients: handleUnaryCall<ReplaceRelayRecipientsRequest, ReplaceRelayRecipientsResponse>;
   listVerifiedRecipients: handleUnaryCall<ListVerifiedRecipientsRequest, ListVerifiedRecipientsResponse>;
   flushVerifiedRecipients: handleUnaryCall<FlushVerifiedRecipientsRequest, FlushVerifiedRecipientsResponse>;
   listRewrites: handleUnaryCall<ListRewritesRequest, ListRewritesResponse>;
@@ -1438,6 +1453,21 @@ export interface AdminServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: DeleteRelayRecipientsResponse) => void,
+  ): ClientUnaryCall;
+  replaceRelayRecipients(
+    request: ReplaceRelayRecipientsRequest,
+    callback: (error: ServiceError | null, response: ReplaceRelayRecipientsResponse) => void,
+  ): ClientUnaryCall;
+  replaceRelayRecipients(
+    request: ReplaceRelayRecipientsRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ReplaceRelayRecipientsResponse) => void,
+  ): ClientUnaryCall;
+  replaceRelayRecipients(
+    request: ReplaceRelayRecipientsRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ReplaceRelayRecipientsResponse) => void,
   ): ClientUnaryCall;
   listVerifiedRecipients(
     request: ListVerifiedRecipientsRequest,

@@ -427,6 +427,11 @@ export enum RewriteKind {
   REWRITE_KIND_SENDER_BCC = 5,
   /** REWRITE_KIND_RECIPIENT_BCC - Postfix recipient_bcc_maps: mail to `match` is copied to `target`. */
   REWRITE_KIND_RECIPIENT_BCC = 6,
+  /**
+   * REWRITE_KIND_MASQUERADE_EXCEPTION - Postfix masquerade_exceptions: a local part (`match`, e.g. root) that
+   * masquerading never shortens; no target.
+   */
+  REWRITE_KIND_MASQUERADE_EXCEPTION = 7,
 }
 
 export function rewriteKindFromJSON(object: any): RewriteKind {
@@ -452,6 +457,9 @@ export function rewriteKindFromJSON(object: any): RewriteKind {
     case 6:
     case "REWRITE_KIND_RECIPIENT_BCC":
       return RewriteKind.REWRITE_KIND_RECIPIENT_BCC;
+    case 7:
+    case "REWRITE_KIND_MASQUERADE_EXCEPTION":
+      return RewriteKind.REWRITE_KIND_MASQUERADE_EXCEPTION;
     default:
       throw new globalThis.Error("Unrecognized enum value " + object + " for enum RewriteKind");
   }
@@ -473,6 +481,8 @@ export function rewriteKindToJSON(object: RewriteKind): string {
       return "REWRITE_KIND_SENDER_BCC";
     case RewriteKind.REWRITE_KIND_RECIPIENT_BCC:
       return "REWRITE_KIND_RECIPIENT_BCC";
+    case RewriteKind.REWRITE_KIND_MASQUERADE_EXCEPTION:
+      return "REWRITE_KIND_MASQUERADE_EXCEPTION";
     default:
       throw new globalThis.Error("Unrecognized enum value " + object + " for enum RewriteKind");
   }
@@ -740,6 +750,36 @@ export interface DeleteRelayRecipientsRequest {
 export interface DeleteRelayRecipientsResponse {
   /** Entries removed (with dry_run: that would be). */
   deleted: number;
+  dryRun: boolean;
+}
+
+export interface ReplaceRelayRecipientsRequest {
+  /** The relay domain whose list is replaced. */
+  domain: string;
+  /**
+   * Its new list: at most 100000, each "user@domain" or "@domain" of that
+   * domain. All or nothing: a bad entry refuses the call, naming it
+   * (addresses[i]).
+   */
+  addresses: string[];
+  /** Count only; nothing is written. */
+  dryRun: boolean;
+  /**
+   * An empty list removes every entry of the domain; refused unless this is
+   * set (an empty export must not wipe the list by accident).
+   */
+  allowEmpty: boolean;
+  operator: string;
+}
+
+export interface ReplaceRelayRecipientsResponse {
+  /**
+   * Entries new to the list, removed from it, and listed before and after
+   * (with dry_run: that would be).
+   */
+  added: number;
+  removed: number;
+  kept: number;
   dryRun: boolean;
 }
 
@@ -3681,6 +3721,274 @@ export const DeleteRelayRecipientsResponse: MessageFns<DeleteRelayRecipientsResp
   ): DeleteRelayRecipientsResponse {
     const message = createBaseDeleteRelayRecipientsResponse();
     message.deleted = object.deleted ?? 0;
+    message.dryRun = object.dryRun ?? false;
+    return message;
+  },
+};
+
+function createBaseReplaceRelayRecipientsRequest(): ReplaceRelayRecipientsRequest {
+  return { domain: "", addresses: [], dryRun: false, allowEmpty: false, operator: "" };
+}
+
+export const ReplaceRelayRecipientsRequest: MessageFns<ReplaceRelayRecipientsRequest> = {
+  encode(message: ReplaceRelayRecipientsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.domain !== "") {
+      writer.uint32(10).string(message.domain);
+    }
+    for (const v of message.addresses) {
+      writer.uint32(18).string(v!);
+    }
+    if (message.dryRun !== false) {
+      writer.uint32(24).bool(message.dryRun);
+    }
+    if (message.allowEmpty !== false) {
+      writer.uint32(32).bool(message.allowEmpty);
+    }
+    if (message.operator !== "") {
+      writer.uint32(42).string(message.operator);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ReplaceRelayRecipientsRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseReplaceRelayRecipientsRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.domain = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.addresses.push(reader.string());
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.dryRun = reader.bool();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.allowEmpty = reader.bool();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.operator = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ReplaceRelayRecipientsRequest {
+    return {
+      domain: isSet(object.domain) ? globalThis.String(object.domain) : "",
+      addresses: globalThis.Array.isArray(object?.addresses)
+        ? object.addresses.map((e: any) => globalThis.String(e))
+        : [],
+      dryRun: isSet(object.dryRun)
+        ? globalThis.Boolean(object.dryRun)
+        : isSet(object.dry_run)
+        ? globalThis.Boolean(object.dry_run)
+        : false,
+      allowEmpty: isSet(object.allowEmpty)
+        ? globalThis.Boolean(object.allowEmpty)
+        : isSet(object.allow_empty)
+        ? globalThis.Boolean(object.allow_empty)
+        : false,
+      operator: isSet(object.operator) ? globalThis.String(object.operator) : "",
+    };
+  },
+
+  toJSON(message: ReplaceRelayRecipientsRequest): unknown {
+    const obj: any = {};
+    if (message.domain !== "") {
+      obj.domain = message.domain;
+    }
+    if (message.addresses?.length) {
+      obj.addresses = message.addresses;
+    }
+    if (message.dryRun !== false) {
+      obj.dryRun = message.dryRun;
+    }
+    if (message.allowEmpty !== false) {
+      obj.allowEmpty = message.allowEmpty;
+    }
+    if (message.operator !== "") {
+      obj.operator = message.operator;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ReplaceRelayRecipientsRequest>, I>>(base?: I): ReplaceRelayRecipientsRequest {
+    return ReplaceRelayRecipientsRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ReplaceRelayRecipientsRequest>, I>>(
+    object: I,
+  ): ReplaceRelayRecipientsRequest {
+    const message = createBaseReplaceRelayRecipientsRequest();
+    message.domain = object.domain ?? "";
+    message.addresses = object.addresses?.map((e) => e) || [];
+    message.dryRun = object.dryRun ?? false;
+    message.allowEmpty = object.allowEmpty ?? false;
+    message.operator = object.operator ?? "";
+    return message;
+  },
+};
+
+function createBaseReplaceRelayRecipientsResponse(): ReplaceRelayRecipientsResponse {
+  return { added: 0, removed: 0, kept: 0, dryRun: false };
+}
+
+export const ReplaceRelayRecipientsResponse: MessageFns<ReplaceRelayRecipientsResponse> = {
+  encode(message: ReplaceRelayRecipientsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.added !== 0) {
+      writer.uint32(8).uint32(message.added);
+    }
+    if (message.removed !== 0) {
+      writer.uint32(16).uint32(message.removed);
+    }
+    if (message.kept !== 0) {
+      writer.uint32(24).uint32(message.kept);
+    }
+    if (message.dryRun !== false) {
+      writer.uint32(32).bool(message.dryRun);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ReplaceRelayRecipientsResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseReplaceRelayRecipientsResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.added = reader.uint32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.removed = reader.uint32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.kept = reader.uint32();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.dryRun = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ReplaceRelayRecipientsResponse {
+    return {
+      added: isSet(object.added) ? globalThis.Number(object.added) : 0,
+      removed: isSet(object.removed) ? globalThis.Number(object.removed) : 0,
+      kept: isSet(object.kept) ? globalThis.Number(object.kept) : 0,
+      dryRun: isSet(object.dryRun)
+        ? globalThis.Boolean(object.dryRun)
+        : isSet(object.dry_run)
+        ? globalThis.Boolean(object.dry_run)
+        : false,
+    };
+  },
+
+  toJSON(message: ReplaceRelayRecipientsResponse): unknown {
+    const obj: any = {};
+    if (message.added !== 0) {
+      obj.added = Math.round(message.added);
+    }
+    if (message.removed !== 0) {
+      obj.removed = Math.round(message.removed);
+    }
+    if (message.kept !== 0) {
+      obj.kept = Math.round(message.kept);
+    }
+    if (message.dryRun !== false) {
+      obj.dryRun = message.dryRun;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ReplaceRelayRecipientsResponse>, I>>(base?: I): ReplaceRelayRecipientsResponse {
+    return ReplaceRelayRecipientsResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ReplaceRelayRecipientsResponse>, I>>(
+    object: I,
+  ): ReplaceRelayRecipientsResponse {
+    const message = createBaseReplaceRelayRecipientsResponse();
+    message.added = object.added ?? 0;
+    message.removed = object.removed ?? 0;
+    message.kept = object.kept ?? 0;
     message.dryRun = object.dryRun ?? false;
     return message;
   },
@@ -11317,6 +11625,22 @@ export const PolicyServiceService = {
     responseDeserialize: (value: Buffer): DeleteRelayRecipientsResponse => DeleteRelayRecipientsResponse.decode(value),
   },
   /**
+   * A relay domain's whole list replaced by the given one in one
+   * transaction (a sync from an export): entries not given are removed.
+   */
+  replaceRelayRecipients: {
+    path: "/tern.v1.PolicyService/ReplaceRelayRecipients" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ReplaceRelayRecipientsRequest): Buffer =>
+      bufferView(ReplaceRelayRecipientsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ReplaceRelayRecipientsRequest => ReplaceRelayRecipientsRequest.decode(value),
+    responseSerialize: (value: ReplaceRelayRecipientsResponse): Buffer =>
+      bufferView(ReplaceRelayRecipientsResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ReplaceRelayRecipientsResponse =>
+      ReplaceRelayRecipientsResponse.decode(value),
+  },
+  /**
    * The recipient verification cache (relay domains with recipient_check
    * CALLOUT): definite answers of next hops, shared by every policy pod.
    */
@@ -11479,6 +11803,11 @@ export interface PolicyServiceServer extends UntypedServiceImplementation {
   listRelayRecipients: handleUnaryCall<ListRelayRecipientsRequest, ListRelayRecipientsResponse>;
   putRelayRecipients: handleUnaryCall<PutRelayRecipientsRequest, PutRelayRecipientsResponse>;
   deleteRelayRecipients: handleUnaryCall<DeleteRelayRecipientsRequest, DeleteRelayRecipientsResponse>;
+  /**
+   * A relay domain's whole list replaced by the given one in one
+   * transaction (a sync from an export): entries not given are removed.
+   */
+  replaceRelayRecipients: handleUnaryCall<ReplaceRelayRecipientsRequest, ReplaceRelayRecipientsResponse>;
   /**
    * The recipient verification cache (relay domains with recipient_check
    * CALLOUT): definite answers of next hops, shared by every policy pod.
@@ -12066,6 +12395,25 @@ export interface PolicyServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: DeleteRelayRecipientsResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * A relay domain's whole list replaced by the given one in one
+   * transaction (a sync from an export): entries not given are removed.
+   */
+  replaceRelayRecipients(
+    request: ReplaceRelayRecipientsRequest,
+    callback: (error: ServiceError | null, response: ReplaceRelayRecipientsResponse) => void,
+  ): ClientUnaryCall;
+  replaceRelayRecipients(
+    request: ReplaceRelayRecipientsRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ReplaceRelayRecipientsResponse) => void,
+  ): ClientUnaryCall;
+  replaceRelayRecipients(
+    request: ReplaceRelayRecipientsRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ReplaceRelayRecipientsResponse) => void,
   ): ClientUnaryCall;
   /**
    * The recipient verification cache (relay domains with recipient_check
