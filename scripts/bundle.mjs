@@ -5,6 +5,7 @@
 import { build } from 'esbuild';
 import fs from 'node:fs';
 import path from 'node:path';
+import { trimSourceMap } from './source-map-trim.mjs';
 
 const entry = process.argv[2] ?? 'src/main.ts';
 const outfile = path.join('dist', process.argv[3] ?? 'main.js');
@@ -31,3 +32,6 @@ await build({
   external: [...external, '@opentelemetry/*', '@grpc/*', '@nats-io/*'],
   logLevel: 'warning',
 });
+// libs/proto's generated code: see trimSourceMap.
+trimSourceMap(`${outfile}.map`, (source) => /(^|\/)libs\/proto\/src\/gen\//.test(source));
+
