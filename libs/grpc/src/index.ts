@@ -187,6 +187,15 @@ export function descriptorFiles(set: Uint8Array = descriptorSet): DescriptorFile
 
 let builtInFiles: DescriptorFile[] | undefined;
 
+type ReflectionHandler = (call: unknown) => void;
+
+/** What a ReflectionService would add to a server: each contract's definition and handlers. */
+function reflectionParts(reflection: ReflectionService): { definition: grpc.ServiceDefinition; impl: Record<string, ReflectionHandler> }[] {
+  const parts: { definition: grpc.ServiceDefinition; impl: Record<string, ReflectionHandler> }[] = [];
+  reflection.addToServer({ addService: (definition: grpc.ServiceDefinition, impl: Record<string, ReflectionHandler>) => parts.push({ definition, impl }) } as unknown as grpc.Server);
+  return parts;
+}
+
 /** The grpc-js server internals the window needs (GrpcServer's constructor and listen); absent if a grpc-js upgrade renamed them. */
 interface ServerInternals {
   commonServerOptions?: { settings?: Record<string, number> };
@@ -260,6 +269,9 @@ export class GrpcServer {
    * at listen()). The descriptor files go to @grpc/reflection as they are
    * (it reads only `fileDescriptorProtos` of the package definition), not
    * through proto-loader, whose rebuilt files lost google/protobuf/timestamp.proto.
+   * Its index (every file decoded by protobufjs, once per reflection version:
+   * 4.7 MB of heap a process would keep) is built at the first reflection
+   * call, not at start: reflection is for grpcurl and the like, seldom asked.
    */
   private addReflection(): void {
     if (this.reflecting) return;
@@ -270,7 +282,21 @@ export class GrpcServer {
     const undescribed = listed.filter((name) => !described.has(name));
     if (undescribed.length > 0) this.opts.logger.warn({ services: undescribed }, 'gRPC services missing from the descriptor set: reflection does not list them');
     const pkg = Object.fromEntries(builtInFiles.map((f) => [f.name, { fileDescriptorProtos: [f.proto] }])) as unknown as PackageDefinition;
-    new ReflectionService(pkg, { services: listed.filter((name) => described.has(name)) }).addToServer(this.server);
+    const services = listed.filter((name) => described.has(name));
+    let handlers: Map<string, ReflectionHandler> | undefined;
+    // The two reflection contracts' definitions, from a reflection over nothing (no index to build).
+    for (const { definition } of reflectionParts(new ReflectionService({} as PackageDefinition, { services: [] }))) {
+      const impl = Object.fromEntries(
+        Object.entries(definition).map(([name, method]) => [
+          name,
+          (call: unknown) => {
+            handlers ??= new Map(reflectionParts(new ReflectionService(pkg, { services })).flatMap((part) => Object.entries(part.definition).map(([n, m]) => [m.path, part.impl[n]!] as const)));
+            return handlers.get(method.path)!(call);
+          },
+        ]),
+      );
+      this.server.addService(definition, impl as grpc.UntypedServiceImplementation);
+    }
   }
 
   async listen(host: string, port: number): Promise<number> {

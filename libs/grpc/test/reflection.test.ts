@@ -92,6 +92,13 @@ test('reflection lists what the server serves: its services, health and reflecti
   assert.deepEqual(await list(echo, 'v1'), [HEALTH_SERVICE, ...REFLECTION_SERVICES].sort());
 });
 
+test('the first reflection calls of a server, v1 and v1alpha at once, both answer (the index is built at the first call)', async () => {
+  const port = await server((s) => s.add('tern.v1.AdminService', AdminServiceService, stubs(AdminServiceService)));
+  const [v1, v1alpha] = await Promise.all([ask(port, { fileContainingSymbol: 'tern.v1.AdminService' }, 'v1'), ask(port, { fileContainingSymbol: 'tern.v1.AdminService' }, 'v1alpha')]);
+  assert.equal(fileNames(v1)[0], 'tern/v1/admin.proto');
+  assert.equal(fileNames(v1alpha)[0], 'tern/v1/admin.proto');
+});
+
 test('a symbol comes with every file it depends on, google/protobuf/timestamp.proto included', async () => {
   const port = await server((s) => s.add('tern.v1.AdminService', AdminServiceService, stubs(AdminServiceService)));
   const files = fileNames(await ask(port, { fileContainingSymbol: 'tern.v1.AdminService' }));
