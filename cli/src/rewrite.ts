@@ -1,6 +1,6 @@
 // `tern canonical ...`, `tern bcc ...` and `tern srs status`: the address
 // rewriting rules of policy (Postfix canonical_maps, masquerade_domains,
-// sender/recipient_bcc_maps) and the Sender Rewriting Scheme settings.
+// masquerade_exceptions, sender/recipient_bcc_maps) and the Sender Rewriting Scheme settings.
 // Stored by policy; every policy pod applies a change within seconds.
 import type { Command } from '@commander-js/extra-typings';
 import { ListRewritesResponse, PutRewriteResponse, RewriteKind, SrsStatusResponse, type Rewrite } from '@tern/proto';
@@ -30,6 +30,7 @@ const KIND_NAME: Partial<Record<RewriteKind, string>> = {
   [RewriteKind.REWRITE_KIND_RECIPIENT_CANONICAL]: 'recipient',
   [RewriteKind.REWRITE_KIND_CANONICAL]: 'both',
   [RewriteKind.REWRITE_KIND_MASQUERADE]: 'masquerade',
+  [RewriteKind.REWRITE_KIND_MASQUERADE_EXCEPTION]: 'masquerade-except',
   [RewriteKind.REWRITE_KIND_SENDER_BCC]: 'sender',
   [RewriteKind.REWRITE_KIND_RECIPIENT_BCC]: 'recipient',
 };
@@ -42,12 +43,19 @@ function kindOf(table: Record<string, RewriteKind>, given: string, command: stri
 
 const isBcc = (r: Rewrite) => r.kind === RewriteKind.REWRITE_KIND_SENDER_BCC || r.kind === RewriteKind.REWRITE_KIND_RECIPIENT_BCC;
 
+/** What a rule without a target does, for the TARGET column. */
+function implied(r: Rewrite): string {
+  if (r.kind === RewriteKind.REWRITE_KIND_MASQUERADE) return `(*.${r.match} -> ${r.match})`;
+  if (r.kind === RewriteKind.REWRITE_KIND_MASQUERADE_EXCEPTION) return `(${r.match}@* never masqueraded)`;
+  return '';
+}
+
 export function formatCanonical(rules: Rewrite[]): string {
   const rows = rules.filter((r) => !isBcc(r));
   if (!rows.length) return 'No canonical or masquerade rules: addresses are stored as given. Add one with tern canonical set <match> <target> --kind sender\n';
   return table(
     ['KIND', 'MATCH', 'TARGET', 'HEADERS', 'UPDATED BY'],
-    rows.map((r) => [KIND_NAME[r.kind] ?? String(r.kind), r.match, r.target || (r.kind === RewriteKind.REWRITE_KIND_MASQUERADE ? `(*.${r.match} -> ${r.match})` : ''), r.headers ? 'yes' : 'no', r.updatedBy]),
+    rows.map((r) => [KIND_NAME[r.kind] ?? String(r.kind), r.match, r.target || implied(r), r.headers ? 'yes' : r.kind === RewriteKind.REWRITE_KIND_MASQUERADE_EXCEPTION ? '-' : 'no', r.updatedBy]),
   );
 }
 
@@ -63,7 +71,7 @@ export function formatBcc(rules: Rewrite[]): string {
 export function registerRewriteCommands(program: Command, run: Run): void {
   const canonical = program
     .command('canonical')
-    .description('canonical address rewriting (Postfix canonical maps) and masquerading of sender domains');
+    .description('canonical address rewriting (Postfix canonical maps), masquerading of sender domains and its exceptions');
 
   canonical
     .command('ls')
@@ -110,14 +118,37 @@ export function registerRewriteCommands(program: Command, run: Run): void {
     );
 
   canonical
+    .command('masquerade-except')
+    .description('never masquerade these local parts (Postfix masquerade_exceptions): root@host.example.com stays as it is while joe@host.example.com becomes joe@example.com')
+    .argument('<local-part...>', 'local parts, e.g. root mailer-daemon (the whole local part is compared: root+x is not root)')
+    .action(
+      run(async (ctx, locals: string[]) => {
+        const saved: Rewrite[] = [];
+        for (const match of locals) {
+          const res = await ctx.api.putRewrite({ rewrite: { kind: RewriteKind.REWRITE_KIND_MASQUERADE_EXCEPTION, match, target: '', headers: false, updatedAt: undefined, updatedBy: '' } });
+          saved.push(res.rewrite!);
+        }
+        ctx.out(
+          ctx.json
+            ? json(ListRewritesResponse.toJSON({ rewrites: saved }))
+            : `Masquerade exception${saved.length === 1 ? '' : 's'} saved: ${saved.map((r) => r.match).join(', ')} never masqueraded (envelope and headers). Policy applies it within seconds.\n`,
+        );
+      }),
+    );
+
+  canonical
     .command('rm')
     .alias('remove')
     .description('remove a rule')
     .argument('<match>', 'its match (tern canonical ls)')
-    .option('--kind <kind>', 'sender, recipient, both or masquerade', 'sender')
+    .option('--kind <kind>', 'sender, recipient, both, masquerade or masquerade-except', 'sender')
     .action(
       run(async (ctx, match: string, o: { kind: string }) => {
-        const kind = kindOf({ ...CANONICAL, masquerade: RewriteKind.REWRITE_KIND_MASQUERADE }, o.kind, 'canonical rm');
+        const kind = kindOf(
+          { ...CANONICAL, masquerade: RewriteKind.REWRITE_KIND_MASQUERADE, 'masquerade-except': RewriteKind.REWRITE_KIND_MASQUERADE_EXCEPTION },
+          o.kind,
+          'canonical rm',
+        );
         const res = await ctx.api.deleteRewrite({ kind, match });
         if (ctx.json) ctx.out(json({ deleted: res.deleted }));
         else if (res.deleted) ctx.out(`Deleted ${o.kind} rule ${match}.\n`);

@@ -12,6 +12,9 @@
 //   with example.com listed); the longest listed domain wins. It applies to
 //   the envelope sender and, for rules with `headers`, to header addresses
 //   (Postfix's default masquerade_classes), never to envelope recipients.
+// - masquerade exceptions (masquerade_exceptions): local parts (root,
+//   mailer-daemon) that masquerading leaves as they are, wherever it applies,
+//   so that root@host.example.com stays telling which host wrote it.
 // - bcc maps (sender_bcc_maps, recipient_bcc_maps): the same lookups, after
 //   canonical rewriting; the result is one archive address, added as an
 //   envelope recipient.
@@ -39,7 +42,7 @@ import { detectRoutingTrick, normalizeMailboxAddress, parseAddress } from './add
 import { invalid } from './errors';
 import { domainName } from './validate';
 
-export const KINDS = ['sender_canonical', 'recipient_canonical', 'canonical', 'masquerade', 'sender_bcc', 'recipient_bcc'] as const;
+export const KINDS = ['sender_canonical', 'recipient_canonical', 'canonical', 'masquerade', 'masquerade_exception', 'sender_bcc', 'recipient_bcc'] as const;
 export type Kind = (typeof KINDS)[number];
 
 const PROTO: Record<Kind, RewriteKind> = {
@@ -47,6 +50,7 @@ const PROTO: Record<Kind, RewriteKind> = {
   recipient_canonical: RewriteKind.REWRITE_KIND_RECIPIENT_CANONICAL,
   canonical: RewriteKind.REWRITE_KIND_CANONICAL,
   masquerade: RewriteKind.REWRITE_KIND_MASQUERADE,
+  masquerade_exception: RewriteKind.REWRITE_KIND_MASQUERADE_EXCEPTION,
   sender_bcc: RewriteKind.REWRITE_KIND_SENDER_BCC,
   recipient_bcc: RewriteKind.REWRITE_KIND_RECIPIENT_BCC,
 };
@@ -81,8 +85,21 @@ function addressOrDomain(field: string, raw: string): string {
   return a;
 }
 
+/** RFC 5321 dot-atom local part (what masquerade_exceptions lists: root, mailer-daemon). */
+const LOCAL_PART = /^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*$/;
+
+/** A masquerade exception: a local part, lower-cased (the lookup keys' local parts are). */
+function localPart(field: string, raw: string): string {
+  const s = raw.trim();
+  if (!s) throw invalid(field, 'required (a local part, e.g. root)');
+  if (s.includes('@')) throw invalid(field, `${JSON.stringify(raw)}: give the local part alone (e.g. root): an exception holds at every masqueraded domain`);
+  if (s.length > 64 || !LOCAL_PART.test(s)) throw invalid(field, `${JSON.stringify(raw)} is not a local part (letters, digits, ".", "-", "_" and the like; at most 64)`);
+  return s.toLowerCase();
+}
+
 /** A rule's match in canonical form (used by put and delete alike). */
 export function canonicalMatch(kind: Kind, raw: string, field: string): string {
+  if (kind === 'masquerade_exception') return localPart(field, raw);
   if (kind === 'masquerade') {
     const s = raw.trim().replace(/^@/, '');
     return domainName(field, s);
@@ -97,6 +114,9 @@ export function validateRewrite(r: Rewrite | undefined): Omit<Row, 'updated_at' 
   let target = '';
   if (kind === 'masquerade') {
     if (r.target.trim()) throw invalid('rewrite.target', 'a masquerade rule has no target (subdomains of the match are shortened to it)');
+  } else if (kind === 'masquerade_exception') {
+    if (r.target.trim()) throw invalid('rewrite.target', 'a masquerade exception has no target (the address is left as it is)');
+    if (r.headers) throw invalid('rewrite.headers', 'a masquerade exception holds wherever masquerading applies (envelope and headers); it takes no headers flag');
   } else if (kind === 'sender_bcc' || kind === 'recipient_bcc') {
     const a = normalizeMailboxAddress(r.target.trim());
     if (!a) throw invalid('rewrite.target', `${JSON.stringify(r.target)} is not an archive address (local@domain)`);
@@ -119,10 +139,12 @@ interface Compiled {
   maps: Map<Kind, Map<string, Row>>;
   /** Masquerade domains, longest first. */
   masquerade: Row[];
+  /** Local parts never masqueraded. */
+  masqueradeExceptions: Set<string>;
   headerRules: boolean;
 }
 
-const EMPTY: Compiled = { maps: new Map(), masquerade: [], headerRules: false };
+const EMPTY: Compiled = { maps: new Map(), masquerade: [], masqueradeExceptions: new Set(), headerRules: false };
 
 export class RewriteRules {
   private compiled: Compiled = EMPTY;
@@ -138,8 +160,10 @@ export class RewriteRules {
     const rows = (await this.pool.query<Row>('SELECT kind, match, target, headers, updated_at, updated_by FROM policy.rewrites')).rows;
     const maps = new Map<Kind, Map<string, Row>>();
     const masquerade: Row[] = [];
+    const masqueradeExceptions = new Set<string>();
     for (const r of rows) {
       if (r.kind === 'masquerade') masquerade.push(r);
+      else if (r.kind === 'masquerade_exception') masqueradeExceptions.add(r.match);
       else {
         const m = maps.get(r.kind) ?? new Map<string, Row>();
         m.set(r.match, r);
@@ -147,7 +171,7 @@ export class RewriteRules {
       }
     }
     masquerade.sort((a, b) => b.match.length - a.match.length);
-    this.compiled = { maps, masquerade, headerRules: rows.some((r) => r.headers) };
+    this.compiled = { maps, masquerade, masqueradeExceptions, headerRules: rows.some((r) => r.headers) };
   }
 
   /** Some rule rewrites header addresses: ingress then sends them to RewriteAddresses at end of data. */
@@ -156,7 +180,7 @@ export class RewriteRules {
   }
 
   get count(): number {
-    let n = this.compiled.masquerade.length;
+    let n = this.compiled.masquerade.length + this.compiled.masqueradeExceptions.size;
     for (const m of this.compiled.maps.values()) n += m.size;
     return n;
   }
@@ -195,6 +219,8 @@ export class RewriteRules {
 
   private masquerade(address: string, headers: boolean): string {
     const at = address.lastIndexOf('@');
+    // Postfix compares the whole local part (root+x is not root).
+    if (this.compiled.masqueradeExceptions.has(address.slice(0, at).toLowerCase())) return address;
     const domain = address.slice(at + 1);
     for (const m of this.compiled.masquerade) {
       if ((!headers || m.headers) && domain.length > m.match.length && domain.endsWith(`.${m.match}`)) return `${address.slice(0, at)}@${m.match}`;

@@ -174,4 +174,41 @@ describe('rewrite rules', () => {
     });
     assert.deepEqual(r.addresses, ['alice@local.test', 'old@local.test', 'joe@corp.test', 'not an address']);
   });
+
+  it('masquerade exceptions: root@host.corp.test stays as it is while joe@host.corp.test is masqueraded, envelope and headers, on every pod', async () => {
+    const except = (match: string, target = '', headers = false) => put(RewriteKind.REWRITE_KIND_MASQUERADE_EXCEPTION, match, target, headers);
+    for (const [call, message] of [
+      [() => except('root@corp.test'), /rewrite\.match: "root@corp\.test": give the local part alone/],
+      [() => except('not a user'), /rewrite\.match: "not a user" is not a local part/],
+      [() => except(''), /rewrite\.match: required \(a local part/],
+      [() => except('root', 'x@y.test'), /rewrite\.target: a masquerade exception has no target/],
+      [() => except('root', '', true), /rewrite\.headers: a masquerade exception holds wherever masquerading applies/],
+    ] as Array<[() => Promise<unknown>, RegExp]>) {
+      await assert.rejects(call(), (err: Error) => message.test(err.message), String(message));
+    }
+    assert.equal((await mail('root@host.corp.test')).senderRewrite, 'root@corp.test', 'masqueraded before the exception');
+    await except('Root');
+    await except('mailer-daemon');
+    assert.equal((await mail('joe@host.corp.test')).senderRewrite, 'joe@corp.test');
+    assert.equal((await mail('root@host.corp.test')).senderRewrite, '');
+    assert.equal((await mail('MAILER-DAEMON@host.corp.test')).senderRewrite, '');
+    // The whole local part is compared, as Postfix does.
+    assert.equal((await mail('root+cron@host.corp.test')).senderRewrite, 'root+cron@corp.test');
+    const h = await c.rewriteAddresses({
+      addresses: [
+        { address: 'root@host.corp.test', role: AddressRole.ADDRESS_ROLE_SENDER },
+        { address: 'joe@host.corp.test', role: AddressRole.ADDRESS_ROLE_SENDER },
+      ],
+    });
+    assert.deepEqual(h.addresses, ['root@host.corp.test', 'joe@corp.test']);
+    const r2 = await eventually(() => mail('root@host.corp.test', c2), (x) => x.senderRewrite === '');
+    assert.equal(r2.senderRewrite, '', 'the other pod reloaded the exception');
+    const listed = (await c.listRewrites({})).rewrites.filter((x) => x.kind === RewriteKind.REWRITE_KIND_MASQUERADE_EXCEPTION);
+    assert.deepEqual(listed.map((x) => [x.match, x.target, x.headers, x.updatedBy]), [
+      ['mailer-daemon', '', false, operator],
+      ['root', '', false, operator],
+    ]);
+    assert.equal((await c.deleteRewrite({ kind: RewriteKind.REWRITE_KIND_MASQUERADE_EXCEPTION, match: 'ROOT', operator })).deleted, true);
+    assert.equal((await mail('root@host.corp.test')).senderRewrite, 'root@corp.test', 'masqueraded again once the exception is removed');
+  });
 });
