@@ -2,6 +2,7 @@
 // their protobuf form: SessionInfo (every policy call), the Envelope and its
 // recipients (the Enqueue header), and the client's name that goes in both,
 // looked up (forward-confirmed) when reverse DNS is on.
+import crypto from 'node:crypto';
 import dns from 'node:dns';
 import { BodyType, DsnNotify, DsnRet, Listener, SessionInfo, type Envelope as ProtoEnvelope, type EnvelopeRecipient } from '@tern/proto';
 import type { Envelope, RcptTo, SmtpSession } from '@tern/smtp';
@@ -147,6 +148,29 @@ export function splitBySender<H extends { envelope?: ProtoEnvelope; recipients: 
   const out: H[] = own.length ? [{ ...header, recipients: own }] : [];
   for (const [sender, recipients] of groups) out.push({ ...header, envelope: { ...header.envelope!, sender }, recipients });
   return out;
+}
+
+/**
+ * The idempotency key of each part of a split message (splitBySender): the
+ * same whenever the client sends the same message again, so the queue
+ * answers a part it already stored with that part's queue id instead of
+ * storing it twice. A SHA-256 of the message as the client sent it
+ * (`digest`), the message's MAIL FROM and DSN parameters, and the part's
+ * recipients with theirs. The message's sender rather than the part's: an
+ * SRS sender carries the day, and a message sent again after midnight is
+ * still the same message (the recipients tell its parts apart).
+ */
+export function partKeys(digest: Buffer, envelope: ProtoEnvelope, parts: readonly { recipients: EnvelopeRecipient[] }[]): string[] {
+  return parts.map((p) => {
+    const identity = JSON.stringify([
+      digest.toString('hex'),
+      envelope.sender,
+      envelope.envid,
+      envelope.ret,
+      p.recipients.map((r) => [r.address, r.orcpt, r.notify]),
+    ]);
+    return `smtp-split:${crypto.createHash('sha256').update(identity).digest('hex')}`;
+  });
 }
 
 /** The client's name by PTR, when that name resolves back to the address; undefined otherwise. */

@@ -11,6 +11,7 @@
 // goes to the queue. Only the commit marker makes the queue store the
 // message, and only its queue id gives the 250 (I1); any failure before that
 // is a 4xx.
+import crypto from 'node:crypto';
 import { once } from 'node:events';
 import type { Readable } from 'node:stream';
 import { grpc, isGrpcError } from '@tern/grpc';
@@ -20,7 +21,7 @@ import { SpanKind } from '@opentelemetry/api';
 import { context, injectContext, SpanStatusCode, trace, type Logger, type Tracer } from '@tern/telemetry';
 import type { PolicyClient, QueueClient } from './clients';
 import type { EnqueueBatcher } from './enqueue-batch';
-import { sessionInfo, splitBySender, storedRecipients, toProtoEnvelope } from './envelope';
+import { partKeys, sessionInfo, splitBySender, storedRecipients, toProtoEnvelope } from './envelope';
 import { rewriteHeaderSection } from './header-rewrite';
 import { HeaderScanner, messageId, receivedHeader, rfc5322Date } from './headers';
 import { headerLines, MessageCheck, type MessageCheckSettings } from './messagecheck';
@@ -97,7 +98,8 @@ export class MessageSubmission {
   private spool: Spool | undefined;
   private held: Buffer[] = [];
   private heldBytes = 0;
-  private settled = false;
+  /** Enqueue streams not answered yet: cancelled when the submission fails. */
+  private readonly unanswered = new Set<grpc.ClientWritableStream<EnqueueRequest>>();
   private failure: Error | undefined;
   private writer: grpc.ClientWritableStream<EnqueueRequest> | undefined;
   private result: Promise<EnqueueResponse> | undefined;
@@ -108,6 +110,13 @@ export class MessageSubmission {
    */
   private readonly forwarded: Map<string, string>;
   private extra: Array<{ writer: grpc.ClientWritableStream<EnqueueRequest>; result: Promise<EnqueueResponse> }> = [];
+  /** The headers the streams were opened with (one per part). */
+  private parts: EnqueueHeader[] = [];
+  /**
+   * Only where the message may be split: what makes its parts the same when
+   * the client sends it again (partKeys).
+   */
+  private readonly sentCopy: SentCopy | undefined;
   /** Octets given to the queue (with the lines ingress adds). */
   private sent = 0;
   /** Octets the client sent. */
@@ -135,6 +144,7 @@ export class MessageSubmission {
     this.sizeLimit = sizeOnly ? Math.min(...envelope.rcptTo.map((r) => Number(r.state?.maxSize) || Infinity)) : Infinity;
     const stored = storedRecipients(envelope, st(s).mail?.bcc);
     this.forwarded = stored.forwarded;
+    this.sentCopy = this.forwarded.size ? new SentCopy() : undefined;
     this.header = EnqueueHeader.fromPartial({
       envelope: toProtoEnvelope(s, envelope, this.arrival),
       recipients: stored.recipients,
@@ -248,10 +258,14 @@ export class MessageSubmission {
     }
   }
 
-  /** Abandons every Enqueue stream opened (nothing is stored without its commit marker). */
+  /**
+   * Abandons every Enqueue stream not answered yet: nothing is stored
+   * without its commit marker (one that was sent may still be stored; the
+   * client gets 4xx and sends again).
+   */
   private abortStreams(): void {
-    if (this.writer) abortEnqueue(this.writer);
-    for (const x of this.extra) abortEnqueue(x.writer);
+    for (const w of this.unanswered) abortEnqueue(w);
+    this.unanswered.clear();
   }
 
   /** Not stored, with `reply` (4xx or 5xx): counted, logged. */
@@ -290,6 +304,7 @@ export class MessageSubmission {
     for await (const piece of stream) {
       let chunk = piece as Buffer;
       this.size += chunk.length;
+      this.sentCopy?.update(chunk);
       const teed = check?.write(chunk);
       if (scanner && !scanner.done) {
         if (!scanner.push(chunk)) {
@@ -329,20 +344,22 @@ export class MessageSubmission {
 
   /** Opens the Enqueue stream (one per part, see `forwarded`) and sends the header and what was held. */
   private async openStream(): Promise<void> {
-    const [first, ...others] = splitBySender(this.header, this.forwarded);
+    this.parts = splitBySender(this.header, this.forwarded);
+    const [first, ...others] = this.parts;
     const open = () => {
       let writer!: grpc.ClientWritableStream<EnqueueRequest>;
       const result = new Promise<EnqueueResponse>((resolve, reject) => {
         // No deadline on the stream itself: the client's pace is bounded by the
         // engine's data timeout, the commit by commitTimeoutMs (commit).
         writer = this.deps.queue.enqueue(new grpc.Metadata(), { deadline: Infinity }, (err, res) => {
+          this.unanswered.delete(writer);
           if (err) {
-            this.settled = true;
             this.failure = err;
             reject(err);
           } else resolve(res);
         });
       });
+      this.unanswered.add(writer);
       result.catch(() => undefined);
       writer.on('error', () => undefined);
       return { writer, result };
@@ -351,11 +368,6 @@ export class MessageSubmission {
     this.writer = main.writer;
     this.result = main.result;
     this.extra = others.map(() => open());
-    // Settled (for abort on failure) once every part is answered.
-    Promise.all([main.result, ...this.extra.map((x) => x.result)]).then(
-      () => (this.settled = true),
-      () => undefined,
-    );
     await this.write(EnqueueRequest.fromPartial({ header: first }));
     for (const [i, x] of this.extra.entries()) await this.write(EnqueueRequest.fromPartial({ header: others[i] }), x.writer);
     const pieces = this.held;
@@ -433,8 +445,11 @@ export class MessageSubmission {
     const commit = EnqueueCommit.fromPartial({ size: this.sent, prepend, hold: this.hold });
     let committed: Promise<EnqueueResponse>;
     if (this.writer) {
-      await this.write(EnqueueRequest.fromPartial({ commit }));
-      for (const x of this.extra) await this.write(EnqueueRequest.fromPartial({ commit }), x.writer);
+      // The parts of a split message: each with its key, known only now (the hash of the whole message).
+      const keys = this.keysOf(this.parts);
+      const commitOf = (i: number) => (keys ? { ...commit, idempotencyKey: keys[i]! } : commit);
+      await this.write(EnqueueRequest.fromPartial({ commit: commitOf(0) }));
+      for (const [i, x] of this.extra.entries()) await this.write(EnqueueRequest.fromPartial({ commit: commitOf(i + 1) }), x.writer);
       this.writer.end();
       for (const x of this.extra) x.writer.end();
       committed = joinParts([this.result!, ...this.extra.map((x) => x.result)]);
@@ -449,7 +464,15 @@ export class MessageSubmission {
       // The pieces as they arrived: the request's encoding joins them, once.
       // The parts of a split message go together, in one batch.
       const traceCtx = injectContext(trace.setSpan(context.active(), span));
-      const messages: EnqueueMessageParts[] = splitBySender(this.header, this.forwarded).map((header) => ({ header, body: EMPTY_BODY, bodyParts: this.held, commit, trace: traceCtx }));
+      const parts = splitBySender(this.header, this.forwarded);
+      const keys = this.keysOf(parts);
+      const messages: EnqueueMessageParts[] = parts.map((header, i) => ({
+        header: keys ? { ...header, idempotencyKey: keys[i]! } : header,
+        body: EMPTY_BODY,
+        bodyParts: this.held,
+        commit,
+        trace: traceCtx,
+      }));
       committed = joinParts(
         this.deps.enqueueBatch!.batcher.addAll(messages).map((p) =>
           p.then((o) => {
@@ -458,7 +481,6 @@ export class MessageSubmission {
           }),
         ),
       ).then((res) => {
-        this.settled = true;
         span.setAttribute('tern.queue_id', res.queueId);
         return res;
       });
@@ -477,6 +499,18 @@ export class MessageSubmission {
         timer = setTimeout(() => reject(new Error(`queue did not commit within ${commitTimeoutMs} ms`)), commitTimeoutMs);
       }),
     ]).finally(() => clearTimeout(timer));
+  }
+
+  /**
+   * The idempotency keys of a split message's parts (envelope.ts partKeys),
+   * so that a part stored before another failed is not stored again when
+   * the client sends the message again; none for a message stored whole, or
+   * one without a Message-ID (SentCopy).
+   */
+  private keysOf(parts: readonly EnqueueHeader[]): string[] | undefined {
+    if (parts.length < 2 || !this.sentCopy) return undefined;
+    const digest = this.sentCopy.digest();
+    return digest ? partKeys(digest, this.header.envelope!, parts) : undefined;
   }
 
   /** Stored: counted, logged with the queue id, and 250. */
@@ -514,7 +548,7 @@ export class MessageSubmission {
   private failed(err: unknown): Reply {
     const { s } = this;
     const { logger, metrics } = this.deps;
-    if (!this.settled) this.abortStreams();
+    this.abortStreams();
     this.check?.cancel();
     if (err instanceof SmtpDataError) {
       metrics.messages.add(1, { listener: s.listener, result: err.violation });
@@ -536,9 +570,55 @@ export class MessageSubmission {
  * The answer for every part of a message: its queue ids, space-separated
  * (the first is the one the client's 250 names first). One part refused
  * fails the whole: the client gets 451 and sends again, and the parts that
- * were stored may then be delivered twice (never lost).
+ * were stored are then answered by the queue with their first queue id
+ * (their idempotency keys, keysOf), not stored again.
  */
 async function joinParts(parts: Promise<EnqueueResponse>[]): Promise<EnqueueResponse> {
   const all = await Promise.all(parts);
   return { queueId: all.map((r) => r.queueId).join(' '), size: all[0]!.size };
+}
+
+/** How much of a message SentCopy reads for its header section. */
+const HEAD_SCAN = 256 * 1024;
+
+/**
+ * The message as the client sent it (before Received and whatever else
+ * ingress adds, which differ at every try): its SHA-256, and whether its
+ * header section has a Message-ID. Without one, two messages of the same
+ * bytes may well be two messages (a script sending the same alert twice),
+ * so no digest is given: such a split message may still be stored twice
+ * when sent again, rather than a second message be taken for the first.
+ * A header section that does not end within HEAD_SCAN counts as without.
+ */
+class SentCopy {
+  private readonly hash = crypto.createHash('sha256');
+  /** The start of the message, until its header section is decided. */
+  private head: Buffer | undefined = Buffer.alloc(0);
+  private hasMessageId = false;
+  private result: Buffer | undefined | null = null;
+
+  update(chunk: Buffer): void {
+    this.hash.update(chunk);
+    if (!this.head) return;
+    const head = Buffer.concat([this.head, chunk]);
+    const end = head.subarray(0, 2).toString('latin1') === '\r\n' ? 0 : head.indexOf('\r\n\r\n');
+    if (end >= 0) this.decide(head.subarray(0, end + 2));
+    else if (head.length >= HEAD_SCAN) this.head = undefined;
+    else this.head = head;
+  }
+
+  private decide(section: Buffer): void {
+    this.hasMessageId = /(^|\r\n)message-id[ \t]*:/i.test(section.toString('latin1'));
+    this.head = undefined;
+  }
+
+  /** The digest (once the whole message was read); undefined without a Message-ID. */
+  digest(): Buffer | undefined {
+    if (this.result === null) {
+      // A message that is all header section.
+      if (this.head) this.decide(this.head);
+      this.result = this.hasMessageId ? this.hash.digest() : undefined;
+    }
+    return this.result;
+  }
 }

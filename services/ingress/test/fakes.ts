@@ -169,6 +169,8 @@ export class FakeQueue {
   /** EnqueueStream calls opened, and the batches received on them. */
   streamCalls = 0;
   streamBatches = 0;
+  /** Refuses a message for its header (INVALID_ARGUMENT with this text): an Enqueue stream at its header, a batch's message as its outcome. */
+  refuse: (header: EnqueueHeader) => string | undefined = () => undefined;
   private server = new grpc.Server();
   port = 0;
 
@@ -229,6 +231,12 @@ export class FakeQueue {
           call.on('data', (req: EnqueueRequest) => {
             if (!header) {
               header = req.header;
+              const refusal = header && this.refuse(header);
+              if (refusal && !done) {
+                done = true;
+                this.rejected++;
+                cb({ code: grpc.status.INVALID_ARGUMENT, details: refusal, metadata: new grpc.Metadata() } as grpc.ServiceError, null);
+              }
               return;
             }
             // The contract: header first, then chunks, then the commit marker last.
@@ -237,6 +245,8 @@ export class FakeQueue {
               committed = req.commit.size;
               prepend = Buffer.from(req.commit.prepend);
               hold = req.commit.hold;
+              // As the queue: the commit's key when the header has none.
+              if (header && req.commit.idempotencyKey && !header.idempotencyKey) header = { ...header, idempotencyKey: req.commit.idempotencyKey };
               return;
             }
             chunks++;
@@ -290,6 +300,11 @@ export class FakeQueue {
       if (!m.header || !m.commit || m.commit.size !== m.body.length) {
         this.rejected++;
         return { queueId: '', size: 0, errorCode: grpc.status.INVALID_ARGUMENT, error: 'malformed message (no header or commit, or commit size mismatch)' };
+      }
+      const refusal = this.refuse(m.header);
+      if (refusal) {
+        this.rejected++;
+        return { queueId: '', size: 0, errorCode: grpc.status.INVALID_ARGUMENT, error: refusal };
       }
       const body = Buffer.concat([Buffer.from(m.commit.prepend), Buffer.from(m.body)]);
       const header = m.commit.hold ? { ...m.header, hold: true } : m.header;

@@ -180,6 +180,8 @@ export class Enqueuer {
         // Lines known only at the end (Authentication-Results) go ahead of the body and count in its size.
         const prepend = req.commit.prepend;
         if (prepend.length > MAX_PREPEND) return finish(new InvalidFieldError('commit.prepend', `at most ${MAX_PREPEND} bytes`));
+        const keyProblem = idempotencyKeyProblem(req.commit.idempotencyKey);
+        if (keyProblem) return finish(new InvalidFieldError('commit.idempotency_key', keyProblem));
         if (spilled) {
           await spill(this.o.pool, true);
           // Into the first row, so that every reader still finds the message from seq 0.
@@ -332,9 +334,16 @@ export class Enqueuer {
     );
   }
 
-  /** A committed message into the group commit (commit.hold holds it too); counted unless it was a duplicate. */
+  /**
+   * A committed message into the group commit (commit.hold holds it too;
+   * commit.idempotency_key is its key when the header has none: ingress
+   * knows the key of a split message's part only at its end); counted unless
+   * it was a duplicate.
+   */
   private async store(queueId: string, header: EnqueueHeader, commit: EnqueueCommit, body: Buffer | null, size: number, trace: Record<string, string>): Promise<EnqueueResult> {
-    const res = await this.batcher.add({ queueId, header: commit.hold && !header.hold ? { ...header, hold: true } : header, body, size, trace });
+    let h = commit.hold && !header.hold ? { ...header, hold: true } : header;
+    if (commit.idempotencyKey && !h.idempotencyKey) h = { ...h, idempotencyKey: commit.idempotencyKey };
+    const res = await this.batcher.add({ queueId, header: h, body, size, trace });
     if (!res.duplicate) {
       const m = this.o.metrics;
       m.messages.add(1, { origin: enumLabel(MessageOrigin[header.origin], 'MESSAGE_ORIGIN_') });
@@ -351,6 +360,8 @@ export class Enqueuer {
     if (!m.commit) return { code: grpc.status.INVALID_ARGUMENT, why: 'commit: required' };
     if (m.commit.size !== m.body.length) return { code: grpc.status.INVALID_ARGUMENT, why: `commit size ${m.commit.size} does not match the ${m.body.length} bytes of body` };
     if (m.commit.prepend.length > MAX_PREPEND) return { code: grpc.status.INVALID_ARGUMENT, why: `commit.prepend: at most ${MAX_PREPEND} bytes` };
+    const keyProblem = idempotencyKeyProblem(m.commit.idempotencyKey);
+    if (keyProblem) return { code: grpc.status.INVALID_ARGUMENT, why: `commit.idempotency_key: ${keyProblem}` };
     if (m.body.length > this.o.maxMessageSize) return { code: grpc.status.RESOURCE_EXHAUSTED, why: `message exceeds the maximum size of ${this.o.maxMessageSize} bytes` };
     if (m.body.length > this.o.memoryBodyMax) {
       return { code: grpc.status.INVALID_ARGUMENT, why: `body of ${m.body.length} bytes: EnqueueBatch takes bodies up to ${this.o.memoryBodyMax} bytes (TERN_QUEUE_MEMORY_BODY_MAX); use Enqueue` };
@@ -370,8 +381,8 @@ export class Enqueuer {
       if (r.address.includes('\0')) return `header.recipients[${i}].address: contains NUL`;
       if (r.orcpt.includes('\0')) return `header.recipients[${i}].orcpt: contains NUL`;
     }
-    if (h.idempotencyKey.length > 256) return 'header.idempotency_key: at most 256 characters';
-    if (h.idempotencyKey.includes('\0')) return 'header.idempotency_key: contains NUL';
+    const keyProblem = idempotencyKeyProblem(h.idempotencyKey);
+    if (keyProblem) return `header.idempotency_key: ${keyProblem}`;
     return undefined;
   }
 
@@ -638,6 +649,13 @@ export class Enqueuer {
     if ((rows[0]?.queued ?? 0) > 0) this.o.onQueued();
     return items.map((i) => ({ queueId: i.queueId, duplicate: false }));
   }
+}
+
+/** What is wrong with an idempotency key (of the header or the commit), if anything. */
+function idempotencyKeyProblem(key: string): string | undefined {
+  if (key.length > 256) return 'at most 256 characters';
+  if (key.includes('\0')) return 'contains NUL';
+  return undefined;
 }
 
 /** The columns of a new recipient that every group commit inserts as they are (notify as an array literal: intArrayLiteral). */

@@ -160,6 +160,19 @@ describe('enqueue', () => {
     assert.equal(n.rows[0].n, 1);
   });
 
+  it('is idempotent by the commit\'s key too (a key known only at the end), small and spilled; a bad one is refused naming the field', async () => {
+    const big = Buffer.concat([body(100, 'commit-key'), Buffer.alloc(700_000, 0x44), Buffer.from('\r\nend\r\n')]);
+    for (const [key, b, chunk] of [['commit-key-small', body(300), undefined], ['commit-key-big', big, 50_000]] as const) {
+      const first = await client.enqueue(header(), b, { commitKey: key, chunk });
+      const second = await client.enqueue(header(), b, { commitKey: key, chunk });
+      assert.equal(second.queueId, first.queueId);
+      const n = await db.query('SELECT count(*)::int AS n FROM queue.messages WHERE idempotency_key = $1', [key]);
+      assert.equal(n.rows[0].n, 1);
+    }
+    assert.equal((await db.query('SELECT count(*)::int AS n FROM queue.spools')).rows[0].n, 0, 'the spilled duplicate left nothing behind');
+    await assert.rejects(client.enqueue(header(), body(100), { commitKey: 'k'.repeat(257) }), (e: grpc.ServiceError) => e.code === grpc.status.INVALID_ARGUMENT && /commit\.idempotency_key/.test(e.details));
+  });
+
   it('stores nothing for a stream without commit or with a wrong size', async () => {
     const before = (await db.query('SELECT count(*)::int AS n FROM queue.messages')).rows[0].n;
     await assert.rejects(client.enqueue(header(), body(100), { commit: false }), (e: grpc.ServiceError) => e.code === grpc.status.CANCELLED);

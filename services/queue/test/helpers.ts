@@ -75,7 +75,7 @@ export type QueueClient = {
 } & {
   raw: grpc.Client & Record<string, unknown>;
   close(): void;
-  enqueue(header: DeepPartial<proto.EnqueueHeader>, body: Buffer | Buffer[], opts?: { commit?: boolean; size?: number; chunk?: number; prepend?: Buffer; hold?: boolean }): Promise<EnqueueResponse>;
+  enqueue(header: DeepPartial<proto.EnqueueHeader>, body: Buffer | Buffer[], opts?: { commit?: boolean; size?: number; chunk?: number; prepend?: Buffer; hold?: boolean; commitKey?: string }): Promise<EnqueueResponse>;
   readBody(queueId: string, headersOnly?: boolean): Promise<Buffer>;
 };
 
@@ -94,7 +94,7 @@ export function queueClient(port: number): QueueClient {
         fn(type!.fromPartial(req), new grpc.Metadata(), { deadline: Date.now() + 15_000 }, (err: Error | null, res: unknown) => (err ? reject(err) : resolve(res)));
       });
   }
-  out.enqueue = (header: DeepPartial<proto.EnqueueHeader>, body: Buffer | Buffer[], opts: { commit?: boolean; size?: number; chunk?: number; prepend?: Buffer; hold?: boolean } = {}) =>
+  out.enqueue = (header: DeepPartial<proto.EnqueueHeader>, body: Buffer | Buffer[], opts: { commit?: boolean; size?: number; chunk?: number; prepend?: Buffer; hold?: boolean; commitKey?: string } = {}) =>
     new Promise<EnqueueResponse>((resolve, reject) => {
       const call = (raw.enqueue as (md: grpc.Metadata, o: object, cb: (e: Error | null, r: EnqueueResponse) => void) => grpc.ClientWritableStream<EnqueueRequest>).call(
         raw,
@@ -113,7 +113,7 @@ export function queueClient(port: number): QueueClient {
           call.write(EnqueueRequest.fromPartial({ chunk: piece }));
         }
       }
-      if (opts.commit !== false) call.write(EnqueueRequest.fromPartial({ commit: { size: opts.size ?? size, prepend: opts.prepend, hold: opts.hold } }));
+      if (opts.commit !== false) call.write(EnqueueRequest.fromPartial({ commit: { size: opts.size ?? size, prepend: opts.prepend, hold: opts.hold, idempotencyKey: opts.commitKey } }));
       call.end();
     });
   out.readBody = (queueId: string, headersOnly = false) =>

@@ -363,6 +363,12 @@ export interface EnqueueCommit {
   prepend: Buffer;
   /** Put the message on hold (the end-of-data policy check said HOLD). */
   hold: boolean;
+  /**
+   * The header's idempotency_key, for a key known only at the end (ingress:
+   * a hash of the body it received, for the parts of a split message); used
+   * when the header carries none. Same limits: at most 256 characters, no NUL.
+   */
+  idempotencyKey: string;
 }
 
 export interface EnqueueRequest {
@@ -854,7 +860,7 @@ export const EnqueueHeader: MessageFns<EnqueueHeader> = {
 };
 
 function createBaseEnqueueCommit(): EnqueueCommit {
-  return { size: 0, prepend: Buffer.alloc(0), hold: false };
+  return { size: 0, prepend: Buffer.alloc(0), hold: false, idempotencyKey: "" };
 }
 
 export const EnqueueCommit: MessageFns<EnqueueCommit> = {
@@ -867,6 +873,9 @@ export const EnqueueCommit: MessageFns<EnqueueCommit> = {
     }
     if (message.hold !== false) {
       writer.uint32(24).bool(message.hold);
+    }
+    if (message.idempotencyKey !== "") {
+      writer.uint32(34).string(message.idempotencyKey);
     }
     return writer;
   },
@@ -908,6 +917,14 @@ export const EnqueueCommit: MessageFns<EnqueueCommit> = {
             message.hold = reader.bool();
             continue;
           }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.idempotencyKey = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -925,6 +942,11 @@ export const EnqueueCommit: MessageFns<EnqueueCommit> = {
       size: isSet(object.size) ? globalThis.Number(object.size) : 0,
       prepend: isSet(object.prepend) ? Buffer.from(bytesFromBase64(object.prepend)) : Buffer.alloc(0),
       hold: isSet(object.hold) ? globalThis.Boolean(object.hold) : false,
+      idempotencyKey: isSet(object.idempotencyKey)
+        ? globalThis.String(object.idempotencyKey)
+        : isSet(object.idempotency_key)
+        ? globalThis.String(object.idempotency_key)
+        : "",
     };
   },
 
@@ -939,6 +961,9 @@ export const EnqueueCommit: MessageFns<EnqueueCommit> = {
     if (message.hold !== false) {
       obj.hold = message.hold;
     }
+    if (message.idempotencyKey !== "") {
+      obj.idempotencyKey = message.idempotencyKey;
+    }
     return obj;
   },
 
@@ -950,6 +975,7 @@ export const EnqueueCommit: MessageFns<EnqueueCommit> = {
     message.size = object.size ?? 0;
     message.prepend = object.prepend ?? Buffer.alloc(0);
     message.hold = object.hold ?? false;
+    message.idempotencyKey = object.idempotencyKey ?? "";
     return message;
   },
 };
