@@ -85,12 +85,44 @@ async function readSource(file: string, stdin: NodeJS.ReadableStream): Promise<s
 }
 
 /** A refusal naming addresses[i] of a batch, told as the file's line. */
-function atLine(err: unknown, file: string, batch: { address: string; line: number }[]): unknown {
+function atLine(err: unknown, file: string, batch: { address: string; line: number }[], nothing = 'nothing was imported'): unknown {
   if (!isGrpcError(err)) return err;
   const m = /addresses\[(\d+)\]: (.*)$/s.exec(err.details ?? '');
   const entry = m ? batch[Number(m[1])] : undefined;
   if (!m || !entry) return err;
-  return new CliError(`${file}:${entry.line}: "${entry.address}": ${m[2]!.replace(/ \(INVALID_ARGUMENT\)$/, '')}; nothing was imported (fix the line and run it again)`, EXIT.FAILED);
+  return new CliError(`${file}:${entry.line}: "${entry.address}": ${m[2]!.replace(/ \(INVALID_ARGUMENT\)$/, '')}; ${nothing} (fix the line and run it again)`, EXIT.FAILED);
+}
+
+/** Entries of one replace (policy's MAX_REPLACE): the whole list goes in one call, so in one transaction. */
+const MAX_REPLACE = 100_000;
+/** Under the 8 MiB gRPC message limit, with room for the rest of the request. */
+const MAX_REPLACE_BYTES = 8 * 1024 * 1024 - 64 * 1024;
+
+/**
+ * `import --replace --domain D FILE`: the file becomes D's whole list, in
+ * one ReplaceRelayRecipients call (all or nothing). A file without entries
+ * is refused unless --allow-empty: an export that came out empty (a failed
+ * LDAP query, a truncated CSV) must not wipe the list.
+ */
+async function replaceImport(ctx: Ctx, file: string, domain: string | undefined, dryRun: boolean, allowEmpty: boolean): Promise<void> {
+  if (!domain) throw new UsageError('--replace needs --domain D: the relay domain whose list the file replaces');
+  const entries = parseImport(await readSource(file, ctx.io.stdin));
+  if (!entries.length && !allowEmpty) {
+    throw new UsageError(`${file}: no entries; with --replace that would remove every relay recipient of ${domain}. Nothing was changed (add --allow-empty if that is what you want)`);
+  }
+  if (entries.length > MAX_REPLACE) throw new UsageError(`${file}: ${entries.length} entries; a replace takes at most ${MAX_REPLACE} (split the domain's list, or import without --replace)`);
+  // One call carries the whole list; the services take messages up to 8 MiB (libs/grpc).
+  const bytes = entries.reduce((n, e) => n + Buffer.byteLength(e.address) + 3, 0);
+  if (bytes > MAX_REPLACE_BYTES) throw new UsageError(`${file}: ${bytes} bytes of entries; a replace takes at most ${MAX_REPLACE_BYTES} (import without --replace, in batches)`);
+  const res = await ctx.api
+    .replaceRelayRecipients({ domain, addresses: entries.map((e) => e.address), dryRun, allowEmpty })
+    .catch((err: unknown) => Promise.reject(atLine(err, file, entries, 'nothing was changed')));
+  if (ctx.json) {
+    ctx.out(json({ file, domain, lines: entries.length, added: res.added, removed: res.removed, kept: res.kept, dryRun: res.dryRun }));
+    return;
+  }
+  const verb = res.dryRun ? 'Would replace' : 'Replaced';
+  ctx.out(`${verb} the relay recipients of ${domain} with ${file} (${entries.length} entries): ${res.added} added, ${res.removed} removed, ${res.kept} kept.\n`);
 }
 
 export function registerRelayRecipientCommands(program: Command, run: Run): void {
@@ -141,12 +173,17 @@ export function registerRelayRecipientCommands(program: Command, run: Run): void
     );
   rr.command('import')
     .description(
-      'add the entries of a file ("-" = stdin): one per line, "user@domain" or "@domain", # comments; a Postfix relay_recipient_maps source ("user@domain OK") works as it is. Every line is checked before anything is written',
+      'add the entries of a file ("-" = stdin): one per line, "user@domain" or "@domain", # comments; a Postfix relay_recipient_maps source ("user@domain OK") works as it is. Every line is checked before anything is written. With --replace --domain D the file becomes the whole list of D (a sync from an export, e.g. by cron)',
     )
     .argument('<file>', 'the file, or - for stdin')
-    .option('--dry-run', 'check every line and count what would be added; nothing is written')
+    .option('--dry-run', 'check every line and count what would be added (and with --replace, removed and kept); nothing is written')
+    .option('--replace', 'make the file the whole list of --domain in one transaction: entries of the domain not in the file are removed')
+    .option('--domain <domain>', 'with --replace: the relay domain whose list the file replaces (every entry must be of it)')
+    .option('--allow-empty', 'with --replace: accept a file without entries, which removes every entry of the domain')
     .action(
-      run(async (ctx, file: string, o: { dryRun?: boolean }) => {
+      run(async (ctx, file: string, o: { dryRun?: boolean; replace?: boolean; domain?: string; allowEmpty?: boolean }) => {
+        if (!o.replace && (o.domain !== undefined || o.allowEmpty)) throw new UsageError(`${o.domain !== undefined ? '--domain' : '--allow-empty'} goes with --replace (an import without it only adds)`);
+        if (o.replace) return replaceImport(ctx, file, o.domain, Boolean(o.dryRun), Boolean(o.allowEmpty));
         const entries = parseImport(await readSource(file, ctx.io.stdin));
         if (!entries.length) throw new UsageError(`${file}: no entries (one "user@domain" or "@domain" per line)`);
         const batches: { address: string; line: number }[][] = [];
