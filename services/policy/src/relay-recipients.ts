@@ -136,16 +136,7 @@ export class RelayRecipientStore {
       throw invalid('addresses', `empty: that would remove every entry of ${domain}; to do so, set allow_empty (tern relay-recipient import --replace --allow-empty) or use tern relay-recipient rm --domain ${domain}`);
     }
     if (req.addresses.length > MAX_REPLACE) throw invalid('addresses', `at most ${MAX_REPLACE} per replace (${req.addresses.length} given)`);
-    const entries = [
-      ...new Set(
-        req.addresses.map((a, i) => {
-          const e = relayRecipientEntry(`addresses[${i}]`, a);
-          const d = e.startsWith('@') ? e.slice(1) : domainOf(e);
-          if (d !== domain) throw invalid(`addresses[${i}]`, `${e} is not of ${domain} (a replace covers one domain; run one per domain)`);
-          return e;
-        }),
-      ),
-    ];
+    const given = req.addresses.map((a, i) => relayRecipientEntry(`addresses[${i}]`, a));
     return withTransaction(this.pool, async (c) => {
       const kind = await c.query<{ kind: string }>('SELECT kind FROM policy.domains WHERE name = $1 FOR UPDATE', [domain]);
       if (kind.rows[0]?.kind !== 'relay') {
@@ -156,6 +147,11 @@ export class RelayRecipientStore {
             : `${domain} is not a relay domain; add it first: tern domain add ${domain} --kind relay --recipients list`,
         );
       }
+      given.forEach((e, i) => {
+        const d = e.startsWith('@') ? e.slice(1) : domainOf(e);
+        if (d !== domain) throw invalid(`addresses[${i}]`, `${e} is not of ${domain} (a replace covers one domain; run one per domain)`);
+      });
+      const entries = [...new Set(given)];
       // Hash joins both ways: `<> ALL(array)` would compare every row with every entry.
       const counts = await c.query<{ kept: number; removed: number }>(
         `SELECT count(*) FILTER (WHERE n.a IS NOT NULL)::int AS kept, count(*) FILTER (WHERE n.a IS NULL)::int AS removed

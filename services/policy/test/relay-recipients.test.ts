@@ -101,6 +101,8 @@ describe('relay recipients: replace', () => {
       [{ domain: 'list.test', addresses: ['a@list.test', 'b@other.test'] }, /addresses\[1\]: b@other\.test is not of list\.test \(a replace covers one domain/],
       [{ domain: 'list.test', addresses: ['a@list.test', 'not an address'] }, /addresses\[1\]: "not an address" is not a valid mailbox address/],
       [{ domain: 'nowhere.test', addresses: ['a@nowhere.test'] }, /domain: nowhere\.test is not a relay domain; add it first: tern domain add nowhere\.test --kind relay/],
+      // The domain is checked before its entries: a mistyped --domain is named as such.
+      [{ domain: 'nowhere.test', addresses: ['a@list.test'] }, /domain: nowhere\.test is not a relay domain/],
       [{ domain: 'local.test', addresses: ['a@local.test'] }, /domain: local\.test is a local domain/],
       [{ domain: '', addresses: ['a@list.test'] }, /domain: required/],
     ];
