@@ -1,7 +1,7 @@
 // The original message, read as a stream: only its header section is held
 // in memory (bounded), the body stays in the source until the report's last
 // part is written.
-import libmime from 'libmime';
+import { libmime } from './mime';
 
 export type ByteSource = AsyncIterable<Uint8Array>;
 
@@ -77,7 +77,7 @@ function firstMsgId(value: string | undefined): string | undefined {
 /** True for multipart/report; report-type=delivery-status (or the RFC 6533 global type). */
 export function isDeliveryStatusContentType(value: string | undefined): boolean {
   if (!value) return false;
-  const parsed = libmime.parseHeaderValue(value);
+  const parsed = libmime().parseHeaderValue(value);
   if (parsed.value.trim().toLowerCase() !== 'multipart/report') return false;
   const type = String(parsed.params['report-type'] ?? '').trim().toLowerCase();
   return type === 'delivery-status' || type === 'global-delivery-status';
@@ -129,7 +129,7 @@ export async function openOriginal(source: ByteSource, opts: OpenOriginalOptions
   let subject: string | undefined;
   if (subjectRaw !== undefined) {
     try {
-      subject = libmime.decodeWords(subjectRaw);
+      subject = libmime().decodeWords(subjectRaw);
     } catch {
       subject = subjectRaw;
     }

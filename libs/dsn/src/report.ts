@@ -3,7 +3,7 @@
 // small and made up front, the original message is copied from its source
 // into the third part chunk by chunk.
 import { randomBytes } from 'node:crypto';
-import libmime from 'libmime';
+import { libmime } from './mime';
 import { BodyType, DsnRet, ReportKind, type ReportRecipient, type ReportRequest, type SmtpReply } from '@tern/proto';
 import { foldField, isAscii, quotedPrintable, rfc5322Date, sanitize, wrap } from './format';
 import { actionForKind, isDsnAction, type DsnAction } from './notify';
@@ -361,7 +361,7 @@ export function buildReport(req: ReportRequest, opts: ReportOptions): Report {
         : false;
   const eightBit = originalEightBit || (global && (!isAscii(dsn) || !isAscii(sender)));
 
-  const displayName = isAscii(fromName) ? (/^[\w !#$%&'*+\-/=?^`{|}~]*$/.test(fromName) ? fromName : `"${fromName.replace(/["\\]/g, '\\$&')}"`) : libmime.encodeWord(fromName, 'Q');
+  const displayName = isAscii(fromName) ? (/^[\w !#$%&'*+\-/=?^`{|}~]*$/.test(fromName) ? fromName : `"${fromName.replace(/["\\]/g, '\\$&')}"`) : libmime().encodeWord(fromName, 'Q');
   let head = '';
   head += `From: ${displayName} <${from}>\r\n`;
   head += `To: <${sender}>\r\n`;
