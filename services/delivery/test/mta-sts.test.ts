@@ -66,6 +66,18 @@ const policies = (o: { ca?: string } = { ca: cert.cert }) => {
 };
 const summary = (r: DeliveryResult | undefined) => r!.recipients.map((x) => `${x.reply?.code} ${x.reply?.enhanced}`);
 
+// First in this file (a fresh process): nothing before has loaded mailauth.
+test('mailauth is loaded at the first policy lookup, not with the module, and that first lookup finds the policy', async () => {
+  const loaded = () => Object.keys(require.cache).some((file) => /[\\/]node_modules[\\/]mailauth[\\/]/.test(file));
+  const sts = policies();
+  assert.equal(loaded(), false);
+  setup([['mx.sts.test', 10]], 'enforce', 'a0');
+  const policy = await sts.policyFor('sts.test');
+  assert.equal(policy?.mode, 'enforce');
+  assert.deepEqual(policy?.mx, ['mx.sts.test', '*.sts.test.example']);
+  assert.equal(loaded(), true);
+});
+
 test('enforce: an MX the policy does not name is skipped, even when more preferred', async () => {
   setup([['rogue.sts.test', 5], ['mx.sts.test', 10]], 'enforce', 'a1');
   const r = await deliver(deps(policies()), makeJob(bodies, ['u@sts.test']));
