@@ -5,7 +5,7 @@
 import { build } from 'esbuild';
 import fs from 'node:fs';
 import path from 'node:path';
-import { trimSourceMap } from './source-map-trim.mjs';
+import { SOURCE_MAPS_BANNER, trimSourceMap } from './source-maps.mjs';
 
 const entry = process.argv[2] ?? 'src/main.ts';
 const outfile = path.join('dist', process.argv[3] ?? 'main.js');
@@ -29,6 +29,7 @@ await build({
   target: 'node24',
   format: 'cjs',
   sourcemap: 'linked',
+  banner: { js: SOURCE_MAPS_BANNER },
   external: [...external, '@opentelemetry/*', '@grpc/*', '@nats-io/*'],
   logLevel: 'warning',
 });
