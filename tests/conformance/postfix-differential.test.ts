@@ -104,6 +104,10 @@ const WHY = {
 
 const CORPUS: Dialogue[] = [
   // Command syntax
+  d('unknown command', ['FROBNICATE']),
+  d('unknown command with arguments', ['FROBNICATE a b c']),
+  d('empty command line', ['']),
+  x('command line with a leading space', [' NOOP'], '500 5.5.2 | 221 2.0.0', '250 2.0.0 | 221 2.0.0', WHY.strictLines),
   d('lowercase verbs', ['mail from:<sender@example.org>', 'rcpt to:<alice@local.test>', 'rset', 'noop', 'quit']),
   d('mixed-case verbs and keywords', ['Mail From:<sender@example.org>', 'Rcpt To:<alice@local.test>', 'Data', body(MSG)]),
   d('MAIL without arguments', ['MAIL']),

@@ -199,9 +199,9 @@ test('limits: recipients (452 4.5.3), message size (552 5.3.4), errors (421 4.7.
   c.close();
 
   const e = await session();
-  for (let i = 0; i < LIMITS.errors - 1; i++) assert.equal((await e.cmd('BOGUS')).code, 502);
+  for (let i = 0; i < LIMITS.errors - 1; i++) assert.equal((await e.cmd('BOGUS')).code, 500);
   e.send('BOGUS\r\n');
-  assert.equal((await e.read()).code, 502);
+  assert.equal((await e.read()).code, 500);
   assert.match((await e.read()).raw, /^421 4\.7\.0 .*too many errors/);
   await e.waitClosed();
 

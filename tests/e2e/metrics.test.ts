@@ -114,7 +114,7 @@ test('ingress counts commands by verb and replies by class, per listener', async
   assert.equal((await client.command('EHLO client.test')).code, 250);
   assert.equal((await client.command('MAIL FROM:<app@sender.test>')).code, 250);
   assert.equal((await client.command('RCPT TO:<broken')).code, 501);
-  assert.equal((await client.command('XYZZY')).code, 502);
+  assert.equal((await client.command('XYZZY')).code, 500);
   assert.equal((await client.command('QUIT')).code, 221);
   const after = await waitFor('the counts to include the session', async () => {
     const t = await scrape('ingress');

@@ -88,7 +88,8 @@ export const Replies = {
   readyTls: reply(220, '2.0.0', 'Ready to start TLS'),
   authOk: reply(235, '2.7.0', 'Authentication successful'),
 
-  notRecognized: reply(502, '5.5.2', 'Error: command not recognized'),
+  // RFC 5321 4.2.4: 500 for a command not recognised, 502 for one recognised but not implemented.
+  notRecognized: reply(500, '5.5.2', 'Error: command not recognized'),
   notImplemented: reply(502, '5.5.1', 'Error: command not implemented'),
   expnDisabled: reply(502, '5.5.1', 'Error: EXPN command is disabled'),
   etrnDisabled: reply(502, '5.5.1', 'Error: ETRN command is disabled'),

@@ -256,7 +256,7 @@ test('PROXY protocol v1 and v2 from trusted CIDRs only', async () => {
   const other = await setup({ proxyProtocolFrom: ['10.0.0.0/8'] });
   const f = await RawClient.connect(other.port);
   await f.read();
-  assert.equal((await f.cmd('PROXY TCP4 203.0.113.9 192.0.2.1 40000 25')).code, 502);
+  assert.equal((await f.cmd('PROXY TCP4 203.0.113.9 192.0.2.1 40000 25')).code, 500);
   f.close();
 });
 
