@@ -19,7 +19,8 @@ export function mail(s: Session, arg: string): void {
     return s.closeWith(closing(s.ctx.hostname, '4.7.0', 'Error: too many messages in one session'));
   }
   const m = /^FROM: */i.exec(arg);
-  if (!m) return s.send(reply(501, '5.5.4', 'Syntax: MAIL FROM:<address>'));
+  // No path at all is a command syntax error (5.5.4, as Postfix), not a bad address (5.1.7).
+  if (!m || m[0].length === arg.length) return s.send(reply(501, '5.5.4', 'Syntax: MAIL FROM:<address>'));
   const path = parsePath(arg, m[0].length, { allowNull: true, utf8: true });
   if (!path.ok) return s.send(path.kind === 'too_long' ? reply(501, '5.1.7', 'Error: sender address too long') : reply(501, '5.1.7', 'Error: bad sender address syntax'));
   const rest = arg.slice(path.end);
@@ -55,7 +56,7 @@ export function rcpt(s: Session, arg: string): void {
   const env = s.info.envelope;
   if (!env) return s.send(Replies.needMail);
   const m = /^TO: */i.exec(arg);
-  if (!m) return s.send(reply(501, '5.5.4', 'Syntax: RCPT TO:<address>'));
+  if (!m || m[0].length === arg.length) return s.send(reply(501, '5.5.4', 'Syntax: RCPT TO:<address>'));
   const smtputf8 = env.mailFrom.params.smtputf8;
   const path = parsePath(arg, m[0].length, { allowPostmaster: true, utf8: smtputf8 });
   if (!path.ok) {

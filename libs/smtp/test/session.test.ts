@@ -98,12 +98,14 @@ test('bad sequence, syntax and unknown commands carry enhanced codes', async () 
   assert.equal((await c.cmd('MAIL FROM:a@b.test')).raw, '501 5.1.7 Error: bad sender address syntax\r\n');
   assert.equal((await c.cmd('MAIL FROM:<a b@b.test>')).raw, '501 5.1.7 Error: bad sender address syntax\r\n');
   assert.equal((await c.cmd('MAIL TO:<a@b.test>')).raw, '501 5.5.4 Syntax: MAIL FROM:<address>\r\n');
+  assert.equal((await c.cmd('MAIL FROM: ')).raw, '501 5.5.4 Syntax: MAIL FROM:<address>\r\n', 'no path: a command syntax error');
   assert.equal((await c.cmd('MAIL FROM:<a@b.test> FOO=bar')).raw, '555 5.5.4 Error: unsupported parameter FOO\r\n');
   assert.equal((await c.cmd('MAIL FROM:<a@b.test> SIZE=99999999999')).raw, '552 5.3.4 Error: message size exceeds fixed limit\r\n');
   assert.equal((await c.cmd('MAIL FROM:<a@b.test> BODY=8BITMIME BODY=7BIT')).raw, '501 5.5.4 Error: conflicting duplicate parameter BODY\r\n');
   assert.equal((await c.cmd('MAIL FROM:<ü@b.test>')).raw, '553 5.6.7 Error: non-ASCII address requires SMTPUTF8\r\n');
   assert.equal((await c.cmd('MAIL FROM: <a@b.test>')).code, 250, 'a space after the colon is tolerated (Postfix)');
   assert.equal((await c.cmd('MAIL FROM:<a@b.test>')).raw, '503 5.5.1 Error: nested MAIL command\r\n');
+  assert.equal((await c.cmd('RCPT TO:')).raw, '501 5.5.4 Syntax: RCPT TO:<address>\r\n', 'no path: a command syntax error');
   assert.equal((await c.cmd('RCPT TO:<postmaster>')).code, 250);
   assert.equal((await c.cmd('RCPT TO:<@relay.test,@other.test:c@d.test>')).code, 250);
   assert.equal((await c.cmd('RCPT TO:<c@d.test> NOTIFY=NEVER,SUCCESS')).raw, '501 5.5.4 Error: NOTIFY=NEVER cannot be combined with other keywords\r\n');
