@@ -141,6 +141,7 @@ const CORPUS: Dialogue[] = [
   d('BDAT before MAIL', [raw('BDAT 5\r\nhello')]),
   d('BDAT before RCPT', [MAIL, raw('BDAT 5\r\nhello')]),
   d('DATA after BDAT', [MAIL, RCPT, raw('BDAT 5\r\nhello'), 'DATA']),
+  d('BDAT with a bad size', [MAIL, RCPT, 'BDAT five']),
   d('BDAT in two chunks', [MAIL, RCPT, raw('BDAT 17\r\nSubject: chunks\r\n'), raw('BDAT 9 LAST\r\n\r\nhello\r\n')]),
   d('HELO then a full transaction', [MAIL, RCPT, 'DATA', body(MSG)], { hello: 'HELO client.test' }),
 

@@ -108,7 +108,8 @@ export const Replies = {
   syntaxHelo: reply(501, '5.5.4', 'Syntax: HELO hostname'),
   syntaxEhlo: reply(501, '5.5.4', 'Syntax: EHLO hostname'),
   syntaxData: reply(501, '5.5.4', 'Syntax: DATA'),
-  syntaxBdat: reply(501, '5.5.4', 'Syntax: BDAT count [LAST]'),
+  // The session ends with it (the chunk's octets cannot be skipped): 521, as Postfix, not a 501 the client would take as recoverable.
+  syntaxBdat: reply(521, '5.5.4', 'Syntax: BDAT count [LAST]'),
   syntaxNoArgs: reply(501, '5.5.4', 'Syntax: command takes no arguments'),
   syntaxVrfy: reply(501, '5.5.4', 'Syntax: VRFY address'),
   syntaxEtrn: reply(501, '5.5.4', 'Syntax: ETRN domain'),

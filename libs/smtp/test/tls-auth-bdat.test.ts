@@ -197,7 +197,7 @@ test('BDAT size limit and an unparseable size', async () => {
   await c.waitClosed();
   const d = await ready(port);
   d.send('BDAT 1x\r\n');
-  assert.equal((await d.read()).raw, '501 5.5.4 Syntax: BDAT count [LAST]\r\n');
+  assert.equal((await d.read()).raw, '521 5.5.4 Syntax: BDAT count [LAST]\r\n');
   await d.waitClosed();
 });
 
