@@ -226,6 +226,9 @@ const CORPUS: Dialogue[] = [
   // Pipelining
   d('a pipelined transaction', [pipe(MAIL, RCPT, 'RCPT TO:<bob@local.test>', 'DATA'), body(MSG)]),
   d('a pipelined group with a refused recipient', [pipe(MAIL, 'RCPT TO:<nobody@local.test>', RCPT, 'DATA'), body(MSG)]),
+  // RFC 2920 3.1: DATA ends a group; text sent before the 354 would be read as commands if DATA failed.
+  d('message text in the packet of DATA', [raw(`${MAIL}\r\n${RCPT}\r\nDATA\r\n${MSG}\r\n.\r\n`, 4)]),
+  d('message text in the packet of DATA, every recipient refused', [raw(`${MAIL}\r\nRCPT TO:<nobody@local.test>\r\nDATA\r\nRCPT TO:<bob@local.test>\r\n`, 4)]),
   d('commands after the end of data in the same packet', [MAIL, RCPT, 'DATA', raw(`${MSG}\r\n.\r\nRSET\r\nNOOP\r\n`, 3)]),
   d('pipelining after HELO', [pipe(MAIL, RCPT)], { hello: 'HELO client.test' }),
   d('commands pipelined behind EHLO', [pipe('EHLO client.test', MAIL)], { hello: null }),

@@ -19,9 +19,11 @@ export function command(s: Session, line: string): void {
   s.ctx.stats.command(verb);
 
   // RFC 2920: without PIPELINING (no EHLO yet, or HELO) a client must wait
-  // for each reply, and EHLO/HELO always end a group. Input already queued
-  // behind such a command is a synchronization error (Postfix 3.9 style).
-  if (s.inBuf !== null && (!s.pipelining || verb === 'EHLO' || verb === 'HELO')) {
+  // for each reply, and EHLO/HELO always end a group, as DATA does (3.1):
+  // text sent before the 354 would be read as commands were DATA refused.
+  // Input already queued behind such a command is a synchronization error
+  // (Postfix 3.9 smtpd_forbid_unauth_pipelining).
+  if (s.inBuf !== null && (!s.pipelining || verb === 'EHLO' || verb === 'HELO' || verb === 'DATA')) {
     s.endReason = 'improper pipelining';
     s.closeWith(Replies.pipelining);
     return;

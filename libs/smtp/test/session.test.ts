@@ -311,6 +311,31 @@ test('pipelining before EHLO is a synchronization error', async () => {
   await d.waitClosed();
 });
 
+test('message text pipelined behind DATA (before the 354) is a synchronization error, never read as commands', async () => {
+  const { port, hooks } = await setup();
+  const c = await ready(port);
+  // DATA refused (no valid recipients): the text behind it must not run as commands.
+  c.send('MAIL FROM:<a@s.test>\r\nDATA\r\nRCPT TO:<b@x.test>\r\n');
+  assert.equal((await c.read()).code, 250);
+  assert.match((await c.read()).raw, /^554 5\.5\.0 .*improper command pipelining/);
+  await c.waitClosed();
+  // The same with DATA accepted: nothing stored.
+  const d = await ready(port);
+  d.send('MAIL FROM:<a@s.test>\r\nRCPT TO:<b@x.test>\r\nDATA\r\nSubject: x\r\n\r\nbody\r\n.\r\n');
+  assert.equal((await d.read()).code, 250);
+  assert.equal((await d.read()).code, 250);
+  assert.match((await d.read()).raw, /^554 5\.5\.0 /);
+  await d.waitClosed();
+  assert.equal(hooks.stored.length, 0);
+  // DATA last in its group, the text after the 354: accepted.
+  const e = await ready(port);
+  e.send('MAIL FROM:<a@s.test>\r\nRCPT TO:<b@x.test>\r\nDATA\r\n');
+  for (const code of [250, 250, 354]) assert.equal((await e.read()).code, code);
+  assert.equal((await e.cmd('Subject: x\r\n\r\nbody\r\n.')).code, 250);
+  assert.equal(hooks.stored.length, 1);
+  e.close();
+});
+
 test('command timeout: 421 4.4.2', async () => {
   const { port } = await setup({ limits: { commandTimeoutMs: 150 } });
   const c = await ready(port);
