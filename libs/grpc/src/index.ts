@@ -3,15 +3,16 @@
 // W3C trace context carried in metadata both ways (invariant I6); and the
 // named errors that decide a call's status (errors.ts).
 import fs from 'node:fs';
+import { createRequire } from 'node:module';
 import * as grpc from '@grpc/grpc-js';
 import type { PackageDefinition } from '@grpc/proto-loader';
-import { ReflectionService } from '@grpc/reflection';
-import { HealthImplementation } from 'grpc-health-check';
+import type { ReflectionService } from '@grpc/reflection';
 import { context, propagation, trace, SpanKind, SpanStatusCode, type Tracer } from '@opentelemetry/api';
 import type { Logger } from '@tern/telemetry';
 import { BinaryReader, WireType, descriptorSet } from '@tern/proto';
 import { errorMessage, part, type Part } from '@tern/runtime';
 import { statusError } from './errors';
+import { Health, healthDefinition } from './health';
 
 export { grpc };
 export * from './errors';
@@ -189,6 +190,14 @@ let builtInFiles: DescriptorFile[] | undefined;
 
 type ReflectionHandler = (call: unknown) => void;
 
+/**
+ * @grpc/reflection, required at the first reflection call: it loads
+ * @grpc/proto-loader and protobufjs (its contracts are .proto files read at
+ * run time), which nothing else in a service needs.
+ */
+let reflectionModule: typeof import('@grpc/reflection') | undefined;
+const reflectionLib = () => (reflectionModule ??= createRequire(__filename)('@grpc/reflection') as typeof import('@grpc/reflection'));
+
 /** What a ReflectionService would add to a server: each contract's definition and handlers. */
 function reflectionParts(reflection: ReflectionService): { definition: grpc.ServiceDefinition; impl: Record<string, ReflectionHandler> }[] {
   const parts: { definition: grpc.ServiceDefinition; impl: Record<string, ReflectionHandler> }[] = [];
@@ -217,7 +226,7 @@ interface ServerInternals {
  */
 export class GrpcServer {
   readonly server: grpc.Server;
-  private readonly health = new HealthImplementation({ '': 'NOT_SERVING', [READINESS_SERVICE]: 'NOT_SERVING', [LIVENESS_SERVICE]: 'SERVING' });
+  private readonly health = new Health({ '': 'NOT_SERVING', [READINESS_SERVICE]: 'NOT_SERVING', [LIVENESS_SERVICE]: 'SERVING' });
   private readonly serviceNames: string[] = ['', READINESS_SERVICE];
   /** Full names of the services added (from their method paths), for reflection. */
   private readonly served = new Set<string>();
@@ -243,16 +252,7 @@ export class GrpcServer {
     else opts.logger.warn({}, 'grpc-js internals changed: HTTP/2 receive window left at 64 KiB (see HTTP2_WINDOW_BYTES)');
     // The health service's handlers, each evaluating readiness first so
     // that what they read is current (not as old as the last poll).
-    const server = this.server;
-    const refreshing = (handler: AnyHandler) =>
-      ((...args: unknown[]) => {
-        this.ready();
-        return handler(...args);
-      }) as grpc.UntypedHandleCall;
-    this.health.addToServer({
-      addService: (definition: grpc.ServiceDefinition, impl: Record<string, AnyHandler>) =>
-        server.addService(definition, Object.fromEntries(Object.entries(impl).map(([name, handler]) => [name, refreshing(handler)]))),
-    } as unknown as grpc.Server);
+    this.server.addService(healthDefinition, this.health.handlers(() => this.ready()));
   }
 
   add<T extends object>(fullName: string, definition: grpc.ServiceDefinition, impl: T): this {
@@ -269,9 +269,12 @@ export class GrpcServer {
    * at listen()). The descriptor files go to @grpc/reflection as they are
    * (it reads only `fileDescriptorProtos` of the package definition), not
    * through proto-loader, whose rebuilt files lost google/protobuf/timestamp.proto.
-   * Its index (every file decoded by protobufjs, once per reflection version:
-   * 4.7 MB of heap a process would keep) is built at the first reflection
-   * call, not at start: reflection is for grpcurl and the like, seldom asked.
+   * The library (reflectionLib) and its index (every file decoded by
+   * protobufjs, once per reflection version: 4.7 MB of heap a process would
+   * keep) are loaded and built at the first reflection call, not at start:
+   * reflection is for grpcurl and the like, seldom asked. Until then the two
+   * contracts are served by definitions whose (de)serializers are the
+   * library's, looked up at that first call.
    */
   private addReflection(): void {
     if (this.reflecting) return;
@@ -283,19 +286,30 @@ export class GrpcServer {
     if (undescribed.length > 0) this.opts.logger.warn({ services: undescribed }, 'gRPC services missing from the descriptor set: reflection does not list them');
     const pkg = Object.fromEntries(builtInFiles.map((f) => [f.name, { fileDescriptorProtos: [f.proto] }])) as unknown as PackageDefinition;
     const services = listed.filter((name) => described.has(name));
-    let handlers: Map<string, ReflectionHandler> | undefined;
-    // The two reflection contracts' definitions, from a reflection over nothing (no index to build).
-    for (const { definition } of reflectionParts(new ReflectionService({} as PackageDefinition, { services: [] }))) {
-      const impl = Object.fromEntries(
-        Object.entries(definition).map(([name, method]) => [
-          name,
-          (call: unknown) => {
-            handlers ??= new Map(reflectionParts(new ReflectionService(pkg, { services })).flatMap((part) => Object.entries(part.definition).map(([n, m]) => [m.path, part.impl[n]!] as const)));
-            return handlers.get(method.path)!(call);
-          },
-        ]),
+    let built: Map<string, { method: grpc.MethodDefinition<unknown, unknown>; handler: ReflectionHandler }> | undefined;
+    const real = (path: string) => {
+      built ??= new Map(
+        reflectionParts(new (reflectionLib().ReflectionService)(pkg, { services })).flatMap((part) =>
+          Object.entries(part.definition).map(([name, method]) => [method.path, { method, handler: part.impl[name]! }] as const),
+        ),
       );
-      this.server.addService(definition, impl as grpc.UntypedServiceImplementation);
+      return built.get(path)!;
+    };
+    for (const service of REFLECTION_SERVICES) {
+      const path = `/${service}/ServerReflectionInfo`;
+      const definition: grpc.ServiceDefinition = {
+        ServerReflectionInfo: {
+          path,
+          requestStream: true,
+          responseStream: true,
+          originalName: 'serverReflectionInfo',
+          requestSerialize: (value: unknown) => real(path).method.requestSerialize(value),
+          requestDeserialize: (bytes: Buffer) => real(path).method.requestDeserialize(bytes),
+          responseSerialize: (value: unknown) => real(path).method.responseSerialize(value),
+          responseDeserialize: (bytes: Buffer) => real(path).method.responseDeserialize(bytes),
+        },
+      };
+      this.server.addService(definition, { ServerReflectionInfo: (call: unknown) => real(path).handler(call) } as grpc.UntypedServiceImplementation);
     }
   }
 
