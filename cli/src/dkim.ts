@@ -52,6 +52,34 @@ function afterOf(value: string | undefined): number | undefined {
   return s;
 }
 
+/**
+ * `--key-file` is also the global option of the mTLS client key, and
+ * commander gives a program option to the program wherever it stands: after
+ * the `dkim` command the operator means the private key, so main renames it to
+ * this hidden option first (dkimKeyFileArgs).
+ */
+const DKIM_KEY_FILE = '--dkim-key-file';
+
+/** Options of the program that take a value (skipped to find the command). */
+const GLOBAL_VALUE_OPTIONS = new Set(['-s', '--server', '-t', '--token', '--token-file', '--ca-file', '--cert-file', '--key-file', '--tls-server-name', '--timeout']);
+
+/** argv with `--key-file` after the `dkim` command renamed to the command's own option. */
+export function dkimKeyFileArgs(argv: string[]): string[] {
+  const out = [...argv];
+  let i = 2;
+  while (i < out.length && out[i]!.startsWith('-') && out[i] !== '--') i += GLOBAL_VALUE_OPTIONS.has(out[i]!) ? 2 : 1;
+  if (out[i] !== 'dkim') return out;
+  for (let j = i + 1; j < out.length && out[j] !== '--'; j++) {
+    if (out[j] === '--key-file') out[j] = DKIM_KEY_FILE;
+    else if (out[j]!.startsWith('--key-file=')) out[j] = `${DKIM_KEY_FILE}=${out[j]!.slice('--key-file='.length)}`;
+  }
+  return out;
+}
+
+/** --key-file as --help shows it; its value arrives in the hidden option (keyFileValue). */
+const keyFileHelp = (description: string) => new Option('--key-file <file>', description);
+const keyFileValue = () => new Option(`${DKIM_KEY_FILE} <file>`).hideHelp();
+
 function readKeyFile(file: string): string {
   try {
     return fs.readFileSync(file, 'utf8');
@@ -125,11 +153,13 @@ export function registerDkimCommands(program: Command, run: Run): void {
     .description("store an existing private key (PEM: RSA of 1024 bits or more, or Ed25519) as a domain's key; prints the TXT record")
     .argument('<domain>', 'signing domain (d=)')
     .argument('<selector>', 'selector (s=) its record is published under')
-    .requiredOption('--key-file <file>', 'the private key in PEM (PKCS#8 or PKCS#1, unencrypted)')
+    .addOption(keyFileHelp('the private key in PEM (PKCS#8 or PKCS#1, unencrypted); required'))
+    .addOption(keyFileValue())
     .option('--after <duration>', 'start signing only after this long')
     .action(
-      run(async (ctx, domain: string, selector: string, o: { keyFile: string; after?: string }) => {
-        const res = await ctx.api.importDkimKey({ domain, selector, privateKeyPem: readKeyFile(o.keyFile), afterSeconds: afterOf(o.after) ?? 0 });
+      run(async (ctx, domain: string, selector: string, o: { dkimKeyFile?: string; after?: string }) => {
+        if (!o.dkimKeyFile) throw new UsageError('--key-file is required: the private key in PEM, e.g. tern dkim import example.com s2026 --key-file key.pem');
+        const res = await ctx.api.importDkimKey({ domain, selector, privateKeyPem: readKeyFile(o.dkimKeyFile), afterSeconds: afterOf(o.after) ?? 0 });
         ctx.out(ctx.json ? json(ImportDkimKeyResponse.toJSON(res)) : describeNew(res.key!, ctx.io.now()));
       }),
     );
@@ -160,16 +190,17 @@ export function registerDkimCommands(program: Command, run: Run): void {
     .addOption(new Option('--algorithm <algorithm>', 'which active key to replace when the domain has an RSA and an Ed25519 one').choices(['rsa', 'ed25519']))
     .option('--bits <n>', 'RSA size of the new key (default: as the current one)')
     .option('--after <duration>', 'when the new key starts signing (default 48h; 0 switches now)')
-    .option('--key-file <file>', 'import this private key (PEM) instead of generating one')
+    .addOption(keyFileHelp('import this private key (PEM) instead of generating one'))
+    .addOption(keyFileValue())
     .action(
-      run(async (ctx, domain: string, selector: string, o: { algorithm?: string; bits?: string; after?: string; keyFile?: string }) => {
+      run(async (ctx, domain: string, selector: string, o: { algorithm?: string; bits?: string; after?: string; dkimKeyFile?: string }) => {
         const res = await ctx.api.rotateDkimKey({
           domain,
           selector,
           algorithm: algorithmOf(o.algorithm),
           bits: bitsOf(o.bits),
           afterSeconds: afterOf(o.after),
-          privateKeyPem: o.keyFile ? readKeyFile(o.keyFile) : '',
+          privateKeyPem: o.dkimKeyFile ? readKeyFile(o.dkimKeyFile) : '',
         });
         if (ctx.json) {
           ctx.out(json(RotateDkimKeyResponse.toJSON(res)));

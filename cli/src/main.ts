@@ -2,13 +2,14 @@
 // the command line, prints a failure as one line on stderr, sets the exit code.
 import { CommanderError } from '@commander-js/extra-typings';
 import { DEFAULT_ADDR } from './client';
+import { dkimKeyFileArgs } from './dkim';
 import { describeError, EXIT } from './errors';
 import { buildProgram, currentConnection, type Io } from './program';
 
 export async function main(argv: string[], io: Io): Promise<number> {
   const program = buildProgram(io);
   try {
-    await program.parseAsync(argv);
+    await program.parseAsync(dkimKeyFileArgs(argv));
     return EXIT.OK;
   } catch (err) {
     if (err instanceof CommanderError) {

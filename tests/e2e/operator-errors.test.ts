@@ -1,0 +1,81 @@
+// What an operator sees when a `tern` command fails, against the real admin,
+// queue, policy and webhooks services (processes on real Postgres and NATS):
+// one line on stderr that names the argument or setting at fault and the next
+// step, the exit code cli/README.md documents, never a stack trace, a raw
+// gRPC or OpenSSL dump, or the token.
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { Harness, startPlatform, type Platform } from '@tern/devkit';
+import { send, ternJson, ternRaw, type AdminTarget, type TernResult } from '../ops/helpers';
+
+const harness = new Harness({ name: 'e2e-operator-errors' });
+let platform: Platform;
+let viewer: AdminTarget;
+const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tern-operator-errors-'));
+
+before(async () => {
+  const db = await harness.createTestDatabase();
+  await harness.runMigrate(db.url, { entry: 'libs/db/dist/migrate.js' });
+  const nats = await harness.startNats();
+  const dns = await harness.startDns({ host: '127.0.0.1' });
+  // Nothing listens there: mail for nowhere.test is deferred and stays in the queue.
+  dns.mx('nowhere.test', 'mx.nowhere.test').a('mx.nowhere.test', '127.0.0.10');
+  const adminToken = 'root-token-0123456789';
+  const kek = crypto.randomBytes(32).toString('base64');
+  platform = await startPlatform(harness, {
+    databaseUrl: db.url,
+    natsUrl: nats.url,
+    dnsServer: dns.address,
+    remoteSmtpPort: await harness.freePort('127.0.0.10'),
+    adminToken,
+    env: {
+      admin: { TERN_ADMIN_TOKENS: `root:${adminToken},ro:ro-token-0123456789:viewer` },
+      queue: { TERN_QUEUE_BACKOFF_MIN_S: '600' },
+      policy: { TERN_DKIM_KEK: kek },
+      delivery: { TERN_DKIM_KEK: kek },
+    },
+  });
+  viewer = { adminAddr: platform.adminAddr, adminToken: 'ro-token-0123456789' };
+});
+
+after(async () => {
+  await harness.close();
+  fs.rmSync(dir, { recursive: true, force: true });
+});
+
+/** Runs a command that must fail; checks the exit code, that stderr is one clean line, and that it matches every pattern. */
+async function fails(args: string[], code: number, patterns: RegExp[], opts: { target?: AdminTarget; env?: Record<string, string> } = {}): Promise<TernResult> {
+  const r = await ternRaw(opts.target ?? platform, args, { env: opts.env });
+  const line = r.stderr;
+  assert.equal(r.code, code, `tern ${args.join(' ')}: exit ${code} expected, got ${r.code}: ${line}`);
+  assert.equal(line.trim().split('\n').length, 1, `one line: ${line}`);
+  assert.match(line, /^tern: /, line);
+  assert.doesNotMatch(line, /\n\s+at |\.[jt]s:\d+|undefined|\[object Object\]|Resolution note|:error:[0-9A-F]+:|DeprecationWarning|^\d+ [A-Z_]+:/, line);
+  for (const p of patterns) assert.match(line, p, line);
+  return r;
+}
+
+test('dkim import and rotate take --key-file after the command as the private key; before it, --key-file stays the mTLS client key', async () => {
+  const pem = path.join(dir, 'ed.pem');
+  fs.writeFileSync(pem, crypto.generateKeyPairSync('ed25519').privateKey.export({ type: 'pkcs8', format: 'pem' }));
+  const imported = await ternRaw(platform, ['dkim', 'import', 'keys.test', 'imp1', '--key-file', pem]);
+  assert.equal(imported.code, 0, imported.stderr);
+  assert.match(imported.stdout, /^DKIM key imp1 of keys\.test \(ed25519\) signs now/);
+  assert.match(imported.stdout, /imp1\._domainkey\.keys\.test IN TXT "v=DKIM1; k=ed25519; p=/);
+
+  const next = path.join(dir, 'ed2.pem');
+  fs.writeFileSync(next, crypto.generateKeyPairSync('ed25519').privateKey.export({ type: 'pkcs8', format: 'pem' }));
+  const rotated = await ternRaw(platform, ['dkim', 'rotate', 'keys.test', 'imp2', `--key-file=${next}`, '--after', '0']);
+  assert.equal(rotated.code, 0, rotated.stderr);
+  const keys = await ternJson<{ keys?: { selector: string; state?: string }[] }>(platform, 'dkim', 'ls', 'keys.test');
+  assert.deepEqual(keys.keys?.map((k) => [k.selector, k.state]), [['imp2', 'DKIM_KEY_STATE_ACTIVE']]);
+
+  await fails(['dkim', 'import', 'keys.test', 'imp3'], 2, [/--key-file is required: the private key in PEM/, /tern dkim import example\.com s2026 --key-file key\.pem/]);
+  await fails(['dkim', 'import', 'keys.test', 'imp3', '--key-file', path.join(dir, 'missing.pem')], 2, [/--key-file: cannot read .*missing\.pem/]);
+  // Before the command it is the global option of the client key, which needs --cert-file.
+  await fails(['--key-file', pem, 'dkim', 'ls'], 2, [/a client certificate needs both --cert-file and --key-file/]);
+});
