@@ -6,6 +6,7 @@ import path from 'node:path';
 import { channelCredentials, clientInterceptor, grpc, unary } from '@tern/grpc';
 import * as proto from '@tern/proto';
 import { AdminServiceClient, AdminServiceService, ReadBodyRequest, type ReadBodyResponse } from '@tern/proto';
+import { CliError, EXIT } from './errors';
 import { UsageError } from './requests';
 
 export const DEFAULT_ADDR = '127.0.0.1:7000';
@@ -41,7 +42,9 @@ export function tokenFromFile(file: string, label: string): string {
   try {
     text = fs.readFileSync(file, 'utf8');
   } catch (err) {
-    throw new UsageError(`cannot read the token file ${file} (${label}): ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+    const code = (err as NodeJS.ErrnoException).code;
+    const why = code === 'ENOENT' ? 'it does not exist' : code === 'EACCES' ? 'permission denied' : code === 'EISDIR' ? 'it is a directory' : (code ?? (err as Error).message);
+    throw new UsageError(`cannot read the token file ${file} (${label}): ${why}. Check ${label.startsWith('-') || label.startsWith('TERN_') ? label : 'the file'}, or set TERN_ADMIN_TOKEN.`);
   }
   const line = text
     .split(/\r?\n/)
@@ -64,10 +67,42 @@ export function findLocalTokenFile(start: string): string | undefined {
   }
 }
 
+/** gRPC target schemes (grpc-js) that are not host:port; passed through as they are. */
+const TARGET_SCHEMES = /^(dns|unix|unix-abstract|ipv4|ipv6|vsock):/i;
+
+/** The admin API address as host:port, or a UsageError naming where it came from and what is expected. */
+export function checkAddress(address: string, source: string): string {
+  if (TARGET_SCHEMES.test(address)) return address;
+  const expected = `expected host:port, e.g. ${DEFAULT_ADDR} or admin.example.com:7000`;
+  const m = /^(\[[0-9a-fA-F:.]+\]|[^\s:[\]/]+):([0-9]+)$/.exec(address);
+  if (!m) {
+    const why = /^[^:\s]+$/.test(address) ? 'has no port' : 'is not host:port';
+    throw new UsageError(`${source}: "${address}" ${why}; ${expected}`);
+  }
+  const port = Number(m[2]);
+  if (port < 1 || port > 65535) throw new UsageError(`${source}: port ${m[2]} of "${address}" is out of range (1-65535); ${expected}`);
+  return address;
+}
+
+/**
+ * A token grpc can send: visible ASCII (a bearer token never has spaces or
+ * line breaks). Refused here, naming where it came from and never showing it,
+ * rather than echoed by grpc-js ("Metadata string value ... contains illegal characters").
+ */
+function checkToken(token: string, source: string): string {
+  const bad = [...token].findIndex((ch) => ch < '!' || ch > '~');
+  if (bad >= 0) {
+    const what = token[bad] === '\n' || token[bad] === '\r' ? 'a line break' : token[bad] === ' ' || token[bad] === '\t' ? 'a space' : 'a character that is not printable ASCII';
+    throw new CliError(`the token from ${source} has ${what} at position ${bad + 1}: a token is one word of printable ASCII. Check ${source} (a token file holds it on its first line).`, EXIT.AUTH);
+  }
+  return token;
+}
+
 const truthy = (v: string | undefined) => v !== undefined && /^(1|true|yes|on)$/i.test(v.trim());
 
 export function resolveConnection(o: ConnectionOptions, env: Record<string, string | undefined>, cwd: string): Connection {
-  const address = (o.server ?? env.TERN_ADMIN_ADDR ?? '').trim() || DEFAULT_ADDR;
+  const given = o.server !== undefined ? { value: o.server, source: '--server' } : { value: env.TERN_ADMIN_ADDR ?? '', source: 'TERN_ADMIN_ADDR' };
+  const address = given.value.trim() ? checkAddress(given.value.trim(), given.source) : DEFAULT_ADDR;
   let token: string | undefined;
   let tokenSource = 'none';
   if (o.token) {
@@ -89,6 +124,7 @@ export function resolveConnection(o: ConnectionOptions, env: Record<string, stri
       tokenSource = local;
     }
   }
+  if (token !== undefined) token = checkToken(token, tokenSource);
   const caFile = o.caFile ?? env.TERN_ADMIN_CA_FILE;
   const certFile = o.certFile ?? env.TERN_ADMIN_CERT_FILE;
   const keyFile = o.keyFile ?? env.TERN_ADMIN_KEY_FILE;

@@ -31,7 +31,10 @@ export class CliError extends Error {
 function clean(details: string): string {
   return details
     .replace(/\s*\(\d{4}-\d\d-\d\dT[^)]*\)\.?\s*Resolution note:[^)]*\)?/g, '')
+    .replace(/\.?\s*Resolution note:.*$/s, '')
     .replace(/^No connection established\. Last error: (Error: )?/, '')
+    // OpenSSL's "407D...:error:0A00010B:SSL routines:func:reason:file:line:": the reason.
+    .replace(/[0-9A-F]{8,}:error:[0-9A-F]+:[^:]+:[^:]+:([^:]+):\S*/g, '$1')
     .replace(/\s+/g, ' ')
     .trim();
 }
@@ -55,8 +58,18 @@ export function unreachable(details: string, c: Pick<Connection, 'tls' | 'certFi
   if (/bad certificate|certificate (revoked|expired|unknown)/i.test(details)) {
     return { cause: 'the server refused the client certificate', hint: 'Check --cert-file / --key-file against the CA the server trusts.' };
   }
+  if (/wrong version number|packet length too long|http request/i.test(details)) {
+    return { cause: 'the server does not speak TLS', hint: 'Try without --tls / --ca-file (TERN_ADMIN_TLS, TERN_ADMIN_CA_FILE), or check --server / TERN_ADMIN_ADDR.' };
+  }
   if (/wrong version number|SSL|TLS|handshake/i.test(details)) {
     return { cause: `TLS failure: ${clean(details)}`, hint: c.tls ? 'Does the admin API use TLS? Try without --tls / --ca-file.' : 'If the admin API uses TLS, pass --tls or --ca-file.' };
+  }
+  if (/Protocol error|Failed to connect/i.test(details)) {
+    // TCP connected but no HTTP/2 came back: another service's port (SMTP, Postgres, metrics), or TLS on one side only.
+    return {
+      cause: 'the server there does not answer gRPC',
+      hint: `Check that --server / TERN_ADMIN_ADDR is the admin API's gRPC port (7000 unless admin's TERN_GRPC_LISTEN says otherwise).${c.tls ? '' : ' If it uses TLS, pass --tls or --ca-file.'}`,
+    };
   }
   if (/ECONNRESET|Connection dropped|socket hang up/i.test(details)) return { cause: 'connection reset', hint: c.tls ? platform : `${platform} If it uses TLS, pass --tls or --ca-file.` };
   return { cause: clean(details) || 'unavailable', hint: c.tls ? platform : `${platform} If it uses TLS, pass --tls or --ca-file.` };

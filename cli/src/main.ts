@@ -24,6 +24,10 @@ export async function main(argv: string[], io: Io): Promise<number> {
   }
 }
 
+// Node's deprecation notices are not the operator's concern (grpc-js sets a TLS
+// server name to an IP address when --server is one: DEP0123).
+process.noDeprecation = true;
+
 void main(process.argv, {
   stdout: process.stdout,
   stderr: process.stderr,

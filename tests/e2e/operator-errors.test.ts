@@ -10,11 +10,10 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { Harness, startPlatform, type Platform } from '@tern/devkit';
-import { send, ternJson, ternRaw, type AdminTarget, type TernResult } from '../ops/helpers';
+import { ternJson, ternRaw, type AdminTarget, type TernResult } from '../ops/helpers';
 
 const harness = new Harness({ name: 'e2e-operator-errors' });
 let platform: Platform;
-let viewer: AdminTarget;
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tern-operator-errors-'));
 
 before(async () => {
@@ -39,7 +38,6 @@ before(async () => {
       delivery: { TERN_DKIM_KEK: kek },
     },
   });
-  viewer = { adminAddr: platform.adminAddr, adminToken: 'ro-token-0123456789' };
 });
 
 after(async () => {
@@ -78,4 +76,28 @@ test('dkim import and rotate take --key-file after the command as the private ke
   await fails(['dkim', 'import', 'keys.test', 'imp3', '--key-file', path.join(dir, 'missing.pem')], 2, [/--key-file: cannot read .*missing\.pem/]);
   // Before the command it is the global option of the client key, which needs --cert-file.
   await fails(['--key-file', pem, 'dkim', 'ls'], 2, [/a client certificate needs both --cert-file and --key-file/]);
+});
+
+test('a token that cannot be sent is refused naming where it came from, never echoed', async () => {
+  const r = await fails(['domain', 'ls'], 4, [/the token from TERN_ADMIN_TOKEN has a line break at position 5/, /Check TERN_ADMIN_TOKEN/], {
+    env: { TERN_ADMIN_TOKEN: 'root\n-token-0123456789' },
+  });
+  assert.doesNotMatch(r.stderr, /token-0123456789|Metadata/);
+  await fails(['--token', 'root token', 'domain', 'ls'], 4, [/the token from --token has a space at position 5/]);
+  await fails(['--token-file', path.join(dir, 'no-token'), 'domain', 'ls'], 2, [/cannot read the token file .*no-token \(--token-file\): it does not exist\. Check --token-file/], {
+    env: { TERN_ADMIN_TOKEN: '' },
+  });
+});
+
+test('a malformed --server or TERN_ADMIN_ADDR is named with the form expected; the wrong port or protocol says what answered', async () => {
+  await fails(['--server', '127.0.0.1:99999', 'domain', 'ls'], 2, [/--server: port 99999 of "127\.0\.0\.1:99999" is out of range \(1-65535\); expected host:port, e\.g\. 127\.0\.0\.1:7000/]);
+  await fails(['domain', 'ls'], 2, [/TERN_ADMIN_ADDR: "127\.0\.0\.1" has no port; expected host:port/], { env: { TERN_ADMIN_ADDR: '127.0.0.1' } });
+  await fails(['--server', 'http://127.0.0.1:7000/', 'domain', 'ls'], 2, [/--server: "http:\/\/127\.0\.0\.1:7000\/" is not host:port/]);
+  // The SMTP listener is no gRPC server: a port mixed up.
+  await fails(['--timeout', '5', '--server', `127.0.0.1:${platform.smtpPort}`, 'domain', 'ls'], 3, [
+    new RegExp(`cannot reach the admin API at 127\\.0\\.0\\.1:${platform.smtpPort} \\(the server there does not answer gRPC\\)`),
+    /admin API's gRPC port/,
+  ]);
+  // TLS towards the plaintext admin API: the cause in words, no OpenSSL error string, no Node deprecation notice.
+  await fails(['--tls', '--timeout', '5', 'domain', 'ls'], 3, [/\(the server does not speak TLS\)\. Try without --tls/]);
 });
