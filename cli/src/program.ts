@@ -90,6 +90,17 @@ function filterOptions(cmd: Optionable, stateDefault = ''): void {
   cmd.option('--newer-than <age>', 'only messages newer than this');
 }
 
+/** `-o FILE` opened for writing, or a UsageError saying why it cannot be. */
+function openOutput(file: string): number {
+  try {
+    return fs.openSync(file, 'w');
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    const why = code === 'ENOENT' ? 'its directory does not exist' : code === 'EACCES' ? 'permission denied' : code === 'EISDIR' ? 'it is a directory' : (code ?? (err as Error).message);
+    throw new UsageError(`-o ${file}: cannot write it (${why}); give a file in a directory you can write, or leave -o out for stdout`);
+  }
+}
+
 export function buildProgram(io: Io): Command {
   const program = new Command()
     .name('tern')
@@ -150,8 +161,9 @@ export function buildProgram(io: Io): Command {
     .option('--headers-only', 'only the header section')
     .action(
       run(async (ctx, id: string, o: { output?: string; headersOnly?: boolean }) => {
+        // The file is opened first, so a path that cannot be written is named before anything is fetched.
+        const sink: NodeJS.WritableStream = o.output ? fs.createWriteStream('', { fd: openOutput(o.output) }) : ctx.io.stdout;
         const stream = ctx.api.readBody({ queueId: id, headersOnly: Boolean(o.headersOnly) }, Math.max(ctx.conn.deadlineMs, 600_000));
-        const sink: NodeJS.WritableStream = o.output ? fs.createWriteStream(o.output) : ctx.io.stdout;
         let size = 0;
         try {
           await new Promise<void>((resolve, reject) => {

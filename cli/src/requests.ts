@@ -130,7 +130,8 @@ export interface ActionOptions extends FilterOptions {
 /** One message by ID, or every message the filter (or --all) selects. */
 export function actionRequest(action: ActionName, id: string | undefined, o: ActionOptions): ApplyActionRequest {
   const filter = buildFilter(o);
-  if (id !== undefined && (filter || o.all)) throw new UsageError('give either a queue ID or filter options (--sender, --recipient, --domain, --state, --older-than, --newer-than), not both');
+  if (id !== undefined && o.all) throw new UsageError('give either a queue ID or --all, not both');
+  if (id !== undefined && filter) throw new UsageError('give either a queue ID or filter options (--sender, --recipient, --domain, --state, --older-than, --newer-than), not both');
   if (id === undefined && !filter && !o.all) {
     throw new UsageError(`which messages? give a queue ID, filter options (--sender, --recipient, --domain, --state, --older-than, --newer-than), or --all`);
   }

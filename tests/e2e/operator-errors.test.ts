@@ -10,7 +10,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { Harness, startPlatform, type Platform } from '@tern/devkit';
-import { ternJson, ternRaw, type AdminTarget, type TernResult } from '../ops/helpers';
+import { send, ternJson, ternRaw, type AdminTarget, type TernResult } from '../ops/helpers';
 
 const harness = new Harness({ name: 'e2e-operator-errors' });
 let platform: Platform;
@@ -100,4 +100,23 @@ test('a malformed --server or TERN_ADMIN_ADDR is named with the form expected; t
   ]);
   // TLS towards the plaintext admin API: the cause in words, no OpenSSL error string, no Node deprecation notice.
   await fails(['--tls', '--timeout', '5', 'domain', 'ls'], 3, [/\(the server does not speak TLS\)\. Try without --tls/]);
+});
+
+test('queue actions and download by id: a malformed id names the format, an unknown one is not found, either case finds the message', async () => {
+  const id = await send(platform, 'app@sender.test', ['someone@nowhere.test'], 'operator errors 1');
+  await fails(['queue', 'hold', 'NOTANID'], 1, [/queue_id: "NOTANID" is not a queue id \(16 letters and digits/, /tern queue ls/]);
+  await fails(['queue', 'hold', '0000000000000000', '--dry-run'], 5, [/no message with queue id "0000000000000000" \(tern queue ls --state all lists them\)/]);
+  await fails(['queue', 'retry', '0000000000000000'], 5, [/no message with queue id "0000000000000000"/]);
+  await fails(['queue', 'hold', id, '--all'], 2, [/give either a queue ID or --all, not both/]);
+
+  const held = await ternJson<{ messages?: number }>(platform, 'queue', 'hold', id.toLowerCase(), '--reason', 'lower case');
+  assert.equal(held.messages, 1, 'the id in lower case holds the message');
+  const shown = await ternJson<{ recipients?: { state?: string }[] }>(platform, 'message', 'show', id);
+  assert.equal(shown.recipients?.[0]?.state, 'RECIPIENT_STATE_HELD');
+
+  await fails(['message', 'download', 'NOTANID'], 1, [/queue_id: "NOTANID" is not a queue id/]);
+  const body = await ternRaw(platform, ['message', 'download', id.toLowerCase(), '--headers-only']);
+  assert.equal(body.code, 0, body.stderr);
+  assert.match(body.stdout, /Subject: operator errors 1/);
+  await fails(['message', 'download', id, '-o', path.join(dir, 'no-such-dir', 'm.eml')], 2, [/-o .*no-such-dir\/m\.eml: cannot write it \(its directory does not exist\); give a file/]);
 });

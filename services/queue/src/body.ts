@@ -7,6 +7,7 @@ import { BodyNotFoundError, BodyReadError } from './errors';
 import type { ReadBodyRequest, ReadBodyResponse } from '@tern/proto';
 import type { Logger } from '@tern/telemetry';
 import { q, statement } from './db';
+import { parseQueueId } from './ids';
 
 const PIECE = 64 * 1024;
 
@@ -94,9 +95,17 @@ export async function readHeaders(pool: Pool, queueId: string, max = 256 * 1024)
 
 export function readBodyHandler(pool: Pool, logger: Logger) {
   return async (call: grpc.ServerWritableStream<ReadBodyRequest, ReadBodyResponse>): Promise<void> => {
-    const { queueId, headersOnly } = call.request;
+    const { headersOnly } = call.request;
     let cancelled = false;
     call.on('cancelled', () => (cancelled = true));
+    let queueId = call.request.queueId;
+    try {
+      // An operator's id (tern message download) in either case; a malformed one named as such, not "no stored body".
+      queueId = parseQueueId(queueId);
+    } catch (err) {
+      call.emit('error', err);
+      return;
+    }
     try {
       const rows = await bodyRows(pool, queueId);
       if (!rows) {

@@ -1,7 +1,7 @@
 // What the queue's calls fail with, by name; each one's gRPC status is its
 // base class's (libs/grpc errors.ts), decided there once. Messages say what
 // was wrong and, for an operator, what to do next.
-import { CancelledError, InvalidArgumentError, NotFoundError, ResourceExhaustedError, UnavailableError } from '@tern/grpc';
+import { CancelledError, InvalidArgumentError, InvalidFieldError, NotFoundError, ResourceExhaustedError, UnavailableError } from '@tern/grpc';
 
 export { InvalidArgumentError, InvalidFieldError } from '@tern/grpc';
 
@@ -38,10 +38,18 @@ export class RpcFailedError extends UnavailableError {
   }
 }
 
+/** An operator's queue_id that is no queue id at all (a typo, or a Message-ID pasted instead). */
+export class MalformedQueueIdError extends InvalidFieldError {
+  override readonly name = 'MalformedQueueIdError';
+  constructor(value: string) {
+    super('queue_id', `"${value}" is not a queue id (16 letters and digits, as in "250 2.0.0 Ok: queued as 01JD4Z8X2K7Q9M3R"; see tern queue ls)`);
+  }
+}
+
 export class MessageNotFoundError extends NotFoundError {
   override readonly name = 'MessageNotFoundError';
   constructor(queueId: string) {
-    super(`no message with queue id "${queueId}"`);
+    super(`no message with queue id "${queueId}" (tern queue ls --state all lists them)`);
   }
 }
 

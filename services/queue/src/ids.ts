@@ -2,6 +2,7 @@
 // and 6 random, so they are short, unique across replicas and sort by time
 // (an age filter is an id range).
 import crypto from 'node:crypto';
+import { MalformedQueueIdError } from './errors';
 
 // Crockford's alphabet is in ASCII order, so ids sort like their numbers.
 const ALPHABET = '0123456789ABCDEFGHJKMNPQRSTVWXYZ';
@@ -36,6 +37,13 @@ export function idFloor(ms: number): string {
 
 export function isQueueId(s: string): boolean {
   return s.length === 16 && [...s].every((c) => ALPHABET.includes(c));
+}
+
+/** An operator's queue id as stored: Crockford base32 reads the same in either case; anything else is no queue id at all. */
+export function parseQueueId(value: string): string {
+  const id = value.trim().toUpperCase();
+  if (!isQueueId(id)) throw new MalformedQueueIdError(value);
+  return id;
 }
 
 /** Recipient ids in jobs and results: "<queue id>.<index>". */

@@ -2,7 +2,7 @@
 // filters and keyset paging, bulk actions with a dry run and an operator
 // record, destinations (suspend/resume/list) and routes.
 import type { Pool } from '@tern/db';
-import { InvalidArgumentError, InvalidFieldError, UnknownDestinationError } from './errors';
+import { InvalidArgumentError, InvalidFieldError, MessageNotFoundError, UnknownDestinationError } from './errors';
 import {
   LifecycleEventType,
   QueueAction,
@@ -30,7 +30,7 @@ import {
 import type { Logger } from '@tern/telemetry';
 import { tx } from './db';
 import { resumeDestination, suspendDestination, type DestinationLimits } from './destination';
-import { idFloor, isQueueId } from './ids';
+import { idFloor, isQueueId, parseQueueId } from './ids';
 import { RCPT_COLS, toRecipientStatus } from './messages';
 import { PENDING_SQL, S } from './model';
 import { insertOutbox } from './outbox';
@@ -191,7 +191,8 @@ export class Operations {
   async applyAction(req: ApplyActionRequest): Promise<ApplyActionResponse> {
     const spec = ACTIONS[req.action];
     if (!spec) throw new InvalidFieldError('action', 'must be HOLD, RELEASE, RETRY, DELETE or BOUNCE');
-    const byId = req.queueId.trim();
+    // One message by id: the id as stored, and a malformed one refused rather than matching nothing.
+    const byId = req.queueId.trim() ? parseQueueId(req.queueId) : '';
     const given = [byId ? 'queue_id' : '', isEmptyFilter(req.filter) ? '' : 'filter', req.all ? 'all' : ''].filter(Boolean);
     if (given.length > 1) throw new InvalidFieldError(given.join(', '), 'give exactly one of them');
     if (!given.length) {
@@ -208,6 +209,7 @@ export class Operations {
       conds = recipientConds(f, p);
       if (f.states.length) from = from.filter((s) => validStates(f.states, 'filter.states').includes(s));
     }
+    if (byId) await this.mustExist(byId, req.queueId);
     if (!from.length) return { messages: 0, recipients: 0, dryRun: req.dryRun };
     conds.push(`r.state = ANY(${p.add(from)}::smallint[])`);
     const where = conds.join(' AND ');
@@ -289,6 +291,12 @@ export class Operations {
     if (reports) this.o.onOutbox();
     if (req.action === QueueAction.QUEUE_ACTION_RELEASE || req.action === QueueAction.QUEUE_ACTION_RETRY) this.o.onDue();
     return { ...result, dryRun: false };
+  }
+
+  /** An action on an id the queue has no message for is a typo or an old id: NOT_FOUND, not "0 messages". */
+  private async mustExist(id: string, given: string): Promise<void> {
+    const { rowCount } = await this.o.pool.query('SELECT 1 FROM messages WHERE id = $1', [id]);
+    if (!rowCount) throw new MessageNotFoundError(given.trim());
   }
 
   private async destination(name: string): Promise<Destination> {

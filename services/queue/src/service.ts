@@ -1,12 +1,12 @@
 // The QueueService gRPC implementation: thin handlers over the modules.
 import { isGrpcError, toServiceError, type grpc } from '@tern/grpc';
 import { errorMessage } from '@tern/runtime';
-import { InvalidFieldError, MessageNotFoundError, RpcFailedError } from './errors';
+import { MessageNotFoundError, RpcFailedError } from './errors';
 import type { QueueServiceServer } from '@tern/proto';
 import type { Logger } from '@tern/telemetry';
 import { readBodyHandler } from './body';
 import type { Enqueuer } from './enqueue';
-import { isQueueId } from './ids';
+import { parseQueueId } from './ids';
 import { getMessage } from './messages';
 import type { BounceRules } from './bounce-rules';
 import type { Operations } from './operations';
@@ -51,11 +51,7 @@ export function createQueueService(d: ServiceDeps): QueueServiceServer {
     enqueueStream: d.enqueuer.streamHandler,
     readBody: readBodyHandler(d.pool, logger),
     getMessage: unary(logger, 'GetMessage', async (req) => {
-      // Crockford base32 reads the same in either case; anything else is no queue id at all.
-      const id = req.queueId.trim().toUpperCase();
-      if (!isQueueId(id)) {
-        throw new InvalidFieldError('queue_id', `"${req.queueId}" is not a queue id (16 letters and digits, as in "250 2.0.0 Ok: queued as 01JD4Z8X2K7Q9M3R"; see tern queue ls)`);
-      }
+      const id = parseQueueId(req.queueId);
       const message = await getMessage(d.opsPool, id, req.includeHeaders);
       if (!message) throw new MessageNotFoundError(req.queueId);
       return { message };
