@@ -30,6 +30,7 @@ export function parseKind(value: string): RateLimitKind {
 }
 
 const UNITS: Record<string, number> = { s: 1, m: 60, h: 3600, d: 86400 };
+const MAX_LIMIT = 2 ** 32 - 1;
 
 /** "100/1m", "30/10s", "1000/1h", "5000/1d"; "off" or "0" = no limit. */
 export function parseRate(value: string): { limit: number; windowSeconds: number } {
@@ -38,9 +39,11 @@ export function parseRate(value: string): { limit: number; windowSeconds: number
   const m = /^(\d+)\s*\/\s*(\d*)\s*([smhd]?)$/.exec(v);
   const limit = Number(m?.[1]);
   const windowSeconds = Number(m?.[2] || '1') * (UNITS[m?.[3] || 's'] ?? 1);
-  if (!m || limit <= 0 || windowSeconds <= 0 || windowSeconds > 7 * 86400) {
+  if (!m || windowSeconds <= 0 || windowSeconds > 7 * 86400) {
     throw new UsageError(`rate: "${value}" is not N/window (e.g. 100/1m, 30/10s, 1000/1h; window at most 7d), or off`);
   }
+  // The API's limit is a uint32: a larger N would fail to serialize, not be refused.
+  if (limit < 1 || limit > MAX_LIMIT) throw new UsageError(`rate: N in "${value}" must be from 1 to ${MAX_LIMIT} (off for no limit)`);
   return { limit, windowSeconds };
 }
 
@@ -102,7 +105,7 @@ export function registerLimitCommands(program: Command, run: Run): void {
         const res = await ctx.api.deleteRateLimit({ kind: parseKind(kind), match: o.for ?? '' });
         if (ctx.json) ctx.out(json(DeleteRateLimitResponse.toJSON(res)));
         else if (res.deleted) ctx.out(`Removed the ${kind} rule for ${o.for ?? 'everyone'}.\n`);
-        if (!res.deleted) throw new CliError(`no ${kind} rule for ${o.for ?? 'everyone'}: nothing removed`, EXIT.NOT_FOUND);
+        if (!res.deleted) throw new CliError(`no ${kind} rule for ${o.for ?? 'everyone'}: nothing removed (tern limit ls lists the rules)`, EXIT.NOT_FOUND);
       }),
     );
 }

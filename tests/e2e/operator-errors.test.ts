@@ -120,3 +120,9 @@ test('queue actions and download by id: a malformed id names the format, an unkn
   assert.match(body.stdout, /Subject: operator errors 1/);
   await fails(['message', 'download', id, '-o', path.join(dir, 'no-such-dir', 'm.eml')], 2, [/-o .*no-such-dir\/m\.eml: cannot write it \(its directory does not exist\); give a file/]);
 });
+
+test('a rate above what the API can hold is refused naming N and its range, not a serialization failure', async () => {
+  await fails(['limit', 'set', 'messages-per-ip', '99999999999/1m'], 2, [/rate: N in "99999999999\/1m" must be from 1 to 4294967295 \(off for no limit\)/]);
+  await fails(['limit', 'set', 'messages-per-ip', '0/1m'], 2, [/rate: N in "0\/1m" must be from 1/]);
+  await fails(['limit', 'rm', 'messages-per-ip', '--for', '192.0.2.1'], 5, [/no messages-per-ip rule for 192\.0\.2\.1: nothing removed \(tern limit ls lists the rules\)/]);
+});
