@@ -285,10 +285,11 @@ export function buildProgram(io: Io): Command {
       }),
     );
 
-  const deleted = (ctx: Ctx, what: string, key: string, ok: boolean) => {
+  /** `list` is the command that shows what there is (the next step after a typo). */
+  const deleted = (ctx: Ctx, what: string, key: string, ok: boolean, list: string) => {
     if (ctx.json) ctx.out(f.json({ deleted: ok }));
     else if (ok) ctx.out(`Deleted ${what} ${key}.\n`);
-    if (!ok) throw new CliError(`no ${what} ${key}: nothing deleted`, EXIT.NOT_FOUND);
+    if (!ok) throw new CliError(`no ${what} ${key}: nothing deleted (${list} lists them)`, EXIT.NOT_FOUND);
   };
 
   // ---- route
@@ -331,7 +332,7 @@ export function buildProgram(io: Io): Command {
     .action(
       run(async (ctx, domain: string) => {
         const res = await ctx.api.deleteRoute({ domain });
-        deleted(ctx, 'route for', domain, res.deleted);
+        deleted(ctx, 'route for', domain, res.deleted, 'tern route ls');
       }),
     );
 
@@ -376,7 +377,7 @@ export function buildProgram(io: Io): Command {
     .action(
       run(async (ctx, name: string) => {
         const res = await ctx.api.deleteDomain({ name });
-        deleted(ctx, 'domain', name, res.deleted);
+        deleted(ctx, 'domain', name, res.deleted, 'tern domain ls');
       }),
     );
 
@@ -413,7 +414,7 @@ export function buildProgram(io: Io): Command {
     .action(
       run(async (ctx, address: string) => {
         const res = await ctx.api.deleteMailbox({ address });
-        deleted(ctx, 'mailbox', address, res.deleted);
+        deleted(ctx, 'mailbox', address, res.deleted, 'tern mailbox ls');
       }),
     );
 
@@ -450,7 +451,7 @@ export function buildProgram(io: Io): Command {
     .action(
       run(async (ctx, address: string) => {
         const res = await ctx.api.deleteAlias({ address });
-        deleted(ctx, 'alias', address, res.deleted);
+        deleted(ctx, 'alias', address, res.deleted, 'tern alias ls');
       }),
     );
 
@@ -492,7 +493,7 @@ export function buildProgram(io: Io): Command {
     .action(
       run(async (ctx, username: string) => {
         const res = await ctx.api.deleteUser({ username });
-        deleted(ctx, 'user', username, res.deleted);
+        deleted(ctx, 'user', username, res.deleted, 'tern user ls');
       }),
     );
 
@@ -536,7 +537,7 @@ export function buildProgram(io: Io): Command {
     .action(
       run(async (ctx, address: string) => {
         const res = await ctx.api.deleteSuppression({ address });
-        deleted(ctx, 'suppression of', address, res.deleted);
+        deleted(ctx, 'suppression of', address, res.deleted, 'tern suppression ls');
       }),
     );
 

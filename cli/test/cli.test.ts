@@ -298,7 +298,7 @@ describe('tern CLI', () => {
       policy.responses.deleteAlias = { deleted: false };
       const r = await tern(['alias', 'rm', 'ghost@local.test'], env);
       assert.equal(r.code, 5);
-      assert.equal(r.stderr, 'tern: no alias ghost@local.test: nothing deleted\n');
+      assert.equal(r.stderr, 'tern: no alias ghost@local.test: nothing deleted (tern alias ls lists them)\n');
     });
   });
 

@@ -126,3 +126,11 @@ test('a rate above what the API can hold is refused naming N and its range, not 
   await fails(['limit', 'set', 'messages-per-ip', '0/1m'], 2, [/rate: N in "0\/1m" must be from 1/]);
   await fails(['limit', 'rm', 'messages-per-ip', '--for', '192.0.2.1'], 5, [/no messages-per-ip rule for 192\.0\.2\.1: nothing removed \(tern limit ls lists the rules\)/]);
 });
+
+test('rm of something that is not there names the ls to run', async () => {
+  await fails(['domain', 'rm', 'nosuch.test'], 5, [/no domain nosuch\.test: nothing deleted \(tern domain ls lists them\)/]);
+  await fails(['route', 'rm', 'nosuch.test'], 5, [/\(tern route ls lists them\)/]);
+  await fails(['mailbox', 'rm', 'a@nosuch.test'], 5, [/\(tern mailbox ls lists them\)/]);
+  await fails(['user', 'rm', 'nosuch'], 5, [/\(tern user ls lists them\)/]);
+  await fails(['suppression', 'rm', 'a@nosuch.test'], 5, [/\(tern suppression ls lists them\)/]);
+});
