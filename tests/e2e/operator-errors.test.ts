@@ -14,6 +14,7 @@ import { send, ternJson, ternRaw, type AdminTarget, type TernResult } from '../o
 
 const harness = new Harness({ name: 'e2e-operator-errors' });
 let platform: Platform;
+let viewer: AdminTarget;
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tern-operator-errors-'));
 
 before(async () => {
@@ -38,6 +39,7 @@ before(async () => {
       delivery: { TERN_DKIM_KEK: kek },
     },
   });
+  viewer = { adminAddr: platform.adminAddr, adminToken: 'ro-token-0123456789' };
 });
 
 after(async () => {
@@ -133,4 +135,9 @@ test('rm of something that is not there names the ls to run', async () => {
   await fails(['mailbox', 'rm', 'a@nosuch.test'], 5, [/\(tern mailbox ls lists them\)/]);
   await fails(['user', 'rm', 'nosuch'], 5, [/\(tern user ls lists them\)/]);
   await fails(['suppression', 'rm', 'a@nosuch.test'], 5, [/\(tern suppression ls lists them\)/]);
+});
+
+test('service messages: the role a viewer lacks, a bounce rule without a condition', async () => {
+  await fails(['domain', 'add', 'viewer.test'], 4, [/putDomain needs the admin role; ro has viewer \(give ro a token with role admin: name:token:admin in TERN_ADMIN_TOKENS_FILE\)/], { target: viewer });
+  await fails(['bounce-rule', 'set', 'r1', 'policy'], 1, [/rule\.code_prefix, rule\.pattern: give one or both \(tern bounce-rule set NAME CLASS --code 5\.7\.1 or --text REGEX\)/]);
 });

@@ -92,5 +92,6 @@ export function roleOf(call: { metadata: grpc.Metadata }): Role {
 /** Why `role` may not call `method`, naming the role needed and the next step; undefined when it may. */
 export function deniedReason(method: string, operator: string, role: Role, needed: Role): string | undefined {
   if (roleRank(role) >= roleRank(needed)) return undefined;
-  return `${method} needs the ${needed} role; ${operator} has ${role} (give ${operator} a token with role ${needed} or admin: name:token:${needed} in TERN_ADMIN_TOKENS_FILE)`;
+  const roles = needed === 'admin' ? 'role admin' : `role ${needed} or admin`;
+  return `${method} needs the ${needed} role; ${operator} has ${role} (give ${operator} a token with ${roles}: name:token:${needed} in TERN_ADMIN_TOKENS_FILE)`;
 }

@@ -69,6 +69,9 @@ export class BounceRules {
     if (!NAME.test(name)) throw new InvalidFieldError('rule.name', `"${r.name}" must be 1-64 of a-z, 0-9, . _ - (rules are checked in name order)`);
     if (!req.operator.trim()) throw new InvalidFieldError('operator', 'required (who is acting, recorded with the change)');
     const row: RuleRow = { name, code_prefix: r.codePrefix.trim(), pattern: r.pattern, bounce_class: r.bounceClass.trim(), description: r.description.trim() };
+    if (!row.code_prefix && !row.pattern) {
+      throw new InvalidFieldError('rule.code_prefix, rule.pattern', 'give one or both (tern bounce-rule set NAME CLASS --code 5.7.1 or --text REGEX): a rule matching every reply would classify everything');
+    }
     const problem = validateBounceRule(toDsn(row));
     if (problem) throw new InvalidArgumentError(`rule.${problem.replace(/^class:/, 'bounce_class:')}`);
     await tx(this.pool, async (c) => {
