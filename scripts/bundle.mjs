@@ -5,6 +5,7 @@
 import { build } from 'esbuild';
 import fs from 'node:fs';
 import path from 'node:path';
+import { pureClients } from './pure-clients.mjs';
 import { SOURCE_MAPS_BANNER, trimSourceMap } from './source-maps.mjs';
 
 const entry = process.argv[2] ?? 'src/main.ts';
@@ -31,6 +32,7 @@ await build({
   sourcemap: 'linked',
   banner: { js: SOURCE_MAPS_BANNER },
   external: [...external, '@opentelemetry/*', '@grpc/*', '@nats-io/*'],
+  plugins: [pureClients],
   logLevel: 'warning',
 });
 // libs/proto's generated code: see trimSourceMap.
