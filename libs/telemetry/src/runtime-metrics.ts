@@ -29,7 +29,9 @@ function processObservers(): ProcessObservers {
   if (observers) return observers;
   const loop = monitorEventLoopDelay({ resolution: LOOP_RESOLUTION_MS });
   loop.enable();
-  const gc = new Map<string, { runs: number; seconds: number }>();
+  // Every kind from zero, so that each series exists before its first collection
+  // (a service with little garbage may not have had one when first scraped).
+  const gc = new Map<string, { runs: number; seconds: number }>(Object.values(GC_KINDS).map((kind) => [kind, { runs: 0, seconds: 0 }]));
   const obs = new PerformanceObserver((list) => {
     for (const e of list.getEntries()) {
       const kind = GC_KINDS[((e as { detail?: unknown }).detail as { kind?: number } | undefined)?.kind ?? -1] ?? 'other';

@@ -42,3 +42,16 @@ test('a histogram with unit "s" is bucketed in seconds: a 3 ms and a 42 s observ
     await telemetry.shutdown();
   }
 });
+
+test('nodejs_gc_runs_total has a series for every kind from the start, collected or not (a quiet service is scraped before its first collection)', async () => {
+  const telemetry = createTelemetry({ service: 'metrics-test-gc', logLevel: 'silent' });
+  const server = await telemetry.serveMetrics('127.0.0.1', 0, () => true);
+  try {
+    const text = await get((server.address() as AddressInfo).port, '/metrics');
+    const kinds = [...text.matchAll(/^nodejs_gc_runs_total\{[^}]*kind="([^"]+)"[^}]*\} \d+/gm)].map((m) => m[1]).sort();
+    assert.deepEqual(kinds, ['incremental', 'major', 'minor', 'weakcb'], text);
+  } finally {
+    await new Promise((resolve) => server.close(resolve));
+    await telemetry.shutdown();
+  }
+});
