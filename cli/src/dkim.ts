@@ -41,7 +41,7 @@ function algorithmOf(value: string | undefined): DkimAlgorithm {
 function bitsOf(value: string | undefined): number {
   if (value === undefined) return 0;
   const n = Number(value);
-  if (!Number.isInteger(n) || n <= 0) throw new UsageError(`--bits: "${value}" is not a whole number (2048, 3072 or 4096)`);
+  if (!Number.isInteger(n) || n <= 0 || n > 65536) throw new UsageError(`--bits: "${value}" is not 2048, 3072 or 4096`);
   return n;
 }
 

@@ -85,6 +85,13 @@ export function describeError(err: unknown, c: Connection): CliError {
   if (!isGrpcError(err)) return new CliError((err as Error)?.message ?? String(err), EXIT.FAILED);
   const details = err.details ?? err.message;
   const name = grpc.status[err.code] ?? String(err.code);
+  // A number past its field's type (uint32, uint64) that no option check caught: grpc-js cannot encode
+  // it (nothing was sent), or the admin API cannot decode it. Either way the operator's value is at fault.
+  if (err.code === grpc.status.INTERNAL) {
+    const encode = /^Request message serialization failure: (.*)$/.exec(details);
+    if (encode) return new CliError(`a value given is out of range for the admin API (${encode[1]}), nothing sent: check the numbers in the command (its --help says what each option takes)`, EXIT.USAGE);
+    if (/^Error deserializing request/.test(details)) return new CliError(`the admin API could not read the request (${details}): a number given is probably out of range; check the numbers in the command`, EXIT.FAILED);
+  }
   // Errors the admin API mapped from queue or policy carry the owner's name.
   const owner = err.metadata?.get('tern-owner')[0];
   if (owner !== undefined) {

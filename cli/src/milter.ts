@@ -44,9 +44,12 @@ function listenersOf(value: string): Listener[] {
 /** Milliseconds from "500ms", "10s", "2m" or a bare number of milliseconds. */
 export function parseMs(value: string, option: string): number {
   const m = /^(\d+)(ms|s|m)?$/.exec(value.trim().toLowerCase());
-  if (!m) throw new UsageError(`${option}: "${value}" is not a time (e.g. 500ms, 10s, 5m)`);
+  if (!m) throw new UsageError(`${option}: "${value}" is not a time in ms, s or m (e.g. 500ms, 10s, 5m)`);
   const n = Number(m[1]);
-  return m[2] === 's' ? n * 1000 : m[2] === 'm' ? n * 60_000 : n;
+  const ms = m[2] === 's' ? n * 1000 : m[2] === 'm' ? n * 60_000 : n;
+  // policy's bound (milters.ts MAX_TIMEOUT_MS); larger numbers would not even fit the API's uint32.
+  if (ms > 600_000) throw new UsageError(`${option}: "${value}" is more than 10m (at most 10m; 0 for the default)`);
+  return ms;
 }
 
 function orderOf(value: string | undefined): number {

@@ -513,7 +513,7 @@ export function buildProgram(io: Io): Command {
     .action(
       run(async (ctx, o: { domain?: string; limit?: string; pageToken?: string }) => {
         const limit = o.limit === undefined ? 0 : Number(o.limit);
-        if (!Number.isInteger(limit) || limit < 0) throw new UsageError(`--limit: "${o.limit}" is not a whole number`);
+        if (o.limit !== undefined && (!Number.isInteger(limit) || limit < 1 || limit > 1000)) throw new UsageError(`--limit: expected a whole number from 1 to 1000 (got "${o.limit}")`);
         const res = await ctx.api.listSuppressions({ domain: o.domain ?? '', limit, pageToken: o.pageToken ?? '' });
         ctx.out(ctx.json ? f.json(ListSuppressionsResponse.toJSON(res)) : f.formatSuppressions(res.suppressions, res.nextPageToken));
       }),

@@ -23,21 +23,26 @@ export class UsageError extends Error {
 }
 
 const UNITS: Record<string, number> = { s: 1, m: 60, h: 3600, d: 86400, w: 604800 };
+const MAX_DURATION_S = 3650 * 86400;
 
 /** "90s", "15m", "2h", "5d", "1w", "1h30m" or plain seconds -> seconds. */
 export function parseDuration(value: string, option: string): number {
   const v = value.trim().toLowerCase();
-  if (/^\d+$/.test(v)) return Number(v);
-  const re = /(\d+)([smhdw])/gy;
   let total = 0;
-  let consumed = 0;
-  for (let m = re.exec(v); m; m = re.exec(v)) {
-    total += Number(m[1]) * UNITS[m[2]!]!;
-    consumed = re.lastIndex;
+  if (/^\d+$/.test(v)) total = Number(v);
+  else {
+    const re = /(\d+)([smhdw])/gy;
+    let consumed = 0;
+    for (let m = re.exec(v); m; m = re.exec(v)) {
+      total += Number(m[1]) * UNITS[m[2]!]!;
+      consumed = re.lastIndex;
+    }
+    if (consumed === 0 || consumed !== v.length) {
+      throw new UsageError(`${option}: "${value}" is not a duration (e.g. 90s, 15m, 2h, 5d, 1h30m)`);
+    }
   }
-  if (consumed === 0 || consumed !== v.length) {
-    throw new UsageError(`${option}: "${value}" is not a duration (e.g. 90s, 15m, 2h, 5d, 1h30m)`);
-  }
+  // Beyond any age or wait the platform has, and beyond what the API's integers carry.
+  if (total > MAX_DURATION_S) throw new UsageError(`${option}: "${value}" is more than 3650d`);
   return total;
 }
 
@@ -203,12 +208,16 @@ export function domainFromArgs(name: string, o: DomainOptions): Domain {
   return { name, kind, catchAll: o.catchAll ?? '', maxMessageSize, recipientCheck };
 }
 
+const MAX_SIZE = 1024 ** 4;
+
 /** "10M", "512k", "1G" or bytes. */
 export function parseSize(value: string, option: string): number {
   const m = /^(\d+)\s*([kmg]?)b?$/i.exec(value.trim());
   if (!m) throw new UsageError(`${option}: "${value}" is not a size (e.g. 25M, 512k, 1048576)`);
   const mult = { '': 1, k: 1024, m: 1024 ** 2, g: 1024 ** 3 }[m[2]!.toLowerCase() as '' | 'k' | 'm' | 'g'];
-  return Number(m[1]) * mult;
+  const bytes = Number(m[1]) * mult;
+  if (bytes > MAX_SIZE) throw new UsageError(`${option}: "${value}" is more than 1024G`);
+  return bytes;
 }
 
 export interface UserOptions {

@@ -130,6 +130,15 @@ describe('errors', () => {
   it('maps usage errors to exit 2', () => {
     assert.equal(describeError(new UsageError('bad'), conn).exitCode, EXIT.USAGE);
   });
+
+  it('names a number the request could not carry as the operator\'s value, not INTERNAL', () => {
+    const e = describeError(err(grpc.status.INTERNAL, 'Request message serialization failure: invalid uint32: 99999999999'), conn);
+    assert.equal(e.exitCode, EXIT.USAGE);
+    assert.equal(e.message, 'a value given is out of range for the admin API (invalid uint32: 99999999999), nothing sent: check the numbers in the command (its --help says what each option takes)');
+    const d = describeError(err(grpc.status.INTERNAL, 'Error deserializing request: Value is larger than Number.MAX_SAFE_INTEGER'), conn);
+    assert.equal(d.exitCode, EXIT.FAILED);
+    assert.match(d.message, /^the admin API could not read the request \(.*\): a number given is probably out of range/);
+  });
 });
 
 describe('format', () => {

@@ -141,3 +141,13 @@ test('service messages: the role a viewer lacks, a bounce rule without a conditi
   await fails(['domain', 'add', 'viewer.test'], 4, [/putDomain needs the admin role; ro has viewer \(give ro a token with role admin: name:token:admin in TERN_ADMIN_TOKENS_FILE\)/], { target: viewer });
   await fails(['bounce-rule', 'set', 'r1', 'policy'], 1, [/rule\.code_prefix, rule\.pattern: give one or both \(tern bounce-rule set NAME CLASS --code 5\.7\.1 or --text REGEX\)/]);
 });
+
+test('a number past what the API carries is named with its option and range, not a serialization failure', async () => {
+  await fails(['milter', 'set', 'big', '127.0.0.1:11332', '--connect-timeout', '99999999999'], 2, [/--connect-timeout: "99999999999" is more than 10m \(at most 10m; 0 for the default\)/]);
+  await fails(['milter', 'set', 'big', '127.0.0.1:11332', '--total-timeout', '10h'], 2, [/--total-timeout: "10h" is not a time in ms, s or m/]);
+  await fails(['dkim', 'generate', 'keys.test', 'big', '--bits', '99999999999'], 2, [/--bits: "99999999999" is not 2048, 3072 or 4096/]);
+  await fails(['suppression', 'ls', '--limit', '99999999999'], 2, [/--limit: expected a whole number from 1 to 1000 \(got "99999999999"\)/]);
+  await fails(['domain', 'add', 'big.test', '--max-size', '99999999999G'], 2, [/--max-size: "99999999999G" is more than 1024G/]);
+  await fails(['queue', 'ls', '--older-than', '99999999999999d'], 2, [/--older-than: "99999999999999d" is more than 3650d/]);
+  await fails(['queue', 'ls', '--older-than', '99999999999999'], 2, [/--older-than: "99999999999999" is more than 3650d/]);
+});
