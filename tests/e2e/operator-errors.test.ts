@@ -151,3 +151,7 @@ test('a number past what the API carries is named with its option and range, not
   await fails(['queue', 'ls', '--older-than', '99999999999999d'], 2, [/--older-than: "99999999999999d" is more than 3650d/]);
   await fails(['queue', 'ls', '--older-than', '99999999999999'], 2, [/--older-than: "99999999999999" is more than 3650d/]);
 });
+
+test('a webhook URL of another scheme names the scheme and the one to use', async () => {
+  await fails(['webhook', 'add', 'ftp://hooks.example.com/'], 1, [/the webhooks service refused the request: url: ftp:\/\/ is refused: use https:\/\/ \(e\.g\. https:\/\/app\.example\.com\/tern\)/]);
+});

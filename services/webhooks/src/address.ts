@@ -84,7 +84,7 @@ export function checkEndpointUrl(value: string, rules: AddressRules): URL {
       throw new Error('url: http:// is refused: use https:// (set TERN_WEBHOOKS_ALLOW_HTTP on the webhooks service for a receiver inside the cluster)');
     }
   } else if (url.protocol !== 'https:') {
-    throw new Error(`url: ${url.protocol} is not https:`);
+    throw new Error(`url: ${url.protocol}// is refused: use https:// (e.g. https://app.example.com/tern)`);
   }
   if (url.username || url.password) throw new Error('url: holds a user name or password: leave them out (requests are authenticated by their signature)');
   if (url.hash) throw new Error('url: holds a #fragment: leave it out');
