@@ -155,3 +155,8 @@ test('a number past what the API carries is named with its option and range, not
 test('a webhook URL of another scheme names the scheme and the one to use', async () => {
   await fails(['webhook', 'add', 'ftp://hooks.example.com/'], 1, [/the webhooks service refused the request: url: ftp:\/\/ is refused: use https:\/\/ \(e\.g\. https:\/\/app\.example\.com\/tern\)/]);
 });
+
+test('a route target names what is wrong with it: the port range, the unix: form for LMTP', async () => {
+  await fails(['route', 'set', 'target.test', '--kind', 'smarthost', '--target', 'relay.test:99999'], 1, [/route\.target: port 99999 of "relay\.test:99999" is out of range \(1-65535\)/]);
+  await fails(['route', 'set', 'target.test', '--kind', 'lmtp', '--target', 'unix:relative'], 1, [/route\.target: "unix:relative" is not host:port \(e\.g\. .*, or unix:\/absolute\/path\)/]);
+});

@@ -72,8 +72,10 @@ export function validateRoute(route: Route | undefined): string | undefined {
     const unix = /^unix:\/.+/.test(t);
     if (unix && route.kind !== RouteKind.ROUTE_KIND_LMTP) return 'route.target: "unix:" targets are only for LMTP';
     if (!unix) {
-      const m = /^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$/.exec(t);
-      if (!m || Number(m[2]) < 1 || Number(m[2]) > 65535) return `route.target: "${t}" is not host:port`;
+      const m = /^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):(\d+)$/.exec(t);
+      const lmtp = route.kind === RouteKind.ROUTE_KIND_LMTP;
+      if (!m) return `route.target: "${t}" is not host:port (e.g. smtp.example.com:587, [2001:db8::1]:25${lmtp ? ', or unix:/absolute/path' : ''})`;
+      if (Number(m[2]) < 1 || Number(m[2]) > 65535) return `route.target: port ${m[2]} of "${t}" is out of range (1-65535)`;
     }
   }
   if (route.authUser && !route.authSecret) return 'route.auth_secret: required with auth_user (the name of the secret holding the password)';
