@@ -10,7 +10,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { Harness, startPlatform, type Platform } from '@tern/devkit';
-import { send, ternJson, ternRaw, type AdminTarget, type TernResult } from '../ops/helpers';
+import { send, tern, ternJson, ternRaw, type AdminTarget, type TernResult } from '../ops/helpers';
 
 const harness = new Harness({ name: 'e2e-operator-errors' });
 let platform: Platform;
@@ -159,4 +159,13 @@ test('a webhook URL of another scheme names the scheme and the one to use', asyn
 test('a route target names what is wrong with it: the port range, the unix: form for LMTP', async () => {
   await fails(['route', 'set', 'target.test', '--kind', 'smarthost', '--target', 'relay.test:99999'], 1, [/route\.target: port 99999 of "relay\.test:99999" is out of range \(1-65535\)/]);
   await fails(['route', 'set', 'target.test', '--kind', 'lmtp', '--target', 'unix:relative'], 1, [/route\.target: "unix:relative" is not host:port \(e\.g\. .*, or unix:\/absolute\/path\)/]);
+});
+
+test('a mailbox or alias of a domain that is not ours, or not local, names the domain and the command; a domain in use names what to list', async () => {
+  await fails(['mailbox', 'add', 'a@unknown.test'], 1, [/mailbox\.address: domain "unknown\.test" is not one of ours: add it first \(tern domain add unknown\.test\)/]);
+  await tern(platform, 'domain', 'add', 'relayed.test', '--kind', 'relay');
+  await fails(['alias', 'add', 'a@relayed.test', 'b@elsewhere.test'], 1, [/alias\.address: domain "relayed\.test" is a relay domain: mailboxes and aliases belong to local domains/]);
+  await tern(platform, 'domain', 'add', 'inuse.test');
+  await tern(platform, 'mailbox', 'add', 'a@inuse.test');
+  await fails(['domain', 'rm', 'inuse.test'], 1, [/domain inuse\.test still has 1 mailboxes and 0 aliases; delete them first \(tern mailbox ls --domain inuse\.test, tern alias ls --domain inuse\.test\)/]);
 });

@@ -85,7 +85,7 @@ export class PolicyStore {
         [name],
       );
       const { m = 0, a = 0 } = used.rows[0] ?? {};
-      if (m + a > 0) throw precondition(`domain ${name} still has ${m} mailboxes and ${a} aliases; delete them first`);
+      if (m + a > 0) throw precondition(`domain ${name} still has ${m} mailboxes and ${a} aliases; delete them first (tern mailbox ls --domain ${name}, tern alias ls --domain ${name})`);
       const res = await c.query('DELETE FROM policy.domains WHERE name = $1', [name]);
       if (res.rowCount) await audit(c, operator, 'delete', 'domain', name, {});
       return (res.rowCount ?? 0) > 0;
@@ -94,7 +94,9 @@ export class PolicyStore {
 
   private async requireLocalDomain(c: Queryable, field: string, domain: string): Promise<void> {
     const res = await c.query<{ kind: string }>('SELECT kind FROM policy.domains WHERE name = $1 FOR SHARE', [domain]);
-    if (res.rows[0]?.kind !== 'local') throw invalid(field, `domain "${domain}" is not a local domain (create it first)`);
+    const kind = res.rows[0]?.kind;
+    if (kind === undefined) throw invalid(field, `domain "${domain}" is not one of ours: add it first (tern domain add ${domain})`);
+    if (kind !== 'local') throw invalid(field, `domain "${domain}" is a ${kind} domain: mailboxes and aliases belong to local domains (tern domain ls)`);
   }
 
   async listMailboxes(domain: string): Promise<MailboxRow[]> {

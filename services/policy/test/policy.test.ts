@@ -186,7 +186,7 @@ describe('policy service', () => {
         ],
         [() => c.putDomain({ domain: { name: 'ok.test', kind: 0, catchAll: '', maxMessageSize: 0 } }), /^domain\.kind: /],
         [() => c.putMailbox({ mailbox: { address: 'not an address', enabled: true } }), /^mailbox\.address: /],
-        [() => c.putMailbox({ mailbox: { address: 'x@unknown-domain.test', enabled: true } }), /^mailbox\.address: domain "unknown-domain.test" is not a local domain/],
+        [() => c.putMailbox({ mailbox: { address: 'x@unknown-domain.test', enabled: true } }), /^mailbox\.address: domain "unknown-domain.test" is not one of ours: add it first \(tern domain add unknown-domain\.test\)/],
         [() => c.putAlias({ alias: { address: 'a@local.test', targets: ['ok@x.test', 'bad@@x'] } }), /^alias\.targets\[1\]: /],
         [() => c.putUser({ user: { username: 'u1', allowedSenders: ['@bad domain'], mayRelay: false, enabled: true } }), /^user\.allowed_senders\[0\]: /],
         [() => c.putUser({ user: { username: 'has space', allowedSenders: [], mayRelay: false, enabled: true } }), /^user\.username: /],
