@@ -169,3 +169,14 @@ test('a mailbox or alias of a domain that is not ours, or not local, names the d
   await tern(platform, 'mailbox', 'add', 'a@inuse.test');
   await fails(['domain', 'rm', 'inuse.test'], 1, [/domain inuse\.test still has 1 mailboxes and 0 aliases; delete them first \(tern mailbox ls --domain inuse\.test, tern alias ls --domain inuse\.test\)/]);
 });
+
+test('user add --keep-password of a user that does not exist is refused naming the password, not saved without one', async () => {
+  await fails(['user', 'add', 'newbie@keys.test', '--keep-password'], 1, [/password: required for a new user \("newbie@keys\.test" does not exist yet\): give one \(tern user add newbie@keys\.test --password-stdin/]);
+  const users = await ternJson<{ users?: { username: string }[] }>(platform, 'user', 'ls');
+  assert.equal(users.users?.some((u) => u.username === 'newbie@keys.test') ?? false, false, 'nothing was saved');
+  const added = await ternRaw(platform, ['user', 'add', 'newbie@keys.test', '--password-stdin'], { stdin: 'a-long-password-1\n' });
+  assert.equal(added.code, 0, added.stderr);
+  const kept = await ternRaw(platform, ['user', 'add', 'newbie@keys.test', '--keep-password', '--may-relay']);
+  assert.equal(kept.code, 0, kept.stderr);
+  assert.match(kept.stdout, /User newbie@keys\.test saved \(password unchanged\)/);
+});

@@ -156,6 +156,10 @@ export class PolicyStore {
   /** Upserts a user; `passwordHash` undefined keeps the stored one. */
   async putUser(u: Omit<UserRow, 'passwordHash'>, passwordHash: string | undefined, operator: string): Promise<UserRow> {
     return withTransaction(this.pool, async (c) => {
+      // No password keeps the stored one; a new user has none to keep, and could never log in.
+      if (passwordHash === undefined && !(await c.query('SELECT 1 FROM policy.users WHERE username = $1 FOR UPDATE', [u.username])).rowCount) {
+        throw invalid('password', `required for a new user ("${u.username}" does not exist yet): give one (tern user add ${u.username} --password-stdin, or at the prompt); keeping the password applies to an existing user`);
+      }
       const row = await c.query<UserRow>(
         `INSERT INTO policy.users (username, password_hash, allowed_senders, may_relay, enabled) VALUES ($1, COALESCE($2, ''), $3, $4, $5)
          ON CONFLICT (username) DO UPDATE SET password_hash = COALESCE($2, policy.users.password_hash),
