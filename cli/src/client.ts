@@ -102,6 +102,8 @@ const truthy = (v: string | undefined) => v !== undefined && /^(1|true|yes|on)$/
 
 export function resolveConnection(o: ConnectionOptions, env: Record<string, string | undefined>, cwd: string): Connection {
   const given = o.server !== undefined ? { value: o.server, source: '--server' } : { value: env.TERN_ADMIN_ADDR ?? '', source: 'TERN_ADMIN_ADDR' };
+  // An empty --server (a script's unset variable) must not quietly mean the local default.
+  if (o.server !== undefined && !o.server.trim()) throw new UsageError(`--server: empty; expected host:port, e.g. ${DEFAULT_ADDR} (or leave --server out for TERN_ADMIN_ADDR, default ${DEFAULT_ADDR})`);
   const address = given.value.trim() ? checkAddress(given.value.trim(), given.source) : DEFAULT_ADDR;
   let token: string | undefined;
   let tokenSource = 'none';
@@ -146,8 +148,9 @@ export function resolveConnection(o: ConnectionOptions, env: Record<string, stri
   };
 }
 
+/** `what` names the file and the option or variable that gave it. */
 function readable(file: string, what: string): string {
-  if (!fs.existsSync(file)) throw new UsageError(`${what} ${file} does not exist`);
+  if (!fs.existsSync(file)) throw new UsageError(`${what} ${file} does not exist: check the path`);
   return file;
 }
 
@@ -172,12 +175,12 @@ const AdminClient = AdminServiceClient;
 export function connect(c: Connection): AdminApi {
   let credentials: grpc.ChannelCredentials;
   if (c.caFile) {
-    credentials = channelCredentials({ caFile: readable(c.caFile, 'CA file'), certFile: c.certFile && readable(c.certFile, 'certificate file'), keyFile: c.keyFile && readable(c.keyFile, 'key file') });
+    credentials = channelCredentials({ caFile: readable(c.caFile, 'the CA file (--ca-file, TERN_ADMIN_CA_FILE)'), certFile: c.certFile && readable(c.certFile, 'the client certificate (--cert-file, TERN_ADMIN_CERT_FILE)'), keyFile: c.keyFile && readable(c.keyFile, 'the client key (--key-file, TERN_ADMIN_KEY_FILE)') });
   } else if (c.tls) {
     credentials = grpc.credentials.createSsl(
       null,
-      c.keyFile ? fs.readFileSync(readable(c.keyFile, 'key file')) : null,
-      c.certFile ? fs.readFileSync(readable(c.certFile, 'certificate file')) : null,
+      c.keyFile ? fs.readFileSync(readable(c.keyFile, 'the client key (--key-file, TERN_ADMIN_KEY_FILE)')) : null,
+      c.certFile ? fs.readFileSync(readable(c.certFile, 'the client certificate (--cert-file, TERN_ADMIN_CERT_FILE)')) : null,
     );
   } else {
     credentials = grpc.credentials.createInsecure();

@@ -95,6 +95,8 @@ test('a malformed --server or TERN_ADMIN_ADDR is named with the form expected; t
   await fails(['--server', '127.0.0.1:99999', 'domain', 'ls'], 2, [/--server: port 99999 of "127\.0\.0\.1:99999" is out of range \(1-65535\); expected host:port, e\.g\. 127\.0\.0\.1:7000/]);
   await fails(['domain', 'ls'], 2, [/TERN_ADMIN_ADDR: "127\.0\.0\.1" has no port; expected host:port/], { env: { TERN_ADMIN_ADDR: '127.0.0.1' } });
   await fails(['--server', 'http://127.0.0.1:7000/', 'domain', 'ls'], 2, [/--server: "http:\/\/127\.0\.0\.1:7000\/" is not host:port/]);
+  await fails(['--server', '', 'domain', 'ls'], 2, [/--server: empty; expected host:port/]);
+  await fails(['--ca-file', path.join(dir, 'no-ca.pem'), 'domain', 'ls'], 2, [/the CA file \(--ca-file, TERN_ADMIN_CA_FILE\) .*no-ca\.pem does not exist: check the path/]);
   // The SMTP listener is no gRPC server: a port mixed up.
   await fails(['--timeout', '5', '--server', `127.0.0.1:${platform.smtpPort}`, 'domain', 'ls'], 3, [
     new RegExp(`cannot reach the admin API at 127\\.0\\.0\\.1:${platform.smtpPort} \\(the server there does not answer gRPC\\)`),
