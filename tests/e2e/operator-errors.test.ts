@@ -182,3 +182,11 @@ test('user add --keep-password of a user that does not exist is refused naming t
   assert.equal(kept.code, 0, kept.stderr);
   assert.match(kept.stdout, /User newbie@keys\.test saved \(password unchanged\)/);
 });
+
+test('a domain size limit above the global one is refused naming both, not saved to never apply', async () => {
+  await fails(['domain', 'add', 'sized.test', '--max-size', '100M'], 1, [
+    /domain\.max_message_size: 104857600 bytes \(100\.0 MiB\) is above policy's TERN_MAX_MESSAGE_SIZE, 52428800 bytes \(50\.0 MiB\), which applies first: give at most that, or raise TERN_MAX_MESSAGE_SIZE/,
+  ]);
+  const saved = await ternRaw(platform, ['domain', 'add', 'sized.test', '--max-size', '10M']);
+  assert.equal(saved.code, 0, saved.stderr);
+});

@@ -53,6 +53,11 @@ export class Engine {
     private readonly snapshot: () => Snapshot,
   ) {}
 
+  /** TERN_MAX_MESSAGE_SIZE: checked before any domain's own limit, so a domain's can only be lower. */
+  get maxMessageSize(): number {
+    return this.opts.maxMessageSize;
+  }
+
   client(session: SessionInfo | undefined): Client {
     const address = session?.clientAddress ?? '';
     const trusted = inNetworks(address, this.opts.trustedNetworks);

@@ -296,7 +296,7 @@ export function createPolicyService(deps: ServiceDeps): PolicyServiceServer {
 
     listDomains: unary('ListDomains', async () => ({ domains: (await store.listDomains()).map(toDomain) })),
     putDomain: unary('PutDomain', async (req) => {
-      const row = await store.putDomain(validateDomain(req.domain), op(req.operator));
+      const row = await store.putDomain(validateDomain(req.domain, deps.engine.maxMessageSize), op(req.operator));
       await changed('domain', 'put', row.name, op(req.operator));
       return { domain: toDomain(row) };
     }),

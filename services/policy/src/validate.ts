@@ -77,7 +77,7 @@ const CHECK_MODES: Partial<Record<RecipientCheck, RecipientCheckMode>> = {
  * keeps what an existing relay domain has (none for a new one), so that a
  * put changing the size limit does not turn verification off.
  */
-export function validateDomain(d: Domain | undefined): Omit<DomainRow, 'recipientCheck'> & { recipientCheck: RecipientCheckMode | undefined } {
+export function validateDomain(d: Domain | undefined, globalMaxSize = Infinity): Omit<DomainRow, 'recipientCheck'> & { recipientCheck: RecipientCheckMode | undefined } {
   if (!d) throw invalid('domain', 'required');
   const name = domainName('domain.name', d.name);
   let kind: Kind;
@@ -90,6 +90,14 @@ export function validateDomain(d: Domain | undefined): Omit<DomainRow, 'recipien
     catchAll = mailboxAddress('domain.catch_all', d.catchAll);
   }
   if (!Number.isSafeInteger(d.maxMessageSize) || d.maxMessageSize < 0) throw invalid('domain.max_message_size', 'must be a byte count');
+  if (d.maxMessageSize > globalMaxSize) {
+    // The global limit refuses first (MAIL SIZE=, and RCPT), so a larger domain limit would never apply.
+    const mib = (n: number) => `${(n / 1048576).toFixed(1)} MiB`;
+    throw invalid(
+      'domain.max_message_size',
+      `${d.maxMessageSize} bytes (${mib(d.maxMessageSize)}) is above policy's TERN_MAX_MESSAGE_SIZE, ${globalMaxSize} bytes (${mib(globalMaxSize)}), which applies first: give at most that, or raise TERN_MAX_MESSAGE_SIZE (policy and ingress)`,
+    );
+  }
   let recipientCheck: RecipientCheckMode | undefined;
   if (d.recipientCheck !== RecipientCheck.RECIPIENT_CHECK_UNSPECIFIED) {
     recipientCheck = CHECK_MODES[d.recipientCheck];
