@@ -6,7 +6,7 @@ import path from 'node:path';
 import { channelCredentials, clientInterceptor, grpc, unary } from '@tern/grpc';
 import * as proto from '@tern/proto';
 import { AdminServiceClient, AdminServiceService, ReadBodyRequest, type ReadBodyResponse } from '@tern/proto';
-import { CliError, EXIT } from './errors';
+import { CliError, EXIT, fileProblem } from './errors';
 import { UsageError } from './requests';
 
 export const DEFAULT_ADDR = '127.0.0.1:7000';
@@ -42,9 +42,7 @@ export function tokenFromFile(file: string, label: string): string {
   try {
     text = fs.readFileSync(file, 'utf8');
   } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    const why = code === 'ENOENT' ? 'it does not exist' : code === 'EACCES' ? 'permission denied' : code === 'EISDIR' ? 'it is a directory' : (code ?? (err as Error).message);
-    throw new UsageError(`cannot read the token file ${file} (${label}): ${why}. Check ${label.startsWith('-') || label.startsWith('TERN_') ? label : 'the file'}, or set TERN_ADMIN_TOKEN.`);
+    throw new UsageError(`cannot read the token file ${file} (${label}): ${fileProblem(err)}. Check ${label.startsWith('-') || label.startsWith('TERN_') ? label : 'the file'}, or set TERN_ADMIN_TOKEN.`);
   }
   const line = text
     .split(/\r?\n/)

@@ -15,7 +15,7 @@ import {
   RotateDkimKeyResponse,
 } from '@tern/proto';
 import type { AdminApi } from './client';
-import { CliError, EXIT } from './errors';
+import { CliError, EXIT, fileProblem } from './errors';
 import { enumName, json, table } from './format';
 import { parseDuration, UsageError } from './requests';
 
@@ -84,7 +84,7 @@ function readKeyFile(file: string): string {
   try {
     return fs.readFileSync(file, 'utf8');
   } catch (err) {
-    throw new UsageError(`--key-file: cannot read ${file}: ${(err as Error).message}`);
+    throw new UsageError(`--key-file: cannot read ${file} (${fileProblem(err)}): give the private key's PEM file`);
   }
 }
 

@@ -27,6 +27,15 @@ export class CliError extends Error {
   }
 }
 
+/** Why a local file could not be read or written, in words (not "ENOENT: no such file or directory, open ..."). */
+export function fileProblem(err: unknown): string {
+  const code = (err as NodeJS.ErrnoException)?.code;
+  if (code === 'ENOENT') return 'it does not exist';
+  if (code === 'EACCES' || code === 'EPERM') return 'permission denied';
+  if (code === 'EISDIR') return 'it is a directory';
+  return code ?? (err as Error)?.message ?? String(err);
+}
+
 /** grpc-js details without timestamps, resolution notes and line breaks. */
 function clean(details: string): string {
   return details

@@ -31,7 +31,7 @@ import { registerRelayRecipientCommands } from './relay-recipient';
 import { registerRewriteCommands } from './rewrite';
 import { registerWebhookCommands } from './webhook';
 import { registerBounceRuleCommands } from './bounce-rule';
-import { CliError, EXIT } from './errors';
+import { CliError, EXIT, fileProblem } from './errors';
 import * as f from './format';
 import { passwordFromPrompt, passwordFromStdin } from './password';
 import {
@@ -95,8 +95,7 @@ function openOutput(file: string): number {
   try {
     return fs.openSync(file, 'w');
   } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    const why = code === 'ENOENT' ? 'its directory does not exist' : code === 'EACCES' ? 'permission denied' : code === 'EISDIR' ? 'it is a directory' : (code ?? (err as Error).message);
+    const why = (err as NodeJS.ErrnoException).code === 'ENOENT' ? 'its directory does not exist' : fileProblem(err);
     throw new UsageError(`-o ${file}: cannot write it (${why}); give a file in a directory you can write, or leave -o out for stdout`);
   }
 }

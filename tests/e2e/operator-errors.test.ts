@@ -75,7 +75,7 @@ test('dkim import and rotate take --key-file after the command as the private ke
   assert.deepEqual(keys.keys?.map((k) => [k.selector, k.state]), [['imp2', 'DKIM_KEY_STATE_ACTIVE']]);
 
   await fails(['dkim', 'import', 'keys.test', 'imp3'], 2, [/--key-file is required: the private key in PEM/, /tern dkim import example\.com s2026 --key-file key\.pem/]);
-  await fails(['dkim', 'import', 'keys.test', 'imp3', '--key-file', path.join(dir, 'missing.pem')], 2, [/--key-file: cannot read .*missing\.pem/]);
+  await fails(['dkim', 'import', 'keys.test', 'imp3', '--key-file', path.join(dir, 'missing.pem')], 2, [/--key-file: cannot read .*missing\.pem \(it does not exist\): give the private key's PEM file/]);
   // Before the command it is the global option of the client key, which needs --cert-file.
   await fails(['--key-file', pem, 'dkim', 'ls'], 2, [/a client certificate needs both --cert-file and --key-file/]);
 });
