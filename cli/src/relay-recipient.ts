@@ -16,7 +16,7 @@ import {
   type VerifiedRecipient,
 } from '@tern/proto';
 import type { AdminApi } from './client';
-import { CliError, EXIT } from './errors';
+import { CliError, EXIT, fileProblem } from './errors';
 import { json, table } from './format';
 import { UsageError } from './requests';
 
@@ -80,7 +80,7 @@ async function readSource(file: string, stdin: NodeJS.ReadableStream): Promise<s
   try {
     return fs.readFileSync(file, 'utf8');
   } catch (err) {
-    throw new UsageError(`FILE: cannot read ${file}: ${(err as Error).message}`);
+    throw new UsageError(`FILE: cannot read ${file} (${fileProblem(err)}): give the file to import, or - for standard input`);
   }
 }
 
@@ -236,7 +236,7 @@ export function registerRelayRecipientCommands(program: Command, run: Run): void
       run(async (ctx, address: string) => {
         const res = await ctx.api.flushVerifiedRecipients({ address });
         if (ctx.json) ctx.out(json(FlushVerifiedRecipientsResponse.toJSON(res)));
-        else ctx.out(`Forgot ${res.deleted} verification result(s) for ${address}.\n`);
+        else if (res.deleted) ctx.out(`Forgot ${res.deleted} verification result(s) for ${address}.\n`);
         if (!res.deleted) throw new CliError(`no cached verification for ${address}: nothing forgotten (see tern verify ls)`, EXIT.NOT_FOUND);
       }),
     );

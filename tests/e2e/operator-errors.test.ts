@@ -190,3 +190,10 @@ test('a domain size limit above the global one is refused naming both, not saved
   const saved = await ternRaw(platform, ['domain', 'add', 'sized.test', '--max-size', '10M']);
   assert.equal(saved.code, 0, saved.stderr);
 });
+
+test('relay recipients and verification: an unreadable import file, a listing of a domain without a list, a flush of nothing', async () => {
+  await fails(['relay-recipient', 'import', path.join(dir, 'missing.txt')], 2, [/FILE: cannot read .*missing\.txt \(it does not exist\): give the file to import, or - for standard input/]);
+  await fails(['relay-recipient', 'ls', '--domain', 'nolist.test'], 1, [/domain: nolist\.test is not a relay domain; add it first: tern domain add nolist\.test --kind relay --recipients list/]);
+  const r = await fails(['verify', 'flush', 'nosuch@nolist.test'], 5, [/no cached verification for nosuch@nolist\.test: nothing forgotten \(see tern verify ls\)/]);
+  assert.equal(r.stdout, '', 'nothing on stdout when nothing was forgotten');
+});

@@ -61,6 +61,11 @@ export class RelayRecipientStore {
       [domain, req.pageToken, n + 1],
     );
     const page = res.rows.slice(0, n);
+    // An empty answer for a domain that has no list at all says why, instead of "no entries".
+    if (!page.length && domain && !req.pageToken) {
+      const kind = await this.pool.query<{ kind: string }>('SELECT kind FROM policy.domains WHERE name = $1', [domain]);
+      if (kind.rows[0]?.kind !== 'relay') throw invalid('domain', notRelayDomain(domain, kind.rows.length > 0));
+    }
     return { recipients: page.map(toRecipient), nextPageToken: res.rows.length > n ? page.at(-1)!.address : '' };
   }
 
@@ -140,12 +145,7 @@ export class RelayRecipientStore {
     return withTransaction(this.pool, async (c) => {
       const kind = await c.query<{ kind: string }>('SELECT kind FROM policy.domains WHERE name = $1 FOR UPDATE', [domain]);
       if (kind.rows[0]?.kind !== 'relay') {
-        throw invalid(
-          'domain',
-          kind.rows.length
-            ? `${domain} is a local domain (its recipients are its mailboxes and aliases)`
-            : `${domain} is not a relay domain; add it first: tern domain add ${domain} --kind relay --recipients list`,
-        );
+        throw invalid('domain', notRelayDomain(domain, kind.rows.length > 0));
       }
       given.forEach((e, i) => {
         const d = e.startsWith('@') ? e.slice(1) : domainOf(e);
@@ -203,10 +203,7 @@ export class RelayRecipientStore {
     for (const d of domains) {
       if (kinds.get(d) === 'relay') continue;
       const i = raw.findIndex((a) => relayRecipientEntry('addresses', a).endsWith(`@${d}`));
-      const why = kinds.has(d)
-        ? `${d} is a local domain (its recipients are its mailboxes and aliases)`
-        : `${d} is not a relay domain; add it first: tern domain add ${d} --kind relay --recipients list`;
-      throw invalid(`addresses[${Math.max(i, 0)}]`, why);
+      throw invalid(`addresses[${Math.max(i, 0)}]`, notRelayDomain(d, kinds.has(d)));
     }
   }
 }
@@ -216,4 +213,11 @@ export async function refuseLocalWithRelayRecipients(c: Pick<Pool, 'query'>, dom
   const res = await c.query<{ n: number }>('SELECT count(*)::int AS n FROM policy.relay_recipients WHERE domain = $1', [domain]);
   const n = res.rows[0]?.n ?? 0;
   if (n > 0) throw precondition(`domain ${domain} still has ${n} relay recipients; remove them first (tern relay-recipient rm --domain ${domain})`);
+}
+
+/** Why a domain has no relay recipient list: it is local, or not ours at all. */
+function notRelayDomain(domain: string, isLocal: boolean): string {
+  return isLocal
+    ? `${domain} is a local domain (its recipients are its mailboxes and aliases)`
+    : `${domain} is not a relay domain; add it first: tern domain add ${domain} --kind relay --recipients list`;
 }
