@@ -414,9 +414,15 @@ function toDestination(r: DestRow): Destination {
   };
 }
 
+/** A destination as the queue names it: a recipient domain (U-labels allowed) or an address literal. */
+const DESTINATION = /^(?:\[(?:ipv6:)?[0-9a-f.:]+\]|[\p{L}\p{N}_-]+(?:\.[\p{L}\p{N}_-]+)*)$/u;
+
 function normaliseDestination(d: string): string {
   const name = d.trim().toLowerCase().replace(/^@/, '').replace(/\.$/, '');
-  if (!name || !/^[^\s@]+$/.test(name)) throw new InvalidFieldError('destination', `"${d}" is not a domain`);
+  if (!DESTINATION.test(name)) {
+    // "*" or "example.*" would pass for "every destination" and suspend none.
+    throw new InvalidFieldError('destination', `"${d}" is not a domain: a destination is one recipient domain (example.com) or an address literal ([192.0.2.1]); tern destination ls lists them`);
+  }
   return name;
 }
 

@@ -126,6 +126,21 @@ describe('operations', () => {
     assert.deepEqual(ev.rows.map((e) => e.action), ['suspend', 'resume']);
   });
 
+  it('refuses a destination that is no domain (a wildcard would pass for every destination and suspend none), naming the forms', async () => {
+    for (const destination of ['*', 'example.*', '*.example', 'a b.example', 'x,y.example']) {
+      await assert.rejects(
+        client.suspendDestination({ destination, operator: 'carol', reason: 'all', force: true }),
+        (e: grpc.ServiceError) => e.code === grpc.status.INVALID_ARGUMENT && /destination: ".*" is not a domain: a destination is one recipient domain \(example\.com\) or an address literal/.test(e.details),
+        destination,
+      );
+    }
+    for (const destination of ['[192.0.2.1]', '[IPv6:2001:db8::1]', 'bücher.example', 'xn--bcher-kva.example']) {
+      const s = await client.suspendDestination({ destination, operator: 'carol', reason: 'test', force: true });
+      assert.equal(s.destination!.suspended, true, destination);
+      await client.resumeDestination({ destination, operator: 'carol' });
+    }
+  });
+
   it('validates routes, naming the field', async () => {
     const bad = async (route: object, field: RegExp) =>
       assert.rejects(client.putRoute({ route, operator: 'dave' }), (e: grpc.ServiceError) => e.code === grpc.status.INVALID_ARGUMENT && field.test(e.details));
