@@ -130,6 +130,7 @@ export function resolveConnection(o: ConnectionOptions, env: Record<string, stri
   const keyFile = o.keyFile ?? env.TERN_ADMIN_KEY_FILE;
   if (Boolean(certFile) !== Boolean(keyFile)) throw new UsageError('a client certificate needs both --cert-file and --key-file (TERN_ADMIN_CERT_FILE, TERN_ADMIN_KEY_FILE)');
   const tls = Boolean(o.tls || truthy(env.TERN_ADMIN_TLS) || caFile || certFile);
+  if (o.tlsServerName && !tls) throw new UsageError('--tls-server-name names the server certificate, so it needs TLS: add --tls (or --ca-file)');
   const timeout = o.timeout ?? env.TERN_ADMIN_TIMEOUT ?? '15';
   const seconds = Number(timeout);
   if (!Number.isFinite(seconds) || seconds <= 0) throw new UsageError(`--timeout: expected seconds, e.g. 15 (got "${timeout}")`);

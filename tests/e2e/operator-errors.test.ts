@@ -197,3 +197,7 @@ test('relay recipients and verification: an unreadable import file, a listing of
   const r = await fails(['verify', 'flush', 'nosuch@nolist.test'], 5, [/no cached verification for nosuch@nolist\.test: nothing forgotten \(see tern verify ls\)/]);
   assert.equal(r.stdout, '', 'nothing on stdout when nothing was forgotten');
 });
+
+test('--tls-server-name without TLS is refused, not ignored', async () => {
+  await fails(['--tls-server-name', 'admin.tern.test', 'domain', 'ls'], 2, [/--tls-server-name names the server certificate, so it needs TLS: add --tls \(or --ca-file\)/]);
+});
