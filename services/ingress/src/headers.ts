@@ -77,6 +77,8 @@ export class HeaderScanner {
   private parts: Buffer[] = [];
   private size = 0;
   done = false;
+  /** The header section ended within the scan (or with the message); false when the scan gave up. */
+  ended = false;
   hasMessageId = false;
   hasDate = false;
 
@@ -87,12 +89,13 @@ export class HeaderScanner {
     this.size += chunk.length;
     const all = this.parts.length === 1 ? chunk : Buffer.concat(this.parts);
     this.parts = [all];
-    let end = all.indexOf('\r\n\r\n');
-    if (end < 0 && all.subarray(0, 2).toString('latin1') === '\r\n') end = 0;
+    // A message that starts with an empty line has an empty header section.
+    const end = all.subarray(0, 2).toString('latin1') === '\r\n' ? 0 : all.indexOf('\r\n\r\n');
     if (end < 0 && this.size < MAX_HEADER_SCAN) return false;
     const head = all.subarray(0, end < 0 ? all.length : end + 2).toString('latin1');
     this.hasMessageId = /(^|\r\n)message-id[ \t]*:/i.test(head);
     this.hasDate = /(^|\r\n)date[ \t]*:/i.test(head);
+    this.ended = end >= 0;
     if (end < 0) {
       // No end of headers in sight: do not guess, add nothing.
       this.hasMessageId = true;
@@ -108,6 +111,7 @@ export class HeaderScanner {
     const head = (this.parts.length === 1 ? this.parts[0]! : Buffer.concat(this.parts)).toString('latin1');
     this.hasMessageId = /(^|\r\n)message-id[ \t]*:/i.test(head);
     this.hasDate = /(^|\r\n)date[ \t]*:/i.test(head);
+    this.ended = true;
     this.done = true;
   }
 

@@ -578,46 +578,36 @@ async function joinParts(parts: Promise<EnqueueResponse>[]): Promise<EnqueueResp
   return { queueId: all.map((r) => r.queueId).join(' '), size: all[0]!.size };
 }
 
-/** How much of a message SentCopy reads for its header section. */
-const HEAD_SCAN = 256 * 1024;
-
 /**
  * The message as the client sent it (before Received and whatever else
  * ingress adds, which differ at every try): its SHA-256, and whether its
- * header section has a Message-ID. Without one, two messages of the same
- * bytes may well be two messages (a script sending the same alert twice),
- * so no digest is given: such a split message may still be stored twice
- * when sent again, rather than a second message be taken for the first.
- * A header section that does not end within HEAD_SCAN counts as without.
+ * header section has a Message-ID (read by the HeaderScanner that submission
+ * uses). Without one, two messages of the same bytes may well be two
+ * messages (a script sending the same alert twice), so no digest is given:
+ * such a split message may still be stored twice when sent again, rather
+ * than a second message be taken for the first. A header section that does
+ * not end within the scan counts as without.
  */
 class SentCopy {
   private readonly hash = crypto.createHash('sha256');
-  /** The start of the message, until its header section is decided. */
-  private head: Buffer | undefined = Buffer.alloc(0);
-  private hasMessageId = false;
+  private readonly head = new HeaderScanner();
   private result: Buffer | undefined | null = null;
 
   update(chunk: Buffer): void {
     this.hash.update(chunk);
-    if (!this.head) return;
-    const head = Buffer.concat([this.head, chunk]);
-    const end = head.subarray(0, 2).toString('latin1') === '\r\n' ? 0 : head.indexOf('\r\n\r\n');
-    if (end >= 0) this.decide(head.subarray(0, end + 2));
-    else if (head.length >= HEAD_SCAN) this.head = undefined;
-    else this.head = head;
-  }
-
-  private decide(section: Buffer): void {
-    this.hasMessageId = /(^|\r\n)message-id[ \t]*:/i.test(section.toString('latin1'));
-    this.head = undefined;
+    // Once decided, the octets it kept are dropped: the hash has them.
+    if (!this.head.done && this.head.push(chunk)) this.head.take();
   }
 
   /** The digest (once the whole message was read); undefined without a Message-ID. */
   digest(): Buffer | undefined {
     if (this.result === null) {
       // A message that is all header section.
-      if (this.head) this.decide(this.head);
-      this.result = this.hasMessageId ? this.hash.digest() : undefined;
+      if (!this.head.done) {
+        this.head.finish();
+        this.head.take();
+      }
+      this.result = this.head.ended && this.head.hasMessageId ? this.hash.digest() : undefined;
     }
     return this.result;
   }
